@@ -1,0 +1,54 @@
+"""`emu concentration`: the gate from an imatrix GGUF, a counts JSON or a routing trace."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .concentration import (
+    DEFAULT_COVERAGE,
+    gate_from_counts_json,
+    gate_from_imatrix,
+    gate_from_trace,
+    render_json,
+    render_table,
+)
+
+
+def _coverage(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "concentration",
+        help="is a per-expert cache worth it? (routing concentration gate)",
+        description="Per-layer routing concentration and the cache_helps verdict, from expert counts.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--imatrix", metavar="FILE.gguf", help="llama.cpp imatrix GGUF (needs gguf)")
+    source.add_argument("--counts", metavar="FILE.json", help="L×E counts JSON (docs/concentration.md)")
+    source.add_argument("--trace", metavar="FILE.npz", help="routing trace")
+    parser.add_argument("--coverage", type=_coverage, default=DEFAULT_COVERAGE,
+                        help=f"routing mass the hot experts must capture (default {DEFAULT_COVERAGE})")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the gate; bad input raises EmuError for the CLI to print as one line."""
+    if args.imatrix:
+        report = gate_from_imatrix(args.imatrix, args.coverage)
+    elif args.counts:
+        report = gate_from_counts_json(args.counts, args.coverage)
+    else:
+        report = gate_from_trace(args.trace, args.coverage)
+    print(render_json(report) if args.json else render_table(report))
+    return 0
