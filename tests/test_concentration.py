@@ -235,6 +235,15 @@ def test_imatrix_counts_that_disagree_name_the_tensor(tmp_path: Path) -> None:
     assert "disagree" in str(err.value)
 
 
+def test_imatrix_without_per_expert_counts_is_refused(tmp_path: Path) -> None:
+    # an imatrix converted from the legacy .dat format keeps a single count for an expert tensor
+    path = tmp_path / "legacy.gguf"
+    _write_imatrix(path, {2: np.array([4096.0])})
+    with pytest.raises(EmuError, match="one count per expert") as err:
+        load_imatrix_counts(path)
+    assert (err.value.file, err.value.key) == (str(path), "blk.2.ffn_down_exps.weight.counts")
+
+
 def test_imatrix_of_a_dense_model_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "dense.gguf"
     _write_imatrix(path, {}, dense_only=True)
@@ -363,6 +372,39 @@ def test_cli_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:
     doc = json.loads(capsys.readouterr().out)
     assert doc["coverage"] == 0.5
     assert doc["median_hot_frac"] == pytest.approx(gate_from_counts_json(path, 0.5).median_hot_frac)
+
+
+def test_cli_trace_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from emu.trace import RoutingTrace
+
+    # 4 tokens, 2 MoE layers, top-2 of 4 experts
+    experts = np.array([
+        [[0, 1], [2, 3]],
+        [[0, 1], [3, 2]],
+        [[0, 2], [2, 3]],
+        [[1, 0], [2, 3]],
+    ], dtype=np.int16)
+    trace = RoutingTrace(experts=experts, pass_offsets=np.array([0, 2, 3, 4]), pass_phase=np.array([0, 1, 1]),
+                         token_request=np.zeros(4, np.int32), token_position=np.array([0, 1, 2, 3], np.int32),
+                         n_experts=4, model="tiny")
+    path = tmp_path / "trace.npz"
+    trace.save(path)
+    assert concentration_cli.run(_cli(["concentration", "--trace", str(path), "--json"])) == 0
+    doc = json.loads(capsys.readouterr().out)
+    # layer 0 counts [4, 3, 1, 0] of 8: 0.9 * 8 = 7.2 needs three experts; layer 1 [0, 0, 4, 4]: two
+    assert [d["hot_n"] for d in doc["layers"]] == [3, 2]
+    assert doc["layers"][1]["concentration_score"] == pytest.approx(1 - math.log(2) / math.log(4))
+    assert doc["layers"][0]["top_share"] == pytest.approx(0.5)
+    assert doc["median_hot_frac"] == pytest.approx((3 / 4 + 2 / 4) / 2)
+    assert doc["cache_helps"] == "no"
+    assert (doc["top_k"], doc["model"], doc["source"]) == (2, "tiny", str(path))
+
+
+def test_cli_trace_missing_file_names_it(tmp_path: Path) -> None:
+    missing = tmp_path / "none.npz"
+    with pytest.raises(EmuError) as err:
+        concentration_cli.run(_cli(["concentration", "--trace", str(missing)]))
+    assert err.value.file == str(missing)
 
 
 def test_cli_rejects_bad_coverage_and_two_sources(capsys: pytest.CaptureFixture[str]) -> None:

@@ -207,12 +207,9 @@ def gate_from_trace(path: str | Path, coverage: float = DEFAULT_COVERAGE) -> Con
     except ImportError as exc:
         raise EmuError(f"routing traces cannot be read in this build ({exc})", file=str(path)) from None
     trace = RoutingTrace.load(path)
-    counts = trace.expert_counts()
-    layers = getattr(trace, "layers", None)
-    top_k = getattr(trace, "top_k", None)
-    model = getattr(trace, "model", None)
-    return gate_from_counts(counts, layers, top_k, coverage, source=str(path),
-                            model=model if isinstance(model, str) else None)
+    # layers are the trace's MoE layer indices 0..L-1; top_k lets the reader check the counts' invariant
+    return gate_from_counts(trace.expert_counts(), None, trace.top_k, coverage, source=str(path),
+                            model=trace.model or None)
 
 
 def render_table(report: ConcentrationReport) -> str:
