@@ -1,0 +1,124 @@
+"""`emu trace {gen,import,inspect}`: the lead wires `add_parser` and `run` into emu/cli.py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from ..errors import EmuError
+from ..models import get_preset
+from .inspect import render, summarize
+from .jsonl import import_jsonl
+from .routing_trace import RoutingTrace
+from .synthetic import SyntheticParams, generate, parse_zipf
+
+_DEFAULTS = SyntheticParams()
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `trace` and its sub-commands on the top-level parser's subparsers."""
+    trace = subparsers.add_parser("trace", help="generate, import and inspect routing traces",
+                                  description="Routing traces (.npz, schema in docs/traces.md).")
+    sub = trace.add_subparsers(dest="trace_command", metavar="{gen,import,inspect}")
+    sub.required = True
+
+    gen = sub.add_parser("gen", help="seeded synthetic trace",
+                         description="Synthetic trace: Zipf popularity, temporal reuse, cross-layer "
+                                     "correlation, continuous batching.")
+    gen.add_argument("--model", required=True, help="model preset name")
+    gen.add_argument("--tokens", type=int, default=None,
+                     help="exactly this many tokens (default: all tokens of --requests requests)")
+    gen.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    gen.add_argument("--out", required=True, type=Path, help="output .npz")
+    gen.add_argument("--zipf-s", default=str(_DEFAULTS.zipf_s),
+                     help="Zipf exponent of expert popularity, or one per MoE layer comma-separated")
+    gen.add_argument("--reuse-prob", type=float, default=_DEFAULTS.reuse_prob)
+    gen.add_argument("--cross-layer-corr", type=float, default=_DEFAULTS.cross_layer_corr)
+    gen.add_argument("--prompt-len", type=int, default=_DEFAULTS.prompt_len)
+    gen.add_argument("--output-len", type=int, default=_DEFAULTS.output_len)
+    gen.add_argument("--length-jitter", type=float, default=_DEFAULTS.length_jitter)
+    gen.add_argument("--requests", type=int, default=_DEFAULTS.n_requests, dest="n_requests")
+    gen.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
+    gen.add_argument("--scores", action="store_true", help="add float16 gate scores")
+    gen.add_argument("--score-scale", type=float, default=_DEFAULTS.score_scale)
+    gen.add_argument("--predictor-accuracy", type=float, default=None,
+                     help="add speculator predictions right with this probability per entry")
+
+    imp = sub.add_parser("import", help="JSONL routing trace to .npz")
+    imp.add_argument("file", type=Path, help="JSONL file (schema in docs/traces.md)")
+    imp.add_argument("--model", default=None, help="model preset the trace must fit")
+    imp.add_argument("--out", required=True, type=Path, help="output .npz")
+    imp.add_argument("--strict", action="store_true",
+                     help="error on any token with missing layers (default: drop a cut-off tail)")
+
+    ins = sub.add_parser("inspect", help="tokens, passes, requests, per-layer skew and reuse")
+    ins.add_argument("file", type=Path, help=".npz trace")
+    ins.add_argument("--json", action="store_true", help="print the summary as JSON")
+    trace.set_defaults(func=run)
+    return trace
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one `trace` sub-command; bad input raises EmuError for the caller to print as one line."""
+    cmd = args.trace_command
+    if cmd == "gen":
+        model = get_preset(args.model)
+        params = SyntheticParams(
+            zipf_s=parse_zipf(args.zipf_s), reuse_prob=args.reuse_prob,
+            cross_layer_corr=args.cross_layer_corr,
+            prompt_len=args.prompt_len, output_len=args.output_len, length_jitter=args.length_jitter,
+            n_requests=args.n_requests, batch_size=args.batch_size, seed=args.seed, with_scores=args.scores,
+            score_scale=args.score_scale, predictor_accuracy=args.predictor_accuracy)
+        t0 = time.perf_counter()
+        trace = generate(model, params, n_tokens=args.tokens)
+        elapsed = time.perf_counter() - t0
+        _save(trace, args.out)
+        print(f"wrote {args.out}: {trace.n_tokens:,} tokens, {trace.n_passes:,} passes, "
+              f"{trace.n_requests:,} requests in {elapsed:.2f} s (fingerprint {trace.fingerprint()})")
+        return 0
+    if cmd == "import":
+        model = get_preset(args.model) if args.model else None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trace = import_jsonl(args.file, model, strict=args.strict)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+        _save(trace, args.out)
+        print(f"wrote {args.out}: {trace.n_tokens:,} tokens, {trace.n_passes:,} passes, "
+              f"{trace.n_requests:,} requests, {trace.n_layers} layers, top-{trace.top_k} "
+              f"(fingerprint {trace.fingerprint()})")
+        return 0
+    if cmd == "inspect":
+        summary = summarize(RoutingTrace.load(args.file))
+        print(json.dumps(summary.to_dict(), indent=2) if args.json else render(summary))
+        return 0
+    raise EmuError(f"unknown trace command {cmd!r}; expected gen, import or inspect", key="trace")
+
+
+def _save(trace: RoutingTrace, out: Path) -> None:
+    if out.suffix != ".npz":
+        raise EmuError("expected an output path ending in .npz", file=str(out), key="--out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        trace.save(out)
+    except OSError as err:
+        raise EmuError(f"cannot write ({err.strerror})", file=str(out), key="--out") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="emu")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except EmuError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,477 @@
+"""Seeded synthetic routing traces: popularity skew, temporal reuse, cross-layer correlation, batching.
+
+The three routing effects are the ones expert caches live or die by, and each is one parameter so that
+`emu trace fit` can target them. Generation is numba over flat int16 arrays, parallel over requests with
+one counter-seeded random stream per request (and per token for scores and predictions), so the result
+is identical for any thread count and a million-token OLMoE trace takes seconds.
+
+Per token t of request r, MoE layer l and top-k slot k (slots filled in order 0..k-1):
+1. with probability `reuse_prob`, take the expert the previous token of r chose at (l, k);
+2. else with probability `cross_layer_corr`, take `map_l(expert of t at (l-1, k))`, where `map_l` is a
+   fixed random bijection that sends the expert of popularity rank i at layer l-1 to the expert of rank i
+   at layer l (so the per-layer popularity stays the Zipf one);
+3. else draw from layer l's Zipf popularity: p(expert of rank i) ∝ 1 / (i + 1) ** zipf_s[l], ranks a
+   random permutation per layer.
+A candidate already chosen for (t, l) is replaced by a Zipf draw among the experts not yet chosen, so the
+top-k experts are always distinct.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import numba
+import numpy as np
+
+from ..errors import EmuError
+from ..models import ModelSpec
+from .routing_trace import RoutingTrace
+
+_STREAM_ROUTE = 1
+_STREAM_SCORE = 2
+_STREAM_PRED = 3
+_SCORE_CHUNK = 1 << 16  # tokens per float32 scratch block when writing float16 scores
+
+
+# --- parameters ------------------------------------------------------------------------------------
+def _to_zipf(value: Any) -> float | tuple[float, ...]:
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return value
+
+
+def _check_zipf(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    values = value if isinstance(value, tuple) else (value,)
+    if not values:
+        raise EmuError("expected a number or a non-empty list of numbers (one per MoE layer)", key="zipf_s")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise EmuError(f"expected finite numbers >= 0, got {v!r}", key=attribute.name)
+
+
+def _probability(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise EmuError(f"expected a probability in [0, 1], got {value!r}", key=attribute.name)
+
+
+def _optional_probability(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None:
+        _probability(inst, attribute, value)
+
+
+def _int_at_least(minimum: int) -> Any:
+    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise EmuError(f"expected an integer >= {minimum}, got {value!r}", key=attribute.name)
+    return check
+
+
+def _jitter(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise EmuError(f"expected a fraction in [0, 1), got {value!r}", key=attribute.name)
+
+
+def _positive_float(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value <= 0:
+        raise EmuError(f"expected a finite number > 0, got {value!r}", key=attribute.name)
+
+
+@attrs.frozen
+class SyntheticParams:
+    """What a synthetic workload looks like; every field is one thing `emu trace fit` can estimate."""
+
+    #: Zipf exponent of expert popularity, one for all layers or one per MoE layer (0 = uniform)
+    zipf_s: float | tuple[float, ...] = attrs.field(default=1.0, converter=_to_zipf, validator=_check_zipf)
+    #: probability that a slot re-uses the previous token's expert (same request, layer and slot)
+    reuse_prob: float = attrs.field(default=0.3, validator=_probability)
+    #: probability that a slot not re-used follows the fixed map from the previous layer's choice
+    cross_layer_corr: float = attrs.field(default=0.3, validator=_probability)
+    #: prompt tokens per request (0: no prefill pass, a decode-only trace)
+    prompt_len: int = attrs.field(default=128, validator=_int_at_least(0))
+    #: decode tokens per request: each is one token of one decode pass
+    output_len: int = attrs.field(default=512, validator=_int_at_least(0))
+    #: lengths are drawn uniformly within +- this fraction of prompt_len and output_len
+    length_jitter: float = attrs.field(default=0.0, validator=_jitter)
+    #: requests in the trace (ignored when generate() is given n_tokens)
+    n_requests: int = attrs.field(default=8, validator=_int_at_least(1))
+    #: most requests decoding concurrently (continuous batching)
+    batch_size: int = attrs.field(default=1, validator=_int_at_least(1))
+    seed: int = attrs.field(default=0, validator=_int_at_least(0))
+    with_scores: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    #: logit scale of the gate scores: larger = more mass on the top-1 expert
+    score_scale: float = attrs.field(default=1.0, validator=_positive_float)
+    #: if set, add speculator predictions right with this probability per entry
+    predictor_accuracy: float | None = attrs.field(default=None, validator=_optional_probability)
+
+    def __attrs_post_init__(self) -> None:
+        if self.prompt_len == 0 and self.output_len == 0:
+            raise EmuError("prompt_len and output_len are both 0: requests would have no tokens",
+                           key="output_len")
+
+    def zipf_per_layer(self, n_layers: int) -> np.ndarray:
+        if isinstance(self.zipf_s, tuple):
+            if len(self.zipf_s) == 1:
+                return np.full(n_layers, float(self.zipf_s[0]))
+            if len(self.zipf_s) != n_layers:
+                raise EmuError(f"expected 1 or {n_layers} values (one per MoE layer), got {len(self.zipf_s)}",
+                               key="zipf_s")
+            return np.asarray(self.zipf_s, dtype=np.float64)
+        return np.full(n_layers, float(self.zipf_s))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = attrs.asdict(self)
+        if isinstance(out["zipf_s"], tuple):
+            out["zipf_s"] = list(out["zipf_s"])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, file: str | None = None, prefix: str = "") -> SyntheticParams:
+        """From a TOML/JSON table, naming the offending key on bad input."""
+        names = {f.name for f in attrs.fields(cls)}
+        for key in data:
+            if key not in names:
+                raise EmuError(f"unknown key; expected one of {sorted(names)}", file=file, key=prefix + key)
+        try:
+            return cls(**data)
+        except EmuError as err:
+            raise EmuError(err.detail, file=file, key=prefix + (err.key or "")) from None
+
+
+# --- random numbers: splitmix64, counter-seeded so any thread count gives the same trace ------------
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_S32 = np.uint64(32)
+_S11 = np.uint64(11)
+_LOW32 = np.uint64(0xFFFFFFFF)
+_INV53 = 1.0 / 9007199254740992.0
+_INV32 = 1.0 / 4294967296.0
+
+
+@numba.njit(cache=True, inline="always")
+def _mix(z: np.uint64) -> np.uint64:
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@numba.njit(cache=True)
+def _stream_state(seed: np.uint64, stream: np.uint64, index: np.uint64) -> np.uint64:
+    return _mix(_mix(seed * _GOLDEN + stream) + index * _GOLDEN)
+
+
+@numba.njit(cache=True, inline="always")
+def _next(state: np.ndarray) -> np.uint64:
+    state[0] += _GOLDEN
+    return _mix(state[0])
+
+
+@numba.njit(cache=True, inline="always")
+def _uniform(state: np.ndarray) -> float:
+    return float(_next(state) >> _S11) * _INV53
+
+
+@numba.njit(cache=True, inline="always")
+def _alias_draw(state: np.ndarray, prob: np.ndarray, alias: np.ndarray, n: int) -> int:
+    x = _next(state)
+    col = int(((x >> _S32) * np.uint64(n)) >> _S32)
+    if float(x & _LOW32) * _INV32 < prob[col]:
+        return col
+    return int(alias[col])
+
+
+@numba.njit(cache=True, inline="always")
+def _chosen(row: np.ndarray, k: int, e: int) -> bool:
+    for j in range(k):  # noqa: SIM110 (numba: no generator expressions)
+        if row[j] == e:
+            return True
+    return False
+
+
+@numba.njit(cache=True)
+def _draw_unused(state: np.ndarray, row: np.ndarray, k: int, probs: np.ndarray, prob: np.ndarray,
+                 alias: np.ndarray) -> int:
+    """A Zipf draw conditioned on not being in row[:k]: rejection first, exact scan if that keeps failing."""
+    n = probs.shape[0]
+    for _ in range(32):
+        e = _alias_draw(state, prob, alias, n)
+        if not _chosen(row, k, e):
+            return e
+    rest = 0.0
+    for e in range(n):
+        if not _chosen(row, k, e):
+            rest += probs[e]
+    u = _uniform(state) * rest
+    last = -1
+    for e in range(n):
+        if not _chosen(row, k, e):
+            last = e
+            u -= probs[e]
+            if u < 0.0:
+                return e
+    return last
+
+
+# --- pass structure -----------------------------------------------------------------------------------
+@numba.njit(cache=True)
+def _schedule(prompt_lens: np.ndarray, output_lens: np.ndarray, batch_size: int, n_tokens: int):
+    """Continuous batching: each admitted request's prefill is one pass, then one decode pass per step with
+    one token per active request (in admission order = request order)."""
+    n_req = prompt_lens.shape[0]
+    max_passes = n_req + int(output_lens.sum()) + 1
+    token_request = np.empty(n_tokens, np.int32)
+    token_position = np.empty(n_tokens, np.int32)
+    next_token = np.full(n_tokens, -1, np.int64)
+    first_token = np.full(n_req, -1, np.int64)
+    last_token = np.full(n_req, -1, np.int64)
+    pass_offsets = np.empty(max_passes + 1, np.int64)
+    pass_phase = np.empty(max_passes, np.int8)
+    decoded = np.zeros(n_req, np.int64)
+    active = np.empty(batch_size, np.int64)
+    n_active = 0
+    next_req = 0
+    t = 0
+    p = 0
+    while t < n_tokens:
+        while n_active < batch_size and next_req < n_req and t < n_tokens:
+            r = next_req
+            next_req += 1
+            if prompt_lens[r] > 0:
+                pass_offsets[p] = t
+                pass_phase[p] = 0
+                p += 1
+                for i in range(prompt_lens[r]):
+                    if t == n_tokens:
+                        break
+                    token_request[t] = r
+                    token_position[t] = i
+                    if last_token[r] >= 0:
+                        next_token[last_token[r]] = t
+                    else:
+                        first_token[r] = t
+                    last_token[r] = t
+                    t += 1
+            if output_lens[r] > 0:
+                active[n_active] = r
+                n_active += 1
+        if n_active == 0 or t == n_tokens:
+            break
+        pass_offsets[p] = t
+        pass_phase[p] = 1
+        p += 1
+        kept = 0
+        for j in range(n_active):
+            r = active[j]
+            if t < n_tokens:
+                token_request[t] = r
+                token_position[t] = prompt_lens[r] + decoded[r]
+                if last_token[r] >= 0:
+                    next_token[last_token[r]] = t
+                else:
+                    first_token[r] = t
+                last_token[r] = t
+                t += 1
+                decoded[r] += 1
+            if decoded[r] < output_lens[r]:
+                active[kept] = r
+                kept += 1
+        n_active = kept
+    pass_offsets[p] = t
+    return (token_request[:t], token_position[:t], next_token[:t], first_token,
+            pass_offsets[: p + 1].copy(), pass_phase[:p].copy())
+
+
+# --- routing ----------------------------------------------------------------------------------------
+@numba.njit(cache=True, parallel=True)
+def _route(experts: np.ndarray, first_token: np.ndarray, next_token: np.ndarray, seed: np.uint64,
+           reuse_prob: float, cross_prob: float, probs: np.ndarray, alias_prob: np.ndarray,
+           alias_idx: np.ndarray, layer_map: np.ndarray) -> None:
+    n_layers = experts.shape[1]
+    top_k = experts.shape[2]
+    n_exp = probs.shape[1]
+    for r in numba.prange(first_token.shape[0]):
+        state = np.empty(1, np.uint64)
+        state[0] = _stream_state(seed, np.uint64(_STREAM_ROUTE), np.uint64(r))
+        prev = -1
+        t = first_token[r]
+        while t >= 0:
+            for layer in range(n_layers):
+                row = experts[t, layer]
+                for k in range(top_k):
+                    x = _next(state)
+                    u_reuse = float(x >> _S32) * _INV32
+                    u_cross = float(x & _LOW32) * _INV32
+                    e = -1
+                    if prev >= 0 and u_reuse < reuse_prob:
+                        e = int(experts[prev, layer, k])
+                    elif layer > 0 and u_cross < cross_prob:
+                        e = int(layer_map[layer, experts[t, layer - 1, k]])
+                    else:
+                        e = _alias_draw(state, alias_prob[layer], alias_idx[layer], n_exp)
+                    if _chosen(row, k, e):
+                        e = _draw_unused(state, row, k, probs[layer], alias_prob[layer], alias_idx[layer])
+                    row[k] = e
+            prev = t
+            t = next_token[t]
+
+
+@numba.njit(cache=True, parallel=True)
+def _scores_block(out: np.ndarray, start: int, seed: np.uint64, scale: float) -> None:
+    """Gate scores of tokens start..start+len(out), descending: softmax(scale * Gumbel) over the k chosen,
+    drawn as E ** -scale normalised (E ~ Exp(1), since exp(Gumbel) = 1 / E): one log per entry."""
+    n_layers = out.shape[1]
+    top_k = out.shape[2]
+    for i in numba.prange(out.shape[0]):
+        state = np.empty(1, np.uint64)
+        state[0] = _stream_state(seed, np.uint64(_STREAM_SCORE), np.uint64(start + i))
+        g = np.empty(top_k, np.float64)
+        for layer in range(n_layers):
+            total = 0.0
+            for k in range(top_k):
+                e = -math.log(1.0 - _uniform(state)) + 1e-300
+                v = 1.0 / e if scale == 1.0 else e ** -scale
+                total += v
+                j = k
+                while j > 0 and g[j - 1] < v:  # insertion sort, descending
+                    g[j] = g[j - 1]
+                    j -= 1
+                g[j] = v
+            for k in range(top_k):
+                out[i, layer, k] = g[k] / total
+
+
+@numba.njit(cache=True, parallel=True)
+def _predict(experts: np.ndarray, out: np.ndarray, seed: np.uint64, accuracy: float, n_exp: int) -> None:
+    """Each true entry kept with probability `accuracy`, else replaced by an expert outside the true set
+    and not yet predicted, so the guess is k distinct experts overlapping the truth ~accuracy * k."""
+    n_layers = experts.shape[1]
+    top_k = experts.shape[2]
+    for t in numba.prange(experts.shape[0]):
+        state = np.empty(1, np.uint64)
+        state[0] = _stream_state(seed, np.uint64(_STREAM_PRED), np.uint64(t))
+        for layer in range(n_layers):
+            true_row = experts[t, layer]
+            row = out[t, layer]
+            replaced = 0
+            for k in range(top_k):
+                e = int(true_row[k])
+                if _uniform(state) >= accuracy and n_exp - top_k - replaced > 0:
+                    while True:
+                        c = int((_next(state) >> _S11) % np.uint64(n_exp))
+                        if not _chosen(true_row, top_k, c) and not _chosen(row, k, c):
+                            e = c
+                            break
+                    replaced += 1
+                row[k] = e
+
+
+# --- driver -----------------------------------------------------------------------------------------
+def _alias_table(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Walker's alias method: O(1) draws from a fixed discrete distribution."""
+    n = p.size
+    scaled = p * n
+    prob = np.ones(n)
+    alias = np.arange(n, dtype=np.int64)
+    small = [i for i in range(n) if scaled[i] < 1.0]
+    large = [i for i in range(n) if scaled[i] >= 1.0]
+    while small and large:
+        s, g = small.pop(), large.pop()
+        prob[s] = scaled[s]
+        alias[s] = g
+        scaled[g] -= 1.0 - scaled[s]
+        (small if scaled[g] < 1.0 else large).append(g)
+    return prob, alias
+
+
+def _lengths(mean: int, jitter: float, n: int, rng: np.random.Generator, minimum: int) -> np.ndarray:
+    if jitter == 0.0 or mean == 0:
+        return np.full(n, mean, dtype=np.int64)
+    lo, hi = mean * (1.0 - jitter), mean * (1.0 + jitter)
+    return np.maximum(np.rint(rng.uniform(lo, hi, n)).astype(np.int64), minimum)
+
+
+def popularity(model: ModelSpec, params: SyntheticParams) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer Zipf probabilities [L, E] and the expert of each popularity rank [L, E] for this seed."""
+    rng = np.random.default_rng([params.seed, 0x5EED])
+    n_layers, n_exp = model.n_moe_layers, model.n_experts
+    s = params.zipf_per_layer(n_layers)
+    by_rank = np.stack([rng.permutation(n_exp) for _ in range(n_layers)])
+    weights = 1.0 / np.arange(1, n_exp + 1, dtype=np.float64)[None, :] ** s[:, None]
+    probs = np.empty((n_layers, n_exp))
+    np.put_along_axis(probs, by_rank, weights / weights.sum(axis=1, keepdims=True), axis=1)
+    return probs, by_rank
+
+
+def generate(model: ModelSpec, params: SyntheticParams, n_tokens: int | None = None) -> RoutingTrace:
+    """A synthetic trace for `model`; with `n_tokens`, exactly that many tokens (the last pass may be cut)."""
+    if n_tokens is not None and (isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1):
+        raise EmuError(f"expected a positive integer, got {n_tokens!r}", key="tokens")
+    n_layers, n_exp, top_k = model.n_moe_layers, model.n_experts, model.top_k
+    probs, by_rank = popularity(model, params)
+    rank_of = np.argsort(by_rank, axis=1)
+    layer_map = np.zeros((n_layers, n_exp), dtype=np.int64)
+    for layer in range(1, n_layers):
+        layer_map[layer] = by_rank[layer][rank_of[layer - 1]]
+    tables = [_alias_table(probs[layer]) for layer in range(n_layers)]
+    alias_prob = np.stack([t[0] for t in tables])
+    alias_idx = np.stack([t[1] for t in tables])
+
+    rng = np.random.default_rng([params.seed, 0x1E45])
+    if n_tokens is None:
+        n_req = params.n_requests
+    else:  # enough requests to reach n_tokens even if every one is as short as jitter allows
+        shortest = max(1, math.floor(params.prompt_len * (1 - params.length_jitter))
+                       + math.floor(params.output_len * (1 - params.length_jitter)))
+        n_req = -(-n_tokens // shortest)
+    prompt_lens = _lengths(params.prompt_len, params.length_jitter, n_req, rng, 1)
+    output_lens = _lengths(params.output_len, params.length_jitter, n_req, rng, 1)
+    total = int(prompt_lens.sum() + output_lens.sum())
+    target = total if n_tokens is None else min(n_tokens, total)
+
+    token_request, token_position, next_token, first_token, pass_offsets, pass_phase = _schedule(
+        prompt_lens, output_lens, params.batch_size, target)
+    seed = np.uint64(params.seed)
+    experts = np.empty((target, n_layers, top_k), dtype=np.int16)
+    _route(experts, first_token, next_token, seed, float(params.reuse_prob), float(params.cross_layer_corr),
+           probs, alias_prob, alias_idx, layer_map)
+    del next_token
+
+    scores = None
+    if params.with_scores:
+        scores = np.empty(experts.shape, dtype=np.float16)
+        block = np.empty((min(_SCORE_CHUNK, target), n_layers, top_k), dtype=np.float32)
+        for start in range(0, target, _SCORE_CHUNK):
+            stop = min(start + _SCORE_CHUNK, target)
+            buf = block[: stop - start]
+            _scores_block(buf, start, seed, float(params.score_scale))
+            scores[start:stop] = buf
+    predicted = None
+    if params.predictor_accuracy is not None:
+        predicted = np.empty_like(experts)
+        _predict(experts, predicted, seed, float(params.predictor_accuracy), n_exp)
+
+    used = np.unique(token_request)
+    meta = {"source": "synthetic", "generator": params.to_dict(), "n_tokens_requested": n_tokens,
+            "requests_started": int(used.size)}
+    return RoutingTrace(experts=experts, pass_offsets=pass_offsets, pass_phase=pass_phase,
+                        token_request=token_request, token_position=token_position, scores=scores,
+                        predicted=predicted, n_experts=n_exp, model=model.name, meta=meta)
+
+
+def parse_zipf(text: str | Sequence[float]) -> float | tuple[float, ...]:
+    """`1.2` or `1.2,0.9,...` (one per MoE layer) as typed on the command line."""
+    if not isinstance(text, str):
+        return tuple(float(v) for v in text)
+    parts = [p for p in text.split(",") if p.strip()]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise EmuError(f"expected a number or comma-separated numbers, got {text!r}", key="zipf_s") from None
+    return values[0] if len(values) == 1 else values
