@@ -74,6 +74,11 @@ def _jitter(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise EmuError(f"expected a fraction in [0, 1), got {value!r}", key=attribute.name)
 
 
+def _bool(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise EmuError(f"expected true or false, got {value!r}", key=attribute.name)
+
+
 def _positive_float(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not number or not math.isfinite(value) or value <= 0:
@@ -96,12 +101,12 @@ class SyntheticParams:
     output_len: int = attrs.field(default=512, validator=_int_at_least(0))
     #: lengths are drawn uniformly within +- this fraction of prompt_len and output_len
     length_jitter: float = attrs.field(default=0.0, validator=_jitter)
-    #: requests in the trace (ignored when generate() is given n_tokens)
+    #: requests in the trace (with n_tokens, generate() draws as many as keep the batch full instead)
     n_requests: int = attrs.field(default=8, validator=_int_at_least(1))
     #: most requests decoding concurrently (continuous batching)
     batch_size: int = attrs.field(default=1, validator=_int_at_least(1))
     seed: int = attrs.field(default=0, validator=_int_at_least(0))
-    with_scores: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    with_scores: bool = attrs.field(default=False, validator=_bool)
     #: logit scale of the gate scores: larger = more mass on the top-1 expert
     score_scale: float = attrs.field(default=1.0, validator=_positive_float)
     #: if set, add speculator predictions right with this probability per entry
@@ -426,10 +431,10 @@ def generate(model: ModelSpec, params: SyntheticParams, n_tokens: int | None = N
     rng = np.random.default_rng([params.seed, 0x1E45])
     if n_tokens is None:
         n_req = params.n_requests
-    else:  # enough requests to reach n_tokens even if every one is as short as jitter allows
+    else:  # a stream that keeps the batch full up to n_tokens, even if every request is as short as can be
         shortest = max(1, math.floor(params.prompt_len * (1 - params.length_jitter))
                        + math.floor(params.output_len * (1 - params.length_jitter)))
-        n_req = -(-n_tokens // shortest)
+        n_req = -(-n_tokens // shortest) + params.batch_size
     prompt_lens = _lengths(params.prompt_len, params.length_jitter, n_req, rng, 1)
     output_lens = _lengths(params.output_len, params.length_jitter, n_req, rng, 1)
     total = int(prompt_lens.sum() + output_lens.sum())
