@@ -1,0 +1,117 @@
+"""Timing on one device: CUDA events on CUDA, a host clock on the CPU, behind one interface.
+
+Device work is asynchronous, so on CUDA every figure comes from events recorded on the stream that
+runs the work (device-side time), after a warm-up; host-observed figures (calls that block the host
+by design, such as pageable copies or a routing readback) use `wall`, which synchronizes first.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def rotation_count(item_bytes: int, target_bytes: int, cap: int = 64) -> int:
+    """How many copies of an operand to cycle through so repeated calls do not run from cache."""
+    if item_bytes <= 0:
+        return 1
+    return max(1, min(cap, math.ceil(target_bytes / item_bytes)))
+
+
+class Bench:
+    """A device plus the timers for it."""
+
+    def __init__(self, device: str, seed: int = 0) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.is_cuda = self.device.type == "cuda"
+        self.generator_seed = seed
+        torch.manual_seed(seed)
+
+    def sync(self) -> None:
+        if self.is_cuda:
+            self.torch.cuda.synchronize(self.device)
+
+    def new_stream(self) -> Any:
+        return self.torch.cuda.Stream(self.device) if self.is_cuda else None
+
+    def stream_ctx(self, stream: Any) -> Any:
+        if self.is_cuda and stream is not None:
+            return self.torch.cuda.stream(stream)
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def time_loop(self, fn: Callable[[int], Any], n: int, stream: Any = None) -> float:
+        """Seconds per call of n back-to-back calls fn(0..n-1), as the device sees them."""
+        self.sync()
+        if not self.is_cuda:
+            t0 = time.perf_counter()
+            for i in range(n):
+                fn(i)
+            return (time.perf_counter() - t0) / n
+        torch = self.torch
+        stream = stream or torch.cuda.current_stream(self.device)
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        with torch.cuda.stream(stream):
+            start.record(stream)
+            for i in range(n):
+                fn(i)
+            end.record(stream)
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / n
+
+    def time_each(self, fn: Callable[[int], Any], n: int,
+                  stream: Any = None) -> tuple[list[float], list[float]]:
+        """Per-call device seconds of n calls queued back to back (an event pair around each), and the
+        host seconds each call took to issue."""
+        self.sync()
+        issue: list[float] = []
+        if not self.is_cuda:
+            out = []
+            for i in range(n):
+                t0 = time.perf_counter()
+                fn(i)
+                t1 = time.perf_counter()
+                out.append(t1 - t0)
+                issue.append(t1 - t0)
+            return out, issue
+        torch = self.torch
+        stream = stream or torch.cuda.current_stream(self.device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(n)]
+        with torch.cuda.stream(stream):
+            for i, (a, b) in enumerate(events):
+                a.record(stream)
+                t0 = time.perf_counter()
+                fn(i)
+                issue.append(time.perf_counter() - t0)
+                b.record(stream)
+        stream.synchronize()
+        return [a.elapsed_time(b) / 1e3 for a, b in events], issue
+
+    def wall(self, fn: Callable[[int], Any], n: int, stream: Any = None) -> list[float]:
+        """Host seconds of each call, synchronized before and after: what a blocking caller sees."""
+        out = []
+        with self.stream_ctx(stream):
+            for i in range(n):
+                self.sync()
+                t0 = time.perf_counter()
+                fn(i)
+                self.sync()
+                out.append(time.perf_counter() - t0)
+        return out
+
+    def randn(self, *shape: int, dtype: Any = None, scale: float = 1.0) -> Any:
+        """Random operands (never zeros: they can run faster than real data)."""
+        torch = self.torch
+        dtype = dtype or torch.bfloat16
+        x = torch.randn(*shape, device=self.device, dtype=torch.float32)
+        if scale != 1.0:
+            x.mul_(scale)
+        return x.to(dtype)

@@ -1,0 +1,97 @@
+"""`emu calibrate`: measure this machine and write a hardware profile (+ raw measurements)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from emu.errors import EmuError
+
+DEFAULT_MODELS = ["olmoe-1b-7b"]
+
+
+def _configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", metavar="NAME",
+                   help="model preset whose expert and layer shapes to time (repeatable; default "
+                        "olmoe-1b-7b), or NAME:key=value,... for a shape of one's own "
+                        "(preset=, hidden=, expert_intermediate=, heads=, kv_heads=, vocab=, ...)")
+    p.add_argument("--out", required=True, type=Path, metavar="PATH",
+                   help="profile TOML to write; raw measurements go to <stem>.raw.json beside it")
+    p.add_argument("--name", help="profile name (default: the output file's stem)")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer sizes, token counts and repeats (about a minute)")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                   help="cuda (default) measures the GPU; cpu runs the same pipeline on the CPU (for tests)")
+    p.add_argument("--repeats", type=int, default=None, metavar="N",
+                   help="repeats per figure (default 10, or 3 with --quick)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's own choice, usually all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `calibrate` on the `emu` CLI's subparsers."""
+    p = subparsers.add_parser("calibrate", help="measure this GPU and write a hardware profile",
+                              description=__doc__)
+    _configure(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def _error(message: str) -> int:
+    print(f"emu calibrate: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from .device import cuda_unavailable_reason
+    from .shapes import parse_model
+
+    try:
+        models = tuple(parse_model(m) for m in (args.model or DEFAULT_MODELS))
+        repeats = args.repeats if args.repeats is not None else (3 if args.quick else 10)
+        if repeats < 1:
+            raise EmuError(f"expected a positive repeat count, got {repeats}", key="--repeats")
+        if args.threads is not None and args.threads < 1:
+            raise EmuError(f"expected a positive thread count, got {args.threads}", key="--threads")
+        if args.out.suffix != ".toml":
+            raise EmuError("expected a path ending in .toml", file=str(args.out), key="--out")
+    except EmuError as err:
+        return _error(str(err))
+    if args.device == "cuda":
+        reason = cuda_unavailable_reason()
+        if reason is not None:
+            return _error(reason)
+    else:
+        try:
+            import torch
+        except ImportError:
+            return _error("torch is not installed (pip install 'moe-emu[calibrate]')")
+
+    from .profile_writer import raw_path_for, write_profile
+    from .runner import Settings, run_calibration
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    settings = Settings(models=models, device=args.device, quick=args.quick, repeats=repeats)
+    try:
+        raw = run_calibration(settings, progress=not args.no_progress)
+        write_profile(raw, args.out, args.name)
+    except EmuError as err:
+        return _error(str(err))
+    print(f"wrote {args.out} and {raw_path_for(args.out)}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m calibrate.cli", description=__doc__)
+    _configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

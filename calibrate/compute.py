@@ -1,0 +1,120 @@
+"""Expert FFN time vs routed tokens (GPU and host CPU) and the device's roofline ceilings.
+
+An expert runs the way an offloaded MoE layer in eager torch runs it (Hugging Face style): gather
+its routed tokens from the layer's hidden states, the FFN as F.linear calls on weights of the
+model precision (gated SwiGLU down(silu(gate(x)) * up(x)) for 3 matrices, relu FFN for 2), scale
+by the routing weights and index_add the result back. The bare FFN is timed too (raw data only).
+Calls cycle through enough weight copies that repeats do not run from L2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from emu.models import ModelSpec
+
+from .bench import Bench, rotation_count
+from .fit import spread
+
+MiB = 1024 * 1024
+
+
+def token_counts(quick: bool, top: int = 4096) -> list[int]:
+    if quick:
+        return [t for t in (1, 8, 64) if t <= top]
+    out, t = [], 1
+    while t <= top:
+        out.append(t)
+        t *= 2
+    return out
+
+
+def make_expert_weights(bench: Bench, spec: ModelSpec, dtype: Any,
+                        intermediate: int | None = None) -> list[Any]:
+    h, i = spec.hidden, intermediate or spec.expert_intermediate
+    scale = 0.02
+    if spec.expert_matrices >= 3:
+        return [bench.randn(i, h, dtype=dtype, scale=scale), bench.randn(i, h, dtype=dtype, scale=scale),
+                bench.randn(h, i, dtype=dtype, scale=scale)]
+    return [bench.randn(i, h, dtype=dtype, scale=scale), bench.randn(h, i, dtype=dtype, scale=scale)]
+
+
+def ffn(torch: Any, x: Any, weights: list[Any]) -> Any:
+    f = torch.nn.functional
+    if len(weights) == 3:
+        gate, up, down = weights
+        return f.linear(f.silu(f.linear(x, gate)) * f.linear(x, up), down)
+    w_in, w_out = weights
+    return f.linear(f.relu(f.linear(x, w_in)), w_out)
+
+
+def _points(bench: Bench, make_call: Callable[[int], Callable[[int], Any]], tokens: list[int], repeats: int,
+            calls: int, tick: Callable[[str], None], label: str, max_call_s: float | None = None,
+            ) -> list[dict[str, Any]]:
+    """Per token count: `repeats` samples of seconds per call, each over `calls` back-to-back calls."""
+    out = []
+    for t in tokens:
+        fn = make_call(t)
+        warm = bench.time_loop(fn, max(2, min(calls, 3)))
+        samples = [bench.time_loop(fn, calls) for _ in range(repeats)]
+        out.append({"tokens": t, "samples_s": samples, "median_s": spread(samples).median})
+        tick(f"{label} {t} tokens")
+        if max_call_s is not None and max(warm, out[-1]["median_s"]) > max_call_s:
+            break  # larger token counts would take too long on this device; the table says where it stops
+    return out
+
+
+def measure_expert(bench: Bench, spec: ModelSpec, tokens: list[int], repeats: int, rotate_bytes: int,
+                   tick: Callable[[str], None], dtype: Any = None, routed: bool = True,
+                   max_call_s: float | None = None, label: str = "expert") -> list[dict[str, Any]]:
+    torch = bench.torch
+    dtype = dtype or torch.bfloat16
+    itemsize = torch.tensor([], dtype=dtype).element_size()
+    n_rot = rotation_count(spec.expert_params * itemsize, rotate_bytes)
+    experts = [make_expert_weights(bench, spec, dtype) for _ in range(n_rot)]
+    hidden_all = bench.randn(max(tokens), spec.hidden, dtype=dtype)
+
+    def make_call(t: int) -> Callable[[int], Any]:
+        x = hidden_all[:t]
+        idx = torch.randperm(t, device=bench.device)
+        gate_w = torch.rand(t, device=bench.device, dtype=torch.float32).to(dtype)
+        out = torch.zeros_like(x)
+
+        def call_routed(i: int) -> Any:
+            xs = x.index_select(0, idx)
+            y = ffn(torch, xs, experts[i % n_rot]) * gate_w[:, None]
+            return out.index_add_(0, idx, y)
+
+        def call_bare(i: int) -> Any:
+            return ffn(torch, x, experts[i % n_rot])
+
+        return call_routed if routed else call_bare
+
+    pts = _points(bench, make_call, tokens, repeats, n_rot, tick, label, max_call_s)
+    for p in pts:
+        p["rotation"] = n_rot
+    return pts
+
+
+def measure_ceilings(bench: Bench, quick: bool, repeats: int) -> dict[str, Any]:
+    """Achieved device memory bandwidth (big device copy, bytes read + written) and bf16 matmul rate."""
+    torch = bench.torch
+    if bench.is_cuda:
+        nbytes, n = (256 if quick else 1024) * MiB, 4096 if quick else 8192
+    else:
+        nbytes, n = (16 if quick else 256) * MiB, 256 if quick else 2048
+    src = torch.empty(nbytes, dtype=torch.uint8, device=bench.device).random_(0, 256)
+    dst = torch.empty_like(src)
+    bench.time_loop(lambda i: dst.copy_(src), 2)
+    copy_s = [bench.time_loop(lambda i: dst.copy_(src), 3) for _ in range(repeats)]
+    a, b = bench.randn(n, n), bench.randn(n, n)
+    bench.time_loop(lambda i: torch.matmul(a, b), 2)
+    mm_s = [bench.time_loop(lambda i: torch.matmul(a, b), 3) for _ in range(repeats)]
+    copy_sp, mm_sp = spread(copy_s), spread(mm_s)
+    return {
+        "copy_bytes": nbytes, "copy_samples_s": copy_s, "hbm_Bps": 2 * nbytes / copy_sp.median,
+        "hbm_rel_spread": copy_sp.rel_spread,
+        "matmul_n": n, "matmul_samples_s": mm_s, "flops_per_s": 2.0 * n ** 3 / mm_sp.median,
+        "flops_rel_spread": mm_sp.rel_spread,
+    }

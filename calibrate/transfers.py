@@ -1,0 +1,222 @@
+"""Copy time vs size (pinned/pageable, both directions) and copy concurrency.
+
+Every copy runs on a dedicated stream; per-copy device time comes from an event pair around it,
+the host time to issue it is kept too (pageable copies block the host for their whole duration).
+Successive copies start at rotating offsets in large pools, so neither the host cache nor the
+GPU's L2 serves a repeat.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .bench import Bench
+from .fit import spread
+
+KiB = 1024
+MiB = 1024 * KiB
+_ALIGN = 4 * KiB
+
+
+@attrs.frozen
+class CopyPlan:
+    sizes: tuple[int, ...]
+    repeats: int
+    #: a point's repeats are cut so that it moves at most this many bytes (but never below 3)
+    bytes_per_point: int
+    #: size of each host/device pool the copies rotate through
+    pool_bytes: int
+    concurrency_bytes: int
+    concurrency_copies: int
+    concurrency_repeats: int
+    matmul_n: int
+
+
+def copy_plan(device: str, quick: bool, repeats: int) -> CopyPlan:
+    cuda = device.startswith("cuda")
+    top = ((64 if quick else 512) if cuda else (1 if quick else 64)) * MiB
+    step = 4 if quick else 2
+    sizes = []
+    size = 4 * KiB
+    while size <= top:
+        sizes.append(size)
+        size *= step
+    if sizes[-1] != top:
+        sizes.append(top)
+    return CopyPlan(sizes=tuple(sizes), repeats=max(3, 2 * repeats), bytes_per_point=4 * top,
+                    pool_bytes=2 * top, concurrency_bytes=16 * MiB if quick else 64 * MiB,
+                    concurrency_copies=4 if quick else 8, concurrency_repeats=3 if quick else 5,
+                    matmul_n=4096 if quick else 8192)
+
+
+class Pools:
+    """One device pool and one pinned and one pageable host pool, all touched before timing."""
+
+    def __init__(self, bench: Bench, nbytes: int) -> None:
+        torch = bench.torch
+        self.bench = bench
+        self.nbytes = nbytes
+        self.device = torch.empty(nbytes, dtype=torch.uint8, device=bench.device)
+        self.device.random_(0, 256)
+        self.pageable = torch.empty(nbytes, dtype=torch.uint8)
+        self.pageable.random_(0, 256)
+        if bench.is_cuda:
+            self.pinned = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+            self.pinned.random_(0, 256)
+        else:  # no page-locked memory without CUDA: both kinds are plain host memory
+            self.pinned = self.pageable
+
+    def view(self, pool: Any, size: int, i: int) -> Any:
+        span = self.nbytes - size
+        stride = max(size, 1 * MiB)
+        offset = (i * stride) % (span + _ALIGN) if span > 0 else 0
+        return pool[offset:offset + size]
+
+
+def _copy_fn(pools: Pools, kind: str, size: int) -> Callable[[int], Any]:
+    direction, memory = kind.split("_")
+    host = pools.pinned if memory == "pinned" else pools.pageable
+    non_blocking = memory == "pinned"
+
+    def fn(i: int) -> None:
+        h = pools.view(host, size, i)
+        d = pools.view(pools.device, size, i)
+        if direction == "h2d":
+            d.copy_(h, non_blocking=non_blocking)
+        else:
+            h.copy_(d, non_blocking=non_blocking)
+
+    return fn
+
+
+KINDS = ("h2d_pinned", "d2h_pinned", "h2d_pageable", "d2h_pageable")
+
+
+def measure_copies(bench: Bench, plan: CopyPlan, pools: Pools, tick: Callable[[str], None]) -> dict[str, Any]:
+    """Per kind and size: per-copy device seconds (events), host issue seconds, and for pinned copies
+    the amortized seconds per copy when queued back to back."""
+    stream = bench.new_stream()
+    out: dict[str, Any] = {}
+    for kind in KINDS:
+        points = []
+        for size in plan.sizes:
+            n = max(3, min(plan.repeats, plan.bytes_per_point // size))
+            fn = _copy_fn(pools, kind, size)
+            bench.time_each(fn, 2, stream)  # warm-up
+            times, issue = bench.time_each(lambda i, fn=fn: fn(i + 2), n, stream)
+            point: dict[str, Any] = {"bytes": size, "samples_s": times, "issue_s": issue,
+                                     "median_s": spread(times).median}
+            if kind.endswith("pinned"):
+                point["batched_s"] = bench.time_loop(lambda i, fn=fn, n=n: fn(i + n + 2), n, stream)
+            points.append(point)
+            tick(f"copy {kind} {size} B")
+        out[kind] = points
+    return out
+
+
+def _concurrent(bench: Bench, jobs: list[tuple[Any, Callable[[int], Any], int]]) -> list[float]:
+    """Run jobs (stream, fn, calls) at once from one common start; seconds until each job's end."""
+    torch = bench.torch
+    bench.sync()
+    start = torch.cuda.Event(enable_timing=True)
+    start.record(torch.cuda.current_stream(bench.device))
+    ends = []
+    for stream, _, _ in jobs:
+        stream.wait_event(start)
+    longest = max(n for _, _, n in jobs)
+    for i in range(longest):  # interleave issue so no stream gets a head start
+        for stream, fn, n in jobs:
+            if i < n:
+                with torch.cuda.stream(stream):
+                    fn(i)
+    for stream, _, _ in jobs:
+        end = torch.cuda.Event(enable_timing=True)
+        end.record(stream)
+        ends.append(end)
+    bench.sync()
+    return [start.elapsed_time(e) / 1e3 for e in ends]
+
+
+def _median(values: list[float]) -> float:
+    return spread(values).median
+
+
+def measure_concurrency(bench: Bench, plan: CopyPlan, pools: Pools,
+                        tick: Callable[[str], None]) -> dict[str, Any]:
+    """Do two H2D streams add bandwidth? Do H2D and D2H overlap? How much do copies slow kernels?"""
+    torch = bench.torch
+    size, n, reps = plan.concurrency_bytes, plan.concurrency_copies, plan.concurrency_repeats
+    half = pools.nbytes // 2
+    streams = [bench.new_stream() for _ in range(3)]
+
+    def copier(direction: str, part: int) -> Callable[[int], None]:
+        slots = max(1, half // size)
+
+        def fn(i: int) -> None:
+            off = part * half + (i % slots) * size
+            h = pools.pinned[off:off + size]
+            d = pools.device[off:off + size]
+            if direction == "h2d":
+                d.copy_(h, non_blocking=True)
+            else:
+                h.copy_(d, non_blocking=True)
+        return fn
+
+    def repeat(jobs: list[tuple[Any, Callable[[int], Any], int]]) -> list[list[float]]:
+        _concurrent(bench, jobs)  # warm-up
+        return [_concurrent(bench, jobs) for _ in range(reps)]
+
+    out: dict[str, Any] = {"copy_bytes": size, "copies_per_stream": n, "repeats": reps}
+    one = repeat([(streams[0], copier("h2d", 0), n)])
+    t_one = _median([r[0] for r in one])
+    two = repeat([(streams[0], copier("h2d", 0), n), (streams[1], copier("h2d", 1), n)])
+    t_two = _median([max(r) for r in two])
+    bw_one, bw_two = n * size / t_one, 2 * n * size / t_two
+    out["h2d_one_stream_Bps"] = bw_one
+    out["h2d_two_streams_aggregate_Bps"] = bw_two
+    out["h2d_effective_engines"] = bw_two / bw_one
+    tick("concurrency: two H2D streams")
+
+    d2h = repeat([(streams[1], copier("d2h", 1), n)])
+    t_d2h = _median([r[0] for r in d2h])
+    both = repeat([(streams[0], copier("h2d", 0), n), (streams[1], copier("d2h", 1), n)])
+    t_both = _median([max(r) for r in both])
+    out["d2h_one_stream_Bps"] = n * size / t_d2h
+    out["h2d_d2h_serial_s"] = t_one + t_d2h
+    out["h2d_d2h_concurrent_s"] = t_both
+    #: 2.0 = the two directions fully overlap, 1.0 = they serialize
+    out["h2d_d2h_overlap_ratio"] = (t_one + t_d2h) / t_both
+    tick("concurrency: H2D + D2H")
+
+    kernels: dict[str, tuple[Callable[[int], Any], int]] = {}
+    m = plan.matmul_n
+    a = bench.randn(m, m)
+    b = bench.randn(m, m)
+    kernels["matmul_bf16"] = (lambda i: torch.matmul(a, b), 10)
+    big = 256 * MiB
+    src = torch.empty(big, dtype=torch.uint8, device=bench.device).random_(0, 256)
+    dst = torch.empty_like(src)
+    kernels["hbm_copy_256MiB"] = (lambda i: dst.copy_(src), 40)
+    out["kernels"] = {}
+    for name, (kfn, k) in kernels.items():
+        alone = _median([r[0] for r in repeat([(streams[2], kfn, k)])])
+        # kernel slowdown: copies outlast the kernel, so every kernel call runs beside a copy
+        copies = math.ceil(1.3 * alone * bw_one / size) + 2
+        runs = repeat([(streams[2], kfn, k), (streams[0], copier("h2d", 0), copies)])
+        t_kernel = _median([r[0] for r in runs])
+        # copy slowdown: the kernel outlasts the copies, so every copy runs beside a kernel
+        few = max(2, math.floor(0.6 * alone * bw_one / size))
+        runs = repeat([(streams[2], kfn, k), (streams[0], copier("h2d", 0), few)])
+        t_copies = _median([r[1] for r in runs])
+        out["kernels"][name] = {
+            "calls": k, "alone_s": alone, "with_h2d_s": t_kernel,
+            "kernel_slowdown": t_kernel / alone,
+            "h2d_Bps_during_kernel": few * size / t_copies,
+            "h2d_slowdown": bw_one / (few * size / t_copies),
+        }
+        tick(f"concurrency: {name} vs H2D")
+    return out

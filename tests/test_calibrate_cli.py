@@ -1,0 +1,163 @@
+"""`emu calibrate` end to end on the CPU, its error paths, model shapes and copy-pool rotation."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+from calibrate.cli import main
+from calibrate.shapes import ATTENTION, parse_model
+from emu.errors import EmuError
+
+TINY = "tiny:preset=olmoe-1b-7b,hidden=128,expert_intermediate=128,heads=2,kv_heads=1,vocab=512"
+
+
+def _one_line(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_no_gpu_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "p.toml"
+    assert main(["--out", str(out), "--model", "olmoe-1b-7b"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "no CUDA GPU" in line and "--device cpu" in line
+    assert not out.exists()
+
+
+def test_no_nvml_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml -> ImportError
+    assert main(["--out", str(tmp_path / "p.toml")]) == 2
+    assert "NVML is not available" in _one_line(capsys.readouterr().err)
+
+
+def test_no_torch_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)
+    assert main(["--out", str(tmp_path / "p.toml"), "--device", "cpu"]) == 2
+    assert "torch is not installed" in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--model", "no-such-model"], "unknown model preset"),
+    (["--model", "x:hidden=64"], "incomplete model table"),
+    (["--model", "x:preset=olmoe-1b-7b,bogus=1"], "model.bogus"),
+    (["--model", "x:preset=mixtral-8x7b,heads=6,kv_heads=4"], "kv_heads"),
+    (["--repeats", "0"], "--repeats"),
+])
+def test_bad_arguments_are_one_line(argv: list[str], needle: str, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv, "--out", str(tmp_path / "p.toml"), "--device", "cpu"]) == 2
+    assert needle in _one_line(capsys.readouterr().err)
+
+
+def test_out_must_be_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--out", str(tmp_path / "p.json"), "--device", "cpu"]) == 2
+    assert ".toml" in _one_line(capsys.readouterr().err)
+
+
+def test_parse_model_presets_and_custom_shapes() -> None:
+    mix = parse_model("mixtral-8x7b")
+    assert (mix.spec.hidden, mix.spec.expert_intermediate, mix.attention.kv_heads) == (4096, 14336, 8)
+    tiny = parse_model(TINY)
+    assert tiny.name == "tiny" and tiny.spec.hidden == 128 and tiny.spec.n_experts == 64
+    assert (tiny.attention.heads, tiny.attention.kv_heads, tiny.attention.vocab) == (2, 1, 512)
+    assert tiny.attention.qk_norm is True  # inherited from the olmoe preset
+    for name in ATTENTION:
+        assert parse_model(name).spec.name == name
+    with pytest.raises(EmuError):
+        parse_model("deepseek-v2-lite")  # MLA attention: no shape to time without being told
+
+
+def test_copy_pool_views_rotate_inside_the_pool() -> None:
+    pytest.importorskip("torch")
+    from calibrate.bench import Bench
+    from calibrate.transfers import MiB, Pools, copy_plan
+
+    plan = copy_plan("cpu", True, 3)
+    pools = Pools(Bench("cpu"), plan.pool_bytes)
+    for size in plan.sizes:
+        offsets = set()
+        for i in range(50):
+            v = pools.view(pools.pageable, size, i)
+            assert v.numel() == size
+            off = v.storage_offset()
+            assert off % 4096 == 0 and off + size <= pools.nbytes
+            offsets.add(off)
+        assert len(offsets) > 1 or size * 2 > pools.nbytes
+    assert plan.sizes[0] == 4096 and plan.sizes[-1] == 1 * MiB
+
+
+def _check_profile(path: Path, model: str) -> dict:
+    data = tomllib.loads(path.read_text())
+    assert data["schema"] == "moe-emu/profile/1" and data["provisional"] is False
+    c = data["copy"]
+    assert c["latency_s"] >= 0 and c["bw_pinned_Bps"] > 1e8 and c["bw_pageable_Bps"] > 1e8
+    assert len(c["table_bytes"]) == len(c["table_s"]) >= 3
+    assert all(t > 0 for t in c["table_s"])
+    comp = data["compute"]
+    for key in ("expert_launch_s", "hbm_Bps", "flops_per_s", "dense_layer_s", "pass_overhead_s",
+                "layer_overhead_s"):
+        assert comp[key] > 0, key
+    m = data["models"][model]
+    tok, sec = m["expert"]["bf16"]["tokens"], m["expert"]["bf16"]["seconds"]
+    assert len(tok) == len(sec) and all(s > 0 for s in sec)
+    assert sec[-1] > sec[0]  # more routed tokens take longer
+    d = m["dense"]
+    assert len(d["seconds"]) == len(d["tokens"]) and all(len(r) == len(d["context"]) for r in d["seconds"])
+    assert m["cpu_expert"]["bf16"]["seconds"][0] > 0
+    raw = json.loads(path.with_name(path.stem + ".raw.json").read_text())
+    assert set(raw["copies"]) == {"h2d_pinned", "d2h_pinned", "h2d_pageable", "d2h_pageable"}
+    assert raw["models"][model]["expert_bf16"][0]["samples_s"]
+    try:
+        from emu.profile import load_profile
+    except ImportError:
+        return data
+    load_profile(path)
+    return data
+
+
+def test_cpu_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    out = tmp_path / "cpu.toml"
+    assert main(["--device", "cpu", "--quick", "--threads", "1", "--no-progress", "--model", TINY,
+                 "--out", str(out)]) == 0
+    data = _check_profile(out, "tiny")
+    assert data["models"]["tiny"]["expert"]["bf16"]["tokens"] == [1, 8, 64]
+    assert data["provenance"]["device"]["device"] == "cpu"
+    assert "wrote" in capsys.readouterr().err
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+def test_cuda_quick_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.toml"
+    assert main(["--quick", "--no-progress", "--model", TINY, "--out", str(out)]) == 0
+    data = _check_profile(out, "tiny")
+    assert data["copy"]["h2d_engines"] in (1, 2)
+    assert isinstance(data["copy"]["h2d_d2h_overlap"], bool)
+    assert data["provenance"]["device"]["gpu_name"]
