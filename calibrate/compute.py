@@ -91,7 +91,8 @@ def measure_expert(bench: Bench, spec: ModelSpec, tokens: list[int], repeats: in
 
         return call_routed if routed else call_bare
 
-    pts = _points(bench, make_call, tokens, repeats, n_rot, tick, label, max_call_s)
+    calls = max(n_rot, 4) if bench.is_cuda else n_rot
+    pts = _points(bench, make_call, tokens, repeats, calls, tick, label, max_call_s)
     for p in pts:
         p["rotation"] = n_rot
     return pts

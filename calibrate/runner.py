@@ -37,12 +37,12 @@ class Settings:
 
 
 class Progress:
-    """tqdm on stderr when installed, else one plain line per step."""
+    """A tqdm bar on an interactive stderr when tqdm is installed, else one plain line per step."""
 
     def __init__(self, total: int, enabled: bool = True) -> None:
         self.total, self.done, self.enabled = total, 0, enabled
         self.bar = None
-        if enabled:
+        if enabled and sys.stderr.isatty():
             try:
                 from tqdm import tqdm
 

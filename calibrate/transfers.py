@@ -53,6 +53,19 @@ def copy_plan(device: str, quick: bool, repeats: int) -> CopyPlan:
                     matmul_n=4096 if quick else 8192)
 
 
+def _filled(pool: Any, chunk: int = 1 * MiB) -> Any:
+    """Touch every page with random bytes (one random chunk, tiled: filling 1 GiB at random is slow)."""
+    n = pool.numel()
+    head = min(chunk, n)
+    pool[:head].random_(0, 256)
+    reps, rest = divmod(n - head, head)
+    if reps:
+        pool[head:head + reps * head].view(reps, head).copy_(pool[:head].expand(reps, head))
+    if rest:
+        pool[n - rest:].copy_(pool[:rest])
+    return pool
+
+
 class Pools:
     """One device pool and one pinned and one pageable host pool, all touched before timing."""
 
@@ -60,13 +73,10 @@ class Pools:
         torch = bench.torch
         self.bench = bench
         self.nbytes = nbytes
-        self.device = torch.empty(nbytes, dtype=torch.uint8, device=bench.device)
-        self.device.random_(0, 256)
-        self.pageable = torch.empty(nbytes, dtype=torch.uint8)
-        self.pageable.random_(0, 256)
+        self.device = _filled(torch.empty(nbytes, dtype=torch.uint8, device=bench.device))
+        self.pageable = _filled(torch.empty(nbytes, dtype=torch.uint8))
         if bench.is_cuda:
-            self.pinned = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-            self.pinned.random_(0, 256)
+            self.pinned = _filled(torch.empty(nbytes, dtype=torch.uint8, pin_memory=True))
         else:  # no page-locked memory without CUDA: both kinds are plain host memory
             self.pinned = self.pageable
 
