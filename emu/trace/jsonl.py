@@ -161,7 +161,7 @@ class _Rows:
         for key, value in row.items():
             if key not in _KNOWN and isinstance(value, (str, int, float)) and not isinstance(value, bool):
                 values = self.extra.setdefault(key, set())
-                if len(values) <= 16:
+                if len(values) < 16:
                     values.add(str(value))
         self.lines.append(lineno)
         self.requests.append(req)
