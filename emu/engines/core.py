@@ -1,0 +1,680 @@
+"""The timing semantics of docs/ARCHITECTURE.md, once, for every engine and the live runtime.
+
+Engines own time only. They call these handlers in one fixed order at every instant t:
+1. completions at t: `copy_done` for each copy that ends at t, `gpu_done` / `cpu_done` for jobs that end;
+2. `decide(t)`: demand copies waiting for a victim retry (FIFO), then the forward pass moves on as far
+   as it can at t: gate decisions, the next dense or expert job (lowest expert id among ready ones);
+   a started job is announced in `sc[SC_GPU_NEW]` / `sc[SC_CPU_NEW]` with its duration in `fc`;
+3. `next_copy(t)` while a copy engine is free: the best queued copy (demand before prefetch, then
+   issue order) starts and its duration is returned.
+Everything here is numba code with fixed signatures, so it compiles once and is cached.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import boolean, float64, int64, njit, types
+
+from ..policies.api import (
+    EV_ACCESS,
+    EV_EVICT,
+    EV_INSERT,
+    EV_PASS,
+    KERNELS_T,
+    MISS_CPU,
+    MISS_DROP,
+    MISS_FETCH,
+    MISS_SUBSTITUTE,
+)
+from .state import (
+    ABSENT,
+    COPY_NONE,
+    COPY_QUEUED,
+    COPY_RUNNING,
+    CS_T,
+    DEMAND,
+    E_DONE,
+    E_PENDING,
+    E_RUNNING,
+    FC_COPY_BUSY,
+    FC_CPU_BUSY,
+    FC_CPU_DUR,
+    FC_DENSE_S,
+    FC_GATE_T,
+    FC_GPU_BUSY,
+    FC_GPU_DUR,
+    FC_IDLE_T,
+    FC_PRE_S,
+    IN_FLIGHT,
+    JOB_DENSE,
+    JOB_NONE,
+    JOB_PRE,
+    ON_CPU,
+    ON_GPU,
+    PH_DENSE_RUN,
+    PH_EXPERTS,
+    PH_FINISHED,
+    PH_GATE,
+    PH_LAYER_START,
+    PH_PASS_START,
+    PH_PRE_RUN,
+    PREFETCH,
+    PS_T,
+    RESIDENT,
+    SC_CAP,
+    SC_CLOCK,
+    SC_CPU_JOB,
+    SC_CPU_NEW,
+    SC_GPU_IDLE,
+    SC_GPU_JOB,
+    SC_GPU_NEW,
+    SC_HEAP_N,
+    SC_LAST_COPY,
+    SC_LAYER,
+    SC_NCUR,
+    SC_PASS,
+    SC_PF_N,
+    SC_PHASE,
+    SC_RUNNING_COPIES,
+    SC_SAME_LAYER,
+    SC_SEQ,
+    SC_USED,
+    SC_WQ_N,
+    SF_DEGRADED_MASS,
+    SF_DROPPED_MASS,
+    SF_LATE_WAIT_S,
+    SF_MASS,
+    SF_PF_WASTED_BYTES,
+    SF_STALL_S,
+    SF_SUBSTITUTED_MASS,
+    SKIPPED,
+    ST_ACCESSES,
+    ST_BYTES_H2D,
+    ST_COPIES,
+    ST_CPU_RUNS,
+    ST_DEGRADED,
+    ST_DEMAND_WAITS,
+    ST_DROPPED,
+    ST_EVICTIONS,
+    ST_HITS,
+    ST_LATE_HITS,
+    ST_MISS_CAPACITY,
+    ST_MISS_COLLISION,
+    ST_MISS_COMPULSORY,
+    ST_PF_DROPPED,
+    ST_PF_ISSUED,
+    ST_PF_USEFUL,
+    ST_PF_WASTED,
+    ST_SUBSTITUTED,
+    TM_T,
+    TV_T,
+    WAITING,
+)
+
+# The policy stack travels as one typed list of first-class functions and one tuple of states.
+STATES_T = types.UniTuple(PS_T, 5)  # eviction, prefetch, miss, routing, partition
+K_VICTIM, K_EVENT, K_PREFETCH, K_MISS, K_ROUTE, K_PARTITION = range(6)
+S_EVICT, S_PREFETCH, S_MISS, S_ROUTE, S_PARTITION = range(5)
+
+_HEAP_KEY_BITS = 20
+_HEAP_SEQ_BITS = 38
+
+
+# ---- small pure helpers --------------------------------------------------------------------------
+
+@njit(cache=True)
+def interp_curve(xs: np.ndarray, ys: np.ndarray, n: int, x: float) -> float:
+    """Piecewise linear, clamped below the first point, extended past the last (never decreasing)."""
+    if x <= xs[0] or n == 1:
+        return ys[0]
+    if x >= xs[n - 1]:
+        slope = (ys[n - 1] - ys[n - 2]) / (xs[n - 1] - xs[n - 2])
+        if slope < 0.0:
+            slope = 0.0
+        return ys[n - 1] + slope * (x - xs[n - 1])
+    lo = 0
+    hi = n - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if xs[mid] <= x:
+            lo = mid
+        else:
+            hi = mid
+    w = (x - xs[lo]) / (xs[hi] - xs[lo])
+    return ys[lo] + w * (ys[hi] - ys[lo])
+
+
+@njit(cache=True)
+def expert_seconds(tm, prec: int, tokens: int) -> float:
+    return interp_curve(tm.exp_tok[prec], tm.exp_s[prec], tm.exp_n[prec], float(tokens))
+
+
+@njit(cache=True)
+def cpu_seconds(tm, prec: int, tokens: int) -> float:
+    return interp_curve(tm.cpu_tok[prec], tm.cpu_s[prec], tm.cpu_n[prec], float(tokens))
+
+
+@njit(cache=True)
+def dense_seconds(tm, tokens: float, context: float) -> float:
+    """Bilinear in (tokens, context) with the same clamping and extension as `interp_curve`."""
+    nt = tm.d_tok.shape[0]
+    nc = tm.d_ctx.shape[0]
+    col = np.empty(nt)
+    for i in range(nt):
+        col[i] = interp_curve(tm.d_ctx, tm.d_s[i], nc, context)
+    return interp_curve(tm.d_tok, col, nt, tokens)
+
+
+@njit(cache=True)
+def key_layer(cs, key: int) -> int:
+    return key // cs.cur_key.shape[0]
+
+
+@njit(cache=True)
+def encode_miss(action: int, arg: int) -> int:
+    return action | (arg << 4)
+
+
+# ---- copy queue (binary heap of (priority, seq, key) packed in one int64) --------------------------
+
+@njit(cache=True)
+def _heap_push(cs, prio: int, seq: int, key: int) -> None:
+    h = cs.heap
+    n = cs.sc[SC_HEAP_N]
+    item = (prio << (_HEAP_KEY_BITS + _HEAP_SEQ_BITS)) | (seq << _HEAP_KEY_BITS) | key
+    i = n
+    h[i] = item
+    while i > 0:
+        parent = (i - 1) // 2
+        if h[parent] <= h[i]:
+            break
+        h[parent], h[i] = h[i], h[parent]
+        i = parent
+    cs.sc[SC_HEAP_N] = n + 1
+
+
+@njit(cache=True)
+def _heap_pop(cs) -> int:
+    h = cs.heap
+    n = cs.sc[SC_HEAP_N] - 1
+    top = h[0]
+    h[0] = h[n]
+    cs.sc[SC_HEAP_N] = n
+    i = 0
+    while True:
+        left = 2 * i + 1
+        if left >= n:
+            break
+        child = left
+        if left + 1 < n and h[left + 1] < h[left]:
+            child = left + 1
+        if h[i] <= h[child]:
+            break
+        h[i], h[child] = h[child], h[i]
+        i = child
+    return top
+
+
+# ---- slots -----------------------------------------------------------------------------------------
+
+@njit(cache=True)
+def is_evictable(cs, key: int, in_layer: int) -> bool:
+    """May `key` make room for a copy into `in_layer`? Policies choose only among such keys."""
+    if cs.status[key] != RESIDENT or cs.protect[key] > 0:
+        return False
+    vl = key_layer(cs, key)
+    if cs.sc[SC_SAME_LAYER] == 1 and vl != in_layer:
+        return False
+    if vl != in_layer and cs.layer_count[vl] - 1 < cs.layer_floor[vl]:
+        return False
+    return True
+
+
+@njit(cache=True)
+def evict(kern, st, cs, tv, key: int, t: float) -> None:
+    layer = key_layer(cs, key)
+    b = cs.nbytes[key]
+    cs.status[key] = ABSENT
+    cs.sc[SC_USED] -= b
+    cs.layer_bytes[layer] -= b
+    cs.layer_count[layer] -= 1
+    cs.evict_pass[key] = cs.sc[SC_PASS]
+    cs.stats_i[ST_EVICTIONS, layer] += 1
+    if cs.pf_unused[key] == 1:
+        cs.pf_unused[key] = 0
+        cs.stats_i[ST_PF_WASTED, layer] += 1
+        cs.stats_f[SF_PF_WASTED_BYTES, layer] += b
+    kern[K_EVENT](st[S_EVICT], cs, tv, EV_EVICT, key, t)
+
+
+@njit(cache=True)
+def make_room(kern, st, cs, tv, in_layer: int, nbytes: int, t: float) -> bool:
+    """Evict until `nbytes` fit in the pool and in the layer's cap; False when no victim is left."""
+    while True:
+        fits_layer = cs.layer_bytes[in_layer] + nbytes <= cs.layer_cap[in_layer]
+        if cs.sc[SC_USED] + nbytes <= cs.sc[SC_CAP] and fits_layer:
+            return True
+        cs.sc[SC_SAME_LAYER] = 0 if fits_layer else 1
+        victim = kern[K_VICTIM](st[S_EVICT], cs, tv, in_layer, 0, t)
+        cs.sc[SC_SAME_LAYER] = 0
+        if victim < 0:
+            return False
+        evict(kern, st, cs, tv, victim, t)
+
+
+@njit(cache=True)
+def _start_copy_entry(kern, st, cs, tv, key: int, prec: int, prio: int, t: float) -> None:
+    layer = key_layer(cs, key)
+    b = cs.prec_bytes[prec]
+    cs.status[key] = IN_FLIGHT
+    cs.prec[key] = prec
+    cs.nbytes[key] = b
+    cs.sc[SC_USED] += b
+    cs.layer_bytes[layer] += b
+    cs.layer_count[layer] += 1
+    cs.loaded_ever[key] = 1
+    seq = cs.sc[SC_SEQ]
+    cs.sc[SC_SEQ] = seq + 1
+    cs.copy_state[key] = COPY_QUEUED
+    cs.copy_prio[key] = prio
+    cs.copy_seq[key] = seq
+    _heap_push(cs, prio, seq, key)
+    cs.sc[SC_CLOCK] += 1
+    kern[K_EVENT](st[S_EVICT], cs, tv, EV_INSERT, key, t)
+
+
+@njit(cache=True)
+def issue_demand(kern, st, cs, tv, key: int, prec: int, t: float) -> bool:
+    """A demand copy takes a slot now, or waits (FIFO) for a victim."""
+    if make_room(kern, st, cs, tv, key_layer(cs, key), cs.prec_bytes[prec], t):
+        _start_copy_entry(kern, st, cs, tv, key, prec, DEMAND, t)
+        return True
+    cs.status[key] = WAITING
+    cs.wait_prec[key] = prec
+    cs.waitq[cs.sc[SC_WQ_N]] = key
+    cs.sc[SC_WQ_N] += 1
+    cs.stats_i[ST_DEMAND_WAITS, key_layer(cs, key)] += 1
+    return False
+
+
+@njit(cache=True)
+def issue_prefetch(kern, st, cs, tv, key: int, prec: int, t: float) -> bool:
+    """A prefetch that finds no victim is dropped and counted."""
+    if cs.status[key] != ABSENT:
+        return False
+    layer = key_layer(cs, key)
+    if not make_room(kern, st, cs, tv, layer, cs.prec_bytes[prec], t):
+        cs.stats_i[ST_PF_DROPPED, layer] += 1
+        return False
+    _start_copy_entry(kern, st, cs, tv, key, prec, PREFETCH, t)
+    cs.pf_unused[key] = 1
+    cs.stats_i[ST_PF_ISSUED, layer] += 1
+    return True
+
+
+@njit(cache=True)
+def retry_waiters(kern, st, cs, tv, t: float) -> None:
+    n = cs.sc[SC_WQ_N]
+    kept = 0
+    for i in range(n):
+        key = cs.waitq[i]
+        prec = cs.wait_prec[key]
+        if make_room(kern, st, cs, tv, key_layer(cs, key), cs.prec_bytes[prec], t):
+            _start_copy_entry(kern, st, cs, tv, key, prec, DEMAND, t)
+        else:
+            cs.waitq[kept] = key
+            kept += 1
+    cs.sc[SC_WQ_N] = kept
+
+
+# ---- routing helper shared by routing policies ----------------------------------------------------
+
+@njit(cache=True)
+def gather_layer(cs, tv, p: int, layer: int) -> int:
+    """The distinct experts the tokens of pass p need at `layer`, in expert-id order, with token counts
+    and routing mass (gate scores when the trace has them, else 1/top_k per token)."""
+    t0 = tv.pass_offsets[p]
+    t1 = tv.pass_offsets[p + 1]
+    k = tv.experts.shape[2]
+    n_exp = cs.cur_key.shape[0]
+    has_scores = tv.dims[0] == 1
+    count = cs.gather_count
+    mass = cs.gather_mass
+    n = 0
+    ids = cs.cur_expert
+    for tok in range(t0, t1):
+        for s in range(k):
+            e = np.int64(tv.experts[tok, layer, s])
+            if count[e] == 0:
+                ids[n] = e
+                n += 1
+            count[e] += 1
+            mass[e] += np.float64(tv.scores[tok, layer, s]) if has_scores else 1.0 / k
+    # insertion sort: n is at most n_experts and usually top_k
+    for i in range(1, n):
+        v = ids[i]
+        j = i - 1
+        while j >= 0 and ids[j] > v:
+            ids[j + 1] = ids[j]
+            j -= 1
+        ids[j + 1] = v
+    for i in range(n):
+        e = ids[i]
+        cs.cur_key[i] = layer * n_exp + e
+        cs.cur_tokens[i] = count[e]
+        cs.cur_mass[i] = mass[e]
+        count[e] = 0
+        mass[e] = 0.0
+    return n
+
+
+# ---- the gate: classify accesses, handle misses, prefetch --------------------------------------
+
+@njit(cache=True)
+def gate(kern, st, cs, tv, p: int, layer: int, t: float) -> None:
+    cs.fc[FC_GATE_T] = t
+    kern[K_PARTITION](st[S_PARTITION], cs, tv, p, layer, t)
+    n = kern[K_ROUTE](st[S_ROUTE], cs, tv, p, layer, t)
+    cs.sc[SC_NCUR] = n
+    n_exp = cs.cur_key.shape[0]
+    for i in range(n):
+        key = cs.cur_key[i]
+        cs.cur_expert[i] = key - layer * n_exp
+        cs.cur_state[i] = E_PENDING
+        cs.cur_where[i] = ON_GPU
+        cs.cur_sub[i] = -1
+        cs.protect[key] += 1
+    for i in range(n):
+        key = cs.cur_key[i]
+        cs.stats_i[ST_ACCESSES, layer] += 1
+        cs.stats_f[SF_MASS, layer] += cs.cur_mass[i]
+        status = cs.status[key]
+        if status == RESIDENT or status == IN_FLIGHT:
+            cs.stats_i[ST_HITS, layer] += 1
+            if status == IN_FLIGHT:
+                cs.stats_i[ST_LATE_HITS, layer] += 1
+                cs.late_flag[key] = 1
+                cs.late_gate_t[key] = t
+                if cs.copy_state[key] == COPY_QUEUED and cs.copy_prio[key] == PREFETCH:
+                    seq = cs.sc[SC_SEQ]  # promote: the stale prefetch entry is skipped when popped
+                    cs.sc[SC_SEQ] = seq + 1
+                    cs.copy_prio[key] = DEMAND
+                    cs.copy_seq[key] = seq
+                    _heap_push(cs, DEMAND, seq, key)
+            if cs.pf_unused[key] == 1:
+                cs.pf_unused[key] = 0
+                cs.stats_i[ST_PF_USEFUL, layer] += 1
+            cs.sc[SC_CLOCK] += 1
+            kern[K_EVENT](st[S_EVICT], cs, tv, EV_ACCESS, key, t)
+            continue
+        action = kern[K_MISS](st[S_MISS], cs, tv, i, 0, t)
+        code = action & 15
+        arg = action >> 4
+        if code == MISS_DROP:
+            cs.stats_i[ST_DROPPED, layer] += 1
+            cs.stats_f[SF_DROPPED_MASS, layer] += cs.cur_mass[i]
+            cs.cur_where[i] = SKIPPED
+            cs.cur_state[i] = E_DONE
+            cs.protect[key] -= 1
+            continue
+        if cs.loaded_ever[key] == 0:
+            cs.stats_i[ST_MISS_COMPULSORY, layer] += 1
+        elif cs.evict_pass[key] == p:
+            cs.stats_i[ST_MISS_COLLISION, layer] += 1
+        else:
+            cs.stats_i[ST_MISS_CAPACITY, layer] += 1
+        if code == MISS_FETCH:
+            if arg != 0:
+                cs.stats_i[ST_DEGRADED, layer] += 1
+                cs.stats_f[SF_DEGRADED_MASS, layer] += cs.cur_mass[i]
+            cs.sc[SC_CLOCK] += 1
+            issue_demand(kern, st, cs, tv, key, arg, t)
+        elif code == MISS_SUBSTITUTE:
+            cs.stats_i[ST_SUBSTITUTED, layer] += 1
+            cs.stats_f[SF_SUBSTITUTED_MASS, layer] += cs.cur_mass[i]
+            cs.cur_sub[i] = arg
+            cs.protect[arg] += 1
+            cs.protect[key] -= 1
+            cs.sc[SC_CLOCK] += 1
+            kern[K_EVENT](st[S_EVICT], cs, tv, EV_ACCESS, arg, t)
+        elif code == MISS_CPU:
+            cs.stats_i[ST_CPU_RUNS, layer] += 1
+            cs.cur_where[i] = ON_CPU
+            cs.protect[key] -= 1
+    n_pf = kern[K_PREFETCH](st[S_PREFETCH], cs, tv, p, layer, t)
+    cs.sc[SC_PF_N] = n_pf
+    for j in range(n_pf):
+        issue_prefetch(kern, st, cs, tv, cs.pf_buf[j], 0, t)
+
+
+# ---- the forward pass as a state machine ----------------------------------------------------------
+
+@njit(cache=True)
+def _pass_times(cs, tm, tv, p: int) -> None:
+    t0 = tv.pass_offsets[p]
+    t1 = tv.pass_offsets[p + 1]
+    ctx = 0.0
+    for tok in range(t0, t1):
+        ctx += tv.token_position[tok] + 1.0
+    tokens = float(t1 - t0)
+    dense = dense_seconds(tm, tokens, ctx / tokens)
+    cs.fc[FC_DENSE_S] = dense + tm.scal[1]
+    cs.fc[FC_PRE_S] = tm.scal[0] + tm.scal[2] * dense
+
+
+@njit(cache=True)
+def _start_gpu(cs, job: int, dur: float, t: float) -> None:
+    cs.sc[SC_GPU_JOB] = job
+    cs.sc[SC_GPU_NEW] = 1
+    cs.fc[FC_GPU_DUR] = dur
+    cs.fc[FC_GPU_BUSY] += dur
+    if cs.sc[SC_GPU_IDLE] == 1:
+        cs.sc[SC_GPU_IDLE] = 0
+        cs.stats_f[SF_STALL_S, cs.sc[SC_LAYER]] += t - cs.fc[FC_IDLE_T]
+
+
+@njit(cache=True)
+def _entry_key(cs, i: int) -> int:
+    sub = cs.cur_sub[i]
+    return sub if sub >= 0 else cs.cur_key[i]
+
+
+@njit(cache=True)
+def _finish_entry(cs, i: int) -> None:
+    cs.cur_state[i] = E_DONE
+    if cs.cur_where[i] == ON_GPU:
+        cs.protect[_entry_key(cs, i)] -= 1
+
+
+@njit(cache=True)
+def _step(kern, st, cs, tm, tv, t: float) -> bool:
+    """Advance the forward pass at instant t as far as one transition; True if something changed."""
+    phase = cs.sc[SC_PHASE]
+    if phase == PH_FINISHED:
+        return False
+    gpu_free = cs.sc[SC_GPU_JOB] == JOB_NONE
+    if phase == PH_PASS_START:
+        p = cs.sc[SC_PASS]
+        if p >= tv.pass_offsets.shape[0] - 1:
+            cs.sc[SC_PHASE] = PH_FINISHED
+            return True
+        cs.pass_start[p] = t
+        kern[K_EVENT](st[S_EVICT], cs, tv, EV_PASS, p, t)
+        _pass_times(cs, tm, tv, p)
+        cs.sc[SC_LAYER] = 0
+        if cs.fc[FC_PRE_S] > 0.0:
+            _start_gpu(cs, JOB_PRE, cs.fc[FC_PRE_S], t)
+            cs.sc[SC_PHASE] = PH_PRE_RUN
+        else:
+            cs.sc[SC_PHASE] = PH_LAYER_START
+        return True
+    if phase == PH_LAYER_START:
+        if cs.fc[FC_DENSE_S] > 0.0:
+            _start_gpu(cs, JOB_DENSE, cs.fc[FC_DENSE_S], t)
+            cs.sc[SC_PHASE] = PH_DENSE_RUN
+        else:
+            cs.sc[SC_PHASE] = PH_GATE
+        return True
+    if phase == PH_GATE:
+        gate(kern, st, cs, tv, cs.sc[SC_PASS], cs.sc[SC_LAYER], t)
+        cs.sc[SC_PHASE] = PH_EXPERTS
+        return True
+    if phase != PH_EXPERTS:
+        return False  # a pre-pass or dense job is running
+    n = cs.sc[SC_NCUR]
+    changed = False
+    # the CPU takes the lowest pending expert routed to it
+    if cs.sc[SC_CPU_JOB] == JOB_NONE:
+        for i in range(n):
+            if cs.cur_state[i] == E_PENDING and cs.cur_where[i] == ON_CPU:
+                dur = cpu_seconds(tm, cs.prec[cs.cur_key[i]], cs.cur_tokens[i])
+                cs.cur_state[i] = E_RUNNING
+                cs.sc[SC_CPU_JOB] = i
+                cs.sc[SC_CPU_NEW] = 1
+                cs.fc[FC_CPU_DUR] = dur
+                cs.fc[FC_CPU_BUSY] += dur
+                changed = True
+                break
+    if not gpu_free:
+        return changed
+    all_done = True
+    for i in range(n):
+        if cs.cur_state[i] != E_DONE:
+            all_done = False
+        if cs.cur_state[i] == E_PENDING and cs.cur_where[i] == ON_GPU:
+            key = _entry_key(cs, i)
+            if cs.status[key] == RESIDENT:
+                dur = expert_seconds(tm, cs.prec[key], cs.cur_tokens[i])
+                if dur > 0.0:
+                    cs.cur_state[i] = E_RUNNING
+                    _start_gpu(cs, i, dur, t)
+                else:
+                    _finish_entry(cs, i)
+                return True
+    if all_done:
+        layer = cs.sc[SC_LAYER] + 1
+        if layer == tv.experts.shape[1]:
+            p = cs.sc[SC_PASS]
+            cs.pass_end[p] = t
+            cs.sc[SC_PASS] = p + 1
+            cs.sc[SC_PHASE] = PH_PASS_START
+        else:
+            cs.sc[SC_LAYER] = layer
+            cs.sc[SC_PHASE] = PH_LAYER_START
+        return True
+    if cs.sc[SC_GPU_IDLE] == 0:
+        cs.sc[SC_GPU_IDLE] = 1
+        cs.fc[FC_IDLE_T] = t
+    return changed
+
+
+# ---- the instant: the one entry point engines call ----------------------------------------------
+
+@njit(cache=True)
+def _decide(kern, st, cs, tm, tv, t: float) -> None:
+    while True:
+        if cs.sc[SC_WQ_N] > 0:
+            retry_waiters(kern, st, cs, tv, t)
+        if not _step(kern, st, cs, tm, tv, t):
+            break
+
+
+@njit(cache=True)
+def _next_copy(cs, tm) -> float:
+    """The best queued copy starts; returns its duration (key in sc[SC_LAST_COPY]) or -1 if none."""
+    while cs.sc[SC_HEAP_N] > 0:
+        item = _heap_pop(cs)
+        key = item & ((1 << _HEAP_KEY_BITS) - 1)
+        seq = (item >> _HEAP_KEY_BITS) & ((1 << _HEAP_SEQ_BITS) - 1)
+        if cs.copy_state[key] != COPY_QUEUED or cs.copy_seq[key] != seq:
+            continue  # stale entry of a promoted prefetch
+        cs.copy_state[key] = COPY_RUNNING
+        cs.sc[SC_RUNNING_COPIES] += 1
+        dur = tm.copy_s[cs.prec[key]]
+        layer = key_layer(cs, key)
+        cs.stats_i[ST_BYTES_H2D, layer] += cs.nbytes[key]
+        cs.stats_i[ST_COPIES, layer] += 1
+        cs.fc[FC_COPY_BUSY] += dur
+        cs.sc[SC_LAST_COPY] = key
+        return dur
+    return -1.0
+
+
+@njit(cache=True)
+def _copy_done(cs, key: int, t: float) -> None:
+    cs.status[key] = RESIDENT
+    cs.copy_state[key] = COPY_NONE
+    cs.sc[SC_RUNNING_COPIES] -= 1
+    if cs.late_flag[key] == 1:
+        cs.late_flag[key] = 0
+        cs.stats_f[SF_LATE_WAIT_S, key_layer(cs, key)] += t - cs.late_gate_t[key]
+
+
+@njit(cache=True)
+def _gpu_done(cs) -> None:
+    job = cs.sc[SC_GPU_JOB]
+    cs.sc[SC_GPU_JOB] = JOB_NONE
+    if job == JOB_PRE:
+        cs.sc[SC_PHASE] = PH_LAYER_START
+    elif job == JOB_DENSE:
+        cs.sc[SC_PHASE] = PH_GATE
+    elif job >= 0:
+        _finish_entry(cs, job)
+
+
+@njit(cache=True)
+def _cpu_done(cs) -> None:
+    job = cs.sc[SC_CPU_JOB]
+    cs.sc[SC_CPU_JOB] = JOB_NONE
+    _finish_entry(cs, job)
+
+
+GPU_DONE = 1
+CPU_DONE = 2
+
+
+@njit(int64(KERNELS_T, STATES_T, CS_T, TM_T, TV_T, float64, int64[::1], int64, int64, int64, int64[::1],
+            float64[::1]), cache=True)
+def instant(kern, st, cs, tm, tv, t, done_keys, n_done, done_jobs, n_free, out_keys, out_durs):
+    """Everything that happens at instant t, in the contract's order.
+
+    1. completions: the copies `done_keys[:n_done]` landed; `done_jobs` has GPU_DONE / CPU_DONE bits;
+    2. decisions (`_decide`);
+    3. dispatch: up to `n_free` idle copy engines start the best queued copies, written to
+       `out_keys` / `out_durs`; returns how many started. Once the trace is done nothing more starts.
+    New GPU/CPU jobs are announced in sc[SC_GPU_NEW] / sc[SC_CPU_NEW] with durations in fc.
+    """
+    for i in range(n_done):
+        _copy_done(cs, done_keys[i], t)
+    if done_jobs & GPU_DONE:
+        _gpu_done(cs)
+    if done_jobs & CPU_DONE:
+        _cpu_done(cs)
+    _decide(kern, st, cs, tm, tv, t)
+    n = 0
+    if cs.sc[SC_PHASE] == PH_FINISHED:
+        return 0
+    while n < n_free:
+        dur = _next_copy(cs, tm)
+        if dur < 0.0:
+            break
+        out_keys[n] = cs.sc[SC_LAST_COPY]
+        out_durs[n] = dur
+        n += 1
+    return n
+
+
+@njit(boolean(CS_T), cache=True)
+def finished(cs):
+    return cs.sc[SC_PHASE] == PH_FINISHED
+
+
+@njit(types.none(CS_T), cache=True)
+def close(cs):
+    """End of run: prefetched experts never used count as wasted."""
+    for key in range(cs.status.shape[0]):
+        if cs.pf_unused[key] == 1:
+            layer = key_layer(cs, key)
+            cs.pf_unused[key] = 0
+            cs.stats_i[ST_PF_WASTED, layer] += 1
+            cs.stats_f[SF_PF_WASTED_BYTES, layer] += cs.nbytes[key]

@@ -1,0 +1,128 @@
+"""The SimPy reference engine: the readable place where resources and time live.
+
+Resources mirror ../shared/DESIGN.md: a compute stream and a CPU (`simpy.Resource`, capacity 1), the
+host-to-device copy engines (`simpy.Resource` with the profile's engine count; the queue order itself
+is the shared core's demand-before-prefetch heap) and the VRAM pool (`simpy.Container` of bytes whose
+level follows the bytes held by resident and in-flight experts).
+
+Same-instant order is the core's contract: completions are ordinary events (priority NORMAL); the
+decision step and the copy dispatch run in one `Instant` event at priority LATE, so every completion
+at time t has been seen before anything is decided at t.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import simpy
+from simpy.events import NORMAL
+
+from ...errors import EmuError
+from .. import core
+from ..setup import SimInputs, fresh_state
+from ..state import FC_CPU_DUR, FC_GPU_DUR, SC_CPU_NEW, SC_GPU_NEW, SC_USED
+
+LATE = NORMAL + 1
+
+
+class Instant(simpy.Event):
+    """An event processed after every ordinary event of the same instant."""
+
+    def __init__(self, env: simpy.Environment) -> None:
+        super().__init__(env)
+        self._ok = True
+        self._value = None
+        env.schedule(self, LATE)
+
+
+class DesEngine:
+    def __init__(self, inputs: SimInputs) -> None:
+        self.inputs = inputs
+        self.cs, self.kernels, self.states = fresh_state(inputs)
+        self.env = simpy.Environment()
+        self.compute_stream = simpy.Resource(self.env, capacity=1)
+        self.cpu = simpy.Resource(self.env, capacity=1)
+        n_engines = inputs.profile.copy.h2d_engines
+        self.copy_engines = simpy.Resource(self.env, capacity=n_engines)
+        self.vram = simpy.Container(self.env, capacity=max(inputs.capacity_bytes, 1), init=0)
+        self.end_time: float | None = None
+        self._instant_pending = False
+        self._done_keys: list[int] = []
+        self._done_jobs = 0
+        self._keys_buf = np.zeros(n_engines, np.int64)
+        self._out_keys = np.zeros(n_engines, np.int64)
+        self._out_durs = np.zeros(n_engines)
+
+    # ---- processes: each holds its resource for its duration, then reports the completion ----------
+    def _copy(self, request: simpy.Event, key: int, duration: float) -> Any:
+        with request:
+            yield request
+            yield self.env.timeout(duration)
+        self._done_keys.append(key)
+        self._kick()
+
+    def _job(self, request: simpy.Event, duration: float, done_bit: int) -> Any:
+        with request:
+            yield request
+            yield self.env.timeout(duration)
+        self._done_jobs |= done_bit
+        self._kick()
+
+    # ---- the instant: completions, decisions, dispatch in one call of the shared core --------------
+    def _kick(self) -> None:
+        if not self._instant_pending:
+            self._instant_pending = True
+            Instant(self.env).callbacks.append(self._on_instant)
+
+    def _on_instant(self, _event: simpy.Event) -> None:
+        self._instant_pending = False
+        env, cs = self.env, self.cs
+        t = env.now
+        n_done = len(self._done_keys)
+        self._keys_buf[:n_done] = self._done_keys
+        self._done_keys.clear()
+        done_jobs, self._done_jobs = self._done_jobs, 0
+        n_free = self.copy_engines.capacity - self.copy_engines.count
+        started = core.instant(self.kernels, self.states, cs, self.inputs.tm, self.inputs.tv, t,
+                               self._keys_buf, n_done, done_jobs, n_free, self._out_keys, self._out_durs)
+        if cs.sc[SC_GPU_NEW] == 1:
+            cs.sc[SC_GPU_NEW] = 0
+            env.process(self._job(self.compute_stream.request(), float(cs.fc[FC_GPU_DUR]), core.GPU_DONE))
+        if cs.sc[SC_CPU_NEW] == 1:
+            cs.sc[SC_CPU_NEW] = 0
+            env.process(self._job(self.cpu.request(), float(cs.fc[FC_CPU_DUR]), core.CPU_DONE))
+        for j in range(started):
+            request = self.copy_engines.request()  # granted at once: an engine is free
+            env.process(self._copy(request, int(self._out_keys[j]), float(self._out_durs[j])))
+        self._sync_vram()
+        if self.end_time is None and core.finished(cs):
+            self.end_time = t
+
+    def _sync_vram(self) -> None:
+        used = int(self.cs.sc[SC_USED])
+        delta = used - self.vram.level
+        if delta > 0:
+            self.vram.put(delta)
+        elif delta < 0:
+            self.vram.get(-delta)
+        if self.vram.level != used:
+            raise AssertionError("VRAM pool over capacity: the core let resident bytes exceed the budget")
+
+    def run(self) -> float:
+        self._kick()
+        self.env.run()
+        if self.end_time is None:
+            raise EmuError("the run deadlocked: a demand copy can never find room (is a layer's cap below one "
+                           "expert?)", key="cache.capacity")
+        return self.end_time
+
+
+def run_des(inputs: SimInputs) -> tuple[Any, float, dict[str, float]]:
+    engine = DesEngine(inputs)
+    t0 = time.perf_counter()
+    end = engine.run()
+    wall = time.perf_counter() - t0
+    core.close(engine.cs)
+    return engine.cs, end, {"run_s": wall}

@@ -1,0 +1,132 @@
+"""Turn specs into the flat arrays the engines run on; both engines start from the same `SimInputs`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+from numba import typed
+
+from ..models import PRECISION_BITS, ModelSpec
+from ..policies.api import KERNEL_T, PolicyContext
+from ..policies.registry import get_policy
+from ..profile import HardwareProfile, cpu_expert_curve, dense_table, expert_curve
+from ..trace import RoutingTrace
+from .state import Timing, TraceView, new_cache_state
+
+#: precision index 0 is the model's own precision; the others follow in this order.
+PRECISION_ORDER = ("bf16", "fp16", "fp8", "int8", "int4", "int2")
+
+
+@attrs.frozen
+class PolicyChoice:
+    name: str
+    params: dict[str, float] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class StackChoice:
+    """The five policy dimensions, each a registered name with resolved parameters."""
+
+    eviction: PolicyChoice = PolicyChoice("lru")
+    prefetch: PolicyChoice = PolicyChoice("none")
+    miss: PolicyChoice = PolicyChoice("fetch")
+    routing: PolicyChoice = PolicyChoice("standard")
+    partition: PolicyChoice = PolicyChoice("global")
+
+
+def precisions_for(model: ModelSpec) -> tuple[str, ...]:
+    """The model's precision first, then every smaller one (for degraded fetches)."""
+    own = PRECISION_BITS[model.precision]
+    rest = [p for p in PRECISION_ORDER if p != model.precision and PRECISION_BITS[p] <= own]
+    return (model.precision, *rest)
+
+
+@attrs.frozen(eq=False)
+class SimInputs:
+    model: ModelSpec
+    profile: HardwareProfile
+    trace: RoutingTrace
+    capacity_bytes: int
+    stack: StackChoice
+    seed: int
+    precisions: tuple[str, ...]
+    tv: Any
+    tm: Any
+
+
+def trace_view(trace: RoutingTrace) -> Any:
+    shape = trace.experts.shape
+    scores = (np.ascontiguousarray(trace.scores, dtype=np.float32) if trace.scores is not None
+              else np.zeros((0, shape[1], shape[2]), np.float32))
+    predicted = (np.ascontiguousarray(trace.predicted, dtype=np.int16) if trace.predicted is not None
+                 else np.zeros((0, shape[1], shape[2]), np.int16))
+    dims = np.array([int(trace.scores is not None), int(trace.predicted is not None), trace.n_experts], np.int64)
+    return TraceView(np.ascontiguousarray(trace.experts, dtype=np.int16), scores, predicted,
+                     np.ascontiguousarray(trace.pass_offsets, dtype=np.int64),
+                     np.ascontiguousarray(trace.pass_phase, dtype=np.int8),
+                     np.ascontiguousarray(trace.token_position, dtype=np.int32),
+                     np.ascontiguousarray(trace.token_request, dtype=np.int32), dims)
+
+
+def _pad(curves: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    width = max((len(c.tokens) for c in curves if c is not None), default=1)
+    tok = np.ones((len(curves), width))
+    sec = np.zeros((len(curves), width))
+    n = np.zeros(len(curves), np.int64)
+    for row, c in enumerate(curves):
+        if c is None:
+            continue
+        n[row] = len(c.tokens)
+        tok[row, : n[row]] = c.tokens
+        sec[row, : n[row]] = c.seconds
+        tok[row, n[row]:] = c.tokens[-1]
+        sec[row, n[row]:] = c.seconds[-1]
+    return tok, sec, n
+
+
+def timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ...]) -> Any:
+    copy_s = np.array([profile.copy_seconds(model.expert_bytes(p)) for p in precisions])
+    exp_tok, exp_s, exp_n = _pad([expert_curve(profile, model, p) for p in precisions])
+    cpu_tok, cpu_s, cpu_n = _pad([cpu_expert_curve(profile, model, p) for p in precisions])
+    dense = dense_table(profile, model)
+    mc = profile.models.get(model.name)
+    pass_oh = mc.pass_overhead_s if mc is not None and mc.pass_overhead_s is not None else \
+        profile.compute.pass_overhead_s
+    layer_oh = mc.layer_overhead_s if mc is not None and mc.layer_overhead_s is not None else \
+        profile.compute.layer_overhead_s
+    return Timing(copy_s, exp_tok, exp_s, exp_n, cpu_tok, cpu_s, cpu_n,
+                  np.asarray(dense.tokens, float), np.asarray(dense.context, float),
+                  np.ascontiguousarray(np.asarray(dense.seconds, float)),
+                  np.array([pass_oh, layer_oh, float(model.n_dense_layers)]))
+
+
+def make_inputs(model: ModelSpec, profile: HardwareProfile, trace: RoutingTrace, capacity_bytes: int,
+                stack: StackChoice, seed: int = 0) -> SimInputs:
+    precisions = precisions_for(model)
+    return SimInputs(model=model, profile=profile, trace=trace, capacity_bytes=int(capacity_bytes),
+                     stack=stack, seed=seed, precisions=precisions, tv=trace_view(trace),
+                     tm=timing(profile, model, precisions))
+
+
+def fresh_state(inputs: SimInputs) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
+    """A new cache state, the kernel tuple and the policy-state tuple, in the core's order."""
+    model = inputs.model
+    prec_bytes = np.array([model.expert_bytes(p) for p in inputs.precisions], np.int64)
+    cs = new_cache_state(model.n_moe_layers, model.n_experts, model.top_k, inputs.trace.n_passes,
+                         inputs.capacity_bytes, prec_bytes, inputs.profile.copy.h2d_engines)
+    ctx = PolicyContext(n_layers=model.n_moe_layers, n_experts=model.n_experts, top_k=model.top_k,
+                        capacity_bytes=inputs.capacity_bytes, expert_bytes=int(prec_bytes[0]),
+                        prec_bytes=prec_bytes, trace=inputs.tv, seed=inputs.seed)
+    s = inputs.stack
+    chosen = [("eviction", s.eviction), ("prefetch", s.prefetch), ("miss", s.miss), ("routing", s.routing),
+              ("partition", s.partition)]
+    policies = [get_policy(kind, choice.name) for kind, choice in chosen]
+    states = tuple(pol.init(ctx, dict(choice.params)) for pol, (_k, choice) in zip(policies, chosen))
+    evict, prefetch, miss, route, part = policies
+    kernels = typed.List.empty_list(KERNEL_T)
+    for fn in (evict.kernels[0], evict.kernels[1], prefetch.kernels[0], miss.kernels[0], route.kernels[0],
+               part.kernels[0]):
+        kernels.append(fn)
+    return cs, kernels, states

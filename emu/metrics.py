@@ -1,0 +1,124 @@
+"""Results: what a run measured, derived from the core's counters the same way for every engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+
+from .engines import state as S
+from .trace import PHASE_DECODE
+
+_COUNTERS = {
+    "accesses": S.ST_ACCESSES, "hits": S.ST_HITS, "late_prefetch_hits": S.ST_LATE_HITS,
+    "misses_compulsory": S.ST_MISS_COMPULSORY, "misses_capacity": S.ST_MISS_CAPACITY,
+    "misses_collision": S.ST_MISS_COLLISION, "dropped": S.ST_DROPPED, "substituted": S.ST_SUBSTITUTED,
+    "degraded": S.ST_DEGRADED, "cpu_runs": S.ST_CPU_RUNS, "prefetch_issued": S.ST_PF_ISSUED,
+    "prefetch_useful": S.ST_PF_USEFUL, "prefetch_dropped": S.ST_PF_DROPPED, "prefetch_wasted": S.ST_PF_WASTED,
+    "bytes_h2d": S.ST_BYTES_H2D, "copies": S.ST_COPIES, "evictions": S.ST_EVICTIONS,
+    "demand_waits": S.ST_DEMAND_WAITS,
+}
+_FLOATS = {
+    "late_wait_s": S.SF_LATE_WAIT_S, "stall_s": S.SF_STALL_S, "dropped_mass": S.SF_DROPPED_MASS,
+    "substituted_mass": S.SF_SUBSTITUTED_MASS, "degraded_mass": S.SF_DEGRADED_MASS, "mass": S.SF_MASS,
+    "prefetch_wasted_bytes": S.SF_PF_WASTED_BYTES,
+}
+
+
+def _ratios(c: dict[str, Any]) -> dict[str, float]:
+    acc = c["accesses"]
+    misses = c["misses_compulsory"] + c["misses_capacity"] + c["misses_collision"]
+    issued = c["prefetch_issued"]
+    return {
+        "misses": misses,
+        "hit_rate": c["hits"] / acc if acc else 0.0,
+        "prefetch_precision": c["prefetch_useful"] / issued if issued else 0.0,
+        "prefetch_recall": c["prefetch_useful"] / (c["prefetch_useful"] + misses)
+        if c["prefetch_useful"] + misses else 0.0,
+    }
+
+
+@attrs.frozen
+class RunResult:
+    """One scenario's numbers. `to_dict` is the JSON `emu run` writes."""
+
+    ttft_s: float
+    tpot_s: float
+    decode_tok_per_s: float
+    e2e_s: float
+    counters: dict[str, Any]
+    per_layer: list[dict[str, Any]]
+    per_request_ttft_s: list[float]
+    copy_busy_frac: float
+    compute_busy_frac: float
+    cpu_busy_frac: float
+    engine: str
+    timings: dict[str, float] = attrs.field(factory=dict)
+
+    @property
+    def hit_rate(self) -> float:
+        return float(self.counters["hit_rate"])
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ttft_s": self.ttft_s, "tpot_s": self.tpot_s, "decode_tok_per_s": self.decode_tok_per_s,
+            "e2e_s": self.e2e_s, "copy_busy_frac": self.copy_busy_frac,
+            "compute_busy_frac": self.compute_busy_frac, "cpu_busy_frac": self.cpu_busy_frac,
+        }
+        out.update(self.counters)
+        out["quality"] = {
+            "dropped_mass": self.counters["dropped_mass"], "substituted_mass": self.counters["substituted_mass"],
+            "degraded_mass": self.counters["degraded_mass"],
+            "lost_mass_frac": (self.counters["dropped_mass"] + self.counters["substituted_mass"])
+            / self.counters["mass"] if self.counters["mass"] else 0.0,
+        }
+        out["per_layer"] = self.per_layer
+        out["per_request_ttft_s"] = self.per_request_ttft_s
+        out["engine"] = self.engine
+        out["timings"] = self.timings
+        return out
+
+
+def _counters(stats_i: np.ndarray, stats_f: np.ndarray) -> dict[str, Any]:
+    c: dict[str, Any] = {name: int(stats_i[idx].sum()) for name, idx in _COUNTERS.items()}
+    c.update({name: float(stats_f[idx].sum()) for name, idx in _FLOATS.items()})
+    c.update(_ratios(c))
+    return c
+
+
+def build_result(cs: Any, end_time: float, trace: Any, engine: str, timings: dict[str, float]) -> RunResult:
+    per_layer = []
+    for layer in range(cs.stats_i.shape[1]):
+        c: dict[str, Any] = {"layer": layer}
+        c.update({name: int(cs.stats_i[idx, layer]) for name, idx in _COUNTERS.items()})
+        c.update({name: float(cs.stats_f[idx, layer]) for name, idx in _FLOATS.items()})
+        c.update(_ratios(c))
+        per_layer.append(c)
+    counters = _counters(cs.stats_i, cs.stats_f)
+
+    # Each request's first pass gives its first token; TTFT is that pass's duration.
+    starts, ends = cs.pass_start, cs.pass_end
+    first_pass: dict[int, int] = {}
+    req_of_pass = trace.token_request[trace.pass_offsets[:-1]]
+    for p in range(trace.n_passes):
+        for r in np.unique(trace.token_request[trace.pass_offsets[p]:trace.pass_offsets[p + 1]]):
+            first_pass.setdefault(int(r), p)
+    del req_of_pass
+    ttfts = [float(ends[p] - starts[p]) for _r, p in sorted(first_pass.items())]
+    firsts = set(first_pass.values())
+    decode_passes = [p for p in range(trace.n_passes)
+                     if trace.pass_phase[p] == PHASE_DECODE and p not in firsts]
+    decode_time = float(sum(ends[p] - starts[p] for p in decode_passes))
+    decode_tokens = int(sum(trace.pass_offsets[p + 1] - trace.pass_offsets[p] for p in decode_passes))
+    tpot = decode_time / len(decode_passes) if decode_passes else 0.0
+    e2e = float(end_time)
+    return RunResult(
+        ttft_s=float(np.mean(ttfts)) if ttfts else 0.0, tpot_s=tpot,
+        decode_tok_per_s=decode_tokens / decode_time if decode_time > 0 else 0.0, e2e_s=e2e,
+        counters=counters, per_layer=per_layer, per_request_ttft_s=ttfts,
+        copy_busy_frac=min(float(cs.fc[S.FC_COPY_BUSY]) / (e2e * max(int(cs.sc[S.SC_N_ENGINES]), 1)), 1.0)
+        if e2e > 0 else 0.0,
+        compute_busy_frac=float(cs.fc[S.FC_GPU_BUSY]) / e2e if e2e > 0 else 0.0,
+        cpu_busy_frac=float(cs.fc[S.FC_CPU_BUSY]) / e2e if e2e > 0 else 0.0,
+        engine=engine, timings=timings)

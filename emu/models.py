@@ -1,0 +1,191 @@
+"""Model shapes: what an expert weighs and how the layers are laid out.
+
+Presets carry the real dimensions of each model's Hugging Face config (docs/models.md cites them).
+Only the shapes matter to the emulator: expert bytes per precision, the number of MoE layers, experts
+and top-k; compute times come from the hardware profile.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+
+from .errors import EmuError
+
+#: Bytes per weight. Sub-byte precisions carry one fp16 scale per group of 128 weights.
+PRECISION_BITS: dict[str, float] = {"bf16": 16, "fp16": 16, "fp8": 8, "int8": 8, "int4": 4, "int2": 2}
+_GROUP = 128
+
+
+def bytes_per_weight(precision: str) -> float:
+    bits = PRECISION_BITS[precision]
+    scale = 2.0 / _GROUP if bits < 8 else 0.0
+    return bits / 8.0 + scale
+
+
+def _positive_int(_inst: Any, attribute: attrs.Attribute, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise EmuError(f"expected a positive integer, got {value!r}", key=attribute.name)
+
+
+def _non_negative_int(_inst: Any, attribute: attrs.Attribute, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise EmuError(f"expected a non-negative integer, got {value!r}", key=attribute.name)
+
+
+@attrs.frozen
+class ModelSpec:
+    """Shape of a MoE model, as the cache sees it."""
+
+    name: str
+    n_moe_layers: int = attrs.field(validator=_positive_int)
+    n_experts: int = attrs.field(validator=_positive_int)
+    top_k: int = attrs.field(validator=_positive_int)
+    hidden: int = attrs.field(validator=_positive_int)
+    expert_intermediate: int = attrs.field(validator=_positive_int)
+    #: weight matrices per expert: 3 for gated (SwiGLU) FFNs, 2 for plain FFNs (Switch)
+    expert_matrices: int = attrs.field(default=3, validator=_positive_int)
+    n_shared_experts: int = attrs.field(default=0, validator=_non_negative_int)
+    shared_intermediate: int = attrs.field(default=0, validator=_non_negative_int)
+    n_dense_layers: int = attrs.field(default=0, validator=_non_negative_int)
+    #: weights outside the routed experts (embeddings, attention, norms, routers, shared experts, dense FFNs)
+    non_expert_params: int = attrs.field(default=0, validator=_non_negative_int)
+    precision: str = "bf16"
+    source: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if self.top_k > self.n_experts:
+            raise EmuError(f"top_k {self.top_k} exceeds n_experts {self.n_experts}", key="top_k")
+        if self.precision not in PRECISION_BITS:
+            raise EmuError(f"unknown precision {self.precision!r}; expected one of "
+                           f"{sorted(PRECISION_BITS)}", key="precision")
+
+    @property
+    def expert_params(self) -> int:
+        return self.expert_matrices * self.hidden * self.expert_intermediate
+
+    def expert_bytes(self, precision: str | None = None) -> int:
+        return int(math.ceil(self.expert_params * bytes_per_weight(precision or self.precision)))
+
+    @property
+    def n_keys(self) -> int:
+        """Number of (layer, expert) pairs: the cache's key space."""
+        return self.n_moe_layers * self.n_experts
+
+    @property
+    def total_expert_bytes(self) -> int:
+        return self.n_keys * self.expert_bytes()
+
+    @property
+    def non_expert_bytes(self) -> int:
+        return int(self.non_expert_params * bytes_per_weight(self.precision))
+
+    def expert_flops(self, tokens: int) -> float:
+        return 2.0 * self.expert_params * tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def _attn_params(hidden: int, heads: int, kv_heads: int, head_dim: int | None = None) -> int:
+    head_dim = head_dim or hidden // heads
+    return hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
+
+
+def _make_presets() -> dict[str, ModelSpec]:
+    presets: list[ModelSpec] = []
+
+    # allenai/OLMoE-1B-7B-0924: hidden_size 2048, intermediate_size 1024, num_hidden_layers 16,
+    # num_experts 64, num_experts_per_tok 8, num_attention_heads 16, vocab_size 50304, untied embeddings.
+    h, L = 2048, 16
+    presets.append(ModelSpec(
+        name="olmoe-1b-7b", n_moe_layers=L, n_experts=64, top_k=8, hidden=h, expert_intermediate=1024,
+        non_expert_params=2 * 50304 * h + L * (_attn_params(h, 16, 16) + 64 * h),
+        source="allenai/OLMoE-1B-7B-0924 config.json"))
+
+    # mistralai/Mixtral-8x7B-v0.1: hidden_size 4096, intermediate_size 14336, num_hidden_layers 32,
+    # num_local_experts 8, num_experts_per_tok 2, num_attention_heads 32, num_key_value_heads 8, vocab 32000.
+    h, L = 4096, 32
+    presets.append(ModelSpec(
+        name="mixtral-8x7b", n_moe_layers=L, n_experts=8, top_k=2, hidden=h, expert_intermediate=14336,
+        non_expert_params=2 * 32000 * h + L * (_attn_params(h, 32, 8) + 8 * h),
+        source="mistralai/Mixtral-8x7B-v0.1 config.json"))
+
+    # Qwen/Qwen1.5-MoE-A2.7B: hidden_size 2048, moe_intermediate_size 1408, num_hidden_layers 24,
+    # num_experts 60, num_experts_per_tok 4, shared_expert_intermediate_size 5632, heads 16, vocab 151936.
+    h, L = 2048, 24
+    presets.append(ModelSpec(
+        name="qwen1.5-moe-a2.7b", n_moe_layers=L, n_experts=60, top_k=4, hidden=h, expert_intermediate=1408,
+        n_shared_experts=1, shared_intermediate=5632,
+        non_expert_params=2 * 151936 * h + L * (_attn_params(h, 16, 16) + 60 * h + 3 * h * 5632 + h),
+        source="Qwen/Qwen1.5-MoE-A2.7B config.json"))
+
+    # microsoft/Phi-3.5-MoE-instruct: hidden_size 4096, intermediate_size 6400, num_hidden_layers 32,
+    # num_local_experts 16, num_experts_per_tok 2, heads 32, kv heads 8, vocab 32064.
+    h, L = 4096, 32
+    presets.append(ModelSpec(
+        name="phi-3.5-moe", n_moe_layers=L, n_experts=16, top_k=2, hidden=h, expert_intermediate=6400,
+        non_expert_params=2 * 32064 * h + L * (_attn_params(h, 32, 8) + 16 * h),
+        source="microsoft/Phi-3.5-MoE-instruct config.json"))
+
+    # Qwen/Qwen3-30B-A3B: hidden_size 2048, moe_intermediate_size 768, num_hidden_layers 48,
+    # num_experts 128, num_experts_per_tok 8, heads 32, kv heads 4, head_dim 128, vocab 151936.
+    h, L = 2048, 48
+    presets.append(ModelSpec(
+        name="qwen3-30b-a3b", n_moe_layers=L, n_experts=128, top_k=8, hidden=h, expert_intermediate=768,
+        non_expert_params=2 * 151936 * h + L * (_attn_params(h, 32, 4, 128) + 128 * h),
+        source="Qwen/Qwen3-30B-A3B config.json"))
+
+    # deepseek-ai/DeepSeek-V2-Lite: hidden_size 2048, moe_intermediate_size 1408, num_hidden_layers 27,
+    # first_k_dense_replace 1 (intermediate_size 10944), n_routed_experts 64, num_experts_per_tok 6,
+    # n_shared_experts 2, MLA attention (kv_lora_rank 512, 16 heads, qk 128+64, v 128), vocab 102400.
+    h, L = 2048, 26
+    mla = h * 16 * 192 + h * (512 + 64) + 512 * 16 * (128 + 128) + 16 * 128 * h
+    presets.append(ModelSpec(
+        name="deepseek-v2-lite", n_moe_layers=L, n_experts=64, top_k=6, hidden=h, expert_intermediate=1408,
+        n_shared_experts=2, shared_intermediate=1408, n_dense_layers=1,
+        non_expert_params=2 * 102400 * h + (L + 1) * mla + L * (64 * h + 2 * 3 * h * 1408) + 3 * h * 10944,
+        source="deepseek-ai/DeepSeek-V2-Lite config.json"))
+
+    # google/switch-base-128: d_model 768, d_ff 3072, num_experts 128, top-1 routing, 12 encoder and
+    # 12 decoder layers with every second layer sparse (6 + 6 MoE layers), ReLU FFN (2 matrices), vocab 32128.
+    h = 768
+    presets.append(ModelSpec(
+        name="switch-base-128", n_moe_layers=12, n_experts=128, top_k=1, hidden=h, expert_intermediate=3072,
+        expert_matrices=2, n_dense_layers=12,
+        non_expert_params=32128 * h + 24 * 4 * h * h + 12 * 4 * h * h + 12 * 2 * h * 3072 + 12 * 128 * h,
+        source="google/switch-base-128 config.json"))
+    return {p.name: p for p in presets}
+
+
+PRESETS: dict[str, ModelSpec] = _make_presets()
+
+
+def get_preset(name: str) -> ModelSpec:
+    try:
+        return PRESETS[name.lower()]
+    except KeyError:
+        raise EmuError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}",
+                       key="model") from None
+
+
+def model_from_dict(data: dict[str, Any], *, file: str | None = None) -> ModelSpec:
+    """Build a model from an inline TOML table; `preset` there starts from a preset and overrides keys."""
+    fields = {f.name for f in attrs.fields(ModelSpec)}
+    data = dict(data)
+    base: dict[str, Any] = {}
+    if "preset" in data:
+        base = attrs.asdict(get_preset(str(data.pop("preset"))))
+    for key in data:
+        if key not in fields:
+            raise EmuError(f"unknown key; expected one of {sorted(fields | {'preset'})}",
+                           file=file, key=f"model.{key}")
+    base.update(data)
+    try:
+        return ModelSpec(**base)
+    except EmuError as err:
+        raise EmuError(err.detail, file=file, key=f"model.{err.key}") from None
+    except TypeError as err:
+        raise EmuError(f"incomplete model table ({err})", file=file, key="model") from None

@@ -1,0 +1,1 @@
+"""Policy kernels (numba) and their registry; see docs/policies.md."""

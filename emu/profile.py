@@ -1,0 +1,343 @@
+"""Hardware profiles: how long copies and kernels take on one machine (schema in docs/profiles.md)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+from .errors import EmuError
+from .models import PRECISION_BITS, ModelSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SCHEMA = "moe-emu/profile/1"
+
+
+@attrs.frozen
+class Curve:
+    """Seconds as a function of routed tokens, measured at a few points."""
+
+    tokens: tuple[float, ...]
+    seconds: tuple[float, ...]
+
+
+@attrs.frozen
+class DenseTable:
+    """Dense part of one layer (attention, norms, gate): seconds[tokens][context]."""
+
+    tokens: tuple[float, ...]
+    context: tuple[float, ...]
+    seconds: tuple[tuple[float, ...], ...]
+
+
+@attrs.frozen
+class ModelCompute:
+    """Measured compute tables for one model's shapes."""
+
+    expert: dict[str, Curve]
+    dense: DenseTable | None = None
+    cpu_expert: dict[str, Curve] = attrs.field(factory=dict)
+    pass_overhead_s: float | None = None
+    layer_overhead_s: float | None = None
+
+
+@attrs.frozen
+class CopySpec:
+    h2d_engines: int
+    latency_s: float
+    bw_pinned_Bps: float
+    bw_pageable_Bps: float
+    d2h_bw_pinned_Bps: float | None = None
+    h2d_d2h_overlap: bool = True
+    table_bytes: tuple[float, ...] = ()
+    table_s: tuple[float, ...] = ()
+
+
+@attrs.frozen
+class RooflineSpec:
+    """Fallback for shapes the profile has no measured table for: a model, not a measurement."""
+
+    expert_launch_s: float
+    hbm_Bps: float
+    flops_per_s: float
+    dense_layer_s: float
+    pass_overhead_s: float = 0.0
+    layer_overhead_s: float = 0.0
+    cpu_flops_per_s: float | None = None
+
+
+@attrs.frozen
+class HardwareProfile:
+    name: str
+    copy: CopySpec
+    compute: RooflineSpec
+    models: dict[str, ModelCompute] = attrs.field(factory=dict)
+    provisional: bool = False
+    provenance: dict[str, Any] = attrs.field(factory=dict)
+    source: str = ""
+
+    def copy_seconds(self, nbytes: float, pinned: bool = True) -> float:
+        """Time of one host-to-device copy of `nbytes`."""
+        c = self.copy
+        if pinned and c.table_bytes:
+            return float(interp_extrap(np.asarray(c.table_bytes), np.asarray(c.table_s), nbytes))
+        bw = c.bw_pinned_Bps if pinned else c.bw_pageable_Bps
+        return c.latency_s + nbytes / bw
+
+
+def interp_extrap(xs: np.ndarray, ys: np.ndarray, x: float) -> float:
+    """Piecewise linear; clamped below the first point, linear extension past the last (never decreasing)."""
+    if x <= xs[0]:
+        return float(ys[0])
+    if x <= xs[-1]:
+        return float(np.interp(x, xs, ys))
+    if xs.size < 2:
+        return float(ys[-1])
+    slope = max((ys[-1] - ys[-2]) / (xs[-1] - xs[-2]), 0.0)
+    return float(ys[-1] + slope * (x - xs[-1]))
+
+
+# ---- loading -------------------------------------------------------------------------------------
+
+class _Reader:
+    """Typed access to one TOML table that reports the file and dotted key on every mistake."""
+
+    def __init__(self, table: dict[str, Any], file: str, prefix: str) -> None:
+        self.table, self.file, self.prefix = table, file, prefix
+        self.used: set[str] = set()
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def err(self, key: str, msg: str) -> EmuError:
+        return EmuError(msg, file=self.file, key=self._key(key))
+
+    def has(self, key: str) -> bool:
+        return key in self.table
+
+    def raw(self, key: str, default: Any = ...) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            if default is ...:
+                raise self.err(key, "missing; see docs/profiles.md")
+            return default
+        return self.table[key]
+
+    def number(self, key: str, default: Any = ..., *, positive: bool = False) -> float:
+        value = self.raw(key, default)
+        if value is None:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.err(key, f"expected a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise self.err(key, f"expected a finite number, got {value!r}")
+        if value < 0 or (positive and value == 0):
+            raise self.err(key, f"expected a {'positive' if positive else 'non-negative'} number, got {value!r}")
+        return value
+
+    def integer(self, key: str, default: Any = ...) -> int:
+        value = self.raw(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.err(key, f"expected a positive integer, got {value!r}")
+        return value
+
+    def boolean(self, key: str, default: Any = ...) -> bool:
+        value = self.raw(key, default)
+        if not isinstance(value, bool):
+            raise self.err(key, f"expected true or false, got {value!r}")
+        return value
+
+    def numbers(self, key: str, default: Any = ..., *, increasing: bool = False) -> tuple[float, ...]:
+        value = self.raw(key, default)
+        if not isinstance(value, list) or not value:
+            raise self.err(key, f"expected a non-empty list of numbers, got {value!r}")
+        out = []
+        for i, v in enumerate(value):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) or v < 0:
+                raise self.err(f"{key}[{i}]", f"expected a finite non-negative number, got {v!r}")
+            out.append(float(v))
+        if increasing and any(b <= a for a, b in zip(out, out[1:])):
+            raise self.err(key, "expected strictly increasing values")
+        return tuple(out)
+
+    def sub(self, key: str, default: Any = ...) -> _Reader | None:
+        value = self.raw(key, default)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self.err(key, f"expected a table, got {value!r}")
+        return _Reader(value, self.file, self._key(key))
+
+    def done(self) -> None:
+        extra = sorted(set(self.table) - self.used)
+        if extra:
+            raise self.err(extra[0], f"unknown key; expected one of {sorted(self.used)}")
+
+
+def _curve(r: _Reader, key: str) -> Curve:
+    sub = r.sub(key)
+    assert sub is not None
+    tokens = sub.numbers("tokens", increasing=True)
+    seconds = sub.numbers("seconds")
+    if len(seconds) != len(tokens):
+        raise sub.err("seconds", f"expected {len(tokens)} values (one per token count), got {len(seconds)}")
+    sub.done()
+    return Curve(tokens, seconds)
+
+
+def _precision_curves(r: _Reader, key: str) -> dict[str, Curve]:
+    sub = r.sub(key, None)
+    if sub is None:
+        return {}
+    curves = {}
+    for prec in list(sub.table):
+        if prec not in PRECISION_BITS:
+            raise sub.err(prec, f"unknown precision; expected one of {sorted(PRECISION_BITS)}")
+        curves[prec] = _curve(sub, prec)
+    sub.done()
+    return curves
+
+
+def _model_compute(r: _Reader) -> ModelCompute:
+    expert = _precision_curves(r, "expert")
+    if not expert:
+        raise r.err("expert", "expected at least one precision table, e.g. bf16 = { tokens = [...], seconds = [...] }")
+    dense = None
+    d = r.sub("dense", None)
+    if d is not None:
+        tokens = d.numbers("tokens", increasing=True)
+        context = d.numbers("context", increasing=True)
+        rows = d.raw("seconds")
+        if not isinstance(rows, list) or len(rows) != len(tokens):
+            raise d.err("seconds", f"expected {len(tokens)} rows (one per token count)")
+        table = []
+        for i, row in enumerate(rows):
+            rr = _Reader({"row": row}, d.file, f"{d.prefix}.seconds[{i}]")
+            vals = rr.numbers("row")
+            if len(vals) != len(context):
+                raise d.err(f"seconds[{i}]", f"expected {len(context)} values (one per context length)")
+            table.append(vals)
+        d.done()
+        dense = DenseTable(tokens, context, tuple(table))
+    mc = ModelCompute(
+        expert=expert, dense=dense, cpu_expert=_precision_curves(r, "cpu_expert"),
+        pass_overhead_s=r.number("pass_overhead_s", None), layer_overhead_s=r.number("layer_overhead_s", None))
+    r.done()
+    return mc
+
+
+def load_profile(path: str | Path) -> HardwareProfile:
+    path = Path(path)
+    file = str(path)
+    if not path.is_file():
+        raise EmuError("hardware profile not found", file=file)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise EmuError(f"not valid TOML ({err})", file=file) from None
+    return profile_from_dict(data, file=file)
+
+
+def profile_from_dict(data: dict[str, Any], *, file: str = "<profile>") -> HardwareProfile:
+    top = _Reader(data, file, "")
+    schema = top.raw("schema", SCHEMA)
+    if schema != SCHEMA:
+        raise top.err("schema", f"expected {SCHEMA!r}, got {schema!r}")
+    name = top.raw("name")
+    if not isinstance(name, str) or not name:
+        raise top.err("name", "expected a non-empty string")
+    provisional = top.boolean("provisional", False)
+    prov = top.raw("provenance", {})
+    if not isinstance(prov, dict):
+        raise top.err("provenance", "expected a table")
+
+    c = top.sub("copy")
+    assert c is not None
+    table_bytes = c.numbers("table_bytes", [1.0], increasing=True) if c.has("table_bytes") else ()
+    table_s = c.numbers("table_s", [1.0]) if c.has("table_s") else ()
+    if len(table_bytes) != len(table_s):
+        raise c.err("table_s", f"expected {len(table_bytes)} values, one per entry of table_bytes")
+    copy = CopySpec(
+        h2d_engines=c.integer("h2d_engines", 1), latency_s=c.number("latency_s"),
+        bw_pinned_Bps=c.number("bw_pinned_Bps", positive=True),
+        bw_pageable_Bps=c.number("bw_pageable_Bps", positive=True),
+        d2h_bw_pinned_Bps=c.number("d2h_bw_pinned_Bps", None, positive=True),
+        h2d_d2h_overlap=c.boolean("h2d_d2h_overlap", True), table_bytes=table_bytes, table_s=table_s)
+    c.done()
+
+    k = top.sub("compute")
+    assert k is not None
+    compute = RooflineSpec(
+        expert_launch_s=k.number("expert_launch_s"), hbm_Bps=k.number("hbm_Bps", positive=True),
+        flops_per_s=k.number("flops_per_s", positive=True), dense_layer_s=k.number("dense_layer_s"),
+        pass_overhead_s=k.number("pass_overhead_s", 0.0), layer_overhead_s=k.number("layer_overhead_s", 0.0),
+        cpu_flops_per_s=k.number("cpu_flops_per_s", None, positive=True))
+    k.done()
+
+    models: dict[str, ModelCompute] = {}
+    m = top.sub("models", {})
+    assert m is not None
+    for model_name in list(m.table):
+        sub = m.sub(model_name)
+        assert sub is not None
+        models[model_name] = _model_compute(sub)
+    m.done()
+    top.done()
+    return HardwareProfile(name=name, copy=copy, compute=compute, models=models, provisional=provisional,
+                           provenance=prov, source=file)
+
+
+# ---- compute curves for one model ----------------------------------------------------------------
+
+_ROOFLINE_TOKENS = tuple(float(2**i) for i in range(0, 17))
+
+
+def expert_curve(profile: HardwareProfile, model: ModelSpec, precision: str) -> Curve:
+    """Expert FFN time vs tokens: measured when the profile has it, else the roofline estimate."""
+    mc = profile.models.get(model.name)
+    if mc is not None and precision in mc.expert:
+        return mc.expert[precision]
+    r = profile.compute
+    nbytes = model.expert_bytes(precision)
+    secs = tuple(max(r.expert_launch_s, nbytes / r.hbm_Bps, model.expert_flops(int(t)) / r.flops_per_s)
+                 for t in _ROOFLINE_TOKENS)
+    return Curve(_ROOFLINE_TOKENS, secs)
+
+
+def cpu_expert_curve(profile: HardwareProfile, model: ModelSpec, precision: str) -> Curve | None:
+    mc = profile.models.get(model.name)
+    if mc is not None and precision in mc.cpu_expert:
+        return mc.cpu_expert[precision]
+    rate = profile.compute.cpu_flops_per_s
+    if rate is None:
+        return None
+    return Curve(_ROOFLINE_TOKENS, tuple(model.expert_flops(int(t)) / rate for t in _ROOFLINE_TOKENS))
+
+
+def dense_table(profile: HardwareProfile, model: ModelSpec) -> DenseTable:
+    mc = profile.models.get(model.name)
+    if mc is not None and mc.dense is not None:
+        return mc.dense
+    r = profile.compute
+    # Roofline: attention + router weights read once, 2 flops per weight per token.
+    per_layer_params = max(model.non_expert_params // max(model.n_moe_layers + model.n_dense_layers, 1), 1)
+    nbytes = per_layer_params * 2
+    ctx = (1.0, 65536.0)
+    rows = tuple(
+        tuple(max(r.dense_layer_s, nbytes / r.hbm_Bps, 2.0 * per_layer_params * t / r.flops_per_s)
+              for _c in ctx)
+        for t in _ROOFLINE_TOKENS)
+    return DenseTable(_ROOFLINE_TOKENS, ctx, rows)
+
+
+def has_measured_tables(profile: HardwareProfile, model: ModelSpec) -> bool:
+    return model.name in profile.models

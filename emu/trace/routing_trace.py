@@ -1,0 +1,180 @@
+"""RoutingTrace: which experts each token used, grouped into passes and requests.
+
+Stored as `.npz` (schema in docs/traces.md). Arrays stay int16/float16 so a million-token trace of a
+16-layer top-8 model fits in a few hundred MB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+from ..errors import EmuError
+
+SCHEMA = "moe-emu/trace/1"
+PHASE_PREFILL = 0
+PHASE_DECODE = 1
+
+
+@attrs.frozen(eq=False)
+class RoutingTrace:
+    """Per token and MoE layer the top-k expert ids, with pass and request structure.
+
+    Tokens are ordered pass by pass; `pass_offsets[p]:pass_offsets[p+1]` are the tokens of pass p.
+    """
+
+    experts: np.ndarray  # int16 [tokens, layers, top_k]
+    pass_offsets: np.ndarray  # int64 [passes + 1]
+    pass_phase: np.ndarray  # int8 [passes]: 0 prefill, 1 decode
+    token_request: np.ndarray  # int32 [tokens]
+    token_position: np.ndarray  # int32 [tokens]: position of the token in its request (context length - 1)
+    scores: np.ndarray | None = None  # float16 [tokens, layers, top_k]
+    predicted: np.ndarray | None = None  # int16 [tokens, layers, top_k]: speculator's guess for that layer
+    n_experts: int = 0
+    model: str = ""
+    meta: dict[str, Any] = attrs.field(factory=dict)
+
+    # --- shape -------------------------------------------------------------------------------------
+    @property
+    def n_tokens(self) -> int:
+        return int(self.experts.shape[0])
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.experts.shape[1])
+
+    @property
+    def top_k(self) -> int:
+        return int(self.experts.shape[2])
+
+    @property
+    def n_passes(self) -> int:
+        return int(self.pass_offsets.shape[0] - 1)
+
+    @property
+    def n_requests(self) -> int:
+        return int(np.unique(self.token_request).size) if self.n_tokens else 0
+
+    def fingerprint(self) -> str:
+        """Content hash, so a result names exactly the trace it came from."""
+        h = hashlib.sha256()
+        for arr in (self.experts, self.pass_offsets, self.pass_phase, self.token_request, self.token_position,
+                    self.scores, self.predicted):
+            if arr is not None:
+                h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()[:16]
+
+    def expert_counts(self) -> np.ndarray:
+        """Selections per (layer, expert) over the whole trace: int64 [layers, n_experts]."""
+        n_exp = max(self.n_experts, int(self.experts.max()) + 1 if self.n_tokens else 1)
+        counts = np.zeros((self.n_layers, n_exp), dtype=np.int64)
+        for layer in range(self.n_layers):
+            counts[layer] = np.bincount(self.experts[:, layer, :].ravel().astype(np.int64), minlength=n_exp)
+        return counts
+
+    def slice_tokens(self, max_tokens: int) -> RoutingTrace:
+        """The whole passes that fit in the first `max_tokens` tokens."""
+        last = int(np.searchsorted(self.pass_offsets, max_tokens, side="right") - 1)
+        last = max(last, 1)
+        end = int(self.pass_offsets[last])
+        return attrs.evolve(
+            self, experts=self.experts[:end], pass_offsets=self.pass_offsets[: last + 1],
+            pass_phase=self.pass_phase[:last], token_request=self.token_request[:end],
+            token_position=self.token_position[:end],
+            scores=None if self.scores is None else self.scores[:end],
+            predicted=None if self.predicted is None else self.predicted[:end])
+
+    # --- validation --------------------------------------------------------------------------------
+    def validate(self, *, file: str | None = None) -> RoutingTrace:
+        def bad(key: str, msg: str) -> EmuError:
+            return EmuError(msg, file=file, key=key)
+
+        if self.experts.ndim != 3:
+            raise bad("experts", f"expected a [tokens, layers, top_k] array, got shape {self.experts.shape}")
+        n_tok = self.n_tokens
+        po = self.pass_offsets
+        if po.ndim != 1 or po.size < 1 or po[0] != 0 or po[-1] != n_tok or np.any(np.diff(po) <= 0):
+            raise bad("pass_offsets", f"expected strictly increasing offsets from 0 to {n_tok}")
+        if self.pass_phase.shape != (po.size - 1,):
+            raise bad("pass_phase", f"expected {po.size - 1} entries, got {self.pass_phase.shape}")
+        if not np.isin(self.pass_phase, (PHASE_PREFILL, PHASE_DECODE)).all():
+            raise bad("pass_phase", "expected 0 (prefill) or 1 (decode)")
+        for key in ("token_request", "token_position"):
+            if getattr(self, key).shape != (n_tok,):
+                raise bad(key, f"expected {n_tok} entries, got {getattr(self, key).shape}")
+        if n_tok and (self.experts.min() < 0):
+            raise bad("experts", "expert ids must be >= 0")
+        if self.n_experts and n_tok and self.experts.max() >= self.n_experts:
+            raise bad("experts", f"expert id {int(self.experts.max())} >= n_experts {self.n_experts}")
+        for key in ("scores", "predicted"):
+            arr = getattr(self, key)
+            if arr is not None and arr.shape != self.experts.shape:
+                raise bad(key, f"expected shape {self.experts.shape}, got {arr.shape}")
+        if self.scores is not None and not np.isfinite(self.scores).all():
+            raise bad("scores", "expected finite gate scores")
+        return self
+
+    def check_fits(self, n_layers: int, n_experts: int, top_k: int, *, file: str | None = None) -> None:
+        """A trace must match the model it is replayed on."""
+        if self.n_layers != n_layers:
+            raise EmuError(f"trace has {self.n_layers} MoE layers but the model has {n_layers}",
+                           file=file, key="workload.trace")
+        if self.top_k != top_k:
+            raise EmuError(f"trace has top-{self.top_k} routing but the model has top_k = {top_k}",
+                           file=file, key="workload.trace")
+        if self.n_tokens and int(self.experts.max()) >= n_experts:
+            raise EmuError(f"trace uses expert id {int(self.experts.max())} but the model has "
+                           f"{n_experts} experts per layer", file=file, key="workload.trace")
+
+    # --- io ----------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        arrays: dict[str, Any] = {
+            "experts": self.experts.astype(np.int16, copy=False),
+            "pass_offsets": self.pass_offsets.astype(np.int64, copy=False),
+            "pass_phase": self.pass_phase.astype(np.int8, copy=False),
+            "token_request": self.token_request.astype(np.int32, copy=False),
+            "token_position": self.token_position.astype(np.int32, copy=False),
+            "header": np.array(json.dumps({"schema": SCHEMA, "n_experts": self.n_experts,
+                                           "model": self.model, "meta": self.meta})),
+        }
+        if self.scores is not None:
+            arrays["scores"] = self.scores.astype(np.float16, copy=False)
+        if self.predicted is not None:
+            arrays["predicted"] = self.predicted.astype(np.int16, copy=False)
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RoutingTrace:
+        path = Path(path)
+        if not path.is_file():
+            raise EmuError("trace file not found", file=str(path))
+        try:
+            data = np.load(path, allow_pickle=False)
+        except Exception as err:  # numpy raises several types for a non-npz file
+            raise EmuError(f"not a readable .npz trace ({err.__class__.__name__})", file=str(path)) from None
+        with data:
+            missing = [k for k in ("experts", "pass_offsets", "pass_phase", "token_request",
+                                   "token_position", "header") if k not in data.files]
+            if missing:
+                raise EmuError(f"missing arrays {missing}; see docs/traces.md", file=str(path))
+            header = json.loads(str(data["header"]))
+            if header.get("schema") != SCHEMA:
+                raise EmuError(f"expected schema {SCHEMA!r}, got {header.get('schema')!r}",
+                               file=str(path), key="header.schema")
+            trace = cls(
+                experts=data["experts"].astype(np.int16, copy=False),
+                pass_offsets=data["pass_offsets"].astype(np.int64, copy=False),
+                pass_phase=data["pass_phase"].astype(np.int8, copy=False),
+                token_request=data["token_request"].astype(np.int32, copy=False),
+                token_position=data["token_position"].astype(np.int32, copy=False),
+                scores=data["scores"].astype(np.float16, copy=False) if "scores" in data.files else None,
+                predicted=data["predicted"].astype(np.int16, copy=False) if "predicted" in data.files else None,
+                n_experts=int(header.get("n_experts", 0)), model=str(header.get("model", "")),
+                meta=dict(header.get("meta", {})))
+        return trace.validate(file=str(path))
