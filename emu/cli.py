@@ -1,0 +1,122 @@
+"""`emu`: one command line for the emulator, the trace tools, calibration and analysis."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .errors import EmuError, EmuWarning
+
+_TABLE_COLUMNS = (
+    ("scenario", "{}", 34), ("engine", "{}", 6), ("TTFT ms", "{:.2f}", 9), ("TPOT ms", "{:.2f}", 9),
+    ("tok/s", "{:.1f}", 8), ("hit %", "{:.1f}", 6), ("collis.", "{}", 8), ("GB h2d", "{:.2f}", 8),
+    ("copy %", "{:.0f}", 6), ("stall s", "{:.3f}", 8),
+)
+
+
+def _row(name: str, rec: dict[str, Any]) -> list[str]:
+    vals = [name, rec["engine"], rec["ttft_s"] * 1e3, rec["tpot_s"] * 1e3, rec["decode_tok_per_s"],
+            rec["hit_rate"] * 100, rec["misses_collision"], rec["bytes_h2d"] / 1e9, rec["copy_busy_frac"] * 100,
+            rec["stall_s"]]
+    return [fmt.format(v) for (_h, fmt, _w), v in zip(_TABLE_COLUMNS, vals)]
+
+
+def render_table(rows: list[list[str]]) -> str:
+    widths = [max(w, *(len(r[i]) for r in rows)) if rows else w for i, (_h, _f, w) in enumerate(_TABLE_COLUMNS)]
+    head = "  ".join(h.rjust(w) if i else h.ljust(w) for i, ((h, _f, _w), w) in enumerate(zip(_TABLE_COLUMNS,
+                                                                                               widths)))
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run_scenario, write_record
+    from .scenario import load_scenario
+
+    scenarios = [load_scenario(p, args.set) for p in args.scenarios]  # validate all before running any
+    rows = []
+    for sc in scenarios:
+        _result, record = run_scenario(sc, engine=args.engine)
+        out_dir = args.out or sc.output_dir or "runs"
+        path = write_record(record, out_dir, Path(sc.path).stem)
+        rows.append(_row(Path(sc.path).stem, record))
+        if not args.quiet:
+            print(f"wrote {path}", file=sys.stderr)
+    print(render_table(rows))
+    return 0
+
+
+def cmd_policies(args: argparse.Namespace) -> int:
+    import json
+
+    from .policies.registry import REGISTRY
+
+    listing = {kind: {name: {"doc": p.doc, "params": {k: {"default": v.default, "min": v.lo, "max": v.hi,
+                                                          "doc": v.doc} for k, v in p.params.items()}}
+                      for name, p in sorted(policies.items())} for kind, policies in REGISTRY.items()}
+    if args.json:
+        print(json.dumps(listing, indent=2, default=str))
+        return 0
+    for kind, policies in listing.items():
+        print(f"{kind}:")
+        for name, info in policies.items():
+            params = ", ".join(f"{k}={v['default']:g} [{v['min']:g}, {v['max']:g}]" for k, v in info["params"].items())
+            print(f"  {name:<18} {info['doc']}" + (f"  ({params})" if params else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emu", description="Emulate MoE expert offloading: TTFT and tokens/s "
+                                     "for a model, GPU, cache size and policy stack.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run scenario TOML files and print a comparison table")
+    p.add_argument("scenarios", nargs="+", help="scenario TOML files")
+    p.add_argument("--out", help="directory for <stem>.json results (default: output.dir or ./runs)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override one scenario key, e.g. --set cache.capacity=25%%")
+    p.add_argument("--engine", choices=["des", "fast", "auto"], help="override engine.kind")
+    p.add_argument("--quiet", action="store_true", help="do not list the files written")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("policies", help="list registered policies and their parameters")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_policies)
+
+    from .trace import cli as trace_cli
+
+    trace_cli.add_parser(sub)
+    from .analysis import concentration_cli
+
+    concentration_cli.add_parser(sub)
+    from calibrate import cli as calibrate_cli
+
+    calibrate_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.simplefilter("ignore", category=Warning)
+    warnings.simplefilter("default", category=EmuWarning)
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"  # type: ignore[assignment]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EmuError as err:
+        print(f"emu: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `emu trace inspect F | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

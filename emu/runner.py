@@ -1,0 +1,94 @@
+"""Run a scenario end to end: load its trace and profile, pick an engine, return a result record."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .engines.setup import make_inputs
+from .errors import EmuError, EmuWarning
+from .metrics import RunResult, build_result
+from .profile import has_measured_tables, load_profile
+from .scenario import Scenario
+from .trace import RoutingTrace
+
+#: traces longer than this run on the fast engine when `engine.kind = "auto"`
+AUTO_FAST_TOKENS = 1_000
+
+
+def load_workload(scenario: Scenario) -> RoutingTrace:
+    wl = scenario.workload
+    model = scenario.model
+    if wl.trace is not None:
+        path = wl.trace
+        if path.endswith(".jsonl"):
+            from .trace.jsonl import import_jsonl
+
+            trace = import_jsonl(path, model)
+        else:
+            trace = RoutingTrace.load(path)
+        trace.check_fits(model.n_moe_layers, model.n_experts, model.top_k, file=scenario.path)
+    else:
+        from .trace.synthetic import SyntheticParams, generate
+
+        params = dict(wl.synthetic or {})
+        tokens = params.pop("tokens", None)
+        params.setdefault("seed", scenario.seed)
+        fields = {f.name for f in attrs.fields(SyntheticParams)}
+        for key in params:
+            if key not in fields:
+                raise EmuError(f"unknown generator parameter; expected one of {sorted(fields | {'tokens'})}",
+                               file=scenario.path, key=f"workload.synthetic.{key}")
+        try:
+            trace = generate(model, SyntheticParams(**params), tokens)
+        except EmuError as err:
+            raise EmuError(err.detail, file=scenario.path, key=f"workload.synthetic.{err.key}") from None
+    if wl.max_tokens is not None and trace.n_tokens > wl.max_tokens:
+        trace = trace.slice_tokens(wl.max_tokens)
+    return trace
+
+
+def choose_engine(kind: str, trace: RoutingTrace) -> str:
+    if kind == "auto":
+        return "fast" if trace.n_tokens > AUTO_FAST_TOKENS else "des"
+    return kind
+
+
+def run_scenario(scenario: Scenario, engine: str | None = None) -> tuple[RunResult, dict[str, Any]]:
+    """Returns the result and the JSON record `emu run` writes."""
+    profile = load_profile(scenario.profile_path)
+    if not has_measured_tables(profile, scenario.model):
+        warnings.warn(f"{scenario.profile_path}: no measured compute tables for {scenario.model.name}; using the "
+                      "profile's roofline estimate", EmuWarning, stacklevel=2)
+    t0 = time.perf_counter()
+    trace = load_workload(scenario)
+    t_trace = time.perf_counter() - t0
+    kind = choose_engine(engine or scenario.engine, trace)
+    inputs = make_inputs(scenario.model, profile, trace, scenario.cache.capacity_bytes, scenario.stack,
+                         scenario.seed)
+    if kind == "fast":
+        from .engines.fast.engine import run_fast as run
+    else:
+        from .engines.des.engine import run_des as run
+    cs, end, timings = run(inputs)
+    timings["trace_s"] = t_trace
+    result = build_result(cs, end, trace, kind, timings)
+    record = result.to_dict()
+    record["scenario"] = scenario.resolved()
+    record["trace"] = {"fingerprint": trace.fingerprint(), "tokens": trace.n_tokens, "passes": trace.n_passes,
+                       "requests": trace.n_requests}
+    record["profile"] = {"name": profile.name, "provisional": profile.provisional, "file": profile.source}
+    return result, record
+
+
+def write_record(record: dict[str, Any], out_dir: str | Path, stem: str) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}.json"
+    path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    return path
