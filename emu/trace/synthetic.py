@@ -183,42 +183,46 @@ def _uniform(state: np.ndarray) -> float:
     return float(_next(state) >> _S11) * _INV53
 
 
+# Kernels index whole arrays with scalars (no per-row views): a view costs an atomic reference count
+# on the parent array, which threads writing the same array would contend for.
 @numba.njit(cache=True, inline="always")
-def _alias_draw(state: np.ndarray, prob: np.ndarray, alias: np.ndarray, n: int) -> int:
+def _alias_draw(state: np.ndarray, prob: np.ndarray, alias: np.ndarray, layer: int, n: int) -> int:
     x = _next(state)
     col = int(((x >> _S32) * np.uint64(n)) >> _S32)
-    if float(x & _LOW32) * _INV32 < prob[col]:
+    if float(x & _LOW32) * _INV32 < prob[layer, col]:
         return col
-    return int(alias[col])
+    return int(alias[layer, col])
 
 
 @numba.njit(cache=True, inline="always")
-def _chosen(row: np.ndarray, k: int, e: int) -> bool:
+def _chosen(arr: np.ndarray, t: int, layer: int, k: int, e: int) -> bool:
+    """Is e among arr[t, layer, :k]?"""
     for j in range(k):  # noqa: SIM110 (numba: no generator expressions)
-        if row[j] == e:
+        if arr[t, layer, j] == e:
             return True
     return False
 
 
 @numba.njit(cache=True)
-def _draw_unused(state: np.ndarray, row: np.ndarray, k: int, probs: np.ndarray, prob: np.ndarray,
-                 alias: np.ndarray) -> int:
-    """A Zipf draw conditioned on not being in row[:k]: rejection first, exact scan if that keeps failing."""
-    n = probs.shape[0]
+def _draw_unused(state: np.ndarray, experts: np.ndarray, t: int, layer: int, k: int, probs: np.ndarray,
+                 prob: np.ndarray, alias: np.ndarray) -> int:
+    """A Zipf draw conditioned on not being in experts[t, layer, :k]: rejection first, exact scan if that
+    keeps failing."""
+    n = probs.shape[1]
     for _ in range(32):
-        e = _alias_draw(state, prob, alias, n)
-        if not _chosen(row, k, e):
+        e = _alias_draw(state, prob, alias, layer, n)
+        if not _chosen(experts, t, layer, k, e):
             return e
     rest = 0.0
     for e in range(n):
-        if not _chosen(row, k, e):
-            rest += probs[e]
+        if not _chosen(experts, t, layer, k, e):
+            rest += probs[layer, e]
     u = _uniform(state) * rest
     last = -1
     for e in range(n):
-        if not _chosen(row, k, e):
+        if not _chosen(experts, t, layer, k, e):
             last = e
-            u -= probs[e]
+            u -= probs[layer, e]
             if u < 0.0:
                 return e
     return last
@@ -308,7 +312,6 @@ def _route(experts: np.ndarray, first_token: np.ndarray, next_token: np.ndarray,
         t = first_token[r]
         while t >= 0:
             for layer in range(n_layers):
-                row = experts[t, layer]
                 for k in range(top_k):
                     x = _next(state)
                     u_reuse = float(x >> _S32) * _INV32
@@ -319,10 +322,10 @@ def _route(experts: np.ndarray, first_token: np.ndarray, next_token: np.ndarray,
                     elif layer > 0 and u_cross < cross_prob:
                         e = int(layer_map[layer, experts[t, layer - 1, k]])
                     else:
-                        e = _alias_draw(state, alias_prob[layer], alias_idx[layer], n_exp)
-                    if _chosen(row, k, e):
-                        e = _draw_unused(state, row, k, probs[layer], alias_prob[layer], alias_idx[layer])
-                    row[k] = e
+                        e = _alias_draw(state, alias_prob, alias_idx, layer, n_exp)
+                    if _chosen(experts, t, layer, k, e):
+                        e = _draw_unused(state, experts, t, layer, k, probs, alias_prob, alias_idx)
+                    experts[t, layer, k] = e
             prev = t
             t = next_token[t]
 
@@ -362,19 +365,17 @@ def _predict(experts: np.ndarray, out: np.ndarray, seed: np.uint64, accuracy: fl
         state = np.empty(1, np.uint64)
         state[0] = _stream_state(seed, np.uint64(_STREAM_PRED), np.uint64(t))
         for layer in range(n_layers):
-            true_row = experts[t, layer]
-            row = out[t, layer]
             replaced = 0
             for k in range(top_k):
-                e = int(true_row[k])
+                e = int(experts[t, layer, k])
                 if _uniform(state) >= accuracy and n_exp - top_k - replaced > 0:
                     while True:
                         c = int((_next(state) >> _S11) % np.uint64(n_exp))
-                        if not _chosen(true_row, top_k, c) and not _chosen(row, k, c):
+                        if not _chosen(experts, t, layer, top_k, c) and not _chosen(out, t, layer, k, c):
                             e = c
                             break
                     replaced += 1
-                row[k] = e
+                out[t, layer, k] = e
 
 
 # --- driver -----------------------------------------------------------------------------------------
