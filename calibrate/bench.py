@@ -30,6 +30,9 @@ class Bench:
         self.device = torch.device(device)
         self.is_cuda = self.device.type == "cuda"
         self.generator_seed = seed
+        self.last_host_s = 0.0
+        self.last_held = False
+        self._sm_hz: float | None = None
         torch.manual_seed(seed)
 
     def sync(self) -> None:
@@ -46,30 +49,70 @@ class Bench:
 
         return contextlib.nullcontext()
 
-    def time_loop(self, fn: Callable[[int], Any], n: int, stream: Any = None) -> float:
-        """Seconds per call of n back-to-back calls fn(0..n-1), as the device sees them."""
+    def _hold(self, stream: Any, seconds: float) -> float:
+        """Queue a sleep kernel on `stream` so the host can queue work behind it before the GPU starts:
+        the events then time the device alone, not the host's launch pace. Returns the hold (0 if none)."""
+        if not self.is_cuda or seconds <= 0:
+            return 0.0
+        sleep = getattr(self.torch.cuda, "_sleep", None)
+        if sleep is None:
+            return 0.0
+        with self.torch.cuda.stream(stream):
+            sleep(int(seconds * self.sm_hz))
+        return seconds
+
+    @property
+    def sm_hz(self) -> float:
+        """The SM clock's maximum: a sleep of n cycles lasts at least n / sm_hz seconds."""
+        if getattr(self, "_sm_hz", None) is None:
+            self._sm_hz = 2.0e9
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                h = pynvml.nvmlDeviceGetHandleByIndex(self.device.index or 0)
+                self._sm_hz = 1e6 * pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_SM)
+            except Exception:
+                pass
+        return self._sm_hz
+
+    def time_loop(self, fn: Callable[[int], Any], n: int, stream: Any = None, hold_s: float = 0.0) -> float:
+        """Seconds per call of n back-to-back calls fn(0..n-1), as the device sees them.
+
+        Without a hold this is the steady pace of an eager loop (host launch time included where the
+        host is the slower side); with `hold_s` the device is held while the host queues, so it is
+        the device's own time. Sets `last_host_s` (host seconds per call to queue) and `last_held`
+        (False if the host needed longer than the hold, so the figure still includes host time).
+        """
         self.sync()
         if not self.is_cuda:
             t0 = time.perf_counter()
             for i in range(n):
                 fn(i)
-            return (time.perf_counter() - t0) / n
+            self.last_host_s = (time.perf_counter() - t0) / n
+            self.last_held = False
+            return self.last_host_s
         torch = self.torch
         stream = stream or torch.cuda.current_stream(self.device)
         start = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)
+        held = self._hold(stream, hold_s)
         with torch.cuda.stream(stream):
             start.record(stream)
+            t0 = time.perf_counter()
             for i in range(n):
                 fn(i)
+            host = time.perf_counter() - t0
             end.record(stream)
         end.synchronize()
+        self.last_host_s = host / n
+        self.last_held = held > 0 and host < 0.8 * held
         return start.elapsed_time(end) / 1e3 / n
 
-    def time_each(self, fn: Callable[[int], Any], n: int,
-                  stream: Any = None) -> tuple[list[float], list[float]]:
+    def time_each(self, fn: Callable[[int], Any], n: int, stream: Any = None,
+                  hold_s: float = 0.0) -> tuple[list[float], list[float]]:
         """Per-call device seconds of n calls queued back to back (an event pair around each), and the
-        host seconds each call took to issue."""
+        host seconds each call took to issue. `hold_s` as in time_loop."""
         self.sync()
         issue: list[float] = []
         if not self.is_cuda:
@@ -80,11 +123,14 @@ class Bench:
                 t1 = time.perf_counter()
                 out.append(t1 - t0)
                 issue.append(t1 - t0)
+            self.last_held = False
             return out, issue
         torch = self.torch
         stream = stream or torch.cuda.current_stream(self.device)
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                   for _ in range(n)]
+        held = self._hold(stream, hold_s)
+        t_all = time.perf_counter()
         with torch.cuda.stream(stream):
             for i, (a, b) in enumerate(events):
                 a.record(stream)
@@ -92,6 +138,7 @@ class Bench:
                 fn(i)
                 issue.append(time.perf_counter() - t0)
                 b.record(stream)
+        self.last_held = held > 0 and time.perf_counter() - t_all < 0.8 * held
         stream.synchronize()
         return [a.elapsed_time(b) / 1e3 for a, b in events], issue
 

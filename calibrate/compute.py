@@ -49,20 +49,56 @@ def ffn(torch: Any, x: Any, weights: list[Any]) -> Any:
     return f.linear(f.relu(f.linear(x, w_in)), w_out)
 
 
+def device_hold_s(host_per_call_s: float, calls: int) -> float:
+    """A sleep long enough for the host to queue `calls` calls behind it (twice the measured pace)."""
+    return min(0.05, max(5e-4, 2.0 * host_per_call_s * calls + 2e-4))
+
+
+def round_robin(bench: Bench, fns: list[tuple[Any, Callable[[int], Any]]], repeats: int, calls: int,
+                tick: Callable[[str], None], label: str) -> dict[Any, dict[str, Any]]:
+    """Samples of every point, one round over all points per repeat.
+
+    Host launch pace drifts on a shared machine for seconds at a time; sampling in rounds spreads
+    that drift over all points, instead of bending one stretch of a table. Each sample is the
+    steady pace of `calls` back-to-back calls (`samples_s`); on CUDA a second sample holds the
+    device while the host queues (`device_s`: the device's own time, host launch cost hidden).
+    """
+    out: dict[Any, dict[str, Any]] = {key: {"samples_s": [], "host_s": [], "device_s": [], "held": True}
+                                      for key, _ in fns}
+    dev_calls = min(calls, 8)
+    for r in range(repeats):
+        for key, fn in fns:
+            rec = out[key]
+            rec["samples_s"].append(bench.time_loop(fn, calls))
+            rec["host_s"].append(bench.last_host_s)
+            if bench.is_cuda:
+                rec["device_s"].append(bench.time_loop(fn, dev_calls,
+                                                       hold_s=device_hold_s(bench.last_host_s, dev_calls)))
+                rec["held"] = rec["held"] and bench.last_held
+        tick(f"{label} round {r + 1}/{repeats}")
+    for rec in out.values():
+        rec["median_s"] = spread(rec["samples_s"]).median
+        if rec["device_s"]:
+            rec["device_median_s"] = spread(rec["device_s"]).median
+        else:
+            del rec["device_s"]
+            rec["held"] = False
+    return out
+
+
 def _points(bench: Bench, make_call: Callable[[int], Callable[[int], Any]], tokens: list[int], repeats: int,
             calls: int, tick: Callable[[str], None], label: str, max_call_s: float | None = None,
             ) -> list[dict[str, Any]]:
     """Per token count: `repeats` samples of seconds per call, each over `calls` back-to-back calls."""
-    out = []
+    fns = []
     for t in tokens:
         fn = make_call(t)
         warm = bench.time_loop(fn, max(2, min(calls, 3)))
-        samples = [bench.time_loop(fn, calls) for _ in range(repeats)]
-        out.append({"tokens": t, "samples_s": samples, "median_s": spread(samples).median})
-        tick(f"{label} {t} tokens")
-        if max_call_s is not None and max(warm, out[-1]["median_s"]) > max_call_s:
+        fns.append((t, fn))
+        if max_call_s is not None and warm > max_call_s:
             break  # larger token counts would take too long on this device; the table says where it stops
-    return out
+    res = round_robin(bench, fns, repeats, calls, tick, label)
+    return [{"tokens": t, **res[t]} for t, _ in fns]
 
 
 def measure_expert(bench: Bench, spec: ModelSpec, tokens: list[int], repeats: int, rotate_bytes: int,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .bench import Bench, rotation_count
-from .compute import ffn, make_expert_weights
+from .compute import ffn, make_expert_weights, round_robin
 from .fit import spread
 from .shapes import CalibModel
 
@@ -161,21 +161,27 @@ def measure_dense(bench: Bench, model: CalibModel, tokens: list[int], contexts: 
 
         return call
 
-    seconds: list[list[float]] = []
-    samples: list[list[list[float]]] = []
+    calls = max(n_rot, 4) if bench.is_cuda else n_rot
+    fns = []
     for t in tokens:
-        row, row_samples = [], []
         for c in contexts:
             fn = make_call(t, c)
-            bench.time_loop(fn, max(2, min(n_rot, 3)))
-            s = [bench.time_loop(fn, n_rot) for _ in range(repeats)]
-            row.append(spread(s).median)
-            row_samples.append(s)
-        seconds.append(row)
-        samples.append(row_samples)
-        tick(f"dense {model.name} {t} tokens")
-    return {"tokens": tokens, "context": contexts, "seconds": seconds, "samples_s": samples,
-            "rotation": n_rot, "attention": attention.kind}
+            bench.time_loop(fn, max(2, min(calls, 3)))
+            fns.append(((t, c), fn))
+    res = round_robin(bench, fns, repeats, calls, tick, f"dense {model.name}")
+    grid = [[res[(t, c)] for c in contexts] for t in tokens]
+    out: dict[str, Any] = {
+        "tokens": tokens, "context": contexts,
+        "seconds": [[p["median_s"] for p in row] for row in grid],
+        "samples_s": [[p["samples_s"] for p in row] for row in grid],
+        "host_s": [[p["host_s"] for p in row] for row in grid],
+        "rotation": n_rot, "attention": attention.kind,
+    }
+    if bench.is_cuda:
+        out["device_seconds"] = [[p["device_median_s"] for p in row] for row in grid]
+        out["device_s"] = [[p["device_s"] for p in row] for row in grid]
+        out["held"] = all(p["held"] for row in grid for p in row)
+    return out
 
 
 def measure_layer_overhead(bench: Bench, model: CalibModel, repeats: int) -> dict[str, Any]:

@@ -143,6 +143,12 @@ def _provenance(raw: dict[str, Any], fits: dict[str, Any], table_rel: list[float
     pinned = raw["copies"]["h2d_pinned"]
     prov["pinned_issue_s"] = _round(spread(pinned[0]["issue_s"]).median)
     prov["pinned_batched_s"] = _rounded([p["batched_s"] for p in pinned])
+    if all("paced_s" in p for p in pinned):
+        prov["pinned_paced_s"] = _rounded([spread(p["paced_s"]).median for p in pinned])
+        prov["pinned_held"] = all(p.get("held", False) for p in pinned)
+    if raw["settings"]["device"].startswith("cuda"):
+        prov["sm_clock_after_mhz"] = {n: m["clocks_after"].get("sm_clock_mhz") or 0
+                                      for n, m in raw["models"].items() if "clocks_after" in m}
     conc = raw.get("concurrency")
     if conc is not None:
         prov["concurrency"] = {k: (_round(v) if isinstance(v, float) else v) for k, v in conc.items()
@@ -165,10 +171,31 @@ def _provenance(raw: dict[str, Any], fits: dict[str, Any], table_rel: list[float
         n: {"tokens": [p["tokens"] for p in m["cpu_expert_fp32"]],
             "seconds": _rounded([p["median_s"] for p in m["cpu_expert_fp32"]])}
         for n, m in raw["models"].items()}
+    if all("device_median_s" in p for m in raw["models"].values() for p in m["expert_bf16"]):
+        prov["expert_bf16_device"] = {
+            n: {"tokens": [p["tokens"] for p in m["expert_bf16"]],
+                "seconds": _rounded([p["device_median_s"] for p in m["expert_bf16"]]),
+                "held": all(p["held"] for p in m["expert_bf16"])}
+            for n, m in raw["models"].items()}
+        prov["dense_device"] = {
+            n: {"seconds": _rounded(m["dense"]["device_seconds"]), "held": m["dense"]["held"]}
+            for n, m in raw["models"].items()}
+    prov["expert_bf16_host"] = {
+        n: {"tokens": [p["tokens"] for p in m["expert_bf16"]],
+            "seconds": _rounded([spread(p["host_s"]).median for p in m["expert_bf16"]])}
+        for n, m in raw["models"].items()}
     prov["expert_bf16_bare"] = {
         n: {"tokens": [p["tokens"] for p in m["expert_bf16_bare"]],
             "seconds": _rounded([p["median_s"] for p in m["expert_bf16_bare"]])}
         for n, m in raw["models"].items()}
+    prov["methods"] = [
+        "copies: pinned per-copy time from an event pair around each copy, queued behind a sleep kernel "
+        "so the copy engine alone is timed; pageable copies block the host and are timed unheld",
+        "expert and dense tables: steady pace of back-to-back eager calls (host launch cost included "
+        "where the host is slower than the GPU); the device-only figures are in *_device",
+        "overheads: host wall time with a synchronize before and after, floors on a tiny shape",
+        "every table point is sampled in rounds over all points; figures are medians",
+    ]
     prov["not_measured"] = ["int8/fp8/int4 expert kernels (only bf16)",
                             "dense (non-MoE) FFN layers of models that have them"]
     return prov

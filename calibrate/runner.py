@@ -65,10 +65,10 @@ class Progress:
             self.bar.close()
 
 
-def _count_steps(s: Settings, n_sizes: int, n_tokens: int, n_dense_tokens: int, n_cpu_tokens: int) -> int:
+def _count_steps(s: Settings, n_sizes: int, cpu_repeats: int) -> int:
     copies = 4 * n_sizes
     concurrency = 4 if s.cuda else 0
-    per_model = 2 * n_tokens + n_dense_tokens + 2 * n_cpu_tokens + 2
+    per_model = 3 * s.repeats + 2 * cpu_repeats + 2
     return copies + concurrency + 2 + len(s.models) * per_model + 1
 
 
@@ -94,8 +94,8 @@ def run_calibration(s: Settings, progress: bool = True) -> dict[str, Any]:
     tokens = token_counts(s.quick)
     dense_tokens, contexts = dense_token_counts(s.quick), context_lengths(s.quick)
     cpu_tokens = [1, 8] if s.quick else [1, 4, 16, 64]
-    tick = Progress(_count_steps(s, len(plan.sizes), len(tokens), len(dense_tokens), len(cpu_tokens)),
-                    progress)
+    cpu_reps = min(3, s.repeats)
+    tick = Progress(_count_steps(s, len(plan.sizes), cpu_reps), progress)
 
     raw: dict[str, Any] = {
         "method_version": METHOD_VERSION,
@@ -142,13 +142,14 @@ def run_calibration(s: Settings, progress: bool = True) -> dict[str, Any]:
         m["pass_overhead"] = measure_pass_overhead(bench, model, s.repeats, s.rotate_bytes)
         tick(f"overheads {name}")
         _free(torch, s.cuda)
-        cpu_reps = min(3, s.repeats)
         cpu_rot = (4 if s.quick else 64) * MiB
         for prec, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
             m[f"cpu_expert_{prec}"] = measure_expert(cpu, model.spec, cpu_tokens, cpu_reps, cpu_rot, tick,
                                                      dtype=dtype, max_call_s=s.cpu_max_call_s,
                                                      label=f"cpu {prec} expert {name}")
         tick(f"cpu experts {name}")
+        if s.cuda:
+            m["clocks_after"] = clocks(bench.device.index or 0)
         raw["models"][name] = m
     if s.cuda:
         raw["clocks_end"] = clocks(bench.device.index or 0)

@@ -108,7 +108,13 @@ KINDS = ("h2d_pinned", "d2h_pinned", "h2d_pageable", "d2h_pageable")
 
 def measure_copies(bench: Bench, plan: CopyPlan, pools: Pools, tick: Callable[[str], None]) -> dict[str, Any]:
     """Per kind and size: per-copy device seconds (events), host issue seconds, and for pinned copies
-    the amortized seconds per copy when queued back to back."""
+    the amortized seconds per copy when queued back to back.
+
+    Pinned copies are queued behind a short sleep kernel, so the events time the copy engine alone:
+    issuing a copy from Python takes longer than a small copy runs, and an idle stream would start
+    the start event before the host had even issued the copy. The pace without the hold is kept
+    too (`paced_s`): what a Python loop issuing small copies one by one gets.
+    """
     stream = bench.new_stream()
     out: dict[str, Any] = {}
     for kind in KINDS:
@@ -116,12 +122,17 @@ def measure_copies(bench: Bench, plan: CopyPlan, pools: Pools, tick: Callable[[s
         for size in plan.sizes:
             n = max(3, min(plan.repeats, plan.bytes_per_point // size))
             fn = _copy_fn(pools, kind, size)
+            pinned = kind.endswith("pinned")
+            hold = max(1e-3, 3 * n * 30e-6) if pinned else 0.0
             bench.time_each(fn, 2, stream)  # warm-up
-            times, issue = bench.time_each(lambda i, fn=fn: fn(i + 2), n, stream)
+            times, issue = bench.time_each(lambda i, fn=fn: fn(i + 2), n, stream, hold_s=hold)
             point: dict[str, Any] = {"bytes": size, "samples_s": times, "issue_s": issue,
                                      "median_s": spread(times).median}
-            if kind.endswith("pinned"):
-                point["batched_s"] = bench.time_loop(lambda i, fn=fn, n=n: fn(i + n + 2), n, stream)
+            if pinned:
+                point["held"] = bench.last_held
+                point["batched_s"] = bench.time_loop(lambda i, fn=fn, n=n: fn(i + n + 2), n, stream,
+                                                     hold_s=hold)
+                point["paced_s"] = bench.time_each(lambda i, fn=fn, n=n: fn(i + 2 * n + 2), n, stream)[0]
             points.append(point)
             tick(f"copy {kind} {size} B")
         out[kind] = points
@@ -214,17 +225,24 @@ def measure_concurrency(bench: Bench, plan: CopyPlan, pools: Pools,
     out["kernels"] = {}
     for name, (kfn, k) in kernels.items():
         alone = _median([r[0] for r in repeat([(streams[2], kfn, k)])])
+        first_alone = alone
         # kernel slowdown: copies outlast the kernel, so every kernel call runs beside a copy
         copies = math.ceil(1.3 * alone * bw_one / size) + 2
-        runs = repeat([(streams[2], kfn, k), (streams[0], copier("h2d", 0), copies)])
-        t_kernel = _median([r[0] for r in runs])
+        # alternate alone / beside copies, so clock and power drift hits both sides alike
+        pairs = [(_concurrent(bench, [(streams[2], kfn, k)])[0],
+                  _concurrent(bench, [(streams[2], kfn, k), (streams[0], copier("h2d", 0), copies)])[0])
+                 for _ in range(reps + 2)]
+        alone = _median([x for x, _ in pairs])
+        t_kernel = _median([w for _, w in pairs])
+        ratios = [w / a for a, w in pairs]
         # copy slowdown: the kernel outlasts the copies, so every copy runs beside a kernel
         few = max(2, math.floor(0.6 * alone * bw_one / size))
         runs = repeat([(streams[2], kfn, k), (streams[0], copier("h2d", 0), few)])
         t_copies = _median([r[1] for r in runs])
         out["kernels"][name] = {
             "calls": k, "alone_s": alone, "with_h2d_s": t_kernel,
-            "kernel_slowdown": t_kernel / alone,
+            "kernel_slowdown": _median(ratios), "kernel_slowdown_samples": ratios,
+            "first_alone_s": first_alone,
             "h2d_Bps_during_kernel": few * size / t_copies,
             "h2d_slowdown": bw_one / (few * size / t_copies),
         }

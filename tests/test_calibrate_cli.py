@@ -104,7 +104,7 @@ def test_copy_pool_views_rotate_inside_the_pool() -> None:
     assert plan.sizes[0] == 4096 and plan.sizes[-1] == 1 * MiB
 
 
-def _check_profile(path: Path, model: str) -> dict:
+def _check_profile(path: Path, model: str, grows: bool = True) -> dict:
     data = tomllib.loads(path.read_text())
     assert data["schema"] == "moe-emu/profile/1" and data["provisional"] is False
     c = data["copy"]
@@ -118,7 +118,8 @@ def _check_profile(path: Path, model: str) -> dict:
     m = data["models"][model]
     tok, sec = m["expert"]["bf16"]["tokens"], m["expert"]["bf16"]["seconds"]
     assert len(tok) == len(sec) and all(s > 0 for s in sec)
-    assert sec[-1] > sec[0]  # more routed tokens take longer
+    if grows:  # on the CPU more routed tokens take longer; a tiny shape on a GPU is launch-bound, flat
+        assert sec[-1] > sec[0]
     d = m["dense"]
     assert len(d["seconds"]) == len(d["tokens"]) and all(len(r) == len(d["context"]) for r in d["seconds"])
     assert m["cpu_expert"]["bf16"]["seconds"][0] > 0
@@ -157,7 +158,13 @@ def _cuda() -> bool:
 def test_cuda_quick_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "gpu.toml"
     assert main(["--quick", "--no-progress", "--model", TINY, "--out", str(out)]) == 0
-    data = _check_profile(out, "tiny")
+    data = _check_profile(out, "tiny", grows=False)
     assert data["copy"]["h2d_engines"] in (1, 2)
+    prov = data["provenance"]
+    # the sleep-kernel hold let the host queue every copy and call before the device started
+    assert prov["pinned_held"] is True
+    assert prov["expert_bf16_device"]["tiny"]["held"] is True
+    dev, paced = prov["expert_bf16_device"]["tiny"]["seconds"], data["models"]["tiny"]["expert"]["bf16"]["seconds"]
+    assert all(d <= 1.2 * p for d, p in zip(dev, paced))  # hiding launch cost never makes a call slower
     assert isinstance(data["copy"]["h2d_d2h_overlap"], bool)
     assert data["provenance"]["device"]["gpu_name"]

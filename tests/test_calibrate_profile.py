@@ -32,7 +32,8 @@ def _copy_points(latency: float, bw: float) -> list[dict[str, Any]]:
 
 
 def _pt(x: int, t: float, key: str = "tokens") -> dict[str, Any]:
-    return {key: x, "samples_s": [0.99 * t, t, 1.02 * t], "median_s": t}
+    return {key: x, "samples_s": [0.99 * t, t, 1.02 * t], "median_s": t, "host_s": [0.5 * t] * 3,
+            "device_s": [0.8 * t] * 3, "device_median_s": 0.8 * t, "held": True}
 
 
 def synthetic_raw(engines: float = 1.02, overlap: float = 1.95, cuda: bool = True) -> dict[str, Any]:
@@ -45,6 +46,7 @@ def synthetic_raw(engines: float = 1.02, overlap: float = 1.95, cuda: bool = Tru
         "cpu_expert_fp32": [_pt(t, 1e-3 * t) for t in (1, 4)],
         "dense": {"tokens": [1, 16], "context": [128, 1024], "seconds": [[1e-4, 2e-4], [3e-4, 4e-4]],
                   "samples_s": [[[1e-4, 1.1e-4], [2e-4, 2e-4]], [[3e-4, 3e-4], [4e-4, 4.4e-4]]],
+                  "device_seconds": [[5e-5, 6e-5], [7e-5, 8e-5]], "held": True,
                   "attention": "lower_right"},
         "pass_overhead": {"samples_s": [2e-4, 2.1e-4], "median_s": 2.05e-4},
         "layer_overhead": {"samples_s": [3e-5, 3.1e-5], "median_s": 3.05e-5},
@@ -93,6 +95,10 @@ def test_profile_figures_come_from_the_measurements() -> None:
     assert m["dense"]["seconds"] == [[1e-4, 2e-4], [3e-4, 4e-4]]
     assert m["cpu_expert"]["bf16"]["seconds"] == [2e-3, 8e-3]
     assert m["pass_overhead_s"] == pytest.approx(2.05e-4)
+    prov = p["provenance"]
+    assert prov["expert_bf16_device"]["olmoe-1b-7b"]["seconds"][0] == pytest.approx(0.8 * (5e-5 + 1e-7))
+    assert prov["expert_bf16_host"]["olmoe-1b-7b"]["seconds"][0] == pytest.approx(0.5 * (5e-5 + 1e-7))
+    assert prov["dense_device"]["olmoe-1b-7b"]["seconds"] == [[5e-5, 6e-5], [7e-5, 8e-5]]
     spread_m = p["provenance"]["spread"]["models"]["olmoe-1b-7b"]
     assert spread_m["dense_rel"][0][0] == pytest.approx(0.1 * 0.8 / 1.05, rel=0.05)
 
