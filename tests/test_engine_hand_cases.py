@@ -1,0 +1,114 @@
+"""Scenarios small enough to work out by hand; both engines must reproduce them to the nanosecond.
+
+Common set-up (tests/conftest.py): 2 MoE layers x 4 experts, top-2, experts of 6 bytes.
+One expert copy takes 1.0 s (latency 0, 6 B/s), one copy engine; an expert FFN takes 0.5 s for
+1 token and 0.75 s for 2 tokens; the dense part of a layer takes 0.25 s; no other overhead.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from emu.engines.setup import StackChoice, make_inputs
+from emu.metrics import build_result
+
+from .conftest import hand_profile, make_trace, tiny_model
+
+EXPERT = 6  # bytes
+
+
+def run(engine, trace, slots: int, **profile_kw):
+    inputs = make_inputs(tiny_model(), hand_profile(**profile_kw), trace, slots * EXPERT, StackChoice())
+    cs, end, timings = engine(inputs)
+    return build_result(cs, end, trace, "x", timings).to_dict(), cs
+
+
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
+def test_cold_decode_pass(engines, engine_name):
+    # One decode token; layer 0 needs {0, 1}, layer 1 needs {2, 3}; 4 slots: all compulsory misses.
+    # L0: dense [0, .25]; copies 0 [.25, 1.25], 1 [1.25, 2.25] (one engine, FIFO);
+    #     compute 0 [1.25, 1.75], 1 [2.25, 2.75]; the GPU stalls .25->1.25 and 1.75->2.25 = 1.5 s.
+    # L1: dense [2.75, 3]; copies 2 [3, 4], 3 [4, 5]; compute 2 [4, 4.5], 3 [5, 5.5]; stall 1.5 s.
+    trace = make_trace([[[[0, 1], [2, 3]]]])
+    r, _ = run(engines[engine_name], trace, slots=4)
+    assert r["e2e_s"] == pytest.approx(5.5, abs=1e-9)
+    assert r["ttft_s"] == pytest.approx(5.5, abs=1e-9)
+    assert r["misses_compulsory"] == 4 and r["hits"] == 0 and r["accesses"] == 4
+    assert r["stall_s"] == pytest.approx(3.0, abs=1e-9)
+    assert r["bytes_h2d"] == 4 * EXPERT
+    assert r["compute_busy_frac"] == pytest.approx(2.5 / 5.5, abs=1e-12)
+    assert r["copy_busy_frac"] == pytest.approx(4.0 / 5.5, abs=1e-12)
+
+
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
+def test_warm_second_pass_hits(engines, engine_name):
+    # The same token routing twice: pass 0 as above ends at 5.5. Pass 1 hits everything:
+    # dense [5.5, 5.75], experts [5.75, 6.75], dense [6.75, 7], experts [7, 8]. TPOT = 2.5 s.
+    tok = [[0, 1], [2, 3]]
+    trace = make_trace([[tok], [tok]])
+    r, _ = run(engines[engine_name], trace, slots=4)
+    assert r["e2e_s"] == pytest.approx(8.0, abs=1e-9)
+    assert r["ttft_s"] == pytest.approx(5.5, abs=1e-9)
+    assert r["tpot_s"] == pytest.approx(2.5, abs=1e-9)
+    assert r["decode_tok_per_s"] == pytest.approx(0.4, abs=1e-12)
+    assert (r["hits"], r["misses_compulsory"], r["misses_capacity"]) == (4, 4, 0)
+    assert r["hit_rate"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
+def test_capacity_and_collision_misses(engines, engine_name):
+    # 2 slots, the same routing twice, LRU.
+    # Pass 0: L0 copies 0, 1 fill both slots. L1 gate at 3.0: 2 evicts 0 (LRU), 3 evicts 1;
+    #   copies 2 [3, 4], 3 [4, 5]; compute [4, 4.5], [5, 5.5].
+    # Pass 1 (from 5.5): L0 gate at 5.75: 0 and 1 were evicted in pass 0 -> capacity misses; they
+    #   evict 2 and 3 (evicted in pass 1). Copies [5.75, 6.75], [6.75, 7.75]; compute [6.75, 7.25],
+    #   [7.75, 8.25]. L1 gate at 8.5: 2 and 3 were evicted in this same pass -> collision misses;
+    #   copies [8.5, 9.5], [9.5, 10.5]; compute [9.5, 10], [10.5, 11].
+    tok = [[0, 1], [2, 3]]
+    trace = make_trace([[tok], [tok]])
+    r, _ = run(engines[engine_name], trace, slots=2)
+    assert r["e2e_s"] == pytest.approx(11.0, abs=1e-9)
+    assert (r["misses_compulsory"], r["misses_capacity"], r["misses_collision"]) == (4, 2, 2)
+    assert r["evictions"] == 6
+    assert r["per_layer"][1]["misses_collision"] == 2 and r["per_layer"][0]["misses_collision"] == 0
+
+
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
+def test_prefill_queueing_and_token_counts(engines, engine_name):
+    # A 2-token prefill pass. Layer 0: token A uses {0, 1}, token B {1, 2}: expert 1 serves 2 tokens.
+    # Copies queue on the single engine: 0 [.25, 1.25], 1 [1.25, 2.25], 2 [2.25, 3.25].
+    # Compute: 0 (1 token) [1.25, 1.75], 1 (2 tokens) [2.25, 3.0], 2 [3.25, 3.75].
+    # Layer 1: both tokens use {0, 1} of layer 1 (other keys than layer 0's): dense [3.75, 4];
+    # copies [4, 5], [5, 6]; compute (2 tokens each) [5, 5.75], [6, 6.75].
+    # Stall: .25->1.25, 1.75->2.25, 3->3.25 in L0 (1.75 s); 4->5, 5.75->6 in L1 (1.25 s).
+    trace = make_trace([[[[0, 1], [0, 1]], [[1, 2], [0, 1]]]], phases=[0])
+    r, _ = run(engines[engine_name], trace, slots=4)
+    assert r["ttft_s"] == pytest.approx(6.75, abs=1e-9)
+    assert r["e2e_s"] == pytest.approx(6.75, abs=1e-9)
+    assert (r["accesses"], r["hits"], r["misses_compulsory"]) == (5, 0, 5)
+    assert r["per_layer"][0]["stall_s"] == pytest.approx(1.75, abs=1e-9)
+    assert r["per_layer"][1]["stall_s"] == pytest.approx(1.25, abs=1e-9)
+
+
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
+def test_demand_copy_waits_for_a_victim(engines, engine_name):
+    # 1 slot for top-2: the thrash zone. L0 needs {0, 1}: 0 takes the slot [.25, 1.25]; 1 finds no
+    # victim (0 is needed by the layer) and waits. 0 computes [1.25, 1.75]; then 0 is evictable:
+    # copy 1 [1.75, 2.75], compute [2.75, 3.25]. L1: dense [3.25, 3.5]; 2 evicts 1: [3.5, 4.5];
+    # 3 waits; compute 2 [4.5, 5]; copy 3 [5, 6]; compute 3 [6, 6.5].
+    trace = make_trace([[[[0, 1], [2, 3]]]])
+    r, cs = run(engines[engine_name], trace, slots=1)
+    assert r["e2e_s"] == pytest.approx(6.5, abs=1e-9)
+    assert r["demand_waits"] == 2
+    assert r["misses_compulsory"] == 4
+
+
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
+def test_two_engines_overlap_copies(engines, engine_name):
+    # With 2 copy engines the two copies of a layer run together: L0 copies [.25, 1.25] both;
+    # compute 0 [1.25, 1.75], 1 [1.75, 2.25]; L1 dense [2.25, 2.5], copies [2.5, 3.5],
+    # compute [3.5, 4], [4, 4.5].
+    trace = make_trace([[[[0, 1], [2, 3]]]])
+    r, _ = run(engines[engine_name], trace, slots=4, engines=2)
+    assert r["e2e_s"] == pytest.approx(4.5, abs=1e-9)
+    assert r["copy_busy_frac"] == pytest.approx(4.0 / (2 * 4.5), abs=1e-12)
