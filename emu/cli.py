@@ -101,21 +101,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.simplefilter("ignore", category=Warning)
-    warnings.simplefilter("default", category=EmuWarning)
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"  # type: ignore[assignment]
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except EmuError as err:
-        print(f"emu: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # e.g. `emu trace inspect F | head`
-        sys.stderr.close()
-        return 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("always", EmuWarning)
+        try:
+            code = int(args.func(args) or 0)
+        except EmuError as err:
+            print(f"emu: error: {err}", file=sys.stderr)
+            code = 2
+        except KeyboardInterrupt:
+            code = 130
+        except BrokenPipeError:  # e.g. `emu trace inspect F | head`
+            sys.stderr.close()
+            return 0
+    seen: set[str] = set()
+    for w in caught:
+        text = str(w.message)
+        if issubclass(w.category, EmuWarning) and text not in seen:
+            seen.add(text)
+            print(f"warning: {text}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover
