@@ -332,27 +332,31 @@ def _route(experts: np.ndarray, first_token: np.ndarray, next_token: np.ndarray,
 
 @numba.njit(cache=True, parallel=True)
 def _scores_block(out: np.ndarray, start: int, seed: np.uint64, scale: float) -> None:
-    """Gate scores of tokens start..start+len(out), descending: softmax(scale * Gumbel) over the k chosen,
-    drawn as E ** -scale normalised (E ~ Exp(1), since exp(Gumbel) = 1 / E): one log per entry."""
+    """Gate scores of tokens start..start+len(out), descending: softmax(scale * Gumbel) over the k picks.
+
+    exp(Gumbel) = 1 / E with E ~ Exp(1), so the scores are E_(j) ** -scale normalised, over the k Exp(1)
+    values in ascending order; those come sorted from Renyi's representation
+    E_(j) = sum_{i <= j} X_i / (k - i + 1), X_i ~ Exp(1), so no sort is needed."""
     n_layers = out.shape[1]
     top_k = out.shape[2]
+    inv_rest = np.empty(top_k, np.float64)
+    for k in range(top_k):
+        inv_rest[k] = 1.0 / (top_k - k)
     for i in numba.prange(out.shape[0]):
         state = np.empty(1, np.uint64)
         state[0] = _stream_state(seed, np.uint64(_STREAM_SCORE), np.uint64(start + i))
         g = np.empty(top_k, np.float64)
         for layer in range(n_layers):
             total = 0.0
+            e = 1e-300
             for k in range(top_k):
-                e = -math.log(1.0 - _uniform(state)) + 1e-300
+                e += -math.log(1.0 - _uniform(state)) * inv_rest[k]
                 v = 1.0 / e if scale == 1.0 else e ** -scale
+                g[k] = v
                 total += v
-                j = k
-                while j > 0 and g[j - 1] < v:  # insertion sort, descending
-                    g[j] = g[j - 1]
-                    j -= 1
-                g[j] = v
+            inv = 1.0 / total
             for k in range(top_k):
-                out[i, layer, k] = g[k] / total
+                out[i, layer, k] = g[k] * inv
 
 
 @numba.njit(cache=True, parallel=True)
