@@ -310,3 +310,19 @@ def test_mixed_int_and_string_request_ids(tmp_path):
     err = bad_case(tmp_path, [GOOD, {**GOOD, "layer": 1}, {**GOOD, "request": "x"},
                               {**GOOD, "request": "x", "layer": 1}])
     assert err.file.endswith(":3") and err.key == "request" and "mixes int and string" in str(err)
+
+
+def test_without_model_ids_are_bounded(tmp_path):
+    err = bad_case(tmp_path, [GOOD, {**GOOD, "layer": 1, "experts": [0, 40000]}], model=None)
+    assert err.file.endswith(":2") and err.key == "experts" and "expert id 40000 out of range" in str(err)
+    err = bad_case(tmp_path, [GOOD, {**GOOD, "layer": 10**6}], model=None)
+    assert err.file.endswith(":2") and err.key == "layer" and "expected < 4096" in str(err)
+    err = bad_case(tmp_path, [GOOD, {**GOOD, "layer": 1, "experts": [0, 10**40]}], model=None)
+    assert err.file.endswith(":2") and err.key == "experts"
+
+
+def test_many_missing_layers_are_listed_briefly(tmp_path):
+    rows = [GOOD, {**GOOD, "layer": 63}, {**GOOD, "token": 1, "layer": 0}]
+    rows += [{**GOOD, "token": 1, "layer": layer} for layer in range(1, 64)]
+    err = bad_case(tmp_path, rows, model=None)
+    assert "lacks layers [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12] and 50 more" in str(err)

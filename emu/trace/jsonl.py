@@ -30,6 +30,8 @@ _KNOWN = {"request", "problem_id", "token", "token_idx", "layer", "experts", "sc
           "phase", "pass", "predicted"}
 _PHASES = {"prefill": PHASE_PREFILL, "decode": PHASE_DECODE}
 _I32 = 2**31 - 1
+_MAX_EXPERTS = 2**15  # ids are stored as int16
+_MAX_LAYERS = 4096  # without a model, the largest layer id sets the layer count: a sanity bound
 
 
 def _is_int(v: Any) -> bool:
@@ -85,7 +87,7 @@ class _Rows:
     def _int_list(self, lineno: int, key: str, value: Any) -> list[int]:
         k = self.top_k
         want = f"a list of {k} ints" if k else "a non-empty list of ints"
-        if not isinstance(value, list) or not value or not all(_is_int(v) for v in value):
+        if not isinstance(value, list) or not value or not all(_is_int(v) and abs(v) <= _I32 for v in value):
             raise self.err(lineno, key, f"expected {want}, got {value!r}")
         if k is None:
             self.top_k = k = len(value)
@@ -133,6 +135,9 @@ class _Rows:
         layer = row.get("layer")
         if not _is_int(layer) or layer < 0:
             raise self.err(lineno, "layer", f"expected a non-negative int (MoE layer index), got {layer!r}")
+        if not self.model and layer >= _MAX_LAYERS:
+            raise self.err(lineno, "layer", f"layer {layer} out of range: expected < {_MAX_LAYERS} "
+                                            "(pass --model to check against a model)")
         if self.model and layer >= self.model.n_moe_layers:
             n = self.model.n_moe_layers
             raise self.err(lineno, "layer", f"layer {layer} out of range: model {self.model.name} has "
@@ -155,7 +160,7 @@ class _Rows:
             raise self.err(lineno, "phase", f"expected 'prefill' or 'decode', got {phase!r}")
         if self._presence(lineno, "has_pass", "pass", "pass" in row):
             pas = row["pass"]
-            if not _is_int(pas) or pas < 0:
+            if not _is_int(pas) or not 0 <= pas <= _I32:
                 raise self.err(lineno, "pass", f"expected a non-negative int (pass index), got {pas!r}")
             self.passes.append(pas)
         for key, value in row.items():
@@ -179,7 +184,7 @@ class _Rows:
         file = self.file
         self.lines_arr = np.asarray(self.lines, dtype=np.int64)
         experts = np.asarray(self.experts, dtype=np.int64)
-        n_exp = self.model.n_experts if self.model else int(experts.max()) + 1
+        n_exp = self.model.n_experts if self.model else min(int(experts.max()) + 1, _MAX_EXPERTS)
         pred = np.asarray(self.predicted, dtype=np.int64) if self.has_predicted else None
         for key, arr in (("experts", experts), ("predicted", pred)):
             if arr is None:
@@ -188,7 +193,7 @@ class _Rows:
             if bad.any():
                 row = int(np.flatnonzero(bad.any(axis=1))[0])
                 val = int(arr[row][bad[row]][0])
-                limit = f"model {self.model.name} has {n_exp} experts" if self.model else "ids must be >= 0"
+                limit = f"model {self.model.name} has {n_exp} experts" if self.model else "int16 ids"
                 raise self.err(self.lines[row], key,
                                f"expert id {val} out of range: {limit} (0..{n_exp - 1})")
             srt = np.sort(arr, axis=1)
@@ -262,9 +267,10 @@ class _Rows:
                 i = int(np.flatnonzero(bad)[0])
                 have = set(l_s[tok_id_sorted == i].tolist())
                 missing = sorted(set(range(n_layers)) - have)
+                shown = str(missing) if len(missing) <= 12 else f"{missing[:12]} and {len(missing) - 12} more"
                 why = "" if strict else " and a later token of the request is complete"
                 raise EmuError(f"request {self.requests[first_row[i]]!r} token {int(tok_pos[i])} lacks "
-                               f"layers {missing}{why}; expected rows for all {n_layers} MoE layers",
+                               f"layers {shown}{why}; expected rows for all {n_layers} MoE layers",
                                file=f"{file}:{int(tok_line[i])}", key="layer")
             dropped = int(tail.sum())
             per_req: dict[str, int] = {}
