@@ -199,7 +199,7 @@ def test_save_load_round_trip_keeps_generator_params(tmp_path):
     ({"batch_size": 0}, "batch_size"), ({"prompt_len": -1}, "prompt_len"),
     ({"n_requests": 2.5}, "n_requests"), ({"length_jitter": 1.0}, "length_jitter"),
     ({"predictor_accuracy": 2}, "predictor_accuracy"), ({"prompt_len": 0, "output_len": 0}, "output_len"),
-    ({"with_scores": 1}, "with_scores"), ({"score_scale": 0}, "score_scale"),
+    ({"with_scores": 1}, "with_scores"), ({"score_scale": 0}, "score_scale"), ({"seed": 2**64}, "seed"),
 ])
 def test_bad_params_name_the_key(kwargs, key):
     with pytest.raises(EmuError) as info:

@@ -62,10 +62,10 @@ def _optional_probability(inst: Any, attribute: attrs.Attribute, value: Any) -> 
         _probability(inst, attribute, value)
 
 
-def _int_at_least(minimum: int) -> Any:
+def _int_at_least(minimum: int, maximum: int = 2**31 - 1) -> Any:
     def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise EmuError(f"expected an integer >= {minimum}, got {value!r}", key=attribute.name)
+        if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+            raise EmuError(f"expected an integer in [{minimum}, {maximum}], got {value!r}", key=attribute.name)
     return check
 
 
@@ -105,7 +105,7 @@ class SyntheticParams:
     n_requests: int = attrs.field(default=8, validator=_int_at_least(1))
     #: most requests decoding concurrently (continuous batching)
     batch_size: int = attrs.field(default=1, validator=_int_at_least(1))
-    seed: int = attrs.field(default=0, validator=_int_at_least(0))
+    seed: int = attrs.field(default=0, validator=_int_at_least(0, 2**63 - 1))
     with_scores: bool = attrs.field(default=False, validator=_bool)
     #: logit scale of the gate scores: larger = more mass on the top-1 expert
     score_scale: float = attrs.field(default=1.0, validator=_positive_float)
