@@ -26,32 +26,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     sub = trace.add_subparsers(dest="trace_command", metavar="{gen,import,inspect}")
     sub.required = True
 
-    gen = sub.add_parser("gen", help="seeded synthetic trace", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    gen = sub.add_parser("gen", help="seeded synthetic trace",
                          description="Synthetic trace: Zipf popularity, temporal reuse, cross-layer "
                                      "correlation, continuous batching.")
     gen.add_argument("--model", required=True, help="model preset name")
     gen.add_argument("--tokens", type=int, default=None,
                      help="exactly this many tokens (default: all tokens of --requests requests)")
-    gen.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="same seed, same trace")
+    gen.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="same seed, same trace (default %(default)s)")
     gen.add_argument("--out", required=True, type=Path, help="output .npz")
     gen.add_argument("--zipf-s", default=str(_DEFAULTS.zipf_s),
-                     help="Zipf exponent of expert popularity, or one per MoE layer comma-separated")
+                     help="Zipf exponent of expert popularity, or one per MoE layer comma-separated "
+                          "(default %(default)s)")
     gen.add_argument("--reuse-prob", type=float, default=_DEFAULTS.reuse_prob,
-                     help="probability a slot re-uses the previous token's expert")
+                     help="probability a slot re-uses the previous token's expert (default %(default)s)")
     gen.add_argument("--cross-layer-corr", type=float, default=_DEFAULTS.cross_layer_corr,
-                     help="probability a slot follows the fixed map from the previous layer's expert")
+                     help="probability a slot follows the fixed map from the previous layer's expert "
+                          "(default %(default)s)")
     gen.add_argument("--prompt-len", type=int, default=_DEFAULTS.prompt_len,
-                     help="prompt tokens per request (one prefill pass); 0 = decode only")
-    gen.add_argument("--output-len", type=int, default=_DEFAULTS.output_len, help="decode tokens per request")
+                     help="prompt tokens per request (one prefill pass); 0 = decode only (default %(default)s)")
+    gen.add_argument("--output-len", type=int, default=_DEFAULTS.output_len,
+                     help="decode tokens per request (default %(default)s)")
     gen.add_argument("--length-jitter", type=float, default=_DEFAULTS.length_jitter,
-                     help="lengths uniform within +- this fraction")
+                     help="lengths uniform within +- this fraction (default %(default)s)")
     gen.add_argument("--requests", type=int, default=_DEFAULTS.n_requests, dest="n_requests",
-                     help="requests when --tokens is not given")
+                     help="requests when --tokens is not given (default %(default)s)")
     gen.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size,
-                     help="most requests decoding at once (continuous batching)")
+                     help="most requests decoding at once (continuous batching) (default %(default)s)")
     gen.add_argument("--scores", action="store_true", help="add float16 gate scores")
     gen.add_argument("--score-scale", type=float, default=_DEFAULTS.score_scale,
-                     help="gate sharpness (larger: more mass on the top-1 expert)")
+                     help="gate sharpness (larger: more mass on the top-1 expert) (default %(default)s)")
     gen.add_argument("--predictor-accuracy", type=float, default=None,
                      help="add speculator predictions right with this probability per entry")
 
