@@ -84,6 +84,10 @@ class PolicyContext:
     prec_bytes: np.ndarray
     trace: Any  # TraceView
     seed: int
+    #: precision names in the core's order (index 0 = the model's own), for degraded fetches
+    precisions: tuple[str, ...] = ()
+    #: the engine's Timing arrays (copy_s, expert and CPU curves), for policies that weigh time (cpu miss)
+    timing: Any = None
 
 
 @attrs.frozen

@@ -1,0 +1,159 @@
+"""Small numba helpers the policy kernels share: a resident-key set, a seeded RNG, a top-n pick.
+
+Every helper works on plain arrays (rows of a policy's `ps.i` / `ps.f` tables), so it does not care how
+the engine passes the state around.
+
+Resident set: `members[0:n]` lists the keys, `pos[key]` is the key's index in `members` (-1 when absent)
+and `pos[n_keys]` holds n, so add and remove are O(1) and a scan costs O(resident keys), not O(all keys).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..engines.state import ABSENT
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def set_rows(n_keys: int) -> int:
+    """Width a resident-set row pair needs."""
+    return n_keys + 1
+
+
+def init_set(members: np.ndarray, pos: np.ndarray) -> None:
+    members[:] = -1
+    pos[:] = -1
+    pos[-1] = 0
+
+
+@njit(cache=True)
+def set_add(members: np.ndarray, pos: np.ndarray, key: int) -> None:
+    if pos[key] >= 0:
+        return
+    n_keys = pos.shape[0] - 1
+    n = pos[n_keys]
+    members[n] = key
+    pos[key] = n
+    pos[n_keys] = n + 1
+
+
+@njit(cache=True)
+def set_remove(members: np.ndarray, pos: np.ndarray, key: int) -> None:
+    j = pos[key]
+    if j < 0:
+        return
+    n_keys = pos.shape[0] - 1
+    last = pos[n_keys] - 1
+    moved = members[last]
+    members[j] = moved
+    pos[moved] = j
+    members[last] = -1
+    pos[key] = -1
+    pos[n_keys] = last
+
+
+@njit(cache=True)
+def set_size(pos: np.ndarray) -> int:
+    return pos[pos.shape[0] - 1]
+
+
+# ---- seeded RNG: splitmix64, state in one int64 slot ------------------------------------------------
+
+def seed_state(seed: int, stream: int) -> int:
+    """A well-mixed starting state for (seed, stream) as a signed int64."""
+    z = (int(seed) * 0x9E3779B97F4A7C15 + int(stream) * 0xD1B54A32D192ED03 + 1) & ((1 << 64) - 1)
+    return z - (1 << 64) if z >= (1 << 63) else z
+
+
+@njit(cache=True)
+def rand_u64(state: np.ndarray, idx: int) -> np.uint64:
+    z = np.uint64(state[idx]) + _GOLDEN
+    state[idx] = np.int64(z)
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True)
+def rand_uniform(state: np.ndarray, idx: int) -> float:
+    """Uniform in [0, 1)."""
+    return float(rand_u64(state, idx) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True)
+def rand_below(state: np.ndarray, idx: int, n: int) -> int:
+    return np.int64(rand_u64(state, idx) % np.uint64(n))
+
+
+# ---- prefetch helpers ------------------------------------------------------------------------------
+
+@njit(cache=True)
+def push_top(cs, scores: np.ndarray, layer: int, n_pick: int, n_out: int, min_score: float) -> int:
+    """Append to `cs.pf_buf[n_out:]` the up to `n_pick` absent experts of `layer` with the highest
+    scores (> min_score), best first, ties to the lower expert id. Returns the new buffer length."""
+    n_exp = cs.cur_key.shape[0]
+    base = layer * n_exp
+    taken = 0
+    while taken < n_pick:
+        best = -1
+        best_s = min_score
+        for e in range(n_exp):
+            s = scores[e]
+            if s > best_s and cs.status[base + e] == ABSENT:
+                dup = False
+                for j in range(n_out):
+                    if cs.pf_buf[j] == base + e:
+                        dup = True
+                        break
+                if not dup:
+                    best = e
+                    best_s = s
+        if best < 0:
+            break
+        cs.pf_buf[n_out] = base + best
+        n_out += 1
+        taken += 1
+    return n_out
+
+
+@njit(cache=True)
+def true_layer_mass(tv, p: int, layer: int, out: np.ndarray) -> None:
+    """Routing mass per expert of `layer` in pass p as recorded (gate scores, else 1/top_k per token)."""
+    out[:] = 0.0
+    k = tv.experts.shape[2]
+    has_scores = tv.dims[0] == 1
+    for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
+        for s in range(k):
+            e = np.int64(tv.experts[tok, layer, s])
+            out[e] += np.float64(tv.scores[tok, layer, s]) if has_scores else 1.0 / k
+
+
+@njit(cache=True)
+def predicted_layer_mass(tv, p: int, layer: int, accuracy: float, rng: np.ndarray, rng_idx: int,
+                         out: np.ndarray) -> None:
+    """What a next-layer speculator says about `layer` in pass p.
+
+    With recorded predictions (tv.dims[1] == 1) each predicted expert gets 1/top_k per token. Without,
+    a seeded stand-in: each routed (token, slot) is predicted right with probability `accuracy`, else
+    as a uniformly drawn wrong expert; its weight is the recorded gate score (or 1/top_k).
+    """
+    out[:] = 0.0
+    k = tv.experts.shape[2]
+    n_exp = out.shape[0]
+    has_scores = tv.dims[0] == 1
+    recorded = tv.dims[1] == 1
+    for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
+        for s in range(k):
+            if recorded:
+                out[np.int64(tv.predicted[tok, layer, s])] += 1.0 / k
+                continue
+            e = np.int64(tv.experts[tok, layer, s])
+            w = np.float64(tv.scores[tok, layer, s]) if has_scores else 1.0 / k
+            if n_exp > 1 and rand_uniform(rng, rng_idx) >= accuracy:
+                wrong = rand_below(rng, rng_idx, n_exp - 1)
+                e = wrong if wrong < e else wrong + 1
+            out[e] += w

@@ -1,0 +1,50 @@
+"""Online routing tables the learned prefetchers share (updated from what each gate has revealed).
+
+Layout inside a policy's `f` table, with E experts, L layers and key = layer * E + expert:
+- transition rows `[T0 + key]`: counts of (e at layer l) -> (f at layer l+1) for the same token;
+- sequence rows `[S0 + key]`: counts of (g at layer l in the previous pass) -> (f at layer l now);
+- co-occurrence rows `[C0 + key]`: counts of e and f chosen together by one token at layer l.
+`i[0, key]` is the last pass that used the key. Everything is counted per token.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def update_tables(f, last_pass, tv, p: int, layer: int, t0: int, s0: int, c0: int) -> None:
+    n_exp = tv.dims[2]
+    k = tv.experts.shape[2]
+    for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
+        for s in range(k):
+            a = np.int64(tv.experts[tok, layer, s])
+            if layer > 0 and t0 >= 0:
+                for r in range(k):
+                    b = np.int64(tv.experts[tok, layer - 1, r])
+                    f[t0 + (layer - 1) * n_exp + b, a] += 1.0
+            if c0 >= 0:
+                for r in range(k):
+                    if r != s:
+                        f[c0 + layer * n_exp + a, np.int64(tv.experts[tok, layer, r])] += 1.0
+    if s0 >= 0 and p > 0:
+        for g in range(n_exp):
+            if last_pass[layer * n_exp + g] == p - 1:
+                for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
+                    for s in range(k):
+                        f[s0 + layer * n_exp + g, np.int64(tv.experts[tok, layer, s])] += 1.0
+    for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
+        for s in range(k):
+            last_pass[layer * n_exp + np.int64(tv.experts[tok, layer, s])] = p
+
+
+@njit(cache=True)
+def add_row_mix(f, row: int, weight: float, out) -> None:
+    """out += weight * normalised row."""
+    total = 0.0
+    for e in range(out.shape[0]):
+        total += f[row, e]
+    if total > 0.0:
+        for e in range(out.shape[0]):
+            out[e] += weight * f[row, e] / total

@@ -1,0 +1,142 @@
+"""Cache-aware routing (cache-conditional experts): bias each token's router toward resident experts.
+
+Modified logits z' = z + lambda * delta_avg * 1[resident] select the experts; the original router
+weights weight them. A trace records only each token's top-k gate scores, so z = log(score) for those,
+delta_avg is the mean gap between consecutive sorted top-k logits of the token (1.0 at top-1), and an
+expert outside the top-k is taken to sit one gap below the k-th logit (z_k - delta_avg), with
+original weight score_k * exp(-delta_avg). Resident means resident or in flight. With lambda <= 1 a
+resident outsider can only tie the k-th choice, so swaps start above lambda = 1; ties keep the
+router's own choice, then the lower expert id. The routed mass of the chosen experts is what the core
+books; how much the swap changed the output is not booked (the core has no counter for it).
+Needs gate scores: a trace without them fails at init naming `policy.routing`.
+State: scratch rows only (`f[0]` logits, `f[1]` weights, `f[2]` chosen weights; `i[0]` chosen ids,
+`i[1]` candidate ids). Cost: O(tokens * (k^2 + E)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from ...engines.state import IN_FLIGHT, RESIDENT, new_policy_state
+from ...errors import EmuError
+from ..api import KERNEL_SIG, Param, Policy, PolicyContext
+
+
+def init(ctx: PolicyContext, params: dict[str, float]) -> object:
+    if int(ctx.trace.dims[0]) == 0:
+        raise EmuError("cache-aware routing needs gate scores, but the trace has none (import a trace with "
+                       "scores, or use routing = \"standard\")", key="policy.routing")
+    k = ctx.trace.experts.shape[2]
+    return new_policy_state(f_rows=3, f_cols=2 * k, i_rows=2, i_cols=2 * k, params=(params["strength"],))
+
+
+@njit(cache=True)
+def _select(ps, cs, tv, tok: int, layer: int, base: int) -> int:
+    """Fill i[0, :k] with the chosen experts and f[2, :k] with their original weights; returns k."""
+    k = tv.experts.shape[2]
+    n_exp = cs.cur_key.shape[0]
+    lam = ps.p[0]
+    z = ps.f[0]
+    ids = ps.i[1]
+    w = ps.f[1]
+    # the router's own choices, sorted by logit (descending)
+    for s in range(k):
+        ids[s] = np.int64(tv.experts[tok, layer, s])
+        z[s] = math.log(max(np.float64(tv.scores[tok, layer, s]), 1e-12))
+    for a in range(1, k):
+        zi = z[a]
+        ii = ids[a]
+        b = a - 1
+        while b >= 0 and (z[b] < zi or (z[b] == zi and ids[b] > ii)):
+            z[b + 1] = z[b]
+            ids[b + 1] = ids[b]
+            b -= 1
+        z[b + 1] = zi
+        ids[b + 1] = ii
+    delta = (z[0] - z[k - 1]) / (k - 1) if k > 1 else 1.0
+    if delta <= 0.0:
+        delta = 1.0
+    z_out = z[k - 1] - delta
+    w_out = math.exp(z[k - 1]) * math.exp(-delta)
+    # candidates: k boosted originals plus up to k resident outsiders (they all share one logit)
+    n = k
+    for s in range(k):
+        w[s] = math.exp(z[s])
+        st = cs.status[base + ids[s]]
+        if st in (RESIDENT, IN_FLIGHT):
+            z[s] += lam * delta
+    z_res = z_out + lam * delta
+    for e in range(n_exp):
+        if n >= 2 * k:
+            break
+        st = cs.status[base + e]
+        if st != RESIDENT and st != IN_FLIGHT:
+            continue
+        inside = False
+        for s in range(k):
+            if ids[s] == e:
+                inside = True
+                break
+        if inside:
+            continue
+        ids[n] = e
+        z[n] = z_res
+        w[n] = w_out
+        n += 1
+    # pick the k best: logit, then the router's own choice (index < k), then lower id
+    chosen = ps.i[0]
+    for j in range(k):
+        best = -1
+        for c in range(n):
+            if ids[c] < 0:
+                continue
+            if best < 0 or z[c] > z[best] or (z[c] == z[best] and (
+                    (c < k and best >= k) or ((c < k) == (best < k) and ids[c] < ids[best]))):
+                best = c
+        chosen[j] = ids[best]
+        ps.f[2, j] = w[best]
+        ids[best] = -1
+    return k
+
+
+@njit(KERNEL_SIG, cache=True)
+def route(ps, cs, tv, p, layer, t):
+    n_exp = cs.cur_key.shape[0]
+    base = layer * n_exp
+    count = cs.gather_count
+    mass = cs.gather_mass
+    ids = cs.cur_expert
+    n = 0
+    for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
+        k = _select(ps, cs, tv, tok, layer, base)
+        for s in range(k):
+            e = ps.i[0, s]
+            if count[e] == 0:
+                ids[n] = e
+                n += 1
+            count[e] += 1
+            mass[e] += ps.f[2, s]
+    for a in range(1, n):
+        v = ids[a]
+        b = a - 1
+        while b >= 0 and ids[b] > v:
+            ids[b + 1] = ids[b]
+            b -= 1
+        ids[b + 1] = v
+    for j in range(n):
+        e = ids[j]
+        cs.cur_key[j] = base + e
+        cs.cur_tokens[j] = count[e]
+        cs.cur_mass[j] = mass[e]
+        count[e] = 0
+        mass[e] = 0.0
+    return n
+
+
+POLICY = Policy(name="cache-aware", kind="routing", kernels=(route,), init=init, needs_scores=True,
+                params={"strength": Param(1.5, 0.0, 100.0, "lambda: logit boost of resident experts, in "
+                                                            "units of the token's mean top-k logit gap")},
+                doc="Boost resident experts' logits by lambda*delta_avg; original weights weight the choice.")
