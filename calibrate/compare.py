@@ -21,6 +21,8 @@ class Diff:
     path: str
     a: float
     b: float
+    #: copy, compute, or models.<name>.<table> (model names may hold dots, so it is kept, not parsed)
+    group: str = ""
 
     @property
     def rel(self) -> float:
@@ -43,20 +45,27 @@ def numeric_leaves(data: Any, prefix: str = "") -> dict[str, float]:
 
 def compare_profiles(a: dict[str, Any], b: dict[str, Any]) -> list[Diff]:
     """Figures present in both profiles' measured sections (provenance is not compared)."""
-    la = numeric_leaves({k: a[k] for k in SECTIONS if k in a})
-    lb = numeric_leaves({k: b[k] for k in SECTIONS if k in b})
-    return [Diff(p, la[p], lb[p]) for p in la
-            if p in lb and p.split(".")[-1].split("[")[0] not in _COORDINATES]
+    parts: list[tuple[str, Any, Any, str]] = [(k, a[k], b[k], k) for k in ("copy", "compute") if k in a and k in b]
+    for name, ma in a.get("models", {}).items():
+        mb = b.get("models", {}).get(name)
+        if mb is None:
+            continue
+        for key, va in ma.items():
+            if key in mb:
+                parts.append((f'models."{name}".{key}', va, mb[key], f"models.{name}.{key}"))
+    out = []
+    for prefix, va, vb, group in parts:
+        la, lb = numeric_leaves(va, prefix), numeric_leaves(vb, prefix)
+        out += [Diff(p, la[p], lb[p], group) for p in la
+                if p in lb and p.split(".")[-1].split("[")[0] not in _COORDINATES]
+    return out
 
 
 def summarize(diffs: list[Diff]) -> dict[str, dict[str, Any]]:
     """Per group (copy, compute, models.<m>.expert, .dense, ...): median and worst relative difference."""
     groups: dict[str, list[Diff]] = {}
     for d in diffs:
-        parts = d.path.split(".")
-        key = ".".join(parts[:3]) if parts[0] == "models" else parts[0]
-        key = key.split("[")[0]
-        groups.setdefault(key, []).append(d)
+        groups.setdefault(d.group or d.path.split(".")[0], []).append(d)
     out = {}
     for key, ds in groups.items():
         rels = np.array([d.rel for d in ds])

@@ -181,6 +181,7 @@ def measure_dense(bench: Bench, model: CalibModel, tokens: list[int], contexts: 
         out["device_seconds"] = [[p["device_median_s"] for p in row] for row in grid]
         out["device_s"] = [[p["device_s"] for p in row] for row in grid]
         out["held"] = all(p["held"] for row in grid for p in row)
+        out["held_grid"] = [[p["held"] for p in row] for row in grid]
     return out
 
 

@@ -169,13 +169,19 @@ def test_compare_reports_the_changed_figures() -> None:
     b["provenance"]["date"] = "other"
     diffs = {d.path: d.rel for d in compare_profiles(a, b)}
     assert diffs["copy.bw_pinned_Bps"] == pytest.approx(0.10 / 1.05)
-    assert diffs["models.olmoe-1b-7b.expert.bf16.seconds[2]"] == pytest.approx(0.5 / 0.75)
+    assert diffs['models."olmoe-1b-7b".expert.bf16.seconds[2]'] == pytest.approx(0.5 / 0.75)
     assert diffs["copy.latency_s"] == 0.0
     assert not any(p.startswith("provenance") for p in diffs)
     assert not any(p.endswith("tokens[0]") or "table_bytes" in p for p in diffs)
     groups = summarize(compare_profiles(a, b))
     assert groups["copy"]["worst"] == "copy.bw_pinned_Bps"
     assert groups["models.olmoe-1b-7b.expert"]["max_rel"] == pytest.approx(0.5 / 0.75)
+    # a model name with dots keeps its groups apart
+    c, d = copy.deepcopy(a), copy.deepcopy(b)
+    c["models"]["qwen1.5-moe-a2.7b"] = c["models"].pop("olmoe-1b-7b")
+    d["models"]["qwen1.5-moe-a2.7b"] = d["models"].pop("olmoe-1b-7b")
+    groups = summarize(compare_profiles(c, d))
+    assert {"models.qwen1.5-moe-a2.7b.expert", "models.qwen1.5-moe-a2.7b.dense"} <= set(groups)
 
 
 def test_numeric_leaves_paths() -> None:
