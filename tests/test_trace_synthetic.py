@@ -10,7 +10,7 @@ from emu.errors import EmuError
 from emu.models import ModelSpec, get_preset
 from emu.trace import PHASE_DECODE, PHASE_PREFILL, RoutingTrace
 from emu.trace.inspect import summarize
-from emu.trace.synthetic import SyntheticParams, _schedule, generate, popularity
+from emu.trace.synthetic import SyntheticParams, _schedule, generate, half_bits, popularity
 
 OLMOE = get_preset("olmoe-1b-7b")
 TOP1 = ModelSpec(name="top1", n_moe_layers=6, n_experts=16, top_k=1, hidden=8, expert_intermediate=8)
@@ -137,6 +137,21 @@ def test_scores_descending_normalised_and_independent_of_experts():
     assert plain.scores is None and np.array_equal(plain.experts, trace.experts)
     sharper = generate(OLMOE, SyntheticParams(with_scores=True, score_scale=2.0, seed=9), n_tokens=2000)
     assert sharper.scores[:, :, 0].astype(float).mean() > trace.scores[:2000, :, 0].astype(float).mean() + 0.1
+
+
+@numba.njit
+def _halves(x: np.ndarray) -> np.ndarray:
+    out = np.empty(x.size, np.uint16)
+    for i in range(x.size):
+        out[i] = half_bits(x[i])
+    return out
+
+
+def test_float16_bits_match_numpy_rounding():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.random(50_000), 10.0 ** -rng.uniform(4, 9, 20_000),  # normals and subnormals
+                        [0.0, 1.0, 2.0**-14, 2.0**-24, 2.0**-25, 3 * 2.0**-25, 1 - 2.0**-12, 1 - 2.0**-11]])
+    assert np.array_equal(_halves(x), x.astype(np.float16).view(np.uint16))
 
 
 def test_predictions_overlap_the_truth_at_the_given_accuracy():

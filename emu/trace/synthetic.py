@@ -33,7 +33,6 @@ from .routing_trace import RoutingTrace
 _STREAM_ROUTE = 1
 _STREAM_SCORE = 2
 _STREAM_PRED = 3
-_SCORE_CHUNK = 1 << 16  # tokens per float32 scratch block when writing float16 scores
 
 
 # --- parameters ------------------------------------------------------------------------------------
@@ -330,9 +329,23 @@ def _route(experts: np.ndarray, first_token: np.ndarray, next_token: np.ndarray,
             t = next_token[t]
 
 
+@numba.njit(cache=True)
+def half_bits(x: float) -> np.uint16:
+    """IEEE binary16 bits of x in [0, 1], rounded to nearest even (numba has no float16 type)."""
+    if x < 6.103515625e-05:  # below 2**-14: subnormal, in units of 2**-24
+        return np.uint16(np.rint(x * 16777216.0))
+    m, e = math.frexp(x)  # x = m * 2**e, m in [0.5, 1)
+    frac = np.rint((2.0 * m - 1.0) * 1024.0)
+    exp = e - 1 + 15
+    if frac == 1024.0:
+        frac = 0.0
+        exp += 1
+    return np.uint16((exp << 10) | int(frac))
+
+
 @numba.njit(cache=True, parallel=True)
-def _scores_block(out: np.ndarray, start: int, seed: np.uint64, scale: float) -> None:
-    """Gate scores of tokens start..start+len(out), descending: softmax(scale * Gumbel) over the k picks.
+def _scores(out: np.ndarray, seed: np.uint64, scale: float) -> None:
+    """Gate scores (as float16 bits), descending: softmax(scale * Gumbel) over the k picks.
 
     exp(Gumbel) = 1 / E with E ~ Exp(1), so the scores are E_(j) ** -scale normalised, over the k Exp(1)
     values in ascending order; those come sorted from Renyi's representation
@@ -344,7 +357,7 @@ def _scores_block(out: np.ndarray, start: int, seed: np.uint64, scale: float) ->
         inv_rest[k] = 1.0 / (top_k - k)
     for i in numba.prange(out.shape[0]):
         state = np.empty(1, np.uint64)
-        state[0] = _stream_state(seed, np.uint64(_STREAM_SCORE), np.uint64(start + i))
+        state[0] = _stream_state(seed, np.uint64(_STREAM_SCORE), np.uint64(i))
         g = np.empty(top_k, np.float64)
         for layer in range(n_layers):
             total = 0.0
@@ -356,7 +369,7 @@ def _scores_block(out: np.ndarray, start: int, seed: np.uint64, scale: float) ->
                 total += v
             inv = 1.0 / total
             for k in range(top_k):
-                out[i, layer, k] = g[k] * inv
+                out[i, layer, k] = half_bits(g[k] * inv)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -456,12 +469,7 @@ def generate(model: ModelSpec, params: SyntheticParams, n_tokens: int | None = N
     scores = None
     if params.with_scores:
         scores = np.empty(experts.shape, dtype=np.float16)
-        block = np.empty((min(_SCORE_CHUNK, target), n_layers, top_k), dtype=np.float32)
-        for start in range(0, target, _SCORE_CHUNK):
-            stop = min(start + _SCORE_CHUNK, target)
-            buf = block[: stop - start]
-            _scores_block(buf, start, seed, float(params.score_scale))
-            scores[start:stop] = buf
+        _scores(scores.view(np.uint16), seed, float(params.score_scale))
     predicted = None
     if params.predictor_accuracy is not None:
         predicted = np.empty_like(experts)
