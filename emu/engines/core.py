@@ -20,12 +20,12 @@ from ..policies.api import (
     EV_EVICT,
     EV_INSERT,
     EV_PASS,
-    KERNELS_T,
     MISS_CPU,
     MISS_DROP,
     MISS_FETCH,
     MISS_SUBSTITUTE,
 )
+from .stack import STACK_T
 from .state import (
     ABSENT,
     COPY_NONE,
@@ -59,7 +59,6 @@ from .state import (
     PH_PASS_START,
     PH_PRE_RUN,
     PREFETCH,
-    PS_T,
     RESIDENT,
     SC_CAP,
     SC_CLOCK,
@@ -111,11 +110,6 @@ from .state import (
     WAITING,
 )
 
-# The policy stack travels as one typed list of first-class functions and one tuple of states.
-STATES_T = types.UniTuple(PS_T, 5)  # eviction, prefetch, miss, routing, partition
-K_VICTIM, K_EVENT, K_PREFETCH, K_MISS, K_ROUTE, K_PARTITION = range(6)
-S_EVICT, S_PREFETCH, S_MISS, S_ROUTE, S_PARTITION = range(5)
-
 _HEAP_KEY_BITS = 20
 _HEAP_SEQ_BITS = 38
 
@@ -155,11 +149,11 @@ def cpu_seconds(tm, prec: int, tokens: int) -> float:
 
 
 @njit(cache=True)
-def dense_seconds(tm, tokens: float, context: float) -> float:
-    """Bilinear in (tokens, context) with the same clamping and extension as `interp_curve`."""
+def dense_seconds(tm, tokens: float, context: float, col: np.ndarray) -> float:
+    """Bilinear in (tokens, context) with the same clamping and extension as `interp_curve`;
+    `col` is scratch of at least the table's token rows."""
     nt = tm.d_tok.shape[0]
     nc = tm.d_ctx.shape[0]
-    col = np.empty(nt)
     for i in range(nt):
         col[i] = interp_curve(tm.d_ctx, tm.d_s[i], nc, context)
     return interp_curve(tm.d_tok, col, nt, tokens)
@@ -225,13 +219,11 @@ def is_evictable(cs, key: int, in_layer: int) -> bool:
     vl = key_layer(cs, key)
     if cs.sc[SC_SAME_LAYER] == 1 and vl != in_layer:
         return False
-    if vl != in_layer and cs.layer_count[vl] - 1 < cs.layer_floor[vl]:
-        return False
-    return True
+    return not (vl != in_layer and cs.layer_count[vl] - 1 < cs.layer_floor[vl])
 
 
 @njit(cache=True)
-def evict(kern, st, cs, tv, key: int, t: float) -> None:
+def evict(pk, cs, tv, key: int, t: float) -> None:
     layer = key_layer(cs, key)
     b = cs.nbytes[key]
     cs.status[key] = ABSENT
@@ -244,26 +236,26 @@ def evict(kern, st, cs, tv, key: int, t: float) -> None:
         cs.pf_unused[key] = 0
         cs.stats_i[ST_PF_WASTED, layer] += 1
         cs.stats_f[SF_PF_WASTED_BYTES, layer] += b
-    kern[K_EVENT](st[S_EVICT], cs, tv, EV_EVICT, key, t)
+    pk.event(pk.s_evict, cs, tv, EV_EVICT, key, t)
 
 
 @njit(cache=True)
-def make_room(kern, st, cs, tv, in_layer: int, nbytes: int, t: float) -> bool:
+def make_room(pk, cs, tv, in_layer: int, nbytes: int, t: float) -> bool:
     """Evict until `nbytes` fit in the pool and in the layer's cap; False when no victim is left."""
     while True:
         fits_layer = cs.layer_bytes[in_layer] + nbytes <= cs.layer_cap[in_layer]
         if cs.sc[SC_USED] + nbytes <= cs.sc[SC_CAP] and fits_layer:
             return True
         cs.sc[SC_SAME_LAYER] = 0 if fits_layer else 1
-        victim = kern[K_VICTIM](st[S_EVICT], cs, tv, in_layer, 0, t)
+        victim = pk.victim(pk.s_evict, cs, tv, in_layer, 0, t)
         cs.sc[SC_SAME_LAYER] = 0
         if victim < 0:
             return False
-        evict(kern, st, cs, tv, victim, t)
+        evict(pk, cs, tv, victim, t)
 
 
 @njit(cache=True)
-def _start_copy_entry(kern, st, cs, tv, key: int, prec: int, prio: int, t: float) -> None:
+def _start_copy_entry(pk, cs, tv, key: int, prec: int, prio: int, t: float) -> None:
     layer = key_layer(cs, key)
     b = cs.prec_bytes[prec]
     cs.status[key] = IN_FLIGHT
@@ -280,14 +272,14 @@ def _start_copy_entry(kern, st, cs, tv, key: int, prec: int, prio: int, t: float
     cs.copy_seq[key] = seq
     _heap_push(cs, prio, seq, key)
     cs.sc[SC_CLOCK] += 1
-    kern[K_EVENT](st[S_EVICT], cs, tv, EV_INSERT, key, t)
+    pk.event(pk.s_evict, cs, tv, EV_INSERT, key, t)
 
 
 @njit(cache=True)
-def issue_demand(kern, st, cs, tv, key: int, prec: int, t: float) -> bool:
+def issue_demand(pk, cs, tv, key: int, prec: int, t: float) -> bool:
     """A demand copy takes a slot now, or waits (FIFO) for a victim."""
-    if make_room(kern, st, cs, tv, key_layer(cs, key), cs.prec_bytes[prec], t):
-        _start_copy_entry(kern, st, cs, tv, key, prec, DEMAND, t)
+    if make_room(pk, cs, tv, key_layer(cs, key), cs.prec_bytes[prec], t):
+        _start_copy_entry(pk, cs, tv, key, prec, DEMAND, t)
         return True
     cs.status[key] = WAITING
     cs.wait_prec[key] = prec
@@ -298,29 +290,29 @@ def issue_demand(kern, st, cs, tv, key: int, prec: int, t: float) -> bool:
 
 
 @njit(cache=True)
-def issue_prefetch(kern, st, cs, tv, key: int, prec: int, t: float) -> bool:
+def issue_prefetch(pk, cs, tv, key: int, prec: int, t: float) -> bool:
     """A prefetch that finds no victim is dropped and counted."""
     if cs.status[key] != ABSENT:
         return False
     layer = key_layer(cs, key)
-    if not make_room(kern, st, cs, tv, layer, cs.prec_bytes[prec], t):
+    if not make_room(pk, cs, tv, layer, cs.prec_bytes[prec], t):
         cs.stats_i[ST_PF_DROPPED, layer] += 1
         return False
-    _start_copy_entry(kern, st, cs, tv, key, prec, PREFETCH, t)
+    _start_copy_entry(pk, cs, tv, key, prec, PREFETCH, t)
     cs.pf_unused[key] = 1
     cs.stats_i[ST_PF_ISSUED, layer] += 1
     return True
 
 
 @njit(cache=True)
-def retry_waiters(kern, st, cs, tv, t: float) -> None:
+def retry_waiters(pk, cs, tv, t: float) -> None:
     n = cs.sc[SC_WQ_N]
     kept = 0
     for i in range(n):
         key = cs.waitq[i]
         prec = cs.wait_prec[key]
-        if make_room(kern, st, cs, tv, key_layer(cs, key), cs.prec_bytes[prec], t):
-            _start_copy_entry(kern, st, cs, tv, key, prec, DEMAND, t)
+        if make_room(pk, cs, tv, key_layer(cs, key), cs.prec_bytes[prec], t):
+            _start_copy_entry(pk, cs, tv, key, prec, DEMAND, t)
         else:
             cs.waitq[kept] = key
             kept += 1
@@ -371,10 +363,10 @@ def gather_layer(cs, tv, p: int, layer: int) -> int:
 # ---- the gate: classify accesses, handle misses, prefetch --------------------------------------
 
 @njit(cache=True)
-def gate(kern, st, cs, tv, p: int, layer: int, t: float) -> None:
+def gate(pk, cs, tv, p: int, layer: int, t: float) -> None:
     cs.fc[FC_GATE_T] = t
-    kern[K_PARTITION](st[S_PARTITION], cs, tv, p, layer, t)
-    n = kern[K_ROUTE](st[S_ROUTE], cs, tv, p, layer, t)
+    pk.partition(pk.s_partition, cs, tv, p, layer, t)
+    n = pk.route(pk.s_route, cs, tv, p, layer, t)
     cs.sc[SC_NCUR] = n
     n_exp = cs.cur_key.shape[0]
     for i in range(n):
@@ -389,7 +381,7 @@ def gate(kern, st, cs, tv, p: int, layer: int, t: float) -> None:
         cs.stats_i[ST_ACCESSES, layer] += 1
         cs.stats_f[SF_MASS, layer] += cs.cur_mass[i]
         status = cs.status[key]
-        if status == RESIDENT or status == IN_FLIGHT:
+        if status in (RESIDENT, IN_FLIGHT):
             cs.stats_i[ST_HITS, layer] += 1
             if status == IN_FLIGHT:
                 cs.stats_i[ST_LATE_HITS, layer] += 1
@@ -405,9 +397,9 @@ def gate(kern, st, cs, tv, p: int, layer: int, t: float) -> None:
                 cs.pf_unused[key] = 0
                 cs.stats_i[ST_PF_USEFUL, layer] += 1
             cs.sc[SC_CLOCK] += 1
-            kern[K_EVENT](st[S_EVICT], cs, tv, EV_ACCESS, key, t)
+            pk.event(pk.s_evict, cs, tv, EV_ACCESS, key, t)
             continue
-        action = kern[K_MISS](st[S_MISS], cs, tv, i, 0, t)
+        action = pk.miss(pk.s_miss, cs, tv, i, 0, t)
         code = action & 15
         arg = action >> 4
         if code == MISS_DROP:
@@ -428,7 +420,7 @@ def gate(kern, st, cs, tv, p: int, layer: int, t: float) -> None:
                 cs.stats_i[ST_DEGRADED, layer] += 1
                 cs.stats_f[SF_DEGRADED_MASS, layer] += cs.cur_mass[i]
             cs.sc[SC_CLOCK] += 1
-            issue_demand(kern, st, cs, tv, key, arg, t)
+            issue_demand(pk, cs, tv, key, arg, t)
         elif code == MISS_SUBSTITUTE:
             cs.stats_i[ST_SUBSTITUTED, layer] += 1
             cs.stats_f[SF_SUBSTITUTED_MASS, layer] += cs.cur_mass[i]
@@ -436,15 +428,15 @@ def gate(kern, st, cs, tv, p: int, layer: int, t: float) -> None:
             cs.protect[arg] += 1
             cs.protect[key] -= 1
             cs.sc[SC_CLOCK] += 1
-            kern[K_EVENT](st[S_EVICT], cs, tv, EV_ACCESS, arg, t)
+            pk.event(pk.s_evict, cs, tv, EV_ACCESS, arg, t)
         elif code == MISS_CPU:
             cs.stats_i[ST_CPU_RUNS, layer] += 1
             cs.cur_where[i] = ON_CPU
             cs.protect[key] -= 1
-    n_pf = kern[K_PREFETCH](st[S_PREFETCH], cs, tv, p, layer, t)
+    n_pf = pk.prefetch(pk.s_prefetch, cs, tv, p, layer, t)
     cs.sc[SC_PF_N] = n_pf
     for j in range(n_pf):
-        issue_prefetch(kern, st, cs, tv, cs.pf_buf[j], 0, t)
+        issue_prefetch(pk, cs, tv, cs.pf_buf[j], 0, t)
 
 
 # ---- the forward pass as a state machine ----------------------------------------------------------
@@ -457,7 +449,7 @@ def _pass_times(cs, tm, tv, p: int) -> None:
     for tok in range(t0, t1):
         ctx += tv.token_position[tok] + 1.0
     tokens = float(t1 - t0)
-    dense = dense_seconds(tm, tokens, ctx / tokens)
+    dense = dense_seconds(tm, tokens, ctx / tokens, cs.dense_col)
     cs.fc[FC_DENSE_S] = dense + tm.scal[1]
     cs.fc[FC_PRE_S] = tm.scal[0] + tm.scal[2] * dense
 
@@ -487,7 +479,7 @@ def _finish_entry(cs, i: int) -> None:
 
 
 @njit(cache=True)
-def _step(kern, st, cs, tm, tv, t: float) -> bool:
+def _step(pk, cs, tm, tv, t: float) -> bool:
     """Advance the forward pass at instant t as far as one transition; True if something changed."""
     phase = cs.sc[SC_PHASE]
     if phase == PH_FINISHED:
@@ -499,7 +491,7 @@ def _step(kern, st, cs, tm, tv, t: float) -> bool:
             cs.sc[SC_PHASE] = PH_FINISHED
             return True
         cs.pass_start[p] = t
-        kern[K_EVENT](st[S_EVICT], cs, tv, EV_PASS, p, t)
+        pk.event(pk.s_evict, cs, tv, EV_PASS, p, t)
         _pass_times(cs, tm, tv, p)
         cs.sc[SC_LAYER] = 0
         if cs.fc[FC_PRE_S] > 0.0:
@@ -516,7 +508,7 @@ def _step(kern, st, cs, tm, tv, t: float) -> bool:
             cs.sc[SC_PHASE] = PH_GATE
         return True
     if phase == PH_GATE:
-        gate(kern, st, cs, tv, cs.sc[SC_PASS], cs.sc[SC_LAYER], t)
+        gate(pk, cs, tv, cs.sc[SC_PASS], cs.sc[SC_LAYER], t)
         cs.sc[SC_PHASE] = PH_EXPERTS
         return True
     if phase != PH_EXPERTS:
@@ -571,11 +563,11 @@ def _step(kern, st, cs, tm, tv, t: float) -> bool:
 # ---- the instant: the one entry point engines call ----------------------------------------------
 
 @njit(cache=True)
-def _decide(kern, st, cs, tm, tv, t: float) -> None:
+def _decide(pk, cs, tm, tv, t: float) -> None:
     while True:
         if cs.sc[SC_WQ_N] > 0:
-            retry_waiters(kern, st, cs, tv, t)
-        if not _step(kern, st, cs, tm, tv, t):
+            retry_waiters(pk, cs, tv, t)
+        if not _step(pk, cs, tm, tv, t):
             break
 
 
@@ -633,9 +625,9 @@ GPU_DONE = 1
 CPU_DONE = 2
 
 
-@njit(int64(KERNELS_T, STATES_T, CS_T, TM_T, TV_T, float64, int64[::1], int64, int64, int64, int64[::1],
+@njit(int64(STACK_T, CS_T, TM_T, TV_T, float64, int64[::1], int64, int64, int64, int64[::1],
             float64[::1]), cache=True)
-def instant(kern, st, cs, tm, tv, t, done_keys, n_done, done_jobs, n_free, out_keys, out_durs):
+def instant(pk, cs, tm, tv, t, done_keys, n_done, done_jobs, n_free, out_keys, out_durs):
     """Everything that happens at instant t, in the contract's order.
 
     1. completions: the copies `done_keys[:n_done]` landed; `done_jobs` has GPU_DONE / CPU_DONE bits;
@@ -650,7 +642,7 @@ def instant(kern, st, cs, tm, tv, t, done_keys, n_done, done_jobs, n_free, out_k
         _gpu_done(cs)
     if done_jobs & CPU_DONE:
         _cpu_done(cs)
-    _decide(kern, st, cs, tm, tv, t)
+    _decide(pk, cs, tm, tv, t)
     n = 0
     if cs.sc[SC_PHASE] == PH_FINISHED:
         return 0

@@ -6,13 +6,13 @@ from typing import Any
 
 import attrs
 import numpy as np
-from numba import typed
 
 from ..models import PRECISION_BITS, ModelSpec
-from ..policies.api import KERNEL_T, PolicyContext
+from ..policies.api import PolicyContext
 from ..policies.registry import get_policy
 from ..profile import HardwareProfile, cpu_expert_curve, dense_table, expert_curve
 from ..trace import RoutingTrace
+from .stack import Stack
 from .state import Timing, TraceView, new_cache_state
 
 #: precision index 0 is the model's own precision; the others follow in this order.
@@ -110,23 +110,23 @@ def make_inputs(model: ModelSpec, profile: HardwareProfile, trace: RoutingTrace,
                      tm=timing(profile, model, precisions))
 
 
-def fresh_state(inputs: SimInputs) -> tuple[Any, tuple[Any, ...], tuple[Any, ...]]:
-    """A new cache state, the kernel tuple and the policy-state tuple, in the core's order."""
+def fresh_state(inputs: SimInputs) -> tuple[Any, Any]:
+    """A new cache state and the policy stack (kernels and fresh policy states) in the core's order."""
     model = inputs.model
     prec_bytes = np.array([model.expert_bytes(p) for p in inputs.precisions], np.int64)
     cs = new_cache_state(model.n_moe_layers, model.n_experts, model.top_k, inputs.trace.n_passes,
-                         inputs.capacity_bytes, prec_bytes, inputs.profile.copy.h2d_engines)
+                         inputs.capacity_bytes, prec_bytes, inputs.profile.copy.h2d_engines,
+                         dense_rows=inputs.tm.d_tok.shape[0])
     ctx = PolicyContext(n_layers=model.n_moe_layers, n_experts=model.n_experts, top_k=model.top_k,
                         capacity_bytes=inputs.capacity_bytes, expert_bytes=int(prec_bytes[0]),
-                        prec_bytes=prec_bytes, trace=inputs.tv, seed=inputs.seed)
+                        prec_bytes=prec_bytes, trace=inputs.tv, seed=inputs.seed,
+                        precisions=inputs.precisions, timing=inputs.tm)
     s = inputs.stack
     chosen = [("eviction", s.eviction), ("prefetch", s.prefetch), ("miss", s.miss), ("routing", s.routing),
               ("partition", s.partition)]
     policies = [get_policy(kind, choice.name) for kind, choice in chosen]
     states = tuple(pol.init(ctx, dict(choice.params)) for pol, (_k, choice) in zip(policies, chosen))
     evict, prefetch, miss, route, part = policies
-    kernels = typed.List.empty_list(KERNEL_T)
-    for fn in (evict.kernels[0], evict.kernels[1], prefetch.kernels[0], miss.kernels[0], route.kernels[0],
-               part.kernels[0]):
-        kernels.append(fn)
-    return cs, kernels, states
+    kernels = (evict.kernels[0], evict.kernels[1], prefetch.kernels[0], miss.kernels[0], route.kernels[0],
+               part.kernels[0])
+    return cs, Stack(kernels, states)

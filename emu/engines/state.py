@@ -1,17 +1,22 @@
 """Flat-array state shared by every engine and the policy kernels.
 
-Everything the timing semantics needs lives in three namedtuples of numpy arrays, so numba can pass
-them to the shared core and to the policy kernels, and the SimPy engine can read the same arrays.
+Everything the timing semantics needs lives in four structs of numpy arrays: `CacheState` (cs),
+`TraceView` (tv), `Timing` (tm) and `PolicyState` (ps). In jitted code each is one borrowed pointer
+(emu/engines/structs.py), so the shared core and the policy kernels (first-class functions) call each
+other for a few nanoseconds, while code still reads `cs.status[key]` or `ps.i[0, key]`. The SimPy
+engine and the metrics read the same arrays from Python through the proxies' attributes (no copies).
 Scalars sit in small arrays (`sc` for integers, `fc` for floats) at the indices named below.
 """
 
 from __future__ import annotations
 
-from collections import namedtuple
 from typing import Any
 
 import numpy as np
-from numba import typeof
+from numba import njit, types
+from numba.experimental import structref
+
+from .structs import ArrayStruct, StructOwnerType, StructView, borrowed
 
 # ---- (layer, expert) status ----------------------------------------------------------------------
 ABSENT = 0
@@ -117,51 +122,189 @@ SF_MASS = 5
 SF_PF_WASTED_BYTES = 6
 SF_N = 7
 
-CacheState = namedtuple("CacheState", [
-    "sc", "fc",
+
+# ---- the structs ----------------------------------------------------------------------------------
+# Field order is the constructor's argument order. Types are exact (C-contiguous, writable arrays), so
+# every jitted function that takes a struct compiles once and is cached across processes.
+_I8, _U8, _I16, _I32, _I64, _F32, _F64 = (types.int8, types.uint8, types.int16, types.int32, types.int64,
+                                          types.float32, types.float64)
+
+CS_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("sc", _I64[::1]), ("fc", _F64[::1]),
     # per key (layer * n_experts + expert)
-    "status", "prec", "nbytes", "loaded_ever", "evict_pass", "protect", "copy_state", "copy_prio",
-    "copy_seq", "pf_unused", "late_gate_t", "late_flag", "wait_prec",
+    ("status", _I8[::1]), ("prec", _I8[::1]), ("nbytes", _I64[::1]), ("loaded_ever", _U8[::1]),
+    ("evict_pass", _I64[::1]), ("protect", _I32[::1]), ("copy_state", _I8[::1]), ("copy_prio", _I8[::1]),
+    ("copy_seq", _I64[::1]), ("pf_unused", _U8[::1]), ("late_gate_t", _F64[::1]), ("late_flag", _U8[::1]),
+    ("wait_prec", _I8[::1]),
     # structures
-    "heap", "waitq", "pf_buf",
+    ("heap", _I64[::1]), ("waitq", _I64[::1]), ("pf_buf", _I64[::1]),
     # the layer now computing
-    "cur_key", "cur_expert", "cur_tokens", "cur_mass", "cur_where", "cur_state", "cur_sub",
-    "cur_prec", "gather_count", "gather_mass",
+    ("cur_key", _I64[::1]), ("cur_expert", _I64[::1]), ("cur_tokens", _I64[::1]), ("cur_mass", _F64[::1]),
+    ("cur_where", _I8[::1]), ("cur_state", _I8[::1]), ("cur_sub", _I64[::1]), ("cur_prec", _I8[::1]),
+    ("gather_count", _I64[::1]), ("gather_mass", _F64[::1]),
     # per layer
-    "layer_bytes", "layer_count", "layer_floor", "layer_cap",
+    ("layer_bytes", _I64[::1]), ("layer_count", _I64[::1]), ("layer_floor", _I64[::1]),
+    ("layer_cap", _I64[::1]),
     # precisions
-    "prec_bytes",
+    ("prec_bytes", _I64[::1]),
     # per pass
-    "pass_start", "pass_end",
+    ("pass_start", _F64[::1]), ("pass_end", _F64[::1]),
     # statistics
-    "stats_i", "stats_f",
-])
+    ("stats_i", _I64[:, ::1]), ("stats_f", _F64[:, ::1]),
+    # scratch: one dense-table column (so the per-pass dense time allocates nothing)
+    ("dense_col", _F64[::1]),
+)
 
-TraceView = namedtuple("TraceView", [
-    "experts", "scores", "predicted", "pass_offsets", "pass_phase", "token_position", "token_request",
-    "dims",  # int64 [has_scores, has_predicted, n_experts]
-])
+TV_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("experts", _I16[:, :, ::1]), ("scores", _F32[:, :, ::1]), ("predicted", _I16[:, :, ::1]),
+    ("pass_offsets", _I64[::1]), ("pass_phase", _I8[::1]), ("token_position", _I32[::1]),
+    ("token_request", _I32[::1]),
+    ("dims", _I64[::1]),  # [has_scores, has_predicted, n_experts]
+)
 
-Timing = namedtuple("Timing", [
-    "copy_s",  # float64 [precision]: time of one expert copy
-    "exp_tok", "exp_s", "exp_n",  # expert FFN curve per precision
-    "cpu_tok", "cpu_s", "cpu_n",  # CPU expert curve per precision (cpu_n = 0: none)
-    "d_tok", "d_ctx", "d_s",  # dense table
-    "scal",  # float64 [pass_overhead_s, layer_overhead_s, n_dense_layers]
-])
+TM_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("copy_s", _F64[::1]),  # time of one expert copy, per precision
+    ("exp_tok", _F64[:, ::1]), ("exp_s", _F64[:, ::1]), ("exp_n", _I64[::1]),  # expert FFN curve per precision
+    ("cpu_tok", _F64[:, ::1]), ("cpu_s", _F64[:, ::1]), ("cpu_n", _I64[::1]),  # CPU curve (cpu_n = 0: none)
+    ("d_tok", _F64[::1]), ("d_ctx", _F64[::1]), ("d_s", _F64[:, ::1]),  # dense table
+    ("scal", _F64[::1]),  # [pass_overhead_s, layer_overhead_s, n_dense_layers]
+)
 
-PolicyState = namedtuple("PolicyState", ["f", "i", "p"])
+PS_FIELDS: tuple[tuple[str, Any], ...] = (("f", _F64[:, ::1]), ("i", _I64[:, ::1]), ("p", _F64[::1]))
+
+
+# A view type (what jitted code and policy kernels see) and an owner type (the payload's memory) each.
+CS_T = StructView("CacheState", CS_FIELDS)
+TV_T = StructView("TraceView", TV_FIELDS)
+TM_T = StructView("Timing", TM_FIELDS)
+PS_T = StructView("PolicyState", PS_FIELDS)
+_CS_OWN = StructOwnerType(list(CS_FIELDS))
+_TV_OWN = StructOwnerType(list(TV_FIELDS))
+_TM_OWN = StructOwnerType(list(TM_FIELDS))
+_PS_OWN = StructOwnerType(list(PS_FIELDS))
+
+
+# Constructors are spelled out (not generated) so numba can cache them.
+@njit(_CS_OWN(*(t for _n, t in CS_FIELDS)), cache=True)
+def _new_cs(sc, fc, status, prec, nbytes, loaded_ever, evict_pass, protect, copy_state, copy_prio, copy_seq,
+            pf_unused, late_gate_t, late_flag, wait_prec, heap, waitq, pf_buf, cur_key, cur_expert, cur_tokens,
+            cur_mass, cur_where, cur_state, cur_sub, cur_prec, gather_count, gather_mass, layer_bytes,
+            layer_count, layer_floor, layer_cap, prec_bytes, pass_start, pass_end, stats_i, stats_f, dense_col):
+    s = structref.new(_CS_OWN)
+    s.sc = borrowed(sc)
+    s.fc = borrowed(fc)
+    s.status = borrowed(status)
+    s.prec = borrowed(prec)
+    s.nbytes = borrowed(nbytes)
+    s.loaded_ever = borrowed(loaded_ever)
+    s.evict_pass = borrowed(evict_pass)
+    s.protect = borrowed(protect)
+    s.copy_state = borrowed(copy_state)
+    s.copy_prio = borrowed(copy_prio)
+    s.copy_seq = borrowed(copy_seq)
+    s.pf_unused = borrowed(pf_unused)
+    s.late_gate_t = borrowed(late_gate_t)
+    s.late_flag = borrowed(late_flag)
+    s.wait_prec = borrowed(wait_prec)
+    s.heap = borrowed(heap)
+    s.waitq = borrowed(waitq)
+    s.pf_buf = borrowed(pf_buf)
+    s.cur_key = borrowed(cur_key)
+    s.cur_expert = borrowed(cur_expert)
+    s.cur_tokens = borrowed(cur_tokens)
+    s.cur_mass = borrowed(cur_mass)
+    s.cur_where = borrowed(cur_where)
+    s.cur_state = borrowed(cur_state)
+    s.cur_sub = borrowed(cur_sub)
+    s.cur_prec = borrowed(cur_prec)
+    s.gather_count = borrowed(gather_count)
+    s.gather_mass = borrowed(gather_mass)
+    s.layer_bytes = borrowed(layer_bytes)
+    s.layer_count = borrowed(layer_count)
+    s.layer_floor = borrowed(layer_floor)
+    s.layer_cap = borrowed(layer_cap)
+    s.prec_bytes = borrowed(prec_bytes)
+    s.pass_start = borrowed(pass_start)
+    s.pass_end = borrowed(pass_end)
+    s.stats_i = borrowed(stats_i)
+    s.stats_f = borrowed(stats_f)
+    s.dense_col = borrowed(dense_col)
+    return s
+
+
+@njit(_TV_OWN(*(t for _n, t in TV_FIELDS)), cache=True)
+def _new_tv(experts, scores, predicted, pass_offsets, pass_phase, token_position, token_request, dims):
+    s = structref.new(_TV_OWN)
+    s.experts = borrowed(experts)
+    s.scores = borrowed(scores)
+    s.predicted = borrowed(predicted)
+    s.pass_offsets = borrowed(pass_offsets)
+    s.pass_phase = borrowed(pass_phase)
+    s.token_position = borrowed(token_position)
+    s.token_request = borrowed(token_request)
+    s.dims = borrowed(dims)
+    return s
+
+
+@njit(_TM_OWN(*(t for _n, t in TM_FIELDS)), cache=True)
+def _new_tm(copy_s, exp_tok, exp_s, exp_n, cpu_tok, cpu_s, cpu_n, d_tok, d_ctx, d_s, scal):
+    s = structref.new(_TM_OWN)
+    s.copy_s = borrowed(copy_s)
+    s.exp_tok = borrowed(exp_tok)
+    s.exp_s = borrowed(exp_s)
+    s.exp_n = borrowed(exp_n)
+    s.cpu_tok = borrowed(cpu_tok)
+    s.cpu_s = borrowed(cpu_s)
+    s.cpu_n = borrowed(cpu_n)
+    s.d_tok = borrowed(d_tok)
+    s.d_ctx = borrowed(d_ctx)
+    s.d_s = borrowed(d_s)
+    s.scal = borrowed(scal)
+    return s
+
+
+@njit(_PS_OWN(*(t for _n, t in PS_FIELDS)), cache=True)
+def _new_ps(f, i, p):
+    s = structref.new(_PS_OWN)
+    s.f = borrowed(f)
+    s.i = borrowed(i)
+    s.p = borrowed(p)
+    return s
+
+
+class CacheState(ArrayStruct):
+    _VIEW = CS_T
+    _FIELDS = CS_FIELDS
+    _new = staticmethod(_new_cs)
+
+
+class TraceView(ArrayStruct):
+    _VIEW = TV_T
+    _FIELDS = TV_FIELDS
+    _new = staticmethod(_new_tv)
+
+
+class Timing(ArrayStruct):
+    _VIEW = TM_T
+    _FIELDS = TM_FIELDS
+    _new = staticmethod(_new_tm)
+
+
+class PolicyState(ArrayStruct):
+    _VIEW = PS_T
+    _FIELDS = PS_FIELDS
+    _new = staticmethod(_new_ps)
 
 
 def new_cache_state(n_layers: int, n_experts: int, top_k: int, n_passes: int, capacity_bytes: int,
-                    prec_bytes: np.ndarray, n_engines: int) -> Any:
+                    prec_bytes: np.ndarray, n_engines: int, dense_rows: int = 1) -> Any:
     k = n_layers * n_experts
     sc = np.zeros(SC_N, np.int64)
     sc[SC_CAP] = capacity_bytes
     sc[SC_N_ENGINES] = n_engines
     sc[SC_GPU_JOB] = JOB_NONE
     sc[SC_CPU_JOB] = JOB_NONE
-    cs = CacheState(
+    return CacheState(
         sc=sc, fc=np.zeros(FC_N, np.float64),
         status=np.zeros(k, np.int8), prec=np.zeros(k, np.int8), nbytes=np.zeros(k, np.int64),
         loaded_ever=np.zeros(k, np.uint8), evict_pass=np.full(k, -1, np.int64), protect=np.zeros(k, np.int32),
@@ -176,28 +319,15 @@ def new_cache_state(n_layers: int, n_experts: int, top_k: int, n_passes: int, ca
         gather_count=np.zeros(n_experts, np.int64), gather_mass=np.zeros(n_experts, np.float64),
         layer_bytes=np.zeros(n_layers, np.int64), layer_count=np.zeros(n_layers, np.int64),
         layer_floor=np.zeros(n_layers, np.int64), layer_cap=np.full(n_layers, capacity_bytes, np.int64),
-        prec_bytes=np.ascontiguousarray(prec_bytes, dtype=np.int64),
+        prec_bytes=prec_bytes,
         pass_start=np.zeros(n_passes, np.float64), pass_end=np.zeros(n_passes, np.float64),
         stats_i=np.zeros((ST_N, n_layers), np.int64), stats_f=np.zeros((SF_N, n_layers), np.float64),
+        dense_col=np.zeros(max(dense_rows, 1), np.float64),
     )
-    return cs
 
 
 def new_policy_state(f_rows: int = 0, f_cols: int = 0, i_rows: int = 0, i_cols: int = 0,
                      params: tuple[float, ...] | np.ndarray = ()) -> Any:
     """State of one policy: a float table, an int table and its numeric parameters."""
     return PolicyState(np.zeros((f_rows, f_cols), np.float64), np.zeros((i_rows, i_cols), np.int64),
-                       np.ascontiguousarray(np.asarray(params, dtype=np.float64).reshape(-1)))
-
-
-def _sample_types() -> tuple[Any, Any, Any, Any]:
-    cs = new_cache_state(1, 2, 1, 1, 10, np.array([1], np.int64), 1)
-    tv = TraceView(np.zeros((1, 1, 1), np.int16), np.zeros((1, 1, 1), np.float32),
-                   np.zeros((1, 1, 1), np.int16), np.zeros(2, np.int64), np.zeros(1, np.int8),
-                   np.zeros(1, np.int32), np.zeros(1, np.int32), np.zeros(3, np.int64))
-    tm = Timing(np.zeros(1), np.zeros((1, 1)), np.zeros((1, 1)), np.zeros(1, np.int64), np.zeros((1, 1)),
-                np.zeros((1, 1)), np.zeros(1, np.int64), np.zeros(1), np.zeros(1), np.zeros((1, 1)), np.zeros(3))
-    return typeof(cs), typeof(tv), typeof(tm), typeof(new_policy_state())
-
-
-CS_T, TV_T, TM_T, PS_T = _sample_types()
+                       np.asarray(params, dtype=np.float64).reshape(-1))

@@ -40,7 +40,7 @@ class Instant(simpy.Event):
 class DesEngine:
     def __init__(self, inputs: SimInputs) -> None:
         self.inputs = inputs
-        self.cs, self.kernels, self.states = fresh_state(inputs)
+        self.cs, self.stack = fresh_state(inputs)
         self.env = simpy.Environment()
         self.compute_stream = simpy.Resource(self.env, capacity=1)
         self.cpu = simpy.Resource(self.env, capacity=1)
@@ -85,7 +85,7 @@ class DesEngine:
         self._done_keys.clear()
         done_jobs, self._done_jobs = self._done_jobs, 0
         n_free = self.copy_engines.capacity - self.copy_engines.count
-        started = core.instant(self.kernels, self.states, cs, self.inputs.tm, self.inputs.tv, t,
+        started = core.instant(self.stack, cs, self.inputs.tm, self.inputs.tv, t,
                                self._keys_buf, n_done, done_jobs, n_free, self._out_keys, self._out_durs)
         if cs.sc[SC_GPU_NEW] == 1:
             cs.sc[SC_GPU_NEW] = 0

@@ -14,13 +14,14 @@ from numba import float64, int64, njit
 
 from ...errors import EmuError
 from .. import core
-from ..core import CPU_DONE, GPU_DONE, KERNELS_T, STATES_T
+from ..core import CPU_DONE, GPU_DONE
 from ..setup import SimInputs, fresh_state
+from ..stack import STACK_T
 from ..state import CS_T, FC_CPU_DUR, FC_GPU_DUR, SC_CPU_NEW, SC_GPU_NEW, TM_T, TV_T
 
 
-@njit(float64(KERNELS_T, STATES_T, CS_T, TM_T, TV_T, int64), cache=True)
-def run_loop(kern, st, cs, tm, tv, n_engines):
+@njit(float64(STACK_T, CS_T, TM_T, TV_T, int64), cache=True)
+def run_loop(pk, cs, tm, tv, n_engines):
     """Returns the end time, or -1.0 when nothing can happen before the trace is done (deadlock)."""
     inf = np.inf
     eng_end = np.full(n_engines, inf)
@@ -38,7 +39,7 @@ def run_loop(kern, st, cs, tm, tv, n_engines):
         for e in range(n_engines):
             if eng_key[e] < 0:
                 n_free += 1
-        started = core.instant(kern, st, cs, tm, tv, t, done_keys, n_done, done_jobs, n_free, out_keys, out_durs)
+        started = core.instant(pk, cs, tm, tv, t, done_keys, n_done, done_jobs, n_free, out_keys, out_durs)
         if cs.sc[SC_GPU_NEW] == 1:
             cs.sc[SC_GPU_NEW] = 0
             gpu_end = t + cs.fc[FC_GPU_DUR]
@@ -77,9 +78,9 @@ def run_loop(kern, st, cs, tm, tv, n_engines):
 
 def run_fast(inputs: SimInputs) -> tuple[Any, float, dict[str, float]]:
     """Run the trace; returns (final cache state, end time, wall seconds of the run)."""
-    cs, kernels, states = fresh_state(inputs)
+    cs, stack = fresh_state(inputs)
     t0 = time.perf_counter()
-    end = run_loop(kernels, states, cs, inputs.tm, inputs.tv, inputs.profile.copy.h2d_engines)
+    end = run_loop(stack, cs, inputs.tm, inputs.tv, inputs.profile.copy.h2d_engines)
     wall = time.perf_counter() - t0
     if end < 0:
         raise EmuError("the run deadlocked: a demand copy can never find room (is a layer's cap below one "
