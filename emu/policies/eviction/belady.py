@@ -5,11 +5,15 @@ policy a real system could run. Time is the position `pass * L + layer` of the f
 (l, e) is used at position `p * L + l` for every pass p whose tokens route to e at layer l. The core
 always knows where the forward pass is (`sc[SC_PASS]`, `sc[SC_LAYER]`), which is the cursor.
 
-With uniform expert sizes and demand fetches this is optimal under the engine's rules: the keys of the
-layer now computing are protected (never candidates), every other resident key's next use is strictly
-after the current position, and evicting the farthest one is the classic exchange argument applied to a
-request sequence of sets. Under a routing policy that changes the trace's choices (cache-aware) or with
-mixed precisions it is the trace-optimal heuristic, no longer a proven bound.
+With uniform expert sizes, demand fetches and a cache that holds the distinct experts of any one
+(pass, layer), this is optimal under the engine's rules: the keys of the layer now computing are
+protected (never candidates), every other resident key's next use is strictly after the current
+position, and evicting the farthest one is the classic exchange argument applied to a request sequence
+of sets. When one layer needs more experts than the cache holds, its own experts evict each other while
+it computes, in the engine's compute order (resident first, lowest id first), which pass-level next use
+cannot see; there an online policy can beat it by luck (tests/test_policies_belady_property.py has a
+case). Under a routing policy that changes the trace's choices (cache-aware), with prefetch or with
+mixed precisions it is the trace-informed heuristic, no longer a proven bound.
 
 State (all in `i`, one row used as a flat arena): `uses` = every key's use positions in increasing order
 (CSR), `offsets[key]`, `cursor[key]` (index of the first use not yet passed; it only moves forward),

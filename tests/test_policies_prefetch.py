@@ -1,0 +1,174 @@
+"""Prefetch policies: the kernel is called at a gate by hand and the keys it writes into `cs.pf_buf`
+are compared with the set worked out from the trace (stated in each test). Keys are layer * E + expert.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emu.engines.state import RESIDENT
+
+from .policy_support import kernel_setup, run, set_layer, trace_of
+
+
+def prefetch_set(policy, ps, cs, tv, p: int, layer: int) -> list[int]:
+    n = policy.kernels[0](ps, cs, tv, p, layer, 0.0)
+    return [int(k) for k in cs.pf_buf[:n]]
+
+
+def three_layers():
+    # E = 4, top-2, 2 passes. Pass 0 has 2 tokens; layer 1 uses {2, 3} and {2, 1}: masses e2 1.0, e1 .5, e3 .5.
+    p0 = [[[0, 1], [2, 3], [0, 3]], [[0, 2], [2, 1], [1, 3]]]
+    p1 = [[[3, 2], [0, 1], [1, 2]]]
+    return trace_of([p0, p1])
+
+
+def test_oracle_window_one_is_the_next_layer_by_mass():
+    tr = three_layers()
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", "oracle")
+    # next layer (1) of pass 0: e2 (mass 1.0) first, then e1 and e3 (0.5 each, lower id first)
+    assert prefetch_set(pol, ps, cs, tv, 0, 0) == [6, 5, 7]
+    cs.status[6] = RESIDENT  # a resident expert is not prefetched again
+    assert prefetch_set(pol, ps, cs, tv, 0, 0) == [5, 7]
+
+
+def test_oracle_window_crosses_into_the_next_pass():
+    tr = three_layers()
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("oracle", {"window": 2}))
+    # at pass 0 layer 2 the next two positions are pass 1 layers 0 ({3, 2}) and 1 ({0, 1})
+    assert prefetch_set(pol, ps, cs, tv, 0, 2) == [2, 3, 4, 5]
+    assert prefetch_set(pol, ps, cs, tv, 1, 2) == []  # nothing after the last pass
+
+
+def test_next_layer_uses_recorded_predictions():
+    tr = trace_of([[[[0, 1], [2, 3]]]], predicted=[[[[0, 1], [3, 0]]]])
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", "next-layer")
+    assert prefetch_set(pol, ps, cs, tv, 0, 0) == [4, 7]  # the speculator's {0, 3} for layer 1
+    assert prefetch_set(pol, ps, cs, tv, 0, 1) == []  # no layer after the last
+
+
+def test_next_layer_stand_in_accuracy_per_layer():
+    # top-1, 8 experts, 3 layers, 400 one-token passes. accuracy_first (layer 1) = 1: always the true
+    # expert; accuracy_last (layer 2) = 0: never (a wrong guess is drawn among the other 7).
+    rng = np.random.default_rng(0)
+    passes = [[[[int(e)] for e in rng.integers(0, 8, 3)]] for _ in range(400)]
+    tr = trace_of(passes, n_experts=8)
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("next-layer", {"accuracy_first": 1.0, "accuracy_last": 0.0}))
+    for p in range(400):
+        true1 = 8 + passes[p][0][1][0]
+        true2 = 16 + passes[p][0][2][0]
+        assert prefetch_set(pol, ps, cs, tv, p, 0) == [true1]
+        got = prefetch_set(pol, ps, cs, tv, p, 1)
+        assert len(got) == 1 and got[0] != true2 and 16 <= got[0] < 24
+
+
+def test_next_layer_stand_in_hits_its_accuracy_on_average():
+    rng = np.random.default_rng(1)
+    passes = [[[[int(e)] for e in rng.integers(0, 8, 2)]] for _ in range(2000)]
+    tr = trace_of(passes, n_experts=8)
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("next-layer", {"accuracy_first": 0.7, "accuracy_last": 0.7}))
+    right = sum(prefetch_set(pol, ps, cs, tv, p, 0) == [8 + passes[p][0][1][0]] for p in range(2000))
+    assert abs(right / 2000 - 0.7) < 0.04  # binomial sd ~0.01
+
+
+def test_topk_overfetch_adds_the_most_popular_other_experts():
+    # E = 8, top-2. Layer 1 of pass 1 routes {5: .7, 6: .3}. History at layer 1 (pass 0's gate): e0 served
+    # 5 tokens, e2 3 tokens. overfetch 1 -> the 2 predicted; overfetch 2 -> 4: predicted, then e0, e2.
+    tr = trace_of([[[[0, 1], [0, 2]]], [[[0, 1], [5, 6]]]], scores=[[[[.5, .5], [.5, .5]]], [[[.5, .5], [.7, .3]]]],
+                  n_experts=8)
+    for overfetch, want in ((1.0, [13, 14]), (2.0, [13, 14, 8, 10])):
+        pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("topk", {"overfetch": overfetch, "accuracy": 1.0}))
+        set_layer(cs, 1, [0, 2], tokens=[5, 3])
+        prefetch_set(pol, ps, cs, tv, 0, 1)
+        set_layer(cs, 0, [0, 1])
+        assert prefetch_set(pol, ps, cs, tv, 1, 0) == want
+
+
+def test_score_percentile_threshold():
+    # top-1, 8 experts, one 10-token pass; layer 1 counts e0 5, e1 3, e2 1, e3 1 (mass 1 per token).
+    # Scores [5, 3, 1, 1, 0, 0, 0, 0]: 80th percentile 2.2 -> {e0, e1}; 50th percentile 0.5 -> {e0..e3}.
+    layer1 = [0] * 5 + [1] * 3 + [2, 3]
+    tr = trace_of([[[[0], [e]] for e in layer1]], n_experts=8)
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("score-percentile", {"accuracy": 1.0}))
+    assert prefetch_set(pol, ps, cs, tv, 0, 0) == [8, 9]
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("score-percentile", {"accuracy": 1.0, "percentile": 50}))
+    assert prefetch_set(pol, ps, cs, tv, 0, 0) == [8, 9, 10, 11]
+
+
+def test_lookahead_depth():
+    tr = three_layers()
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("lookahead", {"depth": 2, "accuracy": 1.0, "decay": 1.0}))
+    # pass 1: layer 1 {0, 1}, then layer 2 {1, 2}
+    assert prefetch_set(pol, ps, cs, tv, 1, 0) == [4, 5, 9, 10]
+    assert prefetch_set(pol, ps, cs, tv, 1, 1) == [9, 10]  # stays within the pass
+
+
+def test_frequency_top_set_refreshes_per_interval():
+    # 2 layers, 4 experts, top-1, k = 2, interval 1 token (one-token passes: a refresh per pass).
+    tr = trace_of([[[[0], [3]]], [[[0], [2]]], [[[0], [2]]]])
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("frequency", {"k": 2, "interval": 1}))
+    set_layer(cs, 0, [0])
+    prefetch_set(pol, ps, cs, tv, 0, 0)
+    set_layer(cs, 1, [3], tokens=[5])
+    assert prefetch_set(pol, ps, cs, tv, 0, 1) == [0]  # the last layer wraps to layer 0: its top set {e0}
+    set_layer(cs, 0, [0])
+    assert prefetch_set(pol, ps, cs, tv, 1, 0) == [7]  # refreshed at pass 1: layer 1 has only e3 (5)
+    set_layer(cs, 1, [2], tokens=[9])
+    prefetch_set(pol, ps, cs, tv, 1, 1)
+    set_layer(cs, 0, [0])
+    assert prefetch_set(pol, ps, cs, tv, 2, 0) == [6, 7]  # e2 (9) then e3 (5 * 0.99)
+
+
+def feed(pol, ps, cs, tv, passes: range, n_layers: int) -> None:
+    for p in passes:
+        for layer in range(n_layers):
+            prefetch_set(pol, ps, cs, tv, p, layer)
+
+
+def test_multi_look_transition_table():
+    # Layer 0 e0 is always followed (same token) by layer 1 e2, and e1 by e3; the pass order is irregular.
+    seq = [0, 0, 1, 0, 1, 1, 0, 1, 1, 0]
+    tr = trace_of([[[[a], [a + 2]]] for a in seq])
+    only_transition = {"w_transition": 1.0, "w_chain": 0.0, "w_sequence": 0.0, "w_cooccurrence": 0.0, "k": 1}
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("multi-look", only_transition))
+    feed(pol, ps, cs, tv, range(8), 2)
+    assert prefetch_set(pol, ps, cs, tv, 8, 0) == [4 + 3]  # pass 8 used e1 at layer 0 -> e3
+    prefetch_set(pol, ps, cs, tv, 8, 1)
+    assert prefetch_set(pol, ps, cs, tv, 9, 0) == [4 + 2]
+
+
+def test_multi_look_sequence_table():
+    # Layer 1 alternates e2, e3 from pass to pass while layer 0 is always e0 (the transition is useless).
+    tr = trace_of([[[[0], [2 + p % 2]]] for p in range(10)])
+    only_sequence = {"w_transition": 0.0, "w_chain": 0.0, "w_sequence": 1.0, "w_cooccurrence": 0.0, "k": 1}
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("multi-look", only_sequence))
+    feed(pol, ps, cs, tv, range(8), 2)
+    assert prefetch_set(pol, ps, cs, tv, 8, 0) == [4 + 2]  # pass 7 used e3 at layer 1 -> next is e2
+
+
+def test_adaptive_shifts_weight_to_the_signal_that_predicts():
+    # Layer 1 keeps one expert for 5 passes, then moves on ((p // 5) % 8); layer 0 is random, so the
+    # transition signal is noise, frequency (decay 0.9) lags for several passes after each move, recency is right 4 times out of 5.
+    rng = np.random.default_rng(2)
+    passes = [[[[int(rng.integers(0, 8))], [(p // 5) % 8]]] for p in range(120)]
+    tr = trace_of(passes, n_experts=8)
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("adaptive", {"k": 1, "decay": 0.9}))
+    feed(pol, ps, cs, tv, range(120), 2)
+    weights = np.asarray(ps.f)[2 * 8 + 2 + 3, :3]  # rows: L*E transition, L frequency, 3 signals, weights
+    assert weights.argmax() == 2 and weights[2] > 0.9
+    assert abs(weights.sum() - 1.0) < 1e-9
+
+
+@pytest.mark.parametrize("name", ["oracle", "next-layer", "topk", "score-percentile", "lookahead", "frequency",
+                                  "multi-look", "adaptive"])
+def test_prefetch_never_evicts_what_the_layer_needs(name):
+    # 2 slots, top-2: every layer's own two experts fill the cache, so a prefetch finds no victim and is
+    # dropped (counted), never taking a slot from an expert the current layer is about to compute.
+    rng = np.random.default_rng(3)
+    passes = [[[list(rng.choice(4, 2, replace=False)) for _ in range(3)]] for _ in range(20)]
+    tr = trace_of(passes)
+    r, _ = run(tr, 2, prefetch=name)
+    assert r["prefetch_issued"] == 0
+    assert r["prefetch_dropped"] > 0  # it did try
+    assert r["hits"] + r["misses"] == r["accesses"]
