@@ -23,7 +23,7 @@ def test_every_issue_policy_is_registered():
 
 
 def test_unknown_policy_names_the_key_and_the_choices():
-    with pytest.raises(EmuError, match="unknown eviction policy 'mru'.*'belady'") as err:
+    with pytest.raises(EmuError, match=r"unknown eviction policy 'mru'.*'belady'") as err:
         get_policy("eviction", "mru", file="s.toml")
     assert (err.value.file, err.value.key) == ("s.toml", "policy.eviction")
     with pytest.raises(EmuError) as err:

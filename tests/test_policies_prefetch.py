@@ -149,7 +149,8 @@ def test_multi_look_sequence_table():
 
 def test_adaptive_shifts_weight_to_the_signal_that_predicts():
     # Layer 1 keeps one expert for 5 passes, then moves on ((p // 5) % 8); layer 0 is random, so the
-    # transition signal is noise, frequency (decay 0.9) lags for several passes after each move, recency is right 4 times out of 5.
+    # transition signal is noise, frequency (decay 0.9) lags for several passes after each move, recency
+    # is right 4 times out of 5.
     rng = np.random.default_rng(2)
     passes = [[[[int(rng.integers(0, 8))], [(p // 5) % 8]]] for p in range(120)]
     tr = trace_of(passes, n_experts=8)
