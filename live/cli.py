@@ -1,0 +1,177 @@
+"""`emu live SCENARIO`: run the scenario's model for real with its experts offloaded, record the routing
+trace and print TTFT, decode tokens/s, hit rate and bytes moved.
+
+The scenario names the model preset, the cache capacity and the policies. A synthetic workload gives
+the prompt and output lengths (the model routes by itself); a trace workload is replayed: its routing
+is forced pass by pass on the (random-weight) model. Results: the recorded trace (.npz) and a JSON file
+of the measurements next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from emu.errors import EmuError
+
+#: what the live runtime implements so far; other policies are refused, not silently replaced
+_LIVE_POLICIES = {"prefetch": ("none",), "miss": ("fetch",), "routing": ("standard",), "partition": ("global",)}
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `live` on the `emu` CLI's subparsers."""
+    p = subparsers.add_parser("live", help="run a scenario on a real Hugging Face model with offloaded experts",
+                              description=__doc__)
+    p.add_argument("scenario", type=Path, help="scenario TOML file")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    p.add_argument("--scale", choices=("tiny", "full"), default="full",
+                   help="full: the model's real dimensions; tiny: small hidden size for CPU checks")
+    p.add_argument("--layers", type=int, default=None, help="build only this many layers (a model that does not fit)")
+    p.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
+    p.add_argument("--weights", type=Path, default=None, help="local model directory (default: random weights)")
+    p.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (default: the scenario's, or 128)")
+    p.add_argument("--decode-tokens", type=int, default=None, help="decode steps per request (default: scenario's)")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up passes before the measured run")
+    p.add_argument("--no-offload", action="store_true", help="run the unmodified model (all experts in VRAM)")
+    p.add_argument("--out", type=Path, default=None, help="trace .npz to write (default: live_<scenario>.npz)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a scenario key, e.g. --set cache.capacity=\"25%%\"")
+    p.set_defaults(func=run)
+    return p
+
+
+def _positive(value: int | None, key: str) -> None:
+    if value is not None and value < 1:
+        raise EmuError(f"expected a positive integer, got {value}", key=key)
+
+
+def _check_policies(scenario: Any) -> None:
+    for kind, allowed in _LIVE_POLICIES.items():
+        name = getattr(scenario.stack, kind).name
+        if name not in allowed:
+            raise EmuError(f"the live runtime does not implement {kind} policy {name!r} yet; expected one of "
+                           f"{list(allowed)}", file=scenario.path, key=f"policy.{kind}")
+
+
+def _slots(scenario: Any, spec: Any, n_keys: int) -> int:
+    """The scenario's capacity applied to the model as built (a percentage stays a percentage)."""
+    from emu.scenario import CacheConfig
+
+    cache = CacheConfig.parse(scenario.raw["cache"]["capacity"], spec, scenario.path)
+    return max(1, min(n_keys, math.floor(cache.capacity_bytes / spec.expert_bytes() + 1e-9)))
+
+
+def first_layers(trace: Any, n_layers: int) -> Any:
+    """The routing of the first `n_layers` MoE layers, for a model built with fewer layers than traced."""
+    cut = {k: None if getattr(trace, k) is None else getattr(trace, k)[:, :n_layers]
+           for k in ("experts", "scores", "predicted")}
+    return attrs.evolve(trace, **cut, meta=dict(trace.meta, layers_kept=n_layers, layers_traced=trace.n_layers))
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from emu.scenario import load_scenario
+    from emu.trace import RoutingTrace
+
+    from .models import build_model, live_spec, shape_of
+    from .offload import ExpertOffload
+    from .runner import PassPlan, plans_from_trace, run_live
+
+    for value, key in ((args.layers, "--layers"), (args.prompt_len, "--prompt-len"),
+                       (args.decode_tokens, "--decode-tokens")):
+        _positive(value, key)
+    if args.warmup < 0:
+        raise EmuError(f"expected a non-negative count, got {args.warmup}", key="--warmup")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise EmuError("torch sees no CUDA device; use --device cpu", key="--device")
+    scenario = load_scenario(args.scenario, args.overrides)
+    if not args.no_offload:
+        _check_policies(scenario)
+    preset = scenario.model.name
+    model = build_model(preset, args.scale, n_layers=args.layers, dtype=args.dtype, seed=scenario.seed,
+                        path=args.weights)
+    shape = shape_of(model, preset, args.scale)
+    spec = live_spec(shape, args.dtype)
+    device = torch.device(args.device)
+
+    force = None
+    wl = scenario.workload
+    if wl.trace is not None:
+        force = RoutingTrace.load(wl.trace)
+        if wl.max_tokens:
+            force = force.slice_tokens(wl.max_tokens)
+        if args.layers is not None and force.n_layers > shape.n_layers:
+            force = first_layers(force, shape.n_layers)
+        force.check_fits(shape.n_layers, shape.n_experts, shape.top_k, file=wl.trace)
+        plans = plans_from_trace(force, args.prompt_len or 128, args.decode_tokens)
+    else:
+        syn = wl.synthetic or {}
+        prompt = args.prompt_len or int(syn.get("prompt_len", 128))
+        decode = args.decode_tokens or int(syn.get("output_len", 64))
+        plans = [PassPlan(prompt, decode)]
+
+    runtime = None
+    n_slots = None
+    if args.no_offload:
+        model.to(device)
+    else:
+        n_slots = _slots(scenario, spec, shape.n_layers * shape.n_experts)
+        runtime = ExpertOffload(model, n_slots, eviction=scenario.stack.eviction.name,
+                                eviction_params=scenario.stack.eviction.params, device=args.device,
+                                seed=scenario.seed)
+    meta = {"scenario": scenario.path, "scale": args.scale, "device": args.device, "slots": n_slots}
+    result = run_live(model, plans, vocab=shape.vocab, device=device, seed=scenario.seed, runtime=runtime,
+                      force=force, warmup_passes=args.warmup, model_name=spec.name, meta=meta)
+
+    out = args.out or Path(scenario.output_dir or ".") / f"live_{Path(scenario.path).stem}.npz"
+    if out.suffix != ".npz":
+        raise EmuError("expected a path ending in .npz", file=str(out), key="--out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result.trace.save(out)
+    stats = result.stats
+    record = {
+        "scenario": scenario.path, "model": spec.to_dict(), "scale": args.scale, "device": args.device,
+        "device_name": torch.cuda.get_device_name(device) if args.device == "cuda" else platform.processor(),
+        "dtype": args.dtype, "offload": not args.no_offload, "slots": n_slots,
+        "expert_bytes": runtime.expert_bytes if runtime else spec.expert_bytes(),
+        "eviction": scenario.stack.eviction.name, "forced_trace": wl.trace, "warmup_passes": args.warmup,
+        "requests": [{"prompt_len": p.prompt_len, "ttft_s": r.ttft_s, "decode_s": list(r.decode_s)}
+                     for p, r in zip(plans, result.requests)],
+        "ttft_s": result.ttft_s, "decode_tok_s": result.decode_tok_s,
+        "stats": None if stats is None else attrs.asdict(stats) | {"hit_rate": stats.hit_rate},
+        "trace": str(out), "trace_fingerprint": result.trace.fingerprint(), "versions": _versions(),
+    }
+    json_path = out.with_suffix(".json")
+    json_path.write_text(json.dumps(record, indent=2, default=list) + "\n")
+    _print_summary(spec.name, args, n_slots, shape.n_layers * shape.n_experts, result, out, json_path)
+    return 0
+
+
+def _print_summary(name: str, args: argparse.Namespace, n_slots: int | None, n_keys: int, result: Any,
+                   out: Path, json_path: Path) -> None:
+    cache = "all experts resident (unmodified model)" if n_slots is None else \
+        f"{n_slots} of {n_keys} expert slots ({100.0 * n_slots / n_keys:.1f}%)"
+    print(f"{name} on {args.device} ({args.scale}, {args.dtype}): {cache}")
+    print(f"  TTFT            {result.ttft_s * 1e3:10.2f} ms")
+    print(f"  decode          {result.decode_tok_s:10.2f} tok/s over {len(result.decode_s)} steps")
+    stats = result.stats
+    if stats is not None:
+        print(f"  hit rate        {100 * stats.hit_rate:10.2f} %  ({stats.hits} hits, {stats.misses} misses: "
+              f"{stats.compulsory} compulsory, {stats.capacity} capacity, {stats.collision} collision)")
+        print(f"  bytes moved     {stats.bytes_h2d / 1e6:10.2f} MB in {stats.copies} copies")
+    print(f"  trace           {out}  ({result.trace.n_tokens} tokens, {result.trace.n_passes} passes)")
+    print(f"  measurements    {json_path}")

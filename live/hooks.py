@@ -1,0 +1,197 @@
+"""Routing hooks on the sparse-MoE blocks of a Hugging Face model: record the routing, or force it.
+
+Written against transformers 5.x, where every supported model (OLMoE, Mixtral, Qwen2-MoE, Qwen3-MoE)
+has a sparse block `mlp` with a router `gate` returning `(logits, top_k_weights, top_k_index)` and a
+fused `experts` module called as `experts(hidden, top_k_index, top_k_weights)`. A forward hook on the
+router sees every token's choice and may replace it, so forcing a trace's routing changes which
+experts run and nothing else (the weights come from the model's own router probabilities).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from emu.errors import EmuError
+from emu.trace import RoutingTrace
+from emu.trace.routing_trace import PHASE_DECODE, PHASE_PREFILL
+
+
+def sparse_blocks(model: Any) -> list[Any]:
+    """The sparse-MoE blocks in layer order; dense layers (Qwen `mlp_only_layers`) are skipped."""
+    inner = getattr(model, "model", model)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise EmuError(f"{type(model).__name__} has no decoder `layers`; expected a transformers MoE model")
+    blocks = [layer.mlp for layer in layers if _is_sparse_block(getattr(layer, "mlp", None))]
+    if not blocks:
+        raise EmuError(f"{type(model).__name__}: no sparse-MoE block with a router `gate` (top_k, weight) and an "
+                       f"`experts` module; transformers 5.x layout expected")
+    return blocks
+
+
+def _is_sparse_block(mlp: Any) -> bool:
+    gate = getattr(mlp, "gate", None)
+    return (gate is not None and hasattr(mlp, "experts") and hasattr(gate, "top_k")
+            and getattr(getattr(gate, "weight", None), "ndim", 0) == 2)
+
+
+def _first_sparse_layer(model: Any) -> Any:
+    inner = getattr(model, "model", model)
+    return next(layer for layer in inner.layers if _is_sparse_block(getattr(layer, "mlp", None)))
+
+
+def _normalizes(gate: Any) -> bool:
+    """Mixtral's router always renormalizes the top-k; OLMoE and Qwen follow `norm_topk_prob`."""
+    return bool(getattr(gate, "norm_topk_prob", True))
+
+
+def forced_output(gate: Any, logits: Any, scores: Any, forced: Any) -> tuple[Any, Any, Any]:
+    """The router's output with `forced` experts: their weights are the router's own probabilities."""
+    import torch
+
+    probs = torch.nn.functional.softmax(logits.float(), dim=-1)
+    weights = probs.gather(1, forced)
+    if _normalizes(gate):
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return logits, weights.to(scores.dtype), forced
+
+
+class RoutingHooks:
+    """Records (and optionally forces) the routing of every pass; `trace()` gives an emu RoutingTrace.
+
+    The runner brackets each forward pass with `begin_pass` / `end_pass`: a prefill is one pass, each
+    decode step another. With `speculate`, the prediction for layer l is layer l's gate applied to the
+    hidden state entering layer l-1's MoE block (for layer 0: the input of its decoder layer), the
+    next-layer speculator of SpecMD.
+    """
+
+    def __init__(self, model: Any, *, record: bool = True, speculate: bool = True,
+                 force: RoutingTrace | None = None) -> None:
+        self.blocks = sparse_blocks(model)
+        self.gates = [b.gate for b in self.blocks]
+        self.n_layers = len(self.blocks)
+        self.top_k = int(self.gates[0].top_k)
+        self.n_experts = int(self.gates[0].weight.shape[0])
+        self.record = record
+        self.speculate = speculate
+        self.force = force
+        if force is not None:
+            force.check_fits(self.n_layers, self.n_experts, self.top_k)
+        self._handles: list[Any] = []
+        for layer, gate in enumerate(self.gates):
+            self._handles.append(gate.register_forward_hook(self._make_hook(layer)))
+        if speculate:
+            first = _first_sparse_layer(model)
+            self._handles.append(first.register_forward_pre_hook(self._layer0_input, with_kwargs=True))
+        self._in_pass = False
+        self._force_pass: int | None = None
+        self._cur_ids: list[Any] = []
+        self._cur_scores: list[Any] = []
+        self._cur_pred: list[Any] = []
+        self._passes: list[tuple[int, np.ndarray, np.ndarray]] = []  # phase, request, position
+        self._ids: list[np.ndarray] = []
+        self._scores: list[np.ndarray] = []
+        self._pred: list[np.ndarray] = []
+
+    # --- pass structure ----------------------------------------------------------------------------
+    def begin_pass(self, phase: int, requests: np.ndarray, positions: np.ndarray,
+                   force_pass: int | None = None) -> None:
+        if phase not in (PHASE_PREFILL, PHASE_DECODE):
+            raise EmuError(f"expected phase 0 (prefill) or 1 (decode), got {phase}")
+        if force_pass is not None and self.force is None:
+            raise EmuError("force_pass given but the hooks were built without a trace to force")
+        self._in_pass = True
+        self._force_pass = force_pass
+        self._cur_ids = [None] * self.n_layers
+        self._cur_scores = [None] * self.n_layers
+        self._cur_pred = [None] * self.n_layers
+        self._passes.append((phase, np.asarray(requests, np.int32), np.asarray(positions, np.int32)))
+
+    def end_pass(self) -> None:
+        if not self._in_pass:
+            raise EmuError("end_pass without begin_pass")
+        self._in_pass = False
+        if not self.record:
+            return
+        missing = [i for i, x in enumerate(self._cur_ids) if x is None]
+        if missing:
+            raise EmuError(f"the pass ran no router at MoE layers {missing}; was the model called?")
+        ids = np.stack([x.cpu().numpy() for x in self._cur_ids], axis=1).astype(np.int16)
+        n_tok = self._passes[-1][1].shape[0]
+        if ids.shape[0] != n_tok:
+            raise EmuError(f"the pass routed {ids.shape[0]} tokens but begin_pass named {n_tok}")
+        self._ids.append(ids)
+        self._scores.append(np.stack([x.float().cpu().numpy() for x in self._cur_scores], axis=1).astype(np.float16))
+        if self.speculate:
+            self._pred.append(np.stack([x.cpu().numpy() for x in self._cur_pred], axis=1).astype(np.int16))
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    # --- hooks -------------------------------------------------------------------------------------
+    def _layer0_input(self, _module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if not self._in_pass:
+            return
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self._predict(0, hidden)
+
+    def _predict(self, layer: int, hidden: Any) -> None:
+        import torch
+
+        gate = self.gates[layer]
+        x = hidden.reshape(-1, gate.weight.shape[1])
+        with torch.no_grad():
+            logits = torch.nn.functional.linear(x.to(gate.weight.dtype), gate.weight)
+            self._cur_pred[layer] = torch.topk(logits, self.top_k, dim=-1).indices
+
+    def _make_hook(self, layer: int) -> Any:
+        def hook(gate: Any, args: tuple[Any, ...], output: tuple[Any, Any, Any]) -> Any:
+            if not self._in_pass:
+                return None
+            logits, scores, index = output
+            if self._force_pass is not None:
+                index = self._forced_index(layer, index)
+                logits, scores, index = forced_output(gate, logits, scores, index)
+            if self.record:
+                self._cur_ids[layer] = index
+                self._cur_scores[layer] = scores
+            if self.speculate and layer + 1 < self.n_layers:
+                self._predict(layer + 1, args[0])
+            return (logits, scores, index) if self._force_pass is not None else None
+        return hook
+
+    def _forced_index(self, layer: int, index: Any) -> Any:
+        import torch
+
+        assert self.force is not None and self._force_pass is not None
+        p = self._force_pass
+        if not 0 <= p < self.force.n_passes:
+            raise EmuError(f"force_pass {p} outside the trace's {self.force.n_passes} passes", key="workload.trace")
+        t0, t1 = int(self.force.pass_offsets[p]), int(self.force.pass_offsets[p + 1])
+        if t1 - t0 != index.shape[0]:
+            raise EmuError(f"trace pass {p} has {t1 - t0} tokens but the model routed {index.shape[0]}",
+                           key="workload.trace")
+        forced = torch.from_numpy(self.force.experts[t0:t1, layer, :].astype(np.int64))
+        return forced.to(index.device)
+
+    # --- result ------------------------------------------------------------------------------------
+    def trace(self, model_name: str = "", meta: dict[str, Any] | None = None) -> RoutingTrace:
+        """The recorded passes as an emu RoutingTrace (validated)."""
+        if not self.record:
+            raise EmuError("these hooks were built with record=False")
+        if not self._ids:
+            raise EmuError("no pass recorded")
+        sizes = [ids.shape[0] for ids in self._ids]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        phases = np.array([p[0] for p in self._passes[: len(self._ids)]], np.int8)
+        return RoutingTrace(
+            experts=np.concatenate(self._ids), pass_offsets=offsets, pass_phase=phases,
+            token_request=np.concatenate([p[1] for p in self._passes[: len(self._ids)]]),
+            token_position=np.concatenate([p[2] for p in self._passes[: len(self._ids)]]),
+            scores=np.concatenate(self._scores),
+            predicted=np.concatenate(self._pred) if self.speculate else None,
+            n_experts=self.n_experts, model=model_name, meta=dict(meta or {}, source="live")).validate()

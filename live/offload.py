@@ -1,0 +1,224 @@
+"""Offloaded experts: each sparse-MoE block's fused experts replaced by a module that computes from a
+slot pool, fetching misses from host memory.
+
+Expert weights live in host memory (pinned when the device is CUDA); the device holds `n_slots` expert
+slots. At each layer the needed experts are classified by the emulator's eviction policy
+(`cache_bridge`); a miss copies its expert into a free or evicted slot on a dedicated copy stream and
+records a CUDA event that the compute stream waits on. Hits run first while misses load. A slot is
+overwritten only after the compute that last read it (an event per slot). Each expert's output is
+added in ascending expert order, the order of the transformers eager implementation, so offloading
+does not change the math. On the CPU the same code runs with plain copies and no streams.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from torch import nn
+
+from emu.errors import EmuError
+
+from .cache_bridge import CAPACITY, COLLISION, COMPULSORY, HIT, MISS_EVICT, MISS_WAIT, CacheBridge
+from .hooks import sparse_blocks
+
+
+@attrs.frozen
+class OffloadStats:
+    """What the runtime itself counted since the last reset."""
+
+    accesses: int
+    hits: int
+    misses: int
+    compulsory: int
+    capacity: int
+    collision: int
+    copies: int
+    bytes_h2d: int
+    evictions: int
+    waits: int
+    per_layer_hits: tuple[int, ...]
+    per_layer_misses: tuple[int, ...]
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.accesses if self.accesses else 0.0
+
+
+def _check_fused(experts: Any) -> None:
+    for name in ("gate_up_proj", "down_proj", "act_fn"):
+        if not hasattr(experts, name):
+            raise EmuError(f"{type(experts).__name__} has no `{name}`; the offloaded runtime expects the fused "
+                           f"experts layout of transformers 5.x (gate_up_proj [E, 2I, H], down_proj [E, H, I])")
+    if getattr(experts, "has_bias", False) or getattr(experts, "is_transposed", False):
+        raise EmuError(f"{type(experts).__name__}: biased or transposed expert weights are not supported")
+
+
+class OffloadedExperts(nn.Module):
+    """Drop-in for a fused experts module: same call, weights fetched through the runtime's slots."""
+
+    def __init__(self, runtime: ExpertOffload, layer: int, act_fn: Any) -> None:
+        super().__init__()
+        self.layer = layer
+        self.act_fn = act_fn
+        self._runtime = [runtime]  # a list, so nn.Module does not register (and .to()) the runtime
+
+    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                top_k_weights: torch.Tensor) -> torch.Tensor:
+        return self._runtime[0].run_layer(self.layer, self.act_fn, hidden_states, top_k_index, top_k_weights)
+
+
+class ExpertOffload:
+    """The slot pool, host weights, copy stream and counters for every sparse-MoE block of one model."""
+
+    def __init__(self, model: Any, n_slots: int, *, eviction: str = "lru",
+                 eviction_params: dict[str, Any] | None = None, device: str = "cpu", seed: int = 0) -> None:
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda and not torch.cuda.is_available():
+            raise EmuError("device cuda requested but torch sees no CUDA device", key="--device")
+        blocks = sparse_blocks(model)
+        for b in blocks:
+            _check_fused(b.experts)
+        first = blocks[0].experts
+        self.n_layers = len(blocks)
+        self.n_experts = int(first.gate_up_proj.shape[0])
+        self.top_k = int(blocks[0].gate.top_k)
+        total = self.n_layers * self.n_experts
+        if not 1 <= n_slots <= total:
+            raise EmuError(f"expected 1..{total} expert slots, got {n_slots}", key="cache.capacity")
+        self.n_slots = n_slots
+        self.eviction, self.eviction_params, self.seed = eviction, dict(eviction_params or {}), seed
+        gu_shape, dn_shape = tuple(first.gate_up_proj.shape[1:]), tuple(first.down_proj.shape[1:])
+        dtype = first.gate_up_proj.dtype
+        pin = self.cuda
+        self.host_gu = torch.empty((self.n_layers, self.n_experts, *gu_shape), dtype=dtype, pin_memory=pin)
+        self.host_dn = torch.empty((self.n_layers, self.n_experts, *dn_shape), dtype=dtype, pin_memory=pin)
+        for layer, b in enumerate(blocks):
+            if tuple(b.experts.gate_up_proj.shape[1:]) != gu_shape:
+                raise EmuError("experts of different shapes across layers are not supported")
+            self.host_gu[layer].copy_(b.experts.gate_up_proj.data)
+            self.host_dn[layer].copy_(b.experts.down_proj.data)
+            b.experts = OffloadedExperts(self, layer, b.experts.act_fn)
+        self.expert_bytes = (self.host_gu[0, 0].numel() + self.host_dn[0, 0].numel()) * self.host_gu.element_size()
+        self.slot_gu = torch.empty((n_slots, *gu_shape), dtype=dtype, device=self.device)
+        self.slot_dn = torch.empty((n_slots, *dn_shape), dtype=dtype, device=self.device)
+        self.copy_stream = torch.cuda.Stream(device=self.device) if self.cuda else None
+        model.to(self.device)
+        self.reset()
+
+    # --- state -------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """An empty cache and zero counters (after warm-up, so a measured run starts cold like the emulator)."""
+        self.bridge = CacheBridge(self.n_layers, self.n_experts, self.top_k, self.n_slots, self.eviction,
+                                  self.eviction_params, self.seed)
+        self.slot_of = np.full(self.n_layers * self.n_experts, -1, np.int64)
+        self.free_slots = list(range(self.n_slots - 1, -1, -1))
+        self.slot_last_use: list[Any] = [None] * self.n_slots
+        self.pass_index = -1
+        self._hits = np.zeros(self.n_layers, np.int64)
+        self._misses = np.zeros((3, self.n_layers), np.int64)
+        self.copies = self.bytes_h2d = self.evictions = self.waits = 0
+
+    def begin_pass(self) -> None:
+        self.pass_index += 1
+        self.bridge.begin_pass(self.pass_index)
+
+    def stats(self) -> OffloadStats:
+        hits = int(self._hits.sum())
+        misses = int(self._misses.sum())
+        return OffloadStats(
+            accesses=hits + misses, hits=hits, misses=misses, compulsory=int(self._misses[COMPULSORY].sum()),
+            capacity=int(self._misses[CAPACITY].sum()), collision=int(self._misses[COLLISION].sum()),
+            copies=self.copies, bytes_h2d=self.bytes_h2d, evictions=self.evictions, waits=self.waits,
+            per_layer_hits=tuple(int(x) for x in self._hits),
+            per_layer_misses=tuple(int(x) for x in self._misses.sum(axis=0)))
+
+    # --- copies ------------------------------------------------------------------------------------
+    def _place(self, layer: int, expert: int, victim: int) -> tuple[int, Any]:
+        """Give the key a slot (the victim's or a free one) and start its copy; returns slot and event."""
+        key = layer * self.n_experts + expert
+        if victim >= 0:
+            slot = int(self.slot_of[victim])
+            self.slot_of[victim] = -1
+            self.evictions += 1
+        else:
+            slot = self.free_slots.pop()
+        self.slot_of[key] = slot
+        src_gu, src_dn = self.host_gu[layer, expert], self.host_dn[layer, expert]
+        event = None
+        if self.cuda:
+            assert self.copy_stream is not None
+            with torch.cuda.stream(self.copy_stream):
+                last = self.slot_last_use[slot]
+                if last is not None:
+                    self.copy_stream.wait_event(last)
+                self.slot_gu[slot].copy_(src_gu, non_blocking=True)
+                self.slot_dn[slot].copy_(src_dn, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(self.copy_stream)
+        else:
+            self.slot_gu[slot].copy_(src_gu)
+            self.slot_dn[slot].copy_(src_dn)
+        self.copies += 1
+        self.bytes_h2d += self.expert_bytes
+        return slot, event
+
+    # --- one layer ---------------------------------------------------------------------------------
+    def run_layer(self, layer: int, act_fn: Any, hidden: torch.Tensor, top_k_index: torch.Tensor,
+                  top_k_weights: torch.Tensor) -> torch.Tensor:
+        experts = torch.unique(top_k_index).cpu().numpy().astype(np.int64)  # the host must know the ids
+        outcome, victims, kinds = self.bridge.gate(layer, experts)
+        for kind in (COMPULSORY, CAPACITY, COLLISION):
+            self._misses[kind, layer] += int((kinds == kind).sum())
+        self._hits[layer] += int((outcome == HIT).sum())
+        ready: list[tuple[int, int, Any]] = []  # (expert, slot, event to wait for)
+        loading: list[tuple[int, int, Any]] = []
+        waiting: list[int] = []
+        for e, out, victim in zip(experts.tolist(), outcome.tolist(), victims.tolist()):
+            if out == HIT:
+                ready.append((e, int(self.slot_of[layer * self.n_experts + e]), None))
+            elif out == MISS_WAIT:
+                waiting.append(e)
+            else:
+                slot, event = self._place(layer, e, int(victim) if out == MISS_EVICT else -1)
+                loading.append((e, slot, event))
+        self.waits += len(waiting)
+        results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        queue = ready + loading  # hits run first while the misses load
+        while queue:
+            e, slot, event = queue.pop(0)
+            results[e] = self._compute(slot, event, act_fn, hidden, top_k_index, top_k_weights, e)
+            self.bridge.complete(layer, e)
+            self.bridge.release(layer, e)
+            while waiting:  # a released expert may make room for a waiting miss (FIFO)
+                got = self.bridge.retry(layer, waiting[0])
+                if got == -2:
+                    break
+                w = waiting.pop(0)
+                slot_w, event_w = self._place(layer, w, got)
+                queue.append((w, slot_w, event_w))
+        if waiting:
+            raise EmuError(f"layer {layer}: {len(waiting)} experts found no slot; the cache has {self.n_slots}")
+        final = torch.zeros_like(hidden)
+        for e in experts.tolist():  # eager's summation order
+            token_idx, out = results[e]
+            final.index_add_(0, token_idx, out.to(final.dtype))
+        return final
+
+    def _compute(self, slot: int, event: Any, act_fn: Any, hidden: torch.Tensor, top_k_index: torch.Tensor,
+                 top_k_weights: torch.Tensor, expert: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if event is not None:
+            torch.cuda.current_stream(self.device).wait_event(event)
+        top_k_pos, token_idx = torch.where((top_k_index == expert).T)  # eager's token order
+        x = hidden[token_idx]
+        gate, up = nn.functional.linear(x, self.slot_gu[slot]).chunk(2, dim=-1)
+        h = nn.functional.linear(act_fn(gate) * up, self.slot_dn[slot])
+        out = h * top_k_weights[token_idx, top_k_pos, None]
+        if self.cuda:
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream(self.device))
+            self.slot_last_use[slot] = done
+        return token_idx, out

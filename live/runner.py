@@ -1,0 +1,196 @@
+"""Greedy generation with a KV cache, timed pass by pass, with routing hooks and the offloaded runtime.
+
+A prefill is one pass and each decode step another, the emulator's pass structure. TTFT is the prefill
+pass plus picking the first token; each decode time is one decode pass plus picking its token. On the
+GPU the times come from CUDA events on the compute stream (read after the run, one synchronize); on the
+CPU from `time.perf_counter`. Warm-up passes run first and the expert cache is emptied after them, so
+the measured run starts cold, as the emulator does.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from emu.errors import EmuError
+from emu.trace import RoutingTrace
+from emu.trace.routing_trace import PHASE_DECODE, PHASE_PREFILL
+
+from .hooks import RoutingHooks
+from .offload import ExpertOffload, OffloadStats
+
+
+class PassClock:
+    """Elapsed time of bracketed spans: CUDA events on a GPU, perf_counter on a CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self._spans: list[tuple[Any, Any]] = []
+        self._start: Any = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+        else:
+            end = time.perf_counter()
+        self._spans.append((self._start, end))
+
+    def seconds(self) -> list[float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) / 1e3 for a, b in self._spans]
+        return [b - a for a, b in self._spans]
+
+
+@attrs.frozen(eq=False)
+class PassPlan:
+    """What one request's run looks like: prompt length, decode steps, and trace passes to force."""
+
+    prompt_len: int
+    n_decode: int
+    force_prefill: int | None = None  # trace pass replayed by the prefill
+    force_decode: tuple[int, ...] = ()  # trace passes replayed by the decode steps, in order
+
+
+def plans_from_trace(trace: RoutingTrace, prompt_len: int, max_decode: int | None = None) -> list[PassPlan]:
+    """One plan per request of a trace, so a run replays its routing pass by pass (batch size 1).
+
+    A request without a prefill pass in the trace (decode-only captures) gets an unforced prefill of
+    `prompt_len` tokens.
+    """
+    plans = []
+    requests = trace.token_request[trace.pass_offsets[:-1]]
+    for req in dict.fromkeys(requests.tolist()):
+        passes = np.flatnonzero(requests == req)
+        for p in passes:
+            t0, t1 = trace.pass_offsets[p], trace.pass_offsets[p + 1]
+            if np.any(trace.token_request[t0:t1] != req):
+                raise EmuError(f"trace pass {p} batches several requests; the live runner replays batch size 1",
+                               key="workload.trace")
+        prefill = [int(p) for p in passes if trace.pass_phase[p] == PHASE_PREFILL]
+        decode = [int(p) for p in passes if trace.pass_phase[p] == PHASE_DECODE]
+        if len(prefill) > 1:
+            raise EmuError(f"request {req} has {len(prefill)} prefill passes; expected at most one",
+                           key="workload.trace")
+        bad = [p for p in decode if trace.pass_offsets[p + 1] - trace.pass_offsets[p] != 1]
+        if bad:
+            raise EmuError(f"decode pass {bad[0]} of request {req} has more than one token", key="workload.trace")
+        if max_decode is not None:
+            decode = decode[:max_decode]
+        if prefill:
+            n = int(trace.pass_offsets[prefill[0] + 1] - trace.pass_offsets[prefill[0]])
+            plans.append(PassPlan(n, len(decode), prefill[0], tuple(decode)))
+        else:
+            plans.append(PassPlan(prompt_len, len(decode), None, tuple(decode)))
+    return plans
+
+
+@attrs.frozen
+class RequestTimes:
+    ttft_s: float
+    decode_s: tuple[float, ...]
+
+
+def generate(model: Any, prompt: torch.Tensor, plan: PassPlan, *, request: int = 0,
+             hooks: RoutingHooks | None = None, runtime: ExpertOffload | None = None,
+             clock: PassClock | None = None) -> list[int]:
+    """Greedy decoding of one request; returns the generated ids (first from the prefill)."""
+    from transformers import DynamicCache
+
+    device = prompt.device
+    cache = DynamicCache(config=model.config)
+    n = prompt.shape[1]
+    out_ids: list[int] = []
+    with torch.no_grad():
+        tok = _pass(model, prompt, cache, PHASE_PREFILL, np.full(n, request), np.arange(n), plan.force_prefill,
+                    hooks, runtime, clock)
+        out_ids.append(tok)
+        for step in range(plan.n_decode):
+            force = plan.force_decode[step] if step < len(plan.force_decode) else None
+            ids = torch.tensor([[tok]], device=device)
+            tok = _pass(model, ids, cache, PHASE_DECODE, np.array([request]), np.array([n + step]), force,
+                        hooks, runtime, clock)
+            out_ids.append(tok)
+    return out_ids
+
+
+def _pass(model: Any, ids: torch.Tensor, cache: Any, phase: int, requests: np.ndarray, positions: np.ndarray,
+          force: int | None, hooks: RoutingHooks | None, runtime: ExpertOffload | None,
+          clock: PassClock | None) -> int:
+    if hooks is not None:
+        hooks.begin_pass(phase, requests, positions, force_pass=force)
+    if runtime is not None:
+        runtime.begin_pass()
+    if clock is not None:
+        clock.start()
+    logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    tok = logits[0, -1].argmax()
+    if clock is not None:
+        clock.stop()
+    if hooks is not None:
+        hooks.end_pass()
+    return int(tok)
+
+
+@attrs.frozen(eq=False)
+class LiveResult:
+    """One measured live run."""
+
+    requests: tuple[RequestTimes, ...]
+    stats: OffloadStats | None
+    trace: RoutingTrace
+    tokens: tuple[tuple[int, ...], ...]
+
+    @property
+    def ttft_s(self) -> float:
+        return float(np.mean([r.ttft_s for r in self.requests]))
+
+    @property
+    def decode_s(self) -> tuple[float, ...]:
+        return tuple(t for r in self.requests for t in r.decode_s)
+
+    @property
+    def decode_tok_s(self) -> float:
+        total = sum(self.decode_s)
+        return len(self.decode_s) / total if total > 0 else 0.0
+
+
+def run_live(model: Any, plans: list[PassPlan], *, vocab: int, device: torch.device, seed: int = 0,
+             runtime: ExpertOffload | None = None, force: RoutingTrace | None = None, warmup_passes: int = 3,
+             model_name: str = "", meta: dict[str, Any] | None = None) -> LiveResult:
+    """Warm up, empty the expert cache, then run every plan (one request each) timed and recorded."""
+    gen = torch.Generator().manual_seed(seed)
+    if warmup_passes > 0:
+        warm = torch.randint(0, vocab, (1, 8), generator=gen).to(device)
+        generate(model, warm, PassPlan(8, warmup_passes - 1), runtime=runtime)
+    if runtime is not None:
+        runtime.reset()
+    hooks = RoutingHooks(model, record=True, speculate=True, force=force)
+    clock = PassClock(device)
+    tokens = []
+    try:
+        for req, plan in enumerate(plans):
+            prompt = torch.randint(0, vocab, (1, plan.prompt_len), generator=gen).to(device)
+            tokens.append(tuple(generate(model, prompt, plan, request=req, hooks=hooks, runtime=runtime,
+                                         clock=clock)))
+        spans = clock.seconds()
+    finally:
+        hooks.remove()
+    times, i = [], 0
+    for plan in plans:
+        times.append(RequestTimes(spans[i], tuple(spans[i + 1: i + 1 + plan.n_decode])))
+        i += 1 + plan.n_decode
+    trace = hooks.trace(model_name, meta)
+    return LiveResult(tuple(times), runtime.stats() if runtime is not None else None, trace, tuple(tokens))

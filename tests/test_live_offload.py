@@ -1,0 +1,211 @@
+"""The offloaded-experts runtime on the CPU: same math, same cache decisions as the emulator."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from emu.engines.fast.engine import run_fast  # noqa: E402
+from emu.engines.setup import PolicyChoice, StackChoice, make_inputs  # noqa: E402
+from emu.engines.state import (  # noqa: E402
+    ST_ACCESSES,
+    ST_BYTES_H2D,
+    ST_EVICTIONS,
+    ST_HITS,
+    ST_MISS_CAPACITY,
+    ST_MISS_COLLISION,
+    ST_MISS_COMPULSORY,
+)
+from emu.errors import EmuError  # noqa: E402
+from emu.profile import load_profile  # noqa: E402
+from live.hooks import RoutingHooks  # noqa: E402
+from live.models import build_model, live_shape, live_spec  # noqa: E402
+from live.offload import ExpertOffload  # noqa: E402
+from live.runner import PassPlan, generate, plans_from_trace, run_live  # noqa: E402
+
+from .conftest import make_trace  # noqa: E402
+
+PROFILE = str(Path(__file__).resolve().parent.parent / "scenarios/profiles/h100-provisional.toml")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _ids(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 512, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def _logits_of_generation(model, ids, n_decode, runtime=None) -> list[torch.Tensor]:
+    """Logits of the prefill and of each greedy decode step."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    out = []
+    with torch.no_grad():
+        x = ids
+        for _ in range(n_decode + 1):
+            if runtime is not None:
+                runtime.begin_pass()
+            logits = model(input_ids=x, past_key_values=cache, use_cache=True).logits
+            out.append(logits)
+            x = logits[:, -1:].argmax(-1)
+    return out
+
+
+@pytest.mark.parametrize(("preset", "slots"), [("olmoe-1b-7b", 5), ("olmoe-1b-7b", 128), ("mixtral-8x7b", 3)])
+def test_offloaded_model_gives_the_same_logits(preset, slots):
+    ref = build_model(preset, "tiny", dtype="fp32", seed=7, experts_implementation="eager")
+    default = build_model(preset, "tiny", dtype="fp32", seed=7)  # transformers' default experts kernel
+    off = build_model(preset, "tiny", dtype="fp32", seed=7)
+    runtime = ExpertOffload(off, slots, eviction="lru")
+    ids = _ids(12, seed=1)
+    want = _logits_of_generation(ref, ids, 4)
+    got = _logits_of_generation(off, ids, 4, runtime)
+    for a, b in zip(want, got):
+        assert torch.equal(a, b)  # bit for bit: the eager per-expert math and summation order
+    for a, b in zip(_logits_of_generation(default, ids, 4), got):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    stats = runtime.stats()
+    assert stats.copies == stats.misses and stats.bytes_h2d == stats.copies * runtime.expert_bytes
+    assert runtime.expert_bytes == 3 * 64 * 32 * 4
+    if slots == 128:  # everything fits: only compulsory misses, never an eviction
+        assert stats.evictions == 0 and stats.capacity == stats.collision == 0
+    else:
+        assert stats.evictions == stats.misses - slots and stats.hits + stats.misses == stats.accesses
+
+
+def _lru_reference(trace, n_layers: int, n_experts: int, slots: int) -> tuple[int, int]:
+    """LRU over (layer, expert) keys; a layer's own experts are never victims while it runs."""
+    cache: OrderedDict[int, None] = OrderedDict()
+    hits = misses = 0
+    for p in range(trace.n_passes):
+        rows = trace.experts[trace.pass_offsets[p]:trace.pass_offsets[p + 1]]
+        for layer in range(n_layers):
+            keys = [layer * n_experts + int(e) for e in np.unique(rows[:, layer])]
+            for k in keys:
+                if k in cache:
+                    hits += 1
+                    cache.move_to_end(k)
+                    continue
+                misses += 1
+                if len(cache) >= slots:
+                    victim = next(v for v in cache if v not in keys)
+                    del cache[victim]
+                cache[k] = None
+    return hits, misses
+
+
+def test_runtime_hits_and_misses_equal_a_plain_lru_on_a_known_routing():
+    rng = np.random.default_rng(11)
+    n_layers, n_experts, top_k = 2, 8, 2
+    passes = [[[sorted(rng.choice(n_experts, top_k, replace=False).tolist()) for _ in range(n_layers)]
+               for _ in range(n)] for n in [3] + [1] * 30]
+    trace = make_trace(passes, phases=[0] + [1] * 30, n_experts=n_experts)
+    model = build_model("mixtral-8x7b", "tiny")
+    runtime = ExpertOffload(model, 5, eviction="lru")
+    hooks = RoutingHooks(model, force=trace)
+    plan = plans_from_trace(trace, prompt_len=3)[0]
+    generate(model, _ids(3), plan, hooks=hooks, runtime=runtime)
+    stats = runtime.stats()
+    hits, misses = _lru_reference(trace, n_layers, n_experts, 5)
+    assert (stats.hits, stats.misses) == (hits, misses)
+    assert 0 < hits < hits + misses  # the routing exercises both outcomes
+    assert stats.copies == misses and stats.evictions == misses - 5
+
+
+@pytest.mark.parametrize("eviction", ["lru", "least-stale"])
+def test_live_counts_equal_the_emulators_on_the_recorded_trace(eviction):
+    model = build_model("olmoe-1b-7b", "tiny", seed=2)
+    shape = live_shape("olmoe-1b-7b", "tiny")
+    slots = 20  # fewer than the experts a prefill layer touches: demand copies wait for victims
+    runtime = ExpertOffload(model, slots, eviction=eviction)
+    result = run_live(model, [PassPlan(16, 12)], vocab=shape.vocab, device=torch.device("cpu"), runtime=runtime,
+                      warmup_passes=2)
+    live = result.stats
+    assert live.waits > 0 and live.accesses == live.hits + live.misses
+    spec = live_spec(shape, "bf16")
+    assert spec.expert_bytes() == runtime.expert_bytes
+    inputs = make_inputs(spec, load_profile(PROFILE), result.trace, slots * spec.expert_bytes(),
+                         StackChoice(eviction=PolicyChoice(eviction)))
+    cs, _end, _t = run_fast(inputs)
+    emu = cs.stats_i.sum(axis=1)
+    assert (live.accesses, live.hits, live.compulsory, live.capacity, live.collision, live.evictions) == (
+        emu[ST_ACCESSES], emu[ST_HITS], emu[ST_MISS_COMPULSORY], emu[ST_MISS_CAPACITY], emu[ST_MISS_COLLISION],
+        emu[ST_EVICTIONS])
+    assert live.bytes_h2d == emu[ST_BYTES_H2D]
+    assert result.ttft_s > 0 and len(result.decode_s) == 12 and result.decode_tok_s > 0
+
+
+def test_reset_empties_the_cache_and_the_counters():
+    model = build_model("mixtral-8x7b", "tiny")
+    runtime = ExpertOffload(model, 4)
+    generate(model, _ids(5), PassPlan(5, 2), runtime=runtime)
+    assert runtime.stats().copies > 0
+    runtime.reset()
+    stats = runtime.stats()
+    assert stats.copies == stats.accesses == stats.bytes_h2d == 0
+    generate(model, _ids(5), PassPlan(5, 0), runtime=runtime)
+    assert runtime.stats().compulsory == runtime.stats().misses  # cold again
+
+
+def test_bad_runtime_input_is_named():
+    model = build_model("mixtral-8x7b", "tiny")
+    with pytest.raises(EmuError, match="expert slots"):
+        ExpertOffload(model, 0)
+    with pytest.raises(EmuError, match="unknown eviction policy"):
+        ExpertOffload(build_model("mixtral-8x7b", "tiny"), 4, eviction="nope")
+
+
+def _scenario(tmp_path, body: str):
+    path = tmp_path / "s.toml"
+    path.write_text(f'model = "olmoe-1b-7b"\n[hardware]\nprofile = "{PROFILE}"\n' + body)
+    return path
+
+
+def _cli_args(scenario, out, *extra: str):
+    import argparse
+
+    from live import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers())
+    return parser.parse_args(["live", str(scenario), "--device", "cpu", "--scale", "tiny", "--out", str(out),
+                              "--warmup", "1", *extra])
+
+
+def test_cli_runs_a_scenario_and_writes_trace_and_measurements(tmp_path, capsys):
+    scen = _scenario(tmp_path, '[cache]\ncapacity = "25%"\n[workload.synthetic]\ntokens = 64\nprompt_len = 12\n'
+                               'output_len = 5\n[policy]\neviction = "least-stale"\n')
+    args = _cli_args(scen, tmp_path / "run.npz")
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert "32 of 128 expert slots (25.0%)" in text and "hit rate" in text
+    from emu.trace import RoutingTrace
+
+    trace = RoutingTrace.load(tmp_path / "run.npz")
+    assert trace.n_passes == 6 and trace.n_tokens == 17 and trace.predicted is not None
+    rec = json.loads((tmp_path / "run.json").read_text())
+    assert rec["slots"] == 32 and rec["eviction"] == "least-stale"
+    assert len(rec["requests"][0]["decode_s"]) == 5
+    assert rec["stats"]["accesses"] == rec["stats"]["hits"] + rec["stats"]["misses"] > 0
+    assert rec["trace_fingerprint"] == trace.fingerprint()
+
+
+def test_cli_refuses_policies_the_runtime_lacks(tmp_path):
+    scen = _scenario(tmp_path, '[cache]\ncapacity = "25%"\n[workload.synthetic]\ntokens = 64\n'
+                               '[policy]\nprefetch = "next-layer"\n')
+    args = _cli_args(scen, tmp_path / "x.npz")
+    with pytest.raises(EmuError, match=r"policy\.prefetch"):
+        args.func(args)
