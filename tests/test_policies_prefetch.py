@@ -83,6 +83,14 @@ def test_topk_overfetch_adds_the_most_popular_other_experts():
         prefetch_set(pol, ps, cs, tv, 0, 1)
         set_layer(cs, 0, [0, 1])
         assert prefetch_set(pol, ps, cs, tv, 1, 0) == want
+    # the picks are the best scores overall: predicted experts already resident use up their places
+    # instead of letting a worse guess in
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("topk", {"accuracy": 1.0}))
+    set_layer(cs, 1, [0, 2], tokens=[5, 3])
+    prefetch_set(pol, ps, cs, tv, 0, 1)
+    cs.status[13] = RESIDENT
+    set_layer(cs, 0, [0, 1])
+    assert prefetch_set(pol, ps, cs, tv, 1, 0) == [14]
 
 
 def test_score_percentile_threshold():

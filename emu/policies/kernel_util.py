@@ -93,30 +93,33 @@ def rand_below(state: np.ndarray, idx: int, n: int) -> int:
 
 @njit(cache=True)
 def push_top(cs, scores: np.ndarray, layer: int, n_pick: int, n_out: int, min_score: float) -> int:
-    """Append to `cs.pf_buf[n_out:]` the up to `n_pick` absent experts of `layer` with the highest
-    scores (> min_score), best first, ties to the lower expert id. Returns the new buffer length."""
+    """Pick the `n_pick` experts of `layer` with the highest scores (> min_score; ties to the lower id)
+    and append the absent ones to `cs.pf_buf[n_out:]`, best first. A pick that is already resident, in
+    flight or in the buffer uses up its place: the policy wanted it and has it, so it is not replaced by
+    a worse guess. Returns the new buffer length. Destroys `scores` (picked entries become -inf)."""
     n_exp = cs.cur_key.shape[0]
     base = layer * n_exp
-    taken = 0
-    while taken < n_pick:
+    for _ in range(n_pick):
         best = -1
         best_s = min_score
         for e in range(n_exp):
-            s = scores[e]
-            if s > best_s and cs.status[base + e] == ABSENT:
-                dup = False
-                for j in range(n_out):
-                    if cs.pf_buf[j] == base + e:
-                        dup = True
-                        break
-                if not dup:
-                    best = e
-                    best_s = s
+            if scores[e] > best_s:
+                best = e
+                best_s = scores[e]
         if best < 0:
             break
-        cs.pf_buf[n_out] = base + best
-        n_out += 1
-        taken += 1
+        scores[best] = -np.inf
+        key = base + best
+        if cs.status[key] != ABSENT:
+            continue
+        dup = False
+        for j in range(n_out):
+            if cs.pf_buf[j] == key:
+                dup = True
+                break
+        if not dup:
+            cs.pf_buf[n_out] = key
+            n_out += 1
     return n_out
 
 
