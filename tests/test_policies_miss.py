@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from emu.engines.state import ON_CPU, RESIDENT
+from emu.engines.state import IN_FLIGHT, ON_CPU, RESIDENT
 from emu.errors import EmuError
 from emu.policies.api import MISS_CPU, MISS_DROP, MISS_FETCH, MISS_SUBSTITUTE
 from emu.policies.miss.fetch_priority import degraded_index
@@ -125,6 +125,16 @@ def test_cpu_runs_light_misses_on_the_cpu():
     set_layer(cs, 0, [0, 1], tokens=[1, 1])
     cs.cur_where[0] = ON_CPU
     assert action(pol, ps, cs, tv, 1) == (MISS_FETCH, 0)  # behind e0 on the CPU: 1.6 > 1.5
+
+
+def test_cpu_counts_the_copies_queued_ahead():
+    # CPU 2.0 s for 1 token. Alone, a miss copies (1 + 0.5 = 1.5 s < 2.0). When this layer's first miss
+    # is already queued for a copy, the second one would wait for it: 2 * 1 + 0.5 = 2.5 s > 2.0 -> CPU.
+    pol, ps, cs, tv = kernel_setup(one_token([0, 1]), "miss", "cpu", profile=cpu_profile((2.0, 4.0)))
+    set_layer(cs, 0, [0, 1])
+    assert action(pol, ps, cs, tv, 0) == (MISS_FETCH, 0)
+    cs.status[0] = IN_FLIGHT
+    assert action(pol, ps, cs, tv, 1) == (MISS_CPU, 0)
 
 
 def test_cpu_end_to_end_is_faster_than_fetch():

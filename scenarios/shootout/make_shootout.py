@@ -1,6 +1,7 @@
 """Write the shootout scenarios: real Mixtral-8x7B decode routing (GSM8K and HumanEval captures) under
 every eviction x prefetch pair of the registry at 5% and 25% expert capacity, on the measured H100
-profile. Run: python scenarios/shootout/make_shootout.py  (rewrites the *.toml next to it), then
+profile, plus the LRU / no-prefetch stack with every other miss policy and cache-aware routing (speed
+against quality). Run: python scenarios/shootout/make_shootout.py  (rewrites the *.toml next to it), then
 `emu run scenarios/shootout/*.toml` for one comparison table."""
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from pathlib import Path
 EVICTION = ("lru", "lfu", "fld", "score", "lhu", "least-stale", "random", "belady")
 PREFETCH = ("none", "oracle", "next-layer", "topk", "score-percentile", "lookahead", "frequency", "multi-look",
             "adaptive")
+#: speed-versus-quality rows: the LRU / no-prefetch baseline with each other miss policy or routing
+MISS = ("fetch-lowest-bit", "fetch-priority", "drop", "substitute", "cpu")
+ROUTING = ("cache-aware",)
 TRACES = {"gsm8k": "GSM8K", "humaneval": "HumanEval"}
 CAPACITIES = ("5%", "25%")
 
@@ -30,7 +34,8 @@ trace = "../traces/mixtral8x7b_{trace}.npz"
 [policy]
 eviction = "{eviction}"
 prefetch = "{prefetch}"
-miss = "fetch"
+miss = "{miss}"
+routing = "{routing}"
 
 [engine]
 kind = "fast"
@@ -47,7 +52,13 @@ def main() -> None:
                 for prefetch in PREFETCH:
                     stem = f"{trace}_{int(cap[:-1]):02d}pct_{eviction}_{prefetch}"
                     (here / f"{stem}.toml").write_text(TEMPLATE.format(
-                        label=label, trace=trace, cap=cap, eviction=eviction, prefetch=prefetch))
+                        label=label, trace=trace, cap=cap, eviction=eviction, prefetch=prefetch, miss="fetch",
+                        routing="standard"))
+            extra = [(m, "standard", f"miss-{m}") for m in MISS] + [("fetch", r, f"routing-{r}") for r in ROUTING]
+            for miss, routing, tag in extra:
+                stem = f"{trace}_{int(cap[:-1]):02d}pct_lru_none_{tag}"
+                (here / f"{stem}.toml").write_text(TEMPLATE.format(
+                    label=label, trace=trace, cap=cap, eviction="lru", prefetch="none", miss=miss, routing=routing))
 
 
 if __name__ == "__main__":
