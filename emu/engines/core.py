@@ -625,19 +625,18 @@ GPU_DONE = 1
 CPU_DONE = 2
 
 
-@njit(int64(STACK_T, CS_T, TM_T, TV_T, float64, int64[::1], int64, int64, int64, int64[::1],
-            float64[::1]), cache=True)
-def instant(pk, cs, tm, tv, t, done_keys, n_done, done_jobs, n_free, out_keys, out_durs):
+@njit(int64(STACK_T, CS_T, TM_T, TV_T, float64, int64, int64, int64), cache=True)
+def instant(pk, cs, tm, tv, t, n_done, done_jobs, n_free):
     """Everything that happens at instant t, in the contract's order.
 
-    1. completions: the copies `done_keys[:n_done]` landed; `done_jobs` has GPU_DONE / CPU_DONE bits;
+    1. completions: the copies `cs.io_done[:n_done]` landed; `done_jobs` has GPU_DONE / CPU_DONE bits;
     2. decisions (`_decide`);
     3. dispatch: up to `n_free` idle copy engines start the best queued copies, written to
-       `out_keys` / `out_durs`; returns how many started. Once the trace is done nothing more starts.
+       `cs.io_keys` / `cs.io_durs`; returns how many started. Once the trace is done nothing more starts.
     New GPU/CPU jobs are announced in sc[SC_GPU_NEW] / sc[SC_CPU_NEW] with durations in fc.
     """
     for i in range(n_done):
-        _copy_done(cs, done_keys[i], t)
+        _copy_done(cs, cs.io_done[i], t)
     if done_jobs & GPU_DONE:
         _gpu_done(cs)
     if done_jobs & CPU_DONE:
@@ -650,15 +649,21 @@ def instant(pk, cs, tm, tv, t, done_keys, n_done, done_jobs, n_free, out_keys, o
         dur = _next_copy(cs, tm)
         if dur < 0.0:
             break
-        out_keys[n] = cs.sc[SC_LAST_COPY]
-        out_durs[n] = dur
+        cs.io_keys[n] = cs.sc[SC_LAST_COPY]
+        cs.io_durs[n] = dur
         n += 1
     return n
 
 
+@njit(inline="always")
+def trace_done(sc) -> bool:
+    """Has the forward pass gone past the last pass? (`trace_done.py_func` serves the SimPy engine.)"""
+    return sc[SC_PHASE] == PH_FINISHED
+
+
 @njit(boolean(CS_T), cache=True)
 def finished(cs):
-    return cs.sc[SC_PHASE] == PH_FINISHED
+    return trace_done(cs.sc)
 
 
 @njit(types.none(CS_T), cache=True)

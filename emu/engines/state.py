@@ -153,6 +153,9 @@ CS_FIELDS: tuple[tuple[str, Any], ...] = (
     ("stats_i", _I64[:, ::1]), ("stats_f", _F64[:, ::1]),
     # scratch: one dense-table column (so the per-pass dense time allocates nothing)
     ("dense_col", _F64[::1]),
+    # engine <-> core exchange at an instant, one slot per copy engine: copies that landed (in),
+    # copies started (out) and their durations
+    ("io_done", _I64[::1]), ("io_keys", _I64[::1]), ("io_durs", _F64[::1]),
 )
 
 TV_FIELDS: tuple[tuple[str, Any], ...] = (
@@ -189,7 +192,8 @@ _PS_OWN = StructOwnerType(list(PS_FIELDS))
 def _new_cs(sc, fc, status, prec, nbytes, loaded_ever, evict_pass, protect, copy_state, copy_prio, copy_seq,
             pf_unused, late_gate_t, late_flag, wait_prec, heap, waitq, pf_buf, cur_key, cur_expert, cur_tokens,
             cur_mass, cur_where, cur_state, cur_sub, cur_prec, gather_count, gather_mass, layer_bytes,
-            layer_count, layer_floor, layer_cap, prec_bytes, pass_start, pass_end, stats_i, stats_f, dense_col):
+            layer_count, layer_floor, layer_cap, prec_bytes, pass_start, pass_end, stats_i, stats_f, dense_col,
+            io_done, io_keys, io_durs):
     s = structref.new(_CS_OWN)
     s.sc = borrowed(sc)
     s.fc = borrowed(fc)
@@ -229,6 +233,9 @@ def _new_cs(sc, fc, status, prec, nbytes, loaded_ever, evict_pass, protect, copy
     s.stats_i = borrowed(stats_i)
     s.stats_f = borrowed(stats_f)
     s.dense_col = borrowed(dense_col)
+    s.io_done = borrowed(io_done)
+    s.io_keys = borrowed(io_keys)
+    s.io_durs = borrowed(io_durs)
     return s
 
 
@@ -323,6 +330,8 @@ def new_cache_state(n_layers: int, n_experts: int, top_k: int, n_passes: int, ca
         pass_start=np.zeros(n_passes, np.float64), pass_end=np.zeros(n_passes, np.float64),
         stats_i=np.zeros((ST_N, n_layers), np.int64), stats_f=np.zeros((SF_N, n_layers), np.float64),
         dense_col=np.zeros(max(dense_rows, 1), np.float64),
+        io_done=np.zeros(n_engines, np.int64), io_keys=np.zeros(n_engines, np.int64),
+        io_durs=np.zeros(n_engines, np.float64),
     )
 
 

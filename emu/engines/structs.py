@@ -14,6 +14,7 @@ for the whole run, and views are never returned to Python.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -41,16 +42,14 @@ class StructView(types.Type):
         self.typename = typename
         self._fields = tuple(fields)
         self.field_dict = dict(self._fields)
-        super().__init__(name=typename)
+        # The layout's digest is part of the name: types named after this one (a StructRef holding it, a
+        # FunctionType taking it) change with the fields too, so numba's cache never mixes layouts.
+        digest = hashlib.sha1(str(self._fields).encode()).hexdigest()[:10]
+        super().__init__(name=f"{typename}_{digest}")
 
     @property
     def key(self) -> Any:
-        # strings, computed once: the key is hashed on every call from Python
-        try:
-            return self._key
-        except AttributeError:
-            self._key = (self.typename, str(self._fields))
-            return self._key
+        return self.name  # a string: cheap to hash on every call from Python
 
     def get_data_type(self) -> types.StructRefPayload:
         return types.StructRefPayload(typename=self.typename, fields=self._fields)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 import simpy
 from simpy.events import NORMAL
 
@@ -51,9 +50,9 @@ class DesEngine:
         self._instant_pending = False
         self._done_keys: list[int] = []
         self._done_jobs = 0
-        self._keys_buf = np.zeros(n_engines, np.int64)
-        self._out_keys = np.zeros(n_engines, np.int64)
-        self._out_durs = np.zeros(n_engines)
+        # the core's exchange arrays and scalars, read and written here without a jitted call
+        self._io_done, self._io_keys, self._io_durs = self.cs.io_done, self.cs.io_keys, self.cs.io_durs
+        self._sc, self._fc = self.cs.sc, self.cs.fc
 
     # ---- processes: each holds its resource for its duration, then reports the completion ----------
     def _copy(self, request: simpy.Event, key: int, duration: float) -> Any:
@@ -78,30 +77,29 @@ class DesEngine:
 
     def _on_instant(self, _event: simpy.Event) -> None:
         self._instant_pending = False
-        env, cs = self.env, self.cs
+        env, sc, fc = self.env, self._sc, self._fc
         t = env.now
         n_done = len(self._done_keys)
-        self._keys_buf[:n_done] = self._done_keys
+        self._io_done[:n_done] = self._done_keys
         self._done_keys.clear()
         done_jobs, self._done_jobs = self._done_jobs, 0
         n_free = self.copy_engines.capacity - self.copy_engines.count
-        started = core.instant(self.stack, cs, self.inputs.tm, self.inputs.tv, t,
-                               self._keys_buf, n_done, done_jobs, n_free, self._out_keys, self._out_durs)
-        if cs.sc[SC_GPU_NEW] == 1:
-            cs.sc[SC_GPU_NEW] = 0
-            env.process(self._job(self.compute_stream.request(), float(cs.fc[FC_GPU_DUR]), core.GPU_DONE))
-        if cs.sc[SC_CPU_NEW] == 1:
-            cs.sc[SC_CPU_NEW] = 0
-            env.process(self._job(self.cpu.request(), float(cs.fc[FC_CPU_DUR]), core.CPU_DONE))
+        started = core.instant(self.stack, self.cs, self.inputs.tm, self.inputs.tv, t, n_done, done_jobs, n_free)
+        if sc[SC_GPU_NEW] == 1:
+            sc[SC_GPU_NEW] = 0
+            env.process(self._job(self.compute_stream.request(), float(fc[FC_GPU_DUR]), core.GPU_DONE))
+        if sc[SC_CPU_NEW] == 1:
+            sc[SC_CPU_NEW] = 0
+            env.process(self._job(self.cpu.request(), float(fc[FC_CPU_DUR]), core.CPU_DONE))
         for j in range(started):
             request = self.copy_engines.request()  # granted at once: an engine is free
-            env.process(self._copy(request, int(self._out_keys[j]), float(self._out_durs[j])))
+            env.process(self._copy(request, int(self._io_keys[j]), float(self._io_durs[j])))
         self._sync_vram()
-        if self.end_time is None and core.finished(cs):
+        if self.end_time is None and core.trace_done.py_func(sc):  # plain Python: no jitted call
             self.end_time = t
 
     def _sync_vram(self) -> None:
-        used = int(self.cs.sc[SC_USED])
+        used = int(self._sc[SC_USED])
         delta = used - self.vram.level
         if delta > 0:
             self.vram.put(delta)

@@ -22,16 +22,19 @@ from ..state import CS_T, FC_CPU_DUR, FC_GPU_DUR, SC_CPU_NEW, SC_GPU_NEW, TM_T, 
 
 @njit(float64(STACK_T, CS_T, TM_T, TV_T, int64), cache=True)
 def run_loop(pk, cs, tm, tv, n_engines):
-    """Returns the end time, or -1.0 when nothing can happen before the trace is done (deadlock)."""
+    """Returns the end time, or -1.0 when nothing can happen before the trace is done (deadlock).
+
+    Copies still running when the trace ends land afterwards (as in the SimPy engine, whose copy
+    processes run to completion), so both leave the same final cache state.
+    """
     inf = np.inf
     eng_end = np.full(n_engines, inf)
     eng_key = np.full(n_engines, -1, np.int64)
-    done_keys = np.zeros(n_engines, np.int64)
-    out_keys = np.zeros(n_engines, np.int64)
-    out_durs = np.zeros(n_engines)
+    done_keys = cs.io_done
     gpu_end = inf
     cpu_end = inf
     t = 0.0
+    end = -1.0
     n_done = 0
     done_jobs = 0
     while True:
@@ -39,7 +42,7 @@ def run_loop(pk, cs, tm, tv, n_engines):
         for e in range(n_engines):
             if eng_key[e] < 0:
                 n_free += 1
-        started = core.instant(pk, cs, tm, tv, t, done_keys, n_done, done_jobs, n_free, out_keys, out_durs)
+        started = core.instant(pk, cs, tm, tv, t, n_done, done_jobs, n_free)
         if cs.sc[SC_GPU_NEW] == 1:
             cs.sc[SC_GPU_NEW] = 0
             gpu_end = t + cs.fc[FC_GPU_DUR]
@@ -49,16 +52,16 @@ def run_loop(pk, cs, tm, tv, n_engines):
         j = 0
         for e in range(n_engines):
             if j < started and eng_key[e] < 0:
-                eng_key[e] = out_keys[j]
-                eng_end[e] = t + out_durs[j]
+                eng_key[e] = cs.io_keys[j]
+                eng_end[e] = t + cs.io_durs[j]
                 j += 1
-        if core.finished(cs):
-            return t
+        if end < 0.0 and core.finished(cs):
+            end = t
         t_next = min(gpu_end, cpu_end)
         for e in range(n_engines):
             t_next = min(t_next, eng_end[e])
         if t_next == inf:
-            return -1.0
+            return end
         t = t_next
         n_done = 0
         for e in range(n_engines):
