@@ -287,7 +287,16 @@ def check_capacity(report: WorkingSetReport, spec: str, slots: int) -> CapacityC
 # ---- output --------------------------------------------------------------------------------------
 
 def _layers_text(layers: tuple[int, ...]) -> str:
-    return ", ".join(str(v) for v in layers) if layers else "none"
+    """Runs as ranges: (0, 1, 2, 5) -> "0-2, 5"."""
+    if not layers:
+        return "none"
+    runs: list[list[int]] = []
+    for v in layers:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
 
 
 def render_table(report: WorkingSetReport) -> str:

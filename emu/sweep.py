@@ -1,0 +1,553 @@
+"""Sweeps: one TOML file names a base scenario and a grid (capacity x bandwidth x policy stack x model x
+trace); every grid point is the base plus `--set`-style overrides, run in a process pool (or on a Dask
+cluster through its concurrent.futures executor). Results: CSV, Parquet (with pyarrow), one run JSON per
+point, and the Pareto front of speed against quality loss. Schema in docs/analysis.md.
+
+Bandwidth points rewrite the scenario's hardware profile: the worker loads the profile TOML, sets
+copy.bw_pinned_Bps (and copy.latency_s when the sweep gives one), drops the measured copy.table_* so
+the latency + bytes / bandwidth fit is used, and writes it to a temporary file for that run.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, TextIO
+
+import attrs
+
+from .errors import EmuError, EmuWarning
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+POLICY_KINDS = ("eviction", "prefetch", "miss", "routing", "partition")
+PARETO_KEYS = ("model", "trace", "bandwidth", "capacity")
+_TOP_KEYS = {"name", "base", "set", "engine", "out", "copy_latency_s", "grid", "pareto"}
+_GRID_KEYS = {"capacity", "bandwidth", "stack", "model", "trace"}
+
+ROW_FIELDS = (
+    "point", "model", "trace", "bandwidth", "bw_pinned_GBps", "capacity", "capacity_slots", "capacity_frac",
+    "stack", *POLICY_KINDS, "engine", "ttft_ms", "tpot_ms", "decode_tok_s", "e2e_s", "hit_rate",
+    "misses_compulsory", "misses_capacity", "misses_collision", "collisions_per_layer", "bytes_h2d",
+    "copy_busy_frac", "compute_busy_frac", "stall_s", "lost_mass_frac", "prefetch_precision",
+    "prefetch_recall", "set",
+)
+
+
+# ---- spec ----------------------------------------------------------------------------------------
+
+@attrs.frozen
+class StackSpec:
+    name: str
+    policy: dict[str, Any]  # kind -> name or {name, params...}, only the kinds the stack sets
+
+
+@attrs.frozen
+class Point:
+    """One grid point: everything a worker needs, picklable, paths absolute."""
+
+    index: int
+    model: str
+    trace: str
+    bandwidth: float | None  # bytes/s; None keeps the profile's copy model
+    latency_s: float | None
+    capacity: Any
+    stack: str
+    base: dict[str, Any]
+    base_path: str
+    overrides: tuple[str, ...]
+    engine: str | None
+
+
+@attrs.frozen
+class SweepSpec:
+    name: str
+    path: str
+    base: dict[str, Any]
+    base_path: str
+    common: tuple[str, ...]
+    capacities: tuple[Any, ...]
+    bandwidths: tuple[float | None, ...]
+    stacks: tuple[StackSpec, ...]
+    models: tuple[str | None, ...]
+    traces: tuple[str | None, ...]
+    engine: str | None
+    latency_s: float | None
+    pareto_by: tuple[str, ...]
+    out: str | None
+
+
+def toml_value(value: Any) -> str:
+    """A TOML inline value, as `--set key=value` expects it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise EmuError(f"cannot express {value!r} as a TOML value")
+
+
+def _list(table: dict[str, Any], key: str, file: str, default: list[Any]) -> list[Any]:
+    value = table.get(key, default)
+    if not isinstance(value, list) or not value:
+        raise EmuError("expected a non-empty list", file=file, key=f"grid.{key}")
+    return value
+
+
+def _bandwidth(value: Any, file: str, key: str) -> float | None:
+    if value == "profile":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise EmuError(f"expected \"profile\" or a bandwidth in bytes/s > 0 (e.g. 25e9), got {value!r}",
+                       file=file, key=key)
+    return float(value)
+
+
+def _stack(value: Any, i: int, file: str) -> StackSpec:
+    key = f"grid.stack[{i}]"
+    if not isinstance(value, dict):
+        raise EmuError("expected a table { name = ..., eviction = ..., prefetch = ... }", file=file, key=key)
+    for k in value:
+        if k not in ("name", *POLICY_KINDS):
+            raise EmuError(f"unknown key; expected name or one of {list(POLICY_KINDS)}", file=file, key=f"{key}.{k}")
+    policy = {k: value[k] for k in POLICY_KINDS if k in value}
+    name = value.get("name") or "+".join(_policy_label(v) for v in policy.values()) or "base"
+    if not isinstance(name, str):
+        raise EmuError(f"expected a string, got {name!r}", file=file, key=f"{key}.name")
+    return StackSpec(name=name, policy=policy)
+
+
+def _policy_label(value: Any) -> str:
+    if isinstance(value, dict):
+        params = ",".join(f"{k}={v}" for k, v in value.items() if k != "name")
+        return f"{value.get('name')}({params})" if params else str(value.get("name"))
+    return str(value)
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    file = str(path)
+    if not path.is_file():
+        raise EmuError("sweep file not found", file=file)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise EmuError(f"not valid TOML ({err})", file=file) from None
+    for k in data:
+        if k not in _TOP_KEYS:
+            raise EmuError(f"unknown key; expected one of {sorted(_TOP_KEYS)}", file=file, key=k)
+    base_value = data.get("base")
+    if isinstance(base_value, str):
+        base_path = (path.parent / base_value).resolve()
+        if not base_path.is_file():
+            raise EmuError(f"base scenario not found: {base_path}", file=file, key="base")
+        try:
+            base = tomllib.loads(base_path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise EmuError(f"not valid TOML ({err})", file=str(base_path)) from None
+    elif isinstance(base_value, dict):
+        base, base_path = copy.deepcopy(base_value), path.resolve()
+    else:
+        raise EmuError("expected a base scenario file path or an inline [base] table", file=file, key="base")
+    common = data.get("set", [])
+    if not isinstance(common, list) or not all(isinstance(s, str) for s in common):
+        raise EmuError("expected a list of \"key.path=value\" overrides", file=file, key="set")
+    grid = data.get("grid")
+    if not isinstance(grid, dict):
+        raise EmuError("missing: the [grid] table", file=file, key="grid")
+    for k in grid:
+        if k not in _GRID_KEYS:
+            raise EmuError(f"unknown key; expected one of {sorted(_GRID_KEYS)}", file=file, key=f"grid.{k}")
+    capacities = _list(grid, "capacity", file, [None])
+    bandwidths = [_bandwidth(v, file, "grid.bandwidth") for v in _list(grid, "bandwidth", file, ["profile"])]
+    stacks = [_stack(v, i, file) for i, v in enumerate(_list(grid, "stack", file, [{"name": "base"}]))]
+    names = [s.name for s in stacks]
+    if len(set(names)) != len(names):
+        raise EmuError(f"stack names must be unique, got {names}", file=file, key="grid.stack")
+    models = _list(grid, "model", file, [None])
+    traces = _list(grid, "trace", file, ["base"])
+    for key, values in (("model", models), ("trace", traces)):
+        if not all(v is None or isinstance(v, str) for v in values):
+            raise EmuError("expected a list of strings", file=file, key=f"grid.{key}")
+    traces = [None if t == "base" else str((path.parent / t).resolve()) for t in traces]
+    latency = data.get("copy_latency_s")
+    if latency is not None and (isinstance(latency, bool) or not isinstance(latency, (int, float)) or latency < 0):
+        raise EmuError(f"expected seconds >= 0, got {latency!r}", file=file, key="copy_latency_s")
+    engine = data.get("engine")
+    if engine is not None and engine not in ("des", "fast", "auto"):
+        raise EmuError(f"expected des, fast or auto, got {engine!r}", file=file, key="engine")
+    pareto = data.get("pareto", {})
+    by = pareto.get("by", list(PARETO_KEYS)) if isinstance(pareto, dict) else None
+    if not isinstance(by, list) or not all(k in ROW_FIELDS for k in by):
+        raise EmuError(f"expected a list of row fields, e.g. {list(PARETO_KEYS)}", file=file, key="pareto.by")
+    out = data.get("out")
+    if out is not None and not isinstance(out, str):
+        raise EmuError(f"expected a directory, got {out!r}", file=file, key="out")
+    return SweepSpec(name=str(data.get("name", path.stem)), path=file, base=base, base_path=str(base_path),
+                     common=tuple(common), capacities=tuple(capacities), bandwidths=tuple(bandwidths),
+                     stacks=tuple(stacks), models=tuple(models), traces=tuple(traces), engine=engine,
+                     latency_s=None if latency is None else float(latency), pareto_by=tuple(by),
+                     out=None if out is None else str((path.parent / out).resolve()))
+
+
+def grid_points(spec: SweepSpec) -> list[Point]:
+    """Grid order: model, trace, bandwidth, capacity, stack (the stack varies fastest)."""
+    points = []
+    for model in spec.models:
+        for trace in spec.traces:
+            for bw in spec.bandwidths:
+                for cap in spec.capacities:
+                    for stack in spec.stacks:
+                        sets = list(spec.common)
+                        if model is not None:
+                            sets.append(f"model={toml_value(model)}")
+                        if trace is not None:
+                            sets.append(f"workload.trace={toml_value(trace)}")
+                        if cap is not None:
+                            sets.append(f"cache.capacity={toml_value(cap)}")
+                        sets += [f"policy.{k}={toml_value(v)}" for k, v in stack.policy.items()]
+                        points.append(Point(
+                            index=len(points), model=model or _base_model(spec.base), trace=trace or "base",
+                            bandwidth=bw, latency_s=spec.latency_s, capacity=cap, stack=stack.name,
+                            base=spec.base, base_path=spec.base_path, overrides=tuple(sets), engine=spec.engine))
+    return points
+
+
+def _base_model(base: dict[str, Any]) -> str:
+    model = base.get("model")
+    return model if isinstance(model, str) else str((model or {}).get("name", "inline"))
+
+
+# ---- one point -----------------------------------------------------------------------------------
+
+def _scenario_data(point: Point) -> dict[str, Any]:
+    from .scenario import apply_overrides
+
+    data = copy.deepcopy(point.base)
+    if point.trace != "base":  # a trace replaces the base workload (keeps max_tokens)
+        wl = data.get("workload") or {}
+        data["workload"] = {k: v for k, v in wl.items() if k not in ("trace", "synthetic")}
+    return apply_overrides(data, list(point.overrides))
+
+
+def build_scenario(point: Point, profile_path: str | None = None) -> Any:
+    from .scenario import scenario_from_dict
+
+    data = _scenario_data(point)
+    if profile_path is not None:
+        data.setdefault("hardware", {})["profile"] = profile_path
+    return scenario_from_dict(data, point.base_path)
+
+
+def bandwidth_profile(profile_path: str, bw: float, latency_s: float | None, out_dir: str) -> str:
+    """Copy of the profile with the pinned H2D copy model replaced; returns the new file's path."""
+    import tomli_w
+
+    with open(profile_path, "rb") as fh:
+        data = tomllib.load(fh)
+    copy_table = data.setdefault("copy", {})
+    copy_table["bw_pinned_Bps"] = bw
+    if latency_s is not None:
+        copy_table["latency_s"] = latency_s
+    copy_table.pop("table_bytes", None)
+    copy_table.pop("table_s", None)
+    data["name"] = f"{data.get('name', 'profile')}@{bw / 1e9:g}GBps"
+    data.setdefault("provenance", {})["sweep_override"] = f"copy.bw_pinned_Bps = {bw!r} (copy.table_* dropped)"
+    path = Path(out_dir) / "profile.toml"
+    path.write_bytes(tomli_w.dumps(data).encode())
+    return str(path)
+
+
+def run_point(point: Point) -> tuple[int, dict[str, Any], dict[str, Any], list[str]]:
+    """Run one grid point (in a worker): (index, CSV row, run JSON record, EmuWarning messages)."""
+    from .profile import load_profile
+    from .runner import run_scenario
+
+    with warnings.catch_warnings(record=True) as caught, tempfile.TemporaryDirectory(prefix="emu-sweep-") as tmp:
+        warnings.simplefilter("always", EmuWarning)
+        scenario = build_scenario(point)
+        if point.bandwidth is not None:
+            path = bandwidth_profile(scenario.profile_path, point.bandwidth, point.latency_s, tmp)
+            scenario = build_scenario(point, path)
+        profile = load_profile(scenario.profile_path)
+        _result, record = run_scenario(scenario, engine=point.engine)
+    record["sweep"] = {"point": point.index, "set": list(point.overrides), "bandwidth": point.bandwidth}
+    row = row_from_record(record, point=point.index, trace=point.trace, stack=point.stack,
+                          bandwidth=_bw_label(point.bandwidth), bw_pinned=profile.copy.bw_pinned_Bps,
+                          overrides=point.overrides)
+    messages = [str(w.message) for w in caught if issubclass(w.category, EmuWarning)]
+    return point.index, row, record, messages
+
+
+def _bw_label(bw: float | None) -> str:
+    return "profile" if bw is None else f"{bw / 1e9:g} GB/s"
+
+
+def _policy_text(p: dict[str, Any]) -> str:
+    params = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.items() if k != "name")
+    return f"{p['name']}({params})" if params else str(p["name"])
+
+
+def row_from_record(record: dict[str, Any], *, point: int = 0, trace: str | None = None, stack: str | None = None,
+                    bandwidth: str = "profile", bw_pinned: float | None = None,
+                    overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """One CSV row from an `emu run` / sweep JSON record (the plot reads both through this)."""
+    sc = record["scenario"]
+    model = sc["model"]
+    slots = float(sc["cache"]["slots"])
+    total = model["n_experts"] * model["n_moe_layers"]
+    policies = {k: _policy_text(sc["policy"][k]) for k in POLICY_KINDS}
+    if trace is None:
+        trace = sc["workload"]["trace"] or "synthetic"
+    sweep = record.get("sweep", {})
+    return {
+        "point": sweep.get("point", point), "model": model["name"], "trace": trace, "bandwidth": bandwidth,
+        "bw_pinned_GBps": None if bw_pinned is None else bw_pinned / 1e9, "capacity": sc["cache"]["capacity"],
+        "capacity_slots": slots, "capacity_frac": slots / total,
+        "stack": stack or "+".join(policies[k] for k in ("eviction", "prefetch", "miss")),
+        **policies, "engine": record["engine"], "ttft_ms": record["ttft_s"] * 1e3, "tpot_ms": record["tpot_s"] * 1e3,
+        "decode_tok_s": record["decode_tok_per_s"], "e2e_s": record["e2e_s"], "hit_rate": record["hit_rate"],
+        "misses_compulsory": record["misses_compulsory"], "misses_capacity": record["misses_capacity"],
+        "misses_collision": record["misses_collision"],
+        "collisions_per_layer": ";".join(str(ly["misses_collision"]) for ly in record["per_layer"]),
+        "bytes_h2d": record["bytes_h2d"], "copy_busy_frac": record["copy_busy_frac"],
+        "compute_busy_frac": record["compute_busy_frac"], "stall_s": record["stall_s"],
+        "lost_mass_frac": record["quality"]["lost_mass_frac"], "prefetch_precision": record["prefetch_precision"],
+        "prefetch_recall": record["prefetch_recall"], "set": " ; ".join(overrides or sweep.get("set", [])),
+    }
+
+
+# ---- running -------------------------------------------------------------------------------------
+
+class Progress:
+    """A bar on a terminal; plain lines every ~10% otherwise (logs stay readable)."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, label: str = "sweep") -> None:
+        self.total, self.done, self.label = total, 0, label
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.t0 = time.perf_counter()
+        self.last_decile = -1
+
+    def step(self) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.t0
+        if self.tty:
+            width = 30
+            fill = int(width * self.done / self.total)
+            self.stream.write(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} "
+                              f"{elapsed:.0f}s")
+            if self.done == self.total:
+                self.stream.write("\n")
+        else:
+            decile = 10 * self.done // self.total
+            if decile != self.last_decile:
+                self.last_decile = decile
+                self.stream.write(f"{self.label}: {self.done}/{self.total} points, {elapsed:.1f} s\n")
+        self.stream.flush()
+
+
+def make_executor(jobs: int, address: str | None) -> tuple[Executor | None, Callable[[], None]]:
+    """(executor, close): a spawn process pool, a Dask cluster's executor, or None for in-process serial."""
+    if address:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise EmuError("--executor needs dask distributed: pip install 'dask[distributed]'",
+                           key="--executor") from None
+        try:
+            client = Client(address)
+        except OSError as err:
+            raise EmuError(f"cannot reach the Dask scheduler ({err})", key="--executor") from None
+        return client.get_executor(), client.close
+    if jobs <= 1:
+        return None, lambda: None
+    import multiprocessing
+
+    # spawn: workers must not inherit numba's thread pool through fork
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    return pool, lambda: pool.shutdown(wait=True, cancel_futures=True)
+
+
+def validate_points(points: list[Point]) -> None:
+    """Resolve every point's scenario before running any, so a typo fails in a second, not after an hour."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmuWarning)
+        for point in points:
+            try:
+                build_scenario(point)
+            except EmuError as err:
+                raise EmuError(f"grid point {point.index} ({' ; '.join(point.overrides)}): {err.detail}",
+                               file=err.file, key=err.key) from None
+
+
+def run_sweep(spec: SweepSpec, jobs: int = 1, address: str | None = None, progress: Progress | None = None
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(rows, records) in grid order, whatever order the workers finish in."""
+    points = grid_points(spec)
+    validate_points(points)
+    progress = progress or Progress(len(points))
+    results: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+    seen: set[str] = set()
+
+    def collect(index: int, row: dict[str, Any], record: dict[str, Any], messages: list[str]) -> None:
+        results[index] = (row, record)
+        for m in messages:
+            if m not in seen:
+                seen.add(m)
+                warnings.warn(m, EmuWarning, stacklevel=3)
+        progress.step()
+
+    executor, close = make_executor(jobs, address)
+    try:
+        if executor is None:
+            for point in points:
+                collect(*run_point(point))
+        else:
+            futures = [executor.submit(run_point, p) for p in points]
+            for fut in as_completed(futures):
+                collect(*fut.result())
+    finally:
+        close()
+    ordered = [results[i] for i in range(len(points))]
+    return [r for r, _ in ordered], [rec for _, rec in ordered]
+
+
+# ---- output --------------------------------------------------------------------------------------
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(ROW_FIELDS))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in ROW_FIELDS})
+    return path
+
+
+def write_parquet(rows: list[dict[str, Any]], path: str | Path) -> Path | None:
+    """None when pyarrow is not installed (the caller prints a note)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return None
+    table = pa.Table.from_pylist([{k: r.get(k) for k in ROW_FIELDS} for r in rows])
+    pq.write_table(table, str(path))
+    return Path(path)
+
+
+_NUMERIC = {"point", "bw_pinned_GBps", "capacity_slots", "capacity_frac", "ttft_ms", "tpot_ms", "decode_tok_s",
+            "e2e_s", "hit_rate", "misses_compulsory", "misses_capacity", "misses_collision", "bytes_h2d",
+            "copy_busy_frac", "compute_busy_frac", "stall_s", "lost_mass_frac", "prefetch_precision",
+            "prefetch_recall"}
+
+
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise EmuError("sweep CSV not found", file=str(path))
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"capacity_slots", "stack", "hit_rate", "decode_tok_s", "ttft_ms"} - set(reader.fieldnames or [])
+        if missing:
+            raise EmuError(f"not a sweep CSV: missing columns {sorted(missing)}", file=str(path))
+        rows = []
+        for line, raw in enumerate(reader, start=2):
+            row: dict[str, Any] = dict(raw)
+            for k in _NUMERIC & row.keys():
+                try:
+                    row[k] = float(row[k]) if row[k] != "" else None
+                except ValueError:
+                    raise EmuError(f"expected a number, got {row[k]!r}", file=str(path), key=f"line {line}.{k}") \
+                        from None
+            rows.append(row)
+    return rows
+
+
+def pareto_front(rows: list[dict[str, Any]], by: Iterable[str] = PARETO_KEYS) -> list[dict[str, Any]]:
+    """Rows no other row of the same group beats: tok/s at least as high, TTFT and lost mass at least as low,
+    one strictly better. Sorted by group, then tok/s descending."""
+    by = tuple(by)
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in by), []).append(row)
+
+    def beats(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        ge = (a["decode_tok_s"] >= b["decode_tok_s"] and a["ttft_ms"] <= b["ttft_ms"]
+              and a["lost_mass_frac"] <= b["lost_mass_frac"])
+        gt = (a["decode_tok_s"] > b["decode_tok_s"] or a["ttft_ms"] < b["ttft_ms"]
+              or a["lost_mass_frac"] < b["lost_mass_frac"])
+        return ge and gt
+
+    front = []
+    for key in sorted(groups, key=lambda k: tuple(_sort_key(v) for v in k)):
+        members = groups[key]
+        keep = [r for r in members if not any(beats(o, r) for o in members if o is not r)]
+        front += sorted(keep, key=lambda r: (-r["decode_tok_s"], r["ttft_ms"], r["point"]))
+    return front
+
+
+def _sort_key(v: Any) -> tuple[int, Any]:
+    if isinstance(v, (int, float)):
+        return (0, v)
+    text = str(v)
+    if text.endswith("%"):
+        try:
+            return (0, float(text[:-1]))
+        except ValueError:
+            pass
+    return (1, text)
+
+
+def render_pareto(front: list[dict[str, Any]], by: Iterable[str] = PARETO_KEYS) -> str:
+    by = [k for k in by if k != "trace" or len({r["trace"] for r in front}) > 1]
+    cols = [*by, "stack", "tok/s", "TTFT ms", "lost mass %", "hit %", "collis."]
+    body = [[str(r[k]) for k in by] + [r["stack"], f"{r['decode_tok_s']:.1f}", f"{r['ttft_ms']:.1f}",
+                                       f"{100 * r['lost_mass_frac']:.2f}", f"{100 * r['hit_rate']:.1f}",
+                                       f"{int(r['misses_collision'])}"] for r in front]
+    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(cols)]
+    text_cols = len(by) + 1
+    fmt = [(str.ljust if i < text_cols else str.rjust) for i in range(len(cols))]
+    lines = ["  ".join(f(c, w) for f, c, w in zip(fmt, cols, widths)), ""]
+    lines[1] = "-" * len(lines[0])
+    lines += ["  ".join(f(c, w) for f, c, w in zip(fmt, b, widths)) for b in body]
+    return "\n".join(lines)
+
+
+def write_outputs(spec: SweepSpec, rows: list[dict[str, Any]], records: list[dict[str, Any]], out_dir: str | Path
+                  ) -> dict[str, Path | None]:
+    out = Path(out_dir)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    for row, record in zip(rows, records):
+        stem = f"{int(row['point']):04d}_{_slug(row['stack'])}"
+        (out / "runs" / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
+    return {"csv": write_csv(rows, out / f"{spec.name}.csv"),
+            "parquet": write_parquet(rows, out / f"{spec.name}.parquet")}
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:60]
+
+
+def default_jobs() -> int:
+    return max(1, (os.cpu_count() or 1))

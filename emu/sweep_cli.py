@@ -1,0 +1,61 @@
+"""`emu sweep SWEEP.toml`: run a grid of scenarios in parallel, write CSV/Parquet, print the Pareto front."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .sweep import default_jobs, load_sweep, pareto_front, render_pareto, run_sweep, write_outputs
+
+
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "sweep", help="run a grid of scenarios (capacity x bandwidth x stacks x models x traces)",
+        description="Run every point of a sweep file's grid in parallel; write <name>.csv, <name>.parquet "
+                    "(with pyarrow) and runs/*.json; print the Pareto front of speed against quality loss "
+                    "(schema: docs/analysis.md).")
+    parser.add_argument("sweep", metavar="SWEEP.toml", help="sweep file")
+    parser.add_argument("--jobs", "-j", type=_jobs, default=default_jobs(),
+                        help="worker processes (default: CPU count %(default)s; 1 runs in this process)")
+    parser.add_argument("--executor", metavar="tcp://HOST:PORT",
+                        help="Dask distributed scheduler to run on instead of local processes (needs dask "
+                             "distributed and the same files on every worker)")
+    parser.add_argument("--out", help="output directory (default: the sweep's `out`, else runs/sweeps/<name>)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, no list of files written")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    import io
+
+    from .sweep import Progress, grid_points
+
+    spec = load_sweep(args.sweep)
+    n = len(grid_points(spec))
+    progress = Progress(n, stream=io.StringIO() if args.quiet else sys.stderr)
+    rows, records = run_sweep(spec, jobs=args.jobs, address=args.executor, progress=progress)
+    out = Path(args.out or spec.out or Path("runs") / "sweeps" / spec.name)
+    written = write_outputs(spec, rows, records, out)
+    if not args.quiet:
+        print(f"wrote {written['csv']} and {len(records)} run JSONs under {out / 'runs'}", file=sys.stderr)
+        if written["parquet"] is None:
+            print("note: pyarrow is not installed; skipped Parquet (pip install pyarrow)", file=sys.stderr)
+        else:
+            print(f"wrote {written['parquet']}", file=sys.stderr)
+    print(f"Pareto front (decode tok/s up, TTFT down, lost routing mass down) per "
+          f"{', '.join(spec.pareto_by)}:")
+    print(render_pareto(pareto_front(rows, spec.pareto_by), spec.pareto_by))
+    return 0
