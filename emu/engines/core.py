@@ -64,6 +64,7 @@ from .state import (
     SC_CLOCK,
     SC_CPU_JOB,
     SC_CPU_NEW,
+    SC_CPU_PENDING,
     SC_GPU_IDLE,
     SC_GPU_JOB,
     SC_GPU_NEW,
@@ -116,7 +117,7 @@ _HEAP_SEQ_BITS = 38
 
 # ---- small pure helpers --------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def interp_curve(xs: np.ndarray, ys: np.ndarray, n: int, x: float) -> float:
     """Piecewise linear, clamped below the first point, extended past the last (never decreasing)."""
     if x <= xs[0] or n == 1:
@@ -138,12 +139,12 @@ def interp_curve(xs: np.ndarray, ys: np.ndarray, n: int, x: float) -> float:
     return ys[lo] + w * (ys[hi] - ys[lo])
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def expert_seconds(tm, prec: int, tokens: int) -> float:
     return interp_curve(tm.exp_tok[prec], tm.exp_s[prec], tm.exp_n[prec], float(tokens))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def cpu_seconds(tm, prec: int, tokens: int) -> float:
     return interp_curve(tm.cpu_tok[prec], tm.cpu_s[prec], tm.cpu_n[prec], float(tokens))
 
@@ -159,7 +160,7 @@ def dense_seconds(tm, tokens: float, context: float, col: np.ndarray) -> float:
     return interp_curve(tm.d_tok, col, nt, tokens)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def key_layer(cs, key: int) -> int:
     return key // cs.cur_key.shape[0]
 
@@ -171,7 +172,7 @@ def encode_miss(action: int, arg: int) -> int:
 
 # ---- copy queue (binary heap of (priority, seq, key) packed in one int64) --------------------------
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _heap_push(cs, prio: int, seq: int, key: int) -> None:
     h = cs.heap
     n = cs.sc[SC_HEAP_N]
@@ -187,7 +188,7 @@ def _heap_push(cs, prio: int, seq: int, key: int) -> None:
     cs.sc[SC_HEAP_N] = n + 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _heap_pop(cs) -> int:
     h = cs.heap
     n = cs.sc[SC_HEAP_N] - 1
@@ -211,7 +212,7 @@ def _heap_pop(cs) -> int:
 
 # ---- slots -----------------------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def is_evictable(cs, key: int, in_layer: int) -> bool:
     """May `key` make room for a copy into `in_layer`? Policies choose only among such keys."""
     if cs.status[key] != RESIDENT or cs.protect[key] > 0:
@@ -325,9 +326,12 @@ def retry_waiters(pk, cs, tv, t: float) -> None:
 def gather_layer(cs, tv, p: int, layer: int) -> int:
     """The distinct experts the tokens of pass p need at `layer`, in expert-id order, with token counts
     and routing mass (gate scores when the trace has them, else 1/top_k per token)."""
+    # Fields are read into locals once: inside loops with stores LLVM would reload them every time.
+    experts = tv.experts
+    scores = tv.scores
     t0 = tv.pass_offsets[p]
     t1 = tv.pass_offsets[p + 1]
-    k = tv.experts.shape[2]
+    k = experts.shape[2]
     n_exp = cs.cur_key.shape[0]
     has_scores = tv.dims[0] == 1
     count = cs.gather_count
@@ -336,12 +340,12 @@ def gather_layer(cs, tv, p: int, layer: int) -> int:
     ids = cs.cur_expert
     for tok in range(t0, t1):
         for s in range(k):
-            e = np.int64(tv.experts[tok, layer, s])
+            e = np.int64(experts[tok, layer, s])
             if count[e] == 0:
                 ids[n] = e
                 n += 1
             count[e] += 1
-            mass[e] += np.float64(tv.scores[tok, layer, s]) if has_scores else 1.0 / k
+            mass[e] += np.float64(scores[tok, layer, s]) if has_scores else 1.0 / k
     # insertion sort: n is at most n_experts and usually top_k
     for i in range(1, n):
         v = ids[i]
@@ -350,11 +354,14 @@ def gather_layer(cs, tv, p: int, layer: int) -> int:
             ids[j + 1] = ids[j]
             j -= 1
         ids[j + 1] = v
+    cur_key = cs.cur_key
+    cur_tokens = cs.cur_tokens
+    cur_mass = cs.cur_mass
     for i in range(n):
         e = ids[i]
-        cs.cur_key[i] = layer * n_exp + e
-        cs.cur_tokens[i] = count[e]
-        cs.cur_mass[i] = mass[e]
+        cur_key[i] = layer * n_exp + e
+        cur_tokens[i] = count[e]
+        cur_mass[i] = mass[e]
         count[e] = 0
         mass[e] = 0.0
     return n
@@ -432,6 +439,7 @@ def gate(pk, cs, tv, p: int, layer: int, t: float) -> None:
         elif code == MISS_CPU:
             cs.stats_i[ST_CPU_RUNS, layer] += 1
             cs.cur_where[i] = ON_CPU
+            cs.sc[SC_CPU_PENDING] += 1
             cs.protect[key] -= 1
     n_pf = pk.prefetch(pk.s_prefetch, cs, tv, p, layer, t)
     cs.sc[SC_PF_N] = n_pf
@@ -454,7 +462,7 @@ def _pass_times(cs, tm, tv, p: int) -> None:
     cs.fc[FC_PRE_S] = tm.scal[0] + tm.scal[2] * dense
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _start_gpu(cs, job: int, dur: float, t: float) -> None:
     cs.sc[SC_GPU_JOB] = job
     cs.sc[SC_GPU_NEW] = 1
@@ -465,13 +473,13 @@ def _start_gpu(cs, job: int, dur: float, t: float) -> None:
         cs.stats_f[SF_STALL_S, cs.sc[SC_LAYER]] += t - cs.fc[FC_IDLE_T]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _entry_key(cs, i: int) -> int:
     sub = cs.cur_sub[i]
     return sub if sub >= 0 else cs.cur_key[i]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _finish_entry(cs, i: int) -> None:
     cs.cur_state[i] = E_DONE
     if cs.cur_where[i] == ON_GPU:
@@ -516,9 +524,10 @@ def _step(pk, cs, tm, tv, t: float) -> bool:
     n = cs.sc[SC_NCUR]
     changed = False
     # the CPU takes the lowest pending expert routed to it
-    if cs.sc[SC_CPU_JOB] == JOB_NONE:
+    if cs.sc[SC_CPU_JOB] == JOB_NONE and cs.sc[SC_CPU_PENDING] > 0:
         for i in range(n):
             if cs.cur_state[i] == E_PENDING and cs.cur_where[i] == ON_CPU:
+                cs.sc[SC_CPU_PENDING] -= 1
                 dur = cpu_seconds(tm, cs.prec[cs.cur_key[i]], cs.cur_tokens[i])
                 cs.cur_state[i] = E_RUNNING
                 cs.sc[SC_CPU_JOB] = i
@@ -562,7 +571,7 @@ def _step(pk, cs, tm, tv, t: float) -> bool:
 
 # ---- the instant: the one entry point engines call ----------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _decide(pk, cs, tm, tv, t: float) -> None:
     while True:
         if cs.sc[SC_WQ_N] > 0:
@@ -571,7 +580,7 @@ def _decide(pk, cs, tm, tv, t: float) -> None:
             break
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _next_copy(cs, tm) -> float:
     """The best queued copy starts; returns its duration (key in sc[SC_LAST_COPY]) or -1 if none."""
     while cs.sc[SC_HEAP_N] > 0:
@@ -592,7 +601,7 @@ def _next_copy(cs, tm) -> float:
     return -1.0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _copy_done(cs, key: int, t: float) -> None:
     cs.status[key] = RESIDENT
     cs.copy_state[key] = COPY_NONE
@@ -602,7 +611,7 @@ def _copy_done(cs, key: int, t: float) -> None:
         cs.stats_f[SF_LATE_WAIT_S, key_layer(cs, key)] += t - cs.late_gate_t[key]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _gpu_done(cs) -> None:
     job = cs.sc[SC_GPU_JOB]
     cs.sc[SC_GPU_JOB] = JOB_NONE
@@ -614,7 +623,7 @@ def _gpu_done(cs) -> None:
         _finish_entry(cs, job)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _cpu_done(cs) -> None:
     job = cs.sc[SC_CPU_JOB]
     cs.sc[SC_CPU_JOB] = JOB_NONE

@@ -55,7 +55,7 @@ def run_loop(pk, cs, tm, tv, n_engines):
                 eng_key[e] = cs.io_keys[j]
                 eng_end[e] = t + cs.io_durs[j]
                 j += 1
-        if end < 0.0 and core.finished(cs):
+        if end < 0.0 and core.trace_done(cs.sc):
             end = t
         t_next = min(gpu_end, cpu_end)
         for e in range(n_engines):
