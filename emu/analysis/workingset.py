@@ -124,17 +124,18 @@ class CurveFeatures:
     thrash_point: int
 
 
-def knee_point(hit: np.ndarray) -> int:
-    """Kneedle knee of a non-decreasing curve hit[0..n-1] at slots 1..n: argmax of normalised y - x, last on
-    ties (convex curves: the cliff top, not slot 1)."""
+def knee_point(hit: np.ndarray, slots: np.ndarray | None = None) -> int:
+    """Kneedle knee of a non-decreasing curve hit[i] at slots[i] (default 1..n), as a 1-based index:
+    argmax of normalised y - x, last on ties (convex curves: the cliff top, not the first point)."""
     hit = np.asarray(hit, dtype=np.float64)
     n = hit.size
     if n == 0:
         raise EmuError("empty hit-rate curve", key="hit")
     span = hit[-1] - hit[0]
-    if n == 1 or span <= 0:
+    xs = np.arange(1.0, n + 1) if slots is None else np.asarray(slots, dtype=np.float64)
+    if n == 1 or span <= 0 or xs[-1] <= xs[0]:
         return 1
-    x = np.arange(n) / (n - 1)
+    x = (xs - xs[0]) / (xs[-1] - xs[0])
     y = (hit - hit[0]) / span
     diff = y - x
     return int(np.flatnonzero(diff >= diff.max() - 1e-12)[-1]) + 1
