@@ -38,6 +38,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (default: the scenario's, or 128)")
     p.add_argument("--decode-tokens", type=int, default=None, help="decode steps per request (default: scenario's)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up passes before the measured run")
+    p.add_argument("--rehearse", action=argparse.BooleanOptionalAction, default=None,
+                   help="run every request once untimed first (default: on for cuda)")
     p.add_argument("--no-offload", action="store_true", help="run the unmodified model (all experts in VRAM)")
     p.add_argument("--out", type=Path, default=None, help="trace .npz to write (default: live_<scenario>.npz)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -133,9 +135,10 @@ def run(args: argparse.Namespace) -> int:
         runtime = ExpertOffload(model, n_slots, eviction=scenario.stack.eviction.name,
                                 eviction_params=scenario.stack.eviction.params, device=args.device,
                                 seed=scenario.seed)
+    rehearse = args.device == "cuda" if args.rehearse is None else args.rehearse
     meta = {"scenario": scenario.path, "scale": args.scale, "device": args.device, "slots": n_slots}
     result = run_live(model, plans, vocab=shape.vocab, device=device, seed=scenario.seed, runtime=runtime,
-                      force=force, warmup_passes=args.warmup, model_name=spec.name, meta=meta)
+                      force=force, warmup_passes=args.warmup, rehearse=rehearse, model_name=spec.name, meta=meta)
 
     out = args.out or Path(scenario.output_dir or ".") / f"live_{Path(scenario.path).stem}.npz"
     if out.suffix != ".npz":
@@ -149,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         "dtype": args.dtype, "offload": not args.no_offload, "slots": n_slots,
         "expert_bytes": runtime.expert_bytes if runtime else spec.expert_bytes(),
         "eviction": scenario.stack.eviction.name, "forced_trace": wl.trace, "warmup_passes": args.warmup,
+        "rehearsed": rehearse, "sdpa_backends": "flash, efficient, math (no cudnn)" if args.device == "cuda" else "cpu",
         "requests": [{"prompt_len": p.prompt_len, "ttft_s": r.ttft_s, "decode_s": list(r.decode_s)}
                      for p, r in zip(plans, result.requests)],
         "ttft_s": result.ttft_s, "decode_tok_s": result.decode_tok_s,

@@ -181,14 +181,67 @@ def build_model(preset: str, scale: str = "full", *, n_layers: int | None = None
     config = hf_config(shape)
     if experts_implementation is not None:
         config._experts_implementation = experts_implementation
-    torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch_dtype)
     try:
-        model = getattr(transformers, arch.model_class)(config)
+        with _no_init():
+            model = getattr(transformers, arch.model_class)(config)
     finally:
         torch.set_default_dtype(previous)
-    return model.to(torch_dtype).eval()
+    model = model.to(torch_dtype).eval()
+    random_init(model, seed, std=float(config.initializer_range))
+    return model
+
+
+def _no_init() -> Any:
+    """Skip torch's and transformers' own (single-threaded) initialization; `random_init` follows."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers: keep its init (slow but correct), then overwrite
+        import contextlib
+
+        return contextlib.nullcontext()
+    return no_init_weights()
+
+
+#: elements per random chunk: the unit of parallel work and of the seed schedule
+_CHUNK = 1 << 22
+
+
+def random_init(model: Any, seed: int, std: float) -> None:
+    """The transformers init of these models (matrices N(0, std), norms 1, biases 0, padding row 0), drawn
+    in parallel chunks with one seeded generator per chunk, so any thread count gives the same weights.
+
+    Why: torch's CPU `normal_` runs on one core; the full OLMoE (7B weights) took minutes to build.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    jobs: list[tuple[Any, int]] = []
+    with torch.no_grad():
+        for module in model.modules():
+            for p in module.parameters(recurse=False):
+                if "norm" in type(module).__name__.lower():
+                    p.fill_(1.0)
+                elif p.ndim == 1:
+                    p.zero_()
+                else:
+                    flat = p.data.view(-1)
+                    for start in range(0, flat.numel(), _CHUNK):
+                        jobs.append((flat[start: start + _CHUNK], len(jobs)))
+
+        def draw(job: tuple[Any, int]) -> None:
+            piece, index = job
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
+            piece.normal_(0.0, std, generator=gen)
+
+        with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+            list(pool.map(draw, jobs))
+        emb = model.get_input_embeddings()
+        pad = getattr(model.config, "pad_token_id", None)
+        if pad is not None and 0 <= pad < emb.weight.shape[0]:
+            emb.weight[pad].zero_()
 
 
 def _load_local(arch: HFArch, path: Path, torch_dtype: Any, experts_implementation: str | None) -> Any:

@@ -169,7 +169,7 @@ class ExpertOffload:
     # --- one layer ---------------------------------------------------------------------------------
     def run_layer(self, layer: int, act_fn: Any, hidden: torch.Tensor, top_k_index: torch.Tensor,
                   top_k_weights: torch.Tensor) -> torch.Tensor:
-        experts = torch.unique(top_k_index).cpu().numpy().astype(np.int64)  # the host must know the ids
+        experts, rows = self._routing_rows(top_k_index)
         outcome, victims, kinds = self.bridge.gate(layer, experts)
         for kind in (COMPULSORY, CAPACITY, COLLISION):
             self._misses[kind, layer] += int((kinds == kind).sum())
@@ -190,7 +190,7 @@ class ExpertOffload:
         queue = ready + loading  # hits run first while the misses load
         while queue:
             e, slot, event = queue.pop(0)
-            results[e] = self._compute(slot, event, act_fn, hidden, top_k_index, top_k_weights, e)
+            results[e] = self._compute(slot, event, act_fn, hidden, top_k_weights, rows[e])
             self.bridge.complete(layer, e)
             self.bridge.release(layer, e)
             while waiting:  # a released expert may make room for a waiting miss (FIFO)
@@ -208,11 +208,29 @@ class ExpertOffload:
             final.index_add_(0, token_idx, out.to(final.dtype))
         return final
 
-    def _compute(self, slot: int, event: Any, act_fn: Any, hidden: torch.Tensor, top_k_index: torch.Tensor,
-                 top_k_weights: torch.Tensor, expert: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _routing_rows(self, top_k_index: torch.Tensor) -> tuple[np.ndarray, dict[int, tuple[Any, Any]]]:
+        """The needed experts and, per expert, its (token, top-k slot) rows as device tensors.
+
+        One device-to-host copy of the routing per layer (the host must know the ids to manage the
+        cache), one host-to-device copy of the rows back; no synchronization per expert. Rows are in
+        eager's order (`torch.where((top_k_index == e).T)`: by top-k slot, then token).
+        """
+        index = top_k_index.cpu().numpy()
+        n_tok = index.shape[0]
+        flat = index.T.reshape(-1)  # (slot, token) order
+        order = np.argsort(flat, kind="stable")
+        experts, starts, counts = np.unique(flat[order], return_index=True, return_counts=True)
+        pos_tok = np.stack([order // n_tok, order % n_tok]).astype(np.int64)
+        rows_dev = torch.from_numpy(pos_tok).to(self.device, non_blocking=False)
+        rows = {int(e): (rows_dev[0, s: s + c], rows_dev[1, s: s + c])
+                for e, s, c in zip(experts.tolist(), starts.tolist(), counts.tolist())}
+        return experts.astype(np.int64), rows
+
+    def _compute(self, slot: int, event: Any, act_fn: Any, hidden: torch.Tensor, top_k_weights: torch.Tensor,
+                 rows: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         if event is not None:
             torch.cuda.current_stream(self.device).wait_event(event)
-        top_k_pos, token_idx = torch.where((top_k_index == expert).T)  # eager's token order
+        top_k_pos, token_idx = rows
         x = hidden[token_idx]
         gate, up = nn.functional.linear(x, self.slot_gu[slot]).chunk(2, dim=-1)
         h = nn.functional.linear(act_fn(gate) * up, self.slot_dn[slot])

@@ -168,3 +168,26 @@ def test_plans_from_a_decode_only_capture_prefill_unforced():
     assert all(p.force_prefill is None and p.prompt_len == 32 and p.n_decode == 5 for p in plans)
     first_req1 = int(np.flatnonzero(trace.token_request[trace.pass_offsets[:-1]] == 1)[0])
     assert plans[1].force_decode[0] == first_req1
+
+
+def test_random_weights_follow_the_transformers_init_and_the_seed_not_the_thread_count():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a = build_model("qwen1.5-moe-a2.7b", "tiny", dtype="fp32", seed=5)
+        torch.set_num_threads(1)
+        b = build_model("qwen1.5-moe-a2.7b", "tiny", dtype="fp32", seed=5)
+    finally:
+        torch.set_num_threads(before)
+    c = build_model("qwen1.5-moe-a2.7b", "tiny", dtype="fp32", seed=6)
+    for (name, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters()):
+        assert torch.equal(pa, pb), name
+        if "norm" in name:
+            assert torch.all(pa == 1.0), name
+        elif pa.ndim == 1:  # Qwen2 attention biases
+            assert torch.all(pa == 0.0), name
+        else:
+            assert not torch.equal(pa, pc), name
+    experts = a.model.layers[0].mlp.experts.gate_up_proj.detach()
+    assert abs(float(experts.std()) - a.config.initializer_range) < 0.001
+    assert abs(float(experts.mean())) < 0.001

@@ -188,7 +188,7 @@ def _cli_args(scenario, out, *extra: str):
 def test_cli_runs_a_scenario_and_writes_trace_and_measurements(tmp_path, capsys):
     scen = _scenario(tmp_path, '[cache]\ncapacity = "25%"\n[workload.synthetic]\ntokens = 64\nprompt_len = 12\n'
                                'output_len = 5\n[policy]\neviction = "least-stale"\n')
-    args = _cli_args(scen, tmp_path / "run.npz")
+    args = _cli_args(scen, tmp_path / "run.npz", "--rehearse")
     assert args.func(args) == 0
     text = capsys.readouterr().out
     assert "32 of 128 expert slots (25.0%)" in text and "hit rate" in text
@@ -197,7 +197,7 @@ def test_cli_runs_a_scenario_and_writes_trace_and_measurements(tmp_path, capsys)
     trace = RoutingTrace.load(tmp_path / "run.npz")
     assert trace.n_passes == 6 and trace.n_tokens == 17 and trace.predicted is not None
     rec = json.loads((tmp_path / "run.json").read_text())
-    assert rec["slots"] == 32 and rec["eviction"] == "least-stale"
+    assert rec["slots"] == 32 and rec["eviction"] == "least-stale" and rec["rehearsed"] is True
     assert len(rec["requests"][0]["decode_s"]) == 5
     assert rec["stats"]["accesses"] == rec["stats"]["hits"] + rec["stats"]["misses"] > 0
     assert rec["trace_fingerprint"] == trace.fingerprint()
