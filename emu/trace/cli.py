@@ -1,4 +1,4 @@
-"""`emu trace {gen,import,inspect}`: the lead wires `add_parser` and `run` into emu/cli.py."""
+"""`emu trace {gen,import,inspect,fit}`: the lead wires `add_parser` and `run` into emu/cli.py."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register `trace` and its sub-commands on the top-level parser's subparsers."""
     trace = subparsers.add_parser("trace", help="generate, import and inspect routing traces",
                                   description="Routing traces (.npz, schema in docs/traces.md).")
-    sub = trace.add_subparsers(dest="trace_command", metavar="{gen,import,inspect}")
+    sub = trace.add_subparsers(dest="trace_command", metavar="{gen,import,inspect,fit}")
     sub.required = True
 
     gen = sub.add_parser("gen", help="seeded synthetic trace",
@@ -68,6 +68,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     ins = sub.add_parser("inspect", help="tokens, passes, requests, per-layer skew and reuse")
     ins.add_argument("file", type=Path, help=".npz trace")
     ins.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    fit = sub.add_parser("fit", help="fit synthetic generator parameters to a real trace",
+                         description="Per-layer zipf_s, reuse_prob and cross_layer_corr such that generated "
+                                     "traces match the real trace's per-layer top-expert share, reuse rate and "
+                                     "cross-layer partner excess (docs/analysis.md).")
+    fit.add_argument("file", type=Path, help="real .npz trace")
+    fit.add_argument("--model", required=True, help="model preset the trace belongs to")
+    fit.add_argument("--out", required=True, type=Path, help="output PARAMS.toml ([workload.synthetic] + [fit])")
+    fit.add_argument("--max-tokens", type=int, default=None,
+                     help="fit on the first N tokens (default: all, at most 50,000)")
     trace.set_defaults(func=run)
     return trace
 
@@ -106,7 +116,22 @@ def run(args: argparse.Namespace) -> int:
         summary = summarize(RoutingTrace.load(args.file))
         print(json.dumps(summary.to_dict(), indent=2) if args.json else render(summary))
         return 0
-    raise EmuError(f"unknown trace command {cmd!r}; expected gen, import or inspect", key="trace")
+    if cmd == "fit":
+        from .fit import MAX_FIT_TOKENS, describe, fit, params_toml
+
+        model = get_preset(args.model)
+        max_tokens = args.max_tokens if args.max_tokens is not None else MAX_FIT_TOKENS
+        if max_tokens < 2:
+            raise EmuError(f"expected at least 2 tokens, got {max_tokens}", key="--max-tokens")
+        result = fit(RoutingTrace.load(args.file), model, max_tokens=max_tokens, file=str(args.file))
+        if args.out.suffix != ".toml":
+            raise EmuError("expected an output path ending in .toml", file=str(args.out), key="--out")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(params_toml(result, str(args.file), model))
+        print(describe(result))
+        print(f"wrote {args.out}")
+        return 0
+    raise EmuError(f"unknown trace command {cmd!r}; expected gen, import, inspect or fit", key="trace")
 
 
 def _save(trace: RoutingTrace, out: Path) -> None:
