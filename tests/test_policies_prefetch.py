@@ -181,3 +181,13 @@ def test_prefetch_never_evicts_what_the_layer_needs(name):
     assert r["prefetch_issued"] == 0
     assert r["prefetch_dropped"] > 0  # it did try
     assert r["hits"] + r["misses"] == r["accesses"]
+
+
+def test_percentile_inplace_matches_numpy():
+    from emu.policies.kernel_util import percentile_inplace
+
+    rng = np.random.default_rng(6)
+    for n in (1, 2, 3, 8, 64):
+        for q in (0.0, 12.5, 50.0, 80.0, 100.0):
+            x = rng.random(n)
+            assert percentile_inplace(x.copy(), n, q) == pytest.approx(np.percentile(x, q), rel=1e-12)

@@ -89,6 +89,26 @@ def rand_below(state: np.ndarray, idx: int, n: int) -> int:
     return np.int64(rand_u64(state, idx) % np.uint64(n))
 
 
+# ---- small numeric helpers -------------------------------------------------------------------------
+
+@njit(cache=True)
+def percentile_inplace(buf: np.ndarray, n: int, q: float) -> float:
+    """numpy's default (linear) percentile of buf[:n], sorting buf[:n] in place; no allocation."""
+    for a in range(1, n):
+        v = buf[a]
+        b = a - 1
+        while b >= 0 and buf[b] > v:
+            buf[b + 1] = buf[b]
+            b -= 1
+        buf[b + 1] = v
+    if n == 1:
+        return buf[0]
+    pos = q / 100.0 * (n - 1)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, n - 1)
+    return buf[lo] + (buf[hi] - buf[lo]) * (pos - lo)
+
+
 # ---- prefetch helpers ------------------------------------------------------------------------------
 
 @njit(cache=True)

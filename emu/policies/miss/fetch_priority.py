@@ -9,13 +9,13 @@ State: `p` = (percentile, precision index of the degraded copy). Cost: O(entries
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
 from ...engines.core import encode_miss
 from ...engines.state import SC_NCUR, new_policy_state
 from ...models import PRECISION_BITS
 from ..api import KERNEL_SIG, MISS_FETCH, Param, Policy, PolicyContext
+from ..kernel_util import percentile_inplace
 
 
 def degraded_index(precisions: tuple[str, ...], bits: int) -> int:
@@ -39,7 +39,7 @@ def miss(ps, cs, tv, i, _b, t):
     buf = ps.f[0, :n]
     for j in range(n):
         buf[j] = cs.cur_mass[j]
-    threshold = np.percentile(buf, ps.p[0])
+    threshold = percentile_inplace(buf, n, ps.p[0])
     if cs.cur_mass[i] < threshold:
         return encode_miss(MISS_FETCH, int(ps.p[1]))
     return encode_miss(MISS_FETCH, 0)

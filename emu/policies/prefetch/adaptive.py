@@ -43,19 +43,18 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
 
 @njit(cache=True)
 def _topk_precision(sig, truth, k: int) -> float:
-    """Share of the signal's top-k experts that the layer really used."""
+    """Share of the signal's top-k experts that the layer really used (destroys `sig`)."""
     n_exp = truth.shape[0]
     hit = 0
     picked = 0
-    chosen = np.zeros(n_exp, np.uint8)
     for _ in range(k):
         best = -1
         for e in range(n_exp):
-            if chosen[e] == 0 and sig[e] > 0.0 and (best < 0 or sig[e] > sig[best]):
+            if sig[e] > 0.0 and (best < 0 or sig[e] > sig[best]):
                 best = e
         if best < 0:
             break
-        chosen[best] = 1
+        sig[best] = -1.0
         picked += 1
         if truth[best] > 0.0:
             hit += 1

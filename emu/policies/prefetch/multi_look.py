@@ -3,15 +3,18 @@ co-occurrence tables learned online, fused with fixed weights, top-K of the next
 
 For the next layer n = l+1 at layer l's gate, with E(l) the experts the current pass used at layer l:
 - transition: sum over e in E(l) of the normalised row T[l, e] (what follows e one layer down);
-- chain: two hops, sum over e in E(l-1), g of T[l-1, e, g] * T[l, g, .] (normalised), which catches
+- chain: two hops: from the experts layer l-1 used, the `k` likeliest experts g at layer l (by
+  normalised T[l-1]), then their normalised rows T[l, g] weighted by that likelihood, which catches
   patterns a single hop blurs;
 - sequence: sum over g used at layer n in the previous pass of the normalised row S[n, g] (what the next
   token did after g at that layer);
 - co-occurrence: the best-scored expert's normalised co-selection row C[n, best] is added last, so
   experts usually picked together with it come along.
 The top `k` (default top_k) absent experts by the fused score are prefetched.
-State: the tables of `tables.py` (T, S, C in `f`), `f[-1]` the score buffer, `i[0]` last pass per key.
-Cost: O(tokens * top_k^2) per gate to learn, O(|E(l)| * E + E^2) to predict; tables 3 * L * E^2 floats.
+State: the tables of `tables.py` (T, S, C in `f`), then three scratch rows (scores, hop weights); `i[0]`
+last pass per key.
+Cost: O(tokens * top_k^2) per gate to learn, O((|E(l)| + |E(l-1)| + k) * E) to predict; tables
+3 * L * E^2 floats.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from .tables import add_row_mix, update_tables
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     n = ctx.n_layers * ctx.n_experts
     k = min(int(params["k"]) or ctx.top_k, ctx.n_experts)
-    ps = new_policy_state(f_rows=3 * n + 2, f_cols=ctx.n_experts, i_rows=1, i_cols=n,
+    ps = new_policy_state(f_rows=3 * n + 3, f_cols=ctx.n_experts, i_rows=1, i_cols=n,
                           params=(params["w_transition"], params["w_chain"], params["w_sequence"],
                                   params["w_cooccurrence"], float(k)))
     ps.i[0, :] = -1
@@ -62,19 +65,26 @@ def prefetch(ps, cs, tv, p, layer, t):
         if used[e] > 0.0:
             add_row_mix(f, t0 + layer * n_exp + e, ps.p[0], score)
     if layer > 0 and ps.p[1] > 0.0:
+        # two hops: layer l-1's experts -> the likeliest `k` experts at l -> layer l+1
         _used(tv, p, layer - 1, n_exp, used)
+        hop = f[3 * nk + 2]
+        hop[:] = 0.0
         for e in range(n_exp):
-            if used[e] == 0.0:
-                continue
-            row = t0 + (layer - 1) * n_exp + e
-            total = 0.0
-            for g in range(n_exp):
-                total += f[row, g]
-            if total <= 0.0:
-                continue
-            for g in range(n_exp):
-                if f[row, g] > 0.0:
-                    add_row_mix(f, t0 + layer * n_exp + g, ps.p[1] * f[row, g] / total, score)
+            if used[e] > 0.0:
+                add_row_mix(f, t0 + (layer - 1) * n_exp + e, 1.0, hop)
+        total = 0.0
+        for g in range(n_exp):
+            total += hop[g]
+        if total > 0.0:
+            for _ in range(int(ps.p[4])):
+                g = 0
+                for e in range(1, n_exp):
+                    if hop[e] > hop[g]:
+                        g = e
+                if hop[g] <= 0.0:
+                    break
+                add_row_mix(f, t0 + layer * n_exp + g, ps.p[1] * hop[g] / total, score)
+                hop[g] = -1.0
     for g in range(n_exp):
         if ps.i[0, target * n_exp + g] == p - 1 and p > 0:
             add_row_mix(f, s0 + target * n_exp + g, ps.p[2], score)

@@ -3,23 +3,22 @@ percentile of that layer's predicted scores (SpecMD's dynamic, score-based prefe
 
 Scores as in `topk` (speculator mass plus a tiny popularity prior), so the threshold adapts to how
 peaked the prediction is: a confident prediction fetches few experts, a flat one fetches more.
-State: `f[0]` scores, `f[1, key]` access counts seen at gates; `i[0, 0]` RNG state.
+State: `f[0]` scores, `f[1, key]` access counts seen at gates, `f[2]` scratch; `i[0, 0]` RNG state.
 Cost: O(tokens * top_k + n_experts log n_experts) per gate.
 """
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit
 
 from ...engines.state import new_policy_state
 from ..api import KERNEL_SIG, Param, Policy, PolicyContext
-from ..kernel_util import predicted_layer_mass, push_top, seed_state
+from ..kernel_util import percentile_inplace, predicted_layer_mass, push_top, seed_state
 from .topk import add_prior, count_layer
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
-    ps = new_policy_state(f_rows=2, f_cols=max(ctx.n_experts, ctx.n_layers * ctx.n_experts), i_rows=1,
+    ps = new_policy_state(f_rows=3, f_cols=max(ctx.n_experts, ctx.n_layers * ctx.n_experts), i_rows=1,
                           i_cols=1, params=(params["percentile"], params["accuracy"]))
     ps.i[0, 0] = seed_state(ctx.seed, 13)
     return ps
@@ -35,7 +34,9 @@ def prefetch(ps, cs, tv, p, layer, t):
     scores = ps.f[0, :n_exp]
     predicted_layer_mass(tv, p, target, ps.p[1], ps.i[0], 0, scores)
     add_prior(ps, cs, target, 1, scores)
-    threshold = np.percentile(scores, ps.p[0])
+    tmp = ps.f[2, :n_exp]
+    tmp[:] = scores
+    threshold = percentile_inplace(tmp, n_exp, ps.p[0])
     return push_top(cs, scores, target, n_exp, 0, max(threshold, 0.0))
 
 
