@@ -116,3 +116,19 @@ def test_bad_grid_point_fails_before_running(tmp_path: Path) -> None:
     spec = load_sweep(_write(tmp_path, SWEEP.replace('eviction = "lru"', 'eviction = "nope"')))
     with pytest.raises(EmuError, match="grid point 0"):
         run_sweep(spec, jobs=1)
+
+
+def test_cli_writes_csv_runs_and_prints_the_front(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from emu import sweep_cli
+
+    sweep = _write(tmp_path, SWEEP.replace('bandwidth = ["profile", 5e9]', 'bandwidth = ["profile"]'))
+    parser = argparse.ArgumentParser()
+    sweep_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["sweep", str(sweep), "--jobs", "1", "--out", str(tmp_path / "out"), "--quiet"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front" in out and "drop" in out
+    assert len(read_csv(tmp_path / "out" / "tiny.csv")) == 4
+    assert len(list((tmp_path / "out" / "runs").glob("*.json"))) == 4

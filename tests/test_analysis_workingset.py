@@ -130,3 +130,25 @@ def test_capacity_specs_and_thrash_check() -> None:
 def test_convex_curve_knee_is_the_cliff_top() -> None:
     assert knee_point(np.array([0.0, 0.1, 0.3, 1.0])) == 4
     assert knee_point(np.array([0.0, 0.0, 0.0, 0.9])) == 4
+
+
+def test_cli_json_and_capacity_check(tmp_path, capsys) -> None:
+    import argparse
+    import json
+
+    from emu.analysis import workingset_cli
+
+    trace = _trace([[0, 1, 2, 3] * 10, [0, 0, 1, 1] * 10], [1] * 40, n_experts=4)
+    path = tmp_path / "t.npz"
+    trace.save(path)
+    parser = argparse.ArgumentParser()
+    workingset_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["workingset", str(path), "--window", "4", "--capacity", "3,total=8", "--json"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [c["slots_per_layer"] for c in out["capacities"]] == [3, 4]
+    assert out["capacities"][0]["thrashing"] == [0]
+    assert out["layers"][0]["ws_max"] == 4 and out["layers"][0]["knee"] == 4
+    args = parser.parse_args(["workingset", str(path), "--window", "0"])
+    with pytest.raises(EmuError, match="--window"):
+        args.func(args)
