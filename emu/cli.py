@@ -91,9 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .trace import cli as trace_cli
 
     trace_cli.add_parser(sub)
-    from .analysis import concentration_cli
+    from .analysis import concentration_cli, workingset_cli
 
     concentration_cli.add_parser(sub)
+    workingset_cli.add_parser(sub)
+    from . import plot_cli, sweep_cli
+
+    sweep_cli.add_parser(sub)
+    plot_cli.add_parser(sub)
     from calibrate import cli as calibrate_cli
 
     calibrate_cli.add_parser(sub)
