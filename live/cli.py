@@ -40,6 +40,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="warm-up passes before the measured run")
     p.add_argument("--rehearse", action=argparse.BooleanOptionalAction, default=None,
                    help="run every request once untimed first (default: on for cuda)")
+    p.add_argument("--experts", choices=("eager", "fused"), default=None,
+                   help="eager: expert by expert, hits first while misses load (the emulator's semantics); "
+                        "fused: the model's own experts kernel on the slot pool once a layer's copies landed "
+                        "(default: fused unless the model runs eager experts)")
     p.add_argument("--no-offload", action="store_true", help="run the unmodified model (all experts in VRAM)")
     p.add_argument("--out", type=Path, default=None, help="trace .npz to write (default: live_<scenario>.npz)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -134,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         n_slots = _slots(scenario, spec, shape.n_layers * shape.n_experts)
         runtime = ExpertOffload(model, n_slots, eviction=scenario.stack.eviction.name,
                                 eviction_params=scenario.stack.eviction.params, device=args.device,
-                                seed=scenario.seed)
+                                seed=scenario.seed, kernel=args.experts)
     rehearse = args.device == "cuda" if args.rehearse is None else args.rehearse
     meta = {"scenario": scenario.path, "scale": args.scale, "device": args.device, "slots": n_slots}
     result = run_live(model, plans, vocab=shape.vocab, device=device, seed=scenario.seed, runtime=runtime,
@@ -150,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         "scenario": scenario.path, "model": spec.to_dict(), "scale": args.scale, "device": args.device,
         "device_name": torch.cuda.get_device_name(device) if args.device == "cuda" else platform.processor(),
         "dtype": args.dtype, "offload": not args.no_offload, "slots": n_slots,
+        "experts_kernel": runtime.kernel if runtime else model.config._experts_implementation,
         "expert_bytes": runtime.expert_bytes if runtime else spec.expert_bytes(),
         "eviction": scenario.stack.eviction.name, "forced_trace": wl.trace, "warmup_passes": args.warmup,
         "rehearsed": rehearse, "sdpa_backends": "flash, efficient, math (no cudnn)" if args.device == "cuda" else "cpu",

@@ -8,6 +8,13 @@ records a CUDA event that the compute stream waits on. Hits run first while miss
 overwritten only after the compute that last read it (an event per slot). Each expert's output is
 added in ascending expert order, the order of the transformers eager implementation, so offloading
 does not change the math. On the CPU the same code runs with plain copies and no streams.
+
+Two ways to compute a layer (`kernel`): "eager" runs expert by expert (hits first while misses load,
+the emulator's per-expert semantics; bitwise equal to transformers' eager experts), "fused" calls the
+model's own experts implementation (grouped_mm by default in transformers 5) once per layer on the slot
+pool with the routing mapped to slots, after every copy of the layer has landed (bitwise equal to the
+unmodified model: same function, same sums). A layer whose experts do not all fit at once (demand
+copies waiting for victims) always runs the eager way.
 """
 
 from __future__ import annotations
@@ -56,6 +63,9 @@ def _check_fused(experts: Any) -> None:
         raise EmuError(f"{type(experts).__name__}: biased or transposed expert weights are not supported")
 
 
+KERNELS = ("eager", "fused")
+
+
 class OffloadedExperts(nn.Module):
     """Drop-in for a fused experts module: same call, weights fetched through the runtime's slots."""
 
@@ -74,7 +84,8 @@ class ExpertOffload:
     """The slot pool, host weights, copy stream and counters for every sparse-MoE block of one model."""
 
     def __init__(self, model: Any, n_slots: int, *, eviction: str = "lru",
-                 eviction_params: dict[str, Any] | None = None, device: str = "cpu", seed: int = 0) -> None:
+                 eviction_params: dict[str, Any] | None = None, device: str = "cpu", seed: int = 0,
+                 kernel: str | None = None) -> None:
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         if self.cuda and not torch.cuda.is_available():
@@ -90,21 +101,30 @@ class ExpertOffload:
         if not 1 <= n_slots <= total:
             raise EmuError(f"expected 1..{total} expert slots, got {n_slots}", key="cache.capacity")
         self.n_slots = n_slots
+        impl = getattr(model.config, "_experts_implementation", None)
+        self.kernel = kernel or ("eager" if impl in (None, "eager") else "fused")
+        if self.kernel not in KERNELS:
+            raise EmuError(f"expected one of {list(KERNELS)}, got {self.kernel!r}", key="--experts")
         self.eviction, self.eviction_params, self.seed = eviction, dict(eviction_params or {}), seed
         gu_shape, dn_shape = tuple(first.gate_up_proj.shape[1:]), tuple(first.down_proj.shape[1:])
         dtype = first.gate_up_proj.dtype
         pin = self.cuda
         self.host_gu = torch.empty((self.n_layers, self.n_experts, *gu_shape), dtype=dtype, pin_memory=pin)
         self.host_dn = torch.empty((self.n_layers, self.n_experts, *dn_shape), dtype=dtype, pin_memory=pin)
-        for layer, b in enumerate(blocks):
-            if tuple(b.experts.gate_up_proj.shape[1:]) != gu_shape:
-                raise EmuError("experts of different shapes across layers are not supported")
-            self.host_gu[layer].copy_(b.experts.gate_up_proj.data)
-            self.host_dn[layer].copy_(b.experts.down_proj.data)
-            b.experts = OffloadedExperts(self, layer, b.experts.act_fn)
-        self.expert_bytes = (self.host_gu[0, 0].numel() + self.host_dn[0, 0].numel()) * self.host_gu.element_size()
         self.slot_gu = torch.empty((n_slots, *gu_shape), dtype=dtype, device=self.device)
         self.slot_dn = torch.empty((n_slots, *dn_shape), dtype=dtype, device=self.device)
+        self.fused: list[Any] = []  # each block's own experts module, its weights now the slot pool
+        for layer, b in enumerate(blocks):
+            orig = b.experts
+            if tuple(orig.gate_up_proj.shape[1:]) != gu_shape:
+                raise EmuError("experts of different shapes across layers are not supported")
+            self.host_gu[layer].copy_(orig.gate_up_proj.data)
+            self.host_dn[layer].copy_(orig.down_proj.data)
+            del orig.gate_up_proj, orig.down_proj  # the host copy is the only one now
+            orig.gate_up_proj, orig.down_proj, orig.num_experts = self.slot_gu, self.slot_dn, n_slots
+            self.fused.append(orig)
+            b.experts = OffloadedExperts(self, layer, orig.act_fn)
+        self.expert_bytes = (self.host_gu[0, 0].numel() + self.host_dn[0, 0].numel()) * self.host_gu.element_size()
         self.copy_stream = torch.cuda.Stream(device=self.device) if self.cuda else None
         model.to(self.device)
         self.reset()
@@ -169,7 +189,8 @@ class ExpertOffload:
     # --- one layer ---------------------------------------------------------------------------------
     def run_layer(self, layer: int, act_fn: Any, hidden: torch.Tensor, top_k_index: torch.Tensor,
                   top_k_weights: torch.Tensor) -> torch.Tensor:
-        experts, rows = self._routing_rows(top_k_index)
+        index = top_k_index.cpu().numpy()  # the host must know the ids to manage the cache
+        experts = np.unique(index).astype(np.int64)
         outcome, victims, kinds = self.bridge.gate(layer, experts)
         for kind in (COMPULSORY, CAPACITY, COLLISION):
             self._misses[kind, layer] += int((kinds == kind).sum())
@@ -186,6 +207,9 @@ class ExpertOffload:
                 slot, event = self._place(layer, e, int(victim) if out == MISS_EVICT else -1)
                 loading.append((e, slot, event))
         self.waits += len(waiting)
+        if self.kernel == "fused" and not waiting:
+            return self._run_fused(layer, index, hidden, top_k_weights, ready + loading)
+        rows = self._routing_rows(index)
         results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         queue = ready + loading  # hits run first while the misses load
         while queue:
@@ -208,23 +232,39 @@ class ExpertOffload:
             final.index_add_(0, token_idx, out.to(final.dtype))
         return final
 
-    def _routing_rows(self, top_k_index: torch.Tensor) -> tuple[np.ndarray, dict[int, tuple[Any, Any]]]:
-        """The needed experts and, per expert, its (token, top-k slot) rows as device tensors.
+    def _run_fused(self, layer: int, index: np.ndarray, hidden: torch.Tensor, top_k_weights: torch.Tensor,
+                   placed: list[tuple[int, int, Any]]) -> torch.Tensor:
+        """The model's own experts function over the slot pool, once every copy of the layer landed."""
+        stream = torch.cuda.current_stream(self.device) if self.cuda else None
+        for _e, _slot, event in placed:
+            if event is not None:
+                stream.wait_event(event)
+        slots = torch.from_numpy(self.slot_of[layer * self.n_experts + index]).to(self.device)
+        out = self.fused[layer](hidden, slots, top_k_weights)
+        done = None
+        if self.cuda:
+            done = torch.cuda.Event()
+            done.record(stream)
+        for e, slot, _event in placed:
+            self.slot_last_use[slot] = done
+            self.bridge.complete(layer, e)
+            self.bridge.release(layer, e)
+        return out
 
-        One device-to-host copy of the routing per layer (the host must know the ids to manage the
-        cache), one host-to-device copy of the rows back; no synchronization per expert. Rows are in
-        eager's order (`torch.where((top_k_index == e).T)`: by top-k slot, then token).
+    def _routing_rows(self, index: np.ndarray) -> dict[int, tuple[Any, Any]]:
+        """Per needed expert, its (top-k slot, token) rows as device tensors.
+
+        One host-to-device copy per layer; no synchronization per expert. Rows are in eager's order
+        (`torch.where((top_k_index == e).T)`: by top-k slot, then token).
         """
-        index = top_k_index.cpu().numpy()
         n_tok = index.shape[0]
         flat = index.T.reshape(-1)  # (slot, token) order
         order = np.argsort(flat, kind="stable")
         experts, starts, counts = np.unique(flat[order], return_index=True, return_counts=True)
         pos_tok = np.stack([order // n_tok, order % n_tok]).astype(np.int64)
         rows_dev = torch.from_numpy(pos_tok).to(self.device, non_blocking=False)
-        rows = {int(e): (rows_dev[0, s: s + c], rows_dev[1, s: s + c])
+        return {int(e): (rows_dev[0, s: s + c], rows_dev[1, s: s + c])
                 for e, s, c in zip(experts.tolist(), starts.tolist(), counts.tolist())}
-        return experts.astype(np.int64), rows
 
     def _compute(self, slot: int, event: Any, act_fn: Any, hidden: torch.Tensor, top_k_weights: torch.Tensor,
                  rows: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:

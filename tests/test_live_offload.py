@@ -68,8 +68,9 @@ def _logits_of_generation(model, ids, n_decode, runtime=None) -> list[torch.Tens
 def test_offloaded_model_gives_the_same_logits(preset, slots):
     ref = build_model(preset, "tiny", dtype="fp32", seed=7, experts_implementation="eager")
     default = build_model(preset, "tiny", dtype="fp32", seed=7)  # transformers' default experts kernel
-    off = build_model(preset, "tiny", dtype="fp32", seed=7)
+    off = build_model(preset, "tiny", dtype="fp32", seed=7, experts_implementation="eager")
     runtime = ExpertOffload(off, slots, eviction="lru")
+    assert runtime.kernel == "eager"
     ids = _ids(12, seed=1)
     want = _logits_of_generation(ref, ids, 4)
     got = _logits_of_generation(off, ids, 4, runtime)
@@ -84,6 +85,33 @@ def test_offloaded_model_gives_the_same_logits(preset, slots):
         assert stats.evictions == 0 and stats.capacity == stats.collision == 0
     else:
         assert stats.evictions == stats.misses - slots and stats.hits + stats.misses == stats.accesses
+
+
+@pytest.mark.parametrize("preset", ["olmoe-1b-7b", "qwen3-30b-a3b"])
+def test_fused_kernel_is_bitwise_the_unmodified_default_model(preset):
+    default = build_model(preset, "tiny", dtype="fp32", seed=9)
+    off = build_model(preset, "tiny", dtype="fp32", seed=9)
+    assert off.config._experts_implementation not in (None, "eager")
+    shape = live_shape(preset, "tiny")
+    runtime = ExpertOffload(off, shape.n_layers * shape.n_experts // 2, eviction="lru")
+    assert runtime.kernel == "fused"
+    ids = _ids(6, seed=3)
+    for a, b in zip(_logits_of_generation(default, ids, 5), _logits_of_generation(off, ids, 5, runtime)):
+        assert torch.equal(a, b)
+    stats = runtime.stats()
+    assert stats.waits == 0 and stats.misses > 0 and stats.copies == stats.misses
+
+
+def test_fused_kernel_falls_back_per_expert_when_a_layer_does_not_fit():
+    default = build_model("olmoe-1b-7b", "tiny", dtype="fp32", seed=9)
+    off = build_model("olmoe-1b-7b", "tiny", dtype="fp32", seed=9)
+    runtime = ExpertOffload(off, 6, eviction="lru", kernel="fused")
+    ids = _ids(10, seed=4)
+    for a, b in zip(_logits_of_generation(default, ids, 2), _logits_of_generation(off, ids, 2, runtime)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert runtime.stats().waits > 0
+    with pytest.raises(EmuError, match="--experts"):
+        ExpertOffload(build_model("olmoe-1b-7b", "tiny"), 6, kernel="grouped")
 
 
 def _lru_reference(trace, n_layers: int, n_experts: int, slots: int) -> tuple[int, int]:
@@ -188,7 +216,7 @@ def _cli_args(scenario, out, *extra: str):
 def test_cli_runs_a_scenario_and_writes_trace_and_measurements(tmp_path, capsys):
     scen = _scenario(tmp_path, '[cache]\ncapacity = "25%"\n[workload.synthetic]\ntokens = 64\nprompt_len = 12\n'
                                'output_len = 5\n[policy]\neviction = "least-stale"\n')
-    args = _cli_args(scen, tmp_path / "run.npz", "--rehearse")
+    args = _cli_args(scen, tmp_path / "run.npz", "--rehearse", "--experts", "eager")
     assert args.func(args) == 0
     text = capsys.readouterr().out
     assert "32 of 128 expert slots (25.0%)" in text and "hit rate" in text
@@ -198,6 +226,7 @@ def test_cli_runs_a_scenario_and_writes_trace_and_measurements(tmp_path, capsys)
     assert trace.n_passes == 6 and trace.n_tokens == 17 and trace.predicted is not None
     rec = json.loads((tmp_path / "run.json").read_text())
     assert rec["slots"] == 32 and rec["eviction"] == "least-stale" and rec["rehearsed"] is True
+    assert rec["experts_kernel"] == "eager"
     assert len(rec["requests"][0]["decode_s"]) == 5
     assert rec["stats"]["accesses"] == rec["stats"]["hits"] + rec["stats"]["misses"] > 0
     assert rec["trace_fingerprint"] == trace.fingerprint()
