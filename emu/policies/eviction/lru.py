@@ -58,13 +58,12 @@ def _append(i, key: int) -> None:
 @njit(KERNEL_SIG, cache=True)
 def event(ps, cs, tv, ev, key, t):
     i = ps.i
-    if ev == EV_ACCESS or ev == EV_INSERT:
+    if ev in (EV_ACCESS, EV_INSERT):
         if i[3, key] == 1:
             _unlink(i, key)
         _append(i, key)
-    elif ev == EV_EVICT:
-        if i[3, key] == 1:
-            _unlink(i, key)
+    elif ev == EV_EVICT and i[3, key] == 1:
+        _unlink(i, key)
     return 0
 
 
