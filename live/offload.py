@@ -64,6 +64,8 @@ def _check_fused(experts: Any) -> None:
 
 
 KERNELS = ("eager", "fused")
+#: torch's grouped GEMM takes fewer than 1024 groups per call (`group_count < 1024` in its CUDA kernel)
+MAX_GROUPS = 1023
 
 
 class OffloadedExperts(nn.Module):
@@ -208,7 +210,9 @@ class ExpertOffload:
                 loading.append((e, slot, event))
         self.waits += len(waiting)
         if self.kernel == "fused" and not waiting:
-            return self._run_fused(layer, index, hidden, top_k_weights, ready + loading)
+            out = self._run_fused(layer, index, hidden, top_k_weights, ready + loading)
+            if out is not None:
+                return out
         rows = self._routing_rows(index)
         results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         queue = ready + loading  # hits run first while the misses load
@@ -233,14 +237,21 @@ class ExpertOffload:
         return final
 
     def _run_fused(self, layer: int, index: np.ndarray, hidden: torch.Tensor, top_k_weights: torch.Tensor,
-                   placed: list[tuple[int, int, Any]]) -> torch.Tensor:
-        """The model's own experts function over the slot pool, once every copy of the layer landed."""
+                   placed: list[tuple[int, int, Any]]) -> torch.Tensor | None:
+        """The model's own experts function over the window of slots the layer uses, once every copy of
+        the layer landed; None when the window is wider than one grouped GEMM takes."""
+        slot_ids = self.slot_of[layer * self.n_experts + index]
+        lo, hi = int(slot_ids.min()), int(slot_ids.max())
+        if hi - lo + 1 > MAX_GROUPS:
+            return None
         stream = torch.cuda.current_stream(self.device) if self.cuda else None
         for _e, _slot, event in placed:
             if event is not None:
                 stream.wait_event(event)
-        slots = torch.from_numpy(self.slot_of[layer * self.n_experts + index]).to(self.device)
-        out = self.fused[layer](hidden, slots, top_k_weights)
+        fused = self.fused[layer]
+        fused.gate_up_proj, fused.down_proj = self.slot_gu[lo: hi + 1], self.slot_dn[lo: hi + 1]
+        fused.num_experts = hi - lo + 1
+        out = fused(hidden, torch.from_numpy(slot_ids - lo).to(self.device), top_k_weights)
         done = None
         if self.cuda:
             done = torch.cuda.Event()

@@ -238,3 +238,28 @@ def test_cli_refuses_policies_the_runtime_lacks(tmp_path):
     args = _cli_args(scen, tmp_path / "x.npz")
     with pytest.raises(EmuError, match=r"policy\.prefetch"):
         args.func(args)
+
+
+def test_fused_kernel_uses_a_window_of_slots_and_falls_back_when_too_wide(monkeypatch):
+    import live.offload as offload
+
+    default = build_model("olmoe-1b-7b", "tiny", dtype="fp32", seed=2)
+    off = build_model("olmoe-1b-7b", "tiny", dtype="fp32", seed=2)
+    runtime = ExpertOffload(off, 128, kernel="fused")
+    calls: list[int] = []
+    fused0 = runtime.fused[0]
+    original = type(fused0).forward
+
+    def spy(self, *args):
+        if any(self is f for f in runtime.fused):
+            calls.append(self.num_experts)
+        return original(self, *args)
+
+    monkeypatch.setattr(type(fused0), "forward", spy)
+    monkeypatch.setattr(offload, "MAX_GROUPS", 40)  # a window wider than this runs expert by expert
+    ids = _ids(12, seed=8)
+    for a, b in zip(_logits_of_generation(default, ids, 3), _logits_of_generation(off, ids, 3, runtime)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert calls and max(calls) <= 40  # the decode passes fit a window; the wide prefill layers did not
+    assert len(calls) < 4 * 2  # ... so some of the 4 passes x 2 layers ran expert by expert
+    assert runtime.stats().accesses > 4 * 2 * 8
