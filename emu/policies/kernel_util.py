@@ -116,19 +116,24 @@ def push_top(cs, scores: np.ndarray, layer: int, n_pick: int, n_out: int, min_sc
     """Pick the `n_pick` experts of `layer` with the highest scores (> min_score; ties to the lower id)
     and append the absent ones to `cs.pf_buf[n_out:]`, best first. A pick that is already resident, in
     flight or in the buffer uses up its place: the policy wanted it and has it, so it is not replaced by
-    a worse guess. Returns the new buffer length. Destroys `scores` (picked entries become -inf)."""
+    a worse guess. Returns the new buffer length. O(E + n_pick * candidates)."""
     n_exp = cs.cur_key.shape[0]
     base = layer * n_exp
-    for _ in range(n_pick):
-        best = -1
-        best_s = min_score
-        for e in range(n_exp):
-            if scores[e] > best_s:
-                best = e
-                best_s = scores[e]
-        if best < 0:
-            break
-        scores[best] = -np.inf
+    cand = np.empty(n_exp, np.int64)
+    c = 0
+    for e in range(n_exp):
+        if scores[e] > min_score:
+            cand[c] = e
+            c += 1
+    for pick in range(min(n_pick, c)):
+        j_best = pick
+        for j in range(pick + 1, c):
+            e, b = cand[j], cand[j_best]
+            if scores[e] > scores[b] or (scores[e] == scores[b] and e < b):
+                j_best = j
+        best = cand[j_best]
+        cand[j_best] = cand[pick]
+        cand[pick] = best
         key = base + best
         if cs.status[key] != ABSENT:
             continue

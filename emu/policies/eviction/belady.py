@@ -15,10 +15,14 @@ cannot see; there an online policy can beat it by luck (tests/test_policies_bela
 case). Under a routing policy that changes the trace's choices (cache-aware), with prefetch or with
 mixed precisions it is the trace-informed heuristic, no longer a proven bound.
 
-State (all in `i`, one row used as a flat arena): `uses` = every key's use positions in increasing order
-(CSR), `offsets[key]`, `cursor[key]` (index of the first use not yet passed; it only moves forward),
-and the resident set (members, positions).
-Cost: init O(trace); per victim O(resident) with amortised O(1) cursor advances.
+State (all in `i`, one row used as a flat arena with a header of offsets): `uses` = every key's use
+positions in increasing order (CSR), `offsets[key]`, `cursor[key]` (index of the first use not yet
+passed; it only moves forward), the resident set, and a max-heap of (next use, lower key first) packed
+in one int64 per entry. An access or insert pushes the key's new entry and leaves the old one stale
+(`prio[key]` says which entry is live); stale entries are dropped when they surface, and the heap is
+rebuilt from the resident keys when it fills (4N entries). Protected or in-flight keys met on top are
+set aside and pushed back. Ties go to the lower key, as a linear scan would.
+Cost: init O(trace); O(log N) per access; per victim O((stale + protected met) log N).
 """
 
 from __future__ import annotations
@@ -28,12 +32,12 @@ from numba import njit
 
 from ...engines.core import is_evictable
 from ...engines.state import SC_LAYER, SC_PASS, new_policy_state
-from ..api import EV_EVICT, EV_INSERT, KERNEL_SIG, Policy, PolicyContext
+from ..api import EV_ACCESS, EV_EVICT, EV_INSERT, KERNEL_SIG, Policy, PolicyContext
 from ..kernel_util import set_add, set_remove, set_size
 
-# arena layout: [0] n_keys, [1] off_offsets, [2] off_cursor, [3] off_members, [4] off_pos, [5] off_uses
-_HDR = 8
-_NEVER = np.iinfo(np.int64).max
+# arena layout (one int64 row): header, then the regions named by the header's offsets
+H_N, H_OFF, H_CUR, H_MEM, H_POS, H_USE, H_PRIO, H_HEAP, H_STASH, H_NEVER, H_HEAPCAP, H_HEAPN = range(12)
+_HDR = 12
 
 
 @njit(cache=True)
@@ -78,69 +82,163 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
     m = int(offsets[-1])
-    o_off = _HDR
-    o_cur = o_off + n + 1
-    o_mem = o_cur + n
-    o_pos = o_mem + n + 1
-    o_use = o_pos + n + 1
-    ps = new_policy_state(i_rows=1, i_cols=o_use + m)
+    heap_cap = 4 * n + 16
+    sizes = [(H_OFF, n + 1), (H_CUR, n), (H_MEM, n + 1), (H_POS, n + 1), (H_USE, m), (H_PRIO, n),
+             (H_HEAP, heap_cap), (H_STASH, 2 * n + 2)]
+    header = np.zeros(_HDR, np.int64)
+    at = _HDR
+    for slot, size in sizes:
+        header[slot] = at
+        at += size
+    header[H_N] = n
+    header[H_NEVER] = (len(tv.pass_offsets) - 1) * ctx.n_layers  # later than every use position
+    header[H_HEAPCAP] = heap_cap
+    ps = new_policy_state(i_rows=1, i_cols=at)
     a = ps.i[0]
-    a[:5] = (n, o_off, o_cur, o_mem, o_pos)
-    a[5] = o_use
-    a[o_off:o_cur] = offsets
-    a[o_cur:o_mem] = offsets[:-1]
-    a[o_mem:o_pos] = -1
-    a[o_pos:o_use] = -1
-    a[o_use - 1] = 0  # resident count lives in pos[n]
-    _fill_uses(tv.experts, tv.pass_offsets, ctx.n_experts, offsets, a[o_use:])
+    a[:_HDR] = header
+    a[header[H_OFF]:header[H_OFF] + n + 1] = offsets
+    a[header[H_CUR]:header[H_CUR] + n] = offsets[:-1]
+    a[header[H_MEM]:header[H_MEM] + n + 1] = -1
+    a[header[H_POS]:header[H_POS] + n + 1] = -1
+    a[header[H_POS] + n] = 0  # resident count lives in pos[n]
+    a[header[H_PRIO]:header[H_PRIO] + n] = -1
+    _fill_uses(tv.experts, tv.pass_offsets, ctx.n_experts, offsets, a[header[H_USE]:header[H_USE] + m])
     return ps
 
 
 @njit(cache=True)
-def _views(ps):
+def _region(ps, slot: int, size: int):
     a = ps.i[0]
-    n = a[0]
-    return a[a[1]:a[1] + n + 1], a[a[2]:a[2] + n], a[a[3]:a[3] + n + 1], a[a[4]:a[4] + n + 1], a[a[5]:]
-
-
-@njit(KERNEL_SIG, cache=True)
-def event(ps, cs, tv, ev, key, t):
-    _off, _cur, members, pos, _uses = _views(ps)
-    if ev == EV_INSERT:
-        set_add(members, pos, key)
-    elif ev == EV_EVICT:
-        set_remove(members, pos, key)
-    return 0
+    return a[a[slot]:a[slot] + size]
 
 
 @njit(cache=True)
 def next_use(ps, key: int, now: int) -> int:
     """First use position of `key` strictly after `now` (advancing the key's cursor), or never."""
-    off, cur, _members, _pos, uses = _views(ps)
+    a = ps.i[0]
+    n = a[H_N]
+    off = _region(ps, H_OFF, n + 1)
+    cur = _region(ps, H_CUR, n)
+    uses = a[a[H_USE]:]
     c = cur[key]
     end = off[key + 1]
     while c < end and uses[c] <= now:
         c += 1
     cur[key] = c
-    return uses[c] if c < end else _NEVER
+    return uses[c] if c < end else a[H_NEVER]
+
+
+# ---- a max-heap of (next use, -key) packed as next_use * n + (n - 1 - key), lazily invalidated ---------
+
+@njit(cache=True)
+def _heap_push(ps, item: int) -> None:
+    a = ps.i[0]
+    h = _region(ps, H_HEAP, a[H_HEAPCAP])
+    i = a[H_HEAPN]
+    h[i] = item
+    a[H_HEAPN] = i + 1
+    while i > 0:
+        parent = (i - 1) // 2
+        if h[parent] >= h[i]:
+            break
+        h[parent], h[i] = h[i], h[parent]
+        i = parent
+
+
+@njit(cache=True)
+def _heap_pop(ps) -> None:
+    a = ps.i[0]
+    h = _region(ps, H_HEAP, a[H_HEAPCAP])
+    n = a[H_HEAPN] - 1
+    a[H_HEAPN] = n
+    h[0] = h[n]
+    i = 0
+    while True:
+        left = 2 * i + 1
+        if left >= n:
+            break
+        child = left
+        if left + 1 < n and h[left + 1] > h[left]:
+            child = left + 1
+        if h[i] >= h[child]:
+            break
+        h[i], h[child] = h[child], h[i]
+        i = child
+
+
+@njit(cache=True)
+def _set_prio(ps, key: int, nu: int) -> None:
+    """Record the key's next use and push its heap entry; older entries of the key become stale."""
+    a = ps.i[0]
+    n = a[H_N]
+    prio = _region(ps, H_PRIO, n)
+    item = nu * n + (n - 1 - key)
+    prio[key] = item
+    if a[H_HEAPN] >= a[H_HEAPCAP]:  # full of stale entries: rebuild from the resident keys
+        a[H_HEAPN] = 0
+        members = _region(ps, H_MEM, n + 1)
+        pos = _region(ps, H_POS, n + 1)
+        for j in range(set_size(pos)):
+            k = members[j]
+            if k != key and prio[k] >= 0:
+                _heap_push(ps, prio[k])
+    _heap_push(ps, item)
+
+
+@njit(cache=True)
+def _now(cs) -> int:
+    return cs.sc[SC_PASS] * cs.layer_count.shape[0] + cs.sc[SC_LAYER]
+
+
+@njit(KERNEL_SIG, cache=True)
+def event(ps, cs, tv, ev, key, t):
+    a = ps.i[0]
+    n = a[H_N]
+    members = _region(ps, H_MEM, n + 1)
+    pos = _region(ps, H_POS, n + 1)
+    if ev == EV_INSERT:
+        set_add(members, pos, key)
+        _set_prio(ps, key, next_use(ps, key, _now(cs)))
+    elif ev == EV_ACCESS:
+        if pos[key] >= 0:
+            _set_prio(ps, key, next_use(ps, key, _now(cs)))
+    elif ev == EV_EVICT:
+        set_remove(members, pos, key)
+        _region(ps, H_PRIO, n)[key] = -1
+    return 0
 
 
 @njit(KERNEL_SIG, cache=True)
 def victim(ps, cs, tv, in_layer, _b, t):
-    _off, _cur, members, pos, _uses = _views(ps)
-    n_layers = cs.layer_count.shape[0]
-    now = cs.sc[SC_PASS] * n_layers + cs.sc[SC_LAYER]
-    best = -1
-    best_use = -1
-    for j in range(set_size(pos)):
-        key = members[j]
-        if not is_evictable(cs, key, in_layer):
+    a = ps.i[0]
+    n = a[H_N]
+    prio = _region(ps, H_PRIO, n)
+    h = _region(ps, H_HEAP, a[H_HEAPCAP])
+    stash = _region(ps, H_STASH, 2 * n + 2)
+    now = _now(cs)
+    n_stash = 0
+    found = -1
+    while a[H_HEAPN] > 0:
+        item = h[0]
+        key = n - 1 - item % n
+        if prio[key] != item:  # evicted, or re-pushed since
+            _heap_pop(ps)
             continue
-        u = next_use(ps, key, now)
-        if u > best_use or (u == best_use and key < best):
-            best = key
-            best_use = u
-    return best
+        nu = next_use(ps, key, now)
+        if nu != item // n:  # its use went by without an access (routing changed it): re-rank
+            _heap_pop(ps)
+            _set_prio(ps, key, nu)
+            continue
+        if not is_evictable(cs, key, in_layer):
+            _heap_pop(ps)
+            stash[n_stash] = item
+            n_stash += 1
+            continue
+        found = key
+        break
+    for j in range(n_stash):
+        _heap_push(ps, stash[j])
+    return found
 
 
 POLICY = Policy(name="belady", kind="eviction", kernels=(victim, event), init=init,
