@@ -13,14 +13,14 @@ from .errors import EmuError, EmuWarning
 _TABLE_COLUMNS = (
     ("scenario", "{}", 34), ("engine", "{}", 6), ("TTFT ms", "{:.2f}", 9), ("TPOT ms", "{:.2f}", 9),
     ("tok/s", "{:.1f}", 8), ("hit %", "{:.1f}", 6), ("collis.", "{}", 8), ("GB h2d", "{:.2f}", 8),
-    ("copy %", "{:.0f}", 6), ("stall s", "{:.3f}", 8),
+    ("copy %", "{:.0f}", 6), ("stall s", "{:.3f}", 8), ("lost %", "{:.1f}", 6), ("degr %", "{:.1f}", 6),
 )
 
 
 def _row(name: str, rec: dict[str, Any]) -> list[str]:
     vals = [name, rec["engine"], rec["ttft_s"] * 1e3, rec["tpot_s"] * 1e3, rec["decode_tok_per_s"],
             rec["hit_rate"] * 100, rec["misses_collision"], rec["bytes_h2d"] / 1e9, rec["copy_busy_frac"] * 100,
-            rec["stall_s"]]
+            rec["stall_s"], rec["quality"]["lost_mass_frac"] * 100, rec["quality"]["degraded_mass_frac"] * 100]
     return [fmt.format(v) for (_h, fmt, _w), v in zip(_TABLE_COLUMNS, vals)]
 
 

@@ -72,6 +72,8 @@ class RunResult:
             "degraded_mass": self.counters["degraded_mass"],
             "lost_mass_frac": (self.counters["dropped_mass"] + self.counters["substituted_mass"])
             / self.counters["mass"] if self.counters["mass"] else 0.0,
+            "degraded_mass_frac": self.counters["degraded_mass"] / self.counters["mass"]
+            if self.counters["mass"] else 0.0,
         }
         out["per_layer"] = self.per_layer
         out["per_request_ttft_s"] = self.per_request_ttft_s

@@ -75,7 +75,12 @@ def run_scenario(scenario: Scenario, engine: str | None = None) -> tuple[RunResu
         from .engines.fast.engine import run_fast as run
     else:
         from .engines.des.engine import run_des as run
-    cs, end, timings = run(inputs)
+    try:
+        cs, end, timings = run(inputs)
+    except EmuError as err:  # a policy's init found the scenario unusable: name the scenario file
+        if err.file is not None:
+            raise
+        raise EmuError(err.detail, file=scenario.path, key=err.key) from None
     timings["trace_s"] = t_trace
     result = build_result(cs, end, trace, kind, timings)
     record = result.to_dict()
