@@ -105,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise EmuError("torch sees no CUDA device; use --device cpu", key="--device")
     scenario = load_scenario(args.scenario, args.overrides)
+    out = args.out or Path(scenario.output_dir or ".") / f"live_{Path(scenario.path).stem}.npz"
+    if out.suffix != ".npz":
+        raise EmuError("expected a path ending in .npz", file=str(out), key="--out")
     if not args.no_offload:
         _check_policies(scenario)
     preset = scenario.model.name
@@ -144,9 +147,6 @@ def run(args: argparse.Namespace) -> int:
     result = run_live(model, plans, vocab=shape.vocab, device=device, seed=scenario.seed, runtime=runtime,
                       force=force, warmup_passes=args.warmup, rehearse=rehearse, model_name=spec.name, meta=meta)
 
-    out = args.out or Path(scenario.output_dir or ".") / f"live_{Path(scenario.path).stem}.npz"
-    if out.suffix != ".npz":
-        raise EmuError("expected a path ending in .npz", file=str(out), key="--out")
     out.parent.mkdir(parents=True, exist_ok=True)
     result.trace.save(out)
     stats = result.stats

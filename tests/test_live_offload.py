@@ -263,3 +263,34 @@ def test_fused_kernel_uses_a_window_of_slots_and_falls_back_when_too_wide(monkey
     assert calls and max(calls) <= 40  # the decode passes fit a window; the wide prefill layers did not
     assert len(calls) < 4 * 2  # ... so some of the 4 passes x 2 layers ran expert by expert
     assert runtime.stats().accesses > 4 * 2 * 8
+
+
+def test_cli_replays_a_real_trace_on_fewer_layers(tmp_path, capsys):
+    from emu.trace import RoutingTrace
+
+    root = Path(__file__).resolve().parent.parent
+    scen = root / "scenarios/mixtral-8x7b_h100_gsm8k_25pct.toml"
+    args = _cli_args(scen, tmp_path / "mix.npz", "--layers", "2", "--decode-tokens", "3", "--prompt-len", "4")
+    assert args.func(args) == 0
+    assert "mixtral-8x7b-tiny-2l" in capsys.readouterr().out
+    real = RoutingTrace.load(root / "scenarios/traces/mixtral8x7b_gsm8k.npz")
+    rec = RoutingTrace.load(tmp_path / "mix.npz")
+    assert rec.n_layers == 2 and rec.n_passes == 2 * (1 + 3)  # per request: an unforced prefill, 3 forced steps
+    decode = np.flatnonzero(rec.pass_phase == 1)
+    starts = real.token_request[real.pass_offsets[:-1]]
+    want = [p for req in (0, 1) for p in np.flatnonzero(starts == req)[:3]]
+    for got_p, want_p in zip(decode, want):
+        got = np.sort(rec.experts[rec.pass_offsets[got_p], :2], axis=-1)
+        assert np.array_equal(got, np.sort(real.experts[real.pass_offsets[want_p], :2], axis=-1))
+    rec_json = json.loads((tmp_path / "mix.json").read_text())
+    assert rec_json["forced_trace"].endswith("mixtral8x7b_gsm8k.npz") and rec_json["slots"] == 4
+
+
+def test_cli_names_bad_arguments(tmp_path):
+    scen = _scenario(tmp_path, '[cache]\ncapacity = "25%"\n[workload.synthetic]\ntokens = 64\n')
+    args = _cli_args(scen, tmp_path / "x.txt")
+    with pytest.raises(EmuError, match=r"\.npz"):
+        args.func(args)
+    args = _cli_args(scen, tmp_path / "x.npz", "--layers", "0")
+    with pytest.raises(EmuError, match="--layers"):
+        args.func(args)
