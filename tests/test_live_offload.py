@@ -64,7 +64,8 @@ def _logits_of_generation(model, ids, n_decode, runtime=None) -> list[torch.Tens
     return out
 
 
-@pytest.mark.parametrize(("preset", "slots"), [("olmoe-1b-7b", 5), ("olmoe-1b-7b", 128), ("mixtral-8x7b", 3)])
+@pytest.mark.parametrize(("preset", "slots"), [("olmoe-1b-7b", 5), ("olmoe-1b-7b", 128), ("mixtral-8x7b", 3),
+                                             ("qwen1.5-moe-a2.7b", 30)])
 def test_offloaded_model_gives_the_same_logits(preset, slots):
     ref = build_model(preset, "tiny", dtype="fp32", seed=7, experts_implementation="eager")
     default = build_model(preset, "tiny", dtype="fp32", seed=7)  # transformers' default experts kernel
