@@ -100,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_cli.add_parser(sub)
     plot_cli.add_parser(sub)
     from calibrate import cli as calibrate_cli
+    from live import cli as live_cli
 
     calibrate_cli.add_parser(sub)
+    live_cli.add_parser(sub)
     return parser
 
 
