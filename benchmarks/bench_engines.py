@@ -143,6 +143,9 @@ def main() -> None:
         r = _spawn({"kind": "run", "tokens": n, "capacity": cap, "eviction": "lru", "prefetch": prefetch})
         lru[n] = r
         print(_row(f"fast lru+{prefetch}, {n:,} tokens", r["fast"], r["rss_mib"]), flush=True)
+    if prefetch != "none":  # the core and LRU alone, to tell them from the prefetch kernel's cost
+        r = _spawn({"kind": "run", "tokens": tokens, "capacity": cap, "eviction": "lru", "prefetch": "none"})
+        print(_row(f"fast lru+none, {tokens:,} tokens", r["fast"], r["rss_mib"]), flush=True)
     # Belady visits every resident key per victim: it runs on a tenth of the trace, against LRU there.
     for evict, n in (("least-stale", tokens), ("belady", tokens // 10)):
         if evict not in REGISTRY["eviction"]:
