@@ -22,7 +22,7 @@ _COUNTERS = {
 _FLOATS = {
     "late_wait_s": S.SF_LATE_WAIT_S, "stall_s": S.SF_STALL_S, "dropped_mass": S.SF_DROPPED_MASS,
     "substituted_mass": S.SF_SUBSTITUTED_MASS, "degraded_mass": S.SF_DEGRADED_MASS, "mass": S.SF_MASS,
-    "prefetch_wasted_bytes": S.SF_PF_WASTED_BYTES,
+    "prefetch_wasted_bytes": S.SF_PF_WASTED_BYTES, "rerouted_mass": S.SF_REROUTED_MASS,
 }
 
 
@@ -69,9 +69,10 @@ class RunResult:
         out.update(self.counters)
         out["quality"] = {
             "dropped_mass": self.counters["dropped_mass"], "substituted_mass": self.counters["substituted_mass"],
-            "degraded_mass": self.counters["degraded_mass"],
-            "lost_mass_frac": (self.counters["dropped_mass"] + self.counters["substituted_mass"])
-            / self.counters["mass"] if self.counters["mass"] else 0.0,
+            "degraded_mass": self.counters["degraded_mass"], "rerouted_mass": self.counters["rerouted_mass"],
+            "lost_mass_frac": (self.counters["dropped_mass"] + self.counters["substituted_mass"]
+                               + self.counters["rerouted_mass"]) / self.counters["mass"]
+            if self.counters["mass"] else 0.0,
             "degraded_mass_frac": self.counters["degraded_mass"] / self.counters["mass"]
             if self.counters["mass"] else 0.0,
         }

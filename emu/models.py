@@ -67,7 +67,7 @@ class ModelSpec:
         return self.expert_matrices * self.hidden * self.expert_intermediate
 
     def expert_bytes(self, precision: str | None = None) -> int:
-        return int(math.ceil(self.expert_params * bytes_per_weight(precision or self.precision)))
+        return math.ceil(self.expert_params * bytes_per_weight(precision or self.precision))
 
     @property
     def n_keys(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from pathlib import Path
@@ -165,7 +166,7 @@ class _Reader:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) or v < 0:
                 raise self.err(f"{key}[{i}]", f"expected a finite non-negative number, got {v!r}")
             out.append(float(v))
-        if increasing and any(b <= a for a, b in zip(out, out[1:])):
+        if increasing and any(b <= a for a, b in itertools.pairwise(out)):
             raise self.err(key, "expected strictly increasing values")
         return tuple(out)
 

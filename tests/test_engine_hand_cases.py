@@ -97,7 +97,7 @@ def test_demand_copy_waits_for_a_victim(engines, engine_name):
     # copy 1 [1.75, 2.75], compute [2.75, 3.25]. L1: dense [3.25, 3.5]; 2 evicts 1: [3.5, 4.5];
     # 3 waits; compute 2 [4.5, 5]; copy 3 [5, 6]; compute 3 [6, 6.5].
     trace = make_trace([[[[0, 1], [2, 3]]]])
-    r, cs = run(engines[engine_name], trace, slots=1)
+    r, _ = run(engines[engine_name], trace, slots=1)
     assert r["e2e_s"] == pytest.approx(6.5, abs=1e-9)
     assert r["demand_waits"] == 2
     assert r["misses_compulsory"] == 4

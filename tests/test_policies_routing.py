@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from emu.engines.state import RESIDENT, SC_NCUR
+from emu.engines.state import RESIDENT, SC_NCUR, SF_REROUTED_MASS
 from emu.errors import EmuError
 
 from .policy_support import kernel_setup, run, trace_of
@@ -15,7 +15,7 @@ from .policy_support import kernel_setup, run, trace_of
 F16 = float(np.float16(.6)), float(np.float16(.4))
 
 
-def routed(strength: float) -> tuple[list[int], list[float]]:
+def routed(strength: float, rerouted: list[float] | None = None) -> tuple[list[int], list[float]]:
     # one token {e0: .6, e1: .4}; e0 and e2 are resident, e1 is not
     tr = trace_of([[[[0, 1]]]], scores=[[[[.6, .4]]]])
     pol, ps, cs, tv = kernel_setup(tr, "routing", ("cache-aware", {"strength": strength}))
@@ -23,21 +23,27 @@ def routed(strength: float) -> tuple[list[int], list[float]]:
     cs.status[2] = RESIDENT
     n = pol.kernels[0](ps, cs, tv, 0, 0, 0.0)
     cs.sc[SC_NCUR] = n
+    if rerouted is not None:
+        rerouted.append(float(cs.stats_f[SF_REROUTED_MASS, 0]))
     return [int(k) for k in cs.cur_key[:n]], [float(m) for m in cs.cur_mass[:n]]
 
 
 def test_cache_aware_swaps_in_a_resident_expert_above_lambda_one():
     # delta = ln(.6/.4) = .405; e2's estimated logit ln(.4) - delta, boosted by 1.5 * delta, beats e1's
     # ln(.4): the router takes {e0, e2}; e2 is weighted by its estimated original weight .4 * exp(-delta).
-    keys, mass = routed(1.5)
+    booked: list[float] = []
+    keys, mass = routed(1.5, booked)
     delta = math.log(F16[0] / F16[1])
     assert keys == [0, 2]
+    assert booked == [pytest.approx(F16[1])]  # e1's gate score moved off the router's choice
     assert mass == pytest.approx([F16[0], F16[1] * math.exp(-delta)], rel=1e-6)
 
 
 def test_cache_aware_keeps_the_router_choice_at_small_lambda():
     assert routed(0.0) == ([0, 1], pytest.approx(list(F16)))
-    assert routed(1.0)[0] == [0, 1]  # a tie with e1: the router's own choice stays
+    booked: list[float] = []
+    assert routed(1.0, booked)[0] == [0, 1]  # a tie with e1: the router's own choice stays
+    assert booked == [0.0]
 
 
 def test_cache_aware_needs_gate_scores():

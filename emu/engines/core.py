@@ -403,6 +403,9 @@ def gate(pk, cs, tv, p: int, layer: int, t: float) -> None:
             if cs.pf_unused[key] == 1:
                 cs.pf_unused[key] = 0
                 cs.stats_i[ST_PF_USEFUL, layer] += 1
+            if cs.prec[key] != 0:  # a hit on a lower-precision copy runs degraded too
+                cs.stats_i[ST_DEGRADED, layer] += 1
+                cs.stats_f[SF_DEGRADED_MASS, layer] += cs.cur_mass[i]
             cs.sc[SC_CLOCK] += 1
             pk.event(pk.s_evict, cs, tv, EV_ACCESS, key, t)
             continue
@@ -453,9 +456,14 @@ def gate(pk, cs, tv, p: int, layer: int, t: float) -> None:
 def _pass_times(cs, tm, tv, p: int) -> None:
     t0 = tv.pass_offsets[p]
     t1 = tv.pass_offsets[p + 1]
+    # context: tokens already in the KV cache before this pass (the calibration's definition), i.e. the
+    # position of each request's first token in this pass, averaged over the pass's tokens
     ctx = 0.0
+    start = 0
     for tok in range(t0, t1):
-        ctx += tv.token_position[tok] + 1.0
+        if tok == t0 or tv.token_request[tok] != tv.token_request[tok - 1]:
+            start = tv.token_position[tok]
+        ctx += start
     tokens = float(t1 - t0)
     dense = dense_seconds(tm, tokens, ctx / tokens, cs.dense_col)
     cs.fc[FC_DENSE_S] = dense + tm.scal[1]
@@ -528,7 +536,7 @@ def _step(pk, cs, tm, tv, t: float) -> bool:
         for i in range(n):
             if cs.cur_state[i] == E_PENDING and cs.cur_where[i] == ON_CPU:
                 cs.sc[SC_CPU_PENDING] -= 1
-                dur = cpu_seconds(tm, cs.prec[cs.cur_key[i]], cs.cur_tokens[i])
+                dur = cpu_seconds(tm, 0, cs.cur_tokens[i])  # the host holds the full-precision weights
                 cs.cur_state[i] = E_RUNNING
                 cs.sc[SC_CPU_JOB] = i
                 cs.sc[SC_CPU_NEW] = 1

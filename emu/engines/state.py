@@ -121,7 +121,8 @@ SF_SUBSTITUTED_MASS = 3
 SF_DEGRADED_MASS = 4
 SF_MASS = 5
 SF_PF_WASTED_BYTES = 6
-SF_N = 7
+SF_REROUTED_MASS = 7  # routing mass a routing policy moved off the router's own choices
+SF_N = 8
 
 
 # ---- the structs ----------------------------------------------------------------------------------

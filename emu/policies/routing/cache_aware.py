@@ -7,7 +7,7 @@ expert outside the top-k is taken to sit one gap below the k-th logit (z_k - del
 original weight score_k * exp(-delta_avg). Resident means resident or in flight. With lambda <= 1 a
 resident outsider can only tie the k-th choice, so swaps start above lambda = 1; ties keep the
 router's own choice, then the lower expert id. The routed mass of the chosen experts is what the core
-books; how much the swap changed the output is not booked (the core has no counter for it).
+books; the router's own choices that the bias swapped out are booked as rerouted mass (their gate scores).
 Needs gate scores: a trace without them fails at init naming `policy.routing`.
 State: scratch rows only (`f[0]` logits, `f[1]` weights, `f[2]` chosen weights; `i[0]` chosen ids,
 `i[1]` candidate ids). Cost: O(tokens * (k^2 + E)).
@@ -20,7 +20,7 @@ import math
 import numpy as np
 from numba import njit
 
-from ...engines.state import IN_FLIGHT, RESIDENT, new_policy_state
+from ...engines.state import IN_FLIGHT, RESIDENT, SF_REROUTED_MASS, new_policy_state
 from ...errors import EmuError
 from ..api import KERNEL_SIG, Param, Policy, PolicyContext
 
@@ -112,6 +112,15 @@ def route(ps, cs, tv, p, layer, t):
     n = 0
     for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
         k = _select(ps, cs, tv, tok, layer, base)
+        for s in range(k):  # book the router's own choices that the bias swapped out
+            orig = np.int64(tv.experts[tok, layer, s])
+            kept = False
+            for c in range(k):
+                if ps.i[0, c] == orig:
+                    kept = True
+                    break
+            if not kept:
+                cs.stats_f[SF_REROUTED_MASS, layer] += np.float64(tv.scores[tok, layer, s])
         for s in range(k):
             e = ps.i[0, s]
             if count[e] == 0:
