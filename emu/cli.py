@@ -39,16 +39,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .scenario import load_scenario
 
     scenarios = [load_scenario(p, args.set) for p in args.scenarios]  # validate all before running any
+    recorder = _timeline_recorder(args, len(scenarios))
     rows = []
     for sc in scenarios:
-        _result, record = run_scenario(sc, engine=args.engine)
+        _result, record = run_scenario(sc, engine=args.engine, timeline=recorder)
         out_dir = args.out or sc.output_dir or "runs"
         path = write_record(record, out_dir, Path(sc.path).stem)
         rows.append(_row(Path(sc.path).stem, record))
         if not args.quiet:
             print(f"wrote {path}", file=sys.stderr)
+    if recorder is not None:
+        path = recorder.write(args.timeline)
+        if not args.quiet:
+            print(f"wrote {path} (passes {recorder.first}:{recorder.stop}, {len(recorder.events)} events)",
+                  file=sys.stderr)
     print(render_table(rows))
     return 0
+
+
+def _timeline_recorder(args: argparse.Namespace, n_scenarios: int) -> Any:
+    if args.timeline is None:
+        if args.timeline_passes is not None:
+            raise EmuError("needs --timeline FILE.json", key="--timeline-passes")
+        return None
+    from .engines.des.timeline import DEFAULT_PASSES, TimelineRecorder, parse_pass_window
+
+    if n_scenarios != 1:
+        raise EmuError(f"a timeline is of one run; got {n_scenarios} scenarios", key="--timeline")
+    if args.engine == "fast":
+        raise EmuError("a timeline is recorded by the SimPy engine; drop --engine fast", key="--timeline")
+    passes = DEFAULT_PASSES if args.timeline_passes is None else parse_pass_window(args.timeline_passes)
+    return TimelineRecorder(passes)
 
 
 def cmd_policies(args: argparse.Namespace) -> int:
@@ -82,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one scenario key, e.g. --set cache.capacity=25%%")
     p.add_argument("--engine", choices=["des", "fast", "auto"], help="override engine.kind")
     p.add_argument("--quiet", action="store_true", help="do not list the files written")
+    p.add_argument("--timeline", metavar="FILE.json",
+                   help="write a Chrome trace / Perfetto timeline (copy engines, GPU compute, CPU, stalls) of "
+                   "one scenario; the whole trace then runs on the SimPy engine, so the events are the run's own")
+    p.add_argument("--timeline-passes", metavar="A:B",
+                   help="passes A..B-1 in the timeline (default 0:8; 'A:' to the end)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("policies", help="list registered policies and their parameters")

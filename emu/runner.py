@@ -6,7 +6,7 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -16,6 +16,9 @@ from .metrics import RunResult, build_result
 from .profile import has_measured_tables, load_profile
 from .scenario import Scenario
 from .trace import RoutingTrace
+
+if TYPE_CHECKING:
+    from .engines.des.timeline import TimelineRecorder
 
 #: traces longer than this run on the fast engine when `engine.kind = "auto"`
 AUTO_FAST_TOKENS = 1_000
@@ -59,8 +62,10 @@ def choose_engine(kind: str, trace: RoutingTrace) -> str:
     return kind
 
 
-def run_scenario(scenario: Scenario, engine: str | None = None) -> tuple[RunResult, dict[str, Any]]:
-    """Returns the result and the JSON record `emu run` writes."""
+def run_scenario(scenario: Scenario, engine: str | None = None,
+                 timeline: TimelineRecorder | None = None) -> tuple[RunResult, dict[str, Any]]:
+    """Returns the result and the JSON record `emu run` writes. With a `timeline` recorder the whole trace
+    runs on the SimPy engine, so the recorded events are the run's own."""
     profile = load_profile(scenario.profile_path)
     if not has_measured_tables(profile, scenario.model):
         warnings.warn(f"{scenario.profile_path}: no measured compute tables for {scenario.model.name}; using the "
@@ -68,7 +73,7 @@ def run_scenario(scenario: Scenario, engine: str | None = None) -> tuple[RunResu
     t0 = time.perf_counter()
     trace = load_workload(scenario)
     t_trace = time.perf_counter() - t0
-    kind = choose_engine(engine or scenario.engine, trace)
+    kind = "des" if timeline is not None else choose_engine(engine or scenario.engine, trace)
     inputs = make_inputs(scenario.model, profile, trace, scenario.cache.capacity_bytes, scenario.stack,
                          scenario.seed)
     if kind == "fast":
@@ -76,7 +81,7 @@ def run_scenario(scenario: Scenario, engine: str | None = None) -> tuple[RunResu
     else:
         from .engines.des.engine import run_des as run
     try:
-        cs, end, timings = run(inputs)
+        cs, end, timings = run(inputs, timeline) if timeline is not None else run(inputs)
     except EmuError as err:  # a policy's init found the scenario unusable: name the scenario file
         if err.file is not None:
             raise

@@ -8,12 +8,15 @@ level follows the bytes held by resident and in-flight experts).
 Same-instant order is the core's contract: completions are ordinary events (priority NORMAL); the
 decision step and the copy dispatch run in one `Instant` event at priority LATE, so every completion
 at time t has been seen before anything is decided at t.
+
+An optional `TimelineRecorder` (timeline.py) sees each instant's starts; without one the engine pays
+one `is None` test per instant.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import simpy
 from simpy.events import NORMAL
@@ -22,6 +25,9 @@ from ...errors import EmuError
 from .. import core
 from ..setup import SimInputs, fresh_state
 from ..state import FC_CPU_DUR, FC_GPU_DUR, SC_CPU_NEW, SC_GPU_NEW, SC_USED
+
+if TYPE_CHECKING:
+    from .timeline import TimelineRecorder
 
 LATE = NORMAL + 1
 
@@ -37,9 +43,12 @@ class Instant(simpy.Event):
 
 
 class DesEngine:
-    def __init__(self, inputs: SimInputs) -> None:
+    def __init__(self, inputs: SimInputs, recorder: TimelineRecorder | None = None) -> None:
         self.inputs = inputs
         self.cs, self.stack = fresh_state(inputs)
+        self.recorder = recorder
+        if recorder is not None:
+            recorder.bind(self.cs, inputs)
         self.env = simpy.Environment()
         self.compute_stream = simpy.Resource(self.env, capacity=1)
         self.cpu = simpy.Resource(self.env, capacity=1)
@@ -85,6 +94,8 @@ class DesEngine:
         done_jobs, self._done_jobs = self._done_jobs, 0
         n_free = self.copy_engines.capacity - self.copy_engines.count
         started = core.instant(self.stack, self.cs, self.inputs.tm, self.inputs.tv, t, n_done, done_jobs, n_free)
+        if self.recorder is not None:
+            self.recorder.after_instant(t, started)
         if sc[SC_GPU_NEW] == 1:
             sc[SC_GPU_NEW] = 0
             env.process(self._job(self.compute_stream.request(), float(fc[FC_GPU_DUR]), core.GPU_DONE))
@@ -117,10 +128,10 @@ class DesEngine:
         return self.end_time
 
 
-def run_des(inputs: SimInputs) -> tuple[Any, float, dict[str, float]]:
+def run_des(inputs: SimInputs, recorder: TimelineRecorder | None = None) -> tuple[Any, float, dict[str, float]]:
     """Run the trace on the SimPy engine; same return as `run_fast`."""
     t0 = time.perf_counter()
-    engine = DesEngine(inputs)
+    engine = DesEngine(inputs, recorder)
     t1 = time.perf_counter()
     end = engine.run()
     t2 = time.perf_counter()
