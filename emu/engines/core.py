@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import boolean, float64, int64, njit, types
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from ..policies.api import (
     EV_ACCESS,
@@ -336,24 +337,38 @@ def gather_layer(cs, tv, p: int, layer: int) -> int:
     has_scores = tv.dims[0] == 1
     count = cs.gather_count
     mass = cs.gather_mass
-    n = 0
     ids = cs.cur_expert
-    for tok in range(t0, t1):
-        for s in range(k):
-            e = np.int64(experts[tok, layer, s])
-            if count[e] == 0:
-                ids[n] = e
-                n += 1
-            count[e] += 1
-            mass[e] += np.float64(scores[tok, layer, s]) if has_scores else 1.0 / k
-    # insertion sort: n is at most n_experts and usually top_k
-    for i in range(1, n):
-        v = ids[i]
-        j = i - 1
-        while j >= 0 and ids[j] > v:
-            ids[j + 1] = ids[j]
-            j -= 1
-        ids[j + 1] = v
+    n = 0
+    if n_exp <= 64:
+        # a bit per expert: the set bits, lowest first, are the distinct ids in order (no sort)
+        bits = np.uint64(0)
+        for tok in range(t0, t1):
+            for s in range(k):
+                e = np.int64(experts[tok, layer, s])
+                bits |= np.uint64(1) << np.uint64(e)
+                count[e] += 1
+                mass[e] += np.float64(scores[tok, layer, s]) if has_scores else 1.0 / k
+        while bits != np.uint64(0):
+            ids[n] = np.int64(trailing_zeros(bits))
+            bits &= bits - np.uint64(1)
+            n += 1
+    else:
+        for tok in range(t0, t1):
+            for s in range(k):
+                e = np.int64(experts[tok, layer, s])
+                if count[e] == 0:
+                    ids[n] = e
+                    n += 1
+                count[e] += 1
+                mass[e] += np.float64(scores[tok, layer, s]) if has_scores else 1.0 / k
+        # insertion sort: n is at most n_experts and usually top_k
+        for i in range(1, n):
+            v = ids[i]
+            j = i - 1
+            while j >= 0 and ids[j] > v:
+                ids[j + 1] = ids[j]
+                j -= 1
+            ids[j + 1] = v
     cur_key = cs.cur_key
     cur_tokens = cs.cur_tokens
     cur_mass = cs.cur_mass

@@ -144,6 +144,7 @@ CS_FIELDS: tuple[tuple[str, Any], ...] = (
     ("cur_key", _I64[::1]), ("cur_expert", _I64[::1]), ("cur_tokens", _I64[::1]), ("cur_mass", _F64[::1]),
     ("cur_where", _I8[::1]), ("cur_state", _I8[::1]), ("cur_sub", _I64[::1]), ("cur_prec", _I8[::1]),
     ("gather_count", _I64[::1]), ("gather_mass", _F64[::1]),
+    ("pick_buf", _I64[::1]),  # scratch of n_experts for the prefetch helpers (no allocation per gate)
     # per layer
     ("layer_bytes", _I64[::1]), ("layer_count", _I64[::1]), ("layer_floor", _I64[::1]),
     ("layer_cap", _I64[::1]),
@@ -193,7 +194,7 @@ _PS_OWN = StructOwnerType(list(PS_FIELDS))
 @njit(_CS_OWN(*(t for _n, t in CS_FIELDS)), cache=True)
 def _new_cs(sc, fc, status, prec, nbytes, loaded_ever, evict_pass, protect, copy_state, copy_prio, copy_seq,
             pf_unused, late_gate_t, late_flag, wait_prec, heap, waitq, pf_buf, cur_key, cur_expert, cur_tokens,
-            cur_mass, cur_where, cur_state, cur_sub, cur_prec, gather_count, gather_mass, layer_bytes,
+            cur_mass, cur_where, cur_state, cur_sub, cur_prec, gather_count, gather_mass, pick_buf, layer_bytes,
             layer_count, layer_floor, layer_cap, prec_bytes, pass_start, pass_end, stats_i, stats_f, dense_col,
             io_done, io_keys, io_durs):
     s = structref.new(_CS_OWN)
@@ -225,6 +226,7 @@ def _new_cs(sc, fc, status, prec, nbytes, loaded_ever, evict_pass, protect, copy
     s.cur_prec = borrowed(cur_prec)
     s.gather_count = borrowed(gather_count)
     s.gather_mass = borrowed(gather_mass)
+    s.pick_buf = borrowed(pick_buf)
     s.layer_bytes = borrowed(layer_bytes)
     s.layer_count = borrowed(layer_count)
     s.layer_floor = borrowed(layer_floor)
@@ -326,6 +328,7 @@ def new_cache_state(n_layers: int, n_experts: int, top_k: int, n_passes: int, ca
         cur_where=np.zeros(n_experts, np.int8), cur_state=np.zeros(n_experts, np.int8),
         cur_sub=np.full(n_experts, -1, np.int64), cur_prec=np.zeros(n_experts, np.int8),
         gather_count=np.zeros(n_experts, np.int64), gather_mass=np.zeros(n_experts, np.float64),
+        pick_buf=np.zeros(n_experts, np.int64),
         layer_bytes=np.zeros(n_layers, np.int64), layer_count=np.zeros(n_layers, np.int64),
         layer_floor=np.zeros(n_layers, np.int64), layer_cap=np.full(n_layers, capacity_bytes, np.int64),
         prec_bytes=prec_bytes,

@@ -116,34 +116,50 @@ def push_top(cs, scores: np.ndarray, layer: int, n_pick: int, n_out: int, min_sc
     """Pick the `n_pick` experts of `layer` with the highest scores (> min_score; ties to the lower id)
     and append the absent ones to `cs.pf_buf[n_out:]`, best first. A pick that is already resident, in
     flight or in the buffer uses up its place: the policy wanted it and has it, so it is not replaced by
-    a worse guess. Returns the new buffer length. O(E + n_pick * candidates)."""
+    a worse guess. Returns the new buffer length. O(E + candidates^2), no allocation (`cs.pick_buf`)."""
     n_exp = cs.cur_key.shape[0]
     base = layer * n_exp
-    cand = np.empty(n_exp, np.int64)
+    cand = cs.pick_buf
     c = 0
-    for e in range(n_exp):
-        if scores[e] > min_score:
-            cand[c] = e
-            c += 1
-    for pick in range(min(n_pick, c)):
-        j_best = pick
-        for j in range(pick + 1, c):
-            e, b = cand[j], cand[j_best]
-            if scores[e] > scores[b] or (scores[e] == scores[b] and e < b):
-                j_best = j
-        best = cand[j_best]
-        cand[j_best] = cand[pick]
-        cand[pick] = best
-        key = base + best
-        if cs.status[key] != ABSENT:
+    for e in range(n_exp):  # branch-free: usually only top_k-odd experts pass
+        cand[c] = e
+        c += scores[e] > min_score
+    n_take = min(n_pick, c)
+    if n_take == c:
+        # all candidates are taken: an insertion sort by (score desc, id asc) gives the same order as
+        # the selection below (the key is a strict total order), in fewer steps
+        for a in range(1, c):
+            e = cand[a]
+            se = scores[e]
+            j = a - 1
+            while j >= 0 and (scores[cand[j]] < se or (scores[cand[j]] == se and cand[j] > e)):
+                cand[j + 1] = cand[j]
+                j -= 1
+            cand[j + 1] = e
+    else:
+        for pick in range(n_take):
+            j_best = pick
+            for j in range(pick + 1, c):
+                e, b = cand[j], cand[j_best]
+                if scores[e] > scores[b] or (scores[e] == scores[b] and e < b):
+                    j_best = j
+            best = cand[j_best]
+            cand[j_best] = cand[pick]
+            cand[pick] = best
+    status = cs.status
+    buf = cs.pf_buf
+    n_in = n_out
+    for pick in range(n_take):
+        key = base + cand[pick]
+        if status[key] != ABSENT:
             continue
         dup = False
-        for j in range(n_out):
-            if cs.pf_buf[j] == key:
+        for j in range(n_in):  # picks are distinct: only what was in the buffer before can repeat
+            if buf[j] == key:
                 dup = True
                 break
         if not dup:
-            cs.pf_buf[n_out] = key
+            buf[n_out] = key
             n_out += 1
     return n_out
 
