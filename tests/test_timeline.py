@@ -130,6 +130,9 @@ def test_whole_trace_events_add_up_to_the_runs_busy_times(tmp_path: Path, name: 
     assert sum(e["cat"] == "dense" for e in gpu) == r["n_passes"] * MODEL.n_moe_layers
     assert sum(e["cat"] == "pre" for e in gpu) == r["n_passes"]
     assert sum("substitute" in e["args"] for e in experts) == r["substituted"]
+    # a stall with nothing left to copy waits for the CPU
+    assert any(not e["args"]["waiting_for"] for e in stall) == (r["cpu_runs"] > 0)
+    assert all(e["args"]["cpu_busy"] for e in stall if not e["args"]["waiting_for"])
     kinds = {e["args"]["kind"] for e in copies}
     assert kinds == ({"demand", "prefetch"} if stack.prefetch.name != "none" else {"demand"})
     assert all(e["cat"] == e["args"]["kind"] for e in copies)
@@ -162,6 +165,9 @@ def test_hand_case_timeline() -> None:
     assert [g[:2] for g in got] == [w[:2] for w in want]
     for g, w in zip(got, want):
         assert g[2:] == pytest.approx(w[2:], abs=1e-12)
+    stalls = [e["args"] for e in _spans(recorder.chrome_trace()) if e["tid"] == stall]
+    assert [a["waiting_for"] for a in stalls] == [[0, 1], [1], [2, 3], [3]]
+    assert not any(a["cpu_busy"] for a in stalls)
 
 
 def test_window_keeps_exactly_its_passes() -> None:

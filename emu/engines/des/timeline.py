@@ -19,11 +19,13 @@ from typing import Any
 from ...errors import EmuError
 from ...trace import PHASE_DECODE
 from ..state import (
+    E_PENDING,
     FC_CPU_DUR,
     FC_GPU_DUR,
     FC_IDLE_T,
     JOB_DENSE,
     JOB_PRE,
+    ON_GPU,
     PREFETCH,
     SC_CPU_JOB,
     SC_CPU_NEW,
@@ -31,6 +33,7 @@ from ..state import (
     SC_GPU_JOB,
     SC_GPU_NEW,
     SC_LAYER,
+    SC_NCUR,
     SC_PASS,
 )
 
@@ -82,7 +85,7 @@ class TimelineRecorder:
         self._precisions = inputs.precisions
         self._trace = inputs.trace
         self._lane_end = [0.0] * inputs.profile.copy.h2d_engines
-        self._stall: tuple[float, int, int] | None = None  # (idle since, pass, layer) while the GPU waits
+        self._stall: tuple[float, dict[str, Any]] | None = None  # (idle since, args) while the GPU waits
 
     def after_instant(self, t: float, n_started: int) -> None:
         """Read what the core just started at t (before the engine clears its 'new job' flags)."""
@@ -101,11 +104,10 @@ class TimelineRecorder:
                     "precision": self._precisions[int(cs.prec[key])], "bytes": int(cs.nbytes[key])}))
         if sc[SC_GPU_NEW] == 1:
             if self._stall is not None:
-                since, sp, sl = self._stall
+                since, args = self._stall
                 self._stall = None
-                if self.first <= sp < self.stop:
-                    self.events.append((STALL_TID, f"stall L{sl}", "stall", since, t - since,
-                                        {"pass": sp, "layer": sl}))
+                if self.first <= args["pass"] < self.stop:
+                    self.events.append((STALL_TID, f"stall L{args['layer']}", "stall", since, t - since, args))
             if keep:
                 self.events.append(self._gpu_event(t, float(fc[FC_GPU_DUR]), p))
         if sc[SC_CPU_NEW] == 1 and keep:
@@ -115,7 +117,16 @@ class TimelineRecorder:
             self.events.append((CPU_TID, f"expert L{layer} E{expert} (CPU)", "cpu", t, float(fc[FC_CPU_DUR]),
                                 {"pass": p, "layer": layer, "expert": expert, "tokens": int(cs.cur_tokens[i])}))
         if sc[SC_GPU_IDLE] == 1 and self._stall is None:
-            self._stall = (float(fc[FC_IDLE_T]), p, int(sc[SC_LAYER]))
+            self._stall = (float(fc[FC_IDLE_T]), self._stall_args(p))
+
+    def _stall_args(self, p: int) -> dict[str, Any]:
+        """What the idle GPU waits for when it goes idle: experts of the layer not resident yet, and
+        whether the CPU still runs some of the layer's experts."""
+        cs = self._cs
+        pending = [int(cs.cur_expert[i]) for i in range(int(cs.sc[SC_NCUR]))
+                   if cs.cur_state[i] == E_PENDING and cs.cur_where[i] == ON_GPU]
+        return {"pass": p, "layer": int(cs.sc[SC_LAYER]), "waiting_for": pending,
+                "cpu_busy": bool(cs.sc[SC_CPU_JOB] >= 0)}
 
     def _free_lane(self, t: float, dur: float) -> int:
         """The lowest-numbered copy engine whose last copy has landed by t (the engine had one free)."""
