@@ -1,0 +1,233 @@
+"""The validation matrix on a GPU: each model built once, its offloaded runtime re-sized between runs.
+
+Building full-size OLMoE with random weights takes ~15-20 s and moving it to pinned host memory a few
+more, so every (cache, eviction) configuration of one model reuses the same build: the slot pool is
+re-allocated, the policy state and counters are reset, and each run starts cold as `emu live` does.
+Each configuration writes the recorded trace (`<tag>.npz`) and the same JSON record `emu live` writes
+(`<tag>.json`), which `emu validate --from-live DIR` reads.
+
+Usage (on the GPU): `python -m live.matrix OUTDIR [--only olmoe|mixtral]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+
+from emu.models import get_preset
+
+#: (cache fraction, eviction) of every offloaded configuration, per model
+FRACTIONS = (0.05, 0.25, 1.0)
+EVICTIONS = ("lru", "least-stale")
+OLMOE_PROMPT, MIXTRAL_PROMPT, DECODE = 256, 256, 64
+MIXTRAL_LAYERS = 8
+TTFT_REPEATS = 4
+CAL_STEPS = 32
+MIXTRAL_TRACE = "scenarios/traces/mixtral8x7b_gsm8k.npz"
+
+
+def slots_for(fraction: float, n_keys: int) -> int:
+    """The same rounding `emu live` applies to a percentage capacity."""
+    return max(1, min(n_keys, math.floor(fraction * n_keys + 1e-9)))
+
+
+def reconfigure(runtime: Any, n_slots: int, eviction: str, kernel: str) -> None:
+    """Re-size the slot pool and switch eviction policy and kernel; the cache starts empty."""
+    import torch
+
+    shape_gu, shape_dn = tuple(runtime.slot_gu.shape[1:]), tuple(runtime.slot_dn.shape[1:])
+    dtype = runtime.slot_gu.dtype
+    runtime.slot_gu = runtime.slot_dn = None
+    for fused in runtime.fused:  # the blocks' experts modules still point at the old pool
+        fused.gate_up_proj = fused.down_proj = None
+    gc.collect()
+    if runtime.cuda:
+        torch.cuda.empty_cache()
+    runtime.slot_gu = torch.empty((n_slots, *shape_gu), dtype=dtype, device=runtime.device)
+    runtime.slot_dn = torch.empty((n_slots, *shape_dn), dtype=dtype, device=runtime.device)
+    runtime.n_slots, runtime.eviction, runtime.eviction_params, runtime.kernel = n_slots, eviction, {}, kernel
+    runtime.reset()
+
+
+def olmoe_trace(tokens: int) -> Any:
+    """A seeded synthetic OLMoE trace (the skew of scenarios/olmoe-1b-7b_h100_25pct.toml), forced on the
+    random-weight model: its own routing is too narrow (~444 of 1024 keys in a 256-token prefill)."""
+    from emu.trace.synthetic import SyntheticParams, generate
+
+    params = SyntheticParams(zipf_s=0.6, reuse_prob=0.3, cross_layer_corr=0.3, prompt_len=OLMOE_PROMPT,
+                             output_len=DECODE, n_requests=1, batch_size=1, seed=0, with_scores=True)
+    return generate(get_preset("olmoe-1b-7b"), params, tokens)
+
+
+def mixtral_trace(n_layers: int) -> Any:
+    """Request 0's first DECODE steps of the real GSM8K decode routing, first `n_layers` layers."""
+    from emu.trace import RoutingTrace
+
+    from .cli import first_layers
+
+    trace = RoutingTrace.load(MIXTRAL_TRACE).slice_tokens(DECODE)
+    return first_layers(trace, n_layers)
+
+
+def ttft_repeats(model: Any, runtime: Any, trace: Any, prompt_len: int, *, vocab: int, device: Any, n: int,
+                 seed: int) -> list[float]:
+    """`n` more cold prefills replaying the recorded prefill routing: one prefill is one sample, and the
+    host's pace drifts by tens of percent between seconds on the H100 machines."""
+    import torch
+
+    from .hooks import RoutingHooks
+    from .runner import PassClock, PassPlan, attention_backends, generate
+
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    with attention_backends(device):
+        for _ in range(n):
+            runtime.reset()
+            hooks = RoutingHooks(model, record=False, speculate=True, force=trace)
+            clock = PassClock(device)
+            prompt = torch.randint(0, vocab, (1, prompt_len), generator=gen).to(device)
+            try:
+                generate(model, prompt, PassPlan(prompt_len, 0, 0, ()), hooks=hooks, runtime=runtime, clock=clock)
+            finally:
+                hooks.remove()
+            out.append(clock.seconds()[0])
+    return out
+
+
+def _record(tag: str, spec: Any, result: Any, runtime: Any, *, offload: bool, kernel: str, eviction: str | None,
+            forced: str | None, plans: list[Any], out_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    trace_path = out_dir / f"{tag}.npz"
+    result.trace.save(trace_path)
+    stats = result.stats
+    rec = {
+        "tag": tag, "model": spec.to_dict(), "profile_model": extra.pop("profile_model"), "scale": extra.pop("scale"),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor(),
+        "dtype": "bf16", "offload": offload,
+        "slots": runtime.n_slots if offload else None, "experts_kernel": kernel,
+        "expert_bytes": runtime.expert_bytes if offload else spec.expert_bytes(),
+        "eviction": eviction, "eviction_params": {}, "forced_trace": forced, "warmup_passes": 3,
+        "rehearsed": torch.cuda.is_available(),
+        "requests": [{"prompt_len": p.prompt_len, "ttft_s": r.ttft_s, "decode_s": list(r.decode_s)}
+                     for p, r in zip(plans, result.requests)],
+        "ttft_s": result.ttft_s, "decode_tok_s": result.decode_tok_s,
+        "stats": None if stats is None else attrs.asdict(stats) | {"hit_rate": stats.hit_rate},
+        "trace": trace_path.name, "trace_fingerprint": result.trace.fingerprint(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+    } | extra
+    (out_dir / f"{tag}.json").write_text(json.dumps(rec, indent=1, default=list) + "\n")
+    line = f"{tag}: TTFT {result.ttft_s * 1e3:.2f} ms, decode {result.decode_tok_s:.2f} tok/s"
+    if stats is not None:
+        line += (f", hit {stats.hit_rate:.3f}, copies {stats.copies}, GB {stats.bytes_h2d / 1e9:.2f}, "
+                 f"waits {stats.waits}")
+    print(line, flush=True)
+    return rec
+
+
+def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scale: str = "full",
+              n_layers: int | None = None) -> None:
+    import torch
+
+    from .cli import first_layers
+    from .models import build_model, live_shape, live_spec
+    from .offload import ExpertOffload
+    from .runner import PassPlan, plans_from_trace, run_live
+    from .runtime_cal import measure_runtime_overheads
+
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    if n_layers is None and name == "mixtral":
+        n_layers = MIXTRAL_LAYERS
+    preset = "mixtral-8x7b" if name == "mixtral" else "olmoe-1b-7b"
+    shape = live_shape(preset, scale, n_layers)
+    spec = live_spec(shape, "bf16")
+    force = mixtral_trace(shape.n_layers) if name == "mixtral" else olmoe_trace(OLMOE_PROMPT + DECODE)
+    if force.n_layers > shape.n_layers:
+        force = first_layers(force, shape.n_layers)
+    forced = MIXTRAL_TRACE + f" (request 0, {DECODE} decode steps, first {shape.n_layers} layers)" \
+        if name == "mixtral" else "synthetic olmoe zipf 0.6 reuse 0.3 cross 0.3 seed 0"
+    plans = plans_from_trace(force, MIXTRAL_PROMPT, DECODE)
+    n_keys = shape.n_layers * shape.n_experts
+    common = {"profile_model": preset, "scale": scale}
+
+    model = build_model(preset, scale, n_layers=n_layers, dtype="bf16", seed=0)
+    print(f"{name}: built [{time.time() - t0:.0f}s]", flush=True)
+    if name == "olmoe":  # the unmodified model, own routing, for the runtime-overhead figure
+        model.to(dev)
+        for impl in ("grouped_mm", "eager"):
+            model.config._experts_implementation = impl
+            res = run_live(model, [PassPlan(OLMOE_PROMPT, DECODE)], vocab=shape.vocab, device=dev,
+                           warmup_passes=3, rehearse=cuda, model_name=spec.name)
+            _record(f"olmoe_unmodified_{impl}", spec, res, None, offload=False, kernel=impl, eviction=None,
+                    forced=None, plans=[PassPlan(OLMOE_PROMPT, DECODE)], out_dir=out_dir,
+                    extra=dict(common))
+        model.config._experts_implementation = "grouped_mm"
+        model.to("cpu")
+        if cuda:
+            torch.cuda.empty_cache()
+    runtime = ExpertOffload(model, n_keys, eviction="lru", device=device, seed=0, kernel="eager")
+    print(f"{name}: offloaded [{time.time() - t0:.0f}s]", flush=True)
+    if name == "olmoe":  # the runtime's own overhead at 100%: fused kernel, own routing, vs unmodified
+        for kernel in ("fused", "eager"):
+            reconfigure(runtime, n_keys, "lru", kernel)
+            own = [PassPlan(OLMOE_PROMPT, DECODE)]
+            res = run_live(model, own, vocab=shape.vocab, device=dev, runtime=runtime, warmup_passes=3,
+                           rehearse=cuda, model_name=spec.name)
+            _record(f"olmoe_own_100pct_lru_{kernel}", spec, res, runtime, offload=True, kernel=kernel,
+                    eviction="lru", forced=None, plans=own, out_dir=out_dir, extra=dict(common))
+    reconfigure(runtime, n_keys, "lru", "eager")
+    cal = measure_runtime_overheads(model, runtime, vocab=shape.vocab, device=dev, prompt_len=MIXTRAL_PROMPT,
+                                    steps=CAL_STEPS)
+    (out_dir / f"{name}_runtime_cal.json").write_text(json.dumps(dict(cal, profile_model=preset), indent=1) + "\n")
+    print(f"{name} runtime calibration: {cal} [{time.time() - t0:.0f}s]", flush=True)
+    for frac in FRACTIONS:
+        for ev in EVICTIONS:
+            reconfigure(runtime, slots_for(frac, n_keys), ev, "eager")
+            res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
+                           warmup_passes=3, rehearse=cuda, model_name=spec.name)
+            tag = f"{name}_{round(frac * 100)}pct_{ev.replace('-', '_')}"
+            reps = ttft_repeats(model, runtime, res.trace, plans[0].prompt_len, vocab=shape.vocab, device=dev,
+                                n=TTFT_REPEATS, seed=1)
+            samples = [res.ttft_s, *reps]
+            _record(tag, spec, res, runtime, offload=True, kernel="eager", eviction=ev, forced=forced, plans=plans,
+                    out_dir=out_dir, extra=dict(common, ttft_samples_s=samples, ttft_first_s=res.ttft_s,
+                                                ttft_s=float(np.median(samples))))
+            print(f"  [{time.time() - t0:.0f}s]", flush=True)
+    del runtime, model
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("out", type=Path)
+    p.add_argument("--only", choices=("olmoe", "mixtral"), action="append")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    p.add_argument("--scale", choices=("full", "tiny"), default="full")
+    p.add_argument("--layers", type=int, default=None)
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    np.seterr(all="ignore")
+    for name in args.only or ("olmoe", "mixtral"):
+        run_model(name, args.out, t0, device=args.device, scale=args.scale, n_layers=args.layers)
+    print(f"total {time.time() - t0:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

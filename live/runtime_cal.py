@@ -1,0 +1,102 @@
+"""The live runtime's own host cost, measured on the model itself and folded into a hardware profile.
+
+`emu calibrate` times a Llama-style eager layer and a bare expert call. The live runtime runs the
+transformers modules plus its hooks (recording, speculator, forced routing) and per layer the routing
+readback, the cache bridge and the row index upload; on the H100 that host work, not the GPU, sets the
+decode pace. So, in the same lease as the runs it will be compared with, a separate calibration request
+(own routing, its own prompt) is replayed twice with every expert resident: once as is (`full`) and
+once with each expert's computation replaced by zeros (`no_experts`, everything else unchanged). Then
+
+- per layer:  (no_experts step - pass overhead) / layers - dense(1 token, context)  -> layer overhead
+- per expert: (full step - no_experts step) / (layers x top_k)                   -> expert host floor
+
+and `apply_runtime_overheads` writes both into the profile's model entry (the expert curve is raised to
+the floor where it is below it: the runtime cannot issue an expert faster than that).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import attrs
+import numpy as np
+
+from emu.errors import EmuError
+from emu.models import ModelSpec
+from emu.profile import Curve, HardwareProfile, dense_table
+
+_KEYS = ("full_step_s", "no_experts_step_s", "n_layers", "top_k", "context")
+
+
+def measure_runtime_overheads(model: Any, runtime: Any, *, vocab: int, device: Any, prompt_len: int = 256,
+                             steps: int = 32, seed: int = 12345) -> dict[str, Any]:
+    """Median decode step with all experts resident, with and without the experts' computation."""
+    import torch
+
+    from .hooks import RoutingHooks
+    from .runner import PassClock, PassPlan, attention_backends, generate
+
+    gen = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, vocab, (1, prompt_len), generator=gen).to(device)
+    with attention_backends(device):
+        rec = RoutingHooks(model, record=True, speculate=True)
+        try:
+            generate(model, prompt, PassPlan(prompt_len, steps), hooks=rec, runtime=runtime)
+        finally:
+            rec.remove()
+        routing = rec.trace("calibration")
+        plan = PassPlan(prompt_len, steps, 0, tuple(range(1, steps + 1)))
+        medians = {}
+        real_compute = runtime._compute
+        for mode in ("full", "no_experts"):
+            if mode == "no_experts":
+                def skip(slot: int, event: Any, act_fn: Any, hidden: Any, weights: Any, rows: Any) -> Any:
+                    token_idx = rows[1]
+                    return token_idx, hidden.new_zeros((token_idx.shape[0], hidden.shape[1]))
+                runtime._compute = skip
+            copies = runtime.copies
+            hooks = RoutingHooks(model, record=True, speculate=True, force=routing)
+            clock = PassClock(device)
+            try:
+                generate(model, prompt, plan, hooks=hooks, runtime=runtime, clock=clock)
+            finally:
+                hooks.remove()
+                runtime._compute = real_compute
+            if runtime.copies != copies:
+                raise EmuError(f"runtime calibration ({mode}) copied {runtime.copies - copies} experts; it expects "
+                               "every expert resident (run it with all slots)")
+            medians[mode] = statistics.median(clock.seconds()[1:])
+    return {"full_step_s": medians["full"], "no_experts_step_s": medians["no_experts"],
+            "n_layers": runtime.n_layers, "top_k": runtime.top_k, "context": prompt_len + steps // 2,
+            "prompt_len": prompt_len, "steps": steps}
+
+
+def derived_overheads(profile: HardwareProfile, model: ModelSpec, cal: dict[str, Any],
+                      file: str | None = None) -> tuple[float, float]:
+    """(layer overhead, expert host floor) in seconds from a measurement of `measure_runtime_overheads`."""
+    for key in _KEYS:
+        if not isinstance(cal.get(key), (int, float)) or cal[key] <= 0:
+            raise EmuError("expected a positive number", file=file, key=key)
+    mc = profile.models.get(model.name)
+    if mc is None:
+        raise EmuError(f"profile {profile.name} has no measured tables for {model.name}; the runtime calibration "
+                       "corrects measured tables", file=file)
+    d = dense_table(profile, model)
+    col = float(np.interp(cal["context"], d.context, np.asarray(d.seconds)[0]))
+    pass_oh = mc.pass_overhead_s if mc.pass_overhead_s is not None else profile.compute.pass_overhead_s
+    layer = (cal["no_experts_step_s"] - pass_oh) / cal["n_layers"] - col
+    expert = (cal["full_step_s"] - cal["no_experts_step_s"]) / (cal["n_layers"] * cal["top_k"])
+    return max(layer, 0.0), max(expert, 0.0)
+
+
+def apply_runtime_overheads(profile: HardwareProfile, model: ModelSpec, cal: dict[str, Any],
+                            file: str | None = None) -> HardwareProfile:
+    layer, floor = derived_overheads(profile, model, cal, file)
+    mc = profile.models[model.name]
+    expert = {p: Curve(c.tokens, tuple(max(s, floor) for s in c.seconds)) for p, c in mc.expert.items()}
+    models = dict(profile.models)
+    models[model.name] = attrs.evolve(mc, expert=expert, layer_overhead_s=layer)
+    prov = dict(profile.provenance)
+    prov.setdefault("runtime_calibration", {})[model.name] = dict(cal, layer_overhead_s=layer, expert_floor_s=floor)
+    return attrs.evolve(profile, models=models, provenance=prov)

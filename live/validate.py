@@ -1,0 +1,180 @@
+"""Emulated vs measured: replay a live run's recorded trace through the emulator and compare.
+
+A live run (`emu live` or `python -m live.matrix`) leaves a JSON record and the trace it recorded. The
+emulator runs that trace with the same model shape, the same number of slots (capacity = slots x
+expert bytes), the same eviction policy and a hardware profile, and the comparison gives the relative
+error of TTFT, decode tok/s, hit rate and bytes moved. No torch needed: CI re-checks committed runs.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from emu.errors import EmuError
+from emu.models import ModelSpec
+from emu.profile import HardwareProfile
+from emu.trace import RoutingTrace
+
+#: the metrics compared, as (name, key in the live record or its stats, emulator attribute or counter)
+METRICS = ("ttft_s", "decode_tok_s", "hit_rate", "bytes_h2d")
+#: metrics whose error is the issue's accuracy target
+TIMED = ("ttft_s", "decode_tok_s")
+
+_REQUIRED = ("model", "slots", "eviction", "ttft_s", "decode_tok_s", "stats", "trace")
+
+
+@attrs.frozen(eq=False)
+class LiveRun:
+    """One measured live run: its record and its recorded trace."""
+
+    path: str
+    record: dict[str, Any]
+    trace: RoutingTrace
+
+    @property
+    def tag(self) -> str:
+        return str(self.record.get("tag") or Path(self.path).stem)
+
+
+def load_live_run(path: str | Path) -> LiveRun:
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EmuError("live result not found", file=str(path)) from None
+    except json.JSONDecodeError as err:
+        raise EmuError(f"not valid JSON: {err.msg} at line {err.lineno}", file=str(path)) from None
+    if not isinstance(record, dict):
+        raise EmuError("expected a JSON object (the record `emu live` writes)", file=str(path))
+    for key in _REQUIRED:
+        if record.get(key) is None:
+            raise EmuError("missing; expected the record of an offloaded live run (`emu live` without "
+                           "--no-offload)", file=str(path), key=key)
+    trace_path = Path(record["trace"])
+    if not trace_path.is_absolute():  # records name their trace beside them (golden files move)
+        beside = path.parent / trace_path.name
+        trace_path = beside if beside.is_file() else trace_path
+    if not trace_path.is_file():
+        raise EmuError(f"recorded trace {trace_path} not found", file=str(path), key="trace")
+    trace = RoutingTrace.load(trace_path)
+    want = record.get("trace_fingerprint")
+    if want is not None and trace.fingerprint() != want:
+        raise EmuError(f"trace {trace_path} has fingerprint {trace.fingerprint()}, the record expects {want}",
+                       file=str(path), key="trace_fingerprint")
+    return LiveRun(str(path), record, trace)
+
+
+def live_model(run: LiveRun, profile: HardwareProfile) -> ModelSpec:
+    """The model as built, named after the preset whose measured tables the profile holds (a Mixtral cut
+    to 8 layers has Mixtral's per-layer and per-expert times)."""
+    fields = {f.name for f in attrs.fields(ModelSpec)}
+    raw = run.record["model"]
+    if not isinstance(raw, dict) or not set(raw) <= fields:
+        raise EmuError(f"expected a model spec with keys from {sorted(fields)}", file=run.path, key="model")
+    spec = ModelSpec(**raw)
+    preset = run.record.get("profile_model")
+    if preset is None and "-" in spec.name and spec.name not in profile.models:
+        preset = spec.name.rsplit("-", 2)[0]  # live_spec's "<preset>-<scale>-<n>l"
+    if preset in profile.models:
+        spec = attrs.evolve(spec, name=preset)
+    return spec
+
+
+def emulate_live(run: LiveRun, profile: HardwareProfile, engine: str = "fast") -> Any:
+    """The emulator's result on the run's trace with its slots and eviction policy."""
+    from emu.engines.setup import PolicyChoice, StackChoice, make_inputs
+    from emu.metrics import build_result
+
+    spec = live_model(run, profile)
+    rec = run.record
+    slots = int(rec["slots"])
+    expert_bytes = int(rec.get("expert_bytes") or spec.expert_bytes())
+    if expert_bytes != spec.expert_bytes():
+        raise EmuError(f"expert bytes {expert_bytes} differ from the model spec's {spec.expert_bytes()}",
+                       file=run.path, key="expert_bytes")
+    stack = StackChoice(eviction=PolicyChoice(str(rec["eviction"]), dict(rec.get("eviction_params") or {})))
+    run.trace.check_fits(spec.n_moe_layers, spec.n_experts, spec.top_k, file=run.path)
+    inputs = make_inputs(spec, profile, run.trace, slots * expert_bytes, stack, int(rec.get("seed", 0)))
+    if engine == "fast":
+        from emu.engines.fast.engine import run_fast as run_engine
+    elif engine == "des":
+        from emu.engines.des.engine import run_des as run_engine
+    else:
+        raise EmuError(f"expected fast or des, got {engine!r}", key="--engine")
+    cs, end, timings = run_engine(inputs)
+    return build_result(cs, end, run.trace, engine, timings)
+
+
+@attrs.frozen
+class Metric:
+    name: str
+    measured: float
+    emulated: float
+
+    @property
+    def error(self) -> float:
+        """(emulated - measured) / measured; 0 when both are 0."""
+        if self.measured == 0:
+            return 0.0 if self.emulated == 0 else float("inf")
+        return (self.emulated - self.measured) / self.measured
+
+
+@attrs.frozen
+class Validation:
+    tag: str
+    metrics: tuple[Metric, ...]
+    #: (hits, accesses, copies) counted by the runtime and by the emulator
+    live_counts: tuple[int, int, int]
+    emu_counts: tuple[int, int, int]
+
+    def metric(self, name: str) -> Metric:
+        return next(m for m in self.metrics if m.name == name)
+
+    @property
+    def counts_equal(self) -> bool:
+        return self.live_counts == self.emu_counts
+
+
+def validate_run(run: LiveRun, profile: HardwareProfile, engine: str = "fast") -> Validation:
+    result = emulate_live(run, profile, engine)
+    rec, st, c = run.record, run.record["stats"], result.counters
+    metrics = (
+        Metric("ttft_s", float(rec["ttft_s"]), result.ttft_s),
+        Metric("decode_tok_s", float(rec["decode_tok_s"]), result.decode_tok_per_s),
+        Metric("hit_rate", float(st["hit_rate"]), result.hit_rate),
+        Metric("bytes_h2d", float(st["bytes_h2d"]), float(c["bytes_h2d"])),
+    )
+    return Validation(run.tag, metrics, (int(st["hits"]), int(st["accesses"]), int(st["copies"])),
+                      (int(c["hits"]), int(c["accesses"]), int(c["copies"])))
+
+
+def error_summary(validations: list[Validation]) -> dict[str, tuple[float, float]]:
+    """Per metric: (median |error|, max |error|) over the runs."""
+    out = {}
+    for name in METRICS:
+        errs = [abs(v.metric(name).error) for v in validations]
+        out[name] = (statistics.median(errs), max(errs)) if errs else (0.0, 0.0)
+    return out
+
+
+def format_table(validations: list[Validation]) -> str:
+    head = (f"{'run':<30} {'TTFT ms live':>12} {'emu':>8} {'err':>7}  {'tok/s live':>10} {'emu':>7} {'err':>7}  "
+            f"{'hit live':>8} {'emu':>6}  {'GB live':>8} {'emu':>8} {'err':>6}  counts")
+    lines = [head, "-" * len(head)]
+    for v in validations:
+        t, d, h, b = (v.metric(n) for n in METRICS)
+        lines.append(
+            f"{v.tag:<30} {t.measured * 1e3:12.1f} {t.emulated * 1e3:8.1f} {100 * t.error:+6.1f}%  "
+            f"{d.measured:10.2f} {d.emulated:7.2f} {100 * d.error:+6.1f}%  {h.measured:8.3f} {h.emulated:6.3f}  "
+            f"{b.measured / 1e9:8.2f} {b.emulated / 1e9:8.2f} {100 * b.error:+5.1f}%  "
+            f"{'equal' if v.counts_equal else f'live {v.live_counts} emu {v.emu_counts}'}")
+    summary = error_summary(validations)
+    lines.append("-" * len(head))
+    lines.append("  ".join(f"{name}: median |err| {100 * med:.1f}%, max {100 * mx:.1f}%"
+                           for name, (med, mx) in summary.items() if name in TIMED))
+    return "\n".join(lines)

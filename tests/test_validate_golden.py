@@ -1,0 +1,154 @@
+"""The emulator against committed H100 measurements (tests/golden/live, one lease, see docs/validation.md).
+
+Twelve live runs (OLMoE-1B-7B full size and Mixtral-8x7B at 8 layers, cache 5/25/100%, lru and
+least-stale, prefetch none, eager expert kernel) recorded their trace and timings; the profile and the
+runtime calibration were measured in the same lease. CI replays every trace through the fast engine.
+
+Tolerances are what the emulator achieves today, not the issue's target (median <= 5%, max <= 10%):
+TTFT meets the median target; decode tok/s does not (median 9.0%, max 29.3%): the host-bound
+configurations (100% cache, and OLMoE at any size) move by 10-25% between identical runs on that machine.
+The copy-bound ones (Mixtral 5% and 25%) are held to 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from emu.errors import EmuError
+from emu.models import get_preset
+from emu.profile import expert_curve, load_profile
+from live.runtime_cal import apply_runtime_overheads, derived_overheads
+from live.validate import error_summary, load_live_run
+from live.validate_cli import add_parser, is_run_record, validate_dir
+
+GOLDEN = Path(__file__).parent / "golden" / "live"
+PROFILE = GOLDEN / "h100-lease.toml"
+CALS = sorted(GOLDEN.glob("*_runtime_cal.json"))
+
+#: (median, max) |relative error| allowed, per timed metric; measured at the commit: 1.2/21.2%, 9.0/29.3%
+TOLERANCE = {"ttft_s": (0.05, 0.25), "decode_tok_s": (0.10, 0.32)}
+#: copy-bound runs: decode within this of the measurement (measured: 3.2-8.9%)
+COPY_BOUND = ("mixtral_5pct_lru", "mixtral_5pct_least_stale", "mixtral_25pct_lru", "mixtral_25pct_least_stale")
+COPY_BOUND_MAX = 0.10
+
+
+def golden_records() -> list[Path]:
+    return [p for p in sorted(GOLDEN.glob("*.json")) if is_run_record(p)]
+
+
+@pytest.fixture(scope="module")
+def validations() -> list:
+    return validate_dir(golden_records(), PROFILE, CALS)
+
+
+def test_matrix_is_complete() -> None:
+    tags = {p.stem for p in golden_records()}
+    want = {f"{m}_{f}pct_{e}" for m in ("olmoe", "mixtral") for f in (5, 25, 100) for e in ("lru", "least_stale")}
+    assert tags == want
+
+
+def test_counts_match_the_runtime_exactly(validations: list) -> None:
+    for v in validations:
+        assert v.counts_equal, v.tag
+        assert v.metric("bytes_h2d").error == 0.0, v.tag
+        assert v.metric("hit_rate").error == 0.0, v.tag
+
+
+def test_timing_errors_within_tolerance(validations: list) -> None:
+    summary = error_summary(validations)
+    for name, (med_tol, max_tol) in TOLERANCE.items():
+        med, mx = summary[name]
+        assert med <= med_tol, f"{name}: median |error| {med:.3f} > {med_tol}"
+        assert mx <= max_tol, f"{name}: max |error| {mx:.3f} > {max_tol}"
+
+
+def test_copy_bound_decode_within_ten_percent(validations: list) -> None:
+    by_tag = {v.tag: v for v in validations}
+    for tag in COPY_BOUND:
+        err = by_tag[tag].metric("decode_tok_s").error
+        assert abs(err) <= COPY_BOUND_MAX, f"{tag}: decode error {err:+.3f}"
+
+
+def test_runtime_calibration_is_what_closes_the_decode_gap() -> None:
+    """Without the live runtime's measured host cost the emulator is far too fast on decode (median
+    error ~41%): the guard that a change dropping the calibration is caught."""
+    plain = validate_dir(golden_records(), PROFILE, [])
+    med, _ = error_summary(plain)["decode_tok_s"]
+    assert med > 0.3
+
+
+def test_runtime_overheads_derivation() -> None:
+    profile = load_profile(PROFILE)
+    cal = json.loads((GOLDEN / "olmoe_runtime_cal.json").read_text())
+    spec = get_preset("olmoe-1b-7b")
+    layer, floor = derived_overheads(profile, spec, cal)
+    per_expert = (cal["full_step_s"] - cal["no_experts_step_s"]) / (cal["n_layers"] * cal["top_k"])
+    assert floor == pytest.approx(per_expert)
+    assert 0 < layer < cal["no_experts_step_s"] / cal["n_layers"]
+    applied = apply_runtime_overheads(profile, spec, cal)
+    assert applied.models[spec.name].layer_overhead_s == pytest.approx(layer)
+    curve = expert_curve(applied, spec, "bf16")
+    assert min(curve.seconds) >= floor
+    assert max(curve.seconds) == max(max(expert_curve(profile, spec, "bf16").seconds), floor)
+    with pytest.raises(EmuError, match="positive number"):
+        derived_overheads(profile, spec, dict(cal, full_step_s=-1.0), file="cal.json")
+
+
+def test_load_live_run_rejects_bad_records(tmp_path: Path) -> None:
+    src = GOLDEN / "mixtral_5pct_lru.json"
+    rec = json.loads(src.read_text())
+    shutil.copy(GOLDEN / rec["trace"], tmp_path / rec["trace"])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({k: v for k, v in rec.items() if k != "slots"}))
+    with pytest.raises(EmuError, match="slots"):
+        load_live_run(bad)
+    bad.write_text(json.dumps(dict(rec, trace_fingerprint="0000")))
+    with pytest.raises(EmuError, match="fingerprint"):
+        load_live_run(bad)
+    bad.write_text(json.dumps(dict(rec, trace="missing.npz")))
+    with pytest.raises(EmuError, match="not found"):
+        load_live_run(bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(EmuError, match="JSON object"):
+        load_live_run(bad)
+
+
+def _cli(argv: list[str]) -> int:
+    p = argparse.ArgumentParser()
+    add_parser(p.add_subparsers())
+    args = p.parse_args(["validate", *argv])
+    return args.func(args)
+
+
+def test_cli_from_live_writes_the_comparison(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "runs"
+    d.mkdir()
+    for name in ("mixtral_5pct_lru.json", "mixtral_5pct_lru.npz", "mixtral_runtime_cal.json", "h100-lease.toml"):
+        shutil.copy(GOLDEN / name, d / name)
+    out = tmp_path / "val.json"
+    assert _cli(["--from-live", str(d), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "mixtral_5pct_lru" in text and "runtime calibration" in text
+    got = json.loads(out.read_text())
+    row = got["runs"][0]
+    assert row["counts_equal"] is True
+    rec = json.loads((d / "mixtral_5pct_lru.json").read_text())
+    assert row["decode_tok_s"]["measured"] == rec["decode_tok_s"]
+    assert abs(row["decode_tok_s"]["error"]) <= COPY_BOUND_MAX
+
+
+def test_cli_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(EmuError, match="directory"):
+        _cli(["--from-live", str(tmp_path / "nope")])
+    with pytest.raises(EmuError, match="no offloaded live run"):
+        _cli(["--from-live", str(tmp_path)])
+    with pytest.raises(EmuError, match="at least one scenario"):
+        _cli([])
+    (tmp_path / "x.json").write_text(json.dumps({"offload": True, "stats": {}, "trace": "t.npz"}))
+    with pytest.raises(EmuError, match="profiles"):
+        _cli(["--from-live", str(tmp_path)])
