@@ -70,8 +70,9 @@ def load_live_run(path: str | Path) -> LiveRun:
 
 
 def live_model(run: LiveRun, profile: HardwareProfile) -> ModelSpec:
-    """The model as built, named after the preset whose measured tables the profile holds (a Mixtral cut
-    to 8 layers has Mixtral's per-layer and per-expert times)."""
+    """The model as built, named after the preset whose measured tables the profile holds when it has the
+    preset's shape (a Mixtral cut to 8 layers has Mixtral's per-layer and per-expert times; a tiny CPU
+    build keeps its own name and gets the profile's roofline estimate)."""
     fields = {f.name for f in attrs.fields(ModelSpec)}
     raw = run.record["model"]
     if not isinstance(raw, dict) or not set(raw) <= fields:
@@ -80,9 +81,18 @@ def live_model(run: LiveRun, profile: HardwareProfile) -> ModelSpec:
     preset = run.record.get("profile_model")
     if preset is None and "-" in spec.name and spec.name not in profile.models:
         preset = spec.name.rsplit("-", 2)[0]  # live_spec's "<preset>-<scale>-<n>l"
-    if preset in profile.models:
+    if preset in profile.models and _same_shape(spec, preset):
         spec = attrs.evolve(spec, name=preset)
     return spec
+
+
+def _same_shape(spec: ModelSpec, preset: str) -> bool:
+    """Per-layer and per-expert shape of the preset (only the layer count may differ)."""
+    from emu.models import PRESETS
+
+    base = PRESETS.get(preset)
+    keys = ("n_experts", "top_k", "hidden", "expert_intermediate", "expert_matrices", "precision")
+    return base is not None and all(getattr(base, k) == getattr(spec, k) for k in keys)
 
 
 def emulate_live(run: LiveRun, profile: HardwareProfile, engine: str = "fast") -> Any:
