@@ -66,6 +66,7 @@ from .state import (
     SC_CPU_JOB,
     SC_CPU_NEW,
     SC_CPU_PENDING,
+    SC_CURSOR,
     SC_GPU_IDLE,
     SC_GPU_JOB,
     SC_GPU_NEW,
@@ -389,80 +390,95 @@ def gate(pk, cs, tv, p: int, layer: int, t: float) -> None:
     cs.fc[FC_GATE_T] = t
     pk.partition(pk.s_partition, cs, tv, p, layer, t)
     n = pk.route(pk.s_route, cs, tv, p, layer, t)
-    cs.sc[SC_NCUR] = n
-    n_exp = cs.cur_key.shape[0]
+    # Fields are read into locals once (a store through any array would make LLVM reload them); the
+    # arrays themselves are shared, so kernels called below see every write at once.
+    sc = cs.sc
+    stats_i = cs.stats_i
+    stats_f = cs.stats_f
+    status = cs.status
+    protect = cs.protect
+    cur_key = cs.cur_key
+    cur_mass = cs.cur_mass
+    cur_where = cs.cur_where
+    cur_state = cs.cur_state
+    cur_sub = cs.cur_sub
+    pf_unused = cs.pf_unused
+    sc[SC_NCUR] = n
+    sc[SC_CURSOR] = 0
+    n_exp = cur_key.shape[0]
     for i in range(n):
-        key = cs.cur_key[i]
+        key = cur_key[i]
         cs.cur_expert[i] = key - layer * n_exp
-        cs.cur_state[i] = E_PENDING
-        cs.cur_where[i] = ON_GPU
-        cs.cur_sub[i] = -1
-        cs.protect[key] += 1
+        cur_state[i] = E_PENDING
+        cur_where[i] = ON_GPU
+        cur_sub[i] = -1
+        protect[key] += 1
     for i in range(n):
-        key = cs.cur_key[i]
-        cs.stats_i[ST_ACCESSES, layer] += 1
-        cs.stats_f[SF_MASS, layer] += cs.cur_mass[i]
-        status = cs.status[key]
-        if status in (RESIDENT, IN_FLIGHT):
-            cs.stats_i[ST_HITS, layer] += 1
-            if status == IN_FLIGHT:
-                cs.stats_i[ST_LATE_HITS, layer] += 1
+        key = cur_key[i]
+        stats_i[ST_ACCESSES, layer] += 1
+        stats_f[SF_MASS, layer] += cur_mass[i]
+        st = status[key]
+        if st in (RESIDENT, IN_FLIGHT):
+            stats_i[ST_HITS, layer] += 1
+            if st == IN_FLIGHT:
+                stats_i[ST_LATE_HITS, layer] += 1
                 cs.late_flag[key] = 1
                 cs.late_gate_t[key] = t
                 if cs.copy_state[key] == COPY_QUEUED and cs.copy_prio[key] == PREFETCH:
-                    seq = cs.sc[SC_SEQ]  # promote: the stale prefetch entry is skipped when popped
-                    cs.sc[SC_SEQ] = seq + 1
+                    seq = sc[SC_SEQ]  # promote: the stale prefetch entry is skipped when popped
+                    sc[SC_SEQ] = seq + 1
                     cs.copy_prio[key] = DEMAND
                     cs.copy_seq[key] = seq
                     _heap_push(cs, DEMAND, seq, key)
-            if cs.pf_unused[key] == 1:
-                cs.pf_unused[key] = 0
-                cs.stats_i[ST_PF_USEFUL, layer] += 1
+            if pf_unused[key] == 1:
+                pf_unused[key] = 0
+                stats_i[ST_PF_USEFUL, layer] += 1
             if cs.prec[key] != 0:  # a hit on a lower-precision copy runs degraded too
-                cs.stats_i[ST_DEGRADED, layer] += 1
-                cs.stats_f[SF_DEGRADED_MASS, layer] += cs.cur_mass[i]
-            cs.sc[SC_CLOCK] += 1
+                stats_i[ST_DEGRADED, layer] += 1
+                stats_f[SF_DEGRADED_MASS, layer] += cur_mass[i]
+            sc[SC_CLOCK] += 1
             pk.event(pk.s_evict, cs, tv, EV_ACCESS, key, t)
             continue
         action = pk.miss(pk.s_miss, cs, tv, i, 0, t)
         code = action & 15
         arg = action >> 4
         if code == MISS_DROP:
-            cs.stats_i[ST_DROPPED, layer] += 1
-            cs.stats_f[SF_DROPPED_MASS, layer] += cs.cur_mass[i]
-            cs.cur_where[i] = SKIPPED
-            cs.cur_state[i] = E_DONE
-            cs.protect[key] -= 1
+            stats_i[ST_DROPPED, layer] += 1
+            stats_f[SF_DROPPED_MASS, layer] += cur_mass[i]
+            cur_where[i] = SKIPPED
+            cur_state[i] = E_DONE
+            protect[key] -= 1
             continue
         if cs.loaded_ever[key] == 0:
-            cs.stats_i[ST_MISS_COMPULSORY, layer] += 1
+            stats_i[ST_MISS_COMPULSORY, layer] += 1
         elif cs.evict_pass[key] == p:
-            cs.stats_i[ST_MISS_COLLISION, layer] += 1
+            stats_i[ST_MISS_COLLISION, layer] += 1
         else:
-            cs.stats_i[ST_MISS_CAPACITY, layer] += 1
+            stats_i[ST_MISS_CAPACITY, layer] += 1
         if code == MISS_FETCH:
             if arg != 0:
-                cs.stats_i[ST_DEGRADED, layer] += 1
-                cs.stats_f[SF_DEGRADED_MASS, layer] += cs.cur_mass[i]
-            cs.sc[SC_CLOCK] += 1
+                stats_i[ST_DEGRADED, layer] += 1
+                stats_f[SF_DEGRADED_MASS, layer] += cur_mass[i]
+            sc[SC_CLOCK] += 1
             issue_demand(pk, cs, tv, key, arg, t)
         elif code == MISS_SUBSTITUTE:
-            cs.stats_i[ST_SUBSTITUTED, layer] += 1
-            cs.stats_f[SF_SUBSTITUTED_MASS, layer] += cs.cur_mass[i]
-            cs.cur_sub[i] = arg
-            cs.protect[arg] += 1
-            cs.protect[key] -= 1
-            cs.sc[SC_CLOCK] += 1
+            stats_i[ST_SUBSTITUTED, layer] += 1
+            stats_f[SF_SUBSTITUTED_MASS, layer] += cur_mass[i]
+            cur_sub[i] = arg
+            protect[arg] += 1
+            protect[key] -= 1
+            sc[SC_CLOCK] += 1
             pk.event(pk.s_evict, cs, tv, EV_ACCESS, arg, t)
         elif code == MISS_CPU:
-            cs.stats_i[ST_CPU_RUNS, layer] += 1
-            cs.cur_where[i] = ON_CPU
-            cs.sc[SC_CPU_PENDING] += 1
-            cs.protect[key] -= 1
+            stats_i[ST_CPU_RUNS, layer] += 1
+            cur_where[i] = ON_CPU
+            sc[SC_CPU_PENDING] += 1
+            protect[key] -= 1
     n_pf = pk.prefetch(pk.s_prefetch, cs, tv, p, layer, t)
-    cs.sc[SC_PF_N] = n_pf
+    sc[SC_PF_N] = n_pf
+    pf_buf = cs.pf_buf
     for j in range(n_pf):
-        issue_prefetch(pk, cs, tv, cs.pf_buf[j], 0, t)
+        issue_prefetch(pk, cs, tv, pf_buf[j], 0, t)
 
 
 # ---- the forward pass as a state machine ----------------------------------------------------------
@@ -509,18 +525,27 @@ def _finish_entry(cs, i: int) -> None:
         cs.protect[_entry_key(cs, i)] -= 1
 
 
+STEP_NONE = 0  # nothing changed
+STEP_CHANGED = 1
+STEP_GPU_STARTED = 2  # the GPU took a job and nothing else changed: a further step at t changes nothing
+
+
 @njit(cache=True)
-def _step(pk, cs, tm, tv, t: float) -> bool:
-    """Advance the forward pass at instant t as far as one transition; True if something changed."""
+def _step(pk, cs, tm, tv, t: float) -> int:
+    """Advance the forward pass at instant t as far as one transition (STEP_*).
+
+    STEP_GPU_STARTED is returned where the step's only effect is a job started on the GPU (after the CPU
+    had its chance in this same step): the next step would find the GPU busy, the CPU as it left it and
+    the phase waiting for a job, so `_decide` stops there unless demand copies wait for a victim."""
     phase = cs.sc[SC_PHASE]
     if phase == PH_FINISHED:
-        return False
+        return STEP_NONE
     gpu_free = cs.sc[SC_GPU_JOB] == JOB_NONE
     if phase == PH_PASS_START:
         p = cs.sc[SC_PASS]
         if p >= tv.pass_offsets.shape[0] - 1:
             cs.sc[SC_PHASE] = PH_FINISHED
-            return True
+            return STEP_CHANGED
         cs.pass_start[p] = t
         pk.event(pk.s_evict, cs, tv, EV_PASS, p, t)
         _pass_times(cs, tm, tv, p)
@@ -530,20 +555,20 @@ def _step(pk, cs, tm, tv, t: float) -> bool:
             cs.sc[SC_PHASE] = PH_PRE_RUN
         else:
             cs.sc[SC_PHASE] = PH_LAYER_START
-        return True
+        return STEP_CHANGED
     if phase == PH_LAYER_START:
         if cs.fc[FC_DENSE_S] > 0.0:
             _start_gpu(cs, JOB_DENSE, cs.fc[FC_DENSE_S], t)
             cs.sc[SC_PHASE] = PH_DENSE_RUN
-        else:
-            cs.sc[SC_PHASE] = PH_GATE
-        return True
+            return STEP_GPU_STARTED
+        cs.sc[SC_PHASE] = PH_GATE
+        return STEP_CHANGED
     if phase == PH_GATE:
         gate(pk, cs, tv, cs.sc[SC_PASS], cs.sc[SC_LAYER], t)
         cs.sc[SC_PHASE] = PH_EXPERTS
-        return True
+        return STEP_CHANGED
     if phase != PH_EXPERTS:
-        return False  # a pre-pass or dense job is running
+        return STEP_NONE  # a pre-pass or dense job is running
     n = cs.sc[SC_NCUR]
     changed = False
     # the CPU takes the lowest pending expert routed to it
@@ -560,22 +585,27 @@ def _step(pk, cs, tm, tv, t: float) -> bool:
                 changed = True
                 break
     if not gpu_free:
-        return changed
-    all_done = True
-    for i in range(n):
-        if cs.cur_state[i] != E_DONE:
-            all_done = False
-        if cs.cur_state[i] == E_PENDING and cs.cur_where[i] == ON_GPU:
+        return STEP_CHANGED if changed else STEP_NONE
+    # entries before the cursor are done: the scan for the lowest ready one starts after them
+    cur_state = cs.cur_state
+    first = cs.sc[SC_CURSOR]
+    while first < n and cur_state[first] == E_DONE:
+        first += 1
+    cs.sc[SC_CURSOR] = first
+    cur_where = cs.cur_where
+    status = cs.status
+    for i in range(first, n):
+        if cur_state[i] == E_PENDING and cur_where[i] == ON_GPU:
             key = _entry_key(cs, i)
-            if cs.status[key] == RESIDENT:
+            if status[key] == RESIDENT:
                 dur = expert_seconds(tm, cs.prec[key], cs.cur_tokens[i])
                 if dur > 0.0:
-                    cs.cur_state[i] = E_RUNNING
+                    cur_state[i] = E_RUNNING
                     _start_gpu(cs, i, dur, t)
-                else:
-                    _finish_entry(cs, i)
-                return True
-    if all_done:
+                    return STEP_CHANGED if changed else STEP_GPU_STARTED
+                _finish_entry(cs, i)
+                return STEP_CHANGED
+    if first == n:
         layer = cs.sc[SC_LAYER] + 1
         if layer == tv.experts.shape[1]:
             p = cs.sc[SC_PASS]
@@ -585,11 +615,11 @@ def _step(pk, cs, tm, tv, t: float) -> bool:
         else:
             cs.sc[SC_LAYER] = layer
             cs.sc[SC_PHASE] = PH_LAYER_START
-        return True
+        return STEP_CHANGED
     if cs.sc[SC_GPU_IDLE] == 0:
         cs.sc[SC_GPU_IDLE] = 1
         cs.fc[FC_IDLE_T] = t
-    return changed
+    return STEP_CHANGED if changed else STEP_NONE
 
 
 # ---- the instant: the one entry point engines call ----------------------------------------------
@@ -599,7 +629,8 @@ def _decide(pk, cs, tm, tv, t: float) -> None:
     while True:
         if cs.sc[SC_WQ_N] > 0:
             retry_waiters(pk, cs, tv, t)
-        if not _step(pk, cs, tm, tv, t):
+        r = _step(pk, cs, tm, tv, t)
+        if r == STEP_NONE or (r == STEP_GPU_STARTED and cs.sc[SC_WQ_N] == 0):
             break
 
 
@@ -657,16 +688,9 @@ GPU_DONE = 1
 CPU_DONE = 2
 
 
-@njit(int64(STACK_T, CS_T, TM_T, TV_T, float64, int64, int64, int64), cache=True)
-def instant(pk, cs, tm, tv, t, n_done, done_jobs, n_free):
-    """Everything that happens at instant t, in the contract's order.
-
-    1. completions: the copies `cs.io_done[:n_done]` landed; `done_jobs` has GPU_DONE / CPU_DONE bits;
-    2. decisions (`_decide`);
-    3. dispatch: up to `n_free` idle copy engines start the best queued copies, written to
-       `cs.io_keys` / `cs.io_durs`; returns how many started. Once the trace is done nothing more starts.
-    New GPU/CPU jobs are announced in sc[SC_GPU_NEW] / sc[SC_CPU_NEW] with durations in fc.
-    """
+@njit(cache=True, inline="always")
+def instant_inline(pk, cs, tm, tv, t: float, n_done: int, done_jobs: int, n_free: int) -> int:
+    """`instant`, inlined into the fast engine's loop (no call per instant); the very same code."""
     for i in range(n_done):
         _copy_done(cs, cs.io_done[i], t)
     if done_jobs & GPU_DONE:
@@ -685,6 +709,19 @@ def instant(pk, cs, tm, tv, t, n_done, done_jobs, n_free):
         cs.io_durs[n] = dur
         n += 1
     return n
+
+
+@njit(int64(STACK_T, CS_T, TM_T, TV_T, float64, int64, int64, int64), cache=True)
+def instant(pk, cs, tm, tv, t, n_done, done_jobs, n_free):
+    """Everything that happens at instant t, in the contract's order.
+
+    1. completions: the copies `cs.io_done[:n_done]` landed; `done_jobs` has GPU_DONE / CPU_DONE bits;
+    2. decisions (`_decide`);
+    3. dispatch: up to `n_free` idle copy engines start the best queued copies, written to
+       `cs.io_keys` / `cs.io_durs`; returns how many started. Once the trace is done nothing more starts.
+    New GPU/CPU jobs are announced in sc[SC_GPU_NEW] / sc[SC_CPU_NEW] with durations in fc.
+    """
+    return instant_inline(pk, cs, tm, tv, t, n_done, done_jobs, n_free)
 
 
 @njit(inline="always")

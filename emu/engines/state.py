@@ -78,6 +78,7 @@ SC_N_ENGINES = 17
 SC_PF_N = 18
 SC_LAST_COPY = 19  # key of the copy `next_copy` just started
 SC_CPU_PENDING = 20  # entries of the current layer routed to the CPU and not started yet
+SC_CURSOR = 21  # entries of the current layer before this index are done
 SC_N = 24
 
 # ---- fc: float scalars ---------------------------------------------------------------------------

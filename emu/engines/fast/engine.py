@@ -42,7 +42,7 @@ def run_loop(pk, cs, tm, tv, n_engines):
         for e in range(n_engines):
             if eng_key[e] < 0:
                 n_free += 1
-        started = core.instant(pk, cs, tm, tv, t, n_done, done_jobs, n_free)
+        started = core.instant_inline(pk, cs, tm, tv, t, n_done, done_jobs, n_free)
         if cs.sc[SC_GPU_NEW] == 1:
             cs.sc[SC_GPU_NEW] = 0
             gpu_end = t + cs.fc[FC_GPU_DUR]
