@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from emu.cli import main
 from emu.engines.des.engine import run_des
 from emu.engines.des.timeline import DEFAULT_PASSES, TimelineRecorder, parse_pass_window
 from emu.engines.setup import PolicyChoice, StackChoice, make_inputs
-from emu.errors import EmuError
+from emu.errors import EmuError, EmuWarning
 from emu.metrics import build_result
 from emu.models import ModelSpec
 from emu.policies.registry import get_policy
@@ -189,6 +190,16 @@ def test_window_keeps_exactly_its_passes() -> None:
     assert full_r["n_passes"] > 8
     _r, default = _run(*case, DEFAULT_PASSES)
     assert {e["args"]["pass"] for e in _spans(default.chrome_trace())} == set(range(8))
+
+
+def test_long_trace_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("emu.engines.des.timeline.SLOW_PASSES", 20)
+    with pytest.warns(EmuWarning, match="all 21 passes on the SimPy engine"):
+        _run(*STACKS["cpu-misses"], DEFAULT_PASSES)
+    monkeypatch.setattr("emu.engines.des.timeline.SLOW_PASSES", 21)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EmuWarning)
+        _run(*STACKS["cpu-misses"], DEFAULT_PASSES)
 
 
 @pytest.mark.parametrize(("text", "want"), [("0:8", (0, 8)), ("3:", (3, None)), (":5", (0, 5)), (" 2 : 4", (2, 4))])

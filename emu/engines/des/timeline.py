@@ -13,10 +13,11 @@ Passes outside the window are not stored; a job or copy belongs to the pass in p
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
-from ...errors import EmuError
+from ...errors import EmuError, EmuWarning
 from ...trace import PHASE_DECODE
 from ..state import (
     E_PENDING,
@@ -38,6 +39,9 @@ from ..state import (
 )
 
 DEFAULT_PASSES = (0, 8)
+#: above this many passes a timeline run warns that the SimPy engine takes minutes (it runs ~55 OLMoE
+#: passes/s on 2 cores: 1028 passes of scenarios/olmoe-1b-7b_h100_5pct.toml in 18 s)
+SLOW_PASSES = 10_000
 
 # track ids (Chrome "tid") inside one process; copy engine i is COPY_TID + i
 PASSES_TID = 0
@@ -80,6 +84,9 @@ class TimelineRecorder:
             raise EmuError(f"the window starts at pass {self.first} but the trace has {n_passes} passes",
                            key="--timeline-passes")
         self.stop = n_passes if self.stop is None else min(self.stop, n_passes)
+        if n_passes > SLOW_PASSES:
+            warnings.warn(f"--timeline runs all {n_passes} passes on the SimPy engine (tens of passes per second); "
+                          "set workload.max_tokens to stop sooner", EmuWarning, stacklevel=2)
         self._cs = cs
         self._n_experts = inputs.model.n_experts
         self._precisions = inputs.precisions
