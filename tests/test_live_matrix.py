@@ -1,0 +1,81 @@
+"""The matrix helpers on the CPU: re-sizing a built runtime, repeated cold prefills, runtime calibration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from emu.errors import EmuError  # noqa: E402
+from emu.profile import load_profile  # noqa: E402
+from live.matrix import reconfigure, slots_for, ttft_repeats  # noqa: E402
+from live.models import build_model, live_shape  # noqa: E402
+from live.offload import ExpertOffload  # noqa: E402
+from live.runner import PassPlan, run_live  # noqa: E402
+from live.runtime_cal import measure_runtime_overheads  # noqa: E402
+from live.validate import LiveRun, validate_run  # noqa: E402
+
+PROFILE = str(Path(__file__).resolve().parent.parent / "scenarios/profiles/h100-provisional.toml")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def built():
+    shape = live_shape("olmoe-1b-7b", "tiny", 2)
+    model = build_model("olmoe-1b-7b", "tiny", n_layers=2, dtype="fp32", seed=0)
+    return shape, model, ExpertOffload(model, 6, eviction="lru", device="cpu", kernel="eager")
+
+
+def _record(rt, res) -> dict:
+    import attrs
+
+    from live.models import live_spec
+
+    spec = live_spec(live_shape("olmoe-1b-7b", "tiny", 2), "bf16")
+    st = res.stats
+    return {"model": spec.to_dict(), "slots": rt.n_slots, "eviction": rt.eviction, "ttft_s": res.ttft_s,
+            "decode_tok_s": res.decode_tok_s, "stats": attrs.asdict(st) | {"hit_rate": st.hit_rate},
+            "trace": "t.npz", "expert_bytes": None}
+
+
+def test_slots_for_rounds_like_emu_live() -> None:
+    assert slots_for(0.05, 1024) == 51 and slots_for(0.05, 64) == 3 and slots_for(1.0, 64) == 64
+    assert slots_for(0.001, 64) == 1
+
+
+def test_reconfigure_gives_a_cold_cache_that_the_emulator_matches(built) -> None:
+    shape, model, rt = built
+    plan = [PassPlan(12, 5)]
+    run_live(model, plan, vocab=shape.vocab, device=CPU, runtime=rt, warmup_passes=1)
+    reconfigure(rt, 40, "least-stale", "eager")
+    assert rt.n_slots == 40 and rt.slot_gu.shape[0] == 40 and rt.eviction == "least-stale"
+    res = run_live(model, plan, vocab=shape.vocab, device=CPU, runtime=rt, warmup_passes=1)
+    assert res.stats.accesses == res.stats.hits + res.stats.misses > 0
+    assert res.stats.compulsory > 0  # cold after the re-size
+    v = validate_run(LiveRun("mem", _record(rt, res), res.trace), load_profile(PROFILE))
+    assert v.counts_equal, (v.live_counts, v.emu_counts)
+
+
+def test_ttft_repeats_replay_the_recorded_prefill_cold(built) -> None:
+    shape, model, rt = built
+    reconfigure(rt, 6, "lru", "eager")
+    res = run_live(model, [PassPlan(12, 2)], vocab=shape.vocab, device=CPU, runtime=rt, warmup_passes=1)
+    first = res.trace.pass_offsets[1]
+    times = ttft_repeats(model, rt, res.trace, 12, vocab=shape.vocab, device=CPU, n=2, seed=1)
+    assert len(times) == 2 and all(t > 0 for t in times)
+    # the last repeat started cold and ran exactly the recorded prefill's accesses
+    per_layer = [len(set(res.trace.experts[:first, layer].ravel().tolist())) for layer in range(2)]
+    assert rt.stats().accesses == sum(per_layer) and rt.stats().compulsory == rt.stats().misses > 0
+
+
+def test_runtime_calibration_needs_every_expert_resident(built) -> None:
+    shape, model, rt = built
+    reconfigure(rt, 2 * 64, "lru", "eager")
+    cal = measure_runtime_overheads(model, rt, vocab=shape.vocab, device=CPU, prompt_len=12, steps=4)
+    assert cal["full_step_s"] > 0 and cal["no_experts_step_s"] > 0 and cal["n_layers"] == 2 and cal["top_k"] == 8
+    reconfigure(rt, 6, "lru", "eager")
+    with pytest.raises(EmuError, match="resident"):
+        measure_runtime_overheads(model, rt, vocab=shape.vocab, device=CPU, prompt_len=12, steps=4)
