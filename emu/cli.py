@@ -127,9 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot_cli.add_parser(sub)
     from calibrate import cli as calibrate_cli
     from live import cli as live_cli
+    from live import validate_cli
 
     calibrate_cli.add_parser(sub)
     live_cli.add_parser(sub)
+    validate_cli.add_parser(sub)
     return parser
 
 
