@@ -530,7 +530,7 @@ STEP_CHANGED = 1
 STEP_GPU_STARTED = 2  # the GPU took a job and nothing else changed: a further step at t changes nothing
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _step(pk, cs, tm, tv, t: float) -> int:
     """Advance the forward pass at instant t as far as one transition (STEP_*).
 
