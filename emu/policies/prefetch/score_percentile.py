@@ -13,8 +13,8 @@ from numba import njit
 
 from ...engines.state import new_policy_state
 from ..api import KERNEL_SIG, Param, Policy, PolicyContext
-from ..kernel_util import percentile_inplace, predicted_layer_mass, push_top, seed_state
-from .topk import add_prior, count_layer
+from ..kernel_util import percentile_inplace, push_top, seed_state
+from .topk import score_next_layer
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
@@ -26,14 +26,11 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
 
 @njit(KERNEL_SIG, cache=True)
 def prefetch(ps, cs, tv, p, layer, t):
-    count_layer(ps, cs, layer, 1)
-    target = layer + 1
-    if target >= tv.experts.shape[1]:
+    target = score_next_layer(ps, cs, tv, p, layer, ps.p[1])
+    if target < 0:
         return 0
     n_exp = cs.cur_key.shape[0]
     scores = ps.f[0, :n_exp]
-    predicted_layer_mass(tv, p, target, ps.p[1], ps.i[0], 0, scores)
-    add_prior(ps, cs, target, 1, scores)
     tmp = ps.f[2, :n_exp]
     tmp[:] = scores
     threshold = percentile_inplace(tmp, n_exp, ps.p[0])

@@ -47,17 +47,28 @@ def add_prior(ps, cs, target: int, row: int, scores) -> None:
             scores[e] += PRIOR * ps.f[row, base + e] / total
 
 
-@njit(KERNEL_SIG, cache=True)
-def prefetch(ps, cs, tv, p, layer, t):
+@njit(cache=True)
+def score_next_layer(ps, cs, tv, p: int, layer: int, accuracy: float) -> int:
+    """Learn from this gate, then score layer l+1 into `f[0]`: predicted mass plus the popularity prior.
+
+    Returns the scored layer, or -1 at the last layer (nothing to prefetch)."""
     count_layer(ps, cs, layer, 1)
     target = layer + 1
     if target >= tv.experts.shape[1]:
-        return 0
+        return -1
     n_exp = cs.cur_key.shape[0]
     scores = ps.f[0, :n_exp]
-    predicted_layer_mass(tv, p, target, ps.p[0], ps.i[0], 0, scores)
+    predicted_layer_mass(tv, p, target, accuracy, ps.i[0], 0, scores)
     add_prior(ps, cs, target, 1, scores)
-    return push_top(cs, scores, target, int(ps.p[1]), 0, 0.0)
+    return target
+
+
+@njit(KERNEL_SIG, cache=True)
+def prefetch(ps, cs, tv, p, layer, t):
+    target = score_next_layer(ps, cs, tv, p, layer, ps.p[0])
+    if target < 0:
+        return 0
+    return push_top(cs, ps.f[0, : cs.cur_key.shape[0]], target, int(ps.p[1]), 0, 0.0)
 
 
 POLICY = Policy(
