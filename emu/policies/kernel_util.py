@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..engines.state import ABSENT
+from ..engines.state import ABSENT, new_policy_state
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -28,6 +28,14 @@ def init_set(members: np.ndarray, pos: np.ndarray) -> None:
     members[:] = -1
     pos[:] = -1
     pos[-1] = 0
+
+
+def resident_set_state(n_keys: int, i_rows: int, f_rows: int = 0, f_cols: int = 0,
+                       params: tuple[float, ...] = ()) -> object:
+    """A policy state whose int rows 0 and 1 hold an empty resident set; rows 2.. are the policy's own."""
+    ps = new_policy_state(f_rows=f_rows, f_cols=f_cols, i_rows=i_rows, i_cols=set_rows(n_keys), params=params)
+    init_set(ps.i[0], ps.i[1])
+    return ps
 
 
 @njit(cache=True)

@@ -12,16 +12,13 @@ from __future__ import annotations
 from numba import njit
 
 from ...engines.core import is_evictable
-from ...engines.state import DEMAND, SC_CLOCK, new_policy_state
+from ...engines.state import DEMAND, SC_CLOCK
 from ..api import EV_ACCESS, EV_EVICT, EV_INSERT, KERNEL_SIG, Policy, PolicyContext
-from ..kernel_util import init_set, set_add, set_remove, set_rows, set_size
+from ..kernel_util import resident_set_state, set_add, set_remove, set_size
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
-    n = ctx.n_layers * ctx.n_experts
-    ps = new_policy_state(i_rows=4, i_cols=set_rows(n))
-    init_set(ps.i[0], ps.i[1])
-    return ps
+    return resident_set_state(ctx.n_layers * ctx.n_experts, i_rows=4)
 
 
 @njit(KERNEL_SIG, cache=True)

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 from numba import njit
 
-from ...engines.core import is_evictable
-from ...engines.state import DEMAND, SC_CLOCK, new_policy_state
+from ...engines.state import DEMAND, SC_CLOCK
 from ..api import EV_ACCESS, EV_EVICT, EV_INSERT, KERNEL_SIG, Policy, PolicyContext
-from ..kernel_util import init_set, set_add, set_remove, set_rows, set_size
+from ..kernel_util import resident_set_state, set_add, set_remove
+from .lfu import victim  # same order: fewest counted uses, then least recent, then lowest key
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
-    n = ctx.n_layers * ctx.n_experts
-    ps = new_policy_state(i_rows=4, i_cols=set_rows(n))
-    init_set(ps.i[0], ps.i[1])
-    return ps
+    return resident_set_state(ctx.n_layers * ctx.n_experts, i_rows=4)
 
 
 @njit(KERNEL_SIG, cache=True)
@@ -40,20 +37,6 @@ def event(ps, cs, tv, ev, key, t):
     elif ev == EV_EVICT:
         set_remove(i[0], i[1], key)
     return 0
-
-
-@njit(KERNEL_SIG, cache=True)
-def victim(ps, cs, tv, in_layer, _b, t):
-    i = ps.i
-    best = -1
-    for j in range(set_size(i[1])):
-        key = i[0, j]
-        if not is_evictable(cs, key, in_layer):
-            continue
-        if best < 0 or i[2, key] < i[2, best] or (i[2, key] == i[2, best] and (
-                i[3, key] < i[3, best] or (i[3, key] == i[3, best] and key < best))):
-            best = key
-    return best
 
 
 POLICY = Policy(name="lhu", kind="eviction", kernels=(victim, event), init=init,

@@ -13,16 +13,14 @@ from __future__ import annotations
 from numba import njit
 
 from ...engines.core import is_evictable, key_layer
-from ...engines.state import DEMAND, SC_CLOCK, SC_LAYER, SC_NCUR, SC_PASS, new_policy_state
+from ...engines.state import DEMAND, SC_CLOCK, SC_LAYER, SC_NCUR, SC_PASS
 from ..api import EV_ACCESS, EV_EVICT, EV_INSERT, KERNEL_SIG, Param, Policy, PolicyContext
-from ..kernel_util import init_set, set_add, set_remove, set_rows, set_size
+from ..kernel_util import resident_set_state, set_add, set_remove, set_size
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     n = ctx.n_layers * ctx.n_experts
-    ps = new_policy_state(f_rows=1, f_cols=n, i_rows=4, i_cols=set_rows(n), params=(params["decay"],))
-    init_set(ps.i[0], ps.i[1])
-    return ps
+    return resident_set_state(n, i_rows=4, f_rows=1, f_cols=n, params=(params["decay"],))
 
 
 @njit(cache=True)

@@ -10,15 +10,12 @@ from __future__ import annotations
 from numba import njit
 
 from ...engines.core import is_evictable
-from ...engines.state import new_policy_state
 from ..api import EV_EVICT, EV_INSERT, KERNEL_SIG, Policy, PolicyContext
-from ..kernel_util import init_set, rand_below, seed_state, set_add, set_remove, set_rows, set_size
+from ..kernel_util import rand_below, resident_set_state, seed_state, set_add, set_remove, set_size
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
-    n = ctx.n_layers * ctx.n_experts
-    ps = new_policy_state(i_rows=3, i_cols=set_rows(n))
-    init_set(ps.i[0], ps.i[1])
+    ps = resident_set_state(ctx.n_layers * ctx.n_experts, i_rows=3)
     ps.i[2, 0] = seed_state(ctx.seed, 1)
     return ps
 
