@@ -7,7 +7,6 @@ expected (docs/scenarios.md documents every key).
 from __future__ import annotations
 
 import copy
-import math
 import re
 import sys
 import warnings
@@ -271,6 +270,3 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
         raise EmuError(f"not valid TOML ({err})", file=str(path)) from None
     return scenario_from_dict(data, path, overrides)
 
-
-def _finite(x: float) -> bool:
-    return math.isfinite(x)

@@ -75,9 +75,7 @@ from .state import (
     SC_LAYER,
     SC_NCUR,
     SC_PASS,
-    SC_PF_N,
     SC_PHASE,
-    SC_RUNNING_COPIES,
     SC_SAME_LAYER,
     SC_SEQ,
     SC_USED,
@@ -475,7 +473,6 @@ def gate(pk, cs, tv, p: int, layer: int, t: float) -> None:
             sc[SC_CPU_PENDING] += 1
             protect[key] -= 1
     n_pf = pk.prefetch(pk.s_prefetch, cs, tv, p, layer, t)
-    sc[SC_PF_N] = n_pf
     pf_buf = cs.pf_buf
     for j in range(n_pf):
         issue_prefetch(pk, cs, tv, pf_buf[j], 0, t)
@@ -644,7 +641,6 @@ def _next_copy(cs, tm) -> float:
         if cs.copy_state[key] != COPY_QUEUED or cs.copy_seq[key] != seq:
             continue  # stale entry of a promoted prefetch
         cs.copy_state[key] = COPY_RUNNING
-        cs.sc[SC_RUNNING_COPIES] += 1
         dur = tm.copy_s[cs.prec[key]]
         layer = key_layer(cs, key)
         cs.stats_i[ST_BYTES_H2D, layer] += cs.nbytes[key]
@@ -659,7 +655,6 @@ def _next_copy(cs, tm) -> float:
 def _copy_done(cs, key: int, t: float) -> None:
     cs.status[key] = RESIDENT
     cs.copy_state[key] = COPY_NONE
-    cs.sc[SC_RUNNING_COPIES] -= 1
     if cs.late_flag[key] == 1:
         cs.late_flag[key] = 0
         cs.stats_f[SF_LATE_WAIT_S, key_layer(cs, key)] += t - cs.late_gate_t[key]

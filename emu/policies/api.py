@@ -23,7 +23,7 @@ from typing import Any
 
 import attrs
 import numpy as np
-from numba import float64, int64, types
+from numba import float64, int64
 from numba.core.types import FunctionType
 
 from ..engines.state import CS_T, PS_T, TV_T
@@ -47,7 +47,6 @@ MISS_CPU = 3
 #: route(p, l) -> n; partition(p, l) -> 0.
 KERNEL_SIG = int64(PS_T, CS_T, TV_T, int64, int64, float64)
 KERNEL_T = FunctionType(KERNEL_SIG)
-KERNELS_T = types.ListType(KERNEL_T)
 
 KINDS = ("eviction", "prefetch", "miss", "routing", "partition")
 
