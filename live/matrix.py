@@ -180,12 +180,12 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
             torch.cuda.empty_cache()
     runtime = ExpertOffload(model, n_keys, eviction="lru", device=device, seed=0, kernel="eager")
     print(f"{name}: offloaded [{time.time() - t0:.0f}s]", flush=True)
-    if name == "olmoe":  # the runtime's own overhead at 100%: fused kernel, own routing, vs unmodified
+    if name == "olmoe":  # the runtime's own overhead at 100% (preloaded): own routing, vs unmodified
         for kernel in ("fused", "eager"):
             reconfigure(runtime, n_keys, "lru", kernel)
             own = [PassPlan(OLMOE_PROMPT, DECODE)]
             res = run_live(model, own, vocab=shape.vocab, device=dev, runtime=runtime, warmup_passes=3,
-                           rehearse=cuda, model_name=spec.name)
+                           rehearse=cuda, model_name=spec.name, preload=True)
             _record(f"olmoe_own_100pct_lru_{kernel}", spec, res, runtime, offload=True, kernel=kernel,
                     eviction="lru", forced=None, plans=own, out_dir=out_dir, extra=dict(common))
     reconfigure(runtime, n_keys, "lru", "eager")

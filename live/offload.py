@@ -15,6 +15,15 @@ model's own experts implementation (grouped_mm by default in transformers 5) onc
 pool with the routing mapped to slots, after every copy of the layer has landed (bitwise equal to the
 unmodified model: same function, same sums). A layer whose experts do not all fit at once (demand
 copies waiting for victims) always runs the eager way.
+
+Deferred hits (fused kernel): when every expert of a layer holds a slot, no decision can depend on the
+routing, so the layer runs without reading it back: the router's ids are mapped to slots on the device
+(a per-layer lookup table), copied to pinned host memory behind the layer, and booked with the cache
+policy later, in order, before the next decision that reads the policy state (the next non-deferred
+layer, the next pass, `stats()`). The policy sees the same events in the same order, so decisions and
+counts are those of the synchronous path; the host no longer waits for the GPU at such layers, as the
+unmodified model never does. Free slots are taken at `key % n_slots` when free, so at 100% cache each
+layer's experts sit in one contiguous window.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from torch import nn
 
 from emu.errors import EmuError
 
-from .cache_bridge import CAPACITY, COLLISION, COMPULSORY, HIT, MISS_EVICT, MISS_WAIT, CacheBridge
+from .cache_bridge import CAPACITY, COLLISION, COMPULSORY, HIT, MISS_EVICT, MISS_FREE, MISS_WAIT, CacheBridge
 from .hooks import sparse_blocks
 
 
@@ -137,18 +146,48 @@ class ExpertOffload:
         self.bridge = CacheBridge(self.n_layers, self.n_experts, self.top_k, self.n_slots, self.eviction,
                                   self.eviction_params, self.seed)
         self.slot_of = np.full(self.n_layers * self.n_experts, -1, np.int64)
-        self.free_slots = list(range(self.n_slots - 1, -1, -1))
+        self.free = np.ones(self.n_slots, bool)
         self.slot_last_use: list[Any] = [None] * self.n_slots
+        self.layer_slots = np.zeros(self.n_layers, np.int64)  # keys of each layer that hold a slot
+        self.pending: list[dict[int, Any]] = [{} for _ in range(self.n_layers)]  # slot -> copy event not waited
+        self.lut = torch.zeros((self.n_layers, self.n_experts), dtype=torch.int64, device=self.device)
+        self.lut_window: list[tuple[int, int] | None] = [None] * self.n_layers  # None: lut is stale
+        self.deferred: list[tuple[int, torch.Tensor, Any]] = []  # (layer, host ids, event) not yet booked
+        self.deferred_layers = 0
         self.pass_index = -1
         self._hits = np.zeros(self.n_layers, np.int64)
         self._misses = np.zeros((3, self.n_layers), np.int64)
         self.copies = self.bytes_h2d = self.evictions = self.waits = 0
 
+    def preload(self) -> None:
+        """Fill the free slots with experts in key order (layer by layer), as a server with room for them
+        would at start; the copies are not counted. With every slot filled this way at 100% cache, every
+        layer runs deferred."""
+        self.flush()
+        for layer in range(self.n_layers):
+            room = int(self.free.sum())
+            if room == 0:
+                break
+            absent = np.flatnonzero(self.slot_of[layer * self.n_experts: (layer + 1) * self.n_experts] < 0)
+            experts = absent[:room].astype(np.int64)
+            outcome, _victims, _kinds = self.bridge.gate(layer, experts)
+            for e, out in zip(experts.tolist(), outcome.tolist()):
+                if out != MISS_FREE:
+                    raise RuntimeError(f"preload: layer {layer} expert {e} found no free slot")
+                self._place(layer, e, -1)
+                self.bridge.complete(layer, e)
+                self.bridge.release(layer, e)
+        self._hits[:] = 0
+        self._misses[:] = 0
+        self.copies = self.bytes_h2d = self.evictions = self.waits = 0
+
     def begin_pass(self) -> None:
+        self.flush()
         self.pass_index += 1
         self.bridge.begin_pass(self.pass_index)
 
     def stats(self) -> OffloadStats:
+        self.flush()
         hits = int(self._hits.sum())
         misses = int(self._misses.sum())
         return OffloadStats(
@@ -166,9 +205,17 @@ class ExpertOffload:
             slot = int(self.slot_of[victim])
             self.slot_of[victim] = -1
             self.evictions += 1
+            old = victim // self.n_experts
+            self.layer_slots[old] -= 1
+            self.lut_window[old] = None
+            self.pending[old].pop(slot, None)
         else:
-            slot = self.free_slots.pop()
+            home = key % self.n_slots
+            slot = home if self.free[home] else int(np.argmax(self.free))
+            self.free[slot] = False
         self.slot_of[key] = slot
+        self.layer_slots[layer] += 1
+        self.lut_window[layer] = None
         src_gu, src_dn = self.host_gu[layer, expert], self.host_dn[layer, expert]
         event = None
         if self.cuda:
@@ -181,6 +228,7 @@ class ExpertOffload:
                 self.slot_dn[slot].copy_(src_dn, non_blocking=True)
                 event = torch.cuda.Event()
                 event.record(self.copy_stream)
+            self.pending[layer][slot] = event
         else:
             self.slot_gu[slot].copy_(src_gu)
             self.slot_dn[slot].copy_(src_dn)
@@ -191,6 +239,11 @@ class ExpertOffload:
     # --- one layer ---------------------------------------------------------------------------------
     def run_layer(self, layer: int, act_fn: Any, hidden: torch.Tensor, top_k_index: torch.Tensor,
                   top_k_weights: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "fused" and self.layer_slots[layer] == self.n_experts:
+            out = self._run_deferred(layer, hidden, top_k_index, top_k_weights)
+            if out is not None:
+                return out
+        self.flush()
         index = top_k_index.cpu().numpy()  # the host must know the ids to manage the cache
         experts = np.unique(index).astype(np.int64)
         outcome, victims, kinds = self.bridge.gate(layer, experts)
@@ -230,11 +283,64 @@ class ExpertOffload:
                 queue.append((w, slot_w, event_w))
         if waiting:
             raise EmuError(f"layer {layer}: {len(waiting)} experts found no slot; the cache has {self.n_slots}")
+        self._waited(layer, experts)
         final = torch.zeros_like(hidden)
         for e in experts.tolist():  # eager's summation order
             token_idx, out = results[e]
             final.index_add_(0, token_idx, out.to(final.dtype))
         return final
+
+    def _run_deferred(self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor,
+                      top_k_weights: torch.Tensor) -> torch.Tensor | None:
+        """Every expert of the layer holds a slot: run the fused kernel with the ids mapped to slots on the
+        device and book the accesses later (`flush`); None when the layer's window is too wide."""
+        window = self.lut_window[layer]
+        if window is None:
+            slots = self.slot_of[layer * self.n_experts: (layer + 1) * self.n_experts]
+            lo, hi = int(slots.min()), int(slots.max())
+            if hi - lo + 1 > MAX_GROUPS:
+                return None
+            self.lut[layer].copy_(torch.from_numpy(slots - lo))
+            window = self.lut_window[layer] = (lo, hi)
+        lo, hi = window
+        stream = torch.cuda.current_stream(self.device) if self.cuda else None
+        if self.pending[layer]:
+            if stream is not None:
+                for event in self.pending[layer].values():
+                    stream.wait_event(event)
+            self.pending[layer].clear()
+        fused = self.fused[layer]
+        fused.gate_up_proj, fused.down_proj = self.slot_gu[lo: hi + 1], self.slot_dn[lo: hi + 1]
+        fused.num_experts = hi - lo + 1
+        out = fused(hidden, self.lut[layer][top_k_index], top_k_weights)
+        ids = torch.empty(top_k_index.shape, dtype=top_k_index.dtype, pin_memory=self.cuda)
+        ids.copy_(top_k_index, non_blocking=self.cuda)
+        done = None
+        if stream is not None:
+            done = torch.cuda.Event()
+            done.record(stream)
+            for slot in range(lo, hi + 1):
+                self.slot_last_use[slot] = done
+        self.deferred.append((layer, ids, done))
+        self.deferred_layers += 1
+        return out
+
+    def flush(self) -> None:
+        """Book the deferred layers' accesses with the cache policy, in the order they ran (all hits)."""
+        if not self.deferred:
+            return
+        pending, self.deferred = self.deferred, []
+        for layer, ids, done in pending:
+            if done is not None:
+                done.synchronize()
+            experts = np.unique(ids.numpy()).astype(np.int64)
+            outcome, _victims, _kinds = self.bridge.gate(layer, experts)
+            if not np.all(outcome == HIT):
+                raise RuntimeError(f"layer {layer}: a deferred layer missed; every expert was to hold a slot")
+            self._hits[layer] += len(experts)
+            for e in experts.tolist():
+                self.bridge.complete(layer, e)
+                self.bridge.release(layer, e)
 
     def _run_fused(self, layer: int, index: np.ndarray, hidden: torch.Tensor, top_k_weights: torch.Tensor,
                    placed: list[tuple[int, int, Any]]) -> torch.Tensor | None:
@@ -260,7 +366,15 @@ class ExpertOffload:
             self.slot_last_use[slot] = done
             self.bridge.complete(layer, e)
             self.bridge.release(layer, e)
+        self._waited(layer, np.unique(index))
         return out
+
+    def _waited(self, layer: int, experts: np.ndarray) -> None:
+        """The compute stream has waited for these experts' copies."""
+        pending = self.pending[layer]
+        if pending:
+            for slot in self.slot_of[layer * self.n_experts + experts].tolist():
+                pending.pop(slot, None)
 
     def _routing_rows(self, index: np.ndarray) -> dict[int, tuple[Any, Any]]:
         """Per needed expert, its (top-k slot, token) rows as device tensors.

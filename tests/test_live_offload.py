@@ -257,11 +257,11 @@ def test_fused_kernel_uses_a_window_of_slots_and_falls_back_when_too_wide(monkey
         return original(self, *args)
 
     monkeypatch.setattr(type(fused0), "forward", spy)
-    monkeypatch.setattr(offload, "MAX_GROUPS", 40)  # a window wider than this runs expert by expert
+    monkeypatch.setattr(offload, "MAX_GROUPS", 50)  # a window wider than this runs expert by expert
     ids = _ids(12, seed=8)
     for a, b in zip(_logits_of_generation(default, ids, 3), _logits_of_generation(off, ids, 3, runtime)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    assert calls and max(calls) <= 40  # the decode passes fit a window; the wide prefill layers did not
+    assert calls and max(calls) <= 50  # some decode layers fit a window; the wide prefill layers did not
     assert len(calls) < 4 * 2  # ... so some of the 4 passes x 2 layers ran expert by expert
     assert runtime.stats().accesses > 4 * 2 * 8
 
@@ -295,3 +295,29 @@ def test_cli_names_bad_arguments(tmp_path):
     args = _cli_args(scen, tmp_path / "x.npz", "--layers", "0")
     with pytest.raises(EmuError, match="--layers"):
         args.func(args)
+
+
+@pytest.mark.parametrize(("preset", "slots"), [("mixtral-8x7b", 16), ("mixtral-8x7b", 11), ("olmoe-1b-7b", 128)])
+def test_deferred_hits_keep_the_math_and_the_policy_decisions(preset, slots):
+    """Fully resident layers (after `preload`) run without a routing readback (fused kernel) and are booked later; the
+    logits stay bitwise those of the unmodified model and every count equals the synchronous eager run's,
+    evictions included (booking the deferred hits late or out of order changes LRU's victims)."""
+    default = build_model(preset, "tiny", dtype="fp32", seed=5)
+    fused = build_model(preset, "tiny", dtype="fp32", seed=5)
+    eager = build_model(preset, "tiny", dtype="fp32", seed=5, experts_implementation="eager")
+    rt_fused = ExpertOffload(fused, slots, eviction="lru", kernel="fused")
+    rt_eager = ExpertOffload(eager, slots, eviction="lru")
+    rt_fused.preload()
+    rt_eager.preload()
+    assert rt_fused.stats().copies == 0 and len(rt_fused.bridge.resident()) == slots
+    ids = _ids(6, seed=11)
+    want = _logits_of_generation(default, ids, 12)
+    got = _logits_of_generation(fused, ids, 12, rt_fused)
+    _logits_of_generation(eager, ids, 12, rt_eager)
+    for a, b in zip(want, got):
+        assert torch.equal(a, b)
+    assert rt_fused.deferred_layers > 0
+    assert rt_fused.stats() == rt_eager.stats()
+    assert np.array_equal(rt_fused.bridge.resident(), rt_eager.bridge.resident())
+    if slots < rt_fused.n_layers * rt_fused.n_experts:
+        assert rt_fused.stats().evictions > 0
