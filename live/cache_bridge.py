@@ -1,11 +1,18 @@
 """The live runtime's only door into the emulator core: cache bookkeeping driven by the emulator's own
-eviction kernels.
+eviction and prefetch kernels.
 
 The runtime owns the slots and the copies; this module owns the decision. It keeps an emulator
 `CacheState` (keys = layer * n_experts + expert, one slot = one byte of capacity) up to date with the
 fields `core.is_evictable` reads, calls the policy's `event` kernel exactly where the emulator does
 (EV_PASS at a pass start, EV_ACCESS on a hit, EV_INSERT when a copy takes a slot, EV_EVICT) and its
 `victim` kernel to make room, so live and emulated runs of one policy on one trace evict the same keys.
+
+Prefetch follows `core.gate`: after a layer's accesses the prefetch kernel names keys, and each absent
+one takes a slot at once (a victim from the eviction kernel, EV_INSERT) or is dropped when there is no
+victim. The kernels read the current pass from a `TraceView` that the runtime fills layer by layer
+(`observe`: routing of layers <= l and the speculator's prediction for l+1), so only policies that look
+at nothing later than that are allowed (`LIVE_PREFETCH`). A hit on a key still in flight is a late hit;
+a prefetched key counts as useful on its first hit and as wasted when evicted unused, as in the core.
 Only the global partition is modelled (no per-layer caps or floors).
 """
 
@@ -23,12 +30,19 @@ from emu.engines.state import (
     SC_CAP,
     SC_CLOCK,
     SC_LAYER,
+    SC_NCUR,
     SC_PASS,
     SC_USED,
+    ST_LATE_HITS,
+    ST_PF_DROPPED,
+    ST_PF_ISSUED,
+    ST_PF_USEFUL,
+    ST_PF_WASTED,
     WAITING,
     TraceView,
     new_cache_state,
 )
+from emu.errors import EmuError
 from emu.policies.api import EV_ACCESS, EV_EVICT, EV_INSERT, EV_PASS, KERNEL_T, PolicyContext
 from emu.policies.registry import get_policy
 
@@ -43,6 +57,11 @@ COMPULSORY = 0
 CAPACITY = 1
 COLLISION = 2
 
+#: prefetch policies whose kernels read only the current pass up to layer l, the speculator's prediction
+#: for layer l+1 and their own state: what the runtime knows at layer l's gate (lookahead and oracle
+#: read later layers or passes of the trace)
+LIVE_PREFETCH = ("none", "next-layer", "topk", "score-percentile", "frequency", "adaptive", "multi-look")
+
 
 def _empty_trace_view(n_layers: int, top_k: int, n_experts: int) -> Any:
     """Recency policies never read the trace; the kernels still need one of the right type."""
@@ -50,6 +69,16 @@ def _empty_trace_view(n_layers: int, top_k: int, n_experts: int) -> Any:
     return TraceView(np.zeros(shape, np.int16), np.zeros(shape, np.float32), np.zeros(shape, np.int16),
                      np.zeros(1, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int32), np.zeros(0, np.int32),
                      np.array([0, 0, n_experts], np.int64))
+
+
+def _pass_view(n_layers: int, top_k: int, n_experts: int, p: int, n_tok: int) -> Any:
+    """Pass p's routing and predictions as the trace view the kernels read (layers filled by `observe`)."""
+    shape = (n_tok, n_layers, top_k)
+    offsets = np.zeros(p + 2, np.int64)
+    offsets[p + 1] = n_tok
+    return TraceView(np.zeros(shape, np.int16), np.zeros((0, n_layers, top_k), np.float32),
+                     np.zeros(shape, np.int16), offsets, np.zeros(p + 1, np.int8), np.zeros(n_tok, np.int32),
+                     np.zeros(n_tok, np.int32), np.array([0, 1, n_experts], np.int64))
 
 
 @njit(cache=True)
@@ -60,6 +89,9 @@ def _evict(kern, ps, cs, tv, key: int) -> None:
     cs.layer_bytes[layer] -= 1
     cs.layer_count[layer] -= 1
     cs.evict_pass[key] = cs.sc[SC_PASS]
+    if cs.pf_unused[key] == 1:
+        cs.pf_unused[key] = 0
+        cs.stats_i[ST_PF_WASTED, layer] += 1
     kern[1](ps, cs, tv, EV_EVICT, key, 0.0)
 
 
@@ -83,11 +115,16 @@ def _take_slot(kern, ps, cs, tv, key: int, layer: int) -> int:
 
 
 @njit(cache=True)
-def _gate_layer(kern, ps, cs, tv, p: int, layer: int, keys, outcome, victims, kinds) -> None:
-    """The emulator's gate for one layer (standard routing, fetch on miss, no prefetch)."""
+def _gate_layer(kern, ps, cs, tv, p: int, layer: int, keys, tokens, outcome, victims, kinds) -> None:
+    """The emulator's gate for one layer (standard routing, fetch on miss), before its prefetch."""
     cs.sc[SC_LAYER] = layer
     n = keys.shape[0]
+    n_exp = cs.cur_key.shape[0]
+    cs.sc[SC_NCUR] = n
     for i in range(n):
+        cs.cur_key[i] = keys[i]
+        cs.cur_expert[i] = keys[i] - layer * n_exp
+        cs.cur_tokens[i] = tokens[i]
         cs.protect[keys[i]] += 1
     for i in range(n):
         key = keys[i]
@@ -95,6 +132,11 @@ def _gate_layer(kern, ps, cs, tv, p: int, layer: int, keys, outcome, victims, ki
         victims[i] = -1
         if cs.status[key] == RESIDENT or cs.status[key] == IN_FLIGHT:
             outcome[i] = HIT
+            if cs.status[key] == IN_FLIGHT:
+                cs.stats_i[ST_LATE_HITS, layer] += 1
+            if cs.pf_unused[key] == 1:
+                cs.pf_unused[key] = 0
+                cs.stats_i[ST_PF_USEFUL, layer] += 1
             cs.sc[SC_CLOCK] += 1
             kern[1](ps, cs, tv, EV_ACCESS, key, 0.0)
             continue
@@ -117,45 +159,105 @@ def _gate_layer(kern, ps, cs, tv, p: int, layer: int, keys, outcome, victims, ki
 
 
 @njit(cache=True)
+def _prefetch_layer(kern, ps, pf_ps, cs, tv, p: int, layer: int, out_keys, out_victims) -> int:
+    """`core.gate`'s prefetch step: the kernel names keys, each absent one takes a slot now (-1 free, else
+    the victim in `out_victims`) or is dropped when no victim is left. Returns how many were issued."""
+    n_pf = kern[2](pf_ps, cs, tv, p, layer, 0.0)
+    n_exp = cs.cur_key.shape[0]
+    m = 0
+    for j in range(n_pf):
+        key = cs.pf_buf[j]
+        if cs.status[key] != ABSENT:
+            continue
+        kl = key // n_exp
+        got = _take_slot(kern, ps, cs, tv, key, kl)
+        if got == -2:
+            cs.stats_i[ST_PF_DROPPED, kl] += 1
+            continue
+        cs.pf_unused[key] = 1
+        cs.stats_i[ST_PF_ISSUED, kl] += 1
+        out_keys[m] = key
+        out_victims[m] = got
+        m += 1
+    return m
+
+
+@njit(cache=True)
 def _retry(kern, ps, cs, tv, key: int, layer: int) -> int:
     return _take_slot(kern, ps, cs, tv, key, layer)
 
 
 class CacheBridge:
-    """Eviction decisions for `n_slots` expert slots, made by a registered emulator eviction policy."""
+    """Eviction and prefetch decisions for `n_slots` expert slots, made by registered emulator policies."""
 
     def __init__(self, n_layers: int, n_experts: int, top_k: int, n_slots: int, eviction: str = "lru",
-                 params: dict[str, Any] | None = None, seed: int = 0) -> None:
+                 params: dict[str, Any] | None = None, seed: int = 0, prefetch: str = "none",
+                 prefetch_params: dict[str, Any] | None = None) -> None:
+        if prefetch not in LIVE_PREFETCH:
+            raise EmuError(f"the live runtime cannot run prefetch policy {prefetch!r} (it reads routing the runtime "
+                           f"does not know yet); expected one of {list(LIVE_PREFETCH)}", key="policy.prefetch")
         policy = get_policy("eviction", eviction)
+        pf_policy = get_policy("prefetch", prefetch)
         resolved = policy.resolve_params(params or {}, "policy.eviction", None)
-        self.n_layers, self.n_experts, self.n_slots = n_layers, n_experts, n_slots
+        pf_resolved = pf_policy.resolve_params(prefetch_params or {}, "policy.prefetch", None)
+        self.n_layers, self.n_experts, self.top_k, self.n_slots = n_layers, n_experts, top_k, n_slots
+        self.prefetch_name = prefetch
         self.cs = new_cache_state(n_layers, n_experts, top_k, 1, n_slots, np.array([1], np.int64), 1)
         self.tv = _empty_trace_view(n_layers, top_k, n_experts)
         ctx = PolicyContext(n_layers=n_layers, n_experts=n_experts, top_k=top_k, capacity_bytes=n_slots,
                             expert_bytes=1, prec_bytes=np.array([1], np.int64), trace=self.tv, seed=seed)
         self.ps = policy.init(ctx, resolved)
+        self.pf_ps = pf_policy.init(ctx, pf_resolved)
         self.kern = typed.List.empty_list(KERNEL_T)
         self.kern.append(policy.kernels[0])
         self.kern.append(policy.kernels[1])
+        self.kern.append(pf_policy.kernels[0])
+        self._pf_keys = np.empty(n_layers * n_experts, np.int64)
+        self._pf_victims = np.empty(n_layers * n_experts, np.int64)
         self._pass = -1
+        self._view_pass = -1
+
+    @property
+    def prefetching(self) -> bool:
+        return self.prefetch_name != "none"
 
     def begin_pass(self, p: int) -> None:
         self._pass = p
         self.cs.sc[SC_PASS] = p
         self.kern[1](self.ps, self.cs, self.tv, EV_PASS, p, 0.0)
 
-    def gate(self, layer: int, experts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def observe(self, layer: int, index: np.ndarray, predicted_next: np.ndarray | None) -> None:
+        """Layer `layer`'s routing (tokens x top_k) and the speculator's prediction for the next layer, for
+        the prefetch kernel; the view is rebuilt at the first layer a pass observes."""
+        if self._view_pass != self._pass or self.tv.experts.shape[0] != index.shape[0]:
+            self.tv = _pass_view(self.n_layers, self.top_k, self.n_experts, max(self._pass, 0), index.shape[0])
+            self._view_pass = self._pass
+        self.tv.experts[:, layer, :] = index
+        if predicted_next is not None and layer + 1 < self.n_layers:
+            self.tv.predicted[:, layer + 1, :] = predicted_next
+
+    def gate(self, layer: int, experts: np.ndarray, tokens: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Hit or miss for each needed expert (ascending ids), the victim each miss evicted, miss kinds.
 
-        The needed keys stay protected (never victims) until `release`.
+        `tokens`: tokens routed to each expert (policies that learn from the gate read them). The needed
+        keys stay protected (never victims) until `release`.
         """
         keys = np.ascontiguousarray(layer * self.n_experts + np.asarray(experts, np.int64))
         n = keys.shape[0]
+        tok = np.ones(n, np.int64) if tokens is None else np.ascontiguousarray(tokens, np.int64)
         outcome = np.empty(n, np.int8)
         victims = np.empty(n, np.int64)
         kinds = np.empty(n, np.int8)
-        _gate_layer(self.kern, self.ps, self.cs, self.tv, self._pass, layer, keys, outcome, victims, kinds)
+        _gate_layer(self.kern, self.ps, self.cs, self.tv, self._pass, layer, keys, tok, outcome, victims, kinds)
         return outcome, victims, kinds
+
+    def prefetch(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """The prefetch step of layer `layer`'s gate (call right after `gate`): keys issued, in issue order,
+        and the victim each evicted (-1: a free slot). Each key is in flight until `complete`."""
+        m = _prefetch_layer(self.kern, self.ps, self.pf_ps, self.cs, self.tv, self._pass, layer, self._pf_keys,
+                            self._pf_victims)
+        return self._pf_keys[:m].copy(), self._pf_victims[:m].copy()
 
     def retry(self, layer: int, expert: int) -> int:
         """A waiting miss tries again: -1 free slot, a victim key, or -2 still no victim."""
@@ -174,3 +276,12 @@ class CacheBridge:
         """Keys that hold a slot (resident or in flight)."""
         st = self.cs.status
         return np.flatnonzero((st == RESIDENT) | (st == IN_FLIGHT))
+
+    def prefetch_counts(self) -> dict[str, int]:
+        """Prefetches issued, useful, dropped and wasted, and late hits, as the core counts them at the end of
+        a run (wasted: evicted unused, or still unused now, as `core.close` adds)."""
+        st = self.cs.stats_i
+        wasted = int(st[ST_PF_WASTED].sum()) + int(self.cs.pf_unused.sum())
+        return {"prefetch_issued": int(st[ST_PF_ISSUED].sum()), "prefetch_useful": int(st[ST_PF_USEFUL].sum()),
+                "prefetch_dropped": int(st[ST_PF_DROPPED].sum()), "prefetch_wasted": wasted,
+                "late_hits": int(st[ST_LATE_HITS].sum())}

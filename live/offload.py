@@ -24,10 +24,20 @@ layer, the next pass, `stats()`). The policy sees the same events in the same or
 counts are those of the synchronous path; the host no longer waits for the GPU at such layers, as the
 unmodified model never does. Free slots are taken at `key % n_slots` when free, so at 100% cache each
 layer's experts sit in one contiguous window.
+
+Prefetch (`prefetch`, a policy of `cache_bridge.LIVE_PREFETCH`): at each layer's gate the policy's kernel
+names keys, each takes a slot at once (as in the emulator) and its copy is queued with the prefetch
+watchdog (`watchdog.py`), an asyncio task that submits it when the copy engine is idle. Demand copies go
+to the engine at once; a needed key still queued is promoted (submitted at once); a needed key in
+flight is a late hit that the compute waits for. The routing and the speculator's prediction for the
+next layer (its gate on this layer's input, the formula of `hooks.RoutingHooks`) come back to the host
+in one copy. A prefetched key becomes evictable once its copy's event has completed, checked at each
+gate. Deferred hits are off while prefetching: a layer's prefetch decision needs its routing.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import attrs
@@ -39,6 +49,7 @@ from emu.errors import EmuError
 
 from .cache_bridge import CAPACITY, COLLISION, COMPULSORY, HIT, MISS_EVICT, MISS_FREE, MISS_WAIT, CacheBridge
 from .hooks import sparse_blocks
+from .watchdog import PrefetchWatchdog
 
 
 @attrs.frozen
@@ -57,6 +68,11 @@ class OffloadStats:
     waits: int
     per_layer_hits: tuple[int, ...]
     per_layer_misses: tuple[int, ...]
+    prefetch_issued: int = 0
+    prefetch_useful: int = 0
+    prefetch_dropped: int = 0
+    prefetch_wasted: int = 0
+    late_hits: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -96,7 +112,8 @@ class ExpertOffload:
 
     def __init__(self, model: Any, n_slots: int, *, eviction: str = "lru",
                  eviction_params: dict[str, Any] | None = None, device: str = "cpu", seed: int = 0,
-                 kernel: str | None = None) -> None:
+                 kernel: str | None = None, prefetch: str = "none",
+                 prefetch_params: dict[str, Any] | None = None) -> None:
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         if self.cuda and not torch.cuda.is_available():
@@ -117,6 +134,8 @@ class ExpertOffload:
         if self.kernel not in KERNELS:
             raise EmuError(f"expected one of {list(KERNELS)}, got {self.kernel!r}", key="--experts")
         self.eviction, self.eviction_params, self.seed = eviction, dict(eviction_params or {}), seed
+        self.prefetch, self.prefetch_params = prefetch, dict(prefetch_params or {})
+        self.gates = [b.gate for b in blocks]  # the speculator: layer l+1's gate on layer l's input
         gu_shape, dn_shape = tuple(first.gate_up_proj.shape[1:]), tuple(first.down_proj.shape[1:])
         dtype = first.gate_up_proj.dtype
         pin = self.cuda
@@ -138,13 +157,27 @@ class ExpertOffload:
         self.expert_bytes = (self.host_gu[0, 0].numel() + self.host_dn[0, 0].numel()) * self.host_gu.element_size()
         self.copy_stream = torch.cuda.Stream(device=self.device) if self.cuda else None
         model.to(self.device)
+        self.watchdog: PrefetchWatchdog | None = None
         self.reset()
 
     # --- state -------------------------------------------------------------------------------------
     def reset(self) -> None:
         """An empty cache and zero counters (after warm-up, so a measured run starts cold like the emulator)."""
-        self.bridge = CacheBridge(self.n_layers, self.n_experts, self.top_k, self.n_slots, self.eviction,
-                                  self.eviction_params, self.seed)
+        bridge = CacheBridge(self.n_layers, self.n_experts, self.top_k, self.n_slots, self.eviction,
+                             self.eviction_params, self.seed, self.prefetch, self.prefetch_params)
+        if not bridge.prefetching:
+            self.close()
+        elif self.watchdog is None:
+            self.watchdog = PrefetchWatchdog(_SlotCopier(self))
+            self.watchdog.start()
+        with self._locked():
+            if self.watchdog is not None:
+                self.watchdog.clear()
+            self._reset(bridge)
+
+    def _reset(self, bridge: CacheBridge) -> None:
+        self.bridge = bridge
+        self.inflight_pf: dict[int, int] = {}  # prefetched key -> slot, until its copy is known to have landed
         self.slot_of = np.full(self.n_layers * self.n_experts, -1, np.int64)
         self.free = np.ones(self.n_slots, bool)
         self.slot_last_use: list[Any] = [None] * self.n_slots
@@ -181,6 +214,15 @@ class ExpertOffload:
         self._misses[:] = 0
         self.copies = self.bytes_h2d = self.evictions = self.waits = 0
 
+    def close(self) -> None:
+        """Stop the prefetch watchdog (raising here what made it fail, if anything)."""
+        wd, self.watchdog = self.watchdog, None
+        if wd is not None:
+            wd.stop()
+
+    def _locked(self) -> Any:
+        return self.watchdog.lock if self.watchdog is not None else contextlib.nullcontext()
+
     def begin_pass(self) -> None:
         self.flush()
         self.pass_index += 1
@@ -188,6 +230,11 @@ class ExpertOffload:
 
     def stats(self) -> OffloadStats:
         self.flush()
+        pf = {}
+        if self.watchdog is not None:
+            self.watchdog.check()
+            self.watchdog.pump()  # what the engine would have started by now
+            pf = self.bridge.prefetch_counts()
         hits = int(self._hits.sum())
         misses = int(self._misses.sum())
         return OffloadStats(
@@ -195,16 +242,26 @@ class ExpertOffload:
             capacity=int(self._misses[CAPACITY].sum()), collision=int(self._misses[COLLISION].sum()),
             copies=self.copies, bytes_h2d=self.bytes_h2d, evictions=self.evictions, waits=self.waits,
             per_layer_hits=tuple(int(x) for x in self._hits),
-            per_layer_misses=tuple(int(x) for x in self._misses.sum(axis=0)))
+            per_layer_misses=tuple(int(x) for x in self._misses.sum(axis=0)), **pf)
 
     # --- copies ------------------------------------------------------------------------------------
     def _place(self, layer: int, expert: int, victim: int) -> tuple[int, Any]:
-        """Give the key a slot (the victim's or a free one) and start its copy; returns slot and event."""
+        """Give the key a slot (the victim's or a free one) and start its copy (through the watchdog when
+        prefetching, so it never interleaves with a prefetch submission); returns slot and event."""
+        slot = self._assign(layer, expert, victim)
+        if self.watchdog is None:
+            return slot, self._copy(layer, expert, slot)
+        self.watchdog.demand((layer, expert, slot))
+        return slot, self.pending[layer].get(slot)
+
+    def _assign(self, layer: int, expert: int, victim: int) -> int:
+        """The slot bookkeeping of a copy decided now: the victim's slot or a free one."""
         key = layer * self.n_experts + expert
         if victim >= 0:
             slot = int(self.slot_of[victim])
             self.slot_of[victim] = -1
             self.evictions += 1
+            self.inflight_pf.pop(victim, None)
             old = victim // self.n_experts
             self.layer_slots[old] -= 1
             self.lut_window[old] = None
@@ -216,6 +273,10 @@ class ExpertOffload:
         self.slot_of[key] = slot
         self.layer_slots[layer] += 1
         self.lut_window[layer] = None
+        return slot
+
+    def _copy(self, layer: int, expert: int, slot: int) -> Any:
+        """Start the copy of an expert into its slot once the compute that last read the slot is done."""
         src_gu, src_dn = self.host_gu[layer, expert], self.host_dn[layer, expert]
         event = None
         if self.cuda:
@@ -234,33 +295,49 @@ class ExpertOffload:
             self.slot_dn[slot].copy_(src_dn)
         self.copies += 1
         self.bytes_h2d += self.expert_bytes
-        return slot, event
+        return event
 
     # --- one layer ---------------------------------------------------------------------------------
     def run_layer(self, layer: int, act_fn: Any, hidden: torch.Tensor, top_k_index: torch.Tensor,
                   top_k_weights: torch.Tensor) -> torch.Tensor:
-        if self.kernel == "fused" and self.layer_slots[layer] == self.n_experts:
+        if self.watchdog is None and self.kernel == "fused" and self.layer_slots[layer] == self.n_experts:
             out = self._run_deferred(layer, hidden, top_k_index, top_k_weights)
             if out is not None:
                 return out
         self.flush()
-        index = top_k_index.cpu().numpy()  # the host must know the ids to manage the cache
-        experts = np.unique(index).astype(np.int64)
-        outcome, victims, kinds = self.bridge.gate(layer, experts)
-        for kind in (COMPULSORY, CAPACITY, COLLISION):
-            self._misses[kind, layer] += int((kinds == kind).sum())
-        self._hits[layer] += int((outcome == HIT).sum())
+        index, predicted = self._readback(layer, hidden, top_k_index)  # the host must know the ids
+        experts, tokens = np.unique(index, return_counts=True)
+        experts = experts.astype(np.int64)
         ready: list[tuple[int, int, Any]] = []  # (expert, slot, event to wait for)
+        late: list[tuple[int, int, Any]] = []  # hits whose prefetch copy is still on its way
         loading: list[tuple[int, int, Any]] = []
         waiting: list[int] = []
-        for e, out, victim in zip(experts.tolist(), outcome.tolist(), victims.tolist()):
-            if out == HIT:
-                ready.append((e, int(self.slot_of[layer * self.n_experts + e]), None))
-            elif out == MISS_WAIT:
-                waiting.append(e)
-            else:
-                slot, event = self._place(layer, e, int(victim) if out == MISS_EVICT else -1)
-                loading.append((e, slot, event))
+        with self._locked():  # no prefetch submission between this gate's decisions and its demand copies
+            if self.watchdog is not None:
+                self._before_gate(layer, index, predicted)
+            outcome, victims, kinds = self.bridge.gate(layer, experts, tokens)
+            for kind in (COMPULSORY, CAPACITY, COLLISION):
+                self._misses[kind, layer] += int((kinds == kind).sum())
+            self._hits[layer] += int((outcome == HIT).sum())
+            for e, out, victim in zip(experts.tolist(), outcome.tolist(), victims.tolist()):
+                key = layer * self.n_experts + e
+                if out == HIT:
+                    slot = int(self.slot_of[key])
+                    if self.watchdog is None:
+                        ready.append((e, slot, None))
+                    elif self.inflight_pf.pop(key, None) is not None:  # a late hit: promoted if still queued
+                        self.watchdog.promote(key)
+                        late.append((e, slot, self.pending[layer].get(slot)))
+                    else:
+                        ready.append((e, slot, self.pending[layer].get(slot)))
+                elif out == MISS_WAIT:
+                    waiting.append(e)
+                else:
+                    slot, event = self._place(layer, e, int(victim) if out == MISS_EVICT else -1)
+                    loading.append((e, slot, event))
+            if self.watchdog is not None:
+                self._issue_prefetches(layer)
+        ready += late
         self.waits += len(waiting)
         if self.kernel == "fused" and not waiting:
             out = self._run_fused(layer, index, hidden, top_k_weights, ready + loading)
@@ -289,6 +366,47 @@ class ExpertOffload:
             token_idx, out = results[e]
             final.index_add_(0, token_idx, out.to(final.dtype))
         return final
+
+    def _readback(self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The layer's routing on the host and, when prefetching, the speculator's prediction for the next
+        layer (its gate on this layer's input, as `hooks.RoutingHooks` computes it), in one copy."""
+        if self.watchdog is None or layer + 1 >= self.n_layers:
+            return top_k_index.cpu().numpy(), None
+        gate = self.gates[layer + 1]
+        x = hidden.reshape(-1, gate.weight.shape[1])
+        with torch.no_grad():
+            logits = nn.functional.linear(x.to(gate.weight.dtype), gate.weight)
+            pred = torch.topk(logits, self.top_k, dim=-1).indices
+        both = torch.cat([top_k_index, pred.to(top_k_index.dtype)], dim=1).cpu().numpy()
+        return both[:, : self.top_k], both[:, self.top_k:]
+
+    def _before_gate(self, layer: int, index: np.ndarray, predicted: np.ndarray | None) -> None:
+        """Start what the idle copy engine would have started by now, tell the policy which prefetches
+        have landed (evictable from now on), and show it this layer's routing and prediction."""
+        wd = self.watchdog
+        assert wd is not None
+        wd.check()
+        wd.pump()
+        for key, slot in list(self.inflight_pf.items()):
+            if wd.queued(key):
+                continue
+            kl = key // self.n_experts
+            event = self.pending[kl].get(slot)
+            if event is None or event.query():
+                self.bridge.complete(kl, key % self.n_experts)
+                del self.inflight_pf[key]
+        self.bridge.observe(layer, index, predicted)
+
+    def _issue_prefetches(self, layer: int) -> None:
+        """The policy's prefetches of this gate: each takes its slot now and queues its copy."""
+        assert self.watchdog is not None
+        keys, victims = self.bridge.prefetch(layer)
+        for key, victim in zip(keys.tolist(), victims.tolist()):
+            kl, ke = divmod(key, self.n_experts)
+            slot = self._assign(kl, ke, victim)
+            self.inflight_pf[key] = slot
+            self.watchdog.enqueue(key, (kl, ke, slot))
 
     def _run_deferred(self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor,
                       top_k_weights: torch.Tensor) -> torch.Tensor | None:
@@ -405,3 +523,25 @@ class ExpertOffload:
             done.record(torch.cuda.current_stream(self.device))
             self.slot_last_use[slot] = done
         return token_idx, out
+
+
+class _SlotCopier:
+    """The watchdog's copy engine: `ExpertOffload._copy` on the copy stream (plain copies on the CPU); idle
+    once the last submitted copy's event has completed (one stream: copies land in submission order)."""
+
+    def __init__(self, runtime: ExpertOffload) -> None:
+        self.runtime = runtime
+        self.last: Any = None
+
+    def submit(self, job: tuple[int, int, int]) -> None:
+        event = self.runtime._copy(*job)
+        if event is not None:
+            self.last = event
+
+    def idle(self) -> bool:
+        return self.last is None or bool(self.last.query())
+
+    def wait_idle(self) -> None:
+        last = self.last
+        if last is not None:
+            last.synchronize()  # releases the GIL

@@ -2,7 +2,8 @@
 
 A live run (`emu live` or `python -m live.matrix`) leaves a JSON record and the trace it recorded. The
 emulator runs that trace with the same model shape, the same number of slots (capacity = slots x
-expert bytes), the same eviction policy and a hardware profile, and the comparison gives the relative
+expert bytes), the same eviction and prefetch policies (a record without `prefetch` ran none) and a
+hardware profile, and the comparison gives the relative
 error of TTFT, decode tok/s, hit rate and bytes moved. No torch needed: CI re-checks committed runs.
 """
 
@@ -95,9 +96,18 @@ def _same_shape(spec: ModelSpec, preset: str) -> bool:
     return base is not None and all(getattr(base, k) == getattr(spec, k) for k in keys)
 
 
+def _choice(run: LiveRun, kind: str, name: str, params: Any) -> Any:
+    """The record's policy with its parameters resolved (defaults filled in) as a scenario would be."""
+    from emu.engines.setup import PolicyChoice
+    from emu.policies.registry import get_policy
+
+    resolved = get_policy(kind, name, file=run.path).resolve_params(dict(params or {}), f"{kind}_params", run.path)
+    return PolicyChoice(name, resolved)
+
+
 def emulate_live(run: LiveRun, profile: HardwareProfile, engine: str = "fast") -> Any:
     """The emulator's result on the run's trace with its slots and eviction policy."""
-    from emu.engines.setup import PolicyChoice, StackChoice, make_inputs
+    from emu.engines.setup import StackChoice, make_inputs
     from emu.metrics import build_result
 
     spec = live_model(run, profile)
@@ -107,7 +117,9 @@ def emulate_live(run: LiveRun, profile: HardwareProfile, engine: str = "fast") -
     if expert_bytes != spec.expert_bytes():
         raise EmuError(f"expert bytes {expert_bytes} differ from the model spec's {spec.expert_bytes()}",
                        file=run.path, key="expert_bytes")
-    stack = StackChoice(eviction=PolicyChoice(str(rec["eviction"]), dict(rec.get("eviction_params") or {})))
+    stack = StackChoice(eviction=_choice(run, "eviction", str(rec["eviction"]), rec.get("eviction_params")),
+                        prefetch=_choice(run, "prefetch", str(rec.get("prefetch") or "none"),
+                                         rec.get("prefetch_params")))
     run.trace.check_fits(spec.n_moe_layers, spec.n_experts, spec.top_k, file=run.path)
     inputs = make_inputs(spec, profile, run.trace, slots * expert_bytes, stack, int(rec.get("seed", 0)))
     if engine == "fast":
@@ -134,6 +146,11 @@ class Metric:
         return (self.emulated - self.measured) / self.measured
 
 
+#: prefetch counters of a live record's stats and the emulator's counters they compare with
+PREFETCH_COUNTS = (("prefetch_issued", "prefetch_issued"), ("prefetch_useful", "prefetch_useful"),
+                   ("prefetch_dropped", "prefetch_dropped"), ("late_hits", "late_prefetch_hits"))
+
+
 @attrs.frozen
 class Validation:
     tag: str
@@ -141,13 +158,19 @@ class Validation:
     #: (hits, accesses, copies) counted by the runtime and by the emulator
     live_counts: tuple[int, int, int]
     emu_counts: tuple[int, int, int]
+    prefetch: str = "none"
+    #: (issued, useful, dropped, late hits) by the runtime and the emulator; empty without prefetch.
+    #: Late hits depend on timing (a prefetch still in flight at its layer's gate), so they may differ.
+    live_prefetch: tuple[int, ...] = ()
+    emu_prefetch: tuple[int, ...] = ()
 
     def metric(self, name: str) -> Metric:
         return next(m for m in self.metrics if m.name == name)
 
     @property
     def counts_equal(self) -> bool:
-        return self.live_counts == self.emu_counts
+        """Hits, accesses, copies and the prefetch decisions (issued, useful, dropped) agree."""
+        return self.live_counts == self.emu_counts and self.live_prefetch[:3] == self.emu_prefetch[:3]
 
 
 def validate_run(run: LiveRun, profile: HardwareProfile, engine: str = "fast") -> Validation:
@@ -159,8 +182,14 @@ def validate_run(run: LiveRun, profile: HardwareProfile, engine: str = "fast") -
         Metric("hit_rate", float(st["hit_rate"]), result.hit_rate),
         Metric("bytes_h2d", float(st["bytes_h2d"]), float(c["bytes_h2d"])),
     )
+    prefetch = str(rec.get("prefetch") or "none")
+    live_pf: tuple[int, ...] = ()
+    emu_pf: tuple[int, ...] = ()
+    if prefetch != "none":
+        live_pf = tuple(int(st.get(a, 0)) for a, _ in PREFETCH_COUNTS)
+        emu_pf = tuple(int(c[b]) for _, b in PREFETCH_COUNTS)
     return Validation(run.tag, metrics, (int(st["hits"]), int(st["accesses"]), int(st["copies"])),
-                      (int(c["hits"]), int(c["accesses"]), int(c["copies"])))
+                      (int(c["hits"]), int(c["accesses"]), int(c["copies"])), prefetch, live_pf, emu_pf)
 
 
 def error_summary(validations: list[Validation]) -> dict[str, tuple[float, float]]:
@@ -182,7 +211,9 @@ def format_table(validations: list[Validation]) -> str:
             f"{v.tag:<30} {t.measured * 1e3:12.1f} {t.emulated * 1e3:8.1f} {100 * t.error:+6.1f}%  "
             f"{d.measured:10.2f} {d.emulated:7.2f} {100 * d.error:+6.1f}%  {h.measured:8.3f} {h.emulated:6.3f}  "
             f"{b.measured / 1e9:8.2f} {b.emulated / 1e9:8.2f} {100 * b.error:+5.1f}%  "
-            f"{'equal' if v.counts_equal else f'live {v.live_counts} emu {v.emu_counts}'}")
+            f"{'equal' if v.counts_equal else f'live {v.live_counts} emu {v.emu_counts}'}"
+            + (f"  prefetch {v.prefetch} issued/useful/dropped/late live {v.live_prefetch} emu {v.emu_prefetch}"
+               if v.prefetch != "none" else ""))
     summary = error_summary(validations)
     lines.append("-" * len(head))
     lines.append("  ".join(f"{name}: median |err| {100 * med:.1f}%, max {100 * mx:.1f}%"

@@ -1,0 +1,165 @@
+"""The prefetch watchdog: an asyncio task that feeds queued prefetch copies to the copy engine.
+
+The cache bridge decides a prefetch at a layer's gate (the slot is taken then, as in the emulator); the
+runtime hands the copy to the watchdog, which submits it only when the copy engine is idle (every
+submitted copy has landed). Demand copies are submitted at once (`demand`), and a queued prefetch that a
+layer needs is promoted (`promote`): taken off the queue and submitted at once. So at most one prefetch
+is ever ahead of a demand copy, and the copy stream runs the emulator's one-engine order: demand before
+prefetch, then issue order, no preemption (the watchdog of SpecMD).
+
+The task runs on an event loop in a daemon thread (`start` / `stop`) beside the synchronous forward
+pass, which releases the GIL inside torch calls. One re-entrant lock guards the queue and every
+submission; the runtime holds it while it decides a layer's copies, so no prefetch slips in between a
+gate's decision and its demand copies. An exception in the task is kept and raised in the forward
+thread by `check` (and `stop`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from typing import Any, Protocol
+
+
+class CopyEngine(Protocol):
+    """What the watchdog drives: one copy engine (a CUDA copy stream, or plain copies on the CPU)."""
+
+    def submit(self, job: Any) -> None:
+        """Start the copy (asynchronously on a GPU)."""
+
+    def idle(self) -> bool:
+        """Has every submitted copy landed?"""
+
+    def wait_idle(self) -> None:
+        """Block, without the GIL, until every submitted copy has landed."""
+
+
+class WatchdogError(RuntimeError):
+    """The watchdog task failed; the cause is chained."""
+
+
+class PrefetchWatchdog:
+    """The queue of decided prefetch copies (key -> job, issue order) and the task that submits them."""
+
+    def __init__(self, engine: CopyEngine) -> None:
+        self.engine = engine
+        self.lock = threading.RLock()
+        self._queue: dict[int, Any] = {}
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- the forward thread's side -------------------------------------------------------------------
+    def demand(self, job: Any) -> None:
+        """A demand copy goes to the engine at once."""
+        with self.lock:
+            self.engine.submit(job)
+
+    def enqueue(self, key: int, job: Any) -> None:
+        with self.lock:
+            self._queue[key] = job
+        self._notify()
+
+    def queued(self, key: int) -> bool:
+        return key in self._queue
+
+    def promote(self, key: int) -> bool:
+        """A queued prefetch is needed now: submit it as a demand copy. False if it was not queued."""
+        with self.lock:
+            job = self._queue.pop(key, None)
+            if job is None:
+                return False
+            self.engine.submit(job)
+            return True
+
+    def pump(self) -> int:
+        """Submit queued prefetches while the engine is idle (one on a GPU, all with synchronous copies)."""
+        n = 0
+        with self.lock:
+            while self._queue and self.engine.idle():
+                key = next(iter(self._queue))
+                self.engine.submit(self._queue.pop(key))
+                n += 1
+        return n
+
+    def clear(self) -> None:
+        """Forget queued prefetches (the cache they were decided for was emptied)."""
+        with self.lock:
+            self._queue.clear()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def check(self) -> None:
+        """Raise, in the calling thread, what made the task fail."""
+        if self._error is not None:
+            raise WatchdogError(f"prefetch watchdog failed: {self._error!r}") from self._error
+
+    # --- the task ------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Submit queued prefetches whenever the engine is idle; sleep while there is nothing to submit."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        try:
+            while True:
+                self._wake.clear()
+                if not self._queue:
+                    await self._wake.wait()
+                elif not self.engine.idle():
+                    await asyncio.to_thread(self.engine.wait_idle)
+                else:
+                    self.pump()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as err:
+            self._error = err
+            raise
+
+    def _notify(self) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (the task stopped)
+                loop.call_soon_threadsafe(wake.set)
+
+    # --- its thread ----------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Run the task on a new event loop in a daemon thread."""
+        if self._thread is not None:
+            return
+        started = threading.Event()
+
+        def main() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._task = loop.create_task(self.run())
+            loop.call_soon(started.set)
+            try:
+                loop.run_until_complete(self._task)
+            except BaseException:  # kept in self._error, or a cancel
+                pass
+            finally:
+                loop.run_until_complete(loop.shutdown_default_executor())
+                loop.close()
+
+        self._thread = threading.Thread(target=main, name="prefetch-watchdog", daemon=True)
+        self._thread.start()
+        started.wait()
+
+    def stop(self) -> None:
+        """Cancel the task, join its thread, and raise here if it had failed."""
+        thread, loop, task = self._thread, self._loop, self._task
+        if thread is None:
+            return
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # already closed: the task ended by itself (an error)
+                loop.call_soon_threadsafe(task.cancel)
+        thread.join()
+        self._thread = self._task = self._loop = self._wake = None
+        self.check()
