@@ -1,0 +1,210 @@
+"""The prefetch watchdog against a fake copy engine: submission order, waiting, promotion, stop, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+
+import pytest
+
+from live.watchdog import PrefetchWatchdog, WatchdogError
+
+
+class FakeEngine:
+    """A copy engine whose copies land only when the test says so (`land`)."""
+
+    def __init__(self, fail_on: object = None) -> None:
+        self.log: list[object] = []
+        self.running: list[object] = []
+        self.fail_on = fail_on
+        self._cv = threading.Condition()
+
+    def submit(self, job: object) -> None:
+        if job == self.fail_on:
+            raise ValueError(f"cannot copy {job}")
+        with self._cv:
+            self.log.append(job)
+            self.running.append(job)
+
+    def idle(self) -> bool:
+        return not self.running
+
+    def wait_idle(self) -> None:
+        with self._cv:
+            self._cv.wait_for(lambda: not self.running, timeout=5.0)
+
+    def land(self) -> None:
+        with self._cv:
+            self.running.clear()
+            self._cv.notify_all()
+
+
+class SyncEngine(FakeEngine):
+    """Plain synchronous copies (the CPU): idle as soon as a submit returns."""
+
+    def submit(self, job: object) -> None:
+        super().submit(job)
+        self.land()
+
+
+async def until(cond, timeout: float = 3.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.002)
+
+
+async def settle() -> None:
+    """Give the task (and its waiting thread) time to act if it were going to."""
+    await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def watching(wd: PrefetchWatchdog):
+    task = asyncio.create_task(wd.run())
+    await asyncio.sleep(0)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ValueError):
+            await task
+
+
+@pytest.mark.asyncio
+async def test_prefetches_wait_while_the_engine_is_busy_then_go_one_at_a_time_in_issue_order() -> None:
+    eng = FakeEngine()
+    wd = PrefetchWatchdog(eng)
+    async with watching(wd):
+        wd.demand("d0")
+        wd.enqueue(1, "p1")
+        wd.enqueue(2, "p2")
+        await settle()
+        assert eng.log == ["d0"] and len(wd) == 2  # the engine is busy: nothing more goes
+        eng.land()
+        await until(lambda: eng.log == ["d0", "p1"])
+        await settle()
+        assert eng.log == ["d0", "p1"]  # p1 is in flight: p2 waits for it
+        eng.land()
+        await until(lambda: eng.log == ["d0", "p1", "p2"])
+        assert len(wd) == 0
+
+
+@pytest.mark.asyncio
+async def test_a_later_demand_copy_goes_before_queued_prefetches() -> None:
+    eng = FakeEngine()
+    wd = PrefetchWatchdog(eng)
+    async with watching(wd):
+        wd.demand("d0")
+        wd.enqueue(1, "p1")
+        wd.enqueue(2, "p2")
+        wd.demand("d1")  # decided after the prefetches, submitted at once
+        eng.land()
+        await until(lambda: len(eng.log) == 3)
+        eng.land()
+        await until(lambda: len(eng.log) == 4)
+        assert eng.log == ["d0", "d1", "p1", "p2"]
+
+
+@pytest.mark.asyncio
+async def test_a_needed_queued_prefetch_is_promoted_and_submitted_at_once() -> None:
+    eng = FakeEngine()
+    wd = PrefetchWatchdog(eng)
+    async with watching(wd):
+        wd.demand("d0")
+        for k in (1, 2, 3):
+            wd.enqueue(k, f"p{k}")
+        assert wd.queued(2)
+        assert wd.promote(2) is True  # while the engine is still busy
+        assert eng.log == ["d0", "p2"] and not wd.queued(2)
+        assert wd.promote(2) is False and wd.promote(9) is False  # not queued (any more)
+        eng.land()
+        await until(lambda: len(eng.log) == 3)
+        eng.land()
+        await until(lambda: len(eng.log) == 4)
+        assert eng.log == ["d0", "p2", "p1", "p3"]
+
+
+@pytest.mark.asyncio
+async def test_with_synchronous_copies_the_queue_drains_in_issue_order() -> None:
+    eng = SyncEngine()
+    wd = PrefetchWatchdog(eng)
+    async with watching(wd):
+        for k in (5, 3, 8):
+            wd.enqueue(k, k)
+        await until(lambda: len(eng.log) == 3)
+    assert eng.log == [5, 3, 8]
+    wd2 = PrefetchWatchdog(SyncEngine())  # pump alone (the gate's call) does the same without the task
+    for k in (4, 1):
+        wd2.enqueue(k, k)
+    assert wd2.pump() == 2 and wd2.engine.log == [4, 1]
+
+
+@pytest.mark.asyncio
+async def test_cancel_stops_the_task_and_clear_forgets_the_queue() -> None:
+    eng = FakeEngine()
+    wd = PrefetchWatchdog(eng)
+    task = asyncio.create_task(wd.run())
+    await settle()  # waiting on an empty queue
+    wd.demand("d0")
+    wd.enqueue(1, "p1")
+    await settle()  # now waiting for the engine, in a thread
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    wd.check()  # a cancel is not a failure
+    wd.clear()
+    eng.land()
+    assert len(wd) == 0 and eng.log == ["d0"]
+
+
+@pytest.mark.asyncio
+async def test_an_exception_in_a_submit_is_kept_and_raised_by_check() -> None:
+    eng = FakeEngine(fail_on="bad")
+    wd = PrefetchWatchdog(eng)
+    task = asyncio.create_task(wd.run())
+    wd.enqueue(1, "bad")
+    with pytest.raises(ValueError, match="cannot copy bad"):
+        await asyncio.wait_for(task, 3.0)
+    with pytest.raises(WatchdogError, match="cannot copy bad") as info:
+        wd.check()
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_the_thread_runs_beside_the_caller_and_stops_cleanly() -> None:
+    eng = FakeEngine()
+    wd = PrefetchWatchdog(eng)
+    wd.start()
+    try:
+        assert wd.running
+        wd.demand("d0")
+        wd.enqueue(1, "p1")
+        time.sleep(0.05)
+        assert eng.log == ["d0"]
+        eng.land()  # the waiting thread sees the engine idle: p1 goes without any call from here
+        deadline = time.monotonic() + 3.0
+        while eng.log != ["d0", "p1"] and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert eng.log == ["d0", "p1"]
+    finally:
+        eng.land()
+        wd.stop()
+    assert not wd.running
+    wd.stop()  # twice is harmless
+
+
+def test_a_failure_in_the_thread_surfaces_in_the_callers_thread() -> None:
+    wd = PrefetchWatchdog(SyncEngine(fail_on="bad"))
+    wd.start()
+    wd.enqueue(1, "bad")
+    deadline = time.monotonic() + 3.0
+    while wd.running and time.monotonic() < deadline:
+        time.sleep(0.002)
+    with pytest.raises(WatchdogError, match="cannot copy bad"):
+        wd.check()
+    with pytest.raises(WatchdogError):
+        wd.stop()
+    assert not wd.running
