@@ -20,8 +20,10 @@ import attrs
 
 from emu.errors import EmuError
 
+from .cache_bridge import LIVE_PREFETCH
+
 #: what the live runtime implements so far; other policies are refused, not silently replaced
-_LIVE_POLICIES = {"prefetch": ("none",), "miss": ("fetch",), "routing": ("standard",), "partition": ("global",)}
+_LIVE_POLICIES = {"prefetch": LIVE_PREFETCH, "miss": ("fetch",), "routing": ("standard",), "partition": ("global",)}
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -141,11 +143,17 @@ def run(args: argparse.Namespace) -> int:
         n_slots = _slots(scenario, spec, shape.n_layers * shape.n_experts)
         runtime = ExpertOffload(model, n_slots, eviction=scenario.stack.eviction.name,
                                 eviction_params=scenario.stack.eviction.params, device=args.device,
-                                seed=scenario.seed, kernel=args.experts)
+                                seed=scenario.seed, kernel=args.experts, prefetch=scenario.stack.prefetch.name,
+                                prefetch_params=scenario.stack.prefetch.params)
     rehearse = args.device == "cuda" if args.rehearse is None else args.rehearse
     meta = {"scenario": scenario.path, "scale": args.scale, "device": args.device, "slots": n_slots}
-    result = run_live(model, plans, vocab=shape.vocab, device=device, seed=scenario.seed, runtime=runtime,
-                      force=force, warmup_passes=args.warmup, rehearse=rehearse, model_name=spec.name, meta=meta)
+    try:
+        result = run_live(model, plans, vocab=shape.vocab, device=device, seed=scenario.seed, runtime=runtime,
+                          force=force, warmup_passes=args.warmup, rehearse=rehearse, model_name=spec.name,
+                          meta=meta)
+    finally:
+        if runtime is not None:
+            runtime.close()
 
     out.parent.mkdir(parents=True, exist_ok=True)
     result.trace.save(out)
@@ -156,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
         "dtype": args.dtype, "offload": not args.no_offload, "slots": n_slots,
         "experts_kernel": runtime.kernel if runtime else model.config._experts_implementation,
         "expert_bytes": runtime.expert_bytes if runtime else spec.expert_bytes(),
-        "eviction": scenario.stack.eviction.name, "forced_trace": wl.trace, "warmup_passes": args.warmup,
+        "eviction": scenario.stack.eviction.name, "eviction_params": dict(scenario.stack.eviction.params),
+        "prefetch": scenario.stack.prefetch.name, "prefetch_params": dict(scenario.stack.prefetch.params),
+        "forced_trace": wl.trace, "warmup_passes": args.warmup,
         "rehearsed": rehearse, "sdpa_backends": "flash, efficient, math (no cudnn)" if args.device == "cuda" else "cpu",
         "requests": [{"prompt_len": p.prompt_len, "ttft_s": r.ttft_s, "decode_s": list(r.decode_s)}
                      for p, r in zip(plans, result.requests)],
@@ -182,5 +192,9 @@ def _print_summary(name: str, args: argparse.Namespace, n_slots: int | None, n_k
         print(f"  hit rate        {100 * stats.hit_rate:10.2f} %  ({stats.hits} hits, {stats.misses} misses: "
               f"{stats.compulsory} compulsory, {stats.capacity} capacity, {stats.collision} collision)")
         print(f"  bytes moved     {stats.bytes_h2d / 1e6:10.2f} MB in {stats.copies} copies")
+        if stats.prefetch_issued or stats.prefetch_dropped:
+            print(f"  prefetch        {stats.prefetch_issued:10d} issued, {stats.prefetch_useful} useful, "
+                  f"{stats.prefetch_dropped} dropped (no victim), {stats.prefetch_wasted} wasted, "
+                  f"{stats.late_hits} late hits")
     print(f"  trace           {out}  ({result.trace.n_tokens} tokens, {result.trace.n_passes} passes)")
     print(f"  measurements    {json_path}")

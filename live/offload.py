@@ -346,18 +346,22 @@ class ExpertOffload:
         rows = self._routing_rows(index)
         results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         queue = ready + loading  # hits run first while the misses load
-        while queue:
-            e, slot, event = queue.pop(0)
-            results[e] = self._compute(slot, event, act_fn, hidden, top_k_weights, rows[e])
-            self.bridge.complete(layer, e)
-            self.bridge.release(layer, e)
-            while waiting:  # a released expert may make room for a waiting miss (FIFO)
-                got = self.bridge.retry(layer, waiting[0])
-                if got == -2:
-                    break
-                w = waiting.pop(0)
-                slot_w, event_w = self._place(layer, w, got)
-                queue.append((w, slot_w, event_w))
+        while queue or (waiting and self._land_next_prefetch()):
+            if queue:
+                e, slot, event = queue.pop(0)
+                results[e] = self._compute(slot, event, act_fn, hidden, top_k_weights, rows[e])
+                self.bridge.complete(layer, e)
+                self.bridge.release(layer, e)
+            if waiting and self.watchdog is not None:
+                self._poll_prefetches()
+            with self._locked():
+                while waiting:  # a released expert or a landed prefetch may make room for a waiting miss (FIFO)
+                    got = self.bridge.retry(layer, waiting[0])
+                    if got == -2:
+                        break
+                    w = waiting.pop(0)
+                    slot_w, event_w = self._place(layer, w, got)
+                    queue.append((w, slot_w, event_w))
         if waiting:
             raise EmuError(f"layer {layer}: {len(waiting)} experts found no slot; the cache has {self.n_slots}")
         self._waited(layer, experts)
@@ -384,19 +388,41 @@ class ExpertOffload:
     def _before_gate(self, layer: int, index: np.ndarray, predicted: np.ndarray | None) -> None:
         """Start what the idle copy engine would have started by now, tell the policy which prefetches
         have landed (evictable from now on), and show it this layer's routing and prediction."""
+        self._poll_prefetches()
+        self.bridge.observe(layer, index, predicted)
+
+    def _poll_prefetches(self) -> None:
+        """Start what the idle copy engine would have started by now; prefetches whose copy landed become
+        resident (evictable), as at a copy completion in the emulator."""
         wd = self.watchdog
         assert wd is not None
-        wd.check()
-        wd.pump()
-        for key, slot in list(self.inflight_pf.items()):
-            if wd.queued(key):
-                continue
-            kl = key // self.n_experts
-            event = self.pending[kl].get(slot)
-            if event is None or event.query():
-                self.bridge.complete(kl, key % self.n_experts)
-                del self.inflight_pf[key]
-        self.bridge.observe(layer, index, predicted)
+        with wd.lock:
+            wd.check()
+            wd.pump()
+            for key, slot in list(self.inflight_pf.items()):
+                if wd.queued(key):
+                    continue
+                kl = key // self.n_experts
+                event = self.pending[kl].get(slot)
+                if event is None or event.query():
+                    self.bridge.complete(kl, key % self.n_experts)
+                    del self.inflight_pf[key]
+
+    def _land_next_prefetch(self) -> bool:
+        """Demand copies wait for a victim and nothing of the layer is left to release: land the oldest
+        prefetch in flight (submitted now if still queued), as the emulator's copy engine would go on
+        copying. False when there is none."""
+        if self.watchdog is None or not self.inflight_pf:
+            return False
+        key, slot = next(iter(self.inflight_pf.items()))
+        kl = key // self.n_experts
+        self.watchdog.promote(key)
+        event = self.pending[kl].get(slot)
+        if event is not None:
+            event.synchronize()
+        self.bridge.complete(kl, key % self.n_experts)
+        del self.inflight_pf[key]
+        return True
 
     def _issue_prefetches(self, layer: int) -> None:
         """The policy's prefetches of this gate: each takes its slot now and queues its copy."""

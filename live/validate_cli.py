@@ -159,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         rows = [{"run": v.tag, "counts_equal": v.counts_equal, "live_counts": v.live_counts, "emu_counts": v.emu_counts,
+                 "prefetch": v.prefetch, "live_prefetch": v.live_prefetch, "emu_prefetch": v.emu_prefetch,
                  **{m.name: {"measured": m.measured, "emulated": m.emulated, "error": m.error} for m in v.metrics}}
                 for v in validations]
         summary = {k: {"median_abs_error": a, "max_abs_error": b} for k, (a, b) in error_summary(validations).items()}

@@ -235,7 +235,7 @@ def test_cli_runs_a_scenario_and_writes_trace_and_measurements(tmp_path, capsys)
 
 def test_cli_refuses_policies_the_runtime_lacks(tmp_path):
     scen = _scenario(tmp_path, '[cache]\ncapacity = "25%"\n[workload.synthetic]\ntokens = 64\n'
-                               '[policy]\nprefetch = "next-layer"\n')
+                               '[policy]\nprefetch = "lookahead"\n')
     args = _cli_args(scen, tmp_path / "x.npz")
     with pytest.raises(EmuError, match=r"policy\.prefetch"):
         args.func(args)

@@ -1,0 +1,171 @@
+"""Prefetch in the live runtime on the CPU: the emulator's decisions, unchanged math, promotion, validate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import attrs
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from emu.errors import EmuError  # noqa: E402
+from emu.profile import load_profile  # noqa: E402
+from live.cache_bridge import LIVE_PREFETCH  # noqa: E402
+from live.models import build_model, live_shape, live_spec  # noqa: E402
+from live.offload import ExpertOffload  # noqa: E402
+from live.runner import PassPlan, run_live  # noqa: E402
+from live.validate import LiveRun, validate_run  # noqa: E402
+
+PROFILE = str(Path(__file__).resolve().parent.parent / "scenarios/profiles/h100-provisional.toml")
+CPU = torch.device("cpu")
+LAYERS = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _live(eviction: str, prefetch: str, slots: int, plan: PassPlan, **kw):
+    """A tiny OLMoE (64 experts, top-8, LAYERS layers) run live; returns the runtime, result and record."""
+    shape = live_shape("olmoe-1b-7b", "tiny", LAYERS)
+    model = build_model("olmoe-1b-7b", "tiny", n_layers=LAYERS, dtype="fp32", seed=5)
+    rt = ExpertOffload(model, slots, eviction=eviction, prefetch=prefetch, kernel="eager", **kw)
+    try:
+        res = run_live(model, [plan], vocab=shape.vocab, device=CPU, runtime=rt, warmup_passes=1)
+    finally:
+        rt.close()
+    st = res.stats
+    rec = {"model": live_spec(shape, "bf16").to_dict(), "slots": slots, "eviction": eviction, "prefetch": prefetch,
+           "ttft_s": res.ttft_s, "decode_tok_s": res.decode_tok_s,
+           "stats": attrs.asdict(st) | {"hit_rate": st.hit_rate}, "trace": "t.npz", "expert_bytes": None}
+    return rt, res, rec
+
+
+@pytest.mark.parametrize("eviction", ["lru", "least-stale"])
+@pytest.mark.parametrize("slots", [24, 96])
+def test_next_layer_prefetch_decides_as_the_emulator_does(eviction: str, slots: int) -> None:
+    rt, res, rec = _live(eviction, "next-layer", slots, PassPlan(10, 10))
+    v = validate_run(LiveRun("mem", rec, res.trace), load_profile(PROFILE))
+    st = res.stats
+    assert v.live_counts == v.emu_counts  # hits, accesses, copies
+    assert v.live_prefetch[:3] == v.emu_prefetch[:3]  # issued, useful, dropped
+    assert v.counts_equal
+    assert st.prefetch_issued > 0 and 0 < st.prefetch_useful <= st.prefetch_issued
+    assert st.copies == st.misses + st.prefetch_issued  # every prefetch was copied once, promoted or not
+    assert st.bytes_h2d == st.copies * rt.expert_bytes
+    if slots == 24:  # a small cache: prefetches find no victim and misses wait for one
+        assert st.prefetch_dropped > 0 and st.waits > 0
+    # the runtime's speculator is the recorded one: the last pass's predictions of layers 1.. agree
+    t0 = int(res.trace.pass_offsets[-2])
+    assert np.array_equal(rt.bridge.tv.predicted[:, 1:], res.trace.predicted[t0:, 1:])
+
+
+@pytest.mark.parametrize("prefetch", [p for p in LIVE_PREFETCH if p not in ("none", "next-layer")])
+def test_every_live_prefetch_policy_decides_as_the_emulator_does(prefetch: str) -> None:
+    _rt, res, rec = _live("lru", prefetch, 40, PassPlan(8, 8))
+    v = validate_run(LiveRun("mem", rec, res.trace), load_profile(PROFILE))
+    assert v.counts_equal, (v.live_counts, v.emu_counts, v.live_prefetch, v.emu_prefetch)
+    assert res.stats.prefetch_issued > 0
+
+
+def test_prefetch_makes_hits_that_fetch_on_miss_does_not() -> None:
+    _rt, with_pf, _ = _live("lru", "next-layer", 96, PassPlan(10, 10))
+    _rt, without, _ = _live("lru", "none", 96, PassPlan(10, 10))
+    assert with_pf.trace.fingerprint() == without.trace.fingerprint()  # same model, same routing
+    assert with_pf.stats.hits > without.stats.hits
+    assert without.stats.prefetch_issued == 0
+
+
+def _logits(model, ids, n_decode: int, runtime=None) -> list:
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    out, x = [], ids
+    with torch.no_grad():
+        for _ in range(n_decode + 1):
+            if runtime is not None:
+                runtime.begin_pass()
+            logits = model(input_ids=x, past_key_values=cache, use_cache=True).logits
+            out.append(logits)
+            x = logits[:, -1:].argmax(-1)
+    return out
+
+
+class _NeverIdle:
+    """Stands in for a copy engine that is always busy: the watchdog never submits, every needed prefetch
+    is promoted at its gate (a late hit) and demand copies must land queued prefetches to find victims."""
+
+    @staticmethod
+    def idle() -> bool:
+        return False
+
+    @staticmethod
+    def wait_idle() -> None:
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize(("kernel", "slots", "stall"), [("eager", 20, False), ("eager", 20, True),
+                                                         ("fused", 200, False), ("fused", 200, True)])
+def test_prefetch_leaves_the_logits_bit_for_bit(kernel: str, slots: int, stall: bool) -> None:
+    impl = "eager" if kernel == "eager" else None
+    ref = build_model("olmoe-1b-7b", "tiny", n_layers=LAYERS, dtype="fp32", seed=8, experts_implementation=impl)
+    off = build_model("olmoe-1b-7b", "tiny", n_layers=LAYERS, dtype="fp32", seed=8, experts_implementation=impl)
+    rt = ExpertOffload(off, slots, eviction="lru", prefetch="next-layer", kernel=kernel)
+    if stall:
+        rt.watchdog.engine.idle = _NeverIdle.idle
+        rt.watchdog.engine.wait_idle = _NeverIdle.wait_idle
+    ids = torch.randint(0, 512, (1, 9), generator=torch.Generator().manual_seed(4))
+    try:
+        got = _logits(off, ids, 5, rt)
+        st = rt.stats()
+    finally:
+        rt.close()
+    for a, b in zip(_logits(ref, ids, 5), got):
+        assert torch.equal(a, b)
+    assert st.prefetch_issued > 0 and st.prefetch_useful > 0
+    if stall:
+        assert st.late_hits == st.prefetch_useful  # every useful prefetch was still queued at its gate
+    else:
+        assert st.late_hits == 0  # synchronous copies: all landed before the next gate
+
+
+def test_a_prefetch_policy_the_runtime_cannot_run_is_refused() -> None:
+    model = build_model("olmoe-1b-7b", "tiny", n_layers=2)
+    with pytest.raises(EmuError, match="cannot run prefetch policy 'lookahead'"):
+        ExpertOffload(model, 8, prefetch="lookahead")
+
+
+def _validate(argv: list[str]) -> int:
+    from live.validate_cli import add_parser
+
+    p = argparse.ArgumentParser()
+    add_parser(p.add_subparsers())
+    args = p.parse_args(["validate", *argv])
+    return args.func(args)
+
+
+def test_emu_validate_runs_a_prefetching_scenario_with_equal_counts(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    scen = tmp_path / "pf.toml"
+    scen.write_text(f'model = "olmoe-1b-7b"\nseed = 3\n[hardware]\nprofile = "{PROFILE}"\n[cache]\ncapacity = "25%"\n'
+                    f'[workload.synthetic]\ntokens = 64\nprompt_len = 8\noutput_len = 6\n'
+                    f'[policy]\neviction = "lru"\nprefetch = "next-layer"\n')
+    out = tmp_path / "val.json"
+    argv = [str(scen), "--device", "cpu", "--scale", "tiny", "--live-dir", str(tmp_path / "live"), "--out", str(out)]
+    assert _validate(argv) == 0
+    assert "prefetch next-layer" in capsys.readouterr().out
+    row = json.loads(out.read_text())["runs"][0]
+    assert row["counts_equal"] is True and row["prefetch"] == "next-layer"
+    assert row["live_prefetch"][:3] == row["emu_prefetch"][:3] and row["live_prefetch"][0] > 0
+    rec = json.loads((tmp_path / "live" / "live_pf.json").read_text())
+    assert rec["prefetch"] == "next-layer" and rec["stats"]["prefetch_issued"] == row["live_prefetch"][0]
