@@ -6,13 +6,17 @@ re-allocated, the policy state and counters are reset, and each run starts cold 
 Each configuration writes the recorded trace (`<tag>.npz`) and the same JSON record `emu live` writes
 (`<tag>.json`), which `emu validate --from-live DIR` reads.
 
-Usage (on the GPU): `python -m live.matrix OUTDIR [--only olmoe|mixtral]`.
+Prefetch: each (cache, eviction) runs once per prefetch policy of `--prefetch` (default none and
+next-layer); a prefetching run's tag ends in `_<policy>` (none keeps the old tags).
+
+Usage (on the GPU): `python -m live.matrix OUTDIR [--only olmoe|mixtral] [--prefetch none --prefetch next-layer]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import math
 import platform
@@ -25,9 +29,12 @@ import numpy as np
 
 from emu.models import get_preset
 
+from .cache_bridge import LIVE_PREFETCH
+
 #: (cache fraction, eviction) of every offloaded configuration, per model
 FRACTIONS = (0.05, 0.25, 1.0)
 EVICTIONS = ("lru", "least-stale")
+PREFETCHES = ("none", "next-layer")
 OLMOE_PROMPT, MIXTRAL_PROMPT, DECODE = 256, 256, 64
 MIXTRAL_LAYERS = 8
 TTFT_REPEATS = 4
@@ -40,8 +47,8 @@ def slots_for(fraction: float, n_keys: int) -> int:
     return max(1, min(n_keys, math.floor(fraction * n_keys + 1e-9)))
 
 
-def reconfigure(runtime: Any, n_slots: int, eviction: str, kernel: str) -> None:
-    """Re-size the slot pool and switch eviction policy and kernel; the cache starts empty."""
+def reconfigure(runtime: Any, n_slots: int, eviction: str, kernel: str, prefetch: str = "none") -> None:
+    """Re-size the slot pool and switch eviction policy, prefetch policy and kernel; the cache starts empty."""
     import torch
 
     shape_gu, shape_dn = tuple(runtime.slot_gu.shape[1:]), tuple(runtime.slot_dn.shape[1:])
@@ -55,6 +62,7 @@ def reconfigure(runtime: Any, n_slots: int, eviction: str, kernel: str) -> None:
     runtime.slot_gu = torch.empty((n_slots, *shape_gu), dtype=dtype, device=runtime.device)
     runtime.slot_dn = torch.empty((n_slots, *shape_dn), dtype=dtype, device=runtime.device)
     runtime.n_slots, runtime.eviction, runtime.eviction_params, runtime.kernel = n_slots, eviction, {}, kernel
+    runtime.prefetch, runtime.prefetch_params = prefetch, {}
     runtime.reset()
 
 
@@ -118,7 +126,9 @@ def _record(tag: str, spec: Any, result: Any, runtime: Any, *, offload: bool, ke
         "dtype": "bf16", "offload": offload,
         "slots": runtime.n_slots if offload else None, "experts_kernel": kernel,
         "expert_bytes": runtime.expert_bytes if offload else spec.expert_bytes(),
-        "eviction": eviction, "eviction_params": {}, "forced_trace": forced, "warmup_passes": 3,
+        "eviction": eviction, "eviction_params": {},
+        "prefetch": runtime.prefetch if offload else None, "prefetch_params": {}, "forced_trace": forced,
+        "warmup_passes": 3,
         "rehearsed": torch.cuda.is_available(),
         "requests": [{"prompt_len": p.prompt_len, "ttft_s": r.ttft_s, "decode_s": list(r.decode_s)}
                      for p, r in zip(plans, result.requests)],
@@ -133,12 +143,15 @@ def _record(tag: str, spec: Any, result: Any, runtime: Any, *, offload: bool, ke
     if stats is not None:
         line += (f", hit {stats.hit_rate:.3f}, copies {stats.copies}, GB {stats.bytes_h2d / 1e9:.2f}, "
                  f"waits {stats.waits}")
+        if stats.prefetch_issued or stats.prefetch_dropped:
+            line += (f", prefetch {stats.prefetch_issued} issued {stats.prefetch_useful} useful "
+                     f"{stats.prefetch_dropped} dropped {stats.late_hits} late")
     print(line, flush=True)
     return rec
 
 
 def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scale: str = "full",
-              n_layers: int | None = None) -> None:
+              n_layers: int | None = None, prefetches: tuple[str, ...] = PREFETCHES) -> None:
     import torch
 
     from .cli import first_layers
@@ -193,19 +206,21 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
                                     steps=CAL_STEPS)
     (out_dir / f"{name}_runtime_cal.json").write_text(json.dumps(dict(cal, profile_model=preset), indent=1) + "\n")
     print(f"{name} runtime calibration: {cal} [{time.time() - t0:.0f}s]", flush=True)
-    for frac in FRACTIONS:
-        for ev in EVICTIONS:
-            reconfigure(runtime, slots_for(frac, n_keys), ev, "eager")
-            res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
-                           warmup_passes=3, rehearse=cuda, model_name=spec.name)
-            tag = f"{name}_{round(frac * 100)}pct_{ev.replace('-', '_')}"
-            reps = ttft_repeats(model, runtime, res.trace, plans[0].prompt_len, vocab=shape.vocab, device=dev,
-                                n=TTFT_REPEATS, seed=1)
-            samples = [res.ttft_s, *reps]
-            _record(tag, spec, res, runtime, offload=True, kernel="eager", eviction=ev, forced=forced, plans=plans,
-                    out_dir=out_dir, extra=dict(common, ttft_samples_s=samples, ttft_first_s=res.ttft_s,
-                                                ttft_s=float(np.median(samples))))
-            print(f"  [{time.time() - t0:.0f}s]", flush=True)
+    for frac, ev, pf in itertools.product(FRACTIONS, EVICTIONS, prefetches):
+        reconfigure(runtime, slots_for(frac, n_keys), ev, "eager", pf)
+        res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
+                       warmup_passes=3, rehearse=cuda, model_name=spec.name)
+        tag = f"{name}_{round(frac * 100)}pct_{ev.replace('-', '_')}"
+        if pf != "none":
+            tag += f"_{pf.replace('-', '_')}"
+        reps = ttft_repeats(model, runtime, res.trace, plans[0].prompt_len, vocab=shape.vocab, device=dev,
+                            n=TTFT_REPEATS, seed=1)
+        samples = [res.ttft_s, *reps]
+        _record(tag, spec, res, runtime, offload=True, kernel="eager", eviction=ev, forced=forced, plans=plans,
+                out_dir=out_dir, extra=dict(common, ttft_samples_s=samples, ttft_first_s=res.ttft_s,
+                                            ttft_s=float(np.median(samples))))
+        print(f"  [{time.time() - t0:.0f}s]", flush=True)
+    runtime.close()
     del runtime, model
     gc.collect()
     if cuda:
@@ -219,12 +234,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--scale", choices=("full", "tiny"), default="full")
     p.add_argument("--layers", type=int, default=None)
+    p.add_argument("--prefetch", choices=LIVE_PREFETCH, action="append",
+                   help=f"prefetch policies to run (repeatable; default {' and '.join(PREFETCHES)})")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     np.seterr(all="ignore")
     for name in args.only or ("olmoe", "mixtral"):
-        run_model(name, args.out, t0, device=args.device, scale=args.scale, n_layers=args.layers)
+        run_model(name, args.out, t0, device=args.device, scale=args.scale, n_layers=args.layers,
+                  prefetches=tuple(args.prefetch or PREFETCHES))
     print(f"total {time.time() - t0:.0f}s", flush=True)
     return 0
 

@@ -169,3 +169,30 @@ def test_emu_validate_runs_a_prefetching_scenario_with_equal_counts(tmp_path: Pa
     assert row["live_prefetch"][:3] == row["emu_prefetch"][:3] and row["live_prefetch"][0] > 0
     rec = json.loads((tmp_path / "live" / "live_pf.json").read_text())
     assert rec["prefetch"] == "next-layer" and rec["stats"]["prefetch_issued"] == row["live_prefetch"][0]
+
+
+def test_the_matrix_switches_prefetch_on_and_off_on_one_built_runtime() -> None:
+    from live.matrix import reconfigure
+
+    shape = live_shape("olmoe-1b-7b", "tiny", 2)
+    model = build_model("olmoe-1b-7b", "tiny", n_layers=2, dtype="fp32", seed=0)
+    rt = ExpertOffload(model, 6, eviction="lru", kernel="eager")
+    assert rt.watchdog is None
+    try:
+        for slots, eviction in ((40, "least-stale"), (20, "lru")):
+            reconfigure(rt, slots, eviction, "eager", "next-layer")
+            assert rt.watchdog is not None and rt.watchdog.running
+            res = run_live(model, [PassPlan(10, 6)], vocab=shape.vocab, device=CPU, runtime=rt, warmup_passes=1)
+            st = res.stats
+            rec = {"model": live_spec(shape, "bf16").to_dict(), "slots": slots, "eviction": eviction,
+                   "prefetch": "next-layer", "ttft_s": res.ttft_s, "decode_tok_s": res.decode_tok_s,
+                   "stats": attrs.asdict(st) | {"hit_rate": st.hit_rate}, "trace": "t.npz", "expert_bytes": None}
+            v = validate_run(LiveRun("mem", rec, res.trace), load_profile(PROFILE))
+            assert v.counts_equal and st.prefetch_issued > 0 and st.compulsory > 0  # cold after each switch
+        watchdog = rt.watchdog
+        reconfigure(rt, 20, "lru", "eager")  # prefetch none again: the watchdog's thread is stopped
+        assert rt.watchdog is None and not watchdog.running
+        res = run_live(model, [PassPlan(10, 2)], vocab=shape.vocab, device=CPU, runtime=rt, warmup_passes=1)
+        assert res.stats.prefetch_issued == 0 and res.stats.copies == res.stats.misses
+    finally:
+        rt.close()
