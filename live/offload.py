@@ -416,8 +416,9 @@ class ExpertOffload:
             return False
         key, slot = next(iter(self.inflight_pf.items()))
         kl = key // self.n_experts
-        self.watchdog.promote(key)
-        event = self.pending[kl].get(slot)
+        with self.watchdog.lock:  # queued, or submitted with its event: never half-way in the watchdog
+            self.watchdog.promote(key)
+            event = self.pending[kl].get(slot)
         if event is not None:
             event.synchronize()
         self.bridge.complete(kl, key % self.n_experts)
