@@ -25,7 +25,9 @@ from numba import int64, njit, typed
 
 from emu.engines.state import (
     ABSENT,
+    DEMAND,
     IN_FLIGHT,
+    PREFETCH,
     RESIDENT,
     SC_CAP,
     SC_CLOCK,
@@ -61,6 +63,9 @@ COLLISION = 2
 #: for layer l+1 and their own state: what the runtime knows at layer l's gate (lookahead and oracle
 #: read later layers or passes of the trace)
 LIVE_PREFETCH = ("none", "next-layer", "topk", "score-percentile", "frequency", "adaptive", "multi-look")
+#: eviction policies whose kernels read only what the bridge keeps (score reads the gate scores' mass,
+#: belady the future of the trace)
+LIVE_EVICTION = ("lru", "least-stale", "lfu", "lhu", "fld", "random")
 
 
 def _empty_trace_view(n_layers: int, top_k: int, n_experts: int) -> Any:
@@ -96,8 +101,9 @@ def _evict(kern, ps, cs, tv, key: int) -> None:
 
 
 @njit(cache=True)
-def _take_slot(kern, ps, cs, tv, key: int, layer: int) -> int:
-    """-1: a free slot; a key: the victim evicted; -2: nothing evictable (the copy waits)."""
+def _take_slot(kern, ps, cs, tv, key: int, layer: int, prio: int) -> int:
+    """-1: a free slot; a key: the victim evicted; -2: nothing evictable (the copy waits). `prio` (DEMAND or
+    PREFETCH) is what the insert event sees in `cs.copy_prio`, as in the core."""
     evicted = -1
     if cs.sc[SC_USED] + 1 > cs.sc[SC_CAP]:
         evicted = kern[0](ps, cs, tv, layer, 0, 0.0)
@@ -109,6 +115,7 @@ def _take_slot(kern, ps, cs, tv, key: int, layer: int) -> int:
     cs.layer_bytes[layer] += 1
     cs.layer_count[layer] += 1
     cs.loaded_ever[key] = 1
+    cs.copy_prio[key] = prio
     cs.sc[SC_CLOCK] += 1
     kern[1](ps, cs, tv, EV_INSERT, key, 0.0)
     return evicted
@@ -147,7 +154,7 @@ def _gate_layer(kern, ps, cs, tv, p: int, layer: int, keys, tokens, outcome, vic
         else:
             kinds[i] = CAPACITY
         cs.sc[SC_CLOCK] += 1
-        got = _take_slot(kern, ps, cs, tv, key, layer)
+        got = _take_slot(kern, ps, cs, tv, key, layer, DEMAND)
         if got == -2:
             cs.status[key] = WAITING
             outcome[i] = MISS_WAIT
@@ -170,7 +177,7 @@ def _prefetch_layer(kern, ps, pf_ps, cs, tv, p: int, layer: int, out_keys, out_v
         if cs.status[key] != ABSENT:
             continue
         kl = key // n_exp
-        got = _take_slot(kern, ps, cs, tv, key, kl)
+        got = _take_slot(kern, ps, cs, tv, key, kl, PREFETCH)
         if got == -2:
             cs.stats_i[ST_PF_DROPPED, kl] += 1
             continue
@@ -184,7 +191,7 @@ def _prefetch_layer(kern, ps, pf_ps, cs, tv, p: int, layer: int, out_keys, out_v
 
 @njit(cache=True)
 def _retry(kern, ps, cs, tv, key: int, layer: int) -> int:
-    return _take_slot(kern, ps, cs, tv, key, layer)
+    return _take_slot(kern, ps, cs, tv, key, layer, DEMAND)
 
 
 class CacheBridge:
@@ -193,11 +200,14 @@ class CacheBridge:
     def __init__(self, n_layers: int, n_experts: int, top_k: int, n_slots: int, eviction: str = "lru",
                  params: dict[str, Any] | None = None, seed: int = 0, prefetch: str = "none",
                  prefetch_params: dict[str, Any] | None = None) -> None:
+        policy = get_policy("eviction", eviction)
+        pf_policy = get_policy("prefetch", prefetch)
+        if eviction not in LIVE_EVICTION:
+            raise EmuError(f"the live runtime cannot run eviction policy {eviction!r} (it reads what the runtime "
+                           f"does not keep); expected one of {list(LIVE_EVICTION)}", key="policy.eviction")
         if prefetch not in LIVE_PREFETCH:
             raise EmuError(f"the live runtime cannot run prefetch policy {prefetch!r} (it reads routing the runtime "
                            f"does not know yet); expected one of {list(LIVE_PREFETCH)}", key="policy.prefetch")
-        policy = get_policy("eviction", eviction)
-        pf_policy = get_policy("prefetch", prefetch)
         resolved = policy.resolve_params(params or {}, "policy.eviction", None)
         pf_resolved = pf_policy.resolve_params(prefetch_params or {}, "policy.prefetch", None)
         self.n_layers, self.n_experts, self.top_k, self.n_slots = n_layers, n_experts, top_k, n_slots

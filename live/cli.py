@@ -20,10 +20,11 @@ import attrs
 
 from emu.errors import EmuError
 
-from .cache_bridge import LIVE_PREFETCH
+from .cache_bridge import LIVE_EVICTION, LIVE_PREFETCH
 
 #: what the live runtime implements so far; other policies are refused, not silently replaced
-_LIVE_POLICIES = {"prefetch": LIVE_PREFETCH, "miss": ("fetch",), "routing": ("standard",), "partition": ("global",)}
+_LIVE_POLICIES = {"eviction": LIVE_EVICTION, "prefetch": LIVE_PREFETCH, "miss": ("fetch",), "routing": ("standard",),
+                  "partition": ("global",)}
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -73,6 +73,8 @@ class OffloadStats:
     prefetch_dropped: int = 0
     prefetch_wasted: int = 0
     late_hits: int = 0
+    #: prefetches submitted out of turn because a layer needed them while still queued (runtime only)
+    prefetch_promoted: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -91,6 +93,7 @@ def _check_fused(experts: Any) -> None:
 KERNELS = ("eager", "fused")
 #: torch's grouped GEMM takes fewer than 1024 groups per call (`group_count < 1024` in its CUDA kernel)
 MAX_GROUPS = 1023
+NOPOLL = False
 
 
 class OffloadedExperts(nn.Module):
@@ -173,6 +176,7 @@ class ExpertOffload:
         with self._locked():
             if self.watchdog is not None:
                 self.watchdog.clear()
+                self.watchdog.promoted = 0
             self._reset(bridge)
 
     def _reset(self, bridge: CacheBridge) -> None:
@@ -234,7 +238,7 @@ class ExpertOffload:
         if self.watchdog is not None:
             self.watchdog.check()
             self.watchdog.pump()  # what the engine would have started by now
-            pf = self.bridge.prefetch_counts()
+            pf = self.bridge.prefetch_counts() | {"prefetch_promoted": self.watchdog.promoted}
         hits = int(self._hits.sum())
         misses = int(self._misses.sum())
         return OffloadStats(
@@ -346,13 +350,12 @@ class ExpertOffload:
         rows = self._routing_rows(index)
         results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         queue = ready + loading  # hits run first while the misses load
-        while queue or (waiting and self._land_next_prefetch()):
-            if queue:
-                e, slot, event = queue.pop(0)
-                results[e] = self._compute(slot, event, act_fn, hidden, top_k_weights, rows[e])
-                self.bridge.complete(layer, e)
-                self.bridge.release(layer, e)
-            if waiting and self.watchdog is not None:
+        while queue:
+            e, slot, event = queue.pop(0)
+            results[e] = self._compute(slot, event, act_fn, hidden, top_k_weights, rows[e])
+            self.bridge.complete(layer, e)
+            self.bridge.release(layer, e)
+            if waiting and self.watchdog is not None and not NOPOLL:
                 self._poll_prefetches()
             with self._locked():
                 while waiting:  # a released expert or a landed prefetch may make room for a waiting miss (FIFO)
@@ -407,23 +410,6 @@ class ExpertOffload:
                 if event is None or event.query():
                     self.bridge.complete(kl, key % self.n_experts)
                     del self.inflight_pf[key]
-
-    def _land_next_prefetch(self) -> bool:
-        """Demand copies wait for a victim and nothing of the layer is left to release: land the oldest
-        prefetch in flight (submitted now if still queued), as the emulator's copy engine would go on
-        copying. False when there is none."""
-        if self.watchdog is None or not self.inflight_pf:
-            return False
-        key, slot = next(iter(self.inflight_pf.items()))
-        kl = key // self.n_experts
-        with self.watchdog.lock:  # queued, or submitted with its event: never half-way in the watchdog
-            self.watchdog.promote(key)
-            event = self.pending[kl].get(slot)
-        if event is not None:
-            event.synchronize()
-        self.bridge.complete(kl, key % self.n_experts)
-        del self.inflight_pf[key]
-        return True
 
     def _issue_prefetches(self, layer: int) -> None:
         """The policy's prefetches of this gate: each takes its slot now and queues its copy."""

@@ -46,6 +46,7 @@ class PrefetchWatchdog:
         self.engine = engine
         self.lock = threading.RLock()
         self._queue: dict[int, Any] = {}
+        self.promoted = 0  # prefetches a layer needed while still queued
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -73,6 +74,7 @@ class PrefetchWatchdog:
             if job is None:
                 return False
             self.engine.submit(job)
+            self.promoted += 1
             return True
 
     def pump(self) -> int:

@@ -51,7 +51,7 @@ def _live(eviction: str, prefetch: str, slots: int, plan: PassPlan, **kw):
     return rt, res, rec
 
 
-@pytest.mark.parametrize("eviction", ["lru", "least-stale"])
+@pytest.mark.parametrize("eviction", ["lru", "least-stale", "lfu"])  # lfu: prefetch inserts are no access
 @pytest.mark.parametrize("slots", [24, 96])
 def test_next_layer_prefetch_decides_as_the_emulator_does(eviction: str, slots: int) -> None:
     rt, res, rec = _live(eviction, "next-layer", slots, PassPlan(10, 10))
@@ -134,15 +134,17 @@ def test_prefetch_leaves_the_logits_bit_for_bit(kernel: str, slots: int, stall: 
         assert torch.equal(a, b)
     assert st.prefetch_issued > 0 and st.prefetch_useful > 0
     if stall:
-        assert st.late_hits == st.prefetch_useful  # every useful prefetch was still queued at its gate
+        assert st.late_hits == st.prefetch_useful == st.prefetch_promoted  # all still queued at their gate
     else:
-        assert st.late_hits == 0  # synchronous copies: all landed before the next gate
+        assert st.late_hits == st.prefetch_promoted == 0  # synchronous copies: all landed before the next gate
 
 
-def test_a_prefetch_policy_the_runtime_cannot_run_is_refused() -> None:
+def test_policies_the_runtime_cannot_run_are_refused() -> None:
     model = build_model("olmoe-1b-7b", "tiny", n_layers=2)
     with pytest.raises(EmuError, match="cannot run prefetch policy 'lookahead'"):
         ExpertOffload(model, 8, prefetch="lookahead")
+    with pytest.raises(EmuError, match="cannot run eviction policy 'score'"):  # reads gate-score mass
+        ExpertOffload(build_model("olmoe-1b-7b", "tiny", n_layers=2), 8, eviction="score")
 
 
 def _validate(argv: list[str]) -> int:
