@@ -112,3 +112,34 @@ def test_two_engines_overlap_copies(engines, engine_name):
     r, _ = run(engines[engine_name], trace, slots=4, engines=2)
     assert r["e2e_s"] == pytest.approx(4.5, abs=1e-9)
     assert r["copy_busy_frac"] == pytest.approx(4.0 / (2 * 4.5), abs=1e-12)
+
+
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
+def test_copy_landing_mid_run_goes_before_higher_ids(engines, engine_name):
+    # Copies take 0.25 s. Pass 0 (1 token): L0 {0, 2}, L1 {0, 1}, all cold: dense [0, .25], copies
+    # [.25, .5], [.5, .75]; experts [.5, 1], [1, 1.5]; L1 dense [1.5, 1.75], copies [1.75, 2], [2, 2.25];
+    # experts [2, 2.5], [2.5, 3]. Pass 1 (2 tokens: {0, 2} and {1, 2} at L0, {0, 1} twice at L1):
+    # dense [3, 3.25]; at the gate 0 and 2 are resident, 1 misses: copy [3.25, 3.5]. Expert 0 runs
+    # [3.25, 3.75]; 1 landed meanwhile and has the lower id, so it runs before 2: [3.75, 4.25], then 2
+    # (2 tokens) [4.25, 5], L1 dense [5, 5.25], all hits with 2 tokens: [5.25, 6], [6, 6.75].
+    # (Starting 2 right after 0, as if it were decided at the gate, would give the same end time but
+    # the GPU order 0, 2, 1: the timeline below tells them apart.)
+    from emu.engines.des.engine import run_des
+    from emu.engines.des.timeline import TimelineRecorder
+
+    trace = make_trace([[[[0, 2], [0, 1]]], [[[0, 2], [0, 1]], [[1, 2], [0, 1]]]], phases=[1, 0])
+    inputs = make_inputs(tiny_model(), hand_profile(copy_s=0.25), trace, 8 * EXPERT, StackChoice())
+    cs, end, _ = engines[engine_name](inputs)
+    assert end == pytest.approx(6.75, abs=1e-9)
+    assert cs.pass_end[0] == pytest.approx(3.0, abs=1e-9)
+    if engine_name == "des":
+        recorder = TimelineRecorder((1, None))
+        run_des(inputs, recorder)
+        gpu = sorted((e["ts"] / 1e6, e["name"], e["dur"] / 1e6) for e in recorder.chrome_trace()["traceEvents"]
+                     if e.get("ph") == "X" and e["tid"] == 1)
+        want = [(3.0, "dense L0", 0.25), (3.25, "expert L0 E0", 0.5), (3.75, "expert L0 E1", 0.5),
+                (4.25, "expert L0 E2", 0.75), (5.0, "dense L1", 0.25), (5.25, "expert L1 E0", 0.75),
+                (6.0, "expert L1 E1", 0.75)]
+        assert [g[1] for g in gpu] == [w[1] for w in want]
+        for g, w in zip(gpu, want):
+            assert (g[0], g[2]) == pytest.approx((w[0], w[2]), abs=1e-12)

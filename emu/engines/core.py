@@ -47,6 +47,7 @@ from .state import (
     FC_IDLE_T,
     FC_PRE_S,
     IN_FLIGHT,
+    JOB_CHAIN,
     JOB_DENSE,
     JOB_NONE,
     JOB_PRE,
@@ -62,6 +63,7 @@ from .state import (
     PREFETCH,
     RESIDENT,
     SC_CAP,
+    SC_CHAIN_N,
     SC_CLOCK,
     SC_CPU_JOB,
     SC_CPU_NEW,
@@ -502,8 +504,68 @@ def _pass_times(cs, tm, tv, p: int) -> None:
 def _start_gpu(cs, job: int, dur: float, t: float) -> None:
     cs.sc[SC_GPU_JOB] = job
     cs.sc[SC_GPU_NEW] = 1
+    cs.chain_job[0] = job
+    cs.chain_dur[0] = dur
     cs.fc[FC_GPU_DUR] = dur
     cs.fc[FC_GPU_BUSY] += dur
+    if cs.sc[SC_GPU_IDLE] == 1:
+        cs.sc[SC_GPU_IDLE] = 0
+        cs.stats_f[SF_STALL_S, cs.sc[SC_LAYER]] += t - cs.fc[FC_IDLE_T]
+
+
+@njit(cache=True, inline="always")
+def _chain(pk, cs, tm, tv, i: int, dur: float, t: float) -> None:
+    """Start entry i on the GPU, followed back to back by every job whose start is already decided.
+
+    Called only when no demand copy waits, the CPU is idle with nothing routed to it, and no GPU entry
+    before i is waiting for its copy. Then nothing can change the GPU's next choices before they are
+    made: no victim is chosen and no policy runs until the next gate (only gates and waiters do that),
+    resident entries are protected, and a copy that lands can only make a pending entry ready, which
+    matters only if its index is below a later member's. So the members are the resident entries
+    after i up to the first one still in flight (or of zero duration); when they finish the layer
+    and another layer follows, its dense job too. The engine gives each member its own end,
+    `previous end + duration`, as separate instants would; the instants between are skipped, and
+    `_gpu_done` finishes the members when the chain ends. One member is a plain job.
+    """
+    n = cs.sc[SC_NCUR]
+    cur_state = cs.cur_state
+    cur_where = cs.cur_where
+    status = cs.status
+    chain_job = cs.chain_job
+    chain_dur = cs.chain_dur
+    cur_state[i] = E_RUNNING
+    chain_job[0] = i
+    chain_dur[0] = dur
+    busy = cs.fc[FC_GPU_BUSY] + dur
+    m = 1
+    whole = True  # the members finish every entry of the layer
+    for j in range(i + 1, n):
+        if cur_state[j] != E_PENDING or cur_where[j] != ON_GPU:
+            continue
+        key = _entry_key(cs, j)
+        if status[key] != RESIDENT:
+            whole = False
+            break
+        d = expert_seconds(tm, cs.prec[key], cs.cur_tokens[j])
+        if d <= 0.0:
+            whole = False
+            break
+        cur_state[j] = E_RUNNING
+        chain_job[m] = j
+        chain_dur[m] = d
+        busy += d
+        m += 1
+    if whole and cs.sc[SC_LAYER] + 1 < tv.experts.shape[1] and cs.fc[FC_DENSE_S] > 0.0:
+        d = cs.fc[FC_DENSE_S]
+        chain_job[m] = JOB_DENSE
+        chain_dur[m] = d
+        busy += d
+        m += 1
+    cs.sc[SC_GPU_JOB] = JOB_CHAIN if m > 1 else i
+    cs.sc[SC_CHAIN_N] = m
+    cs.sc[SC_GPU_NEW] = m
+    cs.fc[FC_GPU_DUR] = chain_dur[m - 1]
+    cs.fc[FC_GPU_BUSY] = busy
     if cs.sc[SC_GPU_IDLE] == 1:
         cs.sc[SC_GPU_IDLE] = 0
         cs.stats_f[SF_STALL_S, cs.sc[SC_LAYER]] += t - cs.fc[FC_IDLE_T]
@@ -591,17 +653,23 @@ def _step(pk, cs, tm, tv, t: float) -> int:
     cs.sc[SC_CURSOR] = first
     cur_where = cs.cur_where
     status = cs.status
+    waiting = False  # a GPU entry before i waits for its copy
     for i in range(first, n):
         if cur_state[i] == E_PENDING and cur_where[i] == ON_GPU:
             key = _entry_key(cs, i)
             if status[key] == RESIDENT:
                 dur = expert_seconds(tm, cs.prec[key], cs.cur_tokens[i])
                 if dur > 0.0:
-                    cur_state[i] = E_RUNNING
-                    _start_gpu(cs, i, dur, t)
+                    if (waiting or cs.sc[SC_WQ_N] > 0 or cs.sc[SC_CPU_JOB] != JOB_NONE
+                            or cs.sc[SC_CPU_PENDING] > 0):
+                        cur_state[i] = E_RUNNING
+                        _start_gpu(cs, i, dur, t)
+                    else:
+                        _chain(pk, cs, tm, tv, i, dur, t)
                     return STEP_CHANGED if changed else STEP_GPU_STARTED
                 _finish_entry(cs, i)
                 return STEP_CHANGED
+            waiting = True
     if first == n:
         layer = cs.sc[SC_LAYER] + 1
         if layer == tv.experts.shape[1]:
@@ -670,6 +738,14 @@ def _gpu_done(cs) -> None:
         cs.sc[SC_PHASE] = PH_GATE
     elif job >= 0:
         _finish_entry(cs, job)
+    elif job == JOB_CHAIN:
+        for k in range(cs.sc[SC_CHAIN_N]):
+            member = cs.chain_job[k]
+            if member >= 0:
+                _finish_entry(cs, member)
+            else:  # the next layer's dense job ended the chain: its gate is next
+                cs.sc[SC_LAYER] += 1
+                cs.sc[SC_PHASE] = PH_GATE
 
 
 @njit(cache=True, inline="always")

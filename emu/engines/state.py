@@ -55,6 +55,7 @@ PH_FINISHED = 6
 JOB_NONE = -1
 JOB_PRE = -2
 JOB_DENSE = -3
+JOB_CHAIN = -4  # jobs run back to back, listed in chain_job[:sc[SC_CHAIN_N]] (see core._chain)
 
 # ---- sc: integer scalars ---------------------------------------------------------------------------
 SC_PASS = 0
@@ -71,12 +72,14 @@ SC_CPU_JOB = 10
 SC_GPU_IDLE = 11  # 1 while the GPU waits for an expert of the current layer
 SC_SAME_LAYER = 12  # 1 while the incoming copy's layer is at its cap: victims must come from it
 SC_CLOCK = 13  # logical access clock for recency policies
-SC_GPU_NEW = 14  # set by decide when it started a GPU job; the engine schedules it and clears it
+SC_GPU_NEW = 14  # set by decide to the number of GPU jobs it started back to back (durations in
+# chain_dur); the engine schedules them and clears it
 SC_CPU_NEW = 15
 SC_N_ENGINES = 17
 SC_LAST_COPY = 19  # key of the copy `next_copy` just started
 SC_CPU_PENDING = 20  # entries of the current layer routed to the CPU and not started yet
 SC_CURSOR = 21  # entries of the current layer before this index are done
+SC_CHAIN_N = 22  # members of the GPU chain now running (SC_GPU_JOB == JOB_CHAIN)
 SC_N = 24
 
 # ---- fc: float scalars ---------------------------------------------------------------------------
@@ -84,7 +87,7 @@ FC_IDLE_T = 0
 FC_DENSE_S = 1  # dense time of one layer in the current pass
 FC_PRE_S = 2  # per-pass fixed cost plus dense (non-MoE) layers
 FC_GATE_T = 3
-FC_GPU_DUR = 4  # duration of the GPU job just started
+FC_GPU_DUR = 4  # duration of the (last) GPU job just started
 FC_CPU_DUR = 5
 FC_COPY_BUSY = 6
 FC_GPU_BUSY = 7
@@ -158,6 +161,8 @@ CS_FIELDS: tuple[tuple[str, Any], ...] = (
     # engine <-> core exchange at an instant, one slot per copy engine: copies that landed (in),
     # copies started (out) and their durations
     ("io_done", _I64[::1]), ("io_keys", _I64[::1]), ("io_durs", _F64[::1]),
+    # the GPU jobs started at an instant, back to back: job (cur_* index or JOB_*) and duration
+    ("chain_job", _I64[::1]), ("chain_dur", _F64[::1]),
 )
 
 TV_FIELDS: tuple[tuple[str, Any], ...] = (
@@ -195,7 +200,7 @@ def _new_cs(sc, fc, status, prec, nbytes, loaded_ever, evict_pass, protect, copy
             pf_unused, late_gate_t, late_flag, wait_prec, heap, waitq, pf_buf, cur_key, cur_expert, cur_tokens,
             cur_mass, cur_where, cur_state, cur_sub, cur_prec, gather_count, gather_mass, pick_buf, layer_bytes,
             layer_count, layer_floor, layer_cap, prec_bytes, pass_start, pass_end, stats_i, stats_f, dense_col,
-            io_done, io_keys, io_durs):
+            io_done, io_keys, io_durs, chain_job, chain_dur):
     s = structref.new(_CS_OWN)
     s.sc = borrowed(sc)
     s.fc = borrowed(fc)
@@ -239,6 +244,8 @@ def _new_cs(sc, fc, status, prec, nbytes, loaded_ever, evict_pass, protect, copy
     s.io_done = borrowed(io_done)
     s.io_keys = borrowed(io_keys)
     s.io_durs = borrowed(io_durs)
+    s.chain_job = borrowed(chain_job)
+    s.chain_dur = borrowed(chain_dur)
     return s
 
 
@@ -336,6 +343,7 @@ def new_cache_state(n_layers: int, n_experts: int, top_k: int, n_passes: int, ca
         dense_col=np.zeros(max(dense_rows, 1), np.float64),
         io_done=np.zeros(n_engines, np.int64), io_keys=np.zeros(n_engines, np.int64),
         io_durs=np.zeros(n_engines, np.float64),
+        chain_job=np.zeros(n_experts + 1, np.int64), chain_dur=np.zeros(n_experts + 1, np.float64),
     )
 
 

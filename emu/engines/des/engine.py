@@ -24,7 +24,7 @@ from simpy.events import NORMAL
 from ...errors import EmuError
 from .. import core
 from ..setup import SimInputs, fresh_state
-from ..state import FC_CPU_DUR, FC_GPU_DUR, SC_CPU_NEW, SC_GPU_NEW, SC_USED
+from ..state import FC_CPU_DUR, SC_CPU_NEW, SC_GPU_NEW, SC_USED
 
 if TYPE_CHECKING:
     from .timeline import TimelineRecorder
@@ -62,6 +62,7 @@ class DesEngine:
         # the core's exchange arrays and scalars, read and written here without a jitted call
         self._io_done, self._io_keys, self._io_durs = self.cs.io_done, self.cs.io_keys, self.cs.io_durs
         self._sc, self._fc = self.cs.sc, self.cs.fc
+        self._chain_dur = self.cs.chain_dur
 
     # ---- processes: each holds its resource for its duration, then reports the completion ----------
     def _copy(self, request: simpy.Event, key: int, duration: float) -> Any:
@@ -71,10 +72,12 @@ class DesEngine:
         self._done_keys.append(key)
         self._kick()
 
-    def _job(self, request: simpy.Event, duration: float, done_bit: int) -> Any:
+    def _job(self, request: simpy.Event, durations: list[float], done_bit: int) -> Any:
+        """Jobs back to back (a chain from the core, or one job): each timeout starts at the previous end."""
         with request:
             yield request
-            yield self.env.timeout(duration)
+            for duration in durations:
+                yield self.env.timeout(duration)
         self._done_jobs |= done_bit
         self._kick()
 
@@ -96,12 +99,13 @@ class DesEngine:
         started = core.instant(self.stack, self.cs, self.inputs.tm, self.inputs.tv, t, n_done, done_jobs, n_free)
         if self.recorder is not None:
             self.recorder.after_instant(t, started)
-        if sc[SC_GPU_NEW] == 1:
+        n_gpu = int(sc[SC_GPU_NEW])
+        if n_gpu > 0:
             sc[SC_GPU_NEW] = 0
-            env.process(self._job(self.compute_stream.request(), float(fc[FC_GPU_DUR]), core.GPU_DONE))
+            env.process(self._job(self.compute_stream.request(), self._chain_dur[:n_gpu].tolist(), core.GPU_DONE))
         if sc[SC_CPU_NEW] == 1:
             sc[SC_CPU_NEW] = 0
-            env.process(self._job(self.cpu.request(), float(fc[FC_CPU_DUR]), core.CPU_DONE))
+            env.process(self._job(self.cpu.request(), [float(fc[FC_CPU_DUR])], core.CPU_DONE))
         for j in range(started):
             request = self.copy_engines.request()  # granted at once: an engine is free
             env.process(self._copy(request, int(self._io_keys[j]), float(self._io_durs[j])))

@@ -22,7 +22,6 @@ from ...trace import PHASE_DECODE
 from ..state import (
     E_PENDING,
     FC_CPU_DUR,
-    FC_GPU_DUR,
     FC_IDLE_T,
     JOB_DENSE,
     JOB_PRE,
@@ -31,7 +30,6 @@ from ..state import (
     SC_CPU_JOB,
     SC_CPU_NEW,
     SC_GPU_IDLE,
-    SC_GPU_JOB,
     SC_GPU_NEW,
     SC_LAYER,
     SC_NCUR,
@@ -109,14 +107,24 @@ class TimelineRecorder:
                 self.events.append((COPY_TID + lane, f"copy L{layer} E{expert}", kind, t, dur, {
                     "pass": p, "layer": layer, "expert": expert, "kind": kind,
                     "precision": self._precisions[int(cs.prec[key])], "bytes": int(cs.nbytes[key])}))
-        if sc[SC_GPU_NEW] == 1:
+        n_gpu = int(sc[SC_GPU_NEW])
+        if n_gpu > 0:
             if self._stall is not None:
                 since, args = self._stall
                 self._stall = None
                 if self.first <= args["pass"] < self.stop:
                     self.events.append((STALL_TID, f"stall L{args['layer']}", "stall", since, t - since, args))
             if keep:
-                self.events.append(self._gpu_event(t, float(fc[FC_GPU_DUR]), p))
+                # a chain of jobs back to back (core._chain) is unfolded: one span per job, each starting
+                # where the previous one ends (the same additions the engines make)
+                start = t
+                layer = int(sc[SC_LAYER])
+                for k in range(n_gpu):
+                    job, dur = int(cs.chain_job[k]), float(cs.chain_dur[k])
+                    # a chain's dense job is the next layer's (the core moves on when the chain ends)
+                    job_layer = layer + 1 if job == JOB_DENSE and n_gpu > 1 else layer
+                    self.events.append(self._gpu_event(start, dur, p, job, job_layer))
+                    start = start + dur
         if sc[SC_CPU_NEW] == 1 and keep:
             i = int(sc[SC_CPU_JOB])
             layer = int(sc[SC_LAYER])
@@ -143,10 +151,9 @@ class TimelineRecorder:
                 return lane
         raise AssertionError("a copy started while every copy engine was busy")
 
-    def _gpu_event(self, t: float, dur: float, p: int) -> tuple[int, str, str, float, float, dict[str, Any]]:
+    def _gpu_event(self, t: float, dur: float, p: int, job: int,
+                   layer: int) -> tuple[int, str, str, float, float, dict[str, Any]]:
         cs = self._cs
-        job = int(cs.sc[SC_GPU_JOB])
-        layer = int(cs.sc[SC_LAYER])
         if job == JOB_PRE:
             return GPU_TID, "pre-pass", "pre", t, dur, {"pass": p}
         if job == JOB_DENSE:

@@ -17,7 +17,7 @@ from .. import core
 from ..core import CPU_DONE, GPU_DONE
 from ..setup import SimInputs, fresh_state
 from ..stack import STACK_T
-from ..state import CS_T, FC_CPU_DUR, FC_GPU_DUR, SC_CPU_NEW, SC_GPU_NEW, TM_T, TV_T
+from ..state import CS_T, FC_CPU_DUR, SC_CPU_NEW, SC_GPU_NEW, TM_T, TV_T
 
 
 @njit(float64(STACK_T, CS_T, TM_T, TV_T, int64), cache=True)
@@ -43,9 +43,12 @@ def run_loop(pk, cs, tm, tv, n_engines):
             if eng_key[e] < 0:
                 n_free += 1
         started = core.instant_inline(pk, cs, tm, tv, t, n_done, done_jobs, n_free)
-        if cs.sc[SC_GPU_NEW] == 1:
+        n_gpu = cs.sc[SC_GPU_NEW]
+        if n_gpu > 0:  # jobs back to back: each ends at the previous end plus its duration
             cs.sc[SC_GPU_NEW] = 0
-            gpu_end = t + cs.fc[FC_GPU_DUR]
+            gpu_end = t
+            for k in range(n_gpu):
+                gpu_end = gpu_end + cs.chain_dur[k]
         if cs.sc[SC_CPU_NEW] == 1:
             cs.sc[SC_CPU_NEW] = 0
             cpu_end = t + cs.fc[FC_CPU_DUR]
