@@ -201,11 +201,16 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
                            rehearse=cuda, model_name=spec.name, preload=True)
             _record(f"olmoe_own_100pct_lru_{kernel}", spec, res, runtime, offload=True, kernel=kernel,
                     eviction="lru", forced=None, plans=own, out_dir=out_dir, extra=dict(common))
-    reconfigure(runtime, n_keys, "lru", "eager")
-    cal = measure_runtime_overheads(model, runtime, vocab=shape.vocab, device=dev, prompt_len=MIXTRAL_PROMPT,
-                                    steps=CAL_STEPS)
-    (out_dir / f"{name}_runtime_cal.json").write_text(json.dumps(dict(cal, profile_model=preset), indent=1) + "\n")
-    print(f"{name} runtime calibration: {cal} [{time.time() - t0:.0f}s]", flush=True)
+    for pf in prefetches:  # a prefetching runtime does more host work per layer (speculator, watchdog)
+        reconfigure(runtime, n_keys, "lru", "eager", pf)
+        if pf != "none":  # every expert resident: the zeroed-experts replay predicts from other hidden states
+            runtime.preload()
+        cal = measure_runtime_overheads(model, runtime, vocab=shape.vocab, device=dev, prompt_len=MIXTRAL_PROMPT,
+                                        steps=CAL_STEPS)
+        suffix = "" if pf == "none" else f"_{pf.replace('-', '_')}"
+        (out_dir / f"{name}_runtime_cal{suffix}.json").write_text(
+            json.dumps(dict(cal, profile_model=preset, prefetch=pf), indent=1) + "\n")
+        print(f"{name} runtime calibration ({pf}): {cal} [{time.time() - t0:.0f}s]", flush=True)
     for frac, ev, pf in itertools.product(FRACTIONS, EVICTIONS, prefetches):
         reconfigure(runtime, slots_for(frac, n_keys), ev, "eager", pf)
         res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,

@@ -5,9 +5,10 @@ bytes moved with the error of each.
 Profile: a live run must be compared with a profile measured on the same start of the machine (the
 H100's host-bound figures moved by up to 2x between starts), so `--profile` should name the profile
 `emu calibrate` wrote in the same lease; without it the scenario's profile is used, or with
-`--from-live DIR` the one profile (*.toml) in DIR. A runtime calibration (`*_runtime_cal.json`, written
-by `python -m live.matrix`) adds the live runtime's own host cost per layer and per expert; with
-`--from-live DIR` the ones in DIR are used unless `--no-runtime-cal`.
+`--from-live DIR` the one profile (*.toml) in DIR. A runtime calibration (`*_runtime_cal*.json`, written
+by `python -m live.matrix`, one per model and prefetch policy) adds the live runtime's own host cost per
+layer and per expert; a run takes the calibration of a runtime with its prefetch policy, else the one
+without prefetch. With `--from-live DIR` the ones in DIR are used unless `--no-runtime-cal`.
 """
 
 from __future__ import annotations
@@ -111,9 +112,9 @@ def _profile_path(args: argparse.Namespace) -> Path:
     return Path(load_scenario(args.scenario[0], args.overrides).profile_path)
 
 
-def load_runtime_cals(paths: list[Path]) -> dict[str, dict[str, Any]]:
-    """Runtime calibrations by the preset they were measured for."""
-    cals: dict[str, dict[str, Any]] = {}
+def load_runtime_cals(paths: list[Path]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Runtime calibrations by (preset, prefetch policy of the runtime measured; none when not named)."""
+    cals: dict[tuple[str, str], dict[str, Any]] = {}
     for path in paths:
         try:
             cal = json.loads(path.read_text())
@@ -121,7 +122,7 @@ def load_runtime_cals(paths: list[Path]) -> dict[str, dict[str, Any]]:
             raise EmuError(f"cannot read a runtime calibration: {err}", file=str(path)) from None
         if not isinstance(cal, dict) or not isinstance(cal.get("profile_model"), str):
             raise EmuError("expected a JSON object naming its model", file=str(path), key="profile_model")
-        cals[cal["profile_model"]] = dict(cal, file=str(path))
+        cals[(cal["profile_model"], str(cal.get("prefetch") or "none"))] = dict(cal, file=str(path))
     return cals
 
 
@@ -139,8 +140,10 @@ def validate_dir(records: list[Path], profile_path: Path, cal_paths: list[Path],
         run_ = load_live_run(path)
         spec = live_model(run_, base)
         profile = base
-        if spec.name in cals:
-            profile = apply_runtime_overheads(base, spec, cals[spec.name], file=cals[spec.name]["file"])
+        # the calibration of a runtime with the run's prefetch policy, else the one without prefetch
+        cal = cals.get((spec.name, str(run_.record.get("prefetch") or "none"))) or cals.get((spec.name, "none"))
+        if cal is not None:
+            profile = apply_runtime_overheads(base, spec, cal, file=cal["file"])
         out.append(validate_run(run_, profile, engine))
     return out
 
@@ -152,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     profile_path = _profile_path(args)
     cal_paths = list(args.runtime_cal)
     if args.from_live is not None and not args.no_runtime_cal and not cal_paths:
-        cal_paths = sorted(args.from_live.glob("*_runtime_cal.json"))
+        cal_paths = sorted(args.from_live.glob("*_runtime_cal*.json"))
     validations = validate_dir(records, profile_path, cal_paths, args.engine)
     print(f"profile {profile_path}" + (f", runtime calibration {', '.join(map(str, cal_paths))}" if cal_paths else ""))
     print(format_table(validations))

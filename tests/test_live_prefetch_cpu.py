@@ -198,3 +198,27 @@ def test_the_matrix_switches_prefetch_on_and_off_on_one_built_runtime() -> None:
         assert res.stats.prefetch_issued == 0 and res.stats.copies == res.stats.misses
     finally:
         rt.close()
+
+
+def test_a_prefetching_runtime_calibrates_and_its_calibration_is_picked_for_prefetching_runs(tmp_path: Path) -> None:
+    from live.matrix import reconfigure
+    from live.runtime_cal import measure_runtime_overheads
+    from live.validate_cli import load_runtime_cals
+
+    shape = live_shape("olmoe-1b-7b", "tiny", 2)
+    model = build_model("olmoe-1b-7b", "tiny", n_layers=2, dtype="fp32", seed=0)
+    n_keys = shape.n_layers * shape.n_experts
+    rt = ExpertOffload(model, n_keys, eviction="lru", kernel="eager")
+    try:
+        reconfigure(rt, n_keys, "lru", "eager", "next-layer")
+        rt.preload()  # as the matrix does: the zeroed-experts replay predicts other experts, all resident
+        cal = measure_runtime_overheads(model, rt, vocab=shape.vocab, device=CPU, prompt_len=12, steps=4)
+        assert rt.stats().prefetch_issued == 0 and cal["full_step_s"] > 0
+    finally:
+        rt.close()
+    for pf, step in (("none", 0.01), ("next-layer", 0.02)):
+        (tmp_path / f"{pf}.json").write_text(json.dumps(dict(cal, full_step_s=step, profile_model="x", prefetch=pf)))
+    (tmp_path / "old.json").write_text(json.dumps(dict(cal, profile_model="y")))  # written before prefetch
+    cals = load_runtime_cals(sorted(tmp_path.glob("*.json")))
+    assert cals[("x", "next-layer")]["full_step_s"] == 0.02 and cals[("x", "none")]["full_step_s"] == 0.01
+    assert ("y", "none") in cals
