@@ -13,7 +13,8 @@ victim. The kernels read the current pass from a `TraceView` that the runtime fi
 (`observe`: routing of layers <= l and the speculator's prediction for l+1), so only policies that look
 at nothing later than that are allowed (`LIVE_PREFETCH`). A hit on a key still in flight is a late hit;
 a prefetched key counts as useful on its first hit and as wasted when evicted unused, as in the core.
-Only the global partition is modelled (no per-layer caps or floors).
+Eviction policies that read what the bridge does not keep (gate-score mass, the trace's future) are
+refused (`LIVE_EVICTION`). Only the global partition is modelled (no per-layer caps or floors).
 """
 
 from __future__ import annotations
