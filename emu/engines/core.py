@@ -8,6 +8,11 @@ Engines own time only. They call these handlers in one fixed order at every inst
 3. `next_copy(t)` while a copy engine is free: the best queued copy (demand before prefetch, then
    issue order) starts and its duration is returned.
 Everything here is numba code with fixed signatures, so it compiles once and is cached.
+
+Functions that allocate nothing are compiled with `_nrt=False` (numba's flag for "no runtime"), as are
+the policy kernels: the state's arrays are borrowed views with a null meminfo, but numba still called
+NRT_incref / NRT_decref for every array bound to a local, ~18 % of a run (docs/fast_engine.md). A
+function that must allocate keeps the runtime; numba refuses to compile one that allocates without it.
 """
 
 from __future__ import annotations
@@ -151,7 +156,7 @@ def cpu_seconds(tm, prec: int, tokens: int) -> float:
     return interp_curve(tm.cpu_tok[prec], tm.cpu_s[prec], tm.cpu_n[prec], float(tokens))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def dense_seconds(tm, tokens: float, context: float, col: np.ndarray) -> float:
     """Bilinear in (tokens, context) with the same clamping and extension as `interp_curve`;
     `col` is scratch of at least the table's token rows."""
@@ -167,7 +172,7 @@ def key_layer(cs, key: int) -> int:
     return key // cs.cur_key.shape[0]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def encode_miss(action: int, arg: int) -> int:
     return action | (arg << 4)
 
@@ -225,7 +230,7 @@ def is_evictable(cs, key: int, in_layer: int) -> bool:
     return not (vl != in_layer and cs.layer_count[vl] - 1 < cs.layer_floor[vl])
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def evict(pk, cs, tv, key: int, t: float) -> None:
     layer = key_layer(cs, key)
     b = cs.nbytes[key]
@@ -242,7 +247,7 @@ def evict(pk, cs, tv, key: int, t: float) -> None:
     pk.event(pk.s_evict, cs, tv, EV_EVICT, key, t)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def make_room(pk, cs, tv, in_layer: int, nbytes: int, t: float) -> bool:
     """Evict until `nbytes` fit in the pool and in the layer's cap; False when no victim is left."""
     while True:
@@ -257,7 +262,7 @@ def make_room(pk, cs, tv, in_layer: int, nbytes: int, t: float) -> bool:
         evict(pk, cs, tv, victim, t)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _start_copy_entry(pk, cs, tv, key: int, prec: int, prio: int, t: float) -> None:
     layer = key_layer(cs, key)
     b = cs.prec_bytes[prec]
@@ -278,7 +283,7 @@ def _start_copy_entry(pk, cs, tv, key: int, prec: int, prio: int, t: float) -> N
     pk.event(pk.s_evict, cs, tv, EV_INSERT, key, t)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def issue_demand(pk, cs, tv, key: int, prec: int, t: float) -> bool:
     """A demand copy takes a slot now, or waits (FIFO) for a victim."""
     if make_room(pk, cs, tv, key_layer(cs, key), cs.prec_bytes[prec], t):
@@ -292,7 +297,7 @@ def issue_demand(pk, cs, tv, key: int, prec: int, t: float) -> bool:
     return False
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def issue_prefetch(pk, cs, tv, key: int, prec: int, t: float) -> bool:
     """A prefetch that finds no victim is dropped and counted."""
     if cs.status[key] != ABSENT:
@@ -307,7 +312,7 @@ def issue_prefetch(pk, cs, tv, key: int, prec: int, t: float) -> bool:
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def retry_waiters(pk, cs, tv, t: float) -> None:
     n = cs.sc[SC_WQ_N]
     kept = 0
@@ -324,7 +329,7 @@ def retry_waiters(pk, cs, tv, t: float) -> None:
 
 # ---- routing helper shared by routing policies ----------------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def gather_layer(cs, tv, p: int, layer: int) -> int:
     """The distinct experts the tokens of pass p need at `layer`, in expert-id order, with token counts
     and routing mass (gate scores when the trace has them, else 1/top_k per token)."""
@@ -385,7 +390,7 @@ def gather_layer(cs, tv, p: int, layer: int) -> int:
 
 # ---- the gate: classify accesses, handle misses, prefetch --------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def gate(pk, cs, tv, p: int, layer: int, t: float) -> None:
     cs.fc[FC_GATE_T] = t
     pk.partition(pk.s_partition, cs, tv, p, layer, t)
@@ -482,7 +487,7 @@ def gate(pk, cs, tv, p: int, layer: int, t: float) -> None:
 
 # ---- the forward pass as a state machine ----------------------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _pass_times(cs, tm, tv, p: int) -> None:
     t0 = tv.pass_offsets[p]
     t1 = tv.pass_offsets[p + 1]
@@ -782,7 +787,7 @@ def instant_inline(pk, cs, tm, tv, t: float, n_done: int, done_jobs: int, n_free
     return n
 
 
-@njit(int64(STACK_T, CS_T, TM_T, TV_T, float64, int64, int64, int64), cache=True)
+@njit(int64(STACK_T, CS_T, TM_T, TV_T, float64, int64, int64, int64), cache=True, _nrt=False)
 def instant(pk, cs, tm, tv, t, n_done, done_jobs, n_free):
     """Everything that happens at instant t, in the contract's order.
 
@@ -801,12 +806,12 @@ def trace_done(sc) -> bool:
     return sc[SC_PHASE] == PH_FINISHED
 
 
-@njit(boolean(CS_T), cache=True)
+@njit(boolean(CS_T), cache=True, _nrt=False)
 def finished(cs):
     return trace_done(cs.sc)
 
 
-@njit(types.none(CS_T), cache=True)
+@njit(types.none(CS_T), cache=True, _nrt=False)
 def close(cs):
     """End of run: prefetched experts never used count as wasted."""
     for key in range(cs.status.shape[0]):

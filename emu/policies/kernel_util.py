@@ -38,7 +38,7 @@ def resident_set_state(n_keys: int, i_rows: int, f_rows: int = 0, f_cols: int = 
     return ps
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def set_add(members: np.ndarray, pos: np.ndarray, key: int) -> None:
     if pos[key] >= 0:
         return
@@ -49,7 +49,7 @@ def set_add(members: np.ndarray, pos: np.ndarray, key: int) -> None:
     pos[n_keys] = n + 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def set_remove(members: np.ndarray, pos: np.ndarray, key: int) -> None:
     j = pos[key]
     if j < 0:
@@ -64,7 +64,7 @@ def set_remove(members: np.ndarray, pos: np.ndarray, key: int) -> None:
     pos[n_keys] = last
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def set_size(pos: np.ndarray) -> int:
     return pos[pos.shape[0] - 1]
 
@@ -77,7 +77,7 @@ def seed_state(seed: int, stream: int) -> int:
     return z - (1 << 64) if z >= (1 << 63) else z
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def rand_u64(state: np.ndarray, idx: int) -> np.uint64:
     z = np.uint64(state[idx]) + _GOLDEN
     state[idx] = np.int64(z)
@@ -86,20 +86,20 @@ def rand_u64(state: np.ndarray, idx: int) -> np.uint64:
     return z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def rand_uniform(state: np.ndarray, idx: int) -> float:
     """Uniform in [0, 1)."""
     return float(rand_u64(state, idx) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def rand_below(state: np.ndarray, idx: int, n: int) -> int:
     return np.int64(rand_u64(state, idx) % np.uint64(n))
 
 
 # ---- small numeric helpers -------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def percentile_inplace(buf: np.ndarray, n: int, q: float) -> float:
     """numpy's default (linear) percentile of buf[:n], sorting buf[:n] in place; no allocation."""
     for a in range(1, n):
@@ -119,7 +119,7 @@ def percentile_inplace(buf: np.ndarray, n: int, q: float) -> float:
 
 # ---- prefetch helpers ------------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def push_top(cs, scores: np.ndarray, layer: int, n_pick: int, n_out: int, min_score: float) -> int:
     """Pick the `n_pick` experts of `layer` with the highest scores (> min_score; ties to the lower id)
     and append the absent ones to `cs.pf_buf[n_out:]`, best first. A pick that is already resident, in
@@ -172,7 +172,7 @@ def push_top(cs, scores: np.ndarray, layer: int, n_pick: int, n_out: int, min_sc
     return n_out
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def true_layer_mass(tv, p: int, layer: int, out: np.ndarray) -> None:
     """Routing mass per expert of `layer` in pass p as recorded (gate scores, else 1/top_k per token)."""
     out[:] = 0.0
@@ -184,7 +184,7 @@ def true_layer_mass(tv, p: int, layer: int, out: np.ndarray) -> None:
             out[e] += np.float64(tv.scores[tok, layer, s]) if has_scores else 1.0 / k
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def predicted_layer_mass(tv, p: int, layer: int, accuracy: float, rng: np.ndarray, rng_idx: int,
                          out: np.ndarray) -> None:
     """What a next-layer speculator says about `layer` in pass p.

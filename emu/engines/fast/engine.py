@@ -20,16 +20,11 @@ from ..stack import STACK_T
 from ..state import CS_T, FC_CPU_DUR, SC_CPU_NEW, SC_GPU_NEW, TM_T, TV_T
 
 
-@njit(float64(STACK_T, CS_T, TM_T, TV_T, int64), cache=True)
-def run_loop(pk, cs, tm, tv, n_engines):
-    """Returns the end time, or -1.0 when nothing can happen before the trace is done (deadlock).
-
-    Copies still running when the trace ends land afterwards (as in the SimPy engine, whose copy
-    processes run to completion), so both leave the same final cache state.
-    """
+@njit(cache=True, _nrt=False)
+def _loop(pk, cs, tm, tv, eng_end, eng_key):
+    """The event loop; it allocates nothing, so it is compiled without reference counting (see core)."""
     inf = np.inf
-    eng_end = np.full(n_engines, inf)
-    eng_key = np.full(n_engines, -1, np.int64)
+    n_engines = eng_end.shape[0]
     done_keys = cs.io_done
     gpu_end = inf
     cpu_end = inf
@@ -81,6 +76,16 @@ def run_loop(pk, cs, tm, tv, n_engines):
             cpu_end = inf
             done_jobs |= CPU_DONE
 
+
+
+@njit(float64(STACK_T, CS_T, TM_T, TV_T, int64), cache=True)
+def run_loop(pk, cs, tm, tv, n_engines):
+    """Returns the end time, or -1.0 when nothing can happen before the trace is done (deadlock).
+
+    Copies still running when the trace ends land afterwards (as in the SimPy engine, whose copy
+    processes run to completion), so both leave the same final cache state.
+    """
+    return _loop(pk, cs, tm, tv, np.full(n_engines, np.inf), np.full(n_engines, -1, np.int64))
 
 def run_fast(inputs: SimInputs) -> tuple[Any, float, dict[str, float]]:
     """Run the trace; returns (final cache state, end time, timings: `setup_s` for the fresh state and

@@ -106,13 +106,13 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return ps
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _region(ps, slot: int, size: int):
     a = ps.i[0]
     return a[a[slot]:a[slot] + size]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def next_use(ps, key: int, now: int) -> int:
     """First use position of `key` strictly after `now` (advancing the key's cursor), or never."""
     a = ps.i[0]
@@ -130,7 +130,7 @@ def next_use(ps, key: int, now: int) -> int:
 
 # ---- a max-heap of (next use, -key) packed as next_use * n + (n - 1 - key), lazily invalidated ---------
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _heap_push(ps, item: int) -> None:
     a = ps.i[0]
     h = _region(ps, H_HEAP, a[H_HEAPCAP])
@@ -145,7 +145,7 @@ def _heap_push(ps, item: int) -> None:
         i = parent
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _heap_pop(ps) -> None:
     a = ps.i[0]
     h = _region(ps, H_HEAP, a[H_HEAPCAP])
@@ -166,7 +166,7 @@ def _heap_pop(ps) -> None:
         i = child
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _set_prio(ps, key: int, nu: int) -> None:
     """Record the key's next use and push its heap entry; older entries of the key become stale."""
     a = ps.i[0]
@@ -185,12 +185,12 @@ def _set_prio(ps, key: int, nu: int) -> None:
     _heap_push(ps, item)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _now(cs) -> int:
     return cs.sc[SC_PASS] * cs.layer_count.shape[0] + cs.sc[SC_LAYER]
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def event(ps, cs, tv, ev, key, t):
     a = ps.i[0]
     n = a[H_N]
@@ -208,7 +208,7 @@ def event(ps, cs, tv, ev, key, t):
     return 0
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def victim(ps, cs, tv, in_layer, _b, t):
     a = ps.i[0]
     n = a[H_N]

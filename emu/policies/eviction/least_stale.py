@@ -41,12 +41,12 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return ps
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _n_layers(cs) -> int:
     return cs.layer_count.shape[0]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _unlink(ps, cs, key: int) -> None:
     i = ps.i
     n_layers = _n_layers(cs)
@@ -69,7 +69,7 @@ def _unlink(ps, cs, key: int) -> None:
     i[2, key] = _NONE
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _append_current(ps, cs, key: int) -> None:
     i = ps.i
     n_layers = _n_layers(cs)
@@ -88,7 +88,7 @@ def _append_current(ps, cs, key: int) -> None:
         i[5, 1] |= np.int64(1) << layer
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _new_pass(ps, cs, p: int) -> None:
     """Every current bucket goes to the end of the stale bucket of its layer."""
     i = ps.i
@@ -113,7 +113,7 @@ def _new_pass(ps, cs, p: int) -> None:
     i[5, 2] = p
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def event(ps, cs, tv, ev, key, t):
     if ev == EV_PASS:
         _new_pass(ps, cs, key)
@@ -126,13 +126,13 @@ def event(ps, cs, tv, ev, key, t):
     return 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _low_bit(x: np.int64) -> int:
     v = float(x & -x)
     return int(np.round(np.log2(v)))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _high_bit(x: np.int64) -> int:
     h = int(np.log2(float(x)))
     while h > 0 and (np.int64(1) << h) > x:
@@ -142,7 +142,7 @@ def _high_bit(x: np.int64) -> int:
     return h
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _first_in_bucket(ps, cs, b: int, in_layer: int) -> int:
     key = ps.i[3, b]
     while key != _NONE:
@@ -152,7 +152,7 @@ def _first_in_bucket(ps, cs, b: int, in_layer: int) -> int:
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _scan(ps, cs, q: int, lo: int, hi: int, ascending: bool, in_layer: int) -> int:
     """First evictable key in queue q over layers [lo, hi), in the given layer order."""
     n_layers = _n_layers(cs)
@@ -175,7 +175,7 @@ def _scan(ps, cs, q: int, lo: int, hi: int, ascending: bool, in_layer: int) -> i
     return -1
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def victim(ps, cs, tv, in_layer, _b, t):
     n_layers = _n_layers(cs)
     c = cs.sc[SC_LAYER]

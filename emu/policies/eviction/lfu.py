@@ -21,7 +21,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return resident_set_state(ctx.n_layers * ctx.n_experts, i_rows=4)
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def event(ps, cs, tv, ev, key, t):
     i = ps.i
     if ev == EV_ACCESS:
@@ -37,7 +37,7 @@ def event(ps, cs, tv, ev, key, t):
     return 0
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def victim(ps, cs, tv, in_layer, _b, t):
     i = ps.i
     best = -1

@@ -25,7 +25,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return ps
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _unlink(i, key: int) -> None:
     prev = i[0, key]
     nxt = i[1, key]
@@ -42,7 +42,7 @@ def _unlink(i, key: int) -> None:
     i[3, key] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _append(i, key: int) -> None:
     tail = i[2, 1]
     i[0, key] = tail
@@ -55,7 +55,7 @@ def _append(i, key: int) -> None:
     i[3, key] = 1
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def event(ps, cs, tv, ev, key, t):
     i = ps.i
     if ev in (EV_ACCESS, EV_INSERT):
@@ -67,7 +67,7 @@ def event(ps, cs, tv, ev, key, t):
     return 0
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def victim(ps, cs, tv, in_layer, _b, t):
     key = ps.i[2, 0]
     while key != _NONE:

@@ -23,7 +23,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return resident_set_state(n, i_rows=4, f_rows=1, f_cols=n, params=(params["decay"],))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _current(ps, key: int, p: int) -> float:
     gap = p - ps.i[2, key]
     if gap <= 0 or ps.p[0] == 1.0:
@@ -31,7 +31,7 @@ def _current(ps, key: int, p: int) -> float:
     return ps.f[0, key] * ps.p[0] ** gap
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _add_mass(ps, cs, key: int) -> None:
     if key_layer(cs, key) != cs.sc[SC_LAYER]:
         return
@@ -43,7 +43,7 @@ def _add_mass(ps, cs, key: int) -> None:
             return
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def event(ps, cs, tv, ev, key, t):
     i = ps.i
     if ev == EV_ACCESS:
@@ -59,7 +59,7 @@ def event(ps, cs, tv, ev, key, t):
     return 0
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def victim(ps, cs, tv, in_layer, _b, t):
     i = ps.i
     p = cs.sc[SC_PASS]

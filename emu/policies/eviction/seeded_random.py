@@ -20,7 +20,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return ps
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def event(ps, cs, tv, ev, key, t):
     if ev == EV_INSERT:
         set_add(ps.i[0], ps.i[1], key)
@@ -29,7 +29,7 @@ def event(ps, cs, tv, ev, key, t):
     return 0
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def victim(ps, cs, tv, in_layer, _b, t):
     i = ps.i
     n = set_size(i[1])

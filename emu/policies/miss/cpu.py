@@ -39,12 +39,12 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return ps
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def cpu_time(ps, tokens: int) -> float:
     return interp_curve(ps.f[0], ps.f[1], int(ps.p[1]), float(tokens))
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def miss(ps, cs, tv, i, _b, t):
     queue = 0.0
     ahead = 0

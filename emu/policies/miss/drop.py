@@ -20,7 +20,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return new_policy_state(params=(params["rank"],))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def best_rank(tv, p: int, layer: int, expert: int) -> int:
     """Lowest rank `expert` has among the tokens of pass p at `layer` (k when it is not routed)."""
     k = tv.experts.shape[2]
@@ -43,7 +43,7 @@ def best_rank(tv, p: int, layer: int, expert: int) -> int:
     return best
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def miss(ps, cs, tv, i, _b, t):
     if best_rank(tv, cs.sc[SC_PASS], cs.sc[SC_LAYER], cs.cur_expert[i]) >= ps.p[0]:
         return encode_miss(MISS_DROP, 0)

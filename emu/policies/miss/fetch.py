@@ -13,7 +13,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return new_policy_state()
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def miss(ps, cs, tv, i, _b, t):
     return encode_miss(MISS_FETCH, 0)
 

@@ -33,7 +33,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
                                                                                int(params["bits"])))))
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def miss(ps, cs, tv, i, _b, t):
     n = cs.sc[SC_NCUR]
     buf = ps.f[0, :n]

@@ -28,7 +28,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return ps
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def miss(ps, cs, tv, i, _b, t):
     p = cs.sc[SC_PASS]
     layer = cs.sc[SC_LAYER]

@@ -32,7 +32,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return ps
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def partition(ps, cs, tv, p, layer, t):
     n_exp = cs.cur_key.shape[0]
     n_layers = cs.layer_floor.shape[0]

@@ -21,7 +21,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return new_policy_state(i_rows=1, i_cols=1, params=(float(floor),))
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def partition(ps, cs, tv, p, layer, t):
     if ps.i[0, 0] == 0:
         ps.i[0, 0] = 1

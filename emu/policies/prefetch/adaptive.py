@@ -41,7 +41,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return ps
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _topk_precision(sig, truth, k: int) -> float:
     """Share of the signal's top-k experts that the layer really used (destroys `sig`)."""
     n_exp = truth.shape[0]
@@ -61,7 +61,7 @@ def _topk_precision(sig, truth, k: int) -> float:
     return hit / picked if picked else 0.0
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def prefetch(ps, cs, tv, p, layer, t):
     n_layers = tv.experts.shape[1]
     n_exp = cs.cur_key.shape[0]

@@ -28,7 +28,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return ps
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _recompute(ps, n_layers: int, n_exp: int, k: int) -> None:
     for layer in range(n_layers):
         base = layer * n_exp
@@ -48,7 +48,7 @@ def _recompute(ps, n_layers: int, n_exp: int, k: int) -> None:
             ps.i[0, layer * k + j] = best
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def prefetch(ps, cs, tv, p, layer, t):
     n_layers = tv.experts.shape[1]
     n_exp = cs.cur_key.shape[0]

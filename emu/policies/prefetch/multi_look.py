@@ -38,7 +38,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return ps
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _used(tv, p: int, layer: int, n_exp: int, out) -> None:
     out[:] = 0.0
     for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
@@ -46,7 +46,7 @@ def _used(tv, p: int, layer: int, n_exp: int, out) -> None:
             out[np.int64(tv.experts[tok, layer, s])] = 1.0
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def prefetch(ps, cs, tv, p, layer, t):
     n_layers = tv.experts.shape[1]
     n_exp = cs.cur_key.shape[0]

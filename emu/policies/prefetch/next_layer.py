@@ -24,14 +24,14 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return ps
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def layer_accuracy(first: float, last: float, layer: int, n_layers: int) -> float:
     if n_layers <= 2:
         return first
     return first + (last - first) * (layer - 1) / (n_layers - 2)
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def prefetch(ps, cs, tv, p, layer, t):
     n_layers = tv.experts.shape[1]
     target = layer + 1

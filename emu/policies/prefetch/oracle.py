@@ -20,7 +20,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return new_policy_state(f_rows=1, f_cols=ctx.n_experts, params=(params["window"],))
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def prefetch(ps, cs, tv, p, layer, t):
     n_layers = tv.experts.shape[1]
     n_passes = tv.pass_offsets.shape[0] - 1

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def update_tables(f, last_pass, tv, p: int, layer: int, t0: int, s0: int, c0: int) -> None:
     n_exp = tv.dims[2]
     k = tv.experts.shape[2]
@@ -39,7 +39,7 @@ def update_tables(f, last_pass, tv, p: int, layer: int, t0: int, s0: int, c0: in
             last_pass[layer * n_exp + np.int64(tv.experts[tok, layer, s])] = p
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def add_row_mix(f, row: int, weight: float, out) -> None:
     """out += weight * normalised row."""
     total = 0.0

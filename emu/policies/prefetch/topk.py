@@ -28,14 +28,14 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return ps
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def count_layer(ps, cs, layer: int, row: int) -> None:
     """Add the gate's routed token counts of the current layer to `f[row, key]`."""
     for j in range(cs.sc[SC_NCUR]):
         ps.f[row, cs.cur_key[j]] += cs.cur_tokens[j]
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def add_prior(ps, cs, target: int, row: int, scores) -> None:
     n_exp = cs.cur_key.shape[0]
     base = target * n_exp
@@ -47,7 +47,7 @@ def add_prior(ps, cs, target: int, row: int, scores) -> None:
             scores[e] += PRIOR * ps.f[row, base + e] / total
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def score_next_layer(ps, cs, tv, p: int, layer: int, accuracy: float) -> int:
     """Learn from this gate, then score layer l+1 into `f[0]`: predicted mass plus the popularity prior.
 
@@ -63,7 +63,7 @@ def score_next_layer(ps, cs, tv, p: int, layer: int, accuracy: float) -> int:
     return target
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def prefetch(ps, cs, tv, p, layer, t):
     target = score_next_layer(ps, cs, tv, p, layer, ps.p[0])
     if target < 0:

@@ -33,7 +33,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return new_policy_state(f_rows=3, f_cols=2 * k, i_rows=2, i_cols=2 * k, params=(params["strength"],))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _select(ps, cs, tv, tok: int, layer: int, base: int) -> int:
     """Fill i[0, :k] with the chosen experts and f[2, :k] with their original weights; returns k."""
     k = tv.experts.shape[2]
@@ -102,7 +102,7 @@ def _select(ps, cs, tv, tok: int, layer: int, base: int) -> int:
     return k
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def route(ps, cs, tv, p, layer, t):
     n_exp = cs.cur_key.shape[0]
     base = layer * n_exp

@@ -13,7 +13,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return new_policy_state()
 
 
-@njit(KERNEL_SIG, cache=True)
+@njit(KERNEL_SIG, cache=True, _nrt=False)
 def route(ps, cs, tv, p, layer, t):
     return gather_layer(cs, tv, p, layer)
 
