@@ -6,8 +6,14 @@ re-allocated, the policy state and counters are reset, and each run starts cold 
 Each configuration writes the recorded trace (`<tag>.npz`) and the same JSON record `emu live` writes
 (`<tag>.json`), which `emu validate --from-live DIR` reads.
 
-Prefetch: each (cache, eviction) runs once per prefetch policy of `--prefetch` (default none and
-next-layer); a prefetching run's tag ends in `_<policy>` (none keeps the old tags).
+Prefetch: each (cache, eviction) below 100% runs once per prefetch policy of `--prefetch` (default none
+and next-layer); a prefetching run's tag ends in `_<policy>` (none keeps the old tags).
+
+Rounds: the host's pace drifts by 10-25% between identical runs on the H100 machines, so every
+configuration runs `--rounds` times (default 3), interleaved (each round starts at another
+configuration), each round after its own runtime calibration. A record keeps round 0's trace and counts
+(the routing is forced, so every round replays the same), the median decode tok/s over the rounds, and
+the median TTFT over all cold prefills; the runtime calibration keeps the median steps.
 
 Usage (on the GPU): `python -m live.matrix OUTDIR [--only olmoe|mixtral] [--prefetch none --prefetch next-layer]`.
 """
@@ -37,7 +43,8 @@ EVICTIONS = ("lru", "least-stale")
 PREFETCHES = ("none", "next-layer")
 OLMOE_PROMPT, MIXTRAL_PROMPT, DECODE = 256, 256, 64
 MIXTRAL_LAYERS = 8
-TTFT_REPEATS = 4
+TTFT_REPEATS = 1  # extra cold prefills per run (a prefill is one sample)
+ROUNDS = 3
 CAL_STEPS = 32
 MIXTRAL_TRACE = "scenarios/traces/mixtral8x7b_gsm8k.npz"
 
@@ -150,14 +157,19 @@ def _record(tag: str, spec: Any, result: Any, runtime: Any, *, offload: bool, ke
     return rec
 
 
+def _tag(name: str, frac: float, eviction: str, prefetch: str) -> str:
+    tag = f"{name}_{round(frac * 100)}pct_{eviction.replace('-', '_')}"
+    return tag if prefetch == "none" else tag + f"_{prefetch.replace('-', '_')}"
+
+
 def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scale: str = "full",
-              n_layers: int | None = None, prefetches: tuple[str, ...] = PREFETCHES) -> None:
+              n_layers: int | None = None, prefetches: tuple[str, ...] = PREFETCHES, rounds: int = ROUNDS) -> None:
     import torch
 
     from .cli import first_layers
     from .models import build_model, live_shape, live_spec
     from .offload import ExpertOffload
-    from .runner import PassPlan, plans_from_trace, run_live
+    from .runner import plans_from_trace, run_live
     from .runtime_cal import measure_runtime_overheads
 
     dev = torch.device(device)
@@ -178,53 +190,51 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
 
     model = build_model(preset, scale, n_layers=n_layers, dtype="bf16", seed=0)
     print(f"{name}: built [{time.time() - t0:.0f}s]", flush=True)
-    if name == "olmoe":  # the unmodified model, own routing, for the runtime-overhead figure
-        model.to(dev)
-        for impl in ("grouped_mm", "eager"):
-            model.config._experts_implementation = impl
-            res = run_live(model, [PassPlan(OLMOE_PROMPT, DECODE)], vocab=shape.vocab, device=dev,
-                           warmup_passes=3, rehearse=cuda, model_name=spec.name)
-            _record(f"olmoe_unmodified_{impl}", spec, res, None, offload=False, kernel=impl, eviction=None,
-                    forced=None, plans=[PassPlan(OLMOE_PROMPT, DECODE)], out_dir=out_dir,
-                    extra=dict(common))
-        model.config._experts_implementation = "grouped_mm"
-        model.to("cpu")
-        if cuda:
-            torch.cuda.empty_cache()
     runtime = ExpertOffload(model, n_keys, eviction="lru", device=device, seed=0, kernel="eager")
     print(f"{name}: offloaded [{time.time() - t0:.0f}s]", flush=True)
-    if name == "olmoe":  # the runtime's own overhead at 100% (preloaded): own routing, vs unmodified
-        for kernel in ("fused", "eager"):
-            reconfigure(runtime, n_keys, "lru", kernel)
-            own = [PassPlan(OLMOE_PROMPT, DECODE)]
-            res = run_live(model, own, vocab=shape.vocab, device=dev, runtime=runtime, warmup_passes=3,
-                           rehearse=cuda, model_name=spec.name, preload=True)
-            _record(f"olmoe_own_100pct_lru_{kernel}", spec, res, runtime, offload=True, kernel=kernel,
-                    eviction="lru", forced=None, plans=own, out_dir=out_dir, extra=dict(common))
-    for pf in prefetches:  # a prefetching runtime does more host work per layer (speculator, watchdog)
-        reconfigure(runtime, n_keys, "lru", "eager", pf)
-        if pf != "none":  # every expert resident: the zeroed-experts replay predicts from other hidden states
-            runtime.preload()
-        cal = measure_runtime_overheads(model, runtime, vocab=shape.vocab, device=dev, prompt_len=MIXTRAL_PROMPT,
-                                        steps=CAL_STEPS)
+    configs = [c for c in itertools.product(FRACTIONS, EVICTIONS, prefetches) if c[2] == "none" or c[0] < 1.0]
+    runs: dict[tuple[float, str, str], list[Any]] = {c: [] for c in configs}
+    ttfts: dict[tuple[float, str, str], list[float]] = {c: [] for c in configs}
+    cals: dict[str, list[dict[str, Any]]] = {pf: [] for pf in prefetches}
+    for r in range(rounds):
+        for pf in prefetches:  # a prefetching runtime does more host work per layer (speculator, watchdog)
+            reconfigure(runtime, n_keys, "lru", "eager", pf)
+            if pf != "none":  # every expert resident: the zeroed-experts replay predicts from other hidden states
+                runtime.preload()
+            cals[pf].append(measure_runtime_overheads(model, runtime, vocab=shape.vocab, device=dev,
+                                                      prompt_len=MIXTRAL_PROMPT, steps=CAL_STEPS))
+            print(f"{name} round {r} runtime calibration ({pf}): {cals[pf][-1]} [{time.time() - t0:.0f}s]",
+                  flush=True)
+        shift = r * len(configs) // rounds  # each round starts elsewhere: drift of the host's pace hits all alike
+        for i, (frac, ev, pf) in enumerate(configs[shift:] + configs[:shift]):
+            reconfigure(runtime, slots_for(frac, n_keys), ev, "eager", pf)
+            res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
+                           warmup_passes=3, rehearse=cuda and r == 0 and i == 0, model_name=spec.name)
+            runs[(frac, ev, pf)].append(res)
+            reps = ttft_repeats(model, runtime, res.trace, plans[0].prompt_len, vocab=shape.vocab, device=dev,
+                                n=TTFT_REPEATS, seed=1 + r)
+            ttfts[(frac, ev, pf)] += [res.ttft_s, *reps]
+            print(f"  round {r} {_tag(name, frac, ev, pf)}: TTFT {res.ttft_s * 1e3:.1f} ms, decode "
+                  f"{res.decode_tok_s:.2f} tok/s, hit {res.stats.hit_rate:.3f}, copies {res.stats.copies} "
+                  f"[{time.time() - t0:.0f}s]", flush=True)
+    for pf, measured in cals.items():
+        cal = dict(measured[0], full_step_s=float(np.median([c["full_step_s"] for c in measured])),
+                   no_experts_step_s=float(np.median([c["no_experts_step_s"] for c in measured])),
+                   rounds=[{k: c[k] for k in ("full_step_s", "no_experts_step_s")} for c in measured])
         suffix = "" if pf == "none" else f"_{pf.replace('-', '_')}"
         (out_dir / f"{name}_runtime_cal{suffix}.json").write_text(
             json.dumps(dict(cal, profile_model=preset, prefetch=pf), indent=1) + "\n")
-        print(f"{name} runtime calibration ({pf}): {cal} [{time.time() - t0:.0f}s]", flush=True)
-    for frac, ev, pf in itertools.product(FRACTIONS, EVICTIONS, prefetches):
-        reconfigure(runtime, slots_for(frac, n_keys), ev, "eager", pf)
-        res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
-                       warmup_passes=3, rehearse=cuda, model_name=spec.name)
-        tag = f"{name}_{round(frac * 100)}pct_{ev.replace('-', '_')}"
-        if pf != "none":
-            tag += f"_{pf.replace('-', '_')}"
-        reps = ttft_repeats(model, runtime, res.trace, plans[0].prompt_len, vocab=shape.vocab, device=dev,
-                            n=TTFT_REPEATS, seed=1)
-        samples = [res.ttft_s, *reps]
-        _record(tag, spec, res, runtime, offload=True, kernel="eager", eviction=ev, forced=forced, plans=plans,
-                out_dir=out_dir, extra=dict(common, ttft_samples_s=samples, ttft_first_s=res.ttft_s,
-                                            ttft_s=float(np.median(samples))))
-        print(f"  [{time.time() - t0:.0f}s]", flush=True)
+    for (frac, ev, pf), results in runs.items():
+        first = results[0]
+        same = all(attrs.asdict(x.stats) == attrs.asdict(first.stats) for x in results)
+        rates = [x.decode_tok_s for x in results]
+        _record(_tag(name, frac, ev, pf), spec, first, runtime, offload=True, kernel="eager", eviction=ev,
+                forced=forced, plans=plans, out_dir=out_dir,
+                extra=dict(common, rounds=len(results), ttft_samples_s=ttfts[(frac, ev, pf)],
+                           ttft_first_s=first.ttft_s, ttft_s=float(np.median(ttfts[(frac, ev, pf)])),
+                           decode_tok_s_rounds=rates, decode_tok_s=float(np.median(rates)),
+                           stats_equal_across_rounds=same,
+                           stats_rounds=None if same else [attrs.asdict(x.stats) for x in results]))
     runtime.close()
     del runtime, model
     gc.collect()
@@ -239,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--scale", choices=("full", "tiny"), default="full")
     p.add_argument("--layers", type=int, default=None)
+    p.add_argument("--rounds", type=int, default=ROUNDS,
+                   help="repeat every configuration this many times, interleaved; records take the medians")
     p.add_argument("--prefetch", choices=LIVE_PREFETCH, action="append",
                    help=f"prefetch policies to run (repeatable; default {' and '.join(PREFETCHES)})")
     args = p.parse_args(argv)
@@ -247,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     np.seterr(all="ignore")
     for name in args.only or ("olmoe", "mixtral"):
         run_model(name, args.out, t0, device=args.device, scale=args.scale, n_layers=args.layers,
-                  prefetches=tuple(args.prefetch or PREFETCHES))
+                  prefetches=tuple(args.prefetch or PREFETCHES), rounds=args.rounds)
     print(f"total {time.time() - t0:.0f}s", flush=True)
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -79,3 +80,33 @@ def test_runtime_calibration_needs_every_expert_resident(built) -> None:
     reconfigure(rt, 6, "lru", "eager")
     with pytest.raises(EmuError, match="resident"):
         measure_runtime_overheads(model, rt, vocab=shape.vocab, device=CPU, prompt_len=12, steps=4)
+
+
+def test_the_matrix_runs_rounds_and_records_medians(tmp_path, monkeypatch) -> None:
+    """Every configuration runs once per round; a record holds the median decode rate of its rounds and
+    the median of all its cold prefills; the runtime calibration holds its rounds' median steps."""
+    import json
+    import time
+
+    import live.matrix as matrix
+
+    monkeypatch.setattr(matrix, "DECODE", 3)
+    monkeypatch.setattr(matrix, "MIXTRAL_PROMPT", 8)
+    monkeypatch.setattr(matrix, "CAL_STEPS", 2)
+    monkeypatch.setattr(matrix, "FRACTIONS", (0.25, 1.0))
+    monkeypatch.setattr(matrix, "EVICTIONS", ("lru",))
+    matrix.run_model("mixtral", tmp_path, time.time(), device="cpu", scale="tiny", n_layers=2,
+                     prefetches=("none", "next-layer"), rounds=3)
+    tags = sorted(p.stem for p in tmp_path.glob("mixtral_*pct*.json"))
+    assert tags == ["mixtral_100pct_lru", "mixtral_25pct_lru", "mixtral_25pct_lru_next_layer"]
+    for tag in tags:
+        rec = json.loads((tmp_path / f"{tag}.json").read_text())
+        assert rec["rounds"] == 3 and len(rec["decode_tok_s_rounds"]) == 3
+        assert rec["decode_tok_s"] == sorted(rec["decode_tok_s_rounds"])[1]
+        assert len(rec["ttft_samples_s"]) == 3 * (1 + matrix.TTFT_REPEATS)
+        assert rec["ttft_s"] == float(np.median(rec["ttft_samples_s"]))
+        assert rec["stats_equal_across_rounds"] is True  # forced routing: every round replays the same
+    for suffix in ("", "_next_layer"):
+        cal = json.loads((tmp_path / f"mixtral_runtime_cal{suffix}.json").read_text())
+        assert len(cal["rounds"]) == 3
+        assert cal["full_step_s"] == sorted(r["full_step_s"] for r in cal["rounds"])[1]
