@@ -230,7 +230,8 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
         rates = [x.decode_tok_s for x in results]
         _record(_tag(name, frac, ev, pf), spec, first, runtime, offload=True, kernel="eager", eviction=ev,
                 forced=forced, plans=plans, out_dir=out_dir,
-                extra=dict(common, rounds=len(results), ttft_samples_s=ttfts[(frac, ev, pf)],
+                extra=dict(common, slots=slots_for(frac, n_keys), prefetch=pf, rounds=len(results),
+                           rehearsed="once per model (round 0, first configuration)" if cuda else False, ttft_samples_s=ttfts[(frac, ev, pf)],
                            ttft_first_s=first.ttft_s, ttft_s=float(np.median(ttfts[(frac, ev, pf)])),
                            decode_tok_s_rounds=rates, decode_tok_s=float(np.median(rates)),
                            stats_equal_across_rounds=same,

@@ -106,6 +106,8 @@ def test_the_matrix_runs_rounds_and_records_medians(tmp_path, monkeypatch) -> No
         assert len(rec["ttft_samples_s"]) == 3 * (1 + matrix.TTFT_REPEATS)
         assert rec["ttft_s"] == float(np.median(rec["ttft_samples_s"]))
         assert rec["stats_equal_across_rounds"] is True  # forced routing: every round replays the same
+        assert rec["slots"] == matrix.slots_for(0.25 if "25pct" in tag else 1.0, 16)  # the run's, not the last's
+        assert rec["prefetch"] == ("next-layer" if tag.endswith("next_layer") else "none")
     for suffix in ("", "_next_layer"):
         cal = json.loads((tmp_path / f"mixtral_runtime_cal{suffix}.json").read_text())
         assert len(cal["rounds"]) == 3
