@@ -9,6 +9,10 @@ Same-instant order is the core's contract: completions are ordinary events (prio
 decision step and the copy dispatch run in one `Instant` event at priority LATE, so every completion
 at time t has been seen before anything is decided at t.
 
+GPU jobs whose order the core has already fixed come as a chain (core._chain): one process holds the
+compute stream and yields one timeout per member, so each member ends at the previous end plus its
+duration, as the fast engine computes it, with no instant in between.
+
 An optional `TimelineRecorder` (timeline.py) sees each instant's starts; without one the engine pays
 one `is None` test per instant.
 """
