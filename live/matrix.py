@@ -12,8 +12,11 @@ and next-layer); a prefetching run's tag ends in `_<policy>` (none keeps the old
 Rounds: the host's pace drifts by 10-25% between identical runs on the H100 machines, so every
 configuration runs `--rounds` times (default 3), interleaved (each round starts at another
 configuration), each round after its own runtime calibration. A record keeps round 0's trace and counts
-(the routing is forced, so every round replays the same), the median decode tok/s over the rounds, and
-the median TTFT over all cold prefills; the runtime calibration keeps the median steps.
+(the routing is forced, so every round replays the same) and, as `ttft_s` / `decode_tok_s`, the best
+of its rounds (fastest cold prefill, fastest decode); the runtime calibration keeps its fastest steps.
+Interference from the shared host only ever slows a run down, and it switches between two paces at
+random (OLMoE's 100% decode step: ~50 or ~75 ms), so the best of a few rounds estimates the machine's
+own pace; the medians are recorded beside them (`*_median*`, `emu validate --statistic median`).
 
 Usage (on the GPU): `python -m live.matrix OUTDIR [--only olmoe|mixtral] [--prefetch none --prefetch next-layer]`.
 """
@@ -218,8 +221,9 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
                   f"{res.decode_tok_s:.2f} tok/s, hit {res.stats.hit_rate:.3f}, copies {res.stats.copies} "
                   f"[{time.time() - t0:.0f}s]", flush=True)
     for pf, measured in cals.items():
-        cal = dict(measured[0], full_step_s=float(np.median([c["full_step_s"] for c in measured])),
-                   no_experts_step_s=float(np.median([c["no_experts_step_s"] for c in measured])),
+        full, bare = [c["full_step_s"] for c in measured], [c["no_experts_step_s"] for c in measured]
+        cal = dict(measured[0], full_step_s=min(full), no_experts_step_s=min(bare), statistic="best of rounds",
+                   full_step_median_s=float(np.median(full)), no_experts_step_median_s=float(np.median(bare)),
                    rounds=[{k: c[k] for k in ("full_step_s", "no_experts_step_s")} for c in measured])
         suffix = "" if pf == "none" else f"_{pf.replace('-', '_')}"
         (out_dir / f"{name}_runtime_cal{suffix}.json").write_text(
@@ -231,9 +235,12 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
         _record(_tag(name, frac, ev, pf), spec, first, runtime, offload=True, kernel="eager", eviction=ev,
                 forced=forced, plans=plans, out_dir=out_dir,
                 extra=dict(common, slots=slots_for(frac, n_keys), prefetch=pf, rounds=len(results),
-                           rehearsed="once per model (round 0, first configuration)" if cuda else False, ttft_samples_s=ttfts[(frac, ev, pf)],
-                           ttft_first_s=first.ttft_s, ttft_s=float(np.median(ttfts[(frac, ev, pf)])),
-                           decode_tok_s_rounds=rates, decode_tok_s=float(np.median(rates)),
+                           rehearsed="once per model (round 0, first configuration)" if cuda else False,
+                           ttft_samples_s=ttfts[(frac, ev, pf)],
+                           ttft_first_s=first.ttft_s, ttft_s=min(ttfts[(frac, ev, pf)]),
+                           ttft_median_s=float(np.median(ttfts[(frac, ev, pf)])), statistic="best of rounds",
+                           decode_tok_s_rounds=rates, decode_tok_s=max(rates),
+                           decode_tok_s_median=float(np.median(rates)),
                            stats_equal_across_rounds=same,
                            stats_rounds=None if same else [attrs.asdict(x.stats) for x in results]))
     runtime.close()

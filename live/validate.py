@@ -173,12 +173,26 @@ class Validation:
         return self.live_counts == self.emu_counts and self.live_prefetch[:3] == self.emu_prefetch[:3]
 
 
-def validate_run(run: LiveRun, profile: HardwareProfile, engine: str = "fast") -> Validation:
+STATISTICS = ("best", "median")
+
+
+def measured(record: dict[str, Any], key: str, statistic: str = "best") -> float:
+    """A timed figure of a record: as recorded (the matrix records the best of its rounds), or the median
+    of its rounds where the record has one (`ttft_median_s`, `decode_tok_s_median`)."""
+    if statistic == "median":
+        alt = {"ttft_s": "ttft_median_s", "decode_tok_s": "decode_tok_s_median"}[key]
+        if alt in record:
+            return float(record[alt])
+    return float(record[key])
+
+
+def validate_run(run: LiveRun, profile: HardwareProfile, engine: str = "fast",
+                 statistic: str = "best") -> Validation:
     result = emulate_live(run, profile, engine)
     rec, st, c = run.record, run.record["stats"], result.counters
     metrics = (
-        Metric("ttft_s", float(rec["ttft_s"]), result.ttft_s),
-        Metric("decode_tok_s", float(rec["decode_tok_s"]), result.decode_tok_per_s),
+        Metric("ttft_s", measured(rec, "ttft_s", statistic), result.ttft_s),
+        Metric("decode_tok_s", measured(rec, "decode_tok_s", statistic), result.decode_tok_per_s),
         Metric("hit_rate", float(st["hit_rate"]), result.hit_rate),
         Metric("bytes_h2d", float(st["bytes_h2d"]), float(c["bytes_h2d"])),
     )

@@ -36,6 +36,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="runtime calibration JSON (repeatable; one per model)")
     p.add_argument("--no-runtime-cal", action="store_true", help="ignore runtime calibrations found in DIR")
     p.add_argument("--engine", choices=("fast", "des"), default="fast")
+    p.add_argument("--statistic", choices=("best", "median"), default="best",
+                   help="which of a record's repeated measurements to compare: the best round (as recorded) or the "
+                        "median of its rounds, with the runtime calibration's matching steps")
     p.add_argument("--out", type=Path, default=None, help="write the comparison as JSON here")
     live = p.add_argument_group("live run (without --from-live)")
     live.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
@@ -126,7 +129,8 @@ def load_runtime_cals(paths: list[Path]) -> dict[tuple[str, str], dict[str, Any]
     return cals
 
 
-def validate_dir(records: list[Path], profile_path: Path, cal_paths: list[Path], engine: str = "fast") -> list[Any]:
+def validate_dir(records: list[Path], profile_path: Path, cal_paths: list[Path], engine: str = "fast",
+                 statistic: str = "best") -> list[Any]:
     """Every run validated against the profile, with the runtime calibration of its model applied."""
     from emu.profile import load_profile
 
@@ -143,8 +147,11 @@ def validate_dir(records: list[Path], profile_path: Path, cal_paths: list[Path],
         # the calibration of a runtime with the run's prefetch policy, else the one without prefetch
         cal = cals.get((spec.name, str(run_.record.get("prefetch") or "none"))) or cals.get((spec.name, "none"))
         if cal is not None:
+            if statistic == "median" and "full_step_median_s" in cal:
+                cal = dict(cal, full_step_s=cal["full_step_median_s"],
+                           no_experts_step_s=cal["no_experts_step_median_s"])
             profile = apply_runtime_overheads(base, spec, cal, file=cal["file"])
-        out.append(validate_run(run_, profile, engine))
+        out.append(validate_run(run_, profile, engine, statistic))
     return out
 
 
@@ -156,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     cal_paths = list(args.runtime_cal)
     if args.from_live is not None and not args.no_runtime_cal and not cal_paths:
         cal_paths = sorted(args.from_live.glob("*_runtime_cal*.json"))
-    validations = validate_dir(records, profile_path, cal_paths, args.engine)
+    validations = validate_dir(records, profile_path, cal_paths, args.engine, args.statistic)
     print(f"profile {profile_path}" + (f", runtime calibration {', '.join(map(str, cal_paths))}" if cal_paths else ""))
     print(format_table(validations))
     if args.out is not None:

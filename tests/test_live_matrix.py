@@ -83,8 +83,8 @@ def test_runtime_calibration_needs_every_expert_resident(built) -> None:
 
 
 def test_the_matrix_runs_rounds_and_records_medians(tmp_path, monkeypatch) -> None:
-    """Every configuration runs once per round; a record holds the median decode rate of its rounds and
-    the median of all its cold prefills; the runtime calibration holds its rounds' median steps."""
+    """Every configuration runs once per round; a record holds the best decode rate of its rounds and the
+    fastest of all its cold prefills, with the medians beside them; the runtime calibration likewise."""
     import json
     import time
 
@@ -102,13 +102,16 @@ def test_the_matrix_runs_rounds_and_records_medians(tmp_path, monkeypatch) -> No
     for tag in tags:
         rec = json.loads((tmp_path / f"{tag}.json").read_text())
         assert rec["rounds"] == 3 and len(rec["decode_tok_s_rounds"]) == 3
-        assert rec["decode_tok_s"] == sorted(rec["decode_tok_s_rounds"])[1]
+        assert rec["decode_tok_s"] == max(rec["decode_tok_s_rounds"])
+        assert rec["decode_tok_s_median"] == sorted(rec["decode_tok_s_rounds"])[1]
         assert len(rec["ttft_samples_s"]) == 3 * (1 + matrix.TTFT_REPEATS)
-        assert rec["ttft_s"] == float(np.median(rec["ttft_samples_s"]))
+        assert rec["ttft_s"] == min(rec["ttft_samples_s"])
+        assert rec["ttft_median_s"] == float(np.median(rec["ttft_samples_s"]))
         assert rec["stats_equal_across_rounds"] is True  # forced routing: every round replays the same
         assert rec["slots"] == matrix.slots_for(0.25 if "25pct" in tag else 1.0, 16)  # the run's, not the last's
         assert rec["prefetch"] == ("next-layer" if tag.endswith("next_layer") else "none")
     for suffix in ("", "_next_layer"):
         cal = json.loads((tmp_path / f"mixtral_runtime_cal{suffix}.json").read_text())
         assert len(cal["rounds"]) == 3
-        assert cal["full_step_s"] == sorted(r["full_step_s"] for r in cal["rounds"])[1]
+        assert cal["full_step_s"] == min(r["full_step_s"] for r in cal["rounds"])
+        assert cal["full_step_median_s"] == sorted(r["full_step_s"] for r in cal["rounds"])[1]

@@ -1,13 +1,15 @@
 """The emulator against committed H100 measurements (tests/golden/live, one lease, see docs/validation.md).
 
-Twelve live runs (OLMoE-1B-7B full size and Mixtral-8x7B at 8 layers, cache 5/25/100%, lru and
-least-stale, prefetch none, eager expert kernel) recorded their trace and timings; the profile and the
-runtime calibration were measured in the same lease. CI replays every trace through the fast engine.
+Twenty live runs (OLMoE-1B-7B full size and Mixtral-8x7B at 8 layers; cache 5/25/100%; lru and
+least-stale; prefetch none, and next-layer below 100%; eager expert kernel; 3 interleaved rounds each)
+recorded their trace and timings; the profile and the runtime calibrations were measured in the same
+lease. CI replays every trace through the fast engine.
 
-Tolerances are what the emulator achieves today, not the issue's target (median <= 5%, max <= 10%):
-TTFT meets the median target; decode tok/s does not (median 9.0%, max 29.3%): the host-bound
-configurations (100% cache, and OLMoE at any size) move by 10-25% between identical runs on that machine.
-The copy-bound ones (Mixtral 5% and 25%) are held to 10%.
+Tolerances are what the emulator achieves on these files (best of the rounds, see live/matrix.py), not
+the issue's target (median <= 5%, max <= 10%). Without prefetch: TTFT meets it (1.6% / 3.3%), decode
+does not (8.1% / 18.4%: the 100% runs differ by up to 50% between rounds). With next-layer prefetch,
+Mixtral (copy-bound) is within 2.3%; OLMoE decodes 1.4-2x slower live than emulated: the prefetching
+runtime's host cost per prefetch copy (watchdog thread, GIL, ~118 copies per step) is not in the model.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -28,13 +31,14 @@ from live.validate_cli import add_parser, is_run_record, validate_dir
 
 GOLDEN = Path(__file__).parent / "golden" / "live"
 PROFILE = GOLDEN / "h100-lease.toml"
-CALS = sorted(GOLDEN.glob("*_runtime_cal.json"))
+CALS = sorted(GOLDEN.glob("*_runtime_cal*.json"))
 
-#: (median, max) |relative error| allowed, per timed metric; measured at the commit: 1.2/21.2%, 9.0/29.3%
-TOLERANCE = {"ttft_s": (0.05, 0.25), "decode_tok_s": (0.10, 0.32)}
-#: copy-bound runs: decode within this of the measurement (measured: 3.2-8.9%)
-COPY_BOUND = ("mixtral_5pct_lru", "mixtral_5pct_least_stale", "mixtral_25pct_lru", "mixtral_25pct_least_stale")
-COPY_BOUND_MAX = 0.10
+#: (median, max) |relative error| allowed per timed metric, runs without prefetch; measured 1.6/3.3%, 8.1/18.4%
+TOLERANCE = {"ttft_s": (0.05, 0.05), "decode_tok_s": (0.10, 0.20)}
+#: Mixtral (copy-bound at 5% and 25%) with or without prefetch, decode; measured median 4.1%, max 9.1% below 100%
+MIXTRAL_BELOW_100 = 0.10
+#: OLMoE with next-layer prefetch: the emulator is too fast by this much (measured +43% to +98%); a known gap
+OLMOE_PREFETCH_GAP = (0.30, 1.10)
 
 
 def golden_records() -> list[Path]:
@@ -49,37 +53,71 @@ def validations() -> list:
 def test_matrix_is_complete() -> None:
     tags = {p.stem for p in golden_records()}
     want = {f"{m}_{f}pct_{e}" for m in ("olmoe", "mixtral") for f in (5, 25, 100) for e in ("lru", "least_stale")}
+    want |= {f"{m}_{f}pct_{e}_next_layer" for m in ("olmoe", "mixtral") for f in (5, 25)
+             for e in ("lru", "least_stale")}
     assert tags == want
+    for p in golden_records():
+        rec = json.loads(p.read_text())
+        assert rec["rounds"] == 3 and rec["prefetch"] == ("next-layer" if p.stem.endswith("next_layer") else "none")
 
 
 def test_counts_match_the_runtime_exactly(validations: list) -> None:
+    """Without prefetch every count is exact; with next-layer the decisions (issued, useful, dropped) are
+    exact at 5%, and at 25% within a few copies: whether an unneeded prefetch is still in flight (so not
+    evictable) at a decision depends on real against emulated timing."""
     for v in validations:
-        assert v.counts_equal, v.tag
-        assert v.metric("bytes_h2d").error == 0.0, v.tag
-        assert v.metric("hit_rate").error == 0.0, v.tag
+        if v.prefetch == "none" or "_5pct_" in v.tag:
+            assert v.counts_equal, v.tag
+            assert v.metric("bytes_h2d").error == 0.0, v.tag
+            assert v.metric("hit_rate").error == 0.0, v.tag
+        else:
+            assert abs(v.metric("bytes_h2d").error) <= 0.005, v.tag
+            assert abs(v.metric("hit_rate").error) <= 0.005, v.tag
 
 
 def test_timing_errors_within_tolerance(validations: list) -> None:
-    summary = error_summary(validations)
+    summary = error_summary([v for v in validations if v.prefetch == "none"])
     for name, (med_tol, max_tol) in TOLERANCE.items():
         med, mx = summary[name]
         assert med <= med_tol, f"{name}: median |error| {med:.3f} > {med_tol}"
         assert mx <= max_tol, f"{name}: max |error| {mx:.3f} > {max_tol}"
 
 
-def test_copy_bound_decode_within_ten_percent(validations: list) -> None:
-    by_tag = {v.tag: v for v in validations}
-    for tag in COPY_BOUND:
-        err = by_tag[tag].metric("decode_tok_s").error
-        assert abs(err) <= COPY_BOUND_MAX, f"{tag}: decode error {err:+.3f}"
+def test_copy_bound_mixtral_within_ten_percent(validations: list) -> None:
+    for v in validations:
+        if v.tag.startswith("mixtral") and "_100pct_" not in v.tag:
+            for name in ("ttft_s", "decode_tok_s"):
+                err = v.metric(name).error
+                assert abs(err) <= MIXTRAL_BELOW_100, f"{v.tag} {name}: error {err:+.3f}"
+
+
+def test_olmoe_prefetch_gap_is_what_the_docs_say(validations: list) -> None:
+    """The known gap stays known: if the runtime or the model changes it, docs/validation.md must too."""
+    lo, hi = OLMOE_PREFETCH_GAP
+    for v in validations:
+        if v.tag.startswith("olmoe") and v.prefetch != "none":
+            assert lo <= v.metric("decode_tok_s").error <= hi, v.tag
+
+
+def test_the_median_statistic_is_worse_and_recorded(validations: list) -> None:
+    """Every record keeps the median of its rounds beside the best; compared by medians, TTFT misses
+    (the shared host's slow pace in some rounds), which is why the matrix compares best rounds."""
+    med = validate_dir(golden_records(), PROFILE, CALS, statistic="median")
+    none = [v for v in med if v.prefetch == "none"]
+    assert error_summary(none)["ttft_s"][1] > TOLERANCE["ttft_s"][1]
+    for p in golden_records():
+        rec = json.loads(p.read_text())
+        assert rec["decode_tok_s"] == max(rec["decode_tok_s_rounds"])
+        assert rec["decode_tok_s_median"] == pytest.approx(statistics.median(rec["decode_tok_s_rounds"]))
+        assert rec["ttft_s"] == min(rec["ttft_samples_s"])
 
 
 def test_runtime_calibration_is_what_closes_the_decode_gap() -> None:
     """Without the live runtime's measured host cost the emulator is far too fast on decode (median
-    error ~41%): the guard that a change dropping the calibration is caught."""
+    error 27% here, against 8.1% with it): the guard that a change dropping the calibration is caught."""
     plain = validate_dir(golden_records(), PROFILE, [])
-    med, _ = error_summary(plain)["decode_tok_s"]
-    assert med > 0.3
+    med, _ = error_summary([v for v in plain if v.prefetch == "none"])["decode_tok_s"]
+    assert med > 0.2
 
 
 def test_runtime_overheads_derivation() -> None:
@@ -139,7 +177,7 @@ def test_cli_from_live_writes_the_comparison(tmp_path: Path, capsys: pytest.Capt
     assert row["counts_equal"] is True
     rec = json.loads((d / "mixtral_5pct_lru.json").read_text())
     assert row["decode_tok_s"]["measured"] == rec["decode_tok_s"]
-    assert abs(row["decode_tok_s"]["error"]) <= COPY_BOUND_MAX
+    assert abs(row["decode_tok_s"]["error"]) <= MIXTRAL_BELOW_100
 
 
 def test_cli_bad_input(tmp_path: Path) -> None:
