@@ -27,7 +27,10 @@ layer's experts sit in one contiguous window.
 
 Prefetch (`prefetch`, a policy of `cache_bridge.LIVE_PREFETCH`): at each layer's gate the policy's kernel
 names keys, each takes a slot at once (as in the emulator) and its copy is queued with the prefetch
-watchdog (`watchdog.py`), an asyncio task that submits it when the copy engine is idle. Demand copies go
+watchdog (`watchdog.py`), submitted when the copy engine is idle: by the forward thread at its checkpoints
+(each gate, each expert launch, each fused layer), or by the watchdog's asyncio task while the forward
+thread blocks in the routing readback or between passes (`away`), so the two threads do not contend for
+the GIL per copy. Demand copies go
 to the engine at once; a needed key still queued is promoted (submitted at once); a needed key in
 flight is a late hit that the compute waits for. The routing and the speculator's prediction for the
 next layer (its gate on this layer's input, the formula of `hooks.RoutingHooks`) come back to the host
@@ -181,6 +184,7 @@ class ExpertOffload:
 
     def _reset(self, bridge: CacheBridge) -> None:
         self.bridge = bridge
+        self._cache_stream()
         self.inflight_pf: dict[int, int] = {}  # prefetched key -> slot, until its copy is known to have landed
         self.slot_of = np.full(self.n_layers * self.n_experts, -1, np.int64)
         self.free = np.ones(self.n_slots, bool)
@@ -227,7 +231,13 @@ class ExpertOffload:
     def _locked(self) -> Any:
         return self.watchdog.lock if self.watchdog is not None else contextlib.nullcontext()
 
+    def _cache_stream(self) -> None:
+        """The compute stream, looked up once per pass: `torch.cuda.current_stream` costs ~20 us of host
+        time, and the runtime used to ask per expert and per copy (the profile's largest host cost)."""
+        self.compute_stream = torch.cuda.current_stream(self.device) if self.cuda else None
+
     def begin_pass(self) -> None:
+        self._cache_stream()
         self.flush()
         self.pass_index += 1
         self.bridge.begin_pass(self.pass_index)
@@ -284,15 +294,21 @@ class ExpertOffload:
         src_gu, src_dn = self.host_gu[layer, expert], self.host_dn[layer, expert]
         event = None
         if self.cuda:
-            assert self.copy_stream is not None
-            with torch.cuda.stream(self.copy_stream):
+            copy_stream = self.copy_stream
+            assert copy_stream is not None
+            # the copy stream made current for the two copies (set_stream, not the `torch.cuda.stream` context,
+            # which looks up the current stream twice per use); then back to the compute stream
+            torch.cuda.set_stream(copy_stream)
+            try:
                 last = self.slot_last_use[slot]
                 if last is not None:
-                    self.copy_stream.wait_event(last)
+                    copy_stream.wait_event(last)
                 self.slot_gu[slot].copy_(src_gu, non_blocking=True)
                 self.slot_dn[slot].copy_(src_dn, non_blocking=True)
                 event = torch.cuda.Event()
-                event.record(self.copy_stream)
+                event.record(copy_stream)
+            finally:
+                torch.cuda.set_stream(self.compute_stream)
             self.pending[layer][slot] = event
         else:
             self.slot_gu[slot].copy_(src_gu)
@@ -304,6 +320,13 @@ class ExpertOffload:
     # --- one layer ---------------------------------------------------------------------------------
     def run_layer(self, layer: int, act_fn: Any, hidden: torch.Tensor, top_k_index: torch.Tensor,
                   top_k_weights: torch.Tensor) -> torch.Tensor:
+        out = self._run_layer(layer, act_fn, hidden, top_k_index, top_k_weights)
+        if self.watchdog is not None and layer == self.n_layers - 1:
+            self.watchdog.away()  # the pass's end (lm head, sampling sync): the watchdog task pumps
+        return out
+
+    def _run_layer(self, layer: int, act_fn: Any, hidden: torch.Tensor, top_k_index: torch.Tensor,
+                   top_k_weights: torch.Tensor) -> torch.Tensor:
         if self.watchdog is None and self.kernel == "fused" and self.layer_slots[layer] == self.n_experts:
             out = self._run_deferred(layer, hidden, top_k_index, top_k_weights)
             if out is not None:
@@ -355,8 +378,11 @@ class ExpertOffload:
             results[e] = self._compute(slot, event, act_fn, hidden, top_k_weights, rows[e])
             self.bridge.complete(layer, e)
             self.bridge.release(layer, e)
-            if waiting and self.watchdog is not None and not NOPOLL:
-                self._poll_prefetches()
+            if self.watchdog is not None:
+                if waiting and not NOPOLL:
+                    self._poll_prefetches()
+                else:
+                    self.watchdog.pump()  # a checkpoint: the engine may have freed up while this launched
             with self._locked():
                 while waiting:  # a released expert or a landed prefetch may make room for a waiting miss (FIFO)
                     got = self.bridge.retry(layer, waiting[0])
@@ -378,14 +404,23 @@ class ExpertOffload:
                   ) -> tuple[np.ndarray, np.ndarray | None]:
         """The layer's routing on the host and, when prefetching, the speculator's prediction for the next
         layer (its gate on this layer's input, as `hooks.RoutingHooks` computes it), in one copy."""
-        if self.watchdog is None or layer + 1 >= self.n_layers:
+        wd = self.watchdog
+        if wd is None:
             return top_k_index.cpu().numpy(), None
+        if layer + 1 >= self.n_layers:
+            wd.away()  # the copy below waits for the device: the watchdog task pumps meanwhile
+            index = top_k_index.cpu().numpy()
+            wd.present()
+            return index, None
         gate = self.gates[layer + 1]
         x = hidden.reshape(-1, gate.weight.shape[1])
         with torch.no_grad():
             logits = nn.functional.linear(x.to(gate.weight.dtype), gate.weight)
             pred = torch.topk(logits, self.top_k, dim=-1).indices
-        both = torch.cat([top_k_index, pred.to(top_k_index.dtype)], dim=1).cpu().numpy()
+        both = torch.cat([top_k_index, pred.to(top_k_index.dtype)], dim=1)
+        wd.away()
+        both = both.cpu().numpy()
+        wd.present()
         return both[:, : self.top_k], both[:, self.top_k:]
 
     def _before_gate(self, layer: int, index: np.ndarray, predicted: np.ndarray | None) -> None:
@@ -434,7 +469,7 @@ class ExpertOffload:
             self.lut[layer].copy_(torch.from_numpy(slots - lo))
             window = self.lut_window[layer] = (lo, hi)
         lo, hi = window
-        stream = torch.cuda.current_stream(self.device) if self.cuda else None
+        stream = self.compute_stream
         if self.pending[layer]:
             if stream is not None:
                 for event in self.pending[layer].values():
@@ -481,7 +516,7 @@ class ExpertOffload:
         lo, hi = int(slot_ids.min()), int(slot_ids.max())
         if hi - lo + 1 > MAX_GROUPS:
             return None
-        stream = torch.cuda.current_stream(self.device) if self.cuda else None
+        stream = self.compute_stream
         for _e, _slot, event in placed:
             if event is not None:
                 stream.wait_event(event)
@@ -498,6 +533,8 @@ class ExpertOffload:
             self.bridge.complete(layer, e)
             self.bridge.release(layer, e)
         self._waited(layer, np.unique(index))
+        if self.watchdog is not None:
+            self.watchdog.pump()  # a checkpoint after the launch
         return out
 
     def _waited(self, layer: int, experts: np.ndarray) -> None:
@@ -525,7 +562,7 @@ class ExpertOffload:
     def _compute(self, slot: int, event: Any, act_fn: Any, hidden: torch.Tensor, top_k_weights: torch.Tensor,
                  rows: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         if event is not None:
-            torch.cuda.current_stream(self.device).wait_event(event)
+            self.compute_stream.wait_event(event)
         top_k_pos, token_idx = rows
         x = hidden[token_idx]
         gate, up = nn.functional.linear(x, self.slot_gu[slot]).chunk(2, dim=-1)
@@ -533,7 +570,7 @@ class ExpertOffload:
         out = h * top_k_weights[token_idx, top_k_pos, None]
         if self.cuda:
             done = torch.cuda.Event()
-            done.record(torch.cuda.current_stream(self.device))
+            done.record(self.compute_stream)
             self.slot_last_use[slot] = done
         return token_idx, out
 

@@ -8,13 +8,21 @@ is ever ahead of a demand copy, and the copy stream runs the emulator's one-engi
 prefetch, then issue order, no preemption (the watchdog of SpecMD).
 
 The task runs on an event loop in a daemon thread (`start` / `stop`) beside the synchronous forward
-pass, which releases the GIL inside torch calls. While the engine is busy the task awaits a worker
-thread that blocks on the engine and submits the next prefetch the moment it is idle (no round trip
-through the loop: ~30-45 us from a copy landing to the next submit on a loaded 2-core host, against
-~120 us when the loop submits). One re-entrant lock guards the queue and every
-submission; the runtime holds it while it decides a layer's copies, so no prefetch slips in between a
-gate's decision and its demand copies. An exception in the task is kept and raised in the forward
-thread by `check` (and `stop`).
+pass. Who submits a queued prefetch depends on where the forward thread is (the GIL is shared, and every
+microsecond of Python on either thread is a microsecond of a host-paced decode step):
+
+- present (`present`): the forward thread runs the runtime's Python and pumps the queue itself at its
+  checkpoints (before each gate, after launching each expert's compute, after a fused layer): a cheap
+  check (queue non-empty, last copy's event done) and the submit, with no thread switch. The task sleeps.
+- away (`away`, the state outside a pass too): the forward thread blocks in a device sync (the routing
+  readback, the end of a pass). The task wakes once and hands a worker thread (`asyncio.to_thread`) a
+  drain: wait for the engine without the GIL, submit the next prefetch the moment it is idle, repeat
+  while the forward thread is away and the queue holds prefetches.
+
+One re-entrant lock guards the queue and every submission; the runtime holds it while it decides a
+layer's copies, so no prefetch slips in between a gate's decision and its demand copies, and whoever
+pumps, the engine sees demand before prefetch, then issue order. An exception in the task is kept and
+raised in the forward thread by `check` (and `stop`).
 """
 
 from __future__ import annotations
@@ -55,6 +63,8 @@ class PrefetchWatchdog:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
+        self._away = True  # the forward thread is not pumping (blocked in a device sync, or between passes)
+        self._stopping = False
 
     # --- the forward thread's side -------------------------------------------------------------------
     def demand(self, job: Any) -> None:
@@ -65,7 +75,18 @@ class PrefetchWatchdog:
     def enqueue(self, key: int, job: Any) -> None:
         with self.lock:
             self._queue[key] = job
-        self._notify()
+        if self._away:  # the forward thread will not pump: the task takes it
+            self._notify()
+
+    def present(self) -> None:
+        """The forward thread pumps at its checkpoints from now on; the task stays asleep."""
+        self._away = False
+
+    def away(self) -> None:
+        """The forward thread is about to block (a device sync) or leave the runtime: the task takes over."""
+        self._away = True
+        if self._queue:
+            self._notify()
 
     def queued(self, key: int) -> bool:
         return key in self._queue
@@ -83,6 +104,8 @@ class PrefetchWatchdog:
     def pump(self) -> int:
         """Submit queued prefetches while the engine is idle (one on a GPU, all with synchronous copies)."""
         n = 0
+        if not self._queue:  # the common case at a checkpoint: no lock, no engine query
+            return 0
         with self.lock:
             while self._queue and self.engine.idle():
                 key = next(iter(self._queue))
@@ -105,29 +128,36 @@ class PrefetchWatchdog:
 
     # --- the task ------------------------------------------------------------------------------------
     async def run(self) -> None:
-        """Submit queued prefetches whenever the engine is idle; sleep while there is nothing to submit."""
+        """While the forward thread is away and prefetches are queued, drain them in a worker thread as the
+        engine frees up; otherwise sleep until `away` or `enqueue` (while away) wakes the task."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._stopping = False
         try:
             while True:
+                if self._away and self._queue:
+                    if self.engine.idle():
+                        self.pump()
+                    else:
+                        await asyncio.to_thread(self._drain)
+                    continue
                 self._wake.clear()
-                if not self._queue:
+                if not (self._away and self._queue):  # state set before a wake that ran before the clear
                     await self._wake.wait()
-                elif not self.engine.idle():
-                    await asyncio.to_thread(self._wait_then_pump)
-                else:
-                    self.pump()
         except asyncio.CancelledError:
             raise
         except BaseException as err:
             self._error = err
             raise
+        finally:
+            self._stopping = True  # a drain still in its worker thread (a cancel) ends after its current wait
 
-    def _wait_then_pump(self) -> None:
-        """In a worker thread (the engine's wait blocks): submit the next prefetch the moment the engine
-        is idle, without a round trip through the event loop."""
-        self.engine.wait_idle()
-        self.pump()
+    def _drain(self) -> None:
+        """In a worker thread (the engine's wait blocks): submit each next prefetch the moment the engine is
+        idle, without a round trip through the event loop, while the forward thread is away."""
+        while self._away and self._queue and not self._stopping:
+            self.engine.wait_idle()
+            self.pump()
 
     def _notify(self) -> None:
         loop, wake = self._loop, self._wake
@@ -168,6 +198,7 @@ class PrefetchWatchdog:
         thread, loop, task = self._thread, self._loop, self._task
         if thread is None:
             return
+        self._stopping = True  # a drain in the worker thread ends after its current wait
         if loop is not None and task is not None:
             with contextlib.suppress(RuntimeError):  # already closed: the task ended by itself (an error)
                 loop.call_soon_threadsafe(task.cancel)

@@ -208,3 +208,58 @@ def test_a_failure_in_the_thread_surfaces_in_the_callers_thread() -> None:
     with pytest.raises(WatchdogError):
         wd.stop()
     assert not wd.running
+
+
+@pytest.mark.asyncio
+async def test_while_the_forward_thread_is_present_it_pumps_and_the_task_stays_asleep() -> None:
+    eng = FakeEngine()
+    wd = PrefetchWatchdog(eng)
+    async with watching(wd):
+        wd.present()  # the forward thread pumps at its checkpoints from here
+        wd.demand("d0")
+        wd.enqueue(1, "p1")
+        wd.enqueue(2, "p2")
+        eng.land()
+        await settle()
+        assert eng.log == ["d0"]  # the engine is idle, but the task leaves it to the forward thread
+        assert wd.pump() == 1 and eng.log == ["d0", "p1"]  # a checkpoint: one copy, the engine is busy again
+        assert wd.pump() == 0  # p1 in flight: p2 waits
+        eng.land()
+        wd.away()  # about to block in a device sync: the task takes over
+        await until(lambda: eng.log == ["d0", "p1", "p2"])
+        assert len(wd) == 0
+
+
+@pytest.mark.asyncio
+async def test_the_task_drains_while_away_and_stops_when_the_forward_thread_is_back() -> None:
+    eng = FakeEngine()
+    wd = PrefetchWatchdog(eng)
+    async with watching(wd):
+        wd.demand("d0")
+        for k in (1, 2, 3):
+            wd.enqueue(k, f"p{k}")  # away (the default outside a pass): the task is woken
+        eng.land()
+        await until(lambda: eng.log == ["d0", "p1"])
+        await settle()  # the draining thread waits for p1 to land
+        wd.present()
+        eng.land()  # the draining thread still submits the copy it was waiting to submit ...
+        await until(lambda: eng.log == ["d0", "p1", "p2"])
+        eng.land()
+        await settle()
+        assert eng.log == ["d0", "p1", "p2"]  # ... then leaves p3 to the forward thread's next checkpoint
+        assert wd.pump() == 1 and eng.log == ["d0", "p1", "p2", "p3"]
+
+
+def test_pump_with_an_empty_queue_does_not_ask_the_engine() -> None:
+    class Counting(SyncEngine):
+        asked = 0
+
+        def idle(self) -> bool:
+            self.asked += 1
+            return super().idle()
+
+    eng = Counting()
+    wd = PrefetchWatchdog(eng)
+    assert wd.pump() == 0 and eng.asked == 0
+    wd.enqueue(1, "p1")
+    assert wd.pump() == 1 and eng.asked >= 1 and eng.log == ["p1"]
