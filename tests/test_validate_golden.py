@@ -1,4 +1,4 @@
-"""The emulator against committed H100 measurements (tests/golden/live: one lease; pump/: a later one, see docs/validation.md).
+"""The emulator against committed H100 measurements (tests/golden/live, and pump/: a later lease; docs/validation.md).
 
 Twenty live runs (OLMoE-1B-7B full size and Mixtral-8x7B at 8 layers; cache 5/25/100%; lru and
 least-stale; prefetch none, and next-layer below 100%; eager expert kernel; 3 interleaved rounds each)
