@@ -29,8 +29,9 @@ Prefetch (`prefetch`, a policy of `cache_bridge.LIVE_PREFETCH`): at each layer's
 names keys, each takes a slot at once (as in the emulator) and its copy is queued with the prefetch
 watchdog (`watchdog.py`), submitted when the copy engine is idle: by the forward thread at its checkpoints
 (each gate, each expert launch, each fused layer), or by the watchdog's asyncio task while the forward
-thread blocks in the routing readback or between passes (`away`), so the two threads do not contend for
-the GIL per copy. Demand copies go
+thread is outside the runtime (`away`: from the end of a layer's experts through attention and the router
+to the routing readback, and between passes), so the two threads do not contend for the GIL per copy and
+the engine is kept busy in between. Demand copies go
 to the engine at once; a needed key still queued is promoted (submitted at once); a needed key in
 flight is a late hit that the compute waits for. The routing and the speculator's prediction for the
 next layer (its gate on this layer's input, the formula of `hooks.RoutingHooks`) come back to the host
@@ -321,8 +322,11 @@ class ExpertOffload:
     def run_layer(self, layer: int, act_fn: Any, hidden: torch.Tensor, top_k_index: torch.Tensor,
                   top_k_weights: torch.Tensor) -> torch.Tensor:
         out = self._run_layer(layer, act_fn, hidden, top_k_index, top_k_weights)
-        if self.watchdog is not None and layer == self.n_layers - 1:
-            self.watchdog.away()  # the pass's end (lm head, sampling sync): the watchdog task pumps
+        if self.watchdog is not None:
+            # leaving the runtime until the next layer's readback (attention, norms, router; at the last
+            # layer the lm head and the sampling sync): no checkpoint of ours runs there, so the watchdog
+            # task drains the queue as the engine frees up (one drain per layer, not a loop trip per copy)
+            self.watchdog.away()
         return out
 
     def _run_layer(self, layer: int, act_fn: Any, hidden: torch.Tensor, top_k_index: torch.Tensor,
