@@ -74,15 +74,18 @@ from .state import (
     SC_CPU_NEW,
     SC_CPU_PENDING,
     SC_CURSOR,
+    SC_DQ_HEAD,
+    SC_DQ_N,
     SC_GPU_IDLE,
     SC_GPU_JOB,
     SC_GPU_NEW,
-    SC_HEAP_N,
     SC_LAST_COPY,
     SC_LAYER,
     SC_NCUR,
     SC_PASS,
     SC_PHASE,
+    SC_PQ_HEAD,
+    SC_PQ_N,
     SC_SAME_LAYER,
     SC_SEQ,
     SC_USED,
@@ -169,7 +172,10 @@ def dense_seconds(tm, tokens: float, context: float, col: np.ndarray) -> float:
 
 @njit(cache=True, inline="always")
 def key_layer(cs, key: int) -> int:
-    return key // cs.cur_key.shape[0]
+    n = cs.cur_key.shape[0]
+    if n & (n - 1) == 0:  # a power of two: an arithmetic shift floors like //, without a division
+        return key >> trailing_zeros(n)
+    return key // n
 
 
 @njit(cache=True, _nrt=False)
@@ -177,44 +183,42 @@ def encode_miss(action: int, arg: int) -> int:
     return action | (arg << 4)
 
 
-# ---- copy queue (binary heap of (priority, seq, key) packed in one int64) --------------------------
+# ---- copy queue: one FIFO per priority, of (seq, key) packed in one int64 ------------------------
+# Copies start in (priority, issue seq) order. Seqs are handed out in increasing order, so within one
+# priority the push order is the seq order: a FIFO per priority (demand before prefetch) pops exactly
+# what a heap on (priority, seq) would, at O(1). `cs.heap` holds two rings of R slots (R a power of
+# two, `state.queue_ring`): demand in [0, R), prefetch in [R, 2R).
 
 @njit(cache=True, inline="always")
-def _heap_push(cs, prio: int, seq: int, key: int) -> None:
+def _queue_push(cs, prio: int, seq: int, key: int) -> None:
     h = cs.heap
-    n = cs.sc[SC_HEAP_N]
-    item = (prio << (_HEAP_KEY_BITS + _HEAP_SEQ_BITS)) | (seq << _HEAP_KEY_BITS) | key
-    i = n
-    h[i] = item
-    while i > 0:
-        parent = (i - 1) // 2
-        if h[parent] <= h[i]:
-            break
-        h[parent], h[i] = h[i], h[parent]
-        i = parent
-    cs.sc[SC_HEAP_N] = n + 1
+    r = h.shape[0] >> 1
+    item = (seq << _HEAP_KEY_BITS) | key
+    if prio == DEMAND:
+        n = cs.sc[SC_DQ_N]
+        h[(cs.sc[SC_DQ_HEAD] + n) & (r - 1)] = item
+        cs.sc[SC_DQ_N] = n + 1
+    else:
+        n = cs.sc[SC_PQ_N]
+        h[r + ((cs.sc[SC_PQ_HEAD] + n) & (r - 1))] = item
+        cs.sc[SC_PQ_N] = n + 1
 
 
 @njit(cache=True, inline="always")
-def _heap_pop(cs) -> int:
+def _queue_pop(cs) -> int:
+    """The first entry of the demand FIFO, else of the prefetch FIFO; the caller checks one is there."""
     h = cs.heap
-    n = cs.sc[SC_HEAP_N] - 1
-    top = h[0]
-    h[0] = h[n]
-    cs.sc[SC_HEAP_N] = n
-    i = 0
-    while True:
-        left = 2 * i + 1
-        if left >= n:
-            break
-        child = left
-        if left + 1 < n and h[left + 1] < h[left]:
-            child = left + 1
-        if h[i] <= h[child]:
-            break
-        h[i], h[child] = h[child], h[i]
-        i = child
-    return top
+    r = h.shape[0] >> 1
+    n = cs.sc[SC_DQ_N]
+    if n > 0:
+        head = cs.sc[SC_DQ_HEAD]
+        cs.sc[SC_DQ_HEAD] = (head + 1) & (r - 1)
+        cs.sc[SC_DQ_N] = n - 1
+        return h[head]
+    head = cs.sc[SC_PQ_HEAD]
+    cs.sc[SC_PQ_HEAD] = (head + 1) & (r - 1)
+    cs.sc[SC_PQ_N] -= 1
+    return h[r + head]
 
 
 # ---- slots -----------------------------------------------------------------------------------------
@@ -278,7 +282,7 @@ def _start_copy_entry(pk, cs, tv, key: int, prec: int, prio: int, t: float) -> N
     cs.copy_state[key] = COPY_QUEUED
     cs.copy_prio[key] = prio
     cs.copy_seq[key] = seq
-    _heap_push(cs, prio, seq, key)
+    _queue_push(cs, prio, seq, key)
     cs.sc[SC_CLOCK] += 1
     pk.event(pk.s_evict, cs, tv, EV_INSERT, key, t)
 
@@ -434,7 +438,7 @@ def gate(pk, cs, tv, p: int, layer: int, t: float) -> None:
                     sc[SC_SEQ] = seq + 1
                     cs.copy_prio[key] = DEMAND
                     cs.copy_seq[key] = seq
-                    _heap_push(cs, DEMAND, seq, key)
+                    _queue_push(cs, DEMAND, seq, key)
             if pf_unused[key] == 1:
                 pf_unused[key] = 0
                 stats_i[ST_PF_USEFUL, layer] += 1
@@ -707,8 +711,8 @@ def _decide(pk, cs, tm, tv, t: float) -> None:
 @njit(cache=True, inline="always")
 def _next_copy(cs, tm) -> float:
     """The best queued copy starts; returns its duration (key in sc[SC_LAST_COPY]) or -1 if none."""
-    while cs.sc[SC_HEAP_N] > 0:
-        item = _heap_pop(cs)
+    while cs.sc[SC_DQ_N] + cs.sc[SC_PQ_N] > 0:
+        item = _queue_pop(cs)
         key = item & ((1 << _HEAP_KEY_BITS) - 1)
         seq = (item >> _HEAP_KEY_BITS) & ((1 << _HEAP_SEQ_BITS) - 1)
         if cs.copy_state[key] != COPY_QUEUED or cs.copy_seq[key] != seq:

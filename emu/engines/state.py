@@ -64,7 +64,7 @@ SC_PHASE = 2
 SC_USED = 3  # bytes held by resident and in-flight experts
 SC_CAP = 4  # capacity in bytes
 SC_SEQ = 5  # copy issue counter (tie-breaker)
-SC_HEAP_N = 6
+SC_DQ_HEAD = 6  # copy queue: demand FIFO's first slot in heap[:R] (see core._queue_push)
 SC_WQ_N = 7
 SC_NCUR = 8
 SC_GPU_JOB = 9  # JOB_* or index into cur_* of the expert running
@@ -75,11 +75,14 @@ SC_CLOCK = 13  # logical access clock for recency policies
 SC_GPU_NEW = 14  # set by decide to the number of GPU jobs it started back to back (durations in
 # chain_dur); the engine schedules them and clears it
 SC_CPU_NEW = 15
+SC_DQ_N = 16  # entries in the demand FIFO
 SC_N_ENGINES = 17
+SC_PQ_HEAD = 18  # prefetch FIFO's first slot in heap[R:]
 SC_LAST_COPY = 19  # key of the copy `next_copy` just started
 SC_CPU_PENDING = 20  # entries of the current layer routed to the CPU and not started yet
 SC_CURSOR = 21  # entries of the current layer before this index are done
 SC_CHAIN_N = 22  # members of the GPU chain now running (SC_GPU_JOB == JOB_CHAIN)
+SC_PQ_N = 23  # entries in the prefetch FIFO
 SC_N = 24
 
 # ---- fc: float scalars ---------------------------------------------------------------------------
@@ -313,6 +316,15 @@ class PolicyState(ArrayStruct):
     _new = staticmethod(_new_ps)
 
 
+def queue_ring(n_keys: int) -> int:
+    """Slots of each copy FIFO (demand, prefetch): a power of two (index by mask) of at least the
+    2 * keys + 8 entries the binary heap they replaced held for both priorities together."""
+    r = 1
+    while r < 2 * n_keys + 8:
+        r *= 2
+    return r
+
+
 def new_cache_state(n_layers: int, n_experts: int, top_k: int, n_passes: int, capacity_bytes: int,
                     prec_bytes: np.ndarray, n_engines: int, dense_rows: int = 1) -> Any:
     k = n_layers * n_experts
@@ -328,7 +340,7 @@ def new_cache_state(n_layers: int, n_experts: int, top_k: int, n_passes: int, ca
         copy_state=np.zeros(k, np.int8), copy_prio=np.zeros(k, np.int8), copy_seq=np.zeros(k, np.int64),
         pf_unused=np.zeros(k, np.uint8), late_gate_t=np.zeros(k, np.float64), late_flag=np.zeros(k, np.uint8),
         wait_prec=np.zeros(k, np.int8),
-        heap=np.zeros(2 * k + 8, np.int64), waitq=np.zeros(k, np.int64), pf_buf=np.zeros(k, np.int64),
+        heap=np.zeros(2 * queue_ring(k), np.int64), waitq=np.zeros(k, np.int64), pf_buf=np.zeros(k, np.int64),
         cur_key=np.zeros(n_experts, np.int64), cur_expert=np.zeros(n_experts, np.int64),
         cur_tokens=np.zeros(n_experts, np.int64), cur_mass=np.zeros(n_experts, np.float64),
         cur_where=np.zeros(n_experts, np.int8), cur_state=np.zeros(n_experts, np.int8),

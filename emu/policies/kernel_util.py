@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from ..engines.state import ABSENT, new_policy_state
 
@@ -77,6 +78,13 @@ def seed_state(seed: int, stream: int) -> int:
     return z - (1 << 64) if z >= (1 << 63) else z
 
 
+@njit(cache=True, inline="always")
+def _mix(z: np.uint64) -> np.uint64:
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
 @njit(cache=True, _nrt=False)
 def rand_u64(state: np.ndarray, idx: int) -> np.uint64:
     z = np.uint64(state[idx]) + _GOLDEN
@@ -119,19 +127,12 @@ def percentile_inplace(buf: np.ndarray, n: int, q: float) -> float:
 
 # ---- prefetch helpers ------------------------------------------------------------------------------
 
-@njit(cache=True, _nrt=False)
-def push_top(cs, scores: np.ndarray, layer: int, n_pick: int, n_out: int, min_score: float) -> int:
-    """Pick the `n_pick` experts of `layer` with the highest scores (> min_score; ties to the lower id)
-    and append the absent ones to `cs.pf_buf[n_out:]`, best first. A pick that is already resident, in
-    flight or in the buffer uses up its place: the policy wanted it and has it, so it is not replaced by
-    a worse guess. Returns the new buffer length. O(E + candidates^2), no allocation (`cs.pick_buf`)."""
-    n_exp = cs.cur_key.shape[0]
-    base = layer * n_exp
-    cand = cs.pick_buf
-    c = 0
-    for e in range(n_exp):  # branch-free: usually only top_k-odd experts pass
-        cand[c] = e
-        c += scores[e] > min_score
+@njit(cache=True, inline="always")
+def _push_candidates(cs, scores: np.ndarray, cand: np.ndarray, c: int, layer: int, n_pick: int,
+                     n_out: int) -> int:
+    """`push_top`'s selection and output, for the candidates `cand[:c]` (ids ascending, score >
+    min_score)."""
+    base = layer * cs.cur_key.shape[0]
     n_take = min(n_pick, c)
     if n_take == c:
         # all candidates are taken: an insertion sort by (score desc, id asc) gives the same order as
@@ -173,6 +174,31 @@ def push_top(cs, scores: np.ndarray, layer: int, n_pick: int, n_out: int, min_sc
 
 
 @njit(cache=True, _nrt=False)
+def push_top(cs, scores: np.ndarray, layer: int, n_pick: int, n_out: int, min_score: float) -> int:
+    """Pick the `n_pick` experts of `layer` with the highest scores (> min_score; ties to the lower id)
+    and append the absent ones to `cs.pf_buf[n_out:]`, best first. A pick that is already resident, in
+    flight or in the buffer uses up its place: the policy wanted it and has it, so it is not replaced by
+    a worse guess. Returns the new buffer length. O(E + candidates^2), no allocation (`cs.pick_buf`)."""
+    n_exp = cs.cur_key.shape[0]
+    cand = cs.pick_buf
+    c = 0
+    if n_exp <= 64:
+        # a bit per candidate (branch-free), read back lowest first: ids ascending, no stores per expert
+        bits = np.uint64(0)
+        for e in range(n_exp):
+            bits |= np.uint64(scores[e] > min_score) << np.uint64(e)
+        while bits != np.uint64(0):
+            cand[c] = np.int64(trailing_zeros(bits))
+            bits &= bits - np.uint64(1)
+            c += 1
+    else:
+        for e in range(n_exp):  # branch-free: usually only top_k-odd experts pass
+            cand[c] = e
+            c += scores[e] > min_score
+    return _push_candidates(cs, scores, cand, c, layer, n_pick, n_out)
+
+
+@njit(cache=True, _nrt=False)
 def true_layer_mass(tv, p: int, layer: int, out: np.ndarray) -> None:
     """Routing mass per expert of `layer` in pass p as recorded (gate scores, else 1/top_k per token)."""
     out[:] = 0.0
@@ -209,3 +235,52 @@ def predicted_layer_mass(tv, p: int, layer: int, accuracy: float, rng: np.ndarra
                 wrong = rand_below(rng, rng_idx, n_exp - 1)
                 e = wrong if wrong < e else wrong + 1
             out[e] += w
+
+
+@njit(cache=True, _nrt=False)
+def predict_push(cs, tv, p: int, layer: int, accuracy: float, rng: np.ndarray, rng_idx: int,
+                 out: np.ndarray, n_out: int) -> int:
+    """`predicted_layer_mass` then `push_top(cs, out, layer, n_experts, n_out, 0.0)`, fused: the same
+    draws, the same `out` and the same picks, but the candidates are the experts the prediction
+    touched (a bit mask when n_experts <= 64; an untouched expert has mass 0.0, never > 0.0), not a
+    scan of every expert."""
+    n_exp = out.shape[0]
+    if n_exp > 64:
+        predicted_layer_mass(tv, p, layer, accuracy, rng, rng_idx, out)
+        return push_top(cs, out, layer, cs.cur_key.shape[0], n_out, 0.0)
+    out[:] = 0.0
+    experts = tv.experts
+    k = experts.shape[2]
+    has_scores = tv.dims[0] == 1
+    recorded = tv.dims[1] == 1
+    bits = np.uint64(0)
+    # the RNG state stays in a local (stored back once): the stores to `out` would otherwise make
+    # every draw reload it; the draws are `rand_uniform` / `rand_below`'s, in the same order
+    state = np.uint64(rng[rng_idx])
+    for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
+        for s in range(k):
+            if recorded:
+                e = np.int64(tv.predicted[tok, layer, s])
+                out[e] += 1.0 / k
+                bits |= np.uint64(1) << np.uint64(e)
+                continue
+            e = np.int64(experts[tok, layer, s])
+            w = np.float64(tv.scores[tok, layer, s]) if has_scores else 1.0 / k
+            if n_exp > 1:
+                state += _GOLDEN
+                u = float(_mix(state) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+                if u >= accuracy:
+                    state += _GOLDEN
+                    wrong = np.int64(_mix(state) % np.uint64(n_exp - 1))
+                    e = wrong if wrong < e else wrong + 1
+            out[e] += w
+            bits |= np.uint64(1) << np.uint64(e)
+    rng[rng_idx] = np.int64(state)
+    cand = cs.pick_buf
+    c = 0
+    while bits != np.uint64(0):
+        e = np.int64(trailing_zeros(bits))
+        bits &= bits - np.uint64(1)
+        cand[c] = e
+        c += out[e] > 0.0
+    return _push_candidates(cs, out, cand, c, layer, cs.cur_key.shape[0], n_out)

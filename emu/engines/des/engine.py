@@ -2,7 +2,7 @@
 
 Resources mirror ../shared/DESIGN.md: a compute stream and a CPU (`simpy.Resource`, capacity 1), the
 host-to-device copy engines (`simpy.Resource` with the profile's engine count; the queue order itself
-is the shared core's demand-before-prefetch heap) and the VRAM pool (`simpy.Container` of bytes whose
+is the shared core's demand-before-prefetch copy queue) and the VRAM pool (`simpy.Container` of bytes whose
 level follows the bytes held by resident and in-flight experts).
 
 Same-instant order is the core's contract: completions are ordinary events (priority NORMAL); the

@@ -12,7 +12,7 @@ from numba import njit
 
 from ...engines.state import new_policy_state
 from ..api import KERNEL_SIG, Param, Policy, PolicyContext
-from ..kernel_util import predicted_layer_mass, push_top, seed_state
+from ..kernel_util import predict_push, seed_state
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
@@ -25,15 +25,13 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
 @njit(KERNEL_SIG, cache=True, _nrt=False)
 def prefetch(ps, cs, tv, p, layer, t):
     n_layers = tv.experts.shape[1]
-    n_exp = cs.cur_key.shape[0]
     n = 0
     acc = ps.p[1]
     for d in range(1, int(ps.p[0]) + 1):
         target = layer + d
         if target >= n_layers:
             break
-        predicted_layer_mass(tv, p, target, acc, ps.i[0], 0, ps.f[0])
-        n = push_top(cs, ps.f[0], target, n_exp, n, 0.0)
+        n = predict_push(cs, tv, p, target, acc, ps.i[0], 0, ps.f[0], n)
         acc *= ps.p[2]
     return n
 

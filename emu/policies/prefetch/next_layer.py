@@ -14,7 +14,7 @@ from numba import njit
 
 from ...engines.state import new_policy_state
 from ..api import KERNEL_SIG, Param, Policy, PolicyContext
-from ..kernel_util import predicted_layer_mass, push_top, seed_state
+from ..kernel_util import predict_push, seed_state
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
@@ -38,8 +38,7 @@ def prefetch(ps, cs, tv, p, layer, t):
     if target >= n_layers:
         return 0
     acc = layer_accuracy(ps.p[0], ps.p[1], target, n_layers)
-    predicted_layer_mass(tv, p, target, acc, ps.i[0], 0, ps.f[0])
-    return push_top(cs, ps.f[0], target, cs.cur_key.shape[0], 0, 0.0)
+    return predict_push(cs, tv, p, target, acc, ps.i[0], 0, ps.f[0], 0)
 
 
 POLICY = Policy(
