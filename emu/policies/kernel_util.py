@@ -158,6 +158,14 @@ def _push_candidates(cs, scores: np.ndarray, cand: np.ndarray, c: int, layer: in
     status = cs.status
     buf = cs.pf_buf
     n_in = n_out
+    if n_in == 0 and n_take <= buf.shape[0]:
+        # nothing in the buffer to repeat: every pick is written and kept when absent, without a
+        # branch on its status (which mispredicts)
+        for pick in range(n_take):
+            key = base + cand[pick]
+            buf[n_out] = key
+            n_out += status[key] == ABSENT
+        return n_out
     for pick in range(n_take):
         key = base + cand[pick]
         if status[key] != ABSENT:
