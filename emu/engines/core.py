@@ -31,6 +31,7 @@ from ..policies.api import (
     MISS_FETCH,
     MISS_SUBSTITUTE,
 )
+from ..policies.kernel_util import sort_prefix
 from .stack import STACK_T
 from .state import (
     ABSENT,
@@ -371,14 +372,7 @@ def gather_layer(cs, tv, p: int, layer: int) -> int:
                     n += 1
                 count[e] += 1
                 mass[e] += np.float64(scores[tok, layer, s]) if has_scores else 1.0 / k
-        # insertion sort: n is at most n_experts and usually top_k
-        for i in range(1, n):
-            v = ids[i]
-            j = i - 1
-            while j >= 0 and ids[j] > v:
-                ids[j + 1] = ids[j]
-                j -= 1
-            ids[j + 1] = v
+        sort_prefix(ids, n)  # n is at most n_experts and usually top_k
     cur_key = cs.cur_key
     cur_tokens = cs.cur_tokens
     cur_mass = cs.cur_mass

@@ -107,9 +107,9 @@ def rand_below(state: np.ndarray, idx: int, n: int) -> int:
 
 # ---- small numeric helpers -------------------------------------------------------------------------
 
-@njit(cache=True, _nrt=False)
-def percentile_inplace(buf: np.ndarray, n: int, q: float) -> float:
-    """numpy's default (linear) percentile of buf[:n], sorting buf[:n] in place; no allocation."""
+@njit(cache=True, inline="always", _nrt=False)
+def sort_prefix(buf: np.ndarray, n: int) -> None:
+    """Sort buf[:n] ascending in place (insertion sort: n is small, usually top_k); no allocation."""
     for a in range(1, n):
         v = buf[a]
         b = a - 1
@@ -117,6 +117,12 @@ def percentile_inplace(buf: np.ndarray, n: int, q: float) -> float:
             buf[b + 1] = buf[b]
             b -= 1
         buf[b + 1] = v
+
+
+@njit(cache=True, _nrt=False)
+def percentile_inplace(buf: np.ndarray, n: int, q: float) -> float:
+    """numpy's default (linear) percentile of buf[:n], sorting buf[:n] in place; no allocation."""
+    sort_prefix(buf, n)
     if n == 1:
         return buf[0]
     pos = q / 100.0 * (n - 1)

@@ -23,6 +23,7 @@ from numba import njit
 from ...engines.state import IN_FLIGHT, RESIDENT, SF_REROUTED_MASS, new_policy_state
 from ...errors import EmuError
 from ..api import KERNEL_SIG, Param, Policy, PolicyContext
+from ..kernel_util import sort_prefix
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
@@ -128,13 +129,7 @@ def route(ps, cs, tv, p, layer, t):
                 n += 1
             count[e] += 1
             mass[e] += ps.f[2, s]
-    for a in range(1, n):
-        v = ids[a]
-        b = a - 1
-        while b >= 0 and ids[b] > v:
-            ids[b + 1] = ids[b]
-            b -= 1
-        ids[b + 1] = v
+    sort_prefix(ids, n)
     for j in range(n):
         e = ids[j]
         cs.cur_key[j] = base + e
