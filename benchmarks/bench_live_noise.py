@@ -26,8 +26,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-PROMPT, DECODE = 256, 64
-
 
 def _mode(mode: str, all_cores: set[int], core: int) -> None:
     os.sched_setaffinity(0, {core} if mode.startswith("pin1") else all_cores)
@@ -44,20 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("bench_live_noise: needs a CUDA GPU", file=sys.stderr)
         return 2
-    from live.matrix import olmoe_trace, reconfigure, slots_for
-    from live.models import build_model, live_shape
+    from live.matrix import forced_workload, reconfigure, slots_for
+    from live.models import build_model
     from live.offload import ExpertOffload
-    from live.runner import plans_from_trace, run_live
+    from live.runner import run_live
 
     t0 = time.time()
     all_cores = os.sched_getaffinity(0)
     core = sorted(all_cores)[len(all_cores) // 2]
     dev = torch.device("cuda")
-    shape = live_shape("olmoe-1b-7b", "full")
-    force = olmoe_trace(PROMPT + DECODE)
-    plans = plans_from_trace(force, PROMPT, DECODE)
+    work = forced_workload("olmoe")
+    shape, force, plans, n_keys = work.shape, work.force, work.plans, work.n_keys
     model = build_model("olmoe-1b-7b", "full", dtype="bf16", seed=0)
-    n_keys = shape.n_layers * shape.n_experts
     runtime = ExpertOffload(model, n_keys, eviction="lru", device="cuda", seed=0, kernel="eager")
     print(f"olmoe built, cores {sorted(all_cores)} [{time.time() - t0:.0f}s]", flush=True)
     rows: list[dict[str, Any]] = []

@@ -85,19 +85,15 @@ def runtime_vs_unmodified(repeats: int, t0: float) -> dict[str, Any]:
 def copy_bound(name: str, repeats: int, t0: float) -> dict[str, Any]:
     import torch
 
-    from live.matrix import MIXTRAL_LAYERS, mixtral_trace, olmoe_trace, reconfigure, slots_for
-    from live.models import build_model, live_shape
+    from live.matrix import forced_workload, reconfigure, slots_for
+    from live.models import build_model
     from live.offload import ExpertOffload
-    from live.runner import plans_from_trace, run_live
+    from live.runner import run_live
 
     dev = torch.device("cuda")
-    n_layers = MIXTRAL_LAYERS if name == "mixtral" else None
-    preset = "mixtral-8x7b" if name == "mixtral" else "olmoe-1b-7b"
-    shape = live_shape(preset, "full", n_layers)
-    force = mixtral_trace(shape.n_layers) if name == "mixtral" else olmoe_trace(PROMPT + DECODE)
-    plans = plans_from_trace(force, PROMPT, DECODE)
-    model = build_model(preset, "full", n_layers=n_layers, dtype="bf16", seed=0)
-    n_keys = shape.n_layers * shape.n_experts
+    work = forced_workload(name)
+    shape, force, plans, n_keys = work.shape, work.force, work.plans, work.n_keys
+    model = build_model(work.preset, "full", n_layers=work.n_layers, dtype="bf16", seed=0)
     runtime = ExpertOffload(model, n_keys, eviction="lru", device="cuda", seed=0, kernel="eager")
     print(f"{name} built [{time.time() - t0:.0f}s]", flush=True)
     out: dict[str, list[float]] = {"step_5pct_s": [], "compute_step_s": [], "bandwidth_Bps": []}

@@ -96,6 +96,40 @@ def mixtral_trace(n_layers: int) -> Any:
     return first_layers(trace, n_layers)
 
 
+@attrs.frozen(eq=False)
+class ForcedWorkload:
+    """A matrix model's shape, the routing forced on it, and one plan per request (shared with the live
+    benchmarks, so they measure what the matrix runs)."""
+
+    name: str
+    preset: str
+    n_layers: int | None  # layers built (None: all)
+    shape: Any
+    force: Any
+    plans: list[Any]
+
+    @property
+    def n_keys(self) -> int:
+        return self.shape.n_layers * self.shape.n_experts
+
+
+def forced_workload(name: str, scale: str = "full", n_layers: int | None = None) -> ForcedWorkload:
+    """OLMoE with its seeded synthetic trace, or Mixtral (first MIXTRAL_LAYERS layers by default) with the
+    real GSM8K decode routing."""
+    from .cli import first_layers
+    from .models import live_shape
+    from .runner import plans_from_trace
+
+    if n_layers is None and name == "mixtral":
+        n_layers = MIXTRAL_LAYERS
+    preset = "mixtral-8x7b" if name == "mixtral" else "olmoe-1b-7b"
+    shape = live_shape(preset, scale, n_layers)
+    force = mixtral_trace(shape.n_layers) if name == "mixtral" else olmoe_trace(OLMOE_PROMPT + DECODE)
+    if force.n_layers > shape.n_layers:
+        force = first_layers(force, shape.n_layers)
+    return ForcedWorkload(name, preset, n_layers, shape, force, plans_from_trace(force, MIXTRAL_PROMPT, DECODE))
+
+
 def ttft_repeats(model: Any, runtime: Any, trace: Any, prompt_len: int, *, vocab: int, device: Any, n: int,
                  seed: int) -> list[float]:
     """`n` more cold prefills replaying the recorded prefill routing: one prefill is one sample, and the
@@ -169,29 +203,21 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
               n_layers: int | None = None, prefetches: tuple[str, ...] = PREFETCHES, rounds: int = ROUNDS) -> None:
     import torch
 
-    from .cli import first_layers
-    from .models import build_model, live_shape, live_spec
+    from .models import build_model, live_spec
     from .offload import ExpertOffload
-    from .runner import plans_from_trace, run_live
+    from .runner import run_live
     from .runtime_cal import measure_runtime_overheads
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
-    if n_layers is None and name == "mixtral":
-        n_layers = MIXTRAL_LAYERS
-    preset = "mixtral-8x7b" if name == "mixtral" else "olmoe-1b-7b"
-    shape = live_shape(preset, scale, n_layers)
+    work = forced_workload(name, scale, n_layers)
+    preset, shape, force, plans, n_keys = work.preset, work.shape, work.force, work.plans, work.n_keys
     spec = live_spec(shape, "bf16")
-    force = mixtral_trace(shape.n_layers) if name == "mixtral" else olmoe_trace(OLMOE_PROMPT + DECODE)
-    if force.n_layers > shape.n_layers:
-        force = first_layers(force, shape.n_layers)
     forced = MIXTRAL_TRACE + f" (request 0, {DECODE} decode steps, first {shape.n_layers} layers)" \
         if name == "mixtral" else "synthetic olmoe zipf 0.6 reuse 0.3 cross 0.3 seed 0"
-    plans = plans_from_trace(force, MIXTRAL_PROMPT, DECODE)
-    n_keys = shape.n_layers * shape.n_experts
     common = {"profile_model": preset, "scale": scale}
 
-    model = build_model(preset, scale, n_layers=n_layers, dtype="bf16", seed=0)
+    model = build_model(preset, scale, n_layers=work.n_layers, dtype="bf16", seed=0)
     print(f"{name}: built [{time.time() - t0:.0f}s]", flush=True)
     runtime = ExpertOffload(model, n_keys, eviction="lru", device=device, seed=0, kernel="eager")
     print(f"{name}: offloaded [{time.time() - t0:.0f}s]", flush=True)
