@@ -31,6 +31,7 @@ from live.offload import ExpertOffload  # noqa: E402
 from live.runner import PassPlan, generate, plans_from_trace, run_live  # noqa: E402
 
 from .conftest import make_trace  # noqa: E402
+from .live_support import logits_of_generation  # noqa: E402
 
 PROFILE = str(Path(__file__).resolve().parent.parent / "scenarios/profiles/h100-provisional.toml")
 
@@ -47,21 +48,6 @@ def _ids(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 512, (1, n), generator=torch.Generator().manual_seed(seed))
 
 
-def _logits_of_generation(model, ids, n_decode, runtime=None) -> list[torch.Tensor]:
-    """Logits of the prefill and of each greedy decode step."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    out = []
-    with torch.no_grad():
-        x = ids
-        for _ in range(n_decode + 1):
-            if runtime is not None:
-                runtime.begin_pass()
-            logits = model(input_ids=x, past_key_values=cache, use_cache=True).logits
-            out.append(logits)
-            x = logits[:, -1:].argmax(-1)
-    return out
 
 
 @pytest.mark.parametrize(("preset", "slots"), [("olmoe-1b-7b", 5), ("olmoe-1b-7b", 128), ("mixtral-8x7b", 3),
@@ -73,11 +59,11 @@ def test_offloaded_model_gives_the_same_logits(preset, slots):
     runtime = ExpertOffload(off, slots, eviction="lru")
     assert runtime.kernel == "eager"
     ids = _ids(12, seed=1)
-    want = _logits_of_generation(ref, ids, 4)
-    got = _logits_of_generation(off, ids, 4, runtime)
+    want = logits_of_generation(ref, ids, 4)
+    got = logits_of_generation(off, ids, 4, runtime)
     for a, b in zip(want, got):
         assert torch.equal(a, b)  # bit for bit: the eager per-expert math and summation order
-    for a, b in zip(_logits_of_generation(default, ids, 4), got):
+    for a, b in zip(logits_of_generation(default, ids, 4), got):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     stats = runtime.stats()
     assert stats.copies == stats.misses and stats.bytes_h2d == stats.copies * runtime.expert_bytes
@@ -97,7 +83,7 @@ def test_fused_kernel_is_bitwise_the_unmodified_default_model(preset):
     runtime = ExpertOffload(off, shape.n_layers * shape.n_experts // 2, eviction="lru")
     assert runtime.kernel == "fused"
     ids = _ids(6, seed=3)
-    for a, b in zip(_logits_of_generation(default, ids, 5), _logits_of_generation(off, ids, 5, runtime)):
+    for a, b in zip(logits_of_generation(default, ids, 5), logits_of_generation(off, ids, 5, runtime)):
         assert torch.equal(a, b)
     stats = runtime.stats()
     assert stats.waits == 0 and stats.misses > 0 and stats.copies == stats.misses
@@ -108,7 +94,7 @@ def test_fused_kernel_falls_back_per_expert_when_a_layer_does_not_fit():
     off = build_model("olmoe-1b-7b", "tiny", dtype="fp32", seed=9)
     runtime = ExpertOffload(off, 6, eviction="lru", kernel="fused")
     ids = _ids(10, seed=4)
-    for a, b in zip(_logits_of_generation(default, ids, 2), _logits_of_generation(off, ids, 2, runtime)):
+    for a, b in zip(logits_of_generation(default, ids, 2), logits_of_generation(off, ids, 2, runtime)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert runtime.stats().waits > 0
     with pytest.raises(EmuError, match="--experts"):
@@ -259,7 +245,7 @@ def test_fused_kernel_uses_a_window_of_slots_and_falls_back_when_too_wide(monkey
     monkeypatch.setattr(type(fused0), "forward", spy)
     monkeypatch.setattr(offload, "MAX_GROUPS", 50)  # a window wider than this runs expert by expert
     ids = _ids(12, seed=8)
-    for a, b in zip(_logits_of_generation(default, ids, 3), _logits_of_generation(off, ids, 3, runtime)):
+    for a, b in zip(logits_of_generation(default, ids, 3), logits_of_generation(off, ids, 3, runtime)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert calls and max(calls) <= 50  # some decode layers fit a window; the wide prefill layers did not
     assert len(calls) < 4 * 2  # ... so some of the 4 passes x 2 layers ran expert by expert
@@ -311,9 +297,9 @@ def test_deferred_hits_keep_the_math_and_the_policy_decisions(preset, slots):
     rt_eager.preload()
     assert rt_fused.stats().copies == 0 and len(rt_fused.bridge.resident()) == slots
     ids = _ids(6, seed=11)
-    want = _logits_of_generation(default, ids, 12)
-    got = _logits_of_generation(fused, ids, 12, rt_fused)
-    _logits_of_generation(eager, ids, 12, rt_eager)
+    want = logits_of_generation(default, ids, 12)
+    got = logits_of_generation(fused, ids, 12, rt_fused)
+    logits_of_generation(eager, ids, 12, rt_eager)
     for a, b in zip(want, got):
         assert torch.equal(a, b)
     assert rt_fused.deferred_layers > 0

@@ -22,6 +22,8 @@ from live.offload import ExpertOffload  # noqa: E402
 from live.runner import PassPlan, run_live  # noqa: E402
 from live.validate import LiveRun, validate_run  # noqa: E402
 
+from .live_support import logits_of_generation  # noqa: E402
+
 PROFILE = str(Path(__file__).resolve().parent.parent / "scenarios/profiles/h100-provisional.toml")
 CPU = torch.device("cpu")
 LAYERS = 4
@@ -86,19 +88,6 @@ def test_prefetch_makes_hits_that_fetch_on_miss_does_not() -> None:
     assert without.stats.prefetch_issued == 0
 
 
-def _logits(model, ids, n_decode: int, runtime=None) -> list:
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    out, x = [], ids
-    with torch.no_grad():
-        for _ in range(n_decode + 1):
-            if runtime is not None:
-                runtime.begin_pass()
-            logits = model(input_ids=x, past_key_values=cache, use_cache=True).logits
-            out.append(logits)
-            x = logits[:, -1:].argmax(-1)
-    return out
 
 
 class _NeverIdle:
@@ -126,11 +115,11 @@ def test_prefetch_leaves_the_logits_bit_for_bit(kernel: str, slots: int, stall: 
         rt.watchdog.engine.wait_idle = _NeverIdle.wait_idle
     ids = torch.randint(0, 512, (1, 9), generator=torch.Generator().manual_seed(4))
     try:
-        got = _logits(off, ids, 5, rt)
+        got = logits_of_generation(off, ids, 5, rt)
         st = rt.stats()
     finally:
         rt.close()
-    for a, b in zip(_logits(ref, ids, 5), got):
+    for a, b in zip(logits_of_generation(ref, ids, 5), got):
         assert torch.equal(a, b)
     assert st.prefetch_issued > 0 and st.prefetch_useful > 0
     if stall:

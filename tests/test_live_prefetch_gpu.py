@@ -12,22 +12,11 @@ pytest.importorskip("transformers")
 from live.models import build_model  # noqa: E402
 from live.offload import ExpertOffload  # noqa: E402
 
+from .live_support import logits_of_generation  # noqa: E402
+
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
-def _logits(model, ids, n_decode: int, runtime=None) -> list:
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    out, x = [], ids
-    with torch.no_grad():
-        for _ in range(n_decode + 1):
-            if runtime is not None:
-                runtime.begin_pass()
-            logits = model(input_ids=x, past_key_values=cache, use_cache=True).logits
-            out.append(logits)
-            x = logits[:, -1:].argmax(-1)
-    return out
 
 
 @pytest.mark.parametrize(("kernel", "slots"), [("eager", 24), ("fused", 128)])
@@ -39,7 +28,7 @@ def test_prefetch_on_cuda_keeps_the_logits_and_copies_every_prefetch_once(kernel
     rt = ExpertOffload(off, slots, eviction="lru", prefetch="next-layer", kernel=kernel, device="cuda")
     ids = torch.randint(0, 512, (1, 9), generator=torch.Generator().manual_seed(4)).to("cuda")
     try:
-        got = _logits(off, ids, 8, rt)
+        got = logits_of_generation(off, ids, 8, rt)
         torch.cuda.synchronize()
         deadline = time.monotonic() + 5.0
         while len(rt.watchdog) and time.monotonic() < deadline:  # queued, never needed: the watchdog's turn
@@ -47,7 +36,7 @@ def test_prefetch_on_cuda_keeps_the_logits_and_copies_every_prefetch_once(kernel
         st = rt.stats()
     finally:
         rt.close()
-    for a, b in zip(_logits(ref, ids, 8), got):
+    for a, b in zip(logits_of_generation(ref, ids, 8), got):
         assert torch.equal(a, b)
     assert st.prefetch_issued > 0 and st.prefetch_useful > 0
     assert st.copies == st.misses + st.prefetch_issued  # each prefetch submitted once (by the task or promoted)
