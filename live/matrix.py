@@ -155,8 +155,9 @@ def ttft_repeats(model: Any, runtime: Any, trace: Any, prompt_len: int, *, vocab
     return out
 
 
-def _record(tag: str, spec: Any, result: Any, runtime: Any, *, offload: bool, kernel: str, eviction: str | None,
-            forced: str | None, plans: list[Any], out_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+def _record(tag: str, spec: Any, result: Any, *, slots: int, expert_bytes: int, eviction: str, prefetch: str,
+            forced: str, plans: list[Any], out_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    """Write one configuration's trace and the JSON record `emu validate --from-live` reads."""
     import torch
     import transformers
 
@@ -167,13 +168,9 @@ def _record(tag: str, spec: Any, result: Any, runtime: Any, *, offload: bool, ke
         "tag": tag, "model": spec.to_dict(), "profile_model": extra.pop("profile_model"), "scale": extra.pop("scale"),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor(),
-        "dtype": "bf16", "offload": offload,
-        "slots": runtime.n_slots if offload else None, "experts_kernel": kernel,
-        "expert_bytes": runtime.expert_bytes if offload else spec.expert_bytes(),
-        "eviction": eviction, "eviction_params": {},
-        "prefetch": runtime.prefetch if offload else None, "prefetch_params": {}, "forced_trace": forced,
-        "warmup_passes": 3,
-        "rehearsed": torch.cuda.is_available(),
+        "dtype": "bf16", "offload": True, "slots": slots, "experts_kernel": "eager", "expert_bytes": expert_bytes,
+        "eviction": eviction, "eviction_params": {}, "prefetch": prefetch, "prefetch_params": {},
+        "forced_trace": forced, "warmup_passes": 3,
         "requests": [{"prompt_len": p.prompt_len, "ttft_s": r.ttft_s, "decode_s": list(r.decode_s)}
                      for p, r in zip(plans, result.requests)],
         "ttft_s": result.ttft_s, "decode_tok_s": result.decode_tok_s,
@@ -258,9 +255,10 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
         first = results[0]
         same = all(attrs.asdict(x.stats) == attrs.asdict(first.stats) for x in results)
         rates = [x.decode_tok_s for x in results]
-        _record(_tag(name, frac, ev, pf), spec, first, runtime, offload=True, kernel="eager", eviction=ev,
-                forced=forced, plans=plans, out_dir=out_dir,
-                extra=dict(common, slots=slots_for(frac, n_keys), prefetch=pf, rounds=len(results),
+        _record(_tag(name, frac, ev, pf), spec, first, slots=slots_for(frac, n_keys),
+                expert_bytes=runtime.expert_bytes, eviction=ev, prefetch=pf, forced=forced, plans=plans,
+                out_dir=out_dir,
+                extra=dict(common, rounds=len(results),
                            rehearsed="once per model (round 0, first configuration)" if cuda else False,
                            ttft_samples_s=ttfts[(frac, ev, pf)],
                            ttft_first_s=first.ttft_s, ttft_s=min(ttfts[(frac, ev, pf)]),
