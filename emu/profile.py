@@ -48,6 +48,8 @@ class ModelCompute:
     cpu_expert: dict[str, Curve] = attrs.field(factory=dict)
     pass_overhead_s: float | None = None
     layer_overhead_s: float | None = None
+    #: host seconds to issue one copy where the host also launches the compute (a Python runtime)
+    copy_issue_s: float | None = None
 
 
 @attrs.frozen
@@ -73,6 +75,7 @@ class RooflineSpec:
     pass_overhead_s: float = 0.0
     layer_overhead_s: float = 0.0
     cpu_flops_per_s: float | None = None
+    copy_issue_s: float = 0.0
 
 
 @attrs.frozen
@@ -231,7 +234,8 @@ def _model_compute(r: _Reader) -> ModelCompute:
         dense = DenseTable(tokens, context, tuple(table))
     mc = ModelCompute(
         expert=expert, dense=dense, cpu_expert=_precision_curves(r, "cpu_expert"),
-        pass_overhead_s=r.number("pass_overhead_s", None), layer_overhead_s=r.number("layer_overhead_s", None))
+        pass_overhead_s=r.number("pass_overhead_s", None), layer_overhead_s=r.number("layer_overhead_s", None),
+        copy_issue_s=r.number("copy_issue_s", None))
     r.done()
     return mc
 
@@ -281,7 +285,8 @@ def profile_from_dict(data: dict[str, Any], *, file: str = "<profile>") -> Hardw
         expert_launch_s=k.number("expert_launch_s"), hbm_Bps=k.number("hbm_Bps", positive=True),
         flops_per_s=k.number("flops_per_s", positive=True), dense_layer_s=k.number("dense_layer_s"),
         pass_overhead_s=k.number("pass_overhead_s", 0.0), layer_overhead_s=k.number("layer_overhead_s", 0.0),
-        cpu_flops_per_s=k.number("cpu_flops_per_s", None, positive=True))
+        cpu_flops_per_s=k.number("cpu_flops_per_s", None, positive=True),
+        copy_issue_s=k.number("copy_issue_s", 0.0))
     k.done()
 
     models: dict[str, ModelCompute] = {}

@@ -39,6 +39,7 @@ import numpy as np
 from emu.models import get_preset
 
 from .cache_bridge import LIVE_PREFETCH
+from .watchdog import HANDOVERS
 
 #: (cache fraction, eviction) of every offloaded configuration, per model
 FRACTIONS = (0.05, 0.25, 1.0)
@@ -197,7 +198,8 @@ def _tag(name: str, frac: float, eviction: str, prefetch: str) -> str:
 
 
 def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scale: str = "full",
-              n_layers: int | None = None, prefetches: tuple[str, ...] = PREFETCHES, rounds: int = ROUNDS) -> None:
+              n_layers: int | None = None, prefetches: tuple[str, ...] = PREFETCHES, rounds: int = ROUNDS,
+              handover: str = "bulk") -> None:
     import torch
 
     from .models import build_model, live_spec
@@ -212,11 +214,11 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
     spec = live_spec(shape, "bf16")
     forced = MIXTRAL_TRACE + f" (request 0, {DECODE} decode steps, first {shape.n_layers} layers)" \
         if name == "mixtral" else "synthetic olmoe zipf 0.6 reuse 0.3 cross 0.3 seed 0"
-    common = {"profile_model": preset, "scale": scale}
+    common = {"profile_model": preset, "scale": scale, "handover": handover}
 
     model = build_model(preset, scale, n_layers=work.n_layers, dtype="bf16", seed=0)
     print(f"{name}: built [{time.time() - t0:.0f}s]", flush=True)
-    runtime = ExpertOffload(model, n_keys, eviction="lru", device=device, seed=0, kernel="eager")
+    runtime = ExpertOffload(model, n_keys, eviction="lru", device=device, seed=0, kernel="eager", handover=handover)
     print(f"{name}: offloaded [{time.time() - t0:.0f}s]", flush=True)
     configs = [c for c in itertools.product(FRACTIONS, EVICTIONS, prefetches) if c[2] == "none" or c[0] < 1.0]
     runs: dict[tuple[float, str, str], list[Any]] = {c: [] for c in configs}
@@ -247,7 +249,11 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
         full, bare = [c["full_step_s"] for c in measured], [c["no_experts_step_s"] for c in measured]
         cal = dict(measured[0], full_step_s=min(full), no_experts_step_s=min(bare), statistic="best of rounds",
                    full_step_median_s=float(np.median(full)), no_experts_step_median_s=float(np.median(bare)),
-                   rounds=[{k: c[k] for k in ("full_step_s", "no_experts_step_s")} for c in measured])
+                   rounds=[{k: c[k] for k in ("full_step_s", "no_experts_step_s", "copy_issue_s") if k in c}
+                           for c in measured])
+        issue = [c["copy_issue_s"] for c in measured if "copy_issue_s" in c]
+        if issue:
+            cal.update(copy_issue_s=min(issue), copy_issue_median_s=float(np.median(issue)))
         suffix = "" if pf == "none" else f"_{pf.replace('-', '_')}"
         (out_dir / f"{name}_runtime_cal{suffix}.json").write_text(
             json.dumps(dict(cal, profile_model=preset, prefetch=pf), indent=1) + "\n")
@@ -282,16 +288,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", choices=("full", "tiny"), default="full")
     p.add_argument("--layers", type=int, default=None)
     p.add_argument("--rounds", type=int, default=ROUNDS,
-                   help="repeat every configuration this many times, interleaved; records take the medians")
+                   help="repeat every configuration this many times, interleaved; records keep best and medians")
     p.add_argument("--prefetch", choices=LIVE_PREFETCH, action="append",
                    help=f"prefetch policies to run (repeatable; default {' and '.join(PREFETCHES)})")
+    p.add_argument("--handover", choices=HANDOVERS, default="bulk",
+                   help="how the prefetch watchdog submits while the forward thread is away (live/watchdog.py)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     np.seterr(all="ignore")
     for name in args.only or ("olmoe", "mixtral"):
         run_model(name, args.out, t0, device=args.device, scale=args.scale, n_layers=args.layers,
-                  prefetches=tuple(args.prefetch or PREFETCHES), rounds=args.rounds)
+                  prefetches=tuple(args.prefetch or PREFETCHES), rounds=args.rounds, handover=args.handover)
     print(f"total {time.time() - t0:.0f}s", flush=True)
     return 0
 

@@ -31,7 +31,7 @@ watchdog (`watchdog.py`), submitted when the copy engine is idle: by the forward
 (each gate, each expert launch, each fused layer), or by the watchdog's asyncio task while the forward
 thread is outside the runtime (`away`: from the end of a layer's experts through attention and the router
 to the routing readback, and between passes), so the two threads do not contend for the GIL per copy and
-the engine is kept busy in between. Demand copies go
+the engine is kept busy in between (the task submits the whole queue at once: `watchdog.py`, handover). Demand copies go
 to the engine at once; a needed key still queued is promoted (submitted at once); a needed key in
 flight is a late hit that the compute waits for. The routing and the speculator's prediction for the
 next layer (its gate on this layer's input, the formula of `hooks.RoutingHooks`) come back to the host
@@ -120,8 +120,9 @@ class ExpertOffload:
     def __init__(self, model: Any, n_slots: int, *, eviction: str = "lru",
                  eviction_params: dict[str, Any] | None = None, device: str = "cpu", seed: int = 0,
                  kernel: str | None = None, prefetch: str = "none",
-                 prefetch_params: dict[str, Any] | None = None) -> None:
+                 prefetch_params: dict[str, Any] | None = None, handover: str = "bulk") -> None:
         self.device = torch.device(device)
+        self.handover = handover  # how the watchdog task submits while the forward thread is away
         self.cuda = self.device.type == "cuda"
         if self.cuda and not torch.cuda.is_available():
             raise EmuError("device cuda requested but torch sees no CUDA device", key="--device")
@@ -172,10 +173,10 @@ class ExpertOffload:
         """An empty cache and zero counters (after warm-up, so a measured run starts cold like the emulator)."""
         bridge = CacheBridge(self.n_layers, self.n_experts, self.top_k, self.n_slots, self.eviction,
                              self.eviction_params, self.seed, self.prefetch, self.prefetch_params)
-        if not bridge.prefetching:
+        if not bridge.prefetching or (self.watchdog is not None and self.watchdog.handover != self.handover):
             self.close()
-        elif self.watchdog is None:
-            self.watchdog = PrefetchWatchdog(_SlotCopier(self))
+        if bridge.prefetching and self.watchdog is None:
+            self.watchdog = PrefetchWatchdog(_SlotCopier(self), self.handover)
             self.watchdog.start()
         with self._locked():
             if self.watchdog is not None:

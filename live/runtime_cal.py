@@ -12,6 +12,14 @@ once with each expert's computation replaced by zeros (`no_experts`, everything 
 
 and `apply_runtime_overheads` writes both into the profile's model entry (the expert curve is raised to
 the floor where it is below it: the runtime cannot issue an expert faster than that).
+
+A third figure, `copy_issue_s`, is the host time the forward thread spends to issue one copy through the
+runtime's own path (`ExpertOffload._copy`: copy stream made current, a wait for the slot's last reader,
+the two weight copies, an event; plus the compute stream's wait on that event), timed over a few hundred
+copies of resident experts onto their own slots. A Python runtime issues copies on the thread that
+launches the compute, so the emulator (profile key `copy_issue_s`) keeps its compute from starting
+until the host has issued the copies decided before it. Calibrations written before it have no such key
+and leave the profile's value alone.
 """
 
 from __future__ import annotations
@@ -67,9 +75,39 @@ def measure_runtime_overheads(model: Any, runtime: Any, *, vocab: int, device: A
                 raise EmuError(f"runtime calibration ({mode}) copied {runtime.copies - copies} experts; it expects "
                                "every expert resident (run it with all slots)")
             medians[mode] = statistics.median(clock.seconds()[1:])
-    return {"full_step_s": medians["full"], "no_experts_step_s": medians["no_experts"],
-            "n_layers": runtime.n_layers, "top_k": runtime.top_k, "context": prompt_len + steps // 2,
-            "prompt_len": prompt_len, "steps": steps}
+        issue = measure_copy_issue(runtime) if runtime.cuda else None
+    out = {"full_step_s": medians["full"], "no_experts_step_s": medians["no_experts"],
+           "n_layers": runtime.n_layers, "top_k": runtime.top_k, "context": prompt_len + steps // 2,
+           "prompt_len": prompt_len, "steps": steps}
+    return out if issue is None else dict(out, copy_issue_s=issue)
+
+
+def measure_copy_issue(runtime: Any, copies: int = 256, repeats: int = 3) -> float:
+    """Median host seconds per copy issued through the runtime's copy path (resident experts copied onto
+    their own slots: the same bytes, so the cache is unchanged; the counters are restored)."""
+    import time
+
+    import torch
+
+    keys = np.flatnonzero(runtime.slot_of >= 0)
+    if keys.size == 0:
+        raise EmuError("copy issue calibration: no resident expert to copy")
+    saved = (runtime.copies, runtime.bytes_h2d)
+    per_copy = []
+    for _ in range(repeats):
+        torch.cuda.synchronize(runtime.device)
+        t0 = time.perf_counter()
+        for i in range(copies):
+            key = int(keys[i % keys.size])
+            layer, expert = divmod(key, runtime.n_experts)
+            event = runtime._copy(layer, expert, int(runtime.slot_of[key]))
+            runtime.compute_stream.wait_event(event)
+        per_copy.append((time.perf_counter() - t0) / copies)
+        torch.cuda.synchronize(runtime.device)
+    for pending in runtime.pending:
+        pending.clear()
+    runtime.copies, runtime.bytes_h2d = saved
+    return float(statistics.median(per_copy))
 
 
 def derived_overheads(profile: HardwareProfile, model: ModelSpec, cal: dict[str, Any],
@@ -95,8 +133,12 @@ def apply_runtime_overheads(profile: HardwareProfile, model: ModelSpec, cal: dic
     layer, floor = derived_overheads(profile, model, cal, file)
     mc = profile.models[model.name]
     expert = {p: Curve(c.tokens, tuple(max(s, floor) for s in c.seconds)) for p, c in mc.expert.items()}
+    issue = cal.get("copy_issue_s", mc.copy_issue_s)
+    if issue is not None and (isinstance(issue, bool) or not isinstance(issue, (int, float)) or not issue >= 0):
+        raise EmuError(f"expected a non-negative number of seconds, got {issue!r}", file=file, key="copy_issue_s")
     models = dict(profile.models)
-    models[model.name] = attrs.evolve(mc, expert=expert, layer_overhead_s=layer)
+    models[model.name] = attrs.evolve(mc, expert=expert, layer_overhead_s=layer,
+                                      copy_issue_s=None if issue is None else float(issue))
     prov = dict(profile.provenance)
     prov.setdefault("runtime_calibration", {})[model.name] = dict(cal, layer_overhead_s=layer, expert_floor_s=floor)
     return attrs.evolve(profile, models=models, provenance=prov)

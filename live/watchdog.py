@@ -14,10 +14,18 @@ microsecond of Python on either thread is a microsecond of a host-paced decode s
 - present (`present`): the forward thread runs the runtime's Python and pumps the queue itself at its
   checkpoints (before each gate, after launching each expert's compute, after a fused layer): a cheap
   check (queue non-empty, last copy's event done) and the submit, with no thread switch. The task sleeps.
-- away (`away`, the state outside a pass too): the forward thread blocks in a device sync (the routing
-  readback, the end of a pass). The task wakes once and hands a worker thread (`asyncio.to_thread`) a
-  drain: wait for the engine without the GIL, submit the next prefetch the moment it is idle, repeat
-  while the forward thread is away and the queue holds prefetches.
+- away (`away`, the state outside a pass too): the forward thread has left the runtime (attention, the
+  router, the routing readback's device sync, the end of a pass). The task wakes once and, by
+  `handover`:
+  - "bulk" (default): submits every queued prefetch at once, in issue order, onto the copy stream, which
+    runs them back to back as the emulator's engine would: no decision can add a copy before the forward
+    thread's next gate, so the order is the emulator's unless that gate's demand copies find some of
+    them not started yet. One wake per layer; the per-copy wake-ups of "drain" cost the forward thread
+    ~1.7 ms per layer through the GIL on the H100 (docs/validation.md).
+  - "drain": hands a worker thread (`asyncio.to_thread`) a drain: wait for the engine without the GIL,
+    submit the next prefetch the moment it is idle, repeat while the forward thread is away.
+  While the watchdog runs, the interpreter's switch interval is cut to `SWITCH_INTERVAL_S`, so the
+  woken task gets the GIL from the forward thread within ~0.1 ms, not the default 5 ms.
 
 One re-entrant lock guards the queue and every submission; the runtime holds it while it decides a
 layer's copies, so no prefetch slips in between a gate's decision and its demand copies, and whoever
@@ -29,8 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 from typing import Any, Protocol
+
+HANDOVERS = ("bulk", "drain")
+#: the interpreter's switch interval while a watchdog runs (the default, 5 ms, would delay the task's wake)
+SWITCH_INTERVAL_S = 1e-4
 
 
 class CopyEngine(Protocol):
@@ -53,8 +66,12 @@ class WatchdogError(RuntimeError):
 class PrefetchWatchdog:
     """The queue of decided prefetch copies (key -> job, issue order) and the task that submits them."""
 
-    def __init__(self, engine: CopyEngine) -> None:
+    def __init__(self, engine: CopyEngine, handover: str = "bulk") -> None:
+        if handover not in HANDOVERS:
+            raise ValueError(f"expected a handover in {HANDOVERS}, got {handover!r}")
         self.engine = engine
+        self.handover = handover
+        self._switch_interval: float | None = None
         self.lock = threading.RLock()
         self._queue: dict[int, Any] = {}
         self.promoted = 0  # prefetches a layer needed while still queued
@@ -113,6 +130,15 @@ class PrefetchWatchdog:
                 n += 1
         return n
 
+    def submit_all(self) -> int:
+        """Submit every queued prefetch now, in issue order (the engine runs them back to back)."""
+        with self.lock:
+            n = len(self._queue)
+            for job in self._queue.values():
+                self.engine.submit(job)
+            self._queue.clear()
+        return n
+
     def clear(self) -> None:
         """Forget queued prefetches (the cache they were decided for was emptied)."""
         with self.lock:
@@ -136,7 +162,9 @@ class PrefetchWatchdog:
         try:
             while True:
                 if self._away and self._queue:
-                    if self.engine.idle():
+                    if self.handover == "bulk":
+                        self.submit_all()
+                    elif self.engine.idle():
                         self.pump()
                     else:
                         await asyncio.to_thread(self._drain)
@@ -189,6 +217,8 @@ class PrefetchWatchdog:
                 loop.run_until_complete(loop.shutdown_default_executor())
                 loop.close()
 
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL_S))
         self._thread = threading.Thread(target=main, name="prefetch-watchdog", daemon=True)
         self._thread.start()
         started.wait()
@@ -204,4 +234,7 @@ class PrefetchWatchdog:
                 loop.call_soon_threadsafe(task.cancel)
         thread.join()
         self._thread = self._task = self._loop = self._wake = None
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
+            self._switch_interval = None
         self.check()

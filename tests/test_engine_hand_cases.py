@@ -143,3 +143,23 @@ def test_copy_landing_mid_run_goes_before_higher_ids(engines, engine_name):
         assert [g[1] for g in gpu] == [w[1] for w in want]
         for g, w in zip(gpu, want):
             assert (g[0], g[2]) == pytest.approx((w[0], w[2]), abs=1e-12)
+
+
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
+def test_copy_issue_host_cost(engines, engine_name):
+    # copy_issue_s = 0.6: each copy issued at t keeps the host busy until max(busy, t) + 0.6, and a GPU
+    # job starts no earlier (a Python runtime issues copies on the thread that launches the compute).
+    # Pass 0 (4 slots, cold): L0 gate at .25 issues 0 and 1 -> host busy to 1.45; copy 0 lands 1.25, so
+    #   expert 0 runs [1.45, 1.95] (not [1.25, 1.75]); copy 1 [1.25, 2.25] -> expert 1 [2.25, 2.75].
+    #   L1: dense [2.75, 3], gate issues 2, 3 -> host to 4.2; expert 2 [4.2, 4.7]; copy 3 lands 5 ->
+    #   [5, 5.5]: the pass still ends at 5.5 (the host cost hid behind the copies but for expert 0).
+    # Pass 1, L0 needs {0, 2}: 0 hits, 2 misses (evicts expert 1, the LRU one) -> host busy 5.75 -> 6.35:
+    #   the hit runs [6.35, 6.85] instead of [5.75, 6.25]; copy 2 [5.75, 6.75]; expert 2 [6.85, 7.35];
+    #   L1 dense [7.35, 7.6], hits [7.6, 8.1], [8.1, 8.6]. Without the cost the run ends at 8.5.
+    trace = make_trace([[[[0, 1], [2, 3]]], [[[0, 2], [2, 3]]]])
+    r, _ = run(engines[engine_name], trace, slots=4, copy_issue_s=0.6)
+    assert r["ttft_s"] == pytest.approx(5.5, abs=1e-9)
+    assert r["e2e_s"] == pytest.approx(8.6, abs=1e-9)
+    base, _ = run(engines[engine_name], trace, slots=4)
+    assert base["e2e_s"] == pytest.approx(8.5, abs=1e-9)
+    assert (r["hits"], r["misses_compulsory"], r["evictions"]) == (base["hits"], 5, base["evictions"])

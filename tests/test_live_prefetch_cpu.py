@@ -109,7 +109,9 @@ def test_prefetch_leaves_the_logits_bit_for_bit(kernel: str, slots: int, stall: 
     impl = "eager" if kernel == "eager" else None
     ref = build_model("olmoe-1b-7b", "tiny", n_layers=LAYERS, dtype="fp32", seed=8, experts_implementation=impl)
     off = build_model("olmoe-1b-7b", "tiny", n_layers=LAYERS, dtype="fp32", seed=8, experts_implementation=impl)
-    rt = ExpertOffload(off, slots, eviction="lru", prefetch="next-layer", kernel=kernel)
+    # stalled: the "drain" handover submits only to an idle engine ("bulk" submits at every hand-over)
+    rt = ExpertOffload(off, slots, eviction="lru", prefetch="next-layer", kernel=kernel,
+                       handover="drain" if stall else "bulk")
     if stall:
         rt.watchdog.engine.idle = _NeverIdle.idle
         rt.watchdog.engine.wait_idle = _NeverIdle.wait_idle

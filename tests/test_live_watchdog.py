@@ -77,7 +77,7 @@ async def watching(wd: PrefetchWatchdog):
 @pytest.mark.asyncio
 async def test_prefetches_wait_while_the_engine_is_busy_then_go_one_at_a_time_in_issue_order() -> None:
     eng = FakeEngine()
-    wd = PrefetchWatchdog(eng)
+    wd = PrefetchWatchdog(eng, handover="drain")
     async with watching(wd):
         wd.demand("d0")
         wd.enqueue(1, "p1")
@@ -96,7 +96,7 @@ async def test_prefetches_wait_while_the_engine_is_busy_then_go_one_at_a_time_in
 @pytest.mark.asyncio
 async def test_a_later_demand_copy_goes_before_queued_prefetches() -> None:
     eng = FakeEngine()
-    wd = PrefetchWatchdog(eng)
+    wd = PrefetchWatchdog(eng, handover="drain")
     async with watching(wd):
         wd.demand("d0")
         wd.enqueue(1, "p1")
@@ -112,7 +112,7 @@ async def test_a_later_demand_copy_goes_before_queued_prefetches() -> None:
 @pytest.mark.asyncio
 async def test_a_needed_queued_prefetch_is_promoted_and_submitted_at_once() -> None:
     eng = FakeEngine()
-    wd = PrefetchWatchdog(eng)
+    wd = PrefetchWatchdog(eng, handover="drain")
     async with watching(wd):
         wd.demand("d0")
         for k in (1, 2, 3):
@@ -131,13 +131,14 @@ async def test_a_needed_queued_prefetch_is_promoted_and_submitted_at_once() -> N
 @pytest.mark.asyncio
 async def test_with_synchronous_copies_the_queue_drains_in_issue_order() -> None:
     eng = SyncEngine()
-    wd = PrefetchWatchdog(eng)
+    wd = PrefetchWatchdog(eng, handover="drain")
     async with watching(wd):
         for k in (5, 3, 8):
             wd.enqueue(k, k)
         await until(lambda: len(eng.log) == 3)
     assert eng.log == [5, 3, 8]
-    wd2 = PrefetchWatchdog(SyncEngine())  # pump alone (the gate's call) does the same without the task
+    # pump alone (the gate's call) does the same without the task
+    wd2 = PrefetchWatchdog(SyncEngine(), handover="drain")
     for k in (4, 1):
         wd2.enqueue(k, k)
     assert wd2.pump() == 2 and wd2.engine.log == [4, 1]
@@ -146,7 +147,7 @@ async def test_with_synchronous_copies_the_queue_drains_in_issue_order() -> None
 @pytest.mark.asyncio
 async def test_cancel_stops_the_task_and_clear_forgets_the_queue() -> None:
     eng = FakeEngine()
-    wd = PrefetchWatchdog(eng)
+    wd = PrefetchWatchdog(eng, handover="drain")
     task = asyncio.create_task(wd.run())
     await settle()  # waiting on an empty queue
     wd.demand("d0")
@@ -164,7 +165,7 @@ async def test_cancel_stops_the_task_and_clear_forgets_the_queue() -> None:
 @pytest.mark.asyncio
 async def test_an_exception_in_a_submit_is_kept_and_raised_by_check() -> None:
     eng = FakeEngine(fail_on="bad")
-    wd = PrefetchWatchdog(eng)
+    wd = PrefetchWatchdog(eng, handover="drain")
     task = asyncio.create_task(wd.run())
     wd.enqueue(1, "bad")
     with pytest.raises(ValueError, match="cannot copy bad"):
@@ -176,7 +177,7 @@ async def test_an_exception_in_a_submit_is_kept_and_raised_by_check() -> None:
 
 def test_the_thread_runs_beside_the_caller_and_stops_cleanly() -> None:
     eng = FakeEngine()
-    wd = PrefetchWatchdog(eng)
+    wd = PrefetchWatchdog(eng, handover="drain")
     wd.start()
     try:
         assert wd.running
@@ -197,7 +198,7 @@ def test_the_thread_runs_beside_the_caller_and_stops_cleanly() -> None:
 
 
 def test_a_failure_in_the_thread_surfaces_in_the_callers_thread() -> None:
-    wd = PrefetchWatchdog(SyncEngine(fail_on="bad"))
+    wd = PrefetchWatchdog(SyncEngine(fail_on="bad"), handover="drain")
     wd.start()
     wd.enqueue(1, "bad")
     deadline = time.monotonic() + 3.0
@@ -213,7 +214,7 @@ def test_a_failure_in_the_thread_surfaces_in_the_callers_thread() -> None:
 @pytest.mark.asyncio
 async def test_while_the_forward_thread_is_present_it_pumps_and_the_task_stays_asleep() -> None:
     eng = FakeEngine()
-    wd = PrefetchWatchdog(eng)
+    wd = PrefetchWatchdog(eng, handover="drain")
     async with watching(wd):
         wd.present()  # the forward thread pumps at its checkpoints from here
         wd.demand("d0")
@@ -233,7 +234,7 @@ async def test_while_the_forward_thread_is_present_it_pumps_and_the_task_stays_a
 @pytest.mark.asyncio
 async def test_the_task_drains_while_away_and_stops_when_the_forward_thread_is_back() -> None:
     eng = FakeEngine()
-    wd = PrefetchWatchdog(eng)
+    wd = PrefetchWatchdog(eng, handover="drain")
     async with watching(wd):
         wd.demand("d0")
         for k in (1, 2, 3):
@@ -259,7 +260,48 @@ def test_pump_with_an_empty_queue_does_not_ask_the_engine() -> None:
             return super().idle()
 
     eng = Counting()
-    wd = PrefetchWatchdog(eng)
+    wd = PrefetchWatchdog(eng, handover="drain")
     assert wd.pump() == 0 and eng.asked == 0
     wd.enqueue(1, "p1")
     assert wd.pump() == 1 and eng.asked >= 1 and eng.log == ["p1"]
+
+
+@pytest.mark.asyncio
+async def test_bulk_handover_submits_the_whole_queue_in_issue_order_only_when_away() -> None:
+    eng = FakeEngine()
+    wd = PrefetchWatchdog(eng)  # handover="bulk" is the default
+    async with watching(wd):
+        wd.present()  # the forward thread pumps: the task must leave the queue alone
+        wd.demand("d0")
+        for k in (3, 1, 2):
+            wd.enqueue(k, f"p{k}")
+        await settle()
+        assert eng.log == ["d0"] and len(wd) == 3  # the engine is busy and the forward thread is present
+        wd.away()  # it leaves the runtime: everything queued goes at once, busy engine or not
+        await until(lambda: len(wd) == 0)
+        assert eng.log == ["d0", "p3", "p1", "p2"]
+        wd.present()
+        wd.enqueue(4, "p4")
+        wd.demand("d1")  # the next gate's demand copy goes before the prefetch still queued
+        await settle()
+        assert eng.log[-1] == "d1" and len(wd) == 1
+        eng.land()
+        assert wd.pump() == 1 and eng.log[-1] == "p4"
+
+
+def test_the_watchdog_cuts_the_switch_interval_while_it_runs_and_restores_it() -> None:
+    import sys
+
+    before = sys.getswitchinterval()
+    wd = PrefetchWatchdog(SyncEngine())
+    wd.start()
+    try:
+        assert sys.getswitchinterval() <= 1e-4 + 1e-12
+    finally:
+        wd.stop()
+    assert sys.getswitchinterval() == before
+
+
+def test_an_unknown_handover_is_refused() -> None:
+    with pytest.raises(ValueError, match="handover"):
+        PrefetchWatchdog(SyncEngine(), handover="later")

@@ -137,6 +137,31 @@ def test_runtime_overheads_derivation() -> None:
         derived_overheads(profile, spec, dict(cal, full_step_s=-1.0), file="cal.json")
 
 
+def test_copy_issue_cost_from_the_runtime_calibration_slows_copying_runs_only(tmp_path: Path) -> None:
+    """`copy_issue_s` reaches the emulator through the runtime calibration: a run that copies (OLMoE
+    25%, ~80 copies per step, host-paced) decodes slower; at 100% the few copies are compulsory misses the
+    compute waits for anyway, so the decode does not change; a bad value names the key."""
+    cal = json.loads((GOLDEN / "olmoe_runtime_cal.json").read_text())
+    assert "copy_issue_s" not in cal  # written before the figure existed: the profile's value (0) stands
+    profile = load_profile(PROFILE)
+    spec = get_preset("olmoe-1b-7b")
+    assert apply_runtime_overheads(profile, spec, cal).models[spec.name].copy_issue_s is None
+    assert apply_runtime_overheads(profile, spec, dict(cal, copy_issue_s=1e-4)).models[spec.name].copy_issue_s == 1e-4
+    with pytest.raises(EmuError, match="copy_issue_s"):
+        apply_runtime_overheads(profile, spec, dict(cal, copy_issue_s=-1.0), file="cal.json")
+    runs = [GOLDEN / "olmoe_25pct_lru.json", GOLDEN / "olmoe_100pct_lru.json"]
+    cal_path = GOLDEN / "olmoe_runtime_cal.json"
+    base = {v.tag: v for v in validate_dir(runs, PROFILE, [cal_path])}
+    issue_path = tmp_path / "olmoe_runtime_cal.json"
+    issue_path.write_text(json.dumps(dict(cal, copy_issue_s=1e-4)))
+    slow = {v.tag: v for v in validate_dir(runs, PROFILE, [issue_path])}
+    b25, s25 = base["olmoe_25pct_lru"], slow["olmoe_25pct_lru"]
+    assert s25.metric("decode_tok_s").emulated < 0.95 * b25.metric("decode_tok_s").emulated
+    assert s25.emu_counts == b25.emu_counts
+    assert slow["olmoe_100pct_lru"].metric("decode_tok_s").emulated == pytest.approx(
+        base["olmoe_100pct_lru"].metric("decode_tok_s").emulated, rel=1e-9)
+
+
 def test_load_live_run_rejects_bad_records(tmp_path: Path) -> None:
     src = GOLDEN / "mixtral_5pct_lru.json"
     rec = json.loads(src.read_text())

@@ -50,7 +50,9 @@ from .state import (
     FC_GATE_T,
     FC_GPU_BUSY,
     FC_GPU_DUR,
+    FC_HOST_FREE,
     FC_IDLE_T,
+    FC_ISSUE_S,
     FC_PRE_S,
     IN_FLIGHT,
     JOB_CHAIN,
@@ -284,6 +286,10 @@ def _start_copy_entry(pk, cs, tv, key: int, prec: int, prio: int, t: float) -> N
     cs.copy_prio[key] = prio
     cs.copy_seq[key] = seq
     _queue_push(cs, prio, seq, key)
+    issue_s = cs.fc[FC_ISSUE_S]
+    if issue_s > 0.0:  # a host-paced runtime issues copies on the thread that launches the compute
+        host = cs.fc[FC_HOST_FREE]
+        cs.fc[FC_HOST_FREE] = (host if host > t else t) + issue_s
     cs.sc[SC_CLOCK] += 1
     pk.event(pk.s_evict, cs, tv, EV_INSERT, key, t)
 
@@ -504,7 +510,16 @@ def _pass_times(cs, tm, tv, p: int) -> None:
 
 
 @njit(cache=True, inline="always")
+def _host_wait(cs, t: float) -> float:
+    """How long a GPU job started at t waits for the host to finish issuing copies (profile
+    `copy_issue_s`): the job's duration grows by it, as if launched once the host is free."""
+    host = cs.fc[FC_HOST_FREE]
+    return host - t if host > t else 0.0
+
+
+@njit(cache=True, inline="always")
 def _start_gpu(cs, job: int, dur: float, t: float) -> None:
+    dur += _host_wait(cs, t)
     cs.sc[SC_GPU_JOB] = job
     cs.sc[SC_GPU_NEW] = 1
     cs.chain_job[0] = job
@@ -530,6 +545,7 @@ def _chain(pk, cs, tm, tv, i: int, dur: float, t: float) -> None:
     `previous end + duration`, as separate instants would; the instants between are skipped, and
     `_gpu_done` finishes the members when the chain ends. One member is a plain job.
     """
+    dur += _host_wait(cs, t)
     n = cs.sc[SC_NCUR]
     cur_state = cs.cur_state
     cur_where = cs.cur_where

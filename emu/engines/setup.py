@@ -13,7 +13,7 @@ from ..policies.registry import get_policy
 from ..profile import HardwareProfile, cpu_expert_curve, dense_table, expert_curve
 from ..trace import RoutingTrace
 from .stack import Stack
-from .state import Timing, TraceView, new_cache_state
+from .state import FC_ISSUE_S, Timing, TraceView, new_cache_state
 
 #: precision index 0 is the model's own precision; the others follow in this order.
 PRECISION_ORDER = ("bf16", "fp16", "fp8", "int8", "int4", "int2")
@@ -102,6 +102,12 @@ def timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ..
                   np.array([pass_oh, layer_oh, float(model.n_dense_layers)]))
 
 
+def copy_issue_seconds(profile: HardwareProfile, model: ModelSpec) -> float:
+    """Host time to issue one copy: the model's measured value (a runtime calibration), else the profile's."""
+    mc = profile.models.get(model.name)
+    return mc.copy_issue_s if mc is not None and mc.copy_issue_s is not None else profile.compute.copy_issue_s
+
+
 def make_inputs(model: ModelSpec, profile: HardwareProfile, trace: RoutingTrace, capacity_bytes: int,
                 stack: StackChoice, seed: int = 0) -> SimInputs:
     precisions = precisions_for(model)
@@ -117,6 +123,7 @@ def fresh_state(inputs: SimInputs) -> tuple[Any, Any]:
     cs = new_cache_state(model.n_moe_layers, model.n_experts, model.top_k, inputs.trace.n_passes,
                          inputs.capacity_bytes, prec_bytes, inputs.profile.copy.h2d_engines,
                          dense_rows=inputs.tm.d_tok.shape[0])
+    cs.fc[FC_ISSUE_S] = copy_issue_seconds(inputs.profile, model)
     ctx = PolicyContext(n_layers=model.n_moe_layers, n_experts=model.n_experts, top_k=model.top_k,
                         capacity_bytes=inputs.capacity_bytes, expert_bytes=int(prec_bytes[0]),
                         prec_bytes=prec_bytes, trace=inputs.tv, seed=inputs.seed,
