@@ -9,14 +9,16 @@ Each configuration writes the recorded trace (`<tag>.npz`) and the same JSON rec
 Prefetch: each (cache, eviction) below 100% runs once per prefetch policy of `--prefetch` (default none
 and next-layer); a prefetching run's tag ends in `_<policy>` (none keeps the old tags).
 
-Rounds: the host's pace drifts by 10-25% between identical runs on the H100 machines, so every
+Rounds: the host's pace drifts by 10-50% between identical runs on the H100 machines, so every
 configuration runs `--rounds` times (default 3), interleaved (each round starts at another
-configuration), each round after its own runtime calibration. A record keeps round 0's trace and counts
-(the routing is forced, so every round replays the same) and, as `ttft_s` / `decode_tok_s`, the best
-of its rounds (fastest cold prefill, fastest decode); the runtime calibration keeps its fastest steps.
-Interference from the shared host only ever slows a run down, and it switches between two paces at
-random (OLMoE's 100% decode step: ~50 or ~75 ms), so the best of a few rounds estimates the machine's
-own pace; the medians are recorded beside them (`*_median*`, `emu validate --statistic median`).
+configuration), and every run right after its own runtime calibration (`runtime_cal_rounds`: the pace
+holds for tens of seconds, then may switch between two levels, OLMoE's 100% decode step ~48 or ~70 ms).
+A record keeps round 0's trace and counts (the routing is forced, so every round replays the same);
+per round its TTFT (`ttft_rounds_s`, fastest cold prefill of the round) and decode rate
+(`decode_tok_s_rounds`); as `ttft_s` / `decode_tok_s` the best of its rounds and beside them the medians.
+`emu validate --statistic paired` emulates each round with the calibration taken right before it;
+`best` and `median` compare with the model-level calibrations (`<model>_runtime_cal*.json`: the fastest
+and the median of all calibrations of a prefetch policy).
 
 Usage (on the GPU): `python -m live.matrix OUTDIR [--only olmoe|mixtral] [--prefetch none --prefetch next-layer]`.
 """
@@ -49,7 +51,7 @@ OLMOE_PROMPT, MIXTRAL_PROMPT, DECODE = 256, 256, 64
 MIXTRAL_LAYERS = 8
 TTFT_REPEATS = 1  # extra cold prefills per run (a prefill is one sample)
 ROUNDS = 3
-CAL_STEPS = 32
+CAL_STEPS = 16  # decode steps per runtime calibration mode (one calibration before every run)
 MIXTRAL_TRACE = "scenarios/traces/mixtral8x7b_gsm8k.npz"
 
 
@@ -224,17 +226,21 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
     runs: dict[tuple[float, str, str], list[Any]] = {c: [] for c in configs}
     ttfts: dict[tuple[float, str, str], list[float]] = {c: [] for c in configs}
     cals: dict[str, list[dict[str, Any]]] = {pf: [] for pf in prefetches}
+    paired: dict[tuple[float, str, str], list[dict[str, Any]]] = {c: [] for c in configs}
     for r in range(rounds):
-        for pf in prefetches:  # a prefetching runtime does more host work per layer (speculator, watchdog)
-            reconfigure(runtime, n_keys, "lru", "eager", pf)
-            if pf != "none":  # every expert resident: the zeroed-experts replay predicts from other hidden states
-                runtime.preload()
-            cals[pf].append(measure_runtime_overheads(model, runtime, vocab=shape.vocab, device=dev,
-                                                      prompt_len=MIXTRAL_PROMPT, steps=CAL_STEPS))
-            print(f"{name} round {r} runtime calibration ({pf}): {cals[pf][-1]} [{time.time() - t0:.0f}s]",
-                  flush=True)
         shift = r * len(configs) // rounds  # each round starts elsewhere: drift of the host's pace hits all alike
         for i, (frac, ev, pf) in enumerate(configs[shift:] + configs[:shift]):
+            # the runtime calibration right before the run it is paired with (the host's pace holds for tens
+            # of seconds, then may switch): same prefetch policy (a prefetching runtime does more host work
+            # per layer), every expert resident (preloaded when prefetching: the zeroed-experts replay
+            # predicts from other hidden states)
+            reconfigure(runtime, n_keys, "lru", "eager", pf)
+            if pf != "none":
+                runtime.preload()
+            cal = measure_runtime_overheads(model, runtime, vocab=shape.vocab, device=dev,
+                                            prompt_len=MIXTRAL_PROMPT, steps=CAL_STEPS)
+            cals[pf].append(cal)
+            paired[(frac, ev, pf)].append(cal)
             reconfigure(runtime, slots_for(frac, n_keys), ev, "eager", pf)
             res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
                            warmup_passes=3, rehearse=cuda and r == 0 and i == 0, model_name=spec.name)
@@ -243,8 +249,8 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
                                 n=TTFT_REPEATS, seed=1 + r)
             ttfts[(frac, ev, pf)] += [res.ttft_s, *reps]
             print(f"  round {r} {_tag(name, frac, ev, pf)}: TTFT {res.ttft_s * 1e3:.1f} ms, decode "
-                  f"{res.decode_tok_s:.2f} tok/s, hit {res.stats.hit_rate:.3f}, copies {res.stats.copies} "
-                  f"[{time.time() - t0:.0f}s]", flush=True)
+                  f"{res.decode_tok_s:.2f} tok/s, hit {res.stats.hit_rate:.3f}, copies {res.stats.copies}; "
+                  f"calibration full step {cal['full_step_s'] * 1e3:.1f} ms [{time.time() - t0:.0f}s]", flush=True)
     for pf, measured in cals.items():
         full, bare = [c["full_step_s"] for c in measured], [c["no_experts_step_s"] for c in measured]
         cal = dict(measured[0], full_step_s=min(full), no_experts_step_s=min(bare), statistic="best of rounds",
@@ -267,6 +273,9 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
                 extra=dict(common, rounds=len(results),
                            rehearsed="once per model (round 0, first configuration)" if cuda else False,
                            ttft_samples_s=ttfts[(frac, ev, pf)],
+                           ttft_rounds_s=[min(ttfts[(frac, ev, pf)][k: k + 1 + TTFT_REPEATS])
+                                          for k in range(0, len(ttfts[(frac, ev, pf)]), 1 + TTFT_REPEATS)],
+                           runtime_cal_rounds=paired[(frac, ev, pf)],
                            ttft_first_s=first.ttft_s, ttft_s=min(ttfts[(frac, ev, pf)]),
                            ttft_median_s=float(np.median(ttfts[(frac, ev, pf)])), statistic="best of rounds",
                            decode_tok_s_rounds=rates, decode_tok_s=max(rates),

@@ -173,7 +173,7 @@ class Validation:
         return self.live_counts == self.emu_counts and self.live_prefetch[:3] == self.emu_prefetch[:3]
 
 
-STATISTICS = ("best", "median")
+STATISTICS = ("best", "median", "paired")
 
 
 def measured(record: dict[str, Any], key: str, statistic: str = "best") -> float:
@@ -204,6 +204,36 @@ def validate_run(run: LiveRun, profile: HardwareProfile, engine: str = "fast",
         emu_pf = tuple(int(c[b]) for _, b in PREFETCH_COUNTS)
     return Validation(run.tag, metrics, (int(st["hits"]), int(st["accesses"]), int(st["copies"])),
                       (int(c["hits"]), int(c["accesses"]), int(c["copies"])), prefetch, live_pf, emu_pf)
+
+
+def validate_paired(run: LiveRun, profile: HardwareProfile, engine: str = "fast") -> Validation:
+    """Each round emulated with the runtime calibration taken right before it (`live.matrix` records
+    `runtime_cal_rounds`) against that round's own TTFT and decode rate; per timed metric the round whose
+    error is the median of the rounds' is reported (the other metrics and counts: round 0, whose trace it is)."""
+    from .runtime_cal import apply_runtime_overheads
+
+    rec = run.record
+    cals, ttfts, rates = rec.get("runtime_cal_rounds"), rec.get("ttft_rounds_s"), rec.get("decode_tok_s_rounds")
+    if not isinstance(cals, list) or not cals or not isinstance(ttfts, list) or not isinstance(rates, list) \
+            or not len(cals) == len(ttfts) == len(rates):
+        raise EmuError("a paired validation needs one runtime calibration, TTFT and decode rate per round "
+                       "(records of `python -m live.matrix` since the calibration before every run)",
+                       file=run.path, key="runtime_cal_rounds")
+    spec = live_model(run, profile)
+    rounds = []
+    for cal, ttft, rate in zip(cals, ttfts, rates):
+        if not isinstance(cal, dict):
+            raise EmuError("expected a calibration object per round", file=run.path, key="runtime_cal_rounds")
+        prof = apply_runtime_overheads(profile, spec, cal, file=run.path)
+        rounds.append(validate_run(attrs.evolve(run, record=dict(rec, ttft_s=ttft, decode_tok_s=rate)), prof, engine))
+    metrics = []
+    for i, name in enumerate(METRICS):
+        if name in TIMED:
+            by_error = sorted(rounds, key=lambda v: v.metric(name).error)
+            metrics.append(by_error[len(by_error) // 2].metric(name))
+        else:
+            metrics.append(rounds[0].metrics[i])
+    return attrs.evolve(rounds[0], metrics=tuple(metrics))
 
 
 def error_summary(validations: list[Validation]) -> dict[str, tuple[float, float]]:

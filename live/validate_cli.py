@@ -36,9 +36,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="runtime calibration JSON (repeatable; one per model)")
     p.add_argument("--no-runtime-cal", action="store_true", help="ignore runtime calibrations found in DIR")
     p.add_argument("--engine", choices=("fast", "des"), default="fast")
-    p.add_argument("--statistic", choices=("best", "median"), default="best",
+    p.add_argument("--statistic", choices=("best", "median", "paired"), default="best",
                    help="which of a record's repeated measurements to compare: the best round (as recorded) or the "
-                        "median of its rounds, with the runtime calibration's matching steps")
+                        "median of its rounds, with the runtime calibration's matching steps; or paired: each round "
+                        "emulated with the calibration taken right before it, the round of median error shown")
     p.add_argument("--out", type=Path, default=None, help="write the comparison as JSON here")
     live = p.add_argument_group("live run (without --from-live)")
     live.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
@@ -135,13 +136,16 @@ def validate_dir(records: list[Path], profile_path: Path, cal_paths: list[Path],
     from emu.profile import load_profile
 
     from .runtime_cal import apply_runtime_overheads
-    from .validate import live_model, load_live_run, validate_run
+    from .validate import live_model, load_live_run, validate_paired, validate_run
 
     base = load_profile(profile_path)
     cals = load_runtime_cals(cal_paths)
     out = []
     for path in records:
         run_ = load_live_run(path)
+        if statistic == "paired":  # the record's own calibration per round
+            out.append(validate_paired(run_, base, engine))
+            continue
         spec = live_model(run_, base)
         profile = base
         # the calibration of a runtime with the run's prefetch policy, else the one without prefetch

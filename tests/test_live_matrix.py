@@ -110,8 +110,12 @@ def test_the_matrix_runs_rounds_and_records_medians(tmp_path, monkeypatch) -> No
         assert rec["stats_equal_across_rounds"] is True  # forced routing: every round replays the same
         assert rec["slots"] == matrix.slots_for(0.25 if "25pct" in tag else 1.0, 16)  # the run's, not the last's
         assert rec["prefetch"] == ("next-layer" if tag.endswith("next_layer") else "none")
-    for suffix in ("", "_next_layer"):
+        # paired: one runtime calibration per run, taken right before it, and each round's own TTFT
+        assert len(rec["runtime_cal_rounds"]) == 3 and all(c["full_step_s"] > 0 for c in rec["runtime_cal_rounds"])
+        per = 1 + matrix.TTFT_REPEATS
+        assert rec["ttft_rounds_s"] == [min(rec["ttft_samples_s"][k * per: (k + 1) * per]) for k in range(3)]
+    for suffix, runs in (("", 2), ("_next_layer", 1)):  # model level: every calibration of the policy
         cal = json.loads((tmp_path / f"mixtral_runtime_cal{suffix}.json").read_text())
-        assert len(cal["rounds"]) == 3
+        assert len(cal["rounds"]) == 3 * runs
         assert cal["full_step_s"] == min(r["full_step_s"] for r in cal["rounds"])
-        assert cal["full_step_median_s"] == sorted(r["full_step_s"] for r in cal["rounds"])[1]
+        assert cal["full_step_median_s"] == float(np.median([r["full_step_s"] for r in cal["rounds"]]))
