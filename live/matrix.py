@@ -207,7 +207,7 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
     from .models import build_model, live_spec
     from .offload import ExpertOffload
     from .runner import run_live
-    from .runtime_cal import measure_runtime_overheads
+    from .runtime_cal import host_pace, measure_runtime_overheads
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -237,13 +237,18 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
             reconfigure(runtime, n_keys, "lru", "eager", pf)
             if pf != "none":
                 runtime.preload()
+            pace0 = host_pace(dev)
             cal = measure_runtime_overheads(model, runtime, vocab=shape.vocab, device=dev,
                                             prompt_len=MIXTRAL_PROMPT, steps=CAL_STEPS)
-            cals[pf].append(cal)
-            paired[(frac, ev, pf)].append(cal)
+            pace1 = host_pace(dev)
             reconfigure(runtime, slots_for(frac, n_keys), ev, "eager", pf)
             res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
                            warmup_passes=3, rehearse=cuda and r == 0 and i == 0, model_name=spec.name)
+            pace2 = host_pace(dev)
+            # the host's pace around the calibration and around the run (live.runtime_cal.host_pace)
+            cal = dict(cal, pace_s=(pace0 + pace1) / 2, run_pace_s=(pace1 + pace2) / 2)
+            cals[pf].append(cal)
+            paired[(frac, ev, pf)].append(cal)
             runs[(frac, ev, pf)].append(res)
             reps = ttft_repeats(model, runtime, res.trace, plans[0].prompt_len, vocab=shape.vocab, device=dev,
                                 n=TTFT_REPEATS, seed=1 + r)

@@ -82,6 +82,29 @@ def measure_runtime_overheads(model: Any, runtime: Any, *, vocab: int, device: A
     return out if issue is None else dict(out, copy_issue_s=issue)
 
 
+def host_pace(device: Any, launches: int = 200, repeats: int = 5) -> float:
+    """Median seconds per tiny tensor op launched from Python: a probe of the host's pace (interpreter,
+    torch dispatch, the driver's launch path: the work that sets a host-paced decode step), taken around
+    calibrations and runs to see whether the pace they ran at differed."""
+    import time
+
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
+    x = torch.zeros(1, device=device)
+    samples = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(launches):
+            x = x + 1
+        if cuda:
+            torch.cuda.synchronize(device)
+        samples.append((time.perf_counter() - t0) / launches)
+    return float(statistics.median(samples))
+
+
 def measure_copy_issue(runtime: Any, copies: int = 256, repeats: int = 3) -> float:
     """Median host seconds per copy issued through the runtime's copy path (resident experts copied onto
     their own slots: the same bytes, so the cache is unchanged; the counters are restored)."""
