@@ -112,6 +112,7 @@ def test_the_matrix_runs_rounds_and_records_medians(tmp_path, monkeypatch) -> No
         assert rec["prefetch"] == ("next-layer" if tag.endswith("next_layer") else "none")
         # paired: one runtime calibration per run, taken right before it, and each round's own TTFT
         assert len(rec["runtime_cal_rounds"]) == 3 and all(c["full_step_s"] > 0 for c in rec["runtime_cal_rounds"])
+        assert all(c["pace_s"] > 0 and c["run_pace_s"] > 0 for c in rec["runtime_cal_rounds"])  # host_pace probes
         per = 1 + matrix.TTFT_REPEATS
         assert rec["ttft_rounds_s"] == [min(rec["ttft_samples_s"][k * per: (k + 1) * per]) for k in range(3)]
     for suffix, runs in (("", 2), ("_next_layer", 1)):  # model level: every calibration of the policy

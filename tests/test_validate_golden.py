@@ -325,3 +325,26 @@ def test_paired_needs_a_calibration_per_round() -> None:
     with pytest.raises(EmuError, match="one runtime calibration") as err:
         validate_paired(load_live_run(BULK / "olmoe_5pct_lru.json"), load_profile(BULK / "h100-lease.toml"))
     assert "runtime_cal_rounds" in str(err.value)
+
+
+# --- the current runtime, both models, paired (paired_pace/: OLMoE, paired_pace_mixtral/: Mixtral-8L,
+# --- each its own lease and profile; a host_pace probe around every calibration and run) ------------
+def test_current_runtime_matrix_paired() -> None:
+    """20 configurations, each round emulated with the calibration taken right before it. Measured:
+    TTFT median 2.7%, max 17.4%; decode median 3.1%, max 25.5% (without prefetch 2.7% / 10.5%). The
+    medians meet the issue's 5%; the maxima do not (single runs of host-paced decode vary by +-25%)."""
+    olmoe = _lease(GOLDEN / "paired_pace", "paired")
+    mixtral = _lease(GOLDEN / "paired_pace_mixtral", "paired")
+    vals = olmoe + mixtral
+    assert len(olmoe) == len(mixtral) == 10
+    summary = error_summary(vals)
+    assert summary["ttft_s"][0] <= 0.05 and summary["decode_tok_s"][0] <= 0.05
+    assert summary["ttft_s"][1] <= 0.20 and summary["decode_tok_s"][1] <= 0.30
+    assert error_summary([v for v in vals if v.prefetch == "none"])["decode_tok_s"][1] <= 0.12
+    # bulk hand-over in a copy-bound regime (Mixtral 25%, 6.4 ms per copy): prefetches submitted at the
+    # hand-over are still on the stream at the next gate, whose demand copies the emulator puts first
+    differ = sorted(v.tag for v in vals if not v.counts_equal)
+    assert differ == ["mixtral_25pct_least_stale_next_layer", "mixtral_25pct_lru_next_layer"]
+    for rec in (GOLDEN / "paired_pace").glob("olmoe_*pct*.json"):
+        cals = json.loads(rec.read_text())["runtime_cal_rounds"]
+        assert all(c["pace_s"] > 0 and c["run_pace_s"] > 0 for c in cals)
