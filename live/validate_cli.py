@@ -36,10 +36,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="runtime calibration JSON (repeatable; one per model)")
     p.add_argument("--no-runtime-cal", action="store_true", help="ignore runtime calibrations found in DIR")
     p.add_argument("--engine", choices=("fast", "des"), default="fast")
-    p.add_argument("--statistic", choices=("best", "median", "paired"), default="best",
+    p.add_argument("--statistic", choices=("auto", "best", "median", "paired"), default="auto",
                    help="which of a record's repeated measurements to compare: the best round (as recorded) or the "
                         "median of its rounds, with the runtime calibration's matching steps; or paired: each round "
-                        "emulated with the calibration taken right before it, the round of median error shown")
+                        "emulated with the calibration taken right before it, the round of median error shown; "
+                        "auto (default): paired for records that hold a calibration per round, else best")
     p.add_argument("--out", type=Path, default=None, help="write the comparison as JSON here")
     live = p.add_argument_group("live run (without --from-live)")
     live.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
@@ -131,7 +132,7 @@ def load_runtime_cals(paths: list[Path]) -> dict[tuple[str, str], dict[str, Any]
 
 
 def validate_dir(records: list[Path], profile_path: Path, cal_paths: list[Path], engine: str = "fast",
-                 statistic: str = "best") -> list[Any]:
+                 statistic: str = "auto") -> list[Any]:
     """Every run validated against the profile, with the runtime calibration of its model applied."""
     from emu.profile import load_profile
 
@@ -143,7 +144,8 @@ def validate_dir(records: list[Path], profile_path: Path, cal_paths: list[Path],
     out = []
     for path in records:
         run_ = load_live_run(path)
-        if statistic == "paired":  # the record's own calibration per round
+        if statistic == "paired" or (statistic == "auto" and "runtime_cal_rounds" in run_.record):
+            # the record's own calibration per round
             out.append(validate_paired(run_, base, engine))
             continue
         spec = live_model(run_, base)
@@ -157,7 +159,7 @@ def validate_dir(records: list[Path], profile_path: Path, cal_paths: list[Path],
                 if "copy_issue_median_s" in cal:
                     cal["copy_issue_s"] = cal["copy_issue_median_s"]
             profile = apply_runtime_overheads(base, spec, cal, file=cal["file"])
-        out.append(validate_run(run_, profile, engine, statistic))
+        out.append(validate_run(run_, profile, engine, "best" if statistic == "auto" else statistic))
     return out
 
 

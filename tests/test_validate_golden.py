@@ -335,6 +335,7 @@ def test_current_runtime_matrix_paired() -> None:
     medians meet the issue's 5%; the maxima do not (single runs of host-paced decode vary by +-25%)."""
     olmoe = _lease(GOLDEN / "paired_pace", "paired")
     mixtral = _lease(GOLDEN / "paired_pace_mixtral", "paired")
+    assert _lease(GOLDEN / "paired_pace", "auto") == olmoe  # the default picks paired for such records
     vals = olmoe + mixtral
     assert len(olmoe) == len(mixtral) == 10
     summary = error_summary(vals)
