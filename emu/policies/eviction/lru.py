@@ -49,7 +49,7 @@ def _append(links, key: int) -> None:
 @njit(KERNEL_SIG, cache=True, _nrt=False)
 def event(ps, cs, tv, ev, key, t):
     links = ps.i[0]
-    if ev == EV_ACCESS or ev == EV_INSERT:
+    if ev in (EV_ACCESS, EV_INSERT):
         if links[2 * key] != _OFF:
             _unlink(links, key)
         _append(links, key)
