@@ -237,7 +237,7 @@ def is_evictable(cs, key: int, in_layer: int) -> bool:
     return not (vl != in_layer and cs.layer_count[vl] - 1 < cs.layer_floor[vl])
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, inline="always")
 def evict(pk, cs, tv, key: int, t: float) -> None:
     layer = key_layer(cs, key)
     b = cs.nbytes[key]
@@ -247,14 +247,14 @@ def evict(pk, cs, tv, key: int, t: float) -> None:
     cs.layer_count[layer] -= 1
     cs.evict_pass[key] = cs.sc[SC_PASS]
     cs.stats_i[ST_EVICTIONS, layer] += 1
-    if cs.pf_unused[key] == 1:
-        cs.pf_unused[key] = 0
-        cs.stats_i[ST_PF_WASTED, layer] += 1
-        cs.stats_f[SF_PF_WASTED_BYTES, layer] += b
+    wasted = cs.pf_unused[key]  # 1 for a prefetched expert never used; counted without a branch
+    cs.pf_unused[key] = 0
+    cs.stats_i[ST_PF_WASTED, layer] += wasted
+    cs.stats_f[SF_PF_WASTED_BYTES, layer] += float(b * wasted)  # + 0.0 leaves a sum of sizes as it was
     pk.event(pk.s_evict, cs, tv, EV_EVICT, key, t)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, inline="always")
 def make_room(pk, cs, tv, in_layer: int, nbytes: int, t: float) -> bool:
     """Evict until `nbytes` fit in the pool and in the layer's cap; False when no victim is left."""
     while True:
@@ -269,7 +269,7 @@ def make_room(pk, cs, tv, in_layer: int, nbytes: int, t: float) -> bool:
         evict(pk, cs, tv, victim, t)
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, inline="always")
 def _start_copy_entry(pk, cs, tv, key: int, prec: int, prio: int, t: float) -> None:
     layer = key_layer(cs, key)
     b = cs.prec_bytes[prec]
@@ -422,13 +422,17 @@ def gate(pk, cs, tv, p: int, layer: int, t: float) -> None:
         cur_where[i] = ON_GPU
         cur_sub[i] = -1
         protect[key] += 1
+    # the access and hit counts and the routed mass stay in registers for the loop (no kernel reads
+    # them); the mass is summed in the same order, so the float total is the same
+    stats_i[ST_ACCESSES, layer] += n
+    mass_sum = stats_f[SF_MASS, layer]
+    hits = 0
     for i in range(n):
         key = cur_key[i]
-        stats_i[ST_ACCESSES, layer] += 1
-        stats_f[SF_MASS, layer] += cur_mass[i]
+        mass_sum += cur_mass[i]
         st = status[key]
         if st in (RESIDENT, IN_FLIGHT):
-            stats_i[ST_HITS, layer] += 1
+            hits += 1
             if st == IN_FLIGHT:
                 stats_i[ST_LATE_HITS, layer] += 1
                 cs.late_flag[key] = 1
@@ -439,9 +443,10 @@ def gate(pk, cs, tv, p: int, layer: int, t: float) -> None:
                     cs.copy_prio[key] = DEMAND
                     cs.copy_seq[key] = seq
                     _queue_push(cs, DEMAND, seq, key)
-            if pf_unused[key] == 1:
-                pf_unused[key] = 0
-                stats_i[ST_PF_USEFUL, layer] += 1
+            # a first use of a prefetched expert, counted without a branch (about half of the hits
+            # are one, in no predictable order)
+            stats_i[ST_PF_USEFUL, layer] += pf_unused[key]
+            pf_unused[key] = 0
             if cs.prec[key] != 0:  # a hit on a lower-precision copy runs degraded too
                 stats_i[ST_DEGRADED, layer] += 1
                 stats_f[SF_DEGRADED_MASS, layer] += cur_mass[i]
@@ -483,6 +488,8 @@ def gate(pk, cs, tv, p: int, layer: int, t: float) -> None:
             cur_where[i] = ON_CPU
             sc[SC_CPU_PENDING] += 1
             protect[key] -= 1
+    stats_i[ST_HITS, layer] += hits
+    stats_f[SF_MASS, layer] = mass_sum
     n_pf = pk.prefetch(pk.s_prefetch, cs, tv, p, layer, t)
     pf_buf = cs.pf_buf
     for j in range(n_pf):
@@ -742,9 +749,11 @@ def _next_copy(cs, tm) -> float:
 def _copy_done(cs, key: int, t: float) -> None:
     cs.status[key] = RESIDENT
     cs.copy_state[key] = COPY_NONE
-    if cs.late_flag[key] == 1:
-        cs.late_flag[key] = 0
-        cs.stats_f[SF_LATE_WAIT_S, key_layer(cs, key)] += t - cs.late_gate_t[key]
+    # the wait of a late hit, added without a branch (late and timely copies come in no predictable
+    # order): nothing else adds 0.0, a sum of waits (>= 0, from +0.0) is unchanged by it
+    late = cs.late_flag[key]
+    cs.late_flag[key] = 0
+    cs.stats_f[SF_LATE_WAIT_S, key_layer(cs, key)] += t - cs.late_gate_t[key] if late == 1 else 0.0
 
 
 @njit(cache=True, inline="always")
@@ -776,6 +785,29 @@ def _cpu_done(cs) -> None:
 
 GPU_DONE = 1
 CPU_DONE = 2
+
+
+@njit(cache=True, inline="always")
+def quiet(cs) -> bool:
+    """Would `_decide` change nothing now? True while the GPU runs a job, the CPU is idle with
+    nothing routed to it, no demand copy waits for a victim, and the pass is in a phase that only a
+    job's end moves on (an expert layer, a pre-pass or a dense job): `_step` then returns STEP_NONE
+    at once (the phases a step always leaves, pass start, layer start and gate, are never left pending
+    between instants). An instant where only copies land in this state just starts the next copies."""
+    sc = cs.sc
+    phase = sc[SC_PHASE]
+    return (sc[SC_GPU_JOB] != JOB_NONE and sc[SC_WQ_N] == 0 and sc[SC_CPU_JOB] == JOB_NONE
+            and sc[SC_CPU_PENDING] == 0 and phase in (PH_EXPERTS, PH_DENSE_RUN, PH_PRE_RUN))
+
+
+@njit(cache=True, inline="always")
+def copy_instant(cs, tm, key: int, t: float) -> float:
+    """The whole instant when one copy lands while `quiet(cs)`: the key becomes resident and the next
+    queued copy starts (its duration, key in sc[SC_LAST_COPY]; -1.0 if none): what `instant_inline`
+    does then (`_decide` changes nothing, the phase is not finished), without its general machinery.
+    The fast engine calls it for such instants, about half of all."""
+    _copy_done(cs, key, t)
+    return _next_copy(cs, tm)
 
 
 @njit(cache=True, inline="always")

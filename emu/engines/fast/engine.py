@@ -17,12 +17,18 @@ from .. import core
 from ..core import CPU_DONE, GPU_DONE
 from ..setup import SimInputs, fresh_state
 from ..stack import STACK_T
-from ..state import CS_T, FC_CPU_DUR, SC_CPU_NEW, SC_GPU_NEW, TM_T, TV_T
+from ..state import CS_T, FC_CPU_DUR, SC_CPU_NEW, SC_GPU_NEW, SC_LAST_COPY, TM_T, TV_T
 
 
 @njit(cache=True, _nrt=False)
 def _loop(pk, cs, tm, tv, eng_end, eng_key):
-    """The event loop; it allocates nothing, so it is compiled without reference counting (see core)."""
+    """The event loop; it allocates nothing, so it is compiled without reference counting (see core).
+
+    An instant where one copy lands and nothing else ends, while `core.quiet` holds, only starts the
+    next queued copy (`core.copy_instant`); it skips the general instant. If another engine is idle
+    then, the queue was empty at the last dispatch and only copy instants have run since (they push
+    nothing), so the copy that starts, if any, goes to the engine that just landed, as the general
+    path would assign it (the lowest free engine is then that one)."""
     inf = np.inf
     n_engines = eng_end.shape[0]
     done_keys = cs.io_done
@@ -32,29 +38,36 @@ def _loop(pk, cs, tm, tv, eng_end, eng_key):
     end = -1.0
     n_done = 0
     done_jobs = 0
+    landed = -1  # the engine whose copy landed, when that is all that happens at t
     while True:
-        n_free = 0
-        for e in range(n_engines):
-            if eng_key[e] < 0:
-                n_free += 1
-        started = core.instant_inline(pk, cs, tm, tv, t, n_done, done_jobs, n_free)
-        n_gpu = cs.sc[SC_GPU_NEW]
-        if n_gpu > 0:  # jobs back to back: each ends at the previous end plus its duration
-            cs.sc[SC_GPU_NEW] = 0
-            gpu_end = t
-            for k in range(n_gpu):
-                gpu_end = gpu_end + cs.chain_dur[k]
-        if cs.sc[SC_CPU_NEW] == 1:
-            cs.sc[SC_CPU_NEW] = 0
-            cpu_end = t + cs.fc[FC_CPU_DUR]
-        j = 0
-        for e in range(n_engines):
-            if j < started and eng_key[e] < 0:
-                eng_key[e] = cs.io_keys[j]
-                eng_end[e] = t + cs.io_durs[j]
-                j += 1
-        if end < 0.0 and core.trace_done(cs.sc):
-            end = t
+        if landed >= 0:
+            dur = core.copy_instant(cs, tm, done_keys[0], t)
+            if dur >= 0.0:
+                eng_key[landed] = cs.sc[SC_LAST_COPY]
+                eng_end[landed] = t + dur
+        else:
+            n_free = 0
+            for e in range(n_engines):
+                if eng_key[e] < 0:
+                    n_free += 1
+            started = core.instant_inline(pk, cs, tm, tv, t, n_done, done_jobs, n_free)
+            n_gpu = cs.sc[SC_GPU_NEW]
+            if n_gpu > 0:  # jobs back to back: each ends at the previous end plus its duration
+                cs.sc[SC_GPU_NEW] = 0
+                gpu_end = t
+                for k in range(n_gpu):
+                    gpu_end = gpu_end + cs.chain_dur[k]
+            if cs.sc[SC_CPU_NEW] == 1:
+                cs.sc[SC_CPU_NEW] = 0
+                cpu_end = t + cs.fc[FC_CPU_DUR]
+            j = 0
+            for e in range(n_engines):
+                if j < started and eng_key[e] < 0:
+                    eng_key[e] = cs.io_keys[j]
+                    eng_end[e] = t + cs.io_durs[j]
+                    j += 1
+            if end < 0.0 and core.trace_done(cs.sc):
+                end = t
         t_next = min(gpu_end, cpu_end)
         for e in range(n_engines):
             t_next = min(t_next, eng_end[e])
@@ -68,6 +81,7 @@ def _loop(pk, cs, tm, tv, eng_end, eng_key):
                 n_done += 1
                 eng_key[e] = -1
                 eng_end[e] = inf
+                landed = e
         done_jobs = 0
         if gpu_end == t:
             gpu_end = inf
@@ -75,7 +89,8 @@ def _loop(pk, cs, tm, tv, eng_end, eng_key):
         if cpu_end == t:
             cpu_end = inf
             done_jobs |= CPU_DONE
-
+        if n_done != 1 or done_jobs != 0 or not core.quiet(cs):
+            landed = -1
 
 
 @njit(float64(STACK_T, CS_T, TM_T, TV_T, int64), cache=True)

@@ -1,8 +1,11 @@
 """Least recently used: evict the expert whose last access is oldest.
 
-State: a doubly linked list over keys in access order (i[0] prev, i[1] next; i[2, 0] head = oldest,
-i[2, 1] tail). Access and insert move a key to the tail in O(1); the victim is the first evictable key
-from the head, which skips only the few keys that are protected or in flight.
+State: a circular doubly linked list over keys in access order, closed by a sentinel node S = n_keys, in
+one int row `i[0]`: key k's previous node at `2k`, its next at `2k + 1` (both in one cache line); the
+sentinel's next is the head (oldest), its previous the tail. A key off the list has previous -1. Access
+and insert move a key to the tail in O(1) with no branch on the ends (the sentinel stands in for them);
+the victim is the first evictable key from the head, which skips only the few keys that are protected
+or in flight.
 """
 
 from __future__ import annotations
@@ -13,67 +16,58 @@ from ...engines.core import is_evictable
 from ...engines.state import new_policy_state
 from ..api import EV_ACCESS, EV_EVICT, EV_INSERT, KERNEL_SIG, Policy, PolicyContext
 
-_NONE = -1
+_OFF = -1  # a key's previous node while it is off the list
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     n = ctx.n_layers * ctx.n_experts
-    ps = new_policy_state(i_rows=4, i_cols=max(n, 2))
-    ps.i[0, :] = _NONE
-    ps.i[1, :] = _NONE
-    ps.i[2, :2] = _NONE
+    ps = new_policy_state(i_rows=1, i_cols=2 * (n + 1))
+    ps.i[0, :] = _OFF
+    ps.i[0, 2 * n] = n  # the empty list: the sentinel is its own previous and next
+    ps.i[0, 2 * n + 1] = n
     return ps
 
 
-@njit(cache=True, _nrt=False)
-def _unlink(i, key: int) -> None:
-    prev = i[0, key]
-    nxt = i[1, key]
-    if prev != _NONE:
-        i[1, prev] = nxt
-    else:
-        i[2, 0] = nxt
-    if nxt != _NONE:
-        i[0, nxt] = prev
-    else:
-        i[2, 1] = prev
-    i[0, key] = _NONE
-    i[1, key] = _NONE
-    i[3, key] = 0
+@njit(cache=True, inline="always")
+def _unlink(links, key: int) -> None:
+    prev = links[2 * key]
+    nxt = links[2 * key + 1]
+    links[2 * prev + 1] = nxt
+    links[2 * nxt] = prev
 
 
-@njit(cache=True, _nrt=False)
-def _append(i, key: int) -> None:
-    tail = i[2, 1]
-    i[0, key] = tail
-    i[1, key] = _NONE
-    if tail != _NONE:
-        i[1, tail] = key
-    else:
-        i[2, 0] = key
-    i[2, 1] = key
-    i[3, key] = 1
+@njit(cache=True, inline="always")
+def _append(links, key: int) -> None:
+    s = (links.shape[0] >> 1) - 1
+    tail = links[2 * s]
+    links[2 * key] = tail
+    links[2 * key + 1] = s
+    links[2 * tail + 1] = key
+    links[2 * s] = key
 
 
 @njit(KERNEL_SIG, cache=True, _nrt=False)
 def event(ps, cs, tv, ev, key, t):
-    i = ps.i
+    links = ps.i[0]
     if ev in (EV_ACCESS, EV_INSERT):
-        if i[3, key] == 1:
-            _unlink(i, key)
-        _append(i, key)
-    elif ev == EV_EVICT and i[3, key] == 1:
-        _unlink(i, key)
+        if links[2 * key] != _OFF:
+            _unlink(links, key)
+        _append(links, key)
+    elif ev == EV_EVICT and links[2 * key] != _OFF:
+        _unlink(links, key)
+        links[2 * key] = _OFF
     return 0
 
 
 @njit(KERNEL_SIG, cache=True, _nrt=False)
 def victim(ps, cs, tv, in_layer, _b, t):
-    key = ps.i[2, 0]
-    while key != _NONE:
+    links = ps.i[0]
+    s = (links.shape[0] >> 1) - 1
+    key = links[2 * s + 1]
+    while key != s:
         if is_evictable(cs, key, in_layer):
             return key
-        key = ps.i[1, key]
+        key = links[2 * key + 1]
     return -1
 
 
