@@ -163,6 +163,8 @@ class Validation:
     #: Late hits depend on timing (a prefetch still in flight at its layer's gate), so they may differ.
     live_prefetch: tuple[int, ...] = ()
     emu_prefetch: tuple[int, ...] = ()
+    #: how the timed figures were compared (best, median, paired)
+    statistic: str = "best"
 
     def metric(self, name: str) -> Metric:
         return next(m for m in self.metrics if m.name == name)
@@ -203,7 +205,7 @@ def validate_run(run: LiveRun, profile: HardwareProfile, engine: str = "fast",
         live_pf = tuple(int(st.get(a, 0)) for a, _ in PREFETCH_COUNTS)
         emu_pf = tuple(int(c[b]) for _, b in PREFETCH_COUNTS)
     return Validation(run.tag, metrics, (int(st["hits"]), int(st["accesses"]), int(st["copies"])),
-                      (int(c["hits"]), int(c["accesses"]), int(c["copies"])), prefetch, live_pf, emu_pf)
+                      (int(c["hits"]), int(c["accesses"]), int(c["copies"])), prefetch, live_pf, emu_pf, statistic)
 
 
 def validate_paired(run: LiveRun, profile: HardwareProfile, engine: str = "fast") -> Validation:
@@ -233,7 +235,7 @@ def validate_paired(run: LiveRun, profile: HardwareProfile, engine: str = "fast"
             metrics.append(by_error[len(by_error) // 2].metric(name))
         else:
             metrics.append(rounds[0].metrics[i])
-    return attrs.evolve(rounds[0], metrics=tuple(metrics))
+    return attrs.evolve(rounds[0], metrics=tuple(metrics), statistic="paired")
 
 
 def error_summary(validations: list[Validation]) -> dict[str, tuple[float, float]]:

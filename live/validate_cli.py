@@ -14,6 +14,7 @@ without prefetch. With `--from-live DIR` the ones in DIR are used unless `--no-r
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 from pathlib import Path
 from typing import Any
@@ -173,10 +174,13 @@ def run(args: argparse.Namespace) -> int:
         cal_paths = sorted(args.from_live.glob("*_runtime_cal*.json"))
     validations = validate_dir(records, profile_path, cal_paths, args.engine, args.statistic)
     print(f"profile {profile_path}" + (f", runtime calibration {', '.join(map(str, cal_paths))}" if cal_paths else ""))
+    used = collections.Counter(v.statistic for v in validations)
+    print("statistic: " + ", ".join(f"{name} ({n} runs)" for name, n in sorted(used.items())))
     print(format_table(validations))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        rows = [{"run": v.tag, "counts_equal": v.counts_equal, "live_counts": v.live_counts, "emu_counts": v.emu_counts,
+        rows = [{"run": v.tag, "statistic": v.statistic, "counts_equal": v.counts_equal,
+                 "live_counts": v.live_counts, "emu_counts": v.emu_counts,
                  "prefetch": v.prefetch, "live_prefetch": v.live_prefetch, "emu_prefetch": v.emu_prefetch,
                  **{m.name: {"measured": m.measured, "emulated": m.emulated, "error": m.error} for m in v.metrics}}
                 for v in validations]

@@ -196,10 +196,10 @@ def test_cli_from_live_writes_the_comparison(tmp_path: Path, capsys: pytest.Capt
     out = tmp_path / "val.json"
     assert _cli(["--from-live", str(d), "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "mixtral_5pct_lru" in text and "runtime calibration" in text
+    assert "mixtral_5pct_lru" in text and "runtime calibration" in text and "statistic: best (1 runs)" in text
     got = json.loads(out.read_text())
     row = got["runs"][0]
-    assert row["counts_equal"] is True
+    assert row["counts_equal"] is True and row["statistic"] == "best"
     rec = json.loads((d / "mixtral_5pct_lru.json").read_text())
     assert row["decode_tok_s"]["measured"] == rec["decode_tok_s"]
     assert abs(row["decode_tok_s"]["error"]) <= MIXTRAL_BELOW_100
