@@ -307,6 +307,14 @@ def profile_from_dict(data: dict[str, Any], *, file: str = "<profile>") -> Hardw
 _ROOFLINE_TOKENS = tuple(float(2**i) for i in range(0, 17))
 
 
+def model_overhead(profile: HardwareProfile, model: ModelSpec, key: str) -> float:
+    """`pass_overhead_s`, `layer_overhead_s` or `copy_issue_s` of the model's entry where it sets one (a
+    measurement or a runtime calibration), else the profile's `[compute]` value."""
+    mc = profile.models.get(model.name)
+    value = getattr(mc, key) if mc is not None else None
+    return float(getattr(profile.compute, key) if value is None else value)
+
+
 def expert_curve(profile: HardwareProfile, model: ModelSpec, precision: str) -> Curve:
     """Expert FFN time vs tokens: measured when the profile has it, else the roofline estimate."""
     mc = profile.models.get(model.name)

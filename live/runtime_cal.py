@@ -32,7 +32,7 @@ import numpy as np
 
 from emu.errors import EmuError
 from emu.models import ModelSpec
-from emu.profile import Curve, HardwareProfile, dense_table
+from emu.profile import Curve, HardwareProfile, dense_table, model_overhead
 
 _KEYS = ("full_step_s", "no_experts_step_s", "n_layers", "top_k", "context")
 
@@ -145,7 +145,7 @@ def derived_overheads(profile: HardwareProfile, model: ModelSpec, cal: dict[str,
                        "corrects measured tables", file=file)
     d = dense_table(profile, model)
     col = float(np.interp(cal["context"], d.context, np.asarray(d.seconds)[0]))
-    pass_oh = mc.pass_overhead_s if mc.pass_overhead_s is not None else profile.compute.pass_overhead_s
+    pass_oh = model_overhead(profile, model, "pass_overhead_s")
     layer = (cal["no_experts_step_s"] - pass_oh) / cal["n_layers"] - col
     expert = (cal["full_step_s"] - cal["no_experts_step_s"]) / (cal["n_layers"] * cal["top_k"])
     return max(layer, 0.0), max(expert, 0.0)

@@ -10,7 +10,7 @@ import numpy as np
 from ..models import PRECISION_BITS, ModelSpec
 from ..policies.api import PolicyContext
 from ..policies.registry import get_policy
-from ..profile import HardwareProfile, cpu_expert_curve, dense_table, expert_curve
+from ..profile import HardwareProfile, cpu_expert_curve, dense_table, expert_curve, model_overhead
 from ..trace import RoutingTrace
 from .stack import Stack
 from .state import FC_ISSUE_S, Timing, TraceView, new_cache_state
@@ -91,21 +91,12 @@ def timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ..
     exp_tok, exp_s, exp_n = _pad([expert_curve(profile, model, p) for p in precisions])
     cpu_tok, cpu_s, cpu_n = _pad([cpu_expert_curve(profile, model, p) for p in precisions])
     dense = dense_table(profile, model)
-    mc = profile.models.get(model.name)
-    pass_oh = mc.pass_overhead_s if mc is not None and mc.pass_overhead_s is not None else \
-        profile.compute.pass_overhead_s
-    layer_oh = mc.layer_overhead_s if mc is not None and mc.layer_overhead_s is not None else \
-        profile.compute.layer_overhead_s
+    pass_oh = model_overhead(profile, model, "pass_overhead_s")
+    layer_oh = model_overhead(profile, model, "layer_overhead_s")
     return Timing(copy_s, exp_tok, exp_s, exp_n, cpu_tok, cpu_s, cpu_n,
                   np.asarray(dense.tokens, float), np.asarray(dense.context, float),
                   np.ascontiguousarray(np.asarray(dense.seconds, float)),
                   np.array([pass_oh, layer_oh, float(model.n_dense_layers)]))
-
-
-def copy_issue_seconds(profile: HardwareProfile, model: ModelSpec) -> float:
-    """Host time to issue one copy: the model's measured value (a runtime calibration), else the profile's."""
-    mc = profile.models.get(model.name)
-    return mc.copy_issue_s if mc is not None and mc.copy_issue_s is not None else profile.compute.copy_issue_s
 
 
 def make_inputs(model: ModelSpec, profile: HardwareProfile, trace: RoutingTrace, capacity_bytes: int,
@@ -123,7 +114,7 @@ def fresh_state(inputs: SimInputs) -> tuple[Any, Any]:
     cs = new_cache_state(model.n_moe_layers, model.n_experts, model.top_k, inputs.trace.n_passes,
                          inputs.capacity_bytes, prec_bytes, inputs.profile.copy.h2d_engines,
                          dense_rows=inputs.tm.d_tok.shape[0])
-    cs.fc[FC_ISSUE_S] = copy_issue_seconds(inputs.profile, model)
+    cs.fc[FC_ISSUE_S] = model_overhead(inputs.profile, model, "copy_issue_s")
     ctx = PolicyContext(n_layers=model.n_moe_layers, n_experts=model.n_experts, top_k=model.top_k,
                         capacity_bytes=inputs.capacity_bytes, expert_bytes=int(prec_bytes[0]),
                         prec_bytes=prec_bytes, trace=inputs.tv, seed=inputs.seed,
