@@ -31,7 +31,8 @@ watchdog (`watchdog.py`), submitted when the copy engine is idle: by the forward
 (each gate, each expert launch, each fused layer), or by the watchdog's asyncio task while the forward
 thread is outside the runtime (`away`: from the end of a layer's experts through attention and the router
 to the routing readback, and between passes), so the two threads do not contend for the GIL per copy and
-the engine is kept busy in between (the task submits the whole queue at once: `watchdog.py`, handover). Demand copies go
+the engine is kept busy in between (the task submits the whole queue at once, or what starts before the
+next gate: `watchdog.py`, handover). Demand copies go
 to the engine at once; a needed key still queued is promoted (submitted at once); a needed key in
 flight is a late hit that the compute waits for. The routing and the speculator's prediction for the
 next layer (its gate on this layer's input, the formula of `hooks.RoutingHooks`) come back to the host
@@ -176,13 +177,35 @@ class ExpertOffload:
         if not bridge.prefetching or (self.watchdog is not None and self.watchdog.handover != self.handover):
             self.close()
         if bridge.prefetching and self.watchdog is None:
-            self.watchdog = PrefetchWatchdog(_SlotCopier(self), self.handover)
+            copy_s = self.copy_seconds() if self.handover == "bounded" else 0.0
+            self.watchdog = PrefetchWatchdog(_SlotCopier(self), self.handover, copy_s)
             self.watchdog.start()
         with self._locked():
             if self.watchdog is not None:
                 self.watchdog.clear()
                 self.watchdog.promoted = 0
             self._reset(bridge)
+
+    def copy_seconds(self, copies: int = 4) -> float:
+        """Seconds one expert's copy keeps the copy stream busy (CUDA events around a few copies into slot
+        0; 0.0 on the CPU, where copies are synchronous), for the bounded hand-over. Called while the
+        cache is being emptied: slot 0's contents are not kept."""
+        if not self.cuda:
+            return 0.0
+        stream = self.copy_stream
+        assert stream is not None
+        torch.cuda.synchronize(self.device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        with torch.cuda.stream(stream):
+            self.slot_gu[0].copy_(self.host_gu[0, 0], non_blocking=True)  # a first copy, not timed
+            self.slot_dn[0].copy_(self.host_dn[0, 0], non_blocking=True)
+            start.record(stream)
+            for _ in range(copies):
+                self.slot_gu[0].copy_(self.host_gu[0, 0], non_blocking=True)
+                self.slot_dn[0].copy_(self.host_dn[0, 0], non_blocking=True)
+            end.record(stream)
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / copies
 
     def _reset(self, bridge: CacheBridge) -> None:
         self.bridge = bridge
@@ -327,7 +350,7 @@ class ExpertOffload:
             # leaving the runtime until the next layer's readback (attention, norms, router; at the last
             # layer the lm head and the sampling sync): no checkpoint of ours runs there, so the watchdog
             # task drains the queue as the engine frees up (one drain per layer, not a loop trip per copy)
-            self.watchdog.away()
+            self.watchdog.away(layer)
         return out
 
     def _run_layer(self, layer: int, act_fn: Any, hidden: torch.Tensor, top_k_index: torch.Tensor,

@@ -22,6 +22,15 @@ microsecond of Python on either thread is a microsecond of a host-paced decode s
     thread's next gate, so the order is the emulator's unless that gate's demand copies find some of
     them not started yet. One wake per layer; the per-copy wake-ups of "drain" cost the forward thread
     ~1.7 ms per layer through the GIL on the H100 (docs/validation.md).
+  - "bounded": submits at once only the queued prefetches that the engine would start before the forward
+    thread's next gate, then drains the rest as "drain" does. A CUDA copy engine runs copies in
+    submission order, on one stream or several, whatever their priority (`benchmarks/bench_copy_streams.py`:
+    a demand submitted after 8 prefetches ends after all of them), so a demand copy of the next gate
+    waits behind every prefetch "bulk" submitted; the emulator's engine starts it before the queued
+    (not yet started) ones. When the next gate comes is estimated from the forward thread's own
+    away spans (median of the last few after the same layer) and when the engine frees up from the
+    copies submitted and `copy_s`, the measured seconds per copy. With short copies (OLMoE, ~0.23 ms)
+    nearly all go at once; with long ones (Mixtral, ~6.4 ms) the rest go one by one, as they should.
   - "drain": hands a worker thread (`asyncio.to_thread`) a drain: wait for the engine without the GIL,
     submit the next prefetch the moment it is idle, repeat while the forward thread is away.
   While the watchdog runs, the interpreter's switch interval is cut to `SWITCH_INTERVAL_S`, so the
@@ -36,12 +45,17 @@ raised in the forward thread by `check` (and `stop`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import statistics
 import sys
 import threading
+import time
 from typing import Any, Protocol
 
-HANDOVERS = ("bulk", "drain")
+HANDOVERS = ("bulk", "bounded", "drain")
+#: away spans kept per layer for the bounded hand-over's estimate of the next gate (their median)
+SPAN_SAMPLES = 5
 #: the interpreter's switch interval while a watchdog runs (the default, 5 ms, would delay the task's wake)
 SWITCH_INTERVAL_S = 1e-4
 
@@ -66,11 +80,18 @@ class WatchdogError(RuntimeError):
 class PrefetchWatchdog:
     """The queue of decided prefetch copies (key -> job, issue order) and the task that submits them."""
 
-    def __init__(self, engine: CopyEngine, handover: str = "bulk") -> None:
+    def __init__(self, engine: CopyEngine, handover: str = "bulk", copy_s: float = 0.0) -> None:
         if handover not in HANDOVERS:
             raise ValueError(f"expected a handover in {HANDOVERS}, got {handover!r}")
+        if not copy_s >= 0.0:
+            raise ValueError(f"expected copy_s >= 0 seconds, got {copy_s!r}")
         self.engine = engine
         self.handover = handover
+        self.copy_s = copy_s  # seconds one copy keeps the engine busy (the bounded hand-over's estimate)
+        self._free_at = 0.0  # perf_counter time when every copy submitted so far should have landed
+        self._away_since: float | None = None  # start of the forward thread's current away span
+        self._away_layer = -1  # the layer whose end started it (-1: outside a pass)
+        self._spans: dict[int, collections.deque[float]] = {}  # layer -> its last away spans (seconds)
         self._switch_interval: float | None = None
         self.lock = threading.RLock()
         self._queue: dict[int, Any] = {}
@@ -87,7 +108,13 @@ class PrefetchWatchdog:
     def demand(self, job: Any) -> None:
         """A demand copy goes to the engine at once."""
         with self.lock:
-            self.engine.submit(job)
+            self._submit(job)
+
+    def _submit(self, job: Any) -> None:
+        """Every submission goes through here, so the engine's expected free time counts them all."""
+        self.engine.submit(job)
+        now = time.perf_counter()
+        self._free_at = (self._free_at if self._free_at > now else now) + self.copy_s
 
     def enqueue(self, key: int, job: Any) -> None:
         with self.lock:
@@ -97,13 +124,33 @@ class PrefetchWatchdog:
 
     def present(self) -> None:
         """The forward thread pumps at its checkpoints from now on; the task stays asleep."""
+        since = self._away_since
+        if since is not None:
+            spans = self._spans.get(self._away_layer)
+            if spans is None:
+                spans = self._spans[self._away_layer] = collections.deque(maxlen=SPAN_SAMPLES)
+            spans.append(time.perf_counter() - since)
+            self._away_since = None
         self._away = False
 
-    def away(self) -> None:
-        """The forward thread is about to block (a device sync) or leave the runtime: the task takes over."""
+    def away(self, layer: int = -1) -> None:
+        """The forward thread is about to block (a device sync) or leave the runtime (after `layer`'s
+        experts): the task takes over until `present`; the first call of a span starts its clock."""
+        if self._away_since is None:
+            self._away_since = time.perf_counter()
+            self._away_layer = layer
         self._away = True
         if self._queue:
             self._notify()
+
+    def next_gate_at(self) -> float | None:
+        """When the forward thread should be back (perf_counter time): the current away span's start plus
+        the median of the last spans after the same layer; None before any was seen."""
+        since = self._away_since
+        spans = self._spans.get(self._away_layer)
+        if since is None or not spans:
+            return None
+        return since + statistics.median(spans)
 
     def queued(self, key: int) -> bool:
         return key in self._queue
@@ -114,7 +161,7 @@ class PrefetchWatchdog:
             job = self._queue.pop(key, None)
             if job is None:
                 return False
-            self.engine.submit(job)
+            self._submit(job)
             self.promoted += 1
             return True
 
@@ -126,7 +173,7 @@ class PrefetchWatchdog:
         with self.lock:
             while self._queue and self.engine.idle():
                 key = next(iter(self._queue))
-                self.engine.submit(self._queue.pop(key))
+                self._submit(self._queue.pop(key))
                 n += 1
         return n
 
@@ -135,8 +182,22 @@ class PrefetchWatchdog:
         with self.lock:
             n = len(self._queue)
             for job in self._queue.values():
-                self.engine.submit(job)
+                self._submit(job)
             self._queue.clear()
+        return n
+
+    def submit_bounded(self) -> int:
+        """Submit, in issue order, the queued prefetches the engine would start before the next gate
+        (`next_gate_at`; everything when there is no estimate yet); the rest stay queued."""
+        with self.lock:
+            gate = self.next_gate_at()
+            if gate is None:
+                return self.submit_all()
+            n = 0
+            while self._queue and max(time.perf_counter(), self._free_at) < gate:
+                key = next(iter(self._queue))
+                self._submit(self._queue.pop(key))
+                n += 1
         return n
 
     def clear(self) -> None:
@@ -159,12 +220,18 @@ class PrefetchWatchdog:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._stopping = False
+        bounded_for: float | None = None  # the away span whose bounded submission is done
         try:
             while True:
                 if self._away and self._queue:
                     if self.handover == "bulk":
                         self.submit_all()
-                    elif self.engine.idle():
+                        continue
+                    if self.handover == "bounded" and self._away_since != bounded_for:
+                        bounded_for = self._away_since  # once per away span; the rest is drained
+                        self.submit_bounded()
+                        continue
+                    if self.engine.idle():
                         self.pump()
                     else:
                         await asyncio.to_thread(self._drain)

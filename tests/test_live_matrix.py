@@ -77,6 +77,10 @@ def test_runtime_calibration_needs_every_expert_resident(built) -> None:
     reconfigure(rt, 2 * 64, "lru", "eager")
     cal = measure_runtime_overheads(model, rt, vocab=shape.vocab, device=CPU, prompt_len=12, steps=4)
     assert cal["full_step_s"] > 0 and cal["no_experts_step_s"] > 0 and cal["n_layers"] == 2 and cal["top_k"] == 8
+    # the mean of every decode step kept (the prefill left out), the statistic of a run's decode rate
+    assert cal["step_statistic"] == "mean" and len(cal["full_steps_s"]) == len(cal["no_experts_steps_s"]) == 4
+    assert cal["full_step_s"] == pytest.approx(sum(cal["full_steps_s"]) / 4, rel=1e-12)
+    assert cal["no_experts_step_s"] == pytest.approx(sum(cal["no_experts_steps_s"]) / 4, rel=1e-12)
     reconfigure(rt, 6, "lru", "eager")
     with pytest.raises(EmuError, match="resident"):
         measure_runtime_overheads(model, rt, vocab=shape.vocab, device=CPU, prompt_len=12, steps=4)

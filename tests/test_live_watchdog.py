@@ -305,3 +305,74 @@ def test_the_watchdog_cuts_the_switch_interval_while_it_runs_and_restores_it() -
 def test_an_unknown_handover_is_refused() -> None:
     with pytest.raises(ValueError, match="handover"):
         PrefetchWatchdog(SyncEngine(), handover="later")
+
+
+def test_the_next_gate_is_the_away_spans_median_after_the_same_layer() -> None:
+    wd = PrefetchWatchdog(SyncEngine(), handover="bounded")
+    assert wd.next_gate_at() is None  # nothing seen yet
+    for span in (0.01, 0.08, 0.03):
+        wd.away(2)
+        time.sleep(span)
+        wd.away()  # a second call in the same span (the readback) does not restart its clock
+        wd.present()
+    wd.away(5)
+    assert wd.next_gate_at() is None  # spans are kept per layer: none after layer 5 yet
+    wd.present()
+    t0 = time.perf_counter()
+    wd.away(2)
+    gate = wd.next_gate_at()
+    assert gate is not None and 0.029 <= gate - t0 <= 0.039  # the median, 0.03 s (the mean is 0.04 s)
+
+
+def test_bounded_spans_ignore_an_outlier_that_the_mean_would_follow() -> None:
+    wd = PrefetchWatchdog(SyncEngine(), handover="bounded")
+    for span in (0.01, 0.01, 0.2):
+        wd.away(0)
+        time.sleep(span)
+        wd.present()
+    t0 = time.perf_counter()
+    wd.away(0)
+    gate = wd.next_gate_at()
+    assert gate is not None and gate - t0 < 0.05
+
+
+@pytest.mark.asyncio
+async def test_bounded_handover_submits_what_starts_before_the_next_gate_and_drains_the_rest() -> None:
+    eng = FakeEngine()
+    wd = PrefetchWatchdog(eng, handover="bounded", copy_s=0.05)
+    wd.away(0)
+    time.sleep(0.17)  # the forward thread's away span after layer 0: 0.17 s
+    wd.present()
+    async with watching(wd):
+        wd.demand("d0")  # the engine is busy until ~0.05 s from now
+        for k in (1, 2, 3, 4, 5):
+            wd.enqueue(k, f"p{k}")
+        wd.away(0)  # next gate expected ~0.17 s from now: p1, p2, p3 start at ~0.05, 0.10, 0.15
+        await until(lambda: len(eng.log) == 4)
+        await settle()
+        assert eng.log == ["d0", "p1", "p2", "p3"] and len(wd) == 2  # p4 would start after the gate
+        eng.land()  # the engine is idle while the forward thread is still away: one more goes
+        await until(lambda: len(eng.log) == 5)
+        await settle()
+        assert eng.log[-1] == "p4" and len(wd) == 1
+        wd.present()
+        wd.demand("d1")  # the gate's demand copy goes before the prefetch still queued
+        assert eng.log[-1] == "d1" and len(wd) == 1
+
+
+@pytest.mark.asyncio
+async def test_bounded_handover_without_an_estimate_submits_everything() -> None:
+    eng = FakeEngine()
+    wd = PrefetchWatchdog(eng, handover="bounded", copy_s=1.0)
+    async with watching(wd):
+        wd.present()
+        for k in (1, 2, 3):
+            wd.enqueue(k, f"p{k}")
+        wd.away(7)  # no span seen after layer 7 yet: the bulk behaviour
+        await until(lambda: len(wd) == 0)
+        assert eng.log == ["p1", "p2", "p3"]
+
+
+def test_a_negative_copy_time_is_refused() -> None:
+    with pytest.raises(ValueError, match="copy_s"):
+        PrefetchWatchdog(SyncEngine(), handover="bounded", copy_s=-1.0)
