@@ -41,7 +41,7 @@ import numpy as np
 from emu.models import get_preset
 
 from .cache_bridge import LIVE_PREFETCH
-from .watchdog import HANDOVERS
+from .watchdog import HANDOVER_CHOICES
 
 #: (cache fraction, eviction) of every offloaded configuration, per model
 FRACTIONS = (0.05, 0.25, 1.0)
@@ -159,7 +159,7 @@ def ttft_repeats(model: Any, runtime: Any, trace: Any, prompt_len: int, *, vocab
 
 
 def _record(tag: str, spec: Any, result: Any, *, slots: int, expert_bytes: int, eviction: str, prefetch: str,
-            forced: str, plans: list[Any], out_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+            forced: str, plans: list[Any], out_dir: Path, extra: dict[str, Any], echo: bool = True) -> dict[str, Any]:
     """Write one configuration's trace and the JSON record `emu validate --from-live` reads."""
     import torch
     import transformers
@@ -190,7 +190,8 @@ def _record(tag: str, spec: Any, result: Any, *, slots: int, expert_bytes: int, 
         if stats.prefetch_issued or stats.prefetch_dropped:
             line += (f", prefetch {stats.prefetch_issued} issued {stats.prefetch_useful} useful "
                      f"{stats.prefetch_dropped} dropped {stats.late_hits} late")
-    print(line, flush=True)
+    if echo:
+        print(line, flush=True)
     return rec
 
 
@@ -201,7 +202,7 @@ def _tag(name: str, frac: float, eviction: str, prefetch: str) -> str:
 
 def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scale: str = "full",
               n_layers: int | None = None, prefetches: tuple[str, ...] = PREFETCHES, rounds: int = ROUNDS,
-              handover: str = "bulk") -> None:
+              handover: str = "auto") -> None:
     import torch
 
     from .models import build_model, live_spec
@@ -216,7 +217,7 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
     spec = live_spec(shape, "bf16")
     forced = MIXTRAL_TRACE + f" (request 0, {DECODE} decode steps, first {shape.n_layers} layers)" \
         if name == "mixtral" else "synthetic olmoe zipf 0.6 reuse 0.3 cross 0.3 seed 0"
-    common = {"profile_model": preset, "scale": scale, "handover": handover}
+    common = {"profile_model": preset, "scale": scale, "handover": handover}  # + the one used, per record
 
     model = build_model(preset, scale, n_layers=work.n_layers, dtype="bf16", seed=0)
     print(f"{name}: built [{time.time() - t0:.0f}s]", flush=True)
@@ -227,6 +228,43 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
     ttfts: dict[tuple[float, str, str], list[float]] = {c: [] for c in configs}
     cals: dict[str, list[dict[str, Any]]] = {pf: [] for pf in prefetches}
     paired: dict[tuple[float, str, str], list[dict[str, Any]]] = {c: [] for c in configs}
+
+    def write_records(rt: Any, final: bool) -> None:
+        """The records of every round run so far (called after each round: a run cut short by a time limit
+        keeps what it measured)."""
+        for pf, measured in cals.items():
+            full, bare = [c["full_step_s"] for c in measured], [c["no_experts_step_s"] for c in measured]
+            cal = dict(measured[0], full_step_s=min(full), no_experts_step_s=min(bare), statistic="best of rounds",
+                       full_step_median_s=float(np.median(full)), no_experts_step_median_s=float(np.median(bare)),
+                       rounds=[{k: c[k] for k in ("full_step_s", "no_experts_step_s", "copy_issue_s") if k in c}
+                               for c in measured])
+            issue = [c["copy_issue_s"] for c in measured if "copy_issue_s" in c]
+            if issue:
+                cal.update(copy_issue_s=min(issue), copy_issue_median_s=float(np.median(issue)))
+            suffix = "" if pf == "none" else f"_{pf.replace('-', '_')}"
+            (out_dir / f"{name}_runtime_cal{suffix}.json").write_text(
+                json.dumps(dict(cal, profile_model=preset, prefetch=pf), indent=1) + "\n")
+        for (frac, ev, pf), results in runs.items():
+            first = results[0]
+            same = all(attrs.asdict(x.stats) == attrs.asdict(first.stats) for x in results)
+            rates = [x.decode_tok_s for x in results]
+            _record(_tag(name, frac, ev, pf), spec, first, slots=slots_for(frac, n_keys),
+                    expert_bytes=rt.expert_bytes, eviction=ev, prefetch=pf, forced=forced, plans=plans,
+                    out_dir=out_dir, echo=final,
+                    extra=dict(common, rounds=len(results),
+                               handover_used=rt.resolved_handover() if pf != "none" else None,
+                               rehearsed="once per model (round 0, first configuration)" if cuda else False,
+                               ttft_samples_s=ttfts[(frac, ev, pf)],
+                               ttft_rounds_s=[min(ttfts[(frac, ev, pf)][k: k + 1 + TTFT_REPEATS])
+                                              for k in range(0, len(ttfts[(frac, ev, pf)]), 1 + TTFT_REPEATS)],
+                               runtime_cal_rounds=paired[(frac, ev, pf)],
+                               ttft_first_s=first.ttft_s, ttft_s=min(ttfts[(frac, ev, pf)]),
+                               ttft_median_s=float(np.median(ttfts[(frac, ev, pf)])), statistic="best of rounds",
+                               decode_tok_s_rounds=rates, decode_tok_s=max(rates),
+                               decode_tok_s_median=float(np.median(rates)),
+                               stats_equal_across_rounds=same,
+                               stats_rounds=None if same else [attrs.asdict(x.stats) for x in results]))
+
     for r in range(rounds):
         shift = r * len(configs) // rounds  # each round starts elsewhere: drift of the host's pace hits all alike
         for i, (frac, ev, pf) in enumerate(configs[shift:] + configs[:shift]):
@@ -256,37 +294,7 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
             print(f"  round {r} {_tag(name, frac, ev, pf)}: TTFT {res.ttft_s * 1e3:.1f} ms, decode "
                   f"{res.decode_tok_s:.2f} tok/s, hit {res.stats.hit_rate:.3f}, copies {res.stats.copies}; "
                   f"calibration full step {cal['full_step_s'] * 1e3:.1f} ms [{time.time() - t0:.0f}s]", flush=True)
-    for pf, measured in cals.items():
-        full, bare = [c["full_step_s"] for c in measured], [c["no_experts_step_s"] for c in measured]
-        cal = dict(measured[0], full_step_s=min(full), no_experts_step_s=min(bare), statistic="best of rounds",
-                   full_step_median_s=float(np.median(full)), no_experts_step_median_s=float(np.median(bare)),
-                   rounds=[{k: c[k] for k in ("full_step_s", "no_experts_step_s", "copy_issue_s") if k in c}
-                           for c in measured])
-        issue = [c["copy_issue_s"] for c in measured if "copy_issue_s" in c]
-        if issue:
-            cal.update(copy_issue_s=min(issue), copy_issue_median_s=float(np.median(issue)))
-        suffix = "" if pf == "none" else f"_{pf.replace('-', '_')}"
-        (out_dir / f"{name}_runtime_cal{suffix}.json").write_text(
-            json.dumps(dict(cal, profile_model=preset, prefetch=pf), indent=1) + "\n")
-    for (frac, ev, pf), results in runs.items():
-        first = results[0]
-        same = all(attrs.asdict(x.stats) == attrs.asdict(first.stats) for x in results)
-        rates = [x.decode_tok_s for x in results]
-        _record(_tag(name, frac, ev, pf), spec, first, slots=slots_for(frac, n_keys),
-                expert_bytes=runtime.expert_bytes, eviction=ev, prefetch=pf, forced=forced, plans=plans,
-                out_dir=out_dir,
-                extra=dict(common, rounds=len(results),
-                           rehearsed="once per model (round 0, first configuration)" if cuda else False,
-                           ttft_samples_s=ttfts[(frac, ev, pf)],
-                           ttft_rounds_s=[min(ttfts[(frac, ev, pf)][k: k + 1 + TTFT_REPEATS])
-                                          for k in range(0, len(ttfts[(frac, ev, pf)]), 1 + TTFT_REPEATS)],
-                           runtime_cal_rounds=paired[(frac, ev, pf)],
-                           ttft_first_s=first.ttft_s, ttft_s=min(ttfts[(frac, ev, pf)]),
-                           ttft_median_s=float(np.median(ttfts[(frac, ev, pf)])), statistic="best of rounds",
-                           decode_tok_s_rounds=rates, decode_tok_s=max(rates),
-                           decode_tok_s_median=float(np.median(rates)),
-                           stats_equal_across_rounds=same,
-                           stats_rounds=None if same else [attrs.asdict(x.stats) for x in results]))
+        write_records(runtime, final=r == rounds - 1)
     runtime.close()
     del runtime, model
     gc.collect()
@@ -305,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="repeat every configuration this many times, interleaved; records keep best and medians")
     p.add_argument("--prefetch", choices=LIVE_PREFETCH, action="append",
                    help=f"prefetch policies to run (repeatable; default {' and '.join(PREFETCHES)})")
-    p.add_argument("--handover", choices=HANDOVERS, default="bulk",
+    p.add_argument("--handover", choices=HANDOVER_CHOICES, default="auto",
                    help="how the prefetch watchdog submits while the forward thread is away (live/watchdog.py)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

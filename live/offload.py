@@ -54,7 +54,7 @@ from emu.errors import EmuError
 
 from .cache_bridge import CAPACITY, COLLISION, COMPULSORY, HIT, MISS_EVICT, MISS_FREE, MISS_WAIT, CacheBridge
 from .hooks import sparse_blocks
-from .watchdog import PrefetchWatchdog
+from .watchdog import HANDOVER_CHOICES, PrefetchWatchdog
 
 
 @attrs.frozen
@@ -99,6 +99,10 @@ KERNELS = ("eager", "fused")
 #: torch's grouped GEMM takes fewer than 1024 groups per call (`group_count < 1024` in its CUDA kernel)
 MAX_GROUPS = 1023
 NOPOLL = False
+#: "auto" hand-over: "bounded" from this copy time up. On the H100 a drain wake per held-back copy left the
+#: engine idle ~50 us per copy: +20-36% decode with OLMoE's 0.23 ms copies (docs/validation.md), while
+#: Mixtral's 6.4 ms copies need the bound (bulk put prefetches ahead of the next gate's demand copies)
+AUTO_BOUNDED_COPY_S = 1e-3
 
 
 class OffloadedExperts(nn.Module):
@@ -121,8 +125,11 @@ class ExpertOffload:
     def __init__(self, model: Any, n_slots: int, *, eviction: str = "lru",
                  eviction_params: dict[str, Any] | None = None, device: str = "cpu", seed: int = 0,
                  kernel: str | None = None, prefetch: str = "none",
-                 prefetch_params: dict[str, Any] | None = None, handover: str = "bulk") -> None:
+                 prefetch_params: dict[str, Any] | None = None, handover: str = "auto") -> None:
         self.device = torch.device(device)
+        if handover not in HANDOVER_CHOICES:
+            raise EmuError(f"expected a prefetch hand-over in {list(HANDOVER_CHOICES)}, got {handover!r}",
+                           key="handover")
         self.handover = handover  # how the watchdog task submits while the forward thread is away
         self.cuda = self.device.type == "cuda"
         if self.cuda and not torch.cuda.is_available():
@@ -167,6 +174,7 @@ class ExpertOffload:
         self.copy_stream = torch.cuda.Stream(device=self.device) if self.cuda else None
         model.to(self.device)
         self.watchdog: PrefetchWatchdog | None = None
+        self._copy_s: float | None = None  # seconds per expert copy, measured once (`copy_seconds`)
         self.reset()
 
     # --- state -------------------------------------------------------------------------------------
@@ -174,11 +182,12 @@ class ExpertOffload:
         """An empty cache and zero counters (after warm-up, so a measured run starts cold like the emulator)."""
         bridge = CacheBridge(self.n_layers, self.n_experts, self.top_k, self.n_slots, self.eviction,
                              self.eviction_params, self.seed, self.prefetch, self.prefetch_params)
-        if not bridge.prefetching or (self.watchdog is not None and self.watchdog.handover != self.handover):
+        handover = self.resolved_handover() if bridge.prefetching else self.handover
+        if not bridge.prefetching or (self.watchdog is not None and self.watchdog.handover != handover):
             self.close()
         if bridge.prefetching and self.watchdog is None:
-            copy_s = self.copy_seconds() if self.handover == "bounded" else 0.0
-            self.watchdog = PrefetchWatchdog(_SlotCopier(self), self.handover, copy_s)
+            copy_s = self.copy_seconds() if handover == "bounded" else 0.0
+            self.watchdog = PrefetchWatchdog(_SlotCopier(self), handover, copy_s)
             self.watchdog.start()
         with self._locked():
             if self.watchdog is not None:
@@ -186,12 +195,22 @@ class ExpertOffload:
                 self.watchdog.promoted = 0
             self._reset(bridge)
 
+    def resolved_handover(self) -> str:
+        """The watchdog's hand-over: as asked, or for "auto" "bounded" when one copy takes at least
+        `AUTO_BOUNDED_COPY_S` (the drain's wake per held-back copy is then a small part of it) and "bulk"
+        otherwise (short copies: the wakes would leave the engine idle between them)."""
+        if self.handover != "auto":
+            return self.handover
+        return "bounded" if self.copy_seconds() >= AUTO_BOUNDED_COPY_S else "bulk"
+
     def copy_seconds(self, copies: int = 4) -> float:
         """Seconds one expert's copy keeps the copy stream busy (CUDA events around a few copies into slot
         0; 0.0 on the CPU, where copies are synchronous), for the bounded hand-over. Called while the
         cache is being emptied: slot 0's contents are not kept."""
         if not self.cuda:
             return 0.0
+        if self._copy_s is not None:
+            return self._copy_s
         stream = self.copy_stream
         assert stream is not None
         torch.cuda.synchronize(self.device)
@@ -205,7 +224,8 @@ class ExpertOffload:
                 self.slot_dn[0].copy_(self.host_dn[0, 0], non_blocking=True)
             end.record(stream)
         end.synchronize()
-        return start.elapsed_time(end) / 1e3 / copies
+        self._copy_s = start.elapsed_time(end) / 1e3 / copies
+        return self._copy_s
 
     def _reset(self, bridge: CacheBridge) -> None:
         self.bridge = bridge

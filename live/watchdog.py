@@ -54,6 +54,8 @@ import time
 from typing import Any, Protocol
 
 HANDOVERS = ("bulk", "bounded", "drain")
+#: what a runtime may ask for: a hand-over, or "auto" (chosen by the copy time: `live.offload`)
+HANDOVER_CHOICES = ("auto", *HANDOVERS)
 #: away spans kept per layer for the bounded hand-over's estimate of the next gate (their median)
 SPAN_SAMPLES = 5
 #: the interpreter's switch interval while a watchdog runs (the default, 5 ms, would delay the task's wake)
