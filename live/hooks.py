@@ -79,12 +79,9 @@ class RoutingHooks:
         self.force = force
         if force is not None:
             force.check_fits(self.n_layers, self.n_experts, self.top_k)
+        self._model = model
         self._handles: list[Any] = []
-        for layer, gate in enumerate(self.gates):
-            self._handles.append(gate.register_forward_hook(self._make_hook(layer)))
-        if speculate:
-            first = _first_sparse_layer(model)
-            self._handles.append(first.register_forward_pre_hook(self._layer0_input, with_kwargs=True))
+        self.install()
         self._in_pass = False
         self._force_pass: int | None = None
         self._cur_ids: list[Any] = []
@@ -126,6 +123,17 @@ class RoutingHooks:
         self._scores.append(np.stack([x.float().cpu().numpy() for x in self._cur_scores], axis=1).astype(np.float16))
         if self.speculate:
             self._pred.append(np.stack([x.cpu().numpy() for x in self._cur_pred], axis=1).astype(np.int16))
+
+    def install(self) -> None:
+        """Hook the routers (done at construction; again after `remove`, e.g. once another request's passes
+        with their own hooks ran in between: what was recorded so far is kept)."""
+        if self._handles:
+            return
+        for layer, gate in enumerate(self.gates):
+            self._handles.append(gate.register_forward_hook(self._make_hook(layer)))
+        if self.speculate:
+            first = _first_sparse_layer(self._model)
+            self._handles.append(first.register_forward_pre_hook(self._layer0_input, with_kwargs=True))
 
     def remove(self) -> None:
         for h in self._handles:

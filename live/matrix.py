@@ -51,7 +51,10 @@ OLMOE_PROMPT, MIXTRAL_PROMPT, DECODE = 256, 256, 64
 MIXTRAL_LAYERS = 8
 TTFT_REPEATS = 3  # extra cold prefills per run (a prefill is one sample; the round keeps the fastest)
 ROUNDS = 3
-CAL_STEPS = 16  # decode steps per runtime calibration mode (one calibration before every run)
+CAL_STEPS = 16  # decode steps per runtime calibration mode and run
+CAL_CHUNKS = 4  # interleaved calibration: parts of CAL_STEPS // CAL_CHUNKS steps, before the prefill and every
+#               # DECODE // CAL_CHUNKS decode steps
+CALIBRATIONS = ("interleaved", "before")
 MIXTRAL_TRACE = "scenarios/traces/mixtral8x7b_gsm8k.npz"
 
 
@@ -202,13 +205,13 @@ def _tag(name: str, frac: float, eviction: str, prefetch: str) -> str:
 
 def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scale: str = "full",
               n_layers: int | None = None, prefetches: tuple[str, ...] = PREFETCHES, rounds: int = ROUNDS,
-              handover: str = "auto") -> None:
+              handover: str = "auto", calibration: str = "interleaved") -> None:
     import torch
 
     from .models import build_model, live_spec
     from .offload import ExpertOffload
-    from .runner import run_live
-    from .runtime_cal import host_pace, measure_runtime_overheads
+    from .runner import Between, run_live
+    from .runtime_cal import combine_calibrations, host_pace, measure_runtime_overheads
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -217,7 +220,8 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
     spec = live_spec(shape, "bf16")
     forced = MIXTRAL_TRACE + f" (request 0, {DECODE} decode steps, first {shape.n_layers} layers)" \
         if name == "mixtral" else "synthetic olmoe zipf 0.6 reuse 0.3 cross 0.3 seed 0"
-    common = {"profile_model": preset, "scale": scale, "handover": handover}  # + the one used, per record
+    # + the hand-over used, per record
+    common = {"profile_model": preset, "scale": scale, "handover": handover, "calibration": calibration}
 
     model = build_model(preset, scale, n_layers=work.n_layers, dtype="bf16", seed=0)
     print(f"{name}: built [{time.time() - t0:.0f}s]", flush=True)
@@ -265,26 +269,60 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
                                stats_equal_across_rounds=same,
                                stats_rounds=None if same else [attrs.asdict(x.stats) for x in results]))
 
+    cal_rts: list[Any] = []  # the interleaved calibration's runtime: every slot, re-set when the prefetch changes
+
+    def calibration_runtime(pf: str) -> Any:
+        if not cal_rts:
+            cal_rts.append(runtime.sibling(n_keys, prefetch=pf, handover=handover))
+        elif cal_rts[0].prefetch != pf:
+            cal_rts[0].prefetch = pf
+            cal_rts[0].reset()
+        else:
+            return cal_rts[0]
+        if pf != "none":  # the zeroed-experts replay of a prefetching runtime predicts from other hidden states
+            cal_rts[0].preload()
+        return cal_rts[0]
+
     for r in range(rounds):
         shift = r * len(configs) // rounds  # each round starts elsewhere: drift of the host's pace hits all alike
         for i, (frac, ev, pf) in enumerate(configs[shift:] + configs[:shift]):
-            # the runtime calibration right before the run it is paired with (the host's pace holds for tens
-            # of seconds, then may switch): same prefetch policy (a prefetching runtime does more host work
-            # per layer), every expert resident (preloaded when prefetching: the zeroed-experts replay
-            # predicts from other hidden states)
-            reconfigure(runtime, n_keys, "lru", "eager", pf)
-            if pf != "none":
-                runtime.preload()
-            pace0 = host_pace(dev)
-            cal = measure_runtime_overheads(model, runtime, vocab=shape.vocab, device=dev,
-                                            prompt_len=MIXTRAL_PROMPT, steps=CAL_STEPS)
-            pace1 = host_pace(dev)
-            reconfigure(runtime, slots_for(frac, n_keys), ev, "eager", pf)
-            res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
-                           warmup_passes=3, rehearse=cuda and r == 0 and i == 0, model_name=spec.name)
-            pace2 = host_pace(dev)
-            # the host's pace around the calibration and around the run (live.runtime_cal.host_pace)
-            cal = dict(cal, pace_s=(pace0 + pace1) / 2, run_pace_s=(pace1 + pace2) / 2)
+            if calibration == "interleaved":
+                # the runtime calibration in CAL_CHUNKS parts, before the prefill and between chunks of the
+                # decode steps, on a sibling runtime holding every expert: the host's pace switches within a
+                # run (OLMoE steps 45-88 ms in one 4-second run), so the calibration samples the same seconds
+                cal_rt = calibration_runtime(pf)
+                parts: list[dict[str, Any]] = []
+
+                def calibrate_part(_step: int, cal_rt: Any = cal_rt, parts: list[dict[str, Any]] = parts) -> None:
+                    parts.append(measure_runtime_overheads(model, cal_rt, vocab=shape.vocab, device=dev,
+                                                           prompt_len=MIXTRAL_PROMPT,
+                                                           steps=max(1, CAL_STEPS // CAL_CHUNKS)))
+
+                reconfigure(runtime, slots_for(frac, n_keys), ev, "eager", pf)
+                pace0 = host_pace(dev)
+                res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
+                               warmup_passes=3, rehearse=cuda and r == 0 and i == 0, model_name=spec.name,
+                               between=Between(calibrate_part, max(1, -(-DECODE // CAL_CHUNKS))))
+                pace2 = host_pace(dev)
+                cal = dict(combine_calibrations(parts), pace_s=(pace0 + pace2) / 2, run_pace_s=(pace0 + pace2) / 2,
+                           calibration="interleaved")
+            else:
+                # the runtime calibration right before the run it is paired with: same prefetch policy (a
+                # prefetching runtime does more host work per layer), every expert resident (preloaded when
+                # prefetching: the zeroed-experts replay predicts from other hidden states)
+                reconfigure(runtime, n_keys, "lru", "eager", pf)
+                if pf != "none":
+                    runtime.preload()
+                pace0 = host_pace(dev)
+                cal = measure_runtime_overheads(model, runtime, vocab=shape.vocab, device=dev,
+                                                prompt_len=MIXTRAL_PROMPT, steps=CAL_STEPS)
+                pace1 = host_pace(dev)
+                reconfigure(runtime, slots_for(frac, n_keys), ev, "eager", pf)
+                res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
+                               warmup_passes=3, rehearse=cuda and r == 0 and i == 0, model_name=spec.name)
+                pace2 = host_pace(dev)
+                # the host's pace around the calibration and around the run (live.runtime_cal.host_pace)
+                cal = dict(cal, pace_s=(pace0 + pace1) / 2, run_pace_s=(pace1 + pace2) / 2, calibration="before")
             cals[pf].append(cal)
             paired[(frac, ev, pf)].append(cal)
             runs[(frac, ev, pf)].append(res)
@@ -295,11 +333,9 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
                   f"{res.decode_tok_s:.2f} tok/s, hit {res.stats.hit_rate:.3f}, copies {res.stats.copies}; "
                   f"calibration full step {cal['full_step_s'] * 1e3:.1f} ms [{time.time() - t0:.0f}s]", flush=True)
         write_records(runtime, final=r == rounds - 1)
-    runtime.close()
-    del runtime, model
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
+    for cal_rt in cal_rts:
+        cal_rt.close()
+    runtime.close()  # the model, runtimes and slot pools go with this frame; main() collects them
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="repeat every configuration this many times, interleaved; records keep best and medians")
     p.add_argument("--prefetch", choices=LIVE_PREFETCH, action="append",
                    help=f"prefetch policies to run (repeatable; default {' and '.join(PREFETCHES)})")
+    p.add_argument("--calibration", choices=CALIBRATIONS, default="interleaved",
+                   help="the runtime calibration paired with each run: in parts between its chunks of decode steps "
+                        "(default), or all of it right before the run")
     p.add_argument("--handover", choices=HANDOVER_CHOICES, default="auto",
                    help="how the prefetch watchdog submits while the forward thread is away (live/watchdog.py)")
     args = p.parse_args(argv)
@@ -321,7 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     np.seterr(all="ignore")
     for name in args.only or ("olmoe", "mixtral"):
         run_model(name, args.out, t0, device=args.device, scale=args.scale, n_layers=args.layers,
-                  prefetches=tuple(args.prefetch or PREFETCHES), rounds=args.rounds, handover=args.handover)
+                  prefetches=tuple(args.prefetch or PREFETCHES), rounds=args.rounds, handover=args.handover,
+                  calibration=args.calibration)
+        gc.collect()  # the model and its slot pools, before the next model is built
+        if args.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
     print(f"total {time.time() - t0:.0f}s", flush=True)
     return 0
 

@@ -43,6 +43,7 @@ gate. Deferred hits are off while prefetching: a layer's prefetch decision needs
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any
 
 import attrs
@@ -160,6 +161,7 @@ class ExpertOffload:
         self.slot_gu = torch.empty((n_slots, *gu_shape), dtype=dtype, device=self.device)
         self.slot_dn = torch.empty((n_slots, *dn_shape), dtype=dtype, device=self.device)
         self.fused: list[Any] = []  # each block's own experts module, its weights now the slot pool
+        self.modules: list[OffloadedExperts] = []  # what the blocks call (shared with `sibling` runtimes)
         for layer, b in enumerate(blocks):
             orig = b.experts
             if tuple(orig.gate_up_proj.shape[1:]) != gu_shape:
@@ -170,12 +172,38 @@ class ExpertOffload:
             orig.gate_up_proj, orig.down_proj, orig.num_experts = self.slot_gu, self.slot_dn, n_slots
             self.fused.append(orig)
             b.experts = OffloadedExperts(self, layer, orig.act_fn)
+            self.modules.append(b.experts)
         self.expert_bytes = (self.host_gu[0, 0].numel() + self.host_dn[0, 0].numel()) * self.host_gu.element_size()
         self.copy_stream = torch.cuda.Stream(device=self.device) if self.cuda else None
         model.to(self.device)
         self.watchdog: PrefetchWatchdog | None = None
         self._copy_s: float | None = None  # seconds per expert copy, measured once (`copy_seconds`)
         self.reset()
+
+    def sibling(self, n_slots: int, *, eviction: str = "lru", prefetch: str = "none", seed: int = 0,
+                handover: str | None = None) -> ExpertOffload:
+        """A second runtime on the same model and host weights, with its own slot pool, policies, copy
+        stream, watchdog and counters (eager kernel), for a calibration whose passes run between a measured
+        run's: `attach` makes a runtime the one the model's blocks call. The model stays attached to self."""
+        if not 1 <= n_slots <= self.n_layers * self.n_experts:
+            raise EmuError(f"expected 1..{self.n_layers * self.n_experts} expert slots, got {n_slots}",
+                           key="cache.capacity")
+        rt = copy.copy(self)  # shares the host weights, gates and the blocks' modules; the rest is replaced
+        rt.n_slots, rt.kernel, rt.fused = n_slots, "eager", []
+        rt.eviction, rt.eviction_params, rt.seed = eviction, {}, seed
+        rt.prefetch, rt.prefetch_params = prefetch, {}
+        rt.handover = self.handover if handover is None else handover
+        rt.slot_gu = torch.empty((n_slots, *self.slot_gu.shape[1:]), dtype=self.slot_gu.dtype, device=self.device)
+        rt.slot_dn = torch.empty((n_slots, *self.slot_dn.shape[1:]), dtype=self.slot_dn.dtype, device=self.device)
+        rt.copy_stream = torch.cuda.Stream(device=self.device) if self.cuda else None
+        rt.watchdog = None
+        rt.reset()
+        return rt
+
+    def attach(self) -> None:
+        """Route the model's offloaded blocks to this runtime (self or a `sibling`)."""
+        for m in self.modules:
+            m._runtime[0] = self
 
     # --- state -------------------------------------------------------------------------------------
     def reset(self) -> None:

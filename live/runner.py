@@ -10,6 +10,7 @@ the measured run starts cold, as the emulator does.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -103,9 +104,42 @@ class RequestTimes:
     decode_s: tuple[float, ...]
 
 
+#: what runs between a request's passes (`Between`): called with the decode step about to run (0 = the prefill)
+BetweenFn = Callable[[int], None]
+
+
+@attrs.frozen
+class Between:
+    """Other work run between a measured request's passes: before its prefill and before every `every`-th
+    decode step (e.g. a runtime calibration, interleaved so that both see the host's pace of the same
+    seconds). The request's hooks come off the model meanwhile and its runtime is attached again after."""
+
+    fn: BetweenFn
+    every: int
+
+    def __attrs_post_init__(self) -> None:
+        if self.every < 1:
+            raise EmuError(f"expected a decode step interval >= 1, got {self.every}")
+
+
+def _run_between(between: Between | None, step: int, hooks: RoutingHooks | None,
+                 runtime: ExpertOffload | None) -> None:
+    if between is None:
+        return
+    if hooks is not None:
+        hooks.remove()
+    try:
+        between.fn(step)
+    finally:
+        if hooks is not None:
+            hooks.install()
+        if runtime is not None:
+            runtime.attach()
+
+
 def generate(model: Any, prompt: torch.Tensor, plan: PassPlan, *, request: int = 0,
              hooks: RoutingHooks | None = None, runtime: ExpertOffload | None = None,
-             clock: PassClock | None = None) -> list[int]:
+             clock: PassClock | None = None, between: Between | None = None) -> list[int]:
     """Greedy decoding of one request; returns the generated ids (first from the prefill)."""
     from transformers import DynamicCache
 
@@ -113,11 +147,16 @@ def generate(model: Any, prompt: torch.Tensor, plan: PassPlan, *, request: int =
     cache = DynamicCache(config=model.config)
     n = prompt.shape[1]
     out_ids: list[int] = []
+    if runtime is not None:
+        runtime.attach()  # the model's blocks may have been routed to a sibling runtime since
     with torch.no_grad():
+        _run_between(between, 0, hooks, runtime)
         tok = _pass(model, prompt, cache, PHASE_PREFILL, np.full(n, request), np.arange(n), plan.force_prefill,
                     hooks, runtime, clock)
         out_ids.append(tok)
         for step in range(plan.n_decode):
+            if between is not None and step > 0 and step % between.every == 0:
+                _run_between(between, step, hooks, runtime)
             force = plan.force_decode[step] if step < len(plan.force_decode) else None
             ids = torch.tensor([[tok]], device=device)
             tok = _pass(model, ids, cache, PHASE_DECODE, np.array([request]), np.array([n + step]), force,
@@ -182,21 +221,23 @@ def attention_backends(device: torch.device) -> Any:
 def run_live(model: Any, plans: list[PassPlan], *, vocab: int, device: torch.device, seed: int = 0,
              runtime: ExpertOffload | None = None, force: RoutingTrace | None = None, warmup_passes: int = 3,
              rehearse: bool = False, model_name: str = "", meta: dict[str, Any] | None = None,
-             preload: bool = False) -> LiveResult:
+             preload: bool = False, between: Between | None = None) -> LiveResult:
     """Warm up, empty the expert cache (or, with `preload`, fill it in key order), then run every plan
     (one request each) timed and recorded.
 
     `rehearse` first runs every plan once untimed (same shapes, other prompt ids), so no measured pass
     is the first of its shape for any kernel library; the cache is emptied after it all the same.
+    `between` runs between the measured passes (not during warm-up or rehearsal).
     """
     with attention_backends(device):
         return _run_live(model, plans, vocab, device, seed, runtime, force, warmup_passes, rehearse, model_name,
-                         meta, preload)
+                         meta, preload, between)
 
 
 def _run_live(model: Any, plans: list[PassPlan], vocab: int, device: torch.device, seed: int,
               runtime: ExpertOffload | None, force: RoutingTrace | None, warmup_passes: int, rehearse: bool,
-              model_name: str, meta: dict[str, Any] | None, preload: bool = False) -> LiveResult:
+              model_name: str, meta: dict[str, Any] | None, preload: bool = False,
+              between: Between | None = None) -> LiveResult:
     gen = torch.Generator().manual_seed(seed)
     if warmup_passes > 0:
         warm = torch.randint(0, vocab, (1, 8), generator=gen).to(device)
@@ -216,7 +257,7 @@ def _run_live(model: Any, plans: list[PassPlan], vocab: int, device: torch.devic
         for req, plan in enumerate(plans):
             prompt = torch.randint(0, vocab, (1, plan.prompt_len), generator=gen).to(device)
             tokens.append(tuple(generate(model, prompt, plan, request=req, hooks=hooks, runtime=runtime,
-                                         clock=clock)))
+                                         clock=clock, between=between)))
         spans = clock.seconds()
     finally:
         hooks.remove()

@@ -48,6 +48,7 @@ def measure_runtime_overheads(model: Any, runtime: Any, *, vocab: int, device: A
 
     gen = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, vocab, (1, prompt_len), generator=gen).to(device)
+    runtime.attach()  # a sibling of the measured run's runtime, when interleaved with it
     with attention_backends(device):
         rec = RoutingHooks(model, record=True, speculate=True)
         try:
@@ -57,7 +58,6 @@ def measure_runtime_overheads(model: Any, runtime: Any, *, vocab: int, device: A
         routing = rec.trace("calibration")
         plan = PassPlan(prompt_len, steps, 0, tuple(range(1, steps + 1)))
         steps_s: dict[str, list[float]] = {}
-        real_compute = runtime._compute
         for mode in ("full", "no_experts"):
             if mode == "no_experts":
                 def skip(slot: int, event: Any, act_fn: Any, hidden: Any, weights: Any, rows: Any) -> Any:
@@ -71,7 +71,7 @@ def measure_runtime_overheads(model: Any, runtime: Any, *, vocab: int, device: A
                 generate(model, prompt, plan, hooks=hooks, runtime=runtime, clock=clock)
             finally:
                 hooks.remove()
-                runtime._compute = real_compute
+                runtime.__dict__.pop("_compute", None)  # the class's method again (no bound copy left behind)
             if runtime.copies != copies:
                 raise EmuError(f"runtime calibration ({mode}) copied {runtime.copies - copies} experts; it expects "
                                "every expert resident (run it with all slots)")
@@ -85,6 +85,23 @@ def measure_runtime_overheads(model: Any, runtime: Any, *, vocab: int, device: A
            "n_layers": runtime.n_layers, "top_k": runtime.top_k, "context": prompt_len + steps // 2,
            "prompt_len": prompt_len, "steps": steps}
     return out if issue is None else dict(out, copy_issue_s=issue)
+
+
+def combine_calibrations(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One calibration from several taken at different moments (between the chunks of a measured run): the
+    mean of all their steps, the median of their copy issue times; each part's figures kept in `parts`."""
+    if not parts:
+        raise EmuError("no runtime calibration to combine")
+    full = [x for p in parts for x in p["full_steps_s"]]
+    bare = [x for p in parts for x in p["no_experts_steps_s"]]
+    out = dict(parts[0], full_step_s=statistics.fmean(full), no_experts_step_s=statistics.fmean(bare),
+               full_steps_s=full, no_experts_steps_s=bare, steps=len(full),
+               parts=[{k: p[k] for k in ("full_step_s", "no_experts_step_s", "copy_issue_s") if k in p}
+                      for p in parts])
+    issue = [p["copy_issue_s"] for p in parts if "copy_issue_s" in p]
+    if issue:
+        out["copy_issue_s"] = float(statistics.median(issue))
+    return out
 
 
 def host_pace(device: Any, launches: int = 200, repeats: int = 5) -> float:

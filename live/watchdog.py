@@ -94,7 +94,7 @@ class PrefetchWatchdog:
         self._away_since: float | None = None  # start of the forward thread's current away span
         self._away_layer = -1  # the layer whose end started it (-1: outside a pass)
         self._spans: dict[int, collections.deque[float]] = {}  # layer -> its last away spans (seconds)
-        self._switch_interval: float | None = None
+        self._cut_interval = False  # this watchdog holds the switch interval cut
         self.lock = threading.RLock()
         self._queue: dict[int, Any] = {}
         self.promoted = 0  # prefetches a layer needed while still queued
@@ -286,8 +286,8 @@ class PrefetchWatchdog:
                 loop.run_until_complete(loop.shutdown_default_executor())
                 loop.close()
 
-        self._switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL_S))
+        _cut_switch_interval()
+        self._cut_interval = True
         self._thread = threading.Thread(target=main, name="prefetch-watchdog", daemon=True)
         self._thread.start()
         started.wait()
@@ -303,7 +303,31 @@ class PrefetchWatchdog:
                 loop.call_soon_threadsafe(task.cancel)
         thread.join()
         self._thread = self._task = self._loop = self._wake = None
-        if self._switch_interval is not None:
-            sys.setswitchinterval(self._switch_interval)
-            self._switch_interval = None
+        if self._cut_interval:
+            _restore_switch_interval()
+            self._cut_interval = False
         self.check()
+
+
+# the interpreter's switch interval is process-wide: cut while any watchdog runs (a run's and a calibration
+# runtime's may overlap, and stop in either order), restored when the last one stops
+_running = 0
+_saved_interval = 0.0
+_interval_lock = threading.Lock()
+
+
+def _cut_switch_interval() -> None:
+    global _running, _saved_interval
+    with _interval_lock:
+        if _running == 0:
+            _saved_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(_saved_interval, SWITCH_INTERVAL_S))
+        _running += 1
+
+
+def _restore_switch_interval() -> None:
+    global _running
+    with _interval_lock:
+        _running -= 1
+        if _running == 0:
+            sys.setswitchinterval(_saved_interval)

@@ -119,8 +119,44 @@ def test_the_matrix_runs_rounds_and_records_medians(tmp_path, monkeypatch) -> No
         assert all(c["pace_s"] > 0 and c["run_pace_s"] > 0 for c in rec["runtime_cal_rounds"])  # host_pace probes
         per = 1 + matrix.TTFT_REPEATS
         assert rec["ttft_rounds_s"] == [min(rec["ttft_samples_s"][k * per: (k + 1) * per]) for k in range(3)]
+        # interleaved (the default): a part before the prefill and one before each later decode step (DECODE 3,
+        # CAL_CHUNKS 4: every step), each of max(1, CAL_STEPS // CAL_CHUNKS) = 1 step per mode
+        assert rec["calibration"] == "interleaved"
+        for c in rec["runtime_cal_rounds"]:
+            assert c["calibration"] == "interleaved" and len(c["parts"]) == 3 and c["steps"] == 3
+            assert c["full_step_s"] == pytest.approx(float(np.mean(c["full_steps_s"])), rel=1e-12)
     for suffix, runs in (("", 2), ("_next_layer", 1)):  # model level: every calibration of the policy
         cal = json.loads((tmp_path / f"mixtral_runtime_cal{suffix}.json").read_text())
         assert len(cal["rounds"]) == 3 * runs
         assert cal["full_step_s"] == min(r["full_step_s"] for r in cal["rounds"])
         assert cal["full_step_median_s"] == float(np.median([r["full_step_s"] for r in cal["rounds"]]))
+
+
+def test_a_calibration_interleaved_with_a_run_leaves_the_run_as_it_was(built) -> None:
+    """A sibling runtime (every expert, its own slots) calibrated between the run's decode steps: the run's
+    tokens, counts and recorded routing are those of the same run alone, and the calibration parts are
+    complete (the blocks are routed back to the run's runtime after each)."""
+    from live.runner import Between
+    from live.runtime_cal import combine_calibrations
+
+    shape, model, rt = built
+    reconfigure(rt, 6, "lru", "eager")
+    cal_rt = rt.sibling(rt.n_layers * rt.n_experts)
+    plan = PassPlan(6, 5)
+    alone = run_live(model, [plan], vocab=shape.vocab, device=CPU, runtime=rt, warmup_passes=1, seed=3)
+    parts: list[dict] = []
+
+    def part(step: int) -> None:
+        parts.append(measure_runtime_overheads(model, cal_rt, vocab=shape.vocab, device=CPU, prompt_len=5, steps=2))
+
+    mixed = run_live(model, [plan], vocab=shape.vocab, device=CPU, runtime=rt, warmup_passes=1, seed=3,
+                     between=Between(part, 2))
+    assert mixed.tokens == alone.tokens and mixed.stats == alone.stats
+    assert mixed.trace.fingerprint() == alone.trace.fingerprint()
+    assert len(parts) == 3  # before the prefill, before decode steps 2 and 4
+    assert cal_rt.copies == 0 or all(p["full_step_s"] > 0 for p in parts)
+    cal = combine_calibrations(parts)
+    assert cal["steps"] == 6 and len(cal["parts"]) == 3
+    assert cal["full_step_s"] == pytest.approx(sum(cal["full_steps_s"]) / 6, rel=1e-12)
+    assert all(m._runtime[0] is rt for m in rt.modules)  # the model is the run's again
+    cal_rt.close()

@@ -376,3 +376,18 @@ async def test_bounded_handover_without_an_estimate_submits_everything() -> None
 def test_a_negative_copy_time_is_refused() -> None:
     with pytest.raises(ValueError, match="copy_s"):
         PrefetchWatchdog(SyncEngine(), handover="bounded", copy_s=-1.0)
+
+
+def test_overlapping_watchdogs_keep_the_interval_cut_until_the_last_one_stops() -> None:
+    import sys
+
+    before = sys.getswitchinterval()
+    a, b = PrefetchWatchdog(SyncEngine()), PrefetchWatchdog(SyncEngine())
+    a.start()
+    b.start()
+    try:
+        a.stop()  # the first one stops while the second still runs: still cut
+        assert sys.getswitchinterval() <= 1e-4 + 1e-12
+    finally:
+        b.stop()
+    assert sys.getswitchinterval() == before
