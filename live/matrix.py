@@ -54,13 +54,24 @@ ROUNDS = 3
 CAL_STEPS = 16  # decode steps per runtime calibration mode and run
 CAL_CHUNKS = 4  # interleaved calibration: parts of CAL_STEPS // CAL_CHUNKS steps, before the prefill and every
 #               # DECODE // CAL_CHUNKS decode steps
-CALIBRATIONS = ("interleaved", "before")
+CALIBRATIONS = ("auto", "interleaved", "before")
 MIXTRAL_TRACE = "scenarios/traces/mixtral8x7b_gsm8k.npz"
 
 
 def slots_for(fraction: float, n_keys: int) -> int:
     """The same rounding `emu live` applies to a percentage capacity."""
     return max(1, min(n_keys, math.floor(fraction * n_keys + 1e-9)))
+
+
+def calibration_for(copy_s: float) -> str:
+    """"auto": interleaved for short copies, before for long ones. With short copies (OLMoE, 0.23 ms) decode
+    is host-paced and the host's pace switches within a run, so the calibration must sample the run's own
+    seconds; with long ones (Mixtral, 6.4 ms) the run is paced by its copies, and the copies still in flight
+    at a calibration part would land during it instead of during the run (Mixtral 25% next-layer: 1588
+    copies against the emulator's 1557 interleaved, 1558 with the calibration before)."""
+    from .offload import AUTO_BOUNDED_COPY_S
+
+    return "before" if copy_s >= AUTO_BOUNDED_COPY_S else "interleaved"
 
 
 def reconfigure(runtime: Any, n_slots: int, eviction: str, kernel: str, prefetch: str = "none") -> None:
@@ -205,7 +216,7 @@ def _tag(name: str, frac: float, eviction: str, prefetch: str) -> str:
 
 def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scale: str = "full",
               n_layers: int | None = None, prefetches: tuple[str, ...] = PREFETCHES, rounds: int = ROUNDS,
-              handover: str = "auto", calibration: str = "interleaved") -> None:
+              handover: str = "auto", calibration: str = "auto") -> None:
     import torch
 
     from .models import build_model, live_spec
@@ -220,13 +231,15 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
     spec = live_spec(shape, "bf16")
     forced = MIXTRAL_TRACE + f" (request 0, {DECODE} decode steps, first {shape.n_layers} layers)" \
         if name == "mixtral" else "synthetic olmoe zipf 0.6 reuse 0.3 cross 0.3 seed 0"
-    # + the hand-over used, per record
-    common = {"profile_model": preset, "scale": scale, "handover": handover, "calibration": calibration}
-
     model = build_model(preset, scale, n_layers=work.n_layers, dtype="bf16", seed=0)
     print(f"{name}: built [{time.time() - t0:.0f}s]", flush=True)
     runtime = ExpertOffload(model, n_keys, eviction="lru", device=device, seed=0, kernel="eager", handover=handover)
     print(f"{name}: offloaded [{time.time() - t0:.0f}s]", flush=True)
+    if calibration == "auto":
+        calibration = calibration_for(runtime.copy_seconds())
+        print(f"{name}: {calibration} runtime calibration (copy {runtime.copy_seconds() * 1e3:.2f} ms)", flush=True)
+    # + the hand-over used, per record
+    common = {"profile_model": preset, "scale": scale, "handover": handover, "calibration": calibration}
     configs = [c for c in itertools.product(FRACTIONS, EVICTIONS, prefetches) if c[2] == "none" or c[0] < 1.0]
     runs: dict[tuple[float, str, str], list[Any]] = {c: [] for c in configs}
     ttfts: dict[tuple[float, str, str], list[float]] = {c: [] for c in configs}
@@ -349,9 +362,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="repeat every configuration this many times, interleaved; records keep best and medians")
     p.add_argument("--prefetch", choices=LIVE_PREFETCH, action="append",
                    help=f"prefetch policies to run (repeatable; default {' and '.join(PREFETCHES)})")
-    p.add_argument("--calibration", choices=CALIBRATIONS, default="interleaved",
-                   help="the runtime calibration paired with each run: in parts between its chunks of decode steps "
-                        "(default), or all of it right before the run")
+    p.add_argument("--calibration", choices=CALIBRATIONS, default="auto",
+                   help="the runtime calibration paired with each run: in parts between its chunks of decode steps, "
+                        "or all of it right before the run; auto: interleaved for copies under 1 ms, else before")
     p.add_argument("--handover", choices=HANDOVER_CHOICES, default="auto",
                    help="how the prefetch watchdog submits while the forward thread is away (live/watchdog.py)")
     args = p.parse_args(argv)

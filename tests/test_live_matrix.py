@@ -160,3 +160,11 @@ def test_a_calibration_interleaved_with_a_run_leaves_the_run_as_it_was(built) ->
     assert cal["full_step_s"] == pytest.approx(sum(cal["full_steps_s"]) / 6, rel=1e-12)
     assert all(m._runtime[0] is rt for m in rt.modules)  # the model is the run's again
     cal_rt.close()
+
+
+def test_auto_calibration_interleaves_for_short_copies_only() -> None:
+    from live.matrix import calibration_for
+
+    assert calibration_for(0.23e-3) == "interleaved"  # OLMoE's copies on the H100: host-paced decode
+    assert calibration_for(6.4e-3) == "before"  # Mixtral's: copy-paced, in-flight copies would land meanwhile
+    assert calibration_for(0.0) == "interleaved"  # the CPU's synchronous copies
