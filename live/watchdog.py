@@ -31,6 +31,8 @@ microsecond of Python on either thread is a microsecond of a host-paced decode s
     away spans (median of the last few after the same layer) and when the engine frees up from the
     copies submitted and `copy_s`, the measured seconds per copy. With short copies (OLMoE, ~0.23 ms)
     nearly all go at once; with long ones (Mixtral, ~6.4 ms) the rest go one by one, as they should.
+  - "bounded-pump": the same bound, but the rest is left to the forward thread's checkpoints (no wake per
+    held-back copy; the engine may idle until the next checkpoint).
   - "drain": hands a worker thread (`asyncio.to_thread`) a drain: wait for the engine without the GIL,
     submit the next prefetch the moment it is idle, repeat while the forward thread is away.
   While the watchdog runs, the interpreter's switch interval is cut to `SWITCH_INTERVAL_S`, so the
@@ -53,7 +55,7 @@ import threading
 import time
 from typing import Any, Protocol
 
-HANDOVERS = ("bulk", "bounded", "drain")
+HANDOVERS = ("bulk", "bounded", "bounded-pump", "drain")
 #: what a runtime may ask for: a hand-over, or "auto" (chosen by the copy time: `live.offload`)
 HANDOVER_CHOICES = ("auto", *HANDOVERS)
 #: away spans kept per layer for the bounded hand-over's estimate of the next gate (their median)
@@ -223,14 +225,22 @@ class PrefetchWatchdog:
         self._wake = asyncio.Event()
         self._stopping = False
         bounded_for: float | None = None  # the away span whose bounded submission is done
+        bounded = self.handover in ("bounded", "bounded-pump")
+
+        def has_work() -> bool:
+            if not (self._away and self._queue):
+                return False
+            # bounded-pump: once per away span (the forward thread's checkpoints submit the rest)
+            return not (self.handover == "bounded-pump" and self._away_since == bounded_for)
+
         try:
             while True:
-                if self._away and self._queue:
+                if has_work():
                     if self.handover == "bulk":
                         self.submit_all()
                         continue
-                    if self.handover == "bounded" and self._away_since != bounded_for:
-                        bounded_for = self._away_since  # once per away span; the rest is drained
+                    if bounded and self._away_since != bounded_for:
+                        bounded_for = self._away_since  # once per away span; then the rest as the mode says
                         self.submit_bounded()
                         continue
                     if self.engine.idle():
@@ -239,7 +249,7 @@ class PrefetchWatchdog:
                         await asyncio.to_thread(self._drain)
                     continue
                 self._wake.clear()
-                if not (self._away and self._queue):  # state set before a wake that ran before the clear
+                if not has_work():  # state set before a wake that ran before the clear
                     await self._wake.wait()
         except asyncio.CancelledError:
             raise
