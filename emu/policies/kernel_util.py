@@ -20,6 +20,15 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
+@njit(cache=True, inline="always")
+def ix(i: int) -> np.uint64:
+    """`i` (never negative) as an array index that numba does not wrap. For a signed index numba adds
+    the size when it is negative: a shift, a mask, an add and a load of the size on every access, on
+    the path of the load's address; an unsigned index goes straight to the address. For keys, expert
+    ids and layers in the hot paths."""
+    return np.uint64(i)
+
+
 def set_rows(n_keys: int) -> int:
     """Width a resident-set row pair needs."""
     return n_keys + 1
@@ -41,27 +50,27 @@ def resident_set_state(n_keys: int, i_rows: int, f_rows: int = 0, f_cols: int = 
 
 @njit(cache=True, _nrt=False)
 def set_add(members: np.ndarray, pos: np.ndarray, key: int) -> None:
-    if pos[key] >= 0:
+    if pos[ix(key)] >= 0:
         return
     n_keys = pos.shape[0] - 1
     n = pos[n_keys]
-    members[n] = key
-    pos[key] = n
+    members[ix(n)] = key
+    pos[ix(key)] = n
     pos[n_keys] = n + 1
 
 
 @njit(cache=True, _nrt=False)
 def set_remove(members: np.ndarray, pos: np.ndarray, key: int) -> None:
-    j = pos[key]
+    j = pos[ix(key)]
     if j < 0:
         return
     n_keys = pos.shape[0] - 1
     last = pos[n_keys] - 1
-    moved = members[last]
-    members[j] = moved
-    pos[moved] = j
-    members[last] = -1
-    pos[key] = -1
+    moved = members[ix(last)]
+    members[ix(j)] = moved
+    pos[ix(moved)] = j
+    members[ix(last)] = -1
+    pos[ix(key)] = -1
     pos[n_keys] = last
 
 
@@ -106,15 +115,6 @@ def rand_below(state: np.ndarray, idx: int, n: int) -> int:
 
 
 # ---- small numeric helpers -------------------------------------------------------------------------
-
-@njit(cache=True, inline="always")
-def ix(i: int) -> np.uint64:
-    """`i` (never negative) as an array index that numba does not wrap. For a signed index numba adds
-    the size when it is negative: a shift, a mask, an add and a load of the size on every access, on
-    the path of the load's address; an unsigned index goes straight to the address. For keys, expert
-    ids and layers in the hot paths."""
-    return np.uint64(i)
-
 
 @njit(cache=True, inline="always", _nrt=False)
 def sort_prefix(buf: np.ndarray, n: int) -> None:
