@@ -13,6 +13,10 @@ Functions that allocate nothing are compiled with `_nrt=False` (numba's flag for
 the policy kernels: the state's arrays are borrowed views with a null meminfo, but numba still called
 NRT_incref / NRT_decref for every array bound to a local, ~18 % of a run (docs/fast_engine.md). A
 function that must allocate keeps the runtime; numba refuses to compile one that allocates without it.
+
+In the hot paths an index that is a key, an expert id, a layer or a cursor is written `arr[ix(i)]`
+(`kernel_util.ix`, an unsigned view of a value that is never negative): numba then skips its
+negative-index fix-up, ~14 % of a run (docs/fast_engine.md, sixth round).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from ..policies.api import (
     MISS_FETCH,
     MISS_SUBSTITUTE,
 )
-from ..policies.kernel_util import sort_prefix
+from ..policies.kernel_util import ix, sort_prefix
 from .stack import STACK_T
 from .state import (
     ABSENT,
@@ -130,6 +134,7 @@ _HEAP_SEQ_BITS = 38
 
 # ---- small pure helpers --------------------------------------------------------------------------
 
+
 @njit(cache=True, inline="always")
 def interp_curve(xs: np.ndarray, ys: np.ndarray, n: int, x: float) -> float:
     """Piecewise linear, clamped below the first point, extended past the last (never decreasing)."""
@@ -154,7 +159,8 @@ def interp_curve(xs: np.ndarray, ys: np.ndarray, n: int, x: float) -> float:
 
 @njit(cache=True, inline="always")
 def expert_seconds(tm, prec: int, tokens: int) -> float:
-    return interp_curve(tm.exp_tok[prec], tm.exp_s[prec], tm.exp_n[prec], float(tokens))
+    r = ix(prec)
+    return interp_curve(tm.exp_tok[r], tm.exp_s[r], tm.exp_n[r], float(tokens))
 
 
 @njit(cache=True, inline="always")
@@ -199,11 +205,11 @@ def _queue_push(cs, prio: int, seq: int, key: int) -> None:
     item = (seq << _HEAP_KEY_BITS) | key
     if prio == DEMAND:
         n = cs.sc[SC_DQ_N]
-        h[(cs.sc[SC_DQ_HEAD] + n) & (r - 1)] = item
+        h[ix((cs.sc[SC_DQ_HEAD] + n) & (r - 1))] = item
         cs.sc[SC_DQ_N] = n + 1
     else:
         n = cs.sc[SC_PQ_N]
-        h[r + ((cs.sc[SC_PQ_HEAD] + n) & (r - 1))] = item
+        h[ix(r + ((cs.sc[SC_PQ_HEAD] + n) & (r - 1)))] = item
         cs.sc[SC_PQ_N] = n + 1
 
 
@@ -217,11 +223,11 @@ def _queue_pop(cs) -> int:
         head = cs.sc[SC_DQ_HEAD]
         cs.sc[SC_DQ_HEAD] = (head + 1) & (r - 1)
         cs.sc[SC_DQ_N] = n - 1
-        return h[head]
+        return h[ix(head)]
     head = cs.sc[SC_PQ_HEAD]
     cs.sc[SC_PQ_HEAD] = (head + 1) & (r - 1)
     cs.sc[SC_PQ_N] -= 1
-    return h[r + head]
+    return h[ix(r + head)]
 
 
 # ---- slots -----------------------------------------------------------------------------------------
@@ -229,28 +235,30 @@ def _queue_pop(cs) -> int:
 @njit(cache=True, inline="always")
 def is_evictable(cs, key: int, in_layer: int) -> bool:
     """May `key` make room for a copy into `in_layer`? Policies choose only among such keys."""
-    if cs.status[key] != RESIDENT or cs.protect[key] > 0:
+    if cs.status[ix(key)] != RESIDENT or cs.protect[ix(key)] > 0:
         return False
     vl = key_layer(cs, key)
     if cs.sc[SC_SAME_LAYER] == 1 and vl != in_layer:
         return False
-    return not (vl != in_layer and cs.layer_count[vl] - 1 < cs.layer_floor[vl])
+    return not (vl != in_layer and cs.layer_count[ix(vl)] - 1 < cs.layer_floor[ix(vl)])
 
 
 @njit(cache=True, inline="always")
 def evict(pk, cs, tv, key: int, t: float) -> None:
+    kx = ix(key)
     layer = key_layer(cs, key)
-    b = cs.nbytes[key]
-    cs.status[key] = ABSENT
+    lx = ix(layer)
+    b = cs.nbytes[kx]
+    cs.status[kx] = ABSENT
     cs.sc[SC_USED] -= b
-    cs.layer_bytes[layer] -= b
-    cs.layer_count[layer] -= 1
-    cs.evict_pass[key] = cs.sc[SC_PASS]
-    cs.stats_i[ST_EVICTIONS, layer] += 1
-    wasted = cs.pf_unused[key]  # 1 for a prefetched expert never used; counted without a branch
-    cs.pf_unused[key] = 0
-    cs.stats_i[ST_PF_WASTED, layer] += wasted
-    cs.stats_f[SF_PF_WASTED_BYTES, layer] += float(b * wasted)  # + 0.0 leaves a sum of sizes as it was
+    cs.layer_bytes[lx] -= b
+    cs.layer_count[lx] -= 1
+    cs.evict_pass[kx] = cs.sc[SC_PASS]
+    cs.stats_i[ST_EVICTIONS, lx] += 1
+    wasted = cs.pf_unused[kx]  # 1 for a prefetched expert never used; counted without a branch
+    cs.pf_unused[kx] = 0
+    cs.stats_i[ST_PF_WASTED, lx] += wasted
+    cs.stats_f[SF_PF_WASTED_BYTES, lx] += float(b * wasted)  # + 0.0 leaves a sum of sizes as it was
     pk.event(pk.s_evict, cs, tv, EV_EVICT, key, t)
 
 
@@ -258,7 +266,7 @@ def evict(pk, cs, tv, key: int, t: float) -> None:
 def make_room(pk, cs, tv, in_layer: int, nbytes: int, t: float) -> bool:
     """Evict until `nbytes` fit in the pool and in the layer's cap; False when no victim is left."""
     while True:
-        fits_layer = cs.layer_bytes[in_layer] + nbytes <= cs.layer_cap[in_layer]
+        fits_layer = cs.layer_bytes[ix(in_layer)] + nbytes <= cs.layer_cap[ix(in_layer)]
         if cs.sc[SC_USED] + nbytes <= cs.sc[SC_CAP] and fits_layer:
             return True
         cs.sc[SC_SAME_LAYER] = 0 if fits_layer else 1
@@ -271,20 +279,21 @@ def make_room(pk, cs, tv, in_layer: int, nbytes: int, t: float) -> bool:
 
 @njit(cache=True, inline="always")
 def _start_copy_entry(pk, cs, tv, key: int, prec: int, prio: int, t: float) -> None:
-    layer = key_layer(cs, key)
-    b = cs.prec_bytes[prec]
-    cs.status[key] = IN_FLIGHT
-    cs.prec[key] = prec
-    cs.nbytes[key] = b
+    kx = ix(key)
+    lx = ix(key_layer(cs, key))
+    b = cs.prec_bytes[ix(prec)]
+    cs.status[kx] = IN_FLIGHT
+    cs.prec[kx] = prec
+    cs.nbytes[kx] = b
     cs.sc[SC_USED] += b
-    cs.layer_bytes[layer] += b
-    cs.layer_count[layer] += 1
-    cs.loaded_ever[key] = 1
+    cs.layer_bytes[lx] += b
+    cs.layer_count[lx] += 1
+    cs.loaded_ever[kx] = 1
     seq = cs.sc[SC_SEQ]
     cs.sc[SC_SEQ] = seq + 1
-    cs.copy_state[key] = COPY_QUEUED
-    cs.copy_prio[key] = prio
-    cs.copy_seq[key] = seq
+    cs.copy_state[kx] = COPY_QUEUED
+    cs.copy_prio[kx] = prio
+    cs.copy_seq[kx] = seq
     _queue_push(cs, prio, seq, key)
     issue_s = cs.fc[FC_ISSUE_S]
     if issue_s > 0.0:  # a host-paced runtime issues copies on the thread that launches the compute
@@ -311,15 +320,15 @@ def issue_demand(pk, cs, tv, key: int, prec: int, t: float) -> bool:
 @njit(cache=True, _nrt=False)
 def issue_prefetch(pk, cs, tv, key: int, prec: int, t: float) -> bool:
     """A prefetch that finds no victim is dropped and counted."""
-    if cs.status[key] != ABSENT:
+    if cs.status[ix(key)] != ABSENT:
         return False
     layer = key_layer(cs, key)
     if not make_room(pk, cs, tv, layer, cs.prec_bytes[prec], t):
         cs.stats_i[ST_PF_DROPPED, layer] += 1
         return False
     _start_copy_entry(pk, cs, tv, key, prec, PREFETCH, t)
-    cs.pf_unused[key] = 1
-    cs.stats_i[ST_PF_ISSUED, layer] += 1
+    cs.pf_unused[ix(key)] = 1
+    cs.stats_i[ST_PF_ISSUED, ix(layer)] += 1
     return True
 
 
@@ -361,10 +370,10 @@ def gather_layer(cs, tv, p: int, layer: int) -> int:
         bits = np.uint64(0)
         for tok in range(t0, t1):
             for s in range(k):
-                e = np.int64(experts[tok, layer, s])
+                e = np.int64(experts[ix(tok), ix(layer), s])
                 bits |= np.uint64(1) << np.uint64(e)
-                count[e] += 1
-                mass[e] += np.float64(scores[tok, layer, s]) if has_scores else 1.0 / k
+                count[ix(e)] += 1
+                mass[ix(e)] += np.float64(scores[ix(tok), ix(layer), s]) if has_scores else 1.0 / k
         while bits != np.uint64(0):
             ids[n] = np.int64(trailing_zeros(bits))
             bits &= bits - np.uint64(1)
@@ -383,8 +392,8 @@ def gather_layer(cs, tv, p: int, layer: int) -> int:
     cur_tokens = cs.cur_tokens
     cur_mass = cs.cur_mass
     for i in range(n):
-        e = ids[i]
-        cur_key[i] = layer * n_exp + e
+        e = ix(ids[i])
+        cur_key[i] = layer * n_exp + ids[i]
         cur_tokens[i] = count[e]
         cur_mass[i] = mass[e]
         count[e] = 0
@@ -421,33 +430,35 @@ def gate(pk, cs, tv, p: int, layer: int, t: float) -> None:
         cur_state[i] = E_PENDING
         cur_where[i] = ON_GPU
         cur_sub[i] = -1
-        protect[key] += 1
-    # the access and hit counts and the routed mass stay in registers for the loop (no kernel reads
-    # them); the mass is summed in the same order, so the float total is the same
+        protect[ix(key)] += 1
+    # the access, hit and first-use counts and the routed mass stay in registers for the loop (no
+    # kernel reads them); the mass is summed in the same order, so the float total is the same
     stats_i[ST_ACCESSES, layer] += n
     mass_sum = stats_f[SF_MASS, layer]
     hits = 0
+    useful = 0
     for i in range(n):
         key = cur_key[i]
+        kx = ix(key)
         mass_sum += cur_mass[i]
-        st = status[key]
+        st = status[kx]
         if st in (RESIDENT, IN_FLIGHT):
             hits += 1
             if st == IN_FLIGHT:
                 stats_i[ST_LATE_HITS, layer] += 1
-                cs.late_flag[key] = 1
-                cs.late_gate_t[key] = t
-                if cs.copy_state[key] == COPY_QUEUED and cs.copy_prio[key] == PREFETCH:
+                cs.late_flag[kx] = 1
+                cs.late_gate_t[kx] = t
+                if cs.copy_state[kx] == COPY_QUEUED and cs.copy_prio[kx] == PREFETCH:
                     seq = sc[SC_SEQ]  # promote: the stale prefetch entry is skipped when popped
                     sc[SC_SEQ] = seq + 1
-                    cs.copy_prio[key] = DEMAND
-                    cs.copy_seq[key] = seq
+                    cs.copy_prio[kx] = DEMAND
+                    cs.copy_seq[kx] = seq
                     _queue_push(cs, DEMAND, seq, key)
             # a first use of a prefetched expert, counted without a branch (about half of the hits
             # are one, in no predictable order)
-            stats_i[ST_PF_USEFUL, layer] += pf_unused[key]
-            pf_unused[key] = 0
-            if cs.prec[key] != 0:  # a hit on a lower-precision copy runs degraded too
+            useful += pf_unused[kx]
+            pf_unused[kx] = 0
+            if cs.prec[kx] != 0:  # a hit on a lower-precision copy runs degraded too
                 stats_i[ST_DEGRADED, layer] += 1
                 stats_f[SF_DEGRADED_MASS, layer] += cur_mass[i]
             sc[SC_CLOCK] += 1
@@ -461,11 +472,11 @@ def gate(pk, cs, tv, p: int, layer: int, t: float) -> None:
             stats_f[SF_DROPPED_MASS, layer] += cur_mass[i]
             cur_where[i] = SKIPPED
             cur_state[i] = E_DONE
-            protect[key] -= 1
+            protect[kx] -= 1
             continue
-        if cs.loaded_ever[key] == 0:
+        if cs.loaded_ever[kx] == 0:
             stats_i[ST_MISS_COMPULSORY, layer] += 1
-        elif cs.evict_pass[key] == p:
+        elif cs.evict_pass[kx] == p:
             stats_i[ST_MISS_COLLISION, layer] += 1
         else:
             stats_i[ST_MISS_CAPACITY, layer] += 1
@@ -480,15 +491,16 @@ def gate(pk, cs, tv, p: int, layer: int, t: float) -> None:
             stats_f[SF_SUBSTITUTED_MASS, layer] += cur_mass[i]
             cur_sub[i] = arg
             protect[arg] += 1
-            protect[key] -= 1
+            protect[kx] -= 1
             sc[SC_CLOCK] += 1
             pk.event(pk.s_evict, cs, tv, EV_ACCESS, arg, t)
         elif code == MISS_CPU:
             stats_i[ST_CPU_RUNS, layer] += 1
             cur_where[i] = ON_CPU
             sc[SC_CPU_PENDING] += 1
-            protect[key] -= 1
+            protect[kx] -= 1
     stats_i[ST_HITS, layer] += hits
+    stats_i[ST_PF_USEFUL, layer] += useful
     stats_f[SF_MASS, layer] = mass_sum
     n_pf = pk.prefetch(pk.s_prefetch, cs, tv, p, layer, t)
     pf_buf = cs.pf_buf
@@ -559,24 +571,24 @@ def _chain(pk, cs, tm, tv, i: int, dur: float, t: float) -> None:
     status = cs.status
     chain_job = cs.chain_job
     chain_dur = cs.chain_dur
-    cur_state[i] = E_RUNNING
+    cur_state[ix(i)] = E_RUNNING
     chain_job[0] = i
     chain_dur[0] = dur
     busy = cs.fc[FC_GPU_BUSY] + dur
     m = 1
     whole = True  # the members finish every entry of the layer
     for j in range(i + 1, n):
-        if cur_state[j] != E_PENDING or cur_where[j] != ON_GPU:
+        if cur_state[ix(j)] != E_PENDING or cur_where[ix(j)] != ON_GPU:
             continue
         key = _entry_key(cs, j)
-        if status[key] != RESIDENT:
+        if status[ix(key)] != RESIDENT:
             whole = False
             break
-        d = expert_seconds(tm, cs.prec[key], cs.cur_tokens[j])
+        d = expert_seconds(tm, cs.prec[ix(key)], cs.cur_tokens[ix(j)])
         if d <= 0.0:
             whole = False
             break
-        cur_state[j] = E_RUNNING
+        cur_state[ix(j)] = E_RUNNING
         chain_job[m] = j
         chain_dur[m] = d
         busy += d
@@ -599,15 +611,15 @@ def _chain(pk, cs, tm, tv, i: int, dur: float, t: float) -> None:
 
 @njit(cache=True, inline="always")
 def _entry_key(cs, i: int) -> int:
-    sub = cs.cur_sub[i]
-    return sub if sub >= 0 else cs.cur_key[i]
+    sub = cs.cur_sub[ix(i)]
+    return sub if sub >= 0 else cs.cur_key[ix(i)]
 
 
 @njit(cache=True, inline="always")
 def _finish_entry(cs, i: int) -> None:
-    cs.cur_state[i] = E_DONE
-    if cs.cur_where[i] == ON_GPU:
-        cs.protect[_entry_key(cs, i)] -= 1
+    cs.cur_state[ix(i)] = E_DONE
+    if cs.cur_where[ix(i)] == ON_GPU:
+        cs.protect[ix(_entry_key(cs, i))] -= 1
 
 
 STEP_NONE = 0  # nothing changed
@@ -674,21 +686,21 @@ def _step(pk, cs, tm, tv, t: float) -> int:
     # entries before the cursor are done: the scan for the lowest ready one starts after them
     cur_state = cs.cur_state
     first = cs.sc[SC_CURSOR]
-    while first < n and cur_state[first] == E_DONE:
+    while first < n and cur_state[ix(first)] == E_DONE:
         first += 1
     cs.sc[SC_CURSOR] = first
     cur_where = cs.cur_where
     status = cs.status
     waiting = False  # a GPU entry before i waits for its copy
     for i in range(first, n):
-        if cur_state[i] == E_PENDING and cur_where[i] == ON_GPU:
+        if cur_state[ix(i)] == E_PENDING and cur_where[ix(i)] == ON_GPU:
             key = _entry_key(cs, i)
-            if status[key] == RESIDENT:
-                dur = expert_seconds(tm, cs.prec[key], cs.cur_tokens[i])
+            if status[ix(key)] == RESIDENT:
+                dur = expert_seconds(tm, cs.prec[ix(key)], cs.cur_tokens[ix(i)])
                 if dur > 0.0:
                     if (waiting or cs.sc[SC_WQ_N] > 0 or cs.sc[SC_CPU_JOB] != JOB_NONE
                             or cs.sc[SC_CPU_PENDING] > 0):
-                        cur_state[i] = E_RUNNING
+                        cur_state[ix(i)] = E_RUNNING
                         _start_gpu(cs, i, dur, t)
                     else:
                         _chain(pk, cs, tm, tv, i, dur, t)
@@ -732,13 +744,14 @@ def _next_copy(cs, tm) -> float:
         item = _queue_pop(cs)
         key = item & ((1 << _HEAP_KEY_BITS) - 1)
         seq = (item >> _HEAP_KEY_BITS) & ((1 << _HEAP_SEQ_BITS) - 1)
-        if cs.copy_state[key] != COPY_QUEUED or cs.copy_seq[key] != seq:
+        kx = ix(key)
+        if cs.copy_state[kx] != COPY_QUEUED or cs.copy_seq[kx] != seq:
             continue  # stale entry of a promoted prefetch
-        cs.copy_state[key] = COPY_RUNNING
-        dur = tm.copy_s[cs.prec[key]]
-        layer = key_layer(cs, key)
-        cs.stats_i[ST_BYTES_H2D, layer] += cs.nbytes[key]
-        cs.stats_i[ST_COPIES, layer] += 1
+        cs.copy_state[kx] = COPY_RUNNING
+        dur = tm.copy_s[ix(cs.prec[kx])]
+        lx = ix(key_layer(cs, key))
+        cs.stats_i[ST_BYTES_H2D, lx] += cs.nbytes[kx]
+        cs.stats_i[ST_COPIES, lx] += 1
         cs.fc[FC_COPY_BUSY] += dur
         cs.sc[SC_LAST_COPY] = key
         return dur
@@ -747,13 +760,14 @@ def _next_copy(cs, tm) -> float:
 
 @njit(cache=True, inline="always")
 def _copy_done(cs, key: int, t: float) -> None:
-    cs.status[key] = RESIDENT
-    cs.copy_state[key] = COPY_NONE
+    kx = ix(key)
+    cs.status[kx] = RESIDENT
+    cs.copy_state[kx] = COPY_NONE
     # the wait of a late hit, added without a branch (late and timely copies come in no predictable
     # order): nothing else adds 0.0, a sum of waits (>= 0, from +0.0) is unchanged by it
-    late = cs.late_flag[key]
-    cs.late_flag[key] = 0
-    cs.stats_f[SF_LATE_WAIT_S, key_layer(cs, key)] += t - cs.late_gate_t[key] if late == 1 else 0.0
+    late = cs.late_flag[kx]
+    cs.late_flag[kx] = 0
+    cs.stats_f[SF_LATE_WAIT_S, ix(key_layer(cs, key))] += t - cs.late_gate_t[kx] if late == 1 else 0.0
 
 
 @njit(cache=True, inline="always")

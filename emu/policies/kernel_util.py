@@ -20,6 +20,15 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
+@njit(cache=True, inline="always")
+def ix(i: int) -> np.uint64:
+    """`i` (never negative) as an array index that numba does not wrap. For a signed index numba adds
+    the size when it is negative: a shift, a mask, an add and a load of the size on every access, on
+    the path of the load's address; an unsigned index goes straight to the address. For keys, expert
+    ids and layers in the hot paths."""
+    return np.uint64(i)
+
+
 def set_rows(n_keys: int) -> int:
     """Width a resident-set row pair needs."""
     return n_keys + 1
@@ -41,27 +50,27 @@ def resident_set_state(n_keys: int, i_rows: int, f_rows: int = 0, f_cols: int = 
 
 @njit(cache=True, _nrt=False)
 def set_add(members: np.ndarray, pos: np.ndarray, key: int) -> None:
-    if pos[key] >= 0:
+    if pos[ix(key)] >= 0:
         return
     n_keys = pos.shape[0] - 1
     n = pos[n_keys]
-    members[n] = key
-    pos[key] = n
+    members[ix(n)] = key
+    pos[ix(key)] = n
     pos[n_keys] = n + 1
 
 
 @njit(cache=True, _nrt=False)
 def set_remove(members: np.ndarray, pos: np.ndarray, key: int) -> None:
-    j = pos[key]
+    j = pos[ix(key)]
     if j < 0:
         return
     n_keys = pos.shape[0] - 1
     last = pos[n_keys] - 1
-    moved = members[last]
-    members[j] = moved
-    pos[moved] = j
-    members[last] = -1
-    pos[key] = -1
+    moved = members[ix(last)]
+    members[ix(j)] = moved
+    pos[ix(moved)] = j
+    members[ix(last)] = -1
+    pos[ix(key)] = -1
     pos[n_keys] = last
 
 
@@ -145,9 +154,9 @@ def _push_candidates(cs, scores: np.ndarray, cand: np.ndarray, c: int, layer: in
         # the selection below (the key is a strict total order), in fewer steps
         for a in range(1, c):
             e = cand[a]
-            se = scores[e]
+            se = scores[ix(e)]
             j = a - 1
-            while j >= 0 and (scores[cand[j]] < se or (scores[cand[j]] == se and cand[j] > e)):
+            while j >= 0 and (scores[ix(cand[j])] < se or (scores[ix(cand[j])] == se and cand[j] > e)):
                 cand[j + 1] = cand[j]
                 j -= 1
             cand[j + 1] = e
@@ -156,7 +165,7 @@ def _push_candidates(cs, scores: np.ndarray, cand: np.ndarray, c: int, layer: in
             j_best = pick
             for j in range(pick + 1, c):
                 e, b = cand[j], cand[j_best]
-                if scores[e] > scores[b] or (scores[e] == scores[b] and e < b):
+                if scores[ix(e)] > scores[ix(b)] or (scores[ix(e)] == scores[ix(b)] and e < b):
                     j_best = j
             best = cand[j_best]
             cand[j_best] = cand[pick]
@@ -170,7 +179,7 @@ def _push_candidates(cs, scores: np.ndarray, cand: np.ndarray, c: int, layer: in
         for pick in range(n_take):
             key = base + cand[pick]
             buf[n_out] = key
-            n_out += status[key] == ABSENT
+            n_out += status[ix(key)] == ABSENT
         return n_out
     for pick in range(n_take):
         key = base + cand[pick]
@@ -274,12 +283,12 @@ def predict_push(cs, tv, p: int, layer: int, accuracy: float, rng: np.ndarray, r
     for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
         for s in range(k):
             if recorded:
-                e = np.int64(tv.predicted[tok, layer, s])
-                out[e] += 1.0 / k
+                e = np.int64(tv.predicted[ix(tok), ix(layer), s])
+                out[ix(e)] += 1.0 / k
                 bits |= np.uint64(1) << np.uint64(e)
                 continue
-            e = np.int64(experts[tok, layer, s])
-            w = np.float64(tv.scores[tok, layer, s]) if has_scores else 1.0 / k
+            e = np.int64(experts[ix(tok), ix(layer), s])
+            w = np.float64(tv.scores[ix(tok), ix(layer), s]) if has_scores else 1.0 / k
             if n_exp > 1:
                 state += _GOLDEN
                 u = float(_mix(state) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
@@ -287,7 +296,7 @@ def predict_push(cs, tv, p: int, layer: int, accuracy: float, rng: np.ndarray, r
                     state += _GOLDEN
                     wrong = np.int64(_mix(state) % np.uint64(n_exp - 1))
                     e = wrong if wrong < e else wrong + 1
-            out[e] += w
+            out[ix(e)] += w
             bits |= np.uint64(1) << np.uint64(e)
     rng[rng_idx] = np.int64(state)
     cand = cs.pick_buf
@@ -296,5 +305,5 @@ def predict_push(cs, tv, p: int, layer: int, accuracy: float, rng: np.ndarray, r
         e = np.int64(trailing_zeros(bits))
         bits &= bits - np.uint64(1)
         cand[c] = e
-        c += out[e] > 0.0
+        c += out[ix(e)] > 0.0
     return _push_candidates(cs, out, cand, c, layer, cs.cur_key.shape[0], n_out)

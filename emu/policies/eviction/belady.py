@@ -33,7 +33,7 @@ from numba import njit
 from ...engines.core import is_evictable
 from ...engines.state import SC_LAYER, SC_PASS, new_policy_state
 from ..api import EV_ACCESS, EV_EVICT, EV_INSERT, KERNEL_SIG, Policy, PolicyContext
-from ..kernel_util import set_add, set_remove, set_size
+from ..kernel_util import ix, set_add, set_remove, set_size
 
 # arena layout (one int64 row): header, then the regions named by the header's offsets
 H_N, H_OFF, H_CUR, H_MEM, H_POS, H_USE, H_PRIO, H_HEAP, H_STASH, H_NEVER, H_HEAPCAP, H_HEAPN = range(12)
@@ -120,12 +120,12 @@ def next_use(ps, key: int, now: int) -> int:
     off = _region(ps, H_OFF, n + 1)
     cur = _region(ps, H_CUR, n)
     uses = a[a[H_USE]:]
-    c = cur[key]
-    end = off[key + 1]
-    while c < end and uses[c] <= now:
+    c = cur[ix(key)]
+    end = off[ix(key + 1)]
+    while c < end and uses[ix(c)] <= now:
         c += 1
-    cur[key] = c
-    return uses[c] if c < end else a[H_NEVER]
+    cur[ix(key)] = c
+    return uses[ix(c)] if c < end else a[H_NEVER]
 
 
 # ---- a max-heap of (next use, -key) packed as next_use * n + (n - 1 - key), lazily invalidated ---------
@@ -135,13 +135,13 @@ def _heap_push(ps, item: int) -> None:
     a = ps.i[0]
     h = _region(ps, H_HEAP, a[H_HEAPCAP])
     i = a[H_HEAPN]
-    h[i] = item
+    h[ix(i)] = item
     a[H_HEAPN] = i + 1
     while i > 0:
         parent = (i - 1) // 2
-        if h[parent] >= h[i]:
+        if h[ix(parent)] >= h[ix(i)]:
             break
-        h[parent], h[i] = h[i], h[parent]
+        h[ix(parent)], h[ix(i)] = h[ix(i)], h[ix(parent)]
         i = parent
 
 
@@ -151,18 +151,18 @@ def _heap_pop(ps) -> None:
     h = _region(ps, H_HEAP, a[H_HEAPCAP])
     n = a[H_HEAPN] - 1
     a[H_HEAPN] = n
-    h[0] = h[n]
+    h[0] = h[ix(n)]
     i = 0
     while True:
         left = 2 * i + 1
         if left >= n:
             break
         child = left
-        if left + 1 < n and h[left + 1] > h[left]:
+        if left + 1 < n and h[ix(left + 1)] > h[ix(left)]:
             child = left + 1
-        if h[i] >= h[child]:
+        if h[ix(i)] >= h[ix(child)]:
             break
-        h[i], h[child] = h[child], h[i]
+        h[ix(i)], h[ix(child)] = h[ix(child)], h[ix(i)]
         i = child
 
 
@@ -173,7 +173,7 @@ def _set_prio(ps, key: int, nu: int) -> None:
     n = a[H_N]
     prio = _region(ps, H_PRIO, n)
     item = nu * n + (n - 1 - key)
-    prio[key] = item
+    prio[ix(key)] = item
     if a[H_HEAPN] >= a[H_HEAPCAP]:  # full of stale entries: rebuild from the resident keys
         a[H_HEAPN] = 0
         members = _region(ps, H_MEM, n + 1)
@@ -200,7 +200,7 @@ def event(ps, cs, tv, ev, key, t):
         set_add(members, pos, key)
         _set_prio(ps, key, next_use(ps, key, _now(cs)))
     elif ev == EV_ACCESS:
-        if pos[key] >= 0:
+        if pos[ix(key)] >= 0:
             _set_prio(ps, key, next_use(ps, key, _now(cs)))
     elif ev == EV_EVICT:
         set_remove(members, pos, key)
@@ -221,7 +221,7 @@ def victim(ps, cs, tv, in_layer, _b, t):
     while a[H_HEAPN] > 0:
         item = h[0]
         key = n - 1 - item % n
-        if prio[key] != item:  # evicted, or re-pushed since
+        if prio[ix(key)] != item:  # evicted, or re-pushed since
             _heap_pop(ps)
             continue
         nu = next_use(ps, key, now)

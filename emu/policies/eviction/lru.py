@@ -15,6 +15,7 @@ from numba import njit
 from ...engines.core import is_evictable
 from ...engines.state import new_policy_state
 from ..api import EV_ACCESS, EV_EVICT, EV_INSERT, KERNEL_SIG, Policy, PolicyContext
+from ..kernel_util import ix
 
 _OFF = -1  # a key's previous node while it is off the list
 
@@ -30,32 +31,32 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
 
 @njit(cache=True, inline="always")
 def _unlink(links, key: int) -> None:
-    prev = links[2 * key]
-    nxt = links[2 * key + 1]
-    links[2 * prev + 1] = nxt
-    links[2 * nxt] = prev
+    prev = links[ix(2 * key)]
+    nxt = links[ix(2 * key + 1)]
+    links[ix(2 * prev + 1)] = nxt
+    links[ix(2 * nxt)] = prev
 
 
 @njit(cache=True, inline="always")
 def _append(links, key: int) -> None:
     s = (links.shape[0] >> 1) - 1
-    tail = links[2 * s]
-    links[2 * key] = tail
-    links[2 * key + 1] = s
-    links[2 * tail + 1] = key
-    links[2 * s] = key
+    tail = links[ix(2 * s)]
+    links[ix(2 * key)] = tail
+    links[ix(2 * key + 1)] = s
+    links[ix(2 * tail + 1)] = key
+    links[ix(2 * s)] = key
 
 
 @njit(KERNEL_SIG, cache=True, _nrt=False)
 def event(ps, cs, tv, ev, key, t):
     links = ps.i[0]
     if ev in (EV_ACCESS, EV_INSERT):
-        if links[2 * key] != _OFF:
+        if links[ix(2 * key)] != _OFF:
             _unlink(links, key)
         _append(links, key)
-    elif ev == EV_EVICT and links[2 * key] != _OFF:
+    elif ev == EV_EVICT and links[ix(2 * key)] != _OFF:
         _unlink(links, key)
-        links[2 * key] = _OFF
+        links[ix(2 * key)] = _OFF
     return 0
 
 
@@ -63,11 +64,11 @@ def event(ps, cs, tv, ev, key, t):
 def victim(ps, cs, tv, in_layer, _b, t):
     links = ps.i[0]
     s = (links.shape[0] >> 1) - 1
-    key = links[2 * s + 1]
+    key = links[ix(2 * s + 1)]
     while key != s:
         if is_evictable(cs, key, in_layer):
             return key
-        key = links[2 * key + 1]
+        key = links[ix(2 * key + 1)]
     return -1
 
 
