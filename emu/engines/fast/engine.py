@@ -24,24 +24,13 @@ from ..state import CS_T, FC_CPU_DUR, SC_CPU_NEW, SC_GPU_NEW, SC_LAST_COPY, TM_T
 def _loop(pk, cs, tm, tv, eng_end, eng_key):
     """The event loop; it allocates nothing, so it is compiled without reference counting (see core).
 
-    Most profiles have one copy engine: the loop is inlined twice, once with that count a constant
-    (LLVM then drops the four loops over engines that every instant runs: ~3 % of a run, see
-    docs/fast_engine.md) and once general."""
-    if eng_end.shape[0] == 1:
-        return _events(pk, cs, tm, tv, eng_end, eng_key, 1)
-    return _events(pk, cs, tm, tv, eng_end, eng_key, eng_end.shape[0])
-
-
-@njit(cache=True, inline="always")
-def _events(pk, cs, tm, tv, eng_end, eng_key, n_engines):
-    """The event loop over `n_engines` copy engines (`eng_end` / `eng_key` hold at least that many).
-
     An instant where one copy lands and nothing else ends, while `core.quiet` holds, only starts the
     next queued copy (`core.copy_instant`); it skips the general instant. If another engine is idle
     then, the queue was empty at the last dispatch and only copy instants have run since (they push
     nothing), so the copy that starts, if any, goes to the engine that just landed, as the general
     path would assign it (the lowest free engine is then that one)."""
     inf = np.inf
+    n_engines = eng_end.shape[0]
     done_keys = cs.io_done
     gpu_end = inf
     cpu_end = inf
