@@ -11,12 +11,13 @@ and next-layer); a prefetching run's tag ends in `_<policy>` (none keeps the old
 
 Rounds: the host's pace drifts by 10-50% between identical runs on the H100 machines, so every
 configuration runs `--rounds` times (default 3), interleaved (each round starts at another
-configuration), and every run right after its own runtime calibration (`runtime_cal_rounds`: the pace
-holds for tens of seconds, then may switch between two levels, OLMoE's 100% decode step ~48 or ~70 ms).
+configuration), and every run with its own runtime calibration (`runtime_cal_rounds`, `--calibration`): right
+before it, or in parts between its chunks of decode steps on a sibling runtime holding every expert (the
+host's pace switches within a run; `calibration_for` says which by the copy time).
 A record keeps round 0's trace and counts (the routing is forced, so every round replays the same);
 per round its TTFT (`ttft_rounds_s`, fastest cold prefill of the round) and decode rate
 (`decode_tok_s_rounds`); as `ttft_s` / `decode_tok_s` the best of its rounds and beside them the medians.
-`emu validate --statistic paired` emulates each round with the calibration taken right before it;
+`emu validate --statistic paired` emulates each round with its own calibration;
 `best` and `median` compare with the model-level calibrations (`<model>_runtime_cal*.json`: the fastest
 and the median of all calibrations of a prefetch policy).
 
@@ -282,19 +283,8 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
                                stats_equal_across_rounds=same,
                                stats_rounds=None if same else [attrs.asdict(x.stats) for x in results]))
 
-    cal_rts: list[Any] = []  # the interleaved calibration's runtime: every slot, re-set when the prefetch changes
-
-    def calibration_runtime(pf: str) -> Any:
-        if not cal_rts:
-            cal_rts.append(runtime.sibling(n_keys, prefetch=pf, handover=handover))
-        elif cal_rts[0].prefetch != pf:
-            cal_rts[0].prefetch = pf
-            cal_rts[0].reset()
-        else:
-            return cal_rts[0]
-        if pf != "none":  # the zeroed-experts replay of a prefetching runtime predicts from other hidden states
-            cal_rts[0].preload()
-        return cal_rts[0]
+    # the interleaved calibration's runtime: every expert in its own slot pool, beside the run's
+    cal_rt = runtime.sibling(n_keys, handover=handover) if calibration == "interleaved" else None
 
     for r in range(rounds):
         shift = r * len(configs) // rounds  # each round starts elsewhere: drift of the host's pace hits all alike
@@ -303,10 +293,15 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
                 # the runtime calibration in CAL_CHUNKS parts, before the prefill and between chunks of the
                 # decode steps, on a sibling runtime holding every expert: the host's pace switches within a
                 # run (OLMoE steps 45-88 ms in one 4-second run), so the calibration samples the same seconds
-                cal_rt = calibration_runtime(pf)
+                assert cal_rt is not None
+                if cal_rt.prefetch != pf:  # the run's prefetch policy; the cache starts empty
+                    cal_rt.prefetch = pf
+                    cal_rt.reset()
+                    if pf != "none":  # the zeroed-experts replay of a prefetching runtime predicts from other states
+                        cal_rt.preload()
                 parts: list[dict[str, Any]] = []
 
-                def calibrate_part(_step: int, cal_rt: Any = cal_rt, parts: list[dict[str, Any]] = parts) -> None:
+                def calibrate_part(_step: int, parts: list[dict[str, Any]] = parts) -> None:
                     parts.append(measure_runtime_overheads(model, cal_rt, vocab=shape.vocab, device=dev,
                                                            prompt_len=MIXTRAL_PROMPT,
                                                            steps=max(1, CAL_STEPS // CAL_CHUNKS)))
@@ -346,7 +341,7 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
                   f"{res.decode_tok_s:.2f} tok/s, hit {res.stats.hit_rate:.3f}, copies {res.stats.copies}; "
                   f"calibration full step {cal['full_step_s'] * 1e3:.1f} ms [{time.time() - t0:.0f}s]", flush=True)
         write_records(runtime, final=r == rounds - 1)
-    for cal_rt in cal_rts:
+    if cal_rt is not None:
         cal_rt.close()
     runtime.close()  # the model, runtimes and slot pools go with this frame; main() collects them
 

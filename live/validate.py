@@ -209,9 +209,10 @@ def validate_run(run: LiveRun, profile: HardwareProfile, engine: str = "fast",
 
 
 def validate_paired(run: LiveRun, profile: HardwareProfile, engine: str = "fast") -> Validation:
-    """Each round emulated with the runtime calibration taken right before it (`live.matrix` records
-    `runtime_cal_rounds`) against that round's own TTFT and decode rate; per timed metric the round whose
-    error is the median of the rounds' is reported (the other metrics and counts: round 0, whose trace it is)."""
+    """Each round emulated with the runtime calibration paired with it, taken right before it or interleaved
+    with it (`live.matrix` records `runtime_cal_rounds`), against that round's own TTFT and decode rate; per
+    timed metric the round whose error is the median of the rounds' is reported (the other metrics and
+    counts: round 0, whose trace it is)."""
     from .runtime_cal import apply_runtime_overheads
 
     rec = run.record

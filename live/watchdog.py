@@ -96,7 +96,6 @@ class PrefetchWatchdog:
         self._away_since: float | None = None  # start of the forward thread's current away span
         self._away_layer = -1  # the layer whose end started it (-1: outside a pass)
         self._spans: dict[int, collections.deque[float]] = {}  # layer -> its last away spans (seconds)
-        self._cut_interval = False  # this watchdog holds the switch interval cut
         self.lock = threading.RLock()
         self._queue: dict[int, Any] = {}
         self.promoted = 0  # prefetches a layer needed while still queued
@@ -119,6 +118,11 @@ class PrefetchWatchdog:
         self.engine.submit(job)
         now = time.perf_counter()
         self._free_at = (self._free_at if self._free_at > now else now) + self.copy_s
+
+    def _submit_first(self) -> None:
+        """The oldest queued prefetch goes to the engine (the caller holds the lock and saw the queue non-empty)."""
+        key = next(iter(self._queue))
+        self._submit(self._queue.pop(key))
 
     def enqueue(self, key: int, job: Any) -> None:
         with self.lock:
@@ -176,8 +180,7 @@ class PrefetchWatchdog:
             return 0
         with self.lock:
             while self._queue and self.engine.idle():
-                key = next(iter(self._queue))
-                self._submit(self._queue.pop(key))
+                self._submit_first()
                 n += 1
         return n
 
@@ -199,8 +202,7 @@ class PrefetchWatchdog:
                 return self.submit_all()
             n = 0
             while self._queue and max(time.perf_counter(), self._free_at) < gate:
-                key = next(iter(self._queue))
-                self._submit(self._queue.pop(key))
+                self._submit_first()
                 n += 1
         return n
 
@@ -297,7 +299,6 @@ class PrefetchWatchdog:
                 loop.close()
 
         _cut_switch_interval()
-        self._cut_interval = True
         self._thread = threading.Thread(target=main, name="prefetch-watchdog", daemon=True)
         self._thread.start()
         started.wait()
@@ -313,9 +314,7 @@ class PrefetchWatchdog:
                 loop.call_soon_threadsafe(task.cancel)
         thread.join()
         self._thread = self._task = self._loop = self._wake = None
-        if self._cut_interval:
-            _restore_switch_interval()
-            self._cut_interval = False
+        _restore_switch_interval()  # cut by `start`, the only way to a thread
         self.check()
 
 
