@@ -75,6 +75,11 @@ def calibration_for(copy_s: float) -> str:
     return "before" if copy_s >= AUTO_BOUNDED_COPY_S else "interleaved"
 
 
+def _watchdog_cpu(runtime: Any) -> float:
+    """CPU seconds of the runtime's watchdog thread so far (0.0 without one)."""
+    return runtime.watchdog.cpu_seconds() if runtime.watchdog is not None else 0.0
+
+
 def reconfigure(runtime: Any, n_slots: int, eviction: str, kernel: str, prefetch: str = "none") -> None:
     """Re-size the slot pool and switch eviction policy, prefetch policy and kernel; the cache starts empty."""
     import torch
@@ -246,6 +251,8 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
     ttfts: dict[tuple[float, str, str], list[float]] = {c: [] for c in configs}
     cals: dict[str, list[dict[str, Any]]] = {pf: [] for pf in prefetches}
     paired: dict[tuple[float, str, str], list[dict[str, Any]]] = {c: [] for c in configs}
+    # CPU seconds of the watchdog task's thread during each run (GIL time the forward thread waited for)
+    wd_cpu: dict[tuple[float, str, str], list[float]] = {c: [] for c in configs}
 
     def write_records(rt: Any, final: bool) -> None:
         """The records of every round run so far (called after each round: a run cut short by a time limit
@@ -278,6 +285,7 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
                                runtime_cal_rounds=paired[(frac, ev, pf)],
                                ttft_first_s=first.ttft_s, ttft_s=min(ttfts[(frac, ev, pf)]),
                                ttft_median_s=float(np.median(ttfts[(frac, ev, pf)])), statistic="best of rounds",
+                               watchdog_cpu_s_rounds=wd_cpu[(frac, ev, pf)] if pf != "none" else None,
                                decode_tok_s_rounds=rates, decode_tok_s=max(rates),
                                decode_tok_s_median=float(np.median(rates)),
                                stats_equal_across_rounds=same,
@@ -308,9 +316,11 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
 
                 reconfigure(runtime, slots_for(frac, n_keys), ev, "eager", pf)
                 pace0 = host_pace(dev)
+                cpu0 = _watchdog_cpu(runtime)
                 res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
                                warmup_passes=3, rehearse=cuda and r == 0 and i == 0, model_name=spec.name,
                                between=Between(calibrate_part, max(1, -(-DECODE // CAL_CHUNKS))))
+                cpu1 = _watchdog_cpu(runtime)
                 pace2 = host_pace(dev)
                 cal = dict(combine_calibrations(parts), pace_s=(pace0 + pace2) / 2, run_pace_s=(pace0 + pace2) / 2,
                            calibration="interleaved")
@@ -326,20 +336,24 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
                                                 prompt_len=MIXTRAL_PROMPT, steps=CAL_STEPS)
                 pace1 = host_pace(dev)
                 reconfigure(runtime, slots_for(frac, n_keys), ev, "eager", pf)
+                cpu0 = _watchdog_cpu(runtime)
                 res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
                                warmup_passes=3, rehearse=cuda and r == 0 and i == 0, model_name=spec.name)
+                cpu1 = _watchdog_cpu(runtime)
                 pace2 = host_pace(dev)
                 # the host's pace around the calibration and around the run (live.runtime_cal.host_pace)
                 cal = dict(cal, pace_s=(pace0 + pace1) / 2, run_pace_s=(pace1 + pace2) / 2, calibration="before")
             cals[pf].append(cal)
             paired[(frac, ev, pf)].append(cal)
             runs[(frac, ev, pf)].append(res)
+            wd_cpu[(frac, ev, pf)].append(cpu1 - cpu0)
             reps = ttft_repeats(model, runtime, res.trace, plans[0].prompt_len, vocab=shape.vocab, device=dev,
                                 n=TTFT_REPEATS, seed=1 + r)
             ttfts[(frac, ev, pf)] += [res.ttft_s, *reps]
             print(f"  round {r} {_tag(name, frac, ev, pf)}: TTFT {res.ttft_s * 1e3:.1f} ms, decode "
-                  f"{res.decode_tok_s:.2f} tok/s, hit {res.stats.hit_rate:.3f}, copies {res.stats.copies}; "
-                  f"calibration full step {cal['full_step_s'] * 1e3:.1f} ms [{time.time() - t0:.0f}s]", flush=True)
+                  f"{res.decode_tok_s:.2f} tok/s, hit {res.stats.hit_rate:.3f}, copies {res.stats.copies}, "
+                  f"watchdog CPU {(cpu1 - cpu0) * 1e3:.0f} ms; calibration full step "
+                  f"{cal['full_step_s'] * 1e3:.1f} ms [{time.time() - t0:.0f}s]", flush=True)
         write_records(runtime, final=r == rounds - 1)
     if cal_rt is not None:
         cal_rt.close()

@@ -175,6 +175,9 @@ class ExpertOffload:
             self.modules.append(b.experts)
         self.expert_bytes = (self.host_gu[0, 0].numel() + self.host_dn[0, 0].numel()) * self.host_gu.element_size()
         self.copy_stream = torch.cuda.Stream(device=self.device) if self.cuda else None
+        pos = torch.arange(self.top_k, dtype=torch.int64, device=self.device)
+        zero = torch.zeros(1, dtype=torch.int64, device=self.device)
+        self._one_token_rows = [(pos[j: j + 1], zero) for j in range(self.top_k)]  # `_routing_rows`, one token
         model.to(self.device)
         self.watchdog: PrefetchWatchdog | None = None
         self._copy_s: float | None = None  # seconds per expert copy, measured once (`copy_seconds`)
@@ -623,10 +626,14 @@ class ExpertOffload:
     def _routing_rows(self, index: np.ndarray) -> dict[int, tuple[Any, Any]]:
         """Per needed expert, its (top-k slot, token) rows as device tensors.
 
-        One host-to-device copy per layer; no synchronization per expert. Rows are in eager's order
-        (`torch.where((top_k_index == e).T)`: by top-k slot, then token).
+        One host-to-device copy per layer of several tokens, none for one token (a decode step: that
+        synchronous copy would wait on the copy engine behind every copy submitted before it); no
+        synchronization per expert. Rows are in eager's order (`torch.where((top_k_index == e).T)`: by
+        top-k slot, then token).
         """
         n_tok = index.shape[0]
+        if n_tok == 1:  # a decode step: expert index[0, j] has the one row (j, 0), already on the device
+            return {int(e): self._one_token_rows[j] for j, e in enumerate(index[0].tolist())}
         flat = index.T.reshape(-1)  # (slot, token) order
         order = np.argsort(flat, kind="stable")
         experts, starts, counts = np.unique(flat[order], return_index=True, return_counts=True)

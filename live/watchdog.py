@@ -35,6 +35,10 @@ microsecond of Python on either thread is a microsecond of a host-paced decode s
     held-back copy; the engine may idle until the next checkpoint).
   - "drain": hands a worker thread (`asyncio.to_thread`) a drain: wait for the engine without the GIL,
     submit the next prefetch the moment it is idle, repeat while the forward thread is away.
+  - "inline": no task at all; the forward thread itself submits the whole queue, in issue order, as it
+    leaves (`away`): the copy stream sees what "bulk" gives it, one step earlier, without the task's wake.
+    The wake is the cost of "bulk" on a host-paced run: the task takes the GIL from a forward thread that
+    is launching the next layer's attention (docs/validation.md has the figures).
   While the watchdog runs, the interpreter's switch interval is cut to `SWITCH_INTERVAL_S`, so the
   woken task gets the GIL from the forward thread within ~0.1 ms, not the default 5 ms.
 
@@ -55,7 +59,7 @@ import threading
 import time
 from typing import Any, Protocol
 
-HANDOVERS = ("bulk", "bounded", "bounded-pump", "drain")
+HANDOVERS = ("bulk", "bounded", "bounded-pump", "drain", "inline")
 #: what a runtime may ask for: a hand-over, or "auto" (chosen by the copy time: `live.offload`)
 HANDOVER_CHOICES = ("auto", *HANDOVERS)
 #: away spans kept per layer for the bounded hand-over's estimate of the next gate (their median)
@@ -127,6 +131,9 @@ class PrefetchWatchdog:
     def enqueue(self, key: int, job: Any) -> None:
         with self.lock:
             self._queue[key] = job
+            if self._away and self.handover == "inline":  # decided outside a gate (no task to take it)
+                self.submit_all()
+                return
         if self._away:  # the forward thread will not pump: the task takes it
             self._notify()
 
@@ -149,7 +156,10 @@ class PrefetchWatchdog:
             self._away_layer = layer
         self._away = True
         if self._queue:
-            self._notify()
+            if self.handover == "inline":
+                self.submit_all()
+            else:
+                self._notify()
 
     def next_gate_at(self) -> float | None:
         """When the forward thread should be back (perf_counter time): the current away span's start plus
@@ -279,9 +289,19 @@ class PrefetchWatchdog:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds the task's thread has used so far (0.0 without one): on a host-paced run, most of it
+        is time the forward thread waited for the GIL."""
+        thread = self._thread
+        if thread is None or thread.ident is None or not hasattr(time, "pthread_getcpuclockid"):
+            return 0.0
+        with contextlib.suppress(OSError):  # the thread ended meanwhile
+            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        return 0.0
+
     def start(self) -> None:
-        """Run the task on a new event loop in a daemon thread."""
-        if self._thread is not None:
+        """Run the task on a new event loop in a daemon thread ("inline" needs none)."""
+        if self._thread is not None or self.handover == "inline":
             return
         started = threading.Event()
 

@@ -215,14 +215,14 @@ def test_a_prefetching_runtime_calibrates_and_its_calibration_is_picked_for_pref
     assert ("y", "none") in cals
 
 
-@pytest.mark.parametrize("handover", ["auto", "bounded"])
-def test_auto_and_bounded_handovers_decide_as_the_emulator_does(handover: str) -> None:
+@pytest.mark.parametrize("handover", ["auto", "bounded", "inline"])
+def test_auto_bounded_and_inline_handovers_decide_as_the_emulator_does(handover: str) -> None:
     rt, res, rec = _live("lru", "next-layer", 24, PassPlan(10, 6), handover=handover)
     v = validate_run(LiveRun("mem", rec, res.trace), load_profile(PROFILE))
     assert v.counts_equal and res.stats.prefetch_issued > 0
     # on the CPU copies are synchronous (0 s of engine time): "auto" takes the bulk hand-over
     assert rt.copy_seconds() == 0.0
-    assert rt.resolved_handover() == ("bulk" if handover == "auto" else "bounded")
+    assert rt.resolved_handover() == ("bulk" if handover == "auto" else handover)
 
 
 def test_an_unknown_handover_is_refused_naming_the_key() -> None:

@@ -413,3 +413,43 @@ async def test_bounded_pump_leaves_the_rest_to_the_forward_threads_checkpoints()
         wd.demand("d1")  # the gate's demand copy first
         eng.land()
         assert wd.pump() == 1 and eng.log[-2:] == ["d1", "p4"]  # then a checkpoint submits the next one
+
+
+def test_inline_handover_submits_the_queue_from_the_forward_thread_without_a_task() -> None:
+    eng = FakeEngine()
+    wd = PrefetchWatchdog(eng, handover="inline")
+    wd.start()  # no task, no thread: the forward thread submits
+    assert not wd.running and wd.cpu_seconds() == 0.0
+    wd.present()
+    wd.demand("d0")
+    for k in (3, 1, 2):
+        wd.enqueue(k, f"p{k}")
+    assert eng.log == ["d0"] and len(wd) == 3  # present and the engine busy: nothing more yet
+    wd.away(5)  # leaving the runtime: the whole queue, in issue order, before `away` returns
+    assert eng.log == ["d0", "p3", "p1", "p2"] and len(wd) == 0
+    wd.enqueue(4, "p4")  # decided while away: submitted at once (no task would ever take it)
+    assert eng.log[-1] == "p4" and len(wd) == 0
+    wd.present()
+    wd.enqueue(6, "p6")
+    wd.demand("d1")  # the next gate's demand goes before the prefetch still queued, as with "bulk"
+    assert eng.log[-2:] == ["p4", "d1"] and wd.queued(6)
+    wd.stop()
+
+
+def test_cpu_seconds_of_a_running_task_grow_while_it_works() -> None:
+    eng = SyncEngine()
+    wd = PrefetchWatchdog(eng)
+    wd.start()
+    try:
+        assert wd.running
+        first = wd.cpu_seconds()
+        for k in range(2000):  # the task submits each while the forward thread is away
+            wd.enqueue(k, k)
+        wd.away()
+        deadline = time.monotonic() + 5.0
+        while len(wd) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert len(wd) == 0 and wd.cpu_seconds() > first
+    finally:
+        wd.stop()
+    assert wd.cpu_seconds() == 0.0  # no thread any more
