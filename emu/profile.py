@@ -50,6 +50,9 @@ class ModelCompute:
     layer_overhead_s: float | None = None
     #: host seconds to issue one copy where the host also launches the compute (a Python runtime)
     copy_issue_s: float | None = None
+    #: the same for a prefetch copy, with the runtime's bookkeeping of it (slot, queue, landing poll);
+    #: None: `copy_issue_s`
+    prefetch_issue_s: float | None = None
 
 
 @attrs.frozen
@@ -76,6 +79,7 @@ class RooflineSpec:
     layer_overhead_s: float = 0.0
     cpu_flops_per_s: float | None = None
     copy_issue_s: float = 0.0
+    prefetch_issue_s: float | None = None
 
 
 @attrs.frozen
@@ -235,7 +239,7 @@ def _model_compute(r: _Reader) -> ModelCompute:
     mc = ModelCompute(
         expert=expert, dense=dense, cpu_expert=_precision_curves(r, "cpu_expert"),
         pass_overhead_s=r.number("pass_overhead_s", None), layer_overhead_s=r.number("layer_overhead_s", None),
-        copy_issue_s=r.number("copy_issue_s", None))
+        copy_issue_s=r.number("copy_issue_s", None), prefetch_issue_s=r.number("prefetch_issue_s", None))
     r.done()
     return mc
 
@@ -286,7 +290,7 @@ def profile_from_dict(data: dict[str, Any], *, file: str = "<profile>") -> Hardw
         flops_per_s=k.number("flops_per_s", positive=True), dense_layer_s=k.number("dense_layer_s"),
         pass_overhead_s=k.number("pass_overhead_s", 0.0), layer_overhead_s=k.number("layer_overhead_s", 0.0),
         cpu_flops_per_s=k.number("cpu_flops_per_s", None, positive=True),
-        copy_issue_s=k.number("copy_issue_s", 0.0))
+        copy_issue_s=k.number("copy_issue_s", 0.0), prefetch_issue_s=k.number("prefetch_issue_s", None))
     k.done()
 
     models: dict[str, ModelCompute] = {}
@@ -313,6 +317,16 @@ def model_overhead(profile: HardwareProfile, model: ModelSpec, key: str) -> floa
     mc = profile.models.get(model.name)
     value = getattr(mc, key) if mc is not None else None
     return float(getattr(profile.compute, key) if value is None else value)
+
+
+def prefetch_issue_seconds(profile: HardwareProfile, model: ModelSpec) -> float:
+    """`prefetch_issue_s` of the model's entry, else of `[compute]`, else the copy issue time: a runtime that
+    does no more for a prefetch than for a demand copy."""
+    mc = profile.models.get(model.name)
+    for value in (mc.prefetch_issue_s if mc is not None else None, profile.compute.prefetch_issue_s):
+        if value is not None:
+            return float(value)
+    return model_overhead(profile, model, "copy_issue_s")
 
 
 def expert_curve(profile: HardwareProfile, model: ModelSpec, precision: str) -> Curve:

@@ -228,7 +228,7 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
     from .models import build_model, live_spec
     from .offload import ExpertOffload
     from .runner import Between, run_live
-    from .runtime_cal import combine_calibrations, host_pace, measure_runtime_overheads
+    from .runtime_cal import ISSUE_KEYS, combine_calibrations, host_pace, measure_runtime_overheads
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -261,11 +261,12 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
             full, bare = [c["full_step_s"] for c in measured], [c["no_experts_step_s"] for c in measured]
             cal = dict(measured[0], full_step_s=min(full), no_experts_step_s=min(bare), statistic="best of rounds",
                        full_step_median_s=float(np.median(full)), no_experts_step_median_s=float(np.median(bare)),
-                       rounds=[{k: c[k] for k in ("full_step_s", "no_experts_step_s", "copy_issue_s") if k in c}
+                       rounds=[{k: c[k] for k in ("full_step_s", "no_experts_step_s", *ISSUE_KEYS) if k in c}
                                for c in measured])
-            issue = [c["copy_issue_s"] for c in measured if "copy_issue_s" in c]
-            if issue:
-                cal.update(copy_issue_s=min(issue), copy_issue_median_s=float(np.median(issue)))
+            for key in ISSUE_KEYS:
+                issue = [c[key] for c in measured if key in c]
+                if issue:
+                    cal.update({key: min(issue), key.replace("_s", "_median_s"): float(np.median(issue))})
             suffix = "" if pf == "none" else f"_{pf.replace('-', '_')}"
             (out_dir / f"{name}_runtime_cal{suffix}.json").write_text(
                 json.dumps(dict(cal, profile_model=preset, prefetch=pf), indent=1) + "\n")

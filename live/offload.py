@@ -99,7 +99,6 @@ def _check_fused(experts: Any) -> None:
 KERNELS = ("eager", "fused")
 #: torch's grouped GEMM takes fewer than 1024 groups per call (`group_count < 1024` in its CUDA kernel)
 MAX_GROUPS = 1023
-NOPOLL = False
 #: "auto" hand-over: "bounded" from this copy time up. On the H100 a drain wake per held-back copy left the
 #: engine idle ~50 us per copy: +20-36% decode with OLMoE's 0.23 ms copies (docs/validation.md), while
 #: Mixtral's 6.4 ms copies need the bound (bulk put prefetches ahead of the next gate's demand copies)
@@ -228,11 +227,12 @@ class ExpertOffload:
 
     def resolved_handover(self) -> str:
         """The watchdog's hand-over: as asked, or for "auto" "bounded" when one copy takes at least
-        `AUTO_BOUNDED_COPY_S` (the drain's wake per held-back copy is then a small part of it) and "bulk"
-        otherwise (short copies: the wakes would leave the engine idle between them)."""
+        `AUTO_BOUNDED_COPY_S` (the drain's wake per held-back copy is then a small part of it) and "inline"
+        otherwise (short copies: every prefetch starts before the next gate anyway, and the task's wake
+        would cost the host-paced forward thread more than the submissions; docs/validation.md)."""
         if self.handover != "auto":
             return self.handover
-        return "bounded" if self.copy_seconds() >= AUTO_BOUNDED_COPY_S else "bulk"
+        return "bounded" if self.copy_seconds() >= AUTO_BOUNDED_COPY_S else "inline"
 
     def copy_seconds(self, copies: int = 4) -> float:
         """Seconds one expert's copy keeps the copy stream busy (CUDA events around a few copies into slot
@@ -458,7 +458,7 @@ class ExpertOffload:
             self.bridge.complete(layer, e)
             self.bridge.release(layer, e)
             if self.watchdog is not None:
-                if waiting and not NOPOLL:
+                if waiting:
                     self._poll_prefetches()
                 else:
                     self.watchdog.pump()  # a checkpoint: the engine may have freed up while this launched

@@ -35,6 +35,8 @@ from emu.models import ModelSpec
 from emu.profile import Curve, HardwareProfile, dense_table, model_overhead
 
 _KEYS = ("full_step_s", "no_experts_step_s", "n_layers", "top_k", "context")
+#: the per-copy host times a calibration may hold
+ISSUE_KEYS = ("copy_issue_s", "prefetch_issue_s")
 
 
 def measure_runtime_overheads(model: Any, runtime: Any, *, vocab: int, device: Any, prompt_len: int = 256,
@@ -77,6 +79,7 @@ def measure_runtime_overheads(model: Any, runtime: Any, *, vocab: int, device: A
                                "every expert resident (run it with all slots)")
             steps_s[mode] = clock.seconds()[1:]  # the decode steps (the prefill left out)
         issue = measure_copy_issue(runtime) if runtime.cuda else None
+        pf_issue = measure_prefetch_issue(runtime) if runtime.cuda else None
     # the mean, as the decode rate it is compared with is (steps / their total time): with a host whose pace
     # switches within a run, a median keeps the majority pace and misses the slow steps a run pays for
     full, bare = steps_s["full"], steps_s["no_experts"]
@@ -84,7 +87,11 @@ def measure_runtime_overheads(model: Any, runtime: Any, *, vocab: int, device: A
            "step_statistic": "mean", "full_steps_s": full, "no_experts_steps_s": bare,
            "n_layers": runtime.n_layers, "top_k": runtime.top_k, "context": prompt_len + steps // 2,
            "prompt_len": prompt_len, "steps": steps}
-    return out if issue is None else dict(out, copy_issue_s=issue)
+    if issue is not None:
+        out["copy_issue_s"] = issue
+    if pf_issue is not None:
+        out["prefetch_issue_s"] = pf_issue
+    return out
 
 
 def combine_calibrations(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -96,11 +103,12 @@ def combine_calibrations(parts: list[dict[str, Any]]) -> dict[str, Any]:
     bare = [x for p in parts for x in p["no_experts_steps_s"]]
     out = dict(parts[0], full_step_s=statistics.fmean(full), no_experts_step_s=statistics.fmean(bare),
                full_steps_s=full, no_experts_steps_s=bare, steps=len(full),
-               parts=[{k: p[k] for k in ("full_step_s", "no_experts_step_s", "copy_issue_s") if k in p}
+               parts=[{k: p[k] for k in ("full_step_s", "no_experts_step_s", *ISSUE_KEYS) if k in p}
                       for p in parts])
-    issue = [p["copy_issue_s"] for p in parts if "copy_issue_s" in p]
-    if issue:
-        out["copy_issue_s"] = float(statistics.median(issue))
+    for key in ("copy_issue_s", "prefetch_issue_s"):
+        issue = [p[key] for p in parts if key in p]
+        if issue:
+            out[key] = float(statistics.median(issue))
     return out
 
 
@@ -155,6 +163,58 @@ def measure_copy_issue(runtime: Any, copies: int = 256, repeats: int = 3) -> flo
     return float(statistics.median(per_copy))
 
 
+def measure_prefetch_issue(runtime: Any, prefetches: int = 256, batch: int = 8, repeats: int = 3) -> float | None:
+    """Median host seconds per prefetch through the runtime's prefetch path, where the forward thread issues
+    prefetches itself (the "inline" hand-over; None for a hand-over through the watchdog task): its slot
+    (`_assign`), the queue, the submission as the thread leaves the layer (`away`: the copy), the landing
+    poll at the next gate (`_poll_prefetches`: the event's query, `complete`), the compute stream's wait on
+    the copy. `batch` prefetches per layer; resident experts copied onto their own slots (the same bytes:
+    cache, policy state and counters unchanged; the poll runs once the copies landed, as at a next gate)."""
+    import time
+
+    import torch
+
+    wd = runtime.watchdog
+    if wd is None or wd.handover != "inline":
+        return None
+    keys = np.flatnonzero(runtime.slot_of >= 0)
+    if keys.size == 0:
+        raise EmuError("prefetch issue calibration: no resident expert to copy")
+    saved = (runtime.copies, runtime.bytes_h2d, runtime.evictions)
+    stream = runtime.compute_stream
+    per = []
+    for _ in range(repeats):
+        spent = 0.0
+        for b in range(0, prefetches, batch):
+            chosen = [int(keys[(b + j) % keys.size]) for j in range(batch)]
+            t0 = time.perf_counter()
+            for key in chosen:  # `_issue_prefetches`, each victim the key itself (its own slot)
+                kl, ke = divmod(key, runtime.n_experts)
+                slot = runtime._assign(kl, ke, key)
+                runtime.inflight_pf[key] = slot
+                wd.enqueue(key, (kl, ke, slot))
+            wd.away(int(chosen[-1] // runtime.n_experts))  # leaving the layer: the queue goes to the copy stream
+            wd.present()
+            spent += time.perf_counter() - t0
+            if runtime.cuda:
+                torch.cuda.synchronize(runtime.device)  # the next gate comes after the copies landed
+            t0 = time.perf_counter()
+            runtime._poll_prefetches()
+            for key in chosen:  # the hit's compute waits for its copy's event (`_compute`), then `_waited`
+                kl = key // runtime.n_experts
+                event = runtime.pending[kl].pop(int(runtime.slot_of[key]), None)
+                if event is not None and stream is not None:
+                    stream.wait_event(event)
+            spent += time.perf_counter() - t0
+        per.append(spent / (-(-prefetches // batch) * batch))
+    if runtime.cuda:
+        torch.cuda.synchronize(runtime.device)
+    if runtime.inflight_pf or len(wd):
+        raise EmuError("prefetch issue calibration: a prefetch did not land (the runtime's poll kept it in flight)")
+    runtime.copies, runtime.bytes_h2d, runtime.evictions = saved
+    return float(statistics.median(per))
+
+
 def derived_overheads(profile: HardwareProfile, model: ModelSpec, cal: dict[str, Any],
                       file: str | None = None) -> tuple[float, float]:
     """(layer overhead, expert host floor) in seconds from a measurement of `measure_runtime_overheads`."""
@@ -178,12 +238,14 @@ def apply_runtime_overheads(profile: HardwareProfile, model: ModelSpec, cal: dic
     layer, floor = derived_overheads(profile, model, cal, file)
     mc = profile.models[model.name]
     expert = {p: Curve(c.tokens, tuple(max(s, floor) for s in c.seconds)) for p, c in mc.expert.items()}
-    issue = cal.get("copy_issue_s", mc.copy_issue_s)
-    if issue is not None and (isinstance(issue, bool) or not isinstance(issue, (int, float)) or not issue >= 0):
-        raise EmuError(f"expected a non-negative number of seconds, got {issue!r}", file=file, key="copy_issue_s")
+    issue = {}
+    for key in ISSUE_KEYS:
+        value = cal.get(key, getattr(mc, key))
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0):
+            raise EmuError(f"expected a non-negative number of seconds, got {value!r}", file=file, key=key)
+        issue[key] = None if value is None else float(value)
     models = dict(profile.models)
-    models[model.name] = attrs.evolve(mc, expert=expert, layer_overhead_s=layer,
-                                      copy_issue_s=None if issue is None else float(issue))
+    models[model.name] = attrs.evolve(mc, expert=expert, layer_overhead_s=layer, **issue)
     prov = dict(profile.provenance)
     prov.setdefault("runtime_calibration", {})[model.name] = dict(cal, layer_overhead_s=layer, expert_floor_s=floor)
     return attrs.evolve(profile, models=models, provenance=prov)

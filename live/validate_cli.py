@@ -157,8 +157,9 @@ def validate_dir(records: list[Path], profile_path: Path, cal_paths: list[Path],
             if statistic == "median" and "full_step_median_s" in cal:
                 cal = dict(cal, full_step_s=cal["full_step_median_s"],
                            no_experts_step_s=cal["no_experts_step_median_s"])
-                if "copy_issue_median_s" in cal:
-                    cal["copy_issue_s"] = cal["copy_issue_median_s"]
+                for key in ("copy_issue_s", "prefetch_issue_s"):
+                    if key.replace("_s", "_median_s") in cal:
+                        cal[key] = cal[key.replace("_s", "_median_s")]
             profile = apply_runtime_overheads(base, spec, cal, file=cal["file"])
         out.append(validate_run(run_, profile, engine, "best" if statistic == "auto" else statistic))
     return out

@@ -13,6 +13,7 @@ from emu.engines.setup import StackChoice, make_inputs
 from emu.metrics import build_result
 
 from .conftest import hand_profile, make_trace, tiny_model
+from .policy_support import stack
 
 EXPERT = 6  # bytes
 
@@ -163,3 +164,27 @@ def test_copy_issue_host_cost(engines, engine_name):
     base, _ = run(engines[engine_name], trace, slots=4)
     assert base["e2e_s"] == pytest.approx(8.5, abs=1e-9)
     assert (r["hits"], r["misses_compulsory"], r["evictions"]) == (base["hits"], 5, base["evictions"])
+
+
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
+def test_prefetch_issue_host_cost_is_charged_to_prefetch_copies_only(engines, engine_name):
+    # the oracle prefetches layer 1's experts at layer 0's gate; demand copies keep copy_issue_s
+    trace = make_trace([[[[0, 1], [2, 3]]], [[[0, 2], [1, 3]]], [[[3, 1], [0, 2]]]])
+    engine = engines[engine_name]
+
+    def go(prefetch: str, **kw):
+        inputs = make_inputs(tiny_model(), hand_profile(**kw), trace, 5 * EXPERT, stack(prefetch=prefetch))
+        cs, end, timings = engine(inputs)
+        out = build_result(cs, end, trace, "x", timings).to_dict()
+        out.pop("timings")  # the emulator's own wall time
+        return out
+
+    # no prefetch: the prefetch cost changes nothing
+    assert go("none", copy_issue_s=0.2, prefetch_issue_s=0.9) == go("none", copy_issue_s=0.2)
+    base = go("oracle", copy_issue_s=0.2)
+    assert base["prefetch_issued"] > 0
+    assert go("oracle", copy_issue_s=0.2, prefetch_issue_s=0.2) == base  # unset: the copy issue time
+    slow = go("oracle", copy_issue_s=0.2, prefetch_issue_s=0.9)
+    assert slow["e2e_s"] > base["e2e_s"] + 0.5  # the host issues each prefetch for 0.9 s before any launch
+    for key in ("hits", "misses_compulsory", "evictions", "prefetch_issued", "bytes_h2d"):
+        assert slow[key] == base[key]

@@ -169,7 +169,7 @@ def test_the_matrix_switches_prefetch_on_and_off_on_one_built_runtime() -> None:
 
     shape = live_shape("olmoe-1b-7b", "tiny", 2)
     model = build_model("olmoe-1b-7b", "tiny", n_layers=2, dtype="fp32", seed=0)
-    rt = ExpertOffload(model, 6, eviction="lru", kernel="eager")
+    rt = ExpertOffload(model, 6, eviction="lru", kernel="eager", handover="bulk")  # a hand-over with a task thread
     assert rt.watchdog is None
     try:
         for slots, eviction in ((40, "least-stale"), (20, "lru")):
@@ -220,9 +220,9 @@ def test_auto_bounded_and_inline_handovers_decide_as_the_emulator_does(handover:
     rt, res, rec = _live("lru", "next-layer", 24, PassPlan(10, 6), handover=handover)
     v = validate_run(LiveRun("mem", rec, res.trace), load_profile(PROFILE))
     assert v.counts_equal and res.stats.prefetch_issued > 0
-    # on the CPU copies are synchronous (0 s of engine time): "auto" takes the bulk hand-over
+    # on the CPU copies are synchronous (0 s of engine time): "auto" takes the inline hand-over
     assert rt.copy_seconds() == 0.0
-    assert rt.resolved_handover() == ("bulk" if handover == "auto" else handover)
+    assert rt.resolved_handover() == ("inline" if handover == "auto" else handover)
 
 
 def test_an_unknown_handover_is_refused_naming_the_key() -> None:
@@ -230,3 +230,35 @@ def test_an_unknown_handover_is_refused_naming_the_key() -> None:
     with pytest.raises(EmuError, match="hand-over") as err:
         ExpertOffload(model, 8, prefetch="next-layer", handover="soon")
     assert err.value.key == "handover"
+
+
+@pytest.mark.parametrize("handover", ["inline", "bulk"])
+def test_prefetch_issue_calibration_runs_the_prefetch_path_and_leaves_the_cache_as_it_was(handover: str) -> None:
+    from live.matrix import reconfigure
+    from live.runtime_cal import measure_prefetch_issue
+
+    shape = live_shape("olmoe-1b-7b", "tiny", 2)
+    model = build_model("olmoe-1b-7b", "tiny", n_layers=2, dtype="fp32", seed=0)
+    n_keys = shape.n_layers * shape.n_experts
+    rt = ExpertOffload(model, n_keys, eviction="lru", kernel="eager", handover=handover)
+    try:
+        reconfigure(rt, n_keys, "lru", "eager", "next-layer")
+        rt.preload()
+        slots, host_gu = rt.slot_of.copy(), rt.slot_gu.clone()
+        before = (rt.copies, rt.bytes_h2d, rt.evictions, rt.bridge.resident().tolist())
+        calls = []
+        real_copy = rt._copy
+        rt._copy = lambda *job: calls.append(job) or real_copy(*job)  # type: ignore[method-assign]
+        got = measure_prefetch_issue(rt, prefetches=20, batch=8, repeats=2)
+        rt.__dict__.pop("_copy")
+        if handover == "bulk":  # through the watchdog task: not the forward thread's cost, not measured
+            assert got is None and calls == []
+            return
+        assert got is not None and got > 0
+        assert len(calls) == 2 * 24  # 3 batches of 8 per repeat, each one copy through the runtime's path
+        assert all(slots[layer * rt.n_experts + expert] == slot for layer, expert, slot in calls)
+        assert np.array_equal(rt.slot_of, slots) and torch.equal(rt.slot_gu, host_gu)
+        assert (rt.copies, rt.bytes_h2d, rt.evictions, rt.bridge.resident().tolist()) == before
+        assert not rt.inflight_pf and len(rt.watchdog) == 0
+    finally:
+        rt.close()

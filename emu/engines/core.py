@@ -57,6 +57,7 @@ from .state import (
     FC_HOST_FREE,
     FC_IDLE_T,
     FC_ISSUE_S,
+    FC_PF_ISSUE_S,
     FC_PRE_S,
     IN_FLIGHT,
     JOB_CHAIN,
@@ -295,7 +296,7 @@ def _start_copy_entry(pk, cs, tv, key: int, prec: int, prio: int, t: float) -> N
     cs.copy_prio[kx] = prio
     cs.copy_seq[kx] = seq
     _queue_push(cs, prio, seq, key)
-    issue_s = cs.fc[FC_ISSUE_S]
+    issue_s = cs.fc[FC_ISSUE_S] if prio == DEMAND else cs.fc[FC_PF_ISSUE_S]
     if issue_s > 0.0:  # a host-paced runtime issues copies on the thread that launches the compute
         host = cs.fc[FC_HOST_FREE]
         cs.fc[FC_HOST_FREE] = (host if host > t else t) + issue_s

@@ -10,10 +10,17 @@ import numpy as np
 from ..models import PRECISION_BITS, ModelSpec
 from ..policies.api import PolicyContext
 from ..policies.registry import get_policy
-from ..profile import HardwareProfile, cpu_expert_curve, dense_table, expert_curve, model_overhead
+from ..profile import (
+    HardwareProfile,
+    cpu_expert_curve,
+    dense_table,
+    expert_curve,
+    model_overhead,
+    prefetch_issue_seconds,
+)
 from ..trace import RoutingTrace
 from .stack import Stack
-from .state import FC_ISSUE_S, Timing, TraceView, new_cache_state
+from .state import FC_ISSUE_S, FC_PF_ISSUE_S, Timing, TraceView, new_cache_state
 
 #: precision index 0 is the model's own precision; the others follow in this order.
 PRECISION_ORDER = ("bf16", "fp16", "fp8", "int8", "int4", "int2")
@@ -115,6 +122,7 @@ def fresh_state(inputs: SimInputs) -> tuple[Any, Any]:
                          inputs.capacity_bytes, prec_bytes, inputs.profile.copy.h2d_engines,
                          dense_rows=inputs.tm.d_tok.shape[0])
     cs.fc[FC_ISSUE_S] = model_overhead(inputs.profile, model, "copy_issue_s")
+    cs.fc[FC_PF_ISSUE_S] = prefetch_issue_seconds(inputs.profile, model)
     ctx = PolicyContext(n_layers=model.n_moe_layers, n_experts=model.n_experts, top_k=model.top_k,
                         capacity_bytes=inputs.capacity_bytes, expert_bytes=int(prec_bytes[0]),
                         prec_bytes=prec_bytes, trace=inputs.tv, seed=inputs.seed,

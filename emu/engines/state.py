@@ -97,6 +97,7 @@ FC_GPU_BUSY = 7
 FC_CPU_BUSY = 8
 FC_HOST_FREE = 9  # the host is busy issuing copies until then (a GPU job starts no earlier)
 FC_ISSUE_S = 10  # host seconds to issue one copy (profile `copy_issue_s`; 0 for most profiles)
+FC_PF_ISSUE_S = 11  # the same for a prefetch copy (profile `prefetch_issue_s`, else `copy_issue_s`)
 FC_N = 12
 
 # ---- per-layer integer statistics (stats_i[STAT, layer]) ------------------------------------------
