@@ -52,9 +52,7 @@ OLMOE_PROMPT, MIXTRAL_PROMPT, DECODE = 256, 256, 64
 MIXTRAL_LAYERS = 8
 TTFT_REPEATS = 3  # extra cold prefills per run (a prefill is one sample; the round keeps the fastest)
 ROUNDS = 3
-CAL_STEPS = 16  # decode steps per runtime calibration mode and run
-CAL_CHUNKS = 4  # interleaved calibration: parts of CAL_STEPS // CAL_CHUNKS steps, before the prefill and every
-#               # DECODE // CAL_CHUNKS decode steps
+CAL_STEPS = 16  # decode steps per runtime calibration mode and run, taken before it (interleaved: DECODE steps)
 CALIBRATIONS = ("auto", "interleaved", "before")
 MIXTRAL_TRACE = "scenarios/traces/mixtral8x7b_gsm8k.npz"
 
@@ -228,7 +226,7 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
     from .models import build_model, live_spec
     from .offload import ExpertOffload
     from .runner import Between, run_live
-    from .runtime_cal import ISSUE_KEYS, combine_calibrations, host_pace, measure_runtime_overheads
+    from .runtime_cal import ISSUE_KEYS, InterleavedCalibration, host_pace, measure_runtime_overheads
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -292,39 +290,37 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
                                stats_equal_across_rounds=same,
                                stats_rounds=None if same else [attrs.asdict(x.stats) for x in results]))
 
-    # the interleaved calibration's runtime: every expert in its own slot pool, beside the run's
-    cal_rt = runtime.sibling(n_keys, handover=handover) if calibration == "interleaved" else None
+    # the interleaved calibration: its own runtime (every expert in its own slot pool, beside the run's) and
+    # request, the calibration request's routing recorded once
+    interleaved = None
+    if calibration == "interleaved":
+        cal_rt = runtime.sibling(n_keys, handover=handover)
+        cal_rt.preload()
+        interleaved = InterleavedCalibration(model, cal_rt, vocab=shape.vocab, device=dev, prompt_len=MIXTRAL_PROMPT,
+                                             steps=DECODE)
 
     for r in range(rounds):
         shift = r * len(configs) // rounds  # each round starts elsewhere: drift of the host's pace hits all alike
         for i, (frac, ev, pf) in enumerate(configs[shift:] + configs[:shift]):
-            if calibration == "interleaved":
-                # the runtime calibration in CAL_CHUNKS parts, before the prefill and between chunks of the
-                # decode steps, on a sibling runtime holding every expert: the host's pace switches within a
-                # run (OLMoE steps 45-88 ms in one 4-second run), so the calibration samples the same seconds
-                assert cal_rt is not None
-                if cal_rt.prefetch != pf:  # the run's prefetch policy; the cache starts empty
+            if interleaved is not None:
+                # the runtime calibration in lockstep with the run: one step of each mode before each of the
+                # run's, on the sibling runtime holding every expert: the host's pace switches within a run
+                # (OLMoE steps 45-88 ms in one 4-second run), so the calibration samples the same seconds
+                cal_rt = interleaved.runtime
+                if cal_rt.prefetch != pf:  # the run's prefetch policy, every expert resident again
                     cal_rt.prefetch = pf
                     cal_rt.reset()
-                    if pf != "none":  # the zeroed-experts replay of a prefetching runtime predicts from other states
-                        cal_rt.preload()
-                parts: list[dict[str, Any]] = []
-
-                def calibrate_part(_step: int, parts: list[dict[str, Any]] = parts) -> None:
-                    parts.append(measure_runtime_overheads(model, cal_rt, vocab=shape.vocab, device=dev,
-                                                           prompt_len=MIXTRAL_PROMPT,
-                                                           steps=max(1, CAL_STEPS // CAL_CHUNKS)))
-
+                    cal_rt.preload()
+                interleaved.begin()
                 reconfigure(runtime, slots_for(frac, n_keys), ev, "eager", pf)
                 pace0 = host_pace(dev)
                 cpu0 = _watchdog_cpu(runtime)
                 res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
                                warmup_passes=3, rehearse=cuda and r == 0 and i == 0, model_name=spec.name,
-                               between=Between(calibrate_part, max(1, -(-DECODE // CAL_CHUNKS))))
+                               between=Between(interleaved, 1))
                 cpu1 = _watchdog_cpu(runtime)
                 pace2 = host_pace(dev)
-                cal = dict(combine_calibrations(parts), pace_s=(pace0 + pace2) / 2, run_pace_s=(pace0 + pace2) / 2,
-                           calibration="interleaved")
+                cal = dict(interleaved.result(), pace_s=(pace0 + pace2) / 2, run_pace_s=(pace0 + pace2) / 2)
             else:
                 # the runtime calibration right before the run it is paired with: same prefetch policy (a
                 # prefetching runtime does more host work per layer), every expert resident (preloaded when
@@ -356,8 +352,8 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
                   f"watchdog CPU {(cpu1 - cpu0) * 1e3:.0f} ms; calibration full step "
                   f"{cal['full_step_s'] * 1e3:.1f} ms [{time.time() - t0:.0f}s]", flush=True)
         write_records(runtime, final=r == rounds - 1)
-    if cal_rt is not None:
-        cal_rt.close()
+    if interleaved is not None:
+        interleaved.runtime.close()
     runtime.close()  # the model, runtimes and slot pools go with this frame; main() collects them
 
 

@@ -137,32 +137,70 @@ def _run_between(between: Between | None, step: int, hooks: RoutingHooks | None,
             runtime.attach()
 
 
+class RequestSteps:
+    """One request's greedy decoding a pass at a time (`prefill`, then `decode` per token), so that another
+    request's passes can run in between (`live.runtime_cal.InterleavedCalibration`); `generate` runs one
+    to the end. `interleaved`: other passes run between this request's, so each of its passes installs its
+    hooks and attaches its runtime first and removes the hooks after."""
+
+    def __init__(self, model: Any, prompt: torch.Tensor, plan: PassPlan, *, request: int = 0,
+                 hooks: RoutingHooks | None = None, runtime: ExpertOffload | None = None,
+                 clock: PassClock | None = None, interleaved: bool = False) -> None:
+        from transformers import DynamicCache
+
+        self.model, self.prompt, self.plan, self.request = model, prompt, plan, request
+        self.hooks, self.runtime, self.clock, self.interleaved = hooks, runtime, clock, interleaved
+        self.cache = DynamicCache(config=model.config)
+        self.out_ids: list[int] = []
+        self.step = 0  # decode steps run
+
+    def prefill(self) -> int:
+        n = self.prompt.shape[1]
+        return self._run(self.prompt, PHASE_PREFILL, np.full(n, self.request), np.arange(n), self.plan.force_prefill)
+
+    def decode(self) -> int:
+        """The next decode step (after `prefill`)."""
+        if not self.out_ids:
+            raise EmuError("decode before prefill")
+        step, n = self.step, self.prompt.shape[1]
+        force = self.plan.force_decode[step] if step < len(self.plan.force_decode) else None
+        ids = torch.tensor([[self.out_ids[-1]]], device=self.prompt.device)
+        self.step += 1
+        return self._run(ids, PHASE_DECODE, np.array([self.request]), np.array([n + step]), force)
+
+    def _run(self, ids: torch.Tensor, phase: int, requests: np.ndarray, positions: np.ndarray,
+             force: int | None) -> int:
+        hooks = self.hooks
+        if self.interleaved:
+            if hooks is not None:
+                hooks.install()
+            if self.runtime is not None:
+                self.runtime.attach()
+        try:
+            with torch.no_grad():
+                tok = _pass(self.model, ids, self.cache, phase, requests, positions, force, hooks, self.runtime,
+                            self.clock)
+        finally:
+            if self.interleaved and hooks is not None:
+                hooks.remove()
+        self.out_ids.append(tok)
+        return tok
+
+
 def generate(model: Any, prompt: torch.Tensor, plan: PassPlan, *, request: int = 0,
              hooks: RoutingHooks | None = None, runtime: ExpertOffload | None = None,
              clock: PassClock | None = None, between: Between | None = None) -> list[int]:
     """Greedy decoding of one request; returns the generated ids (first from the prefill)."""
-    from transformers import DynamicCache
-
-    device = prompt.device
-    cache = DynamicCache(config=model.config)
-    n = prompt.shape[1]
-    out_ids: list[int] = []
+    steps = RequestSteps(model, prompt, plan, request=request, hooks=hooks, runtime=runtime, clock=clock)
     if runtime is not None:
         runtime.attach()  # the model's blocks may have been routed to a sibling runtime since
-    with torch.no_grad():
-        _run_between(between, 0, hooks, runtime)
-        tok = _pass(model, prompt, cache, PHASE_PREFILL, np.full(n, request), np.arange(n), plan.force_prefill,
-                    hooks, runtime, clock)
-        out_ids.append(tok)
-        for step in range(plan.n_decode):
-            if between is not None and step > 0 and step % between.every == 0:
-                _run_between(between, step, hooks, runtime)
-            force = plan.force_decode[step] if step < len(plan.force_decode) else None
-            ids = torch.tensor([[tok]], device=device)
-            tok = _pass(model, ids, cache, PHASE_DECODE, np.array([request]), np.array([n + step]), force,
-                        hooks, runtime, clock)
-            out_ids.append(tok)
-    return out_ids
+    _run_between(between, 0, hooks, runtime)
+    steps.prefill()
+    for step in range(plan.n_decode):
+        if between is not None and step > 0 and step % between.every == 0:
+            _run_between(between, step, hooks, runtime)
+        steps.decode()
+    return steps.out_ids
 
 
 def _pass(model: Any, ids: torch.Tensor, cache: Any, phase: int, requests: np.ndarray, positions: np.ndarray,

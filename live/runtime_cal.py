@@ -24,7 +24,9 @@ and leave the profile's value alone.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -39,47 +41,51 @@ _KEYS = ("full_step_s", "no_experts_step_s", "n_layers", "top_k", "context")
 ISSUE_KEYS = ("copy_issue_s", "prefetch_issue_s")
 
 
-def measure_runtime_overheads(model: Any, runtime: Any, *, vocab: int, device: Any, prompt_len: int = 256,
-                             steps: int = 32, seed: int = 12345) -> dict[str, Any]:
-    """Mean decode step with all experts resident, with and without the experts'
-    computation; every step is kept beside it (`full_steps_s`, `no_experts_steps_s`)."""
+MODES = ("full", "no_experts")
+
+
+def _skip_experts(slot: int, event: Any, act_fn: Any, hidden: Any, weights: Any, rows: Any) -> Any:
+    """`ExpertOffload._compute` with the expert's computation replaced by zeros (the no_experts mode)."""
+    token_idx = rows[1]
+    return token_idx, hidden.new_zeros((token_idx.shape[0], hidden.shape[1]))
+
+
+@contextlib.contextmanager
+def _mode(runtime: Any, mode: str) -> Iterator[None]:
+    """The runtime as the mode runs it; the copies it makes are refused (every expert is to be resident)."""
+    if mode == "no_experts":
+        runtime._compute = _skip_experts
+    copies = runtime.copies
+    try:
+        yield
+    finally:
+        runtime.__dict__.pop("_compute", None)  # the class's method again (no bound copy left behind)
+    if runtime.copies != copies:
+        raise EmuError(f"runtime calibration ({mode}) copied {runtime.copies - copies} experts; it expects "
+                       "every expert resident (run it with all slots)")
+
+
+def _calibration_prompt(vocab: int, prompt_len: int, seed: int, device: Any) -> Any:
     import torch
 
-    from .hooks import RoutingHooks
-    from .runner import PassClock, PassPlan, attention_backends, generate
+    return torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(seed)).to(device)
 
-    gen = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(0, vocab, (1, prompt_len), generator=gen).to(device)
-    runtime.attach()  # a sibling of the measured run's runtime, when interleaved with it
-    with attention_backends(device):
-        rec = RoutingHooks(model, record=True, speculate=True)
-        try:
-            generate(model, prompt, PassPlan(prompt_len, steps), hooks=rec, runtime=runtime)
-        finally:
-            rec.remove()
-        routing = rec.trace("calibration")
-        plan = PassPlan(prompt_len, steps, 0, tuple(range(1, steps + 1)))
-        steps_s: dict[str, list[float]] = {}
-        for mode in ("full", "no_experts"):
-            if mode == "no_experts":
-                def skip(slot: int, event: Any, act_fn: Any, hidden: Any, weights: Any, rows: Any) -> Any:
-                    token_idx = rows[1]
-                    return token_idx, hidden.new_zeros((token_idx.shape[0], hidden.shape[1]))
-                runtime._compute = skip
-            copies = runtime.copies
-            hooks = RoutingHooks(model, record=True, speculate=True, force=routing)
-            clock = PassClock(device)
-            try:
-                generate(model, prompt, plan, hooks=hooks, runtime=runtime, clock=clock)
-            finally:
-                hooks.remove()
-                runtime.__dict__.pop("_compute", None)  # the class's method again (no bound copy left behind)
-            if runtime.copies != copies:
-                raise EmuError(f"runtime calibration ({mode}) copied {runtime.copies - copies} experts; it expects "
-                               "every expert resident (run it with all slots)")
-            steps_s[mode] = clock.seconds()[1:]  # the decode steps (the prefill left out)
-        issue = measure_copy_issue(runtime) if runtime.cuda else None
-        pf_issue = measure_prefetch_issue(runtime) if runtime.cuda else None
+
+def _record_routing(model: Any, runtime: Any, prompt: Any, steps: int) -> Any:
+    """The calibration request's own routing (and speculator predictions), replayed by every mode."""
+    from .hooks import RoutingHooks
+    from .runner import PassPlan, generate
+
+    rec = RoutingHooks(model, record=True, speculate=True)
+    try:
+        generate(model, prompt, PassPlan(prompt.shape[1], steps), hooks=rec, runtime=runtime)
+    finally:
+        rec.remove()
+    return rec.trace("calibration")
+
+
+def _calibration(runtime: Any, steps_s: dict[str, list[float]], prompt_len: int, steps: int,
+                 issue: list[float], pf_issue: list[float]) -> dict[str, Any]:
     # the mean, as the decode rate it is compared with is (steps / their total time): with a host whose pace
     # switches within a run, a median keeps the majority pace and misses the slow steps a run pays for
     full, bare = steps_s["full"], steps_s["no_experts"]
@@ -87,29 +93,112 @@ def measure_runtime_overheads(model: Any, runtime: Any, *, vocab: int, device: A
            "step_statistic": "mean", "full_steps_s": full, "no_experts_steps_s": bare,
            "n_layers": runtime.n_layers, "top_k": runtime.top_k, "context": prompt_len + steps // 2,
            "prompt_len": prompt_len, "steps": steps}
-    if issue is not None:
-        out["copy_issue_s"] = issue
-    if pf_issue is not None:
-        out["prefetch_issue_s"] = pf_issue
+    for key, values in (("copy_issue_s", issue), ("prefetch_issue_s", pf_issue)):
+        if values:
+            out[key] = float(statistics.median(values))
     return out
 
 
-def combine_calibrations(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One calibration from several taken at different moments (between the chunks of a measured run): the
-    mean of all their steps, the median of their copy issue times; each part's figures kept in `parts`."""
-    if not parts:
-        raise EmuError("no runtime calibration to combine")
-    full = [x for p in parts for x in p["full_steps_s"]]
-    bare = [x for p in parts for x in p["no_experts_steps_s"]]
-    out = dict(parts[0], full_step_s=statistics.fmean(full), no_experts_step_s=statistics.fmean(bare),
-               full_steps_s=full, no_experts_steps_s=bare, steps=len(full),
-               parts=[{k: p[k] for k in ("full_step_s", "no_experts_step_s", *ISSUE_KEYS) if k in p}
-                      for p in parts])
-    for key in ("copy_issue_s", "prefetch_issue_s"):
-        issue = [p[key] for p in parts if key in p]
-        if issue:
-            out[key] = float(statistics.median(issue))
-    return out
+def _issue_times(runtime: Any, issue: list[float], pf_issue: list[float]) -> None:
+    """Append the copy and prefetch issue times (GPU only: the host cost of an asynchronous copy)."""
+    if not runtime.cuda:
+        return
+    issue.append(measure_copy_issue(runtime))
+    pf = measure_prefetch_issue(runtime)
+    if pf is not None:
+        pf_issue.append(pf)
+
+
+def measure_runtime_overheads(model: Any, runtime: Any, *, vocab: int, device: Any, prompt_len: int = 256,
+                             steps: int = 32, seed: int = 12345) -> dict[str, Any]:
+    """Mean decode step with all experts resident, with and without the experts'
+    computation; every step is kept beside it (`full_steps_s`, `no_experts_steps_s`)."""
+    from .hooks import RoutingHooks
+    from .runner import PassClock, PassPlan, attention_backends, generate
+
+    prompt = _calibration_prompt(vocab, prompt_len, seed, device)
+    runtime.attach()
+    issue: list[float] = []
+    pf_issue: list[float] = []
+    with attention_backends(device):
+        routing = _record_routing(model, runtime, prompt, steps)
+        plan = PassPlan(prompt_len, steps, 0, tuple(range(1, steps + 1)))
+        steps_s: dict[str, list[float]] = {}
+        for mode in MODES:
+            hooks = RoutingHooks(model, record=True, speculate=True, force=routing)
+            clock = PassClock(device)
+            try:
+                with _mode(runtime, mode):
+                    generate(model, prompt, plan, hooks=hooks, runtime=runtime, clock=clock)
+            finally:
+                hooks.remove()
+            steps_s[mode] = clock.seconds()[1:]  # the decode steps (the prefill left out)
+        _issue_times(runtime, issue, pf_issue)
+    return _calibration(runtime, steps_s, prompt_len, steps, issue, pf_issue)
+
+
+class InterleavedCalibration:
+    """The calibration of `measure_runtime_overheads` in lockstep with a measured run: called before the
+    run's prefill (`step` 0) and before each of its decode steps (`runner.Between(cal, every=1)`), it runs
+    one decode step of each mode, so the calibration samples the very seconds the run ran in (the host's
+    pace switches within seconds: OLMoE steps 45-88 ms within one 4-second run). Each mode is its own
+    request on `runtime` (a sibling holding every expert), its prefill run before the measured one's; the
+    routing is recorded once, at construction; the copy and prefetch issue times are measured before the
+    run's prefill and halfway through its decode. `begin` starts the next run's calibration."""
+
+    def __init__(self, model: Any, runtime: Any, *, vocab: int, device: Any, prompt_len: int, steps: int,
+                 seed: int = 12345) -> None:
+        from .runner import attention_backends
+
+        self.model, self.runtime, self.device, self.prompt_len, self.steps = model, runtime, device, prompt_len, steps
+        self.prompt = _calibration_prompt(vocab, prompt_len, seed, device)
+        runtime.attach()
+        with attention_backends(device):
+            self.routing = _record_routing(model, runtime, self.prompt, steps)
+        self._requests: dict[str, Any] = {}
+        self._clocks: dict[str, Any] = {}
+        self._issue: list[float] = []
+        self._pf_issue: list[float] = []
+
+    def begin(self) -> None:
+        """Each mode a fresh request (their prefills run at the measured run's step 0)."""
+        from .hooks import RoutingHooks
+        from .runner import PassClock, PassPlan, RequestSteps
+
+        plan = PassPlan(self.prompt_len, self.steps, 0, tuple(range(1, self.steps + 1)))
+        self._requests, self._clocks, self._issue, self._pf_issue = {}, {}, [], []
+        for mode in MODES:
+            hooks = RoutingHooks(self.model, record=True, speculate=True, force=self.routing)
+            hooks.remove()  # installed for its own passes only
+            self._clocks[mode] = PassClock(self.device)
+            self._requests[mode] = RequestSteps(self.model, self.prompt, plan, hooks=hooks, runtime=self.runtime,
+                                                clock=self._clocks[mode], interleaved=True)
+
+    def __call__(self, step: int) -> None:
+        from .runner import attention_backends
+
+        if not self._requests:
+            raise EmuError("InterleavedCalibration: begin() before the run")
+        with attention_backends(self.device):
+            for mode in MODES:
+                req = self._requests[mode]
+                if req.step >= self.steps:
+                    continue  # the run has more decode steps than the calibration recorded
+                with _mode(self.runtime, mode):
+                    if step == 0:
+                        req.prefill()
+                    req.decode()  # at step 0 too: one decode step after each prefill, as before each later step
+            if step in (0, self.steps // 2):
+                _issue_times(self.runtime, self._issue, self._pf_issue)
+
+    def result(self) -> dict[str, Any]:
+        """The calibration of the run just measured (the prefills left out)."""
+        steps_s = {mode: clock.seconds()[1:] for mode, clock in self._clocks.items()}
+        if not all(steps_s.values()):
+            raise EmuError("InterleavedCalibration: no decode step was measured (was it passed to the run?)")
+        done = min(len(s) for s in steps_s.values())
+        return dict(_calibration(self.runtime, steps_s, self.prompt_len, done, self._issue, self._pf_issue),
+                    calibration="interleaved")
 
 
 def host_pace(device: Any, launches: int = 200, repeats: int = 5) -> float:

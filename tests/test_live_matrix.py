@@ -119,11 +119,11 @@ def test_the_matrix_runs_rounds_and_records_medians(tmp_path, monkeypatch) -> No
         assert all(c["pace_s"] > 0 and c["run_pace_s"] > 0 for c in rec["runtime_cal_rounds"])  # host_pace probes
         per = 1 + matrix.TTFT_REPEATS
         assert rec["ttft_rounds_s"] == [min(rec["ttft_samples_s"][k * per: (k + 1) * per]) for k in range(3)]
-        # interleaved (the default): a part before the prefill and one before each later decode step (DECODE 3,
-        # CAL_CHUNKS 4: every step), each of max(1, CAL_STEPS // CAL_CHUNKS) = 1 step per mode
+        # interleaved (the default on the CPU): one step per mode before each of the run's DECODE decode steps
         assert rec["calibration"] == "interleaved"
         for c in rec["runtime_cal_rounds"]:
-            assert c["calibration"] == "interleaved" and len(c["parts"]) == 3 and c["steps"] == 3
+            assert c["calibration"] == "interleaved" and c["steps"] == 3
+            assert len(c["full_steps_s"]) == len(c["no_experts_steps_s"]) == 3
             assert c["full_step_s"] == pytest.approx(float(np.mean(c["full_steps_s"])), rel=1e-12)
     for suffix, runs in (("", 2), ("_next_layer", 1)):  # model level: every calibration of the policy
         cal = json.loads((tmp_path / f"mixtral_runtime_cal{suffix}.json").read_text())
@@ -132,33 +132,43 @@ def test_the_matrix_runs_rounds_and_records_medians(tmp_path, monkeypatch) -> No
         assert cal["full_step_median_s"] == float(np.median([r["full_step_s"] for r in cal["rounds"]]))
 
 
-def test_a_calibration_interleaved_with_a_run_leaves_the_run_as_it_was(built) -> None:
-    """A sibling runtime (every expert, its own slots) calibrated between the run's decode steps: the run's
-    tokens, counts and recorded routing are those of the same run alone, and the calibration parts are
-    complete (the blocks are routed back to the run's runtime after each)."""
-    from live.runner import Between
-    from live.runtime_cal import combine_calibrations
+def test_a_calibration_in_lockstep_with_a_run_leaves_the_run_as_it_was(built) -> None:
+    """A sibling runtime (every expert, its own slots) calibrated one step per mode before each of the run's
+    decode steps: the run's tokens, counts and recorded routing are those of the same run alone; each mode
+    replays the calibration request's own routing, step after step, as a calibration taken alone does (the
+    blocks are routed back to the run's runtime after each)."""
+    from live.hooks import RoutingHooks
+    from live.runner import Between, generate
+    from live.runtime_cal import InterleavedCalibration
 
     shape, model, rt = built
     reconfigure(rt, 6, "lru", "eager")
     cal_rt = rt.sibling(rt.n_layers * rt.n_experts)
+    cal_rt.preload()
     plan = PassPlan(6, 5)
     alone = run_live(model, [plan], vocab=shape.vocab, device=CPU, runtime=rt, warmup_passes=1, seed=3)
-    parts: list[dict] = []
-
-    def part(step: int) -> None:
-        parts.append(measure_runtime_overheads(model, cal_rt, vocab=shape.vocab, device=CPU, prompt_len=5, steps=2))
-
+    lockstep = InterleavedCalibration(model, cal_rt, vocab=shape.vocab, device=CPU, prompt_len=5, steps=4)
+    with pytest.raises(EmuError, match="begin"):
+        lockstep(0)
+    lockstep.begin()
+    seen: list[int] = []
     mixed = run_live(model, [plan], vocab=shape.vocab, device=CPU, runtime=rt, warmup_passes=1, seed=3,
-                     between=Between(part, 2))
+                     between=Between(lambda step: (seen.append(step), lockstep(step)), 1))
     assert mixed.tokens == alone.tokens and mixed.stats == alone.stats
     assert mixed.trace.fingerprint() == alone.trace.fingerprint()
-    assert len(parts) == 3  # before the prefill, before decode steps 2 and 4
-    assert cal_rt.copies == 0 or all(p["full_step_s"] > 0 for p in parts)
-    cal = combine_calibrations(parts)
-    assert cal["steps"] == 6 and len(cal["parts"]) == 3
-    assert cal["full_step_s"] == pytest.approx(sum(cal["full_steps_s"]) / 6, rel=1e-12)
+    assert seen == [0, 1, 2, 3, 4]  # before the prefill, then before each later decode step
     assert all(m._runtime[0] is rt for m in rt.modules)  # the model is the run's again
+    cal = lockstep.result()
+    assert cal_rt.copies == 0  # every expert resident: no copy in any mode
+    assert cal["steps"] == 4 and len(cal["full_steps_s"]) == len(cal["no_experts_steps_s"]) == 4  # 4 recorded
+    assert cal["full_step_s"] == pytest.approx(sum(cal["full_steps_s"]) / 4, rel=1e-12)
+    # the full mode's request decoded what the calibration request decodes alone, on the forced routing
+    rec = RoutingHooks(model, record=True, speculate=True, force=lockstep.routing)
+    try:
+        want = generate(model, lockstep.prompt, PassPlan(5, 4, 0, (1, 2, 3, 4)), hooks=rec, runtime=cal_rt)
+    finally:
+        rec.remove()
+    assert lockstep._requests["full"].out_ids == want
     cal_rt.close()
 
 
