@@ -12,8 +12,8 @@ and next-layer); a prefetching run's tag ends in `_<policy>` (none keeps the old
 Rounds: the host's pace drifts by 10-50% between identical runs on the H100 machines, so every
 configuration runs `--rounds` times (default 3), interleaved (each round starts at another
 configuration), and every run with its own runtime calibration (`runtime_cal_rounds`, `--calibration`): right
-before it, or in parts between its chunks of decode steps on a sibling runtime holding every expert (the
-host's pace switches within a run; `calibration_for` says which by the copy time).
+before it, or in lockstep with it (a step of each mode before each of its decode steps) on a sibling runtime
+holding every expert (the host's pace switches within a run; `calibration_for` says which).
 A record keeps round 0's trace and counts (the routing is forced, so every round replays the same);
 per round its TTFT (`ttft_rounds_s`, fastest cold prefill of the round) and decode rate
 (`decode_tok_s_rounds`); as `ttft_s` / `decode_tok_s` the best of its rounds and beside them the medians.
@@ -62,15 +62,16 @@ def slots_for(fraction: float, n_keys: int) -> int:
     return max(1, min(n_keys, math.floor(fraction * n_keys + 1e-9)))
 
 
-def calibration_for(copy_s: float) -> str:
-    """"auto": interleaved for short copies, before for long ones. With short copies (OLMoE, 0.23 ms) decode
-    is host-paced and the host's pace switches within a run, so the calibration must sample the run's own
-    seconds; with long ones (Mixtral, 6.4 ms) the run is paced by its copies, and the copies still in flight
-    at a calibration part would land during it instead of during the run (Mixtral 25% next-layer: 1588
-    copies against the emulator's 1557 interleaved, 1558 with the calibration before)."""
+def calibration_for(copy_s: float, prefetch: str = "none") -> str:
+    """"auto": interleaved (in lockstep with the run) but for a prefetching run with long copies. A host-paced
+    decode's pace switches within a run, so the calibration must sample the run's own seconds; but a
+    prefetching run with long copies (Mixtral, 6.4 ms) ends a step with prefetches in flight, which would
+    land during the calibration's steps instead of during the run's (Mixtral 25% next-layer: 1588 copies
+    against the emulator's 1557 interleaved, 1558 with the calibration before). Without prefetch every copy
+    of a step is waited for within it."""
     from .offload import AUTO_BOUNDED_COPY_S
 
-    return "before" if copy_s >= AUTO_BOUNDED_COPY_S else "interleaved"
+    return "before" if copy_s >= AUTO_BOUNDED_COPY_S and prefetch != "none" else "interleaved"
 
 
 def _watchdog_cpu(runtime: Any) -> float:
@@ -239,12 +240,13 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
     print(f"{name}: built [{time.time() - t0:.0f}s]", flush=True)
     runtime = ExpertOffload(model, n_keys, eviction="lru", device=device, seed=0, kernel="eager", handover=handover)
     print(f"{name}: offloaded [{time.time() - t0:.0f}s]", flush=True)
-    if calibration == "auto":
-        calibration = calibration_for(runtime.copy_seconds())
-        print(f"{name}: {calibration} runtime calibration (copy {runtime.copy_seconds() * 1e3:.2f} ms)", flush=True)
-    # + the hand-over used, per record
-    common = {"profile_model": preset, "scale": scale, "handover": handover, "calibration": calibration}
     configs = [c for c in itertools.product(FRACTIONS, EVICTIONS, prefetches) if c[2] == "none" or c[0] < 1.0]
+    how = {c: calibration_for(runtime.copy_seconds(), c[2]) if calibration == "auto" else calibration for c in configs}
+    print(f"{name}: runtime calibration " + ", ".join(f"{pf} {how[next(c for c in configs if c[2] == pf)]}"
+                                                      for pf in prefetches)
+          + f" (copy {runtime.copy_seconds() * 1e3:.2f} ms)", flush=True)
+    # + the hand-over used and the calibration, per record
+    common = {"profile_model": preset, "scale": scale, "handover": handover}
     runs: dict[tuple[float, str, str], list[Any]] = {c: [] for c in configs}
     ttfts: dict[tuple[float, str, str], list[float]] = {c: [] for c in configs}
     cals: dict[str, list[dict[str, Any]]] = {pf: [] for pf in prefetches}
@@ -275,7 +277,7 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
             _record(_tag(name, frac, ev, pf), spec, first, slots=slots_for(frac, n_keys),
                     expert_bytes=rt.expert_bytes, eviction=ev, prefetch=pf, forced=forced, plans=plans,
                     out_dir=out_dir, echo=final,
-                    extra=dict(common, rounds=len(results),
+                    extra=dict(common, rounds=len(results), calibration=how[(frac, ev, pf)],
                                handover_used=rt.resolved_handover() if pf != "none" else None,
                                rehearsed="once per model (round 0, first configuration)" if cuda else False,
                                ttft_samples_s=ttfts[(frac, ev, pf)],
@@ -293,7 +295,7 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
     # the interleaved calibration: its own runtime (every expert in its own slot pool, beside the run's) and
     # request, the calibration request's routing recorded once
     interleaved = None
-    if calibration == "interleaved":
+    if "interleaved" in how.values():
         cal_rt = runtime.sibling(n_keys, handover=handover)
         cal_rt.preload()
         interleaved = InterleavedCalibration(model, cal_rt, vocab=shape.vocab, device=dev, prompt_len=MIXTRAL_PROMPT,
@@ -302,7 +304,8 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
     for r in range(rounds):
         shift = r * len(configs) // rounds  # each round starts elsewhere: drift of the host's pace hits all alike
         for i, (frac, ev, pf) in enumerate(configs[shift:] + configs[:shift]):
-            if interleaved is not None:
+            if how[(frac, ev, pf)] == "interleaved":
+                assert interleaved is not None
                 # the runtime calibration in lockstep with the run: one step of each mode before each of the
                 # run's, on the sibling runtime holding every expert: the host's pace switches within a run
                 # (OLMoE steps 45-88 ms in one 4-second run), so the calibration samples the same seconds

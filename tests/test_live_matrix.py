@@ -99,6 +99,8 @@ def test_the_matrix_runs_rounds_and_records_medians(tmp_path, monkeypatch) -> No
     monkeypatch.setattr(matrix, "CAL_STEPS", 2)
     monkeypatch.setattr(matrix, "FRACTIONS", (0.25, 1.0))
     monkeypatch.setattr(matrix, "EVICTIONS", ("lru",))
+    # as for long copies on a GPU: prefetching runs calibrated before, the others in lockstep
+    monkeypatch.setattr(matrix, "calibration_for", lambda copy_s, pf: "before" if pf != "none" else "interleaved")
     matrix.run_model("mixtral", tmp_path, time.time(), device="cpu", scale="tiny", n_layers=2,
                      prefetches=("none", "next-layer"), rounds=3)
     tags = sorted(p.stem for p in tmp_path.glob("mixtral_*pct*.json"))
@@ -119,11 +121,12 @@ def test_the_matrix_runs_rounds_and_records_medians(tmp_path, monkeypatch) -> No
         assert all(c["pace_s"] > 0 and c["run_pace_s"] > 0 for c in rec["runtime_cal_rounds"])  # host_pace probes
         per = 1 + matrix.TTFT_REPEATS
         assert rec["ttft_rounds_s"] == [min(rec["ttft_samples_s"][k * per: (k + 1) * per]) for k in range(3)]
-        # interleaved (the default on the CPU): one step per mode before each of the run's DECODE decode steps
-        assert rec["calibration"] == "interleaved"
+        # interleaved: one step per mode before each of the run's DECODE decode steps; before: CAL_STEPS steps
+        how, steps = ("before", 2) if rec["prefetch"] != "none" else ("interleaved", 3)
+        assert rec["calibration"] == how
         for c in rec["runtime_cal_rounds"]:
-            assert c["calibration"] == "interleaved" and c["steps"] == 3
-            assert len(c["full_steps_s"]) == len(c["no_experts_steps_s"]) == 3
+            assert c["calibration"] == how and c["steps"] == steps
+            assert len(c["full_steps_s"]) == len(c["no_experts_steps_s"]) == steps
             assert c["full_step_s"] == pytest.approx(float(np.mean(c["full_steps_s"])), rel=1e-12)
     for suffix, runs in (("", 2), ("_next_layer", 1)):  # model level: every calibration of the policy
         cal = json.loads((tmp_path / f"mixtral_runtime_cal{suffix}.json").read_text())
@@ -172,9 +175,11 @@ def test_a_calibration_in_lockstep_with_a_run_leaves_the_run_as_it_was(built) ->
     cal_rt.close()
 
 
-def test_auto_calibration_interleaves_for_short_copies_only() -> None:
+def test_auto_calibration_interleaves_but_for_prefetching_runs_with_long_copies() -> None:
     from live.matrix import calibration_for
 
-    assert calibration_for(0.23e-3) == "interleaved"  # OLMoE's copies on the H100: host-paced decode
-    assert calibration_for(6.4e-3) == "before"  # Mixtral's: copy-paced, in-flight copies would land meanwhile
-    assert calibration_for(0.0) == "interleaved"  # the CPU's synchronous copies
+    assert calibration_for(0.23e-3, "next-layer") == "interleaved"  # OLMoE's copies on the H100
+    # Mixtral's: a prefetching run ends its steps with copies in flight, which would land meanwhile
+    assert calibration_for(6.4e-3, "next-layer") == "before"
+    assert calibration_for(6.4e-3, "none") == "interleaved"  # every copy is waited for within its step
+    assert calibration_for(0.0, "next-layer") == "interleaved"  # the CPU's synchronous copies
