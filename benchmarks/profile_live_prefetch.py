@@ -1,0 +1,139 @@
+"""Where do a prefetching live run's extra milliseconds per decode step go? OLMoE-1B-7B (forced synthetic
+routing, as in the validation matrix) at 25% and 5% cache, lru, prefetch none and next-layer, beside a
+runtime holding every expert with next-layer (what the runtime calibration of a prefetching run sees);
+each of the runtime's host-side steps timed with perf_counter on the forward thread. Needs a GPU.
+
+    python benchmarks/profile_live_prefetch.py [--rounds 2]
+
+Prints, per configuration, the mean decode step and per step: the time in each timed part (calls per
+step in brackets). `readback` includes the wait for the GPU at the layer's routing readback (a device
+sync: what the host waits while the GPU catches up), `outside` is everything the runtime does not see
+(attention, norms, router launches, the sampling sync).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+#: the runtime's methods timed (ExpertOffload), and the watchdog's
+RUNTIME_PARTS = ("_run_layer", "_readback", "_before_gate", "_issue_prefetches", "_place", "_compute",
+                 "_poll_prefetches", "_waited")
+WATCHDOG_PARTS = ("pump", "away", "promote")
+
+
+class Timers:
+    """perf_counter totals and call counts of wrapped methods (the outermost call of a method only)."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def wrap(self, obj: Any, name: str, label: str) -> None:
+        fn = getattr(obj, name)
+        depth = [0]
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            depth[0] += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    self.total[label] += time.perf_counter() - t0
+                    self.calls[label] += 1
+
+        setattr(obj, name, timed)
+
+    def reset(self) -> None:
+        self.total.clear()
+        self.calls.clear()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (checks the script, measures nothing)")
+    args = p.parse_args(argv)
+    import torch
+
+    if not args.smoke and not torch.cuda.is_available():
+        print("profile_live_prefetch: needs a CUDA GPU (or --smoke)", file=sys.stderr)
+        return 2
+    device, scale = ("cpu", "tiny") if args.smoke else ("cuda", "full")
+    from live.matrix import forced_workload, reconfigure, slots_for
+    from live.models import build_model
+    from live.offload import ExpertOffload
+    from live.runner import Between, run_live
+
+    t0 = time.time()
+    dev = torch.device(device)
+    work = forced_workload("olmoe", scale)
+    shape, force, plans, n_keys = work.shape, work.force, work.plans, work.n_keys
+    model = build_model("olmoe-1b-7b", scale, dtype="bf16" if device == "cuda" else "fp32", seed=0)
+    runtime = ExpertOffload(model, n_keys, eviction="lru", device=device, seed=0, kernel="eager")
+    print(f"olmoe built [{time.time() - t0:.0f}s]; hand-over {runtime.resolved_handover()}", flush=True)
+    configs = [(1.0, "next-layer"), (0.25, "none"), (0.25, "next-layer"), (0.05, "none"), (0.05, "next-layer")]
+    rows: dict[tuple[float, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in range(args.rounds):
+        for i, (frac, pf) in enumerate(configs):
+            reconfigure(runtime, slots_for(frac, n_keys), "lru", "eager", pf)
+            timers = Timers()
+            for name in RUNTIME_PARTS:
+                timers.wrap(runtime, name, name)
+            if runtime.watchdog is not None:
+                for name in WATCHDOG_PARTS:
+                    timers.wrap(runtime.watchdog, name, "wd." + name)
+            preload = frac == 1.0  # every expert resident from the start, as the runtime calibration has it
+            res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
+                           warmup_passes=3, rehearse=device == "cuda" and r == 0 and i == 0, preload=preload,
+                           between=Between(lambda step, t=timers: t.reset() if step == 1 else None, 1))
+            timed = res.decode_s[1:]  # the timers count from decode step 1 on (warm-up, prefill, step 0 left out)
+            steps = len(timed)
+            row = {"step_ms": statistics.fmean(timed) * 1e3, "copies": res.stats.copies / (steps + 2),
+                   "prefetches": (res.stats.prefetch_issued or 0) / (steps + 2)}
+            for label, total in timers.total.items():
+                row[label] = (total / steps * 1e3, timers.calls[label] / steps)
+            rows[(frac, pf)].append(row)
+            for name in RUNTIME_PARTS:  # the class's methods again
+                runtime.__dict__.pop(name, None)
+            if runtime.watchdog is not None:
+                for name in WATCHDOG_PARTS:
+                    runtime.watchdog.__dict__.pop(name, None)
+            print(f"  round {r} {int(frac * 100)}% {pf}: step {row['step_ms']:.1f} ms [{time.time() - t0:.0f}s]",
+                  flush=True)
+    labels = ["_run_layer", "_readback", "_before_gate", "_poll_prefetches", "_issue_prefetches", "_place",
+              "_compute", "_waited", "wd.pump", "wd.away", "wd.promote"]
+    print("\nper decode step (ms, calls in brackets), mean of the rounds; copies and prefetches per pass; "
+          "outside = step - _run_layer")
+    head = f"{'config':22s} {'step':>6s} {'copies':>6s} {'pf':>5s} {'outside':>7s} " + " ".join(
+        f"{x.strip('_'):>17s}" for x in labels)
+    print(head)
+    for (frac, pf), rs in rows.items():
+        step = statistics.fmean(x["step_ms"] for x in rs)
+        cells = []
+        for label in labels:
+            vals = [x[label] for x in rs if label in x]
+            if vals:
+                ms, calls = statistics.fmean(v[0] for v in vals), statistics.fmean(v[1] for v in vals)
+                cells.append(f"{ms:8.2f} ({calls:5.1f})")
+            else:
+                cells.append(f"{'-':>17s}")
+        inside = statistics.fmean(x["_run_layer"][0] for x in rs)
+        print(f"{int(frac * 100):>3d}% {pf:17s} {step:6.1f} {statistics.fmean(x['copies'] for x in rs):6.1f} "
+              f"{statistics.fmean(x['prefetches'] for x in rs):5.1f} {step - inside:7.2f} " + " ".join(cells))
+    runtime.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
