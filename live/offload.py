@@ -216,7 +216,7 @@ class ExpertOffload:
         if not bridge.prefetching or (self.watchdog is not None and self.watchdog.handover != handover):
             self.close()
         if bridge.prefetching and self.watchdog is None:
-            copy_s = self.copy_seconds() if handover.startswith("bounded") else 0.0
+            copy_s = self.copy_seconds() if handover == "bounded" else 0.0
             self.watchdog = PrefetchWatchdog(_SlotCopier(self), handover, copy_s)
             self.watchdog.start()
         with self._locked():

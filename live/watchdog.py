@@ -31,8 +31,6 @@ microsecond of Python on either thread is a microsecond of a host-paced decode s
     away spans (median of the last few after the same layer) and when the engine frees up from the
     copies submitted and `copy_s`, the measured seconds per copy. With short copies (OLMoE, ~0.23 ms)
     nearly all go at once; with long ones (Mixtral, ~6.4 ms) the rest go one by one, as they should.
-  - "bounded-pump": the same bound, but the rest is left to the forward thread's checkpoints (no wake per
-    held-back copy; the engine may idle until the next checkpoint).
   - "drain": hands a worker thread (`asyncio.to_thread`) a drain: wait for the engine without the GIL,
     submit the next prefetch the moment it is idle, repeat while the forward thread is away.
   - "inline": no task at all; the forward thread itself submits the whole queue, in issue order, as it
@@ -59,7 +57,7 @@ import threading
 import time
 from typing import Any, Protocol
 
-HANDOVERS = ("bulk", "bounded", "bounded-pump", "drain", "inline")
+HANDOVERS = ("bulk", "bounded", "drain", "inline")
 #: what a runtime may ask for: a hand-over, or "auto" (chosen by the copy time: `live.offload`)
 HANDOVER_CHOICES = ("auto", *HANDOVERS)
 #: away spans kept per layer for the bounded hand-over's estimate of the next gate (their median)
@@ -237,13 +235,9 @@ class PrefetchWatchdog:
         self._wake = asyncio.Event()
         self._stopping = False
         bounded_for: float | None = None  # the away span whose bounded submission is done
-        bounded = self.handover in ("bounded", "bounded-pump")
 
         def has_work() -> bool:
-            if not (self._away and self._queue):
-                return False
-            # bounded-pump: once per away span (the forward thread's checkpoints submit the rest)
-            return not (self.handover == "bounded-pump" and self._away_since == bounded_for)
+            return self._away and bool(self._queue)
 
         try:
             while True:
@@ -251,8 +245,8 @@ class PrefetchWatchdog:
                     if self.handover == "bulk":
                         self.submit_all()
                         continue
-                    if bounded and self._away_since != bounded_for:
-                        bounded_for = self._away_since  # once per away span; then the rest as the mode says
+                    if self.handover == "bounded" and self._away_since != bounded_for:
+                        bounded_for = self._away_since  # once per away span; then the rest drains
                         self.submit_bounded()
                         continue
                     if self.engine.idle():

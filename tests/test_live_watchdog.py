@@ -393,28 +393,6 @@ def test_overlapping_watchdogs_keep_the_interval_cut_until_the_last_one_stops() 
     assert sys.getswitchinterval() == before
 
 
-@pytest.mark.asyncio
-async def test_bounded_pump_leaves_the_rest_to_the_forward_threads_checkpoints() -> None:
-    eng = FakeEngine()
-    wd = PrefetchWatchdog(eng, handover="bounded-pump", copy_s=0.05)
-    wd.away(0)
-    time.sleep(0.17)
-    wd.present()
-    async with watching(wd):
-        wd.demand("d0")
-        for k in (1, 2, 3, 4, 5):
-            wd.enqueue(k, f"p{k}")
-        wd.away(0)
-        await until(lambda: len(eng.log) == 4)
-        eng.land()  # idle while still away: no wake submits p4 (unlike "bounded", which drains)
-        await settle()
-        assert eng.log == ["d0", "p1", "p2", "p3"] and len(wd) == 2
-        wd.present()
-        wd.demand("d1")  # the gate's demand copy first
-        eng.land()
-        assert wd.pump() == 1 and eng.log[-2:] == ["d1", "p4"]  # then a checkpoint submits the next one
-
-
 def test_inline_handover_submits_the_queue_from_the_forward_thread_without_a_task() -> None:
     eng = FakeEngine()
     wd = PrefetchWatchdog(eng, handover="inline")
