@@ -28,11 +28,12 @@ layer's experts sit in one contiguous window.
 Prefetch (`prefetch`, a policy of `cache_bridge.LIVE_PREFETCH`): at each layer's gate the policy's kernel
 names keys, each takes a slot at once (as in the emulator) and its copy is queued with the prefetch
 watchdog (`watchdog.py`), submitted when the copy engine is idle: by the forward thread at its checkpoints
-(each gate, each expert launch, each fused layer), or by the watchdog's asyncio task while the forward
-thread is outside the runtime (`away`: from the end of a layer's experts through attention and the router
-to the routing readback, and between passes), so the two threads do not contend for the GIL per copy and
-the engine is kept busy in between (the task submits the whole queue at once, or what starts before the
-next gate: `watchdog.py`, handover). Demand copies go
+(each gate, each expert launch, each fused layer), and as it leaves the runtime (`away`: from the end of a
+layer's experts through attention and the router to the routing readback, and between passes) by the
+hand-over (`watchdog.py`): for short copies (OLMoE, 0.23 ms) the forward thread submits the whole queue
+itself ("inline": a task's wake would cost the host-paced thread more than the submissions); for long
+ones (Mixtral, 6.4 ms) the watchdog's asyncio task submits what starts before the next gate and drains
+the rest one per idle engine ("bounded"). Demand copies go
 to the engine at once; a needed key still queued is promoted (submitted at once); a needed key in
 flight is a late hit that the compute waits for. The routing and the speculator's prediction for the
 next layer (its gate on this layer's input, the formula of `hooks.RoutingHooks`) come back to the host
@@ -99,9 +100,10 @@ def _check_fused(experts: Any) -> None:
 KERNELS = ("eager", "fused")
 #: torch's grouped GEMM takes fewer than 1024 groups per call (`group_count < 1024` in its CUDA kernel)
 MAX_GROUPS = 1023
-#: "auto" hand-over: "bounded" from this copy time up. On the H100 a drain wake per held-back copy left the
-#: engine idle ~50 us per copy: +20-36% decode with OLMoE's 0.23 ms copies (docs/validation.md), while
-#: Mixtral's 6.4 ms copies need the bound (bulk put prefetches ahead of the next gate's demand copies)
+#: "auto" hand-over: "bounded" from this copy time up, "inline" below. On the H100 a drain wake per held-back
+#: copy left the engine idle ~50 us per copy: +20-36% decode with OLMoE's 0.23 ms copies, and even one task
+#: wake per layer ("bulk") cost ~10 ms of GIL per step (docs/validation.md), while Mixtral's 6.4 ms copies
+#: need the bound (bulk put prefetches ahead of the next gate's demand copies)
 AUTO_BOUNDED_COPY_S = 1e-3
 
 

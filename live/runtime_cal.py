@@ -19,7 +19,13 @@ the two weight copies, an event; plus the compute stream's wait on that event), 
 copies of resident experts onto their own slots. A Python runtime issues copies on the thread that
 launches the compute, so the emulator (profile key `copy_issue_s`) keeps its compute from starting
 until the host has issued the copies decided before it. Calibrations written before it have no such key
-and leave the profile's value alone.
+and leave the profile's value alone. Where the forward thread also issues the prefetches (the "inline"
+hand-over), `prefetch_issue_s` is the same for a prefetch through its whole path (slot, queue,
+submission, landing poll, the compute stream's wait), charged to prefetch copies.
+
+The host's pace switches within seconds on the H100 machines, so a calibration paired with a run is best
+taken in lockstep with it (`InterleavedCalibration`: one step of each mode before each of the run's decode
+steps) rather than before it (`measure_runtime_overheads`).
 """
 
 from __future__ import annotations
