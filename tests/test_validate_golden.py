@@ -399,16 +399,21 @@ def test_bounded_handover_costs_olmoe_its_short_copies() -> None:
 
 # --- the current runtime (session 4): "auto" hand-over and "auto" calibration. OLMoE (0.23 ms copies: bulk,
 # --- calibration interleaved with the run, interleaved_olmoe/), Mixtral-8L (6.4 ms: bounded, before: auto_mixtral/)
+def _matrix(olmoe_dir: str, mixtral_dir: str) -> tuple[list, list, dict]:
+    """Both models' 10 paired validations, each from its own lease, and their summary over the 20."""
+    olmoe = _lease(GOLDEN / olmoe_dir, "paired")
+    mixtral = _lease(GOLDEN / mixtral_dir, "paired")
+    assert len(olmoe) == len(mixtral) == 10
+    return olmoe, mixtral, error_summary(olmoe + mixtral)
+
+
 def test_current_runtime_matrix() -> None:
     """20 configurations, paired. Measured: TTFT median 3.2%, max 25.8%; decode median 4.7%, max 24.1%;
     without prefetch decode 3.9% / 7.6% (the interleaved calibration took OLMoE's from +-15% to within 7.6%).
     Left: OLMoE next-layer decode +11.5% to +24.1% (host work per prefetch the runtime calibration, with every
     expert resident, never sees) and OLMoE TTFT (a prefill is one host-paced sample: -25.8% to +7.0%)."""
-    olmoe = _lease(GOLDEN / "interleaved_olmoe", "paired")
-    mixtral = _lease(GOLDEN / "auto_mixtral", "paired")
+    olmoe, mixtral, summary = _matrix("interleaved_olmoe", "auto_mixtral")
     vals = olmoe + mixtral
-    assert len(olmoe) == len(mixtral) == 10
-    summary = error_summary(vals)
     assert summary["ttft_s"][0] <= 0.05 and summary["decode_tok_s"][0] <= 0.05
     assert error_summary([v for v in vals if v.prefetch == "none"])["decode_tok_s"][1] <= 0.10
     assert all(v.counts_equal for v in olmoe)
@@ -489,11 +494,7 @@ def test_current_runtime_matrix_session5() -> None:
     +7.3..+10.8% (the emulator too fast, ~5 ms per step at 5% and 25% alike), and runs that wait for demand
     copies -4..-8% (the emulator too slow: it puts the host's launch time of the next layer after the copy,
     where the live host launches it while the GPU waits)."""
-    olmoe = _lease(GOLDEN / "lockstep_olmoe", "paired")
-    mixtral = _lease(GOLDEN / "lockstep_mixtral", "paired")
-    vals = olmoe + mixtral
-    assert len(olmoe) == len(mixtral) == 10
-    summary = error_summary(vals)
+    olmoe, mixtral, summary = _matrix("lockstep_olmoe", "lockstep_mixtral")
     assert summary["ttft_s"][0] <= 0.05 and summary["ttft_s"][1] <= 0.10
     assert summary["decode_tok_s"][0] <= 0.05 and summary["decode_tok_s"][1] <= 0.11
     assert all(v.counts_equal for v in olmoe)
