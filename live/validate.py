@@ -165,6 +165,9 @@ class Validation:
     emu_prefetch: tuple[int, ...] = ()
     #: how the timed figures were compared (best, median, paired)
     statistic: str = "best"
+    #: paired: each round's error per timed metric ((metric, (round 0, round 1, ...)), ...): a spread over
+    #: the rounds is the host's noise, an offset shared by every round is the model's
+    round_errors: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
     def metric(self, name: str) -> Metric:
         return next(m for m in self.metrics if m.name == name)
@@ -236,7 +239,8 @@ def validate_paired(run: LiveRun, profile: HardwareProfile, engine: str = "fast"
             metrics.append(by_error[len(by_error) // 2].metric(name))
         else:
             metrics.append(rounds[0].metrics[i])
-    return attrs.evolve(rounds[0], metrics=tuple(metrics), statistic="paired")
+    errors = tuple((name, tuple(v.metric(name).error for v in rounds)) for name in TIMED)
+    return attrs.evolve(rounds[0], metrics=tuple(metrics), statistic="paired", round_errors=errors)
 
 
 def error_summary(validations: list[Validation]) -> dict[str, tuple[float, float]]:
@@ -248,7 +252,8 @@ def error_summary(validations: list[Validation]) -> dict[str, tuple[float, float
     return out
 
 
-def format_table(validations: list[Validation]) -> str:
+def format_table(validations: list[Validation], rounds: bool = False) -> str:
+    """The comparison, one run per line; `rounds`: each round's TTFT and decode error after it (paired)."""
     head = (f"{'run':<30} {'TTFT ms live':>12} {'emu':>8} {'err':>7}  {'tok/s live':>10} {'emu':>7} {'err':>7}  "
             f"{'hit live':>8} {'emu':>6}  {'GB live':>8} {'emu':>8} {'err':>6}  counts")
     lines = [head, "-" * len(head)]
@@ -261,6 +266,9 @@ def format_table(validations: list[Validation]) -> str:
             f"{'equal' if v.counts_equal else f'live {v.live_counts} emu {v.emu_counts}'}"
             + (f"  prefetch {v.prefetch} issued/useful/dropped/late live {v.live_prefetch} emu {v.emu_prefetch}"
                if v.prefetch != "none" else ""))
+        if rounds and v.round_errors:
+            lines.append(" " * 4 + "rounds: " + "  ".join(
+                f"{name} " + "/".join(f"{100 * e:+.1f}%" for e in errs) for name, errs in v.round_errors))
     summary = error_summary(validations)
     lines.append("-" * len(head))
     lines.append("  ".join(f"{name}: median |err| {100 * med:.1f}%, max {100 * mx:.1f}%"

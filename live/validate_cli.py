@@ -42,6 +42,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "median of its rounds, with the runtime calibration's matching steps; or paired: each round "
                         "emulated with the calibration taken right before it, the round of median error shown; "
                         "auto (default): paired for records that hold a calibration per round, else best")
+    p.add_argument("--rounds", action="store_true",
+                   help="paired: show each round's TTFT and decode error under its run (a spread is the host's "
+                        "noise, an offset shared by the rounds the model's)")
     p.add_argument("--out", type=Path, default=None, help="write the comparison as JSON here")
     live = p.add_argument_group("live run (without --from-live)")
     live.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
@@ -177,13 +180,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"profile {profile_path}" + (f", runtime calibration {', '.join(map(str, cal_paths))}" if cal_paths else ""))
     used = collections.Counter(v.statistic for v in validations)
     print("statistic: " + ", ".join(f"{name} ({n} runs)" for name, n in sorted(used.items())))
-    print(format_table(validations))
+    print(format_table(validations, rounds=args.rounds))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         rows = [{"run": v.tag, "statistic": v.statistic, "counts_equal": v.counts_equal,
                  "live_counts": v.live_counts, "emu_counts": v.emu_counts,
                  "prefetch": v.prefetch, "live_prefetch": v.live_prefetch, "emu_prefetch": v.emu_prefetch,
-                 **{m.name: {"measured": m.measured, "emulated": m.emulated, "error": m.error} for m in v.metrics}}
+                 **{m.name: {"measured": m.measured, "emulated": m.emulated, "error": m.error} for m in v.metrics},
+                 **({"round_errors": dict(v.round_errors)} if v.round_errors else {})}
                 for v in validations]
         summary = {k: {"median_abs_error": a, "max_abs_error": b} for k, (a, b) in error_summary(validations).items()}
         args.out.write_text(json.dumps({"profile": str(profile_path), "runtime_cal": [str(p) for p in cal_paths],

@@ -206,7 +206,25 @@ def test_cli_from_live_writes_the_comparison(tmp_path: Path, capsys: pytest.Capt
     assert row["counts_equal"] is True and row["statistic"] == "best"
     rec = json.loads((d / "mixtral_5pct_lru.json").read_text())
     assert row["decode_tok_s"]["measured"] == rec["decode_tok_s"]
-    assert abs(row["decode_tok_s"]["error"]) <= MIXTRAL_BELOW_100
+    assert abs(row["decode_tok_s"]["error"]) <= MIXTRAL_BELOW_100 and "round_errors" not in row
+
+
+def test_cli_shows_each_rounds_error_of_paired_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "runs"
+    d.mkdir()
+    src = GOLDEN / "lockstep_mixtral"
+    for name in ("mixtral_25pct_lru.json", "mixtral_25pct_lru.npz", "h100-lease.toml"):
+        shutil.copy(src / name, d / name)
+    out = tmp_path / "val.json"
+    assert _cli(["--from-live", str(d), "--rounds", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    row = json.loads(out.read_text())["runs"][0]
+    errs = row["round_errors"]["decode_tok_s"]
+    assert len(errs) == 2 and len(row["round_errors"]["ttft_s"]) == 2
+    assert row["decode_tok_s"]["error"] in errs  # paired: the round of median error (the upper of two)
+    assert "rounds: ttft_s " in text and "/".join(f"{100 * e:+.1f}%" for e in errs) in text
+    assert _cli(["--from-live", str(d)]) == 0
+    assert "rounds:" not in capsys.readouterr().out  # only when asked
 
 
 def test_cli_bad_input(tmp_path: Path) -> None:
@@ -320,6 +338,8 @@ def test_paired_statistic_reports_the_round_of_median_error() -> None:
     got = vals["olmoe_25pct_lru_next_layer"].metric("decode_tok_s")
     assert got.measured in rec["decode_tok_s_rounds"]
     assert got.error == pytest.approx(sorted(errors)[1], rel=1e-9)
+    rounds = dict(vals["olmoe_25pct_lru_next_layer"].round_errors)
+    assert rounds["decode_tok_s"] == pytest.approx(errors, rel=1e-9) and len(rounds["ttft_s"]) == 3
     # this lease was noisy (100% calibration steps 47-78 ms): paired TTFT 8.1% / 20.5%, decode 9.2% / 46.4%
     summary = error_summary(list(vals.values()))
     assert summary["ttft_s"][0] <= 0.10 and summary["decode_tok_s"][0] <= 0.10
@@ -438,20 +458,10 @@ def test_interleaved_calibration_disturbs_long_copies() -> None:
 
 # --- session 5: the "inline" hand-over (OLMoE), decode rows without an upload, prefetch_issue_s, and the runtime
 # --- calibration in lockstep with the run. Each directory its own lease and profile ------------------------
-def _round_errors(d: Path, tag: str) -> list[float]:
+def _round_errors(d: Path, tag: str) -> tuple[float, ...]:
     """Decode-rate error of each round of one run, emulated with that round's own calibration."""
-    import attrs
-
-    from live.validate import live_model
-
-    profile = load_profile(d / "h100-lease.toml")
-    run = load_live_run(d / f"{tag}.json")
-    rec, out = run.record, []
-    for cal, ttft, rate in zip(rec["runtime_cal_rounds"], rec["ttft_rounds_s"], rec["decode_tok_s_rounds"]):
-        prof = apply_runtime_overheads(profile, live_model(run, profile), cal)
-        v = validate_run(attrs.evolve(run, record=dict(rec, ttft_s=ttft, decode_tok_s=rate)), prof)
-        out.append(v.metric("decode_tok_s").error)
-    return out
+    v = validate_paired(load_live_run(d / f"{tag}.json"), load_profile(d / "h100-lease.toml"))
+    return dict(v.round_errors)["decode_tok_s"]
 
 
 def test_inline_handover_spares_olmoe_the_watchdog_wake() -> None:
