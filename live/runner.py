@@ -264,7 +264,9 @@ def run_live(model: Any, plans: list[PassPlan], *, vocab: int, device: torch.dev
     (one request each) timed and recorded.
 
     `rehearse` first runs every plan once untimed (same shapes, other prompt ids), so no measured pass
-    is the first of its shape for any kernel library; the cache is emptied after it all the same.
+    is the first of its shape for any kernel library; the cache is emptied after it all the same. The
+    measured prompts are drawn first, so they (and the speculator's predictions, which follow the hidden
+    states) do not depend on the warm-up or the rehearsal.
     `between` runs between the measured passes (not during warm-up or rehearsal).
     """
     with attention_backends(device):
@@ -277,6 +279,7 @@ def _run_live(model: Any, plans: list[PassPlan], vocab: int, device: torch.devic
               model_name: str, meta: dict[str, Any] | None, preload: bool = False,
               between: Between | None = None) -> LiveResult:
     gen = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, vocab, (1, plan.prompt_len), generator=gen).to(device) for plan in plans]
     if warmup_passes > 0:
         warm = torch.randint(0, vocab, (1, 8), generator=gen).to(device)
         generate(model, warm, PassPlan(8, warmup_passes - 1), runtime=runtime)
@@ -292,8 +295,7 @@ def _run_live(model: Any, plans: list[PassPlan], vocab: int, device: torch.devic
     clock = PassClock(device)
     tokens = []
     try:
-        for req, plan in enumerate(plans):
-            prompt = torch.randint(0, vocab, (1, plan.prompt_len), generator=gen).to(device)
+        for req, (plan, prompt) in enumerate(zip(plans, prompts)):
             tokens.append(tuple(generate(model, prompt, plan, request=req, hooks=hooks, runtime=runtime,
                                          clock=clock, between=between)))
         spans = clock.seconds()

@@ -262,3 +262,21 @@ def test_prefetch_issue_calibration_runs_the_prefetch_path_and_leaves_the_cache_
         assert not rt.inflight_pf and len(rt.watchdog) == 0
     finally:
         rt.close()
+
+
+def test_the_measured_prompts_and_predictions_do_not_depend_on_warm_up_or_rehearsal() -> None:
+    """The speculator's predictions follow the hidden states, so a rehearsal that drew its prompts before
+    the measured ones changed the recorded trace (and the prefetch decisions) of a matrix's first run."""
+    shape = live_shape("olmoe-1b-7b", "tiny", LAYERS)
+    model = build_model("olmoe-1b-7b", "tiny", n_layers=LAYERS, dtype="fp32", seed=5)
+    rt = ExpertOffload(model, 24, eviction="lru", prefetch="next-layer", kernel="eager")
+    try:
+        runs = [run_live(model, [PassPlan(10, 4)], vocab=shape.vocab, device=CPU, runtime=rt, warmup_passes=w,
+                         rehearse=r, seed=3) for w, r in ((1, False), (3, True), (0, True))]
+    finally:
+        rt.close()
+    first = runs[0]
+    for other in runs[1:]:
+        assert other.tokens == first.tokens and other.trace.fingerprint() == first.trace.fingerprint()
+        assert other.stats == first.stats
+    assert first.trace.predicted is not None
