@@ -372,10 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefetch", choices=LIVE_PREFETCH, action="append",
                    help=f"prefetch policies to run (repeatable; default {' and '.join(PREFETCHES)})")
     p.add_argument("--calibration", choices=CALIBRATIONS, default="auto",
-                   help="the runtime calibration paired with each run: in parts between its chunks of decode steps, "
-                        "or all of it right before the run; auto: interleaved for copies under 1 ms, else before")
+                   help="the runtime calibration paired with each run: interleaved (in lockstep: a step of each "
+                        "mode before each of its decode steps) or all of it right before the run; auto: interleaved "
+                        "but for prefetching runs with copies of 1 ms or more")
     p.add_argument("--handover", choices=HANDOVER_CHOICES, default="auto",
-                   help="how the prefetch watchdog submits while the forward thread is away (live/watchdog.py)")
+                   help="how queued prefetches reach the copy engine when the forward thread leaves a layer "
+                        "(live/watchdog.py; auto: bounded for copies of 1 ms or more, else inline)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
