@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from ...engines.core import is_evictable, key_layer
 from ...engines.state import SC_LAYER, new_policy_state
 from ..api import EV_ACCESS, EV_EVICT, EV_INSERT, EV_PASS, KERNEL_SIG, Policy, PolicyContext
+from ..kernel_util import ix
 
 _NONE = -1
 _BITMAP_MAX_LAYERS = 62
@@ -50,23 +52,24 @@ def _n_layers(cs) -> int:
 def _unlink(ps, cs, key: int) -> None:
     i = ps.i
     n_layers = _n_layers(cs)
-    q = 1 if i[2, key] == i[5, 2] else 0
-    b = q * n_layers + key_layer(cs, key)
-    prev = i[0, key]
-    nxt = i[1, key]
+    k = ix(key)
+    q = 1 if i[2, k] == i[5, 2] else 0
+    b = ix(q * n_layers + key_layer(cs, key))
+    prev = i[0, k]
+    nxt = i[1, k]
     if prev != _NONE:
-        i[1, prev] = nxt
+        i[1, ix(prev)] = nxt
     else:
         i[3, b] = nxt
     if nxt != _NONE:
-        i[0, nxt] = prev
+        i[0, ix(nxt)] = prev
     else:
         i[4, b] = prev
     if i[3, b] == _NONE and n_layers <= _BITMAP_MAX_LAYERS:
-        i[5, q] &= ~(np.int64(1) << (b - q * n_layers))
-    i[0, key] = _NONE
-    i[1, key] = _NONE
-    i[2, key] = _NONE
+        i[5, ix(q)] &= ~(np.int64(1) << (b - q * n_layers))
+    i[0, k] = _NONE
+    i[1, k] = _NONE
+    i[2, k] = _NONE
 
 
 @njit(cache=True, _nrt=False)
@@ -74,16 +77,17 @@ def _append_current(ps, cs, key: int) -> None:
     i = ps.i
     n_layers = _n_layers(cs)
     layer = key_layer(cs, key)
-    b = n_layers + layer
+    b = ix(n_layers + layer)
+    k = ix(key)
     tail = i[4, b]
-    i[0, key] = tail
-    i[1, key] = _NONE
+    i[0, k] = tail
+    i[1, k] = _NONE
     if tail != _NONE:
-        i[1, tail] = key
+        i[1, ix(tail)] = key
     else:
         i[3, b] = key
     i[4, b] = key
-    i[2, key] = i[5, 2]
+    i[2, k] = i[5, 2]
     if n_layers <= _BITMAP_MAX_LAYERS:
         i[5, 1] |= np.int64(1) << layer
 
@@ -118,18 +122,17 @@ def event(ps, cs, tv, ev, key, t):
     if ev == EV_PASS:
         _new_pass(ps, cs, key)
     elif ev in (EV_ACCESS, EV_INSERT):
-        if ps.i[2, key] != _NONE:
+        if ps.i[2, ix(key)] != _NONE:
             _unlink(ps, cs, key)
         _append_current(ps, cs, key)
-    elif ev == EV_EVICT and ps.i[2, key] != _NONE:
+    elif ev == EV_EVICT and ps.i[2, ix(key)] != _NONE:
         _unlink(ps, cs, key)
     return 0
 
 
 @njit(cache=True, _nrt=False)
 def _low_bit(x: np.int64) -> int:
-    v = float(x & -x)
-    return int(np.round(np.log2(v)))
+    return int(trailing_zeros(x))
 
 
 @njit(cache=True, _nrt=False)
@@ -144,11 +147,11 @@ def _high_bit(x: np.int64) -> int:
 
 @njit(cache=True, _nrt=False)
 def _first_in_bucket(ps, cs, b: int, in_layer: int) -> int:
-    key = ps.i[3, b]
+    key = ps.i[3, ix(b)]
     while key != _NONE:
         if is_evictable(cs, key, in_layer):
             return key
-        key = ps.i[1, key]
+        key = ps.i[1, ix(key)]
     return -1
 
 
