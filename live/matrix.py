@@ -227,7 +227,7 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
     from .models import build_model, live_spec
     from .offload import ExpertOffload
     from .runner import Between, run_live
-    from .runtime_cal import ISSUE_KEYS, InterleavedCalibration, host_pace, measure_runtime_overheads
+    from .runtime_cal import ISSUE_KEYS, InterleavedCalibration, host_pace, measure_runtime_overheads, median_key
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -266,7 +266,7 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
             for key in ISSUE_KEYS:
                 issue = [c[key] for c in measured if key in c]
                 if issue:
-                    cal.update({key: min(issue), key.replace("_s", "_median_s"): float(np.median(issue))})
+                    cal.update({key: min(issue), median_key(key): float(np.median(issue))})
             suffix = "" if pf == "none" else f"_{pf.replace('-', '_')}"
             (out_dir / f"{name}_runtime_cal{suffix}.json").write_text(
                 json.dumps(dict(cal, profile_model=preset, prefetch=pf), indent=1) + "\n")
@@ -304,7 +304,8 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
     for r in range(rounds):
         shift = r * len(configs) // rounds  # each round starts elsewhere: drift of the host's pace hits all alike
         for i, (frac, ev, pf) in enumerate(configs[shift:] + configs[:shift]):
-            if how[(frac, ev, pf)] == "interleaved":
+            lockstep = how[(frac, ev, pf)] == "interleaved"
+            if lockstep:
                 assert interleaved is not None
                 # the runtime calibration in lockstep with the run: one step of each mode before each of the
                 # run's, on the sibling runtime holding every expert: the host's pace switches within a run
@@ -315,15 +316,6 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
                     cal_rt.reset()
                     cal_rt.preload()
                 interleaved.begin()
-                reconfigure(runtime, slots_for(frac, n_keys), ev, "eager", pf)
-                pace0 = host_pace(dev)
-                cpu0 = _watchdog_cpu(runtime)
-                res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
-                               warmup_passes=3, rehearse=cuda and r == 0 and i == 0, model_name=spec.name,
-                               between=Between(interleaved, 1))
-                cpu1 = _watchdog_cpu(runtime)
-                pace2 = host_pace(dev)
-                cal = dict(interleaved.result(), pace_s=(pace0 + pace2) / 2, run_pace_s=(pace0 + pace2) / 2)
             else:
                 # the runtime calibration right before the run it is paired with: same prefetch policy (a
                 # prefetching runtime does more host work per layer), every expert resident (preloaded when
@@ -331,18 +323,23 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
                 reconfigure(runtime, n_keys, "lru", "eager", pf)
                 if pf != "none":
                     runtime.preload()
-                pace0 = host_pace(dev)
+                pace_cal = host_pace(dev)
                 cal = measure_runtime_overheads(model, runtime, vocab=shape.vocab, device=dev,
                                                 prompt_len=MIXTRAL_PROMPT, steps=CAL_STEPS)
-                pace1 = host_pace(dev)
-                reconfigure(runtime, slots_for(frac, n_keys), ev, "eager", pf)
-                cpu0 = _watchdog_cpu(runtime)
-                res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
-                               warmup_passes=3, rehearse=cuda and r == 0 and i == 0, model_name=spec.name)
-                cpu1 = _watchdog_cpu(runtime)
-                pace2 = host_pace(dev)
-                # the host's pace around the calibration and around the run (live.runtime_cal.host_pace)
-                cal = dict(cal, pace_s=(pace0 + pace1) / 2, run_pace_s=(pace1 + pace2) / 2, calibration="before")
+            reconfigure(runtime, slots_for(frac, n_keys), ev, "eager", pf)
+            pace0 = host_pace(dev)
+            cpu0 = _watchdog_cpu(runtime)
+            res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
+                           warmup_passes=3, rehearse=cuda and r == 0 and i == 0, model_name=spec.name,
+                           between=Between(interleaved, 1) if lockstep else None)
+            cpu1 = _watchdog_cpu(runtime)
+            pace2 = host_pace(dev)
+            # the host's pace around the calibration and around the run (live.runtime_cal.host_pace)
+            if lockstep:
+                assert interleaved is not None
+                cal = dict(interleaved.result(), pace_s=(pace0 + pace2) / 2, run_pace_s=(pace0 + pace2) / 2)
+            else:
+                cal = dict(cal, pace_s=(pace_cal + pace0) / 2, run_pace_s=(pace0 + pace2) / 2, calibration="before")
             cals[pf].append(cal)
             paired[(frac, ev, pf)].append(cal)
             runs[(frac, ev, pf)].append(res)

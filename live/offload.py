@@ -401,8 +401,8 @@ class ExpertOffload:
         out = self._run_layer(layer, act_fn, hidden, top_k_index, top_k_weights)
         if self.watchdog is not None:
             # leaving the runtime until the next layer's readback (attention, norms, router; at the last
-            # layer the lm head and the sampling sync): no checkpoint of ours runs there, so the watchdog
-            # task drains the queue as the engine frees up (one drain per layer, not a loop trip per copy)
+            # layer the lm head and the sampling sync): no checkpoint of ours runs there, so the queue is
+            # handed over (submitted here with "inline", else to the watchdog task: one wake per layer)
             self.watchdog.away(layer)
         return out
 

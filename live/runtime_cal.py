@@ -47,6 +47,11 @@ _KEYS = ("full_step_s", "no_experts_step_s", "n_layers", "top_k", "context")
 ISSUE_KEYS = ("copy_issue_s", "prefetch_issue_s")
 
 
+def median_key(key: str) -> str:
+    """Where a model-level calibration keeps the median of the rounds' `key` (`key` itself: their best)."""
+    return key.removesuffix("_s") + "_median_s"
+
+
 MODES = ("full", "no_experts")
 
 
@@ -99,7 +104,7 @@ def _calibration(runtime: Any, steps_s: dict[str, list[float]], prompt_len: int,
            "step_statistic": "mean", "full_steps_s": full, "no_experts_steps_s": bare,
            "n_layers": runtime.n_layers, "top_k": runtime.top_k, "context": prompt_len + steps // 2,
            "prompt_len": prompt_len, "steps": steps}
-    for key, values in (("copy_issue_s", issue), ("prefetch_issue_s", pf_issue)):
+    for key, values in zip(ISSUE_KEYS, (issue, pf_issue)):
         if values:
             out[key] = float(statistics.median(values))
     return out

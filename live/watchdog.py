@@ -235,13 +235,9 @@ class PrefetchWatchdog:
         self._wake = asyncio.Event()
         self._stopping = False
         bounded_for: float | None = None  # the away span whose bounded submission is done
-
-        def has_work() -> bool:
-            return self._away and bool(self._queue)
-
         try:
             while True:
-                if has_work():
+                if self._away and self._queue:
                     if self.handover == "bulk":
                         self.submit_all()
                         continue
@@ -255,7 +251,7 @@ class PrefetchWatchdog:
                         await asyncio.to_thread(self._drain)
                     continue
                 self._wake.clear()
-                if not has_work():  # state set before a wake that ran before the clear
+                if not (self._away and self._queue):  # state set before a wake that ran before the clear
                     await self._wake.wait()
         except asyncio.CancelledError:
             raise
