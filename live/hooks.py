@@ -58,6 +58,18 @@ def forced_output(gate: Any, logits: Any, scores: Any, forced: Any) -> tuple[Any
     return logits, weights.to(scores.dtype), forced
 
 
+def _device_routing(trace: RoutingTrace, device: Any) -> Any:
+    """The trace's expert ids on the model's device, layer-major (each layer's slice of a pass contiguous).
+
+    Uploaded once, before any measured pass: an upload per layer from the router hook would be a synchronous
+    host-to-device copy, which a CUDA copy engine runs after every copy submitted before it, so the forward
+    thread would block behind the runtime's prefetches in flight (a cost no real serving stack pays)."""
+    import torch
+
+    ids = np.ascontiguousarray(trace.experts.transpose(1, 0, 2), dtype=np.int64)
+    return torch.from_numpy(ids).to(device)
+
+
 class RoutingHooks:
     """Records (and optionally forces) the routing of every pass; `trace()` gives an emu RoutingTrace.
 
@@ -77,8 +89,10 @@ class RoutingHooks:
         self.record = record
         self.speculate = speculate
         self.force = force
+        self._forced: Any = None
         if force is not None:
             force.check_fits(self.n_layers, self.n_experts, self.top_k)
+            self._forced = _device_routing(force, self.gates[0].weight.device)
         self._model = model
         self._handles: list[Any] = []
         self.install()
@@ -173,8 +187,6 @@ class RoutingHooks:
         return hook
 
     def _forced_index(self, layer: int, index: Any) -> Any:
-        import torch
-
         assert self.force is not None and self._force_pass is not None
         p = self._force_pass
         if not 0 <= p < self.force.n_passes:
@@ -183,8 +195,7 @@ class RoutingHooks:
         if t1 - t0 != index.shape[0]:
             raise EmuError(f"trace pass {p} has {t1 - t0} tokens but the model routed {index.shape[0]}",
                            key="workload.trace")
-        forced = torch.from_numpy(self.force.experts[t0:t1, layer, :].astype(np.int64))
-        return forced.to(index.device)
+        return self._forced[layer, t0:t1]
 
     # --- result ------------------------------------------------------------------------------------
     def trace(self, model_name: str = "", meta: dict[str, Any] | None = None) -> RoutingTrace:

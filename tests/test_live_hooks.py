@@ -126,6 +126,22 @@ def test_forced_routing_runs_the_given_experts():
     assert seen == expected
 
 
+def test_forced_routing_is_uploaded_once_not_per_layer(monkeypatch):
+    # a per-layer upload from the router hook is a synchronous host-to-device copy: on a GPU it waits behind
+    # every copy the runtime submitted before it (prefetches in flight), a wait no real serving stack has
+    model = build_model("mixtral-8x7b", "tiny", dtype="fp32", experts_implementation="eager")
+    forced = _random_routing([5, 1], 2, 8, 2, seed=3)
+    hooks = RoutingHooks(model, force=forced)
+
+    def no_upload(*_a, **_k):
+        raise AssertionError("the forced routing was copied from the host during a pass")
+
+    monkeypatch.setattr(torch, "from_numpy", no_upload)
+    generate(model, _ids(5), plans_from_trace(forced, prompt_len=99)[0], hooks=hooks)
+    monkeypatch.undo()
+    assert np.array_equal(hooks.trace().experts, forced.experts)
+
+
 def test_forcing_the_natural_routing_changes_nothing_and_other_routing_changes_logits():
     model = build_model("olmoe-1b-7b", "tiny", dtype="fp32", experts_implementation="eager")
     ids = _ids(9, seed=5)
