@@ -53,6 +53,8 @@ class ModelCompute:
     #: the same for a prefetch copy, with the runtime's bookkeeping of it (slot, queue, landing poll);
     #: None: `copy_issue_s`
     prefetch_issue_s: float | None = None
+    #: host seconds per layer launching the next layer's dense part ahead of the GPU (see `[compute]`)
+    launch_ahead_s: float | None = None
 
 
 @attrs.frozen
@@ -80,6 +82,9 @@ class RooflineSpec:
     cpu_flops_per_s: float | None = None
     copy_issue_s: float = 0.0
     prefetch_issue_s: float | None = None
+    #: host seconds, between a layer's expert launches and the next layer's routing readback, spent launching
+    #: the next layer's dense part: launches the GPU has queued when it ends a wait for a copy (0: none)
+    launch_ahead_s: float = 0.0
 
 
 @attrs.frozen
@@ -239,7 +244,8 @@ def _model_compute(r: _Reader) -> ModelCompute:
     mc = ModelCompute(
         expert=expert, dense=dense, cpu_expert=_precision_curves(r, "cpu_expert"),
         pass_overhead_s=r.number("pass_overhead_s", None), layer_overhead_s=r.number("layer_overhead_s", None),
-        copy_issue_s=r.number("copy_issue_s", None), prefetch_issue_s=r.number("prefetch_issue_s", None))
+        copy_issue_s=r.number("copy_issue_s", None), prefetch_issue_s=r.number("prefetch_issue_s", None),
+        launch_ahead_s=r.number("launch_ahead_s", None))
     r.done()
     return mc
 
@@ -290,7 +296,8 @@ def profile_from_dict(data: dict[str, Any], *, file: str = "<profile>") -> Hardw
         flops_per_s=k.number("flops_per_s", positive=True), dense_layer_s=k.number("dense_layer_s"),
         pass_overhead_s=k.number("pass_overhead_s", 0.0), layer_overhead_s=k.number("layer_overhead_s", 0.0),
         cpu_flops_per_s=k.number("cpu_flops_per_s", None, positive=True),
-        copy_issue_s=k.number("copy_issue_s", 0.0), prefetch_issue_s=k.number("prefetch_issue_s", None))
+        copy_issue_s=k.number("copy_issue_s", 0.0), prefetch_issue_s=k.number("prefetch_issue_s", None),
+        launch_ahead_s=k.number("launch_ahead_s", 0.0))
     k.done()
 
     models: dict[str, ModelCompute] = {}
@@ -312,7 +319,7 @@ _ROOFLINE_TOKENS = tuple(float(2**i) for i in range(0, 17))
 
 
 def model_overhead(profile: HardwareProfile, model: ModelSpec, key: str) -> float:
-    """`pass_overhead_s`, `layer_overhead_s` or `copy_issue_s` of the model's entry where it sets one (a
+    """`pass_overhead_s`, `layer_overhead_s`, `copy_issue_s` or `launch_ahead_s` of the model's entry where it sets one (a
     measurement or a runtime calibration), else the profile's `[compute]` value."""
     mc = profile.models.get(model.name)
     value = getattr(mc, key) if mc is not None else None

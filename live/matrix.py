@@ -227,7 +227,7 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
     from .models import build_model, live_spec
     from .offload import ExpertOffload
     from .runner import Between, run_live
-    from .runtime_cal import ISSUE_KEYS, InterleavedCalibration, host_pace, measure_runtime_overheads, median_key
+    from .runtime_cal import HOST_KEYS, InterleavedCalibration, host_pace, measure_runtime_overheads, median_key
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -261,9 +261,9 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
             full, bare = [c["full_step_s"] for c in measured], [c["no_experts_step_s"] for c in measured]
             cal = dict(measured[0], full_step_s=min(full), no_experts_step_s=min(bare), statistic="best of rounds",
                        full_step_median_s=float(np.median(full)), no_experts_step_median_s=float(np.median(bare)),
-                       rounds=[{k: c[k] for k in ("full_step_s", "no_experts_step_s", *ISSUE_KEYS) if k in c}
+                       rounds=[{k: c[k] for k in ("full_step_s", "no_experts_step_s", *HOST_KEYS) if k in c}
                                for c in measured])
-            for key in ISSUE_KEYS:
+            for key in HOST_KEYS:
                 issue = [c[key] for c in measured if key in c]
                 if issue:
                     cal.update({key: min(issue), median_key(key): float(np.median(issue))})

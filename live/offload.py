@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 from typing import Any
 
 import attrs
@@ -182,6 +183,12 @@ class ExpertOffload:
         model.to(self.device)
         self.watchdog: PrefetchWatchdog | None = None
         self._copy_s: float | None = None  # seconds per expert copy, measured once (`copy_seconds`)
+        # host seconds from leaving a layer to the next layer's routing readback (its attention, norms, router
+        # and speculator launches), summed over `launch_ahead_n` such spans: what the host launches while the
+        # GPU may still wait for the last layer's copies (the runtime calibration's `launch_ahead_s`)
+        self.launch_ahead_s = 0.0
+        self.launch_ahead_n = 0
+        self._left: tuple[int, float] = (-2, 0.0)  # (layer, perf_counter) when the forward thread left it
         self.reset()
 
     def sibling(self, n_slots: int, *, eviction: str = "lru", prefetch: str = "none", seed: int = 0,
@@ -404,6 +411,7 @@ class ExpertOffload:
             # layer the lm head and the sampling sync): no checkpoint of ours runs there, so the queue is
             # handed over (submitted here with "inline", else to the watchdog task: one wake per layer)
             self.watchdog.away(layer)
+        self._left = (layer, time.perf_counter())
         return out
 
     def _run_layer(self, layer: int, act_fn: Any, hidden: torch.Tensor, top_k_index: torch.Tensor,
@@ -487,8 +495,10 @@ class ExpertOffload:
         layer (its gate on this layer's input, as `hooks.RoutingHooks` computes it), in one copy."""
         wd = self.watchdog
         if wd is None:
+            self._launched(layer)
             return top_k_index.cpu().numpy(), None
         if layer + 1 >= self.n_layers:
+            self._launched(layer)
             wd.away()  # the copy below waits for the device: the watchdog task pumps meanwhile
             index = top_k_index.cpu().numpy()
             wd.present()
@@ -499,10 +509,18 @@ class ExpertOffload:
             logits = nn.functional.linear(x.to(gate.weight.dtype), gate.weight)
             pred = torch.topk(logits, self.top_k, dim=-1).indices
         both = torch.cat([top_k_index, pred.to(top_k_index.dtype)], dim=1)
+        self._launched(layer)
         wd.away()
         both = both.cpu().numpy()
         wd.present()
         return both[:, : self.top_k], both[:, self.top_k:]
+
+    def _launched(self, layer: int) -> None:
+        """The host launched everything up to this layer's readback: close the span since the last layer."""
+        last, at = self._left
+        if last == layer - 1:
+            self.launch_ahead_s += time.perf_counter() - at
+            self.launch_ahead_n += 1
 
     def _before_gate(self, layer: int, index: np.ndarray, predicted: np.ndarray | None) -> None:
         """Start what the idle copy engine would have started by now, tell the policy which prefetches

@@ -43,8 +43,9 @@ from emu.models import ModelSpec
 from emu.profile import Curve, HardwareProfile, dense_table, model_overhead
 
 _KEYS = ("full_step_s", "no_experts_step_s", "n_layers", "top_k", "context")
-#: the per-copy host times a calibration may hold
-ISSUE_KEYS = ("copy_issue_s", "prefetch_issue_s")
+#: the host times a calibration may hold besides its steps: per demand copy, per prefetch, and per layer the
+#: launches between leaving a layer and the next layer's readback (`ExpertOffload.launch_ahead_s`)
+HOST_KEYS = ("copy_issue_s", "prefetch_issue_s", "launch_ahead_s")
 
 
 def median_key(key: str) -> str:
@@ -96,7 +97,7 @@ def _record_routing(model: Any, runtime: Any, prompt: Any, steps: int) -> Any:
 
 
 def _calibration(runtime: Any, steps_s: dict[str, list[float]], prompt_len: int, steps: int,
-                 issue: list[float], pf_issue: list[float]) -> dict[str, Any]:
+                 issue: list[float], pf_issue: list[float], ahead: list[float]) -> dict[str, Any]:
     # the mean, as the decode rate it is compared with is (steps / their total time): with a host whose pace
     # switches within a run, a median keeps the majority pace and misses the slow steps a run pays for
     full, bare = steps_s["full"], steps_s["no_experts"]
@@ -104,10 +105,27 @@ def _calibration(runtime: Any, steps_s: dict[str, list[float]], prompt_len: int,
            "step_statistic": "mean", "full_steps_s": full, "no_experts_steps_s": bare,
            "n_layers": runtime.n_layers, "top_k": runtime.top_k, "context": prompt_len + steps // 2,
            "prompt_len": prompt_len, "steps": steps}
-    for key, values in zip(ISSUE_KEYS, (issue, pf_issue)):
+    for key, values in zip(HOST_KEYS, (issue, pf_issue)):
         if values:
             out[key] = float(statistics.median(values))
+    if ahead:  # a mean, as the steps' (the spans follow the host's pace step by step)
+        out["launch_ahead_s"] = statistics.fmean(ahead)
     return out
+
+
+class _AheadSpan:
+    """The runtime's `launch_ahead_s` per layer over the steps run inside it (appended to `out` when any)."""
+
+    def __init__(self, runtime: Any, out: list[float]) -> None:
+        self.runtime, self.out = runtime, out
+
+    def __enter__(self) -> None:
+        self.s0, self.n0 = self.runtime.launch_ahead_s, self.runtime.launch_ahead_n
+
+    def __exit__(self, *exc: Any) -> None:
+        n = self.runtime.launch_ahead_n - self.n0
+        if n > 0:
+            self.out.append((self.runtime.launch_ahead_s - self.s0) / n)
 
 
 def _issue_times(runtime: Any, issue: list[float], pf_issue: list[float]) -> None:
@@ -131,6 +149,7 @@ def measure_runtime_overheads(model: Any, runtime: Any, *, vocab: int, device: A
     runtime.attach()
     issue: list[float] = []
     pf_issue: list[float] = []
+    ahead: list[float] = []
     with attention_backends(device):
         routing = _record_routing(model, runtime, prompt, steps)
         plan = PassPlan(prompt_len, steps, 0, tuple(range(1, steps + 1)))
@@ -139,13 +158,13 @@ def measure_runtime_overheads(model: Any, runtime: Any, *, vocab: int, device: A
             hooks = RoutingHooks(model, record=True, speculate=True, force=routing)
             clock = PassClock(device)
             try:
-                with _mode(runtime, mode):
+                with _mode(runtime, mode), _AheadSpan(runtime, ahead if mode == "full" else []):
                     generate(model, prompt, plan, hooks=hooks, runtime=runtime, clock=clock)
             finally:
                 hooks.remove()
             steps_s[mode] = clock.seconds()[1:]  # the decode steps (the prefill left out)
         _issue_times(runtime, issue, pf_issue)
-    return _calibration(runtime, steps_s, prompt_len, steps, issue, pf_issue)
+    return _calibration(runtime, steps_s, prompt_len, steps, issue, pf_issue, ahead)
 
 
 class InterleavedCalibration:
@@ -170,6 +189,7 @@ class InterleavedCalibration:
         self._clocks: dict[str, Any] = {}
         self._issue: list[float] = []
         self._pf_issue: list[float] = []
+        self._ahead: list[float] = []
 
     def begin(self) -> None:
         """Each mode a fresh request (their prefills run at the measured run's step 0)."""
@@ -177,7 +197,7 @@ class InterleavedCalibration:
         from .runner import PassClock, PassPlan, RequestSteps
 
         plan = PassPlan(self.prompt_len, self.steps, 0, tuple(range(1, self.steps + 1)))
-        self._requests, self._clocks, self._issue, self._pf_issue = {}, {}, [], []
+        self._requests, self._clocks, self._issue, self._pf_issue, self._ahead = {}, {}, [], [], []
         for mode in MODES:
             hooks = RoutingHooks(self.model, record=True, speculate=True, force=self.routing)
             hooks.remove()  # installed for its own passes only
@@ -198,7 +218,8 @@ class InterleavedCalibration:
                 with _mode(self.runtime, mode):
                     if step == 0:
                         req.prefill()
-                    req.decode()  # at step 0 too: one decode step after each prefill, as before each later step
+                    with _AheadSpan(self.runtime, self._ahead if mode == "full" else []):
+                        req.decode()  # at step 0 too: one decode step after each prefill, as before each later step
             if step in (0, self.steps // 2):
                 _issue_times(self.runtime, self._issue, self._pf_issue)
 
@@ -208,7 +229,8 @@ class InterleavedCalibration:
         if not all(steps_s.values()):
             raise EmuError("InterleavedCalibration: no decode step was measured (was it passed to the run?)")
         done = min(len(s) for s in steps_s.values())
-        return dict(_calibration(self.runtime, steps_s, self.prompt_len, done, self._issue, self._pf_issue),
+        return dict(_calibration(self.runtime, steps_s, self.prompt_len, done, self._issue, self._pf_issue,
+                                 self._ahead),
                     calibration="interleaved")
 
 
@@ -338,14 +360,14 @@ def apply_runtime_overheads(profile: HardwareProfile, model: ModelSpec, cal: dic
     layer, floor = derived_overheads(profile, model, cal, file)
     mc = profile.models[model.name]
     expert = {p: Curve(c.tokens, tuple(max(s, floor) for s in c.seconds)) for p, c in mc.expert.items()}
-    issue = {}
-    for key in ISSUE_KEYS:
+    host = {}
+    for key in HOST_KEYS:
         value = cal.get(key, getattr(mc, key))
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0):
             raise EmuError(f"expected a non-negative number of seconds, got {value!r}", file=file, key=key)
-        issue[key] = None if value is None else float(value)
+        host[key] = None if value is None else float(value)
     models = dict(profile.models)
-    models[model.name] = attrs.evolve(mc, expert=expert, layer_overhead_s=layer, **issue)
+    models[model.name] = attrs.evolve(mc, expert=expert, layer_overhead_s=layer, **host)
     prov = dict(profile.provenance)
     prov.setdefault("runtime_calibration", {})[model.name] = dict(cal, layer_overhead_s=layer, expert_floor_s=floor)
     return attrs.evolve(profile, models=models, provenance=prov)

@@ -140,7 +140,7 @@ def validate_dir(records: list[Path], profile_path: Path, cal_paths: list[Path],
     """Every run validated against the profile, with the runtime calibration of its model applied."""
     from emu.profile import load_profile
 
-    from .runtime_cal import ISSUE_KEYS, apply_runtime_overheads, median_key
+    from .runtime_cal import HOST_KEYS, apply_runtime_overheads, median_key
     from .validate import live_model, load_live_run, validate_paired, validate_run
 
     base = load_profile(profile_path)
@@ -160,7 +160,7 @@ def validate_dir(records: list[Path], profile_path: Path, cal_paths: list[Path],
             if statistic == "median" and "full_step_median_s" in cal:
                 cal = dict(cal, full_step_s=cal["full_step_median_s"],
                            no_experts_step_s=cal["no_experts_step_median_s"])
-                for key in ISSUE_KEYS:
+                for key in HOST_KEYS:
                     if median_key(key) in cal:
                         cal[key] = cal[median_key(key)]
             profile = apply_runtime_overheads(base, spec, cal, file=cal["file"])

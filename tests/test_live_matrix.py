@@ -81,9 +81,23 @@ def test_runtime_calibration_needs_every_expert_resident(built) -> None:
     assert cal["step_statistic"] == "mean" and len(cal["full_steps_s"]) == len(cal["no_experts_steps_s"]) == 4
     assert cal["full_step_s"] == pytest.approx(sum(cal["full_steps_s"]) / 4, rel=1e-12)
     assert cal["no_experts_step_s"] == pytest.approx(sum(cal["no_experts_steps_s"]) / 4, rel=1e-12)
+    # the host's launches between a layer and the next one's readback: a part of each of its layers
+    assert 0 < cal["launch_ahead_s"] < cal["full_step_s"]
     reconfigure(rt, 6, "lru", "eager")
     with pytest.raises(EmuError, match="resident"):
         measure_runtime_overheads(model, rt, vocab=shape.vocab, device=CPU, prompt_len=12, steps=4)
+
+
+def test_launch_ahead_spans_run_from_a_layer_to_the_next_layers_readback_within_a_pass(built) -> None:
+    shape, model, rt = built
+    reconfigure(rt, 6, "lru", "eager")
+    plan = PassPlan(5, 3)
+    s0, n0 = rt.launch_ahead_s, rt.launch_ahead_n
+    res = run_live(model, [plan], vocab=shape.vocab, device=CPU, runtime=rt, warmup_passes=0, seed=1)
+    # 2 layers: one span per pass (layer 0 -> 1), none from a pass's last layer to the next pass's first
+    assert rt.launch_ahead_n - n0 == 1 + plan.n_decode
+    spans = rt.launch_ahead_s - s0
+    assert 0 < spans < res.ttft_s + sum(res.decode_s)
 
 
 def test_the_matrix_runs_rounds_and_records_medians(tmp_path, monkeypatch) -> None:
@@ -163,6 +177,7 @@ def test_a_calibration_in_lockstep_with_a_run_leaves_the_run_as_it_was(built) ->
     assert all(m._runtime[0] is rt for m in rt.modules)  # the model is the run's again
     cal = lockstep.result()
     assert cal_rt.copies == 0  # every expert resident: no copy in any mode
+    assert cal["launch_ahead_s"] > 0  # measured on the full mode's decode steps
     assert cal["steps"] == 4 and len(cal["full_steps_s"]) == len(cal["no_experts_steps_s"]) == 4  # 4 recorded
     assert cal["full_step_s"] == pytest.approx(sum(cal["full_steps_s"]) / 4, rel=1e-12)
     # the full mode's request decoded what the calibration request decodes alone, on the forced routing

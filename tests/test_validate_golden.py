@@ -153,6 +153,11 @@ def test_copy_issue_cost_from_the_runtime_calibration_slows_copying_runs_only(tm
     assert (both.models[spec.name].copy_issue_s, both.models[spec.name].prefetch_issue_s) == (4e-5, 7e-5)
     with pytest.raises(EmuError, match="prefetch_issue_s"):
         apply_runtime_overheads(profile, spec, dict(cal, prefetch_issue_s="fast"), file="cal.json")
+    assert apply_runtime_overheads(profile, spec, cal).models[spec.name].launch_ahead_s is None
+    ahead = apply_runtime_overheads(profile, spec, dict(cal, launch_ahead_s=1.5e-3))
+    assert ahead.models[spec.name].launch_ahead_s == 1.5e-3
+    with pytest.raises(EmuError, match="launch_ahead_s"):
+        apply_runtime_overheads(profile, spec, dict(cal, launch_ahead_s=-1.0), file="cal.json")
     runs = [GOLDEN / "olmoe_25pct_lru.json", GOLDEN / "olmoe_100pct_lru.json"]
     cal_path = GOLDEN / "olmoe_runtime_cal.json"
     base = {v.tag: v for v in validate_dir(runs, PROFILE, [cal_path])}
