@@ -319,8 +319,8 @@ _ROOFLINE_TOKENS = tuple(float(2**i) for i in range(0, 17))
 
 
 def model_overhead(profile: HardwareProfile, model: ModelSpec, key: str) -> float:
-    """`pass_overhead_s`, `layer_overhead_s`, `copy_issue_s` or `launch_ahead_s` of the model's entry where it sets one (a
-    measurement or a runtime calibration), else the profile's `[compute]` value."""
+    """`pass_overhead_s`, `layer_overhead_s`, `copy_issue_s` or `launch_ahead_s` of the model's entry where it
+    sets one (a measurement or a runtime calibration), else the profile's `[compute]` value."""
     mc = profile.models.get(model.name)
     value = getattr(mc, key) if mc is not None else None
     return float(getattr(profile.compute, key) if value is None else value)

@@ -55,6 +55,7 @@ class Scenario:
     layer_overhead_s: float
     copy_issue_s: float
     prefetch_issue_s: float | None
+    launch_ahead_s: float
     tokens: int
     prompt_len: int
     output_len: int
@@ -77,7 +78,7 @@ def profile_of(s: Scenario) -> Any:
         "dense": {"tokens": [1, 64], "context": [1, 4096], "seconds": [[s.dense_s[0], s.dense_s[0] * 1.5],
                                                                         [s.dense_s[1], s.dense_s[1] * 1.5]]},
         "pass_overhead_s": s.pass_overhead_s, "layer_overhead_s": s.layer_overhead_s,
-        "copy_issue_s": s.copy_issue_s,
+        "copy_issue_s": s.copy_issue_s, "launch_ahead_s": s.launch_ahead_s,
         **({} if s.prefetch_issue_s is None else {"prefetch_issue_s": s.prefetch_issue_s})}}
     compute: dict[str, Any] = {"expert_launch_s": s.expert_s[0], "hbm_Bps": 1e12, "flops_per_s": 1e15,
                                "dense_layer_s": s.dense_s[0]}
@@ -137,6 +138,7 @@ def scenarios(draw: Any, fixed: tuple[str, str] | None = None) -> Scenario:
         pass_overhead_s=draw(st.sampled_from([0.0, 2e-5])), layer_overhead_s=draw(st.sampled_from([0.0, 1e-6])),
         copy_issue_s=draw(st.sampled_from([0.0, 0.0, 3e-6, 1e-3])),
         prefetch_issue_s=draw(st.sampled_from([None, None, 0.0, 2e-3])),
+        launch_ahead_s=draw(st.sampled_from([0.0, 0.0, 1e-5, 5e-4, 1.0])),
         tokens=draw(st.integers(1, 40)), prompt_len=draw(st.integers(0, 6)), output_len=draw(st.integers(1, 6)),
         batch_size=draw(st.integers(1, 3)), reuse=draw(st.sampled_from([0.0, 0.5, 0.9])),
         scores=needs_scores or draw(st.booleans()), predicted=draw(st.booleans()),

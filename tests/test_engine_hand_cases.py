@@ -167,6 +167,28 @@ def test_copy_issue_host_cost(engines, engine_name):
 
 
 @pytest.mark.parametrize("engine_name", ["des", "fast"])
+def test_launch_ahead_comes_off_the_next_dense_job_up_to_the_wait_for_copies(engines, engine_name):
+    # launch_ahead_s = 0.8, dense 1.0: the host launched up to 0.8 s of a layer's dense part while the GPU
+    # waited for the previous layer's copies. Pass 0 (4 slots, cold): L0 dense [0, 1] (a pass's first layer:
+    #   nothing before it); copies 0 [1, 2], 1 [2, 3]; experts [2, 2.5], [3, 3.5]; the GPU waited 1.5 s, so
+    #   L1's dense takes 1.0 - 0.8: [3.5, 3.7]; copies 2 [3.7, 4.7], 3 [4.7, 5.7]; experts end 6.2 (7.0 without).
+    # Pass 1, L0 needs {0, 2}: dense [6.2, 7.2] (pass 0's last wait is no credit for it); 0 hits [7.2, 7.7],
+    #   2 misses: copy [7.2, 8.2], the GPU waits 0.5 s, expert 2 [8.2, 8.7]; L1's dense 1.0 - 0.5 [8.7, 9.2];
+    #   hits [9.2, 9.7], [9.7, 10.2]. TPOT 4.0 (4.5 without).
+    trace = make_trace([[[[0, 1], [2, 3]]], [[[0, 2], [2, 3]]]])
+    r, _ = run(engines[engine_name], trace, slots=4, dense_s=1.0, launch_ahead_s=0.8)
+    assert r["ttft_s"] == pytest.approx(6.2, abs=1e-9)
+    assert r["tpot_s"] == pytest.approx(4.0, abs=1e-9)
+    base, _ = run(engines[engine_name], trace, slots=4, dense_s=1.0)
+    assert (base["ttft_s"], base["tpot_s"]) == pytest.approx((7.0, 4.5), abs=1e-9)
+    assert (r["stall_s"], base["stall_s"]) == pytest.approx((3.5, 3.5), abs=1e-9)  # the waits: 1.5 + 1.5 + 0.5
+    # more ahead than the dense job: the job is gone, no less (L1's gate right after L0's experts)
+    r, _ = run(engines[engine_name], trace, slots=4, dense_s=1.0, launch_ahead_s=5.0)
+    assert r["ttft_s"] == pytest.approx(3.5 + 2.5, abs=1e-9)
+    assert (r["hits"], r["misses_compulsory"]) == (base["hits"], base["misses_compulsory"])
+
+
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
 def test_prefetch_issue_host_cost_is_charged_to_prefetch_copies_only(engines, engine_name):
     # the oracle prefetches layer 1's experts at layer 0's gate; demand copies keep copy_issue_s
     trace = make_trace([[[[0, 1], [2, 3]]], [[[0, 2], [1, 3]]], [[[3, 1], [0, 2]]]])

@@ -47,7 +47,9 @@ from .state import (
     E_DONE,
     E_PENDING,
     E_RUNNING,
+    FC_AHEAD_S,
     FC_COPY_BUSY,
+    FC_COPY_STALL,
     FC_CPU_BUSY,
     FC_CPU_DUR,
     FC_DENSE_S,
@@ -87,6 +89,7 @@ from .state import (
     SC_GPU_IDLE,
     SC_GPU_JOB,
     SC_GPU_NEW,
+    SC_IDLE_COPY,
     SC_LAST_COPY,
     SC_LAYER,
     SC_NCUR,
@@ -538,7 +541,31 @@ def _host_wait(cs, t: float) -> float:
 
 
 @njit(cache=True, inline="always")
+def _end_idle(cs, t: float) -> None:
+    """The GPU takes a job: an idle spell ends (stall time; a wait for a copy also in FC_COPY_STALL)."""
+    if cs.sc[SC_GPU_IDLE] == 1:
+        cs.sc[SC_GPU_IDLE] = 0
+        stall = t - cs.fc[FC_IDLE_T]
+        cs.stats_f[SF_STALL_S, cs.sc[SC_LAYER]] += stall
+        if cs.sc[SC_IDLE_COPY] == 1:
+            cs.fc[FC_COPY_STALL] += stall
+
+
+@njit(cache=True, inline="always")
+def _dense_job_s(cs) -> float:
+    """The next layer's dense job, as it starts: the host launched up to `launch_ahead_s` of it while the GPU
+    waited for this layer's copies, so that much of the wait comes off it (a runtime whose host runs
+    ahead of the GPU until the next routing readback; 0 for most profiles). The wait is cleared at the gate."""
+    d = cs.fc[FC_DENSE_S]
+    ahead = cs.fc[FC_AHEAD_S]
+    stall = cs.fc[FC_COPY_STALL]
+    credit = ahead if ahead < stall else stall
+    return d - credit if credit < d else 0.0
+
+
+@njit(cache=True, inline="always")
 def _start_gpu(cs, job: int, dur: float, t: float) -> None:
+    _end_idle(cs, t)
     dur += _host_wait(cs, t)
     cs.sc[SC_GPU_JOB] = job
     cs.sc[SC_GPU_NEW] = 1
@@ -546,9 +573,6 @@ def _start_gpu(cs, job: int, dur: float, t: float) -> None:
     cs.chain_dur[0] = dur
     cs.fc[FC_GPU_DUR] = dur
     cs.fc[FC_GPU_BUSY] += dur
-    if cs.sc[SC_GPU_IDLE] == 1:
-        cs.sc[SC_GPU_IDLE] = 0
-        cs.stats_f[SF_STALL_S, cs.sc[SC_LAYER]] += t - cs.fc[FC_IDLE_T]
 
 
 @njit(cache=True, inline="always")
@@ -565,6 +589,7 @@ def _chain(pk, cs, tm, tv, i: int, dur: float, t: float) -> None:
     `previous end + duration`, as separate instants would; the instants between are skipped, and
     `_gpu_done` finishes the members when the chain ends. One member is a plain job.
     """
+    _end_idle(cs, t)
     dur += _host_wait(cs, t)
     n = cs.sc[SC_NCUR]
     cur_state = cs.cur_state
@@ -594,20 +619,18 @@ def _chain(pk, cs, tm, tv, i: int, dur: float, t: float) -> None:
         chain_dur[m] = d
         busy += d
         m += 1
-    if whole and cs.sc[SC_LAYER] + 1 < tv.experts.shape[1] and cs.fc[FC_DENSE_S] > 0.0:
-        d = cs.fc[FC_DENSE_S]
-        chain_job[m] = JOB_DENSE
-        chain_dur[m] = d
-        busy += d
-        m += 1
+    if whole and cs.sc[SC_LAYER] + 1 < tv.experts.shape[1]:
+        d = _dense_job_s(cs)
+        if d > 0.0:
+            chain_job[m] = JOB_DENSE
+            chain_dur[m] = d
+            busy += d
+            m += 1
     cs.sc[SC_GPU_JOB] = JOB_CHAIN if m > 1 else i
     cs.sc[SC_CHAIN_N] = m
     cs.sc[SC_GPU_NEW] = m
     cs.fc[FC_GPU_DUR] = chain_dur[m - 1]
     cs.fc[FC_GPU_BUSY] = busy
-    if cs.sc[SC_GPU_IDLE] == 1:
-        cs.sc[SC_GPU_IDLE] = 0
-        cs.stats_f[SF_STALL_S, cs.sc[SC_LAYER]] += t - cs.fc[FC_IDLE_T]
 
 
 @njit(cache=True, inline="always")
@@ -647,6 +670,7 @@ def _step(pk, cs, tm, tv, t: float) -> int:
         cs.pass_start[p] = t
         pk.event(pk.s_evict, cs, tv, EV_PASS, p, t)
         _pass_times(cs, tm, tv, p)
+        cs.fc[FC_COPY_STALL] = 0.0  # the last pass's last layer: its wait overlapped no dense launch
         cs.sc[SC_LAYER] = 0
         if cs.fc[FC_PRE_S] > 0.0:
             _start_gpu(cs, JOB_PRE, cs.fc[FC_PRE_S], t)
@@ -655,13 +679,15 @@ def _step(pk, cs, tm, tv, t: float) -> int:
             cs.sc[SC_PHASE] = PH_LAYER_START
         return STEP_CHANGED
     if phase == PH_LAYER_START:
-        if cs.fc[FC_DENSE_S] > 0.0:
-            _start_gpu(cs, JOB_DENSE, cs.fc[FC_DENSE_S], t)
+        d = _dense_job_s(cs)
+        if d > 0.0:
+            _start_gpu(cs, JOB_DENSE, d, t)
             cs.sc[SC_PHASE] = PH_DENSE_RUN
             return STEP_GPU_STARTED
         cs.sc[SC_PHASE] = PH_GATE
         return STEP_CHANGED
     if phase == PH_GATE:
+        cs.fc[FC_COPY_STALL] = 0.0  # the last layer's wait went into this layer's dense job
         gate(pk, cs, tv, cs.sc[SC_PASS], cs.sc[SC_LAYER], t)
         cs.sc[SC_PHASE] = PH_EXPERTS
         return STEP_CHANGED
@@ -723,6 +749,7 @@ def _step(pk, cs, tm, tv, t: float) -> int:
     if cs.sc[SC_GPU_IDLE] == 0:
         cs.sc[SC_GPU_IDLE] = 1
         cs.fc[FC_IDLE_T] = t
+        cs.sc[SC_IDLE_COPY] = 1 if waiting else 0
     return STEP_CHANGED if changed else STEP_NONE
 
 

@@ -20,7 +20,7 @@ from ..profile import (
 )
 from ..trace import RoutingTrace
 from .stack import Stack
-from .state import FC_ISSUE_S, FC_PF_ISSUE_S, Timing, TraceView, new_cache_state
+from .state import FC_AHEAD_S, FC_ISSUE_S, FC_PF_ISSUE_S, Timing, TraceView, new_cache_state
 
 #: precision index 0 is the model's own precision; the others follow in this order.
 PRECISION_ORDER = ("bf16", "fp16", "fp8", "int8", "int4", "int2")
@@ -123,6 +123,7 @@ def fresh_state(inputs: SimInputs) -> tuple[Any, Any]:
                          dense_rows=inputs.tm.d_tok.shape[0])
     cs.fc[FC_ISSUE_S] = model_overhead(inputs.profile, model, "copy_issue_s")
     cs.fc[FC_PF_ISSUE_S] = prefetch_issue_seconds(inputs.profile, model)
+    cs.fc[FC_AHEAD_S] = model_overhead(inputs.profile, model, "launch_ahead_s")
     ctx = PolicyContext(n_layers=model.n_moe_layers, n_experts=model.n_experts, top_k=model.top_k,
                         capacity_bytes=inputs.capacity_bytes, expert_bytes=int(prec_bytes[0]),
                         prec_bytes=prec_bytes, trace=inputs.tv, seed=inputs.seed,
