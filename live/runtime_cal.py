@@ -23,6 +23,11 @@ and leave the profile's value alone. Where the forward thread also issues the pr
 hand-over), `prefetch_issue_s` is the same for a prefetch through its whole path (slot, queue,
 submission, landing poll, the compute stream's wait), charged to prefetch copies.
 
+The full mode also gives `launch_ahead_s`: per layer, the host time from leaving a layer's experts to the
+next layer's routing readback (`ExpertOffload.launch_ahead_s`: the next layer's attention, norms, router
+and speculator launches). The forward thread blocks only at that readback, so while the GPU waits for a
+copy the host has those launches queued; the emulator takes that much of the wait off the next dense job.
+
 The host's pace switches within seconds on the H100 machines, so a calibration paired with a run is best
 taken in lockstep with it (`InterleavedCalibration`: one step of each mode before each of the run's decode
 steps) rather than before it (`measure_runtime_overheads`).
