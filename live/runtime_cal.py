@@ -360,11 +360,30 @@ def derived_overheads(profile: HardwareProfile, model: ModelSpec, cal: dict[str,
     return max(layer, 0.0), max(expert, 0.0)
 
 
+def _device_expert(profile: HardwareProfile, model: ModelSpec) -> Curve | None:
+    """The calibration's device-only bf16 expert time (`provenance.expert_bf16_device`), where it has one."""
+    entry = profile.provenance.get("expert_bf16_device", {})
+    entry = entry.get(model.name) if isinstance(entry, dict) else None
+    if not isinstance(entry, dict):
+        return None
+    tokens, seconds = entry.get("tokens"), entry.get("seconds")
+    if not (isinstance(tokens, list) and isinstance(seconds, list) and tokens and len(tokens) == len(seconds)):
+        return None
+    return Curve(tuple(float(t) for t in tokens), tuple(float(s) for s in seconds))
+
+
 def apply_runtime_overheads(profile: HardwareProfile, model: ModelSpec, cal: dict[str, Any],
                             file: str | None = None) -> HardwareProfile:
+    """The profile with the runtime's own costs. An expert takes the longer of its GPU time and the runtime's
+    host floor: where the profile holds the device-only bf16 curve, that curve is raised to the floor, not
+    the calibration's back-to-back pace (its own harness's launch cost, at its own moment's host pace)."""
     layer, floor = derived_overheads(profile, model, cal, file)
     mc = profile.models[model.name]
-    expert = {p: Curve(c.tokens, tuple(max(s, floor) for s in c.seconds)) for p, c in mc.expert.items()}
+    curves = dict(mc.expert)
+    device = _device_expert(profile, model)
+    if device is not None and "bf16" in curves:
+        curves["bf16"] = device
+    expert = {p: Curve(c.tokens, tuple(max(s, floor) for s in c.seconds)) for p, c in curves.items()}
     host = {}
     for key in HOST_KEYS:
         value = cal.get(key, getattr(mc, key))

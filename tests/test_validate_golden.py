@@ -20,6 +20,7 @@ import shutil
 import statistics
 from pathlib import Path
 
+import attrs
 import pytest
 
 from emu.errors import EmuError
@@ -131,8 +132,15 @@ def test_runtime_overheads_derivation() -> None:
     applied = apply_runtime_overheads(profile, spec, cal)
     assert applied.models[spec.name].layer_overhead_s == pytest.approx(layer)
     curve = expert_curve(applied, spec, "bf16")
-    assert min(curve.seconds) >= floor
-    assert max(curve.seconds) == max(max(expert_curve(profile, spec, "bf16").seconds), floor)
+    # the device-only curve the calibration measured, raised to the runtime's floor (not the calibration's
+    # back-to-back pace, its own harness's launch cost)
+    device = profile.provenance["expert_bf16_device"][spec.name]
+    assert curve.tokens == tuple(float(t) for t in device["tokens"])
+    assert curve.seconds == tuple(max(float(s), floor) for s in device["seconds"])
+    assert min(curve.seconds) == floor
+    no_device = attrs.evolve(profile, provenance={})
+    assert expert_curve(apply_runtime_overheads(no_device, spec, cal), spec, "bf16").seconds == tuple(
+        max(s, floor) for s in expert_curve(profile, spec, "bf16").seconds)
     with pytest.raises(EmuError, match="positive number"):
         derived_overheads(profile, spec, dict(cal, full_step_s=-1.0), file="cal.json")
 

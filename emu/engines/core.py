@@ -542,20 +542,25 @@ def _host_wait(cs, t: float) -> float:
 
 @njit(cache=True, inline="always")
 def _end_idle(cs, t: float) -> None:
-    """The GPU takes a job: an idle spell ends (stall time; a wait for a copy also in FC_COPY_STALL)."""
+    """The GPU takes a job: an idle spell ends (stall time). A wait for a copy also counts, from when the host
+    is free (not issuing copies), in FC_COPY_STALL: time the host had for launching the next layer ahead."""
     if cs.sc[SC_GPU_IDLE] == 1:
         cs.sc[SC_GPU_IDLE] = 0
-        stall = t - cs.fc[FC_IDLE_T]
-        cs.stats_f[SF_STALL_S, cs.sc[SC_LAYER]] += stall
+        t0 = cs.fc[FC_IDLE_T]
+        cs.stats_f[SF_STALL_S, cs.sc[SC_LAYER]] += t - t0
         if cs.sc[SC_IDLE_COPY] == 1:
-            cs.fc[FC_COPY_STALL] += stall
+            host = cs.fc[FC_HOST_FREE]
+            free = host if host > t0 else t0
+            if t > free:
+                cs.fc[FC_COPY_STALL] += t - free
 
 
 @njit(cache=True, inline="always")
 def _dense_job_s(cs) -> float:
     """The next layer's dense job, as it starts: the host launched up to `launch_ahead_s` of it while the GPU
-    waited for this layer's copies, so that much of the wait comes off it (a runtime whose host runs
-    ahead of the GPU until the next routing readback; 0 for most profiles). The wait is cleared at the gate."""
+    waited for this layer's copies (the host free meanwhile: an expert job's time is its launch on a host-paced
+    runtime), so that much of the wait comes off it (a runtime whose host runs ahead of the GPU until the
+    next routing readback; 0 for most profiles). The wait is cleared at the gate."""
     d = cs.fc[FC_DENSE_S]
     ahead = cs.fc[FC_AHEAD_S]
     stall = cs.fc[FC_COPY_STALL]
