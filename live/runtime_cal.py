@@ -293,7 +293,10 @@ def measure_copy_issue(runtime: Any, copies: int = 256, repeats: int = 3) -> flo
 def measure_prefetch_issue(runtime: Any, prefetches: int = 256, batch: int = 8, repeats: int = 3) -> float | None:
     """Median host seconds per prefetch through the runtime's prefetch path, where the forward thread issues
     prefetches itself (the "inline" hand-over; None for a hand-over through the watchdog task): its slot
-    (`_assign`), the queue, the submission as the thread leaves the layer (`away`: the copy), the landing
+    (`_assign`), the queue, the layer's checkpoints while it is queued (`pump` after each of the layer's
+    top_k expert launches: an engine query, a submission where the engine is idle; a calibration whose
+    prefetch queue is always empty pays none of them), the submission as the thread leaves the layer
+    (`away`: the copy), the landing
     poll at the next gate (`_poll_prefetches`: the event's query, `complete`), the compute stream's wait on
     the copy. `batch` prefetches per layer; resident experts copied onto their own slots (the same bytes:
     cache, policy state and counters unchanged; the poll runs once the copies landed, as at a next gate)."""
@@ -320,7 +323,9 @@ def measure_prefetch_issue(runtime: Any, prefetches: int = 256, batch: int = 8, 
                 slot = runtime._assign(kl, ke, key)
                 runtime.inflight_pf[key] = slot
                 wd.enqueue(key, (kl, ke, slot))
-            wd.away(int(chosen[-1] // runtime.n_experts))  # leaving the layer: the queue goes to the copy stream
+            for _ in range(runtime.top_k):  # the layer's checkpoints, one after each expert's launch
+                wd.pump()
+            wd.away(int(chosen[-1] // runtime.n_experts))  # leaving the layer: the rest goes to the copy stream
             wd.present()
             spent += time.perf_counter() - t0
             if runtime.cuda:
