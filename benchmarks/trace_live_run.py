@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
 import statistics
 import sys
@@ -53,7 +54,8 @@ def summarize(events: list[dict[str, Any]], steps: list[tuple[float, float]]) ->
             "copy_mean_us": statistics.fmean(y - x for x, y in cs) if cs else 0.0,
             "copy_busy_ms": _union(cs) / 1e3,
             "copy_gaps_ms": sum(gaps) / 1e3, "copy_gaps_over_50us": sum(1 for g in gaps if g > 50),
-            "first_copy_ms": (cs[0][0] - a) / 1e3 if cs else 0.0, "after_last_copy_ms": (b - cs[-1][1]) / 1e3 if cs else 0.0,
+            "first_copy_ms": (cs[0][0] - a) / 1e3 if cs else 0.0,
+            "after_last_copy_ms": (b - cs[-1][1]) / 1e3 if cs else 0.0,
             "compute_busy_ms": _union([(x, y) for x, y in kernels if a <= x < b]) / 1e3,
             "host_sync_ms": sum(min(y, b) - x for x, y in syncs if a <= x < b) / 1e3,
         })
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
         # the step windows on the trace's clock, between the markers `between` left (after a device sync)
         ts = sorted(e["ts"] for e in events if str(e.get("name", "")).startswith("emu_step_"))
-        steps = list(zip(ts, ts[1:]))
+        steps = list(itertools.pairwise(ts))
         rows = summarize(events, steps)
         print(f"\n{int(frac * 100)}% {pf}: decode {res.decode_tok_s:.2f} tok/s, copies {res.stats.copies} "
               f"[{time.time() - t0:.0f}s]")
