@@ -49,7 +49,6 @@ from .state import (
     E_RUNNING,
     FC_AHEAD_S,
     FC_COPY_BUSY,
-    FC_COPY_STALL,
     FC_CPU_BUSY,
     FC_CPU_DUR,
     FC_DENSE_S,
@@ -59,6 +58,7 @@ from .state import (
     FC_HOST_FREE,
     FC_IDLE_T,
     FC_ISSUE_S,
+    FC_LAYER_HOST,
     FC_PF_ISSUE_S,
     FC_PRE_S,
     IN_FLIGHT,
@@ -89,7 +89,6 @@ from .state import (
     SC_GPU_IDLE,
     SC_GPU_JOB,
     SC_GPU_NEW,
-    SC_IDLE_COPY,
     SC_LAST_COPY,
     SC_LAYER,
     SC_NCUR,
@@ -542,35 +541,33 @@ def _host_wait(cs, t: float) -> float:
 
 @njit(cache=True, inline="always")
 def _end_idle(cs, t: float) -> None:
-    """The GPU takes a job: an idle spell ends (stall time). A wait for a copy also counts, from when the host
-    is free (not issuing copies), in FC_COPY_STALL: time the host had for launching the next layer ahead."""
+    """The GPU takes a job: an idle spell ends (stall time)."""
     if cs.sc[SC_GPU_IDLE] == 1:
         cs.sc[SC_GPU_IDLE] = 0
-        t0 = cs.fc[FC_IDLE_T]
-        cs.stats_f[SF_STALL_S, cs.sc[SC_LAYER]] += t - t0
-        if cs.sc[SC_IDLE_COPY] == 1:
-            host = cs.fc[FC_HOST_FREE]
-            free = host if host > t0 else t0
-            if t > free:
-                cs.fc[FC_COPY_STALL] += t - free
+        cs.stats_f[SF_STALL_S, cs.sc[SC_LAYER]] += t - cs.fc[FC_IDLE_T]
 
 
 @njit(cache=True, inline="always")
-def _dense_job_s(cs) -> float:
-    """The next layer's dense job, as it starts: the host launched up to `launch_ahead_s` of it while the GPU
-    waited for this layer's copies (the host free meanwhile: an expert job's time is its launch on a host-paced
-    runtime), so that much of the wait comes off it (a runtime whose host runs ahead of the GPU until the
-    next routing readback; 0 for most profiles). The wait is cleared at the gate."""
+def _dense_job_s(cs, t_end: float) -> float:
+    """The next layer's dense job, once this layer's experts end at `t_end`. A host-paced runtime launches the
+    layer's experts one after another from its gate (an expert job's time is its launch), then the next
+    layer's dense part, blocking only at that layer's routing readback; so where the experts end after the
+    host launched them (`FC_LAYER_HOST`: a wait for copies), up to `launch_ahead_s` of the dense job is
+    already launched and comes off it (0 for most profiles; none for a pass's first layer)."""
     d = cs.fc[FC_DENSE_S]
+    slack = t_end - cs.fc[FC_LAYER_HOST]
+    if slack <= 0.0:
+        return d
     ahead = cs.fc[FC_AHEAD_S]
-    stall = cs.fc[FC_COPY_STALL]
-    credit = ahead if ahead < stall else stall
+    credit = ahead if ahead < slack else slack
     return d - credit if credit < d else 0.0
 
 
 @njit(cache=True, inline="always")
 def _start_gpu(cs, job: int, dur: float, t: float) -> None:
     _end_idle(cs, t)
+    if job >= 0:  # an expert: the host's launch of it
+        cs.fc[FC_LAYER_HOST] += dur
     dur += _host_wait(cs, t)
     cs.sc[SC_GPU_JOB] = job
     cs.sc[SC_GPU_NEW] = 1
@@ -595,6 +592,7 @@ def _chain(pk, cs, tm, tv, i: int, dur: float, t: float) -> None:
     `_gpu_done` finishes the members when the chain ends. One member is a plain job.
     """
     _end_idle(cs, t)
+    host = cs.fc[FC_LAYER_HOST] + dur
     dur += _host_wait(cs, t)
     n = cs.sc[SC_NCUR]
     cur_state = cs.cur_state
@@ -623,9 +621,11 @@ def _chain(pk, cs, tm, tv, i: int, dur: float, t: float) -> None:
         chain_job[m] = j
         chain_dur[m] = d
         busy += d
+        host += d
         m += 1
+    cs.fc[FC_LAYER_HOST] = host
     if whole and cs.sc[SC_LAYER] + 1 < tv.experts.shape[1]:
-        d = _dense_job_s(cs)
+        d = _dense_job_s(cs, t + (busy - cs.fc[FC_GPU_BUSY]))
         if d > 0.0:
             chain_job[m] = JOB_DENSE
             chain_dur[m] = d
@@ -675,7 +675,7 @@ def _step(pk, cs, tm, tv, t: float) -> int:
         cs.pass_start[p] = t
         pk.event(pk.s_evict, cs, tv, EV_PASS, p, t)
         _pass_times(cs, tm, tv, p)
-        cs.fc[FC_COPY_STALL] = 0.0  # the last pass's last layer: its wait overlapped no dense launch
+        cs.fc[FC_LAYER_HOST] = np.inf  # a pass's first layer: nothing launched ahead of its dense part
         cs.sc[SC_LAYER] = 0
         if cs.fc[FC_PRE_S] > 0.0:
             _start_gpu(cs, JOB_PRE, cs.fc[FC_PRE_S], t)
@@ -684,7 +684,7 @@ def _step(pk, cs, tm, tv, t: float) -> int:
             cs.sc[SC_PHASE] = PH_LAYER_START
         return STEP_CHANGED
     if phase == PH_LAYER_START:
-        d = _dense_job_s(cs)
+        d = _dense_job_s(cs, t)
         if d > 0.0:
             _start_gpu(cs, JOB_DENSE, d, t)
             cs.sc[SC_PHASE] = PH_DENSE_RUN
@@ -692,8 +692,9 @@ def _step(pk, cs, tm, tv, t: float) -> int:
         cs.sc[SC_PHASE] = PH_GATE
         return STEP_CHANGED
     if phase == PH_GATE:
-        cs.fc[FC_COPY_STALL] = 0.0  # the last layer's wait went into this layer's dense job
         gate(pk, cs, tv, cs.sc[SC_PASS], cs.sc[SC_LAYER], t)
+        host = cs.fc[FC_HOST_FREE]  # the host launches the layer's experts once it issued the gate's copies
+        cs.fc[FC_LAYER_HOST] = host if host > t else t
         cs.sc[SC_PHASE] = PH_EXPERTS
         return STEP_CHANGED
     if phase != PH_EXPERTS:
@@ -711,6 +712,7 @@ def _step(pk, cs, tm, tv, t: float) -> int:
                 cs.sc[SC_CPU_NEW] = 1
                 cs.fc[FC_CPU_DUR] = dur
                 cs.fc[FC_CPU_BUSY] += dur
+                cs.fc[FC_LAYER_HOST] += dur  # the host runs it: no time to launch ahead meanwhile
                 changed = True
                 break
     if not gpu_free:
@@ -754,7 +756,6 @@ def _step(pk, cs, tm, tv, t: float) -> int:
     if cs.sc[SC_GPU_IDLE] == 0:
         cs.sc[SC_GPU_IDLE] = 1
         cs.fc[FC_IDLE_T] = t
-        cs.sc[SC_IDLE_COPY] = 1 if waiting else 0
     return STEP_CHANGED if changed else STEP_NONE
 
 

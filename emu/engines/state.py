@@ -83,8 +83,7 @@ SC_CPU_PENDING = 20  # entries of the current layer routed to the CPU and not st
 SC_CURSOR = 21  # entries of the current layer before this index are done
 SC_CHAIN_N = 22  # members of the GPU chain now running (SC_GPU_JOB == JOB_CHAIN)
 SC_PQ_N = 23  # entries in the prefetch FIFO
-SC_IDLE_COPY = 24  # 1 while the GPU's idle time (SC_GPU_IDLE) is a wait for a copy
-SC_N = 25
+SC_N = 24
 
 # ---- fc: float scalars ---------------------------------------------------------------------------
 FC_IDLE_T = 0
@@ -100,7 +99,7 @@ FC_HOST_FREE = 9  # the host is busy issuing copies until then (a GPU job starts
 FC_ISSUE_S = 10  # host seconds to issue one copy (profile `copy_issue_s`; 0 for most profiles)
 FC_PF_ISSUE_S = 11  # the same for a prefetch copy (profile `prefetch_issue_s`, else `copy_issue_s`)
 FC_AHEAD_S = 12  # host seconds launching a layer's dense part ahead of the GPU (profile `launch_ahead_s`)
-FC_COPY_STALL = 13  # the GPU's wait for copies since the current layer's dense job
+FC_LAYER_HOST = 13  # when the host has launched the current layer's experts so far (see core._dense_job_s)
 FC_N = 14
 
 # ---- per-layer integer statistics (stats_i[STAT, layer]) ------------------------------------------
