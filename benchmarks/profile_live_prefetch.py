@@ -6,14 +6,16 @@ each of the runtime's host-side steps timed with perf_counter on the forward thr
     python benchmarks/profile_live_prefetch.py [--rounds 2]
 
 Prints, per configuration, the mean decode step and per step: the time in each timed part (calls per
-step in brackets). `readback` includes the wait for the GPU at the layer's routing readback (a device
-sync: what the host waits while the GPU catches up), `outside` is everything the runtime does not see
-(attention, norms, router launches, the sampling sync).
+step in brackets; `gc`: the cyclic garbage collector's pauses, collections in brackets). `readback`
+includes the wait for the GPU at the layer's routing readback (a device sync: what the host waits while
+the GPU catches up), `outside` is everything the runtime does not see (attention, norms, router launches,
+the sampling sync). `--gc-freeze` freezes every object alive after the build (`gc.freeze`).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import time
@@ -58,10 +60,20 @@ class Timers:
         self.total.clear()
         self.calls.clear()
 
+    def gc_callback(self, phase: str, info: dict[str, Any]) -> None:
+        """`gc.callbacks`: the cyclic collector's pauses, wherever they fall (label `gc`)."""
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+        elif hasattr(self, "_gc_t0"):
+            self.total["gc"] += time.perf_counter() - self._gc_t0
+            self.calls["gc"] += 1
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--gc-freeze", action="store_true",
+                   help="move every object alive after the build out of the collector's reach (gc.freeze)")
     p.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (checks the script, measures nothing)")
     args = p.parse_args(argv)
     import torch
@@ -81,13 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     shape, force, plans, n_keys = work.shape, work.force, work.plans, work.n_keys
     model = build_model("olmoe-1b-7b", scale, dtype="bf16" if device == "cuda" else "fp32", seed=0)
     runtime = ExpertOffload(model, n_keys, eviction="lru", device=device, seed=0, kernel="eager")
-    print(f"olmoe built [{time.time() - t0:.0f}s]; hand-over {runtime.resolved_handover()}", flush=True)
+    if args.gc_freeze:
+        gc.collect()
+        gc.freeze()
+    print(f"olmoe built [{time.time() - t0:.0f}s]; hand-over {runtime.resolved_handover()}; "
+          f"{len(gc.get_objects())} objects tracked, {gc.get_freeze_count()} frozen", flush=True)
     configs = [(1.0, "next-layer"), (0.25, "none"), (0.25, "next-layer"), (0.05, "none"), (0.05, "next-layer")]
     rows: dict[tuple[float, str], list[dict[str, Any]]] = defaultdict(list)
     for r in range(args.rounds):
         for i, (frac, pf) in enumerate(configs):
             reconfigure(runtime, slots_for(frac, n_keys), "lru", "eager", pf)
             timers = Timers()
+            gc.callbacks.append(timers.gc_callback)
             for name in RUNTIME_PARTS:
                 timers.wrap(runtime, name, name)
             if runtime.watchdog is not None:
@@ -97,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
                            warmup_passes=3, rehearse=device == "cuda" and r == 0 and i == 0, preload=preload,
                            between=Between(lambda step, t=timers: t.reset() if step == 1 else None, 1))
+            gc.callbacks.remove(timers.gc_callback)
             timed = res.decode_s[1:]  # the timers count from decode step 1 on (warm-up, prefill, step 0 left out)
             steps = len(timed)
             row = {"step_ms": statistics.fmean(timed) * 1e3, "copies": res.stats.copies / (steps + 2),
@@ -112,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  round {r} {int(frac * 100)}% {pf}: step {row['step_ms']:.1f} ms [{time.time() - t0:.0f}s]",
                   flush=True)
     labels = ["_run_layer", "_readback", "_before_gate", "_poll_prefetches", "_issue_prefetches", "_place",
-              "_compute", "_waited", "wd.pump", "wd.away", "wd.promote"]
+              "_compute", "_waited", "wd.pump", "wd.away", "wd.promote", "gc"]
     print("\nper decode step (ms, calls in brackets), mean of the rounds; copies and prefetches per pass; "
           "outside = step - _run_layer")
     head = f"{'config':22s} {'step':>6s} {'copies':>6s} {'pf':>5s} {'outside':>7s} " + " ".join(
