@@ -76,28 +76,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="move every object alive after the build out of the collector's reach (gc.freeze)")
     p.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (checks the script, measures nothing)")
     args = p.parse_args(argv)
-    import torch
-
-    if not args.smoke and not torch.cuda.is_available():
-        print("profile_live_prefetch: needs a CUDA GPU (or --smoke)", file=sys.stderr)
-        return 2
-    device, scale = ("cpu", "tiny") if args.smoke else ("cuda", "full")
-    from live.matrix import forced_workload, reconfigure, slots_for
-    from live.models import build_model
-    from live.offload import ExpertOffload
+    from benchmarks.live_olmoe import build_olmoe
+    from live.matrix import reconfigure, slots_for
     from live.runner import Between, run_live
 
     t0 = time.time()
-    dev = torch.device(device)
-    work = forced_workload("olmoe", scale)
+    built = build_olmoe("profile_live_prefetch", args.smoke)
+    if built is None:
+        return 2
+    dev, work, model, runtime = built.device, built.work, built.model, built.runtime
     shape, force, plans, n_keys = work.shape, work.force, work.plans, work.n_keys
-    model = build_model("olmoe-1b-7b", scale, dtype="bf16" if device == "cuda" else "fp32", seed=0)
-    runtime = ExpertOffload(model, n_keys, eviction="lru", device=device, seed=0, kernel="eager")
+    device = dev.type
     if args.gc_freeze:
         gc.collect()
         gc.freeze()
-    print(f"olmoe built [{time.time() - t0:.0f}s]; hand-over {runtime.resolved_handover()}; "
-          f"{len(gc.get_objects())} objects tracked, {gc.get_freeze_count()} frozen", flush=True)
+    print(f"{len(gc.get_objects())} objects tracked, {gc.get_freeze_count()} frozen", flush=True)
     configs = [(1.0, "next-layer"), (0.25, "none"), (0.25, "next-layer"), (0.05, "none"), (0.05, "next-layer")]
     rows: dict[tuple[float, str], list[dict[str, Any]]] = defaultdict(list)
     for r in range(args.rounds):
@@ -150,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{int(frac * 100):>3d}% {pf:17s} {step:6.1f} {statistics.fmean(x['copies'] for x in rs):6.1f} "
               f"{statistics.fmean(x['prefetches'] for x in rs):5.1f} {step - inside:7.2f} " + " ".join(cells))
     runtime.close()
+    if args.gc_freeze:
+        gc.unfreeze()
     return 0
 
 

@@ -74,21 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    if not args.smoke and not torch.cuda.is_available():
-        print("trace_live_run: needs a CUDA GPU (or --smoke)", file=sys.stderr)
-        return 2
-    device, scale = ("cpu", "tiny") if args.smoke else ("cuda", "full")
-    from live.matrix import forced_workload, reconfigure, slots_for
-    from live.models import build_model
-    from live.offload import ExpertOffload
+    from benchmarks.live_olmoe import build_olmoe
+    from live.matrix import reconfigure, slots_for
     from live.runner import Between, run_live
 
     t0 = time.time()
-    dev = torch.device(device)
-    work = forced_workload("olmoe", scale)
-    model = build_model("olmoe-1b-7b", scale, dtype="bf16" if device == "cuda" else "fp32", seed=0)
-    runtime = ExpertOffload(model, work.n_keys, eviction="lru", device=device, seed=0, kernel="eager")
-    print(f"olmoe built [{time.time() - t0:.0f}s]", flush=True)
+    built = build_olmoe("trace_live_run", args.smoke)
+    if built is None:
+        return 2
+    dev, work, model, runtime = built.device, built.work, built.model, built.runtime
+    device = dev.type
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     first = 10 if not args.smoke else 1
     for frac, pf in ((0.05, "none"), (0.05, "next-layer"), (1.0, "next-layer")):

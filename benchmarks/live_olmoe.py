@@ -1,0 +1,39 @@
+"""The live benchmarks' common set-up: OLMoE-1B-7B on its forced synthetic routing (as the validation
+matrix runs it) with an eager offloaded runtime holding every expert's slot; a tiny CPU model with
+`smoke` (checks a script, measures nothing)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class LiveOLMoE:
+    device: Any  # torch.device
+    work: Any  # live.matrix.ForcedWorkload
+    model: Any
+    runtime: Any  # live.offload.ExpertOffload
+
+
+def build_olmoe(script: str, smoke: bool) -> LiveOLMoE | None:
+    """The model and its runtime, or None (with a message) where the script needs a GPU and has none."""
+    import torch
+
+    if not smoke and not torch.cuda.is_available():
+        print(f"{script}: needs a CUDA GPU (or --smoke)", file=sys.stderr)
+        return None
+    from live.matrix import forced_workload
+    from live.models import build_model
+    from live.offload import ExpertOffload
+
+    device, scale = ("cpu", "tiny") if smoke else ("cuda", "full")
+    t0 = time.time()
+    work = forced_workload("olmoe", scale)
+    model = build_model("olmoe-1b-7b", scale, dtype="fp32" if smoke else "bf16", seed=0)
+    runtime = ExpertOffload(model, work.n_keys, eviction="lru", device=device, seed=0, kernel="eager")
+    print(f"olmoe built [{time.time() - t0:.0f}s]; hand-over {runtime.resolved_handover()}", flush=True)
+    return LiveOLMoE(torch.device(device), work, model, runtime)
