@@ -29,25 +29,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    if not torch.cuda.is_available():
-        print("bench_host_while_copying: needs a CUDA GPU", file=sys.stderr)
-        return 2
-    from live.models import build_model, live_shape
-    from live.offload import ExpertOffload
+    from benchmarks.live_olmoe import build_olmoe
     from live.runner import PassPlan, RequestSteps, attention_backends
 
-    t0 = time.time()
-    dev = torch.device("cuda")
-    shape = live_shape("olmoe-1b-7b", "full")
-    model = build_model("olmoe-1b-7b", "full", dtype="bf16", seed=0)
-    runtime = ExpertOffload(model, shape.n_layers * shape.n_experts, eviction="lru", device="cuda", kernel="eager")
+    built = build_olmoe("bench_host_while_copying", smoke=False)
+    if built is None:
+        return 2
+    dev, shape, model, runtime = built.device, built.work.shape, built.model, built.runtime
     runtime.preload()
     n = int(args.mb * 1e6) // 2
     src = torch.empty(n, dtype=torch.bfloat16, pin_memory=True)
     dst = torch.empty(n, dtype=torch.bfloat16, device=dev)
     stream = torch.cuda.Stream()
     copies = max(1, int(args.flood_ms / 1e3 * 55e9 / (2 * n)))
-    print(f"olmoe built [{time.time() - t0:.0f}s]; a flood is {copies} copies of {args.mb} MB", flush=True)
+    print(f"a flood is {copies} copies of {args.mb} MB", flush=True)
     prompt = torch.randint(0, shape.vocab, (1, 256), generator=torch.Generator().manual_seed(0)).to(dev)
     times: dict[bool, list[float]] = {True: [], False: []}
     with attention_backends(dev), torch.no_grad():

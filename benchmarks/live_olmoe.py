@@ -24,7 +24,7 @@ def build_olmoe(script: str, smoke: bool) -> LiveOLMoE | None:
     import torch
 
     if not smoke and not torch.cuda.is_available():
-        print(f"{script}: needs a CUDA GPU (or --smoke)", file=sys.stderr)
+        print(f"{script}: needs a CUDA GPU", file=sys.stderr)
         return None
     from live.matrix import forced_workload
     from live.models import build_model

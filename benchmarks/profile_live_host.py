@@ -24,23 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--prefetch", action="append", default=None)
     args = p.parse_args(argv)
-    import torch
-
-    if not torch.cuda.is_available():
-        print("profile_live_host: needs a CUDA GPU", file=sys.stderr)
-        return 2
-    from live.matrix import forced_workload, reconfigure, slots_for
-    from live.models import build_model
-    from live.offload import ExpertOffload
+    from benchmarks.live_olmoe import build_olmoe
+    from live.matrix import reconfigure, slots_for
     from live.runner import run_live
 
     t0 = time.time()
-    dev = torch.device("cuda")
-    work = forced_workload("olmoe")
+    built = build_olmoe("profile_live_host", smoke=False)
+    if built is None:
+        return 2
+    dev, work, model, runtime = built.device, built.work, built.model, built.runtime
     shape, force, plans, n_keys = work.shape, work.force, work.plans, work.n_keys
-    model = build_model("olmoe-1b-7b", "full", dtype="bf16", seed=0)
-    runtime = ExpertOffload(model, n_keys, eviction="lru", device="cuda", seed=0, kernel="eager")
-    print(f"olmoe built [{time.time() - t0:.0f}s]", flush=True)
     for i, pf in enumerate(args.prefetch or ("none", "next-layer")):
         reconfigure(runtime, slots_for(0.05, n_keys), "lru", "eager", pf)
         run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force, warmup_passes=3,
