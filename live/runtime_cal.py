@@ -110,10 +110,10 @@ def _calibration(runtime: Any, steps_s: dict[str, list[float]], prompt_len: int,
            "step_statistic": "mean", "full_steps_s": full, "no_experts_steps_s": bare,
            "n_layers": runtime.n_layers, "top_k": runtime.top_k, "context": prompt_len + steps // 2,
            "prompt_len": prompt_len, "steps": steps}
-    for key, values in zip(HOST_KEYS, (issue, pf_issue)):
-        if values:
+    for key, values in (("copy_issue_s", issue), ("prefetch_issue_s", pf_issue)):
+        if values:  # two samples per run (before its prefill and halfway)
             out[key] = float(statistics.median(values))
-    if ahead:  # a mean, as the steps' (the spans follow the host's pace step by step)
+    if ahead:  # one sample per step: a mean, as the steps' (the spans follow the host's pace step by step)
         out["launch_ahead_s"] = statistics.fmean(ahead)
     return out
 
@@ -296,10 +296,10 @@ def measure_prefetch_issue(runtime: Any, prefetches: int = 256, batch: int = 8, 
     (`_assign`), the queue, the layer's checkpoints while it is queued (`pump` after each of the layer's
     top_k expert launches: an engine query, a submission where the engine is idle; a calibration whose
     prefetch queue is always empty pays none of them), the submission as the thread leaves the layer
-    (`away`: the copy), the landing
-    poll at the next gate (`_poll_prefetches`: the event's query, `complete`), the compute stream's wait on
-    the copy. `batch` prefetches per layer; resident experts copied onto their own slots (the same bytes:
-    cache, policy state and counters unchanged; the poll runs once the copies landed, as at a next gate)."""
+    (`away`: the copy), the landing poll at the next gate (`_poll_prefetches`: the event's query,
+    `complete`), the compute stream's wait on the copy. `batch` prefetches per layer; resident experts
+    copied onto their own slots (the same bytes: cache, policy state and counters unchanged; the poll runs
+    once the copies landed, as at a next gate)."""
     import time
 
     import torch
