@@ -39,8 +39,7 @@ def _copy_bandwidth(runtime: Any, n: int = 20) -> float:
         start.record(s)
         for i in range(n):
             e = i % runtime.n_experts
-            runtime.slot_gu[0].copy_(runtime.host_gu[0, e], non_blocking=True)
-            runtime.slot_dn[0].copy_(runtime.host_dn[0, e], non_blocking=True)
+            runtime.slot_pack[0].copy_(runtime.host_pack[0, e], non_blocking=True)
         end.record(s)
     torch.cuda.synchronize()
     return n * runtime.expert_bytes / (start.elapsed_time(end) / 1e3)

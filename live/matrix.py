@@ -79,21 +79,22 @@ def _watchdog_cpu(runtime: Any) -> float:
     return runtime.watchdog.cpu_seconds() if runtime.watchdog is not None else 0.0
 
 
+def _host_counters(runtime: Any) -> tuple[float, int, float, int]:
+    return runtime.launch_ahead_s, runtime.launch_ahead_n, runtime.readback_wait_s, runtime.readback_n
+
+
+def _host_spans(before: tuple[float, int, float, int], after: tuple[float, int, float, int]) -> dict[str, float]:
+    """The run's own host spans (warm-up and prefill included), to set beside its calibration's: the mean
+    launch-ahead span and the mean wait in a routing readback."""
+    ahead, n_ahead, wait, n_wait = (a - b for a, b in zip(after, before))
+    return {"launch_ahead_s": ahead / max(n_ahead, 1), "readback_wait_s": wait / max(n_wait, 1),
+            "readbacks": int(n_wait)}
+
+
 def reconfigure(runtime: Any, n_slots: int, eviction: str, kernel: str, prefetch: str = "none") -> None:
     """Re-size the slot pool and switch eviction policy, prefetch policy and kernel; the cache starts empty."""
-    import torch
-
-    shape_gu, shape_dn = tuple(runtime.slot_gu.shape[1:]), tuple(runtime.slot_dn.shape[1:])
-    dtype = runtime.slot_gu.dtype
-    runtime.slot_gu = runtime.slot_dn = None
-    for fused in runtime.fused:  # the blocks' experts modules still point at the old pool
-        fused.gate_up_proj = fused.down_proj = None
-    gc.collect()
-    if runtime.cuda:
-        torch.cuda.empty_cache()
-    runtime.slot_gu = torch.empty((n_slots, *shape_gu), dtype=dtype, device=runtime.device)
-    runtime.slot_dn = torch.empty((n_slots, *shape_dn), dtype=dtype, device=runtime.device)
-    runtime.n_slots, runtime.eviction, runtime.eviction_params, runtime.kernel = n_slots, eviction, {}, kernel
+    runtime.resize(n_slots)
+    runtime.eviction, runtime.eviction_params, runtime.kernel = eviction, {}, kernel
     runtime.prefetch, runtime.prefetch_params = prefetch, {}
     runtime.reset()
 
@@ -253,6 +254,7 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
     paired: dict[tuple[float, str, str], list[dict[str, Any]]] = {c: [] for c in configs}
     # CPU seconds of the watchdog task's thread during each run (GIL time the forward thread waited for)
     wd_cpu: dict[tuple[float, str, str], list[float]] = {c: [] for c in configs}
+    run_host: dict[tuple[float, str, str], list[dict[str, float]]] = {c: [] for c in configs}
 
     def write_records(rt: Any, final: bool) -> None:
         """The records of every round run so far (called after each round: a run cut short by a time limit
@@ -287,6 +289,7 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
                                ttft_first_s=first.ttft_s, ttft_s=min(ttfts[(frac, ev, pf)]),
                                ttft_median_s=float(np.median(ttfts[(frac, ev, pf)])), statistic="best of rounds",
                                watchdog_cpu_s_rounds=wd_cpu[(frac, ev, pf)] if pf != "none" else None,
+                               run_host_rounds=run_host[(frac, ev, pf)],
                                decode_tok_s_rounds=rates, decode_tok_s=max(rates),
                                decode_tok_s_median=float(np.median(rates)),
                                stats_equal_across_rounds=same,
@@ -329,10 +332,12 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
             reconfigure(runtime, slots_for(frac, n_keys), ev, "eager", pf)
             pace0 = host_pace(dev)
             cpu0 = _watchdog_cpu(runtime)
+            host0 = _host_counters(runtime)
             res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
                            warmup_passes=3, rehearse=cuda and r == 0 and i == 0, model_name=spec.name,
                            between=Between(interleaved, 1) if lockstep else None)
             cpu1 = _watchdog_cpu(runtime)
+            host1 = _host_counters(runtime)
             pace2 = host_pace(dev)
             # the host's pace around the calibration and around the run (live.runtime_cal.host_pace)
             if lockstep:
@@ -344,6 +349,7 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
             paired[(frac, ev, pf)].append(cal)
             runs[(frac, ev, pf)].append(res)
             wd_cpu[(frac, ev, pf)].append(cpu1 - cpu0)
+            run_host[(frac, ev, pf)].append(_host_spans(host0, host1))
             reps = ttft_repeats(model, runtime, res.trace, plans[0].prompt_len, vocab=shape.vocab, device=dev,
                                 n=TTFT_REPEATS, seed=1 + r)
             ttfts[(frac, ev, pf)] += [res.ttft_s, *reps]

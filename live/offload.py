@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import time
 from typing import Any
 
@@ -155,27 +156,25 @@ class ExpertOffload:
         self.eviction, self.eviction_params, self.seed = eviction, dict(eviction_params or {}), seed
         self.prefetch, self.prefetch_params = prefetch, dict(prefetch_params or {})
         self.gates = [b.gate for b in blocks]  # the speculator: layer l+1's gate on layer l's input
-        gu_shape, dn_shape = tuple(first.gate_up_proj.shape[1:]), tuple(first.down_proj.shape[1:])
-        dtype = first.gate_up_proj.dtype
-        pin = self.cuda
-        self.host_gu = torch.empty((self.n_layers, self.n_experts, *gu_shape), dtype=dtype, pin_memory=pin)
-        self.host_dn = torch.empty((self.n_layers, self.n_experts, *dn_shape), dtype=dtype, pin_memory=pin)
-        self.slot_gu = torch.empty((n_slots, *gu_shape), dtype=dtype, device=self.device)
-        self.slot_dn = torch.empty((n_slots, *dn_shape), dtype=dtype, device=self.device)
+        self.gu_shape = tuple(first.gate_up_proj.shape[1:])
+        self.dn_shape = tuple(first.down_proj.shape[1:])
+        self.dtype = first.gate_up_proj.dtype
+        self.host_pack, self.host_gu, self.host_dn = self._packed((self.n_layers, self.n_experts), host=True)
+        self.resize(n_slots)
         self.fused: list[Any] = []  # each block's own experts module, its weights now the slot pool
         self.modules: list[OffloadedExperts] = []  # what the blocks call (shared with `sibling` runtimes)
         for layer, b in enumerate(blocks):
             orig = b.experts
-            if tuple(orig.gate_up_proj.shape[1:]) != gu_shape:
+            if tuple(orig.gate_up_proj.shape[1:]) != self.gu_shape:
                 raise EmuError("experts of different shapes across layers are not supported")
             self.host_gu[layer].copy_(orig.gate_up_proj.data)
             self.host_dn[layer].copy_(orig.down_proj.data)
             del orig.gate_up_proj, orig.down_proj  # the host copy is the only one now
-            orig.gate_up_proj, orig.down_proj, orig.num_experts = self.slot_gu, self.slot_dn, n_slots
             self.fused.append(orig)
             b.experts = OffloadedExperts(self, layer, orig.act_fn)
             self.modules.append(b.experts)
-        self.expert_bytes = (self.host_gu[0, 0].numel() + self.host_dn[0, 0].numel()) * self.host_gu.element_size()
+        self._point_fused()
+        self.expert_bytes = self.host_pack[0, 0].numel() * self.host_pack.element_size()
         self.copy_stream = torch.cuda.Stream(device=self.device) if self.cuda else None
         pos = torch.arange(self.top_k, dtype=torch.int64, device=self.device)
         zero = torch.zeros(1, dtype=torch.int64, device=self.device)
@@ -188,6 +187,9 @@ class ExpertOffload:
         # GPU may still wait for the last layer's copies (the runtime calibration's `launch_ahead_s`)
         self.launch_ahead_s = 0.0
         self.launch_ahead_n = 0
+        # host seconds blocked in the routing readbacks (the device sync of `_readback`), over `readback_n`
+        self.readback_wait_s = 0.0
+        self.readback_n = 0
         self._left: tuple[int, float] = (-2, 0.0)  # (layer, perf_counter) when the forward thread left it
         self.reset()
 
@@ -204,12 +206,37 @@ class ExpertOffload:
         rt.eviction, rt.eviction_params, rt.seed = eviction, {}, seed
         rt.prefetch, rt.prefetch_params = prefetch, {}
         rt.handover = self.handover if handover is None else handover
-        rt.slot_gu = torch.empty((n_slots, *self.slot_gu.shape[1:]), dtype=self.slot_gu.dtype, device=self.device)
-        rt.slot_dn = torch.empty((n_slots, *self.slot_dn.shape[1:]), dtype=self.slot_dn.dtype, device=self.device)
+        rt.slot_pack, rt.slot_gu, rt.slot_dn = rt._packed((n_slots,), host=False)
         rt.copy_stream = torch.cuda.Stream(device=self.device) if self.cuda else None
         rt.watchdog = None
         rt.reset()
         return rt
+
+    def _packed(self, lead: tuple[int, ...], host: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Expert storage with each expert's matrices back to back (gate_up, then down), so one expert is
+        one contiguous block and its copy one memcpy (two cost the host a second launch and the engine a
+        second per-copy latency); returns the block tensor and the two matrices' views of it."""
+        n_gu, n_dn = int(np.prod(self.gu_shape)), int(np.prod(self.dn_shape))
+        kw: dict[str, Any] = {"pin_memory": self.cuda} if host else {"device": self.device}
+        pack = torch.empty((*lead, n_gu + n_dn), dtype=self.dtype, **kw)
+        return pack, pack[..., :n_gu].view(*lead, *self.gu_shape), pack[..., n_gu:].view(*lead, *self.dn_shape)
+
+    def resize(self, n_slots: int) -> None:
+        """A new slot pool of `n_slots` (the old one freed first: both may not fit), the blocks' fused
+        experts pointed at it; the cache state is the caller's to reset."""
+        self.slot_pack = self.slot_gu = self.slot_dn = None
+        for fused in getattr(self, "fused", ()):  # the blocks' experts modules still point at the old pool
+            fused.gate_up_proj = fused.down_proj = None
+        if self.cuda:
+            gc.collect()
+            torch.cuda.empty_cache()
+        self.n_slots = n_slots
+        self.slot_pack, self.slot_gu, self.slot_dn = self._packed((n_slots,), host=False)
+        self._point_fused()
+
+    def _point_fused(self) -> None:
+        for fused in getattr(self, "fused", ()):
+            fused.gate_up_proj, fused.down_proj, fused.num_experts = self.slot_gu, self.slot_dn, self.n_slots
 
     def attach(self) -> None:
         """Route the model's offloaded blocks to this runtime (self or a `sibling`)."""
@@ -256,12 +283,10 @@ class ExpertOffload:
         torch.cuda.synchronize(self.device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         with torch.cuda.stream(stream):
-            self.slot_gu[0].copy_(self.host_gu[0, 0], non_blocking=True)  # a first copy, not timed
-            self.slot_dn[0].copy_(self.host_dn[0, 0], non_blocking=True)
+            self.slot_pack[0].copy_(self.host_pack[0, 0], non_blocking=True)  # a first copy, not timed
             start.record(stream)
             for _ in range(copies):
-                self.slot_gu[0].copy_(self.host_gu[0, 0], non_blocking=True)
-                self.slot_dn[0].copy_(self.host_dn[0, 0], non_blocking=True)
+                self.slot_pack[0].copy_(self.host_pack[0, 0], non_blocking=True)
             end.record(stream)
         end.synchronize()
         self._copy_s = start.elapsed_time(end) / 1e3 / copies
@@ -376,7 +401,7 @@ class ExpertOffload:
 
     def _copy(self, layer: int, expert: int, slot: int) -> Any:
         """Start the copy of an expert into its slot once the compute that last read the slot is done."""
-        src_gu, src_dn = self.host_gu[layer, expert], self.host_dn[layer, expert]
+        src = self.host_pack[layer, expert]
         event = None
         if self.cuda:
             copy_stream = self.copy_stream
@@ -388,16 +413,14 @@ class ExpertOffload:
                 last = self.slot_last_use[slot]
                 if last is not None:
                     copy_stream.wait_event(last)
-                self.slot_gu[slot].copy_(src_gu, non_blocking=True)
-                self.slot_dn[slot].copy_(src_dn, non_blocking=True)
+                self.slot_pack[slot].copy_(src, non_blocking=True)
                 event = torch.cuda.Event()
                 event.record(copy_stream)
             finally:
                 torch.cuda.set_stream(self.compute_stream)
             self.pending[layer][slot] = event
         else:
-            self.slot_gu[slot].copy_(src_gu)
-            self.slot_dn[slot].copy_(src_dn)
+            self.slot_pack[slot].copy_(src)
         self.copies += 1
         self.bytes_h2d += self.expert_bytes
         return event
@@ -496,11 +519,11 @@ class ExpertOffload:
         wd = self.watchdog
         if wd is None:
             self._launched(layer)
-            return top_k_index.cpu().numpy(), None
+            return self._to_host(top_k_index), None
         if layer + 1 >= self.n_layers:
             self._launched(layer)
             wd.away()  # the copy below waits for the device: the watchdog task pumps meanwhile
-            index = top_k_index.cpu().numpy()
+            index = self._to_host(top_k_index)
             wd.present()
             return index, None
         gate = self.gates[layer + 1]
@@ -511,9 +534,17 @@ class ExpertOffload:
         both = torch.cat([top_k_index, pred.to(top_k_index.dtype)], dim=1)
         self._launched(layer)
         wd.away()
-        both = both.cpu().numpy()
+        both = self._to_host(both)
         wd.present()
         return both[:, : self.top_k], both[:, self.top_k:]
+
+    def _to_host(self, ids: torch.Tensor) -> np.ndarray:
+        """The readback: the host blocks until the GPU has computed `ids` (timed: `readback_wait_s`)."""
+        t0 = time.perf_counter()
+        out = ids.cpu().numpy()
+        self.readback_wait_s += time.perf_counter() - t0
+        self.readback_n += 1
+        return out
 
     def _launched(self, layer: int) -> None:
         """The host launched everything up to this layer's readback: close the span since the last layer."""

@@ -101,8 +101,16 @@ def _record_routing(model: Any, runtime: Any, prompt: Any, steps: int) -> Any:
     return rec.trace("calibration")
 
 
+def prefill_experts(routing: Any) -> float:
+    """Distinct experts per layer in the routing's first pass (the calibration request's prefill), the mean
+    over layers: what a prefill of that request computes per layer."""
+    first = routing.experts[routing.pass_offsets[0]: routing.pass_offsets[1]]
+    return float(np.mean([np.unique(first[:, layer]).size for layer in range(first.shape[1])]))
+
+
 def _calibration(runtime: Any, steps_s: dict[str, list[float]], prompt_len: int, steps: int,
-                 issue: list[float], pf_issue: list[float], ahead: list[float]) -> dict[str, Any]:
+                 issue: list[float], pf_issue: list[float], ahead: list[float],
+                 prefill_s: dict[str, float] | None = None, routing: Any = None) -> dict[str, Any]:
     # the mean, as the decode rate it is compared with is (steps / their total time): with a host whose pace
     # switches within a run, a median keeps the majority pace and misses the slow steps a run pays for
     full, bare = steps_s["full"], steps_s["no_experts"]
@@ -115,6 +123,9 @@ def _calibration(runtime: Any, steps_s: dict[str, list[float]], prompt_len: int,
             out[key] = float(statistics.median(values))
     if ahead:  # one sample per step: a mean, as the steps' (the spans follow the host's pace step by step)
         out["launch_ahead_s"] = statistics.fmean(ahead)
+    if prefill_s:  # each mode's prefill, of `prompt_len` tokens, with `prefill_experts` experts per layer
+        out.update({f"{mode}_prefill_s": sec for mode, sec in prefill_s.items()})
+        out["prefill_experts"] = prefill_experts(routing)
     return out
 
 
@@ -159,6 +170,7 @@ def measure_runtime_overheads(model: Any, runtime: Any, *, vocab: int, device: A
         routing = _record_routing(model, runtime, prompt, steps)
         plan = PassPlan(prompt_len, steps, 0, tuple(range(1, steps + 1)))
         steps_s: dict[str, list[float]] = {}
+        prefill_s: dict[str, float] = {}
         for mode in MODES:
             hooks = RoutingHooks(model, record=True, speculate=True, force=routing)
             clock = PassClock(device)
@@ -167,9 +179,10 @@ def measure_runtime_overheads(model: Any, runtime: Any, *, vocab: int, device: A
                     generate(model, prompt, plan, hooks=hooks, runtime=runtime, clock=clock)
             finally:
                 hooks.remove()
-            steps_s[mode] = clock.seconds()[1:]  # the decode steps (the prefill left out)
+            seconds = clock.seconds()
+            steps_s[mode], prefill_s[mode] = seconds[1:], seconds[0]
         _issue_times(runtime, issue, pf_issue)
-    return _calibration(runtime, steps_s, prompt_len, steps, issue, pf_issue, ahead)
+    return _calibration(runtime, steps_s, prompt_len, steps, issue, pf_issue, ahead, prefill_s, routing)
 
 
 class InterleavedCalibration:
@@ -229,13 +242,16 @@ class InterleavedCalibration:
                 _issue_times(self.runtime, self._issue, self._pf_issue)
 
     def result(self) -> dict[str, Any]:
-        """The calibration of the run just measured (the prefills left out)."""
-        steps_s = {mode: clock.seconds()[1:] for mode, clock in self._clocks.items()}
+        """The calibration of the run just measured; the modes' prefills, each run right before the run's own,
+        beside it (`full_prefill_s`, `no_experts_prefill_s`)."""
+        seconds = {mode: clock.seconds() for mode, clock in self._clocks.items()}
+        steps_s = {mode: s[1:] for mode, s in seconds.items()}
         if not all(steps_s.values()):
             raise EmuError("InterleavedCalibration: no decode step was measured (was it passed to the run?)")
         done = min(len(s) for s in steps_s.values())
+        prefill_s = {mode: s[0] for mode, s in seconds.items()}
         return dict(_calibration(self.runtime, steps_s, self.prompt_len, done, self._issue, self._pf_issue,
-                                 self._ahead),
+                                 self._ahead, prefill_s, self.routing),
                     calibration="interleaved")
 
 

@@ -83,6 +83,9 @@ def test_runtime_calibration_needs_every_expert_resident(built) -> None:
     assert cal["no_experts_step_s"] == pytest.approx(sum(cal["no_experts_steps_s"]) / 4, rel=1e-12)
     # the host's launches between a layer and the next one's readback: a part of each of its layers
     assert 0 < cal["launch_ahead_s"] < cal["full_step_s"]
+    # each mode's prefill beside its steps, with the experts per layer that prefill computed
+    assert cal["full_prefill_s"] > 0 and cal["no_experts_prefill_s"] > 0
+    assert 8 <= cal["prefill_experts"] <= 64  # 12 tokens x top 8 over 64 experts
     reconfigure(rt, 6, "lru", "eager")
     with pytest.raises(EmuError, match="resident"):
         measure_runtime_overheads(model, rt, vocab=shape.vocab, device=CPU, prompt_len=12, steps=4)
@@ -142,6 +145,10 @@ def test_the_matrix_runs_rounds_and_records_medians(tmp_path, monkeypatch) -> No
             assert c["calibration"] == how and c["steps"] == steps
             assert len(c["full_steps_s"]) == len(c["no_experts_steps_s"]) == steps
             assert c["full_step_s"] == pytest.approx(float(np.mean(c["full_steps_s"])), rel=1e-12)
+        # the run's own host spans per round: a readback per layer of every pass (3 warm-up, prefill, decode)
+        assert len(rec["run_host_rounds"]) == 3
+        for h in rec["run_host_rounds"]:
+            assert h["readbacks"] == 2 * (3 + 1 + 3) and h["readback_wait_s"] > 0 and h["launch_ahead_s"] > 0
     for suffix, runs in (("", 2), ("_next_layer", 1)):  # model level: every calibration of the policy
         cal = json.loads((tmp_path / f"mixtral_runtime_cal{suffix}.json").read_text())
         assert len(cal["rounds"]) == 3 * runs
@@ -180,6 +187,10 @@ def test_a_calibration_in_lockstep_with_a_run_leaves_the_run_as_it_was(built) ->
     assert cal["launch_ahead_s"] > 0  # measured on the full mode's decode steps
     assert cal["steps"] == 4 and len(cal["full_steps_s"]) == len(cal["no_experts_steps_s"]) == 4  # 4 recorded
     assert cal["full_step_s"] == pytest.approx(sum(cal["full_steps_s"]) / 4, rel=1e-12)
+    # the modes' prefills (run at the run's step 0), and the experts per layer of the calibration's prefill
+    assert cal["full_prefill_s"] > 0 and cal["no_experts_prefill_s"] > 0
+    first = lockstep.routing.experts[: lockstep.routing.pass_offsets[1]]
+    assert cal["prefill_experts"] == pytest.approx(np.mean([len(set(first[:, li].ravel().tolist())) for li in (0, 1)]))
     # the full mode's request decoded what the calibration request decodes alone, on the forced routing
     rec = RoutingHooks(model, record=True, speculate=True, force=lockstep.routing)
     try:

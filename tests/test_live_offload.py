@@ -175,6 +175,32 @@ def test_reset_empties_the_cache_and_the_counters():
     assert runtime.stats().compulsory == runtime.stats().misses  # cold again
 
 
+def test_an_expert_is_one_contiguous_block_copied_whole(monkeypatch):
+    """One copy per expert: host and slot hold each expert's gate_up and down back to back, so `_copy`
+    moves the block in one call and the slot's matrices are the expert's."""
+    model = build_model("olmoe-1b-7b", "tiny")
+    want_gu = [b.mlp.experts.gate_up_proj.detach().clone() for b in model.model.layers]
+    want_dn = [b.mlp.experts.down_proj.detach().clone() for b in model.model.layers]
+    runtime = ExpertOffload(model, 3)
+    assert runtime.expert_bytes == runtime.host_pack[0, 0].numel() * runtime.host_pack.element_size()
+    assert runtime.host_gu.data_ptr() == runtime.host_pack.data_ptr()
+    calls = []
+    real_copy = torch.Tensor.copy_
+
+    def counted(self, src, *args, **kwargs):
+        calls.append(src.numel())
+        return real_copy(self, src, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "copy_", counted)
+    runtime._copy(1, 5, 2)
+    monkeypatch.undo()
+    assert calls == [runtime.host_pack[1, 5].numel()]
+    assert torch.equal(runtime.slot_gu[2], want_gu[1][5]) and torch.equal(runtime.slot_dn[2], want_dn[1][5])
+    runtime.resize(5)
+    assert runtime.slot_pack.shape[0] == runtime.n_slots == 5
+    assert all(f.gate_up_proj is runtime.slot_gu and f.num_experts == 5 for f in runtime.fused)
+
+
 def test_bad_runtime_input_is_named():
     model = build_model("mixtral-8x7b", "tiny")
     with pytest.raises(EmuError, match="expert slots"):
