@@ -27,9 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 #: the runtime's methods timed (ExpertOffload), and the watchdog's
-RUNTIME_PARTS = ("_run_layer", "_readback", "_before_gate", "_issue_prefetches", "_place", "_compute",
-                 "_poll_prefetches", "_waited")
+RUNTIME_PARTS = ("_run_layer", "_readback", "_to_host", "_before_gate", "_issue_prefetches", "_place", "_assign",
+                 "_copy", "_compute", "_poll_prefetches", "_waited")
 WATCHDOG_PARTS = ("pump", "away", "promote")
+#: torch's own calls, timed on their classes: a stream's wait for a copy's event, an event's record, and the
+#: pass end's `int(token)` (the sampling sync: the host waits there for the GPU to finish the pass)
+TORCH_PARTS = (("Stream", "wait_event", "wait_event"), ("Event", "record", "event.record"),
+               ("Tensor", "__int__", "pass_end_sync"))
 
 
 class Timers:
@@ -55,6 +59,22 @@ class Timers:
                     self.calls[label] += 1
 
         setattr(obj, name, timed)
+
+    def wrap_class(self, cls: Any, name: str, label: str) -> Any:
+        """Time `cls.name` for every instance; returns the undo."""
+        fn = getattr(cls, name)
+        total, calls = self.total, self.calls
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                total[label] += time.perf_counter() - t0
+                calls[label] += 1
+
+        setattr(cls, name, timed)
+        return lambda: setattr(cls, name, fn)
 
     def reset(self) -> None:
         self.total.clear()
@@ -91,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         gc.freeze()
     print(f"{len(gc.get_objects())} objects tracked, {gc.get_freeze_count()} frozen", flush=True)
-    configs = [(1.0, "next-layer"), (0.25, "none"), (0.25, "next-layer"), (0.05, "none"), (0.05, "next-layer")]
+    import torch
+
+    configs = [(1.0, "none"), (1.0, "next-layer"), (0.25, "none"), (0.25, "next-layer"), (0.05, "none"),
+               (0.05, "next-layer")]
+    owners = {"Stream": torch.cuda.Stream, "Event": torch.cuda.Event, "Tensor": torch.Tensor}
     rows: dict[tuple[float, str], list[dict[str, Any]]] = defaultdict(list)
     for r in range(args.rounds):
         for i, (frac, pf) in enumerate(configs):
@@ -103,10 +127,13 @@ def main(argv: list[str] | None = None) -> int:
             if runtime.watchdog is not None:
                 for name in WATCHDOG_PARTS:
                     timers.wrap(runtime.watchdog, name, "wd." + name)
+            undo = [timers.wrap_class(owners[cls], name, label) for cls, name, label in TORCH_PARTS]
             preload = frac == 1.0  # every expert resident from the start, as the runtime calibration has it
             res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
                            warmup_passes=3, rehearse=device == "cuda" and r == 0 and i == 0, preload=preload,
                            between=Between(lambda step, t=timers: t.reset() if step == 1 else None, 1))
+            for u in undo:
+                u()
             gc.callbacks.remove(timers.gc_callback)
             timed = res.decode_s[1:]  # the timers count from decode step 1 on (warm-up, prefill, step 0 left out)
             steps = len(timed)
@@ -122,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                     runtime.watchdog.__dict__.pop(name, None)
             print(f"  round {r} {int(frac * 100)}% {pf}: step {row['step_ms']:.1f} ms [{time.time() - t0:.0f}s]",
                   flush=True)
-    labels = ["_run_layer", "_readback", "_before_gate", "_poll_prefetches", "_issue_prefetches", "_place",
-              "_compute", "_waited", "wd.pump", "wd.away", "wd.promote", "gc"]
+    labels = ["_run_layer", "_readback", "_to_host", "_before_gate", "_poll_prefetches", "_issue_prefetches",
+              "_place", "_assign", "_copy", "_compute", "wait_event", "event.record", "_waited", "wd.pump", "wd.away",
+              "wd.promote", "pass_end_sync", "gc"]
     print("\nper decode step (ms, calls in brackets), mean of the rounds; copies and prefetches per pass; "
           "outside = step - _run_layer")
     head = f"{'config':22s} {'step':>6s} {'copies':>6s} {'pf':>5s} {'outside':>7s} " + " ".join(
