@@ -2,12 +2,15 @@
 
 1. 100% cache: decode tok/s of the offloaded OLMoE-1B-7B (fused kernel, every expert preloaded, so
    every layer runs deferred: no routing readback) against the unmodified model (transformers'
-   grouped_mm experts), own routing, the two models built from one seed and run interleaved.
-2. 5% cache: decode time per step against max(compute, bytes copied / bandwidth): compute is the same
-   forced routing with every expert preloaded (no copies), bandwidth is the runtime's own expert copy
-   timed in the same process (pinned host -> slot, one expert at a time, CUDA events).
+   grouped_mm experts), own routing, the two models built from one seed and run in lockstep: a decode
+   step of the unmodified model before each of the offloaded one's, on the same prompt.
+2. 5% cache: decode time per step against max(compute, bytes copied / bandwidth): compute is a decode
+   step of the same model with every expert resident (no copies; eager experts, as the 5% run), run in
+   lockstep with the 5% run (`runtime_cal.InterleavedCalibration`'s full mode), bandwidth is the
+   runtime's own expert copy timed in the same process (pinned host -> slot, CUDA events).
 
-Every figure is the median over `--repeats` interleaved runs (the host's pace drifts between runs).
+The host's pace switches within seconds on the H100 machines, so both sides of a figure are measured
+step by step in lockstep; each figure is the median over `--repeats` such runs.
 
     python benchmarks/bench_live_runtime.py [--repeats 3] [--out results.json] [--only olmoe|mixtral]
 """
@@ -32,6 +35,11 @@ def _copy_bandwidth(runtime: Any, n: int = 20) -> float:
     """Bytes/s of the runtime's own expert copy (host pinned -> slot 0) on its copy stream."""
     import torch
 
+    if not runtime.cuda:  # --smoke: plain copies
+        t = time.perf_counter()
+        for i in range(n):
+            runtime.slot_pack[0].copy_(runtime.host_pack[0, i % runtime.n_experts])
+        return n * runtime.expert_bytes / (time.perf_counter() - t)
     s = runtime.copy_stream
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
@@ -45,80 +53,135 @@ def _copy_bandwidth(runtime: Any, n: int = 20) -> float:
     return n * runtime.expert_bytes / (start.elapsed_time(end) / 1e3)
 
 
-def runtime_vs_unmodified(repeats: int, t0: float) -> dict[str, Any]:
+def _where(smoke: bool) -> tuple[str, Any, str]:
+    """(scale, device, dtype): the full model in bf16 on the GPU, or with `--smoke` a tiny one on the CPU."""
+    import torch
+
+    return ("tiny", torch.device("cpu"), "fp32") if smoke else ("full", torch.device("cuda"), "bf16")
+
+
+def _free() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class _Beside:
+    """A second request run a step at a time between the measured run's steps (`runner.Between`): the
+    unmodified model's, on the measured run's prompt, so both sample the same seconds of the host's pace
+    (it switches within seconds on the H100 machines: repeats seconds apart gave 0.68-0.91x)."""
+
+    def __init__(self, model: Any, prompt: Any, n_decode: int, device: Any) -> None:
+        from live.hooks import RoutingHooks
+        from live.runner import PassClock, PassPlan, RequestSteps
+
+        self.hooks = RoutingHooks(model, record=True, speculate=True)  # as run_live records the measured one
+        self.clock = PassClock(device)
+        self.req = RequestSteps(model, prompt, PassPlan(prompt.shape[1], n_decode), hooks=self.hooks,
+                                clock=self.clock)
+
+    def __call__(self, step: int) -> None:
+        if step == 0:
+            self.req.prefill()
+        self.req.decode()
+
+    def decode_s(self) -> list[float]:
+        self.hooks.remove()
+        return self.clock.seconds()[1:]
+
+
+def runtime_vs_unmodified(repeats: int, t0: float, smoke: bool = False) -> dict[str, Any]:
     import torch
 
     from live.models import build_model, live_shape
     from live.offload import ExpertOffload
-    from live.runner import PassPlan, run_live
+    from live.runner import Between, PassPlan, attention_backends, generate, run_live
 
-    dev = torch.device("cuda")
-    shape = live_shape("olmoe-1b-7b", "full")
+    scale, dev, dtype = _where(smoke)
+    shape = live_shape("olmoe-1b-7b", scale)
     plan = [PassPlan(PROMPT, DECODE)]
-    unmod = build_model("olmoe-1b-7b", "full", dtype="bf16", seed=0).to(dev)
-    off = build_model("olmoe-1b-7b", "full", dtype="bf16", seed=0)
+    unmod = build_model("olmoe-1b-7b", scale, dtype=dtype, seed=0).to(dev)
+    off = build_model("olmoe-1b-7b", scale, dtype=dtype, seed=0)
     assert unmod.config._experts_implementation not in (None, "eager")
-    runtime = ExpertOffload(off, shape.n_layers * shape.n_experts, eviction="lru", device="cuda", kernel="fused")
+    runtime = ExpertOffload(off, shape.n_layers * shape.n_experts, eviction="lru", device=dev.type, kernel="fused")
     print(f"olmoe built twice [{time.time() - t0:.0f}s]", flush=True)
-    rows: dict[str, list[float]] = {"unmodified": [], "offloaded": []}
+    rows: dict[str, list[float]] = {"unmodified": [], "offloaded": [], "ratio": []}
     deferred = []
     for r in range(repeats):
-        res = run_live(unmod, plan, vocab=shape.vocab, device=dev, warmup_passes=3, rehearse=True, seed=r)
-        rows["unmodified"].append(res.decode_tok_s)
+        prompt = torch.randint(0, shape.vocab, (1, PROMPT), generator=torch.Generator().manual_seed(r)).to(dev)
+        with attention_backends(dev), torch.no_grad():  # the unmodified model's warm-up and rehearsal
+            generate(unmod, prompt[:, :8], PassPlan(8, 2))
+            generate(unmod, prompt, PassPlan(PROMPT, DECODE))
+        beside = _Beside(unmod, prompt, DECODE, dev)  # run_live draws the same prompt from seed r first
         before = runtime.deferred_layers
-        res2 = run_live(off, plan, vocab=shape.vocab, device=dev, runtime=runtime, warmup_passes=3, rehearse=True,
-                        seed=r, preload=True)
-        rows["offloaded"].append(res2.decode_tok_s)
-        deferred.append(runtime.deferred_layers - before)
-        if res.tokens != res2.tokens:
+        res = run_live(off, plan, vocab=shape.vocab, device=dev, runtime=runtime, warmup_passes=3, rehearse=True,
+                       seed=r, preload=True, between=Between(beside, 1))
+        unmod_s, off_s = beside.decode_s(), list(res.decode_s)
+        if tuple(beside.req.out_ids) != res.tokens[0]:
             raise AssertionError("the offloaded model generated other tokens than the unmodified one")
-        print(f"  repeat {r}: unmodified {res.decode_tok_s:.2f} tok/s, offloaded {res2.decode_tok_s:.2f} tok/s, "
-              f"copies {res2.stats.copies}, hit rate {res2.stats.hit_rate:.3f} [{time.time() - t0:.0f}s]", flush=True)
+        deferred.append(runtime.deferred_layers - before)
+        rows["unmodified"].append(len(unmod_s) / sum(unmod_s))
+        rows["offloaded"].append(len(off_s) / sum(off_s))
+        rows["ratio"].append(sum(unmod_s) / sum(off_s))
+        print(f"  repeat {r}: unmodified {rows['unmodified'][-1]:.2f} tok/s, offloaded {rows['offloaded'][-1]:.2f} "
+              f"tok/s in lockstep ({rows['ratio'][-1]:.3f}x), copies {res.stats.copies}, hit rate "
+              f"{res.stats.hit_rate:.3f} [{time.time() - t0:.0f}s]", flush=True)
     del unmod, off, runtime
-    torch.cuda.empty_cache()
-    u, o = statistics.median(rows["unmodified"]), statistics.median(rows["offloaded"])
-    return {"unmodified_tok_s": rows["unmodified"], "offloaded_tok_s": rows["offloaded"],
-            "median_unmodified": u, "median_offloaded": o, "ratio": o / u, "deferred_layers": deferred}
+    _free()
+    return {"unmodified_tok_s": rows["unmodified"], "offloaded_tok_s": rows["offloaded"], "ratios": rows["ratio"],
+            "median_unmodified": statistics.median(rows["unmodified"]),
+            "median_offloaded": statistics.median(rows["offloaded"]), "ratio": statistics.median(rows["ratio"]),
+            "deferred_layers": deferred}
 
 
-def copy_bound(name: str, repeats: int, t0: float) -> dict[str, Any]:
-    import torch
+def copy_bound(name: str, repeats: int, t0: float, smoke: bool = False) -> dict[str, Any]:
+    """The 5% run with its compute reference in lockstep: one decode step of the same model with every expert
+    resident (a sibling runtime, `runtime_cal.InterleavedCalibration`'s full mode) before each of its steps."""
 
     from live.matrix import forced_workload, reconfigure, slots_for
     from live.models import build_model
     from live.offload import ExpertOffload
-    from live.runner import run_live
+    from live.runner import Between, run_live
+    from live.runtime_cal import InterleavedCalibration
 
-    dev = torch.device("cuda")
-    work = forced_workload(name)
+    scale, dev, dtype = _where(smoke)
+    work = forced_workload(name, scale)
     shape, force, plans, n_keys = work.shape, work.force, work.plans, work.n_keys
-    model = build_model(work.preset, "full", n_layers=work.n_layers, dtype="bf16", seed=0)
-    runtime = ExpertOffload(model, n_keys, eviction="lru", device="cuda", seed=0, kernel="eager")
+    model = build_model(work.preset, scale, n_layers=work.n_layers, dtype=dtype, seed=0)
+    runtime = ExpertOffload(model, slots_for(0.05, n_keys), eviction="lru", device=dev.type, seed=0, kernel="eager")
+    cal_rt = runtime.sibling(n_keys)
+    cal_rt.preload()
+    lockstep = InterleavedCalibration(model, cal_rt, vocab=shape.vocab, device=dev, prompt_len=plans[0].prompt_len,
+                                      steps=plans[0].n_decode)
     print(f"{name} built [{time.time() - t0:.0f}s]", flush=True)
-    out: dict[str, list[float]] = {"step_5pct_s": [], "compute_step_s": [], "bandwidth_Bps": []}
+    out: dict[str, list[float]] = {"step_5pct_s": [], "compute_step_s": [], "bandwidth_Bps": [], "ratio": []}
+    res = None
     for r in range(repeats):
-        reconfigure(runtime, n_keys, "lru", "eager")
-        full = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force, warmup_passes=3,
-                        rehearse=True, seed=r, preload=True)
-        assert full.stats.copies == 0
-        out["compute_step_s"].append(statistics.mean(full.decode_s))
-        out["bandwidth_Bps"].append(_copy_bandwidth(runtime))
         reconfigure(runtime, slots_for(0.05, n_keys), "lru", "eager")
+        out["bandwidth_Bps"].append(_copy_bandwidth(runtime))
+        lockstep.begin()
         res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force, warmup_passes=3,
-                       rehearse=True, seed=r)
+                       rehearse=True, seed=r, between=Between(lockstep, 1))
         out["step_5pct_s"].append(statistics.mean(res.decode_s))
-        print(f"  repeat {r}: 5% step {out['step_5pct_s'][-1] * 1e3:.1f} ms, compute step "
+        out["compute_step_s"].append(lockstep.result()["full_step_s"])
+        bound = max(out["compute_step_s"][-1], _decode_bytes_per_step(res, runtime) / out["bandwidth_Bps"][-1])
+        out["ratio"].append(out["step_5pct_s"][-1] / bound)
+        print(f"  repeat {r}: 5% step {out['step_5pct_s'][-1] * 1e3:.1f} ms, compute step in lockstep "
               f"{out['compute_step_s'][-1] * 1e3:.1f} ms, bw {out['bandwidth_Bps'][-1] / 1e9:.2f} GB/s, "
-              f"copies {res.stats.copies} [{time.time() - t0:.0f}s]", flush=True)
+              f"copies {res.stats.copies}: {out['ratio'][-1]:.3f}x [{time.time() - t0:.0f}s]", flush=True)
+    assert res is not None
     per_pass = _decode_bytes_per_step(res, runtime)
-    step = statistics.median(out["step_5pct_s"])
-    compute = statistics.median(out["compute_step_s"])
-    bw = statistics.median(out["bandwidth_Bps"])
-    bound = max(compute, per_pass / bw)
-    del model, runtime
-    torch.cuda.empty_cache()
-    return {**out, "decode_bytes_per_step": per_pass, "median_step_s": step, "median_compute_s": compute,
-            "median_bandwidth_Bps": bw, "bound_s": bound, "ratio": step / bound}
+    k = sorted(range(repeats), key=lambda i: out["ratio"][i])[repeats // 2]  # the repeat of median ratio
+    cal_rt.close()
+    del model, runtime, cal_rt, lockstep
+    _free()
+    return {**out, "decode_bytes_per_step": per_pass, "median_step_s": out["step_5pct_s"][k],
+            "median_compute_s": out["compute_step_s"][k], "median_bandwidth_Bps": out["bandwidth_Bps"][k],
+            "bound_s": max(out["compute_step_s"][k], per_pass / out["bandwidth_Bps"][k]), "ratio": out["ratio"][k]}
 
 
 def _decode_bytes_per_step(res: Any, runtime: Any) -> float:
@@ -141,20 +204,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--only", choices=("runtime", "olmoe", "mixtral"), action="append")
+    p.add_argument("--smoke", action="store_true", help="tiny models on the CPU (checks the script, measures nothing)")
     args = p.parse_args(argv)
     import torch
 
-    if not torch.cuda.is_available():
+    if not (args.smoke or torch.cuda.is_available()):
         print("bench_live_runtime: needs a CUDA GPU", file=sys.stderr)
         return 2
     t0 = time.time()
     parts = args.only or ("runtime", "olmoe", "mixtral")
-    results: dict[str, Any] = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    name0 = "cpu (smoke)" if args.smoke else torch.cuda.get_device_name(0)
+    results: dict[str, Any] = {"device": name0, "torch": torch.__version__}
     if "runtime" in parts:
-        results["100pct"] = runtime_vs_unmodified(args.repeats, t0)
+        results["100pct"] = runtime_vs_unmodified(args.repeats, t0, args.smoke)
     for name in ("olmoe", "mixtral"):
         if name in parts:
-            results[f"5pct_{name}"] = copy_bound(name, args.repeats, t0)
+            results[f"5pct_{name}"] = copy_bound(name, args.repeats, t0, args.smoke)
     print("\n| figure | measured | target |\n| --- | --- | --- |")
     if "100pct" in results:
         r = results["100pct"]

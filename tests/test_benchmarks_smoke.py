@@ -25,3 +25,21 @@ def test_trace_live_run_smoke(capsys: pytest.CaptureFixture[str], tmp_path) -> N
     assert "5% next-layer" in out and "copy_busy_ms" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "trace_100_next_layer.json.gz", "trace_5_next_layer.json.gz", "trace_5_none.json.gz"]
+
+
+def test_bench_live_runtime_smoke(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    """Both figures in lockstep: the unmodified model's steps beside the offloaded one's (same tokens, or the
+    script fails), the 5% run's beside a resident runtime's."""
+    import json
+
+    from benchmarks.bench_live_runtime import main
+
+    out_json = tmp_path / "r.json"
+    assert main(["--smoke", "--repeats", "1", "--only", "runtime", "--only", "olmoe", "--out", str(out_json)]) == 0
+    assert "in lockstep" in capsys.readouterr().out
+    r = json.loads(out_json.read_text())
+    assert r["100pct"]["ratio"] == pytest.approx(sum(1 / x for x in r["100pct"]["unmodified_tok_s"])
+                                                 / sum(1 / x for x in r["100pct"]["offloaded_tok_s"]))
+    five = r["5pct_olmoe"]
+    assert five["ratio"] == pytest.approx(five["median_step_s"] / five["bound_s"])
+    assert five["bound_s"] >= five["median_compute_s"] > 0
