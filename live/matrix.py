@@ -226,7 +226,7 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
     import torch
 
     from .models import build_model, live_spec
-    from .offload import ExpertOffload
+    from .offload import AUTO_BOUNDED_COPY_S, ExpertOffload
     from .runner import Between, run_live
     from .runtime_cal import HOST_KEYS, InterleavedCalibration, host_pace, measure_runtime_overheads, median_key
 
@@ -301,8 +301,9 @@ def run_model(name: str, out_dir: Path, t0: float, *, device: str = "cuda", scal
     if "interleaved" in how.values():
         cal_rt = runtime.sibling(n_keys, handover=handover)
         cal_rt.preload()
+        # short copies (OLMoE): a third mode, every access copied again, gives the issue costs within the pass
         interleaved = InterleavedCalibration(model, cal_rt, vocab=shape.vocab, device=dev, prompt_len=MIXTRAL_PROMPT,
-                                             steps=DECODE)
+                                             steps=DECODE, copying=runtime.copy_seconds() < AUTO_BOUNDED_COPY_S)
 
     for r in range(rounds):
         shift = r * len(configs) // rounds  # each round starts elsewhere: drift of the host's pace hits all alike

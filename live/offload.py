@@ -187,9 +187,16 @@ class ExpertOffload:
         # GPU may still wait for the last layer's copies (the runtime calibration's `launch_ahead_s`)
         self.launch_ahead_s = 0.0
         self.launch_ahead_n = 0
-        # host seconds blocked in the routing readbacks (the device sync of `_readback`), over `readback_n`
+        # host seconds blocked in the routing readbacks (the device sync of `_readback`), over `readback_n`,
+        # and in those and the passes' ends together (`sync_wait_s`: what a step's host work is not)
         self.readback_wait_s = 0.0
         self.readback_n = 0
+        self.sync_wait_s = 0.0
+        # the runtime calibration's copying mode (`runtime_cal`): every hit copied again onto its own slot
+        # through the demand path, and with prefetch each predicted key of the next layer through the
+        # prefetch path, so the forward pass carries a run's copy traffic and host work without a miss
+        self.recopy = False
+        self.recopies = [0, 0]  # (demand, prefetch) copies made so by the copying mode
         self._left: tuple[int, float] = (-2, 0.0)  # (layer, perf_counter) when the forward thread left it
         self.reset()
 
@@ -209,6 +216,7 @@ class ExpertOffload:
         rt.slot_pack, rt.slot_gu, rt.slot_dn = rt._packed((n_slots,), host=False)
         rt.copy_stream = torch.cuda.Stream(device=self.device) if self.cuda else None
         rt.watchdog = None
+        rt.recopy, rt.recopies = False, [0, 0]
         rt.reset()
         return rt
 
@@ -296,6 +304,8 @@ class ExpertOffload:
         self.bridge = bridge
         self._cache_stream()
         self.inflight_pf: dict[int, int] = {}  # prefetched key -> slot, until its copy is known to have landed
+        self._predicted: np.ndarray | None = None  # the speculator's prediction seen at the current gate
+        self._recopied_pf: set[int] = set()  # keys the copying mode prefetched again, until their next hit
         self.slot_of = np.full(self.n_layers * self.n_experts, -1, np.int64)
         self.free = np.ones(self.n_slots, bool)
         self.slot_last_use: list[Any] = [None] * self.n_slots
@@ -348,6 +358,7 @@ class ExpertOffload:
 
     def begin_pass(self) -> None:
         self._cache_stream()
+        self._recopied_pf.clear()  # a next-layer prefetch of the copying mode never outlives its pass
         self.flush()
         self.pass_index += 1
         self.bridge.begin_pass(self.pass_index)
@@ -373,10 +384,14 @@ class ExpertOffload:
         """Give the key a slot (the victim's or a free one) and start its copy (through the watchdog when
         prefetching, so it never interleaves with a prefetch submission); returns slot and event."""
         slot = self._assign(layer, expert, victim)
+        return slot, self._demand(layer, expert, slot)
+
+    def _demand(self, layer: int, expert: int, slot: int) -> Any:
+        """A demand copy into the slot (through the watchdog when prefetching); returns its event."""
         if self.watchdog is None:
-            return slot, self._copy(layer, expert, slot)
+            return self._copy(layer, expert, slot)
         self.watchdog.demand((layer, expert, slot))
-        return slot, self.pending[layer].get(slot)
+        return self.pending[layer].get(slot)
 
     def _assign(self, layer: int, expert: int, victim: int) -> int:
         """The slot bookkeeping of a copy decided now: the victim's slot or a free one."""
@@ -462,12 +477,17 @@ class ExpertOffload:
                 key = layer * self.n_experts + e
                 if out == HIT:
                     slot = int(self.slot_of[key])
-                    if self.watchdog is None:
+                    if self.recopy and key not in self._recopied_pf and key not in self.inflight_pf:
+                        self.recopies[0] += 1  # the copying mode: a hit taken as a miss onto its own slot
+                        loading.append((e, slot, self._demand(layer, e, slot)))
+                    elif self.watchdog is None:
                         ready.append((e, slot, None))
                     elif self.inflight_pf.pop(key, None) is not None:  # a late hit: promoted if still queued
+                        self._recopied_pf.discard(key)
                         self.watchdog.promote(key)
                         late.append((e, slot, self.pending[layer].get(slot)))
                     else:
+                        self._recopied_pf.discard(key)
                         ready.append((e, slot, self.pending[layer].get(slot)))
                 elif out == MISS_WAIT:
                     waiting.append(e)
@@ -542,7 +562,9 @@ class ExpertOffload:
         """The readback: the host blocks until the GPU has computed `ids` (timed: `readback_wait_s`)."""
         t0 = time.perf_counter()
         out = ids.cpu().numpy()
-        self.readback_wait_s += time.perf_counter() - t0
+        spent = time.perf_counter() - t0
+        self.readback_wait_s += spent
+        self.sync_wait_s += spent
         self.readback_n += 1
         return out
 
@@ -558,6 +580,7 @@ class ExpertOffload:
         have landed (evictable from now on), and show it this layer's routing and prediction."""
         self._poll_prefetches()
         self.bridge.observe(layer, index, predicted)
+        self._predicted = predicted
 
     def _poll_prefetches(self) -> None:
         """Start what the idle copy engine would have started by now; prefetches whose copy landed become
@@ -580,6 +603,12 @@ class ExpertOffload:
         """The policy's prefetches of this gate: each takes its slot now and queues its copy."""
         assert self.watchdog is not None
         keys, victims = self.bridge.prefetch(layer)
+        if self.recopy and self._predicted is not None:  # the copying mode: each predicted key again, own slot
+            nxt = (layer + 1) * self.n_experts + np.unique(self._predicted)
+            keys = nxt[(self.slot_of[nxt] >= 0) & np.array([k not in self.inflight_pf for k in nxt.tolist()], bool)]
+            victims = keys
+            self.recopies[1] += len(keys)
+            self._recopied_pf.update(keys.tolist())
         for key, victim in zip(keys.tolist(), victims.tolist()):
             kl, ke = divmod(key, self.n_experts)
             slot = self._assign(kl, ke, victim)

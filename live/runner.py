@@ -218,7 +218,12 @@ def _pass(model: Any, ids: torch.Tensor, cache: Any, phase: int, requests: np.nd
         clock.stop()
     if hooks is not None:
         hooks.end_pass()
-    return int(tok)
+    if runtime is None:
+        return int(tok)
+    t0 = time.perf_counter()
+    out = int(tok)  # the pass end's sync: the host waits for the GPU to finish the pass
+    runtime.sync_wait_s += time.perf_counter() - t0
+    return out
 
 
 @attrs.frozen(eq=False)

@@ -59,6 +59,10 @@ def median_key(key: str) -> str:
 
 
 MODES = ("full", "no_experts")
+#: the lockstep calibration's third mode, where copies are short (`InterleavedCalibration(copying=True)`):
+#: every expert access copied again onto its own slot through the demand path and, when prefetching, each
+#: key the speculator predicts for the next layer through the prefetch path
+COPYING = "copying"
 
 
 def _skip_experts(slot: int, event: Any, act_fn: Any, hidden: Any, weights: Any, rows: Any) -> Any:
@@ -69,17 +73,23 @@ def _skip_experts(slot: int, event: Any, act_fn: Any, hidden: Any, weights: Any,
 
 @contextlib.contextmanager
 def _mode(runtime: Any, mode: str) -> Iterator[None]:
-    """The runtime as the mode runs it; the copies it makes are refused (every expert is to be resident)."""
+    """The runtime as the mode runs it; a copy other than the copying mode's own is refused (every expert is
+    to be resident), whose copies leave the counters as they were."""
     if mode == "no_experts":
         runtime._compute = _skip_experts
-    copies = runtime.copies
+    runtime.recopy = mode == COPYING
+    saved = (runtime.copies, runtime.bytes_h2d, runtime.evictions)
+    recopies = sum(runtime.recopies)
     try:
         yield
     finally:
         runtime.__dict__.pop("_compute", None)  # the class's method again (no bound copy left behind)
-    if runtime.copies != copies:
-        raise EmuError(f"runtime calibration ({mode}) copied {runtime.copies - copies} experts; it expects "
+        runtime.recopy = False
+    missed = (runtime.copies - saved[0]) - (sum(runtime.recopies) - recopies)
+    if missed:
+        raise EmuError(f"runtime calibration ({mode}) copied {missed} experts; it expects "
                        "every expert resident (run it with all slots)")
+    runtime.copies, runtime.bytes_h2d, runtime.evictions = saved
 
 
 def _calibration_prompt(vocab: int, prompt_len: int, seed: int, device: Any) -> Any:
@@ -108,9 +118,48 @@ def prefill_experts(routing: Any) -> float:
     return float(np.mean([np.unique(first[:, layer]).size for layer in range(first.shape[1])]))
 
 
+@attrs.define
+class _StepHost:
+    """Per decode step of each mode: the host's sync waits (readbacks, the pass's end) and the copying mode's
+    copies (demand, prefetch), so a step's host work is its time less its waits."""
+
+    waits: dict[str, list[float]] = attrs.Factory(dict)
+    copies: list[tuple[int, int]] = attrs.Factory(list)
+
+    @contextlib.contextmanager
+    def step(self, runtime: Any, mode: str) -> Iterator[None]:
+        w0, (d0, p0) = runtime.sync_wait_s, runtime.recopies
+        yield
+        self.waits.setdefault(mode, []).append(runtime.sync_wait_s - w0)
+        if mode == COPYING:
+            self.copies.append((runtime.recopies[0] - d0, runtime.recopies[1] - p0))
+
+
+def _in_pass_issue(steps_s: dict[str, list[float]], host: _StepHost, loop: dict[str, float]) -> dict[str, Any]:
+    """`copy_issue_s` and `prefetch_issue_s` from the copying mode: the host work it adds to a step (step less
+    its sync waits, against the full mode's), per copy. Demand and prefetch copies come together there; their
+    split is the loops' (`measure_copy_issue`, `measure_prefetch_issue`: the ratio of the two, taken where
+    the code is hot), the total is what the forward pass pays among its launches with copies streaming."""
+    n = min(len(steps_s[COPYING]), len(host.copies))
+    work = {m: statistics.fmean(s - w for s, w in zip(steps_s[m][:n], host.waits[m][:n])) for m in ("full", COPYING)}
+    demand = statistics.fmean(c[0] for c in host.copies[:n])
+    prefetch = statistics.fmean(c[1] for c in host.copies[:n])
+    ratio = loop["prefetch_issue_s"] / loop["copy_issue_s"] if prefetch and len(loop) == 2 else 1.0
+    added = work[COPYING] - work["full"]
+    per_copy = max(added, 0.0) / (demand + ratio * prefetch)
+    out: dict[str, Any] = {"copying_step_s": statistics.fmean(steps_s[COPYING][:n]), "copying_added_s": added,
+                           "copying_copies": [demand, prefetch], "copy_issue_s": per_copy,
+                           "issue_from": "copying mode"}
+    out.update({f"{k.removesuffix('_s')}_loop_s": v for k, v in loop.items()})
+    if prefetch:
+        out["prefetch_issue_s"] = ratio * per_copy
+    return out
+
+
 def _calibration(runtime: Any, steps_s: dict[str, list[float]], prompt_len: int, steps: int,
                  issue: list[float], pf_issue: list[float], ahead: list[float],
-                 prefill_s: dict[str, float] | None = None, routing: Any = None) -> dict[str, Any]:
+                 prefill_s: dict[str, float] | None = None, routing: Any = None,
+                 host: _StepHost | None = None) -> dict[str, Any]:
     # the mean, as the decode rate it is compared with is (steps / their total time): with a host whose pace
     # switches within a run, a median keeps the majority pace and misses the slow steps a run pays for
     full, bare = steps_s["full"], steps_s["no_experts"]
@@ -126,6 +175,8 @@ def _calibration(runtime: Any, steps_s: dict[str, list[float]], prompt_len: int,
     if prefill_s:  # each mode's prefill, of `prompt_len` tokens, with `prefill_experts` experts per layer
         out.update({f"{mode}_prefill_s": sec for mode, sec in prefill_s.items()})
         out["prefill_experts"] = prefill_experts(routing)
+    if COPYING in steps_s and host is not None:
+        out.update(_in_pass_issue(steps_s, host, {k: out[k] for k in ("copy_issue_s", "prefetch_issue_s") if k in out}))
     return out
 
 
@@ -195,10 +246,12 @@ class InterleavedCalibration:
     run's prefill and halfway through its decode. `begin` starts the next run's calibration."""
 
     def __init__(self, model: Any, runtime: Any, *, vocab: int, device: Any, prompt_len: int, steps: int,
-                 seed: int = 12345) -> None:
+                 seed: int = 12345, copying: bool = False) -> None:
         from .runner import attention_backends
 
         self.model, self.runtime, self.device, self.prompt_len, self.steps = model, runtime, device, prompt_len, steps
+        self.modes = (*MODES, COPYING) if copying else MODES
+        self._host = _StepHost()
         self.prompt = _calibration_prompt(vocab, prompt_len, seed, device)
         runtime.attach()
         with attention_backends(device):
@@ -216,7 +269,8 @@ class InterleavedCalibration:
 
         plan = PassPlan(self.prompt_len, self.steps, 0, tuple(range(1, self.steps + 1)))
         self._requests, self._clocks, self._issue, self._pf_issue, self._ahead = {}, {}, [], [], []
-        for mode in MODES:
+        self._host = _StepHost()
+        for mode in self.modes:
             hooks = RoutingHooks(self.model, record=True, speculate=True, force=self.routing)
             hooks.remove()  # installed for its own passes only
             self._clocks[mode] = PassClock(self.device)
@@ -229,14 +283,15 @@ class InterleavedCalibration:
         if not self._requests:
             raise EmuError("InterleavedCalibration: begin() before the run")
         with attention_backends(self.device):
-            for mode in MODES:
+            for mode in self.modes:
                 req = self._requests[mode]
                 if req.step >= self.steps:
                     continue  # the run has more decode steps than the calibration recorded
                 with _mode(self.runtime, mode):
                     if step == 0:
                         req.prefill()
-                    with _AheadSpan(self.runtime, self._ahead if mode == "full" else []):
+                    with _AheadSpan(self.runtime, self._ahead if mode == "full" else []), \
+                            self._host.step(self.runtime, mode):
                         req.decode()  # at step 0 too: one decode step after each prefill, as before each later step
             if step in (0, self.steps // 2):
                 _issue_times(self.runtime, self._issue, self._pf_issue)
@@ -251,7 +306,7 @@ class InterleavedCalibration:
         done = min(len(s) for s in steps_s.values())
         prefill_s = {mode: s[0] for mode, s in seconds.items()}
         return dict(_calibration(self.runtime, steps_s, self.prompt_len, done, self._issue, self._pf_issue,
-                                 self._ahead, prefill_s, self.routing),
+                                 self._ahead, prefill_s, self.routing, self._host),
                     calibration="interleaved")
 
 

@@ -209,3 +209,37 @@ def test_auto_calibration_interleaves_but_for_prefetching_runs_with_long_copies(
     assert calibration_for(6.4e-3, "next-layer") == "before"
     assert calibration_for(6.4e-3, "none") == "interleaved"  # every copy is waited for within its step
     assert calibration_for(0.0, "next-layer") == "interleaved"  # the CPU's synchronous copies
+
+
+@pytest.mark.parametrize("prefetch", ["none", "next-layer"])
+def test_the_copying_mode_copies_every_access_again_and_leaves_the_run_and_counters_alone(built, prefetch) -> None:
+    """The lockstep calibration's third mode: each decode step copies every access of its request again onto
+    its own slot (and, prefetching, each key the speculator predicts for the next layer), so its step carries
+    a run's copies without a miss; the issue costs come from its added host work, split by the loops' ratio."""
+    from live.runner import Between
+    from live.runtime_cal import COPYING, InterleavedCalibration
+
+    shape, model, rt = built
+    reconfigure(rt, 6, "lru", "eager", prefetch)
+    cal_rt = rt.sibling(rt.n_layers * rt.n_experts, prefetch=prefetch)
+    cal_rt.preload()
+    plan = PassPlan(6, 4)
+    alone = run_live(model, [plan], vocab=shape.vocab, device=CPU, runtime=rt, warmup_passes=1, seed=3)
+    lockstep = InterleavedCalibration(model, cal_rt, vocab=shape.vocab, device=CPU, prompt_len=5, steps=4,
+                                      copying=True)
+    assert lockstep.modes[-1] == COPYING
+    lockstep.begin()
+    mixed = run_live(model, [plan], vocab=shape.vocab, device=CPU, runtime=rt, warmup_passes=1, seed=3,
+                     between=Between(lockstep, 1))
+    assert mixed.tokens == alone.tokens and mixed.stats == alone.stats  # the run is untouched
+    cal = lockstep.result()
+    assert cal_rt.copies == cal_rt.evictions == 0 and cal_rt.stats().misses == 0  # counters as they were
+    demand, pf = cal["copying_copies"]
+    # 2 layers x 8 experts per decode step; prefetching: layer 1's 8 predicted keys, the useful ones not again
+    if prefetch == "none":
+        assert (demand, pf) == (16, 0) and "prefetch_issue_s" not in cal
+    else:
+        assert pf == 8 and 8 <= demand < 16 and cal["prefetch_issue_s"] == cal["copy_issue_s"]  # CPU: no loops
+    assert cal["issue_from"] == "copying mode" and len(cal["full_steps_s"]) == 4
+    assert cal["copy_issue_s"] == pytest.approx(max(cal["copying_added_s"], 0.0) / (demand + pf))
+    cal_rt.close()
