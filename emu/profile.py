@@ -55,6 +55,10 @@ class ModelCompute:
     prefetch_issue_s: float | None = None
     #: host seconds per layer launching the next layer's dense part ahead of the GPU (see `[compute]`)
     launch_ahead_s: float | None = None
+    #: `copy_issue_s` and `prefetch_issue_s` in a prefill pass, whose gates issue their misses back to back
+    #: (None: the decode pass's)
+    prefill_copy_issue_s: float | None = None
+    prefill_prefetch_issue_s: float | None = None
 
 
 @attrs.frozen
@@ -245,7 +249,9 @@ def _model_compute(r: _Reader) -> ModelCompute:
         expert=expert, dense=dense, cpu_expert=_precision_curves(r, "cpu_expert"),
         pass_overhead_s=r.number("pass_overhead_s", None), layer_overhead_s=r.number("layer_overhead_s", None),
         copy_issue_s=r.number("copy_issue_s", None), prefetch_issue_s=r.number("prefetch_issue_s", None),
-        launch_ahead_s=r.number("launch_ahead_s", None))
+        launch_ahead_s=r.number("launch_ahead_s", None),
+        prefill_copy_issue_s=r.number("prefill_copy_issue_s", None),
+        prefill_prefetch_issue_s=r.number("prefill_prefetch_issue_s", None))
     r.done()
     return mc
 
@@ -334,6 +340,17 @@ def prefetch_issue_seconds(profile: HardwareProfile, model: ModelSpec) -> float:
         if value is not None:
             return float(value)
     return model_overhead(profile, model, "copy_issue_s")
+
+
+def issue_seconds(profile: HardwareProfile, model: ModelSpec) -> tuple[float, float, float, float]:
+    """Host seconds per (demand, prefetch) copy in a decode pass, then in a prefill pass: the model entry's
+    `prefill_*` keys where it has them (a runtime calibration), else the decode pass's."""
+    decode = (model_overhead(profile, model, "copy_issue_s"), prefetch_issue_seconds(profile, model))
+    mc = profile.models.get(model.name)
+    demand = mc.prefill_copy_issue_s if mc is not None else None
+    prefetch = mc.prefill_prefetch_issue_s if mc is not None else None
+    return (*decode, decode[0] if demand is None else float(demand),
+            (decode[1] if demand is None else float(demand)) if prefetch is None else float(prefetch))
 
 
 def expert_curve(profile: HardwareProfile, model: ModelSpec, precision: str) -> Curve:

@@ -50,7 +50,7 @@ from emu.profile import Curve, HardwareProfile, dense_table, model_overhead
 _KEYS = ("full_step_s", "no_experts_step_s", "n_layers", "top_k", "context")
 #: the host times a calibration may hold besides its steps: per demand copy, per prefetch, and per layer the
 #: launches between leaving a layer and the next layer's readback (`ExpertOffload.launch_ahead_s`)
-HOST_KEYS = ("copy_issue_s", "prefetch_issue_s", "launch_ahead_s")
+HOST_KEYS = ("copy_issue_s", "prefetch_issue_s", "launch_ahead_s", "prefill_copy_issue_s", "prefill_prefetch_issue_s")
 
 
 def median_key(key: str) -> str:
@@ -136,10 +136,12 @@ class _StepHost:
 
 
 def _in_pass_issue(steps_s: dict[str, list[float]], host: _StepHost, loop: dict[str, float]) -> dict[str, Any]:
-    """`copy_issue_s` and `prefetch_issue_s` from the copying mode: the host work it adds to a step (step less
-    its sync waits, against the full mode's), per copy. Demand and prefetch copies come together there; their
-    split is the loops' (`measure_copy_issue`, `measure_prefetch_issue`: the ratio of the two, taken where
-    the code is hot), the total is what the forward pass pays among its launches with copies streaming."""
+    """`copy_issue_s` and `prefetch_issue_s` of a decode pass from the copying mode: the host work it adds to a
+    step (step less its sync waits, against the full mode's), per copy. Demand and prefetch copies come
+    together there; their split is the loops' (`measure_copy_issue`, `measure_prefetch_issue`: the ratio of
+    the two), the total what the forward pass pays among its launches with copies streaming: on the H100
+    1.5-2x the loops'. A prefill's gates issue their tens of misses back to back, as the loops do: theirs
+    are the prefill's (`prefill_copy_issue_s`, `prefill_prefetch_issue_s`)."""
     n = min(len(steps_s[COPYING]), len(host.copies))
     work = {m: statistics.fmean(s - w for s, w in zip(steps_s[m][:n], host.waits[m][:n])) for m in ("full", COPYING)}
     demand = statistics.fmean(c[0] for c in host.copies[:n])
@@ -150,7 +152,7 @@ def _in_pass_issue(steps_s: dict[str, list[float]], host: _StepHost, loop: dict[
     out: dict[str, Any] = {"copying_step_s": statistics.fmean(steps_s[COPYING][:n]), "copying_added_s": added,
                            "copying_copies": [demand, prefetch], "copy_issue_s": per_copy,
                            "issue_from": "copying mode"}
-    out.update({f"{k.removesuffix('_s')}_loop_s": v for k, v in loop.items()})
+    out.update({f"prefill_{k}": v for k, v in loop.items()})
     if prefetch:
         out["prefetch_issue_s"] = ratio * per_copy
     return out

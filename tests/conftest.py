@@ -22,7 +22,8 @@ def tiny_model(layers: int = 2, experts: int = 4, top_k: int = 2) -> ModelSpec:
 
 def hand_profile(copy_s: float = 1.0, expert_s: tuple[float, float] = (0.5, 0.75), dense_s: float = 0.25,
                  engines: int = 1, copy_issue_s: float | None = None,
-                 prefetch_issue_s: float | None = None, launch_ahead_s: float | None = None) -> object:
+                 prefetch_issue_s: float | None = None, launch_ahead_s: float | None = None,
+                 prefill_copy_issue_s: float | None = None) -> object:
     """One 6-byte expert copy takes `copy_s`; an expert takes expert_s[0] for 1 token, [1] for 2 tokens."""
     return profile_from_dict({
         "name": "hand", "copy": {"h2d_engines": engines, "latency_s": 0.0, "bw_pinned_Bps": 6.0 / copy_s,
@@ -34,7 +35,8 @@ def hand_profile(copy_s: float = 1.0, expert_s: tuple[float, float] = (0.5, 0.75
             "pass_overhead_s": 0.0, "layer_overhead_s": 0.0,
             **({} if copy_issue_s is None else {"copy_issue_s": copy_issue_s}),
             **({} if prefetch_issue_s is None else {"prefetch_issue_s": prefetch_issue_s}),
-            **({} if launch_ahead_s is None else {"launch_ahead_s": launch_ahead_s})}},
+            **({} if launch_ahead_s is None else {"launch_ahead_s": launch_ahead_s}),
+            **({} if prefill_copy_issue_s is None else {"prefill_copy_issue_s": prefill_copy_issue_s})}},
     }, file="hand.toml")
 
 

@@ -56,6 +56,7 @@ class Scenario:
     copy_issue_s: float
     prefetch_issue_s: float | None
     launch_ahead_s: float
+    prefill_copy_issue_s: float | None
     tokens: int
     prompt_len: int
     output_len: int
@@ -79,7 +80,8 @@ def profile_of(s: Scenario) -> Any:
                                                                         [s.dense_s[1], s.dense_s[1] * 1.5]]},
         "pass_overhead_s": s.pass_overhead_s, "layer_overhead_s": s.layer_overhead_s,
         "copy_issue_s": s.copy_issue_s, "launch_ahead_s": s.launch_ahead_s,
-        **({} if s.prefetch_issue_s is None else {"prefetch_issue_s": s.prefetch_issue_s})}}
+        **({} if s.prefetch_issue_s is None else {"prefetch_issue_s": s.prefetch_issue_s}),
+        **({} if s.prefill_copy_issue_s is None else {"prefill_copy_issue_s": s.prefill_copy_issue_s})}}
     compute: dict[str, Any] = {"expert_launch_s": s.expert_s[0], "hbm_Bps": 1e12, "flops_per_s": 1e15,
                                "dense_layer_s": s.dense_s[0]}
     if s.cpu:
@@ -139,6 +141,7 @@ def scenarios(draw: Any, fixed: tuple[str, str] | None = None) -> Scenario:
         copy_issue_s=draw(st.sampled_from([0.0, 0.0, 3e-6, 1e-3])),
         prefetch_issue_s=draw(st.sampled_from([None, None, 0.0, 2e-3])),
         launch_ahead_s=draw(st.sampled_from([0.0, 0.0, 1e-5, 5e-4, 1.0])),
+        prefill_copy_issue_s=draw(st.sampled_from([None, None, 0.0, 5e-4])),
         tokens=draw(st.integers(1, 40)), prompt_len=draw(st.integers(0, 6)), output_len=draw(st.integers(1, 6)),
         batch_size=draw(st.integers(1, 3)), reuse=draw(st.sampled_from([0.0, 0.5, 0.9])),
         scores=needs_scores or draw(st.booleans()), predicted=draw(st.booleans()),

@@ -167,6 +167,25 @@ def test_copy_issue_host_cost(engines, engine_name):
 
 
 @pytest.mark.parametrize("engine_name", ["des", "fast"])
+def test_a_prefill_pass_charges_its_own_copy_issue_time(engines, engine_name):
+    # the trace above with pass 0 a prefill. prefill_copy_issue_s = 3.0: L0's gate at .25 issues 0 and 1 ->
+    #   host busy to 6.25: experts 0 [6.25, 6.75], 1 [6.75, 7.25]; L1 dense [7.25, 7.5], gate issues 2, 3 ->
+    #   host to 13.5: experts [13.5, 14], [14, 14.5]: TTFT 14.5.
+    # The decode pass with copy_issue_s = 0: L0 dense [14.5, 14.75], hit 0 [14.75, 15.25], copy 2 [14.75, 15.75],
+    #   expert 2 [15.75, 16.25], L1 dense [16.25, 16.5], hits to 17.5: TPOT 3.0; with copy_issue_s = 0.6 the
+    #   hit waits for the host (15.35) and the pass ends at 17.6: TPOT 3.1.
+    trace = make_trace([[[[0, 1], [2, 3]]], [[[0, 2], [2, 3]]]], phases=[0, 1])
+    engine = engines[engine_name]
+    r, _ = run(engine, trace, slots=4, copy_issue_s=0.0, prefill_copy_issue_s=3.0)
+    assert (r["ttft_s"], r["tpot_s"]) == pytest.approx((14.5, 3.0), abs=1e-9)
+    r, _ = run(engine, trace, slots=4, copy_issue_s=0.6, prefill_copy_issue_s=3.0)
+    assert (r["ttft_s"], r["tpot_s"]) == pytest.approx((14.5, 3.1), abs=1e-9)
+    # without the prefill key a prefill pays the decode pass's time (test_copy_issue_host_cost's 5.5, 3.1)
+    r, _ = run(engine, trace, slots=4, copy_issue_s=0.6)
+    assert (r["ttft_s"], r["tpot_s"]) == pytest.approx((5.5, 3.1), abs=1e-9)
+
+
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
 def test_launch_ahead_comes_off_the_next_dense_job_up_to_the_wait_for_copies(engines, engine_name):
     # launch_ahead_s = 0.8, dense 1.0: the host launched up to 0.8 s of a layer's dense part while the GPU
     # waited for the previous layer's copies. Pass 0 (4 slots, cold): L0 dense [0, 1] (a pass's first layer:

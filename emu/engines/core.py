@@ -36,6 +36,7 @@ from ..policies.api import (
     MISS_SUBSTITUTE,
 )
 from ..policies.kernel_util import ix, sort_prefix
+from ..trace.routing_trace import PHASE_DECODE
 from .stack import STACK_T
 from .state import (
     ABSENT,
@@ -100,6 +101,7 @@ from .state import (
     SC_SEQ,
     SC_USED,
     SC_WQ_N,
+    SCAL_ISSUE,
     SF_DEGRADED_MASS,
     SF_DROPPED_MASS,
     SF_LATE_WAIT_S,
@@ -529,6 +531,11 @@ def _pass_times(cs, tm, tv, p: int) -> None:
     dense = dense_seconds(tm, tokens, ctx / tokens, cs.dense_col)
     cs.fc[FC_DENSE_S] = dense + tm.scal[1]
     cs.fc[FC_PRE_S] = tm.scal[0] + tm.scal[2] * dense
+    # a decode pass's copies and a prefill's cost the host differently (runtime calibration: in the pass with
+    # launches around them, or back to back as a prefill's gates issue their tens of misses)
+    at = SCAL_ISSUE if tv.pass_phase[p] == PHASE_DECODE else SCAL_ISSUE + 2
+    cs.fc[FC_ISSUE_S] = tm.scal[at]
+    cs.fc[FC_PF_ISSUE_S] = tm.scal[at + 1]
 
 
 @njit(cache=True, inline="always")

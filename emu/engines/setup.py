@@ -15,12 +15,12 @@ from ..profile import (
     cpu_expert_curve,
     dense_table,
     expert_curve,
+    issue_seconds,
     model_overhead,
-    prefetch_issue_seconds,
 )
 from ..trace import RoutingTrace
 from .stack import Stack
-from .state import FC_AHEAD_S, FC_ISSUE_S, FC_PF_ISSUE_S, Timing, TraceView, new_cache_state
+from .state import FC_AHEAD_S, Timing, TraceView, new_cache_state
 
 #: precision index 0 is the model's own precision; the others follow in this order.
 PRECISION_ORDER = ("bf16", "fp16", "fp8", "int8", "int4", "int2")
@@ -103,7 +103,7 @@ def timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ..
     return Timing(copy_s, exp_tok, exp_s, exp_n, cpu_tok, cpu_s, cpu_n,
                   np.asarray(dense.tokens, float), np.asarray(dense.context, float),
                   np.ascontiguousarray(np.asarray(dense.seconds, float)),
-                  np.array([pass_oh, layer_oh, float(model.n_dense_layers)]))
+                  np.array([pass_oh, layer_oh, float(model.n_dense_layers), *issue_seconds(profile, model)]))
 
 
 def make_inputs(model: ModelSpec, profile: HardwareProfile, trace: RoutingTrace, capacity_bytes: int,
@@ -121,8 +121,6 @@ def fresh_state(inputs: SimInputs) -> tuple[Any, Any]:
     cs = new_cache_state(model.n_moe_layers, model.n_experts, model.top_k, inputs.trace.n_passes,
                          inputs.capacity_bytes, prec_bytes, inputs.profile.copy.h2d_engines,
                          dense_rows=inputs.tm.d_tok.shape[0])
-    cs.fc[FC_ISSUE_S] = model_overhead(inputs.profile, model, "copy_issue_s")
-    cs.fc[FC_PF_ISSUE_S] = prefetch_issue_seconds(inputs.profile, model)
     cs.fc[FC_AHEAD_S] = model_overhead(inputs.profile, model, "launch_ahead_s")
     ctx = PolicyContext(n_layers=model.n_moe_layers, n_experts=model.n_experts, top_k=model.top_k,
                         capacity_bytes=inputs.capacity_bytes, expert_bytes=int(prec_bytes[0]),

@@ -96,11 +96,13 @@ FC_COPY_BUSY = 6
 FC_GPU_BUSY = 7
 FC_CPU_BUSY = 8
 FC_HOST_FREE = 9  # the host is busy issuing copies until then (a GPU job starts no earlier)
-FC_ISSUE_S = 10  # host seconds to issue one copy (profile `copy_issue_s`; 0 for most profiles)
+FC_ISSUE_S = 10  # host seconds to issue one copy in this pass (profile `copy_issue_s`, or `prefill_copy_issue_s`)
 FC_PF_ISSUE_S = 11  # the same for a prefetch copy (profile `prefetch_issue_s`, else `copy_issue_s`)
 FC_AHEAD_S = 12  # host seconds launching a layer's dense part ahead of the GPU (profile `launch_ahead_s`)
 FC_LAYER_HOST = 13  # when the host has launched the current layer's experts so far (see core._dense_job_s)
 FC_N = 14
+#: where `Timing.scal` holds the decode pass's (demand, prefetch) issue seconds; the prefill's follow
+SCAL_ISSUE = 3
 
 # ---- per-layer integer statistics (stats_i[STAT, layer]) ------------------------------------------
 ST_ACCESSES = 0
@@ -185,7 +187,9 @@ TM_FIELDS: tuple[tuple[str, Any], ...] = (
     ("exp_tok", _F64[:, ::1]), ("exp_s", _F64[:, ::1]), ("exp_n", _I64[::1]),  # expert FFN curve per precision
     ("cpu_tok", _F64[:, ::1]), ("cpu_s", _F64[:, ::1]), ("cpu_n", _I64[::1]),  # CPU curve (cpu_n = 0: none)
     ("d_tok", _F64[::1]), ("d_ctx", _F64[::1]), ("d_s", _F64[:, ::1]),  # dense table
-    ("scal", _F64[::1]),  # [pass_overhead_s, layer_overhead_s, n_dense_layers]
+    # [pass_overhead_s, layer_overhead_s, n_dense_layers, then the host seconds per demand and per prefetch copy
+    #  in a decode pass (SCAL_ISSUE) and in a prefill pass (SCAL_ISSUE + 2): `core._pass_times` picks a pair]
+    ("scal", _F64[::1]),
 )
 
 PS_FIELDS: tuple[tuple[str, Any], ...] = (("f", _F64[:, ::1]), ("i", _I64[:, ::1]), ("p", _F64[::1]))
