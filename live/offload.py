@@ -1,13 +1,14 @@
 """Offloaded experts: each sparse-MoE block's fused experts replaced by a module that computes from a
 slot pool, fetching misses from host memory.
 
-Expert weights live in host memory (pinned when the device is CUDA); the device holds `n_slots` expert
-slots. At each layer the needed experts are classified by the emulator's eviction policy
-(`cache_bridge`); a miss copies its expert into a free or evicted slot on a dedicated copy stream and
-records a CUDA event that the compute stream waits on. Hits run first while misses load. A slot is
-overwritten only after the compute that last read it (an event per slot). Each expert's output is
-added in ascending expert order, the order of the transformers eager implementation, so offloading
-does not change the math. On the CPU the same code runs with plain copies and no streams.
+Expert weights live in host memory (pinned when the device is CUDA); the device holds `n_slots` expert slots.
+Host and slots keep each expert's matrices back to back (gate_up, then down), so a copy is one memcpy of the
+expert's bytes, the copy the profile's table times. At each layer the needed experts are classified by the
+emulator's eviction policy (`cache_bridge`); a miss copies its expert into a free or evicted slot on a
+dedicated copy stream and records a CUDA event that the compute stream waits on. Hits run first while misses
+load. A slot is overwritten only after the compute that last read it (an event per slot). Each expert's output
+is added in ascending expert order, the order of the transformers eager implementation, so offloading does not
+change the math. On the CPU the same code runs with plain copies and no streams.
 
 Two ways to compute a layer (`kernel`): "eager" runs expert by expert (hits first while misses load,
 the emulator's per-expert semantics; bitwise equal to transformers' eager experts), "fused" calls the

@@ -13,15 +13,21 @@ once with each expert's computation replaced by zeros (`no_experts`, everything 
 and `apply_runtime_overheads` writes both into the profile's model entry (the expert curve is raised to
 the floor where it is below it: the runtime cannot issue an expert faster than that).
 
-A third figure, `copy_issue_s`, is the host time the forward thread spends to issue one copy through the
-runtime's own path (`ExpertOffload._copy`: copy stream made current, a wait for the slot's last reader,
-the two weight copies, an event; plus the compute stream's wait on that event), timed over a few hundred
-copies of resident experts onto their own slots. A Python runtime issues copies on the thread that
-launches the compute, so the emulator (profile key `copy_issue_s`) keeps its compute from starting
-until the host has issued the copies decided before it. Calibrations written before it have no such key
-and leave the profile's value alone. Where the forward thread also issues the prefetches (the "inline"
-hand-over), `prefetch_issue_s` is the same for a prefetch through its whole path (slot, queue,
-submission, landing poll, the compute stream's wait), charged to prefetch copies.
+A third figure, `copy_issue_s`, is the host time a copy costs the forward thread. Its loop
+(`measure_copy_issue`: the runtime's own `_copy`, copy stream made current, a wait for the slot's last reader,
+the expert's one copy, an event, plus the compute stream's wait on that event, a few hundred times over
+resident experts onto their own slots) runs hot code with no copies streaming; where copies are short, the
+lockstep calibration's `copying` mode measures it in the pass instead: the calibration request with every
+expert access copied again onto its own slot (and, prefetching, every predicted next-layer key through the
+prefetch path), its host work per copy against the full mode's. On the H100 that is about twice the loop's:
+the whole step slows with copies streaming, not only the copy calls. A Python runtime issues copies on the
+thread that launches the compute, so the emulator (profile key `copy_issue_s`) keeps its compute from
+starting until the host has issued the copies decided before it. Where the forward thread also issues the
+prefetches (the "inline" hand-over), `prefetch_issue_s` is the same for a prefetch through its whole path
+(slot, queue, submission, landing poll, the compute stream's wait), charged to prefetch copies. A prefill's
+gates issue tens of misses back to back, as the loops do: the loops' figures are the prefill's
+(`prefill_copy_issue_s`, `prefill_prefetch_issue_s`). Calibrations written before a key existed leave the
+profile's value alone.
 
 The full mode also gives `launch_ahead_s`: per layer, the host time from leaving a layer's experts to the
 next layer's routing readback (`ExpertOffload.launch_ahead_s`: the next layer's attention, norms, router
