@@ -53,13 +53,6 @@ def _copy_bandwidth(runtime: Any, n: int = 20) -> float:
     return n * runtime.expert_bytes / (start.elapsed_time(end) / 1e3)
 
 
-def _where(smoke: bool) -> tuple[str, Any, str]:
-    """(scale, device, dtype): the full model in bf16 on the GPU, or with `--smoke` a tiny one on the CPU."""
-    import torch
-
-    return ("tiny", torch.device("cpu"), "fp32") if smoke else ("full", torch.device("cuda"), "bf16")
-
-
 def _free() -> None:
     import gc
 
@@ -97,11 +90,12 @@ class _Beside:
 def runtime_vs_unmodified(repeats: int, t0: float, smoke: bool = False) -> dict[str, Any]:
     import torch
 
+    from benchmarks.live_olmoe import target
     from live.models import build_model, live_shape
     from live.offload import ExpertOffload
     from live.runner import Between, PassPlan, attention_backends, generate, run_live
 
-    scale, dev, dtype = _where(smoke)
+    scale, dev, dtype = target(smoke)
     shape = live_shape("olmoe-1b-7b", scale)
     plan = [PassPlan(PROMPT, DECODE)]
     unmod = build_model("olmoe-1b-7b", scale, dtype=dtype, seed=0).to(dev)
@@ -142,13 +136,14 @@ def copy_bound(name: str, repeats: int, t0: float, smoke: bool = False) -> dict[
     """The 5% run with its compute reference in lockstep: one decode step of the same model with every expert
     resident (a sibling runtime, `runtime_cal.InterleavedCalibration`'s full mode) before each of its steps."""
 
+    from benchmarks.live_olmoe import target
     from live.matrix import forced_workload, reconfigure, slots_for
     from live.models import build_model
     from live.offload import ExpertOffload
     from live.runner import Between, run_live
     from live.runtime_cal import InterleavedCalibration
 
-    scale, dev, dtype = _where(smoke)
+    scale, dev, dtype = target(smoke)
     work = forced_workload(name, scale)
     shape, force, plans, n_keys = work.shape, work.force, work.plans, work.n_keys
     model = build_model(work.preset, scale, n_layers=work.n_layers, dtype=dtype, seed=0)

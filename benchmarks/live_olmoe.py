@@ -19,6 +19,13 @@ class LiveOLMoE:
     runtime: Any  # live.offload.ExpertOffload
 
 
+def target(smoke: bool) -> tuple[str, Any, str]:
+    """(scale, device, dtype): the full model in bf16 on the GPU, or with `smoke` a tiny one in fp32 on the CPU."""
+    import torch
+
+    return ("tiny", torch.device("cpu"), "fp32") if smoke else ("full", torch.device("cuda"), "bf16")
+
+
 def build_olmoe(script: str, smoke: bool) -> LiveOLMoE | None:
     """The model and its runtime, or None (with a message) where the script needs a GPU and has none."""
     import torch
@@ -30,10 +37,10 @@ def build_olmoe(script: str, smoke: bool) -> LiveOLMoE | None:
     from live.models import build_model
     from live.offload import ExpertOffload
 
-    device, scale = ("cpu", "tiny") if smoke else ("cuda", "full")
+    scale, device, dtype = target(smoke)
     t0 = time.time()
     work = forced_workload("olmoe", scale)
-    model = build_model("olmoe-1b-7b", scale, dtype="fp32" if smoke else "bf16", seed=0)
-    runtime = ExpertOffload(model, work.n_keys, eviction="lru", device=device, seed=0, kernel="eager")
+    model = build_model("olmoe-1b-7b", scale, dtype=dtype, seed=0)
+    runtime = ExpertOffload(model, work.n_keys, eviction="lru", device=device.type, seed=0, kernel="eager")
     print(f"olmoe built [{time.time() - t0:.0f}s]; hand-over {runtime.resolved_handover()}", flush=True)
-    return LiveOLMoE(torch.device(device), work, model, runtime)
+    return LiveOLMoE(device, work, model, runtime)

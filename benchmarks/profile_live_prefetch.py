@@ -43,8 +43,11 @@ class Timers:
         self.total: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
 
-    def wrap(self, obj: Any, name: str, label: str) -> None:
-        fn = getattr(obj, name)
+    def wrap(self, owner: Any, name: str, label: str) -> Any:
+        """Time `owner.name` (an object's method, or a class's for every instance; the outermost call of a
+        recursion only); returns the undo."""
+        fn = getattr(owner, name)
+        own = vars(owner).get(name)  # what the owner itself held under the name (None: looked up elsewhere)
         depth = [0]
 
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -58,23 +61,8 @@ class Timers:
                     self.total[label] += time.perf_counter() - t0
                     self.calls[label] += 1
 
-        setattr(obj, name, timed)
-
-    def wrap_class(self, cls: Any, name: str, label: str) -> Any:
-        """Time `cls.name` for every instance; returns the undo."""
-        fn = getattr(cls, name)
-        total, calls = self.total, self.calls
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                total[label] += time.perf_counter() - t0
-                calls[label] += 1
-
-        setattr(cls, name, timed)
-        return lambda: setattr(cls, name, fn)
+        setattr(owner, name, timed)
+        return lambda: setattr(owner, name, own) if own is not None else delattr(owner, name)
 
     def reset(self) -> None:
         self.total.clear()
@@ -122,12 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             reconfigure(runtime, slots_for(frac, n_keys), "lru", "eager", pf)
             timers = Timers()
             gc.callbacks.append(timers.gc_callback)
-            for name in RUNTIME_PARTS:
-                timers.wrap(runtime, name, name)
+            undo = [timers.wrap(runtime, name, name) for name in RUNTIME_PARTS]
             if runtime.watchdog is not None:
-                for name in WATCHDOG_PARTS:
-                    timers.wrap(runtime.watchdog, name, "wd." + name)
-            undo = [timers.wrap_class(owners[cls], name, label) for cls, name, label in TORCH_PARTS]
+                undo += [timers.wrap(runtime.watchdog, name, "wd." + name) for name in WATCHDOG_PARTS]
+            undo += [timers.wrap(owners[cls], name, label) for cls, name, label in TORCH_PARTS]
             preload = frac == 1.0  # every expert resident from the start, as the runtime calibration has it
             res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
                            warmup_passes=3, rehearse=device == "cuda" and r == 0 and i == 0, preload=preload,
@@ -142,11 +128,6 @@ def main(argv: list[str] | None = None) -> int:
             for label, total in timers.total.items():
                 row[label] = (total / steps * 1e3, timers.calls[label] / steps)
             rows[(frac, pf)].append(row)
-            for name in RUNTIME_PARTS:  # the class's methods again
-                runtime.__dict__.pop(name, None)
-            if runtime.watchdog is not None:
-                for name in WATCHDOG_PARTS:
-                    runtime.watchdog.__dict__.pop(name, None)
             print(f"  round {r} {int(frac * 100)}% {pf}: step {row['step_ms']:.1f} ms [{time.time() - t0:.0f}s]",
                   flush=True)
     labels = ["_run_layer", "_readback", "_to_host", "_before_gate", "_poll_prefetches", "_issue_prefetches",

@@ -56,7 +56,7 @@ class ModelCompute:
     #: host seconds per layer launching the next layer's dense part ahead of the GPU (see `[compute]`)
     launch_ahead_s: float | None = None
     #: `copy_issue_s` and `prefetch_issue_s` in a prefill pass, whose gates issue their misses back to back
-    #: (None: the decode pass's)
+    #: (None: `prefill_prefetch_issue_s` falls back to `prefill_copy_issue_s`, each then to the decode pass's)
     prefill_copy_issue_s: float | None = None
     prefill_prefetch_issue_s: float | None = None
 
@@ -344,13 +344,15 @@ def prefetch_issue_seconds(profile: HardwareProfile, model: ModelSpec) -> float:
 
 def issue_seconds(profile: HardwareProfile, model: ModelSpec) -> tuple[float, float, float, float]:
     """Host seconds per (demand, prefetch) copy in a decode pass, then in a prefill pass: the model entry's
-    `prefill_*` keys where it has them (a runtime calibration), else the decode pass's."""
-    decode = (model_overhead(profile, model, "copy_issue_s"), prefetch_issue_seconds(profile, model))
+    `prefill_copy_issue_s`, else the decode pass's demand time; its `prefill_prefetch_issue_s`, else
+    `prefill_copy_issue_s` where set (as `prefetch_issue_s` falls back), else the decode pass's prefetch time."""
+    demand, prefetch = model_overhead(profile, model, "copy_issue_s"), prefetch_issue_seconds(profile, model)
     mc = profile.models.get(model.name)
-    demand = mc.prefill_copy_issue_s if mc is not None else None
-    prefetch = mc.prefill_prefetch_issue_s if mc is not None else None
-    return (*decode, decode[0] if demand is None else float(demand),
-            (decode[1] if demand is None else float(demand)) if prefetch is None else float(prefetch))
+    pre_demand = mc.prefill_copy_issue_s if mc is not None else None
+    pre_prefetch = mc.prefill_prefetch_issue_s if mc is not None else None
+    if pre_prefetch is None:
+        pre_prefetch = prefetch if pre_demand is None else pre_demand
+    return demand, prefetch, demand if pre_demand is None else float(pre_demand), float(pre_prefetch)
 
 
 def expert_curve(profile: HardwareProfile, model: ModelSpec, precision: str) -> Curve:

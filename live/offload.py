@@ -189,10 +189,10 @@ class ExpertOffload:
         self.launch_ahead_s = 0.0
         self.launch_ahead_n = 0
         # host seconds blocked in the routing readbacks (the device sync of `_readback`), over `readback_n`,
-        # and in those and the passes' ends together (`sync_wait_s`: what a step's host work is not)
+        # and at the passes' ends (the sampling sync, timed by `runner._pass`)
         self.readback_wait_s = 0.0
         self.readback_n = 0
-        self.sync_wait_s = 0.0
+        self.pass_end_wait_s = 0.0
         # the runtime calibration's copying mode (`runtime_cal`): every hit copied again onto its own slot
         # through the demand path, and with prefetch each predicted key of the next layer through the
         # prefetch path, so the forward pass carries a run's copy traffic and host work without a miss
@@ -563,9 +563,7 @@ class ExpertOffload:
         """The readback: the host blocks until the GPU has computed `ids` (timed: `readback_wait_s`)."""
         t0 = time.perf_counter()
         out = ids.cpu().numpy()
-        spent = time.perf_counter() - t0
-        self.readback_wait_s += spent
-        self.sync_wait_s += spent
+        self.readback_wait_s += time.perf_counter() - t0
         self.readback_n += 1
         return out
 
@@ -575,6 +573,11 @@ class ExpertOffload:
         if last == layer - 1:
             self.launch_ahead_s += time.perf_counter() - at
             self.launch_ahead_n += 1
+
+    @property
+    def sync_wait_s(self) -> float:
+        """Host seconds blocked on the device so far (readbacks and passes' ends): what a step's host work is not."""
+        return self.readback_wait_s + self.pass_end_wait_s
 
     def _before_gate(self, layer: int, index: np.ndarray, predicted: np.ndarray | None) -> None:
         """Start what the idle copy engine would have started by now, tell the policy which prefetches

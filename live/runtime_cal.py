@@ -152,7 +152,8 @@ def _in_pass_issue(steps_s: dict[str, list[float]], host: _StepHost, loop: dict[
     work = {m: statistics.fmean(s - w for s, w in zip(steps_s[m][:n], host.waits[m][:n])) for m in ("full", COPYING)}
     demand = statistics.fmean(c[0] for c in host.copies[:n])
     prefetch = statistics.fmean(c[1] for c in host.copies[:n])
-    ratio = loop["prefetch_issue_s"] / loop["copy_issue_s"] if prefetch and len(loop) == 2 else 1.0
+    both = "copy_issue_s" in loop and "prefetch_issue_s" in loop  # the loops run on a GPU only
+    ratio = loop["prefetch_issue_s"] / loop["copy_issue_s"] if prefetch and both else 1.0
     added = work[COPYING] - work["full"]
     per_copy = max(added, 0.0) / (demand + ratio * prefetch)
     out: dict[str, Any] = {"copying_step_s": statistics.fmean(steps_s[COPYING][:n]), "copying_added_s": added,
