@@ -1,8 +1,10 @@
 """What do the copy engine and the compute stream do during a live run's decode steps? OLMoE-1B-7B (forced
-synthetic routing, as in the validation matrix), lru, at the given cache fractions and prefetch policies,
-a few decode steps under torch.profiler (CUDA activity from CUPTI). Needs a GPU.
+synthetic routing, as in the validation matrix) or Mixtral-8x7B's first 8 layers (real routing), lru, at
+the given cache fractions and prefetch policies, a few decode steps under torch.profiler (CUDA activity
+from CUPTI). Needs a GPU.
 
-    python benchmarks/trace_live_run.py [--steps 8] [--out DIR]
+    python benchmarks/trace_live_run.py [--model olmoe|mixtral] [--steps 8] [--run 5:none --run 25:next-layer]
+                                        [--out DIR]
 
 Prints per configuration and decode step: the step's wall time, the host-to-device copies (count, mean
 duration, the copy engine's busy time and its idle gaps inside the step), the compute stream's busy time,
@@ -53,7 +55,9 @@ def summarize(events: list[dict[str, Any]], steps: list[tuple[float, float]]) ->
             "step_ms": (b - a) / 1e3, "copies": len(cs),
             "copy_mean_us": statistics.fmean(y - x for x, y in cs) if cs else 0.0,
             "copy_busy_ms": _union(cs) / 1e3,
+            "copy_max_ms": max((y - x for x, y in cs), default=0.0) / 1e3,
             "copy_gaps_ms": sum(gaps) / 1e3, "copy_gaps_over_50us": sum(1 for g in gaps if g > 50),
+            "gap_max_ms": max(gaps, default=0.0) / 1e3,
             "first_copy_ms": (cs[0][0] - a) / 1e3 if cs else 0.0,
             "after_last_copy_ms": (b - cs[-1][1]) / 1e3 if cs else 0.0,
             "compute_busy_ms": _union([(x, y) for x, y in kernels if a <= x < b]) / 1e3,
@@ -65,9 +69,21 @@ def summarize(events: list[dict[str, Any]], steps: list[tuple[float, float]]) ->
     return out
 
 
+def _config(text: str) -> tuple[float, str]:
+    pct, _, prefetch = text.partition(":")
+    try:
+        return float(pct) / 100, prefetch or "none"
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PCT:PREFETCH (5:none), got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=("olmoe", "mixtral"), default="olmoe")
     p.add_argument("--steps", type=int, default=8, help="decode steps traced per configuration")
+    p.add_argument("--run", action="append", type=_config, default=None, metavar="PCT:PREFETCH",
+                   help="a cache percentage and prefetch policy (repeatable; default 5:none 5:next-layer "
+                        "100:next-layer)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (checks the script, measures nothing)")
     args = p.parse_args(argv)
@@ -79,21 +95,24 @@ def main(argv: list[str] | None = None) -> int:
     from live.runner import Between, run_live
 
     t0 = time.time()
-    built = build_olmoe("trace_live_run", args.smoke)
+    built = build_olmoe("trace_live_run", args.smoke, args.model)
     if built is None:
         return 2
     dev, work, model, runtime = built.device, built.work, built.model, built.runtime
     device = dev.type
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     first = 10 if not args.smoke else 1
-    for frac, pf in ((0.05, "none"), (0.05, "next-layer"), (1.0, "next-layer")):
+    for frac, pf in args.run or ((0.05, "none"), (0.05, "next-layer"), (1.0, "next-layer")):
         reconfigure(runtime, slots_for(frac, work.n_keys), "lru", "eager", pf)
         prof = profile(activities=activities)
         marks: list[float] = []
 
-        def between(step: int, prof: Any = prof, marks: list[float] = marks) -> None:
+        copied: list[int] = []  # the runtime's copies so far, before each step
+
+        def between(step: int, prof: Any = prof, marks: list[float] = marks, copied: list[int] = copied) -> None:
             if device == "cuda":
                 torch.cuda.synchronize()
+            copied.append(runtime.stats().copies)
             if step == first:
                 prof.start()
             if first <= step <= first + args.steps:
@@ -114,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = summarize(events, steps)
         print(f"\n{int(frac * 100)}% {pf}: decode {res.decode_tok_s:.2f} tok/s, copies {res.stats.copies} "
               f"[{time.time() - t0:.0f}s]")
+        print("decode steps ms: " + " ".join(f"{t * 1e3:.1f}" for t in res.decode_s))
+        print("traced steps start (host monotonic clock, s): " + " ".join(f"{t:.3f}" for t in marks))
+        print("copies per step: " + " ".join(str(b - a) for a, b in itertools.pairwise(copied)))
         keys = list(rows[0]) if rows else []
         print(" ".join(f"{k:>18s}" for k in keys))
         for row in rows:

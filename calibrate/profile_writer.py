@@ -71,6 +71,9 @@ def build_profile(raw: dict[str, Any], name: str) -> dict[str, Any]:
         copy["h2d_d2h_overlap"] = bool(conc["h2d_d2h_overlap_ratio"] >= OVERLAP_THRESHOLD)
     copy["table_bytes"] = table_bytes
     copy["table_s"] = _rounded(table_s)
+    sustained = raw.get("sustained")
+    if sustained is not None:
+        copy["sustained_ratio"] = _round(sustained["ratio"])
 
     ceil, floors = raw["ceilings"], raw["floors"]
     cpu_rates = []
@@ -149,6 +152,10 @@ def _provenance(raw: dict[str, Any], fits: dict[str, Any], table_rel: list[float
     if raw["settings"]["device"].startswith("cuda"):
         prov["sm_clock_after_mhz"] = {n: m["clocks_after"].get("sm_clock_mhz") or 0
                                       for n, m in raw["models"].items() if "clocks_after" in m}
+    sustained = raw.get("sustained")
+    if sustained is not None:
+        prov["sustained_copies"] = {k: (_round(v) if isinstance(v, float) else v) for k, v in sustained.items()
+                                    if not isinstance(v, list)}
     conc = raw.get("concurrency")
     if conc is not None:
         prov["concurrency"] = {k: (_round(v) if isinstance(v, float) else v) for k, v in conc.items()

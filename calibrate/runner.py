@@ -67,7 +67,7 @@ class Progress:
 
 def _count_steps(s: Settings, n_sizes: int, cpu_repeats: int) -> int:
     copies = 4 * n_sizes
-    concurrency = 4 if s.cuda else 0
+    concurrency = 5 if s.cuda else 0  # 4 concurrency figures and the sustained copies
     per_model = 3 * s.repeats + 2 * cpu_repeats + 2
     return copies + concurrency + 2 + len(s.models) * per_model + 1
 
@@ -84,7 +84,7 @@ def run_calibration(s: Settings, progress: bool = True) -> dict[str, Any]:
         measure_pass_overhead,
     )
     from .device import clocks, device_facts
-    from .transfers import Pools, copy_plan, measure_concurrency, measure_copies
+    from .transfers import Pools, copy_plan, measure_concurrency, measure_copies, measure_sustained
 
     started = time.perf_counter()
     bench = Bench(s.device)
@@ -114,6 +114,8 @@ def run_calibration(s: Settings, progress: bool = True) -> dict[str, Any]:
     raw["copies"] = measure_copies(bench, plan, pools, tick)
     if s.cuda:
         raw["concurrency"] = measure_concurrency(bench, plan, pools, tick)
+        raw["sustained"] = measure_sustained(bench, pools, plan.sizes[-1], plan.sustained_seconds)
+        tick("sustained copies")
     del pools
     _free(torch, s.cuda)
 

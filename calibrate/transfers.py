@@ -9,6 +9,7 @@ GPU's L2 serves a repeat.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,8 @@ class CopyPlan:
     concurrency_copies: int
     concurrency_repeats: int
     matmul_n: int
+    #: seconds of back-to-back copies for the link's sustained rate (`measure_sustained`; GPU only)
+    sustained_seconds: float = 0.0
 
 
 def copy_plan(device: str, quick: bool, repeats: int) -> CopyPlan:
@@ -50,7 +53,7 @@ def copy_plan(device: str, quick: bool, repeats: int) -> CopyPlan:
     return CopyPlan(sizes=tuple(sizes), repeats=max(3, 2 * repeats), bytes_per_point=4 * top,
                     pool_bytes=2 * top, concurrency_bytes=16 * MiB if quick else 64 * MiB,
                     concurrency_copies=4 if quick else 8, concurrency_repeats=3 if quick else 5,
-                    matmul_n=4096 if quick else 8192)
+                    matmul_n=4096 if quick else 8192, sustained_seconds=(2.0 if quick else 10.0) if cuda else 0.0)
 
 
 def _filled(pool: Any, chunk: int = 1 * MiB) -> Any:
@@ -137,6 +140,48 @@ def measure_copies(bench: Bench, plan: CopyPlan, pools: Pools, tick: Callable[[s
             tick(f"copy {kind} {size} B")
         out[kind] = points
     return out
+
+
+def sustained_ratio(starts_s: list[float], ends_s: list[float]) -> float:
+    """A long stream of back-to-back copies: its whole span over its copies' count times their median copy.
+    Above 1 where the link has slow spells (on the H100 machines here, spells of ~0.1 s every second or
+    two where a copy takes up to twice its time); the emulator's copy time is the median copy's times this."""
+    if len(starts_s) != len(ends_s) or len(starts_s) < 3:
+        raise ValueError(f"expected matching start and end times of at least 3 copies, got {len(starts_s)} "
+                         f"and {len(ends_s)}")
+    median = _median([b - a for a, b in zip(starts_s, ends_s)])
+    if not median > 0:
+        raise ValueError("expected copies of positive duration")
+    return (ends_s[-1] - starts_s[0]) / (len(starts_s) * median)
+
+
+def measure_sustained(bench: Bench, pools: Pools, size: int, seconds: float) -> dict[str, Any]:
+    """Pinned host-to-device copies of `size` back to back for `seconds`, each timed by an event pair (two
+    queued ahead at most, so the engine never runs dry): the link over seconds, not a few copies' median."""
+    torch = bench.torch
+    stream = bench.new_stream()
+    fn = _copy_fn(pools, "h2d_pinned", size)
+    bench.time_each(fn, 2, stream)  # warm-up
+    pairs = []
+    with torch.cuda.stream(stream):
+        end = time.perf_counter() + seconds
+        i = 0
+        while time.perf_counter() < end:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record(stream)
+            fn(i)
+            b.record(stream)
+            pairs.append((a, b))
+            if len(pairs) > 2:
+                pairs[-3][1].synchronize()
+            i += 1
+    stream.synchronize()
+    first = pairs[0][0]
+    starts = [first.elapsed_time(a) / 1e3 for a, _ in pairs]
+    ends = [first.elapsed_time(b) / 1e3 for _, b in pairs]
+    durations = [b - a for a, b in zip(starts, ends)]
+    return {"bytes": size, "seconds": ends[-1], "copies": len(pairs), "median_s": _median(durations),
+            "max_s": max(durations), "ratio": sustained_ratio(starts, ends), "samples_s": durations}
 
 
 def _concurrent(bench: Bench, jobs: list[tuple[Any, Callable[[int], Any], int]]) -> list[float]:

@@ -5,7 +5,8 @@ point, and the Pareto front of speed against quality loss. Schema in docs/analys
 
 Bandwidth points rewrite the scenario's hardware profile: the worker loads the profile TOML, sets
 copy.bw_pinned_Bps (and copy.latency_s when the sweep gives one), drops the measured copy.table_* so
-the latency + bytes / bandwidth fit is used, and writes it to a temporary file for that run.
+the latency + bytes / bandwidth fit is used, and copy.sustained_ratio so the swept bandwidth is the one
+copies get, and writes it to a temporary file for that run.
 """
 
 from __future__ import annotations
@@ -269,8 +270,9 @@ def bandwidth_profile(profile_path: str, bw: float, latency_s: float | None, out
         copy_table["latency_s"] = latency_s
     copy_table.pop("table_bytes", None)
     copy_table.pop("table_s", None)
+    copy_table.pop("sustained_ratio", None)  # the swept bandwidth is the sustained one
     data["name"] = f"{data.get('name', 'profile')}@{bw / 1e9:g}GBps"
-    data.setdefault("provenance", {})["sweep_override"] = f"copy.bw_pinned_Bps = {bw!r} (copy.table_* dropped)"
+    data.setdefault("provenance", {})["sweep_override"] = f"copy.bw_pinned_Bps = {bw!r} (copy.table_* and sustained_ratio dropped)"
     path = Path(out_dir) / "profile.toml"
     path.write_bytes(tomli_w.dumps(data).encode())
     return str(path)

@@ -23,11 +23,13 @@ def tiny_model(layers: int = 2, experts: int = 4, top_k: int = 2) -> ModelSpec:
 def hand_profile(copy_s: float = 1.0, expert_s: tuple[float, float] = (0.5, 0.75), dense_s: float = 0.25,
                  engines: int = 1, copy_issue_s: float | None = None,
                  prefetch_issue_s: float | None = None, launch_ahead_s: float | None = None,
-                 prefill_copy_issue_s: float | None = None) -> object:
-    """One 6-byte expert copy takes `copy_s`; an expert takes expert_s[0] for 1 token, [1] for 2 tokens."""
+                 prefill_copy_issue_s: float | None = None, sustained_ratio: float | None = None) -> object:
+    """One 6-byte expert copy takes `copy_s` (times `sustained_ratio`); an expert takes expert_s[0] for 1
+    token, [1] for 2 tokens."""
     return profile_from_dict({
         "name": "hand", "copy": {"h2d_engines": engines, "latency_s": 0.0, "bw_pinned_Bps": 6.0 / copy_s,
-                                 "bw_pageable_Bps": 1.0},
+                                 "bw_pageable_Bps": 1.0,
+                                 **({} if sustained_ratio is None else {"sustained_ratio": sustained_ratio})},
         "compute": {"expert_launch_s": 1.0, "hbm_Bps": 1.0, "flops_per_s": 1.0, "dense_layer_s": 1.0},
         "models": {"tiny": {
             "expert": {"bf16": {"tokens": [1, 2], "seconds": list(expert_s)}},

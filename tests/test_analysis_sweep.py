@@ -88,6 +88,17 @@ def test_bandwidth_profile_drops_the_table(tmp_path: Path) -> None:
     assert prof.copy_seconds(1e9) == pytest.approx(2e-5 + 0.1)
 
 
+def test_bandwidth_profile_drops_the_sustained_ratio(tmp_path: Path) -> None:
+    """A swept bandwidth is what copies get: a measured lease's slow-spell ratio does not shrink it."""
+    src = tmp_path / "lease.toml"
+    text = (ROOT / "scenarios" / "profiles" / "h100-pcie5.toml").read_text()
+    src.write_text(text.replace("[copy]\n", "[copy]\nsustained_ratio = 1.25\n", 1))
+    assert load_profile(src).copy.sustained_ratio == 1.25
+    prof = load_profile(bandwidth_profile(str(src), 10e9, 2e-5, str(tmp_path)))
+    assert prof.copy.sustained_ratio == 1.0
+    assert prof.copy_seconds(1e9) == pytest.approx(2e-5 + 0.1)
+
+
 def _row(point: int, tok: float, ttft: float, loss: float, cap: str = "5%") -> dict:
     return {"point": point, "model": "m", "trace": "base", "bandwidth": "profile", "capacity": cap,
             "stack": f"s{point}", "decode_tok_s": tok, "ttft_ms": ttft, "lost_mass_frac": loss}

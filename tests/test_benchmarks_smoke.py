@@ -27,6 +27,27 @@ def test_trace_live_run_smoke(capsys: pytest.CaptureFixture[str], tmp_path) -> N
         "trace_100_next_layer.json.gz", "trace_5_next_layer.json.gz", "trace_5_none.json.gz"]
 
 
+def test_trace_live_run_mixtral_smoke(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    from benchmarks.trace_live_run import main
+
+    assert main(["--smoke", "--model", "mixtral", "--run", "25:next-layer", "--steps", "2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mixtral built" in out and "25% next-layer" in out
+    steps = next(line for line in out.splitlines() if line.startswith("decode steps ms:")).split()[3:]
+    copies = next(line for line in out.splitlines() if line.startswith("copies per step:")).split()[3:]
+    assert len(steps) == 64 and len(copies) == 63 and all(int(c) >= 0 for c in copies)
+    assert [p.name for p in tmp_path.iterdir()] == ["trace_25_next_layer.json.gz"]
+    with pytest.raises(SystemExit):
+        main(["--smoke", "--run", "x:none"])
+
+
+def test_bench_stalls_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.bench_stalls import main
+
+    assert main(["--smoke", "--host-gap-ms", "5"]) == 0
+    assert "stalls over 5.0 ms" in capsys.readouterr().out
+
+
 def test_bench_live_runtime_smoke(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     """Both figures in lockstep: the unmodified model's steps beside the offloaded one's (same tokens, or the
     script fails), the 5% run's beside a resident runtime's."""

@@ -112,6 +112,53 @@ def test_concurrency_thresholds(engines: float, overlap: float, want_engines: in
     assert c["h2d_d2h_overlap"] is want_overlap
 
 
+def test_sustained_ratio_is_the_span_over_the_median_copys_pace() -> None:
+    from calibrate.transfers import sustained_ratio
+
+    # 20 copies of 1 ms back to back, of which 2 in a slow spell take 3 ms: 24 ms for 20 median copies
+    starts, ends, t = [], [], 0.0
+    for i in range(20):
+        d = 3e-3 if i in (7, 8) else 1e-3
+        starts.append(t)
+        ends.append(t + d)
+        t += d
+    assert sustained_ratio(starts, ends) == pytest.approx(24 / 20)
+    steady = [i * 1e-3 for i in range(10)]
+    assert sustained_ratio(steady, [s + 1e-3 for s in steady]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="at least 3 copies"):
+        sustained_ratio([0.0, 1.0], [1.0, 2.0])
+
+
+def test_sustained_copies_set_the_profiles_ratio_and_a_plain_profile_keeps_one() -> None:
+    from emu.profile import profile_from_dict
+
+    raw = synthetic_raw()
+    assert "sustained_ratio" not in build_profile(raw, "x")["copy"]
+    raw["sustained"] = {"bytes": 2 ** 29, "seconds": 10.0, "copies": 1000, "median_s": 9.7e-3, "max_s": 2e-2,
+                        "ratio": 1.034, "samples_s": [9.7e-3] * 3}
+    p = build_profile(raw, "x")
+    assert p["copy"]["sustained_ratio"] == pytest.approx(1.034)
+    assert p["provenance"]["sustained_copies"]["copies"] == 1000
+    assert "samples_s" not in p["provenance"]["sustained_copies"]
+    plain = copy.deepcopy(p)
+    del plain["copy"]["sustained_ratio"]
+    a, b = profile_from_dict(p), profile_from_dict(plain)
+    assert b.copy.sustained_ratio == 1.0
+    for nbytes in (4096, 2 ** 20, 352e6):  # every pinned copy at the sustained pace; pageable ones untouched
+        assert a.copy_seconds(nbytes) == pytest.approx(1.034 * b.copy_seconds(nbytes))
+        assert a.copy_seconds(nbytes, pinned=False) == b.copy_seconds(nbytes, pinned=False)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, "fast", True])
+def test_a_bad_sustained_ratio_names_its_key(bad: Any) -> None:
+    from emu.profile import profile_from_dict
+
+    p = build_profile(synthetic_raw(), "x")
+    p["copy"]["sustained_ratio"] = bad
+    with pytest.raises(EmuError, match="sustained_ratio"):
+        profile_from_dict(p, file="lease.toml")
+
+
 def test_cpu_profile_has_no_overlap_claim() -> None:
     p = build_profile(synthetic_raw(cuda=False), "cpu")
     assert p["copy"]["h2d_engines"] == 1

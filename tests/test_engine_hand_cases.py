@@ -42,6 +42,17 @@ def test_cold_decode_pass(engines, engine_name):
 
 
 @pytest.mark.parametrize("engine_name", ["des", "fast"])
+def test_the_links_sustained_ratio_stretches_every_copy(engines, engine_name):
+    # test_cold_decode_pass with copies at 1.5 s (profile copy.sustained_ratio = 1.5):
+    # L0: dense [0, .25]; copies 0 [.25, 1.75], 1 [1.75, 3.25]; compute 0 [1.75, 2.25], 1 [3.25, 3.75].
+    # L1: dense [3.75, 4]; copies 2 [4, 5.5], 3 [5.5, 7]; compute 2 [5.5, 6], 3 [7, 7.5].
+    trace = make_trace([[[[0, 1], [2, 3]]]])
+    r, _ = run(engines[engine_name], trace, slots=4, sustained_ratio=1.5)
+    assert r["e2e_s"] == pytest.approx(7.5, abs=1e-9)
+    assert r["copy_busy_frac"] == pytest.approx(6.0 / 7.5, abs=1e-12)
+
+
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
 def test_warm_second_pass_hits(engines, engine_name):
     # The same token routing twice: pass 0 as above ends at 5.5. Pass 1 hits everything:
     # dense [5.5, 5.75], experts [5.75, 6.75], dense [6.75, 7], experts [7, 8]. TPOT = 2.5 s.
