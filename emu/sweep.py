@@ -272,7 +272,8 @@ def bandwidth_profile(profile_path: str, bw: float, latency_s: float | None, out
     copy_table.pop("table_s", None)
     copy_table.pop("sustained_ratio", None)  # the swept bandwidth is the sustained one
     data["name"] = f"{data.get('name', 'profile')}@{bw / 1e9:g}GBps"
-    data.setdefault("provenance", {})["sweep_override"] = f"copy.bw_pinned_Bps = {bw!r} (copy.table_* and sustained_ratio dropped)"
+    data.setdefault("provenance", {})["sweep_override"] = (
+        f"copy.bw_pinned_Bps = {bw!r} (copy.table_* and sustained_ratio dropped)")
     path = Path(out_dir) / "profile.toml"
     path.write_bytes(tomli_w.dumps(data).encode())
     return str(path)

@@ -30,7 +30,8 @@ def test_trace_live_run_smoke(capsys: pytest.CaptureFixture[str], tmp_path) -> N
 def test_trace_live_run_mixtral_smoke(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     from benchmarks.trace_live_run import main
 
-    assert main(["--smoke", "--model", "mixtral", "--run", "25:next-layer", "--steps", "2", "--out", str(tmp_path)]) == 0
+    args = ["--smoke", "--model", "mixtral", "--run", "25:next-layer", "--steps", "2", "--out", str(tmp_path)]
+    assert main(args) == 0
     out = capsys.readouterr().out
     assert "mixtral built" in out and "25% next-layer" in out
     steps = next(line for line in out.splitlines() if line.startswith("decode steps ms:")).split()[3:]
