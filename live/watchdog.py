@@ -27,10 +27,16 @@ microsecond of Python on either thread is a microsecond of a host-paced decode s
     submission order, on one stream or several, whatever their priority (`benchmarks/bench_copy_streams.py`:
     a demand submitted after 8 prefetches ends after all of them), so a demand copy of the next gate
     waits behind every prefetch "bulk" submitted; the emulator's engine starts it before the queued
-    (not yet started) ones. When the next gate comes is estimated from the forward thread's own
-    away spans (median of the last few after the same layer) and when the engine frees up from the
-    copies submitted and `copy_s`, the measured seconds per copy. With short copies (OLMoE, ~0.23 ms)
-    nearly all go at once; with long ones (Mixtral, ~6.4 ms) the rest go one by one, as they should.
+    (not yet started) ones. When the engine frees up comes from the copies submitted and `copy_s`, the
+    measured seconds per copy. When the next gate comes: where the layer just left waits for copies
+    (`away(layer, wait_until=...)`: the last of them to land, by the same bookkeeping), their landing plus
+    the forward thread's tail after such a wait (median of the last few, per layer); else its away span
+    (median of the last few spans without a wait, per layer). An estimate too late lets a prefetch go
+    before the next gate's demand copies where the emulator's engine starts it after them (the median of
+    spans that had waited for other copies put Mixtral 25% next-layer's copies in another order from its
+    ninth pass on, and its decisions with them: `benchmarks/live_decisions.py`); one too early only leaves
+    the rest to the drain. With short copies (OLMoE, ~0.23 ms) nearly all go at once; with long ones
+    (Mixtral, ~6.4 ms) the rest go one by one, as they should.
   - "drain": hands a worker thread (`asyncio.to_thread`) a drain: wait for the engine without the GIL,
     submit the next prefetch the moment it is idle, repeat while the forward thread is away.
   - "inline": no task at all; the forward thread itself submits the whole queue, in issue order, as it
@@ -97,7 +103,11 @@ class PrefetchWatchdog:
         self._free_at = 0.0  # perf_counter time when every copy submitted so far should have landed
         self._away_since: float | None = None  # start of the forward thread's current away span
         self._away_layer = -1  # the layer whose end started it (-1: outside a pass)
-        self._spans: dict[int, collections.deque[float]] = {}  # layer -> its last away spans (seconds)
+        self._wait_until: float | None = None  # when the copies that layer waits for should have landed
+        # layer -> its last away spans without a wait for copies, and its last tails after such a wait (seconds)
+        self._spans: dict[int, collections.deque[float]] = {}
+        self._tails: dict[int, collections.deque[float]] = {}
+        self._land_at: dict[Any, float] = {}  # job -> when it should land (the engine's order and `copy_s`)
         self.lock = threading.RLock()
         self._queue: dict[int, Any] = {}
         self.promoted = 0  # prefetches a layer needed while still queued
@@ -120,6 +130,12 @@ class PrefetchWatchdog:
         self.engine.submit(job)
         now = time.perf_counter()
         self._free_at = (self._free_at if self._free_at > now else now) + self.copy_s
+        self._land_at[job] = self._free_at
+
+    def landing(self, job: Any) -> float | None:
+        """When the job's copy should land (perf_counter time), by the engine's order and `copy_s`; None
+        for a job never submitted."""
+        return self._land_at.get(job)
 
     def _submit_first(self) -> None:
         """The oldest queued prefetch goes to the engine (the caller holds the lock and saw the queue non-empty)."""
@@ -139,19 +155,27 @@ class PrefetchWatchdog:
         """The forward thread pumps at its checkpoints from now on; the task stays asleep."""
         since = self._away_since
         if since is not None:
-            spans = self._spans.get(self._away_layer)
-            if spans is None:
-                spans = self._spans[self._away_layer] = collections.deque(maxlen=SPAN_SAMPLES)
-            spans.append(time.perf_counter() - since)
+            now = time.perf_counter()
+            wait = self._wait_until
+            if wait is not None and wait > since:  # a tail after the copies landed
+                samples, sample = self._tails, now - wait
+            else:
+                samples, sample = self._spans, now - since
+            kept = samples.get(self._away_layer)
+            if kept is None:
+                kept = samples[self._away_layer] = collections.deque(maxlen=SPAN_SAMPLES)
+            kept.append(sample)
             self._away_since = None
         self._away = False
 
-    def away(self, layer: int = -1) -> None:
+    def away(self, layer: int = -1, wait_until: float | None = None) -> None:
         """The forward thread is about to block (a device sync) or leave the runtime (after `layer`'s
-        experts): the task takes over until `present`; the first call of a span starts its clock."""
+        experts, which wait for copies landing until `wait_until`, by `landing`): the task takes over until
+        `present`; the first call of a span starts its clock."""
         if self._away_since is None:
             self._away_since = time.perf_counter()
             self._away_layer = layer
+            self._wait_until = wait_until
         self._away = True
         if self._queue:
             if self.handover == "inline":
@@ -160,13 +184,18 @@ class PrefetchWatchdog:
                 self._notify()
 
     def next_gate_at(self) -> float | None:
-        """When the forward thread should be back (perf_counter time): the current away span's start plus
-        the median of the last spans after the same layer; None before any was seen."""
-        since = self._away_since
-        spans = self._spans.get(self._away_layer)
-        if since is None or not spans:
+        """When the forward thread should be back (perf_counter time): where the layer waits for copies,
+        their landing plus the median of the last tails after such a wait (the landing alone before any
+        was seen); else the away span's start plus the median of the last spans without a wait after the
+        same layer (None before any was seen)."""
+        since, wait = self._away_since, self._wait_until
+        if since is None:
             return None
-        return since + statistics.median(spans)
+        if wait is not None and wait > since:
+            tails = self._tails.get(self._away_layer)
+            return wait + (statistics.median(tails) if tails else 0.0)
+        spans = self._spans.get(self._away_layer)
+        return since + statistics.median(spans) if spans else None
 
     def queued(self, key: int) -> bool:
         return key in self._queue

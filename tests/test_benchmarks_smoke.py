@@ -42,6 +42,25 @@ def test_trace_live_run_mixtral_smoke(capsys: pytest.CaptureFixture[str], tmp_pa
         main(["--smoke", "--run", "x:none"])
 
 
+def test_live_decisions_smoke(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    import json
+
+    from benchmarks.live_decisions import main
+
+    out = tmp_path / "log.json"
+    assert main(["--smoke", "--out", str(out)]) == 0
+    log = json.loads(out.read_text())
+    assert len(log["passes"]) == 65  # the measured request: its prefill and 64 decode steps
+    first = log["passes"][1]
+    gates = [e for e in first if e[0] == "gate"]
+    assert [g[2] for g in gates] == list(range(8))  # every layer's gate, in order
+    copies = sum(1 for e in first if e[0] == "copy")
+    issued = sum(len(e[3]) for e in first if e[0] == "prefetch")
+    misses = sum(1 for g in gates for o in g[4] if o != 0)
+    assert copies <= issued + misses + 16  # a pass copies its misses and its own or earlier prefetches
+    assert "copies" in capsys.readouterr().out
+
+
 def test_bench_stalls_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks.bench_stalls import main
 

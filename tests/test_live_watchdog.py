@@ -324,6 +324,70 @@ def test_the_next_gate_is_the_away_spans_median_after_the_same_layer() -> None:
     assert gate is not None and 0.029 <= gate - t0 <= 0.039  # the median, 0.03 s (the mean is 0.04 s)
 
 
+def test_a_submitted_jobs_landing_follows_the_engines_order_and_copy_time() -> None:
+    wd = PrefetchWatchdog(FakeEngine(), handover="bounded", copy_s=0.05)
+    assert wd.landing("d0") is None  # never submitted
+    t0 = time.perf_counter()
+    wd.demand("d0")
+    wd.enqueue(1, "p1")
+    wd.pump()  # the fake engine is busy: p1 stays queued
+    assert wd.landing("p1") is None
+    wd.promote(1)  # submitted behind d0
+    t1 = time.perf_counter()
+    d0, p1 = wd.landing("d0"), wd.landing("p1")
+    assert d0 is not None and p1 is not None
+    assert t0 + 0.05 <= d0 <= t1 + 0.05 and p1 == pytest.approx(d0 + 0.05)
+
+
+def test_the_next_gate_after_a_wait_for_copies_is_their_landing_plus_the_tail() -> None:
+    """A span that waited for copies says nothing of the next one (another layer's copies): after a wait
+    the estimate is the landing plus the tail after it; without one, the spans without a wait."""
+    wd = PrefetchWatchdog(SyncEngine(), handover="bounded")
+    wd.away(3)
+    time.sleep(0.1)  # a span without a wait
+    wd.present()
+    for tail in (0.01, 0.03, 0.02):
+        wd.away(3, wait_until=time.perf_counter() + 0.02)
+        time.sleep(0.02 + tail)
+        wd.present()
+    t0 = time.perf_counter()
+    wd.away(3, wait_until=t0 + 0.2)
+    gate = wd.next_gate_at()
+    assert gate is not None and 0.2 + 0.019 <= gate - t0 <= 0.2 + 0.03  # the median tail, 0.02 s
+    wd.present()
+    t0 = time.perf_counter()
+    wd.away(3, wait_until=t0 - 1.0)  # copies landed before the span began: no wait
+    gate = wd.next_gate_at()
+    assert gate is not None and 0.099 <= gate - t0 <= 0.13
+    wd.present()
+    t0 = time.perf_counter()
+    wd.away(4, wait_until=t0 + 0.05)  # no tail seen after layer 4 yet: the landing itself
+    assert wd.next_gate_at() == pytest.approx(t0 + 0.05)
+
+
+@pytest.mark.asyncio
+async def test_bounded_handover_waits_for_the_layers_copies_not_for_a_long_old_span() -> None:
+    """An old span of 0.17 s after layer 0 (a pass that waited for more copies) would let p1-p3 go; the
+    layer now waits only for d0 (landing in ~0.05 s) and the tail after a wait was ~0.01 s, so only p1
+    starts before the next gate; the rest wait for the drain or the gate's demand copies."""
+    eng = FakeEngine()
+    wd = PrefetchWatchdog(eng, handover="bounded", copy_s=0.05)
+    wd.away(0)
+    time.sleep(0.17)
+    wd.present()
+    wd.away(0, wait_until=time.perf_counter() + 0.005)
+    time.sleep(0.015)  # a tail of ~0.01 s after the wait
+    wd.present()
+    async with watching(wd):
+        wd.demand("d0")
+        for k in (1, 2, 3, 4, 5):
+            wd.enqueue(k, f"p{k}")
+        wd.away(0, wait_until=wd.landing("d0"))
+        await until(lambda: len(eng.log) == 2)
+        await settle()
+        assert eng.log == ["d0", "p1"] and len(wd) == 4
+
+
 def test_bounded_spans_ignore_an_outlier_that_the_mean_would_follow() -> None:
     wd = PrefetchWatchdog(SyncEngine(), handover="bounded")
     for span in (0.01, 0.01, 0.2):
