@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
@@ -164,8 +166,8 @@ def live_log(args: argparse.Namespace) -> dict[str, Any] | None:
     print(f"{args.model} {int(frac * 100)}% {pf} {args.eviction}: decode {res.decode_tok_s:.2f} tok/s, "
           f"copies {res.stats.copies} (per pass: {' '.join(map(str, copies))})")
     return {"model": args.model, "fraction": frac, "prefetch": pf, "eviction": args.eviction,
-            "decode_s": list(res.decode_s), "stats": dict(vars(res.stats)) if hasattr(res.stats, "__dict__")
-            else None, "passes": passes}
+            "decode_s": list(res.decode_s), "stats": attrs.asdict(res.stats) if res.stats is not None else None,
+            "passes": passes}
 
 
 def compare(data: dict[str, Any], record: Path, profile: Path) -> None:
