@@ -2,7 +2,8 @@
 each timed by CUDA events, while a second process spins on the host clock and notes every gap over
 `--host-gap-ms`. Prints the copies' duration and gap distribution, the slow copies and wide gaps with their
 time, and the host stalls with theirs, on one clock (the host's monotonic clock; the copies' times are
-anchored to it by a synchronized event at the start). Needs a GPU (`--smoke`: the host side only).
+anchored to it at their first event: `calibrate.transfers.stream_copies`, the loop `emu calibrate` times the
+link's sustained rate with). Needs a GPU (`--smoke`: the host side only).
 
     python benchmarks/bench_stalls.py [--seconds 20] [--mb 352] [--host-gap-ms 1]
 
@@ -43,34 +44,16 @@ def copies(seconds: float, nbytes: int) -> list[tuple[float, float, float]]:
     """(start on the host clock, duration, gap before it) of each copy, in seconds."""
     import torch
 
+    from calibrate.transfers import stream_copies
+
     host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
     dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     stream = torch.cuda.Stream()
     dev.copy_(host)  # warm
     torch.cuda.synchronize()
-    anchor = torch.cuda.Event(enable_timing=True)
-    events = []
-    with torch.cuda.stream(stream):
-        anchor.record(stream)
-        t0 = time.perf_counter()
-        end = t0 + seconds
-        while time.perf_counter() < end:
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record(stream)
-            dev.copy_(host, non_blocking=True)
-            b.record(stream)
-            events.append((a, b))
-            if len(events) > 2:
-                events[-3][1].synchronize()  # two copies queued ahead at most: the engine never runs dry
-    torch.cuda.synchronize()
-    out = []
-    prev_end = None
-    for a, b in events:
-        start = anchor.elapsed_time(a) / 1e3
-        fin = anchor.elapsed_time(b) / 1e3
-        out.append((t0 + start, fin - start, 0.0 if prev_end is None else start - prev_end))
-        prev_end = fin
-    return out
+    t0, starts, ends = stream_copies(torch, stream, lambda i: dev.copy_(host, non_blocking=True), seconds)
+    gaps = [0.0] + [b - a for a, b in zip(ends, starts[1:])]
+    return [(t0 + a, b - a, g) for a, b, g in zip(starts, ends, gaps)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -155,16 +155,15 @@ def sustained_ratio(starts_s: list[float], ends_s: list[float]) -> float:
     return (ends_s[-1] - starts_s[0]) / (len(starts_s) * median)
 
 
-def measure_sustained(bench: Bench, pools: Pools, size: int, seconds: float) -> dict[str, Any]:
-    """Pinned host-to-device copies of `size` back to back for `seconds`, each timed by an event pair (two
-    queued ahead at most, so the engine never runs dry): the link over seconds, not a few copies' median."""
-    torch = bench.torch
-    stream = bench.new_stream()
-    fn = _copy_fn(pools, "h2d_pinned", size)
-    bench.time_each(fn, 2, stream)  # warm-up
+def stream_copies(torch: Any, stream: Any, fn: Callable[[int], Any], seconds: float
+                  ) -> tuple[float, list[float], list[float]]:
+    """`fn(i)` (a copy) back to back on `stream` for `seconds`, each timed by an event pair (two queued ahead
+    at most, so the engine never runs dry). Returns the host's perf_counter time at the first start event
+    and every copy's start and end, in seconds from that event."""
     pairs = []
     with torch.cuda.stream(stream):
-        end = time.perf_counter() + seconds
+        t0 = time.perf_counter()
+        end = t0 + seconds
         i = 0
         while time.perf_counter() < end:
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -177,10 +176,18 @@ def measure_sustained(bench: Bench, pools: Pools, size: int, seconds: float) -> 
             i += 1
     stream.synchronize()
     first = pairs[0][0]
-    starts = [first.elapsed_time(a) / 1e3 for a, _ in pairs]
-    ends = [first.elapsed_time(b) / 1e3 for _, b in pairs]
+    return t0, [first.elapsed_time(a) / 1e3 for a, _ in pairs], [first.elapsed_time(b) / 1e3 for _, b in pairs]
+
+
+def measure_sustained(bench: Bench, pools: Pools, size: int, seconds: float) -> dict[str, Any]:
+    """Pinned host-to-device copies of `size` back to back for `seconds` (`stream_copies`): the link over
+    seconds, not a few copies' median."""
+    stream = bench.new_stream()
+    fn = _copy_fn(pools, "h2d_pinned", size)
+    bench.time_each(fn, 2, stream)  # warm-up
+    _, starts, ends = stream_copies(bench.torch, stream, fn, seconds)
     durations = [b - a for a, b in zip(starts, ends)]
-    return {"bytes": size, "seconds": ends[-1], "copies": len(pairs), "median_s": _median(durations),
+    return {"bytes": size, "seconds": ends[-1], "copies": len(starts), "median_s": _median(durations),
             "max_s": max(durations), "ratio": sustained_ratio(starts, ends), "samples_s": durations}
 
 

@@ -283,6 +283,10 @@ class CacheBridge:
     def release(self, layer: int, expert: int) -> None:
         self.cs.protect[layer * self.n_experts + expert] -= 1
 
+    def gated(self) -> np.ndarray:
+        """The keys the last gate was asked for (its layer's experts, ascending)."""
+        return self.cs.cur_key[: self.cs.sc[SC_NCUR]]
+
     def resident(self) -> np.ndarray:
         """Keys that hold a slot (resident or in flight)."""
         st = self.cs.status

@@ -199,7 +199,6 @@ class ExpertOffload:
         self.recopy = False
         self.recopies = [0, 0]  # (demand, prefetch) copies made so by the copying mode
         self._left: tuple[int, float] = (-2, 0.0)  # (layer, perf_counter) when the forward thread left it
-        self._layer_experts = np.zeros(0, np.int64)  # the experts of the layer being run (its gate's ids)
         self.reset()
 
     def sibling(self, n_slots: int, *, eviction: str = "lru", prefetch: str = "none", seed: int = 0,
@@ -451,10 +450,10 @@ class ExpertOffload:
             # leaving the runtime until the next layer's readback (attention, norms, router; at the last
             # layer the lm head and the sampling sync): no checkpoint of ours runs there, so the queue is
             # handed over (submitted here with "inline", else to the watchdog task: one wake per layer);
-            # the next gate comes no sooner than the copies this layer's experts wait for have landed
-            keys = (layer * self.n_experts + self._layer_experts).tolist()
-            landings = [wd.landing((layer, k % self.n_experts, int(self.slot_of[k]))) for k in keys]
-            wd.away(layer, max((t for t in landings if t is not None), default=None))
+            # the next gate comes no sooner than the copies of this layer's experts have landed
+            n = self.n_experts
+            jobs = ((layer, k % n, int(self.slot_of[k])) for k in self.bridge.gated().tolist())
+            wd.away(layer, wd.last_landing(jobs))
         self._left = (layer, time.perf_counter())
         return out
 
@@ -468,7 +467,6 @@ class ExpertOffload:
         index, predicted = self._readback(layer, hidden, top_k_index)  # the host must know the ids
         experts, tokens = np.unique(index, return_counts=True)
         experts = experts.astype(np.int64)
-        self._layer_experts = experts
         ready: list[tuple[int, int, Any]] = []  # (expert, slot, event to wait for)
         late: list[tuple[int, int, Any]] = []  # hits whose prefetch copy is still on its way
         loading: list[tuple[int, int, Any]] = []

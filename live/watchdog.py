@@ -61,6 +61,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 HANDOVERS = ("bulk", "bounded", "drain", "inline")
@@ -168,10 +169,17 @@ class PrefetchWatchdog:
             self._away_since = None
         self._away = False
 
+    def last_landing(self, jobs: Iterable[Any]) -> float | None:
+        """When the last of the jobs submitted among `jobs` should land (`landing`); None where none was, and
+        without reading `jobs` for a hand-over that does not estimate the next gate (all but "bounded")."""
+        if self.handover != "bounded":
+            return None
+        return max((t for t in map(self._land_at.get, jobs) if t is not None), default=None)
+
     def away(self, layer: int = -1, wait_until: float | None = None) -> None:
         """The forward thread is about to block (a device sync) or leave the runtime (after `layer`'s
-        experts, which wait for copies landing until `wait_until`, by `landing`): the task takes over until
-        `present`; the first call of a span starts its clock."""
+        experts, which wait for copies landing until `wait_until`, by `last_landing`): the task takes over
+        until `present`; the first call of a span starts its clock."""
         if self._away_since is None:
             self._away_since = time.perf_counter()
             self._away_layer = layer
