@@ -55,12 +55,12 @@ def _inputs(tokens: int, capacity: float, eviction: str, prefetch: str) -> tuple
 
 
 def _timed(run: object, inputs: object) -> dict:
-    from emu.engines.state import ST_ACCESSES
+    from emu.kernel.layout import ST
 
     c0 = time.process_time()
     cs, end, timings = run(inputs)
     cpu = time.process_time() - c0 - timings["setup_s"]
-    accesses = int(cs.stats_i[ST_ACCESSES].sum())
+    accesses = int(cs.stats_i[ST.ACCESSES].sum())
     hits = int(cs.stats_i[1].sum())
     return {"accesses": accesses, "wall_s": timings["run_s"], "cpu_s": cpu, "setup_s": timings["setup_s"],
             "acc_per_s": accesses / timings["run_s"], "hit_rate": hits / accesses, "end_s": end}

@@ -32,7 +32,7 @@ from benchmarks.trace_live_run import _config  # noqa: E402
 
 def record_decisions(log: list[list[Any]]) -> Any:
     """Log every decision of every runtime and bridge from now on (class-level wraps); returns the undo."""
-    from emu.engines.state import IN_FLIGHT
+    from emu.kernel.layout import IN_FLIGHT
     from live.cache_bridge import CacheBridge
     from live.offload import ExpertOffload
 

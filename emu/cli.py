@@ -75,10 +75,14 @@ def _timeline_recorder(args: argparse.Namespace, n_scenarios: int) -> Any:
 def cmd_policies(args: argparse.Namespace) -> int:
     import json
 
+    import attrs
+
     from .policies.registry import REGISTRY
 
     listing = {kind: {name: {"doc": p.doc, "params": {k: {"default": v.default, "min": v.lo, "max": v.hi,
-                                                          "doc": v.doc} for k, v in p.params.items()}}
+                                                          "doc": v.doc} for k, v in p.params.items()},
+                             "capabilities": [c for c, on in attrs.asdict(p.capabilities).items() if on],
+                             "module": p.module}
                       for name, p in sorted(policies.items())} for kind, policies in REGISTRY.items()}
     if args.json:
         print(json.dumps(listing, indent=2, default=str))
@@ -87,7 +91,8 @@ def cmd_policies(args: argparse.Namespace) -> int:
         print(f"{kind}:")
         for name, info in policies.items():
             params = ", ".join(f"{k}={v['default']:g} [{v['min']:g}, {v['max']:g}]" for k, v in info["params"].items())
-            print(f"  {name:<18} {info['doc']}" + (f"  ({params})" if params else ""))
+            caps = f"  [{', '.join(info['capabilities'])}]" if info["capabilities"] else ""
+            print(f"  {name:<18} {info['doc']}" + (f"  ({params})" if params else "") + caps)
     return 0
 
 
@@ -136,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports the policy registry, and with it any installed policy package
+    except EmuError as err:
+        print(f"emu: error: {err}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("ignore")

@@ -7,22 +7,22 @@ from typing import Any
 import attrs
 import numpy as np
 
-from .engines import state as S
+from .kernel.layout import FC, SC, SF, ST
 from .trace import PHASE_DECODE
 
 _COUNTERS = {
-    "accesses": S.ST_ACCESSES, "hits": S.ST_HITS, "late_prefetch_hits": S.ST_LATE_HITS,
-    "misses_compulsory": S.ST_MISS_COMPULSORY, "misses_capacity": S.ST_MISS_CAPACITY,
-    "misses_collision": S.ST_MISS_COLLISION, "dropped": S.ST_DROPPED, "substituted": S.ST_SUBSTITUTED,
-    "degraded": S.ST_DEGRADED, "cpu_runs": S.ST_CPU_RUNS, "prefetch_issued": S.ST_PF_ISSUED,
-    "prefetch_useful": S.ST_PF_USEFUL, "prefetch_dropped": S.ST_PF_DROPPED, "prefetch_wasted": S.ST_PF_WASTED,
-    "bytes_h2d": S.ST_BYTES_H2D, "copies": S.ST_COPIES, "evictions": S.ST_EVICTIONS,
-    "demand_waits": S.ST_DEMAND_WAITS,
+    "accesses": ST.ACCESSES, "hits": ST.HITS, "late_prefetch_hits": ST.LATE_HITS,
+    "misses_compulsory": ST.MISS_COMPULSORY, "misses_capacity": ST.MISS_CAPACITY,
+    "misses_collision": ST.MISS_COLLISION, "dropped": ST.DROPPED, "substituted": ST.SUBSTITUTED,
+    "degraded": ST.DEGRADED, "cpu_runs": ST.CPU_RUNS, "prefetch_issued": ST.PF_ISSUED,
+    "prefetch_useful": ST.PF_USEFUL, "prefetch_dropped": ST.PF_DROPPED, "prefetch_wasted": ST.PF_WASTED,
+    "bytes_h2d": ST.BYTES_H2D, "copies": ST.COPIES, "evictions": ST.EVICTIONS,
+    "demand_waits": ST.DEMAND_WAITS,
 }
 _FLOATS = {
-    "late_wait_s": S.SF_LATE_WAIT_S, "stall_s": S.SF_STALL_S, "dropped_mass": S.SF_DROPPED_MASS,
-    "substituted_mass": S.SF_SUBSTITUTED_MASS, "degraded_mass": S.SF_DEGRADED_MASS, "mass": S.SF_MASS,
-    "prefetch_wasted_bytes": S.SF_PF_WASTED_BYTES, "rerouted_mass": S.SF_REROUTED_MASS,
+    "late_wait_s": SF.LATE_WAIT_S, "stall_s": SF.STALL_S, "dropped_mass": SF.DROPPED_MASS,
+    "substituted_mass": SF.SUBSTITUTED_MASS, "degraded_mass": SF.DEGRADED_MASS, "mass": SF.MASS,
+    "prefetch_wasted_bytes": SF.PF_WASTED_BYTES, "rerouted_mass": SF.REROUTED_MASS,
 }
 
 
@@ -120,8 +120,8 @@ def build_result(cs: Any, end_time: float, trace: Any, engine: str, timings: dic
         ttft_s=float(np.mean(ttfts)) if ttfts else 0.0, tpot_s=tpot,
         decode_tok_per_s=decode_tokens / decode_time if decode_time > 0 else 0.0, e2e_s=e2e,
         counters=counters, per_layer=per_layer, per_request_ttft_s=ttfts,
-        copy_busy_frac=min(float(cs.fc[S.FC_COPY_BUSY]) / (e2e * max(int(cs.sc[S.SC_N_ENGINES]), 1)), 1.0)
+        copy_busy_frac=min(float(cs.fc[FC.COPY_BUSY]) / (e2e * max(int(cs.sc[SC.N_ENGINES]), 1)), 1.0)
         if e2e > 0 else 0.0,
-        compute_busy_frac=float(cs.fc[S.FC_GPU_BUSY]) / e2e if e2e > 0 else 0.0,
-        cpu_busy_frac=float(cs.fc[S.FC_CPU_BUSY]) / e2e if e2e > 0 else 0.0,
+        compute_busy_frac=float(cs.fc[FC.GPU_BUSY]) / e2e if e2e > 0 else 0.0,
+        cpu_busy_frac=float(cs.fc[FC.CPU_BUSY]) / e2e if e2e > 0 else 0.0,
         engine=engine, timings=timings)

@@ -19,12 +19,12 @@ from typing import Any
 import attrs
 
 from emu.errors import EmuError
+from emu.kernel.hooks import KINDS
+from emu.policies.registry import live_policies
 
-from .cache_bridge import LIVE_EVICTION, LIVE_PREFETCH
-
-#: what the live runtime implements so far; other policies are refused, not silently replaced
-_LIVE_POLICIES = {"eviction": LIVE_EVICTION, "prefetch": LIVE_PREFETCH, "miss": ("fetch",), "routing": ("standard",),
-                  "partition": ("global",)}
+#: what the live runtime implements (the policies declared `live`); other policies are refused, not silently
+#: replaced
+_LIVE_POLICIES = {kind: live_policies(kind) for kind in KINDS}
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

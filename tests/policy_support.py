@@ -93,7 +93,7 @@ def kernel_setup(trace: RoutingTrace, kind: str, spec: str | tuple[str, dict[str
 def set_layer(cs: Any, layer: int, experts: list[int], tokens: list[int] | None = None,
               mass: list[float] | None = None) -> None:
     """Make `experts` the entries of the layer now at its gate (what routing would have written)."""
-    from emu.engines.state import SC_LAYER, SC_NCUR
+    from emu.kernel.layout import SC
 
     n_exp = cs.cur_key.shape[0]
     for j, e in enumerate(experts):
@@ -103,5 +103,5 @@ def set_layer(cs: Any, layer: int, experts: list[int], tokens: list[int] | None 
         cs.cur_mass[j] = 0.5 if mass is None else mass[j]
         cs.cur_sub[j] = -1
         cs.cur_where[j] = 0
-    cs.sc[SC_NCUR] = len(experts)
-    cs.sc[SC_LAYER] = layer
+    cs.sc[SC.NCUR] = len(experts)
+    cs.sc[SC.LAYER] = layer

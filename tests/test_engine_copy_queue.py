@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit
 
 from emu.engines import core
-from emu.engines.state import DEMAND, PREFETCH, new_cache_state, queue_ring
+from emu.kernel.layout import DEMAND, PREFETCH, new_cache_state, queue_ring
 
 
 @njit(cache=False)
@@ -19,7 +19,7 @@ def _drive(cs, ops: np.ndarray, out: np.ndarray) -> int:
         if ops[r, 0] == 1:
             core._queue_push(cs, ops[r, 1], seq, ops[r, 2])
             seq += 1
-        elif cs.sc[core.SC_DQ_N] + cs.sc[core.SC_PQ_N] > 0:
+        elif cs.sc[core.SC.DQ_N] + cs.sc[core.SC.PQ_N] > 0:
             out[n] = core._queue_pop(cs)
             n += 1
     return n

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 
-from emu.engines import state as S
+from emu.kernel import layout as S
 from emu.engines.des.engine import run_des
 from emu.engines.fast.engine import run_fast
 from emu.errors import EmuError
@@ -40,14 +40,14 @@ def test_accounting_memory_and_busy_fractions(s: Scenario) -> None:
     for engine in ENGINES:
         inputs, cs, result = _run(engine, s)
         st = cs.stats_i
-        misses = st[S.ST_MISS_COMPULSORY] + st[S.ST_MISS_CAPACITY] + st[S.ST_MISS_COLLISION]
-        np.testing.assert_array_equal(st[S.ST_HITS] + misses + st[S.ST_DROPPED], st[S.ST_ACCESSES],
+        misses = st[S.ST.MISS_COMPULSORY] + st[S.ST.MISS_CAPACITY] + st[S.ST.MISS_COLLISION]
+        np.testing.assert_array_equal(st[S.ST.HITS] + misses + st[S.ST.DROPPED], st[S.ST.ACCESSES],
                                       err_msg=f"{engine}: hits + misses + dropped != accesses per layer")
-        assert st[S.ST_ACCESSES].sum() > 0
-        assert (st[S.ST_LATE_HITS] <= st[S.ST_HITS]).all()
+        assert st[S.ST.ACCESSES].sum() > 0
+        assert (st[S.ST.LATE_HITS] <= st[S.ST.HITS]).all()
 
         cap = inputs.capacity_bytes
-        used = int(cs.sc[S.SC_USED])
+        used = int(cs.sc[S.SC.USED])
         held = (cs.status == S.RESIDENT) | (cs.status == S.IN_FLIGHT)
         assert used <= cap, f"{engine}: {used} bytes held, budget {cap}"
         assert used == int(cs.nbytes[held].sum()), f"{engine}: byte count disagrees with the resident set"

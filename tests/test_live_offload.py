@@ -14,16 +14,8 @@ pytest.importorskip("transformers")
 
 from emu.engines.fast.engine import run_fast  # noqa: E402
 from emu.engines.setup import PolicyChoice, StackChoice, make_inputs  # noqa: E402
-from emu.engines.state import (  # noqa: E402
-    ST_ACCESSES,
-    ST_BYTES_H2D,
-    ST_EVICTIONS,
-    ST_HITS,
-    ST_MISS_CAPACITY,
-    ST_MISS_COLLISION,
-    ST_MISS_COMPULSORY,
-)
 from emu.errors import EmuError  # noqa: E402
+from emu.kernel.layout import ST  # noqa: E402
 from emu.profile import load_profile  # noqa: E402
 from live.hooks import RoutingHooks  # noqa: E402
 from live.models import build_model, live_shape, live_spec  # noqa: E402
@@ -157,9 +149,9 @@ def test_live_counts_equal_the_emulators_on_the_recorded_trace(eviction):
     cs, _end, _t = run_fast(inputs)
     emu = cs.stats_i.sum(axis=1)
     assert (live.accesses, live.hits, live.compulsory, live.capacity, live.collision, live.evictions) == (
-        emu[ST_ACCESSES], emu[ST_HITS], emu[ST_MISS_COMPULSORY], emu[ST_MISS_CAPACITY], emu[ST_MISS_COLLISION],
-        emu[ST_EVICTIONS])
-    assert live.bytes_h2d == emu[ST_BYTES_H2D]
+        emu[ST.ACCESSES], emu[ST.HITS], emu[ST.MISS_COMPULSORY], emu[ST.MISS_CAPACITY], emu[ST.MISS_COLLISION],
+        emu[ST.EVICTIONS])
+    assert live.bytes_h2d == emu[ST.BYTES_H2D]
     assert result.ttft_s > 0 and len(result.decode_s) == 12 and result.decode_tok_s > 0
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from emu.engines.state import IN_FLIGHT, ON_CPU, RESIDENT
 from emu.errors import EmuError
-from emu.policies.api import MISS_CPU, MISS_DROP, MISS_FETCH, MISS_SUBSTITUTE
+from emu.kernel.hooks import MISS_CPU, MISS_DROP, MISS_FETCH, MISS_SUBSTITUTE
+from emu.kernel.layout import IN_FLIGHT, ON_CPU, RESIDENT
 from emu.policies.miss.fetch_priority import degraded_index
 
 from .policy_support import cpu_profile, kernel_setup, run, set_layer, trace_of
@@ -17,7 +17,7 @@ INT8, INT4, INT2 = 3, 4, 5
 
 
 def action(policy, ps, cs, tv, i: int) -> tuple[int, int]:
-    a = int(policy.kernels[0](ps, cs, tv, i, 0, 0.0))
+    a = int(policy.hooks["on_miss"](ps, cs, tv, i, 0.0))
     return a & 15, a >> 4
 
 

@@ -14,7 +14,7 @@ from .policy_support import kernel_setup, run, trace_of
 
 
 def call(pol, ps, cs, tv, p: int, layer: int) -> None:
-    pol.kernels[0](ps, cs, tv, p, layer, 0.0)
+    pol.hooks["partition"](ps, cs, tv, p, layer, 0.0)
 
 
 def test_fair_bytes_caps_every_layer_at_capacity_over_layers():

@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emu.engines.state import RESIDENT
+from emu.kernel.layout import RESIDENT
 
 from .policy_support import kernel_setup, run, set_layer, trace_of
 
 
 def prefetch_set(policy, ps, cs, tv, p: int, layer: int) -> list[int]:
-    n = policy.kernels[0](ps, cs, tv, p, layer, 0.0)
+    n = policy.hooks["prefetch"](ps, cs, tv, p, layer, 0.0)
     return [int(k) for k in cs.pf_buf[:n]]
 
 
@@ -184,7 +184,7 @@ def test_prefetch_never_evicts_what_the_layer_needs(name):
 
 
 def test_percentile_inplace_matches_numpy():
-    from emu.policies.kernel_util import percentile_inplace
+    from emu.kernel.helpers import percentile_inplace
 
     rng = np.random.default_rng(6)
     for n in (1, 2, 3, 8, 64):

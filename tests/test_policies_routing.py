@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from emu.engines.state import RESIDENT, SC_NCUR, SF_REROUTED_MASS
 from emu.errors import EmuError
+from emu.kernel.layout import RESIDENT, SC, SF
 
 from .policy_support import kernel_setup, run, trace_of
 
@@ -21,10 +21,10 @@ def routed(strength: float, rerouted: list[float] | None = None) -> tuple[list[i
     pol, ps, cs, tv = kernel_setup(tr, "routing", ("cache-aware", {"strength": strength}))
     cs.status[0] = RESIDENT
     cs.status[2] = RESIDENT
-    n = pol.kernels[0](ps, cs, tv, 0, 0, 0.0)
-    cs.sc[SC_NCUR] = n
+    n = pol.hooks["route"](ps, cs, tv, 0, 0, 0.0)
+    cs.sc[SC.NCUR] = n
     if rerouted is not None:
-        rerouted.append(float(cs.stats_f[SF_REROUTED_MASS, 0]))
+        rerouted.append(float(cs.stats_f[SF.REROUTED_MASS, 0]))
     return [int(k) for k in cs.cur_key[:n]], [float(m) for m in cs.cur_mass[:n]]
 
 

@@ -7,6 +7,8 @@ from typing import Any
 import attrs
 import numpy as np
 
+from ..kernel.layout import FC, SCAL, Timing, TraceView, new_cache_state
+from ..kernel.stack import Stack
 from ..models import PRECISION_BITS, ModelSpec
 from ..policies.api import PolicyContext
 from ..policies.registry import get_policy
@@ -19,8 +21,6 @@ from ..profile import (
     model_overhead,
 )
 from ..trace import RoutingTrace
-from .stack import Stack
-from .state import FC_AHEAD_S, Timing, TraceView, new_cache_state
 
 #: precision index 0 is the model's own precision; the others follow in this order.
 PRECISION_ORDER = ("bf16", "fp16", "fp8", "int8", "int4", "int2")
@@ -98,12 +98,15 @@ def timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ..
     exp_tok, exp_s, exp_n = _pad([expert_curve(profile, model, p) for p in precisions])
     cpu_tok, cpu_s, cpu_n = _pad([cpu_expert_curve(profile, model, p) for p in precisions])
     dense = dense_table(profile, model)
-    pass_oh = model_overhead(profile, model, "pass_overhead_s")
-    layer_oh = model_overhead(profile, model, "layer_overhead_s")
+    scal = np.zeros(len(SCAL))
+    scal[SCAL.PASS_OVERHEAD_S] = model_overhead(profile, model, "pass_overhead_s")
+    scal[SCAL.LAYER_OVERHEAD_S] = model_overhead(profile, model, "layer_overhead_s")
+    scal[SCAL.N_DENSE_LAYERS] = float(model.n_dense_layers)
+    (scal[SCAL.DECODE_COPY_ISSUE_S], scal[SCAL.DECODE_PREFETCH_ISSUE_S], scal[SCAL.PREFILL_COPY_ISSUE_S],
+     scal[SCAL.PREFILL_PREFETCH_ISSUE_S]) = issue_seconds(profile, model)
     return Timing(copy_s, exp_tok, exp_s, exp_n, cpu_tok, cpu_s, cpu_n,
                   np.asarray(dense.tokens, float), np.asarray(dense.context, float),
-                  np.ascontiguousarray(np.asarray(dense.seconds, float)),
-                  np.array([pass_oh, layer_oh, float(model.n_dense_layers), *issue_seconds(profile, model)]))
+                  np.ascontiguousarray(np.asarray(dense.seconds, float)), scal)
 
 
 def make_inputs(model: ModelSpec, profile: HardwareProfile, trace: RoutingTrace, capacity_bytes: int,
@@ -115,23 +118,20 @@ def make_inputs(model: ModelSpec, profile: HardwareProfile, trace: RoutingTrace,
 
 
 def fresh_state(inputs: SimInputs) -> tuple[Any, Any]:
-    """A new cache state and the policy stack (kernels and fresh policy states) in the core's order."""
+    """A new cache state and the policy stack (every hook and a fresh state per policy)."""
     model = inputs.model
     prec_bytes = np.array([model.expert_bytes(p) for p in inputs.precisions], np.int64)
     cs = new_cache_state(model.n_moe_layers, model.n_experts, model.top_k, inputs.trace.n_passes,
                          inputs.capacity_bytes, prec_bytes, inputs.profile.copy.h2d_engines,
                          dense_rows=inputs.tm.d_tok.shape[0])
-    cs.fc[FC_AHEAD_S] = model_overhead(inputs.profile, model, "launch_ahead_s")
+    cs.fc[FC.AHEAD_S] = model_overhead(inputs.profile, model, "launch_ahead_s")
     ctx = PolicyContext(n_layers=model.n_moe_layers, n_experts=model.n_experts, top_k=model.top_k,
                         capacity_bytes=inputs.capacity_bytes, expert_bytes=int(prec_bytes[0]),
                         prec_bytes=prec_bytes, trace=inputs.tv, seed=inputs.seed,
                         precisions=inputs.precisions, timing=inputs.tm)
-    s = inputs.stack
-    chosen = [("eviction", s.eviction), ("prefetch", s.prefetch), ("miss", s.miss), ("routing", s.routing),
-              ("partition", s.partition)]
-    policies = [get_policy(kind, choice.name) for kind, choice in chosen]
-    states = tuple(pol.init(ctx, dict(choice.params)) for pol, (_k, choice) in zip(policies, chosen))
-    evict, prefetch, miss, route, part = policies
-    kernels = (evict.kernels[0], evict.kernels[1], prefetch.kernels[0], miss.kernels[0], route.kernels[0],
-               part.kernels[0])
-    return cs, Stack(kernels, states)
+    chosen = {"eviction": inputs.stack.eviction, "prefetch": inputs.stack.prefetch, "miss": inputs.stack.miss,
+              "routing": inputs.stack.routing, "partition": inputs.stack.partition}
+    policies = {kind: get_policy(kind, choice.name) for kind, choice in chosen.items()}
+    states = {kind: policies[kind].init(ctx, dict(choice.params)) for kind, choice in chosen.items()}
+    hooks = {name: hook for policy in policies.values() for name, hook in policy.hooks.items()}
+    return cs, Stack(hooks, states)

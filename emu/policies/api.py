@@ -1,18 +1,10 @@
-"""The kernel interface every policy implements, and the spec a policy module registers.
+"""What a policy module declares: its hooks, parameters, state builder and capabilities; and `register`.
 
-A policy is one small module: a `Policy` value (name, kind, parameters, `init` that builds its state) and
-numba kernels with the fixed signatures below. Fixed signatures let the shared core take kernels as
-first-class functions, so one compiled (and cached) core serves every policy stack, in both engines.
-
-Kernels (all `@njit(SIG, cache=True)`):
-Every kernel has the signature `(ps, cs, tv, a, b, t) -> int` (ps: its own state, cs: the cache state,
-tv: the trace, t: now):
-- eviction: `victim(a=in_layer) -> key | -1` chooses among keys that `core.is_evictable` accepts;
-  `event(a=ev, b=key)` is told of EV_ACCESS, EV_INSERT, EV_EVICT and EV_PASS (b = pass).
-- prefetch: `prefetch(a=p, b=l) -> n` writes up to n keys into `cs.pf_buf` at layer l's gate.
-- miss: `miss(a=i) -> action` for entry i of the current layer (`core.encode_miss(action, arg)`).
-- routing: `route(a=p, b=l) -> n` fills the current layer's entries (`cs.cur_key/tokens/mass`).
-- partition: `partition(a=p, b=l)` sets `cs.layer_floor` and `cs.layer_cap` before the gate.
+A policy is one module: numba hooks with its kind's signatures (emu/kernel/hooks.py), an `init` that builds
+its `PolicyState` (emu/kernel/layout.py), and one `register(Policy(...))` line. The registry finds the
+modules of emu/policies/<kind>/ by themselves and loads out-of-tree packages through the entry point group
+`moe_emu.policies`, so adding a policy touches no other file. `emu policies`, scenario validation and the
+live runtime's allow-lists all read the declarations.
 """
 
 from __future__ import annotations
@@ -23,32 +15,10 @@ from typing import Any
 
 import attrs
 import numpy as np
-from numba import float64, int64
-from numba.core.types import FunctionType
 
-from ..engines.state import CS_T, PS_T, TV_T
 from ..errors import EmuError
-
-# eviction events
-EV_ACCESS = 0
-EV_INSERT = 1
-EV_EVICT = 2
-EV_PASS = 3
-
-# miss actions: low 4 bits the action, the rest its argument (precision index or substitute key)
-MISS_FETCH = 0
-MISS_DROP = 1
-MISS_SUBSTITUTE = 2
-MISS_CPU = 3
-
-#: One signature for every kernel, `(ps, cs, tv, a, b, t) -> int`, so a stack is one typed list of
-#: first-class functions that crosses from Python to numba in microseconds:
-#: victim(in_layer, -) -> key | -1; event(ev, key) -> 0; prefetch(p, l) -> n; miss(i, -) -> action;
-#: route(p, l) -> n; partition(p, l) -> 0.
-KERNEL_SIG = int64(PS_T, CS_T, TV_T, int64, int64, float64)
-KERNEL_T = FunctionType(KERNEL_SIG)
-
-KINDS = ("eviction", "prefetch", "miss", "routing", "partition")
+from ..kernel.hooks import HOOKS, KINDS
+from ..kernel.layout import Fields
 
 
 @attrs.frozen
@@ -90,16 +60,56 @@ class PolicyContext:
 
 
 @attrs.frozen
+class Capabilities:
+    """What a policy reads and where it can run. The engines run every registered policy; the live runtime
+    only those whose `live` is true, which a policy reading the future (`reads_future`) can never be."""
+
+    #: reads the trace's gate scores (a trace without them is refused)
+    needs_scores: bool = False
+    #: reads routing the runtime cannot know at the gate (later layers or passes): an emulator-only bound
+    reads_future: bool = False
+    #: the live runtime runs it (it reads only what the runtime keeps at the gate)
+    live: bool = False
+    #: reads or sets the per-layer floors and caps (a partition policy, or one that honours them)
+    partition_aware: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.live and self.reads_future:
+            raise ValueError("a policy that reads the future cannot run live")
+
+
+def _check_hooks(policy: Policy, attribute: Any, hooks: dict[str, Any]) -> None:
+    expected = HOOKS.get(policy.kind)
+    if expected is None:
+        raise ValueError(f"policy {policy.name!r}: kind {policy.kind!r} is not one of {list(KINDS)}")
+    names = [name for name, _sig in expected]
+    if sorted(hooks) != sorted(names):
+        raise ValueError(f"{policy.kind} policy {policy.name!r} declares hooks {sorted(hooks)}; expected {names}")
+    for name, sig in expected:
+        dispatcher = hooks[name]
+        signatures = getattr(dispatcher, "signatures", None)
+        if signatures is None or tuple(sig.args) not in [tuple(s) for s in signatures]:
+            raise ValueError(f"{policy.kind} policy {policy.name!r}: hook {name!r} must be compiled with "
+                             f"emu.kernel.hooks' signature {sig}")
+
+
+@attrs.frozen
 class Policy:
-    """A registered policy: its kernels, parameters and state builder."""
+    """A registered policy: its hooks (by name, see `kernel.hooks.HOOKS`), parameters and state builder."""
 
     name: str
     kind: str
-    kernels: tuple[Any, ...]
+    hooks: dict[str, Any] = attrs.field(validator=_check_hooks)
     init: Callable[[PolicyContext, dict[str, float]], Any]
     params: dict[str, Param] = attrs.field(factory=dict)
     doc: str = ""
-    needs_scores: bool = False
+    capabilities: Capabilities = Capabilities()
+    #: the module that declared it (set by `register`), so errors and listings can name it
+    module: str = ""
+
+    @property
+    def needs_scores(self) -> bool:
+        return self.capabilities.needs_scores
 
     def resolve_params(self, given: dict[str, Any], where: str, file: str | None) -> dict[str, float]:
         out = {}
@@ -111,3 +121,30 @@ class Policy:
         for key, spec in self.params.items():
             out[key] = spec.check(given[key], f"{where}.{key}", file) if key in given else spec.default
         return out
+
+
+#: every registered policy, by kind and name
+REGISTRY: dict[str, dict[str, Policy]] = {kind: {} for kind in KINDS}
+
+
+def register(policy: Policy, module: str | None = None) -> Policy:
+    """Add `policy` to the registry (a policy module's last line: `POLICY = register(Policy(...))`)."""
+    import inspect
+
+    if module is None:
+        frame = inspect.currentframe()
+        caller = frame.f_back if frame is not None else None
+        module = caller.f_globals.get("__name__", "") if caller is not None else ""
+    known = REGISTRY[policy.kind].get(policy.name)
+    if known is not None and known.module != module:
+        raise EmuError(f"{policy.kind} policy {policy.name!r} is registered twice: by {known.module} and by {module}",
+                       key="policy")
+    policy = attrs.evolve(policy, module=module)
+    REGISTRY[policy.kind][policy.name] = policy
+    return policy
+
+
+def param_values(names: type[Fields], params: dict[str, float]) -> tuple[float, ...]:
+    """A policy's resolved parameters in the order of its `Fields` enum (`P.DECAY` reads `params["decay"]`),
+    for `PolicyState.p`."""
+    return tuple(float(params[member.name.lower()]) for member in names)

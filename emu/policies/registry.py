@@ -1,57 +1,42 @@
-"""Every policy, by kind and name. Adding a policy: write its module, add one line here."""
+"""Every policy, by kind and name: the modules of emu/policies/<kind>/ register themselves when imported,
+and installed packages add theirs through the entry point group `moe_emu.policies` (an entry point names a
+module that calls `register`, or a `Policy` value)."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from importlib.metadata import entry_points
+
 from ..errors import EmuError
-from .api import KINDS, Policy
-from .eviction import belady, fld, least_stale, lfu, lhu, lru, score, seeded_random
-from .miss import cpu, drop, fetch, fetch_lowest_bit, fetch_priority, substitute
-from .partition import adaptive as adaptive_partition
-from .partition import count_floor, fair_bytes, global_pool
-from .prefetch import adaptive as adaptive_prefetch
-from .prefetch import frequency, lookahead, multi_look, next_layer, none, oracle, score_percentile, topk
-from .routing import cache_aware, standard
+from .api import REGISTRY, Capabilities, Policy, register
 
-_ALL: tuple[Policy, ...] = (
-    # eviction
-    lru.POLICY,
-    lfu.POLICY,
-    fld.POLICY,
-    score.POLICY,
-    lhu.POLICY,
-    least_stale.POLICY,
-    seeded_random.POLICY,
-    belady.POLICY,
-    # prefetch
-    none.POLICY,
-    oracle.POLICY,
-    next_layer.POLICY,
-    topk.POLICY,
-    score_percentile.POLICY,
-    lookahead.POLICY,
-    frequency.POLICY,
-    multi_look.POLICY,
-    adaptive_prefetch.POLICY,
-    # miss
-    fetch.POLICY,
-    fetch_lowest_bit.POLICY,
-    fetch_priority.POLICY,
-    drop.POLICY,
-    substitute.POLICY,
-    cpu.POLICY,
-    # routing
-    standard.POLICY,
-    cache_aware.POLICY,
-    # partition
-    global_pool.POLICY,
-    fair_bytes.POLICY,
-    count_floor.POLICY,
-    adaptive_partition.POLICY,
-)
+ENTRY_POINT_GROUP = "moe_emu.policies"
 
-REGISTRY: dict[str, dict[str, Policy]] = {kind: {} for kind in KINDS}
-for _policy in _ALL:
-    REGISTRY[_policy.kind][_policy.name] = _policy
+__all__ = ["ENTRY_POINT_GROUP", "REGISTRY", "Capabilities", "Policy", "get_policy", "live_policies", "register"]
+
+
+def _load_builtin() -> None:
+    from . import eviction, miss, partition, prefetch, routing
+
+    for package in (eviction, prefetch, miss, routing, partition):
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+def _load_entry_points() -> None:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = ep.load()
+        except Exception as err:  # an out-of-tree package's bug: name it, do not take the tool down
+            raise EmuError(f"could not load policy entry point {ep.name!r} ({ep.value}): {err}",
+                           key=ENTRY_POINT_GROUP) from None
+        if isinstance(loaded, Policy):
+            register(loaded, module=ep.value)
+
+
+_load_builtin()
+_load_entry_points()
 
 
 def get_policy(kind: str, name: str, *, file: str | None = None) -> Policy:
@@ -60,3 +45,8 @@ def get_policy(kind: str, name: str, *, file: str | None = None) -> Policy:
     except KeyError:
         raise EmuError(f"unknown {kind} policy {name!r}; expected one of {sorted(REGISTRY[kind])}",
                        file=file, key=f"policy.{kind}") from None
+
+
+def live_policies(kind: str) -> tuple[str, ...]:
+    """The policies of `kind` the live runtime can run (their declarations say `live`), by name."""
+    return tuple(sorted(name for name, p in REGISTRY[kind].items() if p.capabilities.live))

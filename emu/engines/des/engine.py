@@ -26,9 +26,9 @@ import simpy
 from simpy.events import NORMAL
 
 from ...errors import EmuError
+from ...kernel.layout import FC, SC
 from .. import core
 from ..setup import SimInputs, fresh_state
-from ..state import FC_CPU_DUR, SC_CPU_NEW, SC_GPU_NEW, SC_USED
 
 if TYPE_CHECKING:
     from .timeline import TimelineRecorder
@@ -103,13 +103,13 @@ class DesEngine:
         started = core.instant(self.stack, self.cs, self.inputs.tm, self.inputs.tv, t, n_done, done_jobs, n_free)
         if self.recorder is not None:
             self.recorder.after_instant(t, started)
-        n_gpu = int(sc[SC_GPU_NEW])
+        n_gpu = int(sc[SC.GPU_NEW])
         if n_gpu > 0:
-            sc[SC_GPU_NEW] = 0
+            sc[SC.GPU_NEW] = 0
             env.process(self._job(self.compute_stream.request(), self._chain_dur[:n_gpu].tolist(), core.GPU_DONE))
-        if sc[SC_CPU_NEW] == 1:
-            sc[SC_CPU_NEW] = 0
-            env.process(self._job(self.cpu.request(), [float(fc[FC_CPU_DUR])], core.CPU_DONE))
+        if sc[SC.CPU_NEW] == 1:
+            sc[SC.CPU_NEW] = 0
+            env.process(self._job(self.cpu.request(), [float(fc[FC.CPU_DUR])], core.CPU_DONE))
         for j in range(started):
             request = self.copy_engines.request()  # granted at once: an engine is free
             env.process(self._copy(request, int(self._io_keys[j]), float(self._io_durs[j])))
@@ -118,7 +118,7 @@ class DesEngine:
             self.end_time = t
 
     def _sync_vram(self) -> None:
-        used = int(self._sc[SC_USED])
+        used = int(self._sc[SC.USED])
         delta = used - self.vram.level
         if delta > 0:
             self.vram.put(delta)

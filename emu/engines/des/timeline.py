@@ -18,23 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import EmuError, EmuWarning
+from ...kernel.layout import E_PENDING, FC, JOB_DENSE, JOB_PRE, ON_GPU, PREFETCH, SC
 from ...trace import PHASE_DECODE
-from ..state import (
-    E_PENDING,
-    FC_CPU_DUR,
-    FC_IDLE_T,
-    JOB_DENSE,
-    JOB_PRE,
-    ON_GPU,
-    PREFETCH,
-    SC_CPU_JOB,
-    SC_CPU_NEW,
-    SC_GPU_IDLE,
-    SC_GPU_NEW,
-    SC_LAYER,
-    SC_NCUR,
-    SC_PASS,
-)
 
 DEFAULT_PASSES = (0, 8)
 #: above this many passes a timeline run warns that the SimPy engine takes minutes (it runs ~55 OLMoE
@@ -96,7 +81,7 @@ class TimelineRecorder:
         """Read what the core just started at t (before the engine clears its 'new job' flags)."""
         cs = self._cs
         sc, fc = cs.sc, cs.fc
-        p = int(sc[SC_PASS])
+        p = int(sc[SC.PASS])
         keep = self.first <= p < self.stop
         for j in range(n_started):
             key, dur = int(cs.io_keys[j]), float(cs.io_durs[j])
@@ -107,7 +92,7 @@ class TimelineRecorder:
                 self.events.append((COPY_TID + lane, f"copy L{layer} E{expert}", kind, t, dur, {
                     "pass": p, "layer": layer, "expert": expert, "kind": kind,
                     "precision": self._precisions[int(cs.prec[key])], "bytes": int(cs.nbytes[key])}))
-        n_gpu = int(sc[SC_GPU_NEW])
+        n_gpu = int(sc[SC.GPU_NEW])
         if n_gpu > 0:
             if self._stall is not None:
                 since, args = self._stall
@@ -118,30 +103,30 @@ class TimelineRecorder:
                 # a chain of jobs back to back (core._chain) is unfolded: one span per job, each starting
                 # where the previous one ends (the same additions the engines make)
                 start = t
-                layer = int(sc[SC_LAYER])
+                layer = int(sc[SC.LAYER])
                 for k in range(n_gpu):
                     job, dur = int(cs.chain_job[k]), float(cs.chain_dur[k])
                     # a chain's dense job is the next layer's (the core moves on when the chain ends)
                     job_layer = layer + 1 if job == JOB_DENSE and n_gpu > 1 else layer
                     self.events.append(self._gpu_event(start, dur, p, job, job_layer))
                     start = start + dur
-        if sc[SC_CPU_NEW] == 1 and keep:
-            i = int(sc[SC_CPU_JOB])
-            layer = int(sc[SC_LAYER])
+        if sc[SC.CPU_NEW] == 1 and keep:
+            i = int(sc[SC.CPU_JOB])
+            layer = int(sc[SC.LAYER])
             expert = int(cs.cur_expert[i])
-            self.events.append((CPU_TID, f"expert L{layer} E{expert} (CPU)", "cpu", t, float(fc[FC_CPU_DUR]),
+            self.events.append((CPU_TID, f"expert L{layer} E{expert} (CPU)", "cpu", t, float(fc[FC.CPU_DUR]),
                                 {"pass": p, "layer": layer, "expert": expert, "tokens": int(cs.cur_tokens[i])}))
-        if sc[SC_GPU_IDLE] == 1 and self._stall is None:
-            self._stall = (float(fc[FC_IDLE_T]), self._stall_args(p))
+        if sc[SC.GPU_IDLE] == 1 and self._stall is None:
+            self._stall = (float(fc[FC.IDLE_T]), self._stall_args(p))
 
     def _stall_args(self, p: int) -> dict[str, Any]:
         """What the idle GPU waits for when it goes idle: experts of the layer not resident yet, and
         whether the CPU still runs some of the layer's experts."""
         cs = self._cs
-        pending = [int(cs.cur_expert[i]) for i in range(int(cs.sc[SC_NCUR]))
+        pending = [int(cs.cur_expert[i]) for i in range(int(cs.sc[SC.NCUR]))
                    if cs.cur_state[i] == E_PENDING and cs.cur_where[i] == ON_GPU]
-        return {"pass": p, "layer": int(cs.sc[SC_LAYER]), "waiting_for": pending,
-                "cpu_busy": bool(cs.sc[SC_CPU_JOB] >= 0)}
+        return {"pass": p, "layer": int(cs.sc[SC.LAYER]), "waiting_for": pending,
+                "cpu_busy": bool(cs.sc[SC.CPU_JOB] >= 0)}
 
     def _free_lane(self, t: float, dur: float) -> int:
         """The lowest-numbered copy engine whose last copy has landed by t (the engine had one free)."""

@@ -13,11 +13,11 @@ import numpy as np
 from numba import float64, int64, njit
 
 from ...errors import EmuError
+from ...kernel.layout import CS_T, FC, SC, TM_T, TV_T
+from ...kernel.stack import STACK_T
 from .. import core
 from ..core import CPU_DONE, GPU_DONE
 from ..setup import SimInputs, fresh_state
-from ..stack import STACK_T
-from ..state import CS_T, FC_CPU_DUR, SC_CPU_NEW, SC_GPU_NEW, SC_LAST_COPY, TM_T, TV_T
 
 
 @njit(cache=True, _nrt=False)
@@ -43,7 +43,7 @@ def _loop(pk, cs, tm, tv, eng_end, eng_key):
         if landed >= 0:
             dur = core.copy_instant(cs, tm, done_keys[0], t)
             if dur >= 0.0:
-                eng_key[landed] = cs.sc[SC_LAST_COPY]
+                eng_key[landed] = cs.sc[SC.LAST_COPY]
                 eng_end[landed] = t + dur
         else:
             n_free = 0
@@ -51,15 +51,15 @@ def _loop(pk, cs, tm, tv, eng_end, eng_key):
                 if eng_key[e] < 0:
                     n_free += 1
             started = core.instant_inline(pk, cs, tm, tv, t, n_done, done_jobs, n_free)
-            n_gpu = cs.sc[SC_GPU_NEW]
+            n_gpu = cs.sc[SC.GPU_NEW]
             if n_gpu > 0:  # jobs back to back: each ends at the previous end plus its duration
-                cs.sc[SC_GPU_NEW] = 0
+                cs.sc[SC.GPU_NEW] = 0
                 gpu_end = t
                 for k in range(n_gpu):
                     gpu_end = gpu_end + cs.chain_dur[k]
-            if cs.sc[SC_CPU_NEW] == 1:
-                cs.sc[SC_CPU_NEW] = 0
-                cpu_end = t + cs.fc[FC_CPU_DUR]
+            if cs.sc[SC.CPU_NEW] == 1:
+                cs.sc[SC.CPU_NEW] = 0
+                cpu_end = t + cs.fc[FC.CPU_DUR]
             j = 0
             for e in range(n_engines):
                 if j < started and eng_key[e] < 0:

@@ -3,7 +3,7 @@
 It reads the whole trace at init, so it is the bound every online policy is measured against, not a
 policy a real system could run. Time is the position `pass * L + layer` of the forward pass; a key
 (l, e) is used at position `p * L + l` for every pass p whose tokens route to e at layer l. The core
-always knows where the forward pass is (`sc[SC_PASS]`, `sc[SC_LAYER]`), which is the cursor.
+always knows where the forward pass is (`sc[SC.PASS]`, `sc[SC.LAYER]`), which is the cursor.
 
 With uniform expert sizes, demand fetches and a cache that holds the distinct experts of any one
 (pass, layer), this is optimal under the engine's rules: the keys of the layer now computing are
@@ -15,29 +15,54 @@ cannot see; there an online policy can beat it by luck (tests/test_policies_bela
 case). Under a routing policy that changes the trace's choices (cache-aware), with prefetch or with
 mixed precisions it is the trace-informed heuristic, no longer a proven bound.
 
-State (all in `i`, one row used as a flat arena with a header of offsets): `uses` = every key's use
-positions in increasing order (CSR), `offsets[key]`, `cursor[key]` (index of the first use not yet
-passed; it only moves forward), the resident set, and a max-heap of (next use, lower key first) packed
-in one int64 per entry. An access or insert pushes the key's new entry and leaves the old one stale
-(`prio[key]` says which entry is live); stale entries are dropped when they surface, and the heap is
-rebuilt from the resident keys when it fills (4N entries). Protected or in-flight keys met on top are
-set aside and pushed back. Ties go to the lower key, as a linear scan would.
+State: one int row `i[I.ARENA]` used as a flat arena: a header (the columns `C`) holding where each region
+starts, then the regions: `uses` = every key's use positions in increasing order (CSR, from
+`offsets[key]`), `cursor[key]` (index of the first use not yet passed; it only moves forward), the
+resident set, and a max-heap of (next use, lower key first) packed in one int64 per entry. An access or
+insert pushes the key's new entry and leaves the old one stale (`prio[key]` says which entry is live);
+stale entries are dropped when they surface, and the heap is rebuilt from the resident keys when it fills
+(4N entries). Protected or in-flight keys met on top are set aside (the stash) and pushed back. Ties go
+to the lower key, as a linear scan would.
 Cost: init O(trace); O(log N) per access; per victim O((stale + protected met) log N).
 """
 
 from __future__ import annotations
 
+from enum import auto
+
 import numpy as np
 from numba import njit
 
-from ...engines.core import is_evictable
-from ...engines.state import SC_LAYER, SC_PASS, new_policy_state
-from ..api import EV_ACCESS, EV_EVICT, EV_INSERT, KERNEL_SIG, Policy, PolicyContext
-from ..kernel_util import ix, set_add, set_remove, set_size
+from ...kernel.helpers import is_evictable, ix, key_layer, set_add, set_remove, set_size
+from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG
+from ...kernel.layout import SC, Fields, new_policy_state
+from ..api import Capabilities, Policy, PolicyContext, register
 
-# arena layout (one int64 row): header, then the regions named by the header's offsets
-H_N, H_OFF, H_CUR, H_MEM, H_POS, H_USE, H_PRIO, H_HEAP, H_STASH, H_NEVER, H_HEAPCAP, H_HEAPN = range(12)
-_HDR = 12
+
+class I(Fields):
+    """Rows of `ps.i`."""
+
+    ARENA = auto()  # the header (columns C), then the regions it points to
+
+
+class C(Fields):
+    """The header, the first columns of row I.ARENA: a scalar, or the column where a region starts."""
+
+    N = auto()  # keys
+    OFF = auto()  # region offsets[key] (n + 1): where the key's uses start in USE
+    CUR = auto()  # region cursor[key] (n): index of the key's first use not yet passed
+    MEM = auto()  # region: the resident set's members (n + 1)
+    POS = auto()  # region: the resident set's positions (n + 1; the resident count at pos[n])
+    USE = auto()  # region uses: every key's use positions, in increasing order (CSR)
+    PRIO = auto()  # region prio[key] (n): the key's live heap entry (-1: not resident)
+    HEAP = auto()  # region: the max-heap (HEAP_CAP entries)
+    STASH = auto()  # region: entries set aside while a victim is searched (2n + 2)
+    NEVER = auto()  # a position later than every use
+    HEAP_CAP = auto()
+    HEAP_N = auto()  # entries in the heap
+
+
+_HDR = len(C)
 
 
 @njit(cache=True)
@@ -83,60 +108,60 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     np.cumsum(counts, out=offsets[1:])
     m = int(offsets[-1])
     heap_cap = 4 * n + 16
-    sizes = [(H_OFF, n + 1), (H_CUR, n), (H_MEM, n + 1), (H_POS, n + 1), (H_USE, m), (H_PRIO, n),
-             (H_HEAP, heap_cap), (H_STASH, 2 * n + 2)]
+    sizes = [(C.OFF, n + 1), (C.CUR, n), (C.MEM, n + 1), (C.POS, n + 1), (C.USE, m), (C.PRIO, n),
+             (C.HEAP, heap_cap), (C.STASH, 2 * n + 2)]
     header = np.zeros(_HDR, np.int64)
     at = _HDR
     for slot, size in sizes:
         header[slot] = at
         at += size
-    header[H_N] = n
-    header[H_NEVER] = (len(tv.pass_offsets) - 1) * ctx.n_layers  # later than every use position
-    header[H_HEAPCAP] = heap_cap
-    ps = new_policy_state(i_rows=1, i_cols=at)
-    a = ps.i[0]
+    header[C.N] = n
+    header[C.NEVER] = (len(tv.pass_offsets) - 1) * ctx.n_layers  # later than every use position
+    header[C.HEAP_CAP] = heap_cap
+    ps = new_policy_state(i_rows=len(I), i_cols=at)
+    a = ps.i[I.ARENA]
     a[:_HDR] = header
-    a[header[H_OFF]:header[H_OFF] + n + 1] = offsets
-    a[header[H_CUR]:header[H_CUR] + n] = offsets[:-1]
-    a[header[H_MEM]:header[H_MEM] + n + 1] = -1
-    a[header[H_POS]:header[H_POS] + n + 1] = -1
-    a[header[H_POS] + n] = 0  # resident count lives in pos[n]
-    a[header[H_PRIO]:header[H_PRIO] + n] = -1
-    _fill_uses(tv.experts, tv.pass_offsets, ctx.n_experts, offsets, a[header[H_USE]:header[H_USE] + m])
+    a[header[C.OFF]:header[C.OFF] + n + 1] = offsets
+    a[header[C.CUR]:header[C.CUR] + n] = offsets[:-1]
+    a[header[C.MEM]:header[C.MEM] + n + 1] = -1
+    a[header[C.POS]:header[C.POS] + n + 1] = -1
+    a[header[C.POS] + n] = 0  # resident count lives in pos[n]
+    a[header[C.PRIO]:header[C.PRIO] + n] = -1
+    _fill_uses(tv.experts, tv.pass_offsets, ctx.n_experts, offsets, a[header[C.USE]:header[C.USE] + m])
     return ps
 
 
 @njit(cache=True, inline="always")
 def _region(ps, slot: int, size: int):
-    a = ps.i[0]
+    a = ps.i[I.ARENA]
     return a[a[slot]:a[slot] + size]
 
 
 @njit(cache=True, _nrt=False)
 def next_use(ps, key: int, now: int) -> int:
     """First use position of `key` strictly after `now` (advancing the key's cursor), or never."""
-    a = ps.i[0]
-    n = a[H_N]
-    off = _region(ps, H_OFF, n + 1)
-    cur = _region(ps, H_CUR, n)
-    uses = a[a[H_USE]:]
+    a = ps.i[I.ARENA]
+    n = a[C.N]
+    off = _region(ps, C.OFF, n + 1)
+    cur = _region(ps, C.CUR, n)
+    uses = a[a[C.USE]:]
     c = cur[ix(key)]
     end = off[ix(key + 1)]
     while c < end and uses[ix(c)] <= now:
         c += 1
     cur[ix(key)] = c
-    return uses[ix(c)] if c < end else a[H_NEVER]
+    return uses[ix(c)] if c < end else a[C.NEVER]
 
 
 # ---- a max-heap of (next use, -key) packed as next_use * n + (n - 1 - key), lazily invalidated ---------
 
 @njit(cache=True, _nrt=False)
 def _heap_push(ps, item: int) -> None:
-    a = ps.i[0]
-    h = _region(ps, H_HEAP, a[H_HEAPCAP])
-    i = a[H_HEAPN]
+    a = ps.i[I.ARENA]
+    h = _region(ps, C.HEAP, a[C.HEAP_CAP])
+    i = a[C.HEAP_N]
     h[ix(i)] = item
-    a[H_HEAPN] = i + 1
+    a[C.HEAP_N] = i + 1
     while i > 0:
         parent = (i - 1) // 2
         if h[ix(parent)] >= h[ix(i)]:
@@ -147,10 +172,10 @@ def _heap_push(ps, item: int) -> None:
 
 @njit(cache=True, _nrt=False)
 def _heap_pop(ps) -> None:
-    a = ps.i[0]
-    h = _region(ps, H_HEAP, a[H_HEAPCAP])
-    n = a[H_HEAPN] - 1
-    a[H_HEAPN] = n
+    a = ps.i[I.ARENA]
+    h = _region(ps, C.HEAP, a[C.HEAP_CAP])
+    n = a[C.HEAP_N] - 1
+    a[C.HEAP_N] = n
     h[0] = h[ix(n)]
     i = 0
     while True:
@@ -169,15 +194,15 @@ def _heap_pop(ps) -> None:
 @njit(cache=True, _nrt=False)
 def _set_prio(ps, key: int, nu: int) -> None:
     """Record the key's next use and push its heap entry; older entries of the key become stale."""
-    a = ps.i[0]
-    n = a[H_N]
-    prio = _region(ps, H_PRIO, n)
+    a = ps.i[I.ARENA]
+    n = a[C.N]
+    prio = _region(ps, C.PRIO, n)
     item = nu * n + (n - 1 - key)
     prio[ix(key)] = item
-    if a[H_HEAPN] >= a[H_HEAPCAP]:  # full of stale entries: rebuild from the resident keys
-        a[H_HEAPN] = 0
-        members = _region(ps, H_MEM, n + 1)
-        pos = _region(ps, H_POS, n + 1)
+    if a[C.HEAP_N] >= a[C.HEAP_CAP]:  # full of stale entries: rebuild from the resident keys
+        a[C.HEAP_N] = 0
+        members = _region(ps, C.MEM, n + 1)
+        pos = _region(ps, C.POS, n + 1)
         for j in range(set_size(pos)):
             k = members[j]
             if k != key and prio[k] >= 0:
@@ -187,15 +212,15 @@ def _set_prio(ps, key: int, nu: int) -> None:
 
 @njit(cache=True, _nrt=False)
 def _now(cs) -> int:
-    return cs.sc[SC_PASS] * cs.layer_count.shape[0] + cs.sc[SC_LAYER]
+    return cs.sc[SC.PASS] * cs.layer_count.shape[0] + cs.sc[SC.LAYER]
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
-def event(ps, cs, tv, ev, key, t):
-    a = ps.i[0]
-    n = a[H_N]
-    members = _region(ps, H_MEM, n + 1)
-    pos = _region(ps, H_POS, n + 1)
+@njit(EVENT_SIG, cache=True, _nrt=False)
+def on_event(ps, cs, tv, ev, key, t):
+    a = ps.i[I.ARENA]
+    n = a[C.N]
+    members = _region(ps, C.MEM, n + 1)
+    pos = _region(ps, C.POS, n + 1)
     if ev == EV_INSERT:
         set_add(members, pos, key)
         _set_prio(ps, key, next_use(ps, key, _now(cs)))
@@ -204,21 +229,22 @@ def event(ps, cs, tv, ev, key, t):
             _set_prio(ps, key, next_use(ps, key, _now(cs)))
     elif ev == EV_EVICT:
         set_remove(members, pos, key)
-        _region(ps, H_PRIO, n)[key] = -1
+        _region(ps, C.PRIO, n)[key] = -1
     return 0
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
-def victim(ps, cs, tv, in_layer, _b, t):
-    a = ps.i[0]
-    n = a[H_N]
-    prio = _region(ps, H_PRIO, n)
-    h = _region(ps, H_HEAP, a[H_HEAPCAP])
-    stash = _region(ps, H_STASH, 2 * n + 2)
+@njit(VICTIM_SIG, cache=True, _nrt=False)
+def victim(ps, cs, tv, incoming, t):
+    in_layer = key_layer(cs, incoming)
+    a = ps.i[I.ARENA]
+    n = a[C.N]
+    prio = _region(ps, C.PRIO, n)
+    h = _region(ps, C.HEAP, a[C.HEAP_CAP])
+    stash = _region(ps, C.STASH, 2 * n + 2)
     now = _now(cs)
     n_stash = 0
     found = -1
-    while a[H_HEAPN] > 0:
+    while a[C.HEAP_N] > 0:
         item = h[0]
         key = n - 1 - item % n
         if prio[ix(key)] != item:  # evicted, or re-pushed since
@@ -241,5 +267,7 @@ def victim(ps, cs, tv, in_layer, _b, t):
     return found
 
 
-POLICY = Policy(name="belady", kind="eviction", kernels=(victim, event), init=init,
-                doc="Offline optimum: evict the expert whose next use is farthest (reads the whole trace).")
+POLICY = register(Policy(
+    name="belady", kind="eviction", hooks={"victim": victim, "on_event": on_event}, init=init,
+    capabilities=Capabilities(reads_future=True),
+    doc="Offline optimum: evict the expert whose next use is farthest (reads the whole trace)."))

@@ -10,11 +10,12 @@ Victim order, with c the layer now computing:
 2. stale keys of layers > c, farthest ahead first (needed last in this pass);
 3. current keys of layers <= c, lowest layer first, FIFO within a layer;
 4. current keys of layers > c (prefetched for later layers of this pass), farthest ahead first.
-State: per key a doubly linked list node (`i[0]` prev, `i[1]` next) and `i[2]` the pass it was last
-touched in (-1: not resident); per (queue, layer) a FIFO bucket, heads in `i[3]`, tails in `i[4]`
-(queue 0 stale, 1 current, index queue * L + layer); `i[5, 0..1]` one bitmap per queue of the
-non-empty buckets, `i[5, 2]` the current pass. At a pass boundary the current queue is spliced onto the
-stale one bucket by bucket, O(L) per pass and nothing per key.
+State: per key a doubly linked list node (`i[I.PREV, key]`, `i[I.NEXT, key]`) and `i[I.TOUCHED, key]` the
+pass it was last touched in (-1: not resident); per (queue, layer) a FIFO bucket, index queue * L + layer
+with queue `C.STALE` or `C.CURRENT`, its head in `i[I.HEAD]` and tail in `i[I.TAIL]`; in row `I.SCALARS`,
+at column q, the bitmap of queue q's non-empty buckets, and at `C.PASS` the current pass. At a pass
+boundary the current queue is spliced onto the stale one bucket by bucket, O(L) per pass and nothing per
+key.
 Cost: insert and access O(1) (bucket append; the spec allows O(log N)); evict O(1): the first non-empty
 bucket comes from the bitmap (models with more than 62 MoE layers scan the L buckets instead), then the
 bucket's head, skipping only protected or in-flight keys.
@@ -22,24 +23,45 @@ bucket's head, skipping only protected or in-flight keys.
 
 from __future__ import annotations
 
+from enum import auto
+
 import numpy as np
 from numba import njit
 from numba.cpython.unsafe.numbers import trailing_zeros
 
-from ...engines.core import is_evictable, key_layer
-from ...engines.state import SC_LAYER, new_policy_state
-from ..api import EV_ACCESS, EV_EVICT, EV_INSERT, EV_PASS, KERNEL_SIG, Policy, PolicyContext
-from ..kernel_util import ix
+from ...kernel.helpers import is_evictable, ix, key_layer
+from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EV_PASS, EVENT_SIG, VICTIM_SIG
+from ...kernel.layout import SC, Fields, new_policy_state
+from ..api import Capabilities, Policy, PolicyContext, register
 
 _NONE = -1
 _BITMAP_MAX_LAYERS = 62
 
 
+class I(Fields):
+    """Rows of `ps.i`."""
+
+    PREV = auto()  # per key: previous key in its bucket (-1: none)
+    NEXT = auto()  # per key: next key in its bucket (-1: none)
+    TOUCHED = auto()  # per key: the pass it was last touched in (-1: not resident)
+    HEAD = auto()  # per bucket (queue * L + layer): first key (-1: empty)
+    TAIL = auto()  # per bucket: last key
+    SCALARS = auto()  # the scalars, at the columns C
+
+
+class C(Fields):
+    """Columns of row I.SCALARS. The queues are numbered by their bitmap's column: STALE 0, CURRENT 1."""
+
+    STALE = auto()  # bitmap of the stale queue's non-empty buckets (bit = layer)
+    CURRENT = auto()  # bitmap of the current queue's non-empty buckets
+    PASS = auto()  # the current pass
+
+
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     n = ctx.n_layers * ctx.n_experts
-    ps = new_policy_state(i_rows=6, i_cols=max(n, 2 * ctx.n_layers, 3))
-    ps.i[:5, :] = _NONE
-    ps.i[5, :] = 0
+    ps = new_policy_state(i_rows=len(I), i_cols=max(n, 2 * ctx.n_layers, len(C)))  # 2 queues of L buckets
+    ps.i[:I.SCALARS, :] = _NONE  # every row before the scalars
+    ps.i[I.SCALARS, :] = 0
     return ps
 
 
@@ -53,23 +75,23 @@ def _unlink(ps, cs, key: int) -> None:
     i = ps.i
     n_layers = _n_layers(cs)
     k = ix(key)
-    q = 1 if i[2, k] == i[5, 2] else 0
+    q = C.CURRENT if i[I.TOUCHED, k] == i[I.SCALARS, C.PASS] else C.STALE
     b = ix(q * n_layers + key_layer(cs, key))
-    prev = i[0, k]
-    nxt = i[1, k]
+    prev = i[I.PREV, k]
+    nxt = i[I.NEXT, k]
     if prev != _NONE:
-        i[1, ix(prev)] = nxt
+        i[I.NEXT, ix(prev)] = nxt
     else:
-        i[3, b] = nxt
+        i[I.HEAD, b] = nxt
     if nxt != _NONE:
-        i[0, ix(nxt)] = prev
+        i[I.PREV, ix(nxt)] = prev
     else:
-        i[4, b] = prev
-    if i[3, b] == _NONE and n_layers <= _BITMAP_MAX_LAYERS:
-        i[5, ix(q)] &= ~(np.int64(1) << (b - q * n_layers))
-    i[0, k] = _NONE
-    i[1, k] = _NONE
-    i[2, k] = _NONE
+        i[I.TAIL, b] = prev
+    if i[I.HEAD, b] == _NONE and n_layers <= _BITMAP_MAX_LAYERS:
+        i[I.SCALARS, ix(q)] &= ~(np.int64(1) << (b - q * n_layers))
+    i[I.PREV, k] = _NONE
+    i[I.NEXT, k] = _NONE
+    i[I.TOUCHED, k] = _NONE
 
 
 @njit(cache=True, _nrt=False)
@@ -77,19 +99,19 @@ def _append_current(ps, cs, key: int) -> None:
     i = ps.i
     n_layers = _n_layers(cs)
     layer = key_layer(cs, key)
-    b = ix(n_layers + layer)
+    b = ix(C.CURRENT * n_layers + layer)
     k = ix(key)
-    tail = i[4, b]
-    i[0, k] = tail
-    i[1, k] = _NONE
+    tail = i[I.TAIL, b]
+    i[I.PREV, k] = tail
+    i[I.NEXT, k] = _NONE
     if tail != _NONE:
-        i[1, ix(tail)] = key
+        i[I.NEXT, ix(tail)] = key
     else:
-        i[3, b] = key
-    i[4, b] = key
-    i[2, k] = i[5, 2]
+        i[I.HEAD, b] = key
+    i[I.TAIL, b] = key
+    i[I.TOUCHED, k] = i[I.SCALARS, C.PASS]
     if n_layers <= _BITMAP_MAX_LAYERS:
-        i[5, 1] |= np.int64(1) << layer
+        i[I.SCALARS, C.CURRENT] |= np.int64(1) << layer
 
 
 @njit(cache=True, _nrt=False)
@@ -98,34 +120,35 @@ def _new_pass(ps, cs, p: int) -> None:
     i = ps.i
     n_layers = _n_layers(cs)
     for layer in range(n_layers):
-        cb = n_layers + layer
-        head = i[3, cb]
+        sb = C.STALE * n_layers + layer
+        cb = C.CURRENT * n_layers + layer
+        head = i[I.HEAD, cb]
         if head == _NONE:
             continue
-        stail = i[4, layer]
+        stail = i[I.TAIL, sb]
         if stail == _NONE:
-            i[3, layer] = head
+            i[I.HEAD, sb] = head
         else:
-            i[1, stail] = head
-            i[0, head] = stail
-        i[4, layer] = i[4, cb]
-        i[3, cb] = _NONE
-        i[4, cb] = _NONE
+            i[I.NEXT, stail] = head
+            i[I.PREV, head] = stail
+        i[I.TAIL, sb] = i[I.TAIL, cb]
+        i[I.HEAD, cb] = _NONE
+        i[I.TAIL, cb] = _NONE
     if n_layers <= _BITMAP_MAX_LAYERS:
-        i[5, 0] |= i[5, 1]
-        i[5, 1] = 0
-    i[5, 2] = p
+        i[I.SCALARS, C.STALE] |= i[I.SCALARS, C.CURRENT]
+        i[I.SCALARS, C.CURRENT] = 0
+    i[I.SCALARS, C.PASS] = p
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
-def event(ps, cs, tv, ev, key, t):
+@njit(EVENT_SIG, cache=True, _nrt=False)
+def on_event(ps, cs, tv, ev, key, t):
     if ev == EV_PASS:
         _new_pass(ps, cs, key)
     elif ev in (EV_ACCESS, EV_INSERT):
-        if ps.i[2, ix(key)] != _NONE:
+        if ps.i[I.TOUCHED, ix(key)] != _NONE:
             _unlink(ps, cs, key)
         _append_current(ps, cs, key)
-    elif ev == EV_EVICT and ps.i[2, ix(key)] != _NONE:
+    elif ev == EV_EVICT and ps.i[I.TOUCHED, ix(key)] != _NONE:
         _unlink(ps, cs, key)
     return 0
 
@@ -147,22 +170,22 @@ def _high_bit(x: np.int64) -> int:
 
 @njit(cache=True, _nrt=False)
 def _first_in_bucket(ps, cs, b: int, in_layer: int) -> int:
-    key = ps.i[3, ix(b)]
+    key = ps.i[I.HEAD, ix(b)]
     while key != _NONE:
         if is_evictable(cs, key, in_layer):
             return key
-        key = ps.i[1, ix(key)]
+        key = ps.i[I.NEXT, ix(key)]
     return -1
 
 
 @njit(cache=True, _nrt=False)
 def _scan(ps, cs, q: int, lo: int, hi: int, ascending: bool, in_layer: int) -> int:
-    """First evictable key in queue q over layers [lo, hi), in the given layer order."""
+    """First evictable key in queue q (C.STALE or C.CURRENT) over layers [lo, hi), in the given layer order."""
     n_layers = _n_layers(cs)
     if lo >= hi:
         return -1
     if n_layers <= _BITMAP_MAX_LAYERS:
-        mask = ps.i[5, q] & (((np.int64(1) << hi) - 1) ^ ((np.int64(1) << lo) - 1))
+        mask = ps.i[I.SCALARS, q] & (((np.int64(1) << hi) - 1) ^ ((np.int64(1) << lo) - 1))
         while mask != 0:
             layer = _low_bit(mask) if ascending else _high_bit(mask)
             key = _first_in_bucket(ps, cs, q * n_layers + layer, in_layer)
@@ -178,19 +201,22 @@ def _scan(ps, cs, q: int, lo: int, hi: int, ascending: bool, in_layer: int) -> i
     return -1
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
-def victim(ps, cs, tv, in_layer, _b, t):
+@njit(VICTIM_SIG, cache=True, _nrt=False)
+def victim(ps, cs, tv, incoming, t):
+    in_layer = key_layer(cs, incoming)
     n_layers = _n_layers(cs)
-    c = cs.sc[SC_LAYER]
-    key = _scan(ps, cs, 0, 0, c + 1, True, in_layer)
+    c = cs.sc[SC.LAYER]
+    key = _scan(ps, cs, C.STALE, 0, c + 1, True, in_layer)
     if key < 0:
-        key = _scan(ps, cs, 0, c + 1, n_layers, False, in_layer)
+        key = _scan(ps, cs, C.STALE, c + 1, n_layers, False, in_layer)
     if key < 0:
-        key = _scan(ps, cs, 1, 0, c + 1, True, in_layer)
+        key = _scan(ps, cs, C.CURRENT, 0, c + 1, True, in_layer)
     if key < 0:
-        key = _scan(ps, cs, 1, c + 1, n_layers, False, in_layer)
+        key = _scan(ps, cs, C.CURRENT, c + 1, n_layers, False, in_layer)
     return key
 
 
-POLICY = Policy(name="least-stale", kind="eviction", kernels=(victim, event), init=init,
-                doc="SpecMD Least-Stale: stale (not touched this pass) before current, passed layers first.")
+POLICY = register(Policy(
+    name="least-stale", kind="eviction", hooks={"victim": victim, "on_event": on_event}, init=init,
+    capabilities=Capabilities(live=True),
+    doc="SpecMD Least-Stale: stale (not touched this pass) before current, passed layers first."))

@@ -1,55 +1,69 @@
 """Least frequently used: evict the resident expert with the fewest accesses so far.
 
-State: `i[0]` resident keys, `i[1]` their positions (see `kernel_util`), `i[2, key]` access count (kept
-across evictions: the count is the expert's popularity over the whole run, "perfect LFU"), `i[3, key]`
-the logical clock of the key's last access, which breaks ties (least recent goes first).
+State: the resident set (rows `I.MEMBERS`, `I.POS`, see `kernel.helpers`), `i[I.COUNT, key]` the access
+count (kept across evictions: the count is the expert's popularity over the whole run, "perfect LFU") and
+`i[I.LAST, key]` the logical clock of the key's last access, which breaks ties (least recent goes first).
 Demand inserts count as an access; prefetch inserts do not (the expert was not asked for).
 Cost: O(1) per event, O(resident) per victim.
 """
 
 from __future__ import annotations
 
+from enum import auto
+
 from numba import njit
 
-from ...engines.core import is_evictable
-from ...engines.state import DEMAND, SC_CLOCK
-from ..api import EV_ACCESS, EV_EVICT, EV_INSERT, KERNEL_SIG, Policy, PolicyContext
-from ..kernel_util import resident_set_state, set_add, set_remove, set_size
+from ...kernel.helpers import is_evictable, key_layer, resident_set_state, set_add, set_remove, set_size
+from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG
+from ...kernel.layout import DEMAND, SC, Fields
+from ..api import Capabilities, Policy, PolicyContext, register
+
+
+class I(Fields):
+    """Rows of `ps.i` (lhu keeps the same rows: it shares `victim`)."""
+
+    MEMBERS = auto()  # the resident set's keys (helpers.resident_set_state: rows MEMBERS, POS first)
+    POS = auto()  # each key's index in MEMBERS
+    COUNT = auto()  # per key: accesses so far
+    LAST = auto()  # per key: clock of the last access (ties: least recent)
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
-    return resident_set_state(ctx.n_layers * ctx.n_experts, i_rows=4)
+    return resident_set_state(ctx.n_layers * ctx.n_experts, i_rows=len(I))
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
-def event(ps, cs, tv, ev, key, t):
+@njit(EVENT_SIG, cache=True, _nrt=False)
+def on_event(ps, cs, tv, ev, key, t):
     i = ps.i
     if ev == EV_ACCESS:
-        i[2, key] += 1
-        i[3, key] = cs.sc[SC_CLOCK]
+        i[I.COUNT, key] += 1
+        i[I.LAST, key] = cs.sc[SC.CLOCK]
     elif ev == EV_INSERT:
-        set_add(i[0], i[1], key)
+        set_add(i[I.MEMBERS], i[I.POS], key)
         if cs.copy_prio[key] == DEMAND:
-            i[2, key] += 1
-        i[3, key] = cs.sc[SC_CLOCK]
+            i[I.COUNT, key] += 1
+        i[I.LAST, key] = cs.sc[SC.CLOCK]
     elif ev == EV_EVICT:
-        set_remove(i[0], i[1], key)
+        set_remove(i[I.MEMBERS], i[I.POS], key)
     return 0
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
-def victim(ps, cs, tv, in_layer, _b, t):
+@njit(VICTIM_SIG, cache=True, _nrt=False)
+def victim(ps, cs, tv, incoming, t):
+    in_layer = key_layer(cs, incoming)
     i = ps.i
     best = -1
-    for j in range(set_size(i[1])):
-        key = i[0, j]
+    for j in range(set_size(i[I.POS])):
+        key = i[I.MEMBERS, j]
         if not is_evictable(cs, key, in_layer):
             continue
-        if best < 0 or i[2, key] < i[2, best] or (i[2, key] == i[2, best] and (
-                i[3, key] < i[3, best] or (i[3, key] == i[3, best] and key < best))):
+        if best < 0 or i[I.COUNT, key] < i[I.COUNT, best] or (i[I.COUNT, key] == i[I.COUNT, best] and (
+                i[I.LAST, key] < i[I.LAST, best] or (i[I.LAST, key] == i[I.LAST, best] and key < best))):
             best = key
     return best
 
 
-POLICY = Policy(name="lfu", kind="eviction", kernels=(victim, event), init=init,
-                doc="Least frequently used expert goes first (ties: least recent).")
+POLICY = register(Policy(
+    name="lfu", kind="eviction", hooks={"victim": victim, "on_event": on_event}, init=init,
+    capabilities=Capabilities(live=True),
+    doc="Least frequently used expert goes first (ties: least recent)."))

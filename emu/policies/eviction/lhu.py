@@ -3,8 +3,9 @@
 An access counts when the expert is resident (or in flight) at the model's own precision (index 0). A
 degraded copy (int8/int4/...) therefore scores low and goes first, which frees room to bring important
 experts back at full precision; among full-precision copies it acts as LFU.
-State: `i[0]` resident keys, `i[1]` positions, `i[2, key]` full-precision uses, `i[3, key]` clock of the
-last access (ties: least recent).
+State: lfu's rows `I` (lhu uses lfu's `victim`): the resident set (`I.MEMBERS`, `I.POS`),
+`i[I.COUNT, key]` the full-precision uses and `i[I.LAST, key]` the clock of the last access (ties: least
+recent).
 Cost: O(1) per event, O(resident) per victim.
 """
 
@@ -12,32 +13,35 @@ from __future__ import annotations
 
 from numba import njit
 
-from ...engines.state import DEMAND, SC_CLOCK
-from ..api import EV_ACCESS, EV_EVICT, EV_INSERT, KERNEL_SIG, Policy, PolicyContext
-from ..kernel_util import resident_set_state, set_add, set_remove
-from .lfu import victim  # same order: fewest counted uses, then least recent, then lowest key
+from ...kernel.helpers import resident_set_state, set_add, set_remove
+from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG
+from ...kernel.layout import DEMAND, SC
+from ..api import Capabilities, Policy, PolicyContext, register
+from .lfu import I, victim  # same rows and order: fewest counted uses, then least recent, then lowest key
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
-    return resident_set_state(ctx.n_layers * ctx.n_experts, i_rows=4)
+    return resident_set_state(ctx.n_layers * ctx.n_experts, i_rows=len(I))
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
-def event(ps, cs, tv, ev, key, t):
+@njit(EVENT_SIG, cache=True, _nrt=False)
+def on_event(ps, cs, tv, ev, key, t):
     i = ps.i
     if ev == EV_ACCESS:
         if cs.prec[key] == 0:
-            i[2, key] += 1
-        i[3, key] = cs.sc[SC_CLOCK]
+            i[I.COUNT, key] += 1
+        i[I.LAST, key] = cs.sc[SC.CLOCK]
     elif ev == EV_INSERT:
-        set_add(i[0], i[1], key)
+        set_add(i[I.MEMBERS], i[I.POS], key)
         if cs.copy_prio[key] == DEMAND and cs.prec[key] == 0:
-            i[2, key] += 1
-        i[3, key] = cs.sc[SC_CLOCK]
+            i[I.COUNT, key] += 1
+        i[I.LAST, key] = cs.sc[SC.CLOCK]
     elif ev == EV_EVICT:
-        set_remove(i[0], i[1], key)
+        set_remove(i[I.MEMBERS], i[I.POS], key)
     return 0
 
 
-POLICY = Policy(name="lhu", kind="eviction", kernels=(victim, event), init=init,
-                doc="Evict the expert with the fewest full-precision uses (degraded copies first).")
+POLICY = register(Policy(
+    name="lhu", kind="eviction", hooks={"victim": victim, "on_event": on_event}, init=init,
+    capabilities=Capabilities(live=True),
+    doc="Evict the expert with the fewest full-precision uses (degraded copies first)."))

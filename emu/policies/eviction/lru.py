@@ -1,76 +1,94 @@
 """Least recently used: evict the expert whose last access is oldest.
 
 State: a circular doubly linked list over keys in access order, closed by a sentinel node S = n_keys, in
-one int row `i[0]`: key k's previous node at `2k`, its next at `2k + 1` (both in one cache line); the
-sentinel's next is the head (oldest), its previous the tail. A key off the list has previous -1. Access
-and insert move a key to the tail in O(1) with no branch on the ends (the sentinel stands in for them);
-the victim is the first evictable key from the head, which skips only the few keys that are protected
-or in flight.
+one int row `i[I.LINKS]`: node k's previous node at column `2k + C.PREV`, its next at `2k + C.NEXT` (both
+in one cache line); the sentinel's next is the head (oldest), its previous the tail. A key off the list
+has previous -1. Access and insert move a key to the tail in O(1) with no branch on the ends (the
+sentinel stands in for them); the victim is the first evictable key from the head, which skips only the
+few keys that are protected or in flight.
 """
 
 from __future__ import annotations
 
+from enum import auto
+
 from numba import njit
 
-from ...engines.core import is_evictable
-from ...engines.state import new_policy_state
-from ..api import EV_ACCESS, EV_EVICT, EV_INSERT, KERNEL_SIG, Policy, PolicyContext
-from ..kernel_util import ix
+from ...kernel.helpers import is_evictable, ix, key_layer
+from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG
+from ...kernel.layout import Fields, new_policy_state
+from ..api import Capabilities, Policy, PolicyContext, register
 
 _OFF = -1  # a key's previous node while it is off the list
 
 
+class I(Fields):
+    """Rows of `ps.i`."""
+
+    LINKS = auto()  # node k (the keys, then the sentinel n_keys) at columns 2k + C
+
+
+class C(Fields):
+    """A node's columns in row I.LINKS, after 2k."""
+
+    PREV = auto()
+    NEXT = auto()
+
+
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     n = ctx.n_layers * ctx.n_experts
-    ps = new_policy_state(i_rows=1, i_cols=2 * (n + 1))
-    ps.i[0, :] = _OFF
-    ps.i[0, 2 * n] = n  # the empty list: the sentinel is its own previous and next
-    ps.i[0, 2 * n + 1] = n
+    ps = new_policy_state(i_rows=len(I), i_cols=len(C) * (n + 1))
+    ps.i[I.LINKS, :] = _OFF
+    ps.i[I.LINKS, 2 * n + C.PREV] = n  # the empty list: the sentinel is its own previous and next
+    ps.i[I.LINKS, 2 * n + C.NEXT] = n
     return ps
 
 
 @njit(cache=True, inline="always")
 def _unlink(links, key: int) -> None:
-    prev = links[ix(2 * key)]
-    nxt = links[ix(2 * key + 1)]
-    links[ix(2 * prev + 1)] = nxt
-    links[ix(2 * nxt)] = prev
+    prev = links[ix(2 * key + C.PREV)]
+    nxt = links[ix(2 * key + C.NEXT)]
+    links[ix(2 * prev + C.NEXT)] = nxt
+    links[ix(2 * nxt + C.PREV)] = prev
 
 
 @njit(cache=True, inline="always")
 def _append(links, key: int) -> None:
-    s = (links.shape[0] >> 1) - 1
-    tail = links[ix(2 * s)]
-    links[ix(2 * key)] = tail
-    links[ix(2 * key + 1)] = s
-    links[ix(2 * tail + 1)] = key
-    links[ix(2 * s)] = key
+    s = (links.shape[0] >> 1) - 1  # the sentinel, the last node
+    tail = links[ix(2 * s + C.PREV)]
+    links[ix(2 * key + C.PREV)] = tail
+    links[ix(2 * key + C.NEXT)] = s
+    links[ix(2 * tail + C.NEXT)] = key
+    links[ix(2 * s + C.PREV)] = key
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
-def event(ps, cs, tv, ev, key, t):
-    links = ps.i[0]
+@njit(EVENT_SIG, cache=True, _nrt=False)
+def on_event(ps, cs, tv, ev, key, t):
+    links = ps.i[I.LINKS]
     if ev in (EV_ACCESS, EV_INSERT):
-        if links[ix(2 * key)] != _OFF:
+        if links[ix(2 * key + C.PREV)] != _OFF:
             _unlink(links, key)
         _append(links, key)
-    elif ev == EV_EVICT and links[ix(2 * key)] != _OFF:
+    elif ev == EV_EVICT and links[ix(2 * key + C.PREV)] != _OFF:
         _unlink(links, key)
-        links[ix(2 * key)] = _OFF
+        links[ix(2 * key + C.PREV)] = _OFF
     return 0
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
-def victim(ps, cs, tv, in_layer, _b, t):
-    links = ps.i[0]
-    s = (links.shape[0] >> 1) - 1
-    key = links[ix(2 * s + 1)]
+@njit(VICTIM_SIG, cache=True, _nrt=False)
+def victim(ps, cs, tv, incoming, t):
+    in_layer = key_layer(cs, incoming)
+    links = ps.i[I.LINKS]
+    s = (links.shape[0] >> 1) - 1  # the sentinel, the last node
+    key = links[ix(2 * s + C.NEXT)]
     while key != s:
         if is_evictable(cs, key, in_layer):
             return key
-        key = links[ix(2 * key + 1)]
+        key = links[ix(2 * key + C.NEXT)]
     return -1
 
 
-POLICY = Policy(name="lru", kind="eviction", kernels=(victim, event), init=init,
-                doc="Least recently used expert goes first.")
+POLICY = register(Policy(
+    name="lru", kind="eviction", hooks={"victim": victim, "on_event": on_event}, init=init,
+    capabilities=Capabilities(live=True),
+    doc="Least recently used expert goes first."))

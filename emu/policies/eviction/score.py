@@ -3,80 +3,106 @@
 Each access adds the routing mass the expert carried in that layer (sum of its tokens' gate scores, or
 1/top_k per token without scores); with `decay` < 1 the sum fades by `decay` per pass, so the policy
 tracks recent importance rather than all-time importance.
-State: `i[0]` resident keys, `i[1]` positions, `i[2, key]` pass of the last update, `i[3, key]` clock of
-the last access (ties: least recent); `f[0, key]` the accumulated score at that pass.
+State: the resident set (rows `I.MEMBERS`, `I.POS`), `i[I.PASS, key]` the pass of the last update,
+`i[I.LAST, key]` the clock of the last access (ties: least recent); `f[F.SCORE, key]` the accumulated score
+at that pass; `p[P.DECAY]`.
 Cost: O(entries of the layer) per access (to find its mass), O(resident) per victim.
 """
 
 from __future__ import annotations
 
+from enum import auto
+
 from numba import njit
 
-from ...engines.core import is_evictable, key_layer
-from ...engines.state import DEMAND, SC_CLOCK, SC_LAYER, SC_NCUR, SC_PASS
-from ..api import EV_ACCESS, EV_EVICT, EV_INSERT, KERNEL_SIG, Param, Policy, PolicyContext
-from ..kernel_util import resident_set_state, set_add, set_remove, set_size
+from ...kernel.helpers import is_evictable, key_layer, resident_set_state, set_add, set_remove, set_size
+from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG
+from ...kernel.layout import DEMAND, SC, Fields
+from ..api import Param, Policy, PolicyContext, param_values, register
+
+
+class I(Fields):
+    """Rows of `ps.i`."""
+
+    MEMBERS = auto()  # the resident set's keys (helpers.resident_set_state: rows MEMBERS, POS first)
+    POS = auto()  # each key's index in MEMBERS
+    PASS = auto()  # per key: pass of the last score update
+    LAST = auto()  # per key: clock of the last access (ties: least recent)
+
+
+class F(Fields):
+    """Rows of `ps.f`."""
+
+    SCORE = auto()  # per key: the accumulated score at pass I.PASS
+
+
+class P(Fields):
+    """`ps.p`: the resolved parameters (param_values)."""
+
+    DECAY = auto()
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     n = ctx.n_layers * ctx.n_experts
-    return resident_set_state(n, i_rows=4, f_rows=1, f_cols=n, params=(params["decay"],))
+    return resident_set_state(n, i_rows=len(I), f_rows=len(F), f_cols=n, params=param_values(P, params))
 
 
 @njit(cache=True, _nrt=False)
 def _current(ps, key: int, p: int) -> float:
-    gap = p - ps.i[2, key]
-    if gap <= 0 or ps.p[0] == 1.0:
-        return ps.f[0, key]
-    return ps.f[0, key] * ps.p[0] ** gap
+    gap = p - ps.i[I.PASS, key]
+    if gap <= 0 or ps.p[P.DECAY] == 1.0:
+        return ps.f[F.SCORE, key]
+    return ps.f[F.SCORE, key] * ps.p[P.DECAY] ** gap
 
 
 @njit(cache=True, _nrt=False)
 def _add_mass(ps, cs, key: int) -> None:
-    if key_layer(cs, key) != cs.sc[SC_LAYER]:
+    if key_layer(cs, key) != cs.sc[SC.LAYER]:
         return
-    for j in range(cs.sc[SC_NCUR]):
+    for j in range(cs.sc[SC.NCUR]):
         if cs.cur_key[j] == key or cs.cur_sub[j] == key:
-            p = cs.sc[SC_PASS]
-            ps.f[0, key] = _current(ps, key, p) + cs.cur_mass[j]
-            ps.i[2, key] = p
+            p = cs.sc[SC.PASS]
+            ps.f[F.SCORE, key] = _current(ps, key, p) + cs.cur_mass[j]
+            ps.i[I.PASS, key] = p
             return
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
-def event(ps, cs, tv, ev, key, t):
+@njit(EVENT_SIG, cache=True, _nrt=False)
+def on_event(ps, cs, tv, ev, key, t):
     i = ps.i
     if ev == EV_ACCESS:
         _add_mass(ps, cs, key)
-        i[3, key] = cs.sc[SC_CLOCK]
+        i[I.LAST, key] = cs.sc[SC.CLOCK]
     elif ev == EV_INSERT:
-        set_add(i[0], i[1], key)
+        set_add(i[I.MEMBERS], i[I.POS], key)
         if cs.copy_prio[key] == DEMAND:
             _add_mass(ps, cs, key)
-        i[3, key] = cs.sc[SC_CLOCK]
+        i[I.LAST, key] = cs.sc[SC.CLOCK]
     elif ev == EV_EVICT:
-        set_remove(i[0], i[1], key)
+        set_remove(i[I.MEMBERS], i[I.POS], key)
     return 0
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
-def victim(ps, cs, tv, in_layer, _b, t):
+@njit(VICTIM_SIG, cache=True, _nrt=False)
+def victim(ps, cs, tv, incoming, t):
+    in_layer = key_layer(cs, incoming)
     i = ps.i
-    p = cs.sc[SC_PASS]
+    p = cs.sc[SC.PASS]
     best = -1
     best_s = 0.0
-    for j in range(set_size(i[1])):
-        key = i[0, j]
+    for j in range(set_size(i[I.POS])):
+        key = i[I.MEMBERS, j]
         if not is_evictable(cs, key, in_layer):
             continue
         s = _current(ps, key, p)
-        if best < 0 or s < best_s or (s == best_s and (i[3, key] < i[3, best] or (
-                i[3, key] == i[3, best] and key < best))):
+        if best < 0 or s < best_s or (s == best_s and (i[I.LAST, key] < i[I.LAST, best] or (
+                i[I.LAST, key] == i[I.LAST, best] and key < best))):
             best = key
             best_s = s
     return best
 
 
-POLICY = Policy(name="score", kind="eviction", kernels=(victim, event), init=init,
-                params={"decay": Param(1.0, 0.0, 1.0, "per-pass fade of the accumulated score (1: none)")},
-                doc="Evict the expert with the lowest accumulated gate score.")
+POLICY = register(Policy(
+    name="score", kind="eviction", hooks={"victim": victim, "on_event": on_event}, init=init,
+    params={"decay": Param(1.0, 0.0, 1.0, "per-pass fade of the accumulated score (1: none)")},
+    doc="Evict the expert with the lowest accumulated gate score."))

@@ -6,9 +6,10 @@ cpu_queue is the CPU time of the experts this layer already sent to the CPU (the
 time) and copies_ahead counts this layer's earlier misses already queued for a copy (the link copies
 one expert at a time too). Decode (few tokens) favours the CPU once the link is busy; prefill (many
 tokens) favours the copy. Copies queued by earlier layers (prefetches) are not counted.
-State: `f` rows = CPU curve tokens/seconds, GPU curve tokens/seconds; `p` = (copy seconds, CPU curve
-points, GPU curve points). Needs a profile with CPU expert timing (`compute.cpu_flops_per_s` or a
-`cpu_expert` table): without it init fails naming `policy.miss`.
+State: the curves in `f` (rows `F.CPU_TOK`, `F.CPU_S` for the CPU, `F.GPU_TOK`, `F.GPU_S` for the GPU,
+tokens and seconds); `p[P.COPY_S]` the seconds of one copy, `p[P.CPU_N]`, `p[P.GPU_N]` the curves'
+points. Needs a profile with CPU expert timing (`compute.cpu_flops_per_s` or a `cpu_expert` table):
+without it init fails naming `policy.miss`.
 Cost: O(entries + log curve points) per miss.
 Note: the core runs a CPU expert at `cs.prec[key]`, the precision of the key's last copy (0 unless a
 degrading miss policy copied it before); with this policy alone that is always the model precision.
@@ -16,12 +17,32 @@ degrading miss policy copied it before); with this policy alone that is always t
 
 from __future__ import annotations
 
+from enum import auto
+
 from numba import njit
 
-from ...engines.core import encode_miss, interp_curve
-from ...engines.state import IN_FLIGHT, ON_CPU, WAITING, new_policy_state
 from ...errors import EmuError
-from ..api import KERNEL_SIG, MISS_CPU, MISS_FETCH, Policy, PolicyContext
+from ...kernel.helpers import interp_curve
+from ...kernel.hooks import MISS_CPU, MISS_FETCH, MISS_SIG, encode_miss
+from ...kernel.layout import IN_FLIGHT, ON_CPU, WAITING, Fields, new_policy_state
+from ..api import Policy, PolicyContext, param_values, register
+
+
+class F(Fields):
+    """Rows of `ps.f`: the profile's expert curves at the model precision."""
+
+    CPU_TOK = auto()  # CPU curve: tokens
+    CPU_S = auto()  # CPU curve: seconds
+    GPU_TOK = auto()  # GPU curve: tokens
+    GPU_S = auto()  # GPU curve: seconds
+
+
+class P(Fields):
+    """`ps.p`: from the engine's Timing, not from parameters."""
+
+    COPY_S = auto()  # seconds of one expert copy
+    CPU_N = auto()  # points of the CPU curve
+    GPU_N = auto()  # points of the GPU curve
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
@@ -30,22 +51,22 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
         raise EmuError("the cpu miss policy needs CPU expert timing, but the hardware profile has none "
                        "(set compute.cpu_flops_per_s or a models.<name>.cpu_expert table)", key="policy.miss")
     width = max(tm.cpu_tok.shape[1], tm.exp_tok.shape[1])
-    ps = new_policy_state(f_rows=4, f_cols=width,
-                          params=(float(tm.copy_s[0]), float(tm.cpu_n[0]), float(tm.exp_n[0])))
-    ps.f[0, :tm.cpu_tok.shape[1]] = tm.cpu_tok[0]
-    ps.f[1, :tm.cpu_s.shape[1]] = tm.cpu_s[0]
-    ps.f[2, :tm.exp_tok.shape[1]] = tm.exp_tok[0]
-    ps.f[3, :tm.exp_s.shape[1]] = tm.exp_s[0]
+    ps = new_policy_state(f_rows=len(F), f_cols=width, params=param_values(P, {
+        "copy_s": tm.copy_s[0], "cpu_n": tm.cpu_n[0], "gpu_n": tm.exp_n[0]}))
+    ps.f[F.CPU_TOK, :tm.cpu_tok.shape[1]] = tm.cpu_tok[0]
+    ps.f[F.CPU_S, :tm.cpu_s.shape[1]] = tm.cpu_s[0]
+    ps.f[F.GPU_TOK, :tm.exp_tok.shape[1]] = tm.exp_tok[0]
+    ps.f[F.GPU_S, :tm.exp_s.shape[1]] = tm.exp_s[0]
     return ps
 
 
 @njit(cache=True, _nrt=False)
 def cpu_time(ps, tokens: int) -> float:
-    return interp_curve(ps.f[0], ps.f[1], int(ps.p[1]), float(tokens))
+    return interp_curve(ps.f[F.CPU_TOK], ps.f[F.CPU_S], int(ps.p[P.CPU_N]), float(tokens))
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
-def miss(ps, cs, tv, i, _b, t):
+@njit(MISS_SIG, cache=True, _nrt=False)
+def on_miss(ps, cs, tv, i, t):
     queue = 0.0
     ahead = 0
     for j in range(i):
@@ -53,11 +74,13 @@ def miss(ps, cs, tv, i, _b, t):
             queue += cpu_time(ps, cs.cur_tokens[j])
         elif cs.cur_sub[j] < 0 and (cs.status[cs.cur_key[j]] == IN_FLIGHT or cs.status[cs.cur_key[j]] == WAITING):
             ahead += 1
-    gpu = ps.p[0] * (1 + ahead) + interp_curve(ps.f[2], ps.f[3], int(ps.p[2]), float(cs.cur_tokens[i]))
+    gpu = ps.p[P.COPY_S] * (1 + ahead) + interp_curve(ps.f[F.GPU_TOK], ps.f[F.GPU_S], int(ps.p[P.GPU_N]),
+                                                       float(cs.cur_tokens[i]))
     if cpu_time(ps, cs.cur_tokens[i]) + queue < gpu:
         return encode_miss(MISS_CPU, 0)
     return encode_miss(MISS_FETCH, 0)
 
 
-POLICY = Policy(name="cpu", kind="miss", kernels=(miss,), init=init,
-                doc="Run the missing expert on the CPU when its CPU time beats copy + GPU time (Fiddler).")
+POLICY = register(Policy(
+    name="cpu", kind="miss", hooks={"on_miss": on_miss}, init=init,
+    doc="Run the missing expert on the CPU when its CPU time beats copy + GPU time (Fiddler)."))

@@ -3,21 +3,29 @@ not resident; the top ranks are always fetched.
 
 Rank r of an expert for a token is its place in that token's top-k by gate score (0 = highest; slot
 order when the trace has no scores). The skipped routing mass is booked as `quality.dropped_mass`.
-State: `p[0]` = rank. Cost: O(tokens of the pass * top_k^2) per miss.
+State: `p[P.RANK]`. Cost: O(tokens of the pass * top_k^2) per miss.
 """
 
 from __future__ import annotations
 
+from enum import auto
+
 import numpy as np
 from numba import njit
 
-from ...engines.core import encode_miss
-from ...engines.state import SC_LAYER, SC_PASS, new_policy_state
-from ..api import KERNEL_SIG, MISS_DROP, MISS_FETCH, Param, Policy, PolicyContext
+from ...kernel.hooks import MISS_DROP, MISS_FETCH, MISS_SIG, encode_miss
+from ...kernel.layout import SC, Fields, new_policy_state
+from ..api import Param, Policy, PolicyContext, param_values, register
+
+
+class P(Fields):
+    """`ps.p`: the resolved parameters (param_values)."""
+
+    RANK = auto()
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
-    return new_policy_state(params=(params["rank"],))
+    return new_policy_state(params=param_values(P, params))
 
 
 @njit(cache=True, _nrt=False)
@@ -43,14 +51,14 @@ def best_rank(tv, p: int, layer: int, expert: int) -> int:
     return best
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
-def miss(ps, cs, tv, i, _b, t):
-    if best_rank(tv, cs.sc[SC_PASS], cs.sc[SC_LAYER], cs.cur_expert[i]) >= ps.p[0]:
+@njit(MISS_SIG, cache=True, _nrt=False)
+def on_miss(ps, cs, tv, i, t):
+    if best_rank(tv, cs.sc[SC.PASS], cs.sc[SC.LAYER], cs.cur_expert[i]) >= ps.p[P.RANK]:
         return encode_miss(MISS_DROP, 0)
     return encode_miss(MISS_FETCH, 0)
 
 
-POLICY = Policy(name="drop", kind="miss", kernels=(miss,), init=init,
-                params={"rank": Param(1, 1, 4096, "misses of rank >= this are dropped (0 = top-1)",
-                                      integer=True)},
-                doc="Skip missing experts of rank >= r; always fetch the top ranks.")
+POLICY = register(Policy(
+    name="drop", kind="miss", hooks={"on_miss": on_miss}, init=init,
+    params={"rank": Param(1, 1, 4096, "misses of rank >= this are dropped (0 = top-1)", integer=True)},
+    doc="Skip missing experts of rank >= r; always fetch the top ranks."))

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 from numba import njit
 
-from ...engines.core import encode_miss
-from ...engines.state import new_policy_state
-from ..api import KERNEL_SIG, MISS_FETCH, Policy, PolicyContext
+from ...kernel.hooks import MISS_FETCH, MISS_SIG, encode_miss
+from ...kernel.layout import new_policy_state
+from ..api import Policy, PolicyContext, register
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return new_policy_state()
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
-def miss(ps, cs, tv, i, _b, t):
+@njit(MISS_SIG, cache=True, _nrt=False)
+def on_miss(ps, cs, tv, i, t):
     return encode_miss(MISS_FETCH, cs.prec_bytes.shape[0] - 1)
 
 
-POLICY = Policy(name="fetch-lowest-bit", kind="miss", kernels=(miss,), init=init,
-                doc="Demand-copy the missing expert at the smallest precision available.")
+POLICY = register(Policy(
+    name="fetch-lowest-bit", kind="miss", hooks={"on_miss": on_miss}, init=init,
+    doc="Demand-copy the missing expert at the smallest precision available."))

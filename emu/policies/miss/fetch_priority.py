@@ -4,18 +4,34 @@ An entry is unimportant when the routing mass it carries in this layer is below 
 percentile of the masses of all experts the layer needs now (so at Mixtral decode, top-2 with the
 default 50, the lower-weighted expert of the two is degraded). It is fetched at `int{bits}` when the
 model has that precision, else at the nearest smaller-than-model precision with at least `bits` bits.
-State: `p` = (percentile, precision index of the degraded copy). Cost: O(entries) per miss.
+State: `f[F.MASS]` scratch; `p[P.PERCENTILE]`, `p[P.DEGRADED]` the precision index of the degraded copy.
+Cost: O(entries) per miss.
 """
 
 from __future__ import annotations
 
+from enum import auto
+
 from numba import njit
 
-from ...engines.core import encode_miss
-from ...engines.state import SC_NCUR, new_policy_state
+from ...kernel.helpers import percentile_inplace
+from ...kernel.hooks import MISS_FETCH, MISS_SIG, encode_miss
+from ...kernel.layout import SC, Fields, new_policy_state
 from ...models import PRECISION_BITS
-from ..api import KERNEL_SIG, MISS_FETCH, Param, Policy, PolicyContext
-from ..kernel_util import percentile_inplace
+from ..api import Param, Policy, PolicyContext, param_values, register
+
+
+class F(Fields):
+    """Rows of `ps.f`."""
+
+    MASS = auto()  # scratch: the masses of the layer's entries, sorted for the percentile
+
+
+class P(Fields):
+    """`ps.p`: the resolved parameters (param_values), `bits` turned into the precision index DEGRADED."""
+
+    PERCENTILE = auto()
+    DEGRADED = auto()  # index of the precision a degraded copy uses (degraded_index)
 
 
 def degraded_index(precisions: tuple[str, ...], bits: int) -> int:
@@ -28,25 +44,25 @@ def degraded_index(precisions: tuple[str, ...], bits: int) -> int:
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
-    return new_policy_state(f_rows=1, f_cols=ctx.n_experts,
-                            params=(params["percentile"], float(degraded_index(ctx.precisions,
-                                                                               int(params["bits"])))))
+    degraded = degraded_index(ctx.precisions, int(params["bits"]))
+    return new_policy_state(f_rows=len(F), f_cols=ctx.n_experts,
+                            params=param_values(P, {**params, "degraded": degraded}))
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
-def miss(ps, cs, tv, i, _b, t):
-    n = cs.sc[SC_NCUR]
-    buf = ps.f[0, :n]
+@njit(MISS_SIG, cache=True, _nrt=False)
+def on_miss(ps, cs, tv, i, t):
+    n = cs.sc[SC.NCUR]
+    buf = ps.f[F.MASS, :n]
     for j in range(n):
         buf[j] = cs.cur_mass[j]
-    threshold = percentile_inplace(buf, n, ps.p[0])
+    threshold = percentile_inplace(buf, n, ps.p[P.PERCENTILE])
     if cs.cur_mass[i] < threshold:
-        return encode_miss(MISS_FETCH, int(ps.p[1]))
+        return encode_miss(MISS_FETCH, int(ps.p[P.DEGRADED]))
     return encode_miss(MISS_FETCH, 0)
 
 
-POLICY = Policy(
-    name="fetch-priority", kind="miss", kernels=(miss,), init=init,
+POLICY = register(Policy(
+    name="fetch-priority", kind="miss", hooks={"on_miss": on_miss}, init=init,
     params={"percentile": Param(50.0, 0.0, 100.0, "entries with mass below this percentile are degraded"),
             "bits": Param(4, 2, 8, "bits of the degraded copy (8, 4 or 2)", integer=True)},
-    doc="Full precision for important experts, degraded copies for those below a mass percentile.")
+    doc="Full precision for important experts, degraded copies for those below a mass percentile."))

@@ -7,38 +7,66 @@ mean gate weight per routed token (`mass / tokens`) and substitutes when that is
 substitute is the resident (not in flight) expert of the layer, outside the experts the layer needs
 now and not already substituting, that has carried the most tokens at this layer so far (ties: lower
 id). The core books the missing expert's mass as `quality.substituted_mass`. No candidate: fetch.
-State: `f[0, key]` tokens routed to each key, counted once per (pass, layer) at the first miss there
-(layers that only hit are not counted); `i[0, 0..1]` the (pass, layer) last counted.
+State: `f[F.TOKENS, key]` tokens routed to each key, counted once per (pass, layer) at the first miss
+there (layers that only hit are not counted); `i[I.SCALARS, C.PASS]`, `i[I.SCALARS, C.LAYER]` the (pass,
+layer) last counted; `p[P.TOLERANCE]`.
 Cost: O(entries + n_experts) per miss.
 """
 
 from __future__ import annotations
 
+from enum import auto
+
 from numba import njit
 
-from ...engines.core import encode_miss
-from ...engines.state import RESIDENT, SC_LAYER, SC_NCUR, SC_PASS, new_policy_state
-from ..api import KERNEL_SIG, MISS_FETCH, MISS_SUBSTITUTE, Param, Policy, PolicyContext
+from ...kernel.hooks import MISS_FETCH, MISS_SIG, MISS_SUBSTITUTE, encode_miss
+from ...kernel.layout import RESIDENT, SC, Fields, new_policy_state
+from ..api import Param, Policy, PolicyContext, param_values, register
+
+
+class I(Fields):
+    """Rows of `ps.i`."""
+
+    SCALARS = auto()  # the scalars, at the columns C
+
+
+class C(Fields):
+    """Columns of row I.SCALARS: the (pass, layer) last counted (-1: none yet)."""
+
+    PASS = auto()
+    LAYER = auto()
+
+
+class F(Fields):
+    """Rows of `ps.f`."""
+
+    TOKENS = auto()  # per key: tokens routed to it so far
+
+
+class P(Fields):
+    """`ps.p`: the resolved parameters (param_values)."""
+
+    TOLERANCE = auto()
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
-    ps = new_policy_state(f_rows=1, f_cols=ctx.n_layers * ctx.n_experts, i_rows=1, i_cols=2,
-                          params=(params["tolerance"],))
-    ps.i[0, :] = -1
+    ps = new_policy_state(f_rows=len(F), f_cols=ctx.n_layers * ctx.n_experts, i_rows=len(I), i_cols=len(C),
+                          params=param_values(P, params))
+    ps.i[I.SCALARS, :] = -1
     return ps
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
-def miss(ps, cs, tv, i, _b, t):
-    p = cs.sc[SC_PASS]
-    layer = cs.sc[SC_LAYER]
-    n = cs.sc[SC_NCUR]
-    if ps.i[0, 0] != p or ps.i[0, 1] != layer:
-        ps.i[0, 0] = p
-        ps.i[0, 1] = layer
+@njit(MISS_SIG, cache=True, _nrt=False)
+def on_miss(ps, cs, tv, i, t):
+    p = cs.sc[SC.PASS]
+    layer = cs.sc[SC.LAYER]
+    n = cs.sc[SC.NCUR]
+    if ps.i[I.SCALARS, C.PASS] != p or ps.i[I.SCALARS, C.LAYER] != layer:
+        ps.i[I.SCALARS, C.PASS] = p
+        ps.i[I.SCALARS, C.LAYER] = layer
         for j in range(n):
-            ps.f[0, cs.cur_key[j]] += cs.cur_tokens[j]
-    if cs.cur_tokens[i] <= 0 or cs.cur_mass[i] / cs.cur_tokens[i] > ps.p[0]:
+            ps.f[F.TOKENS, cs.cur_key[j]] += cs.cur_tokens[j]
+    if cs.cur_tokens[i] <= 0 or cs.cur_mass[i] / cs.cur_tokens[i] > ps.p[P.TOLERANCE]:
         return encode_miss(MISS_FETCH, 0)
     n_exp = cs.cur_key.shape[0]
     base = layer * n_exp
@@ -54,13 +82,14 @@ def miss(ps, cs, tv, i, _b, t):
                 break
         if taken:
             continue
-        if best < 0 or ps.f[0, key] > ps.f[0, best]:
+        if best < 0 or ps.f[F.TOKENS, key] > ps.f[F.TOKENS, best]:
             best = key
     if best < 0:
         return encode_miss(MISS_FETCH, 0)
     return encode_miss(MISS_SUBSTITUTE, best)
 
 
-POLICY = Policy(name="substitute", kind="miss", kernels=(miss,), init=init,
-                params={"tolerance": Param(0.3, 0.0, 1.0, "largest mean gate weight that may be substituted")},
-                doc="Use a resident expert of the same layer instead of a low-weight missing one.")
+POLICY = register(Policy(
+    name="substitute", kind="miss", hooks={"on_miss": on_miss}, init=init,
+    params={"tolerance": Param(0.3, 0.0, 1.0, "largest mean gate weight that may be substituted")},
+    doc="Use a resident expert of the same layer instead of a low-weight missing one."))

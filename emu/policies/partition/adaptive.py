@@ -5,18 +5,45 @@ The working set of layer l is the number of distinct experts the last `window` p
 floors add up to more than the cache can guarantee (`slots - top_k`, so the layer that needs room
 always finds it) they are scaled down together. A warning names the layers whose guaranteed share
 cannot reach TopK even at the smallest target.
-State: `i[0, key]` the last pass that used the key (from the trace, passes before now), `i[1, l]` the
-target of layer l, `i[2, 0]` the sum of targets. Cost: O(tokens * top_k + E + L) per gate.
+State: `i[I.LAST_PASS, key]` the last pass that used the key (from the trace, passes before now),
+`i[I.TARGET, l]` the target of layer l, `i[I.SCALARS, C.TOTAL]` the sum of targets; `p[P.WINDOW]`,
+`p[P.BUDGET]` (the slots the floors may guarantee together), `p[P.TOP_K]`.
+Cost: O(tokens * top_k + E + L) per gate.
 """
 
 from __future__ import annotations
 
+from enum import auto
+
 import numpy as np
 from numba import njit
 
-from ...engines.state import new_policy_state
-from ..api import KERNEL_SIG, Param, Policy, PolicyContext
+from ...kernel.hooks import PARTITION_SIG
+from ...kernel.layout import Fields, new_policy_state
+from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
 from .budget import safe_floor, slots, warn_below_top_k
+
+
+class I(Fields):
+    """Rows of `ps.i`."""
+
+    LAST_PASS = auto()  # per key: the last pass that used it (-1: none)
+    TARGET = auto()  # per layer: its target floor (before scaling)
+    SCALARS = auto()  # the scalars, at the columns C
+
+
+class C(Fields):
+    """Columns of row I.SCALARS."""
+
+    TOTAL = auto()  # the sum of the targets
+
+
+class P(Fields):
+    """`ps.p`: the resolved parameters (param_values) and two sizes from init."""
+
+    WINDOW = auto()
+    BUDGET = auto()  # slots the floors may guarantee together
+    TOP_K = auto()
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
@@ -24,40 +51,41 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     floor = safe_floor(ctx, ctx.top_k + 1)
     warn_below_top_k(ctx, [floor] * ctx.n_layers, "adaptive", "the guaranteed share")
     budget = max(0, slots(ctx) - ctx.top_k) if ctx.n_layers > 1 else slots(ctx)
-    ps = new_policy_state(i_rows=3, i_cols=max(n, ctx.n_layers, 1),
-                          params=(params["window"], float(budget), float(ctx.top_k)))
-    ps.i[0, :] = -1
-    ps.i[1, : ctx.n_layers] = ctx.top_k + 1
-    ps.i[2, 0] = (ctx.top_k + 1) * ctx.n_layers
+    ps = new_policy_state(i_rows=len(I), i_cols=max(n, ctx.n_layers, len(C)),
+                          params=param_values(P, {**params, "budget": budget, "top_k": ctx.top_k}))
+    ps.i[I.LAST_PASS, :] = -1
+    ps.i[I.TARGET, : ctx.n_layers] = ctx.top_k + 1
+    ps.i[I.SCALARS, C.TOTAL] = (ctx.top_k + 1) * ctx.n_layers
     return ps
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
+@njit(PARTITION_SIG, cache=True, _nrt=False)
 def partition(ps, cs, tv, p, layer, t):
     n_exp = cs.cur_key.shape[0]
     n_layers = cs.layer_floor.shape[0]
     base = layer * n_exp
-    window = int(ps.p[0])
+    window = int(ps.p[P.WINDOW])
     if p > 0:
         for tok in range(tv.pass_offsets[p - 1], tv.pass_offsets[p]):
             for s in range(tv.experts.shape[2]):
-                ps.i[0, base + np.int64(tv.experts[tok, layer, s])] = p - 1
+                ps.i[I.LAST_PASS, base + np.int64(tv.experts[tok, layer, s])] = p - 1
     ws = 0
     for e in range(n_exp):
-        if ps.i[0, base + e] >= 0 and ps.i[0, base + e] >= p - window:
+        if ps.i[I.LAST_PASS, base + e] >= 0 and ps.i[I.LAST_PASS, base + e] >= p - window:
             ws += 1
-    target = max(int(ps.p[2]), ws) + 1
-    ps.i[2, 0] += target - ps.i[1, layer]
-    ps.i[1, layer] = target
-    budget = ps.p[1]
-    total = ps.i[2, 0]
+    target = max(int(ps.p[P.TOP_K]), ws) + 1
+    ps.i[I.SCALARS, C.TOTAL] += target - ps.i[I.TARGET, layer]
+    ps.i[I.TARGET, layer] = target
+    budget = ps.p[P.BUDGET]
+    total = ps.i[I.SCALARS, C.TOTAL]
     scale = 1.0 if total <= budget else budget / total
     for v in range(n_layers):
-        cs.layer_floor[v] = int(ps.i[1, v] * scale)
+        cs.layer_floor[v] = int(ps.i[I.TARGET, v] * scale)
     return 0
 
 
-POLICY = Policy(name="adaptive", kind="partition", kernels=(partition,), init=init,
-                params={"window": Param(8, 1, 1e9, "passes over which a layer's working set is measured",
-                                        integer=True)},
-                doc="Per-layer floor max(TopK, working set) + 1, measured online over a window of passes.")
+POLICY = register(Policy(
+    name="adaptive", kind="partition", hooks={"partition": partition}, init=init,
+    capabilities=Capabilities(partition_aware=True),
+    params={"window": Param(8, 1, 1e9, "passes over which a layer's working set is measured", integer=True)},
+    doc="Per-layer floor max(TopK, working set) + 1, measured online over a window of passes."))

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from numba import njit
 
-from ...engines.state import new_policy_state
-from ..api import KERNEL_SIG, Policy, PolicyContext
+from ...kernel.hooks import PARTITION_SIG
+from ...kernel.layout import new_policy_state
+from ..api import Capabilities, Policy, PolicyContext, register
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return new_policy_state()
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
+@njit(PARTITION_SIG, cache=True, _nrt=False)
 def partition(ps, cs, tv, p, layer, t):
     return 0
 
 
-POLICY = Policy(name="global", kind="partition", kernels=(partition,), init=init,
-                doc="One pool shared by all layers.")
+POLICY = register(Policy(
+    name="global", kind="partition", hooks={"partition": partition}, init=init,
+    capabilities=Capabilities(live=True, partition_aware=True),
+    doc="One pool shared by all layers."))

@@ -9,35 +9,80 @@ The fused score `sum_c w_c * signal_c` picks the top `k` (default top_k) absent 
 gate reveals the truth, each signal's own top-k precision h_c updates its weight multiplicatively,
 `w_c *= exp(eta * h_c)`, then the weights are renormalised (Hedge), so a trace whose routing is
 recency-driven shifts weight to recency.
-State: `f[0:L*E]` transition table (row per key), `f[L*E + layer]` decayed frequencies of that layer,
-then three rows with the signals predicted for the pending layer, one row with the weights and one
-scratch row; `i[0]` last pass per key, `i[1, 0]` the layer a prediction is pending for (-1: none).
+State: in `f`, the transition table of `tables.py` (`T.TRANSITION`, a row per key), then the decayed
+frequencies (a row per layer), then the rows `F`: the three signals predicted for the pending layer, the
+weights (a column per signal, `S`) and a scratch row; `i[I.LAST_PASS, key]` the last pass per key,
+`i[I.SCALARS, C.PENDING]` the layer a prediction is pending for (-1: none); `p[P.ETA]`, `p[P.DECAY]`,
+`p[P.K]`.
 Cost: O(tokens * top_k^2 + E * |used|) per gate.
 """
 
 from __future__ import annotations
 
 import math
+from enum import auto
 
 import numpy as np
 from numba import njit
 
-from ...engines.state import new_policy_state
-from ..api import KERNEL_SIG, Param, Policy, PolicyContext
-from ..kernel_util import push_top
-from .tables import add_row_mix, update_tables
+from ...kernel.helpers import push_top
+from ...kernel.hooks import PREFETCH_SIG
+from ...kernel.layout import Fields, new_policy_state
+from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
+from .tables import T, add_row_mix, update_tables
 
-N_SIGNALS = 3
+
+class S(Fields):
+    """The signals: columns of row F.WEIGHTS, and their rows' order from F.TRANSITION."""
+
+    TRANSITION = auto()
+    FREQUENCY = auto()
+    RECENCY = auto()
+
+
+N_SIGNALS = len(S)
+
+
+class F(Fields):
+    """Rows of `ps.f` after the tables (n_keys transition rows, n_layers frequency rows): row n_keys +
+    n_layers + F.X."""
+
+    TRANSITION = auto()  # the signals predicted for the pending layer, in S's order
+    FREQUENCY = auto()
+    RECENCY = auto()
+    WEIGHTS = auto()  # the fusion weights, a column per signal (S)
+    SCRATCH = auto()  # the truth of the layer now at its gate, then the fused score
+
+
+class I(Fields):
+    """Rows of `ps.i`."""
+
+    LAST_PASS = auto()  # per key: the last pass that used it (-1: none)
+    SCALARS = auto()  # the scalars, at the columns C
+
+
+class C(Fields):
+    """Columns of row I.SCALARS."""
+
+    PENDING = auto()  # the layer a prediction is pending for (-1: none)
+
+
+class P(Fields):
+    """`ps.p`: the resolved parameters (param_values), `k` resolved against top_k."""
+
+    ETA = auto()
+    DECAY = auto()
+    K = auto()
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     n = ctx.n_layers * ctx.n_experts
     k = min(int(params["k"]) or ctx.top_k, ctx.n_experts)
-    ps = new_policy_state(f_rows=n + ctx.n_layers + 5, f_cols=max(ctx.n_experts, N_SIGNALS), i_rows=2,
-                          i_cols=n, params=(params["eta"], params["decay"], float(k)))
-    ps.i[0, :] = -1
-    ps.i[1, 0] = -1
-    ps.f[n + ctx.n_layers + 3, :N_SIGNALS] = 1.0 / N_SIGNALS
+    ps = new_policy_state(f_rows=n + ctx.n_layers + len(F), f_cols=max(ctx.n_experts, N_SIGNALS),
+                          i_rows=len(I), i_cols=n, params=param_values(P, {**params, "k": k}))
+    ps.i[I.LAST_PASS, :] = -1
+    ps.i[I.SCALARS, C.PENDING] = -1
+    ps.f[n + ctx.n_layers + F.WEIGHTS, :N_SIGNALS] = 1.0 / N_SIGNALS
     return ps
 
 
@@ -61,56 +106,58 @@ def _topk_precision(sig, truth, k: int) -> float:
     return hit / picked if picked else 0.0
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
+@njit(PREFETCH_SIG, cache=True, _nrt=False)
 def prefetch(ps, cs, tv, p, layer, t):
     n_layers = tv.experts.shape[1]
     n_exp = cs.cur_key.shape[0]
     nk = n_layers * n_exp
     f = ps.f
-    k = int(ps.p[2])
-    eta = ps.p[0]
-    decay = ps.p[1]
-    sig0 = nk + n_layers
-    w = f[sig0 + 3]
-    truth = f[sig0 + 4, :n_exp]
+    k = int(ps.p[P.K])
+    eta = ps.p[P.ETA]
+    decay = ps.p[P.DECAY]
+    t0 = T.TRANSITION * nk  # the transition table: rows t0 + key
+    fq0 = t0 + nk  # the decayed frequencies: rows fq0 + layer
+    sig0 = fq0 + n_layers  # the rows F: sig0 + F.X
+    w = f[sig0 + F.WEIGHTS]
+    truth = f[sig0 + F.SCRATCH, :n_exp]
     # 1. learn: the truth of this layer scores the signals predicted for it
     truth[:] = 0.0
     for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
         for s in range(tv.experts.shape[2]):
             truth[np.int64(tv.experts[tok, layer, s])] = 1.0
-    if ps.i[1, 0] == layer:
+    if ps.i[I.SCALARS, C.PENDING] == layer:
         total = 0.0
-        for c in range(N_SIGNALS):
-            w[c] *= math.exp(eta * _topk_precision(f[sig0 + c, :n_exp], truth, k))
+        for c in range(N_SIGNALS):  # signal c: weight w[c], prediction row sig0 + F.TRANSITION + c
+            w[c] *= math.exp(eta * _topk_precision(f[sig0 + F.TRANSITION + c, :n_exp], truth, k))
             total += w[c]
         for c in range(N_SIGNALS):
             w[c] /= total
-    ps.i[1, 0] = -1
-    freq = f[nk + layer, :n_exp]
+    ps.i[I.SCALARS, C.PENDING] = -1
+    freq = f[fq0 + layer, :n_exp]
     for e in range(n_exp):
         freq[e] *= decay
     for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
         for s in range(tv.experts.shape[2]):
             freq[np.int64(tv.experts[tok, layer, s])] += 1.0
-    update_tables(f, ps.i[0], tv, p, layer, 0, -1, -1)
+    update_tables(f, ps.i[I.LAST_PASS], tv, p, layer, t0, -1, -1)
     # 2. predict the next layer
     target = layer + 1
     if target >= n_layers:
         return 0
-    trans = f[sig0, :n_exp]
-    fr = f[sig0 + 1, :n_exp]
-    rec = f[sig0 + 2, :n_exp]
+    trans = f[sig0 + F.TRANSITION, :n_exp]
+    fr = f[sig0 + F.FREQUENCY, :n_exp]
+    rec = f[sig0 + F.RECENCY, :n_exp]
     trans[:] = 0.0
     for e in range(n_exp):
         if truth[e] > 0.0:
-            add_row_mix(f, layer * n_exp + e, 1.0, trans)
+            add_row_mix(f, t0 + layer * n_exp + e, 1.0, trans)
     tb = target * n_exp
     fr[:] = 0.0
-    add_row_mix(f, nk + target, 1.0, fr)
+    add_row_mix(f, fq0 + target, 1.0, fr)
     rec[:] = 0.0
     total = 0.0
     for e in range(n_exp):
-        last = ps.i[0, tb + e]
+        last = ps.i[I.LAST_PASS, tb + e]
         if last >= 0:
             rec[e] = decay ** (p - last)
             total += rec[e]
@@ -119,14 +166,15 @@ def prefetch(ps, cs, tv, p, layer, t):
             rec[e] /= total
     score = truth  # the truth is no longer needed: reuse its row
     for e in range(n_exp):
-        score[e] = w[0] * trans[e] + w[1] * fr[e] + w[2] * rec[e]
-    ps.i[1, 0] = target
+        score[e] = w[S.TRANSITION] * trans[e] + w[S.FREQUENCY] * fr[e] + w[S.RECENCY] * rec[e]
+    ps.i[I.SCALARS, C.PENDING] = target
     return push_top(cs, score, target, k, 0, 0.0)
 
 
-POLICY = Policy(
-    name="adaptive", kind="prefetch", kernels=(prefetch,), init=init,
+POLICY = register(Policy(
+    name="adaptive", kind="prefetch", hooks={"prefetch": prefetch}, init=init,
+    capabilities=Capabilities(live=True),
     params={"eta": Param(0.5, 0.0, 100.0, "learning rate of the fusion weights (Hedge)"),
             "decay": Param(0.95, 0.0, 1.0, "fade of frequency counts per visit and of recency per pass"),
             "k": Param(0, 0, 4096, "experts to prefetch (0: the model's top_k)", integer=True)},
-    doc="Prefetch by transition+frequency+recency, fused with online-adapted weights.")
+    doc="Prefetch by transition+frequency+recency, fused with online-adapted weights."))

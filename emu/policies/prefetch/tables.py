@@ -1,16 +1,34 @@
 """Online routing tables the learned prefetchers share (updated from what each gate has revealed).
 
-Layout inside a policy's `f` table, with E experts, L layers and key = layer * E + expert:
-- transition rows `[T0 + key]`: counts of (e at layer l) -> (f at layer l+1) for the same token;
-- sequence rows `[S0 + key]`: counts of (g at layer l in the previous pass) -> (f at layer l now);
-- co-occurrence rows `[C0 + key]`: counts of e and f chosen together by one token at layer l.
-`i[0, key]` is the last pass that used the key. Everything is counted per token.
+Layout inside a policy's `f` table, with E experts, L layers and key = layer * E + expert: each table is
+n_keys rows from a first row the policy passes (t0, s0, c0; -1: not kept); a policy that keeps all three
+stacks them in the order of `T`, table t from row `t * n_keys`:
+- transition rows `[t0 + key]`: counts of (e at layer l) -> (f at layer l+1) for the same token;
+- sequence rows `[s0 + key]`: counts of (g at layer l in the previous pass) -> (f at layer l now);
+- co-occurrence rows `[c0 + key]`: counts of e and f chosen together by one token at layer l.
+`last_pass[key]` (a row of the policy's `i`) is the last pass that used the key. Everything is counted per
+token.
 """
 
 from __future__ import annotations
 
+from enum import auto
+
 import numpy as np
 from numba import njit
+
+from ...kernel.layout import Fields
+
+
+class T(Fields):
+    """The tables, in the order a policy keeping all of them stacks them: table t at rows t * n_keys + key."""
+
+    TRANSITION = auto()
+    SEQUENCE = auto()
+    COOCCURRENCE = auto()
+
+
+N_TABLES = len(T)
 
 
 @njit(cache=True, _nrt=False)

@@ -9,21 +9,45 @@ resident outsider can only tie the k-th choice, so swaps start above lambda = 1;
 router's own choice, then the lower expert id. The routed mass of the chosen experts is what the core
 books; the router's own choices that the bias swapped out are booked as rerouted mass (their gate scores).
 Needs gate scores: a trace without them fails at init naming `policy.routing`.
-State: scratch rows only (`f[0]` logits, `f[1]` weights, `f[2]` chosen weights; `i[0]` chosen ids,
-`i[1]` candidate ids). Cost: O(tokens * (k^2 + E)).
+State: scratch rows only (`f[F.LOGITS]`, `f[F.WEIGHTS]` of the candidates, `f[F.CHOSEN_W]` the chosen
+experts' weights; `i[I.CHOSEN]` the chosen ids, `i[I.CAND]` the candidate ids); `p[P.STRENGTH]`.
+Cost: O(tokens * (k^2 + E)).
 """
 
 from __future__ import annotations
 
 import math
+from enum import auto
 
 import numpy as np
 from numba import njit
 
-from ...engines.state import IN_FLIGHT, RESIDENT, SF_REROUTED_MASS, new_policy_state
 from ...errors import EmuError
-from ..api import KERNEL_SIG, Param, Policy, PolicyContext
-from ..kernel_util import sort_prefix
+from ...kernel.helpers import sort_prefix
+from ...kernel.hooks import ROUTE_SIG
+from ...kernel.layout import IN_FLIGHT, RESIDENT, SF, Fields, new_policy_state
+from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
+
+
+class I(Fields):
+    """Rows of `ps.i` (2k columns: one token's candidates)."""
+
+    CHOSEN = auto()  # the k chosen expert ids
+    CAND = auto()  # the candidate ids (-1 once picked)
+
+
+class F(Fields):
+    """Rows of `ps.f` (2k columns)."""
+
+    LOGITS = auto()  # the candidates' (boosted) logits
+    WEIGHTS = auto()  # the candidates' original router weights
+    CHOSEN_W = auto()  # the chosen experts' original weights
+
+
+class P(Fields):
+    """`ps.p`: the resolved parameters (param_values)."""
+
+    STRENGTH = auto()  # lambda
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
@@ -31,18 +55,19 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
         raise EmuError("cache-aware routing needs gate scores, but the trace has none (import a trace with "
                        "scores, or use routing = \"standard\")", key="policy.routing")
     k = ctx.trace.experts.shape[2]
-    return new_policy_state(f_rows=3, f_cols=2 * k, i_rows=2, i_cols=2 * k, params=(params["strength"],))
+    return new_policy_state(f_rows=len(F), f_cols=2 * k, i_rows=len(I), i_cols=2 * k, params=param_values(P, params))
 
 
 @njit(cache=True, _nrt=False)
 def _select(ps, cs, tv, tok: int, layer: int, base: int) -> int:
-    """Fill i[0, :k] with the chosen experts and f[2, :k] with their original weights; returns k."""
+    """Fill i[I.CHOSEN, :k] with the chosen experts and f[F.CHOSEN_W, :k] with their original weights;
+    returns k."""
     k = tv.experts.shape[2]
     n_exp = cs.cur_key.shape[0]
-    lam = ps.p[0]
-    z = ps.f[0]
-    ids = ps.i[1]
-    w = ps.f[1]
+    lam = ps.p[P.STRENGTH]
+    z = ps.f[F.LOGITS]
+    ids = ps.i[I.CAND]
+    w = ps.f[F.WEIGHTS]
     # the router's own choices, sorted by logit (descending)
     for s in range(k):
         ids[s] = np.int64(tv.experts[tok, layer, s])
@@ -88,7 +113,7 @@ def _select(ps, cs, tv, tok: int, layer: int, base: int) -> int:
         w[n] = w_out
         n += 1
     # pick the k best: logit, then the router's own choice (index < k), then lower id
-    chosen = ps.i[0]
+    chosen = ps.i[I.CHOSEN]
     for j in range(k):
         best = -1
         for c in range(n):
@@ -98,12 +123,12 @@ def _select(ps, cs, tv, tok: int, layer: int, base: int) -> int:
                     (c < k and best >= k) or ((c < k) == (best < k) and ids[c] < ids[best]))):
                 best = c
         chosen[j] = ids[best]
-        ps.f[2, j] = w[best]
+        ps.f[F.CHOSEN_W, j] = w[best]
         ids[best] = -1
     return k
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
+@njit(ROUTE_SIG, cache=True, _nrt=False)
 def route(ps, cs, tv, p, layer, t):
     n_exp = cs.cur_key.shape[0]
     base = layer * n_exp
@@ -117,18 +142,18 @@ def route(ps, cs, tv, p, layer, t):
             orig = np.int64(tv.experts[tok, layer, s])
             kept = False
             for c in range(k):
-                if ps.i[0, c] == orig:
+                if ps.i[I.CHOSEN, c] == orig:
                     kept = True
                     break
             if not kept:
-                cs.stats_f[SF_REROUTED_MASS, layer] += np.float64(tv.scores[tok, layer, s])
+                cs.stats_f[SF.REROUTED_MASS, layer] += np.float64(tv.scores[tok, layer, s])
         for s in range(k):
-            e = ps.i[0, s]
+            e = ps.i[I.CHOSEN, s]
             if count[e] == 0:
                 ids[n] = e
                 n += 1
             count[e] += 1
-            mass[e] += ps.f[2, s]
+            mass[e] += ps.f[F.CHOSEN_W, s]
     sort_prefix(ids, n)
     for j in range(n):
         e = ids[j]
@@ -140,7 +165,9 @@ def route(ps, cs, tv, p, layer, t):
     return n
 
 
-POLICY = Policy(name="cache-aware", kind="routing", kernels=(route,), init=init, needs_scores=True,
-                params={"strength": Param(1.5, 0.0, 100.0, "lambda: logit boost of resident experts, in "
-                                                            "units of the token's mean top-k logit gap")},
-                doc="Boost resident experts' logits by lambda*delta_avg; original weights weight the choice.")
+POLICY = register(Policy(
+    name="cache-aware", kind="routing", hooks={"route": route}, init=init,
+    capabilities=Capabilities(needs_scores=True),
+    params={"strength": Param(1.5, 0.0, 100.0, "lambda: logit boost of resident experts, in "
+                                                "units of the token's mean top-k logit gap")},
+    doc="Boost resident experts' logits by lambda*delta_avg; original weights weight the choice."))

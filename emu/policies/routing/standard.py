@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from numba import njit
 
-from ...engines.core import gather_layer
-from ...engines.state import new_policy_state
-from ..api import KERNEL_SIG, Policy, PolicyContext
+from ...kernel.helpers import gather_layer
+from ...kernel.hooks import ROUTE_SIG
+from ...kernel.layout import new_policy_state
+from ..api import Capabilities, Policy, PolicyContext, register
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return new_policy_state()
 
 
-@njit(KERNEL_SIG, cache=True, _nrt=False)
+@njit(ROUTE_SIG, cache=True, _nrt=False)
 def route(ps, cs, tv, p, layer, t):
     return gather_layer(cs, tv, p, layer)
 
 
-POLICY = Policy(name="standard", kind="routing", kernels=(route,), init=init,
-                doc="Replay the trace's routing as recorded.")
+POLICY = register(Policy(
+    name="standard", kind="routing", hooks={"route": route}, init=init,
+    capabilities=Capabilities(live=True),
+    doc="Replay the trace's routing as recorded."))

@@ -32,6 +32,7 @@ from numba.core.extending import (
 )
 from numba.core.typing.templates import AttributeTemplate
 from numba.experimental import structref
+from numba.experimental.jitclass.base import imp_dtor
 from numba.np.arrayobj import populate_array
 
 
@@ -139,6 +140,51 @@ def borrowed(typingctx: Any, arr: Any) -> Any:
     return arr(arr), codegen
 
 
+@intrinsic
+def _build(typingctx: Any, owner_ref: Any, values: Any) -> Any:
+    """A new owner of `owner_ref`'s struct type holding `values` (a tuple in field order). Array fields are
+    stored borrowed (null meminfo, see `borrowed`); other fields (first-class functions, views) as they are."""
+    owner_ty = owner_ref.instance_type
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        payload_ty = owner_ty.get_data_type()
+        alloc_type = context.data_model_manager[payload_ty].get_value_type()
+        size = context.get_constant(types.uintp, context.get_abi_sizeof(alloc_type))
+        meminfo = context.nrt.meminfo_alloc_dtor(builder, size, imp_dtor(context, builder.module, owner_ty))
+        ptr = builder.bitcast(context.nrt.meminfo_data(builder, meminfo), alloc_type.as_pointer())
+        builder.store(cgutils.get_null_value(alloc_type), ptr)
+        payload = cgutils.create_struct_proxy(payload_ty)(context, builder, ref=ptr)
+        for idx, (name, field_ty) in enumerate(owner_ty.field_dict.items()):
+            value = builder.extract_value(args[1], idx)
+            value_ty = sig.args[1][idx]
+            if isinstance(field_ty, types.Array):
+                src = context.make_array(value_ty)(context, builder, value=value)
+                dst = context.make_array(field_ty)(context, builder)
+                populate_array(dst, data=src.data, shape=src.shape, strides=src.strides, itemsize=src.itemsize,
+                               meminfo=None, parent=None)
+                value = dst._getvalue()
+            else:
+                value = context.cast(builder, value, value_ty, field_ty)
+            setattr(payload, name, value)
+        inst = context.make_helper(builder, owner_ty)
+        inst.meminfo = meminfo
+        return inst._getvalue()
+
+    return owner_ty(owner_ref, values), codegen
+
+
+def _construct(owner_ref: Any, values: Any) -> Any:
+    return _build(owner_ref, values)
+
+
+def constructor(owner: StructOwnerType) -> Any:
+    """The cached jitted constructor of one struct type, generated from its fields: `ctor(owner, values)`.
+    Every struct shares `_construct`; each compiles once for its own explicit signature (so Python
+    functions pass as first-class functions) and numba's cache keeps one entry per struct layout."""
+    fields = tuple(owner.field_dict.values())
+    return njit(owner(types.TypeRef(owner), types.Tuple(fields)), cache=True)(_construct)
+
+
 def as_field(value: Any, ty: Any, name: str) -> np.ndarray:
     """The array a field holds: its exact dtype, C order and writable (copied only when needed)."""
     dtype = np.dtype(str(ty.dtype))
@@ -155,6 +201,7 @@ class ArrayStruct(StructProxy):
     arrays the jitted code works on (shared memory, no copies)."""
 
     _FIELDS: tuple[tuple[str, Any], ...] = ()
+    _OWNER: StructOwnerType
     _arrays: tuple[np.ndarray, ...]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
@@ -171,12 +218,12 @@ class ArrayStruct(StructProxy):
             raise TypeError(f"{cls.__name__}: missing fields {missing}")
         obj = object.__new__(cls)
         obj._arrays = tuple(as_field(values[n], t, n) for n, t in cls._FIELDS)
-        obj._owner = cls._new(*obj._arrays)
+        obj._owner = cls._new(cls._OWNER, obj._arrays)
         obj._addr = int(payload_addr(obj._owner))
         return obj
 
     @staticmethod
-    def _new(*arrays: np.ndarray) -> Any:  # the struct's cached jitted constructor
+    def _new(owner: StructOwnerType, arrays: tuple[np.ndarray, ...]) -> Any:  # the struct's `constructor`
         raise NotImplementedError
 
     def _asdict(self) -> dict[str, np.ndarray]:
@@ -187,5 +234,9 @@ class ArrayStruct(StructProxy):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "_FIELDS" in cls.__dict__:
+            cls._VIEW = StructView(cls.__name__, cls._FIELDS)
+            cls._OWNER = StructOwnerType(list(cls._FIELDS))
+            cls._new = staticmethod(constructor(cls._OWNER))
         for idx, (name, _ty) in enumerate(cls._FIELDS):
             setattr(cls, name, property(lambda self, idx=idx: self._arrays[idx]))

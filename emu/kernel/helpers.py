@@ -1,7 +1,10 @@
-"""Small numba helpers the policy kernels share: a resident-key set, a seeded RNG, a top-n pick.
+"""The numba helpers a policy may call, and the core with it: key arithmetic, the eviction rule, a layer's
+routing, a resident-key set, a seeded RNG, a top-n pick.
 
-Every helper works on plain arrays (rows of a policy's `ps.i` / `ps.f` tables), so it does not care how
-the engine passes the state around.
+They are part of the kernel interface: policies inline them, so numba's cache for every jitted function of
+the engines and policies is keyed on these sources too (kernel/cache.py). The set, RNG and numeric helpers
+work on plain arrays (rows of a policy's `ps.i` / `ps.f` tables), so they do not care how the engine passes
+the state around.
 
 Resident set: `members[0:n]` lists the keys, `pos[key]` is the key's index in `members` (-1 when absent)
 and `pos[n_keys]` holds n, so add and remove are O(1) and a scan costs O(resident keys), not O(all keys).
@@ -13,7 +16,7 @@ import numpy as np
 from numba import njit
 from numba.cpython.unsafe.numbers import trailing_zeros
 
-from ..engines.state import ABSENT, new_policy_state
+from .layout import ABSENT, RESIDENT, SC, new_policy_state
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -28,6 +31,103 @@ def ix(i: int) -> np.uint64:
     ids and layers in the hot paths."""
     return np.uint64(i)
 
+
+# ---- keys, the eviction rule, a layer's routing ------------------------------------------------
+
+@njit(cache=True, inline="always")
+def interp_curve(xs: np.ndarray, ys: np.ndarray, n: int, x: float) -> float:
+    """Piecewise linear, clamped below the first point, extended past the last (never decreasing)."""
+    if x <= xs[0] or n == 1:
+        return ys[0]
+    if x >= xs[n - 1]:
+        slope = (ys[n - 1] - ys[n - 2]) / (xs[n - 1] - xs[n - 2])
+        if slope < 0.0:
+            slope = 0.0
+        return ys[n - 1] + slope * (x - xs[n - 1])
+    lo = 0
+    hi = n - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if xs[mid] <= x:
+            lo = mid
+        else:
+            hi = mid
+    w = (x - xs[lo]) / (xs[hi] - xs[lo])
+    return ys[lo] + w * (ys[hi] - ys[lo])
+
+
+@njit(cache=True, inline="always")
+def key_layer(cs, key: int) -> int:
+    n = cs.cur_key.shape[0]
+    if n & (n - 1) == 0:  # a power of two: an arithmetic shift floors like //, without a division
+        return key >> trailing_zeros(n)
+    return key // n
+
+
+@njit(cache=True, inline="always")
+def is_evictable(cs, key: int, in_layer: int) -> bool:
+    """May `key` make room for a copy into `in_layer`? Policies choose only among such keys."""
+    if cs.status[ix(key)] != RESIDENT or cs.protect[ix(key)] > 0:
+        return False
+    vl = key_layer(cs, key)
+    if cs.sc[SC.SAME_LAYER] == 1 and vl != in_layer:
+        return False
+    return not (vl != in_layer and cs.layer_count[ix(vl)] - 1 < cs.layer_floor[ix(vl)])
+
+
+@njit(cache=True, _nrt=False)
+def gather_layer(cs, tv, p: int, layer: int) -> int:
+    """The distinct experts the tokens of pass p need at `layer`, in expert-id order, with token counts
+    and routing mass (gate scores when the trace has them, else 1/top_k per token)."""
+    # Fields are read into locals once: inside loops with stores LLVM would reload them every time.
+    experts = tv.experts
+    scores = tv.scores
+    t0 = tv.pass_offsets[p]
+    t1 = tv.pass_offsets[p + 1]
+    k = experts.shape[2]
+    n_exp = cs.cur_key.shape[0]
+    has_scores = tv.dims[0] == 1
+    count = cs.gather_count
+    mass = cs.gather_mass
+    ids = cs.cur_expert
+    n = 0
+    if n_exp <= 64:
+        # a bit per expert: the set bits, lowest first, are the distinct ids in order (no sort)
+        bits = np.uint64(0)
+        for tok in range(t0, t1):
+            for s in range(k):
+                e = np.int64(experts[ix(tok), ix(layer), s])
+                bits |= np.uint64(1) << np.uint64(e)
+                count[ix(e)] += 1
+                mass[ix(e)] += np.float64(scores[ix(tok), ix(layer), s]) if has_scores else 1.0 / k
+        while bits != np.uint64(0):
+            ids[n] = np.int64(trailing_zeros(bits))
+            bits &= bits - np.uint64(1)
+            n += 1
+    else:
+        for tok in range(t0, t1):
+            for s in range(k):
+                e = np.int64(experts[tok, layer, s])
+                if count[e] == 0:
+                    ids[n] = e
+                    n += 1
+                count[e] += 1
+                mass[e] += np.float64(scores[tok, layer, s]) if has_scores else 1.0 / k
+        sort_prefix(ids, n)  # n is at most n_experts and usually top_k
+    cur_key = cs.cur_key
+    cur_tokens = cs.cur_tokens
+    cur_mass = cs.cur_mass
+    for i in range(n):
+        e = ix(ids[i])
+        cur_key[i] = layer * n_exp + ids[i]
+        cur_tokens[i] = count[e]
+        cur_mass[i] = mass[e]
+        count[e] = 0
+        mass[e] = 0.0
+    return n
+
+
+# ---- resident set ----------------------------------------------------------------------------------
 
 def set_rows(n_keys: int) -> int:
     """Width a resident-set row pair needs."""

@@ -1,0 +1,67 @@
+"""The hooks a policy implements, per kind: their names, what they are told and what they return.
+
+Every hook is a numba function compiled with its kind's signature below (`@njit(SIG, cache=True)`), so the
+shared core takes the chosen stack as first-class functions: one compiled core serves every stack. A hook
+gets its own state `ps` (a `PolicyState`), the cache state `cs`, the trace view `tv` and the time `t`.
+
+| kind | hook | arguments | returns |
+| --- | --- | --- | --- |
+| eviction | `victim` | `incoming`: the key that needs room | a key that `helpers.is_evictable` accepts, or -1 |
+| eviction | `on_event` | `ev` (`EV_*`), `key` (for `EV_PASS`: the pass) | 0 |
+| prefetch | `prefetch` | `p`, `layer`: the gate of layer `layer` in pass p | n: keys written to `cs.pf_buf[:n]` |
+| miss | `on_miss` | `entry`: index into the current layer's `cs.cur_*` | `encode_miss(MISS_*, arg)` |
+| routing | `route` | `p`, `layer` | n: entries written to `cs.cur_key/cur_tokens/cur_mass` |
+| partition | `partition` | `p`, `layer` | 0; sets `cs.layer_floor` / `cs.layer_cap` before the gate |
+
+Eviction events, in the order the core raises them: `EV_PASS` at a pass start; at a gate `EV_ACCESS` for a
+hit (or the substitute a miss policy chose), `EV_MISS` for a key that is neither resident nor in flight,
+before the miss policy acts; `EV_INSERT` when a copy takes a slot (`cs.copy_prio[key]` says demand or
+prefetch); `EV_EVICT` when a key leaves.
+"""
+
+from __future__ import annotations
+
+from numba import float64, int64, njit
+from numba.core.types import FunctionType
+
+from .layout import CS_T, PS_T, TV_T
+
+# eviction events
+EV_ACCESS = 0
+EV_INSERT = 1
+EV_EVICT = 2
+EV_PASS = 3
+EV_MISS = 4
+
+# miss actions: the low 4 bits the action, the rest its argument (a precision index or a substitute key)
+MISS_FETCH = 0
+MISS_DROP = 1
+MISS_SUBSTITUTE = 2
+MISS_CPU = 3
+
+VICTIM_SIG = int64(PS_T, CS_T, TV_T, int64, float64)
+EVENT_SIG = int64(PS_T, CS_T, TV_T, int64, int64, float64)
+PREFETCH_SIG = int64(PS_T, CS_T, TV_T, int64, int64, float64)
+MISS_SIG = int64(PS_T, CS_T, TV_T, int64, float64)
+ROUTE_SIG = int64(PS_T, CS_T, TV_T, int64, int64, float64)
+PARTITION_SIG = int64(PS_T, CS_T, TV_T, int64, int64, float64)
+
+KINDS = ("eviction", "prefetch", "miss", "routing", "partition")
+
+#: each kind's hooks, in the order the stack holds them
+HOOKS: dict[str, tuple[tuple[str, object], ...]] = {
+    "eviction": (("victim", VICTIM_SIG), ("on_event", EVENT_SIG)),
+    "prefetch": (("prefetch", PREFETCH_SIG),),
+    "miss": (("on_miss", MISS_SIG),),
+    "routing": (("route", ROUTE_SIG),),
+    "partition": (("partition", PARTITION_SIG),),
+}
+
+
+def hook_type(sig: object) -> FunctionType:
+    return FunctionType(sig)
+
+
+@njit(cache=True, _nrt=False)
+def encode_miss(action: int, arg: int) -> int:
+    return action | (arg << 4)

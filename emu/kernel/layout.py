@@ -1,0 +1,298 @@
+"""The state layout every engine and policy kernel shares: four structs of numpy arrays, fields by name.
+
+Everything the timing semantics needs lives in `CacheState` (cs), `TraceView` (tv), `Timing` (tm) and
+`PolicyState` (ps). In jitted code each is one borrowed pointer (emu/kernel/structs.py), so the shared core
+and the policy kernels (first-class functions) call each other for a few nanoseconds, while code reads
+`cs.status[key]` or `ps.i[COUNT, key]`. The SimPy engine and the metrics read the same arrays from Python
+through the proxies' attributes (no copies).
+
+Scalars sit in small arrays (`sc` for integers, `fc` for floats, `tm.scal`) at the positions of the `Fields`
+enums below (`cs.sc[SC.PASS]`); statistics per layer in `stats_i` / `stats_f` rows (`ST`, `SF`). Adding a
+field is one line: an `auto()` member, or a `(name, type)` pair in a struct's field list; the constructors
+are generated from the lists (`structs.constructor`). Numba folds an enum member to its integer, so a named
+index costs what a literal did.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, auto
+from typing import Any
+
+import numpy as np
+from numba import types
+
+from .structs import ArrayStruct
+
+# ---- (layer, expert) status ----------------------------------------------------------------------
+ABSENT = 0
+RESIDENT = 1
+IN_FLIGHT = 2  # a copy is queued or running; it holds its slot
+WAITING = 3  # a demand copy found no victim yet: it holds no slot
+
+# copy state of a key
+COPY_NONE = 0
+COPY_QUEUED = 1
+COPY_RUNNING = 2
+
+DEMAND = 0
+PREFETCH = 1
+
+# what runs a needed expert of the layer now computing
+ON_GPU = 0
+ON_CPU = 1
+SKIPPED = 2  # dropped: never computed
+
+# per-entry progress in the current layer
+E_PENDING = 0
+E_RUNNING = 1
+E_DONE = 2
+
+# forward phases
+PH_PASS_START = 0
+PH_PRE_RUN = 1
+PH_LAYER_START = 2
+PH_DENSE_RUN = 3
+PH_GATE = 4
+PH_EXPERTS = 5
+PH_FINISHED = 6
+
+# GPU job kinds
+JOB_NONE = -1
+JOB_PRE = -2
+JOB_DENSE = -3
+JOB_CHAIN = -4  # jobs run back to back, listed in chain_job[:sc[SC.CHAIN_N]] (see core._chain)
+
+
+class Fields(IntEnum):
+    """Named positions in one array, numbered from 0 in declaration order (`auto()`)."""
+
+    @staticmethod
+    def _generate_next_value_(name: str, start: int, count: int, last_values: list[Any]) -> int:
+        return count
+
+
+class SC(Fields):
+    """Integer scalars of the cache state: `cs.sc[SC.PASS]`."""
+
+    PASS = auto()
+    LAYER = auto()
+    PHASE = auto()
+    USED = auto()  # bytes held by resident and in-flight experts
+    CAP = auto()  # capacity in bytes
+    SEQ = auto()  # copy issue counter (tie-breaker)
+    DQ_HEAD = auto()  # copy queue: demand FIFO's first slot in heap[:R] (see core._queue_push)
+    WQ_N = auto()
+    NCUR = auto()
+    GPU_JOB = auto()  # JOB_* or index into cur_* of the expert running
+    CPU_JOB = auto()
+    GPU_IDLE = auto()  # 1 while the GPU waits for an expert of the current layer
+    SAME_LAYER = auto()  # 1 while the incoming copy's layer is at its cap: victims must come from it
+    CLOCK = auto()  # logical access clock for recency policies
+    GPU_NEW = auto()  # set by decide to the number of GPU jobs it started back to back (durations in
+    # chain_dur); the engine schedules them and clears it
+    CPU_NEW = auto()
+    DQ_N = auto()  # entries in the demand FIFO
+    N_ENGINES = auto()
+    PQ_HEAD = auto()  # prefetch FIFO's first slot in heap[R:]
+    LAST_COPY = auto()  # key of the copy `next_copy` just started
+    CPU_PENDING = auto()  # entries of the current layer routed to the CPU and not started yet
+    CURSOR = auto()  # entries of the current layer before this index are done
+    CHAIN_N = auto()  # members of the GPU chain now running (SC.GPU_JOB == JOB_CHAIN)
+    PQ_N = auto()  # entries in the prefetch FIFO
+
+
+class FC(Fields):
+    """Float scalars of the cache state: `cs.fc[FC.GATE_T]`."""
+
+    IDLE_T = auto()
+    DENSE_S = auto()  # dense time of one layer in the current pass
+    PRE_S = auto()  # per-pass fixed cost plus dense (non-MoE) layers
+    GATE_T = auto()
+    GPU_DUR = auto()  # duration of the (last) GPU job just started
+    CPU_DUR = auto()
+    COPY_BUSY = auto()
+    GPU_BUSY = auto()
+    CPU_BUSY = auto()
+    HOST_FREE = auto()  # the host is busy issuing copies until then (a GPU job starts no earlier)
+    ISSUE_S = auto()  # host seconds to issue one copy in this pass (`copy_issue_s` or `prefill_copy_issue_s`)
+    PF_ISSUE_S = auto()  # the same for a prefetch copy (profile `prefetch_issue_s`, else `copy_issue_s`)
+    AHEAD_S = auto()  # host seconds launching a layer's dense part ahead of the GPU (profile `launch_ahead_s`)
+    LAYER_HOST = auto()  # when the host has launched the current layer's experts so far (see core._dense_job_s)
+
+
+class ST(Fields):
+    """Per-layer integer statistics: `cs.stats_i[ST.HITS, layer]`."""
+
+    ACCESSES = auto()
+    HITS = auto()
+    LATE_HITS = auto()
+    MISS_COMPULSORY = auto()
+    MISS_CAPACITY = auto()
+    MISS_COLLISION = auto()
+    DROPPED = auto()
+    SUBSTITUTED = auto()
+    DEGRADED = auto()
+    CPU_RUNS = auto()
+    PF_ISSUED = auto()
+    PF_USEFUL = auto()
+    PF_DROPPED = auto()  # prefetch found no victim
+    PF_WASTED = auto()  # prefetched, evicted (or left at the end) unused
+    BYTES_H2D = auto()
+    COPIES = auto()
+    EVICTIONS = auto()
+    DEMAND_WAITS = auto()  # demand copies that had to wait for a victim
+
+
+class SF(Fields):
+    """Per-layer float statistics: `cs.stats_f[SF.STALL_S, layer]`."""
+
+    LATE_WAIT_S = auto()
+    STALL_S = auto()
+    DROPPED_MASS = auto()
+    SUBSTITUTED_MASS = auto()
+    DEGRADED_MASS = auto()
+    MASS = auto()
+    PF_WASTED_BYTES = auto()
+    REROUTED_MASS = auto()  # routing mass a routing policy moved off the router's own choices
+
+
+class SCAL(Fields):
+    """`Timing.scal`: per-pass and per-layer costs, and the host seconds per copy a runtime spends issuing
+    it, for a decode pass and a prefill pass (`core._pass_times` picks the pair)."""
+
+    PASS_OVERHEAD_S = auto()
+    LAYER_OVERHEAD_S = auto()
+    N_DENSE_LAYERS = auto()
+    DECODE_COPY_ISSUE_S = auto()
+    DECODE_PREFETCH_ISSUE_S = auto()
+    PREFILL_COPY_ISSUE_S = auto()
+    PREFILL_PREFETCH_ISSUE_S = auto()
+
+
+# ---- the structs ----------------------------------------------------------------------------------
+# Field order is the constructor's argument order. Types are exact (C-contiguous, writable arrays), so
+# every jitted function that takes a struct compiles once and is cached across processes.
+_I8, _U8, _I16, _I32, _I64, _F32, _F64 = (types.int8, types.uint8, types.int16, types.int32, types.int64,
+                                          types.float32, types.float64)
+
+CS_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("sc", _I64[::1]), ("fc", _F64[::1]),
+    # per key (layer * n_experts + expert)
+    ("status", _I8[::1]), ("prec", _I8[::1]), ("nbytes", _I64[::1]), ("loaded_ever", _U8[::1]),
+    ("evict_pass", _I64[::1]), ("protect", _I32[::1]), ("copy_state", _I8[::1]), ("copy_prio", _I8[::1]),
+    ("copy_seq", _I64[::1]), ("pf_unused", _U8[::1]), ("late_gate_t", _F64[::1]), ("late_flag", _U8[::1]),
+    ("wait_prec", _I8[::1]),
+    # structures
+    ("heap", _I64[::1]), ("waitq", _I64[::1]), ("pf_buf", _I64[::1]),
+    # the layer now computing
+    ("cur_key", _I64[::1]), ("cur_expert", _I64[::1]), ("cur_tokens", _I64[::1]), ("cur_mass", _F64[::1]),
+    ("cur_where", _I8[::1]), ("cur_state", _I8[::1]), ("cur_sub", _I64[::1]), ("cur_prec", _I8[::1]),
+    ("gather_count", _I64[::1]), ("gather_mass", _F64[::1]),
+    ("pick_buf", _I64[::1]),  # scratch of n_experts for the prefetch helpers (no allocation per gate)
+    # per layer
+    ("layer_bytes", _I64[::1]), ("layer_count", _I64[::1]), ("layer_floor", _I64[::1]),
+    ("layer_cap", _I64[::1]),
+    # precisions
+    ("prec_bytes", _I64[::1]),
+    # per pass
+    ("pass_start", _F64[::1]), ("pass_end", _F64[::1]),
+    # statistics
+    ("stats_i", _I64[:, ::1]), ("stats_f", _F64[:, ::1]),
+    # scratch: one dense-table column (so the per-pass dense time allocates nothing)
+    ("dense_col", _F64[::1]),
+    # engine <-> core exchange at an instant, one slot per copy engine: copies that landed (in),
+    # copies started (out) and their durations
+    ("io_done", _I64[::1]), ("io_keys", _I64[::1]), ("io_durs", _F64[::1]),
+    # the GPU jobs started at an instant, back to back: job (cur_* index or JOB_*) and duration
+    ("chain_job", _I64[::1]), ("chain_dur", _F64[::1]),
+)
+
+TV_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("experts", _I16[:, :, ::1]), ("scores", _F32[:, :, ::1]), ("predicted", _I16[:, :, ::1]),
+    ("pass_offsets", _I64[::1]), ("pass_phase", _I8[::1]), ("token_position", _I32[::1]),
+    ("token_request", _I32[::1]),
+    ("dims", _I64[::1]),  # [has_scores, has_predicted, n_experts]
+)
+
+TM_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("copy_s", _F64[::1]),  # time of one expert copy, per precision
+    ("exp_tok", _F64[:, ::1]), ("exp_s", _F64[:, ::1]), ("exp_n", _I64[::1]),  # expert FFN curve per precision
+    ("cpu_tok", _F64[:, ::1]), ("cpu_s", _F64[:, ::1]), ("cpu_n", _I64[::1]),  # CPU curve (cpu_n = 0: none)
+    ("d_tok", _F64[::1]), ("d_ctx", _F64[::1]), ("d_s", _F64[:, ::1]),  # dense table
+    ("scal", _F64[::1]),  # SCAL
+)
+
+PS_FIELDS: tuple[tuple[str, Any], ...] = (("f", _F64[:, ::1]), ("i", _I64[:, ::1]), ("p", _F64[::1]))
+
+
+class CacheState(ArrayStruct):
+    _FIELDS = CS_FIELDS
+
+
+class TraceView(ArrayStruct):
+    _FIELDS = TV_FIELDS
+
+
+class Timing(ArrayStruct):
+    _FIELDS = TM_FIELDS
+
+
+class PolicyState(ArrayStruct):
+    _FIELDS = PS_FIELDS
+
+
+# The view types: what jitted code and the policy kernels' signatures see.
+CS_T = CacheState._VIEW
+TV_T = TraceView._VIEW
+TM_T = Timing._VIEW
+PS_T = PolicyState._VIEW
+
+
+def queue_ring(n_keys: int) -> int:
+    """Slots of each copy FIFO (demand, prefetch): a power of two (index by mask) of at least the
+    2 * keys + 8 entries the binary heap they replaced held for both priorities together."""
+    r = 1
+    while r < 2 * n_keys + 8:
+        r *= 2
+    return r
+
+
+def new_cache_state(n_layers: int, n_experts: int, top_k: int, n_passes: int, capacity_bytes: int,
+                    prec_bytes: np.ndarray, n_engines: int, dense_rows: int = 1) -> Any:
+    k = n_layers * n_experts
+    sc = np.zeros(len(SC), np.int64)
+    sc[SC.CAP] = capacity_bytes
+    sc[SC.N_ENGINES] = n_engines
+    sc[SC.GPU_JOB] = JOB_NONE
+    sc[SC.CPU_JOB] = JOB_NONE
+    return CacheState(
+        sc=sc, fc=np.zeros(len(FC), np.float64),
+        status=np.zeros(k, np.int8), prec=np.zeros(k, np.int8), nbytes=np.zeros(k, np.int64),
+        loaded_ever=np.zeros(k, np.uint8), evict_pass=np.full(k, -1, np.int64), protect=np.zeros(k, np.int32),
+        copy_state=np.zeros(k, np.int8), copy_prio=np.zeros(k, np.int8), copy_seq=np.zeros(k, np.int64),
+        pf_unused=np.zeros(k, np.uint8), late_gate_t=np.zeros(k, np.float64), late_flag=np.zeros(k, np.uint8),
+        wait_prec=np.zeros(k, np.int8),
+        heap=np.zeros(2 * queue_ring(k), np.int64), waitq=np.zeros(k, np.int64), pf_buf=np.zeros(k, np.int64),
+        cur_key=np.zeros(n_experts, np.int64), cur_expert=np.zeros(n_experts, np.int64),
+        cur_tokens=np.zeros(n_experts, np.int64), cur_mass=np.zeros(n_experts, np.float64),
+        cur_where=np.zeros(n_experts, np.int8), cur_state=np.zeros(n_experts, np.int8),
+        cur_sub=np.full(n_experts, -1, np.int64), cur_prec=np.zeros(n_experts, np.int8),
+        gather_count=np.zeros(n_experts, np.int64), gather_mass=np.zeros(n_experts, np.float64),
+        pick_buf=np.zeros(n_experts, np.int64),
+        layer_bytes=np.zeros(n_layers, np.int64), layer_count=np.zeros(n_layers, np.int64),
+        layer_floor=np.zeros(n_layers, np.int64), layer_cap=np.full(n_layers, capacity_bytes, np.int64),
+        prec_bytes=prec_bytes,
+        pass_start=np.zeros(n_passes, np.float64), pass_end=np.zeros(n_passes, np.float64),
+        stats_i=np.zeros((len(ST), n_layers), np.int64), stats_f=np.zeros((len(SF), n_layers), np.float64),
+        dense_col=np.zeros(max(dense_rows, 1), np.float64),
+        io_done=np.zeros(n_engines, np.int64), io_keys=np.zeros(n_engines, np.int64),
+        io_durs=np.zeros(n_engines, np.float64),
+        chain_job=np.zeros(n_experts + 1, np.int64), chain_dur=np.zeros(n_experts + 1, np.float64),
+    )
+
+
+def new_policy_state(f_rows: int = 0, f_cols: int = 0, i_rows: int = 0, i_cols: int = 0,
+                     params: tuple[float, ...] | np.ndarray = ()) -> Any:
+    """State of one policy: a float table, an int table and its numeric parameters."""
+    return PolicyState(np.zeros((f_rows, f_cols), np.float64), np.zeros((i_rows, i_cols), np.int64),
+                       np.asarray(params, dtype=np.float64).reshape(-1))
