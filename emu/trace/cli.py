@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import EmuError
 from ..models import get_preset
+from .formats import FORMATS, detect_format, import_trace, normalize_format
 from .inspect import render, summarize
 from .jsonl import import_jsonl
 from .routing_trace import RoutingTrace
@@ -58,12 +59,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     gen.add_argument("--predictor-accuracy", type=float, default=None,
                      help="add speculator predictions right with this probability per entry")
 
-    imp = sub.add_parser("import", help="JSONL routing trace to .npz")
-    imp.add_argument("file", type=Path, help="JSONL file (schema in docs/traces.md)")
+    imp = sub.add_parser("import", help="routing trace (JSONL, route_trace CSV, onnx-genai, vLLM, SGLang, "
+                                        "Parquet) to .npz",
+                         description="Import a routing trace; the format is detected from the content and the "
+                                     "extension unless --format names it (docs/traces.md, one section each).")
+    imp.add_argument("file", type=Path, help="trace file (formats in docs/traces.md)")
+    imp.add_argument("--format", default=None, metavar="NAME",
+                     help="input format: " + ", ".join(FORMATS) + " (default: detected)")
     imp.add_argument("--model", default=None, help="model preset the trace must fit")
     imp.add_argument("--out", required=True, type=Path, help="output .npz")
     imp.add_argument("--strict", action="store_true",
-                     help="error on any token with missing layers (default: drop a cut-off tail)")
+                     help="JSONL only: error on any token with missing layers (default: drop a cut-off tail)")
+    imp.add_argument("--allow-degenerate", action="store_true",
+                     help="import a degenerate capture (identical routing over a whole pass, or every decode "
+                          "token of a request) with a warning instead of an error (not JSONL)")
 
     ins = sub.add_parser("inspect", help="tokens, passes, requests, per-layer skew and reuse")
     ins.add_argument("file", type=Path, help=".npz trace")
@@ -102,9 +111,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if cmd == "import":
         model = get_preset(args.model) if args.model else None
+        fmt = normalize_format(args.format) if args.format else detect_format(args.file)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            trace = import_jsonl(args.file, model, strict=args.strict)
+            if fmt == "jsonl":
+                trace = import_jsonl(args.file, model, strict=args.strict)
+            else:
+                trace = import_trace(args.file, model, fmt=fmt, allow_degenerate=args.allow_degenerate,
+                                     strict=args.strict)
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
         _save(trace, args.out)
