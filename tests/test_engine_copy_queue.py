@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from emu.engines import core
-from emu.kernel.layout import DEMAND, PREFETCH, new_cache_state, queue_ring
+from emu.engines import copy_queue
+from emu.kernel.layout import DEMAND, PREFETCH, SC, new_cache_state, queue_ring
 
 
 @njit(cache=False)
@@ -17,10 +17,10 @@ def _drive(cs, ops: np.ndarray, out: np.ndarray) -> int:
     n = 0
     for r in range(ops.shape[0]):
         if ops[r, 0] == 1:
-            core._queue_push(cs, ops[r, 1], seq, ops[r, 2])
+            copy_queue.push(cs, ops[r, 1], seq, ops[r, 2])
             seq += 1
-        elif cs.sc[core.SC.DQ_N] + cs.sc[core.SC.PQ_N] > 0:
-            out[n] = core._queue_pop(cs)
+        elif cs.sc[SC.DQ_N] + cs.sc[SC.PQ_N] > 0:
+            out[n] = copy_queue.pop(cs)
             n += 1
     return n
 

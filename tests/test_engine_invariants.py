@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 
-from emu.kernel import layout as S
 from emu.engines.des.engine import run_des
 from emu.engines.fast.engine import run_fast
 from emu.errors import EmuError
+from emu.kernel import layout as S
 from emu.metrics import build_result
 
 from .test_engine_equivalence import Scenario, inputs_of, scenarios

@@ -14,7 +14,8 @@ ALL = [(kind, name) for kind in KINDS for name in REGISTRY[kind]]
 
 
 def test_every_issue_policy_is_registered():
-    assert set(REGISTRY["eviction"]) == {"lru", "lfu", "fld", "score", "lhu", "least-stale", "random", "belady"}
+    assert set(REGISTRY["eviction"]) == {"lru", "lfu", "fld", "score", "lhu", "least-stale", "random", "belady", "arc",
+                                         "s3-fifo"}
     assert set(REGISTRY["prefetch"]) == {"none", "oracle", "next-layer", "topk", "score-percentile", "lookahead",
                                          "frequency", "multi-look", "adaptive"}
     assert set(REGISTRY["miss"]) == {"fetch", "fetch-lowest-bit", "fetch-priority", "drop", "substitute", "cpu"}

@@ -1,7 +1,9 @@
-"""The timing semantics of docs/ARCHITECTURE.md, once, for every engine and the live runtime.
+"""The time side of docs/ARCHITECTURE.md's contract, as the fast engine and the SimPy engine drive it: the
+forward pass as a state machine, the copy engines' order and the host timeline. What the cache decides
+(gates, slots, evictions, prefetches, landings) is decisions.py's, called from here.
 
-Engines own time only. They call these handlers in one fixed order at every instant t:
-1. completions at t: `copy_done` for each copy that ends at t, `gpu_done` / `cpu_done` for jobs that end;
+Engines own the clock. They call these handlers in one fixed order at every instant t:
+1. completions at t: `decisions.land` for each copy that ends at t, `gpu_done` / `cpu_done` for jobs that end;
 2. `decide(t)`: demand copies waiting for a victim retry (FIFO), then the forward pass moves on as far
    as it can at t: gate decisions, the next dense or expert job (lowest expert id among ready ones);
    a started job is announced in `sc[SC.GPU_NEW]` / `sc[SC.CPU_NEW]` with its duration in `fc`;
@@ -25,29 +27,13 @@ import numpy as np
 from numba import boolean, float64, int64, njit, types
 
 from ..kernel.helpers import interp_curve, ix, key_layer
-from ..kernel.hooks import (
-    EV_ACCESS,
-    EV_EVICT,
-    EV_INSERT,
-    EV_MISS,
-    EV_PASS,
-    MISS_CPU,
-    MISS_DROP,
-    MISS_FETCH,
-    MISS_SUBSTITUTE,
-)
 from ..kernel.layout import (
-    ABSENT,
-    COPY_NONE,
-    COPY_QUEUED,
     COPY_RUNNING,
     CS_T,
-    DEMAND,
     E_DONE,
     E_PENDING,
     E_RUNNING,
     FC,
-    IN_FLIGHT,
     JOB_CHAIN,
     JOB_DENSE,
     JOB_NONE,
@@ -61,25 +47,20 @@ from ..kernel.layout import (
     PH_LAYER_START,
     PH_PASS_START,
     PH_PRE_RUN,
-    PREFETCH,
     RESIDENT,
     SC,
     SCAL,
     SF,
-    SKIPPED,
     ST,
     TM_T,
     TV_T,
-    WAITING,
 )
 from ..kernel.stack import STACK_T
 from ..trace.routing_trace import PHASE_DECODE
-
-_HEAP_KEY_BITS = 20
-_HEAP_SEQ_BITS = 38
-
+from . import copy_queue, decisions
 
 # ---- small pure helpers --------------------------------------------------------------------------
+
 
 @njit(cache=True, inline="always")
 def expert_seconds(tm, prec: int, tokens: int) -> float:
@@ -101,262 +82,6 @@ def dense_seconds(tm, tokens: float, context: float, col: np.ndarray) -> float:
     for i in range(nt):
         col[i] = interp_curve(tm.d_ctx, tm.d_s[i], nc, context)
     return interp_curve(tm.d_tok, col, nt, tokens)
-
-
-# ---- copy queue: one FIFO per priority, of (seq, key) packed in one int64 ------------------------
-# Copies start in (priority, issue seq) order. Seqs are handed out in increasing order, so within one
-# priority the push order is the seq order: a FIFO per priority (demand before prefetch) pops exactly
-# what a heap on (priority, seq) would, at O(1). `cs.heap` holds two rings of R slots (R a power of
-# two, `state.queue_ring`): demand in [0, R), prefetch in [R, 2R).
-
-@njit(cache=True, inline="always")
-def _queue_push(cs, prio: int, seq: int, key: int) -> None:
-    h = cs.heap
-    r = h.shape[0] >> 1
-    item = (seq << _HEAP_KEY_BITS) | key
-    if prio == DEMAND:
-        n = cs.sc[SC.DQ_N]
-        h[ix((cs.sc[SC.DQ_HEAD] + n) & (r - 1))] = item
-        cs.sc[SC.DQ_N] = n + 1
-    else:
-        n = cs.sc[SC.PQ_N]
-        h[ix(r + ((cs.sc[SC.PQ_HEAD] + n) & (r - 1)))] = item
-        cs.sc[SC.PQ_N] = n + 1
-
-
-@njit(cache=True, inline="always")
-def _queue_pop(cs) -> int:
-    """The first entry of the demand FIFO, else of the prefetch FIFO; the caller checks one is there."""
-    h = cs.heap
-    r = h.shape[0] >> 1
-    n = cs.sc[SC.DQ_N]
-    if n > 0:
-        head = cs.sc[SC.DQ_HEAD]
-        cs.sc[SC.DQ_HEAD] = (head + 1) & (r - 1)
-        cs.sc[SC.DQ_N] = n - 1
-        return h[ix(head)]
-    head = cs.sc[SC.PQ_HEAD]
-    cs.sc[SC.PQ_HEAD] = (head + 1) & (r - 1)
-    cs.sc[SC.PQ_N] -= 1
-    return h[ix(r + head)]
-
-
-# ---- slots -----------------------------------------------------------------------------------------
-
-@njit(cache=True, inline="always")
-def evict(pk, cs, tv, key: int, t: float) -> None:
-    kx = ix(key)
-    layer = key_layer(cs, key)
-    lx = ix(layer)
-    b = cs.nbytes[kx]
-    cs.status[kx] = ABSENT
-    cs.sc[SC.USED] -= b
-    cs.layer_bytes[lx] -= b
-    cs.layer_count[lx] -= 1
-    cs.evict_pass[kx] = cs.sc[SC.PASS]
-    cs.stats_i[ST.EVICTIONS, lx] += 1
-    wasted = cs.pf_unused[kx]  # 1 for a prefetched expert never used; counted without a branch
-    cs.pf_unused[kx] = 0
-    cs.stats_i[ST.PF_WASTED, lx] += wasted
-    cs.stats_f[SF.PF_WASTED_BYTES, lx] += float(b * wasted)  # + 0.0 leaves a sum of sizes as it was
-    pk.on_event(pk.s_eviction, cs, tv, EV_EVICT, key, t)
-
-
-@njit(cache=True, inline="always")
-def make_room(pk, cs, tv, incoming: int, nbytes: int, t: float) -> bool:
-    """Evict until `nbytes` for key `incoming` fit in the pool and in its layer's cap; False when no victim
-    is left."""
-    in_layer = key_layer(cs, incoming)
-    while True:
-        fits_layer = cs.layer_bytes[ix(in_layer)] + nbytes <= cs.layer_cap[ix(in_layer)]
-        if cs.sc[SC.USED] + nbytes <= cs.sc[SC.CAP] and fits_layer:
-            return True
-        cs.sc[SC.SAME_LAYER] = 0 if fits_layer else 1
-        victim = pk.victim(pk.s_eviction, cs, tv, incoming, t)
-        cs.sc[SC.SAME_LAYER] = 0
-        if victim < 0:
-            return False
-        evict(pk, cs, tv, victim, t)
-
-
-@njit(cache=True, inline="always")
-def _start_copy_entry(pk, cs, tv, key: int, prec: int, prio: int, t: float) -> None:
-    kx = ix(key)
-    lx = ix(key_layer(cs, key))
-    b = cs.prec_bytes[ix(prec)]
-    cs.status[kx] = IN_FLIGHT
-    cs.prec[kx] = prec
-    cs.nbytes[kx] = b
-    cs.sc[SC.USED] += b
-    cs.layer_bytes[lx] += b
-    cs.layer_count[lx] += 1
-    cs.loaded_ever[kx] = 1
-    seq = cs.sc[SC.SEQ]
-    cs.sc[SC.SEQ] = seq + 1
-    cs.copy_state[kx] = COPY_QUEUED
-    cs.copy_prio[kx] = prio
-    cs.copy_seq[kx] = seq
-    _queue_push(cs, prio, seq, key)
-    issue_s = cs.fc[FC.ISSUE_S] if prio == DEMAND else cs.fc[FC.PF_ISSUE_S]
-    if issue_s > 0.0:  # a host-paced runtime issues copies on the thread that launches the compute
-        host = cs.fc[FC.HOST_FREE]
-        cs.fc[FC.HOST_FREE] = (host if host > t else t) + issue_s
-    cs.sc[SC.CLOCK] += 1
-    pk.on_event(pk.s_eviction, cs, tv, EV_INSERT, key, t)
-
-
-@njit(cache=True, _nrt=False)
-def issue_demand(pk, cs, tv, key: int, prec: int, t: float) -> bool:
-    """A demand copy takes a slot now, or waits (FIFO) for a victim."""
-    if make_room(pk, cs, tv, key, cs.prec_bytes[prec], t):
-        _start_copy_entry(pk, cs, tv, key, prec, DEMAND, t)
-        return True
-    cs.status[key] = WAITING
-    cs.wait_prec[key] = prec
-    cs.waitq[cs.sc[SC.WQ_N]] = key
-    cs.sc[SC.WQ_N] += 1
-    cs.stats_i[ST.DEMAND_WAITS, key_layer(cs, key)] += 1
-    return False
-
-
-@njit(cache=True, _nrt=False)
-def issue_prefetch(pk, cs, tv, key: int, prec: int, t: float) -> bool:
-    """A prefetch that finds no victim is dropped and counted."""
-    if cs.status[ix(key)] != ABSENT:
-        return False
-    layer = key_layer(cs, key)
-    if not make_room(pk, cs, tv, key, cs.prec_bytes[prec], t):
-        cs.stats_i[ST.PF_DROPPED, layer] += 1
-        return False
-    _start_copy_entry(pk, cs, tv, key, prec, PREFETCH, t)
-    cs.pf_unused[ix(key)] = 1
-    cs.stats_i[ST.PF_ISSUED, ix(layer)] += 1
-    return True
-
-
-@njit(cache=True, _nrt=False)
-def retry_waiters(pk, cs, tv, t: float) -> None:
-    n = cs.sc[SC.WQ_N]
-    kept = 0
-    for i in range(n):
-        key = cs.waitq[i]
-        prec = cs.wait_prec[key]
-        if make_room(pk, cs, tv, key, cs.prec_bytes[prec], t):
-            _start_copy_entry(pk, cs, tv, key, prec, DEMAND, t)
-        else:
-            cs.waitq[kept] = key
-            kept += 1
-    cs.sc[SC.WQ_N] = kept
-
-
-# ---- routing helper shared by routing policies ----------------------------------------------------
-
-# ---- the gate: classify accesses, handle misses, prefetch --------------------------------------
-
-@njit(cache=True, _nrt=False)
-def gate(pk, cs, tv, p: int, layer: int, t: float) -> None:
-    cs.fc[FC.GATE_T] = t
-    pk.partition(pk.s_partition, cs, tv, p, layer, t)
-    n = pk.route(pk.s_routing, cs, tv, p, layer, t)
-    # Fields are read into locals once (a store through any array would make LLVM reload them); the
-    # arrays themselves are shared, so kernels called below see every write at once.
-    sc = cs.sc
-    stats_i = cs.stats_i
-    stats_f = cs.stats_f
-    status = cs.status
-    protect = cs.protect
-    cur_key = cs.cur_key
-    cur_mass = cs.cur_mass
-    cur_where = cs.cur_where
-    cur_state = cs.cur_state
-    cur_sub = cs.cur_sub
-    pf_unused = cs.pf_unused
-    sc[SC.NCUR] = n
-    sc[SC.CURSOR] = 0
-    n_exp = cur_key.shape[0]
-    for i in range(n):
-        key = cur_key[i]
-        cs.cur_expert[i] = key - layer * n_exp
-        cur_state[i] = E_PENDING
-        cur_where[i] = ON_GPU
-        cur_sub[i] = -1
-        protect[ix(key)] += 1
-    # the access, hit and first-use counts and the routed mass stay in registers for the loop (no
-    # kernel reads them); the mass is summed in the same order, so the float total is the same
-    stats_i[ST.ACCESSES, layer] += n
-    mass_sum = stats_f[SF.MASS, layer]
-    hits = 0
-    useful = 0
-    for i in range(n):
-        key = cur_key[i]
-        kx = ix(key)
-        mass_sum += cur_mass[i]
-        st = status[kx]
-        if st in (RESIDENT, IN_FLIGHT):
-            hits += 1
-            if st == IN_FLIGHT:
-                stats_i[ST.LATE_HITS, layer] += 1
-                cs.late_flag[kx] = 1
-                cs.late_gate_t[kx] = t
-                if cs.copy_state[kx] == COPY_QUEUED and cs.copy_prio[kx] == PREFETCH:
-                    seq = sc[SC.SEQ]  # promote: the stale prefetch entry is skipped when popped
-                    sc[SC.SEQ] = seq + 1
-                    cs.copy_prio[kx] = DEMAND
-                    cs.copy_seq[kx] = seq
-                    _queue_push(cs, DEMAND, seq, key)
-            # a first use of a prefetched expert, counted without a branch (about half of the hits
-            # are one, in no predictable order)
-            useful += pf_unused[kx]
-            pf_unused[kx] = 0
-            if cs.prec[kx] != 0:  # a hit on a lower-precision copy runs degraded too
-                stats_i[ST.DEGRADED, layer] += 1
-                stats_f[SF.DEGRADED_MASS, layer] += cur_mass[i]
-            sc[SC.CLOCK] += 1
-            pk.on_event(pk.s_eviction, cs, tv, EV_ACCESS, key, t)
-            continue
-        pk.on_event(pk.s_eviction, cs, tv, EV_MISS, key, t)
-        action = pk.on_miss(pk.s_miss, cs, tv, i, t)
-        code = action & 15
-        arg = action >> 4
-        if code == MISS_DROP:
-            stats_i[ST.DROPPED, layer] += 1
-            stats_f[SF.DROPPED_MASS, layer] += cur_mass[i]
-            cur_where[i] = SKIPPED
-            cur_state[i] = E_DONE
-            protect[kx] -= 1
-            continue
-        if cs.loaded_ever[kx] == 0:
-            stats_i[ST.MISS_COMPULSORY, layer] += 1
-        elif cs.evict_pass[kx] == p:
-            stats_i[ST.MISS_COLLISION, layer] += 1
-        else:
-            stats_i[ST.MISS_CAPACITY, layer] += 1
-        if code == MISS_FETCH:
-            if arg != 0:
-                stats_i[ST.DEGRADED, layer] += 1
-                stats_f[SF.DEGRADED_MASS, layer] += cur_mass[i]
-            sc[SC.CLOCK] += 1
-            issue_demand(pk, cs, tv, key, arg, t)
-        elif code == MISS_SUBSTITUTE:
-            stats_i[ST.SUBSTITUTED, layer] += 1
-            stats_f[SF.SUBSTITUTED_MASS, layer] += cur_mass[i]
-            cur_sub[i] = arg
-            protect[arg] += 1
-            protect[kx] -= 1
-            sc[SC.CLOCK] += 1
-            pk.on_event(pk.s_eviction, cs, tv, EV_ACCESS, arg, t)
-        elif code == MISS_CPU:
-            stats_i[ST.CPU_RUNS, layer] += 1
-            cur_where[i] = ON_CPU
-            sc[SC.CPU_PENDING] += 1
-            protect[kx] -= 1
-    stats_i[ST.HITS, layer] += hits
-    stats_i[ST.PF_USEFUL, layer] += useful
-    stats_f[SF.MASS, layer] = mass_sum
-    n_pf = pk.prefetch(pk.s_prefetch, cs, tv, p, layer, t)
-    pf_buf = cs.pf_buf
-    for j in range(n_pf):
-        issue_prefetch(pk, cs, tv, pf_buf[j], 0, t)
 
 
 # ---- the forward pass as a state machine ----------------------------------------------------------
@@ -503,8 +228,7 @@ def _entry_key(cs, i: int) -> int:
 @njit(cache=True, inline="always")
 def _finish_entry(cs, i: int) -> None:
     cs.cur_state[ix(i)] = E_DONE
-    if cs.cur_where[ix(i)] == ON_GPU:
-        cs.protect[ix(_entry_key(cs, i))] -= 1
+    decisions.release(cs, i)
 
 
 STEP_NONE = 0  # nothing changed
@@ -529,7 +253,7 @@ def _step(pk, cs, tm, tv, t: float) -> int:
             cs.sc[SC.PHASE] = PH_FINISHED
             return STEP_CHANGED
         cs.pass_start[p] = t
-        pk.on_event(pk.s_eviction, cs, tv, EV_PASS, p, t)
+        decisions.begin_pass(pk, cs, tv, p, t)
         _pass_times(cs, tm, tv, p)
         cs.fc[FC.LAYER_HOST] = np.inf  # a pass's first layer: nothing launched ahead of its dense part
         cs.sc[SC.LAYER] = 0
@@ -548,7 +272,7 @@ def _step(pk, cs, tm, tv, t: float) -> int:
         cs.sc[SC.PHASE] = PH_GATE
         return STEP_CHANGED
     if phase == PH_GATE:
-        gate(pk, cs, tv, cs.sc[SC.PASS], cs.sc[SC.LAYER], t)
+        decisions.gate(pk, cs, tv, cs.sc[SC.PASS], cs.sc[SC.LAYER], t)
         host = cs.fc[FC.HOST_FREE]  # the host launches the layer's experts once it issued the gate's copies
         cs.fc[FC.LAYER_HOST] = host if host > t else t
         cs.sc[SC.PHASE] = PH_EXPERTS
@@ -621,7 +345,7 @@ def _step(pk, cs, tm, tv, t: float) -> int:
 def _decide(pk, cs, tm, tv, t: float) -> None:
     while True:
         if cs.sc[SC.WQ_N] > 0:
-            retry_waiters(pk, cs, tv, t)
+            decisions.retry_waiters(pk, cs, tv, t)
         r = _step(pk, cs, tm, tv, t)
         if r == STEP_NONE or (r == STEP_GPU_STARTED and cs.sc[SC.WQ_N] == 0):
             break
@@ -631,11 +355,10 @@ def _decide(pk, cs, tm, tv, t: float) -> None:
 def _next_copy(cs, tm) -> float:
     """The best queued copy starts; returns its duration (key in sc[SC.LAST_COPY]) or -1 if none."""
     while cs.sc[SC.DQ_N] + cs.sc[SC.PQ_N] > 0:
-        item = _queue_pop(cs)
-        key = item & ((1 << _HEAP_KEY_BITS) - 1)
-        seq = (item >> _HEAP_KEY_BITS) & ((1 << _HEAP_SEQ_BITS) - 1)
+        item = copy_queue.pop(cs)
+        key = copy_queue.entry_key(item)
         kx = ix(key)
-        if cs.copy_state[kx] != COPY_QUEUED or cs.copy_seq[kx] != seq:
+        if not copy_queue.is_current(cs, key, copy_queue.entry_seq(item)):
             continue  # stale entry of a promoted prefetch
         cs.copy_state[kx] = COPY_RUNNING
         dur = tm.copy_s[ix(cs.prec[kx])]
@@ -646,18 +369,6 @@ def _next_copy(cs, tm) -> float:
         cs.sc[SC.LAST_COPY] = key
         return dur
     return -1.0
-
-
-@njit(cache=True, inline="always")
-def _copy_done(cs, key: int, t: float) -> None:
-    kx = ix(key)
-    cs.status[kx] = RESIDENT
-    cs.copy_state[kx] = COPY_NONE
-    # the wait of a late hit, added without a branch (late and timely copies come in no predictable
-    # order): nothing else adds 0.0, a sum of waits (>= 0, from +0.0) is unchanged by it
-    late = cs.late_flag[kx]
-    cs.late_flag[kx] = 0
-    cs.stats_f[SF.LATE_WAIT_S, ix(key_layer(cs, key))] += t - cs.late_gate_t[kx] if late == 1 else 0.0
 
 
 @njit(cache=True, inline="always")
@@ -710,7 +421,7 @@ def copy_instant(cs, tm, key: int, t: float) -> float:
     queued copy starts (its duration, key in sc[SC.LAST_COPY]; -1.0 if none): what `instant_inline`
     does then (`_decide` changes nothing, the phase is not finished), without its general machinery.
     The fast engine calls it for such instants, about half of all."""
-    _copy_done(cs, key, t)
+    decisions.land(cs, key, t)
     return _next_copy(cs, tm)
 
 
@@ -718,7 +429,7 @@ def copy_instant(cs, tm, key: int, t: float) -> float:
 def instant_inline(pk, cs, tm, tv, t: float, n_done: int, done_jobs: int, n_free: int) -> int:
     """`instant`, inlined into the fast engine's loop (no call per instant); the very same code."""
     for i in range(n_done):
-        _copy_done(cs, cs.io_done[i], t)
+        decisions.land(cs, cs.io_done[i], t)
     if done_jobs & GPU_DONE:
         _gpu_done(cs)
     if done_jobs & CPU_DONE:

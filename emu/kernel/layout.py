@@ -80,7 +80,7 @@ class SC(Fields):
     USED = auto()  # bytes held by resident and in-flight experts
     CAP = auto()  # capacity in bytes
     SEQ = auto()  # copy issue counter (tie-breaker)
-    DQ_HEAD = auto()  # copy queue: demand FIFO's first slot in heap[:R] (see core._queue_push)
+    DQ_HEAD = auto()  # copy queue: demand FIFO's first slot in heap[:R] (see copy_queue.push)
     WQ_N = auto()
     NCUR = auto()
     GPU_JOB = auto()  # JOB_* or index into cur_* of the expert running
