@@ -145,7 +145,9 @@ def run(args: argparse.Namespace) -> int:
         runtime = ExpertOffload(model, n_slots, eviction=scenario.stack.eviction.name,
                                 eviction_params=scenario.stack.eviction.params, device=args.device,
                                 seed=scenario.seed, kernel=args.experts, prefetch=scenario.stack.prefetch.name,
-                                prefetch_params=scenario.stack.prefetch.params)
+                                prefetch_params=scenario.stack.prefetch.params,
+                                partition=scenario.stack.partition.name,
+                                partition_params=scenario.stack.partition.params)
     rehearse = args.device == "cuda" if args.rehearse is None else args.rehearse
     meta = {"scenario": scenario.path, "scale": args.scale, "device": args.device, "slots": n_slots}
     try:
@@ -167,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         "expert_bytes": runtime.expert_bytes if runtime else spec.expert_bytes(),
         "eviction": scenario.stack.eviction.name, "eviction_params": dict(scenario.stack.eviction.params),
         "prefetch": scenario.stack.prefetch.name, "prefetch_params": dict(scenario.stack.prefetch.params),
+        "partition": scenario.stack.partition.name, "partition_params": dict(scenario.stack.partition.params),
         "forced_trace": wl.trace, "warmup_passes": args.warmup,
         "rehearsed": rehearse, "sdpa_backends": "flash, efficient, math (no cudnn)" if args.device == "cuda" else "cpu",
         "requests": [{"prompt_len": p.prompt_len, "ttft_s": r.ttft_s, "decode_s": list(r.decode_s)}

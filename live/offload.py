@@ -130,7 +130,8 @@ class ExpertOffload:
     def __init__(self, model: Any, n_slots: int, *, eviction: str = "lru",
                  eviction_params: dict[str, Any] | None = None, device: str = "cpu", seed: int = 0,
                  kernel: str | None = None, prefetch: str = "none",
-                 prefetch_params: dict[str, Any] | None = None, handover: str = "auto") -> None:
+                 prefetch_params: dict[str, Any] | None = None, handover: str = "auto",
+                 partition: str = "global", partition_params: dict[str, Any] | None = None) -> None:
         self.device = torch.device(device)
         if handover not in HANDOVER_CHOICES:
             raise EmuError(f"expected a prefetch hand-over in {list(HANDOVER_CHOICES)}, got {handover!r}",
@@ -156,6 +157,7 @@ class ExpertOffload:
             raise EmuError(f"expected one of {list(KERNELS)}, got {self.kernel!r}", key="--experts")
         self.eviction, self.eviction_params, self.seed = eviction, dict(eviction_params or {}), seed
         self.prefetch, self.prefetch_params = prefetch, dict(prefetch_params or {})
+        self.partition, self.partition_params = partition, dict(partition_params or {})
         self.gates = [b.gate for b in blocks]  # the speculator: layer l+1's gate on layer l's input
         self.gu_shape = tuple(first.gate_up_proj.shape[1:])
         self.dn_shape = tuple(first.down_proj.shape[1:])
@@ -213,6 +215,7 @@ class ExpertOffload:
         rt.n_slots, rt.kernel, rt.fused = n_slots, "eager", []
         rt.eviction, rt.eviction_params, rt.seed = eviction, {}, seed
         rt.prefetch, rt.prefetch_params = prefetch, {}
+        rt.partition, rt.partition_params = "global", {}
         rt.handover = self.handover if handover is None else handover
         rt.slot_pack, rt.slot_gu, rt.slot_dn = rt._packed((n_slots,), host=False)
         rt.copy_stream = torch.cuda.Stream(device=self.device) if self.cuda else None
@@ -256,7 +259,8 @@ class ExpertOffload:
     def reset(self) -> None:
         """An empty cache and zero counters (after warm-up, so a measured run starts cold like the emulator)."""
         bridge = CacheBridge(self.n_layers, self.n_experts, self.top_k, self.n_slots, self.eviction,
-                             self.eviction_params, self.seed, self.prefetch, self.prefetch_params)
+                             self.eviction_params, self.seed, self.prefetch, self.prefetch_params, self.partition,
+                             self.partition_params)
         handover = self.resolved_handover() if bridge.prefetching else self.handover
         if not bridge.prefetching or (self.watchdog is not None and self.watchdog.handover != handover):
             self.close()
@@ -332,7 +336,7 @@ class ExpertOffload:
                 break
             absent = np.flatnonzero(self.slot_of[layer * self.n_experts: (layer + 1) * self.n_experts] < 0)
             experts = absent[:room].astype(np.int64)
-            outcome, _victims, _kinds = self.bridge.gate(layer, experts)
+            outcome, _victims, _misses = self.bridge.gate(layer, experts)
             for e, out in zip(experts.tolist(), outcome.tolist()):
                 if out != MISS_FREE:
                     raise RuntimeError(f"preload: layer {layer} expert {e} found no free slot")
@@ -474,9 +478,9 @@ class ExpertOffload:
         with self._locked():  # no prefetch submission between this gate's decisions and its demand copies
             if self.watchdog is not None:
                 self._before_gate(layer, index, predicted)
-            outcome, victims, kinds = self.bridge.gate(layer, experts, tokens)
+            outcome, victims, misses = self.bridge.gate(layer, experts, tokens)
             for kind in (COMPULSORY, CAPACITY, COLLISION):
-                self._misses[kind, layer] += int((kinds == kind).sum())
+                self._misses[kind, layer] += int(misses[kind])
             self._hits[layer] += int((outcome == HIT).sum())
             for e, out, victim in zip(experts.tolist(), outcome.tolist(), victims.tolist()):
                 key = layer * self.n_experts + e
@@ -667,7 +671,7 @@ class ExpertOffload:
             if done is not None:
                 done.synchronize()
             experts = np.unique(ids.numpy()).astype(np.int64)
-            outcome, _victims, _kinds = self.bridge.gate(layer, experts)
+            outcome, _victims, _misses = self.bridge.gate(layer, experts)
             if not np.all(outcome == HIT):
                 raise RuntimeError(f"layer {layer}: a deferred layer missed; every expert was to hold a slot")
             self._hits[layer] += len(experts)

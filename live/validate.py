@@ -119,7 +119,9 @@ def emulate_live(run: LiveRun, profile: HardwareProfile, engine: str = "fast") -
                        file=run.path, key="expert_bytes")
     stack = StackChoice(eviction=_choice(run, "eviction", str(rec["eviction"]), rec.get("eviction_params")),
                         prefetch=_choice(run, "prefetch", str(rec.get("prefetch") or "none"),
-                                         rec.get("prefetch_params")))
+                                         rec.get("prefetch_params")),
+                        partition=_choice(run, "partition", str(rec.get("partition") or "global"),
+                                          rec.get("partition_params")))
     run.trace.check_fits(spec.n_moe_layers, spec.n_experts, spec.top_k, file=run.path)
     inputs = make_inputs(spec, profile, run.trace, slots * expert_bytes, stack, int(rec.get("seed", 0)))
     if engine == "fast":

@@ -53,6 +53,18 @@ from . import copy_queue
 
 
 @njit(cache=True, inline="always")
+def log_slot(cs, entry: int) -> None:
+    """Append to the slot log where one is kept (`cs.slot_log`, empty in the engines): a key that took a slot,
+    or -1 - key for a key evicted, in the order it happened. A runtime that owns real slots reads it to
+    pair each copy with the slot its victim freed."""
+    log = cs.slot_log
+    n = cs.sc[SC.SLOT_LOG_N]
+    if n < log.shape[0]:
+        log[ix(n)] = entry
+        cs.sc[SC.SLOT_LOG_N] = n + 1
+
+
+@njit(cache=True, inline="always")
 def begin_pass(pk, cs, tv, p: int, t: float) -> None:
     pk.on_event(pk.s_eviction, cs, tv, EV_PASS, p, t)
 
@@ -73,6 +85,7 @@ def evict(pk, cs, tv, key: int, t: float) -> None:
     cs.pf_unused[kx] = 0
     cs.stats_i[ST.PF_WASTED, lx] += wasted
     cs.stats_f[SF.PF_WASTED_BYTES, lx] += float(b * wasted)  # + 0.0 leaves a sum of sizes as it was
+    log_slot(cs, -1 - key)
     pk.on_event(pk.s_eviction, cs, tv, EV_EVICT, key, t)
 
 
@@ -116,6 +129,7 @@ def take_slot(pk, cs, tv, key: int, prec: int, prio: int, t: float) -> None:
         host = cs.fc[FC.HOST_FREE]
         cs.fc[FC.HOST_FREE] = (host if host > t else t) + issue_s
     cs.sc[SC.CLOCK] += 1
+    log_slot(cs, key)
     pk.on_event(pk.s_eviction, cs, tv, EV_INSERT, key, t)
 
 
@@ -150,24 +164,63 @@ def issue_prefetch(pk, cs, tv, key: int, prec: int, t: float) -> bool:
 
 @njit(cache=True, _nrt=False)
 def retry_waiters(pk, cs, tv, t: float) -> None:
+    """Every demand copy waiting for a victim tries again, in the order they began to wait."""
     n = cs.sc[SC.WQ_N]
     kept = 0
     for i in range(n):
         key = cs.waitq[i]
-        prec = cs.wait_prec[key]
-        if make_room(pk, cs, tv, key, cs.prec_bytes[prec], t):
-            take_slot(pk, cs, tv, key, prec, DEMAND, t)
-        else:
+        if not _retry(pk, cs, tv, key, t):
             cs.waitq[kept] = key
             kept += 1
     cs.sc[SC.WQ_N] = kept
 
 
+@njit(cache=True, inline="always")
+def _retry(pk, cs, tv, key: int, t: float) -> bool:
+    prec = cs.wait_prec[key]
+    if make_room(pk, cs, tv, key, cs.prec_bytes[prec], t):
+        take_slot(pk, cs, tv, key, prec, DEMAND, t)
+        return True
+    return False
+
+
+@njit(cache=True, _nrt=False)
+def retry_one(pk, cs, tv, key: int, t: float) -> bool:
+    """The waiting demand copy of `key` alone tries again (a runtime that retries its first waiter whenever
+    an expert is released); on success it leaves the waiters, the others keep their order."""
+    if not _retry(pk, cs, tv, key, t):
+        return False
+    kept = 0
+    for i in range(cs.sc[SC.WQ_N]):
+        if cs.waitq[i] != key:
+            cs.waitq[kept] = cs.waitq[i]
+            kept += 1
+    cs.sc[SC.WQ_N] = kept
+    return True
+
+
 @njit(cache=True, _nrt=False)
 def gate(pk, cs, tv, p: int, layer: int, t: float) -> None:
+    """Layer `layer`'s gate in pass p: the partition's caps, the routing policy's entries, their accesses,
+    the prefetch policy's picks."""
+    partition_layer(pk, cs, tv, p, layer, t)
+    n = pk.route(pk.s_routing, cs, tv, p, layer, t)
+    access_layer(pk, cs, tv, p, layer, n, t)
+    prefetch_layer(pk, cs, tv, p, layer, t)
+
+
+@njit(cache=True, inline="always")
+def partition_layer(pk, cs, tv, p: int, layer: int, t: float) -> None:
     cs.fc[FC.GATE_T] = t
     pk.partition(pk.s_partition, cs, tv, p, layer, t)
-    n = pk.route(pk.s_routing, cs, tv, p, layer, t)
+
+
+@njit(cache=True, inline="always")
+def access_layer(pk, cs, tv, p: int, layer: int, n: int, t: float) -> None:
+    """The layer's n entries (`cs.cur_key/cur_tokens/cur_mass`, written by the routing): each a hit (a late
+    one when still in flight: a queued prefetch is promoted to demand), or a miss classified compulsory,
+    capacity or collision and handled as the miss policy says (fetch: a demand copy takes a slot or waits;
+    drop; substitute; run on the CPU). Every entry's key is protected until `release`."""
     # Fields are read into locals once (a store through any array would make LLVM reload them); the
     # arrays themselves are shared, so kernels called below see every write at once.
     sc = cs.sc
@@ -263,6 +316,11 @@ def gate(pk, cs, tv, p: int, layer: int, t: float) -> None:
     stats_i[ST.HITS, layer] += hits
     stats_i[ST.PF_USEFUL, layer] += useful
     stats_f[SF.MASS, layer] = mass_sum
+
+
+@njit(cache=True, inline="always")
+def prefetch_layer(pk, cs, tv, p: int, layer: int, t: float) -> None:
+    """The prefetch policy's picks at the gate, each taking a slot or dropped."""
     n_pf = pk.prefetch(pk.s_prefetch, cs, tv, p, layer, t)
     pf_buf = cs.pf_buf
     for j in range(n_pf):

@@ -127,6 +127,48 @@ def gather_layer(cs, tv, p: int, layer: int) -> int:
     return n
 
 
+# ---- key lists: circular doubly linked lists over keys in one int row ------------------------------
+# n_lists lists share one row of 2 * (n_keys + n_lists) entries: key k's previous node at 2k, its next at
+# 2k + 1; list j is closed by the sentinel node n_keys + j, whose next is the list's oldest key and whose
+# previous its newest. A key is on at most one list; with no branch on the ends, each step is O(1).
+
+def init_lists(links: np.ndarray, n_lists: int) -> None:
+    """Every list empty: each sentinel is its own previous and next (keys' nodes are left as they are)."""
+    n_keys = links.shape[0] // 2 - n_lists
+    for j in range(n_lists):
+        links[2 * (n_keys + j)] = n_keys + j
+        links[2 * (n_keys + j) + 1] = n_keys + j
+
+
+@njit(cache=True, inline="always")
+def list_sentinel(links: np.ndarray, n_lists: int, j: int) -> int:
+    return (links.shape[0] >> 1) - n_lists + j
+
+
+@njit(cache=True, inline="always")
+def list_next(links: np.ndarray, node: int) -> int:
+    """The node after `node`: from a sentinel, its list's oldest key."""
+    return links[ix(2 * node + 1)]
+
+
+@njit(cache=True, inline="always")
+def list_unlink(links: np.ndarray, key: int) -> None:
+    prev = links[ix(2 * key)]
+    nxt = links[ix(2 * key + 1)]
+    links[ix(2 * prev + 1)] = nxt
+    links[ix(2 * nxt)] = prev
+
+
+@njit(cache=True, inline="always")
+def list_append(links: np.ndarray, key: int, sentinel: int) -> None:
+    """Put `key` (on no list) at the newest end of the list `sentinel` closes."""
+    tail = links[ix(2 * sentinel)]
+    links[ix(2 * key)] = tail
+    links[ix(2 * key + 1)] = sentinel
+    links[ix(2 * tail + 1)] = key
+    links[ix(2 * sentinel)] = key
+
+
 # ---- resident set ----------------------------------------------------------------------------------
 
 def set_rows(n_keys: int) -> int:

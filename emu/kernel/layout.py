@@ -99,6 +99,7 @@ class SC(Fields):
     CURSOR = auto()  # entries of the current layer before this index are done
     CHAIN_N = auto()  # members of the GPU chain now running (SC.GPU_JOB == JOB_CHAIN)
     PQ_N = auto()  # entries in the prefetch FIFO
+    SLOT_LOG_N = auto()  # entries in `slot_log` (decisions.log_slot)
 
 
 class FC(Fields):
@@ -205,6 +206,8 @@ CS_FIELDS: tuple[tuple[str, Any], ...] = (
     ("io_done", _I64[::1]), ("io_keys", _I64[::1]), ("io_durs", _F64[::1]),
     # the GPU jobs started at an instant, back to back: job (cur_* index or JOB_*) and duration
     ("chain_job", _I64[::1]), ("chain_dur", _F64[::1]),
+    # slot takes and evictions in order, for a runtime that owns real slots (empty in the engines)
+    ("slot_log", _I64[::1]),
 )
 
 TV_FIELDS: tuple[tuple[str, Any], ...] = (
@@ -258,7 +261,7 @@ def queue_ring(n_keys: int) -> int:
 
 
 def new_cache_state(n_layers: int, n_experts: int, top_k: int, n_passes: int, capacity_bytes: int,
-                    prec_bytes: np.ndarray, n_engines: int, dense_rows: int = 1) -> Any:
+                    prec_bytes: np.ndarray, n_engines: int, dense_rows: int = 1, slot_log: int = 0) -> Any:
     k = n_layers * n_experts
     sc = np.zeros(len(SC), np.int64)
     sc[SC.CAP] = capacity_bytes
@@ -288,6 +291,7 @@ def new_cache_state(n_layers: int, n_experts: int, top_k: int, n_passes: int, ca
         io_done=np.zeros(n_engines, np.int64), io_keys=np.zeros(n_engines, np.int64),
         io_durs=np.zeros(n_engines, np.float64),
         chain_job=np.zeros(n_experts + 1, np.int64), chain_dur=np.zeros(n_experts + 1, np.float64),
+        slot_log=np.zeros(slot_log, np.int64),
     )
 
 

@@ -49,7 +49,16 @@ from enum import auto
 
 from numba import njit
 
-from ...kernel.helpers import is_evictable, ix, key_layer
+from ...kernel.helpers import (
+    init_lists,
+    is_evictable,
+    ix,
+    key_layer,
+    list_append,
+    list_next,
+    list_sentinel,
+    list_unlink,
+)
 from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EV_MISS, EVENT_SIG, VICTIM_SIG
 from ...kernel.layout import PREFETCH, Fields, new_policy_state
 from ..api import Capabilities, Policy, PolicyContext, register
@@ -97,26 +106,20 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     n = ctx.n_layers * ctx.n_experts
     ps = new_policy_state(f_rows=len(F), f_cols=len(A), i_rows=len(I), i_cols=2 * (n + _N_LISTS))
     ps.i[I.LIST, :] = _NONE
-    for lst in range(_N_LISTS):  # each empty list: its sentinel is its own previous and next
-        ps.i[I.LINKS, 2 * (n + lst)] = n + lst
-        ps.i[I.LINKS, 2 * (n + lst) + 1] = n + lst
+    init_lists(ps.i[I.LINKS], _N_LISTS)
     ps.i[I.COUNT, C.SLOTS] = ctx.capacity_bytes // ctx.expert_bytes
     return ps
 
 
 @njit(cache=True, inline="always")
 def _sentinel(links, lst: int) -> int:
-    return (links.shape[0] >> 1) - _N_LISTS + lst
+    return list_sentinel(links, _N_LISTS, lst)
 
 
 @njit(cache=True, inline="always")
 def _remove(i, key: int) -> None:
     """Take `key` off its list (it is on one)."""
-    links = i[I.LINKS]
-    prev = links[ix(2 * key)]
-    nxt = links[ix(2 * key + 1)]
-    links[ix(2 * prev + 1)] = nxt
-    links[ix(2 * nxt)] = prev
+    list_unlink(i[I.LINKS], key)
     i[I.COUNT, ix(i[I.LIST, ix(key)])] -= 1
     i[I.LIST, ix(key)] = _NONE
 
@@ -125,12 +128,7 @@ def _remove(i, key: int) -> None:
 def _push_mru(i, key: int, lst: int) -> None:
     """Put `key` (on no list) at the MRU end of `lst`."""
     links = i[I.LINKS]
-    s = _sentinel(links, lst)
-    tail = links[ix(2 * s)]
-    links[ix(2 * key)] = tail
-    links[ix(2 * key + 1)] = s
-    links[ix(2 * tail + 1)] = key
-    links[ix(2 * s)] = key
+    list_append(links, key, _sentinel(links, lst))
     i[I.LIST, ix(key)] = lst
     i[I.COUNT, ix(lst)] += 1
 
@@ -138,7 +136,7 @@ def _push_mru(i, key: int, lst: int) -> None:
 @njit(cache=True, inline="always")
 def _drop_lru(i, lst: int) -> None:
     links = i[I.LINKS]
-    _remove(i, links[ix(2 * _sentinel(links, lst) + 1)])
+    _remove(i, list_next(links, _sentinel(links, lst)))
 
 
 @njit(cache=True, inline="always")
@@ -158,11 +156,11 @@ def _bound_directory(i) -> None:
 def _lru_evictable(i, cs, lst: int, in_layer: int) -> int:
     links = i[I.LINKS]
     s = _sentinel(links, lst)
-    key = links[ix(2 * s + 1)]
+    key = list_next(links, s)
     while key != s:
         if is_evictable(cs, key, in_layer):
             return key
-        key = links[ix(2 * key + 1)]
+        key = list_next(links, key)
     return -1
 
 

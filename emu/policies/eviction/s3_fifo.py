@@ -48,7 +48,16 @@ from enum import auto
 
 from numba import njit
 
-from ...kernel.helpers import is_evictable, ix, key_layer
+from ...kernel.helpers import (
+    init_lists,
+    is_evictable,
+    ix,
+    key_layer,
+    list_append,
+    list_next,
+    list_sentinel,
+    list_unlink,
+)
 from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG
 from ...kernel.layout import PREFETCH, Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
@@ -90,9 +99,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     n = ctx.n_layers * ctx.n_experts
     ps = new_policy_state(i_rows=len(I), i_cols=2 * (n + _N_QUEUES), params=param_values(P, params))
     ps.i[I.QUEUE, :] = _NONE
-    for q in range(_N_QUEUES):  # each empty queue: its sentinel is its own previous and next
-        ps.i[I.LINKS, 2 * (n + q)] = n + q
-        ps.i[I.LINKS, 2 * (n + q) + 1] = n + q
+    init_lists(ps.i[I.LINKS], _N_QUEUES)
     slots = ctx.capacity_bytes // ctx.expert_bytes
     ps.i[I.COUNT, C.SLOTS] = slots
     ps.i[I.COUNT, C.GHOSTS] = int((1.0 - params["small_ratio"]) * slots)
@@ -101,17 +108,13 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
 
 @njit(cache=True, inline="always")
 def _sentinel(links, q: int) -> int:
-    return (links.shape[0] >> 1) - _N_QUEUES + q
+    return list_sentinel(links, _N_QUEUES, q)
 
 
 @njit(cache=True, inline="always")
 def _remove(i, key: int) -> None:
     """Take `key` out of its queue (it is in one)."""
-    links = i[I.LINKS]
-    prev = links[ix(2 * key)]
-    nxt = links[ix(2 * key + 1)]
-    links[ix(2 * prev + 1)] = nxt
-    links[ix(2 * nxt)] = prev
+    list_unlink(i[I.LINKS], key)
     i[I.COUNT, ix(i[I.QUEUE, ix(key)])] -= 1
     i[I.QUEUE, ix(key)] = _NONE
 
@@ -120,12 +123,7 @@ def _remove(i, key: int) -> None:
 def _push_newest(i, key: int, q: int) -> None:
     """Put `key` (in no queue) at the newest end of `q`."""
     links = i[I.LINKS]
-    s = _sentinel(links, q)
-    tail = links[ix(2 * s)]
-    links[ix(2 * key)] = tail
-    links[ix(2 * key + 1)] = s
-    links[ix(2 * tail + 1)] = key
-    links[ix(2 * s)] = key
+    list_append(links, key, _sentinel(links, q))
     i[I.QUEUE, ix(key)] = q
     i[I.COUNT, ix(q)] += 1
 
@@ -134,9 +132,9 @@ def _push_newest(i, key: int, q: int) -> None:
 def _evict_small(i, cs, in_layer: int) -> int:
     links = i[I.LINKS]
     s = _sentinel(links, C.S)
-    key = links[ix(2 * s + 1)]
+    key = list_next(links, s)
     while key != s:
-        nxt = links[ix(2 * key + 1)]
+        nxt = list_next(links, key)
         if is_evictable(cs, key, in_layer):
             if i[I.FREQ, ix(key)] <= _TO_MAIN:
                 return key
@@ -151,11 +149,11 @@ def _evict_small(i, cs, in_layer: int) -> int:
 def _evict_main(i, cs, in_layer: int) -> int:
     links = i[I.LINKS]
     s = _sentinel(links, C.M)
-    key = links[ix(2 * s + 1)]
+    key = list_next(links, s)
     steps = 7 * i[I.COUNT, C.M] + 1  # enough for every case (see the module docstring): a guard only
     while key != s and steps > 0:
         steps -= 1
-        nxt = links[ix(2 * key + 1)]
+        nxt = list_next(links, key)
         if is_evictable(cs, key, in_layer):
             f = i[I.FREQ, ix(key)]
             if f == 0:
@@ -164,7 +162,7 @@ def _evict_main(i, cs, in_layer: int) -> int:
             _remove(i, key)
             _push_newest(i, key, C.M)
             if nxt == s:  # the newest key went round: the next lap starts at the oldest
-                nxt = links[ix(2 * s + 1)]
+                nxt = list_next(links, s)
         key = nxt
     return -1
 
@@ -195,7 +193,7 @@ def on_event(ps, cs, tv, ev, key, t):
             links = i[I.LINKS]
             g = _sentinel(links, C.G)
             while i[I.COUNT, C.G] > i[I.COUNT, C.GHOSTS]:
-                _remove(i, links[ix(2 * g + 1)])
+                _remove(i, list_next(links, g))
         elif q == C.M:
             _remove(i, key)
     return 0

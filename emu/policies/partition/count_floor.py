@@ -54,5 +54,5 @@ def partition(ps, cs, tv, p, layer, t):
 
 POLICY = register(Policy(
     name="count-floor", kind="partition", hooks={"partition": partition}, init=init,
-    capabilities=Capabilities(partition_aware=True),
+    capabilities=Capabilities(live=True, partition_aware=True),
     doc="Each layer keeps at least TopK+1 experts; the rest is shared."))

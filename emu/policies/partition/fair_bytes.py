@@ -55,5 +55,5 @@ def partition(ps, cs, tv, p, layer, t):
 
 POLICY = register(Policy(
     name="fair-bytes", kind="partition", hooks={"partition": partition}, init=init,
-    capabilities=Capabilities(partition_aware=True),
+    capabilities=Capabilities(live=True, partition_aware=True),
     doc="Equal byte budget per layer; a layer evicts only its own experts."))
