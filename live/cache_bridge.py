@@ -26,7 +26,7 @@ from numba import njit
 
 from emu.engines import decisions
 from emu.errors import EmuError
-from emu.kernel.layout import IN_FLIGHT, RESIDENT, SC, ST, WAITING, TraceView, new_cache_state
+from emu.kernel.layout import IN_FLIGHT, ON_CPU, RESIDENT, SC, SKIPPED, ST, WAITING, TraceView, new_cache_state
 from emu.kernel.stack import Stack
 from emu.policies.api import PolicyContext
 from emu.policies.registry import get_policy, live_policies
@@ -36,6 +36,8 @@ HIT = 0
 MISS_FREE = 1  # a miss that found a free slot
 MISS_EVICT = 2  # a miss that evicted `victims[i]`
 MISS_WAIT = 3  # a miss with no victim yet: retried when a key of this layer is released
+MISS_DROP = 4  # the miss policy skips the expert: its tokens lose its share of the output
+MISS_CPU = 5  # the miss policy runs the expert on the host from its host weights
 
 # miss kinds, as the emulator classifies them (rows of `gate`'s miss counts)
 COMPULSORY = 0
@@ -50,6 +52,8 @@ LIVE_PREFETCH = live_policies("prefetch")
 LIVE_EVICTION = live_policies("eviction")
 #: partition policies declared `live`: their caps and floors come from the model and the cache alone
 LIVE_PARTITION = live_policies("partition")
+#: miss policies declared `live`: fetch, drop (skip the expert) and cpu (run it from the host weights)
+LIVE_MISS = live_policies("miss")
 
 
 def _empty_trace_view(n_layers: int, top_k: int, n_experts: int) -> Any:
@@ -132,7 +136,8 @@ class CacheBridge:
     def __init__(self, n_layers: int, n_experts: int, top_k: int, n_slots: int, eviction: str = "lru",
                  params: dict[str, Any] | None = None, seed: int = 0, prefetch: str = "none",
                  prefetch_params: dict[str, Any] | None = None, partition: str = "global",
-                 partition_params: dict[str, Any] | None = None) -> None:
+                 partition_params: dict[str, Any] | None = None, miss: str = "fetch",
+                 miss_params: dict[str, Any] | None = None, timing: Any = None) -> None:
         policy = get_policy("eviction", eviction)
         pf_policy = get_policy("prefetch", prefetch)
         if eviction not in LIVE_EVICTION:
@@ -144,7 +149,11 @@ class CacheBridge:
         if partition not in LIVE_PARTITION:
             raise EmuError(f"the live runtime cannot run partition policy {partition!r} (it reads routing the "
                            f"runtime does not keep); expected one of {list(LIVE_PARTITION)}", key="policy.partition")
+        if miss not in LIVE_MISS:
+            raise EmuError(f"the live runtime cannot run miss policy {miss!r}; expected one of {list(LIVE_MISS)}",
+                           key="policy.miss")
         part_policy = get_policy("partition", partition)
+        miss_policy = get_policy("miss", miss)
         resolved = policy.resolve_params(params or {}, "policy.eviction", None)
         pf_resolved = pf_policy.resolve_params(prefetch_params or {}, "policy.prefetch", None)
         self.n_layers, self.n_experts, self.top_k, self.n_slots = n_layers, n_experts, top_k, n_slots
@@ -154,12 +163,16 @@ class CacheBridge:
         self.cs = new_cache_state(n_layers, n_experts, top_k, 1, n_slots, np.array([1], np.int64), 1,
                                   slot_log=2 * (n_keys + n_experts))
         self.tv = _empty_trace_view(n_layers, top_k, n_experts)
+        # `timing`: the emulator's Timing of the model on the run's hardware profile, for a miss policy that
+        # weighs a copy against the CPU (cpu)
         ctx = PolicyContext(n_layers=n_layers, n_experts=n_experts, top_k=top_k, capacity_bytes=n_slots,
-                            expert_bytes=1, prec_bytes=np.array([1], np.int64), trace=self.tv, seed=seed)
-        # the runtime fetches every miss; the router is the model's own (the routing hook is never called:
-        # `gate` writes the router's entries); a partition's caps and floors bind the victims the decisions pick
+                            expert_bytes=1, prec_bytes=np.array([1], np.int64), trace=self.tv, seed=seed,
+                            precisions=("model",), timing=timing)
+        # the router is the model's own (the routing hook is never called: `gate` writes the router's
+        # entries); a partition's caps and floors bind the victims the decisions pick
         chosen = {"eviction": (policy, resolved), "prefetch": (pf_policy, pf_resolved),
-                  "miss": (get_policy("miss", "fetch"), {}), "routing": (get_policy("routing", "standard"), {}),
+                  "miss": (miss_policy, miss_policy.resolve_params(miss_params or {}, "policy.miss", None)),
+                  "routing": (get_policy("routing", "standard"), {}),
                   "partition": (part_policy, part_policy.resolve_params(partition_params or {}, "policy.partition",
                                                                         None))}
         states = {kind: pol.init(ctx, prm) for kind, (pol, prm) in chosen.items()}
@@ -213,10 +226,15 @@ class CacheBridge:
         took = dict(_takes(self._log()))
         outcome = np.full(n, HIT, np.int8)
         victims = np.full(n, -1, np.int64)
+        where = cs.cur_where[:n]
         for i, key in enumerate(keys.tolist()):
             if held[i]:
                 continue
-            if cs.status[key] == WAITING:
+            if where[i] == SKIPPED:
+                outcome[i] = MISS_DROP
+            elif where[i] == ON_CPU:
+                outcome[i] = MISS_CPU
+            elif cs.status[key] == WAITING:
                 outcome[i] = MISS_WAIT
             else:
                 victims[i] = took[key]
@@ -254,6 +272,11 @@ class CacheBridge:
         """Keys that hold a slot (resident or in flight)."""
         st = self.cs.status
         return np.flatnonzero((st == RESIDENT) | (st == IN_FLIGHT))
+
+    def miss_actions(self) -> dict[str, int]:
+        """Misses the miss policy dropped or ran on the host, as the core counts them."""
+        st = self.cs.stats_i
+        return {"dropped": int(st[ST.DROPPED].sum()), "cpu_runs": int(st[ST.CPU_RUNS].sum())}
 
     def prefetch_counts(self) -> dict[str, int]:
         """Prefetches issued, useful, dropped and wasted, and late hits, as the core counts them at the end of

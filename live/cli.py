@@ -27,6 +27,21 @@ from emu.policies.registry import live_policies
 _LIVE_POLICIES = {kind: live_policies(kind) for kind in KINDS}
 
 
+def _miss_timing(scenario: Any, spec: Any) -> Any:
+    """The emulator's Timing of the live model on the scenario's profile, for a miss policy that weighs a
+    copy against the CPU (the same spec `emu validate` emulates the run with)."""
+    if scenario.stack.miss.name != "cpu":
+        return None
+    from emu.engines.setup import precisions_for, timing
+    from emu.profile import load_profile
+
+    from .validate import model_for_profile
+
+    profile = load_profile(scenario.profile_path)
+    model = model_for_profile(spec.to_dict(), None, profile)
+    return timing(profile, model, precisions_for(model))
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `live` on the `emu` CLI's subparsers."""
     p = subparsers.add_parser("live", help="run a scenario on a real Hugging Face model with offloaded experts",
@@ -147,7 +162,9 @@ def run(args: argparse.Namespace) -> int:
                                 seed=scenario.seed, kernel=args.experts, prefetch=scenario.stack.prefetch.name,
                                 prefetch_params=scenario.stack.prefetch.params,
                                 partition=scenario.stack.partition.name,
-                                partition_params=scenario.stack.partition.params)
+                                partition_params=scenario.stack.partition.params,
+                                miss=scenario.stack.miss.name, miss_params=scenario.stack.miss.params,
+                                timing=_miss_timing(scenario, spec))
     rehearse = args.device == "cuda" if args.rehearse is None else args.rehearse
     meta = {"scenario": scenario.path, "scale": args.scale, "device": args.device, "slots": n_slots}
     try:
@@ -170,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
         "eviction": scenario.stack.eviction.name, "eviction_params": dict(scenario.stack.eviction.params),
         "prefetch": scenario.stack.prefetch.name, "prefetch_params": dict(scenario.stack.prefetch.params),
         "partition": scenario.stack.partition.name, "partition_params": dict(scenario.stack.partition.params),
+        "miss": scenario.stack.miss.name, "miss_params": dict(scenario.stack.miss.params),
         "forced_trace": wl.trace, "warmup_passes": args.warmup,
         "rehearsed": rehearse, "sdpa_backends": "flash, efficient, math (no cudnn)" if args.device == "cuda" else "cpu",
         "requests": [{"prompt_len": p.prompt_len, "ttft_s": r.ttft_s, "decode_s": list(r.decode_s)}

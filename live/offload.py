@@ -57,7 +57,18 @@ from torch import nn
 
 from emu.errors import EmuError
 
-from .cache_bridge import CAPACITY, COLLISION, COMPULSORY, HIT, MISS_EVICT, MISS_FREE, MISS_WAIT, CacheBridge
+from .cache_bridge import (
+    CAPACITY,
+    COLLISION,
+    COMPULSORY,
+    HIT,
+    MISS_CPU,
+    MISS_DROP,
+    MISS_EVICT,
+    MISS_FREE,
+    MISS_WAIT,
+    CacheBridge,
+)
 from .hooks import sparse_blocks
 from .watchdog import HANDOVER_CHOICES, PrefetchWatchdog
 
@@ -85,6 +96,9 @@ class OffloadStats:
     late_hits: int = 0
     #: prefetches submitted out of turn because a layer needed them while still queued (runtime only)
     prefetch_promoted: int = 0
+    #: misses the miss policy dropped (not counted in `misses`, as in the emulator) or ran on the host
+    dropped: int = 0
+    cpu_runs: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -131,7 +145,8 @@ class ExpertOffload:
                  eviction_params: dict[str, Any] | None = None, device: str = "cpu", seed: int = 0,
                  kernel: str | None = None, prefetch: str = "none",
                  prefetch_params: dict[str, Any] | None = None, handover: str = "auto",
-                 partition: str = "global", partition_params: dict[str, Any] | None = None) -> None:
+                 partition: str = "global", partition_params: dict[str, Any] | None = None,
+                 miss: str = "fetch", miss_params: dict[str, Any] | None = None, timing: Any = None) -> None:
         self.device = torch.device(device)
         if handover not in HANDOVER_CHOICES:
             raise EmuError(f"expected a prefetch hand-over in {list(HANDOVER_CHOICES)}, got {handover!r}",
@@ -158,6 +173,9 @@ class ExpertOffload:
         self.eviction, self.eviction_params, self.seed = eviction, dict(eviction_params or {}), seed
         self.prefetch, self.prefetch_params = prefetch, dict(prefetch_params or {})
         self.partition, self.partition_params = partition, dict(partition_params or {})
+        # miss: what a miss does (fetch; drop: skip the expert; cpu: run it from the host weights); `timing`
+        # is the emulator's Timing for a miss policy that weighs a copy against the CPU
+        self.miss, self.miss_params, self.timing = miss, dict(miss_params or {}), timing
         self.gates = [b.gate for b in blocks]  # the speculator: layer l+1's gate on layer l's input
         self.gu_shape = tuple(first.gate_up_proj.shape[1:])
         self.dn_shape = tuple(first.down_proj.shape[1:])
@@ -216,6 +234,7 @@ class ExpertOffload:
         rt.eviction, rt.eviction_params, rt.seed = eviction, {}, seed
         rt.prefetch, rt.prefetch_params = prefetch, {}
         rt.partition, rt.partition_params = "global", {}
+        rt.miss, rt.miss_params = "fetch", {}
         rt.handover = self.handover if handover is None else handover
         rt.slot_pack, rt.slot_gu, rt.slot_dn = rt._packed((n_slots,), host=False)
         rt.copy_stream = torch.cuda.Stream(device=self.device) if self.cuda else None
@@ -260,7 +279,7 @@ class ExpertOffload:
         """An empty cache and zero counters (after warm-up, so a measured run starts cold like the emulator)."""
         bridge = CacheBridge(self.n_layers, self.n_experts, self.top_k, self.n_slots, self.eviction,
                              self.eviction_params, self.seed, self.prefetch, self.prefetch_params, self.partition,
-                             self.partition_params)
+                             self.partition_params, self.miss, self.miss_params, self.timing)
         handover = self.resolved_handover() if bridge.prefetching else self.handover
         if not bridge.prefetching or (self.watchdog is not None and self.watchdog.handover != handover):
             self.close()
@@ -377,8 +396,10 @@ class ExpertOffload:
             pf = self.bridge.prefetch_counts() | {"prefetch_promoted": self.watchdog.promoted}
         hits = int(self._hits.sum())
         misses = int(self._misses.sum())
+        actions = self.bridge.miss_actions()
         return OffloadStats(
-            accesses=hits + misses, hits=hits, misses=misses, compulsory=int(self._misses[COMPULSORY].sum()),
+            accesses=hits + misses + actions["dropped"], hits=hits, misses=misses, **actions,
+            compulsory=int(self._misses[COMPULSORY].sum()),
             capacity=int(self._misses[CAPACITY].sum()), collision=int(self._misses[COLLISION].sum()),
             copies=self.copies, bytes_h2d=self.bytes_h2d, evictions=self.evictions, waits=self.waits,
             per_layer_hits=tuple(int(x) for x in self._hits),
@@ -475,9 +496,12 @@ class ExpertOffload:
         late: list[tuple[int, int, Any]] = []  # hits whose prefetch copy is still on its way
         loading: list[tuple[int, int, Any]] = []
         waiting: list[int] = []
+        on_host: list[int] = []  # misses the policy runs on the host (dropped ones are not computed at all)
         with self._locked():  # no prefetch submission between this gate's decisions and its demand copies
             if self.watchdog is not None:
                 self._before_gate(layer, index, predicted)
+            elif self.miss != "fetch":
+                self.bridge.observe(layer, index, None)  # the miss policy ranks the layer's routing
             outcome, victims, misses = self.bridge.gate(layer, experts, tokens)
             for kind in (COMPULSORY, CAPACITY, COLLISION):
                 self._misses[kind, layer] += int(misses[kind])
@@ -500,6 +524,10 @@ class ExpertOffload:
                         ready.append((e, slot, self.pending[layer].get(slot)))
                 elif out == MISS_WAIT:
                     waiting.append(e)
+                elif out == MISS_CPU:
+                    on_host.append(e)
+                elif out == MISS_DROP:
+                    pass
                 else:
                     slot, event = self._place(layer, e, int(victim) if out == MISS_EVICT else -1)
                     loading.append((e, slot, event))
@@ -507,12 +535,14 @@ class ExpertOffload:
                 self._issue_prefetches(layer)
         ready += late
         self.waits += len(waiting)
-        if self.kernel == "fused" and not waiting:
+        if self.kernel == "fused" and not waiting and len(ready) + len(loading) == len(experts):
             out = self._run_fused(layer, index, hidden, top_k_weights, ready + loading)
             if out is not None:
                 return out
         rows = self._routing_rows(index)
         results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for e in on_host:
+            results[e] = self._compute_host(layer, e, act_fn, hidden, top_k_weights, rows[e])
         queue = ready + loading  # hits run first while the misses load
         while queue:
             e, slot, event = queue.pop(0)
@@ -537,6 +567,8 @@ class ExpertOffload:
         self._waited(layer, experts)
         final = torch.zeros_like(hidden)
         for e in experts.tolist():  # eager's summation order
+            if e not in results:  # dropped by the miss policy
+                continue
             token_idx, out = results[e]
             final.index_add_(0, token_idx, out.to(final.dtype))
         return final
@@ -733,6 +765,15 @@ class ExpertOffload:
         rows_dev = torch.from_numpy(pos_tok).to(self.device, non_blocking=False)
         return {int(e): (rows_dev[0, s: s + c], rows_dev[1, s: s + c])
                 for e, s, c in zip(experts.tolist(), starts.tolist(), counts.tolist())}
+
+    def _compute_host(self, layer: int, expert: int, act_fn: Any, hidden: torch.Tensor, top_k_weights: torch.Tensor,
+                      rows: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The expert on the host CPU from its host weights (a `cpu` miss), its output back on the device."""
+        top_k_pos, token_idx = rows
+        x = hidden[token_idx].to("cpu")
+        gate, up = nn.functional.linear(x, self.host_gu[layer, expert]).chunk(2, dim=-1)
+        h = nn.functional.linear(act_fn(gate) * up, self.host_dn[layer, expert]).to(hidden.device)
+        return token_idx, h * top_k_weights[token_idx, top_k_pos, None]
 
     def _compute(self, slot: int, event: Any, act_fn: Any, hidden: torch.Tensor, top_k_weights: torch.Tensor,
                  rows: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -74,12 +74,15 @@ def live_model(run: LiveRun, profile: HardwareProfile) -> ModelSpec:
     """The model as built, named after the preset whose measured tables the profile holds when it has the
     preset's shape (a Mixtral cut to 8 layers has Mixtral's per-layer and per-expert times; a tiny CPU
     build keeps its own name and gets the profile's roofline estimate)."""
+    return model_for_profile(run.record["model"], run.record.get("profile_model"), profile, run.path)
+
+
+def model_for_profile(raw: Any, preset: str | None, profile: HardwareProfile, file: str | None = None) -> ModelSpec:
+    """`live_model` for a record's model spec (a dict) and its `profile_model`, before or after the run."""
     fields = {f.name for f in attrs.fields(ModelSpec)}
-    raw = run.record["model"]
     if not isinstance(raw, dict) or not set(raw) <= fields:
-        raise EmuError(f"expected a model spec with keys from {sorted(fields)}", file=run.path, key="model")
+        raise EmuError(f"expected a model spec with keys from {sorted(fields)}", file=file, key="model")
     spec = ModelSpec(**raw)
-    preset = run.record.get("profile_model")
     if preset is None and "-" in spec.name and spec.name not in profile.models:
         preset = spec.name.rsplit("-", 2)[0]  # live_spec's "<preset>-<scale>-<n>l"
     if preset in profile.models and _same_shape(spec, preset):
@@ -121,7 +124,8 @@ def emulate_live(run: LiveRun, profile: HardwareProfile, engine: str = "fast") -
                         prefetch=_choice(run, "prefetch", str(rec.get("prefetch") or "none"),
                                          rec.get("prefetch_params")),
                         partition=_choice(run, "partition", str(rec.get("partition") or "global"),
-                                          rec.get("partition_params")))
+                                          rec.get("partition_params")),
+                        miss=_choice(run, "miss", str(rec.get("miss") or "fetch"), rec.get("miss_params")))
     run.trace.check_fits(spec.n_moe_layers, spec.n_experts, spec.top_k, file=run.path)
     inputs = make_inputs(spec, profile, run.trace, slots * expert_bytes, stack, int(rec.get("seed", 0)))
     if engine == "fast":

@@ -46,23 +46,32 @@ def test_validate_runs_live_then_emulates_with_equal_counts(tmp_path: Path, caps
     assert "equal" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("eviction", "partition"), [("arc", "global"), ("s3-fifo", "global"),
-                                                     ("lru", "fair-bytes"), ("lfu", "count-floor")])
+@pytest.mark.parametrize(("eviction", "partition", "miss"),
+                         [("arc", "global", "fetch"), ("s3-fifo", "global", "fetch"), ("lru", "fair-bytes", "fetch"),
+                          ("lfu", "count-floor", "fetch"), ("lru", "global", "drop"), ("lru", "global", "cpu")])
 def test_every_live_declared_stack_runs_live_with_the_emulators_counts(tmp_path: Path, eviction: str,
-                                                                       partition: str) -> None:
+                                                                       partition: str, miss: str) -> None:
     # the runtime's decisions are the emulator's decision layer: any policy declared `live` runs, partitions too
     scen = tmp_path / "tiny.toml"
     scen.write_text(f'model = "olmoe-1b-7b"\nseed = 5\n[hardware]\nprofile = "{PROFILE}"\n[cache]\ncapacity = "10%"\n'
                     f'[workload.synthetic]\ntokens = 64\nprompt_len = 12\noutput_len = 6\n'
-                    f'[policy]\neviction = "{eviction}"\npartition = "{partition}"\n')
+                    f'[policy]\neviction = "{eviction}"\npartition = "{partition}"\nmiss = "{miss}"\n')
     out = tmp_path / "val.json"
     argv = [str(scen), "--device", "cpu", "--scale", "tiny", "--live-dir", str(tmp_path / "live"), "--out", str(out)]
     assert _validate(argv) == 0
     row = json.loads(out.read_text())["runs"][0]
     rec = json.loads((tmp_path / "live" / "live_tiny.json").read_text())
-    assert rec["partition"] == partition and rec["eviction"] == eviction
+    assert (rec["eviction"], rec["partition"], rec["miss"]) == (eviction, partition, miss)
     assert rec["stats"]["misses"] > 0 and row["counts_equal"] is True
     assert row["bytes_h2d"]["measured"] == row["bytes_h2d"]["emulated"] == rec["stats"]["bytes_h2d"]
+    if miss == "drop":
+        assert rec["stats"]["dropped"] > 0
+    if miss == "cpu":  # the profile's CPU curve against copy + GPU, as the emulator weighs them
+        from emu.profile import load_profile
+        from live.validate import emulate_live, load_live_run
+
+        emulated = emulate_live(load_live_run(tmp_path / "live" / "live_tiny.json"), load_profile(PROFILE))
+        assert rec["stats"]["cpu_runs"] == emulated.counters["cpu_runs"]
     if partition != "global":  # the partition decided something: one shared pool would have missed otherwise
         from emu.profile import load_profile
         from live.validate import emulate_live, load_live_run

@@ -25,7 +25,7 @@ from ...errors import EmuError
 from ...kernel.helpers import interp_curve
 from ...kernel.hooks import MISS_CPU, MISS_FETCH, MISS_SIG, encode_miss
 from ...kernel.layout import IN_FLIGHT, ON_CPU, WAITING, Fields, new_policy_state
-from ..api import Policy, PolicyContext, param_values, register
+from ..api import Capabilities, Policy, PolicyContext, param_values, register
 
 
 class F(Fields):
@@ -82,5 +82,5 @@ def on_miss(ps, cs, tv, i, t):
 
 
 POLICY = register(Policy(
-    name="cpu", kind="miss", hooks={"on_miss": on_miss}, init=init,
+    name="cpu", kind="miss", hooks={"on_miss": on_miss}, init=init, capabilities=Capabilities(live=True),
     doc="Run the missing expert on the CPU when its CPU time beats copy + GPU time (Fiddler)."))

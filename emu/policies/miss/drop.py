@@ -15,7 +15,7 @@ from numba import njit
 
 from ...kernel.hooks import MISS_DROP, MISS_FETCH, MISS_SIG, encode_miss
 from ...kernel.layout import SC, Fields, new_policy_state
-from ..api import Param, Policy, PolicyContext, param_values, register
+from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
 
 
 class P(Fields):
@@ -59,6 +59,6 @@ def on_miss(ps, cs, tv, i, t):
 
 
 POLICY = register(Policy(
-    name="drop", kind="miss", hooks={"on_miss": on_miss}, init=init,
+    name="drop", kind="miss", hooks={"on_miss": on_miss}, init=init, capabilities=Capabilities(live=True),
     params={"rank": Param(1, 1, 4096, "misses of rank >= this are dropped (0 = top-1)", integer=True)},
     doc="Skip missing experts of rank >= r; always fetch the top ranks."))
