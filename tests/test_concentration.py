@@ -27,7 +27,7 @@ from emu.analysis.concentration import (
 from emu.analysis.expert_counts import load_counts_json, load_imatrix_counts
 from emu.errors import EmuError
 
-COUNTS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "counts"
+COUNTS_DIR = Path(__file__).resolve().parents[1] / "scenarios" / "counts"
 COUNTS_FILES = sorted(COUNTS_DIR.glob("*.json"))
 
 
