@@ -176,6 +176,7 @@ class CacheBridge:
                   "partition": (part_policy, part_policy.resolve_params(partition_params or {}, "policy.partition",
                                                                         None))}
         states = {kind: pol.init(ctx, prm) for kind, (pol, prm) in chosen.items()}
+        self.cs.sc[SC.MISS_EVENTS] = int(policy.capabilities.miss_events)
         self.stack = Stack({name: hook for pol, _p in chosen.values() for name, hook in pol.hooks.items()}, states)
         self._pf: list[tuple[int, int]] = []
         self._pass = -1

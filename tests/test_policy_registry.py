@@ -179,3 +179,27 @@ def test_compiled_hooks_are_numba_dispatchers():
         for policy in REGISTRY[kind].values():
             for hook in policy.hooks.values():
                 assert isinstance(hook, type(njit(lambda: 0)))
+
+
+def test_only_policies_that_declare_miss_events_are_told_of_misses():
+    import numpy as np
+
+    from emu.engines.setup import PolicyChoice, StackChoice, fresh_state, make_inputs
+    from emu.kernel.layout import SC
+    from emu.models import ModelSpec
+    from emu.profile import profile_from_dict
+    from emu.trace import RoutingTrace
+
+    model = ModelSpec(name="m", n_moe_layers=1, n_experts=4, top_k=1, hidden=1, expert_intermediate=1)
+    profile = profile_from_dict({
+        "name": "p", "copy": {"h2d_engines": 1, "latency_s": 0.0, "bw_pinned_Bps": 6.0, "bw_pageable_Bps": 1.0},
+        "compute": {"expert_launch_s": 1.0, "hbm_Bps": 1.0, "flops_per_s": 1.0, "dense_layer_s": 1.0}})
+    trace = RoutingTrace(experts=np.zeros((1, 1, 1), np.int16), pass_offsets=np.array([0, 1], np.int64),
+                         pass_phase=np.ones(1, np.int8), token_request=np.zeros(1, np.int32),
+                         token_position=np.zeros(1, np.int32), n_experts=4).validate()
+    declared = {name for name, p in REGISTRY["eviction"].items() if p.capabilities.miss_events}
+    assert "arc" in declared and "lru" not in declared
+    for name in ("arc", "lru"):
+        inputs = make_inputs(model, profile, trace, 2 * model.expert_bytes(), StackChoice(eviction=PolicyChoice(name)))
+        cs, _stack = fresh_state(inputs)
+        assert cs.sc[SC.MISS_EVENTS] == (name in declared)

@@ -277,7 +277,8 @@ def access_layer(pk, cs, tv, p: int, layer: int, n: int, t: float) -> None:
             sc[SC.CLOCK] += 1
             pk.on_event(pk.s_eviction, cs, tv, EV_ACCESS, key, t)
             continue
-        pk.on_event(pk.s_eviction, cs, tv, EV_MISS, key, t)
+        if sc[SC.MISS_EVENTS] != 0:
+            pk.on_event(pk.s_eviction, cs, tv, EV_MISS, key, t)
         action = pk.on_miss(pk.s_miss, cs, tv, i, t)
         code = action & 15
         arg = action >> 4

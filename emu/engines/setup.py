@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from ..kernel.layout import FC, SCAL, Timing, TraceView, new_cache_state
+from ..kernel.layout import FC, SC, SCAL, Timing, TraceView, new_cache_state
 from ..kernel.stack import Stack
 from ..models import PRECISION_BITS, ModelSpec
 from ..policies.api import PolicyContext
@@ -133,5 +133,6 @@ def fresh_state(inputs: SimInputs) -> tuple[Any, Any]:
               "routing": inputs.stack.routing, "partition": inputs.stack.partition}
     policies = {kind: get_policy(kind, choice.name) for kind, choice in chosen.items()}
     states = {kind: policies[kind].init(ctx, dict(choice.params)) for kind, choice in chosen.items()}
+    cs.sc[SC.MISS_EVENTS] = int(policies["eviction"].capabilities.miss_events)
     hooks = {name: hook for policy in policies.values() for name, hook in policy.hooks.items()}
     return cs, Stack(hooks, states)

@@ -15,7 +15,8 @@ gets its own state `ps` (a `PolicyState`), the cache state `cs`, the trace view 
 
 Eviction events, in the order the core raises them: `EV_PASS` at a pass start; at a gate `EV_ACCESS` for a
 hit (or the substitute a miss policy chose), `EV_MISS` for a key that is neither resident nor in flight,
-before the miss policy acts; `EV_INSERT` when a copy takes a slot (`cs.copy_prio[key]` says demand or
+before the miss policy acts (only to a policy that declares `Capabilities(miss_events=True)`: the others
+are spared a call on every miss); `EV_INSERT` when a copy takes a slot (`cs.copy_prio[key]` says demand or
 prefetch); `EV_EVICT` when a key leaves.
 """
 

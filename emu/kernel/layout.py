@@ -100,6 +100,7 @@ class SC(Fields):
     CHAIN_N = auto()  # members of the GPU chain now running (SC.GPU_JOB == JOB_CHAIN)
     PQ_N = auto()  # entries in the prefetch FIFO
     SLOT_LOG_N = auto()  # entries in `slot_log` (decisions.log_slot)
+    MISS_EVENTS = auto()  # 1: the eviction policy declared `miss_events` and is told EV_MISS
 
 
 class FC(Fields):

@@ -72,6 +72,8 @@ class Capabilities:
     live: bool = False
     #: reads or sets the per-layer floors and caps (a partition policy, or one that honours them)
     partition_aware: bool = False
+    #: an eviction policy whose `on_event` is told EV_MISS (the others are spared that call on every miss)
+    miss_events: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.live and self.reads_future:

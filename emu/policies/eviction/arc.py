@@ -231,5 +231,5 @@ def victim(ps, cs, tv, incoming, t):
 
 POLICY = register(Policy(
     name="arc", kind="eviction", hooks={"victim": victim, "on_event": on_event}, init=init,
-    capabilities=Capabilities(live=True),
+    capabilities=Capabilities(live=True, miss_events=True),
     doc="ARC (Megiddo & Modha, FAST'03): recency list T1 and frequency list T2 sized by ghost hits."))
