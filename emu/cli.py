@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory for <stem>.json results (default: output.dir or ./runs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override one scenario key, e.g. --set cache.capacity=25%%")
-    p.add_argument("--engine", choices=["des", "fast", "auto"], help="override engine.kind")
+    p.add_argument("--engine", choices=["des", "fast", "reference", "auto"], help="override engine.kind")
     p.add_argument("--quiet", action="store_true", help="do not list the files written")
     p.add_argument("--timeline", metavar="FILE.json",
                    help="write a Chrome trace / Perfetto timeline (copy engines, GPU compute, CPU, stalls) of "

@@ -78,6 +78,8 @@ def run_scenario(scenario: Scenario, engine: str | None = None,
                          scenario.seed)
     if kind == "fast":
         from .engines.fast.engine import run_fast as run
+    elif kind == "reference":
+        from .engines.reference.engine import run_reference as run
     else:
         from .engines.des.engine import run_des as run
     try:

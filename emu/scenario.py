@@ -25,7 +25,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ENGINES = ("des", "fast", "auto")
+from .engines import ENGINES
+
 _SECTIONS = {
     "name": None, "seed": None, "model": None,
     "hardware": {"profile"},

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 import attrs
 
+from .engines import ENGINES
 from .errors import EmuError, EmuWarning
 
 if sys.version_info >= (3, 11):
@@ -193,8 +194,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if latency is not None and (isinstance(latency, bool) or not isinstance(latency, (int, float)) or latency < 0):
         raise EmuError(f"expected seconds >= 0, got {latency!r}", file=file, key="copy_latency_s")
     engine = data.get("engine")
-    if engine is not None and engine not in ("des", "fast", "auto"):
-        raise EmuError(f"expected des, fast or auto, got {engine!r}", file=file, key="engine")
+    if engine is not None and engine not in ENGINES:
+        raise EmuError(f"expected one of {list(ENGINES)}, got {engine!r}", file=file, key="engine")
     pareto = data.get("pareto", {})
     by = pareto.get("by", list(PARETO_KEYS)) if isinstance(pareto, dict) else None
     if not isinstance(by, list) or not all(k in ROW_FIELDS for k in by):

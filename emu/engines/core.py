@@ -323,6 +323,7 @@ def _step(pk, cs, tm, tv, t: float) -> int:
                 return STEP_CHANGED
             waiting = True
     if first == n:
+        _end_idle(cs, t)  # a wait for the CPU that ended the layer is the layer's stall
         layer = cs.sc[SC.LAYER] + 1
         if layer == tv.experts.shape[1]:
             p = cs.sc[SC.PASS]

@@ -1,4 +1,7 @@
-"""The SimPy reference engine: the readable place where resources and time live.
+"""The SimPy engine: SimPy resources and processes driving the shared time core (core.py), one instant at a time.
+
+It gives the fast engine's numbers (same core) and records timelines (`emu run --timeline`); the independent
+model of the contract that checks the core is emu/engines/reference.
 
 Resources mirror ../shared/DESIGN.md: a compute stream and a CPU (`simpy.Resource`, capacity 1), the
 host-to-device copy engines (`simpy.Resource` with the profile's engine count; the queue order itself
