@@ -188,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
         "prefetch": scenario.stack.prefetch.name, "prefetch_params": dict(scenario.stack.prefetch.params),
         "partition": scenario.stack.partition.name, "partition_params": dict(scenario.stack.partition.params),
         "miss": scenario.stack.miss.name, "miss_params": dict(scenario.stack.miss.params),
+        "seed": scenario.seed,  # the policies' seeded choices (random eviction), replayed by `emu validate`
         "forced_trace": wl.trace, "warmup_passes": args.warmup,
         "rehearsed": rehearse, "sdpa_backends": "flash, efficient, math (no cudnn)" if args.device == "cuda" else "cpu",
         "requests": [{"prompt_len": p.prompt_len, "ttft_s": r.ttft_s, "decode_s": list(r.decode_s)}

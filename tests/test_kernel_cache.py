@@ -74,7 +74,7 @@ print(hook())
 def _run_plugin(tmp: Path, track: bool) -> int:
     code = _RUN.format(root=str(ROOT), tmp=str(tmp), plugin=str(tmp / "plugin"), track=track)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp,
-                         env={"PATH": "/usr/bin:/bin", "NUMBA_CACHE_DIR": ""})
+                         env={"PATH": "/usr/bin:/bin", "NUMBA_CACHE_DIR": "", "PYTHONDONTWRITEBYTECODE": "1"})
     return int(out.stdout.strip().splitlines()[-1])
 
 

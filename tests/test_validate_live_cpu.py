@@ -47,7 +47,8 @@ def test_validate_runs_live_then_emulates_with_equal_counts(tmp_path: Path, caps
 
 
 @pytest.mark.parametrize(("eviction", "partition", "miss"),
-                         [("arc", "global", "fetch"), ("s3-fifo", "global", "fetch"), ("lru", "fair-bytes", "fetch"),
+                         [("arc", "global", "fetch"), ("s3-fifo", "global", "fetch"), ("fld", "global", "fetch"),
+                          ("lhu", "global", "fetch"), ("random", "global", "fetch"), ("lru", "fair-bytes", "fetch"),
                           ("lfu", "count-floor", "fetch"), ("lru", "global", "drop"), ("lru", "global", "cpu")])
 def test_every_live_declared_stack_runs_live_with_the_emulators_counts(tmp_path: Path, eviction: str,
                                                                        partition: str, miss: str) -> None:

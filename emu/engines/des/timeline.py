@@ -5,7 +5,7 @@ started (copies, a GPU job, a CPU job) and whether the GPU went idle, from the s
 wrote. So every event is one of the run's own jobs or copies with the duration the core booked: summed
 over the whole trace they give the run's copy, compute and stall times (tests/test_timeline.py).
 A stall is the GPU waiting inside a layer's expert phase (for a copy, or for the CPU); it is recorded
-exactly when the core books it, i.e. when the next GPU job starts.
+exactly when the core books it: when the next GPU job starts, or when the layer ends while the GPU waits.
 
 Passes outside the window are not stored; a job or copy belongs to the pass in progress when it starts.
 """
@@ -92,24 +92,24 @@ class TimelineRecorder:
                 self.events.append((COPY_TID + lane, f"copy L{layer} E{expert}", kind, t, dur, {
                     "pass": p, "layer": layer, "expert": expert, "kind": kind,
                     "precision": self._precisions[int(cs.prec[key])], "bytes": int(cs.nbytes[key])}))
+        if self._stall is not None and (sc[SC.GPU_IDLE] == 0 or float(fc[FC.IDLE_T]) != self._stall[0]):
+            # the wait ended at t: the GPU took a job, or the layer it waited in ended (a wait for the CPU)
+            since, args = self._stall
+            self._stall = None
+            if self.first <= args["pass"] < self.stop:
+                self.events.append((STALL_TID, f"stall L{args['layer']}", "stall", since, t - since, args))
         n_gpu = int(sc[SC.GPU_NEW])
-        if n_gpu > 0:
-            if self._stall is not None:
-                since, args = self._stall
-                self._stall = None
-                if self.first <= args["pass"] < self.stop:
-                    self.events.append((STALL_TID, f"stall L{args['layer']}", "stall", since, t - since, args))
-            if keep:
-                # a chain of jobs back to back (core._chain) is unfolded: one span per job, each starting
-                # where the previous one ends (the same additions the engines make)
-                start = t
-                layer = int(sc[SC.LAYER])
-                for k in range(n_gpu):
-                    job, dur = int(cs.chain_job[k]), float(cs.chain_dur[k])
-                    # a chain's dense job is the next layer's (the core moves on when the chain ends)
-                    job_layer = layer + 1 if job == JOB_DENSE and n_gpu > 1 else layer
-                    self.events.append(self._gpu_event(start, dur, p, job, job_layer))
-                    start = start + dur
+        if n_gpu > 0 and keep:
+            # a chain of jobs back to back (core._chain) is unfolded: one span per job, each starting
+            # where the previous one ends (the same additions the engines make)
+            start = t
+            layer = int(sc[SC.LAYER])
+            for k in range(n_gpu):
+                job, dur = int(cs.chain_job[k]), float(cs.chain_dur[k])
+                # a chain's dense job is the next layer's (the core moves on when the chain ends)
+                job_layer = layer + 1 if job == JOB_DENSE and n_gpu > 1 else layer
+                self.events.append(self._gpu_event(start, dur, p, job, job_layer))
+                start = start + dur
         if sc[SC.CPU_NEW] == 1 and keep:
             i = int(sc[SC.CPU_JOB])
             layer = int(sc[SC.LAYER])
