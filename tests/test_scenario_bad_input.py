@@ -134,8 +134,10 @@ def test_bad_profiles(tmp_path, capsys, edit, needles):
 def _trace(tmp_path: Path, layers: int, experts_max: int, top_k: int) -> Path:
     rng = np.random.default_rng(0)
     n = 6
-    ex = rng.integers(0, experts_max, size=(n, layers, top_k)).astype(np.int16)
+    # distinct ids within each token's top-k (a trace with repeats is refused on load, for another reason)
+    ex = np.argsort(rng.random((n, layers, experts_max)), axis=2)[:, :, :top_k].astype(np.int16)
     ex[0, 0, 0] = experts_max - 1
+    ex[0, 0, 1:] = np.arange(top_k - 1)
     tr = RoutingTrace(experts=ex, pass_offsets=np.arange(n + 1, dtype=np.int64), pass_phase=np.ones(n, np.int8),
                       token_request=np.zeros(n, np.int32), token_position=np.arange(n, dtype=np.int32))
     path = tmp_path / "t.npz"

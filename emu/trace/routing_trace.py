@@ -115,6 +115,20 @@ class RoutingTrace:
             arr = getattr(self, key)
             if arr is not None and arr.shape != self.experts.shape:
                 raise bad(key, f"expected shape {self.experts.shape}, got {arr.shape}")
+        if self.predicted is not None and n_tok:
+            # predicted ids index per-expert tables in the prefetch kernels: out of range would be a wild write
+            hi = self.n_experts or int(self.experts.max()) + 1
+            if self.predicted.min() < 0 or self.predicted.max() >= hi:
+                raise bad("predicted", f"expected predicted expert ids in 0..{hi - 1}, got "
+                                       f"{int(self.predicted.min())}..{int(self.predicted.max())}")
+        k = self.experts.shape[2]
+        for a in range(k):  # distinct ids within each token's top-k at each layer (k is small: pairs)
+            for b in range(a + 1, k):
+                same = self.experts[:, :, a] == self.experts[:, :, b]
+                if same.any():
+                    t, layer = (int(i) for i in np.argwhere(same)[0])
+                    raise bad("experts", f"token {t} layer {layer} routes expert {int(self.experts[t, layer, a])} "
+                                         "twice in its top-k; expected distinct ids")
         if self.scores is not None and not np.isfinite(self.scores).all():
             raise bad("scores", "expected finite gate scores")
         return self
@@ -127,8 +141,14 @@ class RoutingTrace:
         if self.top_k != top_k:
             raise EmuError(f"trace has top-{self.top_k} routing but the model has top_k = {top_k}",
                            file=file, key="workload.trace")
+        if self.n_experts and self.n_experts != n_experts:
+            raise EmuError(f"trace declares {self.n_experts} experts per MoE layer but the model has {n_experts}",
+                           file=file, key="workload.trace")
         if self.n_tokens and int(self.experts.max()) >= n_experts:
             raise EmuError(f"trace uses expert id {int(self.experts.max())} but the model has "
+                           f"{n_experts} experts per layer", file=file, key="workload.trace")
+        if self.predicted is not None and self.n_tokens and int(self.predicted.max()) >= n_experts:
+            raise EmuError(f"trace predicts expert id {int(self.predicted.max())} but the model has "
                            f"{n_experts} experts per layer", file=file, key="workload.trace")
 
     # --- io ----------------------------------------------------------------------------------------
