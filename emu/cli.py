@@ -99,6 +99,11 @@ def cmd_policies(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emu", description="Emulate MoE expert offloading: TTFT and tokens/s "
                                      "for a model, GPU, cache size and policy stack.")
+    from . import __version__, git_revision
+
+    revision = git_revision()
+    parser.add_argument("--version", action="version",
+                        version=f"moe-emu {__version__}" + (f" ({revision})" if revision else ""))
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run scenario TOML files and print a comparison table")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from . import __version__, git_revision
 from .engines.setup import make_inputs
 from .errors import EmuError, EmuWarning
 from .metrics import RunResult, build_result
@@ -95,6 +96,8 @@ def run_scenario(scenario: Scenario, engine: str | None = None,
     record["trace"] = {"fingerprint": trace.fingerprint(), "tokens": trace.n_tokens, "passes": trace.n_passes,
                        "requests": trace.n_requests}
     record["profile"] = {"name": profile.name, "provisional": profile.provisional, "file": profile.source}
+    record["version"] = __version__
+    record["git_revision"] = git_revision()
     return result, record
 
 
