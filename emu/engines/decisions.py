@@ -90,10 +90,9 @@ def evict(pk, cs, tv, key: int, t: float) -> None:
 
 
 @njit(cache=True, inline="always")
-def make_room(pk, cs, tv, incoming: int, nbytes: int, t: float) -> bool:
-    """Evict until `nbytes` for key `incoming` fit in the pool and in its layer's cap; False when no victim
-    is left."""
-    in_layer = key_layer(cs, incoming)
+def make_room(pk, cs, tv, incoming: int, in_layer: int, nbytes: int, t: float) -> bool:
+    """Evict until `nbytes` for key `incoming` (of layer `in_layer`) fit in the pool and in its layer's cap;
+    False when no victim is left."""
     while True:
         fits_layer = cs.layer_bytes[ix(in_layer)] + nbytes <= cs.layer_cap[ix(in_layer)]
         if cs.sc[SC.USED] + nbytes <= cs.sc[SC.CAP] and fits_layer:
@@ -107,9 +106,9 @@ def make_room(pk, cs, tv, incoming: int, nbytes: int, t: float) -> bool:
 
 
 @njit(cache=True, inline="always")
-def take_slot(pk, cs, tv, key: int, prec: int, prio: int, t: float) -> None:
+def take_slot(pk, cs, tv, key: int, layer: int, prec: int, prio: int, t: float) -> None:
     kx = ix(key)
-    lx = ix(key_layer(cs, key))
+    lx = ix(layer)
     b = cs.prec_bytes[ix(prec)]
     cs.status[kx] = IN_FLIGHT
     cs.prec[kx] = prec
@@ -136,14 +135,15 @@ def take_slot(pk, cs, tv, key: int, prec: int, prio: int, t: float) -> None:
 @njit(cache=True, _nrt=False)
 def issue_demand(pk, cs, tv, key: int, prec: int, t: float) -> bool:
     """A demand copy takes a slot now, or waits (FIFO) for a victim."""
-    if make_room(pk, cs, tv, key, cs.prec_bytes[prec], t):
-        take_slot(pk, cs, tv, key, prec, DEMAND, t)
+    layer = key_layer(cs, key)
+    if make_room(pk, cs, tv, key, layer, cs.prec_bytes[prec], t):
+        take_slot(pk, cs, tv, key, layer, prec, DEMAND, t)
         return True
     cs.status[key] = WAITING
     cs.wait_prec[key] = prec
     cs.waitq[cs.sc[SC.WQ_N]] = key
     cs.sc[SC.WQ_N] += 1
-    cs.stats_i[ST.DEMAND_WAITS, key_layer(cs, key)] += 1
+    cs.stats_i[ST.DEMAND_WAITS, layer] += 1
     return False
 
 
@@ -153,10 +153,10 @@ def issue_prefetch(pk, cs, tv, key: int, prec: int, t: float) -> bool:
     if cs.status[ix(key)] != ABSENT:
         return False
     layer = key_layer(cs, key)
-    if not make_room(pk, cs, tv, key, cs.prec_bytes[prec], t):
+    if not make_room(pk, cs, tv, key, layer, cs.prec_bytes[prec], t):
         cs.stats_i[ST.PF_DROPPED, layer] += 1
         return False
-    take_slot(pk, cs, tv, key, prec, PREFETCH, t)
+    take_slot(pk, cs, tv, key, layer, prec, PREFETCH, t)
     cs.pf_unused[ix(key)] = 1
     cs.stats_i[ST.PF_ISSUED, ix(layer)] += 1
     return True
@@ -178,8 +178,9 @@ def retry_waiters(pk, cs, tv, t: float) -> None:
 @njit(cache=True, inline="always")
 def _retry(pk, cs, tv, key: int, t: float) -> bool:
     prec = cs.wait_prec[key]
-    if make_room(pk, cs, tv, key, cs.prec_bytes[prec], t):
-        take_slot(pk, cs, tv, key, prec, DEMAND, t)
+    layer = key_layer(cs, key)
+    if make_room(pk, cs, tv, key, layer, cs.prec_bytes[prec], t):
+        take_slot(pk, cs, tv, key, layer, prec, DEMAND, t)
         return True
     return False
 
