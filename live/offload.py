@@ -770,9 +770,8 @@ class ExpertOffload:
                       rows: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """The expert on the host CPU from its host weights (a `cpu` miss), its output back on the device."""
         top_k_pos, token_idx = rows
-        x = hidden[token_idx].to("cpu")
-        gate, up = nn.functional.linear(x, self.host_gu[layer, expert]).chunk(2, dim=-1)
-        h = nn.functional.linear(act_fn(gate) * up, self.host_dn[layer, expert]).to(hidden.device)
+        h = _expert_ffn(hidden[token_idx].to("cpu"), self.host_gu[layer, expert], self.host_dn[layer, expert],
+                        act_fn).to(hidden.device)
         return token_idx, h * top_k_weights[token_idx, top_k_pos, None]
 
     def _compute(self, slot: int, event: Any, act_fn: Any, hidden: torch.Tensor, top_k_weights: torch.Tensor,
@@ -780,15 +779,19 @@ class ExpertOffload:
         if event is not None:
             self.compute_stream.wait_event(event)
         top_k_pos, token_idx = rows
-        x = hidden[token_idx]
-        gate, up = nn.functional.linear(x, self.slot_gu[slot]).chunk(2, dim=-1)
-        h = nn.functional.linear(act_fn(gate) * up, self.slot_dn[slot])
+        h = _expert_ffn(hidden[token_idx], self.slot_gu[slot], self.slot_dn[slot], act_fn)
         out = h * top_k_weights[token_idx, top_k_pos, None]
         if self.cuda:
             done = torch.cuda.Event()
             done.record(self.compute_stream)
             self.slot_last_use[slot] = done
         return token_idx, out
+
+
+def _expert_ffn(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, act_fn: Any) -> torch.Tensor:
+    """One expert's FFN as the eager experts module computes it (the same ops, so the same bits)."""
+    gate, up = nn.functional.linear(x, gate_up).chunk(2, dim=-1)
+    return nn.functional.linear(act_fn(gate) * up, down)
 
 
 class _SlotCopier:
