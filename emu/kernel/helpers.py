@@ -169,6 +169,23 @@ def list_append(links: np.ndarray, key: int, sentinel: int) -> None:
     links[ix(2 * sentinel)] = key
 
 
+@njit(cache=True, inline="always")
+def list_put(links: np.ndarray, on: np.ndarray, count: np.ndarray, key: int, j: int, n_lists: int) -> None:
+    """Put `key` (on no list) at the newest end of list j, keeping `on[key]` (the list a key is on, -1 for
+    none) and `count[j]` (each list's length)."""
+    list_append(links, key, list_sentinel(links, n_lists, j))
+    on[ix(key)] = j
+    count[ix(j)] += 1
+
+
+@njit(cache=True, inline="always")
+def list_take(links: np.ndarray, on: np.ndarray, count: np.ndarray, key: int) -> None:
+    """Take `key` off the list `on[key]` names (it is on one), keeping `on` and `count` as `list_put` does."""
+    list_unlink(links, key)
+    count[ix(on[ix(key)])] -= 1
+    on[ix(key)] = -1
+
+
 # ---- resident set ----------------------------------------------------------------------------------
 
 def set_rows(n_keys: int) -> int:

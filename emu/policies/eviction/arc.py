@@ -54,10 +54,10 @@ from ...kernel.helpers import (
     is_evictable,
     ix,
     key_layer,
-    list_append,
     list_next,
+    list_put,
     list_sentinel,
-    list_unlink,
+    list_take,
 )
 from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EV_MISS, EVENT_SIG, VICTIM_SIG
 from ...kernel.layout import PREFETCH, Fields, new_policy_state
@@ -119,18 +119,13 @@ def _sentinel(links, lst: int) -> int:
 @njit(cache=True, inline="always")
 def _remove(i, key: int) -> None:
     """Take `key` off its list (it is on one)."""
-    list_unlink(i[I.LINKS], key)
-    i[I.COUNT, ix(i[I.LIST, ix(key)])] -= 1
-    i[I.LIST, ix(key)] = _NONE
+    list_take(i[I.LINKS], i[I.LIST], i[I.COUNT], key)
 
 
 @njit(cache=True, inline="always")
 def _push_mru(i, key: int, lst: int) -> None:
     """Put `key` (on no list) at the MRU end of `lst`."""
-    links = i[I.LINKS]
-    list_append(links, key, _sentinel(links, lst))
-    i[I.LIST, ix(key)] = lst
-    i[I.COUNT, ix(lst)] += 1
+    list_put(i[I.LINKS], i[I.LIST], i[I.COUNT], key, lst, _N_LISTS)
 
 
 @njit(cache=True, inline="always")

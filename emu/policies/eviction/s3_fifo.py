@@ -53,10 +53,10 @@ from ...kernel.helpers import (
     is_evictable,
     ix,
     key_layer,
-    list_append,
     list_next,
+    list_put,
     list_sentinel,
-    list_unlink,
+    list_take,
 )
 from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG
 from ...kernel.layout import PREFETCH, Fields, new_policy_state
@@ -114,18 +114,13 @@ def _sentinel(links, q: int) -> int:
 @njit(cache=True, inline="always")
 def _remove(i, key: int) -> None:
     """Take `key` out of its queue (it is in one)."""
-    list_unlink(i[I.LINKS], key)
-    i[I.COUNT, ix(i[I.QUEUE, ix(key)])] -= 1
-    i[I.QUEUE, ix(key)] = _NONE
+    list_take(i[I.LINKS], i[I.QUEUE], i[I.COUNT], key)
 
 
 @njit(cache=True, inline="always")
 def _push_newest(i, key: int, q: int) -> None:
     """Put `key` (in no queue) at the newest end of `q`."""
-    links = i[I.LINKS]
-    list_append(links, key, _sentinel(links, q))
-    i[I.QUEUE, ix(key)] = q
-    i[I.COUNT, ix(q)] += 1
+    list_put(i[I.LINKS], i[I.QUEUE], i[I.COUNT], key, q, _N_QUEUES)
 
 
 @njit(cache=True, _nrt=False)
