@@ -203,3 +203,29 @@ def test_only_policies_that_declare_miss_events_are_told_of_misses():
         inputs = make_inputs(model, profile, trace, 2 * model.expert_bytes(), StackChoice(eviction=PolicyChoice(name)))
         cs, _stack = fresh_state(inputs)
         assert cs.sc[SC.MISS_EVENTS] == (name in declared)
+
+
+def test_a_policy_that_needs_scores_refuses_a_trace_without_them():
+    import numpy as np
+
+    from emu.engines.fast.engine import run_fast
+    from emu.engines.setup import PolicyChoice, StackChoice, make_inputs
+    from emu.models import ModelSpec
+    from emu.profile import profile_from_dict
+    from emu.trace import RoutingTrace
+
+    model = ModelSpec(name="m", n_moe_layers=1, n_experts=4, top_k=2, hidden=1, expert_intermediate=1)
+    profile = profile_from_dict({
+        "name": "p", "copy": {"h2d_engines": 1, "latency_s": 0.0, "bw_pinned_Bps": 6.0, "bw_pageable_Bps": 1.0},
+        "compute": {"expert_launch_s": 1.0, "hbm_Bps": 1.0, "flops_per_s": 1.0, "dense_layer_s": 1.0}})
+    experts = np.array([[[0, 1]], [[2, 3]]], np.int16)
+    kw = {"experts": experts, "pass_offsets": np.array([0, 1, 2], np.int64), "pass_phase": np.ones(2, np.int8),
+          "token_request": np.zeros(2, np.int32), "token_position": np.arange(2, dtype=np.int32), "n_experts": 4}
+    stack = StackChoice(routing=PolicyChoice("cache-aware", REGISTRY["routing"]["cache-aware"].resolve_params(
+        {}, "policy.routing", None)))
+    bare = RoutingTrace(**kw).validate()
+    with pytest.raises(EmuError, match="routing policy 'cache-aware' needs gate scores") as err:
+        run_fast(make_inputs(model, profile, bare, 2 * model.expert_bytes(), stack))
+    assert err.value.key == "policy.routing"
+    scored = RoutingTrace(**kw, scores=np.full((2, 1, 2), 0.5, np.float16)).validate()
+    run_fast(make_inputs(model, profile, scored, 2 * model.expert_bytes(), stack))

@@ -7,6 +7,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from ..errors import EmuError
 from ..kernel.layout import FC, SC, SCAL, Timing, TraceView, new_cache_state
 from ..kernel.stack import Stack
 from ..models import PRECISION_BITS, ModelSpec
@@ -132,6 +133,10 @@ def fresh_state(inputs: SimInputs) -> tuple[Any, Any]:
     chosen = {"eviction": inputs.stack.eviction, "prefetch": inputs.stack.prefetch, "miss": inputs.stack.miss,
               "routing": inputs.stack.routing, "partition": inputs.stack.partition}
     policies = {kind: get_policy(kind, choice.name) for kind, choice in chosen.items()}
+    for kind, policy in policies.items():
+        if policy.capabilities.needs_scores and inputs.trace.scores is None:
+            raise EmuError(f"{kind} policy {policy.name!r} needs gate scores, but the trace has none (import a "
+                           "trace with scores, or choose another policy)", key=f"policy.{kind}")
     states = {kind: policies[kind].init(ctx, dict(choice.params)) for kind, choice in chosen.items()}
     cs.sc[SC.MISS_EVENTS] = int(policies["eviction"].capabilities.miss_events)
     hooks = {name: hook for policy in policies.values() for name, hook in policy.hooks.items()}

@@ -22,7 +22,6 @@ from enum import auto
 import numpy as np
 from numba import njit
 
-from ...errors import EmuError
 from ...kernel.helpers import sort_prefix
 from ...kernel.hooks import ROUTE_SIG
 from ...kernel.layout import IN_FLIGHT, RESIDENT, SF, Fields, new_policy_state
@@ -51,9 +50,6 @@ class P(Fields):
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
-    if int(ctx.trace.dims[0]) == 0:
-        raise EmuError("cache-aware routing needs gate scores, but the trace has none (import a trace with "
-                       "scores, or use routing = \"standard\")", key="policy.routing")
     k = ctx.trace.experts.shape[2]
     return new_policy_state(f_rows=len(F), f_cols=2 * k, i_rows=len(I), i_cols=2 * k, params=param_values(P, params))
 
