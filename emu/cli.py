@@ -96,14 +96,25 @@ def cmd_policies(args: argparse.Namespace) -> int:
     return 0
 
 
+class _VersionAction(argparse.Action):
+    """`--version`: the package version, and the source revision when run from a checkout (asked of git only
+    when the flag is given, not on every start)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit", **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None) -> None:
+        from . import __version__, git_revision
+
+        revision = git_revision()
+        sys.stdout.write(f"moe-emu {__version__}" + (f" ({revision})" if revision else "") + "\n")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emu", description="Emulate MoE expert offloading: TTFT and tokens/s "
                                      "for a model, GPU, cache size and policy stack.")
-    from . import __version__, git_revision
-
-    revision = git_revision()
-    parser.add_argument("--version", action="version",
-                        version=f"moe-emu {__version__}" + (f" ({revision})" if revision else ""))
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run scenario TOML files and print a comparison table")
