@@ -101,10 +101,10 @@ def emulated_copies(record: Path, profile: Path, cal: dict[str, Any]) -> list[li
     rec = run.record
     prof = load_profile(profile)
     spec = live_model(run, prof)
-    prof = apply_runtime_overheads(prof, spec, cal, file=str(record))
+    prof, runtime = apply_runtime_overheads(prof, spec, cal, file=str(record))
     stack = StackChoice(eviction=_choice(run, "eviction", str(rec["eviction"]), None),
                         prefetch=_choice(run, "prefetch", str(rec.get("prefetch") or "none"), None))
-    inputs = make_inputs(spec, prof, run.trace, int(rec["slots"]) * spec.expert_bytes(), stack, 0)
+    inputs = make_inputs(spec, prof, run.trace, int(rec["slots"]) * spec.expert_bytes(), stack, 0, runtime)
     recorder = TimelineRecorder((0, None))
     run_des(inputs, recorder)
     n_exp = spec.n_experts

@@ -1,4 +1,5 @@
-"""`emu calibrate`: measure this machine and write a hardware profile (+ raw measurements)."""
+"""`emu calibrate`: measure this machine and write a hardware profile (+ raw measurements); with `--runtime NAME`,
+measure the live runtime's host costs instead and write a runtime profile (docs/calibration.md)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch CPU threads (default: torch's own choice, usually all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
+    p.add_argument("--runtime", metavar="NAME", default=None,
+                   help="write a runtime profile NAME instead: the live eager runtime's host costs per pass, layer, "
+                        "readback, decision, expert launch, copy and prefetch, from calibration requests that no "
+                        "validation uses (--model PRESET or PRESET@LAYERS, repeatable)")
+    p.add_argument("--scale", choices=("full", "tiny"), default="full",
+                   help="with --runtime: full-size models (default) or tiny ones (tests)")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -45,8 +52,28 @@ def _error(message: str) -> int:
     return 2
 
 
+def _run_runtime(args: argparse.Namespace) -> int:
+    try:
+        import torch
+    except ImportError:
+        return _error("torch is not installed (pip install 'moe-emu[live]')")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return _error("torch sees no CUDA device; use --device cpu")
+    from live.host_calibration import run as calibrate_runtime
+
+    try:
+        calibrate_runtime(args.runtime, args.model or DEFAULT_MODELS, args.out, device=args.device, scale=args.scale)
+    except EmuError as err:
+        return _error(str(err))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from .device import cuda_unavailable_reason
+
+    if args.runtime is not None:
+        return _run_runtime(args)
     from .shapes import parse_model
 
     try:

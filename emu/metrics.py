@@ -23,6 +23,7 @@ _FLOATS = {
     "late_wait_s": SF.LATE_WAIT_S, "stall_s": SF.STALL_S, "dropped_mass": SF.DROPPED_MASS,
     "substituted_mass": SF.SUBSTITUTED_MASS, "degraded_mass": SF.DEGRADED_MASS, "mass": SF.MASS,
     "prefetch_wasted_bytes": SF.PF_WASTED_BYTES, "rerouted_mass": SF.REROUTED_MASS,
+    "host_wait_s": SF.HOST_WAIT_S,
 }
 
 
@@ -55,6 +56,9 @@ class RunResult:
     cpu_busy_frac: float
     engine: str
     timings: dict[str, float] = attrs.field(factory=dict)
+    #: each decode pass's duration, in pass order (the per-step distribution a validation compares; not in
+    #: the JSON record)
+    decode_step_s: tuple[float, ...] = attrs.field(default=(), eq=False, repr=False)
 
     @property
     def hit_rate(self) -> float:
@@ -124,4 +128,4 @@ def build_result(cs: Any, end_time: float, trace: Any, engine: str, timings: dic
         if e2e > 0 else 0.0,
         compute_busy_frac=float(cs.fc[FC.GPU_BUSY]) / e2e if e2e > 0 else 0.0,
         cpu_busy_frac=float(cs.fc[FC.CPU_BUSY]) / e2e if e2e > 0 else 0.0,
-        engine=engine, timings=timings)
+        engine=engine, timings=timings, decode_step_s=tuple(float(ends[p] - starts[p]) for p in decode_passes))

@@ -48,17 +48,6 @@ class ModelCompute:
     cpu_expert: dict[str, Curve] = attrs.field(factory=dict)
     pass_overhead_s: float | None = None
     layer_overhead_s: float | None = None
-    #: host seconds to issue one copy where the host also launches the compute (a Python runtime)
-    copy_issue_s: float | None = None
-    #: the same for a prefetch copy, with the runtime's bookkeeping of it (slot, queue, landing poll);
-    #: None: `copy_issue_s`
-    prefetch_issue_s: float | None = None
-    #: host seconds per layer launching the next layer's dense part ahead of the GPU (see `[compute]`)
-    launch_ahead_s: float | None = None
-    #: `copy_issue_s` and `prefetch_issue_s` in a prefill pass, whose gates issue their misses back to back
-    #: (None: `prefill_prefetch_issue_s` falls back to `prefill_copy_issue_s`, each then to the decode pass's)
-    prefill_copy_issue_s: float | None = None
-    prefill_prefetch_issue_s: float | None = None
 
 
 @attrs.frozen
@@ -87,11 +76,6 @@ class RooflineSpec:
     pass_overhead_s: float = 0.0
     layer_overhead_s: float = 0.0
     cpu_flops_per_s: float | None = None
-    copy_issue_s: float = 0.0
-    prefetch_issue_s: float | None = None
-    #: host seconds, between a layer's expert launches and the next layer's routing readback, spent launching
-    #: the next layer's dense part: launches the GPU has queued when it ends a wait for a copy (0: none)
-    launch_ahead_s: float = 0.0
 
 
 @attrs.frozen
@@ -204,6 +188,18 @@ class _Reader:
             raise self.err(extra[0], f"unknown key; expected one of {sorted(self.used)}")
 
 
+#: host costs of a runtime, which a hardware profile held before runtime profiles existed
+_HOST_KEYS = ("copy_issue_s", "prefetch_issue_s", "launch_ahead_s", "prefill_copy_issue_s",
+              "prefill_prefetch_issue_s")
+
+
+def _refuse_host_keys(r: _Reader) -> None:
+    for key in _HOST_KEYS:
+        if r.has(key):
+            raise r.err(key, "a runtime's host cost belongs in a runtime profile (scenario key hardware.runtime, "
+                        "docs/profiles.md), not in the hardware profile")
+
+
 def _curve(r: _Reader, key: str) -> Curve:
     sub = r.sub(key)
     assert sub is not None
@@ -251,11 +247,8 @@ def _model_compute(r: _Reader) -> ModelCompute:
         dense = DenseTable(tokens, context, tuple(table))
     mc = ModelCompute(
         expert=expert, dense=dense, cpu_expert=_precision_curves(r, "cpu_expert"),
-        pass_overhead_s=r.number("pass_overhead_s", None), layer_overhead_s=r.number("layer_overhead_s", None),
-        copy_issue_s=r.number("copy_issue_s", None), prefetch_issue_s=r.number("prefetch_issue_s", None),
-        launch_ahead_s=r.number("launch_ahead_s", None),
-        prefill_copy_issue_s=r.number("prefill_copy_issue_s", None),
-        prefill_prefetch_issue_s=r.number("prefill_prefetch_issue_s", None))
+        pass_overhead_s=r.number("pass_overhead_s", None), layer_overhead_s=r.number("layer_overhead_s", None))
+    _refuse_host_keys(r)
     r.done()
     return mc
 
@@ -306,9 +299,8 @@ def profile_from_dict(data: dict[str, Any], *, file: str = "<profile>") -> Hardw
         expert_launch_s=k.number("expert_launch_s"), hbm_Bps=k.number("hbm_Bps", positive=True),
         flops_per_s=k.number("flops_per_s", positive=True), dense_layer_s=k.number("dense_layer_s"),
         pass_overhead_s=k.number("pass_overhead_s", 0.0), layer_overhead_s=k.number("layer_overhead_s", 0.0),
-        cpu_flops_per_s=k.number("cpu_flops_per_s", None, positive=True),
-        copy_issue_s=k.number("copy_issue_s", 0.0), prefetch_issue_s=k.number("prefetch_issue_s", None),
-        launch_ahead_s=k.number("launch_ahead_s", 0.0))
+        cpu_flops_per_s=k.number("cpu_flops_per_s", None, positive=True))
+    _refuse_host_keys(k)
     k.done()
 
     models: dict[str, ModelCompute] = {}
@@ -330,34 +322,11 @@ _ROOFLINE_TOKENS = tuple(float(2**i) for i in range(0, 17))
 
 
 def model_overhead(profile: HardwareProfile, model: ModelSpec, key: str) -> float:
-    """`pass_overhead_s`, `layer_overhead_s`, `copy_issue_s` or `launch_ahead_s` of the model's entry where it
-    sets one (a measurement or a runtime calibration), else the profile's `[compute]` value."""
+    """`pass_overhead_s` or `layer_overhead_s` of the model's entry where it sets one, else the profile's
+    `[compute]` value."""
     mc = profile.models.get(model.name)
     value = getattr(mc, key) if mc is not None else None
     return float(getattr(profile.compute, key) if value is None else value)
-
-
-def prefetch_issue_seconds(profile: HardwareProfile, model: ModelSpec) -> float:
-    """`prefetch_issue_s` of the model's entry, else of `[compute]`, else the copy issue time: a runtime that
-    does no more for a prefetch than for a demand copy."""
-    mc = profile.models.get(model.name)
-    for value in (mc.prefetch_issue_s if mc is not None else None, profile.compute.prefetch_issue_s):
-        if value is not None:
-            return float(value)
-    return model_overhead(profile, model, "copy_issue_s")
-
-
-def issue_seconds(profile: HardwareProfile, model: ModelSpec) -> tuple[float, float, float, float]:
-    """Host seconds per (demand, prefetch) copy in a decode pass, then in a prefill pass: the model entry's
-    `prefill_copy_issue_s`, else the decode pass's demand time; its `prefill_prefetch_issue_s`, else
-    `prefill_copy_issue_s` where set (as `prefetch_issue_s` falls back), else the decode pass's prefetch time."""
-    demand, prefetch = model_overhead(profile, model, "copy_issue_s"), prefetch_issue_seconds(profile, model)
-    mc = profile.models.get(model.name)
-    pre_demand = mc.prefill_copy_issue_s if mc is not None else None
-    pre_prefetch = mc.prefill_prefetch_issue_s if mc is not None else None
-    if pre_prefetch is None:
-        pre_prefetch = prefetch if pre_demand is None else pre_demand
-    return demand, prefetch, demand if pre_demand is None else float(pre_demand), float(pre_prefetch)
 
 
 def expert_curve(profile: HardwareProfile, model: ModelSpec, precision: str) -> Curve:

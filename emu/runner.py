@@ -15,6 +15,7 @@ from .engines.setup import make_inputs
 from .errors import EmuError, EmuWarning
 from .metrics import RunResult, build_result
 from .profile import has_measured_tables, load_profile
+from .runtime_profile import NO_RUNTIME, load_runtime_profile
 from .scenario import Scenario
 from .trace import RoutingTrace
 
@@ -75,8 +76,9 @@ def run_scenario(scenario: Scenario, engine: str | None = None,
     trace = load_workload(scenario)
     t_trace = time.perf_counter() - t0
     kind = "des" if timeline is not None else choose_engine(engine or scenario.engine, trace)
+    runtime = NO_RUNTIME if scenario.runtime_path is None else load_runtime_profile(scenario.runtime_path)
     inputs = make_inputs(scenario.model, profile, trace, scenario.cache.capacity_bytes, scenario.stack,
-                         scenario.seed)
+                         scenario.seed, runtime)
     if kind == "fast":
         from .engines.fast.engine import run_fast as run
     elif kind == "reference":
@@ -96,6 +98,8 @@ def run_scenario(scenario: Scenario, engine: str | None = None,
     record["trace"] = {"fingerprint": trace.fingerprint(), "tokens": trace.n_tokens, "passes": trace.n_passes,
                        "requests": trace.n_requests}
     record["profile"] = {"name": profile.name, "provisional": profile.provisional, "file": profile.source}
+    if scenario.runtime_path is not None:
+        record["runtime"] = {"name": runtime.name, "provisional": runtime.provisional, "file": runtime.source}
     record["version"] = __version__
     record["git_revision"] = git_revision()
     return result, record

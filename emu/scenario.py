@@ -29,7 +29,7 @@ from .engines import ENGINES
 
 _SECTIONS = {
     "name": None, "seed": None, "model": None,
-    "hardware": {"profile"},
+    "hardware": {"profile", "runtime"},
     "cache": {"capacity"},
     "workload": {"trace", "synthetic", "max_tokens"},
     "policy": {"eviction", "prefetch", "miss", "routing", "partition"},
@@ -100,12 +100,15 @@ class Scenario:
     seed: int
     output_dir: str | None
     raw: dict[str, Any]
+    #: a runtime profile (the host's costs around the device's work); None: a runtime that adds none
+    runtime_path: str | None = None
 
     def resolved(self) -> dict[str, Any]:
         """The scenario as run: every default filled in, paths resolved."""
         return {
             "name": self.name, "file": self.path, "seed": self.seed, "model": self.model.to_dict(),
-            "hardware": {"profile": self.profile_path},
+            "hardware": {"profile": self.profile_path,
+                         **({} if self.runtime_path is None else {"runtime": self.runtime_path})},
             "cache": {"capacity": self.cache.spec, "capacity_bytes": self.cache.capacity_bytes,
                       "slots": self.cache.slots},
             "workload": attrs.asdict(self.workload),
@@ -214,6 +217,8 @@ def scenario_from_dict(data: dict[str, Any], path: str | Path, overrides: list[s
     if "profile" not in hardware:
         raise EmuError("missing: the hardware profile TOML to use", file=file, key="hardware.profile")
     profile_path = _resolve_path(hardware["profile"], base, file, "hardware.profile")
+    runtime_path = (None if hardware.get("runtime") is None
+                    else _resolve_path(hardware["runtime"], base, file, "hardware.runtime"))
 
     if "capacity" not in (data.get("cache") or {}):
         raise EmuError("missing: e.g. \"5%\", \"0.6GB\" or a slot count", file=file, key="cache.capacity")
@@ -258,7 +263,7 @@ def scenario_from_dict(data: dict[str, Any], path: str | Path, overrides: list[s
         warnings.warn(f"{file}: cache.capacity holds {cache.slots:.1f} experts, fewer than top_k = "
                       f"{model.top_k}: every layer is in the thrash zone", EmuWarning, stacklevel=2)
     return Scenario(name=name, path=file, model=model, profile_path=profile_path, cache=cache, workload=workload,
-                    stack=stack, engine=engine, seed=seed, output_dir=out, raw=data)
+                    stack=stack, engine=engine, seed=seed, output_dir=out, raw=data, runtime_path=runtime_path)
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:

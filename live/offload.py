@@ -219,6 +219,9 @@ class ExpertOffload:
         self.recopy = False
         self.recopies = [0, 0]  # (demand, prefetch) copies made so by the copying mode
         self._left: tuple[int, float] = (-2, 0.0)  # (layer, perf_counter) when the forward thread left it
+        # the runtime calibration's host ledger (`HostLedger`; None: not timed): host seconds and counts per
+        # item the emulator charges (readback, cache decisions, copy issue, expert launch), per pass phase
+        self.ledger: HostLedger | None = None
         self.reset()
 
     def sibling(self, n_slots: int, *, eviction: str = "lru", prefetch: str = "none", seed: int = 0,
@@ -380,7 +383,9 @@ class ExpertOffload:
         time, and the runtime used to ask per expert and per copy (the profile's largest host cost)."""
         self.compute_stream = torch.cuda.current_stream(self.device) if self.cuda else None
 
-    def begin_pass(self) -> None:
+    def begin_pass(self, phase: int = 1) -> None:
+        if self.ledger is not None:
+            self.ledger.begin_pass(phase)
         self._cache_stream()
         self._recopied_pf.clear()  # a next-layer prefetch of the copying mode never outlives its pass
         self.flush()
@@ -442,6 +447,14 @@ class ExpertOffload:
 
     def _copy(self, layer: int, expert: int, slot: int) -> Any:
         """Start the copy of an expert into its slot once the compute that last read the slot is done."""
+        if self.ledger is None:
+            return self._start_copy(layer, expert, slot)
+        t0 = time.perf_counter()
+        event = self._start_copy(layer, expert, slot)
+        self.ledger.add("copy", time.perf_counter() - t0)
+        return event
+
+    def _start_copy(self, layer: int, expert: int, slot: int) -> Any:
         src = self.host_pack[layer, expert]
         event = None
         if self.cuda:
@@ -535,6 +548,9 @@ class ExpertOffload:
                 self._issue_prefetches(layer)
         ready += late
         self.waits += len(waiting)
+        ledger = self.ledger
+        if ledger is not None:
+            launch_from = ledger.close_gate()
         if self.kernel == "fused" and not waiting and len(ready) + len(loading) == len(experts):
             out = self._run_fused(layer, index, hidden, top_k_weights, ready + loading)
             if out is not None:
@@ -571,10 +587,19 @@ class ExpertOffload:
                 continue
             token_idx, out = results[e]
             final.index_add_(0, token_idx, out.to(final.dtype))
+        if ledger is not None:
+            ledger.close_experts(launch_from, len(results) - len(on_host))
         return final
 
     def _readback(self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor
                   ) -> tuple[np.ndarray, np.ndarray | None]:
+        index, predicted = self._readback_ids(layer, hidden, top_k_index)
+        if self.ledger is not None:
+            self.ledger.gate_from = time.perf_counter()
+        return index, predicted
+
+    def _readback_ids(self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
         """The layer's routing on the host and, when prefetching, the speculator's prediction for the next
         layer (its gate on this layer's input, as `hooks.RoutingHooks` computes it), in one copy."""
         wd = self.watchdog
@@ -600,10 +625,19 @@ class ExpertOffload:
         return both[:, : self.top_k], both[:, self.top_k:]
 
     def _to_host(self, ids: torch.Tensor) -> np.ndarray:
-        """The readback: the host blocks until the GPU has computed `ids` (timed: `readback_wait_s`)."""
+        """The readback: the host blocks until the GPU has computed `ids` (timed: `readback_wait_s`). With the
+        ledger the wait and the transfer are timed apart: a sync first (the wait), then the copy (host work)."""
         t0 = time.perf_counter()
-        out = ids.cpu().numpy()
-        self.readback_wait_s += time.perf_counter() - t0
+        ledger = self.ledger
+        if ledger is not None and self.cuda:
+            self.compute_stream.synchronize()
+            t1 = time.perf_counter()
+            out = ids.cpu().numpy()
+            ledger.add("readback", time.perf_counter() - t1)
+            self.readback_wait_s += t1 - t0
+        else:
+            out = ids.cpu().numpy()
+            self.readback_wait_s += time.perf_counter() - t0
         self.readback_n += 1
         return out
 
@@ -786,6 +820,49 @@ class ExpertOffload:
             done.record(self.compute_stream)
             self.slot_last_use[slot] = done
         return token_idx, out
+
+
+@attrs.define
+class HostLedger:
+    """Host seconds and counts per item a runtime profile charges, per pass phase (0 prefill, 1 decode): the
+    routing readback's transfer (`readback`, its wait timed apart), the layer's cache decisions from the
+    readback to the first expert launch less the copies issued meanwhile (`gate`), each copy's issue (`copy`),
+    and per expert launched the loop's work from the first launch to the layer's combined output less its
+    copies (`expert`). Only the eager path is timed (a fused or deferred layer is not a calibration's)."""
+
+    seconds: dict[tuple[int, str], float] = attrs.Factory(dict)
+    counts: dict[tuple[int, str], int] = attrs.Factory(dict)
+    phase: int = 1
+    gate_from: float = 0.0
+    _copy_mark: float = 0.0
+
+    def add(self, item: str, seconds: float, n: int = 1) -> None:
+        key = (self.phase, item)
+        self.seconds[key] = self.seconds.get(key, 0.0) + seconds
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    def begin_pass(self, phase: int) -> None:
+        self.phase = phase
+        self._copy_mark = self.copy_seconds()
+
+    def copy_seconds(self) -> float:
+        return self.seconds.get((self.phase, "copy"), 0.0)
+
+    def close_gate(self) -> float:
+        """The decisions end where the launches begin; returns that moment."""
+        now = time.perf_counter()
+        self.add("gate", (now - self.gate_from) - (self.copy_seconds() - self._copy_mark))
+        self._copy_mark = self.copy_seconds()
+        return now
+
+    def close_experts(self, since: float, n: int) -> None:
+        if n > 0:
+            self.add("expert", (time.perf_counter() - since) - (self.copy_seconds() - self._copy_mark), n)
+        self._copy_mark = self.copy_seconds()
+
+    def per_item(self, phase: int, item: str) -> float | None:
+        n = self.counts.get((phase, item), 0)
+        return self.seconds[(phase, item)] / n if n else None
 
 
 def _expert_ffn(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, act_fn: Any) -> torch.Tensor:

@@ -209,7 +209,7 @@ def _pass(model: Any, ids: torch.Tensor, cache: Any, phase: int, requests: np.nd
     if hooks is not None:
         hooks.begin_pass(phase, requests, positions, force_pass=force)
     if runtime is not None:
-        runtime.begin_pass()
+        runtime.begin_pass(phase)
     if clock is not None:
         clock.start()
     logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits

@@ -52,6 +52,7 @@ import numpy as np
 from emu.errors import EmuError
 from emu.models import ModelSpec
 from emu.profile import Curve, HardwareProfile, dense_table, model_overhead
+from emu.runtime_profile import HostCosts, RuntimeProfile
 
 _KEYS = ("full_step_s", "no_experts_step_s", "n_layers", "top_k", "context")
 #: the host times a calibration may hold besides its steps: per demand copy, per prefetch, and per layer the
@@ -457,26 +458,35 @@ def _device_expert(profile: HardwareProfile, model: ModelSpec) -> Curve | None:
     return Curve(tuple(float(t) for t in tokens), tuple(float(s) for s in seconds))
 
 
+#: a lockstep calibration's issue times and the runtime profile's keys they become
+_ISSUE_KEYS = {"copy_issue_s": "copy_s", "prefetch_issue_s": "prefetch_s", "prefill_copy_issue_s": "prefill_copy_s",
+               "prefill_prefetch_issue_s": "prefill_prefetch_s"}
+
+
 def apply_runtime_overheads(profile: HardwareProfile, model: ModelSpec, cal: dict[str, Any],
-                            file: str | None = None) -> HardwareProfile:
-    """The profile with the runtime's own costs. An expert takes the longer of its GPU time and the runtime's
-    host floor: where the profile holds the device-only bf16 curve, that curve is raised to the floor, not
-    the calibration's back-to-back pace (its own harness's launch cost, at its own moment's host pace)."""
+                            file: str | None = None) -> tuple[HardwareProfile, RuntimeProfile]:
+    """The lockstep diagnostic: a runtime profile from a calibration taken beside (or in lockstep with) the
+    run it is compared with, and the hardware profile with the device-only expert curve where it holds one.
+    The runtime launches an expert in the host floor (`expert_s`), a layer's dense part in the no-experts
+    mode's time per layer (`layer_s`: host-paced, that is the layer), and issues copies in the measured issue
+    times. Never the validation of a prediction: it has seen the run (docs/validation.md)."""
     layer, floor = derived_overheads(profile, model, cal, file)
     mc = profile.models[model.name]
-    curves = dict(mc.expert)
     device = _device_expert(profile, model)
-    if device is not None and "bf16" in curves:
-        curves["bf16"] = device
-    expert = {p: Curve(c.tokens, tuple(max(s, floor) for s in c.seconds)) for p, c in curves.items()}
-    host = {}
-    for key in HOST_KEYS:
-        value = cal.get(key, getattr(mc, key))
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0):
+    if device is not None and "bf16" in mc.expert:
+        profile = attrs.evolve(profile, models={**profile.models,
+                                                model.name: attrs.evolve(mc, expert={**mc.expert, "bf16": device})})
+    d = dense_table(profile, model)
+    dense = float(np.interp(cal["context"], d.context, np.asarray(d.seconds)[0]))
+    host: dict[str, float] = {"expert_s": floor, "layer_s": layer + dense}
+    for key, name in _ISSUE_KEYS.items():
+        value = cal.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
             raise EmuError(f"expected a non-negative number of seconds, got {value!r}", file=file, key=key)
-        host[key] = None if value is None else float(value)
-    models = dict(profile.models)
-    models[model.name] = attrs.evolve(mc, expert=expert, layer_overhead_s=layer, **host)
-    prov = dict(profile.provenance)
-    prov.setdefault("runtime_calibration", {})[model.name] = dict(cal, layer_overhead_s=layer, expert_floor_s=floor)
-    return attrs.evolve(profile, models=models, provenance=prov)
+        host[name] = float(value)
+    runtime = RuntimeProfile(name=f"lockstep:{model.name}", models={model.name: HostCosts(**host)},
+                             provenance={"runtime_calibration": dict(cal, layer_overhead_s=layer,
+                                                                     expert_floor_s=floor)})
+    return profile, runtime

@@ -19,6 +19,7 @@ import attrs
 from emu.errors import EmuError
 from emu.models import ModelSpec
 from emu.profile import HardwareProfile
+from emu.runtime_profile import NO_RUNTIME, RuntimeProfile
 from emu.trace import RoutingTrace
 
 #: the metrics compared, as (name, key in the live record or its stats, emulator attribute or counter)
@@ -57,9 +58,9 @@ def load_live_run(path: str | Path) -> LiveRun:
             raise EmuError("missing; expected the record of an offloaded live run (`emu live` without "
                            "--no-offload)", file=str(path), key=key)
     trace_path = Path(record["trace"])
-    if not trace_path.is_absolute():  # records name their trace beside them (golden files move)
+    if not trace_path.is_absolute():  # beside the record (golden files move), or relative to it (a dataset's)
         beside = path.parent / trace_path.name
-        trace_path = beside if beside.is_file() else trace_path
+        trace_path = beside if beside.is_file() else path.parent / trace_path
     if not trace_path.is_file():
         raise EmuError(f"recorded trace {trace_path} not found", file=str(path), key="trace")
     trace = RoutingTrace.load(trace_path)
@@ -108,8 +109,10 @@ def _choice(run: LiveRun, kind: str, name: str, params: Any) -> Any:
     return PolicyChoice(name, resolved)
 
 
-def emulate_live(run: LiveRun, profile: HardwareProfile, engine: str = "fast") -> Any:
-    """The emulator's result on the run's trace with its slots and eviction policy."""
+def emulate_live(run: LiveRun, profile: HardwareProfile, engine: str = "fast",
+                 runtime: RuntimeProfile = NO_RUNTIME) -> Any:
+    """The emulator's result on the run's trace with its slots and policies, the device's times from `profile`
+    and the host's from `runtime`."""
     from emu.engines.setup import StackChoice, make_inputs
     from emu.metrics import build_result
 
@@ -127,7 +130,7 @@ def emulate_live(run: LiveRun, profile: HardwareProfile, engine: str = "fast") -
                                           rec.get("partition_params")),
                         miss=_choice(run, "miss", str(rec.get("miss") or "fetch"), rec.get("miss_params")))
     run.trace.check_fits(spec.n_moe_layers, spec.n_experts, spec.top_k, file=run.path)
-    inputs = make_inputs(spec, profile, run.trace, slots * expert_bytes, stack, int(rec.get("seed", 0)))
+    inputs = make_inputs(spec, profile, run.trace, slots * expert_bytes, stack, int(rec.get("seed", 0)), runtime)
     if engine == "fast":
         from emu.engines.fast.engine import run_fast as run_engine
     elif engine == "des":
@@ -198,8 +201,8 @@ def measured(record: dict[str, Any], key: str, statistic: str = "best") -> float
 
 
 def validate_run(run: LiveRun, profile: HardwareProfile, engine: str = "fast",
-                 statistic: str = "best") -> Validation:
-    result = emulate_live(run, profile, engine)
+                 statistic: str = "best", runtime: RuntimeProfile = NO_RUNTIME) -> Validation:
+    result = emulate_live(run, profile, engine, runtime)
     rec, st, c = run.record, run.record["stats"], result.counters
     metrics = (
         Metric("ttft_s", measured(rec, "ttft_s", statistic), result.ttft_s),
@@ -236,8 +239,9 @@ def validate_paired(run: LiveRun, profile: HardwareProfile, engine: str = "fast"
     for cal, ttft, rate in zip(cals, ttfts, rates):
         if not isinstance(cal, dict):
             raise EmuError("expected a calibration object per round", file=run.path, key="runtime_cal_rounds")
-        prof = apply_runtime_overheads(profile, spec, cal, file=run.path)
-        rounds.append(validate_run(attrs.evolve(run, record=dict(rec, ttft_s=ttft, decode_tok_s=rate)), prof, engine))
+        prof, runtime = apply_runtime_overheads(profile, spec, cal, file=run.path)
+        rounds.append(validate_run(attrs.evolve(run, record=dict(rec, ttft_s=ttft, decode_tok_s=rate)), prof, engine,
+                                   runtime=runtime))
     metrics = []
     for i, name in enumerate(METRICS):
         if name in TIMED:

@@ -9,6 +9,16 @@ H100's host-bound figures moved by up to 2x between starts), so `--profile` shou
 by `python -m live.matrix`, one per model and prefetch policy) adds the live runtime's own host cost per
 layer and per expert; a run takes the calibration of a runtime with its prefetch policy, else the one
 without prefetch. With `--from-live DIR` the ones in DIR are used unless `--no-runtime-cal`.
+
+A run of a model the profile holds no measured expert or dense table for is emulated with the profile's
+roofline estimate; a one-line warning on stderr says so, as such errors say nothing of a calibration.
+
+`--summary DIR [DIR...]` reads out-of-sample validation datasets instead (`validation/<date>-<gpu>/`
+folders holding comparisons.json, or `validation/` for all of them; see live/validation_set.py): per
+dataset a Markdown table of each configuration's errors, then the summary per GPU kind and runtime
+(median and max |error| of TTFT and decode, step-time KS, TOST at +-5%, equal counts). `--json` prints the
+summary as JSON only; `--write-docs FILE` puts the summary table between FILE's
+`<!-- validation-summary:start -->` and `<!-- validation-summary:end -->` lines. No torch needed.
 """
 
 from __future__ import annotations
@@ -16,10 +26,15 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from emu.errors import EmuError
+
+if TYPE_CHECKING:
+    from emu.models import ModelSpec
+    from emu.profile import HardwareProfile
 
 _LIVE_FLAGS = ("device", "scale", "layers", "prompt_len", "decode_tokens", "experts")
 
@@ -46,6 +61,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="paired: show each round's TTFT and decode error under its run (a spread is the host's "
                         "noise, an offset shared by the rounds the model's)")
     p.add_argument("--out", type=Path, default=None, help="write the comparison as JSON here")
+    summary = p.add_argument_group("validation datasets (instead of live runs)")
+    summary.add_argument("--summary", type=Path, nargs="+", default=None, metavar="DIR",
+                         help="summarize validation datasets: a dataset folder (holding comparisons.json) or a "
+                              "folder of them such as validation/")
+    summary.add_argument("--json", action="store_true",
+                         help="with --summary: print only the summary, as a JSON list (one object per GPU kind "
+                              "and runtime)")
+    summary.add_argument("--write-docs", type=Path, default=None, metavar="FILE",
+                         help="with --summary: write the summary table between FILE's validation-summary markers")
     live = p.add_argument_group("live run (without --from-live)")
     live.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     live.add_argument("--scale", choices=("tiny", "full"), default="full")
@@ -135,10 +159,25 @@ def load_runtime_cals(paths: list[Path]) -> dict[tuple[str, str], dict[str, Any]
     return cals
 
 
+def roofline_warning(profile: HardwareProfile, spec: ModelSpec, profile_path: Path | str) -> str | None:
+    """The warning for a model the profile has no measured expert (at the model's precision) or dense table
+    for, so that the emulator falls back to the roofline estimate (`emu.profile.expert_curve`, `dense_table`);
+    None when both tables are measured."""
+    mc = profile.models.get(spec.name)
+    missing = [name for name, ok in (("expert", mc is not None and spec.precision in mc.expert),
+                                     ("dense", mc is not None and mc.dense is not None)) if not ok]
+    if not missing:
+        return None
+    return (f"warning: no measured {'/'.join(missing)} table for {spec.name} in {profile_path}: the emulator uses "
+            "the roofline estimate; errors below are not a calibration's")
+
+
 def validate_dir(records: list[Path], profile_path: Path, cal_paths: list[Path], engine: str = "fast",
                  statistic: str = "auto") -> list[Any]:
-    """Every run validated against the profile, with the runtime calibration of its model applied."""
+    """Every run validated against the profile, with the runtime calibration of its model applied. A model
+    without measured tables in the profile is named on stderr (once per model)."""
     from emu.profile import load_profile
+    from emu.runtime_profile import NO_RUNTIME
 
     from .runtime_cal import HOST_KEYS, apply_runtime_overheads, median_key
     from .validate import live_model, load_live_run, validate_paired, validate_run
@@ -146,14 +185,19 @@ def validate_dir(records: list[Path], profile_path: Path, cal_paths: list[Path],
     base = load_profile(profile_path)
     cals = load_runtime_cals(cal_paths)
     out = []
+    warned: set[str] = set()
     for path in records:
         run_ = load_live_run(path)
+        spec = live_model(run_, base)
+        warning = roofline_warning(base, spec, profile_path)
+        if warning is not None and spec.name not in warned:
+            warned.add(spec.name)
+            print(warning, file=sys.stderr)
         if statistic == "paired" or (statistic == "auto" and "runtime_cal_rounds" in run_.record):
             # the record's own calibration per round
             out.append(validate_paired(run_, base, engine))
             continue
-        spec = live_model(run_, base)
-        profile = base
+        profile, runtime = base, NO_RUNTIME
         # the calibration of a runtime with the run's prefetch policy, else the one without prefetch
         cal = cals.get((spec.name, str(run_.record.get("prefetch") or "none"))) or cals.get((spec.name, "none"))
         if cal is not None:
@@ -163,12 +207,48 @@ def validate_dir(records: list[Path], profile_path: Path, cal_paths: list[Path],
                 for key in HOST_KEYS:
                     if median_key(key) in cal:
                         cal[key] = cal[median_key(key)]
-            profile = apply_runtime_overheads(base, spec, cal, file=cal["file"])
-        out.append(validate_run(run_, profile, engine, "best" if statistic == "auto" else statistic))
+            profile, runtime = apply_runtime_overheads(base, spec, cal, file=cal["file"])
+        out.append(validate_run(run_, profile, engine, "best" if statistic == "auto" else statistic, runtime))
     return out
 
 
+def run_summary(args: argparse.Namespace) -> int:
+    """`--summary`: the per-configuration tables and the summary of validation datasets (no torch)."""
+    from .validation_set import (
+        find_datasets,
+        format_config_table,
+        format_summary_table,
+        load_dataset,
+        summarize,
+        write_docs_summary,
+    )
+
+    if args.scenario or args.from_live is not None:
+        raise EmuError("reads validation datasets, not live runs: drop the scenarios and --from-live",
+                       key="--summary")
+    files = list(dict.fromkeys(f.resolve() for d in args.summary for f in find_datasets(d)))
+    datasets = [load_dataset(f) for f in files]  # every file checked before anything is printed or written
+    rows = summarize(datasets)
+    table = format_summary_table(rows)
+    if args.write_docs is not None:
+        write_docs_summary(args.write_docs, table)
+    if args.json:
+        print(json.dumps([r.to_json() for r in rows], indent=1))
+        return 0
+    for ds in datasets:
+        print(f"## {ds.name} ({ds.gpu})\n\n{format_config_table(ds)}\n")
+    print(f"## summary\n\n{table}")
+    if args.write_docs is not None:
+        print(f"wrote the summary table into {args.write_docs}", file=sys.stderr)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.summary is not None:
+        return run_summary(args)
+    for flag, value in (("--json", args.json), ("--write-docs", args.write_docs)):
+        if value:
+            raise EmuError("only with --summary DIR", key=flag)
     from .validate import error_summary, format_table
 
     records = _records(args)

@@ -9,6 +9,7 @@ import pytest
 
 from emu.models import ModelSpec
 from emu.profile import profile_from_dict
+from emu.runtime_profile import HostCosts, RuntimeProfile
 from emu.trace import RoutingTrace
 
 warnings.filterwarnings("ignore", message=".*First-class function type feature is experimental.*")
@@ -21,9 +22,7 @@ def tiny_model(layers: int = 2, experts: int = 4, top_k: int = 2) -> ModelSpec:
 
 
 def hand_profile(copy_s: float = 1.0, expert_s: tuple[float, float] = (0.5, 0.75), dense_s: float = 0.25,
-                 engines: int = 1, copy_issue_s: float | None = None,
-                 prefetch_issue_s: float | None = None, launch_ahead_s: float | None = None,
-                 prefill_copy_issue_s: float | None = None, sustained_ratio: float | None = None) -> object:
+                 engines: int = 1, sustained_ratio: float | None = None) -> object:
     """One 6-byte expert copy takes `copy_s` (times `sustained_ratio`); an expert takes expert_s[0] for 1
     token, [1] for 2 tokens."""
     return profile_from_dict({
@@ -34,12 +33,13 @@ def hand_profile(copy_s: float = 1.0, expert_s: tuple[float, float] = (0.5, 0.75
         "models": {"tiny": {
             "expert": {"bf16": {"tokens": [1, 2], "seconds": list(expert_s)}},
             "dense": {"tokens": [1, 1000], "context": [1, 100000], "seconds": [[dense_s, dense_s], [dense_s, dense_s]]},
-            "pass_overhead_s": 0.0, "layer_overhead_s": 0.0,
-            **({} if copy_issue_s is None else {"copy_issue_s": copy_issue_s}),
-            **({} if prefetch_issue_s is None else {"prefetch_issue_s": prefetch_issue_s}),
-            **({} if launch_ahead_s is None else {"launch_ahead_s": launch_ahead_s}),
-            **({} if prefill_copy_issue_s is None else {"prefill_copy_issue_s": prefill_copy_issue_s})}},
+            "pass_overhead_s": 0.0, "layer_overhead_s": 0.0}},
     }, file="hand.toml")
+
+
+def hand_runtime(**host: float) -> RuntimeProfile:
+    """A runtime profile with these host costs (keys of emu.runtime_profile.HOST_KEYS), the rest unset."""
+    return RuntimeProfile(name="hand", host=HostCosts(**host))
 
 
 def make_trace(passes: list[list[list[list[int]]]], phases: list[int] | None = None,
@@ -64,5 +64,6 @@ def make_trace(passes: list[list[list[list[int]]]], phases: list[int] | None = N
 def engines():
     from emu.engines.des.engine import run_des
     from emu.engines.fast.engine import run_fast
+    from emu.engines.reference.engine import run_reference
 
-    return {"des": run_des, "fast": run_fast}
+    return {"des": run_des, "fast": run_fast, "reference": run_reference}

@@ -28,6 +28,7 @@ from emu.models import ModelSpec
 from emu.policies.api import KINDS
 from emu.policies.registry import REGISTRY
 from emu.profile import profile_from_dict
+from emu.runtime_profile import HostCosts, RuntimeProfile
 from emu.trace.synthetic import SyntheticParams, generate
 
 RTOL = 1e-9
@@ -53,10 +54,7 @@ class Scenario:
     cpu: bool
     pass_overhead_s: float
     layer_overhead_s: float
-    copy_issue_s: float
-    prefetch_issue_s: float | None
-    launch_ahead_s: float
-    prefill_copy_issue_s: float | None
+    host: tuple[tuple[str, float], ...]  # the runtime profile's host costs (emu/runtime_profile.py)
     tokens: int
     prompt_len: int
     output_len: int
@@ -78,10 +76,7 @@ def profile_of(s: Scenario) -> Any:
         "expert": {s.precision: {"tokens": [1, 4, 16], "seconds": list(s.expert_s)}},
         "dense": {"tokens": [1, 64], "context": [1, 4096], "seconds": [[s.dense_s[0], s.dense_s[0] * 1.5],
                                                                         [s.dense_s[1], s.dense_s[1] * 1.5]]},
-        "pass_overhead_s": s.pass_overhead_s, "layer_overhead_s": s.layer_overhead_s,
-        "copy_issue_s": s.copy_issue_s, "launch_ahead_s": s.launch_ahead_s,
-        **({} if s.prefetch_issue_s is None else {"prefetch_issue_s": s.prefetch_issue_s}),
-        **({} if s.prefill_copy_issue_s is None else {"prefill_copy_issue_s": s.prefill_copy_issue_s})}}
+        "pass_overhead_s": s.pass_overhead_s, "layer_overhead_s": s.layer_overhead_s}}
     compute: dict[str, Any] = {"expert_launch_s": s.expert_s[0], "hbm_Bps": 1e12, "flops_per_s": 1e15,
                                "dense_layer_s": s.dense_s[0]}
     if s.cpu:
@@ -100,7 +95,20 @@ def inputs_of(s: Scenario) -> Any:
                                             predictor_accuracy=0.7 if s.predicted else None), s.tokens)
     stack = StackChoice(**{_STACK_FIELD[kind]: PolicyChoice(name, dict(params)) for kind, name, params in s.stack})
     capacity = max(int(s.capacity_experts * model.expert_bytes()), 1)
-    return make_inputs(model, profile_of(s), trace, capacity, stack, seed=s.seed)
+    return make_inputs(model, profile_of(s), trace, capacity, stack, seed=s.seed, runtime=runtime_of(s))
+
+
+def runtime_of(s: Scenario) -> RuntimeProfile:
+    return RuntimeProfile(name="eqv", host=HostCosts(**dict(s.host)))
+
+
+#: host costs a drawn runtime may set, with the values drawn for each (None: unset, the fallback applies)
+_HOST_VALUES: dict[str, list[float | None]] = {
+    "pass_s": [None, 0.0, 3e-5], "layer_s": [None, 0.0, 2e-5, 1e-3], "readback_s": [None, 1e-5],
+    "gate_s": [None, 4e-6], "expert_s": [None, 0.0, 5e-6, 2e-3], "copy_s": [None, 0.0, 3e-6, 1e-3],
+    "prefetch_s": [None, None, 0.0, 2e-3], "prefill_expert_s": [None, None, 1e-4],
+    "prefill_copy_s": [None, None, 0.0, 5e-4], "prefill_prefetch_s": [None, None, 1e-4],
+}
 
 
 def _params(draw: Any, policy: Any) -> tuple[tuple[str, float], ...]:
@@ -114,6 +122,18 @@ def _params(draw: Any, policy: Any) -> tuple[tuple[str, float], ...]:
             value = round(draw(st.floats(lo, hi, allow_nan=False)), 3)  # values a scenario file would hold
             value = min(max(value, lo), hi)
         out.append((key, value))
+    return tuple(out)
+
+
+def _host(draw: Any) -> tuple[tuple[str, float], ...]:
+    """No runtime (a third of the cases), else each host cost drawn from `_HOST_VALUES`."""
+    if draw(st.integers(0, 2)) == 0:
+        return ()
+    out = []
+    for key, values in _HOST_VALUES.items():
+        value = draw(st.sampled_from(values))
+        if value is not None:
+            out.append((key, value))
     return tuple(out)
 
 
@@ -138,10 +158,7 @@ def scenarios(draw: Any, fixed: tuple[str, str] | None = None) -> Scenario:
         expert_s=(e1, e1 * draw(st.floats(1.0, 3.0)), e1 * draw(st.floats(3.0, 9.0))),
         dense_s=(draw(times), draw(times)), cpu=draw(st.booleans()),
         pass_overhead_s=draw(st.sampled_from([0.0, 2e-5])), layer_overhead_s=draw(st.sampled_from([0.0, 1e-6])),
-        copy_issue_s=draw(st.sampled_from([0.0, 0.0, 3e-6, 1e-3])),
-        prefetch_issue_s=draw(st.sampled_from([None, None, 0.0, 2e-3])),
-        launch_ahead_s=draw(st.sampled_from([0.0, 0.0, 1e-5, 5e-4, 1.0])),
-        prefill_copy_issue_s=draw(st.sampled_from([None, None, 0.0, 5e-4])),
+        host=_host(draw),
         tokens=draw(st.integers(1, 40)), prompt_len=draw(st.integers(0, 6)), output_len=draw(st.integers(1, 6)),
         batch_size=draw(st.integers(1, 3)), reuse=draw(st.sampled_from([0.0, 0.5, 0.9])),
         scores=needs_scores or draw(st.booleans()), predicted=draw(st.booleans()),

@@ -12,14 +12,16 @@ import pytest
 from emu.engines.setup import StackChoice, make_inputs
 from emu.metrics import build_result
 
-from .conftest import hand_profile, make_trace, tiny_model
+from .conftest import hand_profile, hand_runtime, make_trace, tiny_model
 from .policy_support import stack
 
 EXPERT = 6  # bytes
 
 
-def run(engine, trace, slots: int, **profile_kw):
-    inputs = make_inputs(tiny_model(), hand_profile(**profile_kw), trace, slots * EXPERT, StackChoice())
+def run(engine, trace, slots: int, runtime=None, **profile_kw):
+    """`runtime`: host costs (a dict of emu.runtime_profile.HOST_KEYS) of the runtime profile; none: no host."""
+    inputs = make_inputs(tiny_model(), hand_profile(**profile_kw), trace, slots * EXPERT, StackChoice(),
+                         runtime=hand_runtime(**(runtime or {})))
     cs, end, timings = engine(inputs)
     return build_result(cs, end, trace, "x", timings).to_dict(), cs
 
@@ -159,7 +161,7 @@ def test_copy_landing_mid_run_goes_before_higher_ids(engines, engine_name):
 
 @pytest.mark.parametrize("engine_name", ["des", "fast"])
 def test_copy_issue_host_cost(engines, engine_name):
-    # copy_issue_s = 0.6: each copy issued at t keeps the host busy until max(busy, t) + 0.6, and a GPU
+    # runtime copy_s = 0.6: each copy issued at t keeps the host busy until max(busy, t) + 0.6, and a GPU
     # job starts no earlier (a Python runtime issues copies on the thread that launches the compute).
     # Pass 0 (4 slots, cold): L0 gate at .25 issues 0 and 1 -> host busy to 1.45; copy 0 lands 1.25, so
     #   expert 0 runs [1.45, 1.95] (not [1.25, 1.75]); copy 1 [1.25, 2.25] -> expert 1 [2.25, 2.75].
@@ -169,7 +171,7 @@ def test_copy_issue_host_cost(engines, engine_name):
     #   the hit runs [6.35, 6.85] instead of [5.75, 6.25]; copy 2 [5.75, 6.75]; expert 2 [6.85, 7.35];
     #   L1 dense [7.35, 7.6], hits [7.6, 8.1], [8.1, 8.6]. Without the cost the run ends at 8.5.
     trace = make_trace([[[[0, 1], [2, 3]]], [[[0, 2], [2, 3]]]])
-    r, _ = run(engines[engine_name], trace, slots=4, copy_issue_s=0.6)
+    r, _ = run(engines[engine_name], trace, slots=4, runtime={"copy_s": 0.6})
     assert r["ttft_s"] == pytest.approx(5.5, abs=1e-9)
     assert r["e2e_s"] == pytest.approx(8.6, abs=1e-9)
     base, _ = run(engines[engine_name], trace, slots=4)
@@ -179,64 +181,100 @@ def test_copy_issue_host_cost(engines, engine_name):
 
 @pytest.mark.parametrize("engine_name", ["des", "fast"])
 def test_a_prefill_pass_charges_its_own_copy_issue_time(engines, engine_name):
-    # the trace above with pass 0 a prefill. prefill_copy_issue_s = 3.0: L0's gate at .25 issues 0 and 1 ->
+    # the trace above with pass 0 a prefill. prefill_copy_s = 3.0: L0's gate at .25 issues 0 and 1 ->
     #   host busy to 6.25: experts 0 [6.25, 6.75], 1 [6.75, 7.25]; L1 dense [7.25, 7.5], gate issues 2, 3 ->
     #   host to 13.5: experts [13.5, 14], [14, 14.5]: TTFT 14.5.
-    # The decode pass with copy_issue_s = 0: L0 dense [14.5, 14.75], hit 0 [14.75, 15.25], copy 2 [14.75, 15.75],
-    #   expert 2 [15.75, 16.25], L1 dense [16.25, 16.5], hits to 17.5: TPOT 3.0; with copy_issue_s = 0.6 the
+    # The decode pass with copy_s = 0: L0 dense [14.5, 14.75], hit 0 [14.75, 15.25], copy 2 [14.75, 15.75],
+    #   expert 2 [15.75, 16.25], L1 dense [16.25, 16.5], hits to 17.5: TPOT 3.0; with copy_s = 0.6 the
     #   hit waits for the host (15.35) and the pass ends at 17.6: TPOT 3.1.
     trace = make_trace([[[[0, 1], [2, 3]]], [[[0, 2], [2, 3]]]], phases=[0, 1])
     engine = engines[engine_name]
-    r, _ = run(engine, trace, slots=4, copy_issue_s=0.0, prefill_copy_issue_s=3.0)
+    r, _ = run(engine, trace, slots=4, runtime={"copy_s": 0.0, "prefill_copy_s": 3.0})
     assert (r["ttft_s"], r["tpot_s"]) == pytest.approx((14.5, 3.0), abs=1e-9)
-    r, _ = run(engine, trace, slots=4, copy_issue_s=0.6, prefill_copy_issue_s=3.0)
+    r, _ = run(engine, trace, slots=4, runtime={"copy_s": 0.6, "prefill_copy_s": 3.0})
     assert (r["ttft_s"], r["tpot_s"]) == pytest.approx((14.5, 3.1), abs=1e-9)
     # without the prefill key a prefill pays the decode pass's time (test_copy_issue_host_cost's 5.5, 3.1)
-    r, _ = run(engine, trace, slots=4, copy_issue_s=0.6)
+    r, _ = run(engine, trace, slots=4, runtime={"copy_s": 0.6})
     assert (r["ttft_s"], r["tpot_s"]) == pytest.approx((5.5, 3.1), abs=1e-9)
 
 
-@pytest.mark.parametrize("engine_name", ["des", "fast"])
-def test_launch_ahead_comes_off_the_next_dense_job_up_to_the_wait_for_copies(engines, engine_name):
-    # launch_ahead_s = 0.8, dense 1.0: the host launched up to 0.8 s of a layer's dense part while the GPU
-    # waited for the previous layer's copies. Pass 0 (4 slots, cold): L0 dense [0, 1] (a pass's first layer:
-    #   nothing before it); copies 0 [1, 2], 1 [2, 3]; experts [2, 2.5], [3, 3.5]; the GPU waited 1.5 s, so
-    #   L1's dense takes 1.0 - 0.8: [3.5, 3.7]; copies 2 [3.7, 4.7], 3 [4.7, 5.7]; experts end 6.2 (7.0 without).
-    # Pass 1, L0 needs {0, 2}: dense [6.2, 7.2] (pass 0's last wait is no credit for it); 0 hits [7.2, 7.7],
-    #   2 misses: copy [7.2, 8.2], the GPU waits 0.5 s, expert 2 [8.2, 8.7]; L1's dense 1.0 - 0.5 [8.7, 9.2];
-    #   hits [9.2, 9.7], [9.7, 10.2]. TPOT 4.0 (4.5 without).
-    trace = make_trace([[[[0, 1], [2, 3]]], [[[0, 2], [2, 3]]]])
-    r, _ = run(engines[engine_name], trace, slots=4, dense_s=1.0, launch_ahead_s=0.8)
-    assert r["ttft_s"] == pytest.approx(6.2, abs=1e-9)
-    assert r["tpot_s"] == pytest.approx(4.0, abs=1e-9)
-    base, _ = run(engines[engine_name], trace, slots=4, dense_s=1.0)
-    assert (base["ttft_s"], base["tpot_s"]) == pytest.approx((7.0, 4.5), abs=1e-9)
-    assert (r["stall_s"], base["stall_s"]) == pytest.approx((3.5, 3.5), abs=1e-9)  # the waits: 1.5 + 1.5 + 0.5
-    # more ahead than the dense job: the job is gone, no less (L1's gate right after L0's experts)
-    r, _ = run(engines[engine_name], trace, slots=4, dense_s=1.0, launch_ahead_s=5.0)
-    assert r["ttft_s"] == pytest.approx(3.5 + 2.5, abs=1e-9)
-    assert (r["hits"], r["misses_compulsory"]) == (base["hits"], base["misses_compulsory"])
+HOST = {"pass_s": 0.5, "layer_s": 1.0, "readback_s": 0.1, "gate_s": 0.15, "expert_s": 0.3, "copy_s": 0.2}
+
+
+@pytest.mark.parametrize("engine_name", ["des", "fast", "reference"])
+def test_the_host_rule_device_paced_experts(engines, engine_name):
+    # The host rule: a job the host launches from L for h seconds starts once the host began (L) and the GPU
+    # is free, and ends no sooner than L + h; the routing readback and the decisions (readback_s + gate_s =
+    # 0.25) follow a layer's dense part, the GPU idle. Two decode passes of L0 {0, 1}, L1 {2, 3}; 8 slots.
+    # Pass 0: pass_s: the host launches from 0.5, the GPU waits [0, .5]. L0 dense launched from .5 for 1.0:
+    #   ends max(.5 + .25, .5 + 1.0) = 1.5, readback to 1.75. Gate 1.75 issues copies 0, 1 (host to 1.95, 2.15);
+    #   copies [1.75, 2.75], [2.75, 3.75]; the host launches expert 0 at 2.15, expert 1 at 2.45 (cursor 2.75):
+    #   experts run when their copies land, [2.75, 3.25], [3.75, 4.25]. L1 dense launched at 2.75 (long done):
+    #   [4.25, 4.5], readback to 4.75; copies 2, 3 [4.75, 5.75], [5.75, 6.75]; experts [5.75, 6.25],
+    #   [6.75, 7.25]: TTFT 7.25.
+    # Pass 1 (all hits) at 7.25: pre [7.25, 7.75]; L0 dense ends 7.75 + 1.0, readback 9.0; experts launched at
+    #   9.0 and 9.3 run [9.0, 9.5], [9.5, 10.0] (device-paced); L1 dense launched from 9.6 ends no sooner than
+    #   10.6, readback 10.85; experts [10.85, 11.35], [11.35, 11.85]: TPOT 4.6.
+    # The GPU waits for the host: .5 + 1.0 + .25 (pass 0), .5 + 1.0 + .6 (pass 1) = 3.85 s.
+    trace = make_trace([[[[0, 1], [2, 3]]], [[[0, 1], [2, 3]]]])
+    r, _ = run(engines[engine_name], trace, slots=8, runtime=HOST)
+    assert (r["ttft_s"], r["tpot_s"]) == pytest.approx((7.25, 4.6), abs=1e-9)
+    assert r["host_wait_s"] == pytest.approx(3.85, abs=1e-9)
+    assert [layer["host_wait_s"] for layer in r["per_layer"]] == pytest.approx([3.0, 0.85], abs=1e-9)
+    assert r["compute_busy_frac"] == pytest.approx(5.0 / 11.85, abs=1e-12)  # the device's own work only
+    assert r["stall_s"] == pytest.approx(3.0, abs=1e-9)  # waits for copies: 1.0 + 0.5 in each layer of pass 0
+
+
+@pytest.mark.parametrize("engine_name", ["des", "fast", "reference"])
+def test_the_host_rule_host_paced_experts(engines, engine_name):
+    # The case above with expert_s = 0.8 > the expert's 0.5 on the device: the experts follow the host.
+    # Pass 0: as above to L0's experts ([2.75, 3.25], [3.75, 4.25]: the copies are later than the launches at
+    #   2.15 and 2.95); L1 dense launched from 3.75 ends no sooner than 4.75, readback 5.0; copies 2, 3
+    #   [5, 6], [6, 7]; experts launched at 5.4 and 6.2 run [6, 6.5], [7, 7.5]: TTFT 7.5.
+    # Pass 1 at 7.5, hits only: the host sets the pace: .5 + (1.0 + .25) + 2 x .8 + (1.0 + .25) + 2 x .8 = 6.2.
+    trace = make_trace([[[[0, 1], [2, 3]]], [[[0, 1], [2, 3]]]])
+    r, _ = run(engines[engine_name], trace, slots=8, runtime=dict(HOST, expert_s=0.8))
+    assert (r["ttft_s"], r["tpot_s"]) == pytest.approx((7.5, 6.2), abs=1e-9)
+    # and a runtime that adds nothing is the device alone: pass 0 5.5 (test_cold_decode_pass), pass 1 2.5
+    r, _ = run(engines[engine_name], trace, slots=8, runtime={k: 0.0 for k in HOST})
+    assert (r["ttft_s"], r["tpot_s"], r["host_wait_s"]) == pytest.approx((5.5, 2.5, 0.0), abs=1e-9)
+
+
+@pytest.mark.parametrize("engine_name", ["des", "fast", "reference"])
+def test_the_host_launches_a_dense_layer_before_the_gpu_needs_it(engines, engine_name):
+    # A layer that waits for copies hides the next dense part's launch: L0's experts wait for their copies
+    # until 4.25 while the host launched L1's dense part from 2.75 to 3.75 (layer_s = 1.0): L1's dense part
+    # then takes only the device's 0.25 (test_the_host_rule_device_paced_experts, pass 0): TTFT 7.25.
+    # With layer_s = 2.0: L0's dense part ends at .5 + 2.0 = 2.5 (one second later), everything after moves by
+    # 1.0, and L1's launch (from 3.75 to 5.75) now ends after L0's experts (5.25): L1's dense part takes 0.5
+    # instead of 0.25: TTFT 7.25 + 1.0 + 0.25.
+    trace = make_trace([[[[0, 1], [2, 3]]]])
+    r, _ = run(engines[engine_name], trace, slots=8, runtime=HOST)
+    assert r["ttft_s"] == pytest.approx(7.25, abs=1e-9)
+    r, _ = run(engines[engine_name], trace, slots=8, runtime=dict(HOST, layer_s=2.0))
+    assert r["ttft_s"] == pytest.approx(7.25 + 1.0 + 0.25, abs=1e-9)
 
 
 @pytest.mark.parametrize("engine_name", ["des", "fast"])
 def test_prefetch_issue_host_cost_is_charged_to_prefetch_copies_only(engines, engine_name):
-    # the oracle prefetches layer 1's experts at layer 0's gate; demand copies keep copy_issue_s
+    # the oracle prefetches layer 1's experts at layer 0's gate; demand copies keep copy_s
     trace = make_trace([[[[0, 1], [2, 3]]], [[[0, 2], [1, 3]]], [[[3, 1], [0, 2]]]])
     engine = engines[engine_name]
 
     def go(prefetch: str, **kw):
-        inputs = make_inputs(tiny_model(), hand_profile(**kw), trace, 5 * EXPERT, stack(prefetch=prefetch))
+        inputs = make_inputs(tiny_model(), hand_profile(), trace, 5 * EXPERT, stack(prefetch=prefetch),
+                             runtime=hand_runtime(**kw))
         cs, end, timings = engine(inputs)
         out = build_result(cs, end, trace, "x", timings).to_dict()
         out.pop("timings")  # the emulator's own wall time
         return out
 
     # no prefetch: the prefetch cost changes nothing
-    assert go("none", copy_issue_s=0.2, prefetch_issue_s=0.9) == go("none", copy_issue_s=0.2)
-    base = go("oracle", copy_issue_s=0.2)
+    assert go("none", copy_s=0.2, prefetch_s=0.9) == go("none", copy_s=0.2)
+    base = go("oracle", copy_s=0.2)
     assert base["prefetch_issued"] > 0
-    assert go("oracle", copy_issue_s=0.2, prefetch_issue_s=0.2) == base  # unset: the copy issue time
-    slow = go("oracle", copy_issue_s=0.2, prefetch_issue_s=0.9)
+    assert go("oracle", copy_s=0.2, prefetch_s=0.2) == base  # unset: the copy issue time
+    slow = go("oracle", copy_s=0.2, prefetch_s=0.9)
     assert slow["e2e_s"] > base["e2e_s"] + 0.5  # the host issues each prefetch for 0.9 s before any launch
     for key in ("hits", "misses_compulsory", "evictions", "prefetch_issued", "bytes_h2d"):
         assert slow[key] == base[key]

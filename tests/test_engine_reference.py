@@ -28,7 +28,7 @@ from emu.engines.fast.engine import run_fast
 from emu.engines.reference import ReferenceEngine, run_reference
 from emu.engines.setup import StackChoice, make_inputs
 from emu.errors import EmuError
-from emu.kernel.layout import FC, SC, SF, ST
+from emu.kernel.layout import FC, SF, ST
 from emu.policies.api import KINDS
 from emu.policies.registry import REGISTRY
 
@@ -55,12 +55,11 @@ class _GpuLog(ReferenceEngine):
         super().__init__(inputs)
         self.gpu: list[tuple[float, str, float]] = []
 
-    def _start_gpu(self, duration: float, done: Any) -> Any:
-        layer = int(self.cs.sc[SC.LAYER])
+    def _start_gpu(self, duration: float, dev: float, layer: int, done: Any) -> Any:
         entry = done.args[0] if isinstance(done, partial) else None
         name = f"dense L{layer}" if entry is None else f"expert L{layer} E{int(self.cs.cur_expert[entry])}"
         self.gpu.append((self.env.now, name, duration))
-        return super()._start_gpu(duration, done)
+        return super()._start_gpu(duration, dev, layer, done)
 
 
 def test_reference_runs_a_copy_landing_mid_run_before_higher_ids() -> None:
@@ -137,7 +136,7 @@ def test_reference_agrees_with_fast_for_every_registered_policy(kind: str, name:
 CPU_WAITS = Scenario(
     layers=2, experts=2, top_k=1, hidden=1, precision="bf16", capacity_experts=1.0, engines=1, latency_s=0.0,
     bw_Bps=1e3, expert_s=(1e-3, 1e-3, 3e-3), dense_s=(1e-3, 1e-3), cpu=True, pass_overhead_s=0.0,
-    layer_overhead_s=0.0, copy_issue_s=0.0, prefetch_issue_s=None, launch_ahead_s=0.0, prefill_copy_issue_s=None,
+    layer_overhead_s=0.0, host=(),
     tokens=1, prompt_len=0, output_len=1, batch_size=1, reuse=0.0, scores=False, predicted=False, seed=0,
     stack=(("eviction", "lru", ()), ("prefetch", "none", ()), ("miss", "cpu", ()), ("routing", "standard", ()),
            ("partition", "global", ())))

@@ -107,17 +107,52 @@ def _pass_times(cs, tm, tv, p: int) -> None:
     if tv.pass_phase[p] == PHASE_DECODE:
         cs.fc[FC.ISSUE_S] = tm.scal[SCAL.DECODE_COPY_ISSUE_S]
         cs.fc[FC.PF_ISSUE_S] = tm.scal[SCAL.DECODE_PREFETCH_ISSUE_S]
+        cs.fc[FC.EXPERT_HOST_S] = tm.scal[SCAL.DECODE_EXPERT_HOST_S]
     else:
         cs.fc[FC.ISSUE_S] = tm.scal[SCAL.PREFILL_COPY_ISSUE_S]
         cs.fc[FC.PF_ISSUE_S] = tm.scal[SCAL.PREFILL_PREFETCH_ISSUE_S]
+        cs.fc[FC.EXPERT_HOST_S] = tm.scal[SCAL.PREFILL_EXPERT_HOST_S]
+
+
+# ---- the host rule: device jobs that a host thread launches ----------------------------------------
+
+@njit(cache=True, inline="always")
+def _launched_job(launch: float, host_s: float, dev: float, t: float) -> float:
+    """How long, from t (the device free), a job runs that the host launches from `launch` for `host_s`
+    seconds and the device executes for `dev`: it starts once the host has begun launching it and the device
+    is free, and ends no earlier than the host has finished launching it. A device-paced job takes `dev`
+    after the later of the two; a host-paced one ends with its last launch."""
+    wait = launch - t if launch > t else 0.0
+    dur = wait + dev
+    floor = launch + host_s - t
+    return floor if floor > dur else dur
 
 
 @njit(cache=True, inline="always")
-def _host_wait(cs, t: float) -> float:
-    """How long a GPU job started at t waits for the host to finish issuing copies (profile
-    `copy_issue_s`): the job's duration grows by it, as if launched once the host is free."""
-    host = cs.fc[FC.HOST_FREE]
-    return host - t if host > t else 0.0
+def _launch_point(cs) -> float:
+    """Where the host launches its next job: after what it launched so far and the copies it issued."""
+    cursor = cs.fc[FC.LAYER_HOST]
+    free = cs.fc[FC.HOST_FREE]
+    return cursor if cursor > free else free
+
+
+@njit(cache=True, inline="always")
+def _expert_job_s(cs, dev: float, t: float) -> float:
+    """An expert the GPU takes at t: the host launched it at its cursor, one `expert_s` after the last (it
+    launches a layer's experts back to back, without waiting for their copies: the device does)."""
+    launch = _launch_point(cs)
+    host_s = cs.fc[FC.EXPERT_HOST_S]
+    cs.fc[FC.LAYER_HOST] = launch + host_s
+    return _launched_job(launch, host_s, dev, t)
+
+
+@njit(cache=True, inline="always")
+def _dense_job_s(cs, tm, t: float) -> float:
+    """The next layer's dense job, the GPU free at t: the host launches it after the layer's experts
+    (`layer_s`), then blocks on its routing readback and decides the layer's experts (`readback_s + gate_s`):
+    the gate comes that much after the dense part ends, the GPU idle meanwhile."""
+    job = _launched_job(_launch_point(cs), tm.scal[SCAL.HOST_LAYER_S], cs.fc[FC.DENSE_S], t)
+    return job + tm.scal[SCAL.HOST_READBACK_S]
 
 
 @njit(cache=True, inline="always")
@@ -129,37 +164,22 @@ def _end_idle(cs, t: float) -> None:
 
 
 @njit(cache=True, inline="always")
-def _dense_job_s(cs, t_end: float) -> float:
-    """The next layer's dense job, once this layer's experts end at `t_end`. A host-paced runtime launches the
-    layer's experts one after another from its gate (an expert job's time is its launch), then the next
-    layer's dense part, blocking only at that layer's routing readback; so where the experts end after the
-    host launched them (`FC.LAYER_HOST`: a wait for copies), up to `launch_ahead_s` of the dense job is
-    already launched and comes off it (0 for most profiles; none for a pass's first layer)."""
-    d = cs.fc[FC.DENSE_S]
-    slack = t_end - cs.fc[FC.LAYER_HOST]
-    if slack <= 0.0:
-        return d
-    ahead = cs.fc[FC.AHEAD_S]
-    credit = ahead if ahead < slack else slack
-    return d - credit if credit < d else 0.0
-
-
-@njit(cache=True, inline="always")
-def _start_gpu(cs, job: int, dur: float, t: float) -> None:
+def _start_gpu(cs, job: int, dur: float, dev: float, t: float, layer: int) -> None:
+    """The GPU takes a job at t for `dur`, `dev` of it the device's own work, the rest a wait for the host."""
     _end_idle(cs, t)
-    if job >= 0:  # an expert: the host's launch of it
-        cs.fc[FC.LAYER_HOST] += dur
-    dur += _host_wait(cs, t)
+    wait = dur - dev
+    if wait > 0.0:
+        cs.stats_f[SF.HOST_WAIT_S, ix(layer)] += wait
     cs.sc[SC.GPU_JOB] = job
     cs.sc[SC.GPU_NEW] = 1
     cs.chain_job[0] = job
     cs.chain_dur[0] = dur
     cs.fc[FC.GPU_DUR] = dur
-    cs.fc[FC.GPU_BUSY] += dur
+    cs.fc[FC.GPU_BUSY] += dev
 
 
 @njit(cache=True, inline="always")
-def _chain(pk, cs, tm, tv, i: int, dur: float, t: float) -> None:
+def _chain(pk, cs, tm, tv, i: int, dev: float, t: float) -> None:
     """Start entry i on the GPU, followed back to back by every job whose start is already decided.
 
     Called only when no demand copy waits, the CPU is idle with nothing routed to it, and no GPU entry
@@ -170,11 +190,11 @@ def _chain(pk, cs, tm, tv, i: int, dur: float, t: float) -> None:
     after i up to the first one still in flight (or of zero duration); when they finish the layer
     and another layer follows, its dense job too. The engine gives each member its own end,
     `previous end + duration`, as separate instants would; the instants between are skipped, and
-    `_gpu_done` finishes the members when the chain ends. One member is a plain job.
+    `_gpu_done` finishes the members when the chain ends. One member is a plain job. The host's launches are
+    fixed too (its cursor moves by one launch per member), so each member's wait for them is known.
     """
     _end_idle(cs, t)
-    host = cs.fc[FC.LAYER_HOST] + dur
-    dur += _host_wait(cs, t)
+    dur = _expert_job_s(cs, dev, t)
     n = cs.sc[SC.NCUR]
     cur_state = cs.cur_state
     cur_where = cs.cur_where
@@ -184,7 +204,9 @@ def _chain(pk, cs, tm, tv, i: int, dur: float, t: float) -> None:
     cur_state[ix(i)] = E_RUNNING
     chain_job[0] = i
     chain_dur[0] = dur
-    busy = cs.fc[FC.GPU_BUSY] + dur
+    busy = cs.fc[FC.GPU_BUSY] + dev
+    end = t + dur
+    wait = dur - dev
     m = 1
     whole = True  # the members finish every entry of the layer
     for j in range(i + 1, n):
@@ -199,18 +221,25 @@ def _chain(pk, cs, tm, tv, i: int, dur: float, t: float) -> None:
             whole = False
             break
         cur_state[ix(j)] = E_RUNNING
+        dj = _expert_job_s(cs, d, end)
         chain_job[m] = j
-        chain_dur[m] = d
+        chain_dur[m] = dj
         busy += d
-        host += d
+        end = end + dj
+        wait += dj - d
         m += 1
-    cs.fc[FC.LAYER_HOST] = host
-    if whole and cs.sc[SC.LAYER] + 1 < tv.experts.shape[1]:
-        d = _dense_job_s(cs, t + (busy - cs.fc[FC.GPU_BUSY]))
+    layer = cs.sc[SC.LAYER]
+    if wait > 0.0:
+        cs.stats_f[SF.HOST_WAIT_S, ix(layer)] += wait
+    if whole and layer + 1 < tv.experts.shape[1]:
+        d = _dense_job_s(cs, tm, end)
         if d > 0.0:
+            dense = cs.fc[FC.DENSE_S]
             chain_job[m] = JOB_DENSE
             chain_dur[m] = d
-            busy += d
+            busy += dense
+            if d > dense:
+                cs.stats_f[SF.HOST_WAIT_S, ix(layer + 1)] += d - dense
             m += 1
     cs.sc[SC.GPU_JOB] = JOB_CHAIN if m > 1 else i
     cs.sc[SC.CHAIN_N] = m
@@ -255,18 +284,24 @@ def _step(pk, cs, tm, tv, t: float) -> int:
         cs.pass_start[p] = t
         decisions.begin_pass(pk, cs, tv, p, t)
         _pass_times(cs, tm, tv, p)
-        cs.fc[FC.LAYER_HOST] = np.inf  # a pass's first layer: nothing launched ahead of its dense part
         cs.sc[SC.LAYER] = 0
-        if cs.fc[FC.PRE_S] > 0.0:
-            _start_gpu(cs, JOB_PRE, cs.fc[FC.PRE_S], t)
+        # the host prepares the pass, then launches its first part (embedding, dense layers before the MoE ones)
+        free = cs.fc[FC.HOST_FREE]
+        launch = (t if t > free else free) + tm.scal[SCAL.HOST_PASS_S]
+        host_s = tm.scal[SCAL.N_DENSE_LAYERS] * tm.scal[SCAL.HOST_LAYER_S]
+        cs.fc[FC.LAYER_HOST] = launch + host_s
+        pre = cs.fc[FC.PRE_S]
+        dur = _launched_job(launch, host_s, pre, t)
+        if dur > 0.0:
+            _start_gpu(cs, JOB_PRE, dur, pre, t, 0)
             cs.sc[SC.PHASE] = PH_PRE_RUN
         else:
             cs.sc[SC.PHASE] = PH_LAYER_START
         return STEP_CHANGED
     if phase == PH_LAYER_START:
-        d = _dense_job_s(cs, t)
+        d = _dense_job_s(cs, tm, t)
         if d > 0.0:
-            _start_gpu(cs, JOB_DENSE, d, t)
+            _start_gpu(cs, JOB_DENSE, d, cs.fc[FC.DENSE_S], t, cs.sc[SC.LAYER])
             cs.sc[SC.PHASE] = PH_DENSE_RUN
             return STEP_GPU_STARTED
         cs.sc[SC.PHASE] = PH_GATE
@@ -292,7 +327,6 @@ def _step(pk, cs, tm, tv, t: float) -> int:
                 cs.sc[SC.CPU_NEW] = 1
                 cs.fc[FC.CPU_DUR] = dur
                 cs.fc[FC.CPU_BUSY] += dur
-                cs.fc[FC.LAYER_HOST] += dur  # the host runs it: no time to launch ahead meanwhile
                 changed = True
                 break
     if not gpu_free:
@@ -315,7 +349,7 @@ def _step(pk, cs, tm, tv, t: float) -> int:
                     if (waiting or cs.sc[SC.WQ_N] > 0 or cs.sc[SC.CPU_JOB] != JOB_NONE
                             or cs.sc[SC.CPU_PENDING] > 0):
                         cur_state[ix(i)] = E_RUNNING
-                        _start_gpu(cs, i, dur, t)
+                        _start_gpu(cs, i, _expert_job_s(cs, dur, t), dur, t, cs.sc[SC.LAYER])
                     else:
                         _chain(pk, cs, tm, tv, i, dur, t)
                     return STEP_CHANGED if changed else STEP_GPU_STARTED

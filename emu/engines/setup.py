@@ -8,7 +8,7 @@ import attrs
 import numpy as np
 
 from ..errors import EmuError
-from ..kernel.layout import FC, SC, SCAL, Timing, TraceView, new_cache_state
+from ..kernel.layout import SC, SCAL, Timing, TraceView, new_cache_state
 from ..kernel.stack import Stack
 from ..models import PRECISION_BITS, ModelSpec
 from ..policies.api import PolicyContext
@@ -18,9 +18,9 @@ from ..profile import (
     cpu_expert_curve,
     dense_table,
     expert_curve,
-    issue_seconds,
     model_overhead,
 )
+from ..runtime_profile import NO_RUNTIME, RuntimeProfile
 from ..trace import RoutingTrace
 
 #: precision index 0 is the model's own precision; the others follow in this order.
@@ -62,6 +62,7 @@ class SimInputs:
     precisions: tuple[str, ...]
     tv: Any
     tm: Any
+    runtime: RuntimeProfile = NO_RUNTIME
 
 
 def trace_view(trace: RoutingTrace) -> Any:
@@ -94,7 +95,9 @@ def _pad(curves: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return tok, sec, n
 
 
-def timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ...]) -> Any:
+def timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ...],
+           runtime: RuntimeProfile = NO_RUNTIME) -> Any:
+    """The device's times from the hardware profile and the host's from the runtime profile, as arrays."""
     copy_s = np.array([profile.copy_seconds(model.expert_bytes(p)) for p in precisions])
     exp_tok, exp_s, exp_n = _pad([expert_curve(profile, model, p) for p in precisions])
     cpu_tok, cpu_s, cpu_n = _pad([cpu_expert_curve(profile, model, p) for p in precisions])
@@ -103,19 +106,27 @@ def timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ..
     scal[SCAL.PASS_OVERHEAD_S] = model_overhead(profile, model, "pass_overhead_s")
     scal[SCAL.LAYER_OVERHEAD_S] = model_overhead(profile, model, "layer_overhead_s")
     scal[SCAL.N_DENSE_LAYERS] = float(model.n_dense_layers)
-    (scal[SCAL.DECODE_COPY_ISSUE_S], scal[SCAL.DECODE_PREFETCH_ISSUE_S], scal[SCAL.PREFILL_COPY_ISSUE_S],
-     scal[SCAL.PREFILL_PREFETCH_ISSUE_S]) = issue_seconds(profile, model)
+    host = runtime.resolve(model)
+    scal[SCAL.DECODE_COPY_ISSUE_S] = host.copy_s
+    scal[SCAL.DECODE_PREFETCH_ISSUE_S] = host.prefetch_s
+    scal[SCAL.PREFILL_COPY_ISSUE_S] = host.prefill_copy_s
+    scal[SCAL.PREFILL_PREFETCH_ISSUE_S] = host.prefill_prefetch_s
+    scal[SCAL.HOST_PASS_S] = host.pass_s
+    scal[SCAL.HOST_LAYER_S] = host.layer_s
+    scal[SCAL.HOST_READBACK_S] = host.readback_s + host.gate_s
+    scal[SCAL.DECODE_EXPERT_HOST_S] = host.expert_s
+    scal[SCAL.PREFILL_EXPERT_HOST_S] = host.prefill_expert_s
     return Timing(copy_s, exp_tok, exp_s, exp_n, cpu_tok, cpu_s, cpu_n,
                   np.asarray(dense.tokens, float), np.asarray(dense.context, float),
                   np.ascontiguousarray(np.asarray(dense.seconds, float)), scal)
 
 
 def make_inputs(model: ModelSpec, profile: HardwareProfile, trace: RoutingTrace, capacity_bytes: int,
-                stack: StackChoice, seed: int = 0) -> SimInputs:
+                stack: StackChoice, seed: int = 0, runtime: RuntimeProfile = NO_RUNTIME) -> SimInputs:
     precisions = precisions_for(model)
     return SimInputs(model=model, profile=profile, trace=trace, capacity_bytes=int(capacity_bytes),
                      stack=stack, seed=seed, precisions=precisions, tv=trace_view(trace),
-                     tm=timing(profile, model, precisions))
+                     tm=timing(profile, model, precisions, runtime), runtime=runtime)
 
 
 def fresh_state(inputs: SimInputs) -> tuple[Any, Any]:
@@ -125,7 +136,6 @@ def fresh_state(inputs: SimInputs) -> tuple[Any, Any]:
     cs = new_cache_state(model.n_moe_layers, model.n_experts, model.top_k, inputs.trace.n_passes,
                          inputs.capacity_bytes, prec_bytes, inputs.profile.copy.h2d_engines,
                          dense_rows=inputs.tm.d_tok.shape[0])
-    cs.fc[FC.AHEAD_S] = model_overhead(inputs.profile, model, "launch_ahead_s")
     ctx = PolicyContext(n_layers=model.n_moe_layers, n_experts=model.n_experts, top_k=model.top_k,
                         capacity_bytes=inputs.capacity_bytes, expert_bytes=int(prec_bytes[0]),
                         prec_bytes=prec_bytes, trace=inputs.tv, seed=inputs.seed,

@@ -115,11 +115,11 @@ class FC(Fields):
     COPY_BUSY = auto()
     GPU_BUSY = auto()
     CPU_BUSY = auto()
-    HOST_FREE = auto()  # the host is busy issuing copies until then (a GPU job starts no earlier)
-    ISSUE_S = auto()  # host seconds to issue one copy in this pass (`copy_issue_s` or `prefill_copy_issue_s`)
-    PF_ISSUE_S = auto()  # the same for a prefetch copy (profile `prefetch_issue_s`, else `copy_issue_s`)
-    AHEAD_S = auto()  # host seconds launching a layer's dense part ahead of the GPU (profile `launch_ahead_s`)
-    LAYER_HOST = auto()  # when the host has launched the current layer's experts so far (see core._dense_job_s)
+    HOST_FREE = auto()  # the host is busy issuing copies until then (no launch before)
+    ISSUE_S = auto()  # host seconds to issue one demand copy in this pass (runtime `copy_s` or `prefill_copy_s`)
+    PF_ISSUE_S = auto()  # the same for a prefetch copy (runtime `prefetch_s` or `prefill_prefetch_s`)
+    EXPERT_HOST_S = auto()  # host seconds to launch one expert in this pass (runtime `expert_s` or `prefill_expert_s`)
+    LAYER_HOST = auto()  # the host's launch cursor: it has launched everything decided so far by then
 
 
 class ST(Fields):
@@ -156,11 +156,13 @@ class SF(Fields):
     MASS = auto()
     PF_WASTED_BYTES = auto()
     REROUTED_MASS = auto()  # routing mass a routing policy moved off the router's own choices
+    HOST_WAIT_S = auto()  # the GPU idle for the host: launches not yet issued, routing readbacks, decisions
 
 
 class SCAL(Fields):
-    """`Timing.scal`: per-pass and per-layer costs, and the host seconds per copy a runtime spends issuing
-    it, for a decode pass and a prefill pass (`core._pass_times` picks the pair)."""
+    """`Timing.scal`: the device's per-pass and per-layer costs, and the runtime's host costs (a runtime
+    profile's, emu/runtime_profile.py), per decode pass and per prefill pass where they differ
+    (`core._pass_times` picks them)."""
 
     PASS_OVERHEAD_S = auto()
     LAYER_OVERHEAD_S = auto()
@@ -169,6 +171,11 @@ class SCAL(Fields):
     DECODE_PREFETCH_ISSUE_S = auto()
     PREFILL_COPY_ISSUE_S = auto()
     PREFILL_PREFETCH_ISSUE_S = auto()
+    HOST_PASS_S = auto()  # before a pass's first launch
+    HOST_LAYER_S = auto()  # launching one layer's dense part
+    HOST_READBACK_S = auto()  # the routing readback and the layer's cache decisions, after its dense part
+    DECODE_EXPERT_HOST_S = auto()  # launching one expert
+    PREFILL_EXPERT_HOST_S = auto()
 
 
 # ---- the structs ----------------------------------------------------------------------------------

@@ -54,7 +54,6 @@ from ...kernel.layout import (
     SF,
     ST,
 )
-from ...profile import model_overhead
 from ...trace.routing_trace import PHASE_DECODE
 from .. import copy_queue, decisions
 from ..setup import SimInputs, fresh_state
@@ -104,6 +103,12 @@ class Curves:
         self.issue_s = {True: (float(tm.scal[SCAL.DECODE_COPY_ISSUE_S]), float(tm.scal[SCAL.DECODE_PREFETCH_ISSUE_S])),
                         False: (float(tm.scal[SCAL.PREFILL_COPY_ISSUE_S]),
                                 float(tm.scal[SCAL.PREFILL_PREFETCH_ISSUE_S]))}
+        # the runtime's host costs: before a pass, per layer launched, per readback and decisions, per expert
+        self.host_pass_s = float(tm.scal[SCAL.HOST_PASS_S])
+        self.host_layer_s = float(tm.scal[SCAL.HOST_LAYER_S])
+        self.host_readback_s = float(tm.scal[SCAL.HOST_READBACK_S])
+        self.expert_host_s = {True: float(tm.scal[SCAL.DECODE_EXPERT_HOST_S]),
+                              False: float(tm.scal[SCAL.PREFILL_EXPERT_HOST_S])}
         self._expert: dict[tuple[int, int], float] = {}
 
     def expert(self, prec: int, tokens: int) -> float:
@@ -163,7 +168,6 @@ class ReferenceEngine:
         self.n_layers = model.n_moe_layers
         self.n_experts = model.n_experts
         self.curves = Curves(inputs.tm)
-        self.launch_ahead_s = model_overhead(profile, model, "launch_ahead_s")
         self.env = simpy.Environment(initial_time=0.0)
         self.compute = simpy.Resource(self.env, capacity=1)
         self.cpu = simpy.Resource(self.env, capacity=1)
@@ -173,8 +177,9 @@ class ReferenceEngine:
         self.gpu_free = True
         self.cpu_free = True
         self.idle_since: float | None = None  # the GPU waits in a layer's expert phase since then
-        self.layer_host = np.inf  # when the host has launched the current layer's experts so far
-        self.dense_s = 0.0  # a layer's dense job in this pass, before any launch-ahead credit
+        self.host_cursor = 0.0  # the host has launched everything decided so far by then
+        self.expert_launch_s = 0.0  # the host's time to launch one expert in this pass
+        self.dense_s = 0.0  # a layer's dense part on the device in this pass
         self.pre_s = 0.0  # the pass's fixed cost and dense (non-MoE) layers
         self.copy_busy = 0.0
         self.gpu_busy = 0.0
@@ -221,15 +226,20 @@ class ReferenceEngine:
         cs.pass_start[p] = t
         decisions.begin_pass(self.stack, cs, self.tv, p, t)
         self._pass_times(p)
-        self.layer_host = np.inf  # a pass's first layer: nothing launched ahead of its dense part
         cs.sc[SC.LAYER] = 0
-        if self.pre_s > 0.0:
-            yield from self._gpu_job_and_wait(self.pre_s)
+        c = self.curves
+        launch = max(t, float(self.fc[FC.HOST_FREE])) + c.host_pass_s  # the host prepares the pass
+        host_s = c.n_dense_layers * c.host_layer_s  # then launches the dense layers before the MoE ones
+        self.host_cursor = launch + host_s
+        pre = self._launched(launch, host_s, self.pre_s)
+        if pre > 0.0:
+            yield from self._gpu_job_and_wait(pre, self.pre_s, 0)
         for layer in range(self.n_layers):
             cs.sc[SC.LAYER] = layer
-            dense = self._dense_job_s(env.now)
+            # the host launches the dense part after the last layer's experts, then waits for its routing
+            dense = self._launched(self._launch_point(), c.host_layer_s, self.dense_s) + c.host_readback_s
             if dense > 0.0:
-                yield from self._gpu_job_and_wait(dense)
+                yield from self._gpu_job_and_wait(dense, self.dense_s, layer)
             self._gate(p, layer)
             yield from self._experts(layer)
         cs.pass_end[p] = env.now
@@ -250,25 +260,24 @@ class ReferenceEngine:
         dense = c.dense(tokens, context / tokens)
         self.dense_s = dense + c.layer_overhead_s
         self.pre_s = c.pass_overhead_s + c.n_dense_layers * dense
-        self.cs.fc[FC.ISSUE_S], self.cs.fc[FC.PF_ISSUE_S] = c.issue_s[bool(tv.pass_phase[p] == PHASE_DECODE)]
+        decode = bool(tv.pass_phase[p] == PHASE_DECODE)
+        self.cs.fc[FC.ISSUE_S], self.cs.fc[FC.PF_ISSUE_S] = c.issue_s[decode]
+        self.expert_launch_s = c.expert_host_s[decode]
 
-    def _dense_job_s(self, t_end: float) -> float:
-        """The next dense job when the layer's experts end at `t_end`: a host-paced runtime launched up to
-        `launch_ahead_s` of it while the GPU waited for copies past the host's launches (the slack)."""
-        slack = t_end - self.layer_host
-        if slack <= 0.0:
-            return self.dense_s
-        credit = min(self.launch_ahead_s, slack)
-        return self.dense_s - credit if credit < self.dense_s else 0.0
+    def _launch_point(self) -> float:
+        """The host launches its next job after what it launched so far and the copies it issued."""
+        return max(self.host_cursor, float(self.fc[FC.HOST_FREE]))
 
-    def _host_wait(self, t: float) -> float:
-        """A GPU job started at t waits for the host to finish issuing copies (`FC.HOST_FREE`)."""
-        host = float(self.fc[FC.HOST_FREE])
-        return host - t if host > t else 0.0
+    def _launched(self, launch: float, host_s: float, dev: float) -> float:
+        """The host rule, from now with the device free: a job the host launches from `launch` for `host_s`
+        starts once the host began and ends no sooner than it finished; the device runs it for `dev`."""
+        now = self.env.now
+        wait = max(launch - now, 0.0)
+        return max(wait + dev, launch + host_s - now)
 
-    def _gpu_job_and_wait(self, duration: float) -> Process:
+    def _gpu_job_and_wait(self, duration: float, dev: float, layer: int) -> Process:
         """A pre-pass or dense job: it runs on the compute stream; the pass goes on at its end's instant."""
-        job = self._start_gpu(duration, self._gpu_done)
+        job = self._start_gpu(duration, dev, layer, self._gpu_done)
         while not job.triggered:
             yield self._instant()
 
@@ -276,8 +285,7 @@ class ReferenceEngine:
         t = self.env.now
         decisions.gate(self.stack, self.cs, self.tv, p, layer, t)
         self._after_decision()
-        host = float(self.cs.fc[FC.HOST_FREE])  # the host launches the experts once it issued the copies
-        self.layer_host = host if host > t else t
+        self.host_cursor = max(float(self.cs.fc[FC.HOST_FREE]), t)  # it launches once it issued the copies
 
     def _retry_waiters(self) -> None:
         """Demand copies waiting for a victim retry before each decision step (FIFO)."""
@@ -308,7 +316,6 @@ class ReferenceEngine:
             duration = self.curves.cpu_expert(int(self.cur_tokens[i]))
             cur_state[i] = E_RUNNING
             self.cpu_busy += duration
-            self.layer_host += duration  # the host runs it: no time to launch ahead meanwhile
             self.cpu_free = False
             self._start(self.cpu, duration, partial(self._cpu_done, i))
             changed = True
@@ -330,9 +337,11 @@ class ReferenceEngine:
                 self._entry_done(i)
                 return CHANGED
             self._end_stall(layer)
-            self.layer_host += duration  # an expert job's time is its launch
+            launch = self._launch_point()  # the host launches the layer's experts back to back
+            self.host_cursor = launch + self.expert_launch_s
             cur_state[i] = E_RUNNING
-            self._start_gpu(duration, partial(self._gpu_expert_done, i))
+            self._start_gpu(self._launched(launch, self.expert_launch_s, duration), duration, layer,
+                            partial(self._gpu_expert_done, i))
             return CHANGED if changed else GPU_STARTED
         if all_done:
             return LAYER_DONE
@@ -346,10 +355,11 @@ class ReferenceEngine:
             self.idle_since = None
 
     # ---- jobs -----------------------------------------------------------------------------------------
-    def _start_gpu(self, duration: float, done: Callable[[], None]) -> simpy.Process:
-        """A job on the compute stream, grown by the host's wait for its copy issues."""
-        duration += self._host_wait(self.env.now)
-        self.gpu_busy += duration
+    def _start_gpu(self, duration: float, dev: float, layer: int, done: Callable[[], None]) -> simpy.Process:
+        """A job on the compute stream for `duration`: `dev` of the device's work, the rest a wait for the host."""
+        if duration > dev:
+            self.cs.stats_f[SF.HOST_WAIT_S, layer] += duration - dev
+        self.gpu_busy += dev
         self.gpu_free = False
         return self._start(self.compute, duration, done)
 

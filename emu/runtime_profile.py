@@ -1,0 +1,181 @@
+"""Runtime profiles: the host time a serving runtime adds around the device's work (docs/profiles.md).
+
+A hardware profile says how long the device takes (copies, expert and dense kernels); a runtime profile says
+how long one runtime's host thread takes to get that work onto the device: per pass, per layer launched,
+per routing readback, per cache decision, per expert launched, per copy and per prefetch issued. The two are
+calibrated separately (`emu calibrate` for the device, `emu calibrate --runtime NAME` for a runtime) and the
+engines combine them by the timing contract's host rule (docs/ARCHITECTURE.md). Without a runtime profile the
+host adds nothing: the prediction is that of a runtime that keeps the device fed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .errors import EmuError
+from .models import ModelSpec
+from .profile import _Reader
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SCHEMA = "moe-emu/runtime/1"
+
+#: the host costs, in the order of a layer: what each one is charged to
+HOST_KEYS: dict[str, str] = {
+    "pass_s": "per pass, before its first launch: inputs, the previous token's readback, the loop's own work",
+    "layer_s": "per layer: launching its dense part (attention, norms, router, speculator) up to the readback",
+    "readback_s": "per layer: from the router's result on the device to the expert ids on the host",
+    "gate_s": "per layer: the cache decisions for the layer's experts (before its copies are issued)",
+    "expert_s": "per expert launched on the device",
+    "copy_s": "per demand copy issued",
+    "prefetch_s": "per prefetch copy issued (unset: copy_s)",
+    "prefill_expert_s": "per expert launched in a prefill pass (unset: expert_s)",
+    "prefill_copy_s": "per demand copy issued in a prefill pass (unset: copy_s)",
+    "prefill_prefetch_s": "per prefetch issued in a prefill pass (unset: prefill_copy_s, else prefetch_s)",
+}
+#: the largest host cost accepted for one item: a second per launch is a unit mistake, not a runtime
+MAX_HOST_S = 1.0
+
+
+@attrs.frozen
+class HostCosts:
+    """Host seconds per item (see `HOST_KEYS`); None: not set here (a model entry then takes the runtime's)."""
+
+    pass_s: float | None = None
+    layer_s: float | None = None
+    readback_s: float | None = None
+    gate_s: float | None = None
+    expert_s: float | None = None
+    copy_s: float | None = None
+    prefetch_s: float | None = None
+    prefill_expert_s: float | None = None
+    prefill_copy_s: float | None = None
+    prefill_prefetch_s: float | None = None
+
+    def over(self, base: HostCosts) -> HostCosts:
+        """These costs where set, else `base`'s."""
+        return HostCosts(**{k: (v if v is not None else getattr(base, k))
+                            for k, v in attrs.asdict(self).items()})
+
+
+@attrs.frozen
+class ResolvedHost:
+    """Every host cost of one model under one runtime, fallbacks applied (all seconds, 0 where unset)."""
+
+    pass_s: float = 0.0
+    layer_s: float = 0.0
+    readback_s: float = 0.0
+    gate_s: float = 0.0
+    expert_s: float = 0.0
+    copy_s: float = 0.0
+    prefetch_s: float = 0.0
+    prefill_expert_s: float = 0.0
+    prefill_copy_s: float = 0.0
+    prefill_prefetch_s: float = 0.0
+
+
+@attrs.frozen
+class RuntimeProfile:
+    name: str
+    host: HostCosts = attrs.field(factory=HostCosts)
+    models: dict[str, HostCosts] = attrs.field(factory=dict)
+    provisional: bool = False
+    provenance: dict[str, Any] = attrs.field(factory=dict)
+    source: str = ""
+
+    def resolve(self, model: ModelSpec | str) -> ResolvedHost:
+        """The model entry's costs over the runtime's, with the documented fallbacks."""
+        name = model if isinstance(model, str) else model.name
+        c = self.models.get(name, HostCosts()).over(self.host)
+
+        def z(v: float | None) -> float:
+            return 0.0 if v is None else float(v)
+
+        copy = z(c.copy_s)
+        prefetch = copy if c.prefetch_s is None else c.prefetch_s
+        prefill_copy = copy if c.prefill_copy_s is None else c.prefill_copy_s
+        if c.prefill_prefetch_s is not None:
+            prefill_prefetch = c.prefill_prefetch_s
+        else:
+            prefill_prefetch = c.prefill_copy_s if c.prefill_copy_s is not None else prefetch
+        expert = z(c.expert_s)
+        return ResolvedHost(
+            pass_s=z(c.pass_s), layer_s=z(c.layer_s), readback_s=z(c.readback_s), gate_s=z(c.gate_s),
+            expert_s=expert, copy_s=copy, prefetch_s=float(prefetch),
+            prefill_expert_s=expert if c.prefill_expert_s is None else float(c.prefill_expert_s),
+            prefill_copy_s=float(prefill_copy), prefill_prefetch_s=float(prefill_prefetch))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML form (`load_runtime_profile` reads it back to an equal profile)."""
+        def costs(c: HostCosts) -> dict[str, float]:
+            return {k: v for k, v in attrs.asdict(c).items() if v is not None}
+
+        out: dict[str, Any] = {"schema": SCHEMA, "name": self.name, "provisional": self.provisional,
+                               "host": costs(self.host)}
+        if self.models:
+            out["models"] = {name: costs(c) for name, c in self.models.items()}
+        if self.provenance:
+            out["provenance"] = dict(self.provenance)
+        return out
+
+
+#: the runtime of a scenario that names none: the host adds no time
+NO_RUNTIME = RuntimeProfile(name="none")
+
+
+def _costs(r: _Reader) -> HostCosts:
+    values = {}
+    for key in HOST_KEYS:
+        v = r.number(key, None)
+        if v is not None and v > MAX_HOST_S:
+            raise r.err(key, f"expected host seconds per item (0 to {MAX_HOST_S}), got {v!r}")
+        values[key] = v
+    r.done()
+    return HostCosts(**values)
+
+
+def runtime_from_dict(data: dict[str, Any], *, file: str = "<runtime>") -> RuntimeProfile:
+    top = _Reader(data, file, "")
+    schema = top.raw("schema", SCHEMA)
+    if schema != SCHEMA:
+        raise top.err("schema", f"expected {SCHEMA!r}, got {schema!r}")
+    name = top.raw("name")
+    if not isinstance(name, str) or not name:
+        raise top.err("name", "expected a non-empty string")
+    provisional = top.boolean("provisional", False)
+    prov = top.raw("provenance", {})
+    if not isinstance(prov, dict):
+        raise top.err("provenance", "expected a table")
+    h = top.sub("host", {})
+    assert h is not None
+    host = _costs(h)
+    models: dict[str, HostCosts] = {}
+    m = top.sub("models", {})
+    assert m is not None
+    for model_name in list(m.table):
+        sub = m.sub(model_name)
+        assert sub is not None
+        models[model_name] = _costs(sub)
+    m.done()
+    top.done()
+    return RuntimeProfile(name=name, host=host, models=models, provisional=provisional, provenance=prov,
+                          source=file)
+
+
+def load_runtime_profile(path: str | Path) -> RuntimeProfile:
+    path = Path(path)
+    file = str(path)
+    if not path.is_file():
+        raise EmuError("runtime profile not found", file=file)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise EmuError(f"not valid TOML ({err})", file=file) from None
+    return runtime_from_dict(data, file=file)

@@ -1,0 +1,202 @@
+"""`emu calibrate --runtime NAME`: a runtime profile measured from runs of the live runtime that are then thrown away.
+
+For each model, one calibration request (its own prompt and seed, none of a validation's) runs through the
+eager runtime with a small LRU cache (so its layers issue copies) after a warm-up and an untimed rehearsal,
+with the runtime's host ledger on (`offload.HostLedger`): the routing readback's transfer is timed apart from
+its wait (a sync first), the cache decisions from the readback to the first expert launch, each copy's issue,
+and the expert launch loop per expert. The launches from one layer's experts to the next layer's readback
+(attention, norms, router, speculator: `ExpertOffload.launch_ahead_s`) give `layer_s`. What a decode step's
+host work holds beyond those (its time less its readback waits less every item above, `layer_s` counted for
+every layer) is `pass_s`. A prefetching sibling runtime gives `prefetch_s` through the prefetch path's own
+loop (`runtime_cal.measure_prefetch_issue`).
+
+The profile's `[models."<preset>"]` entries hold each model's costs; `[host]` the median over the models, for a
+model the profile has no entry for. None of these runs is ever compared with the emulator.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import statistics
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from emu.errors import EmuError
+from emu.runtime_profile import HOST_KEYS, HostCosts, RuntimeProfile
+
+#: the calibration request: its prompt and decode steps, its seed (none of a validation's), its cache
+PROMPT_LEN = 128
+DECODE_STEPS = 32
+SEED = 4242
+CAPACITY = 0.10
+
+
+@attrs.frozen
+class ModelCalibration:
+    """One model's host costs and what they came from."""
+
+    preset: str
+    n_layers: int
+    costs: HostCosts
+    raw: dict[str, Any]
+
+
+def parse_model_arg(value: str) -> tuple[str, int | None]:
+    """`PRESET` or `PRESET@LAYERS` (a model cut to its first LAYERS MoE layers)."""
+    preset, _, layers = value.partition("@")
+    if not layers:
+        return preset, None
+    try:
+        n = int(layers)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise EmuError(f"expected PRESET or PRESET@LAYERS with a positive layer count, got {value!r}", key="--model")
+    return preset, n
+
+
+def calibrate_model(preset: str, n_layers: int | None, *, device: str = "cuda", scale: str = "full",
+                    prompt_len: int = PROMPT_LEN, steps: int = DECODE_STEPS, capacity: float = CAPACITY,
+                    seed: int = SEED) -> ModelCalibration:
+    """Build the model (random weights) and calibrate it."""
+    from .models import build_model, shape_of
+    from .offload import ExpertOffload
+
+    model = build_model(preset, scale, n_layers=n_layers, dtype="bf16", seed=seed)
+    shape = shape_of(model, preset, scale)
+    runtime = ExpertOffload(model, shape.top_k, eviction="lru", device=device, seed=seed, kernel="eager")
+    try:
+        return calibrate_built(model, runtime, shape, preset, prompt_len=prompt_len, steps=steps,
+                               capacity=capacity, seed=seed)
+    finally:
+        runtime.close()
+
+
+def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt_len: int = PROMPT_LEN,
+                    steps: int = DECODE_STEPS, capacity: float = CAPACITY, seed: int = SEED) -> ModelCalibration:
+    """Calibrate on a model already offloaded to `runtime` (its slots and policies are set here and left so)."""
+    import torch
+
+    from .hooks import RoutingHooks
+    from .models import live_spec
+    from .offload import HostLedger
+    from .runner import PassClock, PassPlan, RequestSteps, attention_backends, run_live
+    from .runtime_cal import measure_prefetch_issue
+
+    spec = live_spec(shape, "bf16")
+    n_keys = shape.n_layers * shape.n_experts
+    slots = max(shape.top_k, min(n_keys, int(capacity * n_keys)))
+    dev = runtime.device
+    runtime.resize(slots)
+    runtime.eviction, runtime.eviction_params, runtime.seed = "lru", {}, seed
+    runtime.prefetch, runtime.prefetch_params = "none", {}
+    runtime.reset()
+    runtime.attach()
+    plan = PassPlan(prompt_len, steps)
+    # warm-up and an untimed rehearsal (every kernel's first call, allocator growth), then the timed request
+    run_live(model, [plan], vocab=shape.vocab, device=dev, seed=seed + 1, runtime=runtime, warmup_passes=3,
+             rehearse=True, model_name=spec.name)
+    runtime.reset()
+    runtime.attach()
+    ledger = runtime.ledger = HostLedger()
+    gen = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, shape.vocab, (1, prompt_len), generator=gen).to(dev)
+    hooks = RoutingHooks(model, record=True, speculate=True)
+    clock = PassClock(dev)
+    try:
+        with attention_backends(dev):
+            req = RequestSteps(model, prompt, plan, hooks=hooks, runtime=runtime, clock=clock)
+            req.prefill()
+            wait0, ahead0, n_ahead0 = runtime.readback_wait_s, runtime.launch_ahead_s, runtime.launch_ahead_n
+            for _ in range(steps):
+                req.decode()
+            wait = runtime.readback_wait_s - wait0
+            ahead_s, ahead_n = runtime.launch_ahead_s - ahead0, runtime.launch_ahead_n - n_ahead0
+    finally:
+        hooks.remove()
+        runtime.ledger = None
+    seconds = clock.seconds()
+    decode = seconds[1:]
+    if ahead_n == 0:
+        raise EmuError(f"{preset}: no layer launch was timed (a model of one MoE layer cannot calibrate layer_s)")
+    layer_s = ahead_s / ahead_n
+    items = {item: ledger.per_item(1, item) for item in ("readback", "gate", "expert", "copy")}
+    decode_items = sum(v for (phase, _item), v in ledger.seconds.items() if phase == 1)
+    work = sum(decode) - wait  # the steps' host work: their time less their waits for the device
+    pass_s = (work - decode_items - steps * shape.n_layers * layer_s) / steps
+    prefetch_s = _prefetch_issue(runtime, model, shape, plan, dev, seed, measure_prefetch_issue)
+    costs = HostCosts(pass_s=max(pass_s, 0.0), layer_s=layer_s, readback_s=items["readback"],
+                      gate_s=items["gate"], expert_s=items["expert"], copy_s=items["copy"],
+                      prefetch_s=prefetch_s, prefill_expert_s=ledger.per_item(0, "expert"),
+                      prefill_copy_s=ledger.per_item(0, "copy"))
+    raw = {"slots": slots, "n_keys": n_keys, "prompt_len": prompt_len, "steps": steps, "seed": seed,
+           "decode_step_s": decode, "prefill_s": seconds[0], "decode_readback_wait_s": wait,
+           "decode_work_s": work, "pass_s_residual": pass_s, "launch_ahead_n": ahead_n,
+           "ledger": {f"{'decode' if phase == 1 else 'prefill'}.{item}": [ledger.seconds[(phase, item)],
+                                                                          ledger.counts[(phase, item)]]
+                      for (phase, item) in sorted(ledger.seconds)}}
+    return ModelCalibration(preset, shape.n_layers, costs, raw)
+
+
+def _prefetch_issue(runtime: Any, model: Any, shape: Any, plan: Any, dev: Any, seed: int, measure: Any) -> float | None:
+    """Host seconds per prefetch through the prefetch path (a sibling runtime, every expert resident after a
+    request, the forward thread submitting: the "inline" hand-over); None where no inline hand-over exists."""
+    from .runner import run_live
+
+    sib = runtime.sibling(shape.n_layers * shape.n_experts, prefetch="next-layer", seed=seed, handover="inline")
+    try:
+        sib.attach()
+        run_live(model, [plan], vocab=shape.vocab, device=dev, seed=seed + 2, runtime=sib, warmup_passes=0)
+        return measure(sib)
+    finally:
+        sib.close()
+        runtime.attach()
+
+
+def runtime_profile(name: str, calibrations: list[ModelCalibration], device_name: str) -> RuntimeProfile:
+    """The profile: each model's entry, and `[host]` the median of each cost over the models."""
+    if not calibrations:
+        raise EmuError("no model calibrated", key="--model")
+    host = {}
+    for key in HOST_KEYS:
+        values = [getattr(c.costs, key) for c in calibrations if getattr(c.costs, key) is not None]
+        host[key] = float(statistics.median(values)) if values else None
+    import torch
+    import transformers
+
+    prov = {"date": datetime.date.today().isoformat(), "tool": "emu calibrate --runtime", "device": device_name,
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "kernel": "eager",
+            "method": "host ledger of one calibration request per model (prompt "
+                      f"{PROMPT_LEN}, {DECODE_STEPS} decode steps, {int(CAPACITY * 100)}% LRU cache, seed {SEED}); "
+                      "never a validated run",
+            "models": {c.preset: dict(c.raw, n_layers=c.n_layers) for c in calibrations}}
+    return RuntimeProfile(name=name, host=HostCosts(**host), models={c.preset: c.costs for c in calibrations},
+                          provenance=prov)
+
+
+def write_runtime_profile(profile: RuntimeProfile, path: Path) -> None:
+    import tomli_w
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(profile.to_dict()))
+
+
+def run(name: str, models: list[str], out: Path, device: str = "cuda", scale: str = "full") -> RuntimeProfile:
+    import torch
+
+    if out.suffix != ".toml":
+        raise EmuError("expected a path ending in .toml", file=str(out), key="--out")
+    cals = []
+    for arg in models:
+        preset, layers = parse_model_arg(arg)
+        cals.append(calibrate_model(preset, layers, device=device, scale=scale))
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    device_name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu"
+    profile = runtime_profile(name, cals, device_name)
+    write_runtime_profile(profile, out)
+    return profile

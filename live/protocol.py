@@ -1,0 +1,323 @@
+"""The out-of-sample validation protocol: live runs that no calibration saw, compared with the emulator.
+
+Two steps, so the GPU lease is spent on measurements only:
+
+    python -m live.protocol run MATRIX.toml --out DIR [--calibrate-runtime NAME]      (on the GPU)
+    python -m live.protocol compare DIR --profile P.toml --runtime R.toml [--gpu-kind K] (anywhere, no torch)
+
+`run` builds each model of the matrix once (random weights), optionally calibrates the runtime first on
+calibration requests of its own (`host_calibration`: other prompts and seeds, another cache, thrown away),
+then runs every configuration (warm-up, an untimed rehearsal, the measured request) and writes the live
+record to DIR/runs/<config>.json and its trace once, by fingerprint, to DIR/traces/<fingerprint>.npz.
+`compare` replays every record through the emulator with the hardware profile (device and links) and the
+runtime profile (host) it is given, and writes DIR/comparisons.json (schema of `validation_set`): per
+configuration the measured and emulated TTFT, decode rate, per-step latencies and counts, and which
+calibration predicted it. The hardware and runtime profiles must come from runs other than DIR/runs.
+
+The matrix file:
+
+    prompt_len = 128          # optional (128), the prompt of every configuration
+    decode_tokens = 64        # optional (64)
+    [[config]]
+    name = "olmoe-25-lru"     # unique; the record's file name
+    model = "olmoe-1b-7b"     # a preset; `layers = 8` cuts it to its first MoE layers
+    capacity = "25%"          # a share of the experts, or a slot count
+    eviction = "lru"          # a live eviction policy; prefetch = "next-layer" etc. likewise
+    seed = 1                  # the request's prompt (and seeded policies)
+    trace = "t.npz"           # optional: forced routing (its first request), relative to the matrix file
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from emu.errors import EmuError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_CONFIG_KEYS = {"name", "model", "layers", "capacity", "eviction", "prefetch", "seed", "trace"}
+
+
+@attrs.frozen
+class Config:
+    name: str
+    model: str
+    capacity: str | int
+    eviction: str = "lru"
+    prefetch: str = "none"
+    seed: int = 1
+    layers: int | None = None
+    trace: str | None = None
+
+
+@attrs.frozen
+class Matrix:
+    path: str
+    configs: tuple[Config, ...]
+    prompt_len: int = 128
+    decode_tokens: int = 64
+
+
+def load_matrix(path: str | Path) -> Matrix:
+    path = Path(path)
+    file = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EmuError("matrix file not found", file=file) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise EmuError(f"not valid TOML ({err})", file=file) from None
+    extra = set(data) - {"prompt_len", "decode_tokens", "config"}
+    if extra:
+        raise EmuError("unknown key; expected prompt_len, decode_tokens, config", file=file, key=sorted(extra)[0])
+    sizes = {}
+    for key, default in (("prompt_len", 128), ("decode_tokens", 64)):
+        v = data.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise EmuError(f"expected a positive integer, got {v!r}", file=file, key=key)
+        sizes[key] = v
+    raw = data.get("config")
+    if not isinstance(raw, list) or not raw:
+        raise EmuError("expected one or more [[config]] tables", file=file, key="config")
+    configs, names = [], set()
+    for i, c in enumerate(raw):
+        where = f"config[{i}]"
+        if not isinstance(c, dict):
+            raise EmuError("expected a table", file=file, key=where)
+        bad = set(c) - _CONFIG_KEYS
+        if bad:
+            raise EmuError(f"unknown key; expected one of {sorted(_CONFIG_KEYS)}", file=file,
+                           key=f"{where}.{sorted(bad)[0]}")
+        for key in ("name", "model", "capacity"):
+            if key not in c:
+                raise EmuError("missing", file=file, key=f"{where}.{key}")
+        name = c["name"]
+        if not isinstance(name, str) or not name or not all(ch.isalnum() or ch in "-_." for ch in name):
+            raise EmuError(f"expected a name of letters, digits, '-', '_', '.', got {name!r}", file=file,
+                           key=f"{where}.name")
+        if name in names:
+            raise EmuError(f"repeated configuration name {name!r}", file=file, key=f"{where}.name")
+        names.add(name)
+        for key in ("model", "eviction", "prefetch", "trace"):
+            if key in c and (not isinstance(c[key], str) or not c[key]):
+                raise EmuError(f"expected a string, got {c[key]!r}", file=file, key=f"{where}.{key}")
+        for key in ("layers", "seed"):
+            v = c.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "layers" else 0)):
+                raise EmuError(f"expected a {'positive' if key == 'layers' else 'non-negative'} integer, got {v!r}",
+                               file=file, key=f"{where}.{key}")
+        trace = c.get("trace")
+        if trace is not None:
+            tp = Path(trace) if Path(trace).is_absolute() else path.parent / trace
+            if not tp.is_file():
+                raise EmuError(f"trace not found: {tp}", file=file, key=f"{where}.trace")
+            trace = str(tp)
+        configs.append(Config(name=name, model=c["model"], capacity=c["capacity"], eviction=c.get("eviction", "lru"),
+                              prefetch=c.get("prefetch", "none"), seed=c.get("seed", 1), layers=c.get("layers"),
+                              trace=trace))
+    return Matrix(path=file, configs=tuple(configs), **sizes)
+
+
+def _slots(capacity: str | int, spec: Any, n_keys: int, file: str, key: str) -> int:
+    from emu.scenario import CacheConfig
+
+    cache = CacheConfig.parse(capacity, spec, file)
+    if cache.capacity_bytes < spec.expert_bytes():
+        raise EmuError("the cache must hold one expert", file=file, key=key)
+    return max(1, min(n_keys, math.floor(cache.capacity_bytes / spec.expert_bytes() + 1e-9)))
+
+
+def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_runtime: str | None = None,
+               only: set[str] | None = None, scale: str = "full") -> list[Path]:
+    """Every configuration live (grouped by model, each model built once); returns the records written."""
+    import torch
+
+    from emu.trace import RoutingTrace
+
+    from .cli import _versions, first_layers
+    from .host_calibration import calibrate_built, runtime_profile, write_runtime_profile
+    from .models import build_model, live_spec, shape_of
+    from .offload import ExpertOffload
+    from .runner import PassPlan, plans_from_trace, run_live
+
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    (out / "traces").mkdir(exist_ok=True)
+    groups: dict[tuple[str, int | None], list[Config]] = {}
+    for c in matrix.configs:
+        if only is None or c.name in only:
+            groups.setdefault((c.model, c.layers), []).append(c)
+    dev = torch.device(device)
+    written, cals = [], []
+    for (preset, layers), configs in groups.items():
+        model = build_model(preset, scale, n_layers=layers, dtype="bf16", seed=0)
+        shape = shape_of(model, preset, scale)
+        spec = live_spec(shape, "bf16")
+        n_keys = shape.n_layers * shape.n_experts
+        runtime = ExpertOffload(model, shape.top_k, eviction="lru", device=device, kernel="eager")
+        try:
+            if calibrate_runtime is not None:
+                cals.append(calibrate_built(model, runtime, shape, preset))
+                print(f"calibrated the runtime on {preset}: {cals[-1].costs}", file=sys.stderr, flush=True)
+            for c in configs:
+                slots = _slots(c.capacity, spec, n_keys, matrix.path, f"{c.name}.capacity")
+                runtime.resize(slots)
+                runtime.eviction, runtime.eviction_params, runtime.seed = c.eviction, {}, c.seed
+                runtime.prefetch, runtime.prefetch_params = c.prefetch, {}
+                runtime.reset()
+                runtime.attach()
+                force = None
+                plans = [PassPlan(matrix.prompt_len, matrix.decode_tokens)]
+                if c.trace is not None:
+                    force = RoutingTrace.load(c.trace)
+                    if force.n_layers > shape.n_layers:
+                        force = first_layers(force, shape.n_layers)
+                    force.check_fits(shape.n_layers, shape.n_experts, shape.top_k, file=c.trace)
+                    plans = plans_from_trace(force, matrix.prompt_len, matrix.decode_tokens)[:1]
+                result = run_live(model, plans, vocab=shape.vocab, device=dev, seed=c.seed, runtime=runtime,
+                                  force=force, warmup_passes=3, rehearse=True, model_name=spec.name,
+                                  meta={"config": c.name, "slots": slots})
+                written.append(_write_record(out, c, spec, shape, slots, runtime, result, plans, dev, _versions()))
+                print(f"{c.name}: TTFT {result.ttft_s * 1e3:.2f} ms, decode {result.decode_tok_s:.2f} tok/s",
+                      file=sys.stderr, flush=True)
+        finally:
+            runtime.close()
+            del runtime, model
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    if calibrate_runtime is not None and cals:
+        name = torch.cuda.get_device_name(dev) if device == "cuda" else platform.processor() or "cpu"
+        write_runtime_profile(runtime_profile(calibrate_runtime, cals, name),
+                              out / "calibration" / f"{calibrate_runtime}.toml")
+    return written
+
+
+def _write_record(out: Path, c: Config, spec: Any, shape: Any, slots: int, runtime: Any, result: Any,
+                  plans: list[Any], dev: Any, versions: dict[str, str]) -> Path:
+    import torch
+
+    fp = result.trace.fingerprint()
+    trace_path = out / "traces" / f"{fp}.npz"
+    if not trace_path.exists():
+        result.trace.save(trace_path)
+    stats = result.stats
+    record = {
+        "config": c.name, "model": spec.to_dict(), "profile_model": shape.preset, "scale": shape.scale,
+        "device": dev.type, "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "dtype": "bf16", "offload": True, "slots": slots, "experts_kernel": runtime.kernel,
+        "expert_bytes": runtime.expert_bytes, "eviction": c.eviction, "eviction_params": {},
+        "prefetch": c.prefetch, "prefetch_params": {}, "partition": "global", "partition_params": {},
+        "miss": "fetch", "miss_params": {}, "seed": c.seed, "capacity": str(c.capacity),
+        "forced_trace": c.trace, "rehearsed": True, "warmup_passes": 3,
+        "handover": runtime.resolved_handover() if c.prefetch != "none" else None,
+        "requests": [{"prompt_len": p.prompt_len, "ttft_s": r.ttft_s, "decode_s": list(r.decode_s)}
+                     for p, r in zip(plans, result.requests)],
+        "ttft_s": result.ttft_s, "decode_tok_s": result.decode_tok_s,
+        "stats": attrs.asdict(stats) | {"hit_rate": stats.hit_rate},
+        "trace": f"../traces/{fp}.npz", "trace_fingerprint": fp, "versions": versions,
+    }
+    path = out / "runs" / f"{c.name}.json"
+    path.write_text(json.dumps(record, indent=1, default=list) + "\n")
+    return path
+
+
+def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kind: str, runtime_name: str,
+            engine: str = "fast") -> dict[str, Any]:
+    """Every run record in folder/runs emulated with the given calibration; writes folder/comparisons.json."""
+    from emu.profile import load_profile
+    from emu.runtime_profile import NO_RUNTIME, load_runtime_profile
+
+    from .validate import emulate_live, load_live_run
+
+    profile = load_profile(profile_path)
+    runtime = NO_RUNTIME if runtime_path is None else load_runtime_profile(runtime_path)
+    records = sorted((folder / "runs").glob("*.json"))
+    if not records:
+        raise EmuError("no run record (runs/*.json)", file=str(folder))
+    rows, gpu = [], None
+    for path in records:
+        run = load_live_run(path)
+        rec = run.record
+        gpu = gpu or rec.get("device_name")
+        result = emulate_live(run, profile, engine, runtime)
+        st, c = rec["stats"], result.counters
+        measured_steps = [float(s) for r in rec["requests"] for s in r["decode_s"]]
+        cal_runs = runtime.provenance.get("models", {}) if runtime_path is not None else {}
+        rows.append({
+            "config": rec.get("config", path.stem), "runtime": runtime_name,
+            "out_of_sample": True,
+            "calibration": {"profile": _rel(profile_path, folder), "profile_name": profile.name,
+                            "runtime_profile": None if runtime_path is None else _rel(runtime_path, folder),
+                            "runtime_name": runtime.name,
+                            "runs": sorted(f"calibration request of {m}" for m in cal_runs)},
+            "model": rec["model"]["name"], "capacity": rec.get("capacity", str(rec["slots"])),
+            "eviction": rec["eviction"], "prefetch": rec.get("prefetch") or "none", "batch": 1,
+            "ttft_s": {"measured": float(rec["ttft_s"]), "emulated": float(result.ttft_s)},
+            "decode_tok_s": {"measured": float(rec["decode_tok_s"]), "emulated": float(result.decode_tok_per_s)},
+            "steps_s": {"measured": measured_steps, "emulated": list(result.decode_step_s)},
+            "counts": {"hits": [int(st["hits"]), int(c["hits"])], "accesses": [int(st["accesses"]), int(c["accesses"])],
+                       "copies": [int(st["copies"]), int(c["copies"])],
+                       "prefetch_issued": [int(st.get("prefetch_issued", 0)), int(c["prefetch_issued"])]},
+            "prefetch_races": (rec.get("prefetch") or "none") != "none",
+            "host_wait_s": float(c["host_wait_s"]),
+        })
+    data = {"schema": "moe-emu/validation/1", "gpu": gpu or "unknown", "gpu_kind": gpu_kind, "rows": rows}
+    (folder / "comparisons.json").write_text(json.dumps(data, indent=1) + "\n")
+    return data
+
+
+def _rel(path: Path, folder: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m live.protocol", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the matrix live (GPU)")
+    r.add_argument("matrix", type=Path)
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    r.add_argument("--scale", choices=("full", "tiny"), default="full", help="tiny: small models (tests)")
+    r.add_argument("--calibrate-runtime", metavar="NAME", default=None,
+                   help="first calibrate the runtime on each model (its own requests) into OUT/calibration/NAME.toml")
+    r.add_argument("--only", action="append", default=None, metavar="CONFIG", help="run only these configurations")
+    c = sub.add_parser("compare", help="emulate every run of a dataset folder with a calibration")
+    c.add_argument("folder", type=Path)
+    c.add_argument("--profile", type=Path, required=True)
+    c.add_argument("--runtime", type=Path, default=None, help="runtime profile (none: the device alone)")
+    c.add_argument("--runtime-name", default=None, help="the runtime mode's name in the rows (default: the profile's)")
+    c.add_argument("--gpu-kind", required=True, help="h100 or h200: the group the rows belong to")
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "run":
+            run_matrix(load_matrix(args.matrix), args.out, device=args.device, scale=args.scale,
+                       calibrate_runtime=args.calibrate_runtime, only=set(args.only) if args.only else None)
+        else:
+            from emu.runtime_profile import load_runtime_profile
+
+            name = args.runtime_name or (load_runtime_profile(args.runtime).name if args.runtime else "device-only")
+            compare(args.folder, args.profile, args.runtime, args.gpu_kind, name)
+    except EmuError as err:
+        print(f"python -m live.protocol: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

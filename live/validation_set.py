@@ -1,0 +1,404 @@
+"""Out-of-sample validation datasets: reading them, per-configuration errors, and the summary per GPU and runtime.
+
+A dataset is a folder `validation/<YYYY-MM-DD>-<gpu kind>/` holding `comparisons.json`:
+
+    {"schema": "moe-emu/validation/1", "gpu": "NVIDIA H100 80GB HBM3", "gpu_kind": "h100", "rows": [ROW, ...]}
+
+with one ROW per configuration run live and emulated:
+
+    {"config": "olmoe-25pct-lru-b1", "runtime": "hf-eager", "out_of_sample": true,
+     "calibration": {"profile": "...toml", "runtime_profile": "...toml", "runs": ["cal-..."]},
+     "model": "olmoe-1b-7b", "capacity": "25%", "eviction": "lru", "prefetch": "none", "batch": 1,
+     "ttft_s": {"measured": 0.1, "emulated": 0.11}, "decode_tok_s": {"measured": 20.0, "emulated": 19.0},
+     "steps_s": {"measured": [...], "emulated": [...]},
+     "counts": {"hits": [live, emulated], "accesses": [...], "copies": [...], "prefetch_issued": [...]},
+     "prefetch_races": false}
+
+`out_of_sample`: the configuration was not among the runs its calibration was fitted on. `prefetch_races`:
+the runtime's prefetch decisions depend on timing (a prefetch still in flight at a decision), so its issued
+count may differ from the emulator's by up to 1%. Every key is required and checked when read: a bad file
+gives one `EmuError` naming the file and the key (e.g. `rows[2].steps_s.measured`), never a traceback.
+
+Errors are relative, emulated / measured - 1; the summary reports medians and maxima of their magnitudes
+as fractions. Step times are compared by their distributions (two-sample KS), their means (TOST within
++-5%, see live/validation_stats.py) and their p50 / p99.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from emu.errors import EmuError
+
+from .validation_stats import TostResult, ks_pvalue, ks_statistic, quantile_errors, tost_equivalent
+
+SCHEMA = "moe-emu/validation/1"
+FILENAME = "comparisons.json"
+#: counts every row holds, each as [live, emulated]
+COUNT_KEYS = ("hits", "accesses", "copies", "prefetch_issued")
+#: the equivalence margin of the step-time means (TOST), as a fraction of the measured mean
+TOST_MARGIN = 0.05
+#: relative slack of the issued-prefetch count where the runtime's prefetch decisions race its copies
+RACE_SLACK = 0.01
+MARKER_START = "<!-- validation-summary:start -->"
+MARKER_END = "<!-- validation-summary:end -->"
+
+
+@attrs.frozen
+class Pair:
+    """A figure as measured live and as emulated."""
+
+    measured: float
+    emulated: float
+
+    @property
+    def error(self) -> float:
+        """emulated / measured - 1."""
+        return self.emulated / self.measured - 1.0
+
+
+@attrs.frozen
+class Steps:
+    """Per decode step seconds, live and emulated."""
+
+    measured: tuple[float, ...]
+    emulated: tuple[float, ...]
+
+
+@attrs.frozen
+class Calibration:
+    """Which calibration the emulator used: the hardware profile, the runtime's profile, the runs fitted on."""
+
+    profile: str
+    runtime_profile: str
+    runs: tuple[str, ...]
+
+
+@attrs.frozen
+class Comparison:
+    """One configuration of a dataset."""
+
+    config: str
+    runtime: str
+    out_of_sample: bool
+    calibration: Calibration
+    model: str
+    capacity: str
+    eviction: str
+    prefetch: str
+    batch: int
+    ttft_s: Pair
+    decode_tok_s: Pair
+    steps_s: Steps
+    #: (name, live, emulated) per count, in the file's order
+    counts: tuple[tuple[str, int, int], ...]
+    prefetch_races: bool
+
+
+@attrs.frozen
+class Dataset:
+    """One validation folder's comparisons."""
+
+    path: str
+    name: str
+    gpu: str
+    gpu_kind: str
+    rows: tuple[Comparison, ...]
+
+
+@attrs.frozen
+class RowErrors:
+    """The errors of one configuration."""
+
+    ttft_err: float
+    decode_err: float
+    ks_d: float
+    ks_p: float
+    tost: TostResult
+    step_p50_err: float
+    step_p99_err: float
+    counts_equal: bool
+
+
+@attrs.frozen
+class SummaryRow:
+    """One (GPU kind, runtime) group over every dataset given: |error| medians and maxima as fractions."""
+
+    gpu: str
+    runtime: str
+    n_configs: int
+    out_of_sample: bool
+    ttft_median: float
+    ttft_max: float
+    decode_median: float
+    decode_max: float
+    ks_median: float
+    tost_pass: int
+    counts_equal: int
+    #: the full GPU names and the dataset folders of the group
+    gpu_names: tuple[str, ...] = ()
+    datasets: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary keys, with the step and count figures under `extra`."""
+        return {"gpu": self.gpu, "runtime": self.runtime, "n_configs": self.n_configs,
+                "out_of_sample": self.out_of_sample, "ttft_median": self.ttft_median, "ttft_max": self.ttft_max,
+                "decode_median": self.decode_median, "decode_max": self.decode_max,
+                "extra": {"ks_median": self.ks_median, "tost_pass": self.tost_pass,
+                          "counts_equal": self.counts_equal, "gpu_names": list(self.gpu_names),
+                          "datasets": list(self.datasets)}}
+
+
+# ---- reading ----------------------------------------------------------------------------------------
+
+class _Reader:
+    """Typed access to one file's JSON, raising EmuError with the file and the dotted key."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def fail(self, key: str, message: str) -> EmuError:
+        return EmuError(message, file=self.file, key=key)
+
+    def get(self, obj: dict[str, Any], key: str, where: str) -> Any:
+        if key not in obj:
+            raise self.fail(where, "missing")
+        return obj[key]
+
+    def obj(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(where, f"expected an object, got {type(value).__name__}")
+        return value
+
+    def str_(self, obj: dict[str, Any], key: str, where: str) -> str:
+        value = self.get(obj, key, where)
+        if not isinstance(value, str) or not value:
+            raise self.fail(where, f"expected a non-empty string, got {value!r}")
+        return value
+
+    def bool_(self, obj: dict[str, Any], key: str, where: str) -> bool:
+        value = self.get(obj, key, where)
+        if not isinstance(value, bool):
+            raise self.fail(where, f"expected true or false, got {value!r}")
+        return value
+
+    def int_(self, value: Any, where: str, lo: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise self.fail(where, f"expected an integer >= {lo}, got {value!r}")
+        return value
+
+    def positive(self, value: Any, where: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value <= 0:
+            raise self.fail(where, f"expected a finite positive number, got {value!r}")
+        return float(value)
+
+    def pair(self, obj: dict[str, Any], key: str, where: str) -> Pair:
+        sub = self.obj(self.get(obj, key, where), where)
+        return Pair(*(self.positive(self.get(sub, k, f"{where}.{k}"), f"{where}.{k}")
+                      for k in ("measured", "emulated")))
+
+    def steps(self, obj: dict[str, Any], key: str, where: str) -> Steps:
+        sub = self.obj(self.get(obj, key, where), where)
+        out = []
+        for k in ("measured", "emulated"):
+            w = f"{where}.{k}"
+            values = self.get(sub, k, w)
+            if not isinstance(values, list) or not values:
+                raise self.fail(w, "expected a non-empty list of seconds per decode step")
+            out.append(tuple(self.positive(v, f"{w}[{i}]") for i, v in enumerate(values)))
+        return Steps(*out)
+
+
+def _comparison(r: _Reader, raw: Any, where: str) -> Comparison:
+    row = r.obj(raw, where)
+    cal = r.obj(r.get(row, "calibration", f"{where}.calibration"), f"{where}.calibration")
+    runs = r.get(cal, "runs", f"{where}.calibration.runs")
+    if not isinstance(runs, list) or not all(isinstance(x, str) for x in runs):
+        raise r.fail(f"{where}.calibration.runs", "expected a list of run names")
+    calibration = Calibration(r.str_(cal, "profile", f"{where}.calibration.profile"),
+                              r.str_(cal, "runtime_profile", f"{where}.calibration.runtime_profile"), tuple(runs))
+    counts_raw = r.obj(r.get(row, "counts", f"{where}.counts"), f"{where}.counts")
+    for name in COUNT_KEYS:
+        r.get(counts_raw, name, f"{where}.counts.{name}")
+    counts = []
+    for name, value in counts_raw.items():
+        w = f"{where}.counts.{name}"
+        if not isinstance(value, list) or len(value) != 2:
+            raise r.fail(w, f"expected [live, emulated], got {value!r}")
+        counts.append((name, r.int_(value[0], w, 0), r.int_(value[1], w, 0)))
+    def text(key: str) -> str:
+        return r.str_(row, key, f"{where}.{key}")
+
+    return Comparison(
+        config=text("config"), runtime=text("runtime"),
+        out_of_sample=r.bool_(row, "out_of_sample", f"{where}.out_of_sample"), calibration=calibration,
+        model=text("model"), capacity=text("capacity"), eviction=text("eviction"), prefetch=text("prefetch"),
+        batch=r.int_(r.get(row, "batch", f"{where}.batch"), f"{where}.batch", 1),
+        ttft_s=r.pair(row, "ttft_s", f"{where}.ttft_s"),
+        decode_tok_s=r.pair(row, "decode_tok_s", f"{where}.decode_tok_s"),
+        steps_s=r.steps(row, "steps_s", f"{where}.steps_s"), counts=tuple(counts),
+        prefetch_races=r.bool_(row, "prefetch_races", f"{where}.prefetch_races"))
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    """A dataset from its folder or its comparisons.json, every key checked."""
+    path = Path(path)
+    file = path / FILENAME if path.is_dir() else path
+    try:
+        raw = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise EmuError(f"not found (a validation dataset is a folder holding {FILENAME})", file=str(file)) from None
+    except OSError as err:
+        raise EmuError(f"cannot read: {err.strerror}", file=str(file)) from None
+    except json.JSONDecodeError as err:
+        raise EmuError(f"not valid JSON: {err.msg} at line {err.lineno}", file=str(file)) from None
+    except UnicodeDecodeError:
+        raise EmuError("not UTF-8 text", file=str(file)) from None
+    r = _Reader(str(file))
+    top = r.obj(raw, "")
+    schema = r.get(top, "schema", "schema")
+    if schema != SCHEMA:
+        raise r.fail("schema", f"expected {SCHEMA!r}, got {schema!r}")
+    rows_raw = r.get(top, "rows", "rows")
+    if not isinstance(rows_raw, list) or not rows_raw:
+        raise r.fail("rows", "expected a non-empty list of configurations")
+    rows = tuple(_comparison(r, row, f"rows[{i}]") for i, row in enumerate(rows_raw))
+    seen: dict[tuple[str, str], int] = {}
+    for i, row in enumerate(rows):
+        j = seen.setdefault((row.config, row.runtime), i)
+        if j != i:
+            raise r.fail(f"rows[{i}].config", f"{row.config!r} with runtime {row.runtime!r} repeats rows[{j}]")
+    return Dataset(str(file), file.parent.name, r.str_(top, "gpu", "gpu"), r.str_(top, "gpu_kind", "gpu_kind"), rows)
+
+
+def find_datasets(path: str | Path) -> list[Path]:
+    """The comparisons.json files under `path`: the path itself (a file or a dataset folder), else every
+    subfolder holding one (e.g. `validation/`)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if (path / FILENAME).is_file():
+        return [path / FILENAME]
+    if not path.is_dir():
+        raise EmuError("expected a validation folder", file=str(path), key="--summary")
+    found = sorted(p / FILENAME for p in path.iterdir() if (p / FILENAME).is_file())
+    if not found:
+        raise EmuError(f"no dataset (a subfolder holding {FILENAME}) found", file=str(path), key="--summary")
+    return found
+
+
+# ---- errors -----------------------------------------------------------------------------------------
+
+def counts_equal(row: Comparison) -> bool:
+    """Every count of the runtime equals the emulator's; where prefetch decisions race the copies
+    (`prefetch_races`), the issued prefetches may differ by up to 1% of the runtime's count."""
+    for name, live, emu in row.counts:
+        if name == "prefetch_issued" and row.prefetch_races:
+            if abs(emu - live) > RACE_SLACK * live:
+                return False
+        elif live != emu:
+            return False
+    return True
+
+
+def row_errors(row: Comparison) -> RowErrors:
+    """TTFT and decode errors, the step times' KS distance and p, TOST at +-5%, p50/p99 errors, counts."""
+    m, e = row.steps_s.measured, row.steps_s.emulated
+    d = ks_statistic(m, e)
+    p50, p99 = quantile_errors(m, e, (0.5, 0.99))
+    return RowErrors(ttft_err=row.ttft_s.error, decode_err=row.decode_tok_s.error, ks_d=d,
+                     ks_p=ks_pvalue(d, len(m), len(e)), tost=tost_equivalent(m, e, TOST_MARGIN),
+                     step_p50_err=p50, step_p99_err=p99, counts_equal=counts_equal(row))
+
+
+def summarize(datasets: Iterable[Dataset]) -> list[SummaryRow]:
+    """One row per (GPU kind, runtime) over all datasets, sorted by both."""
+    groups: dict[tuple[str, str], list[tuple[Dataset, Comparison, RowErrors]]] = {}
+    for ds in datasets:
+        for row in ds.rows:
+            groups.setdefault((ds.gpu_kind, row.runtime), []).append((ds, row, row_errors(row)))
+    out = []
+    for (kind, runtime), items in sorted(groups.items()):
+        ttft = [abs(err.ttft_err) for _, _, err in items]
+        decode = [abs(err.decode_err) for _, _, err in items]
+        out.append(SummaryRow(
+            gpu=kind, runtime=runtime, n_configs=len(items), out_of_sample=all(r.out_of_sample for _, r, _ in items),
+            ttft_median=statistics.median(ttft), ttft_max=max(ttft),
+            decode_median=statistics.median(decode), decode_max=max(decode),
+            ks_median=statistics.median(err.ks_d for _, _, err in items),
+            tost_pass=sum(err.tost.equivalent for _, _, err in items),
+            counts_equal=sum(err.counts_equal for _, _, err in items),
+            gpu_names=tuple(sorted({ds.gpu for ds, _, _ in items})),
+            datasets=tuple(dict.fromkeys(ds.name for ds, _, _ in items))))
+    return out
+
+
+# ---- tables -----------------------------------------------------------------------------------------
+
+def _md_table(head: list[str], rows: list[list[str]]) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    align = ["---" if i == 0 else "---:" for i in range(len(head))]
+    return "\n".join([line(head), "|" + "|".join(align) + "|", *(line(r) for r in rows)])
+
+
+def _pct(x: float, signed: bool = True) -> str:
+    return f"{100 * x:+.1f}%" if signed else f"{100 * x:.1f}%"
+
+
+def format_summary_table(rows: list[SummaryRow]) -> str:
+    """The summary as a Markdown table (|error| medians and maxima in percent)."""
+    head = ["GPU", "runtime", "configs", "out of sample", "TTFT median", "TTFT max", "decode median", "decode max",
+            "KS D median", f"TOST ±{100 * TOST_MARGIN:.0f}%", "counts equal"]
+    body = [[r.gpu, r.runtime, str(r.n_configs), "yes" if r.out_of_sample else "no",
+             _pct(r.ttft_median, False), _pct(r.ttft_max, False), _pct(r.decode_median, False),
+             _pct(r.decode_max, False), f"{r.ks_median:.3f}", f"{r.tost_pass}/{r.n_configs}",
+             f"{r.counts_equal}/{r.n_configs}"] for r in rows]
+    return _md_table(head, body)
+
+
+def _counts_cell(row: Comparison, equal: bool) -> str:
+    if equal:
+        return "equal"
+    return "differ: " + ", ".join(f"{name} {live}/{emu}" for name, live, emu in row.counts if live != emu)
+
+
+def format_config_table(dataset: Dataset) -> str:
+    """One Markdown row per configuration: signed errors in percent, KS D and p, TOST, step quantile errors,
+    counts (live/emulated where they differ)."""
+    head = ["config", "runtime", "TTFT err", "decode err", "KS D", "KS p", f"TOST ±{100 * TOST_MARGIN:.0f}%",
+            "p50 step err", "p99 step err", "counts"]
+    body = []
+    for row in dataset.rows:
+        err = row_errors(row)
+        body.append([row.config, row.runtime, _pct(err.ttft_err), _pct(err.decode_err), f"{err.ks_d:.3f}",
+                     f"{err.ks_p:.3g}", f"{'yes' if err.tost.equivalent else 'no'} (p {err.tost.p:.3g})",
+                     _pct(err.step_p50_err), _pct(err.step_p99_err), _counts_cell(row, err.counts_equal)])
+    return _md_table(head, body)
+
+
+def write_docs_summary(md_path: str | Path, table: str) -> None:
+    """Replace what lies between the summary markers of a Markdown file with `table` (the markers stay)."""
+    md_path = Path(md_path)
+    try:
+        lines = md_path.read_text().splitlines()
+    except FileNotFoundError:
+        raise EmuError("not found", file=str(md_path), key="--write-docs") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise EmuError(f"cannot read: {err}", file=str(md_path), key="--write-docs") from None
+    starts = [i for i, line in enumerate(lines) if line.strip() == MARKER_START]
+    ends = [i for i, line in enumerate(lines) if line.strip() == MARKER_END]
+    if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
+        raise EmuError(f"expected one line {MARKER_START} followed by one line {MARKER_END} "
+                       f"(found {len(starts)} and {len(ends)})", file=str(md_path), key=MARKER_START)
+    new = [*lines[: starts[0] + 1], "", *table.strip("\n").splitlines(), "", *lines[ends[0]:]]
+    md_path.write_text("\n".join(new) + "\n")

@@ -1,0 +1,89 @@
+"""The out-of-sample protocol on the CPU with tiny models: the runtime calibration's host ledger, a matrix run,
+the comparison rows, and the matrix file's edge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from emu.errors import EmuError
+from emu.runtime_profile import load_runtime_profile
+from live.protocol import compare, load_matrix, run_matrix
+from live.validation_set import load_dataset, row_errors
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+ROOT = Path(__file__).resolve().parents[1]
+MATRIX = """prompt_len = 12
+decode_tokens = 6
+[[config]]
+name = "lru-25"
+model = "olmoe-1b-7b"
+capacity = "25%"
+[[config]]
+name = "lfu-50-nl"
+model = "olmoe-1b-7b"
+capacity = "50%"
+eviction = "lfu"
+prefetch = "next-layer"
+seed = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("protocol")
+    (d / "m.toml").write_text(MATRIX)
+    written = run_matrix(load_matrix(d / "m.toml"), d / "out", device="cpu", scale="tiny",
+                         calibrate_runtime="hf-eager")
+    assert [p.name for p in written] == ["lru-25.json", "lfu-50-nl.json"]
+    return d / "out"
+
+
+def test_the_runtime_calibration_measures_every_host_item(dataset: Path) -> None:
+    rt = load_runtime_profile(dataset / "calibration" / "hf-eager.toml")
+    costs = rt.models["olmoe-1b-7b"]
+    for key in ("pass_s", "layer_s", "gate_s", "expert_s", "copy_s", "prefetch_s", "prefill_expert_s"):
+        value = getattr(costs, key)
+        assert value is not None and 0 < value < 0.1, key
+    assert costs.readback_s is None  # a CPU readback has no device to wait for: nothing to split
+    assert rt.host == costs  # one model: the median is its figures
+    raw = rt.provenance["models"]["olmoe-1b-7b"]
+    assert raw["steps"] == 32 and raw["slots"] < raw["n_keys"]  # its own request, its own cache
+    decode_items = sum(s for key, (s, _n) in raw["ledger"].items() if key.startswith("decode."))
+    assert raw["decode_work_s"] >= decode_items  # the items are parts of the steps' host work
+
+
+def test_compare_writes_rows_the_summary_reads(dataset: Path) -> None:
+    runtime = dataset / "calibration" / "hf-eager.toml"
+    data = compare(dataset, ROOT / "scenarios" / "profiles" / "h100-pcie5.toml", runtime, "cpu", "hf-eager")
+    rows = {r["config"]: r for r in data["rows"]}
+    assert set(rows) == {"lru-25", "lfu-50-nl"}
+    for name, row in rows.items():
+        rec = json.loads((dataset / "runs" / f"{name}.json").read_text())
+        assert row["ttft_s"]["measured"] == rec["ttft_s"]
+        assert len(row["steps_s"]["measured"]) == len(row["steps_s"]["emulated"]) == 6
+        assert row["counts"]["hits"][0] == row["counts"]["hits"][1]  # the emulator decides as the runtime did
+        assert row["calibration"]["runtime_profile"] == "calibration/hf-eager.toml"
+    assert rows["lfu-50-nl"]["prefetch_races"] and rows["lfu-50-nl"]["counts"]["prefetch_issued"][0] > 0
+    ds = load_dataset(dataset)
+    assert row_errors(ds.rows[0]).counts_equal
+
+
+def test_matrix_edge(tmp_path: Path) -> None:
+    bad = tmp_path / "m.toml"
+    for text, key in (("[[config]]\nname = 'a'\nmodel = 'olmoe-1b-7b'\n", "config[0].capacity"),
+                      ("decode_tokens = 0\n[[config]]\n", "decode_tokens"),
+                      ("[[config]]\nname = 'a b'\nmodel = 'm'\ncapacity = 1\n", "config[0].name"),
+                      ("[[config]]\nname = 'a'\nmodel = 'm'\ncapacity = 1\nlayers = -2\n", "config[0].layers"),
+                      ("[[config]]\nname = 'a'\nmodel = 'm'\ncapacity = 1\ntrace = 'x.npz'\n", "config[0].trace"),
+                      ("[[config]]\nname = 'a'\nmodel = 'm'\ncapacity = 1\n[[config]]\nname = 'a'\nmodel = 'm'\n"
+                       "capacity = 1\n", "config[1].name"),
+                      ("colour = 1\n", "colour")):
+        bad.write_text(text)
+        with pytest.raises(EmuError) as err:
+            load_matrix(bad)
+        assert err.value.key == key and err.value.file == str(bad)

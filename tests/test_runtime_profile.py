@@ -1,0 +1,96 @@
+"""Runtime profiles: loading at the edge, the fallbacks between keys, the scenario key, and the hardware
+profile refusing the host keys it no longer holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from emu.errors import EmuError
+from emu.profile import profile_from_dict
+from emu.runner import run_scenario
+from emu.runtime_profile import HostCosts, RuntimeProfile, load_runtime_profile, runtime_from_dict
+from emu.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fallbacks_and_model_entries() -> None:
+    rt = runtime_from_dict({"name": "r", "host": {"copy_s": 1e-4, "expert_s": 2e-5, "prefill_copy_s": 3e-4},
+                            "models": {"m": {"expert_s": 5e-5, "prefetch_s": 7e-5}}})
+    other = rt.resolve("x")  # no entry: the runtime's own figures
+    assert (other.copy_s, other.prefetch_s, other.expert_s) == (1e-4, 1e-4, 2e-5)
+    assert (other.prefill_copy_s, other.prefill_prefetch_s, other.prefill_expert_s) == (3e-4, 3e-4, 2e-5)
+    m = rt.resolve("m")  # the entry over the runtime's
+    assert (m.copy_s, m.prefetch_s, m.expert_s, m.prefill_expert_s) == (1e-4, 7e-5, 5e-5, 5e-5)
+    assert m.prefill_prefetch_s == 3e-4  # prefill_copy_s where set
+    assert (m.pass_s, m.layer_s, m.readback_s, m.gate_s) == (0.0, 0.0, 0.0, 0.0)
+    bare = runtime_from_dict({"name": "b", "host": {"prefetch_s": 4e-5}}).resolve("x")
+    assert (bare.prefill_copy_s, bare.prefill_prefetch_s) == (0.0, 4e-5)  # no prefill keys: the decode pass's
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    import tomli_w
+
+    rt = RuntimeProfile(name="r", host=HostCosts(pass_s=1e-3, layer_s=2e-4), models={"m": HostCosts(gate_s=3e-5)},
+                        provenance={"date": "2026-12-06"})
+    path = tmp_path / "r.toml"
+    path.write_text(tomli_w.dumps(rt.to_dict()))
+    back = load_runtime_profile(path)
+    assert (back.host, back.models, back.provenance) == (rt.host, rt.models, rt.provenance)
+
+
+@pytest.mark.parametrize(("text", "key", "what"), [
+    ('name = "r"\n[host]\ncopy_s = -1.0\n', "host.copy_s", "non-negative"),
+    ('name = "r"\n[host]\ncopy_s = 2.0\n', "host.copy_s", "host seconds per item"),
+    ('name = "r"\n[host]\nexpert = 1e-5\n', "host.expert", "unknown key"),
+    ('name = "r"\n[models.m]\nlayer_s = "fast"\n', "models.m.layer_s", "number"),
+    ('name = ""\n', "name", "non-empty"),
+    ('schema = "x"\nname = "r"\n', "schema", "moe-emu/runtime/1"),
+    ('name = "r"\n[host]\ncopy_s = nan\n', "host.copy_s", "finite"),
+])
+def test_bad_runtime_profiles_name_file_and_key(tmp_path: Path, text: str, key: str, what: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(EmuError, match=what) as err:
+        load_runtime_profile(path)
+    assert err.value.key == key and err.value.file == str(path)
+
+
+def test_unreadable_runtime_profiles(tmp_path: Path) -> None:
+    with pytest.raises(EmuError, match="not found"):
+        load_runtime_profile(tmp_path / "none.toml")
+    (tmp_path / "b.toml").write_bytes(b"\xff\xfe name")
+    with pytest.raises(EmuError, match="TOML"):
+        load_runtime_profile(tmp_path / "b.toml")
+
+
+def test_hardware_profile_refuses_host_keys() -> None:
+    base = {"name": "p", "copy": {"latency_s": 0.0, "bw_pinned_Bps": 1.0, "bw_pageable_Bps": 1.0},
+            "compute": {"expert_launch_s": 1.0, "hbm_Bps": 1.0, "flops_per_s": 1.0, "dense_layer_s": 1.0}}
+    with pytest.raises(EmuError, match="runtime profile") as err:
+        profile_from_dict({**base, "compute": {**base["compute"], "launch_ahead_s": 1e-3}}, file="p.toml")
+    assert err.value.key == "compute.launch_ahead_s"
+    model = {"expert": {"bf16": {"tokens": [1], "seconds": [1e-4]}}, "copy_issue_s": 1e-5}
+    with pytest.raises(EmuError, match="runtime profile") as err:
+        profile_from_dict({**base, "models": {"m": model}}, file="p.toml")
+    assert err.value.key == "models.m.copy_issue_s"
+
+
+def test_scenario_runtime_slows_the_bundled_scenario_and_is_recorded(tmp_path: Path) -> None:
+    scenario = ROOT / "scenarios" / "olmoe-1b-7b_h100_25pct.toml"
+    base, rec0 = run_scenario(load_scenario(scenario, ["workload.synthetic.tokens=300"]), "fast")
+    runtime = tmp_path / "rt.toml"
+    runtime.write_text('name = "slow-host"\n[host]\nlayer_s = 5e-3\nexpert_s = 1e-4\n')
+    slow, rec = run_scenario(load_scenario(scenario, ["workload.synthetic.tokens=300",
+                                                      f"hardware.runtime={str(runtime)!r}"]), "fast")
+    assert "runtime" not in rec0 and rec["runtime"]["name"] == "slow-host"
+    assert rec["scenario"]["hardware"]["runtime"] == str(runtime)
+    # every decode pass: 16 layers launched at 5 ms each at least: the host sets the pace
+    assert slow.tpot_s >= 16 * 5e-3 > base.tpot_s
+    assert slow.counters["hits"] == base.counters["hits"] and slow.counters["host_wait_s"] > 0
+    assert base.counters["host_wait_s"] == 0.0
+    with pytest.raises(EmuError, match="file not found") as err:
+        load_scenario(scenario, ["hardware.runtime='nope.toml'"])
+    assert err.value.key == "hardware.runtime"
