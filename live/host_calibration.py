@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import platform
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,13 +84,14 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     from .hooks import RoutingHooks
     from .models import live_spec
     from .offload import HostLedger
-    from .runner import PassClock, PassPlan, RequestSteps, attention_backends, run_live
+    from .runner import PassPlan, RequestSteps, attention_backends, run_live
     from .runtime_cal import measure_prefetch_issue
 
     spec = live_spec(shape, "bf16")
     n_keys = shape.n_layers * shape.n_experts
     slots = max(shape.top_k, min(n_keys, int(capacity * n_keys)))
     dev = runtime.device
+    runtime.close()  # a prefetch watchdog of the runtime's last use must not submit into the old pool
     runtime.resize(slots)
     runtime.eviction, runtime.eviction_params, runtime.seed = "lru", {}, seed
     runtime.prefetch, runtime.prefetch_params = "none", {}
@@ -105,7 +107,7 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     gen = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, shape.vocab, (1, prompt_len), generator=gen).to(dev)
     hooks = RoutingHooks(model, record=True, speculate=True)
-    clock = PassClock(dev)
+    clock = _HostSpans(dev)
     try:
         with attention_backends(dev):
             req = RequestSteps(model, prompt, plan, hooks=hooks, runtime=runtime, clock=clock)
@@ -120,12 +122,15 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
         runtime.ledger = None
     seconds = clock.seconds()
     decode = seconds[1:]
+    host_spans = clock.host[1:]
     if ahead_n == 0:
         raise EmuError(f"{preset}: no layer launch was timed (a model of one MoE layer cannot calibrate layer_s)")
     layer_s = ahead_s / ahead_n
     items = {item: ledger.per_item(1, item) for item in ("readback", "gate", "expert", "copy")}
     decode_items = sum(v for (phase, _item), v in ledger.seconds.items() if phase == 1)
-    work = sum(decode) - wait  # the steps' host work: their time less their waits for the device
+    # the steps' host work: the host's own span of each (from its start to its last launch, not the device's tail
+    # after it: a copy-bound step's last experts) less its readback waits
+    work = sum(host_spans) - wait
     pass_s = (work - decode_items - steps * shape.n_layers * layer_s) / steps
     prefetch_s = _prefetch_issue(runtime, model, shape, plan, dev, seed, measure_prefetch_issue)
     costs = HostCosts(pass_s=max(pass_s, 0.0), layer_s=layer_s, readback_s=items["readback"],
@@ -133,12 +138,36 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
                       prefetch_s=prefetch_s, prefill_expert_s=ledger.per_item(0, "expert"),
                       prefill_copy_s=ledger.per_item(0, "copy"))
     raw = {"slots": slots, "n_keys": n_keys, "prompt_len": prompt_len, "steps": steps, "seed": seed,
-           "decode_step_s": decode, "prefill_s": seconds[0], "decode_readback_wait_s": wait,
+           "decode_step_s": decode, "decode_host_span_s": host_spans, "prefill_s": seconds[0],
+           "decode_readback_wait_s": wait,
            "decode_work_s": work, "pass_s_residual": pass_s, "launch_ahead_n": ahead_n,
            "ledger": {f"{'decode' if phase == 1 else 'prefill'}.{item}": [ledger.seconds[(phase, item)],
                                                                           ledger.counts[(phase, item)]]
                       for (phase, item) in sorted(ledger.seconds)}}
     return ModelCalibration(preset, shape.n_layers, costs, raw)
+
+
+class _HostSpans:
+    """`PassClock` that also keeps the host's own span of each pass (perf_counter at its start and at its stop,
+    i.e. after the pass's last launch)."""
+
+    def __init__(self, dev: Any) -> None:
+        from .runner import PassClock
+
+        self._clock = PassClock(dev)
+        self.host: list[float] = []
+        self._t0 = 0.0
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+        self._clock.start()
+
+    def stop(self) -> None:
+        self._clock.stop()
+        self.host.append(time.perf_counter() - self._t0)
+
+    def seconds(self) -> list[float]:
+        return self._clock.seconds()
 
 
 def _prefetch_issue(runtime: Any, model: Any, shape: Any, plan: Any, dev: Any, seed: int, measure: Any) -> float | None:

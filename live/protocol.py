@@ -147,7 +147,7 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
     from emu.trace import RoutingTrace
 
     from .cli import _versions, first_layers
-    from .host_calibration import calibrate_built, runtime_profile, write_runtime_profile
+    from .host_calibration import calibrate_built
     from .models import build_model, live_spec, shape_of
     from .offload import ExpertOffload
     from .runner import PassPlan, plans_from_trace, run_live
@@ -170,8 +170,10 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
             if calibrate_runtime is not None:
                 cals.append(calibrate_built(model, runtime, shape, preset))
                 print(f"calibrated the runtime on {preset}: {cals[-1].costs}", file=sys.stderr, flush=True)
+                _write_runtime(out, calibrate_runtime, cals, dev)  # kept whatever happens to the runs after it
             for c in configs:
                 slots = _slots(c.capacity, spec, n_keys, matrix.path, f"{c.name}.capacity")
+                runtime.close()  # the last configuration's prefetch watchdog may still submit to the old pool
                 runtime.resize(slots)
                 runtime.eviction, runtime.eviction_params, runtime.seed = c.eviction, {}, c.seed
                 runtime.prefetch, runtime.prefetch_params = c.prefetch, {}
@@ -197,11 +199,16 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
             gc.collect()
             if device == "cuda":
                 torch.cuda.empty_cache()
-    if calibrate_runtime is not None and cals:
-        name = torch.cuda.get_device_name(dev) if device == "cuda" else platform.processor() or "cpu"
-        write_runtime_profile(runtime_profile(calibrate_runtime, cals, name),
-                              out / "calibration" / f"{calibrate_runtime}.toml")
     return written
+
+
+def _write_runtime(out: Path, name: str, cals: list[Any], dev: Any) -> None:
+    import torch
+
+    from .host_calibration import runtime_profile, write_runtime_profile
+
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+    write_runtime_profile(runtime_profile(name, cals, device_name), out / "calibration" / f"{name}.toml")
 
 
 def _write_record(out: Path, c: Config, spec: Any, shape: Any, slots: int, runtime: Any, result: Any,
