@@ -77,8 +77,10 @@ def calibrate_model(preset: str, n_layers: int | None, *, device: str = "cuda", 
 
 
 def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt_len: int = PROMPT_LEN,
-                    steps: int = DECODE_STEPS, capacity: float = CAPACITY, seed: int = SEED) -> ModelCalibration:
-    """Calibrate on a model already offloaded to `runtime` (its slots and policies are set here and left so)."""
+                    steps: int = DECODE_STEPS, capacity: float = CAPACITY, seed: int = SEED,
+                    again: bool = False) -> ModelCalibration:
+    """Calibrate on a model already offloaded to `runtime` (its slots and policies are set here and left so).
+    `again`: a repeat later in the same process (no warm-up or rehearsal, no prefetch loop: those ran)."""
     import torch
 
     from .hooks import RoutingHooks
@@ -99,8 +101,9 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     runtime.attach()
     plan = PassPlan(prompt_len, steps)
     # warm-up and an untimed rehearsal (every kernel's first call, allocator growth), then the timed request
-    run_live(model, [plan], vocab=shape.vocab, device=dev, seed=seed + 1, runtime=runtime, warmup_passes=3,
-             rehearse=True, model_name=spec.name)
+    if not again:
+        run_live(model, [plan], vocab=shape.vocab, device=dev, seed=seed + 1, runtime=runtime, warmup_passes=3,
+                 rehearse=True, model_name=spec.name)
     runtime.reset()
     runtime.attach()
     ledger = runtime.ledger = HostLedger()
@@ -132,7 +135,7 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     # after it: a copy-bound step's last experts) less its readback waits
     work = sum(host_spans) - wait
     pass_s = (work - decode_items - steps * shape.n_layers * layer_s) / steps
-    prefetch_s = _prefetch_issue(runtime, model, shape, plan, dev, seed, measure_prefetch_issue)
+    prefetch_s = None if again else _prefetch_issue(runtime, model, shape, plan, dev, seed, measure_prefetch_issue)
     costs = HostCosts(pass_s=max(pass_s, 0.0), layer_s=layer_s, readback_s=items["readback"],
                       gate_s=items["gate"], expert_s=items["expert"], copy_s=items["copy"],
                       prefetch_s=prefetch_s, prefill_expert_s=ledger.per_item(0, "expert"),
@@ -168,6 +171,25 @@ class _HostSpans:
 
     def seconds(self) -> list[float]:
         return self._clock.seconds()
+
+
+def merge(cals: list[ModelCalibration]) -> ModelCalibration:
+    """One model's calibration from several requests taken at different moments of a lease: each cost the
+    median of the requests' (the host's pace drifts for minutes at a time; the median keeps the usual one),
+    every request's figures kept in `raw["requests"]` with the spread of each cost."""
+    if len(cals) == 1:
+        return cals[0]
+    costs = {}
+    spread = {}
+    for key in HOST_KEYS:
+        values = [getattr(c.costs, key) for c in cals if getattr(c.costs, key) is not None]
+        costs[key] = float(statistics.median(values)) if values else None
+        if values:
+            spread[key] = [min(values), max(values)]
+    measured = [{k: v for k, v in attrs.asdict(c.costs).items() if v is not None} for c in cals]
+    return ModelCalibration(cals[0].preset, cals[0].n_layers, HostCosts(**costs),
+                            {"requests": [c.raw | {"costs": m} for c, m in zip(cals, measured)],
+                             "spread": spread, "statistic": f"median of {len(cals)} requests"})
 
 
 def _prefetch_issue(runtime: Any, model: Any, shape: Any, plan: Any, dev: Any, seed: int, measure: Any) -> float | None:

@@ -147,7 +147,7 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
     from emu.trace import RoutingTrace
 
     from .cli import _versions, first_layers
-    from .host_calibration import calibrate_built
+    from .host_calibration import merge
     from .models import build_model, live_spec, shape_of
     from .offload import ExpertOffload
     from .runner import PassPlan, plans_from_trace, run_live
@@ -167,11 +167,13 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
         n_keys = shape.n_layers * shape.n_experts
         runtime = ExpertOffload(model, shape.top_k, eviction="lru", device=device, kernel="eager")
         try:
-            if calibrate_runtime is not None:
-                cals.append(calibrate_built(model, runtime, shape, preset))
-                print(f"calibrated the runtime on {preset}: {cals[-1].costs}", file=sys.stderr, flush=True)
-                _write_runtime(out, calibrate_runtime, cals, dev)  # kept whatever happens to the runs after it
-            for c in configs:
+            # the runtime's calibration: requests of its own before the model's first configuration, after its
+            # middle one and after its last (the host's pace drifts for minutes: their median is the profile's)
+            requests: list[Any] = []
+            at = [0, len(configs) // 2, len(configs)] if calibrate_runtime is not None else []
+            for i, c in enumerate(configs):
+                for _ in range(at.count(i)):
+                    _calibrate(model, runtime, shape, preset, requests, out, calibrate_runtime, cals, dev)
                 slots = _slots(c.capacity, spec, n_keys, matrix.path, f"{c.name}.capacity")
                 runtime.close()  # the last configuration's prefetch watchdog may still submit to the old pool
                 runtime.resize(slots)
@@ -193,6 +195,10 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
                 written.append(_write_record(out, c, spec, shape, slots, runtime, result, plans, dev, _versions()))
                 print(f"{c.name}: TTFT {result.ttft_s * 1e3:.2f} ms, decode {result.decode_tok_s:.2f} tok/s",
                       file=sys.stderr, flush=True)
+            for _ in range(at.count(len(configs))):
+                _calibrate(model, runtime, shape, preset, requests, out, calibrate_runtime, cals, dev)
+            if requests:
+                cals.append(merge(requests))
         finally:
             runtime.close()
             del runtime, model
@@ -200,6 +206,17 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
             if device == "cuda":
                 torch.cuda.empty_cache()
     return written
+
+
+def _calibrate(model: Any, runtime: Any, shape: Any, preset: str, requests: list[Any], out: Path, name: Any,
+               cals: list[Any], dev: Any) -> None:
+    """One more calibration request of the model's runtime (appended to `requests`); the runtime profile so far
+    written at once, so that it is kept whatever happens to the runs after it."""
+    from .host_calibration import SEED, calibrate_built, merge
+
+    requests.append(calibrate_built(model, runtime, shape, preset, again=bool(requests), seed=SEED + len(requests)))
+    print(f"calibrated the runtime on {preset} ({len(requests)}): {requests[-1].costs}", file=sys.stderr, flush=True)
+    _write_runtime(out, name, [*cals, merge(requests)], dev)
 
 
 def _write_runtime(out: Path, name: str, cals: list[Any], dev: Any) -> None:

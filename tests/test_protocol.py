@@ -52,9 +52,16 @@ def test_the_runtime_calibration_measures_every_host_item(dataset: Path) -> None
     assert costs.readback_s is None  # a CPU readback has no device to wait for: nothing to split
     assert rt.host == costs  # one model: the median is its figures
     raw = rt.provenance["models"]["olmoe-1b-7b"]
-    assert raw["steps"] == 32 and raw["slots"] < raw["n_keys"]  # its own request, its own cache
-    decode_items = sum(s for key, (s, _n) in raw["ledger"].items() if key.startswith("decode."))
-    assert raw["decode_work_s"] >= decode_items  # the items are parts of the steps' host work
+    # three requests: before the model's first configuration, after its middle one, after its last
+    requests = raw["requests"]
+    assert len(requests) == 3 and raw["statistic"] == "median of 3 requests"
+    for req in requests:
+        assert req["steps"] == 32 and req["slots"] < req["n_keys"]  # its own request, its own cache
+        decode_items = sum(s for key, (s, _n) in req["ledger"].items() if key.startswith("decode."))
+        assert req["decode_work_s"] >= decode_items  # the items are parts of the steps' host work
+    layer = sorted(req["costs"]["layer_s"] for req in requests)
+    assert costs.layer_s == pytest.approx(layer[1]) and raw["spread"]["layer_s"] == pytest.approx([layer[0], layer[2]])
+    assert "prefetch_s" in requests[0]["costs"] and "prefetch_s" not in requests[1]["costs"]  # measured once
 
 
 def test_compare_writes_rows_the_summary_reads(dataset: Path) -> None:
