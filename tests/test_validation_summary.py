@@ -311,3 +311,18 @@ def test_cli_warns_when_the_profile_has_no_table_for_the_model(tmp_path: Path,
     assert lines == [f"warning: no measured expert/dense table for custom in {d / 'h100-lease.toml'}: the "
                      "emulator uses the roofline estimate; errors below are not a calibration's"]
     assert "mixtral_5pct_lru" in captured.out  # the comparison is still printed
+
+
+def test_racing_prefetches_allow_one_percent_on_every_count_but_accesses(tmp_path: Path) -> None:
+    from live.validation_set import counts_equal, load_dataset
+
+    rows = [row("a", races=True, counts={"hits": [1000, 1009], "accesses": [2000, 2000], "copies": [500, 504],
+                                         "prefetch_issued": [800, 807]}),
+            row("b", races=True, counts={"hits": [1000, 1011], "accesses": [2000, 2000], "copies": [500, 500],
+                                         "prefetch_issued": [800, 800]}),
+            row("c", races=True, counts={"hits": [1000, 1000], "accesses": [2000, 2001], "copies": [500, 500],
+                                         "prefetch_issued": [800, 800]}),
+            row("d", counts={"hits": [1000, 1001], "accesses": [2000, 2000], "copies": [500, 500],
+                             "prefetch_issued": [0, 0]})]
+    ds = load_dataset(write(tmp_path, "x", rows))
+    assert [counts_equal(r) for r in ds.rows] == [True, False, False, False]
