@@ -217,8 +217,10 @@ def run_summary(args: argparse.Namespace) -> int:
     from .validation_set import (
         find_datasets,
         format_config_table,
+        format_repeats,
         format_summary_table,
         load_dataset,
+        repeats,
         summarize,
         write_docs_summary,
     )
@@ -238,6 +240,10 @@ def run_summary(args: argparse.Namespace) -> int:
     for ds in datasets:
         print(f"## {ds.name} ({ds.gpu})\n\n{format_config_table(ds)}\n")
     print(f"## summary\n\n{table}")
+    reps = repeats(datasets)
+    if reps:
+        print("\n## the same configuration measured again (max / min - 1: the measurement's own spread)\n\n"
+              f"{format_repeats(reps)}")
     if args.write_docs is not None:
         print(f"wrote the summary table into {args.write_docs}", file=sys.stderr)
     return 0

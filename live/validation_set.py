@@ -387,6 +387,45 @@ def format_config_table(dataset: Dataset) -> str:
     return _md_table(head, body)
 
 
+@attrs.frozen
+class Repeat:
+    """One configuration measured in several datasets of one GPU kind and runtime: how far the measurement itself
+    moves between leases (a floor under any prediction's error)."""
+
+    gpu: str
+    runtime: str
+    config: str
+    decode_tok_s: tuple[float, ...]
+    ttft_s: tuple[float, ...]
+
+    @property
+    def decode_spread(self) -> float:
+        return max(self.decode_tok_s) / min(self.decode_tok_s) - 1.0
+
+    @property
+    def ttft_spread(self) -> float:
+        return max(self.ttft_s) / min(self.ttft_s) - 1.0
+
+
+def repeats(datasets: Iterable[Dataset]) -> list[Repeat]:
+    """The configurations measured in two or more of the datasets, per (GPU kind, runtime), in config order."""
+    seen: dict[tuple[str, str, str], list[Comparison]] = {}
+    for ds in datasets:
+        for r in ds.rows:
+            seen.setdefault((ds.gpu_kind, r.runtime, r.config), []).append(r)
+    return [Repeat(gpu, runtime, config, tuple(r.decode_tok_s.measured for r in rows),
+                   tuple(r.ttft_s.measured for r in rows))
+            for (gpu, runtime, config), rows in sorted(seen.items()) if len(rows) >= 2]
+
+
+def format_repeats(reps: list[Repeat]) -> str:
+    """One Markdown row per repeated configuration: its measured figures in each dataset and their spread."""
+    rows = [[r.gpu, r.runtime, r.config, str(len(r.decode_tok_s)), " / ".join(f"{x:.2f}" for x in r.decode_tok_s),
+             _pct(r.decode_spread, signed=False), " / ".join(f"{1e3 * x:.1f}" for x in r.ttft_s),
+             _pct(r.ttft_spread, signed=False)] for r in reps]
+    return _md_table(["GPU", "runtime", "config", "runs", "decode tok/s", "spread", "TTFT ms", "spread"], rows)
+
+
 def write_docs_summary(md_path: str | Path, table: str) -> None:
     """Replace what lies between the summary markers of a Markdown file with `table` (the markers stay)."""
     md_path = Path(md_path)

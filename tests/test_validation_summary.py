@@ -326,3 +326,16 @@ def test_racing_prefetches_allow_one_percent_on_every_count_but_accesses(tmp_pat
                              "prefetch_issued": [0, 0]})]
     ds = load_dataset(write(tmp_path, "x", rows))
     assert [counts_equal(r) for r in ds.rows] == [True, False, False, False]
+
+
+def test_repeats_give_the_measurements_own_spread(tmp_path: Path) -> None:
+    from live.validation_set import load_dataset, repeats
+
+    a = load_dataset(write(tmp_path, "a", [row("x"), row("y")]))
+    b_rows = [row("x"), row("z")]
+    b_rows[0]["decode_tok_s"]["measured"] = 40.0  # 50 in dataset a
+    b = load_dataset(write(tmp_path, "b", b_rows))
+    c = load_dataset(write(tmp_path, "c", [row("x")], kind="h200"))  # another GPU kind: not a repeat of a's
+    reps = repeats([a, b, c])
+    assert [(r.gpu, r.config, r.decode_tok_s) for r in reps] == [("h100", "x", (50.0, 40.0))]
+    assert reps[0].decode_spread == pytest.approx(0.25) and reps[0].ttft_spread == 0.0
