@@ -119,7 +119,7 @@ KERNELS = ("eager", "fused")
 MAX_GROUPS = 1023
 #: "auto" hand-over: "bounded" from this copy time up, "inline" below. On the H100 a drain wake per held-back
 #: copy left the engine idle ~50 us per copy: +20-36% decode with OLMoE's 0.23 ms copies, and even one task
-#: wake per layer ("bulk") cost ~10 ms of GIL per step (docs/validation.md), while Mixtral's 6.4 ms copies
+#: wake per layer ("bulk") cost ~10 ms of GIL per step (docs/live.md), while Mixtral's 6.4 ms copies
 #: need the bound (bulk put prefetches ahead of the next gate's demand copies)
 AUTO_BOUNDED_COPY_S = 1e-3
 
@@ -300,7 +300,7 @@ class ExpertOffload:
         """The watchdog's hand-over: as asked, or for "auto" "bounded" when one copy takes at least
         `AUTO_BOUNDED_COPY_S` (the drain's wake per held-back copy is then a small part of it) and "inline"
         otherwise (short copies: every prefetch starts before the next gate anyway, and the task's wake
-        would cost the host-paced forward thread more than the submissions; docs/validation.md)."""
+        would cost the host-paced forward thread more than the submissions; docs/live.md)."""
         if self.handover != "auto":
             return self.handover
         return "bounded" if self.copy_seconds() >= AUTO_BOUNDED_COPY_S else "inline"

@@ -21,7 +21,7 @@ microsecond of Python on either thread is a microsecond of a host-paced decode s
     runs them back to back as the emulator's engine would: no decision can add a copy before the forward
     thread's next gate, so the order is the emulator's unless that gate's demand copies find some of
     them not started yet. One wake per layer; the per-copy wake-ups of "drain" cost the forward thread
-    ~1.7 ms per layer through the GIL on the H100 (docs/validation.md).
+    ~1.7 ms per layer through the GIL on the H100 (docs/live.md).
   - "bounded": submits at once only the queued prefetches that the engine would start before the forward
     thread's next gate, then drains the rest as "drain" does. A CUDA copy engine runs copies in
     submission order, on one stream or several, whatever their priority (`benchmarks/bench_copy_streams.py`:
@@ -42,7 +42,7 @@ microsecond of Python on either thread is a microsecond of a host-paced decode s
   - "inline": no task at all; the forward thread itself submits the whole queue, in issue order, as it
     leaves (`away`): the copy stream sees what "bulk" gives it, one step earlier, without the task's wake.
     The wake is the cost of "bulk" on a host-paced run: the task takes the GIL from a forward thread that
-    is launching the next layer's attention (docs/validation.md has the figures).
+    is launching the next layer's attention (docs/live.md has the figures).
   While the watchdog runs, the interpreter's switch interval is cut to `SWITCH_INTERVAL_S`, so the
   woken task gets the GIL from the forward thread within ~0.1 ms, not the default 5 ms.
 
