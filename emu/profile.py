@@ -20,6 +20,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SCHEMA = "moe-emu/profile/1"
+#: `copy.order`: the order queued copies start in
+COPY_ORDERS = ("demand-first", "submission")
 
 
 @attrs.frozen
@@ -63,6 +65,10 @@ class CopySpec:
     #: a long stream of pinned copies against its median copy (`emu calibrate`: ~10 s back to back): the
     #: link's slow spells, which a few copies' median misses, spread over every copy (1: none measured)
     sustained_ratio: float = 1.0
+    #: the order queued copies start in: "demand-first" (demand before prefetch, then issue order: a runtime
+    #: that holds prefetches back until the engine is idle) or "submission" (issue order alone: a CUDA copy
+    #: engine given every copy as it is issued runs them in submission order, whatever the stream's priority)
+    order: str = "demand-first"
 
 
 @attrs.frozen
@@ -290,7 +296,9 @@ def profile_from_dict(data: dict[str, Any], *, file: str = "<profile>") -> Hardw
         bw_pageable_Bps=c.number("bw_pageable_Bps", positive=True),
         d2h_bw_pinned_Bps=c.number("d2h_bw_pinned_Bps", None, positive=True),
         h2d_d2h_overlap=c.boolean("h2d_d2h_overlap", True), table_bytes=table_bytes, table_s=table_s,
-        sustained_ratio=c.number("sustained_ratio", 1.0, positive=True))
+        sustained_ratio=c.number("sustained_ratio", 1.0, positive=True), order=c.raw("order", "demand-first"))
+    if copy.order not in COPY_ORDERS:
+        raise c.err("order", f"expected one of {list(COPY_ORDERS)}, got {copy.order!r}")
     c.done()
 
     k = top.sub("compute")

@@ -55,6 +55,7 @@ class Scenario:
     pass_overhead_s: float
     layer_overhead_s: float
     host: tuple[tuple[str, float], ...]  # the runtime profile's host costs (emu/runtime_profile.py)
+    copy_order: str  # copy.order of the hardware profile
     tokens: int
     prompt_len: int
     output_len: int
@@ -83,7 +84,7 @@ def profile_of(s: Scenario) -> Any:
         compute["cpu_flops_per_s"] = 1e6
     return profile_from_dict({
         "name": "eqv", "copy": {"h2d_engines": s.engines, "latency_s": s.latency_s, "bw_pinned_Bps": s.bw_Bps,
-                                "bw_pageable_Bps": s.bw_Bps / 4},
+                                "bw_pageable_Bps": s.bw_Bps / 4, "order": s.copy_order},
         "compute": compute, "models": models}, file="eqv.toml")
 
 
@@ -158,7 +159,7 @@ def scenarios(draw: Any, fixed: tuple[str, str] | None = None) -> Scenario:
         expert_s=(e1, e1 * draw(st.floats(1.0, 3.0)), e1 * draw(st.floats(3.0, 9.0))),
         dense_s=(draw(times), draw(times)), cpu=draw(st.booleans()),
         pass_overhead_s=draw(st.sampled_from([0.0, 2e-5])), layer_overhead_s=draw(st.sampled_from([0.0, 1e-6])),
-        host=_host(draw),
+        host=_host(draw), copy_order=draw(st.sampled_from(["demand-first", "demand-first", "submission"])),
         tokens=draw(st.integers(1, 40)), prompt_len=draw(st.integers(0, 6)), output_len=draw(st.integers(1, 6)),
         batch_size=draw(st.integers(1, 3)), reuse=draw(st.sampled_from([0.0, 0.5, 0.9])),
         scores=needs_scores or draw(st.booleans()), predicted=draw(st.booleans()),

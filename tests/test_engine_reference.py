@@ -136,7 +136,7 @@ def test_reference_agrees_with_fast_for_every_registered_policy(kind: str, name:
 CPU_WAITS = Scenario(
     layers=2, experts=2, top_k=1, hidden=1, precision="bf16", capacity_experts=1.0, engines=1, latency_s=0.0,
     bw_Bps=1e3, expert_s=(1e-3, 1e-3, 3e-3), dense_s=(1e-3, 1e-3), cpu=True, pass_overhead_s=0.0,
-    layer_overhead_s=0.0, host=(),
+    layer_overhead_s=0.0, host=(), copy_order="demand-first",
     tokens=1, prompt_len=0, output_len=1, batch_size=1, reuse=0.0, scores=False, predicted=False, seed=0,
     stack=(("eviction", "lru", ()), ("prefetch", "none", ()), ("miss", "cpu", ()), ("routing", "standard", ()),
            ("partition", "global", ())))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from numba import njit
 
 from ..kernel.helpers import ix
-from ..kernel.layout import COPY_QUEUED, DEMAND, SC
+from ..kernel.layout import COPY_QUEUED, DEMAND, ORDER_SUBMISSION, SC
 
 KEY_BITS = 20
 SEQ_BITS = 38
@@ -36,10 +36,14 @@ def push(cs, prio: int, seq: int, key: int) -> None:
 
 @njit(cache=True, inline="always")
 def pop(cs) -> int:
-    """The first entry of the demand FIFO, else of the prefetch FIFO; the caller checks one is there."""
+    """The first entry of the demand FIFO, else of the prefetch FIFO (in `ORDER_SUBMISSION`: of the two heads, the
+    one issued first); the caller checks one is there."""
     h = cs.heap
     r = h.shape[0] >> 1
     n = cs.sc[SC.DQ_N]
+    if (n > 0 and cs.sc[SC.COPY_ORDER] == ORDER_SUBMISSION and cs.sc[SC.PQ_N] > 0
+            and entry_seq(h[ix(r + cs.sc[SC.PQ_HEAD])]) < entry_seq(h[ix(cs.sc[SC.DQ_HEAD])])):
+        n = 0  # the prefetch was submitted first
     if n > 0:
         head = cs.sc[SC.DQ_HEAD]
         cs.sc[SC.DQ_HEAD] = (head + 1) & (r - 1)

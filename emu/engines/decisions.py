@@ -41,6 +41,7 @@ from ..kernel.layout import (
     IN_FLIGHT,
     ON_CPU,
     ON_GPU,
+    ORDER_DEMAND_FIRST,
     PREFETCH,
     RESIDENT,
     SC,
@@ -262,7 +263,8 @@ def access_layer(pk, cs, tv, p: int, layer: int, n: int, t: float) -> None:
                 stats_i[ST.LATE_HITS, layer] += 1
                 cs.late_flag[kx] = 1
                 cs.late_gate_t[kx] = t
-                if cs.copy_state[kx] == COPY_QUEUED and cs.copy_prio[kx] == PREFETCH:
+                if (cs.copy_state[kx] == COPY_QUEUED and cs.copy_prio[kx] == PREFETCH
+                        and sc[SC.COPY_ORDER] == ORDER_DEMAND_FIRST):  # submitted copies keep their place
                     seq = sc[SC.SEQ]  # promote: the stale prefetch entry is skipped when popped
                     sc[SC.SEQ] = seq + 1
                     cs.copy_prio[kx] = DEMAND

@@ -8,7 +8,7 @@ import attrs
 import numpy as np
 
 from ..errors import EmuError
-from ..kernel.layout import SC, SCAL, Timing, TraceView, new_cache_state
+from ..kernel.layout import ORDER_DEMAND_FIRST, ORDER_SUBMISSION, SC, SCAL, Timing, TraceView, new_cache_state
 from ..kernel.stack import Stack
 from ..models import PRECISION_BITS, ModelSpec
 from ..policies.api import PolicyContext
@@ -149,5 +149,6 @@ def fresh_state(inputs: SimInputs) -> tuple[Any, Any]:
                            "trace with scores, or choose another policy)", key=f"policy.{kind}")
     states = {kind: policies[kind].init(ctx, dict(choice.params)) for kind, choice in chosen.items()}
     cs.sc[SC.MISS_EVENTS] = int(policies["eviction"].capabilities.miss_events)
+    cs.sc[SC.COPY_ORDER] = ORDER_SUBMISSION if inputs.profile.copy.order == "submission" else ORDER_DEMAND_FIRST
     hooks = {name: hook for policy in policies.values() for name, hook in policy.hooks.items()}
     return cs, Stack(hooks, states)

@@ -71,6 +71,12 @@ class Fields(IntEnum):
         return count
 
 
+#: `SC.COPY_ORDER`: queued copies start demand before prefetch, then in issue order; or in issue order alone (a CUDA
+#: copy engine runs what was submitted to it in submission order, whatever the stream's priority)
+ORDER_DEMAND_FIRST = 0
+ORDER_SUBMISSION = 1
+
+
 class SC(Fields):
     """Integer scalars of the cache state: `cs.sc[SC.PASS]`."""
 
@@ -101,6 +107,7 @@ class SC(Fields):
     PQ_N = auto()  # entries in the prefetch FIFO
     SLOT_LOG_N = auto()  # entries in `slot_log` (decisions.log_slot)
     MISS_EVENTS = auto()  # 1: the eviction policy declared `miss_events` and is told EV_MISS
+    COPY_ORDER = auto()  # the copy engine's order: ORDER_DEMAND_FIRST, or ORDER_SUBMISSION (profile `copy.order`)
 
 
 class FC(Fields):

@@ -151,9 +151,6 @@ class _Copy:
         self.request: Any = None
         self.process: simpy.Process | None = None
 
-    def order(self) -> tuple[int, int]:
-        return self.prio, self.seq
-
 
 class ReferenceEngine:
     def __init__(self, inputs: SimInputs) -> None:
@@ -172,6 +169,7 @@ class ReferenceEngine:
         self.compute = simpy.Resource(self.env, capacity=1)
         self.cpu = simpy.Resource(self.env, capacity=1)
         self.copy_engines = simpy.PriorityResource(self.env, capacity=profile.copy.h2d_engines)
+        self.submission = profile.copy.order == "submission"
         self.vram = simpy.Container(self.env, capacity=max(inputs.capacity_bytes, 1), init=0)
         # the time side's own state
         self.gpu_free = True
@@ -426,10 +424,10 @@ class ReferenceEngine:
     def _dispatch(self) -> None:
         """Ask for an engine for each copy issued or promoted at this instant, best first, then hand back the
         engines whose copies landed: the priority queue gives each to the best copy waiting."""
-        for copy in sorted(self._ready.values(), key=_Copy.order):
+        for copy in sorted(self._ready.values(), key=self._order):
             if copy.request is not None:  # a queued prefetch promoted to demand asks again
                 copy.request.cancel()
-            copy.request = self.copy_engines.request(priority=copy.order())
+            copy.request = self.copy_engines.request(priority=self._order(copy))
             if copy.process is None:
                 copy.process = self.env.process(self._copy(copy))
             else:
@@ -438,6 +436,11 @@ class ReferenceEngine:
         for request in self._landed:
             self.copy_engines.release(request)
         self._landed.clear()
+
+    def _order(self, copy: _Copy) -> tuple[int, int]:
+        """A copy's place on the engines: (demand before prefetch, issue order), or issue order alone where the
+        engine runs copies in submission order (profile `copy.order`)."""
+        return (0, copy.seq) if self.submission else (copy.prio, copy.seq)
 
     def _copy(self, copy: _Copy) -> Process:
         while True:
