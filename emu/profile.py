@@ -271,11 +271,11 @@ def load_profile(path: str | Path) -> HardwareProfile:
     return profile_from_dict(data, file=file)
 
 
-def profile_from_dict(data: dict[str, Any], *, file: str = "<profile>") -> HardwareProfile:
-    top = _Reader(data, file, "")
-    schema = top.raw("schema", SCHEMA)
-    if schema != SCHEMA:
-        raise top.err("schema", f"expected {SCHEMA!r}, got {schema!r}")
+def read_header(top: _Reader, schema: str) -> tuple[str, bool, dict[str, Any]]:
+    """A profile file's `schema` (checked), `name`, `provisional` and `provenance` (hardware and runtime alike)."""
+    got = top.raw("schema", schema)
+    if got != schema:
+        raise top.err("schema", f"expected {schema!r}, got {got!r}")
     name = top.raw("name")
     if not isinstance(name, str) or not name:
         raise top.err("name", "expected a non-empty string")
@@ -283,6 +283,12 @@ def profile_from_dict(data: dict[str, Any], *, file: str = "<profile>") -> Hardw
     prov = top.raw("provenance", {})
     if not isinstance(prov, dict):
         raise top.err("provenance", "expected a table")
+    return name, provisional, prov
+
+
+def profile_from_dict(data: dict[str, Any], *, file: str = "<profile>") -> HardwareProfile:
+    top = _Reader(data, file, "")
+    name, provisional, prov = read_header(top, SCHEMA)
 
     c = top.sub("copy")
     assert c is not None

@@ -18,7 +18,7 @@ import attrs
 
 from .errors import EmuError
 from .models import ModelSpec
-from .profile import _Reader
+from .profile import _Reader, read_header
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -143,16 +143,7 @@ def _costs(r: _Reader) -> HostCosts:
 
 def runtime_from_dict(data: dict[str, Any], *, file: str = "<runtime>") -> RuntimeProfile:
     top = _Reader(data, file, "")
-    schema = top.raw("schema", SCHEMA)
-    if schema != SCHEMA:
-        raise top.err("schema", f"expected {SCHEMA!r}, got {schema!r}")
-    name = top.raw("name")
-    if not isinstance(name, str) or not name:
-        raise top.err("name", "expected a non-empty string")
-    provisional = top.boolean("provisional", False)
-    prov = top.raw("provenance", {})
-    if not isinstance(prov, dict):
-        raise top.err("provenance", "expected a table")
+    name, provisional, prov = read_header(top, SCHEMA)
     h = top.sub("host", {})
     assert h is not None
     host = _costs(h)
