@@ -152,6 +152,8 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
     from .offload import ExpertOffload
     from .runner import PassPlan, plans_from_trace, run_live
 
+    if out.exists() and any(out.iterdir()):  # a lease's records must not mix with an earlier one's
+        raise EmuError("expected an empty or new output folder", file=str(out), key="--out")
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "traces").mkdir(exist_ok=True)
     groups: dict[tuple[str, int | None], list[Config]] = {}

@@ -80,6 +80,12 @@ def test_compare_writes_rows_the_summary_reads(dataset: Path) -> None:
     assert row_errors(ds.rows[0]).counts_equal
 
 
+def test_run_refuses_a_folder_holding_an_earlier_run(dataset: Path) -> None:
+    with pytest.raises(EmuError, match="empty") as err:
+        run_matrix(load_matrix(dataset.parent / "m.toml"), dataset, device="cpu", scale="tiny")
+    assert err.value.key == "--out"
+
+
 def test_matrix_edge(tmp_path: Path) -> None:
     bad = tmp_path / "m.toml"
     for text, key in (("[[config]]\nname = 'a'\nmodel = 'olmoe-1b-7b'\n", "config[0].capacity"),
