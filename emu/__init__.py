@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
-import subprocess
 from functools import lru_cache
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
-try:
-    __version__ = version("moe-emu")
-except PackageNotFoundError:  # a checkout on sys.path without an install
-    __version__ = "0+unknown"
+
+def __getattr__(name: str) -> Any:
+    # `__version__` is read from the installed metadata on first use: importlib.metadata costs tens of ms, and
+    # every `emu` command (`emu --help` included) imports this package
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("moe-emu")
+        except PackageNotFoundError:  # a checkout on sys.path without an install
+            value = "0+unknown"
+        globals()["__version__"] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @lru_cache(maxsize=1)
 def git_revision() -> str | None:
     """The commit of the source tree this package runs from (a checkout or an editable install), else None."""
+    import subprocess
+
     root = Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():
         return None

@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        parser = build_parser()  # imports the policy registry, and with it any installed policy package
+        parser = build_parser()  # light: the commands import what they need (numba, the policy registry) when run
     except EmuError as err:
         print(f"emu: error: {err}", file=sys.stderr)
         return 2

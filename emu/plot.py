@@ -19,10 +19,9 @@ import numpy as np
 
 from .analysis.workingset import knee_point
 from .errors import EmuError
+from .plot_cli import FORMATS, KINDS  # the parser offers them; defined where building it needs no matplotlib
 from .sweep import read_csv, row_from_record
 
-KINDS = ("knee", "collisions", "speed", "pareto")
-FORMATS = ("png", "svg")
 GROUP_KEYS = ("model", "trace", "bandwidth")
 MAX_GROUPS = 6
 

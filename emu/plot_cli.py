@@ -6,7 +6,9 @@ import argparse
 import sys
 from typing import Any
 
-from .plot import FORMATS, KINDS, filter_rows, load_rows, make_plots
+#: the plot kinds and file formats (emu.plot imports them from here: building the parser needs no matplotlib)
+KINDS = ("knee", "collisions", "speed", "pareto")
+FORMATS = ("png", "svg")
 
 
 def _csv_list(choices: tuple[str, ...]) -> Any:
@@ -38,6 +40,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .plot import filter_rows, load_rows, make_plots
+
     rows = filter_rows(load_rows(args.sources), args.where)
     for path in make_plots(rows, args.out, args.kind, args.format):
         print(f"wrote {path}", file=sys.stderr)

@@ -15,7 +15,6 @@ import copy
 import csv
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -553,5 +552,3 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:60]
 
 
-def default_jobs() -> int:
-    return max(1, (os.cpu_count() or 1))

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from .sweep import default_jobs, load_sweep, pareto_front, render_pareto, run_sweep, write_outputs
+
+def default_jobs() -> int:
+    """Worker processes of a sweep by default: one per CPU (here so that building the parser does not import
+    the engines)."""
+    return max(1, (os.cpu_count() or 1))
 
 
 def _jobs(text: str) -> int:
@@ -41,7 +46,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import io
 
-    from .sweep import Progress, grid_points
+    from .sweep import Progress, grid_points, load_sweep, pareto_front, render_pareto, run_sweep, write_outputs
 
     spec = load_sweep(args.sweep)
     n = len(grid_points(spec))

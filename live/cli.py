@@ -13,18 +13,28 @@ import argparse
 import json
 import math
 import platform
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from emu.errors import EmuError
-from emu.kernel.hooks import KINDS
-from emu.policies.registry import live_policies
 
-#: what the live runtime implements (the policies declared `live`); other policies are refused, not silently
-#: replaced
-_LIVE_POLICIES = {kind: live_policies(kind) for kind in KINDS}
+
+@cache
+def _live_policies() -> dict[str, Any]:
+    """What the live runtime implements (the policies declared `live`), by kind; other policies are refused,
+    not silently replaced. Asked of the policy registry on first use (importing it compiles every policy's
+    hooks), not when the `emu` parser is built; also importable as `_LIVE_POLICIES`."""
+    from emu.kernel.hooks import KINDS
+    from emu.policies.registry import live_policies
+
+    return {kind: live_policies(kind) for kind in KINDS}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "_LIVE_POLICIES":
+        return _live_policies()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _miss_timing(scenario: Any, spec: Any) -> Any:
@@ -76,7 +86,7 @@ def _positive(value: int | None, key: str) -> None:
 
 
 def _check_policies(scenario: Any) -> None:
-    for kind, allowed in _LIVE_POLICIES.items():
+    for kind, allowed in _live_policies().items():
         name = getattr(scenario.stack, kind).name
         if name not in allowed:
             raise EmuError(f"the live runtime does not implement {kind} policy {name!r} yet; expected one of "
@@ -93,6 +103,8 @@ def _slots(scenario: Any, spec: Any, n_keys: int) -> int:
 
 def first_layers(trace: Any, n_layers: int) -> Any:
     """The routing of the first `n_layers` MoE layers, for a model built with fewer layers than traced."""
+    import attrs
+
     cut = {k: None if getattr(trace, k) is None else getattr(trace, k)[:, :n_layers]
            for k in ("experts", "scores", "predicted")}
     return attrs.evolve(trace, **cut, meta=dict(trace.meta, layers_kept=n_layers, layers_traced=trace.n_layers))
@@ -106,6 +118,7 @@ def _versions() -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import attrs
     import torch
 
     from emu.scenario import load_scenario

@@ -22,9 +22,9 @@ import attrs
 import numpy as np
 
 from ..errors import EmuError
+from .concentration_cli import DEFAULT_COVERAGE  # the parser shows it; defined where building it needs no numpy
 from .expert_counts import CountsTable, counts_table, load_counts_json, load_imatrix_counts
 
-DEFAULT_COVERAGE = 0.9
 YES_BELOW = 0.25
 BARELY_BELOW = 0.5
 # Relative slack when comparing a cumulative share with the coverage target, so that e.g. counts

@@ -5,14 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .concentration import (
-    DEFAULT_COVERAGE,
-    gate_from_counts_json,
-    gate_from_imatrix,
-    gate_from_trace,
-    render_json,
-    render_table,
-)
+#: the expert share a gate must cover (the analysis imports it from here: building the parser needs no numpy)
+DEFAULT_COVERAGE = 0.9
 
 
 def _coverage(text: str) -> float:
@@ -44,6 +38,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Print the gate; bad input raises EmuError for the CLI to print as one line."""
+    from .concentration import gate_from_counts_json, gate_from_imatrix, gate_from_trace, render_json, render_table
+
     if args.imatrix:
         report = gate_from_imatrix(args.imatrix, args.coverage)
     elif args.counts:

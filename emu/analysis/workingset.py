@@ -32,8 +32,8 @@ import numpy as np
 
 from ..errors import EmuError
 from ..trace import RoutingTrace
+from .workingset_cli import DEFAULT_WINDOW  # the parser shows it; defined where building it needs no numpy
 
-DEFAULT_WINDOW = 8
 STABLE_TOL = 0.02
 THRASH_FRAC = 0.5
 

@@ -6,8 +6,9 @@ import argparse
 from typing import Any
 
 from ..errors import EmuError
-from ..trace import RoutingTrace
-from .workingset import DEFAULT_WINDOW, analyze, check_capacity, render_json, render_table, slots_per_layer
+
+#: passes per working-set window (the analysis imports it from here: building the parser needs no numpy or numba)
+DEFAULT_WINDOW = 8
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -41,6 +42,9 @@ def _expert_bytes(name: str | None) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..trace import RoutingTrace
+    from .workingset import analyze, check_capacity, render_json, render_table, slots_per_layer
+
     trace = RoutingTrace.load(args.trace)
     report = analyze(trace, args.window, source=str(args.trace))
     if args.model:

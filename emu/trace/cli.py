@@ -8,16 +8,19 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 from ..errors import EmuError
-from ..models import get_preset
-from .formats import FORMATS, detect_format, import_trace, normalize_format
-from .inspect import render, summarize
-from .jsonl import import_jsonl
-from .routing_trace import RoutingTrace
-from .synthetic import SyntheticParams, generate, parse_zipf
+from .format_names import FORMATS
 
-_DEFAULTS = SyntheticParams()
+if TYPE_CHECKING:
+    from .routing_trace import RoutingTrace
+
+#: `SyntheticParams()`'s defaults for `trace gen`'s flags, written out so that building the parser imports
+#: neither numpy nor numba (tests/test_cli_startup.py checks they are the class's)
+_DEFAULTS = SimpleNamespace(seed=0, zipf_s=1.0, reuse_prob=0.3, cross_layer_corr=0.3, prompt_len=128,
+                            output_len=512, length_jitter=0.0, n_requests=8, batch_size=1, score_scale=1.0)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -93,6 +96,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Run one `trace` sub-command; bad input raises EmuError for the caller to print as one line."""
+    from ..models import get_preset
+    from .formats import detect_format, import_trace, normalize_format
+    from .inspect import render, summarize
+    from .jsonl import import_jsonl
+    from .routing_trace import RoutingTrace
+    from .synthetic import SyntheticParams, generate, parse_zipf
+
     cmd = args.trace_command
     if cmd == "gen":
         model = get_preset(args.model)

@@ -22,19 +22,12 @@ from pathlib import Path
 
 from ...errors import EmuError
 from ...models import ModelSpec
+from ..format_names import FORMATS
 from ..routing_trace import RoutingTrace
 from . import onnx_genai, parquet, route_csv, sglang, vllm
 
 Importer = Callable[..., RoutingTrace]
 
-FORMATS: dict[str, str] = {
-    "jsonl": "JSONL, one row per (request, token, MoE layer)",
-    "route-trace": "BigMoeOnEdge route_trace v1 CSV",
-    "onnx-genai": "onnx-genai expert-trace JSON",
-    "vllm": "vLLM routed_experts arrays in an .npz (save_vllm_npz)",
-    "sglang": "SGLang expert-distribution recorder dump, per_token mode (.pt)",
-    "parquet": "Parquet, one row per (request, position, MoE layer)",
-}
 _ALIASES = {"route_trace": "route-trace", "csv": "route-trace", "onnx_genai": "onnx-genai", "json": "onnx-genai",
             "pt": "sglang"}
 _EXTENSIONS = {".jsonl": "jsonl", ".csv": "route-trace", ".json": "onnx-genai", ".npz": "vllm", ".pt": "sglang",
