@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,21 +41,84 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     scenarios = [load_scenario(p, args.set) for p in args.scenarios]  # validate all before running any
     recorder = _timeline_recorder(args, len(scenarios))
+    for sc in scenarios:  # a bad output place is found before the runs, not after them
+        _check_out_dir(*_out_dir(args, sc))
+    if recorder is not None:
+        _check_out_file(args.timeline, "--timeline")
     rows = []
     for sc in scenarios:
         _result, record = run_scenario(sc, engine=args.engine, timeline=recorder)
-        out_dir = args.out or sc.output_dir or "runs"
-        path = write_record(record, out_dir, Path(sc.path).stem)
+        out_dir, file, key = _out_dir(args, sc)
+        try:
+            path = write_record(record, out_dir, Path(sc.path).stem)
+        except OSError as err:
+            raise EmuError(f"cannot write {Path(out_dir) / Path(sc.path).stem}.json: {_os_reason(err)}",
+                           file=file, key=key) from None
         rows.append(_row(Path(sc.path).stem, record))
         if not args.quiet:
             print(f"wrote {path}", file=sys.stderr)
     if recorder is not None:
-        path = recorder.write(args.timeline)
+        try:
+            path = recorder.write(args.timeline)
+        except OSError as err:
+            raise EmuError(f"cannot write {args.timeline}: {_os_reason(err)}", key="--timeline") from None
         if not args.quiet:
             print(f"wrote {path} (passes {recorder.first}:{recorder.stop}, {len(recorder.events)} events)",
                   file=sys.stderr)
     print(render_table(rows))
     return 0
+
+
+def _os_reason(err: OSError) -> str:
+    return err.strerror or str(err)
+
+
+def _out_dir(args: argparse.Namespace, sc: Any) -> tuple[str, str | None, str]:
+    """The directory a scenario's result goes to, and what named it: (dir, file, key)."""
+    if args.out:
+        return args.out, None, "--out"
+    if sc.output_dir:
+        return sc.output_dir, str(sc.path), "output.dir"
+    return "runs", None, "--out"
+
+
+def _check_out_dir(path: str, file: str | None, key: str) -> None:
+    """The results directory exists (made here) and can be written, else one line naming the option."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise EmuError(f"expected a directory for the result files, but {path} is not a directory", file=file,
+                       key=key)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise EmuError(f"cannot create directory {path}: {_os_reason(err)}", file=file, key=key) from None
+    try:  # a real write, not os.access: root passes that check where the kernel still refuses (/proc)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise EmuError(f"cannot write in directory {path}: {_os_reason(err)}", file=file, key=key) from None
+
+
+def _check_out_file(path: str, key: str) -> None:
+    """A file to be written: not a directory, in a directory that exists (made here) and can be written."""
+    out = Path(path)
+    if out.is_dir():
+        raise EmuError(f"expected a file path, but {path} is a directory", key=key)
+    parent = out.parent
+    if parent.exists() and not parent.is_dir():
+        raise EmuError(f"cannot write {path}: {parent} is not a directory", key=key)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise EmuError(f"cannot create directory {parent}: {_os_reason(err)}", key=key) from None
+    existed = out.exists()
+    try:  # open it as the write will (without truncating one that exists), then leave things as they were
+        with open(out, "r+b" if existed else "xb"):
+            pass
+        if not existed:
+            out.unlink()
+    except OSError as err:
+        raise EmuError(f"cannot write {path}: {_os_reason(err)}", key=key) from None
 
 
 def _timeline_recorder(args: argparse.Namespace, n_scenarios: int) -> Any:

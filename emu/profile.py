@@ -22,6 +22,10 @@ else:  # pragma: no cover
 SCHEMA = "moe-emu/profile/1"
 #: `copy.order`: the order queued copies start in
 COPY_ORDERS = ("demand-first", "submission")
+#: `copy.h2d_engines`: a GPU has a handful of copy engines; the engines keep one lane per engine
+MAX_H2D_ENGINES = 64
+#: the most points one measured table (copy table, compute curve, dense axis) may hold
+MAX_TABLE_POINTS = 4096
 
 
 @attrs.frozen
@@ -155,10 +159,12 @@ class _Reader:
             raise self.err(key, f"expected a {'positive' if positive else 'non-negative'} number, got {value!r}")
         return value
 
-    def integer(self, key: str, default: Any = ...) -> int:
+    def integer(self, key: str, default: Any = ..., *, hi: int | None = None) -> int:
         value = self.raw(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise self.err(key, f"expected a positive integer, got {value!r}")
+        if hi is not None and value > hi:
+            raise self.err(key, f"expected an integer in 1..{hi}, got {value!r}")
         return value
 
     def boolean(self, key: str, default: Any = ...) -> bool:
@@ -171,6 +177,8 @@ class _Reader:
         value = self.raw(key, default)
         if not isinstance(value, list) or not value:
             raise self.err(key, f"expected a non-empty list of numbers, got {value!r}")
+        if len(value) > MAX_TABLE_POINTS:
+            raise self.err(key, f"expected at most {MAX_TABLE_POINTS} values, got {len(value)}")
         out = []
         for i, v in enumerate(value):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) or v < 0:
@@ -297,7 +305,7 @@ def profile_from_dict(data: dict[str, Any], *, file: str = "<profile>") -> Hardw
     if len(table_bytes) != len(table_s):
         raise c.err("table_s", f"expected {len(table_bytes)} values, one per entry of table_bytes")
     copy = CopySpec(
-        h2d_engines=c.integer("h2d_engines", 1), latency_s=c.number("latency_s"),
+        h2d_engines=c.integer("h2d_engines", 1, hi=MAX_H2D_ENGINES), latency_s=c.number("latency_s"),
         bw_pinned_Bps=c.number("bw_pinned_Bps", positive=True),
         bw_pageable_Bps=c.number("bw_pageable_Bps", positive=True),
         d2h_bw_pinned_Bps=c.number("d2h_bw_pinned_Bps", None, positive=True),

@@ -7,6 +7,7 @@ expected (docs/scenarios.md documents every key).
 from __future__ import annotations
 
 import copy
+import math
 import re
 import sys
 import warnings
@@ -67,7 +68,10 @@ class CacheConfig:
         elif isinstance(value, str) and _SIZE.match(value):
             m = _SIZE.match(value)
             assert m is not None
-            nbytes = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+            size = float(m.group(1)) * _UNITS[m.group(2).lower()]
+            if not math.isfinite(size):
+                raise EmuError(f"expected a finite size, got {value!r}", file=file, key=key)
+            nbytes = int(size)
         else:
             raise EmuError(f"expected \"5%\" of expert bytes, a size like \"0.6GB\", or a slot count, got "
                            f"{value!r}", file=file, key=key)

@@ -117,25 +117,36 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
 
 
+def import_torch(command: str) -> Any:
+    """torch, or one line saying the command needs it (a live run is real PyTorch code)."""
+    try:
+        import torch
+    except ImportError as err:
+        raise EmuError(f"`emu {command}` runs a real PyTorch model and needs torch, which cannot be imported "
+                       f"({err}); install the 'live' extra: pip install -e '.[live]'", key="torch") from None
+    return torch
+
+
 def run(args: argparse.Namespace) -> int:
     import attrs
-    import torch
 
     from emu.scenario import load_scenario
     from emu.trace import RoutingTrace
-
-    from .models import build_model, live_spec, shape_of
-    from .offload import ExpertOffload
-    from .runner import PassPlan, plans_from_trace, run_live
 
     for value, key in ((args.layers, "--layers"), (args.prompt_len, "--prompt-len"),
                        (args.decode_tokens, "--decode-tokens")):
         _positive(value, key)
     if args.warmup < 0:
         raise EmuError(f"expected a non-negative count, got {args.warmup}", key="--warmup")
+    scenario = load_scenario(args.scenario, args.overrides)  # a bad scenario is named before torch is asked for
+    torch = import_torch("live")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise EmuError("torch sees no CUDA device; use --device cpu", key="--device")
-    scenario = load_scenario(args.scenario, args.overrides)
+
+    from .models import build_model, live_spec, shape_of
+    from .offload import ExpertOffload
+    from .runner import PassPlan, plans_from_trace, run_live
+
     out = args.out or Path(scenario.output_dir or ".") / f"live_{Path(scenario.path).stem}.npz"
     if out.suffix != ".npz":
         raise EmuError("expected a path ending in .npz", file=str(out), key="--out")

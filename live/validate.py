@@ -9,7 +9,6 @@ error of TTFT, decode tok/s, hit rate and bytes moved. No torch needed: CI re-ch
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from emu.errors import EmuError
 from emu.models import ModelSpec
 from emu.profile import HardwareProfile
 from emu.runtime_profile import NO_RUNTIME, RuntimeProfile
+from emu.textio import loads, read_text
 from emu.trace import RoutingTrace
 
 #: the metrics compared, as (name, key in the live record or its stats, emulator attribute or counter)
@@ -45,12 +45,10 @@ class LiveRun:
 
 def load_live_run(path: str | Path) -> LiveRun:
     path = Path(path)
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise EmuError("live result not found", file=str(path)) from None
-    except json.JSONDecodeError as err:
-        raise EmuError(f"not valid JSON: {err.msg} at line {err.lineno}", file=str(path)) from None
+    if not path.is_file():
+        raise EmuError("live result not found", file=str(path))
+    what = "the record `emu live` writes"
+    record = loads(read_text(path, what), str(path), what)
     if not isinstance(record, dict):
         raise EmuError("expected a JSON object (the record `emu live` writes)", file=str(path))
     for key in _REQUIRED:

@@ -86,8 +86,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def is_run_record(path: Path) -> bool:
     try:
-        rec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # not readable, not UTF-8, not JSON, nested too deeply
         return False
     return isinstance(rec, dict) and rec.get("offload") is True and "stats" in rec and "trace" in rec
 
@@ -150,9 +150,10 @@ def load_runtime_cals(paths: list[Path]) -> dict[tuple[str, str], dict[str, Any]
     cals: dict[tuple[str, str], dict[str, Any]] = {}
     for path in paths:
         try:
-            cal = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise EmuError(f"cannot read a runtime calibration: {err}", file=str(path)) from None
+            cal = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as err:  # UnicodeDecodeError, JSONDecodeError: ValueErrors
+            reason = "JSON nested too deeply" if isinstance(err, RecursionError) else err
+            raise EmuError(f"cannot read a runtime calibration: {reason}", file=str(path)) from None
         if not isinstance(cal, dict) or not isinstance(cal.get("profile_model"), str):
             raise EmuError("expected a JSON object naming its model", file=str(path), key="profile_model")
         cals[(cal["profile_model"], str(cal.get("prefetch") or "none"))] = dict(cal, file=str(path))

@@ -8,7 +8,6 @@ silently wrong number further down.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -18,6 +17,11 @@ import attrs
 import numpy as np
 
 from ..errors import EmuError
+from ..textio import loads, not_utf8
+
+#: the largest count accepted: far above any tally of tokens, and small enough that a row of up to 10**6 such
+#: counts sums to a finite float64 with exact-enough shares
+_MAX_COUNT = 1e200
 
 
 @attrs.frozen(eq=False)
@@ -53,7 +57,7 @@ def counts_table(
     """
     try:
         arr = np.asarray(counts, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise EmuError(f"expected a numeric L×E array of counts ({exc})", file=source, key="counts") from None
     if arr.ndim != 2 or arr.shape[0] < 1:
         raise EmuError(f"expected a 2-D array [n_layers, n_experts], got shape {arr.shape}",
@@ -65,6 +69,11 @@ def counts_table(
     if bad.size:
         i, j = (int(v) for v in bad[0])
         raise EmuError(f"expected a finite count >= 0, got {arr[i, j]!r}",
+                       file=source, key=f"counts[{i}][{j}]")
+    big = np.argwhere(arr > _MAX_COUNT)
+    if big.size:  # counts this large are no tally of tokens, and their sums overflow to inf
+        i, j = (int(v) for v in big[0])
+        raise EmuError(f"expected a count <= {_MAX_COUNT:.0e}, got {arr[i, j]:g}",
                        file=source, key=f"counts[{i}][{j}]")
     sums = arr.sum(axis=1)
     empty = np.flatnonzero(sums <= 0)
@@ -115,15 +124,14 @@ def _validate_layers(layers: Any, n_layers: int, source: str) -> tuple[int, ...]
 def load_counts_json(path: str | Path) -> CountsTable:
     """Read the L×E counts JSON {"model", "n_experts", "top_k", "layers", "counts"} (+ "workload")."""
     source = str(path)
+    what = "the L×E counts JSON (docs/concentration.md)"
     try:
         text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise not_utf8(path, what, name=source) from None
     except OSError as exc:
         raise EmuError(f"cannot read the counts file ({exc.strerror or exc})", file=source) from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EmuError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                       file=source) from None
+    doc = loads(text, source, what)
     if not isinstance(doc, dict):
         raise EmuError(f"expected a JSON object at the top level, got {type(doc).__name__}", file=source)
 
@@ -152,9 +160,18 @@ def load_counts_json(path: str | Path) -> CountsTable:
                            file=source, key=f"counts[{i}]")
         for j, value in enumerate(row):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok and isinstance(value, int) and value > _MAX_COUNT:  # float() of it overflows or rounds
+                raise EmuError(f"expected a count <= {_MAX_COUNT:.0e}, got an integer of {_digits(value)} digits",
+                               file=source, key=f"counts[{i}][{j}]")
             if not ok or not math.isfinite(value) or value < 0:
-                raise EmuError(f"expected a count >= 0, got {value!r}", file=source, key=f"counts[{i}][{j}]")
+                raise EmuError(f"expected a finite count >= 0, got {value!r}", file=source,
+                               key=f"counts[{i}][{j}]")
     return counts_table(rows, doc["layers"], top_k, source=source, model=model, workload=workload)
+
+
+def _digits(value: int) -> str:
+    """How many decimal digits, without str() (refused past 4300 digits)."""
+    return f"about {int(value.bit_length() * math.log10(2)) + 1:,}"
 
 
 def _optional_str(doc: dict[str, Any], key: str, source: str) -> str | None:

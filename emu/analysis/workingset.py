@@ -244,13 +244,21 @@ def analyze(trace: RoutingTrace, window: int = DEFAULT_WINDOW, source: str = "")
 _TOTAL = re.compile(r"^\s*total\s*[=:]\s*(\d+)\s*$", re.IGNORECASE)
 
 
+def _count(digits: str, spec: str, key: str) -> int:
+    """A slot count; one too long for Python's int() (over 4300 digits) is a count no model has."""
+    if len(digits.lstrip("0")) > 18:
+        raise EmuError(f"expected a slot count below 10**18, got {spec[:40]!r}"
+                       + ("..." if len(spec) > 40 else ""), key=key)
+    return int(digits)
+
+
 def slots_per_layer(spec: str, n_layers: int, n_experts: int, expert_bytes: int | None = None) -> int:
     """`8` (slots per layer), `25%` (of all experts), `total=512` (slots) or `0.6GB` (needs expert_bytes);
     a total is split evenly over layers, rounded down."""
     text = spec.strip()
     key = "--capacity"
     if re.fullmatch(r"\d+", text):
-        per_layer = int(text)
+        per_layer = _count(text, spec, key)
     elif text.endswith("%"):
         try:
             pct = float(text[:-1])
@@ -260,7 +268,7 @@ def slots_per_layer(spec: str, n_layers: int, n_experts: int, expert_bytes: int 
             raise EmuError(f"expected a percentage in (0, 100], got {spec!r}", key=key)
         per_layer = int(n_experts * pct / 100.0 + 1e-9)
     elif m := _TOTAL.match(text):
-        per_layer = int(m.group(1)) // n_layers
+        per_layer = _count(m.group(1), spec, key) // n_layers
     else:
         from ..scenario import _SIZE, _UNITS
 
@@ -270,7 +278,10 @@ def slots_per_layer(spec: str, n_layers: int, n_experts: int, expert_bytes: int 
                            f"got {spec!r}", key=key)
         if expert_bytes is None:
             raise EmuError(f"a size needs the model's expert bytes: pass --model (got {spec!r})", key=key)
-        per_layer = int(float(m.group(1)) * _UNITS[m.group(2).lower()] // expert_bytes) // n_layers
+        nbytes = float(m.group(1)) * _UNITS[m.group(2).lower()]
+        if not math.isfinite(nbytes):
+            raise EmuError(f"expected a finite size, got {spec!r}", key=key)
+        per_layer = int(nbytes // expert_bytes) // n_layers
     if per_layer < 1:
         raise EmuError(f"{spec!r} gives {per_layer} slots per layer over {n_layers} layers; need at least 1",
                        key=key)

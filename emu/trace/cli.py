@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from .inspect import render, summarize
     from .jsonl import import_jsonl
     from .routing_trace import RoutingTrace
-    from .synthetic import SyntheticParams, generate, parse_zipf
+    from .synthetic import SyntheticParams, check_generation_size, generate, parse_zipf
 
     cmd = args.trace_command
     if cmd == "gen":
@@ -112,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
             prompt_len=args.prompt_len, output_len=args.output_len, length_jitter=args.length_jitter,
             n_requests=args.n_requests, batch_size=args.batch_size, seed=args.seed, with_scores=args.scores,
             score_scale=args.score_scale, predictor_accuracy=args.predictor_accuracy)
+        if args.tokens is not None and args.tokens < 1:
+            raise EmuError(f"expected a positive integer, got {args.tokens}", key="--tokens")
+        check_generation_size(model, params, args.tokens, tokens_key="--tokens", requests_key="--requests")
         t0 = time.perf_counter()
         trace = generate(model, params, n_tokens=args.tokens)
         elapsed = time.perf_counter() - t0

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import EmuError, EmuWarning
 from ..models import ModelSpec
+from ..textio import not_utf8
 from .routing_trace import PHASE_DECODE, PHASE_PREFILL, RoutingTrace
 
 _ALIASES = {"request": ("request", "problem_id"), "token": ("token", "token_idx"),
@@ -50,10 +51,17 @@ def import_jsonl(path: str | Path, model: ModelSpec | None = None, *, strict: bo
     if not path.is_file():
         raise EmuError("trace file not found", file=name)
     rows = _Rows(name, model)
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.strip():
-                rows.add(lineno, line)
+    lineno = 0
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if line.strip():
+                    rows.add(lineno, line)
+    except UnicodeDecodeError:
+        raise not_utf8(path, "a JSONL routing trace", name=name) from None
+    except RecursionError:  # json.loads, or the repr of such a value in a message
+        raise rows.err(lineno, None, "JSON nested too deeply to parse; expected one flat JSON object per "
+                                     "line") from None
     if not rows.lines:
         raise EmuError("no rows: expected one JSON object per line", file=name)
     return rows.build(strict=strict)
@@ -113,6 +121,8 @@ class _Rows:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise self.err(lineno, None, f"not valid JSON ({err.msg} at column {err.colno})") from None
+        except ValueError as err:  # an integer of more digits than int() converts
+            raise self.err(lineno, None, f"not valid JSON ({err})") from None
         if not isinstance(row, dict):
             raise self.err(lineno, None, f"expected a JSON object, got {type(row).__name__}")
         got: dict[str, Any] = {}

@@ -172,29 +172,91 @@ class RoutingTrace:
     @classmethod
     def load(cls, path: str | Path) -> RoutingTrace:
         path = Path(path)
+        file = str(path)
         if not path.is_file():
-            raise EmuError("trace file not found", file=str(path))
+            raise EmuError("trace file not found", file=file)
         try:
             data = np.load(path, allow_pickle=False)
         except Exception as err:  # numpy raises several types for a non-npz file
-            raise EmuError(f"not a readable .npz trace ({err.__class__.__name__})", file=str(path)) from None
+            raise EmuError(f"not a readable .npz trace ({err.__class__.__name__})", file=file) from None
+        if not hasattr(data, "files"):  # a bare .npy array, not an archive
+            raise EmuError("not a .npz archive (a single .npy array); expected a moe-emu trace", file=file)
         with data:
             missing = [k for k in ("experts", "pass_offsets", "pass_phase", "token_request",
                                    "token_position", "header") if k not in data.files]
             if missing:
-                raise EmuError(f"missing arrays {missing}; see docs/traces.md", file=str(path))
-            header = json.loads(str(data["header"]))
+                raise EmuError(f"missing arrays {missing}; see docs/traces.md", file=file)
+            header = _header(_member(data, "header", file), file)
             if header.get("schema") != SCHEMA:
                 raise EmuError(f"expected schema {SCHEMA!r}, got {header.get('schema')!r}",
-                               file=str(path), key="header.schema")
+                               file=file, key="header.schema")
+            n_experts = header.get("n_experts", 0)
+            if isinstance(n_experts, bool) or not isinstance(n_experts, int) or not 0 <= n_experts <= _MAX_EXPERTS:
+                raise EmuError(f"expected an integer in 0..{_MAX_EXPERTS} (0: unknown), got {n_experts!r}",
+                               file=file, key="header.n_experts")
+            model = header.get("model", "")
+            if not isinstance(model, str):
+                raise EmuError(f"expected a string, got {model!r}", file=file, key="header.model")
+            meta = header.get("meta", {})
+            if not isinstance(meta, dict):
+                raise EmuError(f"expected a JSON object, got {type(meta).__name__}", file=file, key="header.meta")
+
+            def arr(key: str, dtype: Any) -> np.ndarray:
+                return _cast(_member(data, key, file), np.dtype(dtype), key, file)
+
             trace = cls(
-                experts=data["experts"].astype(np.int16, copy=False),
-                pass_offsets=data["pass_offsets"].astype(np.int64, copy=False),
-                pass_phase=data["pass_phase"].astype(np.int8, copy=False),
-                token_request=data["token_request"].astype(np.int32, copy=False),
-                token_position=data["token_position"].astype(np.int32, copy=False),
-                scores=data["scores"].astype(np.float16, copy=False) if "scores" in data.files else None,
-                predicted=data["predicted"].astype(np.int16, copy=False) if "predicted" in data.files else None,
-                n_experts=int(header.get("n_experts", 0)), model=str(header.get("model", "")),
-                meta=dict(header.get("meta", {})))
-        return trace.validate(file=str(path))
+                experts=arr("experts", np.int16), pass_offsets=arr("pass_offsets", np.int64),
+                pass_phase=arr("pass_phase", np.int8), token_request=arr("token_request", np.int32),
+                token_position=arr("token_position", np.int32),
+                scores=arr("scores", np.float16) if "scores" in data.files else None,
+                predicted=arr("predicted", np.int16) if "predicted" in data.files else None,
+                n_experts=n_experts, model=model, meta=dict(meta))
+        return trace.validate(file=file)
+
+
+#: expert ids are int16
+_MAX_EXPERTS = int(np.iinfo(np.int16).max) + 1
+
+
+def _member(data: Any, key: str, file: str) -> np.ndarray:
+    """One array of the archive; a damaged member (bad CRC, truncated, bad .npy header, too big) is an EmuError."""
+    try:
+        return data[key]
+    except (MemoryError, RecursionError) as err:
+        raise EmuError(f"cannot load the array ({err.__class__.__name__}); the file is damaged or not a moe-emu "
+                       "trace", file=file, key=key) from None
+    except Exception as err:  # zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError...
+        reason = (str(err).splitlines() or [""])[0][:200]
+        raise EmuError(f"cannot read the array ({err.__class__.__name__}: {reason}); the file is damaged or "
+                       "not a moe-emu trace", file=file, key=key) from None
+
+
+def _header(raw: np.ndarray, file: str) -> dict[str, Any]:
+    if raw.dtype.kind not in "US" or raw.ndim != 0:
+        raise EmuError(f"expected a JSON string, got a {raw.dtype} array of shape {raw.shape}", file=file,
+                       key="header")
+    try:
+        header = json.loads(str(raw))
+    except (ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
+        reason = err.msg if isinstance(err, json.JSONDecodeError) else err.__class__.__name__
+        raise EmuError(f"not valid JSON ({reason}); expected the trace header object", file=file,
+                       key="header") from None
+    if not isinstance(header, dict):
+        raise EmuError(f"expected a JSON object, got {type(header).__name__}", file=file, key="header")
+    return header
+
+
+def _cast(a: np.ndarray, dtype: np.dtype, key: str, file: str) -> np.ndarray:
+    """`a` as `dtype`, refusing what the cast would silently change: floats into ints, ids out of range."""
+    if dtype.kind == "f":
+        if a.dtype.kind not in "fiu":
+            raise EmuError(f"expected a numeric array, got dtype {a.dtype}", file=file, key=key)
+        return a.astype(dtype, copy=False)
+    if a.dtype.kind not in "iu":
+        raise EmuError(f"expected an integer array, got dtype {a.dtype}", file=file, key=key)
+    if a.size and a.dtype != dtype:
+        info = np.iinfo(dtype)
+        lo, hi = int(a.min()), int(a.max())
+        if lo < info.min or hi > info.max:
+            raise EmuError(f"values {lo}..{hi} do not fit {dtype} ({info.min}..{info.max})", file=file, key=key)
+    return a.astype(dtype, copy=False)

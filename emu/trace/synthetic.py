@@ -19,6 +19,7 @@ top-k experts are always distinct.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -432,10 +433,65 @@ def popularity(model: ModelSpec, params: SyntheticParams) -> tuple[np.ndarray, n
     return probs, by_rank
 
 
+#: token ids, request ids and positions are int32
+MAX_TOKENS = 2**31 - 1
+
+
+def available_memory() -> tuple[int, str]:
+    """Bytes this machine can give a new allocation, and where the number came from."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "physical memory (os.sysconf)"
+    except (OSError, ValueError, AttributeError):
+        return 64 * 2**30, "a fixed cap of 64 GiB (this system reports no memory size)"
+
+
+def generation_bytes(model: ModelSpec, params: SyntheticParams, n_tokens: int | None) -> tuple[int, int, int]:
+    """(bytes, tokens, requests) generate() allocates at most: the arrays it sizes before it routes a token."""
+    jit = params.length_jitter
+    if n_tokens is None:
+        n_req = params.n_requests
+    else:
+        shortest = max(1, math.floor(params.prompt_len * (1 - jit)) + math.floor(params.output_len * (1 - jit)))
+        n_req = -(-n_tokens // shortest) + params.batch_size
+    longest_prompt = max(1, math.ceil(params.prompt_len * (1 + jit)))
+    longest_output = max(1, math.ceil(params.output_len * (1 + jit)))
+    tokens = n_req * (longest_prompt + longest_output)
+    if n_tokens is not None:
+        tokens = min(tokens, n_tokens)
+    passes = n_req + n_req * longest_output + 1
+    slots = model.n_moe_layers * model.top_k
+    per_token = slots * 2 * (1 + params.with_scores + (params.predictor_accuracy is not None)) + 4 + 4 + 8
+    per_request = 2 * 8 + 3 * 8  # lengths; first, last, decoded
+    total = tokens * per_token + n_req * per_request + passes * 9 + params.batch_size * 8
+    return total, tokens, n_req
+
+
+def check_generation_size(model: ModelSpec, params: SyntheticParams, n_tokens: int | None, *,
+                          tokens_key: str = "tokens", requests_key: str = "n_requests") -> None:
+    """Refuse, before allocating anything, a trace that cannot fit this machine's memory or the int32 ids."""
+    need, tokens, n_req = generation_bytes(model, params, n_tokens)
+    key = tokens_key if n_tokens is not None else requests_key
+    limit, source = available_memory()
+    if need > limit:
+        raise EmuError(f"{tokens:,} tokens of {n_req:,} requests need about {need / 1e9:,.1f} GB to generate "
+                       f"but the limit is {limit / 1e9:,.1f} GB ({source}); ask for fewer tokens", key=key)
+    if tokens > MAX_TOKENS or n_req > MAX_TOKENS:
+        raise EmuError(f"{tokens:,} tokens of {n_req:,} requests: at most {MAX_TOKENS:,} of each fit the "
+                       "trace's int32 token and request ids", key=key)
+
+
 def generate(model: ModelSpec, params: SyntheticParams, n_tokens: int | None = None) -> RoutingTrace:
     """A synthetic trace for `model`; with `n_tokens`, exactly that many tokens (the last pass may be cut)."""
     if n_tokens is not None and (isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1):
         raise EmuError(f"expected a positive integer, got {n_tokens!r}", key="tokens")
+    check_generation_size(model, params, n_tokens)
     n_layers, n_exp, top_k = model.n_moe_layers, model.n_experts, model.top_k
     probs, by_rank = popularity(model, params)
     rank_of = np.argsort(by_rank, axis=1)

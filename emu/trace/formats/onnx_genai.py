@@ -17,7 +17,6 @@ captured). Error keys name the JSON path, e.g. `prompts.code.decode[3][5]`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from ...errors import EmuError
 from ...models import ModelSpec
+from ...textio import loads, read_text
 from ..checks import finish_import
 from ..routing_trace import PHASE_DECODE, PHASE_PREFILL, RoutingTrace
 
@@ -72,12 +72,8 @@ def import_onnx_genai(path: str | Path, model: ModelSpec | None = None, *,
     name = str(path)
     if not path.is_file():
         raise EmuError("trace file not found", file=name)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise EmuError(f"not UTF-8 text (byte {err.start}); expected the onnx-genai trace JSON", file=name) from None
-    except json.JSONDecodeError as err:
-        raise EmuError(f"not valid JSON ({err.msg} at line {err.lineno} column {err.colno})", file=name) from None
+    what = "the onnx-genai trace JSON"
+    doc = loads(read_text(path, what, name=name), name, what)
     if not isinstance(doc, dict):
         raise EmuError(f"expected a JSON object, got {type(doc).__name__}", file=name)
     n_layers = _int(doc, "num_layers", name)
