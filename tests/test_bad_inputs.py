@@ -22,23 +22,8 @@ from emu.profile import MAX_H2D_ENGINES, profile_from_dict
 from emu.trace import RoutingTrace
 
 from .conftest import make_trace
-
-REPO = Path(__file__).resolve().parents[1]
-PROFILE = REPO / "scenarios" / "profiles" / "h100-provisional.toml"
-
-SCENARIO = """
-model = "olmoe-1b-7b"
-[hardware]
-profile = "{profile}"
-[cache]
-capacity = "5%"
-[workload.synthetic]
-tokens = 40
-prompt_len = 8
-output_len = 8
-[engine]
-kind = "des"
-"""
+from .test_scenario_bad_input import BASE as SCENARIO
+from .test_scenario_bad_input import PROFILE, REPO
 
 
 def one_error_line(capsys, argv: list[str], *needles: str) -> str:
