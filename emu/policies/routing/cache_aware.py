@@ -6,8 +6,11 @@ delta_avg is the mean gap between consecutive sorted top-k logits of the token (
 expert outside the top-k is taken to sit one gap below the k-th logit (z_k - delta_avg), with
 original weight score_k * exp(-delta_avg). Resident means resident or in flight. With lambda <= 1 a
 resident outsider can only tie the k-th choice, so swaps start above lambda = 1; ties keep the
-router's own choice, then the lower expert id. The routed mass of the chosen experts is what the core
-books; the router's own choices that the bias swapped out are booked as rerouted mass (their gate scores).
+router's own choice, then the lower expert id. Each chosen expert carries its weight as its routing mass
+(what the miss and eviction policies see); the router's own choices that the bias swapped out are booked
+as rerouted mass (their gate scores), and the routed mass (`mass`, the denominator of `lost_mass_frac`)
+stays the router's own: the replacements' smaller weights are swapped back for the displaced scores there,
+so rerouted mass never exceeds routed mass.
 Needs gate scores: a trace without them fails at init naming `policy.routing`.
 State: scratch rows only (`f[F.LOGITS]`, `f[F.WEIGHTS]` of the candidates, `f[F.CHOSEN_W]` the chosen
 experts' weights; `i[I.CHOSEN]` the chosen ids, `i[I.CAND]` the candidate ids); `p[P.STRENGTH]`.
@@ -134,7 +137,9 @@ def route(ps, cs, tv, p, layer, t):
     n = 0
     for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
         k = _select(ps, cs, tv, tok, layer, base)
-        for s in range(k):  # book the router's own choices that the bias swapped out
+        moved = 0.0  # the router's own choices that the bias swapped out: their gate scores
+        swapped = False
+        for s in range(k):  # book them as rerouted mass
             orig = np.int64(tv.experts[tok, layer, s])
             kept = False
             for c in range(k):
@@ -143,6 +148,9 @@ def route(ps, cs, tv, p, layer, t):
                     break
             if not kept:
                 cs.stats_f[SF.REROUTED_MASS, layer] += np.float64(tv.scores[tok, layer, s])
+                moved += np.float64(tv.scores[tok, layer, s])
+                swapped = True
+        outsiders = 0.0  # the weights of the resident outsiders that replaced them
         for s in range(k):
             e = ps.i[I.CHOSEN, s]
             if count[e] == 0:
@@ -150,6 +158,17 @@ def route(ps, cs, tv, p, layer, t):
                 n += 1
             count[e] += 1
             mass[e] += ps.f[F.CHOSEN_W, s]
+            inside = False
+            for c in range(k):
+                if np.int64(tv.experts[tok, layer, c]) == e:
+                    inside = True
+                    break
+            if not inside:
+                outsiders += ps.f[F.CHOSEN_W, s]
+        if swapped:
+            # the routed mass stays the router's own: the core adds the chosen experts' weights, so the
+            # replacements' (smaller) weights are swapped back for the scores of the choices they displaced
+            cs.stats_f[SF.MASS, layer] += moved - outsiders
     sort_prefix(ids, n)
     for j in range(n):
         e = ids[j]

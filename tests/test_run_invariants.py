@@ -1,0 +1,203 @@
+"""Invariants every emulator run must keep, on random valid scenarios, on both engines and every policy.
+
+The scenarios are those of tests/test_engine_equivalence.py (models, capacities, copy and compute
+profiles, host costs, batch sizes, traces, one registered policy of every kind); each run's JSON record
+(`build_result(...).to_dict()`, what `emu run` writes) must keep, in total and per layer:
+
+- accounting: accesses = hits + misses + dropped (docs/scenarios.md), misses = compulsory + capacity +
+  collision, late prefetch hits <= hits, every counter >= 0;
+- compulsory misses <= the (layer, expert) keys (n_experts per layer, n_layers * n_experts in total) plus
+  the CPU runs and substitutions (see below);
+- routing mass: dropped, substituted, rerouted and degraded mass each in [0, routed mass], and dropped +
+  substituted + rerouted <= routed mass (1e-9 relative slack for float sums); `lost_mass_frac` and
+  `degraded_mass_frac` in [0, 1];
+- copy / compute / CPU busy fractions, hit rate, prefetch precision and recall in [0, 1];
+- no NaN or infinity anywhere: `json.dumps(record, allow_nan=False)` succeeds;
+- the same scenario and seed give a byte-identical record (the `timings` key aside).
+
+A failure prints the shrunk scenario (`note`). 300 random scenarios on the fast engine, 300 on the SimPy
+one, and 25 per registered policy (that policy pinned) on both, each run twice: about 15 s with a warm numba
+cache (a first run after a kernel edit compiles for about 2 minutes).
+
+Compulsory misses are bounded here by the keys plus the CPU runs and substitutions: the core classifies a
+miss as compulsory when its key was never loaded (docs/ARCHITECTURE.md, step 3), and a key that the miss
+policy runs on the CPU or substitutes is never loaded, so each of its misses is compulsory again. The strict
+bound (compulsory misses <= keys, the first-reference definition) fails on such runs; the minimal case is kept
+below as a strict xfail, since making it hold changes the core's miss classification.
+
+A case these tests found and that is fixed: cache-aware routing booked the swapped-out choices' gate scores as
+rerouted mass but only their replacements' smaller weights as routed mass, so rerouted mass exceeded the routed
+mass and `lost_mass_frac` went above 1 (e^1 at top-1); it is kept as a hand case at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
+from emu.engines.des.engine import run_des
+from emu.engines.fast.engine import run_fast
+from emu.errors import EmuError
+from emu.metrics import build_result
+from emu.policies.api import KINDS
+from emu.policies.registry import REGISTRY
+
+from .test_engine_equivalence import Scenario, inputs_of, scenarios
+
+ENGINES = {"fast": run_fast, "des": run_des}
+SLACK = 1e-9  # relative, for sums of floats
+FRACTIONS = ("hit_rate", "prefetch_precision", "prefetch_recall")
+BUSY = ("copy_busy_frac", "compute_busy_frac", "cpu_busy_frac")
+MASSES = ("dropped_mass", "substituted_mass", "rerouted_mass", "degraded_mass")
+
+
+def record_of(engine: str, s: Scenario) -> tuple[Any, dict[str, Any]] | None:
+    """The run's inputs and JSON record; None when the configuration cannot run (a deadlock: EmuError)."""
+    inputs = inputs_of(s)
+    try:
+        cs, end, timings = ENGINES[engine](inputs)
+    except EmuError as err:
+        note(f"{engine}: EmuError {err}")
+        return None
+    return inputs, build_result(cs, end, inputs.trace, engine, timings).to_dict()
+
+
+def _finite(value: Any, where: str) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _finite(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _finite(item, f"{where}[{i}]")
+    elif isinstance(value, float):
+        assert math.isfinite(value), f"{where} = {value!r}"
+
+
+def _in_unit(value: float, where: str) -> None:
+    assert 0.0 <= value <= 1.0 + SLACK, f"{where} = {value!r} outside [0, 1]"
+
+
+def check_counters(c: dict[str, Any], keys: int, where: str) -> None:
+    """One set of counters (the run's totals or one layer's); `keys`: the (layer, expert) keys it covers."""
+    for name, value in c.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            assert value >= 0, f"{where}: {name} = {value!r} < 0"
+    misses = c["misses_compulsory"] + c["misses_capacity"] + c["misses_collision"]
+    assert c["misses"] == misses, f"{where}: misses {c['misses']} != compulsory + capacity + collision {misses}"
+    assert c["hits"] + misses + c["dropped"] == c["accesses"], (
+        f"{where}: hits {c['hits']} + misses {misses} + dropped {c['dropped']} != accesses {c['accesses']}")
+    assert c["late_prefetch_hits"] <= c["hits"], f"{where}: late hits {c['late_prefetch_hits']} > hits {c['hits']}"
+    # a compulsory miss is one on a key never loaded (docs/ARCHITECTURE.md); a key the miss policy runs on the CPU
+    # or substitutes stays never loaded, so its next miss is compulsory again (see the xfail case below)
+    unloaded = c["cpu_runs"] + c["substituted"]
+    assert c["misses_compulsory"] <= keys + unloaded, (
+        f"{where}: {c['misses_compulsory']} compulsory misses > {keys} keys + {unloaded} CPU runs and substitutions")
+    mass = c["mass"]
+    bound = mass * (1.0 + SLACK)
+    for name in MASSES:
+        assert c[name] <= bound, f"{where}: {name} {c[name]!r} > routed mass {mass!r}"
+    lost = c["dropped_mass"] + c["substituted_mass"] + c["rerouted_mass"]
+    assert lost <= bound, (f"{where}: dropped {c['dropped_mass']!r} + substituted {c['substituted_mass']!r} + "
+                           f"rerouted {c['rerouted_mass']!r} = {lost!r} > routed mass {mass!r}")
+    for name in FRACTIONS:
+        _in_unit(c[name], f"{where}: {name}")
+
+
+def check_record(inputs: Any, rec: dict[str, Any], engine: str) -> None:
+    _finite(rec, engine)
+    json.dumps(rec, allow_nan=False)
+    model = inputs.model
+    check_counters(rec, model.n_moe_layers * model.n_experts, f"{engine} total")
+    assert len(rec["per_layer"]) == model.n_moe_layers
+    for layer in rec["per_layer"]:
+        check_counters(layer, model.n_experts, f"{engine} layer {layer['layer']}")
+    for name in BUSY:
+        _in_unit(rec[name], f"{engine}: {name}")
+    for name in ("lost_mass_frac", "degraded_mass_frac"):
+        _in_unit(rec["quality"][name], f"{engine}: quality.{name}")
+    assert rec["accesses"] == sum(layer["accesses"] for layer in rec["per_layer"])
+
+
+def _canonical(rec: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in rec.items() if k != "timings"}, sort_keys=True, allow_nan=False)
+
+
+def assert_invariants(s: Scenario, engines: tuple[str, ...]) -> None:
+    for engine in engines:
+        first = record_of(engine, s)
+        if first is None:
+            continue
+        inputs, rec = first
+        note(f"{engine}: {inputs.trace.n_tokens} tokens, {inputs.trace.n_passes} passes; capacity "
+             f"{inputs.capacity_bytes} B = {inputs.capacity_bytes / inputs.model.expert_bytes():.2f} experts")
+        check_record(inputs, rec, engine)
+        again = record_of(engine, s)
+        assert again is not None, f"{engine}: the second run of one scenario failed"
+        assert _canonical(again[1]) == _canonical(rec), f"{engine}: two runs of one scenario and seed differ"
+
+
+_SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+
+
+@settings(max_examples=300, **_SETTINGS)
+@given(scenarios())
+def test_invariants_on_random_scenarios_fast(s: Scenario) -> None:
+    assert_invariants(s, ("fast",))
+
+
+@settings(max_examples=300, **_SETTINGS)
+@given(scenarios())
+def test_invariants_on_random_scenarios_des(s: Scenario) -> None:
+    assert_invariants(s, ("des",))
+
+
+@pytest.mark.parametrize("kind,name", [(k, n) for k in KINDS for n in sorted(REGISTRY[k])])
+@settings(max_examples=25, **_SETTINGS)
+@given(data=st.data())
+def test_invariants_for_every_registered_policy(kind: str, name: str, data: Any) -> None:
+    assert_invariants(data.draw(scenarios(fixed=(kind, name)), label="scenario"), ("fast", "des"))
+
+
+def _hand(miss: str, routing: tuple[str, tuple[tuple[str, float], ...]], tokens: int) -> Scenario:
+    """One MoE layer of 2 experts, top-1, a one-expert cache, decode tokens one pass each, LRU, no prefetch."""
+    return Scenario(
+        layers=1, experts=2, top_k=1, hidden=1, precision="bf16", capacity_experts=1.0, engines=1, latency_s=0.0,
+        bw_Bps=1e3, expert_s=(1e-3, 1e-3, 3e-3), dense_s=(1e-3, 1e-3), cpu=True, pass_overhead_s=0.0,
+        layer_overhead_s=0.0, host=(), copy_order="demand-first", tokens=tokens, prompt_len=0, output_len=1,
+        batch_size=1, reuse=0.0, scores=True, predicted=False, seed=0,
+        stack=(("eviction", "lru", ()), ("prefetch", "none", ()), ("miss", miss, ()), ("routing", *routing),
+               ("partition", "global", ())))
+
+
+@pytest.mark.xfail(strict=True, reason="a compulsory miss is a miss on a key never loaded (the core's "
+                   "classification, emu/engines/decisions.py); a key the miss policy runs on the CPU is never "
+                   "loaded, so 3 accesses to 2 keys give 3 compulsory misses. Bounding them by the keys means "
+                   "classifying on first reference instead: a change of the core's semantics")
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_compulsory_misses_at_most_the_keys_with_cpu_misses(engine: str) -> None:
+    out = record_of(engine, _hand("cpu", ("standard", ()), tokens=3))
+    assert out is not None
+    rec = out[1]
+    assert rec["accesses"] == 3 and rec["cpu_runs"] == 3
+    assert rec["misses_compulsory"] <= 2, f"{rec['misses_compulsory']} compulsory misses > 2 keys"
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_cache_aware_rerouted_mass_within_the_routed_mass(engine: str) -> None:
+    # the router picks experts 0, 1, 0, 1, 1, 1 (score 1.0 each); expert 0 is fetched by the first token and
+    # stays resident (one slot), so strength 2 swaps the other four choices for it (weight e^-1 each): rerouted
+    # 4.0 of the routed 6.0. The routed mass used to be 2 + 4 e^-1 = 3.47, below the rerouted mass
+    out = record_of(engine, _hand("fetch", ("cache-aware", (("strength", 2.0),)), tokens=6))
+    assert out is not None
+    inputs, rec = out
+    assert inputs.trace.experts[:, 0, 0].tolist() == [0, 1, 0, 1, 1, 1]
+    check_record(inputs, rec, engine)
+    assert (rec["hits"], rec["misses"]) == (5, 1)
+    assert rec["mass"] == pytest.approx(6.0, rel=1e-12)
+    assert rec["rerouted_mass"] == pytest.approx(4.0, rel=1e-12)
+    assert rec["quality"]["lost_mass_frac"] == pytest.approx(2 / 3, rel=1e-12)
