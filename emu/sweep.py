@@ -385,9 +385,19 @@ def make_executor(jobs: int, address: str | None) -> tuple[Executor | None, Call
         return None, lambda: None
     import multiprocessing
 
+    warm_cache()
     # spawn: workers must not inherit numba's thread pool through fork
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
     return pool, lambda: pool.shutdown(wait=True, cancel_futures=True)
+
+
+def warm_cache() -> None:
+    """Compile every kernel into numba's cache here, before worker processes start: workers that compile the
+    same functions at once can write each other's cache files half-way and crash (numba issue #4807); once the
+    files exist they only read them."""
+    from .engines.fast.engine import warm_up
+
+    warm_up()
 
 
 def validate_points(points: list[Point]) -> None:

@@ -143,3 +143,25 @@ def test_cli_writes_csv_runs_and_prints_the_front(tmp_path: Path, capsys: pytest
     assert "Pareto front" in out and "drop" in out
     assert len(read_csv(tmp_path / "out" / "tiny.csv")) == 4
     assert len(list((tmp_path / "out" / "runs").glob("*.json"))) == 4
+
+
+def test_a_process_pool_starts_after_the_kernels_are_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker processes compiling the same kernels at once can corrupt numba's cache files (numba #4807):
+    the parent compiles them first."""
+    import emu.sweep as sweep_mod
+
+    order: list[str] = []
+    monkeypatch.setattr(sweep_mod, "warm_cache", lambda: order.append("warm"))
+
+    class Pool:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            order.append("pool")
+
+        def shutdown(self, **kwargs: object) -> None:
+            pass
+
+    monkeypatch.setattr(sweep_mod, "ProcessPoolExecutor", Pool)
+    _pool, close = sweep_mod.make_executor(2, None)
+    close()
+    assert order == ["warm", "pool"]
+    assert sweep_mod.make_executor(1, None)[0] is None and order == ["warm", "pool"]  # serial: nothing to warm
