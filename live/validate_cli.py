@@ -70,6 +70,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                               "and runtime)")
     summary.add_argument("--write-docs", type=Path, default=None, metavar="FILE",
                          help="with --summary: write the summary table between FILE's validation-summary markers")
+    proto = p.add_argument_group("the out-of-sample protocol (docs/validation.md)")
+    proto.add_argument("--matrix", type=Path, default=None, metavar="MATRIX.toml",
+                       help="run every configuration of the matrix live (GPU) into --out DIR, calibrating the "
+                            "runtime first with --calibrate-runtime NAME on requests of its own")
+    proto.add_argument("--calibrate-runtime", default=None, metavar="NAME")
+    proto.add_argument("--compare", type=Path, default=None, metavar="DIR",
+                       help="emulate every run of a dataset folder with --profile and --runtime (profiles that "
+                            "never saw those runs) and write DIR/comparisons.json")
+    proto.add_argument("--runtime", type=Path, default=None, metavar="R.toml", help="runtime profile for --compare")
+    proto.add_argument("--gpu-kind", default=None, help="with --compare: h100, h200, ... (the rows' group)")
     live = p.add_argument_group("live run (without --from-live)")
     live.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     live.add_argument("--scale", choices=("tiny", "full"), default="full")
@@ -213,6 +223,36 @@ def validate_dir(records: list[Path], profile_path: Path, cal_paths: list[Path],
     return out
 
 
+def run_protocol(args: argparse.Namespace) -> int:
+    """`--matrix`: the protocol's live runs (GPU); `--compare`: their comparison with a calibration (no torch)."""
+    from .protocol import compare, load_matrix, run_matrix
+
+    if args.matrix is not None and args.compare is not None:
+        raise EmuError("one step at a time: --matrix runs live, --compare emulates a finished dataset", key="--matrix")
+    if args.matrix is not None:
+        if args.out is None:
+            raise EmuError("the folder the runs go to is missing", key="--out")
+        matrix = load_matrix(args.matrix)
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise EmuError("running the matrix needs torch: pip install -e '.[live]'", key="--matrix") from None
+        written = run_matrix(matrix, args.out, device=args.device, scale=args.scale,
+                             calibrate_runtime=args.calibrate_runtime)
+        print(f"wrote {len(written)} run records to {args.out / 'runs'}")
+        return 0
+    if args.profile is None or args.gpu_kind is None:
+        raise EmuError("--compare needs --profile (the device) and --gpu-kind; --runtime for the host",
+                       key="--compare")
+    from emu.runtime_profile import load_runtime_profile
+
+    name = load_runtime_profile(args.runtime).name if args.runtime is not None else "device-only"
+    data = compare(args.compare, args.profile, args.runtime, args.gpu_kind, name, args.engine)
+    print(f"wrote {args.compare / 'comparisons.json'} ({len(data['rows'])} configurations); "
+          f"emu validate --summary {args.compare} prints them")
+    return 0
+
+
 def run_summary(args: argparse.Namespace) -> int:
     """`--summary`: the per-configuration tables and the summary of validation datasets (no torch)."""
     from .validation_set import (
@@ -251,6 +291,8 @@ def run_summary(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.matrix is not None or args.compare is not None:
+        return run_protocol(args)
     if args.summary is not None:
         return run_summary(args)
     for flag, value in (("--json", args.json), ("--write-docs", args.write_docs)):

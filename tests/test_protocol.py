@@ -100,3 +100,20 @@ def test_matrix_edge(tmp_path: Path) -> None:
         with pytest.raises(EmuError) as err:
             load_matrix(bad)
         assert err.value.key == key and err.value.file == str(bad)
+
+
+def test_the_protocol_through_emu_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from emu.cli import main
+
+    (tmp_path / "m.toml").write_text(MATRIX.split("[[config]]\nname = \"lfu-50-nl\"")[0])
+    out = tmp_path / "ds"
+    assert main(["validate", "--matrix", str(tmp_path / "m.toml"), "--out", str(out), "--device", "cpu",
+                 "--scale", "tiny", "--calibrate-runtime", "hf-eager"]) == 0
+    assert [p.name for p in (out / "runs").glob("*.json")] == ["lru-25.json"]
+    profile = ROOT / "scenarios" / "profiles" / "h100-pcie5.toml"
+    assert main(["validate", "--compare", str(out), "--profile", str(profile), "--runtime",
+                 str(out / "calibration" / "hf-eager.toml"), "--gpu-kind", "cpu"]) == 0
+    assert main(["validate", "--summary", str(out), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.split("\n", 2)[-1])
+    assert rows[0]["gpu"] == "cpu" and rows[0]["runtime"] == "hf-eager" and rows[0]["n_configs"] == 1
+    assert main(["validate", "--compare", str(out), "--gpu-kind", "cpu"]) == 2  # no --profile: one line
