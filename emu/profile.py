@@ -5,8 +5,9 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import numpy as np
@@ -20,6 +21,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SCHEMA = "moe-emu/profile/1"
+T = TypeVar("T")
 #: `copy.order`: the order queued copies start in
 COPY_ORDERS = ("demand-first", "submission")
 #: `copy.h2d_engines`: a GPU has a handful of copy engines; the engines keep one lane per engine
@@ -196,6 +198,18 @@ class _Reader:
             raise self.err(key, f"expected a table, got {value!r}")
         return _Reader(value, self.file, self._key(key))
 
+    def tables(self, key: str, read: Callable[[_Reader], T]) -> dict[str, T]:
+        """Each table of the table `key` (empty when absent), read by `read`, by name."""
+        m = self.sub(key, {})
+        assert m is not None
+        out = {}
+        for name in list(m.table):
+            sub = m.sub(name)
+            assert sub is not None
+            out[name] = read(sub)
+        m.done()
+        return out
+
     def done(self) -> None:
         extra = sorted(set(self.table) - self.used)
         if extra:
@@ -325,14 +339,7 @@ def profile_from_dict(data: dict[str, Any], *, file: str = "<profile>") -> Hardw
     _refuse_host_keys(k)
     k.done()
 
-    models: dict[str, ModelCompute] = {}
-    m = top.sub("models", {})
-    assert m is not None
-    for model_name in list(m.table):
-        sub = m.sub(model_name)
-        assert sub is not None
-        models[model_name] = _model_compute(sub)
-    m.done()
+    models = top.tables("models", _model_compute)
     top.done()
     return HardwareProfile(name=name, copy=copy, compute=compute, models=models, provisional=provisional,
                            provenance=prov, source=file)

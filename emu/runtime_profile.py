@@ -147,14 +147,7 @@ def runtime_from_dict(data: dict[str, Any], *, file: str = "<runtime>") -> Runti
     h = top.sub("host", {})
     assert h is not None
     host = _costs(h)
-    models: dict[str, HostCosts] = {}
-    m = top.sub("models", {})
-    assert m is not None
-    for model_name in list(m.table):
-        sub = m.sub(model_name)
-        assert sub is not None
-        models[model_name] = _costs(sub)
-    m.done()
+    models = top.tables("models", _costs)
     top.done()
     return RuntimeProfile(name=name, host=host, models=models, provisional=provisional, provenance=prov,
                           source=file)
