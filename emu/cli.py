@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
+import threading
+import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +39,35 @@ def render_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def compile_notice(after_s: float = 2.0) -> Iterator[None]:
+    """Say on stderr that the kernels are compiling when loading them takes longer than `after_s` (a cold numba
+    cache: the first run after an install or a change of the engine), and how long it took."""
+    t0 = time.perf_counter()
+    fired = threading.Event()
+
+    def say() -> None:
+        fired.set()
+        print("emu: compiling the numba kernels (the first run after an install or a change of the engine; "
+              "about a minute on two cores)", file=sys.stderr, flush=True)
+
+    timer = threading.Timer(after_s, say)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        if fired.is_set():
+            print(f"emu: kernels compiled in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import run_scenario, write_record
+    with compile_notice():
+        from .engines.fast.engine import warm_up
+        from .runner import run_scenario, write_record
+
+        warm_up()
     from .scenario import load_scenario
 
     scenarios = [load_scenario(p, args.set) for p in args.scenarios]  # validate all before running any

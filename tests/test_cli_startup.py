@@ -138,3 +138,17 @@ def test_trace_import_help_lists_the_formats(capsys: pytest.CaptureFixture[str])
     assert done.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "input format: " + ", ".join(FORMATS) + " (default: detected)" in text
+
+
+def test_a_slow_kernel_load_is_announced(capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    from emu.cli import compile_notice
+
+    with compile_notice(after_s=0.05):
+        time.sleep(0.3)  # a cold numba cache: loading takes longer than the notice's delay
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("emu: compiling the numba kernels") and err[1].startswith("emu: kernels compiled in")
+    with compile_notice(after_s=5.0):
+        pass  # a warm cache: nothing said
+    assert capsys.readouterr().err == ""
