@@ -173,21 +173,35 @@ class _HostSpans:
         return self._clock.seconds()
 
 
+def _median_costs(costs: list[HostCosts]) -> tuple[HostCosts, dict[str, list[float]]]:
+    """Each cost's median over the measurements that hold it (unset where none does), and its [min, max]."""
+    median: dict[str, float | None] = {}
+    spread = {}
+    for key in HOST_KEYS:
+        values = [getattr(c, key) for c in costs if getattr(c, key) is not None]
+        median[key] = float(statistics.median(values)) if values else None
+        if values:
+            spread[key] = [min(values), max(values)]
+    return HostCosts(**median), spread
+
+
+def device_name(dev: Any) -> str:
+    """The GPU's name, or the host processor's for a CPU run (what records and profiles call the device)."""
+    import torch
+
+    dev = torch.device(dev)
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+
+
 def merge(cals: list[ModelCalibration]) -> ModelCalibration:
     """One model's calibration from several requests taken at different moments of a lease: each cost the
     median of the requests' (the host's pace drifts for minutes at a time; the median keeps the usual one),
     every request's figures kept in `raw["requests"]` with the spread of each cost."""
     if len(cals) == 1:
         return cals[0]
-    costs = {}
-    spread = {}
-    for key in HOST_KEYS:
-        values = [getattr(c.costs, key) for c in cals if getattr(c.costs, key) is not None]
-        costs[key] = float(statistics.median(values)) if values else None
-        if values:
-            spread[key] = [min(values), max(values)]
+    costs, spread = _median_costs([c.costs for c in cals])
     measured = [{k: v for k, v in attrs.asdict(c.costs).items() if v is not None} for c in cals]
-    return ModelCalibration(cals[0].preset, cals[0].n_layers, HostCosts(**costs),
+    return ModelCalibration(cals[0].preset, cals[0].n_layers, costs,
                             {"requests": [c.raw | {"costs": m} for c, m in zip(cals, measured)],
                              "spread": spread, "statistic": f"median of {len(cals)} requests"})
 
@@ -211,21 +225,18 @@ def runtime_profile(name: str, calibrations: list[ModelCalibration], device_name
     """The profile: each model's entry, and `[host]` the median of each cost over the models."""
     if not calibrations:
         raise EmuError("no model calibrated", key="--model")
-    host = {}
-    for key in HOST_KEYS:
-        values = [getattr(c.costs, key) for c in calibrations if getattr(c.costs, key) is not None]
-        host[key] = float(statistics.median(values)) if values else None
+    host, _spread = _median_costs([c.costs for c in calibrations])
     import torch
     import transformers
 
     prov = {"date": datetime.date.today().isoformat(), "tool": "emu calibrate --runtime", "device": device_name,
             "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "kernel": "eager",
-            "method": "host ledger of one calibration request per model (prompt "
-                      f"{PROMPT_LEN}, {DECODE_STEPS} decode steps, {int(CAPACITY * 100)}% LRU cache, seed {SEED}); "
-                      "never a validated run",
+            "method": "host ledger of calibration requests of the runtime's own (prompt "
+                      f"{PROMPT_LEN}, {DECODE_STEPS} decode steps, {int(CAPACITY * 100)}% LRU cache, seeds from "
+                      f"{SEED}; several per model: the median, models.<m>.statistic); never a validated run",
             "models": {c.preset: dict(c.raw, n_layers=c.n_layers) for c in calibrations}}
-    return RuntimeProfile(name=name, host=HostCosts(**host), models={c.preset: c.costs for c in calibrations},
+    return RuntimeProfile(name=name, host=host, models={c.preset: c.costs for c in calibrations},
                           provenance=prov)
 
 
@@ -247,7 +258,6 @@ def run(name: str, models: list[str], out: Path, device: str = "cuda", scale: st
         cals.append(calibrate_model(preset, layers, device=device, scale=scale))
         if device == "cuda":
             torch.cuda.empty_cache()
-    device_name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu"
-    profile = runtime_profile(name, cals, device_name)
+    profile = runtime_profile(name, cals, device_name(device))
     write_runtime_profile(profile, out)
     return profile

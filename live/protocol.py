@@ -33,7 +33,6 @@ import argparse
 import gc
 import json
 import math
-import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -222,17 +221,14 @@ def _calibrate(model: Any, runtime: Any, shape: Any, preset: str, requests: list
 
 
 def _write_runtime(out: Path, name: str, cals: list[Any], dev: Any) -> None:
-    import torch
+    from .host_calibration import device_name, runtime_profile, write_runtime_profile
 
-    from .host_calibration import runtime_profile, write_runtime_profile
-
-    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
-    write_runtime_profile(runtime_profile(name, cals, device_name), out / "calibration" / f"{name}.toml")
+    write_runtime_profile(runtime_profile(name, cals, device_name(dev)), out / "calibration" / f"{name}.toml")
 
 
 def _write_record(out: Path, c: Config, spec: Any, shape: Any, slots: int, runtime: Any, result: Any,
                   plans: list[Any], dev: Any, versions: dict[str, str]) -> Path:
-    import torch
+    from .host_calibration import device_name
 
     fp = result.trace.fingerprint()
     trace_path = out / "traces" / f"{fp}.npz"
@@ -241,7 +237,7 @@ def _write_record(out: Path, c: Config, spec: Any, shape: Any, slots: int, runti
     stats = result.stats
     record = {
         "config": c.name, "model": spec.to_dict(), "profile_model": shape.preset, "scale": shape.scale,
-        "device": dev.type, "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "device": dev.type, "device_name": device_name(dev),
         "dtype": "bf16", "offload": True, "slots": slots, "experts_kernel": runtime.kernel,
         "expert_bytes": runtime.expert_bytes, "eviction": c.eviction, "eviction_params": {},
         "prefetch": c.prefetch, "prefetch_params": {}, "partition": "global", "partition_params": {},
@@ -259,9 +255,10 @@ def _write_record(out: Path, c: Config, spec: Any, shape: Any, slots: int, runti
     return path
 
 
-def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kind: str, runtime_name: str,
-            engine: str = "fast") -> dict[str, Any]:
-    """Every run record in folder/runs emulated with the given calibration; writes folder/comparisons.json."""
+def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kind: str,
+            runtime_name: str | None = None, engine: str = "fast") -> dict[str, Any]:
+    """Every run record in folder/runs emulated with the given calibration; writes folder/comparisons.json. The
+    rows' runtime mode is `runtime_name`, else the runtime profile's name, else "device-only"."""
     from emu.profile import load_profile
     from emu.runtime_profile import NO_RUNTIME, load_runtime_profile
 
@@ -269,6 +266,7 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
 
     profile = load_profile(profile_path)
     runtime = NO_RUNTIME if runtime_path is None else load_runtime_profile(runtime_path)
+    runtime_name = runtime_name or (runtime.name if runtime_path is not None else "device-only")
     records = sorted((folder / "runs").glob("*.json"))
     if not records:
         raise EmuError("no run record (runs/*.json)", file=str(folder))
@@ -335,10 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             run_matrix(load_matrix(args.matrix), args.out, device=args.device, scale=args.scale,
                        calibrate_runtime=args.calibrate_runtime, only=set(args.only) if args.only else None)
         else:
-            from emu.runtime_profile import load_runtime_profile
-
-            name = args.runtime_name or (load_runtime_profile(args.runtime).name if args.runtime else "device-only")
-            compare(args.folder, args.profile, args.runtime, args.gpu_kind, name)
+            compare(args.folder, args.profile, args.runtime, args.gpu_kind, args.runtime_name)
     except EmuError as err:
         print(f"python -m live.protocol: error: {err}", file=sys.stderr)
         return 2

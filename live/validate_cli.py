@@ -244,10 +244,7 @@ def run_protocol(args: argparse.Namespace) -> int:
     if args.profile is None or args.gpu_kind is None:
         raise EmuError("--compare needs --profile (the device) and --gpu-kind; --runtime for the host",
                        key="--compare")
-    from emu.runtime_profile import load_runtime_profile
-
-    name = load_runtime_profile(args.runtime).name if args.runtime is not None else "device-only"
-    data = compare(args.compare, args.profile, args.runtime, args.gpu_kind, name, args.engine)
+    data = compare(args.compare, args.profile, args.runtime, args.gpu_kind, engine=args.engine)
     print(f"wrote {args.compare / 'comparisons.json'} ({len(data['rows'])} configurations); "
           f"emu validate --summary {args.compare} prints them")
     return 0
