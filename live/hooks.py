@@ -80,7 +80,7 @@ class RoutingHooks:
     """
 
     def __init__(self, model: Any, *, record: bool = True, speculate: bool = True,
-                 force: RoutingTrace | None = None) -> None:
+                 force: RoutingTrace | None = None, static: bool = False) -> None:
         self.blocks = sparse_blocks(model)
         self.gates = [b.gate for b in self.blocks]
         self.n_layers = len(self.blocks)
@@ -93,6 +93,10 @@ class RoutingHooks:
         if force is not None:
             force.check_fits(self.n_layers, self.n_experts, self.top_k)
             self._forced = _device_routing(force, self.gates[0].weight.device)
+        # static: the forced routing of a pass is copied into a buffer of fixed address per token count
+        # (`_forced_now`), so a CUDA graph captured through these hooks reads each replayed pass's own
+        self.static = static
+        self._forced_now: dict[int, Any] = {}
         self._model = model
         self._handles: list[Any] = []
         self.install()
@@ -115,6 +119,8 @@ class RoutingHooks:
             raise EmuError("force_pass given but the hooks were built without a trace to force")
         self._in_pass = True
         self._force_pass = force_pass
+        if self.static and force_pass is not None:
+            self._stage_forced(force_pass, len(requests))
         self._cur_ids = [None] * self.n_layers
         self._cur_scores = [None] * self.n_layers
         self._cur_pred = [None] * self.n_layers
@@ -137,6 +143,36 @@ class RoutingHooks:
         self._scores.append(np.stack([x.float().cpu().numpy() for x in self._cur_scores], axis=1).astype(np.float16))
         if self.speculate:
             self._pred.append(np.stack([x.cpu().numpy() for x in self._cur_pred], axis=1).astype(np.int16))
+
+    def discard_pass(self) -> None:
+        """End the current pass without recording it (a CUDA graph's capture pass, which computes nothing)."""
+        if not self._in_pass:
+            raise EmuError("discard_pass without begin_pass")
+        self._in_pass = False
+        self._passes.pop()
+
+    def _stage_forced(self, p: int, n_tok: int) -> None:
+        import torch
+
+        assert self.force is not None
+        if not 0 <= p < self.force.n_passes:
+            raise EmuError(f"force_pass {p} outside the trace's {self.force.n_passes} passes", key="workload.trace")
+        t0, t1 = int(self.force.pass_offsets[p]), int(self.force.pass_offsets[p + 1])
+        if t1 - t0 != n_tok:
+            raise EmuError(f"trace pass {p} has {t1 - t0} tokens but the pass has {n_tok}", key="workload.trace")
+        buf = self._forced_now.get(n_tok)
+        if buf is None:
+            buf = self._forced_now[n_tok] = torch.empty((self.n_layers, n_tok, self.top_k), dtype=torch.int64,
+                                                        device=self._forced.device)
+        torch.add(self._forced[:, t0:t1], 0, out=buf)  # a kernel: no copy engine, no host sync
+
+    def current_tensors(self) -> tuple[list[Any], list[Any], list[Any]]:
+        """This pass's per-layer routing, scores and prediction tensors (those of a captured graph)."""
+        return list(self._cur_ids), list(self._cur_scores), list(self._cur_pred)
+
+    def adopt_tensors(self, tensors: tuple[list[Any], list[Any], list[Any]]) -> None:
+        """A replayed pass: its routing is in the captured graph's tensors (the hooks' Python did not run)."""
+        self._cur_ids, self._cur_scores, self._cur_pred = (list(t) for t in tensors)
 
     def install(self) -> None:
         """Hook the routers (done at construction; again after `remove`, e.g. once another request's passes
@@ -188,6 +224,8 @@ class RoutingHooks:
 
     def _forced_index(self, layer: int, index: Any) -> Any:
         assert self.force is not None and self._force_pass is not None
+        if self.static:
+            return self._forced_now[index.shape[0]][layer]
         p = self._force_pass
         if not 0 <= p < self.force.n_passes:
             raise EmuError(f"force_pass {p} outside the trace's {self.force.n_passes} passes", key="workload.trace")

@@ -78,15 +78,16 @@ def calibrate_model(preset: str, n_layers: int | None, *, device: str = "cuda", 
 
 def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt_len: int = PROMPT_LEN,
                     steps: int = DECODE_STEPS, capacity: float = CAPACITY, seed: int = SEED,
-                    again: bool = False) -> ModelCalibration:
+                    again: bool = False, decode: str = "eager") -> ModelCalibration:
     """Calibrate on a model already offloaded to `runtime` (its slots and policies are set here and left so).
-    `again`: a repeat later in the same process (no warm-up or rehearsal, no prefetch loop: those ran)."""
+    `again`: a repeat later in the same process (no warm-up or rehearsal, no prefetch loop: those ran).
+    `decode`: the runner's decode mode the calibrated runtime runs (`runner.DECODE_MODES`)."""
     import torch
 
     from .hooks import RoutingHooks
     from .models import live_spec
     from .offload import HostLedger
-    from .runner import PassPlan, RequestSteps, attention_backends, run_live
+    from .runner import PassPlan, RequestSteps, attention_backends, capture_decode, graphed_decode, run_live
     from .runtime_cal import measure_prefetch_issue
 
     spec = live_spec(shape, "bf16")
@@ -103,17 +104,24 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     # warm-up and an untimed rehearsal (every kernel's first call, allocator growth), then the timed request
     if not again:
         run_live(model, [plan], vocab=shape.vocab, device=dev, seed=seed + 1, runtime=runtime, warmup_passes=3,
-                 rehearse=True, model_name=spec.name)
+                 rehearse=True, model_name=spec.name, decode=decode)
+    gen = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, shape.vocab, (1, prompt_len), generator=gen).to(dev)
+    hooks = RoutingHooks(model, record=True, speculate=True, static=decode != "eager")
+    graphed = None
+    if decode != "eager":  # its own static cache and graphs, warmed up by a request over them first
+        graphed = graphed_decode(model, runtime, [plan], 0, dev)
+        with attention_backends(dev):  # capture with the backends of the replays (no cuDNN: it allocates)
+            RequestSteps(model, prompt, PassPlan(prompt_len, 3), runtime=runtime, graphed=graphed).prefill()
+            if decode == "graph":
+                capture_decode(graphed, [plan], hooks)
     runtime.reset()
     runtime.attach()
     ledger = runtime.ledger = HostLedger()
-    gen = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(0, shape.vocab, (1, prompt_len), generator=gen).to(dev)
-    hooks = RoutingHooks(model, record=True, speculate=True)
     clock = _HostSpans(dev)
     try:
         with attention_backends(dev):
-            req = RequestSteps(model, prompt, plan, hooks=hooks, runtime=runtime, clock=clock)
+            req = RequestSteps(model, prompt, plan, hooks=hooks, runtime=runtime, clock=clock, graphed=graphed)
             req.prefill()
             wait0, ahead0, n_ahead0 = runtime.readback_wait_s, runtime.launch_ahead_s, runtime.launch_ahead_n
             for _ in range(steps):

@@ -132,9 +132,12 @@ class OffloadedExperts(nn.Module):
         self.layer = layer
         self.act_fn = act_fn
         self._runtime = [runtime]  # a list, so nn.Module does not register (and .to()) the runtime
+        self.splitter: Any = None  # `graphed.GraphedDecode` while it captures a decode pass
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                 top_k_weights: torch.Tensor) -> torch.Tensor:
+        if self.splitter is not None:
+            return self.splitter.split(self.layer, self.act_fn, hidden_states, top_k_index, top_k_weights)
         return self._runtime[0].run_layer(self.layer, self.act_fn, hidden_states, top_k_index, top_k_weights)
 
 

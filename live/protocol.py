@@ -139,8 +139,11 @@ def _slots(capacity: str | int, spec: Any, n_keys: int, file: str, key: str) -> 
 
 
 def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_runtime: str | None = None,
-               only: set[str] | None = None, scale: str = "full") -> list[Path]:
-    """Every configuration live (grouped by model, each model built once); returns the records written."""
+               only: set[str] | None = None, scale: str = "full", decode: str = "eager",
+               kernel: str = "eager") -> list[Path]:
+    """Every configuration live (grouped by model, each model built once); returns the records written.
+    `decode`: the runner's decode mode (`runner.DECODE_MODES`) of the runs and the runtime's calibration;
+    `kernel`: the runtime's experts kernel ("eager" expert by expert, "fused" the model's own grouped GEMM)."""
     import torch
 
     from emu.trace import RoutingTrace
@@ -166,7 +169,7 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
         shape = shape_of(model, preset, scale)
         spec = live_spec(shape, "bf16")
         n_keys = shape.n_layers * shape.n_experts
-        runtime = ExpertOffload(model, shape.top_k, eviction="lru", device=device, kernel="eager")
+        runtime = ExpertOffload(model, shape.top_k, eviction="lru", device=device, kernel=kernel)
         try:
             # the runtime's calibration: requests of its own before the model's first configuration, after its
             # middle one and after its last (the host's pace drifts for minutes: their median is the profile's)
@@ -174,7 +177,7 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
             at = [0, len(configs) // 2, len(configs)] if calibrate_runtime is not None else []
             for i, c in enumerate(configs):
                 for _ in range(at.count(i)):
-                    _calibrate(model, runtime, shape, preset, requests, out, calibrate_runtime, cals, dev)
+                    _calibrate(model, runtime, shape, preset, requests, out, calibrate_runtime, cals, dev, decode)
                 slots = _slots(c.capacity, spec, n_keys, matrix.path, f"{c.name}.capacity")
                 runtime.close()  # the last configuration's prefetch watchdog may still submit to the old pool
                 runtime.resize(slots)
@@ -192,12 +195,14 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
                     plans = plans_from_trace(force, matrix.prompt_len, matrix.decode_tokens)[:1]
                 result = run_live(model, plans, vocab=shape.vocab, device=dev, seed=c.seed, runtime=runtime,
                                   force=force, warmup_passes=3, rehearse=True, model_name=spec.name,
-                                  meta={"config": c.name, "slots": slots})
-                written.append(_write_record(out, c, spec, shape, slots, runtime, result, plans, dev, _versions()))
-                print(f"{c.name}: TTFT {result.ttft_s * 1e3:.2f} ms, decode {result.decode_tok_s:.2f} tok/s",
+                                  meta={"config": c.name, "slots": slots}, decode=decode)
+                written.append(_write_record(out, c, spec, shape, slots, runtime, result, plans, dev, _versions(),
+                                             decode))
+                share = "" if result.decode_host_share is None else f", host share {result.decode_host_share:.2f}"
+                print(f"{c.name}: TTFT {result.ttft_s * 1e3:.2f} ms, decode {result.decode_tok_s:.2f} tok/s{share}",
                       file=sys.stderr, flush=True)
             for _ in range(at.count(len(configs))):
-                _calibrate(model, runtime, shape, preset, requests, out, calibrate_runtime, cals, dev)
+                _calibrate(model, runtime, shape, preset, requests, out, calibrate_runtime, cals, dev, decode)
             if requests:
                 cals.append(merge(requests))
         finally:
@@ -210,12 +215,13 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
 
 
 def _calibrate(model: Any, runtime: Any, shape: Any, preset: str, requests: list[Any], out: Path, name: Any,
-               cals: list[Any], dev: Any) -> None:
+               cals: list[Any], dev: Any, decode: str) -> None:
     """One more calibration request of the model's runtime (appended to `requests`); the runtime profile so far
     written at once, so that it is kept whatever happens to the runs after it."""
     from .host_calibration import SEED, calibrate_built, merge
 
-    requests.append(calibrate_built(model, runtime, shape, preset, again=bool(requests), seed=SEED + len(requests)))
+    requests.append(calibrate_built(model, runtime, shape, preset, again=bool(requests), seed=SEED + len(requests),
+                                    decode=decode))
     print(f"calibrated the runtime on {preset} ({len(requests)}): {requests[-1].costs}", file=sys.stderr, flush=True)
     _write_runtime(out, name, [*cals, merge(requests)], dev)
 
@@ -227,7 +233,7 @@ def _write_runtime(out: Path, name: str, cals: list[Any], dev: Any) -> None:
 
 
 def _write_record(out: Path, c: Config, spec: Any, shape: Any, slots: int, runtime: Any, result: Any,
-                  plans: list[Any], dev: Any, versions: dict[str, str]) -> Path:
+                  plans: list[Any], dev: Any, versions: dict[str, str], decode: str = "eager") -> Path:
     from .host_calibration import device_name
 
     fp = result.trace.fingerprint()
@@ -242,7 +248,8 @@ def _write_record(out: Path, c: Config, spec: Any, shape: Any, slots: int, runti
         "expert_bytes": runtime.expert_bytes, "eviction": c.eviction, "eviction_params": {},
         "prefetch": c.prefetch, "prefetch_params": {}, "partition": "global", "partition_params": {},
         "miss": "fetch", "miss_params": {}, "seed": c.seed, "capacity": str(c.capacity),
-        "forced_trace": c.trace, "rehearsed": True, "warmup_passes": 3,
+        "forced_trace": c.trace, "rehearsed": True, "warmup_passes": 3, "decode": decode,
+        "decode_host_share": result.decode_host_share,
         "handover": runtime.resolved_handover() if c.prefetch != "none" else None,
         "requests": [{"prompt_len": p.prompt_len, "ttft_s": r.ttft_s, "decode_s": list(r.decode_s)}
                      for p, r in zip(plans, result.requests)],
@@ -321,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--calibrate-runtime", metavar="NAME", default=None,
                    help="first calibrate the runtime on each model (its own requests) into OUT/calibration/NAME.toml")
     r.add_argument("--only", action="append", default=None, metavar="CONFIG", help="run only these configurations")
+    r.add_argument("--decode", choices=("eager", "static", "graph"), default="eager")
+    r.add_argument("--experts", choices=("eager", "fused"), default="eager")
     c = sub.add_parser("compare", help="emulate every run of a dataset folder with a calibration")
     c.add_argument("folder", type=Path)
     c.add_argument("--profile", type=Path, required=True)
@@ -331,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "run":
             run_matrix(load_matrix(args.matrix), args.out, device=args.device, scale=args.scale,
-                       calibrate_runtime=args.calibrate_runtime, only=set(args.only) if args.only else None)
+                       calibrate_runtime=args.calibrate_runtime, only=set(args.only) if args.only else None,
+                       decode=args.decode, kernel=args.experts)
         else:
             compare(args.folder, args.profile, args.runtime, args.gpu_kind, args.runtime_name)
     except EmuError as err:

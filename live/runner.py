@@ -21,6 +21,7 @@ from emu.errors import EmuError
 from emu.trace import RoutingTrace
 from emu.trace.routing_trace import PHASE_DECODE, PHASE_PREFILL
 
+from .graphed import GraphedDecode
 from .hooks import RoutingHooks
 from .offload import ExpertOffload, OffloadStats
 
@@ -104,6 +105,9 @@ class RequestTimes:
     decode_s: tuple[float, ...]
 
 
+#: how decode passes run (`run_live`)
+DECODE_MODES = ("eager", "static", "graph")
+
 #: what runs between a request's passes (`Between`): called with the decode step about to run (0 = the prefill)
 BetweenFn = Callable[[int], None]
 
@@ -145,18 +149,30 @@ class RequestSteps:
 
     def __init__(self, model: Any, prompt: torch.Tensor, plan: PassPlan, *, request: int = 0,
                  hooks: RoutingHooks | None = None, runtime: ExpertOffload | None = None,
-                 clock: PassClock | None = None, interleaved: bool = False) -> None:
+                 clock: PassClock | None = None, interleaved: bool = False,
+                 graphed: GraphedDecode | None = None) -> None:
         from transformers import DynamicCache
 
         self.model, self.prompt, self.plan, self.request = model, prompt, plan, request
         self.hooks, self.runtime, self.clock, self.interleaved = hooks, runtime, clock, interleaved
-        self.cache = DynamicCache(config=model.config)
+        # graphed: decode passes replayed from its CUDA graphs over its static cache (the prefill stays eager)
+        self.graphed = graphed
+        if graphed is not None:
+            if interleaved:
+                raise EmuError("the device-paced decode does not interleave requests")
+            graphed.cache.reset()
+            self.cache = graphed.cache
+        else:
+            self.cache = DynamicCache(config=model.config)
         self.out_ids: list[int] = []
         self.step = 0  # decode steps run
 
     def prefill(self) -> int:
         n = self.prompt.shape[1]
-        return self._run(self.prompt, PHASE_PREFILL, np.full(n, self.request), np.arange(n), self.plan.force_prefill)
+        tok = self._run(self.prompt, PHASE_PREFILL, np.full(n, self.request), np.arange(n), self.plan.force_prefill)
+        if self.graphed is not None:
+            self.graphed.start(tok, n)
+        return tok
 
     def decode(self) -> int:
         """The next decode step (after `prefill`)."""
@@ -164,9 +180,17 @@ class RequestSteps:
             raise EmuError("decode before prefill")
         step, n = self.step, self.prompt.shape[1]
         force = self.plan.force_decode[step] if step < len(self.plan.force_decode) else None
-        ids = torch.tensor([[self.out_ids[-1]]], device=self.prompt.device)
         self.step += 1
-        return self._run(ids, PHASE_DECODE, np.array([self.request]), np.array([n + step]), force)
+        if self.graphed is not None and self.graphed.captured(force is not None):
+            tok = _replayed_pass(self.graphed, force, np.array([self.request]), np.array([n + step]), self.hooks,
+                                 self.runtime, self.clock)
+            self.out_ids.append(tok)
+            return tok
+        ids = torch.tensor([[self.out_ids[-1]]], device=self.prompt.device)
+        tok = self._run(ids, PHASE_DECODE, np.array([self.request]), np.array([n + step]), force)
+        if self.graphed is not None:
+            self.graphed.start(tok, n + step + 1)
+        return tok
 
     def _run(self, ids: torch.Tensor, phase: int, requests: np.ndarray, positions: np.ndarray,
              force: int | None) -> int:
@@ -179,7 +203,7 @@ class RequestSteps:
         try:
             with torch.no_grad():
                 tok = _pass(self.model, ids, self.cache, phase, requests, positions, force, hooks, self.runtime,
-                            self.clock)
+                            self.clock, static=self.graphed is not None)
         finally:
             if self.interleaved and hooks is not None:
                 hooks.remove()
@@ -189,9 +213,11 @@ class RequestSteps:
 
 def generate(model: Any, prompt: torch.Tensor, plan: PassPlan, *, request: int = 0,
              hooks: RoutingHooks | None = None, runtime: ExpertOffload | None = None,
-             clock: PassClock | None = None, between: Between | None = None) -> list[int]:
+             clock: PassClock | None = None, between: Between | None = None,
+             graphed: GraphedDecode | None = None) -> list[int]:
     """Greedy decoding of one request; returns the generated ids (first from the prefill)."""
-    steps = RequestSteps(model, prompt, plan, request=request, hooks=hooks, runtime=runtime, clock=clock)
+    steps = RequestSteps(model, prompt, plan, request=request, hooks=hooks, runtime=runtime, clock=clock,
+                         graphed=graphed)
     if runtime is not None:
         runtime.attach()  # the model's blocks may have been routed to a sibling runtime since
     _run_between(between, 0, hooks, runtime)
@@ -205,14 +231,17 @@ def generate(model: Any, prompt: torch.Tensor, plan: PassPlan, *, request: int =
 
 def _pass(model: Any, ids: torch.Tensor, cache: Any, phase: int, requests: np.ndarray, positions: np.ndarray,
           force: int | None, hooks: RoutingHooks | None, runtime: ExpertOffload | None,
-          clock: PassClock | None) -> int:
+          clock: PassClock | None, static: bool = False) -> int:
     if hooks is not None:
         hooks.begin_pass(phase, requests, positions, force_pass=force)
     if runtime is not None:
         runtime.begin_pass(phase)
     if clock is not None:
         clock.start()
-    logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    kw: dict[str, Any] = {}
+    if static:  # a static cache is told the positions (a device kernel: no upload, no read of the cache)
+        kw["cache_position"] = torch.arange(int(positions[0]), int(positions[0]) + ids.shape[1], device=ids.device)
+    logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **kw).logits
     tok = logits[0, -1].argmax()
     if clock is not None:
         clock.stop()
@@ -226,6 +255,60 @@ def _pass(model: Any, ids: torch.Tensor, cache: Any, phase: int, requests: np.nd
     return out
 
 
+def _replayed_pass(graphed: GraphedDecode, force: int | None, requests: np.ndarray, positions: np.ndarray,
+                   hooks: RoutingHooks | None, runtime: ExpertOffload | None, clock: PassClock | None) -> int:
+    """One decode pass replayed from the graphs (captured for this forcing before the measured run)."""
+    forced = force is not None
+    if hooks is not None:
+        hooks.begin_pass(PHASE_DECODE, requests, positions, force_pass=force)
+    if runtime is not None:
+        runtime.begin_pass(PHASE_DECODE)
+    if clock is not None:
+        clock.start()
+    with torch.no_grad():
+        tok = graphed.replay(forced, hooks)
+    if clock is not None:
+        clock.stop()
+    if hooks is not None:
+        hooks.end_pass()
+    t0 = time.perf_counter()
+    out = int(tok)  # the pass end's sync
+    if runtime is not None:
+        runtime.pass_end_wait_s += time.perf_counter() - t0
+    return out
+
+
+def capture_decode(graphed: GraphedDecode, plans: list[PassPlan], hooks: RoutingHooks | None) -> None:
+    """Capture the decode pass for each forcing the plans' decode steps use (forced, self-routed), through
+    `hooks` (whose recording and forcing become part of the graphs)."""
+    for forced in sorted({step < len(p.force_decode) for p in plans for step in range(p.n_decode)}):
+        first = next((p.force_decode[0] for p in plans if p.force_decode), None) if forced else None
+        if hooks is not None:
+            hooks.begin_pass(PHASE_DECODE, np.zeros(1), np.zeros(1), force_pass=first)
+        graphed.capture(forced, hooks)
+        if hooks is not None:
+            hooks.discard_pass()
+
+
+def graphed_decode(model: Any, runtime: ExpertOffload | None, plans: list[PassPlan], warmup_passes: int,
+                   device: torch.device, between: Between | None = None) -> GraphedDecode:
+    """A device-paced decode with a static cache long enough for `plans` and the warm-up (not captured yet)."""
+    return _graphed_decode(model, runtime, plans, warmup_passes, device, between)
+
+
+def _graphed_decode(model: Any, runtime: ExpertOffload | None, plans: list[PassPlan], warmup_passes: int,
+                    device: torch.device, between: Between | None) -> GraphedDecode:
+    from transformers import StaticCache
+
+    if runtime is None:
+        raise EmuError("the device-paced decode runs the offloaded runtime; no runtime was given")
+    if between is not None:
+        raise EmuError("the device-paced decode does not interleave other work between passes")
+    longest = max([p.prompt_len + p.n_decode + 1 for p in plans] + [8 + warmup_passes])
+    cache = StaticCache(config=model.config, max_cache_len=longest)
+    return GraphedDecode(model, runtime, cache, device)
+
+
 @attrs.frozen(eq=False)
 class LiveResult:
     """One measured live run."""
@@ -234,6 +317,9 @@ class LiveResult:
     stats: OffloadStats | None
     trace: RoutingTrace
     tokens: tuple[tuple[int, ...], ...]
+    # device-paced decode: the host's busy seconds in the replayed decode passes (launches, cache decisions,
+    # copies issued; not its waits for the device) over the passes' device-timed seconds
+    decode_host_share: float | None = None
 
     @property
     def ttft_s(self) -> float:
@@ -264,7 +350,7 @@ def attention_backends(device: torch.device) -> Any:
 def run_live(model: Any, plans: list[PassPlan], *, vocab: int, device: torch.device, seed: int = 0,
              runtime: ExpertOffload | None = None, force: RoutingTrace | None = None, warmup_passes: int = 3,
              rehearse: bool = False, model_name: str = "", meta: dict[str, Any] | None = None,
-             preload: bool = False, between: Between | None = None) -> LiveResult:
+             preload: bool = False, between: Between | None = None, decode: str = "eager") -> LiveResult:
     """Warm up, empty the expert cache (or, with `preload`, fill it in key order), then run every plan
     (one request each) timed and recorded.
 
@@ -273,36 +359,45 @@ def run_live(model: Any, plans: list[PassPlan], *, vocab: int, device: torch.dev
     measured prompts are drawn first, so they (and the speculator's predictions, which follow the hidden
     states) do not depend on the warm-up or the rehearsal.
     `between` runs between the measured passes (not during warm-up or rehearsal).
+    `decode` (`DECODE_MODES`): "eager" runs every pass through the model's Python with a dynamic KV cache;
+    "graph" is the device-paced decode (`graphed.GraphedDecode`): one static KV cache for every request, the
+    warm-up and rehearsal eager over it, then each decode pass captured (per forcing) and replayed; "static"
+    is "graph" without the graphs (its passes eager over the static cache: the same kernels, for comparison).
     """
+    if decode not in DECODE_MODES:
+        raise EmuError(f"expected a decode mode in {list(DECODE_MODES)}, got {decode!r}", key="decode")
     with attention_backends(device):
         return _run_live(model, plans, vocab, device, seed, runtime, force, warmup_passes, rehearse, model_name,
-                         meta, preload, between)
+                         meta, preload, between, decode)
 
 
 def _run_live(model: Any, plans: list[PassPlan], vocab: int, device: torch.device, seed: int,
               runtime: ExpertOffload | None, force: RoutingTrace | None, warmup_passes: int, rehearse: bool,
               model_name: str, meta: dict[str, Any] | None, preload: bool = False,
-              between: Between | None = None) -> LiveResult:
+              between: Between | None = None, decode: str = "eager") -> LiveResult:
     gen = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(0, vocab, (1, plan.prompt_len), generator=gen).to(device) for plan in plans]
+    graphed = None if decode == "eager" else _graphed_decode(model, runtime, plans, warmup_passes, device, between)
     if warmup_passes > 0:
         warm = torch.randint(0, vocab, (1, 8), generator=gen).to(device)
-        generate(model, warm, PassPlan(8, warmup_passes - 1), runtime=runtime)
+        generate(model, warm, PassPlan(8, warmup_passes - 1), runtime=runtime, graphed=graphed)
     if rehearse:
         for plan in plans:
             prompt = torch.randint(0, vocab, (1, plan.prompt_len), generator=gen).to(device)
-            generate(model, prompt, PassPlan(plan.prompt_len, plan.n_decode), runtime=runtime)
+            generate(model, prompt, PassPlan(plan.prompt_len, plan.n_decode), runtime=runtime, graphed=graphed)
+    hooks = RoutingHooks(model, record=True, speculate=True, force=force, static=graphed is not None)
+    if graphed is not None and decode == "graph":
+        capture_decode(graphed, plans, hooks)
     if runtime is not None:
         runtime.reset()
         if preload:
             runtime.preload()
-    hooks = RoutingHooks(model, record=True, speculate=True, force=force)
     clock = PassClock(device)
     tokens = []
     try:
         for req, (plan, prompt) in enumerate(zip(plans, prompts)):
             tokens.append(tuple(generate(model, prompt, plan, request=req, hooks=hooks, runtime=runtime,
-                                         clock=clock, between=between)))
+                                         clock=clock, between=between, graphed=graphed)))
         spans = clock.seconds()
     finally:
         hooks.remove()
@@ -311,4 +406,8 @@ def _run_live(model: Any, plans: list[PassPlan], vocab: int, device: torch.devic
         times.append(RequestTimes(spans[i], tuple(spans[i + 1: i + 1 + plan.n_decode])))
         i += 1 + plan.n_decode
     trace = hooks.trace(model_name, meta)
-    return LiveResult(tuple(times), runtime.stats() if runtime is not None else None, trace, tuple(tokens))
+    host_share = None
+    if graphed is not None and graphed.passes:
+        host_share = graphed.host_s / sum(t for r in times for t in r.decode_s)
+    return LiveResult(tuple(times), runtime.stats() if runtime is not None else None, trace, tuple(tokens),
+                      host_share)

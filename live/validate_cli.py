@@ -75,6 +75,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                        help="run every configuration of the matrix live (GPU) into --out DIR, calibrating the "
                             "runtime first with --calibrate-runtime NAME on requests of its own")
     proto.add_argument("--calibrate-runtime", default=None, metavar="NAME")
+    proto.add_argument("--decode", choices=("eager", "static", "graph"), default="eager",
+                       help="with --matrix: the live runtime's decode mode (graph: the device-paced decode, each "
+                            "pass replayed from CUDA graphs; static: its static KV cache without the graphs)")
     proto.add_argument("--compare", type=Path, default=None, metavar="DIR",
                        help="emulate every run of a dataset folder with --profile and --runtime (profiles that "
                             "never saw those runs) and write DIR/comparisons.json")
@@ -238,7 +241,7 @@ def run_protocol(args: argparse.Namespace) -> int:
         except ImportError:
             raise EmuError("running the matrix needs torch: pip install -e '.[live]'", key="--matrix") from None
         written = run_matrix(matrix, args.out, device=args.device, scale=args.scale,
-                             calibrate_runtime=args.calibrate_runtime)
+                             calibrate_runtime=args.calibrate_runtime, decode=args.decode)
         print(f"wrote {len(written)} run records to {args.out / 'runs'}")
         return 0
     if args.profile is None or args.gpu_kind is None:
