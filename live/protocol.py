@@ -269,7 +269,8 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
     from emu.profile import load_profile
     from emu.runtime_profile import NO_RUNTIME, load_runtime_profile
 
-    from .validate import emulate_live, load_live_run
+    from .validate import emulate_live, live_model, load_live_run
+    from .validate_cli import roofline_warning
 
     profile = load_profile(profile_path)
     runtime = NO_RUNTIME if runtime_path is None else load_runtime_profile(runtime_path)
@@ -278,10 +279,16 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
     if not records:
         raise EmuError("no run record (runs/*.json)", file=str(folder))
     rows, gpu = [], None
+    warned: set[str] = set()
     for path in records:
         run = load_live_run(path)
         rec = run.record
         gpu = gpu or rec.get("device_name")
+        spec = live_model(run, profile)
+        roofline = roofline_warning(profile, spec, profile_path)
+        if roofline is not None and spec.name not in warned:  # such a row's error is not the calibration's
+            warned.add(spec.name)
+            print(roofline, file=sys.stderr)
         result = emulate_live(run, profile, engine, runtime)
         st, c = rec["stats"], result.counters
         measured_steps = [float(s) for r in rec["requests"] for s in r["decode_s"]]
@@ -303,6 +310,7 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
                        "prefetch_issued": [int(st.get("prefetch_issued", 0)), int(c["prefetch_issued"])]},
             "prefetch_races": (rec.get("prefetch") or "none") != "none",
             "host_wait_s": float(c["host_wait_s"]),
+            "roofline": roofline is not None,
         })
     data = {"schema": "moe-emu/validation/1", "gpu": gpu or "unknown", "gpu_kind": gpu_kind, "rows": rows}
     (folder / "comparisons.json").write_text(json.dumps(data, indent=1) + "\n")

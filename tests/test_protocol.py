@@ -117,3 +117,16 @@ def test_the_protocol_through_emu_validate(tmp_path: Path, capsys: pytest.Captur
     rows = json.loads(capsys.readouterr().out.split("\n", 2)[-1])
     assert rows[0]["gpu"] == "cpu" and rows[0]["runtime"] == "hf-eager" and rows[0]["n_configs"] == 1
     assert main(["validate", "--compare", str(out), "--gpu-kind", "cpu"]) == 2  # no --profile: one line
+
+
+def test_compare_names_a_model_the_profile_holds_no_tables_for(dataset: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    bare = ROOT / "scenarios" / "profiles" / "h100-provisional.toml"  # device figures, no per-model tables
+    data = compare(copy, bare, copy / "calibration" / "hf-eager.toml", "cpu", "hf-eager")
+    assert all(r["roofline"] for r in data["rows"])
+    err = capsys.readouterr().err
+    assert err.count("no measured expert/dense table") == 1 and "roofline" in err  # once per model
