@@ -36,6 +36,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
                         "validation uses (--model PRESET or PRESET@LAYERS, repeatable)")
     p.add_argument("--scale", choices=("full", "tiny"), default="full",
                    help="with --runtime: full-size models (default) or tiny ones (tests)")
+    p.add_argument("--decode", choices=("eager", "static", "graph"), default="eager",
+                   help="with --runtime: the live runtime's decode mode to calibrate (graph: the device-paced "
+                        "decode, each pass replayed from CUDA graphs)")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -62,7 +65,8 @@ def _run_runtime(args: argparse.Namespace) -> int:
     from live.host_calibration import run as calibrate_runtime
 
     try:
-        calibrate_runtime(args.runtime, args.model or DEFAULT_MODELS, args.out, device=args.device, scale=args.scale)
+        calibrate_runtime(args.runtime, args.model or DEFAULT_MODELS, args.out, device=args.device, scale=args.scale,
+                          decode=args.decode)
     except EmuError as err:
         return _error(str(err))
     print(f"wrote {args.out}", file=sys.stderr)

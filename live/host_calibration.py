@@ -1,14 +1,17 @@
 """`emu calibrate --runtime NAME`: a runtime profile measured from runs of the live runtime that are then thrown away.
 
-For each model, one calibration request (its own prompt and seed, none of a validation's) runs through the
-eager runtime with a small LRU cache (so its layers issue copies) after a warm-up and an untimed rehearsal,
-with the runtime's host ledger on (`offload.HostLedger`): the routing readback's transfer is timed apart from
-its wait (a sync first), the cache decisions from the readback to the first expert launch, each copy's issue,
-and the expert launch loop per expert. The launches from one layer's experts to the next layer's readback
-(attention, norms, router, speculator: `ExpertOffload.launch_ahead_s`) give `layer_s`. What a decode step's
-host work holds beyond those (its time less its readback waits less every item above, `layer_s` counted for
-every layer) is `pass_s`. A prefetching sibling runtime gives `prefetch_s` through the prefetch path's own
-loop (`runtime_cal.measure_prefetch_issue`).
+For each model, a calibration request (its own prompt and seed, none of a validation's) runs through the
+runtime, in the decode mode it calibrates, after a warm-up and an untimed rehearsal, with the runtime's host
+ledger on (`offload.HostLedger`): the routing readback's transfer is timed apart from its wait (a sync
+first), the cache decisions from the readback to the first expert launch, each copy's issue, and the expert
+launch loop per expert. The launches from one layer's experts to the next layer's readback (attention, norms,
+router, speculator: `ExpertOffload.launch_ahead_s`) give `layer_s`. What a decode step's host work holds
+beyond those (its time less its readback waits less every item above, `layer_s` counted for every layer) is
+`pass_s`. The request runs twice on the same prompt: with every expert resident (all hits), which prices the
+pass, layer, readback, gate and expert launch, and with a small LRU cache, whose host work beyond those prices
+is what its demand misses add, per copy (`copy_s`; never below the copy's own issue); the prefill items come
+from the second. A prefetching sibling runtime gives `prefetch_s` through the prefetch path's own loop
+(`runtime_cal.measure_prefetch_issue`).
 
 The profile's `[models."<preset>"]` entries hold each model's costs; `[host]` the median over the models, for a
 model the profile has no entry for. None of these runs is ever compared with the emulator.
@@ -61,7 +64,7 @@ def parse_model_arg(value: str) -> tuple[str, int | None]:
 
 def calibrate_model(preset: str, n_layers: int | None, *, device: str = "cuda", scale: str = "full",
                     prompt_len: int = PROMPT_LEN, steps: int = DECODE_STEPS, capacity: float = CAPACITY,
-                    seed: int = SEED) -> ModelCalibration:
+                    seed: int = SEED, decode: str = "eager") -> ModelCalibration:
     """Build the model (random weights) and calibrate it."""
     from .models import build_model, shape_of
     from .offload import ExpertOffload
@@ -71,7 +74,7 @@ def calibrate_model(preset: str, n_layers: int | None, *, device: str = "cuda", 
     runtime = ExpertOffload(model, shape.top_k, eviction="lru", device=device, seed=seed, kernel="eager")
     try:
         return calibrate_built(model, runtime, shape, preset, prompt_len=prompt_len, steps=steps,
-                               capacity=capacity, seed=seed)
+                               capacity=capacity, seed=seed, decode=decode)
     finally:
         runtime.close()
 
@@ -81,14 +84,18 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
                     again: bool = False, decode: str = "eager") -> ModelCalibration:
     """Calibrate on a model already offloaded to `runtime` (its slots and policies are set here and left so).
     `again`: a repeat later in the same process (no warm-up or rehearsal, no prefetch loop: those ran).
-    `decode`: the runner's decode mode the calibrated runtime runs (`runner.DECODE_MODES`)."""
+    `decode`: the runner's decode mode the calibrated runtime runs (`runner.DECODE_MODES`).
+
+    Two timed requests on the same prompt (so the same routing where the model routes itself): one with
+    every expert resident (each access a hit) gives what a pass, a layer, a readback, a gate and an expert
+    launch cost; one with the small cache gives what a demand miss adds to that, all of it charged to the
+    copy it issues (`copy_s`): a miss's host work is more than the copy's own issue (the copy's event, the
+    wait that the compute stream is told of, the slot bookkeeping), and an expert launch measured among misses
+    would charge that to every hit."""
     import torch
 
-    from .hooks import RoutingHooks
     from .models import live_spec
-    from .offload import HostLedger
-    from .runner import PassPlan, RequestSteps, attention_backends, capture_decode, graphed_decode, run_live
-    from .runtime_cal import measure_prefetch_issue
+    from .runner import PassPlan, run_live
 
     spec = live_spec(shape, "bf16")
     n_keys = shape.n_layers * shape.n_experts
@@ -101,21 +108,128 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     runtime.reset()
     runtime.attach()
     plan = PassPlan(prompt_len, steps)
-    # warm-up and an untimed rehearsal (every kernel's first call, allocator growth), then the timed request
+    # warm-up and an untimed rehearsal (every kernel's first call, allocator growth), then the timed requests
     if not again:
         run_live(model, [plan], vocab=shape.vocab, device=dev, seed=seed + 1, runtime=runtime, warmup_passes=3,
                  rehearse=True, model_name=spec.name, decode=decode)
     gen = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, shape.vocab, (1, prompt_len), generator=gen).to(dev)
+    missing = _timed_request(model, runtime, plan, prompt, dev, decode, preload=False)
+    prefetch_s = None if again else _prefetch_issue(runtime, model, shape, plan, dev, seed, _measure_prefetch())
+    resident = None
+    if _fits_every_expert(runtime, n_keys):
+        runtime.close()
+        runtime.resize(n_keys)
+        resident = _timed_request(model, runtime, plan, prompt, dev, decode, preload=True)
+        runtime.resize(slots)  # the pool of the requests' cache again, for what runs next
+        runtime.reset()
+    if missing.ahead_n == 0:
+        raise EmuError(f"{preset}: no layer launch was timed (a model of one MoE layer cannot calibrate layer_s)")
+    hits = resident or missing
+    costs = HostCosts(pass_s=max(hits.pass_s(shape.n_layers), 0.0), layer_s=hits.layer_s,
+                      readback_s=hits.item(1, "readback"), gate_s=hits.item(1, "gate"),
+                      expert_s=hits.item(1, "expert"), copy_s=missing.item(1, "copy"), prefetch_s=prefetch_s,
+                      prefill_expert_s=missing.item(0, "expert"), prefill_copy_s=missing.item(0, "copy"))
+    per_miss = None
+    if resident is not None:
+        per_miss = missing.per_copy_over(costs, shape.n_layers)
+        if per_miss is not None and costs.copy_s is not None:
+            costs = attrs.evolve(costs, copy_s=max(per_miss, costs.copy_s))  # never below the issue itself
+    raw = {"slots": slots, "n_keys": n_keys, "prompt_len": prompt_len, "steps": steps, "seed": seed,
+           "decode": decode, **missing.raw(shape.n_layers),
+           "resident_request": None if resident is None else resident.raw(shape.n_layers),
+           "copy_s_issue": missing.item(1, "copy"), "copy_s_per_miss": per_miss}
+    return ModelCalibration(preset, shape.n_layers, costs, raw)
+
+
+def _measure_prefetch() -> Any:
+    from .runtime_cal import measure_prefetch_issue
+
+    return measure_prefetch_issue
+
+
+def _fits_every_expert(runtime: Any, n_keys: int) -> bool:
+    """Whether a slot for every expert fits the device beside what it holds (half its free memory at most)."""
+    if not runtime.cuda:
+        return True
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(runtime.device)
+    return n_keys * runtime.expert_bytes < free // 2
+
+
+@attrs.frozen
+class _Request:
+    """One timed calibration request: its host ledger and the steps' spans."""
+
+    ledger: Any
+    decode_s: list[float]
+    host_s: list[float]
+    prefill_s: float
+    wait_s: float  # the decode steps' readback waits
+    ahead_s: float
+    ahead_n: int
+
+    @property
+    def layer_s(self) -> float:
+        return self.ahead_s / self.ahead_n if self.ahead_n else 0.0
+
+    @property
+    def work_s(self) -> float:
+        """The steps' host work: the host's own span of each (from its start to its last launch, not the
+        device's tail after it) less its readback waits."""
+        return sum(self.host_s) - self.wait_s
+
+    def item(self, phase: int, name: str) -> float | None:
+        return self.ledger.per_item(phase, name)
+
+    def count(self, phase: int, name: str) -> int:
+        return int(self.ledger.counts.get((phase, name), 0))
+
+    def pass_s(self, n_layers: int) -> float:
+        """What a step's host work holds beyond the ledger's items and the layers' launches."""
+        items = sum(v for (phase, _item), v in self.ledger.seconds.items() if phase == 1)
+        steps = len(self.decode_s)
+        return (self.work_s - items - steps * n_layers * self.layer_s) / steps
+
+    def per_copy_over(self, hit: HostCosts, n_layers: int) -> float | None:
+        """Host seconds per decode copy: this request's host work beyond what its passes, layers, readbacks,
+        gates and expert launches cost at the all-hit request's prices; None without copies."""
+        copies = self.count(1, "copy")
+        if copies == 0:
+            return None
+        steps = len(self.decode_s)
+        layer = (hit.layer_s or 0.0) + (hit.readback_s or 0.0) + (hit.gate_s or 0.0)
+        base = steps * ((hit.pass_s or 0.0) + n_layers * layer) + self.count(1, "expert") * (hit.expert_s or 0.0)
+        return (self.work_s - base) / copies
+
+    def raw(self, n_layers: int) -> dict[str, Any]:
+        return {"decode_step_s": self.decode_s, "decode_host_span_s": self.host_s, "prefill_s": self.prefill_s,
+                "decode_readback_wait_s": self.wait_s, "decode_work_s": self.work_s,
+                "pass_s_residual": self.pass_s(n_layers), "launch_ahead_n": self.ahead_n,
+                "ledger": {f"{'decode' if phase == 1 else 'prefill'}.{item}": [self.ledger.seconds[(phase, item)],
+                                                                               self.ledger.counts[(phase, item)]]
+                           for (phase, item) in sorted(self.ledger.seconds)}}
+
+
+def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, decode: str,
+                   preload: bool) -> _Request:
+    """The request on an emptied cache (`preload`: every slot filled first), with the host ledger on."""
+    from .hooks import RoutingHooks
+    from .offload import HostLedger
+    from .runner import PassPlan, RequestSteps, attention_backends, capture_decode, graphed_decode
+
     hooks = RoutingHooks(model, record=True, speculate=True, static=decode != "eager")
     graphed = None
-    if decode != "eager":  # its own static cache and graphs, warmed up by a request over them first
+    if decode != "eager":  # its own static cache and graphs, warmed up by a prefill over them first
         graphed = graphed_decode(model, runtime, [plan], 0, dev)
         with attention_backends(dev):  # capture with the backends of the replays (no cuDNN: it allocates)
-            RequestSteps(model, prompt, PassPlan(prompt_len, 3), runtime=runtime, graphed=graphed).prefill()
+            RequestSteps(model, prompt, PassPlan(plan.prompt_len, 3), runtime=runtime, graphed=graphed).prefill()
             if decode == "graph":
                 capture_decode(graphed, [plan], hooks)
     runtime.reset()
+    if preload:
+        runtime.preload()
     runtime.attach()
     ledger = runtime.ledger = HostLedger()
     clock = _HostSpans(dev)
@@ -124,7 +238,7 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
             req = RequestSteps(model, prompt, plan, hooks=hooks, runtime=runtime, clock=clock, graphed=graphed)
             req.prefill()
             wait0, ahead0, n_ahead0 = runtime.readback_wait_s, runtime.launch_ahead_s, runtime.launch_ahead_n
-            for _ in range(steps):
+            for _ in range(plan.n_decode):
                 req.decode()
             wait = runtime.readback_wait_s - wait0
             ahead_s, ahead_n = runtime.launch_ahead_s - ahead0, runtime.launch_ahead_n - n_ahead0
@@ -132,30 +246,7 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
         hooks.remove()
         runtime.ledger = None
     seconds = clock.seconds()
-    decode = seconds[1:]
-    host_spans = clock.host[1:]
-    if ahead_n == 0:
-        raise EmuError(f"{preset}: no layer launch was timed (a model of one MoE layer cannot calibrate layer_s)")
-    layer_s = ahead_s / ahead_n
-    items = {item: ledger.per_item(1, item) for item in ("readback", "gate", "expert", "copy")}
-    decode_items = sum(v for (phase, _item), v in ledger.seconds.items() if phase == 1)
-    # the steps' host work: the host's own span of each (from its start to its last launch, not the device's tail
-    # after it: a copy-bound step's last experts) less its readback waits
-    work = sum(host_spans) - wait
-    pass_s = (work - decode_items - steps * shape.n_layers * layer_s) / steps
-    prefetch_s = None if again else _prefetch_issue(runtime, model, shape, plan, dev, seed, measure_prefetch_issue)
-    costs = HostCosts(pass_s=max(pass_s, 0.0), layer_s=layer_s, readback_s=items["readback"],
-                      gate_s=items["gate"], expert_s=items["expert"], copy_s=items["copy"],
-                      prefetch_s=prefetch_s, prefill_expert_s=ledger.per_item(0, "expert"),
-                      prefill_copy_s=ledger.per_item(0, "copy"))
-    raw = {"slots": slots, "n_keys": n_keys, "prompt_len": prompt_len, "steps": steps, "seed": seed,
-           "decode_step_s": decode, "decode_host_span_s": host_spans, "prefill_s": seconds[0],
-           "decode_readback_wait_s": wait,
-           "decode_work_s": work, "pass_s_residual": pass_s, "launch_ahead_n": ahead_n,
-           "ledger": {f"{'decode' if phase == 1 else 'prefill'}.{item}": [ledger.seconds[(phase, item)],
-                                                                          ledger.counts[(phase, item)]]
-                      for (phase, item) in sorted(ledger.seconds)}}
-    return ModelCalibration(preset, shape.n_layers, costs, raw)
+    return _Request(ledger, seconds[1:], clock.host[1:], seconds[0], wait, ahead_s, ahead_n)
 
 
 class _HostSpans:
@@ -239,13 +330,22 @@ def runtime_profile(name: str, calibrations: list[ModelCalibration], device_name
 
     prov = {"date": datetime.date.today().isoformat(), "tool": "emu calibrate --runtime", "device": device_name,
             "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "kernel": "eager",
+            "python": platform.python_version(), "kernel": "eager", "decode": _decode_of(calibrations),
             "method": "host ledger of calibration requests of the runtime's own (prompt "
-                      f"{PROMPT_LEN}, {DECODE_STEPS} decode steps, {int(CAPACITY * 100)}% LRU cache, seeds from "
-                      f"{SEED}; several per model: the median, models.<m>.statistic); never a validated run",
+                      f"{PROMPT_LEN}, {DECODE_STEPS} decode steps, seeds from {SEED}; each twice on the same "
+                      "prompt: every expert resident (pass, layer, readback, gate, expert launch: a hit's costs), "
+                      f"and a {int(CAPACITY * 100)}% LRU cache (copy_s: its host work beyond the hit costs, per "
+                      "copy; prefill items); several per model: the median, models.<m>.statistic); never a "
+                      "validated run",
             "models": {c.preset: dict(c.raw, n_layers=c.n_layers) for c in calibrations}}
     return RuntimeProfile(name=name, host=host, models={c.preset: c.costs for c in calibrations},
                           provenance=prov)
+
+
+def _decode_of(calibrations: list[ModelCalibration]) -> str:
+    raws = [r for c in calibrations for r in c.raw.get("requests", [c.raw])]
+    modes = sorted({str(r.get("decode", "eager")) for r in raws})
+    return modes[0] if len(modes) == 1 else "+".join(modes)
 
 
 def write_runtime_profile(profile: RuntimeProfile, path: Path) -> None:
@@ -255,7 +355,8 @@ def write_runtime_profile(profile: RuntimeProfile, path: Path) -> None:
     path.write_text(tomli_w.dumps(profile.to_dict()))
 
 
-def run(name: str, models: list[str], out: Path, device: str = "cuda", scale: str = "full") -> RuntimeProfile:
+def run(name: str, models: list[str], out: Path, device: str = "cuda", scale: str = "full",
+        decode: str = "eager") -> RuntimeProfile:
     import torch
 
     if out.suffix != ".toml":
@@ -263,7 +364,7 @@ def run(name: str, models: list[str], out: Path, device: str = "cuda", scale: st
     cals = []
     for arg in models:
         preset, layers = parse_model_arg(arg)
-        cals.append(calibrate_model(preset, layers, device=device, scale=scale))
+        cals.append(calibrate_model(preset, layers, device=device, scale=scale, decode=decode))
         if device == "cuda":
             torch.cuda.empty_cache()
     profile = runtime_profile(name, cals, device_name(device))

@@ -130,3 +130,34 @@ def test_compare_names_a_model_the_profile_holds_no_tables_for(dataset: Path, tm
     assert all(r["roofline"] for r in data["rows"])
     err = capsys.readouterr().err
     assert err.count("no measured expert/dense table") == 1 and "roofline" in err  # once per model
+
+
+def test_a_miss_costs_its_host_work_beyond_the_all_hit_prices() -> None:
+    from emu.runtime_profile import HostCosts
+    from live.host_calibration import _Request
+    from live.offload import HostLedger
+
+    ledger = HostLedger()  # 2 decode steps of a 2-layer model: 8 experts launched, 3 copies issued
+    ledger.add("expert", 8e-3, 8)
+    ledger.add("copy", 3e-4, 3)
+    req = _Request(ledger, decode_s=[0.01, 0.01], host_s=[0.010, 0.012], prefill_s=0.02, wait_s=0.002,
+                   ahead_s=0.0, ahead_n=4)
+    hit = HostCosts(pass_s=1e-3, layer_s=5e-4, readback_s=1e-4, gate_s=4e-4, expert_s=6e-4)
+    # work 0.020 s; at the hit prices 2 * (1e-3 + 2 * 1e-3) + 8 * 6e-4 = 0.0108 s; the rest over 3 copies
+    assert req.per_copy_over(hit, n_layers=2) == pytest.approx((0.020 - 0.0108) / 3)
+    assert req.work_s == pytest.approx(0.020)
+    ledger2 = HostLedger()
+    ledger2.add("expert", 1e-3, 2)
+    assert _Request(ledger2, [0.01], [0.01], 0.0, 0.0, 0.0, 2).per_copy_over(hit, 2) is None  # no copy: nothing
+
+
+def test_the_calibration_prices_hits_on_a_resident_request(dataset: Path) -> None:
+    rt = load_runtime_profile(dataset / "calibration" / "hf-eager.toml")
+    for req in rt.provenance["models"]["olmoe-1b-7b"]["requests"]:
+        resident = req["resident_request"]
+        assert resident is not None and not any(k.startswith("decode.copy") for k in resident["ledger"])
+        assert req["ledger"]["decode.copy"][1] > 0  # the small cache's request misses
+        costs = req["costs"]
+        assert costs["copy_s"] == pytest.approx(max(req["copy_s_per_miss"], req["copy_s_issue"]))
+        n_exp = resident["ledger"]["decode.expert"]
+        assert costs["expert_s"] == pytest.approx(n_exp[0] / n_exp[1])  # a hit's launch, from the resident request
