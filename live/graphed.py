@@ -35,11 +35,12 @@ from .offload import ExpertOffload
 class GraphedDecode:
     """Decode passes of one model and runtime replayed from CUDA graphs, over one static KV cache."""
 
-    def __init__(self, model: Any, runtime: ExpertOffload, cache: Any, device: torch.device) -> None:
+    def __init__(self, model: Any, runtime: ExpertOffload, cache: Any, device: torch.device,
+                 batch: int = 1) -> None:
         self.model, self.runtime, self.cache, self.device = model, runtime, cache, device
-        self.ids = torch.zeros((1, 1), dtype=torch.int64, device=device)  # the next pass's input token
+        self.ids = torch.zeros((batch, 1), dtype=torch.int64, device=device)  # the next pass's input tokens
         self.pos = torch.zeros(1, dtype=torch.int64, device=device)  # its position (cache_position)
-        self.tok: torch.Tensor | None = None  # the pass's greedy token (a static tensor of the last segment)
+        self.tok: torch.Tensor | None = None  # the pass's greedy tokens (a static tensor of the last segment)
         self._variants: dict[bool, _Captured] = {}  # by "routing forced": the hooks' graph differs
         # until a variant is captured its passes run eager over the static cache (the warm-up; the "static" mode)
         self._capturing: _Captured | None = None
@@ -68,8 +69,8 @@ class GraphedDecode:
                 cap.begin()
                 logits = self.model(input_ids=self.ids, past_key_values=self.cache, cache_position=self.pos,
                                     use_cache=True, logits_to_keep=1).logits
-                tok = logits[0, -1].argmax()
-                torch.add(tok.view(1, 1), 0, out=self.ids)  # a kernel, not a copy: see the module's text
+                tok = logits[:, -1].argmax(-1)
+                torch.add(tok.view(-1, 1), 0, out=self.ids)  # a kernel, not a copy: see the module's text
                 self.pos.add_(1)
                 cap.tok = tok
                 cap.end()
@@ -102,13 +103,16 @@ class GraphedDecode:
         return out
 
     # --- replay ------------------------------------------------------------------------------------
-    def start(self, token: int, position: int) -> None:
-        """The next pass's input token and position (fill kernels on the compute stream)."""
-        self.ids.fill_(token)
+    def start(self, tokens: tuple[int, ...], position: int) -> None:
+        """The next pass's input tokens (one per row) and position (fill kernels on the compute stream)."""
+        if len(tokens) != self.ids.shape[0]:
+            raise EmuError(f"{len(tokens)} tokens for a decode of batch {self.ids.shape[0]}", key="batch")
+        for row, token in enumerate(tokens):
+            self.ids[row].fill_(token)
         self.pos.fill_(position)
 
     def replay(self, forced: bool, hooks: Any) -> torch.Tensor:
-        """One decode pass; returns the pass's greedy token as a device tensor (the caller reads it)."""
+        """One decode pass; returns the pass's greedy tokens as a device tensor (the caller reads them)."""
         cap = self._variants[forced]
         rt = self.runtime
         t0 = time.perf_counter()

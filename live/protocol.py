@@ -46,7 +46,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-_CONFIG_KEYS = {"name", "model", "layers", "capacity", "eviction", "prefetch", "seed", "trace"}
+_CONFIG_KEYS = {"name", "model", "layers", "capacity", "eviction", "prefetch", "seed", "trace", "batch"}
 
 
 @attrs.frozen
@@ -59,6 +59,7 @@ class Config:
     seed: int = 1
     layers: int | None = None
     trace: str | None = None
+    batch: int = 1  # requests decoded in lockstep
 
 
 @attrs.frozen
@@ -112,10 +113,11 @@ def load_matrix(path: str | Path) -> Matrix:
         for key in ("model", "eviction", "prefetch", "trace"):
             if key in c and (not isinstance(c[key], str) or not c[key]):
                 raise EmuError(f"expected a string, got {c[key]!r}", file=file, key=f"{where}.{key}")
-        for key in ("layers", "seed"):
+        for key in ("layers", "seed", "batch"):
             v = c.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "layers" else 0)):
-                raise EmuError(f"expected a {'positive' if key == 'layers' else 'non-negative'} integer, got {v!r}",
+            positive = key != "seed"
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (1 if positive else 0)):
+                raise EmuError(f"expected a {'positive' if positive else 'non-negative'} integer, got {v!r}",
                                file=file, key=f"{where}.{key}")
         trace = c.get("trace")
         if trace is not None:
@@ -125,7 +127,7 @@ def load_matrix(path: str | Path) -> Matrix:
             trace = str(tp)
         configs.append(Config(name=name, model=c["model"], capacity=c["capacity"], eviction=c.get("eviction", "lru"),
                               prefetch=c.get("prefetch", "none"), seed=c.get("seed", 1), layers=c.get("layers"),
-                              trace=trace))
+                              trace=trace, batch=c.get("batch", 1)))
     return Matrix(path=file, configs=tuple(configs), **sizes)
 
 
@@ -152,7 +154,7 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
     from .host_calibration import merge
     from .models import build_model, live_spec, shape_of
     from .offload import ExpertOffload
-    from .runner import PassPlan, plans_from_trace, run_live
+    from .runner import PassPlan, batched_trace, plans_from_trace, run_live
 
     if out.exists() and any(out.iterdir()):  # a lease's records must not mix with an earlier one's
         raise EmuError("expected an empty or new output folder", file=str(out), key="--out")
@@ -186,12 +188,13 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
                 runtime.reset()
                 runtime.attach()
                 force = None
-                plans = [PassPlan(matrix.prompt_len, matrix.decode_tokens)]
+                plans = [PassPlan(matrix.prompt_len, matrix.decode_tokens, batch=c.batch)]
                 if c.trace is not None:
                     force = RoutingTrace.load(c.trace)
                     if force.n_layers > shape.n_layers:
                         force = first_layers(force, shape.n_layers)
                     force.check_fits(shape.n_layers, shape.n_experts, shape.top_k, file=c.trace)
+                    force = batched_trace(force, c.batch)  # the trace's first requests, c.batch at a time
                     plans = plans_from_trace(force, matrix.prompt_len, matrix.decode_tokens)[:1]
                 result = run_live(model, plans, vocab=shape.vocab, device=dev, seed=c.seed, runtime=runtime,
                                   force=force, warmup_passes=3, rehearse=True, model_name=spec.name,
@@ -248,10 +251,10 @@ def _write_record(out: Path, c: Config, spec: Any, shape: Any, slots: int, runti
         "expert_bytes": runtime.expert_bytes, "eviction": c.eviction, "eviction_params": {},
         "prefetch": c.prefetch, "prefetch_params": {}, "partition": "global", "partition_params": {},
         "miss": "fetch", "miss_params": {}, "seed": c.seed, "capacity": str(c.capacity),
-        "forced_trace": c.trace, "rehearsed": True, "warmup_passes": 3, "decode": decode,
+        "forced_trace": c.trace, "rehearsed": True, "warmup_passes": 3, "decode": decode, "batch": c.batch,
         "decode_host_share": result.decode_host_share,
         "handover": runtime.resolved_handover() if c.prefetch != "none" else None,
-        "requests": [{"prompt_len": p.prompt_len, "ttft_s": r.ttft_s, "decode_s": list(r.decode_s)}
+        "requests": [{"prompt_len": p.prompt_len, "batch": p.batch, "ttft_s": r.ttft_s, "decode_s": list(r.decode_s)}
                      for p, r in zip(plans, result.requests)],
         "ttft_s": result.ttft_s, "decode_tok_s": result.decode_tok_s,
         "stats": attrs.asdict(stats) | {"hit_rate": stats.hit_rate},
@@ -301,7 +304,7 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
                             "runtime_name": runtime.name,
                             "runs": sorted(f"calibration request of {m}" for m in cal_runs)},
             "model": rec["model"]["name"], "capacity": rec.get("capacity", str(rec["slots"])),
-            "eviction": rec["eviction"], "prefetch": rec.get("prefetch") or "none", "batch": 1,
+            "eviction": rec["eviction"], "prefetch": rec.get("prefetch") or "none", "batch": int(rec.get("batch", 1)),
             "ttft_s": {"measured": float(rec["ttft_s"]), "emulated": float(result.ttft_s)},
             "decode_tok_s": {"measured": float(rec["decode_tok_s"]), "emulated": float(result.decode_tok_per_s)},
             "steps_s": {"measured": measured_steps, "emulated": list(result.decode_step_s)},

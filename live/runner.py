@@ -58,51 +58,115 @@ class PassClock:
 
 @attrs.frozen(eq=False)
 class PassPlan:
-    """What one request's run looks like: prompt length, decode steps, and trace passes to force."""
+    """What one request's run looks like (or `batch` requests' in lockstep, prompts of one length): prompt
+    length, decode steps, and trace passes to force (passes of `batch` requests' tokens each)."""
 
     prompt_len: int
     n_decode: int
     force_prefill: int | None = None  # trace pass replayed by the prefill
     force_decode: tuple[int, ...] = ()  # trace passes replayed by the decode steps, in order
+    batch: int = 1
+
+    def __attrs_post_init__(self) -> None:
+        if self.batch < 1:
+            raise EmuError(f"expected a batch of at least 1 request, got {self.batch}", key="batch")
 
 
 def plans_from_trace(trace: RoutingTrace, prompt_len: int, max_decode: int | None = None) -> list[PassPlan]:
-    """One plan per request of a trace, so a run replays its routing pass by pass (batch size 1).
+    """One plan per request of a trace, or per group of requests that share every pass (a batched trace,
+    `batched_trace`), so a run replays its routing pass by pass.
 
     A request without a prefill pass in the trace (decode-only captures) gets an unforced prefill of
     `prompt_len` tokens.
     """
     plans = []
-    requests = trace.token_request[trace.pass_offsets[:-1]]
-    for req in dict.fromkeys(requests.tolist()):
-        passes = np.flatnonzero(requests == req)
+    firsts = trace.token_request[trace.pass_offsets[:-1]]
+    grouped: set[int] = set()
+    for first in dict.fromkeys(firsts.tolist()):
+        passes = np.flatnonzero(firsts == first)
+        group = trace.token_request[trace.pass_offsets[passes[0]]:trace.pass_offsets[passes[0] + 1]]
+        members = list(dict.fromkeys(group.tolist()))
+        batch = len(members)
+        if grouped & set(members):
+            raise EmuError(f"request {first}'s passes batch requests another group holds; the live runner replays "
+                           "requests in lockstep, each in one group", key="workload.trace")
+        grouped |= set(members)
         for p in passes:
             t0, t1 = trace.pass_offsets[p], trace.pass_offsets[p + 1]
-            if np.any(trace.token_request[t0:t1] != req):
-                raise EmuError(f"trace pass {p} batches several requests; the live runner replays batch size 1",
+            rows = trace.token_request[t0:t1]
+            per = (t1 - t0) // batch
+            if (t1 - t0) % batch or not np.array_equal(rows, np.repeat(members, per)):
+                raise EmuError(f"trace pass {p} does not hold the same requests, each as many tokens in order, as "
+                               f"the first pass of request {first}; the live runner replays requests in lockstep",
                                key="workload.trace")
         prefill = [int(p) for p in passes if trace.pass_phase[p] == PHASE_PREFILL]
         decode = [int(p) for p in passes if trace.pass_phase[p] == PHASE_DECODE]
         if len(prefill) > 1:
-            raise EmuError(f"request {req} has {len(prefill)} prefill passes; expected at most one",
+            raise EmuError(f"request {first} has {len(prefill)} prefill passes; expected at most one",
                            key="workload.trace")
-        bad = [p for p in decode if trace.pass_offsets[p + 1] - trace.pass_offsets[p] != 1]
+        bad = [p for p in decode if trace.pass_offsets[p + 1] - trace.pass_offsets[p] != batch]
         if bad:
-            raise EmuError(f"decode pass {bad[0]} of request {req} has more than one token", key="workload.trace")
+            raise EmuError(f"decode pass {bad[0]} of request {first} has more than one token per request",
+                           key="workload.trace")
         if max_decode is not None:
             decode = decode[:max_decode]
         if prefill:
-            n = int(trace.pass_offsets[prefill[0] + 1] - trace.pass_offsets[prefill[0]])
-            plans.append(PassPlan(n, len(decode), prefill[0], tuple(decode)))
+            n = int(trace.pass_offsets[prefill[0] + 1] - trace.pass_offsets[prefill[0]]) // batch
+            plans.append(PassPlan(n, len(decode), prefill[0], tuple(decode), batch))
         else:
-            plans.append(PassPlan(prompt_len, len(decode), None, tuple(decode)))
+            plans.append(PassPlan(prompt_len, len(decode), None, tuple(decode), batch))
     return plans
+
+
+def batched_trace(trace: RoutingTrace, batch: int) -> RoutingTrace:
+    """The trace's requests run `batch` at a time in lockstep: consecutive groups of `batch` requests (in order
+    of first appearance), pass i of a group holding pass i of each member, request by request (the order a
+    batch's rows take through the model); a group runs as many passes as its shortest member. Each member must
+    be a batch-1 request; members' prefills must have one length."""
+    if batch < 1:
+        raise EmuError(f"expected a batch of at least 1 request, got {batch}", key="batch")
+    if batch == 1:
+        return trace
+    firsts = trace.token_request[trace.pass_offsets[:-1]]
+    requests = list(dict.fromkeys(firsts.tolist()))
+    if len(requests) < batch:
+        raise EmuError(f"the trace has {len(requests)} requests; a batch of {batch} needs as many",
+                       key="workload.trace")
+    passes_of = {r: np.flatnonzero(firsts == r).tolist() for r in requests}
+    rows: list[np.ndarray] = []
+    offsets, phases = [0], []
+    for g in range(len(requests) // batch):
+        members = requests[g * batch:(g + 1) * batch]
+        depth = min(len(passes_of[r]) for r in members)
+        for i in range(depth):
+            group = [passes_of[r][i] for r in members]
+            kinds = {int(trace.pass_phase[p]) for p in group}
+            sizes = {int(trace.pass_offsets[p + 1] - trace.pass_offsets[p]) for p in group}
+            if len(kinds) != 1 or len(sizes) != 1:
+                raise EmuError(f"requests {members} differ at their pass {i} (phase or length); a batch replays "
+                               "requests of one shape", key="workload.trace")
+            for p in group:
+                rows.append(np.arange(trace.pass_offsets[p], trace.pass_offsets[p + 1]))
+            offsets.append(offsets[-1] + batch * sizes.pop())
+            phases.append(kinds.pop())
+    if not rows:
+        raise EmuError("no pass left to batch", key="workload.trace")
+    idx = np.concatenate(rows)
+    return attrs.evolve(
+        trace, experts=trace.experts[idx], pass_offsets=np.asarray(offsets, np.int64),
+        pass_phase=np.asarray(phases, np.int8), token_request=trace.token_request[idx],
+        token_position=trace.token_position[idx], scores=None if trace.scores is None else trace.scores[idx],
+        predicted=None if trace.predicted is None else trace.predicted[idx],
+        meta=dict(trace.meta, batched=batch)).validate()
 
 
 @attrs.frozen
 class RequestTimes:
+    """One request's (or one batch's) times: its prefill pass and its decode passes."""
+
     ttft_s: float
     decode_s: tuple[float, ...]
+    batch: int = 1  # tokens per decode pass
 
 
 #: how decode passes run (`run_live`)
@@ -142,7 +206,8 @@ def _run_between(between: Between | None, step: int, hooks: RoutingHooks | None,
 
 
 class RequestSteps:
-    """One request's greedy decoding a pass at a time (`prefill`, then `decode` per token), so that another
+    """One request's greedy decoding a pass at a time (`prefill`, then `decode` per token), or a batch of
+    requests' in lockstep (a prompt of several rows: requests `request`, `request + 1`, ...), so that another
     request's passes can run in between (`live.runtime_cal.InterleavedCalibration`); `generate` runs one
     to the end. `interleaved`: other passes run between this request's, so each of its passes installs its
     hooks and attaches its runtime first and removes the hooks after."""
@@ -153,6 +218,8 @@ class RequestSteps:
                  graphed: GraphedDecode | None = None) -> None:
         from transformers import DynamicCache
 
+        if prompt.shape[0] != plan.batch:
+            raise EmuError(f"a prompt of {prompt.shape[0]} rows for a plan of batch {plan.batch}", key="batch")
         self.model, self.prompt, self.plan, self.request = model, prompt, plan, request
         self.hooks, self.runtime, self.clock, self.interleaved = hooks, runtime, clock, interleaved
         # graphed: decode passes replayed from its CUDA graphs over its static cache (the prefill stays eager)
@@ -164,36 +231,44 @@ class RequestSteps:
             self.cache = graphed.cache
         else:
             self.cache = DynamicCache(config=model.config)
-        self.out_ids: list[int] = []
+        self.rows = np.arange(request, request + plan.batch)  # the requests of the prompt's rows
+        self.out: list[tuple[int, ...]] = []  # each pass's tokens, one per row
         self.step = 0  # decode steps run
 
+    @property
+    def out_ids(self) -> list[int]:
+        """The generated ids of a single request (first from the prefill)."""
+        return [t[0] for t in self.out]
+
     def prefill(self) -> int:
+        """The prompt's pass; returns the first row's token (`out[-1]` holds every row's)."""
         n = self.prompt.shape[1]
-        tok = self._run(self.prompt, PHASE_PREFILL, np.full(n, self.request), np.arange(n), self.plan.force_prefill)
+        toks = self._run(self.prompt, PHASE_PREFILL, np.repeat(self.rows, n), np.tile(np.arange(n), len(self.rows)),
+                         self.plan.force_prefill)
         if self.graphed is not None:
-            self.graphed.start(tok, n)
-        return tok
+            self.graphed.start(toks, n)
+        return toks[0]
 
     def decode(self) -> int:
-        """The next decode step (after `prefill`)."""
-        if not self.out_ids:
+        """The next decode step (after `prefill`); returns the first row's token."""
+        if not self.out:
             raise EmuError("decode before prefill")
         step, n = self.step, self.prompt.shape[1]
         force = self.plan.force_decode[step] if step < len(self.plan.force_decode) else None
         self.step += 1
+        positions = np.full(len(self.rows), n + step)
         if self.graphed is not None and self.graphed.captured(force is not None):
-            tok = _replayed_pass(self.graphed, force, np.array([self.request]), np.array([n + step]), self.hooks,
-                                 self.runtime, self.clock)
-            self.out_ids.append(tok)
-            return tok
-        ids = torch.tensor([[self.out_ids[-1]]], device=self.prompt.device)
-        tok = self._run(ids, PHASE_DECODE, np.array([self.request]), np.array([n + step]), force)
+            toks = _replayed_pass(self.graphed, force, self.rows, positions, self.hooks, self.runtime, self.clock)
+            self.out.append(toks)
+            return toks[0]
+        ids = torch.tensor([[t] for t in self.out[-1]], device=self.prompt.device)
+        toks = self._run(ids, PHASE_DECODE, self.rows, positions, force)
         if self.graphed is not None:
-            self.graphed.start(tok, n + step + 1)
-        return tok
+            self.graphed.start(toks, n + step + 1)
+        return toks[0]
 
     def _run(self, ids: torch.Tensor, phase: int, requests: np.ndarray, positions: np.ndarray,
-             force: int | None) -> int:
+             force: int | None) -> tuple[int, ...]:
         hooks = self.hooks
         if self.interleaved:
             if hooks is not None:
@@ -202,20 +277,30 @@ class RequestSteps:
                 self.runtime.attach()
         try:
             with torch.no_grad():
-                tok = _pass(self.model, ids, self.cache, phase, requests, positions, force, hooks, self.runtime,
-                            self.clock, static=self.graphed is not None)
+                toks = _pass(self.model, ids, self.cache, phase, requests, positions, force, hooks, self.runtime,
+                             self.clock, static=self.graphed is not None)
         finally:
             if self.interleaved and hooks is not None:
                 hooks.remove()
-        self.out_ids.append(tok)
-        return tok
+        self.out.append(toks)
+        return toks
 
 
 def generate(model: Any, prompt: torch.Tensor, plan: PassPlan, *, request: int = 0,
              hooks: RoutingHooks | None = None, runtime: ExpertOffload | None = None,
              clock: PassClock | None = None, between: Between | None = None,
              graphed: GraphedDecode | None = None) -> list[int]:
-    """Greedy decoding of one request; returns the generated ids (first from the prefill)."""
+    """Greedy decoding of one request (or a batch in lockstep); returns the generated ids (first from the
+    prefill), the first row's (`generate_rows` gives every row's)."""
+    return [t[0] for t in generate_rows(model, prompt, plan, request=request, hooks=hooks, runtime=runtime,
+                                        clock=clock, between=between, graphed=graphed)]
+
+
+def generate_rows(model: Any, prompt: torch.Tensor, plan: PassPlan, *, request: int = 0,
+                  hooks: RoutingHooks | None = None, runtime: ExpertOffload | None = None,
+                  clock: PassClock | None = None, between: Between | None = None,
+                  graphed: GraphedDecode | None = None) -> list[tuple[int, ...]]:
+    """`generate` with every pass's tokens, one per row of the prompt."""
     steps = RequestSteps(model, prompt, plan, request=request, hooks=hooks, runtime=runtime, clock=clock,
                          graphed=graphed)
     if runtime is not None:
@@ -226,12 +311,12 @@ def generate(model: Any, prompt: torch.Tensor, plan: PassPlan, *, request: int =
         if between is not None and step > 0 and step % between.every == 0:
             _run_between(between, step, hooks, runtime)
         steps.decode()
-    return steps.out_ids
+    return steps.out
 
 
 def _pass(model: Any, ids: torch.Tensor, cache: Any, phase: int, requests: np.ndarray, positions: np.ndarray,
           force: int | None, hooks: RoutingHooks | None, runtime: ExpertOffload | None,
-          clock: PassClock | None, static: bool = False) -> int:
+          clock: PassClock | None, static: bool = False) -> tuple[int, ...]:
     if hooks is not None:
         hooks.begin_pass(phase, requests, positions, force_pass=force)
     if runtime is not None:
@@ -242,21 +327,22 @@ def _pass(model: Any, ids: torch.Tensor, cache: Any, phase: int, requests: np.nd
     if static:  # a static cache is told the positions (a device kernel: no upload, no read of the cache)
         kw["cache_position"] = torch.arange(int(positions[0]), int(positions[0]) + ids.shape[1], device=ids.device)
     logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **kw).logits
-    tok = logits[0, -1].argmax()
+    tok = logits[:, -1].argmax(-1)
     if clock is not None:
         clock.stop()
     if hooks is not None:
         hooks.end_pass()
     if runtime is None:
-        return int(tok)
+        return tuple(tok.tolist())
     t0 = time.perf_counter()
-    out = int(tok)  # the pass end's sync: the host waits for the GPU to finish the pass
+    out = tuple(tok.tolist())  # the pass end's sync: the host waits for the GPU to finish the pass
     runtime.pass_end_wait_s += time.perf_counter() - t0
     return out
 
 
 def _replayed_pass(graphed: GraphedDecode, force: int | None, requests: np.ndarray, positions: np.ndarray,
-                   hooks: RoutingHooks | None, runtime: ExpertOffload | None, clock: PassClock | None) -> int:
+                   hooks: RoutingHooks | None, runtime: ExpertOffload | None,
+                   clock: PassClock | None) -> tuple[int, ...]:
     """One decode pass replayed from the graphs (captured for this forcing before the measured run)."""
     forced = force is not None
     if hooks is not None:
@@ -272,7 +358,7 @@ def _replayed_pass(graphed: GraphedDecode, force: int | None, requests: np.ndarr
     if hooks is not None:
         hooks.end_pass()
     t0 = time.perf_counter()
-    out = int(tok)  # the pass end's sync
+    out = tuple(tok.tolist())  # the pass end's sync
     if runtime is not None:
         runtime.pass_end_wait_s += time.perf_counter() - t0
     return out
@@ -304,9 +390,11 @@ def _graphed_decode(model: Any, runtime: ExpertOffload | None, plans: list[PassP
         raise EmuError("the device-paced decode runs the offloaded runtime; no runtime was given")
     if between is not None:
         raise EmuError("the device-paced decode does not interleave other work between passes")
+    if len({p.batch for p in plans}) > 1:
+        raise EmuError("a static KV cache holds one batch size; the plans have several", key="batch")
     longest = max([p.prompt_len + p.n_decode + 1 for p in plans] + [8 + warmup_passes])
     cache = StaticCache(config=model.config, max_cache_len=longest)
-    return GraphedDecode(model, runtime, cache, device)
+    return GraphedDecode(model, runtime, cache, device, batch=plans[0].batch if plans else 1)
 
 
 @attrs.frozen(eq=False)
@@ -331,8 +419,10 @@ class LiveResult:
 
     @property
     def decode_tok_s(self) -> float:
+        """Decode tokens per second over every request (a batch's pass gives a token per request)."""
         total = sum(self.decode_s)
-        return len(self.decode_s) / total if total > 0 else 0.0
+        tokens = sum(r.batch * len(r.decode_s) for r in self.requests)
+        return tokens / total if total > 0 else 0.0
 
 
 def attention_backends(device: torch.device) -> Any:
@@ -376,15 +466,17 @@ def _run_live(model: Any, plans: list[PassPlan], vocab: int, device: torch.devic
               model_name: str, meta: dict[str, Any] | None, preload: bool = False,
               between: Between | None = None, decode: str = "eager") -> LiveResult:
     gen = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(0, vocab, (1, plan.prompt_len), generator=gen).to(device) for plan in plans]
+    prompts = [torch.randint(0, vocab, (plan.batch, plan.prompt_len), generator=gen).to(device) for plan in plans]
     graphed = None if decode == "eager" else _graphed_decode(model, runtime, plans, warmup_passes, device, between)
+    batch = plans[0].batch if plans else 1  # the warm-up's (a static cache holds one batch size)
     if warmup_passes > 0:
-        warm = torch.randint(0, vocab, (1, 8), generator=gen).to(device)
-        generate(model, warm, PassPlan(8, warmup_passes - 1), runtime=runtime, graphed=graphed)
+        warm = torch.randint(0, vocab, (batch, 8), generator=gen).to(device)
+        generate(model, warm, PassPlan(8, warmup_passes - 1, batch=batch), runtime=runtime, graphed=graphed)
     if rehearse:
         for plan in plans:
-            prompt = torch.randint(0, vocab, (1, plan.prompt_len), generator=gen).to(device)
-            generate(model, prompt, PassPlan(plan.prompt_len, plan.n_decode), runtime=runtime, graphed=graphed)
+            prompt = torch.randint(0, vocab, (plan.batch, plan.prompt_len), generator=gen).to(device)
+            generate(model, prompt, PassPlan(plan.prompt_len, plan.n_decode, batch=plan.batch), runtime=runtime,
+                     graphed=graphed)
     hooks = RoutingHooks(model, record=True, speculate=True, force=force, static=graphed is not None)
     if graphed is not None and decode == "graph":
         capture_decode(graphed, plans, hooks)
@@ -393,17 +485,20 @@ def _run_live(model: Any, plans: list[PassPlan], vocab: int, device: torch.devic
         if preload:
             runtime.preload()
     clock = PassClock(device)
-    tokens = []
+    tokens: list[tuple[int, ...]] = []
     try:
-        for req, (plan, prompt) in enumerate(zip(plans, prompts)):
-            tokens.append(tuple(generate(model, prompt, plan, request=req, hooks=hooks, runtime=runtime,
-                                         clock=clock, between=between, graphed=graphed)))
+        req = 0
+        for plan, prompt in zip(plans, prompts):
+            out = generate_rows(model, prompt, plan, request=req, hooks=hooks, runtime=runtime, clock=clock,
+                                between=between, graphed=graphed)
+            tokens.extend(tuple(int(t[b]) for t in out) for b in range(plan.batch))
+            req += plan.batch
         spans = clock.seconds()
     finally:
         hooks.remove()
     times, i = [], 0
     for plan in plans:
-        times.append(RequestTimes(spans[i], tuple(spans[i + 1: i + 1 + plan.n_decode])))
+        times.append(RequestTimes(spans[i], tuple(spans[i + 1: i + 1 + plan.n_decode]), plan.batch))
         i += 1 + plan.n_decode
     trace = hooks.trace(model_name, meta)
     host_share = None

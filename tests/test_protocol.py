@@ -30,6 +30,11 @@ capacity = "50%"
 eviction = "lfu"
 prefetch = "next-layer"
 seed = 3
+[[config]]
+name = "lru-25-b2"
+model = "olmoe-1b-7b"
+capacity = "25%"
+batch = 2
 """
 
 
@@ -39,7 +44,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "m.toml").write_text(MATRIX)
     written = run_matrix(load_matrix(d / "m.toml"), d / "out", device="cpu", scale="tiny",
                          calibrate_runtime="hf-eager")
-    assert [p.name for p in written] == ["lru-25.json", "lfu-50-nl.json"]
+    assert [p.name for p in written] == ["lru-25.json", "lfu-50-nl.json", "lru-25-b2.json"]
     return d / "out"
 
 
@@ -68,7 +73,7 @@ def test_compare_writes_rows_the_summary_reads(dataset: Path) -> None:
     runtime = dataset / "calibration" / "hf-eager.toml"
     data = compare(dataset, ROOT / "scenarios" / "profiles" / "h100-pcie5.toml", runtime, "cpu", "hf-eager")
     rows = {r["config"]: r for r in data["rows"]}
-    assert set(rows) == {"lru-25", "lfu-50-nl"}
+    assert set(rows) == {"lru-25", "lfu-50-nl", "lru-25-b2"}
     for name, row in rows.items():
         rec = json.loads((dataset / "runs" / f"{name}.json").read_text())
         assert row["ttft_s"]["measured"] == rec["ttft_s"]
@@ -76,6 +81,10 @@ def test_compare_writes_rows_the_summary_reads(dataset: Path) -> None:
         assert row["counts"]["hits"][0] == row["counts"]["hits"][1]  # the emulator decides as the runtime did
         assert row["calibration"]["runtime_profile"] == "calibration/hf-eager.toml"
     assert rows["lfu-50-nl"]["prefetch_races"] and rows["lfu-50-nl"]["counts"]["prefetch_issued"][0] > 0
+    batch = rows["lru-25-b2"]  # two requests in lockstep: each pass two tokens, the rate the batch's
+    assert batch["batch"] == 2 and batch["counts"]["accesses"][0] == batch["counts"]["accesses"][1]
+    rec = json.loads((dataset / "runs" / "lru-25-b2.json").read_text())
+    assert rec["batch"] == 2 and rec["decode_tok_s"] == pytest.approx(2 * 6 / sum(rec["requests"][0]["decode_s"]))
     ds = load_dataset(dataset)
     assert row_errors(ds.rows[0]).counts_equal
 
