@@ -483,7 +483,11 @@ def instant_inline(pk, cs, tm, tv, t: float, n_done: int, done_jobs: int, n_free
     return n
 
 
-@njit(int64(STACK_T, CS_T, TM_T, TV_T, float64, int64, int64, int64), cache=True, _nrt=False)
+#: `instant`'s signature: compiled when the SimPy engine first runs (`compiled`), not at import
+INSTANT_SIG = int64(STACK_T, CS_T, TM_T, TV_T, float64, int64, int64, int64)
+
+
+@njit(cache=True, _nrt=False)
 def instant(pk, cs, tm, tv, t, n_done, done_jobs, n_free):
     """Everything that happens at instant t, in the contract's order.
 

@@ -1,7 +1,9 @@
 """The hooks a policy implements, per kind: their names, what they are told and what they return.
 
-Every hook is a numba function compiled with its kind's signature below (`@njit(SIG, cache=True)`), so the
-shared core takes the chosen stack as first-class functions: one compiled core serves every stack. A hook
+Every hook is a numba function of its kind's signature below, declared with `@hook(SIG)`: it is compiled
+(or loaded from numba's cache) with that signature when a stack first holds it (`compiled`), so a run
+compiles only its own stack's hooks, and the shared core takes the stack as first-class functions: one
+compiled core serves every stack. A hook compiled eagerly (`@njit(SIG, cache=True)`) is accepted too. A hook
 gets its own state `ps` (a `PolicyState`), the cache state `cs`, the trace view `tv` and the time `t`.
 
 | kind | hook | arguments | returns |
@@ -21,6 +23,9 @@ prefetch); `EV_EVICT` when a key leaves.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from numba import float64, int64, njit
 from numba.core.types import FunctionType
@@ -61,6 +66,34 @@ HOOKS: dict[str, tuple[tuple[str, object], ...]] = {
 
 def hook_type(sig: object) -> FunctionType:
     return FunctionType(sig)
+
+
+def hook(sig: object, *, nrt: bool = False) -> Callable[[Callable[..., Any]], Any]:
+    """Declare a policy hook of signature `sig` (a kind's `*_SIG`), compiled when a stack first holds it.
+    `nrt`: the hook allocates (numba's runtime on; the hooks of the hot path do not)."""
+
+    def declare(fn: Callable[..., Any]) -> Any:
+        dispatcher = njit(cache=True, _nrt=nrt)(fn)
+        dispatcher.hook_signature = sig
+        return dispatcher
+
+    return declare
+
+
+def declared_signature(dispatcher: Any) -> object | None:
+    """The signature a hook was declared with (`hook`), or the one it was compiled with eagerly."""
+    sig = getattr(dispatcher, "hook_signature", None)
+    if sig is not None:
+        return sig
+    signatures = getattr(dispatcher, "signatures", None) or ()
+    return signatures[0] if len(signatures) == 1 else None
+
+
+def compiled(dispatcher: Any, sig: object) -> Any:
+    """The hook compiled with `sig` (compiled now, or loaded from numba's cache, if it was not yet)."""
+    if tuple(sig.args) not in [tuple(s) for s in dispatcher.signatures]:  # type: ignore[attr-defined]
+        dispatcher.compile(sig)
+    return dispatcher
 
 
 @njit(cache=True, _nrt=False)

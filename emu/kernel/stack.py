@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .hooks import HOOKS, KINDS, hook_type
+from .hooks import HOOKS, KINDS, compiled, hook_type
 from .layout import PS_T
 from .structs import StructOwnerType, StructProxy, StructView, constructor, payload_addr
 
 HOOK_NAMES: tuple[str, ...] = tuple(name for kind in KINDS for name, _sig in HOOKS[kind])
+_HOOK_SIGS: dict[str, object] = {name: sig for kind in KINDS for name, sig in HOOKS[kind]}
 STACK_FIELDS: tuple[tuple[str, Any], ...] = (
     *((name, hook_type(sig)) for kind in KINDS for name, sig in HOOKS[kind]),
     *((f"s_{kind}", PS_T) for kind in KINDS),
@@ -30,7 +31,7 @@ class Stack(StructProxy):
     _VIEW = STACK_T
 
     def __init__(self, hooks: dict[str, Any], states: dict[str, Any]) -> None:
-        self.hooks = {name: hooks[name] for name in HOOK_NAMES}
+        self.hooks = {name: compiled(hooks[name], _HOOK_SIGS[name]) for name in HOOK_NAMES}
         self.states = {kind: states[kind] for kind in KINDS}
         self._owner = _new_stack(_STACK_OWN, (*self.hooks.values(), *self.states.values()))
         self._addr = int(payload_addr(self._owner))

@@ -89,10 +89,11 @@ def _check_hooks(policy: Policy, attribute: Any, hooks: dict[str, Any]) -> None:
         raise ValueError(f"{policy.kind} policy {policy.name!r} declares hooks {sorted(hooks)}; expected {names}")
     for name, sig in expected:
         dispatcher = hooks[name]
-        signatures = getattr(dispatcher, "signatures", None)
-        if signatures is None or tuple(sig.args) not in [tuple(s) for s in signatures]:
-            raise ValueError(f"{policy.kind} policy {policy.name!r}: hook {name!r} must be compiled with "
-                             f"emu.kernel.hooks' signature {sig}")
+        declared = getattr(dispatcher, "hook_signature", None)
+        signatures = [tuple(s) for s in getattr(dispatcher, "signatures", None) or ()]
+        if not (declared is not None and tuple(declared.args) == tuple(sig.args)) and tuple(sig.args) not in signatures:
+            raise ValueError(f"{policy.kind} policy {policy.name!r}: hook {name!r} must be declared with "
+                             f"emu.kernel.hooks' signature {sig} (`@hook(SIG)`, or compiled with it)")
 
 
 @attrs.frozen

@@ -29,6 +29,7 @@ import simpy
 from simpy.events import NORMAL
 
 from ...errors import EmuError
+from ...kernel.hooks import compiled
 from ...kernel.layout import FC, SC
 from .. import core
 from ..setup import SimInputs, fresh_state
@@ -53,6 +54,7 @@ class DesEngine:
     def __init__(self, inputs: SimInputs, recorder: TimelineRecorder | None = None) -> None:
         self.inputs = inputs
         self.cs, self.stack = fresh_state(inputs)
+        compiled(core.instant, core.INSTANT_SIG)  # the core's entry for this engine (fast runs never need it)
         self.recorder = recorder
         if recorder is not None:
             recorder.bind(self.cs, inputs)

@@ -59,7 +59,7 @@ from ...kernel.helpers import (
     list_sentinel,
     list_take,
 )
-from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EV_MISS, EVENT_SIG, VICTIM_SIG
+from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EV_MISS, EVENT_SIG, VICTIM_SIG, hook
 from ...kernel.layout import PREFETCH, Fields, new_policy_state
 from ..api import Capabilities, Policy, PolicyContext, register
 
@@ -159,7 +159,7 @@ def _lru_evictable(i, cs, lst: int, in_layer: int) -> int:
     return -1
 
 
-@njit(EVENT_SIG, cache=True, _nrt=False)
+@hook(EVENT_SIG)
 def on_event(ps, cs, tv, ev, key, t):
     i = ps.i
     if ev == EV_ACCESS:
@@ -211,7 +211,7 @@ def on_event(ps, cs, tv, ev, key, t):
     return 0
 
 
-@njit(VICTIM_SIG, cache=True, _nrt=False)
+@hook(VICTIM_SIG)
 def victim(ps, cs, tv, incoming, t):
     in_layer = key_layer(cs, incoming)
     i = ps.i

@@ -34,7 +34,7 @@ import numpy as np
 from numba import njit
 
 from ...kernel.helpers import is_evictable, ix, key_layer, set_add, set_remove, set_size
-from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG
+from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG, hook
 from ...kernel.layout import SC, Fields, new_policy_state
 from ..api import Capabilities, Policy, PolicyContext, register
 
@@ -215,7 +215,7 @@ def _now(cs) -> int:
     return cs.sc[SC.PASS] * cs.layer_count.shape[0] + cs.sc[SC.LAYER]
 
 
-@njit(EVENT_SIG, cache=True, _nrt=False)
+@hook(EVENT_SIG)
 def on_event(ps, cs, tv, ev, key, t):
     a = ps.i[I.ARENA]
     n = a[C.N]
@@ -233,7 +233,7 @@ def on_event(ps, cs, tv, ev, key, t):
     return 0
 
 
-@njit(VICTIM_SIG, cache=True, _nrt=False)
+@hook(VICTIM_SIG)
 def victim(ps, cs, tv, incoming, t):
     in_layer = key_layer(cs, incoming)
     a = ps.i[I.ARENA]

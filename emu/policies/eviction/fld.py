@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from enum import auto
 
-from numba import njit
-
 from ...kernel.helpers import is_evictable, key_layer, resident_set_state, set_add, set_remove, set_size
-from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG
+from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG, hook
 from ...kernel.layout import SC, Fields
 from ..api import Capabilities, Policy, PolicyContext, register
 
@@ -32,7 +30,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return resident_set_state(ctx.n_layers * ctx.n_experts, i_rows=len(I))
 
 
-@njit(EVENT_SIG, cache=True, _nrt=False)
+@hook(EVENT_SIG)
 def on_event(ps, cs, tv, ev, key, t):
     i = ps.i
     if ev == EV_ACCESS:
@@ -45,7 +43,7 @@ def on_event(ps, cs, tv, ev, key, t):
     return 0
 
 
-@njit(VICTIM_SIG, cache=True, _nrt=False)
+@hook(VICTIM_SIG)
 def victim(ps, cs, tv, incoming, t):
     in_layer = key_layer(cs, incoming)
     i = ps.i

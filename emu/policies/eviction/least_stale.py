@@ -30,7 +30,7 @@ from numba import njit
 from numba.cpython.unsafe.numbers import trailing_zeros
 
 from ...kernel.helpers import is_evictable, ix, key_layer
-from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EV_PASS, EVENT_SIG, VICTIM_SIG
+from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EV_PASS, EVENT_SIG, VICTIM_SIG, hook
 from ...kernel.layout import SC, Fields, new_policy_state
 from ..api import Capabilities, Policy, PolicyContext, register
 
@@ -140,7 +140,7 @@ def _new_pass(ps, cs, p: int) -> None:
     i[I.SCALARS, C.PASS] = p
 
 
-@njit(EVENT_SIG, cache=True, _nrt=False)
+@hook(EVENT_SIG)
 def on_event(ps, cs, tv, ev, key, t):
     if ev == EV_PASS:
         _new_pass(ps, cs, key)
@@ -201,7 +201,7 @@ def _scan(ps, cs, q: int, lo: int, hi: int, ascending: bool, in_layer: int) -> i
     return -1
 
 
-@njit(VICTIM_SIG, cache=True, _nrt=False)
+@hook(VICTIM_SIG)
 def victim(ps, cs, tv, incoming, t):
     in_layer = key_layer(cs, incoming)
     n_layers = _n_layers(cs)

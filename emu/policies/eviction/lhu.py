@@ -11,10 +11,8 @@ Cost: O(1) per event, O(resident) per victim.
 
 from __future__ import annotations
 
-from numba import njit
-
 from ...kernel.helpers import resident_set_state, set_add, set_remove
-from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG
+from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, hook
 from ...kernel.layout import DEMAND, SC
 from ..api import Capabilities, Policy, PolicyContext, register
 from .lfu import I, victim  # same rows and order: fewest counted uses, then least recent, then lowest key
@@ -24,7 +22,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return resident_set_state(ctx.n_layers * ctx.n_experts, i_rows=len(I))
 
 
-@njit(EVENT_SIG, cache=True, _nrt=False)
+@hook(EVENT_SIG)
 def on_event(ps, cs, tv, ev, key, t):
     i = ps.i
     if ev == EV_ACCESS:

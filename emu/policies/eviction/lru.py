@@ -15,7 +15,7 @@ from enum import auto
 from numba import njit
 
 from ...kernel.helpers import is_evictable, ix, key_layer
-from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG
+from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG, hook
 from ...kernel.layout import Fields, new_policy_state
 from ..api import Capabilities, Policy, PolicyContext, register
 
@@ -62,7 +62,7 @@ def _append(links, key: int) -> None:
     links[ix(2 * s + C.PREV)] = key
 
 
-@njit(EVENT_SIG, cache=True, _nrt=False)
+@hook(EVENT_SIG)
 def on_event(ps, cs, tv, ev, key, t):
     links = ps.i[I.LINKS]
     if ev in (EV_ACCESS, EV_INSERT):
@@ -75,7 +75,7 @@ def on_event(ps, cs, tv, ev, key, t):
     return 0
 
 
-@njit(VICTIM_SIG, cache=True, _nrt=False)
+@hook(VICTIM_SIG)
 def victim(ps, cs, tv, incoming, t):
     in_layer = key_layer(cs, incoming)
     links = ps.i[I.LINKS]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from enum import auto
 
-from numba import njit
-
 from ...kernel.helpers import (
     is_evictable,
     key_layer,
@@ -21,7 +19,7 @@ from ...kernel.helpers import (
     set_remove,
     set_size,
 )
-from ...kernel.hooks import EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG
+from ...kernel.hooks import EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG, hook
 from ...kernel.layout import Fields
 from ..api import Capabilities, Policy, PolicyContext, register
 
@@ -46,7 +44,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return ps
 
 
-@njit(EVENT_SIG, cache=True, _nrt=False)
+@hook(EVENT_SIG)
 def on_event(ps, cs, tv, ev, key, t):
     if ev == EV_INSERT:
         set_add(ps.i[I.MEMBERS], ps.i[I.POS], key)
@@ -55,7 +53,7 @@ def on_event(ps, cs, tv, ev, key, t):
     return 0
 
 
-@njit(VICTIM_SIG, cache=True, _nrt=False)
+@hook(VICTIM_SIG)
 def victim(ps, cs, tv, incoming, t):
     in_layer = key_layer(cs, incoming)
     i = ps.i

@@ -23,7 +23,7 @@ from numba import njit
 
 from ...errors import EmuError
 from ...kernel.helpers import interp_curve
-from ...kernel.hooks import MISS_CPU, MISS_FETCH, MISS_SIG, encode_miss
+from ...kernel.hooks import MISS_CPU, MISS_FETCH, MISS_SIG, encode_miss, hook
 from ...kernel.layout import IN_FLIGHT, ON_CPU, WAITING, Fields, new_policy_state
 from ..api import Capabilities, Policy, PolicyContext, param_values, register
 
@@ -65,7 +65,7 @@ def cpu_time(ps, tokens: int) -> float:
     return interp_curve(ps.f[F.CPU_TOK], ps.f[F.CPU_S], int(ps.p[P.CPU_N]), float(tokens))
 
 
-@njit(MISS_SIG, cache=True, _nrt=False)
+@hook(MISS_SIG)
 def on_miss(ps, cs, tv, i, t):
     queue = 0.0
     ahead = 0

@@ -13,7 +13,7 @@ from enum import auto
 import numpy as np
 from numba import njit
 
-from ...kernel.hooks import MISS_DROP, MISS_FETCH, MISS_SIG, encode_miss
+from ...kernel.hooks import MISS_DROP, MISS_FETCH, MISS_SIG, encode_miss, hook
 from ...kernel.layout import SC, Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
 
@@ -51,7 +51,7 @@ def best_rank(tv, p: int, layer: int, expert: int) -> int:
     return best
 
 
-@njit(MISS_SIG, cache=True, _nrt=False)
+@hook(MISS_SIG)
 def on_miss(ps, cs, tv, i, t):
     if best_rank(tv, cs.sc[SC.PASS], cs.sc[SC.LAYER], cs.cur_expert[i]) >= ps.p[P.RANK]:
         return encode_miss(MISS_DROP, 0)

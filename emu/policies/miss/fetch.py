@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from numba import njit
-
-from ...kernel.hooks import MISS_FETCH, MISS_SIG, encode_miss
+from ...kernel.hooks import MISS_FETCH, MISS_SIG, encode_miss, hook
 from ...kernel.layout import new_policy_state
 from ..api import Capabilities, Policy, PolicyContext, register
 
@@ -13,7 +11,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return new_policy_state()
 
 
-@njit(MISS_SIG, cache=True, _nrt=False)
+@hook(MISS_SIG)
 def on_miss(ps, cs, tv, i, t):
     return encode_miss(MISS_FETCH, 0)
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from enum import auto
 
-from numba import njit
-
 from ...kernel.helpers import percentile_inplace
-from ...kernel.hooks import MISS_FETCH, MISS_SIG, encode_miss
+from ...kernel.hooks import MISS_FETCH, MISS_SIG, encode_miss, hook
 from ...kernel.layout import SC, Fields, new_policy_state
 from ...models import PRECISION_BITS
 from ..api import Param, Policy, PolicyContext, param_values, register
@@ -49,7 +47,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
                             params=param_values(P, {**params, "degraded": degraded}))
 
 
-@njit(MISS_SIG, cache=True, _nrt=False)
+@hook(MISS_SIG)
 def on_miss(ps, cs, tv, i, t):
     n = cs.sc[SC.NCUR]
     buf = ps.f[F.MASS, :n]

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 from enum import auto
 
-from numba import njit
-
-from ...kernel.hooks import MISS_FETCH, MISS_SIG, MISS_SUBSTITUTE, encode_miss
+from ...kernel.hooks import MISS_FETCH, MISS_SIG, MISS_SUBSTITUTE, encode_miss, hook
 from ...kernel.layout import RESIDENT, SC, Fields, new_policy_state
 from ..api import Param, Policy, PolicyContext, param_values, register
 
@@ -56,7 +54,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return ps
 
 
-@njit(MISS_SIG, cache=True, _nrt=False)
+@hook(MISS_SIG)
 def on_miss(ps, cs, tv, i, t):
     p = cs.sc[SC.PASS]
     layer = cs.sc[SC.LAYER]

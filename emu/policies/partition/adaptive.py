@@ -16,9 +16,8 @@ from __future__ import annotations
 from enum import auto
 
 import numpy as np
-from numba import njit
 
-from ...kernel.hooks import PARTITION_SIG
+from ...kernel.hooks import PARTITION_SIG, hook
 from ...kernel.layout import Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
 from .budget import safe_floor, slots, warn_below_top_k
@@ -59,7 +58,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return ps
 
 
-@njit(PARTITION_SIG, cache=True, _nrt=False)
+@hook(PARTITION_SIG)
 def partition(ps, cs, tv, p, layer, t):
     n_exp = cs.cur_key.shape[0]
     n_layers = cs.layer_floor.shape[0]

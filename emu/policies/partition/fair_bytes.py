@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from enum import auto
 
-from numba import njit
-
-from ...kernel.hooks import PARTITION_SIG
+from ...kernel.hooks import PARTITION_SIG, hook
 from ...kernel.layout import Fields, new_policy_state
 from ..api import Capabilities, Policy, PolicyContext, param_values, register
 from .budget import require_one_slot, warn_below_top_k
@@ -43,7 +41,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return new_policy_state(i_rows=len(I), i_cols=len(C), params=param_values(P, {"layer_bytes": per_layer}))
 
 
-@njit(PARTITION_SIG, cache=True, _nrt=False)
+@hook(PARTITION_SIG)
 def partition(ps, cs, tv, p, layer, t):
     if ps.i[I.SCALARS, C.DONE] == 0:
         ps.i[I.SCALARS, C.DONE] = 1

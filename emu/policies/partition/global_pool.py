@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from numba import njit
-
-from ...kernel.hooks import PARTITION_SIG
+from ...kernel.hooks import PARTITION_SIG, hook
 from ...kernel.layout import new_policy_state
 from ..api import Capabilities, Policy, PolicyContext, register
 
@@ -13,7 +11,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return new_policy_state()
 
 
-@njit(PARTITION_SIG, cache=True, _nrt=False)
+@hook(PARTITION_SIG)
 def partition(ps, cs, tv, p, layer, t):
     return 0
 

@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit
 
 from ...kernel.helpers import push_top
-from ...kernel.hooks import PREFETCH_SIG
+from ...kernel.hooks import PREFETCH_SIG, hook
 from ...kernel.layout import Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
 from .tables import T, add_row_mix, update_tables
@@ -106,7 +106,7 @@ def _topk_precision(sig, truth, k: int) -> float:
     return hit / picked if picked else 0.0
 
 
-@njit(PREFETCH_SIG, cache=True, _nrt=False)
+@hook(PREFETCH_SIG)
 def prefetch(ps, cs, tv, p, layer, t):
     n_layers = tv.experts.shape[1]
     n_exp = cs.cur_key.shape[0]

@@ -16,7 +16,7 @@ from enum import auto
 
 from numba import njit
 
-from ...kernel.hooks import PREFETCH_SIG
+from ...kernel.hooks import PREFETCH_SIG, hook
 from ...kernel.layout import ABSENT, SC, Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
 
@@ -81,7 +81,7 @@ def _recompute(ps, n_layers: int, n_exp: int, k: int) -> None:
             ps.i[I.TOP, layer * k + j] = best
 
 
-@njit(PREFETCH_SIG, cache=True, _nrt=False)
+@hook(PREFETCH_SIG)
 def prefetch(ps, cs, tv, p, layer, t):
     n_layers = tv.experts.shape[1]
     n_exp = cs.cur_key.shape[0]

@@ -16,7 +16,7 @@ from enum import auto
 from numba import njit
 
 from ...kernel.helpers import predict_push, seed_state
-from ...kernel.hooks import PREFETCH_SIG
+from ...kernel.hooks import PREFETCH_SIG, hook
 from ...kernel.layout import Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
 
@@ -60,7 +60,7 @@ def layer_accuracy(first: float, last: float, layer: int, n_layers: int) -> floa
     return first + (last - first) * (layer - 1) / (n_layers - 2)
 
 
-@njit(PREFETCH_SIG, cache=True, _nrt=False)
+@hook(PREFETCH_SIG)
 def prefetch(ps, cs, tv, p, layer, t):
     n_layers = tv.experts.shape[1]
     target = layer + 1

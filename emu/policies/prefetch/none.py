@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from numba import njit
-
-from ...kernel.hooks import PREFETCH_SIG
+from ...kernel.hooks import PREFETCH_SIG, hook
 from ...kernel.layout import new_policy_state
 from ..api import Capabilities, Policy, PolicyContext, register
 
@@ -13,7 +11,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return new_policy_state()
 
 
-@njit(PREFETCH_SIG, cache=True, _nrt=False)
+@hook(PREFETCH_SIG)
 def prefetch(ps, cs, tv, p, layer, t):
     return 0
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from enum import auto
 
-from numba import njit
-
 from ...kernel.helpers import push_top, true_layer_mass
-from ...kernel.hooks import PREFETCH_SIG
+from ...kernel.hooks import PREFETCH_SIG, hook
 from ...kernel.layout import Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
 
@@ -35,7 +33,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return new_policy_state(f_rows=len(F), f_cols=ctx.n_experts, params=param_values(P, params))
 
 
-@njit(PREFETCH_SIG, cache=True, _nrt=False)
+@hook(PREFETCH_SIG)
 def prefetch(ps, cs, tv, p, layer, t):
     n_layers = tv.experts.shape[1]
     n_passes = tv.pass_offsets.shape[0] - 1

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 from enum import auto
 
-from numba import njit
-
 from ...kernel.helpers import percentile_inplace, push_top, seed_state
-from ...kernel.hooks import PREFETCH_SIG
+from ...kernel.hooks import PREFETCH_SIG, hook
 from ...kernel.layout import Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
 from .topk import C, I, score_next_layer
@@ -43,7 +41,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return ps
 
 
-@njit(PREFETCH_SIG, cache=True)
+@hook(PREFETCH_SIG, nrt=True)
 def prefetch(ps, cs, tv, p, layer, t):
     target = score_next_layer(ps, cs, tv, p, layer, ps.p[P.ACCURACY])
     if target < 0:

@@ -16,7 +16,7 @@ from enum import auto
 from numba import njit
 
 from ...kernel.helpers import predicted_layer_mass, push_top, seed_state
-from ...kernel.hooks import PREFETCH_SIG
+from ...kernel.hooks import PREFETCH_SIG, hook
 from ...kernel.layout import SC, Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
 
@@ -92,7 +92,7 @@ def score_next_layer(ps, cs, tv, p: int, layer: int, accuracy: float) -> int:
     return target
 
 
-@njit(PREFETCH_SIG, cache=True, _nrt=False)
+@hook(PREFETCH_SIG)
 def prefetch(ps, cs, tv, p, layer, t):
     target = score_next_layer(ps, cs, tv, p, layer, ps.p[P.ACCURACY])
     if target < 0:

@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit
 
 from ...kernel.helpers import sort_prefix
-from ...kernel.hooks import ROUTE_SIG
+from ...kernel.hooks import ROUTE_SIG, hook
 from ...kernel.layout import IN_FLIGHT, RESIDENT, SF, Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
 
@@ -127,7 +127,7 @@ def _select(ps, cs, tv, tok: int, layer: int, base: int) -> int:
     return k
 
 
-@njit(ROUTE_SIG, cache=True, _nrt=False)
+@hook(ROUTE_SIG)
 def route(ps, cs, tv, p, layer, t):
     n_exp = cs.cur_key.shape[0]
     base = layer * n_exp

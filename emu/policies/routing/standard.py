@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from numba import njit
-
 from ...kernel.helpers import gather_layer
-from ...kernel.hooks import ROUTE_SIG
+from ...kernel.hooks import ROUTE_SIG, hook
 from ...kernel.layout import new_policy_state
 from ..api import Capabilities, Policy, PolicyContext, register
 
@@ -14,7 +12,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return new_policy_state()
 
 
-@njit(ROUTE_SIG, cache=True, _nrt=False)
+@hook(ROUTE_SIG)
 def route(ps, cs, tv, p, layer, t):
     return gather_layer(cs, tv, p, layer)
 
