@@ -86,11 +86,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                          description="Per-layer zipf_s, reuse_prob and cross_layer_corr such that generated "
                                      "traces match the real trace's per-layer top-expert share, reuse rate and "
                                      "cross-layer partner excess (docs/analysis.md).")
-    fit.add_argument("file", type=Path, help="real .npz trace")
-    fit.add_argument("--model", required=True, help="model preset the trace belongs to")
+    fit.add_argument("file", type=Path, help="real trace: .npz, or any file `emu trace import` reads")
+    fit.add_argument("--model", default=None,
+                     help="model preset or model TOML (a scenario's [model] table, or the table alone) the trace "
+                          "belongs to (default: the trace's own shape: layers, experts, top-k)")
     fit.add_argument("--out", required=True, type=Path, help="output PARAMS.toml ([workload.synthetic] + [fit])")
     fit.add_argument("--max-tokens", type=int, default=None,
                      help="fit on the first N tokens (default: all, at most 50,000)")
+    fit.add_argument("--report", type=Path, default=None, metavar="FILE.md",
+                     help="also write the fit quality report (real vs generated) as Markdown")
+    fit.add_argument("--seeds", type=int, default=5,
+                     help="generated traces the quality report compares with the real one (default %(default)s)")
+    fit.add_argument("--format", default=None, metavar="NAME", help="input format of a file that is not .npz")
 
     aud = sub.add_parser("audit", help="policy failure or working-set failure? miss-ratio curves, predictor "
                                        "ceilings, reuse, batch union",
@@ -162,20 +169,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary.to_dict(), indent=2) if args.json else render(summary))
         return 0
     if cmd == "fit":
-        from .fit import MAX_FIT_TOKENS, describe, fit, params_toml
-
-        model = get_preset(args.model)
-        max_tokens = args.max_tokens if args.max_tokens is not None else MAX_FIT_TOKENS
-        if max_tokens < 2:
-            raise EmuError(f"expected at least 2 tokens, got {max_tokens}", key="--max-tokens")
-        result = fit(RoutingTrace.load(args.file), model, max_tokens=max_tokens, file=str(args.file))
-        if args.out.suffix != ".toml":
-            raise EmuError("expected an output path ending in .toml", file=str(args.out), key="--out")
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(params_toml(result, str(args.file), model))
-        print(describe(result))
-        print(f"wrote {args.out}")
-        return 0
+        return _fit(args)
     if cmd == "audit":
         return _audit(args)
     raise EmuError(f"unknown trace command {cmd!r}; expected gen, import, inspect, fit or audit", key="trace")
@@ -222,6 +216,41 @@ def _check_shape(trace: RoutingTrace, model: ModelSpec, file: str) -> None:
     if trace.top_k != model.top_k:
         print(f"warning: {file}: trace routes top-{trace.top_k}, {model.name} top-{model.top_k}; auditing the "
               "trace's own routing", file=sys.stderr)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from .fit import MAX_FIT_TOKENS, describe, fit, params_toml
+    from .fit_report import quality
+    from .fit_report import render as render_quality
+    from .modelarg import load_model
+
+    model = load_model(args.model) if args.model else None
+    max_tokens = args.max_tokens if args.max_tokens is not None else MAX_FIT_TOKENS
+    if max_tokens < 2:
+        raise EmuError(f"expected at least 2 tokens, got {max_tokens}", key="--max-tokens")
+    if args.seeds < 2:
+        raise EmuError(f"expected at least 2 seeds (the noise floor compares two), got {args.seeds}", key="--seeds")
+    if args.out.suffix != ".toml":
+        raise EmuError("expected an output path ending in .toml", file=str(args.out), key="--out")
+    trace = load_any(args.file, None, args.format)
+    result = fit(trace, model, max_tokens=max_tokens, file=str(args.file))
+    report = quality(trace, result, seeds=args.seeds, source=str(args.file))
+    assert result.model is not None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(params_toml(result, str(args.file), result.model, report.to_dict()))
+    print(describe(result))
+    print()
+    print(render_quality(report))
+    print(f"wrote {args.out}")
+    if args.report is not None:
+        try:
+            args.report.parent.mkdir(parents=True, exist_ok=True)
+            args.report.write_text(f"# Fit of {args.file.name}\n\n{describe(result)}\n\n"
+                                   f"{render_quality(report, markdown=True)}\n")
+        except OSError as err:
+            raise EmuError(f"cannot write ({err.strerror})", file=str(args.report), key="--report") from None
+        print(f"wrote {args.report}")
+    return 0
 
 
 def _audit(args: argparse.Namespace) -> int:

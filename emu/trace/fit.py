@@ -15,6 +15,7 @@ Cost: 3 x 3 x 7 generations of a trace as long as the real one (at most 50,000 t
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import attrs
 import numba
 import numpy as np
 
-from ..errors import EmuError
+from ..errors import EmuError, EmuWarning
 from ..models import ModelSpec
 from .inspect import _overlap_per_layer, consecutive_pairs
 from .routing_trace import PHASE_DECODE, PHASE_PREFILL, RoutingTrace
@@ -120,6 +121,8 @@ class FitResult:
     tokens: int
     target: TraceStats
     achieved: TraceStats
+    #: the model the generator ran (the trace's top-k; the trace's shape when no model was given)
+    model: ModelSpec | None = None
 
     def errors(self) -> dict[str, float]:
         t, a = self.target, self.achieved
@@ -128,20 +131,32 @@ class FitResult:
                 "cross_abs": abs(t.cross - a.cross)}
 
 
-def _check_model(trace: RoutingTrace, model: ModelSpec, file: str | None) -> None:
-    if trace.n_layers != model.n_moe_layers or trace.top_k != model.top_k:
-        raise EmuError(f"trace has {trace.n_layers} layers, top-{trace.top_k}; model {model.name} has "
-                       f"{model.n_moe_layers} layers, top-{model.top_k}", file=file, key="--model")
-    if trace.n_tokens and int(trace.experts.max()) >= model.n_experts:
-        raise EmuError(f"trace uses expert {int(trace.experts.max())}; {model.name} has {model.n_experts}",
-                       file=file, key="--model")
+def fit_model(trace: RoutingTrace, model: ModelSpec | None, file: str | None = None) -> ModelSpec:
+    """The model the generator runs: `model` (its layers and experts must hold the trace; a different top-k
+    is a warning and the trace's k is used, as a capture may force a lower k than the model's), or without
+    one a shape taken from the trace (only layers, experts and top-k matter to the generator)."""
     if trace.n_tokens < 2:
         raise EmuError("need at least 2 tokens to fit", file=file, key="experts")
+    if model is None:
+        n_exp = max(trace.n_experts, int(trace.experts.max()) + 1)
+        return ModelSpec(name=trace.model or "trace", n_moe_layers=trace.n_layers, n_experts=n_exp,
+                         top_k=trace.top_k, hidden=1, expert_intermediate=1, source="shape of the fitted trace")
+    if trace.n_layers != model.n_moe_layers:
+        raise EmuError(f"trace has {trace.n_layers} layers, top-{trace.top_k}; model {model.name} has "
+                       f"{model.n_moe_layers} layers, top-{model.top_k}", file=file, key="--model")
+    if int(trace.experts.max()) >= model.n_experts or (trace.n_experts and trace.n_experts != model.n_experts):
+        raise EmuError(f"trace has {max(trace.n_experts, int(trace.experts.max()) + 1)} experts per layer; "
+                       f"{model.name} has {model.n_experts}", file=file, key="--model")
+    if trace.top_k != model.top_k:
+        warnings.warn(f"{file or 'trace'}: trace routes top-{trace.top_k}, {model.name} top-{model.top_k}; "
+                      f"fitting the trace's top-{trace.top_k}", EmuWarning, stacklevel=2)
+        return attrs.evolve(model, top_k=trace.top_k)
+    return model
 
 
-def fit(trace: RoutingTrace, model: ModelSpec, *, rounds: int = 3, steps: int = 7, seed: int = 0,
+def fit(trace: RoutingTrace, model: ModelSpec | None, *, rounds: int = 3, steps: int = 7, seed: int = 0,
         max_tokens: int = MAX_FIT_TOKENS, file: str | None = None) -> FitResult:
-    _check_model(trace, model, file)
+    model = fit_model(trace, model, file)
     if trace.n_tokens > max_tokens:
         trace = trace.slice_tokens(max_tokens)
     target = trace_stats(trace)
@@ -169,7 +184,7 @@ def fit(trace: RoutingTrace, model: ModelSpec, *, rounds: int = 3, steps: int = 
     params = SyntheticParams(zipf_s=tuple(round(float(v), 4) for v in zipf), reuse_prob=round(reuse, 4),
                              cross_layer_corr=round(cross, 4), seed=seed, **shape)
     achieved = trace_stats(generate(model, params, n_tok))
-    return FitResult(params=params, tokens=n_tok, target=target, achieved=achieved)
+    return FitResult(params=params, tokens=n_tok, target=target, achieved=achieved, model=model)
 
 
 def _fit_zipf(stats: Any, want: np.ndarray, lo: np.ndarray, hi: np.ndarray, steps: int) -> np.ndarray:
@@ -194,8 +209,9 @@ def _bisect(stat: Any, want: float, lo: float, hi: float, steps: int) -> float:
     return (lo + hi) / 2
 
 
-def params_toml(result: FitResult, source: str, model: ModelSpec) -> str:
-    """A `[workload.synthetic]` table to paste into a scenario, and a `[fit]` table saying how close it got."""
+def params_toml(result: FitResult, source: str, model: ModelSpec, quality: dict[str, Any] | None = None) -> str:
+    """A `[workload.synthetic]` table to paste into a scenario, and a `[fit]` table saying how close it got
+    (with `quality`, the fit report's measures under `[fit.quality]`)."""
     import tomli_w
 
     p = result.params.to_dict()
@@ -205,6 +221,8 @@ def params_toml(result: FitResult, source: str, model: ModelSpec) -> str:
     fit_table = {"source": source, "model": model.name, "tokens": result.tokens,
                  "target": result.target.to_dict(), "achieved": result.achieved.to_dict(),
                  "errors": result.errors()}
+    if quality is not None:
+        fit_table["quality"] = quality
     head = (f"# Synthetic parameters fitted by `emu trace fit` to {Path(source).name} ({model.name}).\n"
             "# Paste [workload.synthetic] into a scenario; [fit] records the targets and what the fit reached.\n")
     return head + tomli_w.dumps({"workload": {"synthetic": synthetic}, "fit": fit_table})
