@@ -48,13 +48,14 @@ def audit_row(name: str, r: AuditReport) -> list[str]:
             f"{100 * r.gap_shares[0]:.0f} %", r.concentration_verdict, _f(r.partner_excess), union]
 
 
-def quality_row(name: str, q: FitQuality) -> list[str]:
+def quality_row(name: str, q: FitQuality, q_share: FitQuality) -> list[str]:
     mid = len(q.slots) // 2
     return [name, f"{q.pop_tv_mean:.3f} / {q.pop_tv_family:.3f} / {q.pop_tv_floor:.3f}",
             f"{q.reuse_ks:.3f} / {q.reuse_ks_floor:.3f}", f"{q.reuse_rate[0]:.3f} / {q.reuse_rate[1]:.3f}",
             f"{q.layer_map[0]:.3f} / {q.layer_map[1]:.3f}", str(q.slots[mid]),
             f"{100 * q.lru_real[mid]:.1f} / {100 * q.lru_syn[mid]:.1f}",
-            f"{100 * q.opt_real[mid]:.1f} / {100 * q.opt_syn[mid]:.1f}", f"{100 * q.worst_curve_gap():.1f}"]
+            f"{100 * q.opt_real[mid]:.1f} / {100 * q.opt_syn[mid]:.1f}",
+            f"{100 * q.worst_curve_gap():.1f} ({100 * q_share.worst_curve_gap():.1f})"]
 
 
 def main() -> int:
@@ -71,13 +72,16 @@ def main() -> int:
             warnings.simplefilter("ignore")  # the importers' and the top-k warnings are documented in docs/traces.md
             trace = load_any(path)
             report = audit(trace, source=rel)
-            result = fit(trace, get_preset(preset) if preset else None, file=rel)
+            model = get_preset(preset) if preset else None
+            result = fit(trace, model, file=rel)
+            by_share = fit(trace, model, file=rel, popularity="top-share")
         q = quality(trace, result, source=rel)
+        q_share = quality(trace, by_share, source=rel)
         assert result.model is not None
         stem = Path(name).stem.removesuffix(".route")
         (args.fits / f"{stem}.toml").write_text(params_toml(result, rel, result.model, q.to_dict()))
         audits.append(audit_row(name, report))
-        fits.append(quality_row(name, q))
+        fits.append(quality_row(name, q, q_share))
         details += [f"### {name}", "", f"Model: {result.model.name}, top-{result.model.top_k}. "
                     f"Parameters: `{args.fits.relative_to(ROOT) / (stem + '.toml')}`.", "", "```",
                     describe(result), "```", "", render_quality(q, markdown=True), ""]
@@ -99,7 +103,8 @@ def main() -> int:
         "single Zipf exponent per layer (family floor) / between two generated traces (noise floor). Reuse: KS "
         "statistic of the reuse-distance distributions, fitted / noise floor. Miss % real / generated (mean of 5 "
         "seeds) at the middle capacity; worst gap: the largest |real - generated| over all reported capacities "
-        "of LRU and OPT, in points.", "",
+        "of LRU and OPT, in points (in parentheses: the same with zipf_s fitted on the top share instead of "
+        "the entropy, `--popularity top-share`).", "",
         *_table(["trace", "popularity TV fit / family / noise", "reuse KS / noise", "reuse rate real / gen",
                  "layer-map ceiling real / gen", "slots", "LRU % real / gen", "OPT % real / gen",
                  "worst curve gap (points)"], fits, True), "",

@@ -70,6 +70,23 @@ def test_quality_flags_a_popularity_the_zipf_family_cannot_make() -> None:
     assert q.pop_tv_mean >= q.pop_tv_family - 0.02
 
 
+def test_each_popularity_target_matches_its_own_statistic() -> None:
+    # a flat head and an empty tail (experts 0..5 of 16 at every layer): no Zipf exponent matches both the top
+    # share and the entropy, so each fit is closer on the statistic it targets
+    rng = np.random.default_rng(8)
+    n = 800
+    experts = np.stack([rng.permutation(6)[:2] for _ in range(n * 3)]).reshape(n, 3, 2).astype(np.int16)
+    real = RoutingTrace(experts=experts, pass_offsets=np.arange(n + 1, dtype=np.int64),
+                        pass_phase=np.ones(n, np.int8), token_request=np.zeros(n, np.int32),
+                        token_position=np.arange(n, dtype=np.int32), n_experts=16)
+    by_entropy = fit(real, MODEL).errors()
+    by_share = fit(real, MODEL, popularity="top-share").errors()
+    assert by_entropy["entropy_max_abs"] < by_share["entropy_max_abs"]
+    assert by_share["top_share_max_abs"] < by_entropy["top_share_max_abs"]
+    with pytest.raises(EmuError, match="--popularity"):
+        fit(real, MODEL, popularity="mass")
+
+
 def test_fit_model_any_shape() -> None:
     trace = generate(MODEL, SyntheticParams(prompt_len=0, output_len=20, seed=1))
     shape = fit_model(trace, None)

@@ -1,4 +1,4 @@
-"""`emu trace {gen,import,inspect,fit}`: the lead wires `add_parser` and `run` into emu/cli.py."""
+"""`emu trace {gen,import,inspect,fit,audit}`: `add_parser` and `run`, wired into emu/cli.py."""
 
 from __future__ import annotations
 
@@ -84,8 +84,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     fit = sub.add_parser("fit", help="fit synthetic generator parameters to a real trace",
                          description="Per-layer zipf_s, reuse_prob and cross_layer_corr such that generated "
-                                     "traces match the real trace's per-layer top-expert share, reuse rate and "
-                                     "cross-layer partner excess (docs/analysis.md).")
+                                     "traces match the real trace's per-layer popularity (selection entropy or "
+                                     "top-expert share), reuse rate and cross-layer partner excess; then a "
+                                     "report of real vs generated miss curves, reuse distances and popularity "
+                                     "(docs/analysis.md).")
     fit.add_argument("file", type=Path, help="real trace: .npz, or any file `emu trace import` reads")
     fit.add_argument("--model", default=None,
                      help="model preset or model TOML (a scenario's [model] table, or the table alone) the trace "
@@ -98,6 +100,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     fit.add_argument("--seeds", type=int, default=5,
                      help="generated traces the quality report compares with the real one (default %(default)s)")
     fit.add_argument("--format", default=None, metavar="NAME", help="input format of a file that is not .npz")
+    fit.add_argument("--popularity", default="entropy", choices=("entropy", "top-share"),
+                     help="per-layer popularity statistic zipf_s is fitted on: the entropy of the selection shares "
+                          "(the whole ranked distribution) or the top expert's share (default %(default)s)")
 
     aud = sub.add_parser("audit", help="policy failure or working-set failure? miss-ratio curves, predictor "
                                        "ceilings, reuse, batch union",
@@ -233,7 +238,7 @@ def _fit(args: argparse.Namespace) -> int:
     if args.out.suffix != ".toml":
         raise EmuError("expected an output path ending in .toml", file=str(args.out), key="--out")
     trace = load_any(args.file, None, args.format)
-    result = fit(trace, model, max_tokens=max_tokens, file=str(args.file))
+    result = fit(trace, model, max_tokens=max_tokens, file=str(args.file), popularity=args.popularity)
     report = quality(trace, result, seeds=args.seeds, source=str(args.file))
     assert result.model is not None
     args.out.parent.mkdir(parents=True, exist_ok=True)
