@@ -30,6 +30,19 @@ def _positive_int(_inst: Any, attribute: attrs.Attribute, value: int) -> None:
         raise EmuError(f"expected a positive integer, got {value!r}", key=attribute.name)
 
 
+def _layer_sizes(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _check_layer_sizes(inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, tuple) or len(value) != inst.n_moe_layers or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        raise EmuError(f"expected a list of {inst.n_moe_layers} positive integers (bytes of one expert of each MoE "
+                       f"layer), got {value!r}"[:300], key=attribute.name)
+
+
 def _non_negative_int(_inst: Any, attribute: attrs.Attribute, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise EmuError(f"expected a non-negative integer, got {value!r}", key=attribute.name)
@@ -54,6 +67,10 @@ class ModelSpec:
     non_expert_params: int = attrs.field(default=0, validator=_non_negative_int)
     precision: str = "bf16"
     source: str = ""
+    #: bytes of one expert of each MoE layer at `precision` (mixed quantization, e.g. from a route_trace header);
+    #: None: every layer's experts weigh `expert_params` at `precision`
+    layer_expert_bytes: tuple[int, ...] | None = attrs.field(default=None, converter=_layer_sizes,
+                                                              validator=_check_layer_sizes)
 
     def __attrs_post_init__(self) -> None:
         if self.top_k > self.n_experts:
@@ -67,7 +84,21 @@ class ModelSpec:
         return self.expert_matrices * self.hidden * self.expert_intermediate
 
     def expert_bytes(self, precision: str | None = None) -> int:
+        """Bytes of one expert; with per-layer sizes, the largest layer's (what a slot must hold)."""
+        if self.layer_expert_bytes is not None:
+            return max(self.layer_bytes(precision))
         return math.ceil(self.expert_params * bytes_per_weight(precision or self.precision))
+
+    def layer_bytes(self, precision: str | None = None) -> list[int]:
+        """Bytes of one expert of each MoE layer at `precision`. Per-layer sizes are at the model's own
+        precision; another precision scales them by its bytes per weight (rounded up)."""
+        if self.layer_expert_bytes is None:
+            return [self.expert_bytes(precision)] * self.n_moe_layers
+        p = precision or self.precision
+        if p == self.precision:
+            return list(self.layer_expert_bytes)
+        ratio = bytes_per_weight(p) / bytes_per_weight(self.precision)
+        return [math.ceil(b * ratio) for b in self.layer_expert_bytes]
 
     @property
     def n_keys(self) -> int:
@@ -76,6 +107,8 @@ class ModelSpec:
 
     @property
     def total_expert_bytes(self) -> int:
+        if self.layer_expert_bytes is not None:
+            return self.n_experts * sum(self.layer_expert_bytes)
         return self.n_keys * self.expert_bytes()
 
     @property
@@ -86,7 +119,12 @@ class ModelSpec:
         return 2.0 * self.expert_params * tokens
 
     def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        out = attrs.asdict(self)
+        if self.layer_expert_bytes is None:  # uniform sizes: the record a uniform model always had
+            del out["layer_expert_bytes"]
+        else:
+            out["layer_expert_bytes"] = list(self.layer_expert_bytes)
+        return out
 
 
 def _attn_params(hidden: int, heads: int, kv_heads: int, head_dim: int | None = None) -> int:

@@ -58,6 +58,24 @@ def load_workload(scenario: Scenario) -> RoutingTrace:
     return trace
 
 
+def with_trace_sizes(scenario: Scenario, trace: RoutingTrace) -> Scenario:
+    """A trace that states its experts' bytes per MoE layer (`meta.expert_bytes`, e.g. a route_trace header)
+    sizes the model's experts, unless the scenario's model states its own (`model.layer_expert_bytes`); the
+    capacity is then resolved again against those sizes (a percentage is of the real total)."""
+    sizes = trace.meta.get("expert_bytes")
+    if sizes is None or scenario.model.layer_expert_bytes is not None:
+        return scenario
+    file = scenario.workload.trace or scenario.path
+    try:
+        model = attrs.evolve(scenario.model, layer_expert_bytes=sizes)
+    except EmuError as err:
+        raise EmuError(err.detail, file=file, key="header.meta.expert_bytes") from None
+    from .scenario import CacheConfig
+
+    capacity = scenario.raw.get("cache", {}).get("capacity", scenario.cache.spec)
+    return attrs.evolve(scenario, model=model, cache=CacheConfig.parse(capacity, model, scenario.path))
+
+
 def choose_engine(kind: str, trace: RoutingTrace) -> str:
     if kind == "auto":
         return "fast" if trace.n_tokens > AUTO_FAST_TOKENS else "des"
@@ -74,6 +92,7 @@ def run_scenario(scenario: Scenario, engine: str | None = None,
                       "profile's roofline estimate", EmuWarning, stacklevel=2)
     t0 = time.perf_counter()
     trace = load_workload(scenario)
+    scenario = with_trace_sizes(scenario, trace)
     t_trace = time.perf_counter() - t0
     kind = "des" if timeline is not None else choose_engine(engine or scenario.engine, trace)
     runtime = NO_RUNTIME if scenario.runtime_path is None else load_runtime_profile(scenario.runtime_path)

@@ -396,8 +396,8 @@ def _next_copy(cs, tm) -> float:
         if not copy_queue.is_current(cs, key, copy_queue.entry_seq(item)):
             continue  # stale entry of a promoted prefetch
         cs.copy_state[kx] = COPY_RUNNING
-        dur = tm.copy_s[ix(cs.prec[kx])]
         lx = ix(key_layer(cs, key))
+        dur = tm.layer_copy_s[lx, ix(cs.prec[kx])]
         cs.stats_i[ST.BYTES_H2D, lx] += cs.nbytes[kx]
         cs.stats_i[ST.COPIES, lx] += 1
         cs.fc[FC.COPY_BUSY] += dur

@@ -110,7 +110,7 @@ def make_room(pk, cs, tv, incoming: int, in_layer: int, nbytes: int, t: float) -
 def take_slot(pk, cs, tv, key: int, layer: int, prec: int, prio: int, t: float) -> None:
     kx = ix(key)
     lx = ix(layer)
-    b = cs.prec_bytes[ix(prec)]
+    b = cs.layer_prec_bytes[lx, ix(prec)]
     cs.status[kx] = IN_FLIGHT
     cs.prec[kx] = prec
     cs.nbytes[kx] = b
@@ -137,7 +137,7 @@ def take_slot(pk, cs, tv, key: int, layer: int, prec: int, prio: int, t: float) 
 def issue_demand(pk, cs, tv, key: int, prec: int, t: float) -> bool:
     """A demand copy takes a slot now, or waits (FIFO) for a victim."""
     layer = key_layer(cs, key)
-    if make_room(pk, cs, tv, key, layer, cs.prec_bytes[prec], t):
+    if make_room(pk, cs, tv, key, layer, cs.layer_prec_bytes[ix(layer), ix(prec)], t):
         take_slot(pk, cs, tv, key, layer, prec, DEMAND, t)
         return True
     cs.status[key] = WAITING
@@ -154,7 +154,7 @@ def issue_prefetch(pk, cs, tv, key: int, prec: int, t: float) -> bool:
     if cs.status[ix(key)] != ABSENT:
         return False
     layer = key_layer(cs, key)
-    if not make_room(pk, cs, tv, key, layer, cs.prec_bytes[prec], t):
+    if not make_room(pk, cs, tv, key, layer, cs.layer_prec_bytes[ix(layer), ix(prec)], t):
         cs.stats_i[ST.PF_DROPPED, layer] += 1
         return False
     take_slot(pk, cs, tv, key, layer, prec, PREFETCH, t)
@@ -180,7 +180,7 @@ def retry_waiters(pk, cs, tv, t: float) -> None:
 def _retry(pk, cs, tv, key: int, t: float) -> bool:
     prec = cs.wait_prec[key]
     layer = key_layer(cs, key)
-    if make_room(pk, cs, tv, key, layer, cs.prec_bytes[prec], t):
+    if make_room(pk, cs, tv, key, layer, cs.layer_prec_bytes[ix(layer), ix(prec)], t):
         take_slot(pk, cs, tv, key, layer, prec, DEMAND, t)
         return True
     return False

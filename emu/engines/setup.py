@@ -99,6 +99,9 @@ def timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ..
            runtime: RuntimeProfile = NO_RUNTIME) -> Any:
     """The device's times from the hardware profile and the host's from the runtime profile, as arrays."""
     copy_s = np.array([profile.copy_seconds(model.expert_bytes(p)) for p in precisions])
+    sizes = layer_prec_bytes(model, precisions)
+    times = {int(b): profile.copy_seconds(int(b)) for b in np.unique(sizes)}  # one per distinct size
+    layer_copy_s = np.array([[times[int(b)] for b in row] for row in sizes], np.float64)
     exp_tok, exp_s, exp_n = _pad([expert_curve(profile, model, p) for p in precisions])
     cpu_tok, cpu_s, cpu_n = _pad([cpu_expert_curve(profile, model, p) for p in precisions])
     dense = dense_table(profile, model)
@@ -116,9 +119,14 @@ def timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ..
     scal[SCAL.HOST_READBACK_S] = host.readback_s + host.gate_s
     scal[SCAL.DECODE_EXPERT_HOST_S] = host.expert_s
     scal[SCAL.PREFILL_EXPERT_HOST_S] = host.prefill_expert_s
-    return Timing(copy_s, exp_tok, exp_s, exp_n, cpu_tok, cpu_s, cpu_n,
+    return Timing(copy_s, layer_copy_s, exp_tok, exp_s, exp_n, cpu_tok, cpu_s, cpu_n,
                   np.asarray(dense.tokens, float), np.asarray(dense.context, float),
                   np.ascontiguousarray(np.asarray(dense.seconds, float)), scal)
+
+
+def layer_prec_bytes(model: ModelSpec, precisions: tuple[str, ...]) -> np.ndarray:
+    """int64 [layer, precision]: bytes of one expert of each MoE layer at each precision."""
+    return np.ascontiguousarray(np.array([model.layer_bytes(p) for p in precisions], np.int64).T)
 
 
 def make_inputs(model: ModelSpec, profile: HardwareProfile, trace: RoutingTrace, capacity_bytes: int,
@@ -135,7 +143,8 @@ def fresh_state(inputs: SimInputs) -> tuple[Any, Any]:
     prec_bytes = np.array([model.expert_bytes(p) for p in inputs.precisions], np.int64)
     cs = new_cache_state(model.n_moe_layers, model.n_experts, model.top_k, inputs.trace.n_passes,
                          inputs.capacity_bytes, prec_bytes, inputs.profile.copy.h2d_engines,
-                         dense_rows=inputs.tm.d_tok.shape[0])
+                         dense_rows=inputs.tm.d_tok.shape[0],
+                         layer_prec_bytes=layer_prec_bytes(model, inputs.precisions))
     ctx = PolicyContext(n_layers=model.n_moe_layers, n_experts=model.n_experts, top_k=model.top_k,
                         capacity_bytes=inputs.capacity_bytes, expert_bytes=int(prec_bytes[0]),
                         prec_bytes=prec_bytes, trace=inputs.tv, seed=inputs.seed,

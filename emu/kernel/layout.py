@@ -210,6 +210,7 @@ CS_FIELDS: tuple[tuple[str, Any], ...] = (
     ("layer_cap", _I64[::1]),
     # precisions
     ("prec_bytes", _I64[::1]),
+    ("layer_prec_bytes", _I64[:, ::1]),  # [layer, precision]: bytes of one expert (mixed sizes per layer)
     # per pass
     ("pass_start", _F64[::1]), ("pass_end", _F64[::1]),
     # statistics
@@ -233,7 +234,8 @@ TV_FIELDS: tuple[tuple[str, Any], ...] = (
 )
 
 TM_FIELDS: tuple[tuple[str, Any], ...] = (
-    ("copy_s", _F64[::1]),  # time of one expert copy, per precision
+    ("copy_s", _F64[::1]),  # time of one expert copy, per precision (the model's nominal expert)
+    ("layer_copy_s", _F64[:, ::1]),  # [layer, precision]: time of one copy of that layer's expert
     ("exp_tok", _F64[:, ::1]), ("exp_s", _F64[:, ::1]), ("exp_n", _I64[::1]),  # expert FFN curve per precision
     ("cpu_tok", _F64[:, ::1]), ("cpu_s", _F64[:, ::1]), ("cpu_n", _I64[::1]),  # CPU curve (cpu_n = 0: none)
     ("d_tok", _F64[::1]), ("d_ctx", _F64[::1]), ("d_s", _F64[:, ::1]),  # dense table
@@ -276,8 +278,12 @@ def queue_ring(n_keys: int) -> int:
 
 
 def new_cache_state(n_layers: int, n_experts: int, top_k: int, n_passes: int, capacity_bytes: int,
-                    prec_bytes: np.ndarray, n_engines: int, dense_rows: int = 1, slot_log: int = 0) -> Any:
+                    prec_bytes: np.ndarray, n_engines: int, dense_rows: int = 1, slot_log: int = 0,
+                    layer_prec_bytes: np.ndarray | None = None) -> Any:
+    """`layer_prec_bytes[layer, precision]`: bytes of one expert per layer (default: `prec_bytes` at every layer)."""
     k = n_layers * n_experts
+    if layer_prec_bytes is None:
+        layer_prec_bytes = np.tile(np.asarray(prec_bytes, np.int64), (n_layers, 1))
     sc = np.zeros(len(SC), np.int64)
     sc[SC.CAP] = capacity_bytes
     sc[SC.N_ENGINES] = n_engines
@@ -299,7 +305,7 @@ def new_cache_state(n_layers: int, n_experts: int, top_k: int, n_passes: int, ca
         pick_buf=np.zeros(n_experts, np.int64),
         layer_bytes=np.zeros(n_layers, np.int64), layer_count=np.zeros(n_layers, np.int64),
         layer_floor=np.zeros(n_layers, np.int64), layer_cap=np.full(n_layers, capacity_bytes, np.int64),
-        prec_bytes=prec_bytes,
+        prec_bytes=prec_bytes, layer_prec_bytes=np.ascontiguousarray(layer_prec_bytes, np.int64),
         pass_start=np.zeros(n_passes, np.float64), pass_end=np.zeros(n_passes, np.float64),
         stats_i=np.zeros((len(ST), n_layers), np.int64), stats_f=np.zeros((len(SF), n_layers), np.float64),
         dense_col=np.zeros(max(dense_rows, 1), np.float64),

@@ -1,4 +1,4 @@
-"""`emu trace {gen,import,inspect,fit}`: the lead wires `add_parser` and `run` into emu/cli.py."""
+"""`emu trace {gen,import,inspect,fit,audit}`: `add_parser` and `run`, wired into emu/cli.py."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ..errors import EmuError
 from .format_names import FORMATS
 
 if TYPE_CHECKING:
+    from ..models import ModelSpec
     from .routing_trace import RoutingTrace
 
 #: `SyntheticParams()`'s defaults for `trace gen`'s flags, written out so that building the parser imports
@@ -27,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register `trace` and its sub-commands on the top-level parser's subparsers."""
     trace = subparsers.add_parser("trace", help="generate, import and inspect routing traces",
                                   description="Routing traces (.npz, schema in docs/traces.md).")
-    sub = trace.add_subparsers(dest="trace_command", metavar="{gen,import,inspect,fit}")
+    sub = trace.add_subparsers(dest="trace_command", metavar="{gen,import,inspect,fit,audit}")
     sub.required = True
 
     gen = sub.add_parser("gen", help="seeded synthetic trace",
@@ -83,13 +84,42 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     fit = sub.add_parser("fit", help="fit synthetic generator parameters to a real trace",
                          description="Per-layer zipf_s, reuse_prob and cross_layer_corr such that generated "
-                                     "traces match the real trace's per-layer top-expert share, reuse rate and "
-                                     "cross-layer partner excess (docs/analysis.md).")
-    fit.add_argument("file", type=Path, help="real .npz trace")
-    fit.add_argument("--model", required=True, help="model preset the trace belongs to")
+                                     "traces match the real trace's per-layer popularity (selection entropy or "
+                                     "top-expert share), reuse rate and cross-layer partner excess; then a "
+                                     "report of real vs generated miss curves, reuse distances and popularity "
+                                     "(docs/analysis.md).")
+    fit.add_argument("file", type=Path, help="real trace: .npz, or any file `emu trace import` reads")
+    fit.add_argument("--model", default=None,
+                     help="model preset or model TOML (a scenario's [model] table, or the table alone) the trace "
+                          "belongs to (default: the trace's own shape: layers, experts, top-k)")
     fit.add_argument("--out", required=True, type=Path, help="output PARAMS.toml ([workload.synthetic] + [fit])")
     fit.add_argument("--max-tokens", type=int, default=None,
                      help="fit on the first N tokens (default: all, at most 50,000)")
+    fit.add_argument("--report", type=Path, default=None, metavar="FILE.md",
+                     help="also write the fit quality report (real vs generated) as Markdown")
+    fit.add_argument("--seeds", type=int, default=5,
+                     help="generated traces the quality report compares with the real one (default %(default)s)")
+    fit.add_argument("--format", default=None, metavar="NAME", help="input format of a file that is not .npz")
+    fit.add_argument("--popularity", default="entropy", choices=("entropy", "top-share"),
+                     help="per-layer popularity statistic zipf_s is fitted on: the entropy of the selection shares "
+                          "(the whole ranked distribution) or the top expert's share (default %(default)s)")
+
+    aud = sub.add_parser("audit", help="policy failure or working-set failure? miss-ratio curves, predictor "
+                                       "ceilings, reuse, batch union",
+                         description="Exact LRU and Belady (OPT) miss-ratio curves per layer, a static hot set, "
+                                     "the hit ceilings of predictor families, reuse distances, concentration, "
+                                     "the batch union and cross-layer co-activation of a trace, before any "
+                                     "timing (docs/traces.md).")
+    aud.add_argument("file", type=Path, help=".npz trace, or any file `emu trace import` reads")
+    aud.add_argument("--model", default=None,
+                     help="model preset or model TOML the trace must fit (layers, experts); sizes for --capacity")
+    aud.add_argument("--capacity", action="append", default=[], metavar="CAP",
+                     help="slots per layer to report: 8, 25%%, total=N or a size (0.6GB, needs --model); repeat "
+                          "or comma-separate (default: top-k and 1/8, 1/4, 1/2, 3/4 of the experts)")
+    aud.add_argument("--markdown", type=Path, default=None, metavar="FILE", help="also write the report as Markdown")
+    aud.add_argument("--plots", type=Path, default=None, metavar="DIR",
+                     help="write miss-ratio, reuse-distance and batch-union plots (PNG, matplotlib) here")
+    aud.add_argument("--format", default=None, metavar="NAME", help="input format of a file that is not .npz")
     trace.set_defaults(func=run)
     return trace
 
@@ -144,21 +174,120 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary.to_dict(), indent=2) if args.json else render(summary))
         return 0
     if cmd == "fit":
-        from .fit import MAX_FIT_TOKENS, describe, fit, params_toml
+        return _fit(args)
+    if cmd == "audit":
+        return _audit(args)
+    raise EmuError(f"unknown trace command {cmd!r}; expected gen, import, inspect, fit or audit", key="trace")
 
-        model = get_preset(args.model)
-        max_tokens = args.max_tokens if args.max_tokens is not None else MAX_FIT_TOKENS
-        if max_tokens < 2:
-            raise EmuError(f"expected at least 2 tokens, got {max_tokens}", key="--max-tokens")
-        result = fit(RoutingTrace.load(args.file), model, max_tokens=max_tokens, file=str(args.file))
-        if args.out.suffix != ".toml":
-            raise EmuError("expected an output path ending in .toml", file=str(args.out), key="--out")
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(params_toml(result, str(args.file), model))
-        print(describe(result))
-        print(f"wrote {args.out}")
-        return 0
-    raise EmuError(f"unknown trace command {cmd!r}; expected gen, import, inspect or fit", key="trace")
+
+def load_any(path: Path, model: ModelSpec | None = None, fmt: str | None = None) -> RoutingTrace:
+    """A moe-emu .npz trace, or any format `emu trace import` reads (imported in memory, warnings on stderr)."""
+    from .formats import detect_format, import_trace, normalize_format
+    from .jsonl import import_jsonl
+    from .routing_trace import RoutingTrace
+
+    if fmt is None and path.suffix == ".npz" and _is_emu_npz(path):
+        trace = RoutingTrace.load(path)
+    else:
+        name = normalize_format(fmt) if fmt else detect_format(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trace = import_jsonl(path, model) if name == "jsonl" else import_trace(path, model, fmt=name)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+    return trace
+
+
+def _is_emu_npz(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return "header.npy" in zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return True  # RoutingTrace.load says what is wrong with it
+
+
+def _check_shape(trace: RoutingTrace, model: ModelSpec, file: str) -> None:
+    """Layers and experts must match the model; a different top-k is a warning (a capture may force a lower
+    k than the model's, as the route_trace importer records)."""
+    if trace.n_layers != model.n_moe_layers:
+        raise EmuError(f"trace has {trace.n_layers} MoE layers but {model.name} has {model.n_moe_layers}",
+                       file=file, key="--model")
+    n_exp = trace.n_experts or int(trace.experts.max()) + 1
+    if n_exp > model.n_experts or (trace.n_experts and trace.n_experts != model.n_experts):
+        raise EmuError(f"trace has {n_exp} experts per layer but {model.name} has {model.n_experts}",
+                       file=file, key="--model")
+    if trace.top_k != model.top_k:
+        print(f"warning: {file}: trace routes top-{trace.top_k}, {model.name} top-{model.top_k}; auditing the "
+              "trace's own routing", file=sys.stderr)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from .fit import MAX_FIT_TOKENS, describe, fit, params_toml
+    from .fit_report import quality
+    from .fit_report import render as render_quality
+    from .modelarg import load_model
+
+    model = load_model(args.model) if args.model else None
+    max_tokens = args.max_tokens if args.max_tokens is not None else MAX_FIT_TOKENS
+    if max_tokens < 2:
+        raise EmuError(f"expected at least 2 tokens, got {max_tokens}", key="--max-tokens")
+    if args.seeds < 2:
+        raise EmuError(f"expected at least 2 seeds (the noise floor compares two), got {args.seeds}", key="--seeds")
+    if args.out.suffix != ".toml":
+        raise EmuError("expected an output path ending in .toml", file=str(args.out), key="--out")
+    trace = load_any(args.file, None, args.format)
+    result = fit(trace, model, max_tokens=max_tokens, file=str(args.file), popularity=args.popularity)
+    report = quality(trace, result, seeds=args.seeds, source=str(args.file))
+    assert result.model is not None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(params_toml(result, str(args.file), result.model, report.to_dict()))
+    print(describe(result))
+    print()
+    print(render_quality(report))
+    print(f"wrote {args.out}")
+    if args.report is not None:
+        try:
+            args.report.parent.mkdir(parents=True, exist_ok=True)
+            args.report.write_text(f"# Fit of {args.file.name}\n\n{describe(result)}\n\n"
+                                   f"{render_quality(report, markdown=True)}\n")
+        except OSError as err:
+            raise EmuError(f"cannot write ({err.strerror})", file=str(args.report), key="--report") from None
+        print(f"wrote {args.report}")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from .audit import audit, plot, render
+    from .modelarg import load_model
+
+    model = load_model(args.model) if args.model else None
+    trace = load_any(args.file, None, args.format)
+    file = str(args.file)
+    if model is not None:
+        _check_shape(trace, model, file)
+    slots = None
+    specs = [s.strip() for text in args.capacity for s in text.split(",") if s.strip()]
+    if specs:
+        from ..analysis.workingset import slots_per_layer
+        from .keystream import n_experts_of
+
+        n_exp = n_experts_of(trace)
+        slots = [slots_per_layer(s, trace.n_layers, n_exp, model.expert_bytes() if model else None) for s in specs]
+    report = audit(trace, slots=slots, source=file)
+    print(render(report))
+    if args.markdown is not None:
+        try:
+            args.markdown.parent.mkdir(parents=True, exist_ok=True)
+            args.markdown.write_text(render(report, markdown=True))
+        except OSError as err:
+            raise EmuError(f"cannot write ({err.strerror})", file=str(args.markdown), key="--markdown") from None
+        print(f"wrote {args.markdown}", file=sys.stderr)
+    if args.plots is not None:
+        for path in plot(report, args.plots):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
 
 
 def _save(trace: RoutingTrace, out: Path) -> None:

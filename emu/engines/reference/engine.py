@@ -11,7 +11,7 @@ The model:
   dense part, one expert) and every CPU expert is a process holding its resource for its duration;
 - the copy engines are a `simpy.PriorityResource` of `copy.h2d_engines`; every copy is a process that asks
   for an engine at priority (demand before prefetch, then issue order) and holds it for
-  `Timing.copy_s[precision]`. A queued prefetch that a gate promotes to demand cancels its request and asks
+  `Timing.layer_copy_s[layer, precision]`. A queued prefetch that a gate promotes to demand cancels its request and asks
   again at demand priority;
 - the VRAM pool is a `simpy.Container` of bytes: a copy's bytes go in when it takes its slot, an evicted
   key's come out (both read off the decision layer after each of its calls); the container's capacity is
@@ -89,7 +89,7 @@ class Curves:
     dense table (tokens x context), one copy per precision, the per-pass and per-layer overheads."""
 
     def __init__(self, tm: Any) -> None:
-        self.copy_s: list[float] = [float(s) for s in tm.copy_s]
+        self.copy_s: list[list[float]] = [list(map(float, row)) for row in tm.layer_copy_s]  # [layer][precision]
         self.gpu = [(list(map(float, tm.exp_tok[r])), list(map(float, tm.exp_s[r])), int(tm.exp_n[r]))
                     for r in range(tm.exp_n.shape[0])]
         self.cpu = [(list(map(float, tm.cpu_tok[r])), list(map(float, tm.cpu_s[r])), int(tm.cpu_n[r]))
@@ -452,8 +452,8 @@ class ReferenceEngine:
         cs, key = self.cs, copy.key
         del self._queued[key]
         cs.copy_state[key] = COPY_RUNNING
-        duration = self.curves.copy_s[int(self.prec[key])]
         layer = key // self.n_experts
+        duration = self.curves.copy_s[layer][int(self.prec[key])]
         cs.stats_i[ST.BYTES_H2D, layer] += self.nbytes[key]
         cs.stats_i[ST.COPIES, layer] += 1
         self.copy_busy += duration
