@@ -68,9 +68,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .runner import run_scenario, write_record
 
         warm_up()
+    from .bundled import resolve
     from .scenario import load_scenario
 
-    scenarios = [load_scenario(p, args.set) for p in args.scenarios]  # validate all before running any
+    # validate all before running any
+    scenarios = [load_scenario(resolve(p), args.set) for p in args.scenarios]
     recorder = _timeline_recorder(args, len(scenarios))
     for sc in scenarios:  # a bad output place is found before the runs, not after them
         _check_out_dir(*_out_dir(args, sc))
@@ -97,6 +99,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"wrote {path} (passes {recorder.first}:{recorder.stop}, {len(recorder.events)} events)",
                   file=sys.stderr)
     print(render_table(rows))
+    return 0
+
+
+def cmd_scenarios(args: argparse.Namespace) -> int:
+    from .bundled import describe, root, scenarios
+
+    found = scenarios()
+    if not found:
+        raise EmuError("no bundled scenarios found beside this installation")
+    base = root()
+    assert base is not None
+    shown = {k: v for k, v in found.items() if args.all or v.relative_to(base).parts[0] != "shootout"}
+    width = max(len(k) for k in shown)
+    for stem, path in shown.items():
+        print(f"{stem:<{width}}  {describe(path)}")
+    hidden = len(found) - len(shown)
+    if hidden:
+        print(f"({hidden} more in the policy shootout: emu scenarios --all)", file=sys.stderr)
     return 0
 
 
@@ -213,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run scenario TOML files and print a comparison table")
-    p.add_argument("scenarios", nargs="+", help="scenario TOML files")
+    p.add_argument("scenarios", nargs="+", help="scenario TOML files, or bundled scenarios by name (emu scenarios)")
     p.add_argument("--out", help="directory for <stem>.json results (default: output.dir or ./runs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override one scenario key, e.g. --set cache.capacity=25%%")
@@ -225,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeline-passes", metavar="A:B",
                    help="passes A..B-1 in the timeline (default 0:8; 'A:' to the end)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("scenarios", help="list the bundled scenarios (emu run NAME runs one)")
+    p.add_argument("--all", action="store_true", help="the policy shootout's scenarios too")
+    p.set_defaults(func=cmd_scenarios)
 
     p = sub.add_parser("policies", help="list registered policies and their parameters")
     p.add_argument("--json", action="store_true")

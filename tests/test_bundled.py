@@ -1,0 +1,53 @@
+"""Bundled scenarios by name: `emu run NAME` from any folder, `emu scenarios`, and a clear line for a wrong name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from emu import bundled
+from emu.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_checkouts_scenarios_are_the_bundled_tree():
+    assert bundled.root() == ROOT / "scenarios"
+    found = bundled.scenarios()
+    assert found["olmoe-1b-7b_h100_5pct"] == ROOT / "scenarios" / "olmoe-1b-7b_h100_5pct.toml"
+    assert "olmoe_capacity" not in found  # a sweep definition is not a scenario
+    assert all(p.suffix == ".toml" and "profiles" not in p.parts for p in found.values())
+
+
+def test_a_name_resolves_and_a_path_stays_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert bundled.resolve("olmoe-1b-7b_h100_5pct") == str(ROOT / "scenarios" / "olmoe-1b-7b_h100_5pct.toml")
+    assert bundled.resolve("mine.toml") == "mine.toml"  # a path, even one that does not exist (its own error)
+    (tmp_path / "olmoe-1b-7b_h100_5pct").write_text("")  # a file of that name here wins over the bundled one
+    assert bundled.resolve("olmoe-1b-7b_h100_5pct") == "olmoe-1b-7b_h100_5pct"
+
+
+def test_a_wrong_name_is_one_line_with_its_neighbours(capsys):
+    assert main(["run", "olmoe-1b-7b_h100"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no bundled scenario" in err[0] and "olmoe-1b-7b_h100_5pct" in err[0]
+
+
+def test_run_by_name_from_another_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "olmoe-1b-7b_h100_5pct", "--quiet"]) == 0
+    record = json.loads((tmp_path / "runs" / "olmoe-1b-7b_h100_5pct.json").read_text())
+    assert record["ttft_s"] == pytest.approx(0.26879, rel=1e-4)  # the README's figure for this scenario
+
+
+def test_emu_scenarios_lists_them(capsys):
+    assert main(["scenarios"]) == 0
+    out = capsys.readouterr()
+    lines = out.out.strip().splitlines()
+    assert len(lines) == 4 and any(line.startswith("olmoe-1b-7b_h100_5pct ") and "5% expert cache" in line
+                                   for line in lines)
+    assert "emu scenarios --all" in out.err
+    assert main(["scenarios", "--all"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == len(bundled.scenarios()) > 300
