@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
 from typing import Any
+
+#: the lockstep runs (H100, live runtime calibrated in lockstep with them: a diagnostic, docs/validation.md)
+LOCKSTEP = Path(__file__).resolve().parents[1] / "validation" / "lockstep"
+
+
+def copy_files(src: Path, dest: Path, names: tuple[str, ...]) -> None:
+    """Copy files of a lockstep folder into `dest`; a run record brings its trace (stored once by fingerprint
+    in the dataset) beside it, where `live.validate.load_live_run` looks first."""
+    for name in names:
+        shutil.copy(src / name, dest / name)
+        if name.endswith(".json"):
+            rec = json.loads((src / name).read_text())
+            trace = rec.get("trace") if isinstance(rec, dict) else None
+            if isinstance(trace, str) and trace.endswith(".npz"):
+                shutil.copy(src / trace, dest / Path(trace).name)
 
 
 def logits_of_generation(model: Any, ids: Any, n_decode: int, runtime: Any = None) -> list[Any]:

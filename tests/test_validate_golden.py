@@ -1,4 +1,4 @@
-"""`emu validate` on committed H100 live runs (tests/golden/live): loading, counts, the lockstep diagnostic, the CLI.
+"""`emu validate` on committed H100 live runs (validation/lockstep): loading, counts, the lockstep diagnostic, the CLI.
 
 Twenty live runs (OLMoE-1B-7B full size and Mixtral-8x7B at 8 layers; cache 5/25/100%; lru and
 least-stale; prefetch none, and next-layer below 100%; eager expert kernel; 3 interleaved rounds each)
@@ -27,7 +27,9 @@ from live.runtime_cal import apply_runtime_overheads, derived_overheads
 from live.validate import error_summary, load_live_run
 from live.validate_cli import add_parser, is_run_record, validate_dir
 
-GOLDEN = Path(__file__).parent / "golden" / "live"
+from .live_support import LOCKSTEP, copy_files
+
+GOLDEN = LOCKSTEP
 PROFILE = GOLDEN / "h100-lease.toml"
 CALS = sorted(GOLDEN.glob("*_runtime_cal*.json"))
 
@@ -142,7 +144,7 @@ def test_copy_issue_cost_from_the_runtime_calibration_slows_copying_runs_only(tm
 def test_load_live_run_rejects_bad_records(tmp_path: Path) -> None:
     src = GOLDEN / "mixtral_5pct_lru.json"
     rec = json.loads(src.read_text())
-    shutil.copy(GOLDEN / rec["trace"], tmp_path / rec["trace"])
+    shutil.copy(GOLDEN / rec["trace"], tmp_path / Path(rec["trace"]).name)  # beside the records written here
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({k: v for k, v in rec.items() if k != "slots"}))
     with pytest.raises(EmuError, match="slots"):
@@ -168,8 +170,7 @@ def _cli(argv: list[str]) -> int:
 def test_cli_from_live_writes_the_comparison(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = tmp_path / "runs"
     d.mkdir()
-    for name in ("mixtral_5pct_lru.json", "mixtral_5pct_lru.npz", "mixtral_runtime_cal.json", "h100-lease.toml"):
-        shutil.copy(GOLDEN / name, d / name)
+    copy_files(GOLDEN, d, ("mixtral_5pct_lru.json", "mixtral_runtime_cal.json", "h100-lease.toml"))
     out = tmp_path / "val.json"
     assert _cli(["--from-live", str(d), "--out", str(out)]) == 0
     text = capsys.readouterr().out
@@ -187,8 +188,7 @@ def test_cli_shows_each_rounds_error_of_paired_runs(tmp_path: Path, capsys: pyte
     d = tmp_path / "runs"
     d.mkdir()
     src = GOLDEN / "lockstep_mixtral"
-    for name in ("mixtral_25pct_lru.json", "mixtral_25pct_lru.npz", "h100-lease.toml"):
-        shutil.copy(src / name, d / name)
+    copy_files(src, d, ("mixtral_25pct_lru.json", "h100-lease.toml"))
     out = tmp_path / "val.json"
     assert _cli(["--from-live", str(d), "--rounds", "--out", str(out)]) == 0
     text = capsys.readouterr().out

@@ -29,8 +29,10 @@ from live.validation_set import (
     write_docs_summary,
 )
 
+from .live_support import LOCKSTEP, copy_files
+
 JSON_KEYS = {"gpu", "runtime", "n_configs", "out_of_sample", "ttft_median", "ttft_max", "decode_median", "decode_max"}
-GOLDEN = Path(__file__).parent / "golden" / "live"
+GOLDEN = LOCKSTEP
 
 #: steps of little spread (TOST passes on identical samples)
 STEPS = [0.0100, 0.0101, 0.0099, 0.0100, 0.0102, 0.0098]
@@ -295,10 +297,8 @@ def test_cli_warns_when_the_profile_has_no_table_for_the_model(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     d = tmp_path / "runs"
     d.mkdir()
-    for name in ("mixtral_5pct_lru.npz", "h100-lease.toml"):
-        shutil.copy(GOLDEN / name, d / name)
+    copy_files(GOLDEN, d, ("mixtral_5pct_lru.json", "h100-lease.toml"))
     rec = json.loads((GOLDEN / "mixtral_5pct_lru.json").read_text())
-    shutil.copy(GOLDEN / "mixtral_5pct_lru.json", d / "mixtral_5pct_lru.json")
     assert _cli(["--from-live", str(d)]) == 0
     assert "roofline" not in capsys.readouterr().err  # measured tables: no warning
     renamed = copy.deepcopy(rec)
