@@ -11,7 +11,7 @@ when `--prefetches` copies were submitted just before it, timed from the first p
 
 and, for reference, the latency of the demand alone and of one copy's duration.
 
-    python benchmarks/bench_copy_streams.py [--mb 12.6] [--prefetches 8] [--repeats 20]
+    python experiments/bench_copy_streams.py [--mb 12.6] [--prefetches 8] [--repeats 20]
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ compute stream:
 Host microseconds per launch sequence (and per tiny launch), medians over `--repeats` alternating rounds.
 Needs a GPU.
 
-    python benchmarks/bench_blocked_launch.py [--launches 64] [--repeats 30]
+    python experiments/bench_blocked_launch.py [--launches 64] [--repeats 30]
 """
 
 from __future__ import annotations

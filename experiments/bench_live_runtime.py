@@ -12,7 +12,7 @@
 The host's pace switches within seconds on the H100 machines, so both sides of a figure are measured
 step by step in lockstep; each figure is the median over `--repeats` such runs.
 
-    python benchmarks/bench_live_runtime.py [--repeats 3] [--out results.json] [--only olmoe|mixtral]
+    python experiments/bench_live_runtime.py [--repeats 3] [--out results.json] [--only olmoe|mixtral]
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class _Beside:
 def runtime_vs_unmodified(repeats: int, t0: float, smoke: bool = False) -> dict[str, Any]:
     import torch
 
-    from benchmarks.live_olmoe import target
+    from experiments.live_olmoe import target
     from live.models import build_model, live_shape
     from live.offload import ExpertOffload
     from live.runner import Between, PassPlan, attention_backends, generate, run_live
@@ -136,7 +136,7 @@ def copy_bound(name: str, repeats: int, t0: float, smoke: bool = False) -> dict[
     """The 5% run with its compute reference in lockstep: one decode step of the same model with every expert
     resident (a sibling runtime, `runtime_cal.InterleavedCalibration`'s full mode) before each of its steps."""
 
-    from benchmarks.live_olmoe import target
+    from experiments.live_olmoe import target
     from live.matrix import forced_workload, reconfigure, slots_for
     from live.models import build_model
     from live.offload import ExpertOffload

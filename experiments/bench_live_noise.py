@@ -9,7 +9,7 @@ differed by 20-40% (OLMoE-1B-7B at 100% cache: 13.0, 13.5 and 17.5 tok/s in one 
 - `pin1-si`: pinned, and Python's GIL switch interval cut from 5 ms to 0.2 ms, for runs where a second
   Python thread (the prefetch watchdog) competes for the interpreter.
 
-    python benchmarks/bench_live_noise.py [--repeats 4] [--out noise.json]
+    python experiments/bench_live_noise.py [--repeats 4] [--out noise.json]
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ every expert resident (no copy of its own), decode steps alternating: with a flo
 copies on another stream (queued before the step, long enough to outlast it), and without (the flood of
 the step before drained first). Needs a GPU.
 
-    python benchmarks/bench_host_while_copying.py [--steps 64] [--mb 12.6]
+    python experiments/bench_host_while_copying.py [--steps 64] [--mb 12.6]
 
 Prints both step times (median, mean) and their ratio: the host's slowdown while the copy engine is busy,
 which `bench_copy_interference.py` (tight loops of tiny launches) does not see.
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from benchmarks.live_olmoe import build_olmoe
+    from experiments.live_olmoe import build_olmoe
     from live.runner import PassPlan, RequestSteps, attention_backends
 
     built = build_olmoe("bench_host_while_copying", smoke=False)

@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 
 
 def test_profile_live_prefetch_smoke(capsys: pytest.CaptureFixture[str]) -> None:
-    from benchmarks.profile_live_prefetch import main
+    from experiments.profile_live_prefetch import main
 
     assert main(["--smoke", "--rounds", "1", "--gc-freeze"]) == 0
     out = capsys.readouterr().out
@@ -18,7 +18,7 @@ def test_profile_live_prefetch_smoke(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_trace_live_run_smoke(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
-    from benchmarks.trace_live_run import main
+    from experiments.trace_live_run import main
 
     assert main(["--smoke", "--steps", "2", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -28,7 +28,7 @@ def test_trace_live_run_smoke(capsys: pytest.CaptureFixture[str], tmp_path) -> N
 
 
 def test_trace_live_run_mixtral_smoke(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
-    from benchmarks.trace_live_run import main
+    from experiments.trace_live_run import main
 
     args = ["--smoke", "--model", "mixtral", "--run", "25:next-layer", "--steps", "2", "--out", str(tmp_path)]
     assert main(args) == 0
@@ -45,7 +45,7 @@ def test_trace_live_run_mixtral_smoke(capsys: pytest.CaptureFixture[str], tmp_pa
 def test_live_decisions_smoke(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     import json
 
-    from benchmarks.live_decisions import main
+    from experiments.live_decisions import main
 
     out = tmp_path / "log.json"
     assert main(["--smoke", "--out", str(out)]) == 0
@@ -62,7 +62,7 @@ def test_live_decisions_smoke(capsys: pytest.CaptureFixture[str], tmp_path) -> N
 
 
 def test_bench_stalls_smoke(capsys: pytest.CaptureFixture[str]) -> None:
-    from benchmarks.bench_stalls import main
+    from experiments.bench_stalls import main
 
     assert main(["--smoke", "--host-gap-ms", "5"]) == 0
     assert "stalls over 5.0 ms" in capsys.readouterr().out
@@ -73,7 +73,7 @@ def test_bench_live_runtime_smoke(capsys: pytest.CaptureFixture[str], tmp_path) 
     script fails), the 5% run's beside a resident runtime's."""
     import json
 
-    from benchmarks.bench_live_runtime import main
+    from experiments.bench_live_runtime import main
 
     out_json = tmp_path / "r.json"
     assert main(["--smoke", "--repeats", "1", "--only", "runtime", "--only", "olmoe", "--out", str(out_json)]) == 0

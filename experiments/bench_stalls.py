@@ -5,7 +5,7 @@ time, and the host stalls with theirs, on one clock (the host's monotonic clock;
 anchored to it at their first event: `calibrate.transfers.stream_copies`, the loop `emu calibrate` times the
 link's sustained rate with). Needs a GPU (`--smoke`: the host side only).
 
-    python benchmarks/bench_stalls.py [--seconds 20] [--mb 352] [--host-gap-ms 1]
+    python experiments/bench_stalls.py [--seconds 20] [--mb 352] [--host-gap-ms 1]
 
 Why: the Mixtral validation runs are copy-bound and match the emulator step by step except for a few
 steps 20-60 ms slower, at other steps in every run; this says whether such stalls are the copy engine's,

@@ -3,7 +3,7 @@ routing, as in the validation matrix) at 25% and 5% cache, lru, prefetch none an
 runtime holding every expert with next-layer (what the runtime calibration of a prefetching run sees);
 each of the runtime's host-side steps timed with perf_counter on the forward thread. Needs a GPU.
 
-    python benchmarks/profile_live_prefetch.py [--rounds 2]
+    python experiments/profile_live_prefetch.py [--rounds 2]
 
 Prints, per configuration, the mean decode step and per step: the time in each timed part (calls per
 step in brackets; `gc`: the cyclic garbage collector's pauses, collections in brackets). `readback`
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="move every object alive after the build out of the collector's reach (gc.freeze)")
     p.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (checks the script, measures nothing)")
     args = p.parse_args(argv)
-    from benchmarks.live_olmoe import build_olmoe
+    from experiments.live_olmoe import build_olmoe
     from live.matrix import reconfigure, slots_for
     from live.runner import Between, run_live
 

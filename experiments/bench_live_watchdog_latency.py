@@ -4,7 +4,7 @@ A fake engine whose copies land when told (`land`); the caller polls with short 
 free as it mostly is while the forward pass runs torch calls (the watchdog's drain, while the forward
 thread is away). `--forward`: how much the watchdog costs a forward thread that pumps at its checkpoints
 and blocks in a device sync per layer, against a clocked engine (event-loop iterations, submissions per
-thread, wall time over the floor). Usage: `python benchmarks/bench_live_watchdog_latency.py [--forward]`.
+thread, wall time over the floor). Usage: `python experiments/bench_live_watchdog_latency.py [--forward]`.
 """
 
 from __future__ import annotations

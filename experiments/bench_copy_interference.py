@@ -11,7 +11,7 @@ and while a second stream copies pinned expert-sized chunks back to back:
 
 Each figure is the median of `--repeats`; the copy stream is kept busy for the whole measurement.
 
-    python benchmarks/bench_copy_interference.py [--mb 12.6] [--launches 200] [--repeats 15]
+    python experiments/bench_copy_interference.py [--mb 12.6] [--launches 200] [--repeats 15]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ one stream). `--emulate PROFILE` then replays the same trace through the SimPy e
 and prints, pass by pass, the first copy where the two orders part. Needs a GPU (`--smoke`: the tiny
 model on the CPU, where copies land at once).
 
-    python benchmarks/live_decisions.py [--model mixtral] [--run 25:next-layer] [--eviction lru]
+    python experiments/live_decisions.py [--model mixtral] [--run 25:next-layer] [--eviction lru]
                                         [--out FILE.json] [--emulate PROFILE.toml --runtime-cal CAL.json]
 
 Why: Mixtral 25% next-layer copies ~2% more experts live than emulated (1567-1575 against 1541) in a
@@ -27,7 +27,7 @@ import attrs
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from benchmarks.trace_live_run import _config  # noqa: E402
+from experiments.trace_live_run import _config  # noqa: E402
 
 
 def record_decisions(log: list[list[Any]]) -> Any:
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def live_log(args: argparse.Namespace) -> dict[str, Any] | None:
-    from benchmarks.live_olmoe import build_olmoe
+    from experiments.live_olmoe import build_olmoe
     from live.matrix import reconfigure, slots_for
     from live.runner import run_live
 

@@ -1,7 +1,7 @@
 """Where does the forward thread's host time go in a live run? cProfile of one OLMoE-1B-7B decode at 5%
 cache, prefetch none and next-layer (forced synthetic routing, as in the validation matrix); needs a GPU.
 
-    python benchmarks/profile_live_host.py [--top 30] [--prefetch none --prefetch next-layer]
+    python experiments/profile_live_host.py [--top 30] [--prefetch none --prefetch next-layer]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--prefetch", action="append", default=None)
     args = p.parse_args(argv)
-    from benchmarks.live_olmoe import build_olmoe
+    from experiments.live_olmoe import build_olmoe
     from live.matrix import reconfigure, slots_for
     from live.runner import run_live
 

@@ -3,7 +3,7 @@ synthetic routing, as in the validation matrix) or Mixtral-8x7B's first 8 layers
 the given cache fractions and prefetch policies, a few decode steps under torch.profiler (CUDA activity
 from CUPTI). Needs a GPU.
 
-    python benchmarks/trace_live_run.py [--model olmoe|mixtral] [--steps 8] [--run 5:none --run 25:next-layer]
+    python experiments/trace_live_run.py [--model olmoe|mixtral] [--steps 8] [--run 5:none --run 25:next-layer]
                                         [--out DIR]
 
 Prints per configuration and decode step: the step's wall time, the host-to-device copies (count, mean
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from benchmarks.live_olmoe import build_olmoe
+    from experiments.live_olmoe import build_olmoe
     from live.matrix import reconfigure, slots_for
     from live.runner import Between, run_live
 
