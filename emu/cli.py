@@ -29,6 +29,34 @@ def _row(name: str, rec: dict[str, Any]) -> list[str]:
     return [fmt.format(v) for (_h, fmt, _w), v in zip(_TABLE_COLUMNS, vals)]
 
 
+#: `emu run --format json|csv`: the table's figures unrounded, in SI units and fractions, and the record's path
+SUMMARY_KEYS = ("scenario", "engine", "ttft_s", "tpot_s", "decode_tok_per_s", "hit_rate", "misses_collision",
+                "bytes_h2d", "copy_busy_frac", "stall_s", "lost_mass_frac", "degraded_mass_frac", "record")
+
+
+def _summary(name: str, rec: dict[str, Any], path: Path) -> dict[str, Any]:
+    quality = rec["quality"]
+    out = {key: rec[key] for key in SUMMARY_KEYS[1:-3]}
+    return {"scenario": name, **out, "lost_mass_frac": quality["lost_mass_frac"],
+            "degraded_mass_frac": quality["degraded_mass_frac"], "record": str(path)}
+
+
+def render_summaries(rows: list[dict[str, Any]], fmt: str) -> str:
+    """The run's summary rows as JSON (a list of objects) or CSV (a header of `SUMMARY_KEYS`)."""
+    if fmt == "json":
+        import json
+
+        return json.dumps(rows, indent=1)
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(SUMMARY_KEYS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().rstrip("\n")
+
+
 def render_table(rows: list[list[str]]) -> str:
     widths = [max(w, *(len(r[i]) for r in rows)) if rows else w for i, (_h, _f, w) in enumerate(_TABLE_COLUMNS)]
     head = "  ".join(h.rjust(w) if i else h.ljust(w) for i, ((h, _f, _w), w) in enumerate(zip(_TABLE_COLUMNS,
@@ -78,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_out_dir(*_out_dir(args, sc))
     if recorder is not None:
         _check_out_file(args.timeline, "--timeline")
-    rows = []
+    rows, summaries = [], []
     for sc in scenarios:
         _result, record = run_scenario(sc, engine=args.engine, timeline=recorder)
         out_dir, file, key = _out_dir(args, sc)
@@ -88,6 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise EmuError(f"cannot write {Path(out_dir) / Path(sc.path).stem}.json: {_os_reason(err)}",
                            file=file, key=key) from None
         rows.append(_row(Path(sc.path).stem, record))
+        summaries.append(_summary(Path(sc.path).stem, record, path))
         if not args.quiet:
             print(f"wrote {path}", file=sys.stderr)
     if recorder is not None:
@@ -98,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"wrote {path} (passes {recorder.first}:{recorder.stop}, {len(recorder.events)} events)",
                   file=sys.stderr)
-    print(render_table(rows))
+    print(render_table(rows) if args.format == "table" else render_summaries(summaries, args.format))
     return 0
 
 
@@ -239,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one scenario key, e.g. --set cache.capacity=25%%")
     p.add_argument("--engine", choices=["des", "fast", "reference", "auto"], help="override engine.kind")
     p.add_argument("--quiet", action="store_true", help="do not list the files written")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                   help="stdout: the table (default), or its figures unrounded as JSON or CSV")
     p.add_argument("--timeline", metavar="FILE.json",
                    help="write a Chrome trace / Perfetto timeline (copy engines, GPU compute, CPU, stalls) of "
                    "one scenario; the whole trace then runs on the SimPy engine, so the events are the run's own")

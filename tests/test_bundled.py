@@ -51,3 +51,20 @@ def test_emu_scenarios_lists_them(capsys):
     assert "emu scenarios --all" in out.err
     assert main(["scenarios", "--all"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == len(bundled.scenarios()) > 300
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_run_prints_its_figures_unrounded_as_json_or_csv(fmt, tmp_path, monkeypatch, capsys):
+    import csv
+    import io
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "olmoe-1b-7b_h100_5pct", "olmoe-1b-7b_h100_25pct", "--quiet", "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads(out) if fmt == "json" else list(csv.DictReader(io.StringIO(out)))
+    assert [r["scenario"] for r in rows] == ["olmoe-1b-7b_h100_5pct", "olmoe-1b-7b_h100_25pct"]
+    for r in rows:
+        record = json.loads(Path(r["record"]).read_text())
+        for key in ("ttft_s", "tpot_s", "decode_tok_per_s", "hit_rate", "bytes_h2d"):
+            assert float(r[key]) == record[key]  # the record's own figure, not the table's rounding
+        assert float(r["lost_mass_frac"]) == record["quality"]["lost_mass_frac"]
