@@ -130,7 +130,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         cold = _spawn({"kind": "compile"}, cache)
         warm = _spawn({"kind": "compile"}, cache)
-    print(f"\ncompile: cold {cold['seconds']:.1f} s (empty numba cache: every policy kernel, core, engines), "
+    print(f"\ncompile: cold {cold['seconds']:.1f} s (empty numba cache: the fast core and the default stack's hooks), "
           f"cached {warm['seconds']:.1f} s (import + warm-up, loaded from the cache)\n")
 
     head = ("| run                                          |    accesses |   wall s |    cpu s | M acc/s "

@@ -394,10 +394,16 @@ def make_executor(jobs: int, address: str | None) -> tuple[Executor | None, Call
 def warm_cache() -> None:
     """Compile every kernel into numba's cache here, before worker processes start: workers that compile the
     same functions at once can write each other's cache files half-way and crash (numba issue #4807); once the
-    files exist they only read them."""
+    files exist they only read them. Every registered policy's hooks and the SimPy engine's entry too, as a run
+    compiles only its own stack's hooks when it first needs them."""
+    from .engines import core
     from .engines.fast.engine import warm_up
+    from .kernel.hooks import compiled
+    from .policies.registry import compile_hooks
 
     warm_up()
+    compile_hooks()
+    compiled(core.instant, core.INSTANT_SIG)
 
 
 def validate_points(points: list[Point]) -> None:

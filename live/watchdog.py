@@ -24,7 +24,7 @@ microsecond of Python on either thread is a microsecond of a host-paced decode s
     ~1.7 ms per layer through the GIL on the H100 (docs/live.md).
   - "bounded": submits at once only the queued prefetches that the engine would start before the forward
     thread's next gate, then drains the rest as "drain" does. A CUDA copy engine runs copies in
-    submission order, on one stream or several, whatever their priority (`benchmarks/bench_copy_streams.py`:
+    submission order, on one stream or several, whatever their priority (`experiments/bench_copy_streams.py`:
     a demand submitted after 8 prefetches ends after all of them), so a demand copy of the next gate
     waits behind every prefetch "bulk" submitted; the emulator's engine starts it before the queued
     (not yet started) ones. When the engine frees up comes from the copies submitted and `copy_s`, the
@@ -34,7 +34,7 @@ microsecond of Python on either thread is a microsecond of a host-paced decode s
     (median of the last few spans without a wait, per layer). An estimate too late lets a prefetch go
     before the next gate's demand copies where the emulator's engine starts it after them (the median of
     spans that had waited for other copies put Mixtral 25% next-layer's copies in another order from its
-    ninth pass on, and its decisions with them: `benchmarks/live_decisions.py`); one too early only leaves
+    ninth pass on, and its decisions with them: `experiments/live_decisions.py`); one too early only leaves
     the rest to the drain. With short copies (OLMoE, ~0.23 ms) nearly all go at once; with long ones
     (Mixtral, ~6.4 ms) the rest go one by one, as they should.
   - "drain": hands a worker thread (`asyncio.to_thread`) a drain: wait for the engine without the GIL,

@@ -229,3 +229,13 @@ def test_a_policy_that_needs_scores_refuses_a_trace_without_them():
     assert err.value.key == "policy.routing"
     scored = RoutingTrace(**kw, scores=np.full((2, 1, 2), 0.5, np.float16)).validate()
     run_fast(make_inputs(model, profile, scored, 2 * model.expert_bytes(), stack))
+
+
+def test_compile_hooks_compiles_every_registered_hook_with_its_signature():
+    from emu.policies.registry import compile_hooks
+
+    compile_hooks()
+    for kind, policies in REGISTRY.items():
+        for policy in policies.values():
+            for name, sig in HOOKS[kind]:
+                assert tuple(sig.args) in [tuple(s) for s in policy.hooks[name].signatures], (policy.name, name)

@@ -18,7 +18,7 @@ function that must allocate keeps the runtime; numba refuses to compile one that
 
 In the hot paths an index that is a key, an expert id, a layer or a cursor is written `arr[ix(i)]`
 (`kernel.helpers.ix`, an unsigned view of a value that is never negative): numba then skips its
-negative-index fix-up, ~14 % of a run (docs/fast_engine.md, sixth round).
+negative-index fix-up, ~14 % of a run (docs/fast_engine.md, "The hot path").
 """
 
 from __future__ import annotations

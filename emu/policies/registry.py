@@ -13,7 +13,8 @@ from .api import REGISTRY, Capabilities, Policy, register
 
 ENTRY_POINT_GROUP = "moe_emu.policies"
 
-__all__ = ["ENTRY_POINT_GROUP", "REGISTRY", "Capabilities", "Policy", "get_policy", "live_policies", "register"]
+__all__ = ["ENTRY_POINT_GROUP", "REGISTRY", "Capabilities", "Policy", "compile_hooks", "get_policy", "live_policies",
+           "register"]
 
 
 def _load_builtin() -> None:
@@ -45,6 +46,18 @@ def get_policy(kind: str, name: str, *, file: str | None = None) -> Policy:
     except KeyError:
         raise EmuError(f"unknown {kind} policy {name!r}; expected one of {sorted(REGISTRY[kind])}",
                        file=file, key=f"policy.{kind}") from None
+
+
+def compile_hooks() -> None:
+    """Compile (or load from numba's cache) every registered policy's hooks now, rather than when a stack
+    first holds them (`kernel.hooks.hook`): for a parent process before its workers start, so that no two
+    processes compile one function at once."""
+    from ..kernel.hooks import HOOKS, compiled
+
+    for kind, policies in REGISTRY.items():
+        for policy in policies.values():
+            for name, sig in HOOKS[kind]:
+                compiled(policy.hooks[name], sig)
 
 
 def live_policies(kind: str) -> tuple[str, ...]:

@@ -104,8 +104,9 @@ def run_loop(pk, cs, tm, tv, n_engines):
 
 def run_fast(inputs: SimInputs) -> tuple[Any, float, dict[str, float]]:
     """Run the trace; returns (final cache state, end time, timings: `setup_s` for the fresh state and
-    the policies' init, `run_s` for the event loop). Compilation happens at import (every kernel has a
-    fixed signature) and is loaded from numba's cache after the first run: see `warm_up`."""
+    the policies' init, and the stack's hooks' compilation or cache load the first time a process holds
+    them; `run_s` for the event loop). The core compiles on its first run and loads from numba's cache
+    after: see `warm_up`."""
     t0 = time.perf_counter()
     cs, stack = fresh_state(inputs)
     t1 = time.perf_counter()
@@ -119,9 +120,9 @@ def run_fast(inputs: SimInputs) -> tuple[Any, float, dict[str, float]]:
 
 
 def warm_up() -> float:
-    """Compile (or load from numba's cache) everything a run needs, so later timings exclude it; returns
-    the seconds spent here. Importing the policy registry compiles the kernels, so in a fresh process
-    time the import of this module as well (benchmarks/bench_engines.py does)."""
+    """Compile (or load from numba's cache) the fast engine's core and the default stack's hooks, so later
+    timings exclude them; returns the seconds spent here. Another stack's hooks compile when a run first
+    holds them (`kernel.hooks.hook`), so a benchmark of another stack warms up on that stack first."""
     from ...models import ModelSpec
     from ...profile import profile_from_dict
     from ...trace import RoutingTrace
