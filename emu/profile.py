@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,11 +13,7 @@ import numpy as np
 
 from .errors import EmuError
 from .models import PRECISION_BITS, ModelSpec
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from .textio import load_toml
 
 SCHEMA = "moe-emu/profile/1"
 T = TypeVar("T")
@@ -286,10 +281,7 @@ def load_profile(path: str | Path) -> HardwareProfile:
     file = str(path)
     if not path.is_file():
         raise EmuError("hardware profile not found", file=file)
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise EmuError(f"not valid TOML ({err})", file=file) from None
+    data = load_toml(path, "a hardware profile TOML file (docs/profiles.md)")
     return profile_from_dict(data, file=file)
 
 

@@ -1,0 +1,149 @@
+"""Cases the fuzz suite (tests/test_fuzz_inputs.py) found, each kept as a plain test through the CLI: every one
+ended in a traceback (or a wrong or unreadable error) before its fix, and each now ends in one `emu: error:` line
+naming the file and the key, or runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from emu.cli import main
+from emu.errors import EmuError
+
+from .test_bad_inputs import one_error_line
+from .test_scenario_bad_input import BASE, PROFILE
+
+SWEEP = """
+name = "fz"
+base = "s.toml"
+engine = "fast"
+set = ["workload.max_tokens=24"]
+[grid]
+capacity = ["5%", "25%"]
+"""
+
+
+def _scenario(tmp_path: Path, text: str = BASE) -> Path:
+    path = tmp_path / "s.toml"
+    path.write_text(text.replace("{profile}", str(PROFILE)))
+    return path
+
+
+# ---- TOML files that are not UTF-8 ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["scenario", "profile", "runtime", "sweep", "sweep base"])
+@pytest.mark.parametrize("data", [b"\xff\xfem\x00o\x00", b"name = \"caf\xe9\"\n"], ids=["utf16", "latin1"])
+def test_toml_that_is_not_utf8(tmp_path, capsys, kind, data):
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(data)
+    if kind == "scenario":
+        argv = ["run", str(bad)]
+    elif kind == "profile":
+        argv = ["run", str(_scenario(tmp_path, BASE.replace("{profile}", str(bad))))]
+    elif kind == "runtime":
+        argv = ["run", str(_scenario(tmp_path, BASE.replace("[cache]", f'runtime = "{bad}"\n[cache]')))]
+    elif kind == "sweep":
+        argv = ["sweep", str(bad), "--jobs", "1"]
+    else:
+        (tmp_path / "sw.toml").write_text(SWEEP.replace('"s.toml"', f'"{bad}"'))
+        argv = ["sweep", str(tmp_path / "sw.toml"), "--jobs", "1"]
+    line = one_error_line(capsys, [*argv, "--out", str(tmp_path / "out")], str(bad), "not UTF-8")
+    assert ("UTF-16" in line) == (data.startswith(b"\xff\xfe"))
+
+
+# ---- one line, whatever the value quoted ----------------------------------------------------------------
+
+def test_an_error_quoting_a_huge_value_stays_short(tmp_path, capsys):
+    path = _scenario(tmp_path, BASE.replace('model = "olmoe-1b-7b"', 'model = "' + "x" * 50_000 + '"'))
+    line = one_error_line(capsys, ["run", str(path), "--out", str(tmp_path / "o")], "s.toml", "model",
+                          "characters ...]")
+    assert len(line) < 1200
+
+
+def test_an_error_quoting_a_line_break_stays_on_one_line(tmp_path, capsys):
+    (tmp_path / "sw.toml").write_text(SWEEP.replace('base = "s.toml"', 'base = "\\r0\\nx"'))
+    one_error_line(capsys, ["sweep", str(tmp_path / "sw.toml"), "--jobs", "1", "--out", str(tmp_path / "o")],
+                   "sw.toml", "base", "\\r0\\nx")
+
+
+def test_error_text_escapes_control_characters_and_cuts_the_middle():
+    err = EmuError("got 'a\r\nb\x00'", file="f.toml", key="k")
+    assert str(err) == "f.toml: k: got 'a\\r\\nb\\x00'"
+    long = EmuError("expected a string, got '" + "y" * 10_000 + "z'", file="f.toml", key="k")
+    assert str(long).startswith("f.toml: k: expected a string, got 'yyy") and str(long).endswith("yz'")
+    assert "characters ...]" in str(long) and len(str(long)) < 700
+    assert long.detail.endswith("z'") and len(long.detail) > 10_000  # the exception keeps the whole message
+
+
+# ---- --set through a value that is not a table names the scenario -------------------------------------------
+
+def test_set_through_a_value_names_the_scenario(tmp_path, capsys):
+    path = _scenario(tmp_path, BASE + "\n[output]\ndir = \"o\"\n")
+    path.write_text(path.read_text().replace("[workload.synthetic]", "[workload.synthetic]\n").replace(
+        'model = "olmoe-1b-7b"', 'model = "olmoe-1b-7b"\nseed = 3'))
+    one_error_line(capsys, ["run", str(path), "--set", "seed.x=1"], "s.toml", "--set", "seed is not a table")
+
+
+# ---- paths holding a NUL character ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", ["hardware.profile", "workload.trace", "output.dir"])
+def test_scenario_path_with_a_nul(tmp_path, capsys, key):
+    path = _scenario(tmp_path)
+    one_error_line(capsys, ["run", str(path), "--set", f'{key}="a\\u0000b"', "--out", str(tmp_path / "o")],
+                   "s.toml", key)
+
+
+@pytest.mark.parametrize("edit,key", [
+    (lambda s: s.replace('base = "s.toml"', 'base = "\\u0000"'), "base"),
+    (lambda s: s + 'trace = ["a\\u0000"]\n', "grid.trace"),
+    (lambda s: s.replace('name = "fz"', 'name = "a\\u0000"'), "name"),
+    (lambda s: s.replace('name = "fz"', 'name = "../../fz"'), "name"),
+    (lambda s: s.replace('name = "fz"', 'name = 3'), "name"),
+    (lambda s: s.replace('name = "fz"', 'out = "\\u0000"'), "out"),
+])
+def test_sweep_names_and_paths(tmp_path, capsys, edit, key):
+    _scenario(tmp_path)
+    (tmp_path / "sw.toml").write_text(edit(SWEEP))
+    one_error_line(capsys, ["sweep", str(tmp_path / "sw.toml"), "--jobs", "1", "--out", str(tmp_path / "o")],
+                   "sw.toml", f": {key}:")
+
+
+def test_sweep_of_too_many_points_is_refused_with_the_arithmetic(tmp_path, capsys):
+    _scenario(tmp_path)
+    caps = ", ".join(f'"{i}%"' for i in range(1, 101))
+    stacks = ", ".join(f'{{ name = "s{i}", eviction = "lru" }}' for i in range(1001))
+    (tmp_path / "sw.toml").write_text(SWEEP.replace('capacity = ["5%", "25%"]', f"capacity = [{caps}]\n"
+                                                    f"stack = [{stacks}]"))
+    one_error_line(capsys, ["sweep", str(tmp_path / "sw.toml"), "--jobs", "1", "--out", str(tmp_path / "o")],
+                   "sw.toml", "grid", "100 capacities x 1001 stacks = 100,100 grid points", "at most 100,000")
+
+
+def test_sweep_output_place_is_checked_before_the_runs(tmp_path, capsys):
+    _scenario(tmp_path)
+    (tmp_path / "sw.toml").write_text(SWEEP)
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    one_error_line(capsys, ["sweep", str(tmp_path / "sw.toml"), "--jobs", "1", "--quiet", "--out", str(blocker)],
+                   "--out", "not a directory")
+    assert blocker.read_text() == "x"
+
+
+def test_a_sweep_with_a_plain_name_still_runs(tmp_path, capsys):
+    _scenario(tmp_path)
+    (tmp_path / "sw.toml").write_text(SWEEP.replace('name = "fz"', 'name = "my sweep+lru@5%"'))
+    assert main(["sweep", str(tmp_path / "sw.toml"), "--jobs", "1", "--quiet", "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "my sweep+lru@5%.csv").is_file()
+
+
+# ---- JSONL: a phase that is not a string -------------------------------------------------------------------
+
+@pytest.mark.parametrize("phase", [[], {}, 1, None])
+def test_jsonl_phase_that_is_not_a_string(tmp_path, capsys, phase):
+    path = tmp_path / "t.jsonl"
+    rows = [{"request": 0, "token": 0, "layer": 0, "experts": [5, 7], "phase": phase},
+            {"request": 0, "token": 0, "layer": 1, "experts": [3, 4]}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    one_error_line(capsys, ["trace", "import", str(path), "--out", str(tmp_path / "o.npz")], f"{path}:1", "phase",
+                   "expected 'prefill' or 'decode'")
