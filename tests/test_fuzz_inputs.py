@@ -215,12 +215,15 @@ def test_fuzz_scenario_toml(worker, cases, data) -> None:
     src = data.draw(st.sampled_from([None, *_BUNDLED_SCENARIOS]), label="source")
     text = TINY if src is None else src.read_text()
     name = "s.toml" if src is None else src.name
-    mutated = data.draw(toml_mutation(text, _SCENARIO_KEYS), label="scenario")
+    mutated = (data.draw(toml_mutation(text, _SCENARIO_KEYS), label="scenario") if data.draw(st.booleans())
+               else text.encode())
     # a bundled scenario's relative paths resolve from its folder: write the mutant beside the original's files
     folder = case if src is None else _mirror(src.parent, case)
     path = write(folder / name, mutated)
     argv = ["run", str(path), "--out", str(case / "out"), "--quiet", "--engine", _engine(data.draw),
             "--set", "workload.max_tokens=48"]
+    for ov in data.draw(st.lists(plausible_override(), max_size=2), label="overrides"):
+        argv += ["--set", ov]
     check("scenario TOML", worker.run(argv, case), names=(name, "scenarios/"), records=case / "out")
 
 
@@ -247,13 +250,61 @@ def override(draw: Any) -> str:
     return draw(st.sampled_from([f"{path}={value}", f"{path}", f"{path} = {value}", f"={value}", f"{path}=="]))
 
 
+def _policy_value(kind: str, name: str, params: dict[str, Any]) -> st.SearchStrategy[str]:
+    """A policy as an inline table, its parameters at their bounds, defaults, just outside or absurd."""
+    def values(p: Any) -> st.SearchStrategy[str]:
+        return st.sampled_from([repr(v) for v in (p.default, p.lo, p.hi, p.lo - 1, p.hi + 1, p.hi * 1000)]
+                               + ["nan", "inf", "-1", "0"])
+    if not params:
+        return st.just(json.dumps(name))
+    return st.fixed_dictionaries({}, optional={k: values(v) for k, v in params.items()}).map(
+        lambda chosen: "{ " + ", ".join([f"name = {json.dumps(name)}", *(f"{k} = {v}" for k, v in chosen.items())])
+        + " }")
+
+
+def plausible_override() -> st.SearchStrategy[str]:
+    """`key=value` for a real scenario key with a value near or at the edge of what it accepts: these runs reach
+    the engines and the policies' kernels (the hostile `override()` mostly stops at validation)."""
+    from emu.policies.registry import REGISTRY
+
+    policies = [st.tuples(st.just(f"policy.{kind}"), _policy_value(kind, name, p.params))
+                for kind, named in REGISTRY.items() for name, p in sorted(named.items())]
+    unit = st.sampled_from(["0", "0.0", "1", "1.0", "0.5", "0.999", "1e-9"])
+    small = st.integers(0, 40).map(str)
+    synthetic = [st.tuples(st.just(f"workload.synthetic.{k}"), v) for k, v in (
+        ("tokens", st.integers(1, 200).map(str)), ("prompt_len", small), ("output_len", small),
+        ("batch_size", st.integers(1, 16).map(str)), ("n_requests", st.integers(1, 5).map(str)),
+        ("zipf_s", st.sampled_from(["0", "0.5", "3", "[1.0, 2.0]", "[" + ", ".join(["1.0"] * 16) + "]"])),
+        ("reuse_prob", unit), ("cross_layer_corr", unit), ("length_jitter", unit),
+        ("score_scale", st.sampled_from(["0.001", "1", "100", "1e300"])), ("predictor_accuracy", unit),
+        ("with_scores", st.sampled_from(["true", "false"])))]
+    models = st.one_of(
+        st.sampled_from(['"olmoe-1b-7b"', '"mixtral-8x7b"']),
+        st.tuples(st.integers(1, 4), st.sampled_from([2, 3, 8, 64, 300]), st.integers(1, 8)).map(
+            lambda t: f'{{ preset = "olmoe-1b-7b", n_moe_layers = {t[0]}, n_experts = {t[1]}, top_k = {t[2]} }}'),
+        st.sampled_from(['{ preset = "olmoe-1b-7b", n_experts = 32769 }',
+                         '{ preset = "olmoe-1b-7b", n_moe_layers = 1000000 }',
+                         '{ preset = "olmoe-1b-7b", n_experts = 30000, n_moe_layers = 100000 }',
+                         '{ preset = "olmoe-1b-7b", hidden = 1, expert_intermediate = 1 }']))
+    pairs = st.one_of(
+        *policies, *synthetic,
+        st.tuples(st.just("cache.capacity"), st.sampled_from(
+            ["1", "2", "8", "64", "1024", "100000", '"0.1%"', '"5%"', '"100%"', '"1GB"', '"1TB"', '"1e-9GB"'])),
+        st.tuples(st.just("seed"), st.sampled_from(["0", "1", str(2**63 - 1), str(2**63), str(2**64)])),
+        st.tuples(st.just("engine.kind"), st.sampled_from(['"fast"', '"des"', '"reference"', '"auto"'])),
+        st.tuples(st.just("workload.max_tokens"), st.integers(1, 100).map(str)),
+        st.tuples(st.just("model"), models))
+    return pairs.map(lambda kv: f"{kv[0]}={kv[1]}")
+
+
 @FUZZ
 @given(data=st.data())
 def test_fuzz_set_overrides(worker, cases, data) -> None:
     case = cases.new()
     path = write(case / "s.toml", TINY)
     argv = ["run", str(path), "--out", str(case / "out"), "--quiet", "--engine", _engine(data.draw)]
-    for ov in data.draw(st.lists(override(), min_size=1, max_size=3), label="overrides"):
+    chosen = st.one_of(plausible_override(), plausible_override(), plausible_override(), override())
+    for ov in data.draw(st.lists(chosen, min_size=1, max_size=4), label="overrides"):
         argv += ["--set", ov]
     check("--set", worker.run(argv, case), names=("s.toml", "--set", "scenarios/"), records=case / "out")
 
