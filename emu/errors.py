@@ -10,8 +10,8 @@ class EmuError(Exception):
         self.file = file
         self.key = key
         self.detail = message
-        where = ": ".join(_one_line(part, MAX_PART) for part in (file, key) if part)
-        text = _one_line(message, MAX_DETAIL)
+        where = ": ".join(one_line(part, MAX_PART) for part in (file, key) if part)
+        text = one_line(message, MAX_DETAIL)
         super().__init__(f"{where}: {text}" if where else text)
 
 
@@ -23,7 +23,7 @@ _CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]}
 _CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
 
 
-def _one_line(text: str, limit: int) -> str:
+def one_line(text: str, limit: int = MAX_DETAIL) -> str:
     """`text` on one line (control characters escaped) and at most about `limit` characters: a long one keeps its
     start and its end (where a message says what it got) around a marker of what was cut."""
     text = str(text).translate(_CONTROL)

@@ -386,8 +386,8 @@ def make_executor(jobs: int, address: str | None) -> tuple[Executor | None, Call
         try:
             from distributed import Client
         except ImportError:
-            raise EmuError("--executor needs dask distributed: pip install 'dask[distributed]'",
-                           key="--executor") from None
+            raise EmuError("--executor needs dask distributed; install the 'sweep' extra: pip install "
+                           "'moe-emu[sweep]'", key="--executor") from None
         try:
             client = Client(address)
         except OSError as err:
@@ -399,8 +399,30 @@ def make_executor(jobs: int, address: str | None) -> tuple[Executor | None, Call
 
     warm_cache()
     # spawn: workers must not inherit numba's thread pool through fork
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=init_worker)
     return pool, lambda: pool.shutdown(wait=True, cancel_futures=True)
+
+
+def stop_workers(executor: Executor | None) -> None:
+    """End a local pool's worker processes at once (they ignore Ctrl-C: `init_worker`) and drop its queue.
+    `ProcessPoolExecutor` has no public way to end running tasks before Python 3.14 (`terminate_workers`)."""
+    if not isinstance(executor, ProcessPoolExecutor):
+        return
+    for proc in list((getattr(executor, "_processes", None) or {}).values()):
+        proc.terminate()
+    executor.shutdown(wait=False, cancel_futures=True)
+
+
+def init_worker() -> None:
+    """A worker process's start. Ctrl-C reaches every process of the terminal's group: the parent alone answers it
+    (it ends the workers, says so in one line and exits 130); a worker that took it would print its own traceback.
+    Python warnings stay quiet, as in `emu` itself (numba's notice that a feature is experimental, per worker)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    warnings.simplefilter("ignore")
+    warnings.simplefilter("always", EmuWarning)
 
 
 def warm_cache() -> None:
@@ -450,6 +472,9 @@ def run_sweep(spec: SweepSpec, jobs: int = 1, address: str | None = None, progre
             futures = [executor.submit(run_point, p) for p in points]
             for fut in as_completed(futures):
                 collect(*fut.result())
+    except KeyboardInterrupt:  # Ctrl-C: stop now, not after the running points
+        stop_workers(executor)
+        raise
     finally:
         close()
     ordered = [results[i] for i in range(len(points))]

@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {written['csv']} and {len(records)} run JSONs under {out / 'runs'}", file=sys.stderr)
         if written["parquet"] is None:
-            print("note: pyarrow is not installed; skipped Parquet (pip install pyarrow)", file=sys.stderr)
+            print("note: pyarrow is not installed; skipped Parquet (install the 'sweep' extra: pip install "
+                  "'moe-emu[sweep]')", file=sys.stderr)
         else:
             print(f"wrote {written['parquet']}", file=sys.stderr)
     print(f"Pareto front (decode tok/s up, TTFT down, lost routing mass down) per "

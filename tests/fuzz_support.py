@@ -127,7 +127,9 @@ class Worker:
 
     def _start(self) -> None:
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - kept open for the worker's life
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        # EMU_TRACEBACK: an exception escapes main() with its traceback instead of one `emu: internal error:` line
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        env = dict(os.environ, EMU_TRACEBACK="1", PYTHONPATH=path)
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.fuzz_support"], cwd=REPO, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      start_new_session=True)

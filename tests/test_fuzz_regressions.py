@@ -147,3 +147,26 @@ def test_jsonl_phase_that_is_not_a_string(tmp_path, capsys, phase):
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     one_error_line(capsys, ["trace", "import", str(path), "--out", str(tmp_path / "o.npz")], f"{path}:1", "phase",
                    "expected 'prefill' or 'decode'")
+
+
+# ---- model shapes that no real model has ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model,needles", [
+    ('{ preset = "olmoe-1b-7b", n_moe_layers = 1000000 }', ("model.n_moe_layers", "1..4,096", "1000000")),
+    ('{ preset = "olmoe-1b-7b", n_experts = 32769 }', ("model.n_experts", "1..32,768")),
+    ('{ preset = "olmoe-1b-7b", n_experts = 30000, n_moe_layers = 100 }',
+     ("model.n_experts", "100 MoE layers x 30,000 experts = 3,000,000", "at most 1,048,576")),
+    ('{ preset = "olmoe-1b-7b", hidden = 10000000000000 }', ("model.hidden", "1..1,048,576")),
+])
+def test_model_shapes_are_bounded(tmp_path, capsys, model, needles):
+    """A million MoE layers ran for minutes (the fuzz suite's hang); the bounds are far above any real model."""
+    path = _scenario(tmp_path)
+    one_error_line(capsys, ["run", str(path), "--set", f"model={model}", "--out", str(tmp_path / "o")], "s.toml",
+                   *needles)
+
+
+def test_a_model_at_the_bounds_of_its_keys_is_accepted():
+    from emu.models import MAX_KEYS, get_preset, model_from_dict
+
+    spec = model_from_dict({"preset": "olmoe-1b-7b", "n_moe_layers": 32, "n_experts": 32768, "top_k": 8})
+    assert spec.n_keys == MAX_KEYS and get_preset("olmoe-1b-7b").n_keys < MAX_KEYS

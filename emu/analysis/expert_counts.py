@@ -195,8 +195,8 @@ def load_imatrix_counts(path: str | Path) -> CountsTable:
     try:
         import gguf
     except ImportError:
-        raise EmuError("reading an imatrix GGUF needs the optional 'gguf' package: pip install gguf",
-                       file=source) from None
+        raise EmuError("reading an imatrix GGUF needs the optional 'gguf' package; install the 'imatrix' extra: "
+                       "pip install 'moe-emu[imatrix]'", file=source) from None
     if not Path(path).is_file():
         raise EmuError("no such file", file=source)
     try:
