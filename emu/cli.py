@@ -72,11 +72,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .scenario import load_scenario
 
     scenarios = [load_scenario(p, args.set) for p in args.scenarios]  # validate all before running any
-    from .profile import load_profile
+    from .profile import check_item_times, load_profile
     from .runtime_profile import load_runtime_profile
 
     for sc in scenarios:  # ... with their profiles
-        load_profile(sc.profile_path)
+        check_item_times(load_profile(sc.profile_path), sc.model)
         if sc.runtime_path is not None:
             load_runtime_profile(sc.runtime_path)
     recorder = _timeline_recorder(args, len(scenarios))

@@ -14,7 +14,7 @@ from . import __version__, git_revision
 from .engines.setup import make_inputs
 from .errors import EmuError, EmuWarning
 from .metrics import RunResult, build_result
-from .profile import has_measured_tables, load_profile
+from .profile import check_item_times, has_measured_tables, load_profile
 from .runtime_profile import NO_RUNTIME, load_runtime_profile
 from .scenario import Scenario
 from .trace import RoutingTrace
@@ -69,6 +69,7 @@ def run_scenario(scenario: Scenario, engine: str | None = None,
     """Returns the result and the JSON record `emu run` writes. With a `timeline` recorder the whole trace
     runs on the SimPy engine, so the recorded events are the run's own."""
     profile = load_profile(scenario.profile_path)
+    check_item_times(profile, scenario.model)
     if not has_measured_tables(profile, scenario.model):
         warnings.warn(f"{scenario.profile_path}: no measured compute tables for {scenario.model.name}; using the "
                       "profile's roofline estimate", EmuWarning, stacklevel=2)

@@ -193,8 +193,11 @@ def load_sweep(path: str | Path) -> SweepSpec:
             raise EmuError("expected a list of non-empty strings", file=file, key=f"grid.{key}")
     traces = [None if t == "base" else str((path.parent / t).resolve()) for t in traces]
     latency = data.get("copy_latency_s")
-    if latency is not None and (isinstance(latency, bool) or not isinstance(latency, (int, float)) or latency < 0):
-        raise EmuError(f"expected seconds >= 0, got {latency!r}", file=file, key="copy_latency_s")
+    from .profile import MAX_SECONDS
+
+    if latency is not None and (isinstance(latency, bool) or not isinstance(latency, (int, float))
+                                or not 0 <= latency <= MAX_SECONDS):
+        raise EmuError(f"expected seconds in [0, {MAX_SECONDS:g}], got {latency!r}", file=file, key="copy_latency_s")
     engine = data.get("engine")
     if engine is not None and engine not in ENGINES:
         raise EmuError(f"expected one of {list(ENGINES)}, got {engine!r}", file=file, key="engine")
@@ -303,7 +306,13 @@ def run_point(point: Point) -> tuple[int, dict[str, Any], dict[str, Any], list[s
             path = bandwidth_profile(scenario.profile_path, point.bandwidth, point.latency_s, tmp)
             scenario = build_scenario(point, path)
         profile = load_profile(scenario.profile_path)
-        _result, record = run_scenario(scenario, engine=point.engine)
+        try:
+            _result, record = run_scenario(scenario, engine=point.engine)
+        except EmuError as err:  # the swept bandwidth's profile is a temporary file: name the grid point instead
+            if point.bandwidth is None or err.file != scenario.profile_path:
+                raise
+            raise EmuError(f"grid point {point.index} (bandwidth {point.bandwidth:g} B/s): {err.detail}",
+                           key="grid.bandwidth") from None
     record["sweep"] = {"point": point.index, "set": list(point.overrides), "bandwidth": point.bandwidth}
     row = row_from_record(record, point=point.index, trace=point.trace, stack=point.stack,
                           bandwidth=_bw_label(point.bandwidth), bw_pinned=profile.copy.bw_pinned_Bps,

@@ -170,3 +170,57 @@ def test_a_model_at_the_bounds_of_its_keys_is_accepted():
 
     spec = model_from_dict({"preset": "olmoe-1b-7b", "n_moe_layers": 32, "n_experts": 32768, "top_k": 8})
     assert spec.n_keys == MAX_KEYS and get_preset("olmoe-1b-7b").n_keys < MAX_KEYS
+
+
+# ---- profile numbers that make a run's times infinite -------------------------------------------------------------
+
+@pytest.mark.parametrize("edit,needles", [
+    # before: NaN and Infinity in the record (SimPy engine), a misdiagnosed deadlock (fast engine)
+    (("bw_pinned_Bps = 5.5e10", "bw_pinned_Bps = 1e-300"), ("copy:", "one pinned copy", "1.25829e+307 s")),
+    # before: a fast-engine loop that never ended, NaN in the SimPy engine's record
+    (("flops_per_s = 4.0e14", "flops_per_s = 1e-300"), ("compute:", "expert kernel (bf16, 1 tokens)")),
+    (("hbm_Bps = 2.0e12", "hbm_Bps = 1e-300"), ("compute:", "expert kernel")),
+    (("bw_pageable_Bps = 1.0e10", "bw_pageable_Bps = 1e-3"), ("copy.bw_pageable_Bps", "pageable copy")),
+    (("latency_s = 1.0e-5", "latency_s = 1e300"), ("copy.latency_s", "at most an hour")),
+])
+@pytest.mark.parametrize("engine", ["fast", "des"])
+def test_profile_rates_that_no_machine_has(tmp_path, capsys, edit, needles, engine):
+    text = PROFILE.read_text()
+    assert edit[0] in text
+    profile = tmp_path / "p.toml"
+    profile.write_text(text.replace(*edit))
+    path = _scenario(tmp_path, BASE.replace("{profile}", str(profile)))
+    one_error_line(capsys, ["run", str(path), "--engine", engine, "--out", str(tmp_path / "o")], "p.toml", *needles)
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_extreme_but_finite_profiles_give_finite_records(tmp_path, capsys):
+    """A link a thousand times faster than any, an expert launch of 1000 s: the run's numbers stay finite."""
+    text = PROFILE.read_text().replace("bw_pinned_Bps = 5.5e10", "bw_pinned_Bps = 1e300").replace(
+        "expert_launch_s = 1.1e-4", "expert_launch_s = 1e3")
+    profile = tmp_path / "p.toml"
+    profile.write_text(text)
+    path = _scenario(tmp_path, BASE.replace("{profile}", str(profile)))
+    assert main(["run", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    record = json.loads((tmp_path / "o" / "s.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"{c} in the record"))
+    assert record["e2e_s"] > 1e3
+
+
+def test_every_bundled_profile_passes_the_time_check_for_every_preset():
+    from emu.models import PRESETS
+    from emu.profile import check_item_times, load_profile
+
+    profiles = sorted((PROFILE.parent).glob("*.toml")) + sorted(PROFILE.parents[2].glob("validation/*/calibration/"
+                                                                                          "h100.toml"))
+    assert len(profiles) >= 3
+    for path in profiles:
+        for model in PRESETS.values():
+            check_item_times(load_profile(path), model)
+
+
+def test_a_sweep_bandwidth_that_no_link_has_names_the_grid_point(tmp_path, capsys):
+    _scenario(tmp_path)
+    (tmp_path / "sw.toml").write_text(SWEEP + "bandwidth = [1e-300]\n")
+    one_error_line(capsys, ["sweep", str(tmp_path / "sw.toml"), "--jobs", "1", "--out", str(tmp_path / "o")],
+                   "grid.bandwidth", "grid point 0 (bandwidth 1e-300 B/s)", "one pinned copy")
