@@ -233,8 +233,8 @@ def scenario_from_dict(data: dict[str, Any], path: str | Path, overrides: list[s
     cache = CacheConfig.parse(data["cache"]["capacity"], model, file)
 
     seed = data.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise EmuError(f"expected a non-negative integer, got {seed!r}", file=file, key="seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**63 - 1:
+        raise EmuError(f"expected an integer in [0, 2**63 - 1], got {seed!r}", file=file, key="seed")
 
     wl = data.get("workload") or {}
     if ("trace" in wl) == ("synthetic" in wl):

@@ -224,3 +224,53 @@ def test_a_sweep_bandwidth_that_no_link_has_names_the_grid_point(tmp_path, capsy
     (tmp_path / "sw.toml").write_text(SWEEP + "bandwidth = [1e-300]\n")
     one_error_line(capsys, ["sweep", str(tmp_path / "sw.toml"), "--jobs", "1", "--out", str(tmp_path / "o")],
                    "grid.bandwidth", "grid point 0 (bandwidth 1e-300 B/s)", "one pinned copy")
+
+
+def test_a_seed_past_int64_names_the_scenario_key(tmp_path, capsys):
+    """It was refused as workload.synthetic.seed, a key the user never wrote."""
+    path = _scenario(tmp_path)
+    one_error_line(capsys, ["run", str(path), "--set", f"seed={2**64 - 1}", "--out", str(tmp_path / "o")],
+                   "s.toml: seed:", "2**63 - 1")
+    assert main(["run", str(path), "--set", f"seed={2**63 - 1}", "--out", str(tmp_path / "o"), "--quiet"]) == 0
+
+
+# ---- imatrix counts that are not one number per expert -------------------------------------------------------------
+
+def _imatrix(path: Path, counts) -> Path:
+    gguf = pytest.importorskip("gguf")
+    writer = gguf.GGUFWriter(str(path), arch="imatrix")
+    writer.add_type("imatrix")
+    for layer, data in enumerate(counts):
+        writer.add_tensor(f"blk.{layer}.ffn_up_exps.weight.counts", data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_imatrix_counts_of_two_columns_are_not_twice_the_experts(tmp_path, capsys):
+    import numpy as np
+
+    path = _imatrix(tmp_path / "i.gguf", [np.arange(1, 17, dtype=np.float32).reshape(8, 2)])
+    one_error_line(capsys, ["concentration", "--imatrix", str(path), "--json"], "i.gguf",
+                   "blk.0.ffn_up_exps.weight.counts", "one count per expert", "[2, 8]")
+    good = _imatrix(tmp_path / "g.gguf", [np.arange(1, 9, dtype=np.float32).reshape(8, 1)])
+    assert main(["concentration", "--imatrix", str(good), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layers"][0]["selections"] == 36
+
+
+def test_imatrix_counts_in_a_quantized_tensor_are_refused(tmp_path, capsys):
+    import numpy as np
+
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "q.gguf"
+    writer = gguf.GGUFWriter(str(path), arch="imatrix")
+    writer.add_type("imatrix")
+    q = gguf.quants.quantize(np.ones((1, 32), np.float32), gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor("blk.0.ffn_up_exps.weight.counts", q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    one_error_line(capsys, ["concentration", "--imatrix", str(path)], "q.gguf", "tensor type Q8_0")
