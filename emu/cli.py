@@ -269,8 +269,9 @@ EXIT_INTERNAL = 70
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one `emu` command. Bad input is one `emu: error:` line and exit 2; a missing optional package is one
-    line naming the extra to install (exit 2); Ctrl-C is one line and exit 130; a closed pipe on stdout (`emu ...
+    """Run one `emu` command. Bad input is one `emu: error:` line and exit 2, and so is a path the file system
+    refuses (named with the system's reason); a missing optional package is one line naming the extra to install
+    (exit 2); Ctrl-C is one line and exit 130; a closed pipe on stdout (`emu ...
     | head -1`) ends quietly; anything else is one `emu: internal error:` line and exit 70 (EMU_TRACEBACK=1 shows
     the traceback instead)."""
     try:
@@ -281,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `emu trace inspect F | head -1`: the reader has gone, and so do we
         _silence_stdout()
         return 0
+    except OSError as err:  # the file system refused a path no reader checked (a name too long, a device...)
+        where = ": ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        _say(f"emu: error: {one_line(where, 300) + ': ' if where else ''}{one_line(err.strerror or str(err))}")
+        return 2
     except ImportError as err:
         name = (err.name or "").split(".")[0]
         if name not in OPTIONAL_EXTRAS:

@@ -174,6 +174,13 @@ def load_sweep(path: str | Path) -> SweepSpec:
     common = data.get("set", [])
     if not isinstance(common, list) or not all(isinstance(s, str) for s in common):
         raise EmuError("expected a list of \"key.path=value\" overrides", file=file, key="set")
+    from .scenario import parse_override
+
+    for i, text in enumerate(common):
+        try:
+            parse_override(text)
+        except EmuError as err:
+            raise EmuError(err.detail, file=file, key=f"set[{i}]") from None
     grid = data.get("grid")
     if not isinstance(grid, dict):
         raise EmuError("missing: the [grid] table", file=file, key="grid")
@@ -443,23 +450,41 @@ def warm_cache() -> None:
     warm_up()
 
 
-def validate_points(points: list[Point]) -> None:
-    """Resolve every point's scenario before running any, so a typo fails in a second, not after an hour."""
+def validate_points(points: list[Point], file: str | None = None) -> None:
+    """Resolve every point's scenario, and check the times its profile (with the point's bandwidth) gives its
+    model, before running any, so a typo fails in a second, not after an hour. `file`: the sweep file."""
+    from .profile import check_item_times, load_profile
+
+    profiles: dict[str, Any] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EmuWarning)
         for point in points:
+            where = f"grid point {point.index} ({' ; '.join(point.overrides)})"
             try:
-                build_scenario(point)
+                scenario = build_scenario(point)
             except EmuError as err:
-                raise EmuError(f"grid point {point.index} ({' ; '.join(point.overrides)}): {err.detail}",
-                               file=err.file, key=err.key) from None
+                raise EmuError(f"{where}: {err.detail}", file=err.file, key=err.key) from None
+            if scenario.profile_path not in profiles:
+                profiles[scenario.profile_path] = load_profile(scenario.profile_path)
+            profile = profiles[scenario.profile_path]
+            if point.bandwidth is None:
+                check_item_times(profile, scenario.model)
+                continue
+            swept = attrs.evolve(profile, copy=attrs.evolve(  # as bandwidth_profile writes it for the run
+                profile.copy, bw_pinned_Bps=point.bandwidth, table_bytes=(), table_s=(), sustained_ratio=1.0,
+                latency_s=profile.copy.latency_s if point.latency_s is None else point.latency_s))
+            try:
+                check_item_times(swept, scenario.model)
+            except EmuError as err:
+                raise EmuError(f"grid point {point.index} (bandwidth {point.bandwidth:g} B/s): {err.detail}",
+                               file=file, key="grid.bandwidth") from None
 
 
 def run_sweep(spec: SweepSpec, jobs: int = 1, address: str | None = None, progress: Progress | None = None
               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(rows, records) in grid order, whatever order the workers finish in."""
     points = grid_points(spec)
-    validate_points(points)
+    validate_points(points, spec.path)
     progress = progress or Progress(len(points))
     results: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
     seen: set[str] = set()

@@ -123,6 +123,7 @@ class Worker:
     def __init__(self) -> None:
         self.proc: subprocess.Popen[str] | None = None
         self.log: Any = None
+        self._timed_out = False
         self.lock = threading.Lock()
 
     def _start(self) -> None:
@@ -140,13 +141,14 @@ class Worker:
     def _read(self, timeout: float) -> dict[str, Any] | None:
         assert self.proc is not None and self.proc.stdout is not None
         fd = self.proc.stdout
-        deadline = timeout
+        self._timed_out = False
         while True:
-            ready, _, _ = select.select([fd], [], [], deadline)
+            ready, _, _ = select.select([fd], [], [], timeout)
             if not ready:
+                self._timed_out = True
                 return None
             line = fd.readline()
-            if not line:
+            if not line:  # end of file: the worker has ended
                 return None
             if line.startswith(_MARK):
                 return json.loads(line[len(_MARK):])
@@ -182,6 +184,9 @@ class Worker:
             self.proc.stdin.flush()
             result = self._read(timeout)
             if result is None:
+                # the answer stopped: the worker ended (reap it) or still runs after `timeout` (a hang)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=0 if self._timed_out else 10)
                 hung = self.proc.poll() is None
                 died = f"timeout after {timeout:g} s (a hang)" if hung else self._death()
                 tail = self.stderr_tail()

@@ -110,6 +110,19 @@ def _paths(doc: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     return out
 
 
+def _get(doc: dict[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = doc
+    for k in path:
+        node = node[k]
+    return node
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, list):
+        return bool(value) and all(_is_number(v) for v in value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     node = doc
     for k in path[:-1]:
@@ -135,8 +148,17 @@ def toml_mutation(draw: Any, text: str, extra_keys: tuple[tuple[str, ...], ...] 
     raws: dict[str, str] = {}
     for _ in range(draw(st.integers(1, 3))):
         paths = _paths(doc)
-        op = draw(st.sampled_from(["set", "set", "set", "delete", "add"]))
-        if op == "set" and paths:
+        op = draw(st.sampled_from(["set", "set", "number", "number", "delete", "add"]))
+        numeric = [p for p in paths if _is_number(_get(doc, p))]
+        if op == "number" and numeric:  # a number (or a list of them) that the file holds, made hostile
+            path = draw(st.sampled_from(numeric))
+            mark = f"__FUZZ{len(raws)}__"
+            value = _get(doc, path)
+            raws[mark] = (draw(st.sampled_from(WEIRD_NUMBERS)) if not isinstance(value, list) else
+                          draw(st.lists(st.sampled_from(WEIRD_NUMBERS), min_size=len(value), max_size=len(value))
+                               .map(lambda v: "[" + ", ".join(v) + "]")))
+            _set(doc, path, mark)
+        elif op in ("set", "number") and paths:
             path = draw(st.sampled_from(paths))
             mark = f"__FUZZ{len(raws)}__"
             raws[mark] = draw(raw_value())
@@ -549,7 +571,9 @@ def test_fuzz_sweep_toml(worker, cases, data) -> None:
     write(case / "s.toml", TINY)
     path = write(case / "sw.toml", data.draw(toml_mutation(SWEEP, _SWEEP_KEYS), label="sweep"))
     argv = ["sweep", str(path), "--jobs", "1", "--out", str(case / "out"), "--quiet"]
-    check("sweep TOML", worker.run(argv, case, timeout=120), names=("sw.toml", "s.toml"), records=case / "out")
+    # an error names the sweep file, its base scenario, or a path the mutant wrote in it (/proc/self/mem...)
+    check("sweep TOML", worker.run(argv, case, timeout=120), names=("sw.toml", "s.toml", "/proc/", "/dev/", "etc"),
+          records=case / "out")
 
 
 # ---- 9. plot CSV -----------------------------------------------------------------------------------------------
@@ -621,7 +645,12 @@ def imatrix(draw: Any, path: Path) -> None:
             mine = counts.copy()
             if draw(st.integers(0, 5)) == 0:
                 mine = mine[:-1] if mine.size > 1 else mine
-            writer.add_tensor(f"blk.{layer}.{kind}.weight.counts", mine.reshape(-1, 1))
+            shape = draw(st.sampled_from([(-1, 1), (-1, 1), (-1, 1), (-1,), (1, -1), (-1, 2), (2, 2, -1)]))
+            if shape in ((-1, 2), (2, 2, -1)) and mine.size % 4:
+                shape = (-1, 1)
+            dtype = draw(st.sampled_from([np.float32, np.float32, np.float16, np.int32, np.float64]))
+            with np.errstate(invalid="ignore", over="ignore"):
+                writer.add_tensor(f"blk.{layer}.{kind}.weight.counts", mine.astype(dtype).reshape(shape))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

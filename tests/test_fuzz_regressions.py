@@ -223,7 +223,7 @@ def test_a_sweep_bandwidth_that_no_link_has_names_the_grid_point(tmp_path, capsy
     _scenario(tmp_path)
     (tmp_path / "sw.toml").write_text(SWEEP + "bandwidth = [1e-300]\n")
     one_error_line(capsys, ["sweep", str(tmp_path / "sw.toml"), "--jobs", "1", "--out", str(tmp_path / "o")],
-                   "grid.bandwidth", "grid point 0 (bandwidth 1e-300 B/s)", "one pinned copy")
+                   "sw.toml", "grid.bandwidth", "grid point 0 (bandwidth 1e-300 B/s)", "one pinned copy")
 
 
 def test_a_seed_past_int64_names_the_scenario_key(tmp_path, capsys):
@@ -274,3 +274,17 @@ def test_imatrix_counts_in_a_quantized_tensor_are_refused(tmp_path, capsys):
     writer.write_tensors_to_file()
     writer.close()
     one_error_line(capsys, ["concentration", "--imatrix", str(path)], "q.gguf", "tensor type Q8_0")
+
+
+def test_a_path_the_file_system_refuses_is_one_line(tmp_path, capsys):
+    """A base scenario name longer than the system allows raised OSError (ENAMETOOLONG) from Path.is_file()."""
+    (tmp_path / "sw.toml").write_text(SWEEP.replace('base = "s.toml"', 'base = "' + "x" * 5000 + '"'))
+    one_error_line(capsys, ["sweep", str(tmp_path / "sw.toml"), "--jobs", "1", "--out", str(tmp_path / "o")],
+                   "File name too long", "characters ...]")
+
+
+def test_a_sweep_override_without_a_value_names_the_sweep_file(tmp_path, capsys):
+    _scenario(tmp_path)
+    (tmp_path / "sw.toml").write_text(SWEEP.replace('set = ["workload.max_tokens=24"]', 'set = ["seed=1", "a"]'))
+    one_error_line(capsys, ["sweep", str(tmp_path / "sw.toml"), "--jobs", "1", "--out", str(tmp_path / "o")],
+                   "sw.toml: set[1]:", "key.path=value")
