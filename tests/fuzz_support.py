@@ -7,8 +7,10 @@ captured), so a case costs what the command costs, not an interpreter start. A c
 segfault in a kernel fed an index it should never have seen) or runs past its timeout (a hang) is reported as
 such with the case's arguments, and the next case gets a fresh worker.
 
-Budget: `MOE_EMU_FUZZ` picks the hypothesis profile: unset or `ci` (a few hundred cases in all, under two minutes on
-two cores with a warm numba cache), `long` (thousands: benchmarks/fuzz_long.py), or `dev` (a handful per kind).
+Budget: `MOE_EMU_FUZZ` picks the hypothesis profile: unset or `ci` (30 cases per input kind, derandomized: a few
+hundred in all, well under two minutes on two cores with a warm numba cache), `long` (random, 400 per kind or
+MOE_EMU_FUZZ_EXAMPLES: benchmarks/fuzz_long.py), or `dev` (5 per kind). MOE_EMU_FUZZ_TALLY=FILE.json collects how
+each case ended, per input kind.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "scenarios" / "profiles" / "h100-provisional.toml"
 
 #: examples per input kind in each mode
-BUDGET = {"dev": 5, "ci": 30, "long": 400}
+BUDGET = {"dev": 5, "ci": 30, "long": int(os.environ.get("MOE_EMU_FUZZ_EXAMPLES", "400"))}
 MODE = os.environ.get("MOE_EMU_FUZZ", "ci")
 if MODE not in BUDGET:  # pragma: no cover
     raise SystemExit(f"MOE_EMU_FUZZ: expected one of {sorted(BUDGET)}, got {MODE!r}")
@@ -285,6 +287,19 @@ class CaseDir:
             shutil.rmtree(path)
         path.mkdir(parents=True)
         return path
+
+
+def write_tally() -> None:
+    """Add this run's counts to the JSON file MOE_EMU_FUZZ_TALLY names (benchmarks/fuzz_long.py reads it)."""
+    path = os.environ.get("MOE_EMU_FUZZ_TALLY")
+    if not path:
+        return
+    old = json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+    for kind, counts in TALLY.items():
+        mine = old.setdefault(kind, {})
+        for verdict, n in counts.items():
+            mine[verdict] = mine.get(verdict, 0) + n
+    Path(path).write_text(json.dumps(old, indent=1, sort_keys=True))
 
 
 def tally_text() -> str:

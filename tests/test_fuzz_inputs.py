@@ -27,7 +27,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from .fuzz_support import FUZZ, PROFILE, REPO, CaseDir, Worker, check, tally_text
+from .fuzz_support import FUZZ, PROFILE, REPO, CaseDir, Worker, check, tally_text, write_tally
 from .test_run_invariants import check_counters  # noqa: F401 - imported here, not inside a @given test (a nested @given)
 
 if sys.version_info >= (3, 11):
@@ -75,6 +75,7 @@ def cases(tmp_path_factory) -> CaseDir:
 
 def teardown_module() -> None:
     print("\n" + tally_text())
+    write_tally()
 
 
 # ---- values and mutations ------------------------------------------------------------------------------------

@@ -288,3 +288,9 @@ def test_a_sweep_override_without_a_value_names_the_sweep_file(tmp_path, capsys)
     (tmp_path / "sw.toml").write_text(SWEEP.replace('set = ["workload.max_tokens=24"]', 'set = ["seed=1", "a"]'))
     one_error_line(capsys, ["sweep", str(tmp_path / "sw.toml"), "--jobs", "1", "--out", str(tmp_path / "o")],
                    "sw.toml: set[1]:", "key.path=value")
+
+
+@pytest.mark.parametrize("option", ["--imatrix", "--counts", "--trace"])
+def test_concentration_of_an_empty_path(tmp_path, capsys, option):
+    """`--imatrix ''` fell through to the trace branch with no path (a TypeError)."""
+    one_error_line(capsys, ["concentration", option, ""], f"{option}: expected a file path, got ''")

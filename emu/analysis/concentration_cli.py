@@ -40,9 +40,14 @@ def run(args: argparse.Namespace) -> int:
     """Print the gate; bad input raises EmuError for the CLI to print as one line."""
     from .concentration import gate_from_counts_json, gate_from_imatrix, gate_from_trace, render_json, render_table
 
-    if args.imatrix:
+    from ..errors import EmuError
+
+    for option, value in (("--imatrix", args.imatrix), ("--counts", args.counts), ("--trace", args.trace)):
+        if value is not None and not value.strip():
+            raise EmuError(f"expected a file path, got {value!r}", key=option)
+    if args.imatrix is not None:
         report = gate_from_imatrix(args.imatrix, args.coverage)
-    elif args.counts:
+    elif args.counts is not None:
         report = gate_from_counts_json(args.counts, args.coverage)
     else:
         report = gate_from_trace(args.trace, args.coverage)
