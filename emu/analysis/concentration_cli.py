@@ -38,9 +38,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Print the gate; bad input raises EmuError for the CLI to print as one line."""
-    from .concentration import gate_from_counts_json, gate_from_imatrix, gate_from_trace, render_json, render_table
-
     from ..errors import EmuError
+    from .concentration import gate_from_counts_json, gate_from_imatrix, gate_from_trace, render_json, render_table
 
     for option, value in (("--imatrix", args.imatrix), ("--counts", args.counts), ("--trace", args.trace)):
         if value is not None and not value.strip():
