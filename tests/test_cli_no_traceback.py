@@ -147,11 +147,23 @@ def test_an_internal_error_is_one_line_and_exit_70(monkeypatch, capsys):
 
 # ---- Ctrl-C --------------------------------------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def warm_kernels() -> None:
+    """The numba cache filled here first: a cold one would compile in the interrupted process (its notice is a
+    line of its own on stderr, and two processes compiling at once can corrupt the cache: numba #4807)."""
+    from emu.engines.fast.engine import warm_up
+
+    warm_up()
+
+
 def _interrupt(argv: list[str], cwd: Path, after_s: float) -> subprocess.CompletedProcess[str]:
     """Start `emu argv` in its own process group, send SIGINT to the whole group (as a terminal's Ctrl-C does)
     after `after_s`, and wait for the end."""
+    # SIGINT at its default in the child: a test run started in the background of a shell inherits it ignored
+    # (and so would the command), while a terminal's foreground command has it
     proc = subprocess.Popen(EMU + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
-                            env=_env(), start_new_session=True)
+                            env=_env(), start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         time.sleep(after_s)
         assert proc.poll() is None, f"the command ended before the interrupt: {proc.communicate()}"
@@ -167,14 +179,14 @@ def _interrupt(argv: list[str], cwd: Path, after_s: float) -> subprocess.Complet
 LONG = BASE.replace("tokens = 40", "tokens = 200000").replace("output_len = 8", "output_len = 64")
 
 
-def test_ctrl_c_during_a_run(tmp_path):
+def test_ctrl_c_during_a_run(tmp_path, warm_kernels):
     path = _scenario(tmp_path, LONG)
     proc = _interrupt(["run", str(path), "--out", str(tmp_path / "o")], tmp_path, after_s=5)
     assert _one_line(proc, 130) == "emu: interrupted"
     assert not (tmp_path / "o" / "s.json").exists()
 
 
-def test_ctrl_c_during_a_sweep_with_worker_processes(tmp_path):
+def test_ctrl_c_during_a_sweep_with_worker_processes(tmp_path, warm_kernels):
     _scenario(tmp_path, BASE.replace("tokens = 40", "tokens = 20000").replace("output_len = 8", "output_len = 64"))
     (tmp_path / "sw.toml").write_text('base = "s.toml"\n[grid]\ncapacity = ["5%", "10%", "25%", "50%"]\n')
     t0 = time.perf_counter()
