@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import numpy as np
 
 from . import __version__, git_revision
 from .engines.setup import make_inputs
@@ -38,6 +39,7 @@ def load_workload(scenario: Scenario) -> RoutingTrace:
         else:
             trace = RoutingTrace.load(path)
         trace.check_fits(model.n_moe_layers, model.n_experts, model.top_k, file=scenario.path)
+        _check_scores(trace, path, scenario.path)
     else:
         from .trace.synthetic import SyntheticParams, generate
 
@@ -56,6 +58,19 @@ def load_workload(scenario: Scenario) -> RoutingTrace:
     if wl.max_tokens is not None and trace.n_tokens > wl.max_tokens:
         trace = trace.slice_tokens(wl.max_tokens)
     return trace
+
+
+def _check_scores(trace: RoutingTrace, trace_path: str, file: str) -> None:
+    """Gate scores are the routed mass the quality accounting sums: a negative one (a router's logit, or a damaged
+    file) would make masses negative and the lost-mass share meaningless."""
+    if trace.scores is None or not trace.n_tokens:
+        return
+    bad = np.argwhere(trace.scores < 0)
+    if bad.size:
+        t, layer, k = (int(v) for v in bad[0])
+        raise EmuError(f"{trace_path}: gate score {float(trace.scores[t, layer, k]):g} at token {t}, layer {layer}, "
+                       f"slot {k} ({bad.shape[0]:,} negative in all); expected scores >= 0 (gate weights, whose sum "
+                       "is the routed mass)", file=file, key="workload.trace")
 
 
 def choose_engine(kind: str, trace: RoutingTrace) -> str:

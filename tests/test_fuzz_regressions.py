@@ -294,3 +294,34 @@ def test_a_sweep_override_without_a_value_names_the_sweep_file(tmp_path, capsys)
 def test_concentration_of_an_empty_path(tmp_path, capsys, option):
     """`--imatrix ''` fell through to the trace branch with no path (a TypeError)."""
     one_error_line(capsys, ["concentration", option, ""], f"{option}: expected a file path, got ''")
+
+
+# ---- a trace's negative gate scores --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("engine", ["fast", "des"])
+def test_negative_gate_scores_are_refused_before_the_run(tmp_path, capsys, engine):
+    """A score of -1 gave a record with a negative routed mass (-32767 in the fuzz case)."""
+    import numpy as np
+
+    from emu.trace import RoutingTrace
+
+    from .test_trace_npz_edges import _experts, _trace
+
+    ex = _experts(6, 16, 8, 64)
+    scores = np.full(ex.shape, 0.125, np.float16)
+    scores[2, 3, 1] = -1.0
+    trace = _trace(ex, 64)
+    import attrs
+
+    path = tmp_path / "t.npz"
+    attrs.evolve(trace, scores=scores).save(path)
+    assert RoutingTrace.load(path).scores is not None
+    scen = _scenario(tmp_path, BASE.replace("[workload.synthetic]\ntokens = 40\nprompt_len = 8\noutput_len = 8",
+                                            f'[workload]\ntrace = "{path}"'))
+    assert main(["run", str(scen), "--engine", engine, "--out", str(tmp_path / "o")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [ln for ln in lines if not ln.startswith("warning:")]  # the profile's roofline warning comes first
+    assert len(errors) == 1 and errors[0].startswith("emu: error:"), lines
+    for needle in ("s.toml", "workload.trace", "gate score -1 at token 2, layer 3, slot 1", "expected scores >= 0"):
+        assert needle in errors[0], (needle, errors[0])
+    assert not (tmp_path / "o" / "s.json").exists()
