@@ -4,7 +4,7 @@ Prints, per input kind, how many cases ran and how each ended: `ok` (exit 0, val
 `emu: error:` line), or a failure (traceback, died, messy error), and pytest's verdict; exits non-zero when a
 case failed (hypothesis then prints the shrunk case).
 
-    python benchmarks/fuzz_long.py [--examples 400] [-k "npz or jsonl"]
+    python benchmarks/fuzz_long.py [--examples 400] [-k "npz or jsonl"] [--log fuzz.log]
 
 CI runs the same tests in the `ci` mode (30 derandomized cases per kind); this is the longer run, for a
 benchmark lease or before a release. Its cases are random: a second run draws others.
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=400, help="cases per input kind (default %(default)s)")
     parser.add_argument("-k", dest="select", default="", help="pytest -k expression to pick input kinds")
+    parser.add_argument("--log", help="write pytest's whole output here (the shrunk failing cases in full)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="emu-fuzz-") as tmp:
         tally = Path(tmp) / "tally.json"
@@ -48,8 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{kind:<20} {n:>6}  " + ", ".join(f"{v} {k}" for k, v in sorted(outcomes.items())))
     print(f"{'all':<20} {total:>6}  in {elapsed:.0f} s")
     print((done.stdout.strip().splitlines() or ["(no pytest output)"])[-1])
-    if done.returncode != 0:
-        print(done.stdout[-20000:], file=sys.stderr)
+    if done.returncode != 0:  # what failed, each line cut short (a case's bytes can be megabytes); all of it in --log
+        failures = [ln[:400] for ln in done.stdout.splitlines()
+                    if "AssertionError:" in ln or ln.startswith("FAILED") or "Draw " in ln]
+        print("\n".join(failures[:80]), file=sys.stderr)
+    if args.log:
+        Path(args.log).write_text(done.stdout + done.stderr)
+        print(f"pytest's output: {args.log}")
     return done.returncode
 
 
