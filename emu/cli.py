@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import tempfile
 import threading
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import EmuError, EmuWarning
+from .errors import EmuError, EmuWarning, one_line
 
 _TABLE_COLUMNS = (
     ("scenario", "{}", 34), ("engine", "{}", 6), ("TTFT ms", "{:.2f}", 9), ("TPOT ms", "{:.2f}", 9),
@@ -99,8 +100,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .bundled import resolve
     from .scenario import load_scenario
 
-    # validate all before running any
+    # validate all before running any, with their profiles
     scenarios = [load_scenario(resolve(p), args.set) for p in args.scenarios]
+    from .profile import check_item_times, load_profile
+    from .runtime_profile import load_runtime_profile
+
+    for sc in scenarios:
+        check_item_times(load_profile(sc.profile_path), sc.model)
+        if sc.runtime_path is not None:
+            load_runtime_profile(sc.runtime_path)
     recorder = _timeline_recorder(args, len(scenarios))
     for sc in scenarios:  # a bad output place is found before the runs, not after them
         _check_out_dir(*_out_dir(args, sc))
@@ -306,7 +314,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: optional packages (top-level module name) and the extra of moe-emu that installs each
+OPTIONAL_EXTRAS = {"torch": "live", "transformers": "live", "pynvml": "live", "matplotlib": "plot",
+                   "pyarrow": "sweep", "distributed": "sweep", "dask": "sweep", "gguf": "imatrix"}
+#: exit status of an interrupted command (128 + SIGINT, as a shell reports it)
+EXIT_INTERRUPTED = 130
+#: exit status of an error inside emu itself (EX_SOFTWARE): a bug, not bad input
+EXIT_INTERNAL = 70
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one `emu` command. Bad input is one `emu: error:` line and exit 2, and so is a path the file system
+    refuses (named with the system's reason); a missing optional package is one line naming the extra to install
+    (exit 2); Ctrl-C is one line and exit 130; a closed pipe on stdout (`emu ...
+    | head -1`) ends quietly; anything else is one `emu: internal error:` line and exit 70 (EMU_TRACEBACK=1 shows
+    the traceback instead)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        _say("emu: interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `emu trace inspect F | head -1`: the reader has gone, and so do we
+        _silence_stdout()
+        return 0
+    except OSError as err:  # the file system refused a path no reader checked (a name too long, a device...)
+        where = ": ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+        _say(f"emu: error: {one_line(where, 300) + ': ' if where else ''}{one_line(err.strerror or str(err))}")
+        return 2
+    except ImportError as err:
+        name = (err.name or "").split(".")[0]
+        if name not in OPTIONAL_EXTRAS:
+            return _internal(err)
+        _say(f"emu: error: this command needs the optional package {name!r}, which cannot be imported ({err}); "
+             f"install the '{OPTIONAL_EXTRAS[name]}' extra: pip install 'moe-emu[{OPTIONAL_EXTRAS[name]}]'")
+        return 2
+    except Exception as err:
+        return _internal(err)
+
+
+def _internal(err: BaseException) -> int:
+    if os.environ.get("EMU_TRACEBACK"):
+        raise err
+    what = "ran out of memory" if isinstance(err, MemoryError) else f"{type(err).__name__}: {err}"
+    _say(f"emu: internal error: {one_line(what)} (a bug in emu: please report it with the command line; "
+         "EMU_TRACEBACK=1 shows the traceback)")
+    return EXIT_INTERNAL
+
+
+def _say(line: str) -> None:
+    """One line on stderr; nothing when stderr itself is gone."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's flush at exit does not fail again on the closed pipe."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         parser = build_parser()  # light: the commands import what they need (numba, the policy registry) when run
     except EmuError as err:
@@ -321,11 +390,6 @@ def main(argv: list[str] | None = None) -> int:
         except EmuError as err:
             print(f"emu: error: {err}", file=sys.stderr)
             code = 2
-        except KeyboardInterrupt:
-            code = 130
-        except BrokenPipeError:  # e.g. `emu trace inspect F | head`
-            sys.stderr.close()
-            return 0
     seen: set[str] = set()
     for w in caught:
         text = str(w.message)

@@ -25,9 +25,23 @@ def bytes_per_weight(precision: str) -> float:
     return bits / 8.0 + scale
 
 
+#: the largest value each shape field accepts: far above any real MoE model (DeepSeek-V3: 58 MoE layers of 256
+#: experts, hidden 7168), and small enough that the engines' per-key tables and the byte counts (int64) stay sane
+MODEL_LIMITS = {"n_moe_layers": 4096, "n_experts": 32768, "top_k": 4096, "hidden": 2**20, "expert_intermediate": 2**20,
+                "expert_matrices": 16, "n_shared_experts": 4096, "shared_intermediate": 2**20, "n_dense_layers": 4096,
+                "non_expert_params": 10**15}
+#: the most (layer, expert) keys a model may have (the cache's key space: every engine keeps tables of this size)
+MAX_KEYS = 2**20
+
+
+def _int_in(value: Any, lo: int, name: str) -> None:
+    hi = MODEL_LIMITS[name]
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise EmuError(f"expected an integer in {lo}..{hi:,}, got {value!r}", key=name)
+
+
 def _positive_int(_inst: Any, attribute: attrs.Attribute, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise EmuError(f"expected a positive integer, got {value!r}", key=attribute.name)
+    _int_in(value, 1, attribute.name)
 
 
 def _layer_sizes(value: Any) -> Any:
@@ -44,8 +58,7 @@ def _check_layer_sizes(inst: Any, attribute: attrs.Attribute, value: Any) -> Non
 
 
 def _non_negative_int(_inst: Any, attribute: attrs.Attribute, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise EmuError(f"expected a non-negative integer, got {value!r}", key=attribute.name)
+    _int_in(value, 0, attribute.name)
 
 
 @attrs.frozen
@@ -73,6 +86,10 @@ class ModelSpec:
                                                               validator=_check_layer_sizes)
 
     def __attrs_post_init__(self) -> None:
+        if self.n_moe_layers * self.n_experts > MAX_KEYS:
+            raise EmuError(f"{self.n_moe_layers:,} MoE layers x {self.n_experts:,} experts = "
+                           f"{self.n_moe_layers * self.n_experts:,} (layer, expert) keys; expected at most "
+                           f"{MAX_KEYS:,}", key="n_experts")
         if self.top_k > self.n_experts:
             raise EmuError(f"top_k {self.top_k} exceeds n_experts {self.n_experts}", key="top_k")
         if self.precision not in PRECISION_BITS:

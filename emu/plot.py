@@ -10,7 +10,6 @@ One panel (or line set) per (model, trace, bandwidth) group; filter with `--wher
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ import numpy as np
 from .analysis.workingset import knee_point
 from .errors import EmuError
 from .plot_cli import FORMATS, KINDS  # the parser offers them; defined where building it needs no matplotlib
-from .sweep import read_csv, row_from_record
+from .sweep import check_row, read_csv, row_from_record
+from .textio import loads, read_text
 
 GROUP_KEYS = ("model", "trace", "bandwidth")
 MAX_GROUPS = 6
@@ -40,14 +40,15 @@ def load_rows(sources: Iterable[str | Path]) -> list[dict[str, Any]]:
         elif path.suffix == ".csv":
             rows += read_csv(path)
         elif path.suffix == ".json":
+            if not path.is_file():
+                raise EmuError("run JSON not found", file=str(path))
+            what = "an `emu run` or sweep result JSON"
+            record = loads(read_text(path, what), str(path), what)
             try:
-                record = json.loads(path.read_text())
-                rows.append(row_from_record(record, point=len(rows)))
-            except FileNotFoundError:
-                raise EmuError("run JSON not found", file=str(path)) from None
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise EmuError(f"not an `emu run` or sweep result JSON ({err.__class__.__name__}: {err})",
-                               file=str(path)) from None
+                row = row_from_record(record, point=len(rows))
+            except (KeyError, TypeError, AttributeError, ValueError, IndexError) as err:
+                raise EmuError(f"not {what} ({err.__class__.__name__}: {str(err)[:80]})", file=str(path)) from None
+            rows.append(check_row(row, str(path), "record"))
         else:
             raise EmuError("expected a sweep .csv, a run .json or a directory", file=str(path))
     if not rows:

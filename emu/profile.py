@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,11 +13,7 @@ import numpy as np
 
 from .errors import EmuError
 from .models import PRECISION_BITS, ModelSpec
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from .textio import load_toml
 
 SCHEMA = "moe-emu/profile/1"
 T = TypeVar("T")
@@ -28,6 +23,31 @@ COPY_ORDERS = ("demand-first", "submission")
 MAX_H2D_ENGINES = 64
 #: the most points one measured table (copy table, compute curve, dense axis) may hold
 MAX_TABLE_POINTS = 4096
+#: the longest time a profile may give one item (a copy, a kernel, a table entry): a measurement longer than an hour
+#: is a unit mistake, and bounding every item keeps the engines' times finite (a bandwidth of 1e-300 B/s made copies
+#: infinite: NaN in the record, or a fast-engine loop that never ended)
+MAX_SECONDS = 3600.0
+#: the longest time a compute curve may give a kernel of its largest token count (a CPU expert run of 65,536 tokens
+#: takes hours; a billion seconds is no measurement)
+MAX_CURVE_SECONDS = 1e9
+MAX_AXIS = 1e15
+MAX_SUSTAINED_RATIO = 100.0
+
+
+def value_range(key: str) -> tuple[float, float, str] | None:
+    """(lo, hi, what) for a profile key: seconds, table axes, ratios; None: no bound here (rates: any positive
+    finite number, since a hand profile of a 6-byte expert has rates of a few bytes/s; the times they give a model
+    are checked by `check_item_times`)."""
+    name = key.rsplit(".", 1)[-1].split("[", 1)[0]
+    if name.endswith(("_per_s", "_Bps")):
+        return None
+    if name.endswith("_s") or name in ("seconds", "row"):
+        return 0.0, MAX_SECONDS, "seconds: at most an hour"
+    if name in ("tokens", "context", "table_bytes"):
+        return 0.0, MAX_AXIS, "a table axis"
+    if name == "sustained_ratio":
+        return 0.0, MAX_SUSTAINED_RATIO, "a ratio"
+    return None
 
 
 @attrs.frozen
@@ -159,6 +179,10 @@ class _Reader:
             raise self.err(key, f"expected a finite number, got {value!r}")
         if value < 0 or (positive and value == 0):
             raise self.err(key, f"expected a {'positive' if positive else 'non-negative'} number, got {value!r}")
+        bounds = value_range(key)
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            lo, hi, what = bounds
+            raise self.err(key, f"expected a number in [{lo:g}, {hi:g}] ({what}), got {value!r}")
         return value
 
     def integer(self, key: str, default: Any = ..., *, hi: int | None = None) -> int:
@@ -185,6 +209,10 @@ class _Reader:
         for i, v in enumerate(value):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) or v < 0:
                 raise self.err(f"{key}[{i}]", f"expected a finite non-negative number, got {v!r}")
+            bounds = value_range(key)
+            if bounds is not None and not bounds[0] <= v <= bounds[1]:
+                lo, hi, what = bounds
+                raise self.err(f"{key}[{i}]", f"expected a number in [{lo:g}, {hi:g}] ({what}), got {v!r}")
             out.append(float(v))
         if increasing and any(b <= a for a, b in itertools.pairwise(out)):
             raise self.err(key, "expected strictly increasing values")
@@ -286,10 +314,7 @@ def load_profile(path: str | Path) -> HardwareProfile:
     file = str(path)
     if not path.is_file():
         raise EmuError("hardware profile not found", file=file)
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise EmuError(f"not valid TOML ({err})", file=file) from None
+    data = load_toml(path, "a hardware profile TOML file (docs/profiles.md)")
     return profile_from_dict(data, file=file)
 
 
@@ -398,3 +423,35 @@ def dense_table(profile: HardwareProfile, model: ModelSpec) -> DenseTable:
 
 def has_measured_tables(profile: HardwareProfile, model: ModelSpec) -> bool:
     return model.name in profile.models
+
+
+def check_item_times(profile: HardwareProfile, model: ModelSpec, *, file: str | None = None) -> None:
+    """Every time this profile gives one of the model's items, at every precision, is finite and at most
+    `MAX_SECONDS`: one expert's copy (pinned and pageable), its kernel and CPU run for one token, a layer's dense
+    part for one token; and at every token count of the curves, finite and at most `MAX_CURVE_SECONDS` (a CPU run of
+    65,536 tokens may well take hours). Rates are free on their own (any positive number); this finds the
+    combination of a rate and a model that no machine has (a 1e-300 B/s link, 1e-300 flop/s) before the engines
+    see it."""
+    file = file or profile.source or None
+
+    def check(seconds: float, what: str, key: str, limit: float = MAX_SECONDS) -> None:
+        if not math.isfinite(seconds) or seconds > limit:
+            raise EmuError(f"{what} of {model.name} takes {seconds:g} s by this profile; expected at most "
+                           f"{limit:g} s (is a rate in the wrong unit?)", file=file, key=key)
+
+    for precision in PRECISION_BITS:
+        nbytes = model.expert_bytes(precision)
+        check(profile.copy_seconds(nbytes, pinned=True), f"one pinned copy of a {precision} expert", "copy")
+        check(profile.copy_seconds(nbytes, pinned=False), f"one pageable copy of a {precision} expert",
+              "copy.bw_pageable_Bps")
+        for name, curve in (("expert", expert_curve(profile, model, precision)),
+                            ("cpu_expert", cpu_expert_curve(profile, model, precision))):
+            if curve is None:
+                continue
+            key = "compute" if name == "expert" else "compute.cpu_flops_per_s"
+            what = f"one {name.replace('_', ' ')} kernel ({precision}"
+            check(curve.seconds[0], f"{what}, {curve.tokens[0]:g} tokens)", key)
+            check(max(curve.seconds), f"{what}, up to {curve.tokens[-1]:g} tokens)", key, MAX_CURVE_SECONDS)
+    dense = dense_table(profile, model)
+    check(dense.seconds[0][0], "one layer's dense part", "compute")
+    check(max(max(row) for row in dense.seconds), "one layer's dense part (at most)", "compute", MAX_CURVE_SECONDS)

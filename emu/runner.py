@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import numpy as np
 
 from . import __version__, git_revision
 from .engines.setup import make_inputs
 from .errors import EmuError, EmuWarning
 from .metrics import RunResult, build_result
-from .profile import has_measured_tables, load_profile
+from .profile import check_item_times, has_measured_tables, load_profile
 from .runtime_profile import NO_RUNTIME, load_runtime_profile
 from .scenario import Scenario
 from .trace import RoutingTrace
@@ -38,6 +39,7 @@ def load_workload(scenario: Scenario) -> RoutingTrace:
         else:
             trace = RoutingTrace.load(path)
         trace.check_fits(model.n_moe_layers, model.n_experts, model.top_k, file=scenario.path)
+        _check_scores(trace, path, scenario.path)
     else:
         from .trace.synthetic import SyntheticParams, generate
 
@@ -76,6 +78,19 @@ def with_trace_sizes(scenario: Scenario, trace: RoutingTrace) -> Scenario:
     return attrs.evolve(scenario, model=model, cache=CacheConfig.parse(capacity, model, scenario.path))
 
 
+def _check_scores(trace: RoutingTrace, trace_path: str, file: str) -> None:
+    """Gate scores are the routed mass the quality accounting sums: a negative one (a router's logit, or a damaged
+    file) would make masses negative and the lost-mass share meaningless."""
+    if trace.scores is None or not trace.n_tokens:
+        return
+    bad = np.argwhere(trace.scores < 0)
+    if bad.size:
+        t, layer, k = (int(v) for v in bad[0])
+        raise EmuError(f"{trace_path}: gate score {float(trace.scores[t, layer, k]):g} at token {t}, layer {layer}, "
+                       f"slot {k} ({bad.shape[0]:,} negative in all); expected scores >= 0 (gate weights, whose sum "
+                       "is the routed mass)", file=file, key="workload.trace")
+
+
 def choose_engine(kind: str, trace: RoutingTrace) -> str:
     if kind == "auto":
         return "fast" if trace.n_tokens > AUTO_FAST_TOKENS else "des"
@@ -87,6 +102,7 @@ def run_scenario(scenario: Scenario, engine: str | None = None,
     """Returns the result and the JSON record `emu run` writes. With a `timeline` recorder the whole trace
     runs on the SimPy engine, so the recorded events are the run's own."""
     profile = load_profile(scenario.profile_path)
+    check_item_times(profile, scenario.model)
     if not has_measured_tables(profile, scenario.model):
         warnings.warn(f"{scenario.profile_path}: no measured compute tables for {scenario.model.name}; using the "
                       "profile's roofline estimate", EmuWarning, stacklevel=2)

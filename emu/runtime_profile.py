@@ -10,7 +10,6 @@ host adds nothing: the prediction is that of a runtime that keeps the device fed
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,7 @@ import attrs
 from .errors import EmuError
 from .models import ModelSpec
 from .profile import _Reader, read_header
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from .textio import load_toml
 
 SCHEMA = "moe-emu/runtime/1"
 
@@ -158,8 +153,5 @@ def load_runtime_profile(path: str | Path) -> RuntimeProfile:
     file = str(path)
     if not path.is_file():
         raise EmuError("runtime profile not found", file=file)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise EmuError(f"not valid TOML ({err})", file=file) from None
+    data = load_toml(path, "a runtime profile TOML file (docs/profiles.md)")
     return runtime_from_dict(data, file=file)

@@ -20,6 +20,7 @@ from .engines.setup import PolicyChoice, StackChoice
 from .errors import EmuError, EmuWarning
 from .models import ModelSpec, get_preset, model_from_dict
 from .policies.registry import get_policy
+from .textio import load_toml
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -139,7 +140,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return keys, parsed
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: list[str], file: str | None = None) -> dict[str, Any]:
+    """The scenario's data with each `key.path=value` set; a path through a value that is not a table is an
+    EmuError naming the scenario `file` and the override."""
     data = copy.deepcopy(data)
     for text in overrides:
         keys, value = parse_override(text)
@@ -151,7 +154,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             elif isinstance(child, str) and k in ("eviction", "prefetch", "miss", "routing", "partition"):
                 child = node[k] = {"name": child}
             elif not isinstance(child, dict):
-                raise EmuError(f"cannot set {'.'.join(keys)}: {k} is not a table", key="--set")
+                raise EmuError(f"cannot set {'.'.join(keys)}: {k} is not a table but {repr(child)[:60]}", file=file,
+                               key="--set")
             node = child
         node[keys[-1]] = value
     return data
@@ -189,7 +193,7 @@ def _check_sections(data: dict[str, Any], file: str) -> None:
 
 
 def _resolve_path(value: Any, base: Path, file: str, key: str) -> str:
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value or "\x00" in value:
         raise EmuError(f"expected a file path, got {value!r}", file=file, key=key)
     path = Path(value)
     if not path.is_absolute():
@@ -203,7 +207,7 @@ def scenario_from_dict(data: dict[str, Any], path: str | Path, overrides: list[s
     file = str(path)
     base = Path(path).parent
     if overrides:
-        data = apply_overrides(data, overrides)
+        data = apply_overrides(data, overrides, file)
     _check_sections(data, file)
 
     model_value = data.get("model")
@@ -229,8 +233,8 @@ def scenario_from_dict(data: dict[str, Any], path: str | Path, overrides: list[s
     cache = CacheConfig.parse(data["cache"]["capacity"], model, file)
 
     seed = data.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise EmuError(f"expected a non-negative integer, got {seed!r}", file=file, key="seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**63 - 1:
+        raise EmuError(f"expected an integer in [0, 2**63 - 1], got {seed!r}", file=file, key="seed")
 
     wl = data.get("workload") or {}
     if ("trace" in wl) == ("synthetic" in wl):
@@ -260,7 +264,7 @@ def scenario_from_dict(data: dict[str, Any], path: str | Path, overrides: list[s
     if not isinstance(name, str):
         raise EmuError(f"expected a string, got {name!r}", file=file, key="name")
     out = (data.get("output") or {}).get("dir")
-    if out is not None and not isinstance(out, str):
+    if out is not None and (not isinstance(out, str) or not out or "\x00" in out):
         raise EmuError(f"expected a directory path, got {out!r}", file=file, key="output.dir")
 
     if stack.partition.name == "global" and cache.slots < model.top_k:
@@ -274,9 +278,6 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
     path = Path(path)
     if not path.is_file():
         raise EmuError("scenario file not found", file=str(path))
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise EmuError(f"not valid TOML ({err})", file=str(path)) from None
+    data = load_toml(path, "a scenario TOML file (docs/scenarios.md)")
     return scenario_from_dict(data, path, overrides)
 

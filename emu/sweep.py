@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import math
+import re
 import sys
 import tempfile
 import time
@@ -28,6 +30,7 @@ import attrs
 
 from .engines import ENGINES
 from .errors import EmuError, EmuWarning
+from .textio import load_toml
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,6 +41,10 @@ POLICY_KINDS = ("eviction", "prefetch", "miss", "routing", "partition")
 PARETO_KEYS = ("model", "trace", "bandwidth", "capacity")
 _TOP_KEYS = {"name", "base", "set", "engine", "out", "copy_latency_s", "grid", "pareto"}
 _GRID_KEYS = {"capacity", "bandwidth", "stack", "model", "trace"}
+#: a sweep's name names its output files
+_FILE_NAME = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,100}$")
+#: the most grid points one sweep may have (each is an emulator run and a JSON file)
+MAX_POINTS = 100_000
 
 ROW_FIELDS = (
     "point", "model", "trace", "bandwidth", "bw_pinned_GBps", "capacity", "capacity_slots", "capacity_frac",
@@ -148,22 +155,18 @@ def load_sweep(path: str | Path) -> SweepSpec:
     file = str(path)
     if not path.is_file():
         raise EmuError("sweep file not found", file=file)
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise EmuError(f"not valid TOML ({err})", file=file) from None
+    data = load_toml(path, "a sweep TOML file (docs/analysis.md)")
     for k in data:
         if k not in _TOP_KEYS:
             raise EmuError(f"unknown key; expected one of {sorted(_TOP_KEYS)}", file=file, key=k)
     base_value = data.get("base")
+    if isinstance(base_value, str) and (not base_value or "\x00" in base_value):
+        raise EmuError(f"expected a base scenario file path, got {base_value!r}", file=file, key="base")
     if isinstance(base_value, str):
         base_path = (path.parent / base_value).resolve()
         if not base_path.is_file():
             raise EmuError(f"base scenario not found: {base_path}", file=file, key="base")
-        try:
-            base = tomllib.loads(base_path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise EmuError(f"not valid TOML ({err})", file=str(base_path)) from None
+        base = load_toml(base_path, "the sweep's base scenario TOML file")
     elif isinstance(base_value, dict):
         base, base_path = copy.deepcopy(base_value), path.resolve()
     else:
@@ -171,6 +174,13 @@ def load_sweep(path: str | Path) -> SweepSpec:
     common = data.get("set", [])
     if not isinstance(common, list) or not all(isinstance(s, str) for s in common):
         raise EmuError("expected a list of \"key.path=value\" overrides", file=file, key="set")
+    from .scenario import parse_override
+
+    for i, text in enumerate(common):
+        try:
+            parse_override(text)
+        except EmuError as err:
+            raise EmuError(err.detail, file=file, key=f"set[{i}]") from None
     grid = data.get("grid")
     if not isinstance(grid, dict):
         raise EmuError("missing: the [grid] table", file=file, key="grid")
@@ -186,12 +196,15 @@ def load_sweep(path: str | Path) -> SweepSpec:
     models = _list(grid, "model", file, [None])
     traces = _list(grid, "trace", file, ["base"])
     for key, values in (("model", models), ("trace", traces)):
-        if not all(v is None or isinstance(v, str) for v in values):
-            raise EmuError("expected a list of strings", file=file, key=f"grid.{key}")
+        if not all(v is None or (isinstance(v, str) and v and "\x00" not in v) for v in values):
+            raise EmuError("expected a list of non-empty strings", file=file, key=f"grid.{key}")
     traces = [None if t == "base" else str((path.parent / t).resolve()) for t in traces]
     latency = data.get("copy_latency_s")
-    if latency is not None and (isinstance(latency, bool) or not isinstance(latency, (int, float)) or latency < 0):
-        raise EmuError(f"expected seconds >= 0, got {latency!r}", file=file, key="copy_latency_s")
+    from .profile import MAX_SECONDS
+
+    if latency is not None and (isinstance(latency, bool) or not isinstance(latency, (int, float))
+                                or not 0 <= latency <= MAX_SECONDS):
+        raise EmuError(f"expected seconds in [0, {MAX_SECONDS:g}], got {latency!r}", file=file, key="copy_latency_s")
     engine = data.get("engine")
     if engine is not None and engine not in ENGINES:
         raise EmuError(f"expected one of {list(ENGINES)}, got {engine!r}", file=file, key="engine")
@@ -200,9 +213,18 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if not isinstance(by, list) or not all(k in ROW_FIELDS for k in by):
         raise EmuError(f"expected a list of row fields, e.g. {list(PARETO_KEYS)}", file=file, key="pareto.by")
     out = data.get("out")
-    if out is not None and not isinstance(out, str):
+    if out is not None and (not isinstance(out, str) or not out or "\x00" in out):
         raise EmuError(f"expected a directory, got {out!r}", file=file, key="out")
-    return SweepSpec(name=str(data.get("name", path.stem)), path=file, base=base, base_path=str(base_path),
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not _FILE_NAME.match(name) or name in (".", ".."):
+        raise EmuError(f"expected a name for the output files (1 to 100 characters, no '/', '\\' or control "
+                       f"characters, not '.' or '..'), got {name!r}", file=file, key="name")
+    n_points = len(capacities) * len(bandwidths) * len(stacks) * len(models) * len(traces)
+    if n_points > MAX_POINTS:
+        raise EmuError(f"{len(models)} models x {len(traces)} traces x {len(bandwidths)} bandwidths x "
+                       f"{len(capacities)} capacities x {len(stacks)} stacks = {n_points:,} grid points; expected at "
+                       f"most {MAX_POINTS:,}", file=file, key="grid")
+    return SweepSpec(name=name, path=file, base=base, base_path=str(base_path),
                      common=tuple(common), capacities=tuple(capacities), bandwidths=tuple(bandwidths),
                      stacks=tuple(stacks), models=tuple(models), traces=tuple(traces), engine=engine,
                      latency_s=None if latency is None else float(latency), pareto_by=tuple(by),
@@ -291,7 +313,13 @@ def run_point(point: Point) -> tuple[int, dict[str, Any], dict[str, Any], list[s
             path = bandwidth_profile(scenario.profile_path, point.bandwidth, point.latency_s, tmp)
             scenario = build_scenario(point, path)
         profile = load_profile(scenario.profile_path)
-        _result, record = run_scenario(scenario, engine=point.engine)
+        try:
+            _result, record = run_scenario(scenario, engine=point.engine)
+        except EmuError as err:  # the swept bandwidth's profile is a temporary file: name the grid point instead
+            if point.bandwidth is None or err.file != scenario.profile_path:
+                raise
+            raise EmuError(f"grid point {point.index} (bandwidth {point.bandwidth:g} B/s): {err.detail}",
+                           key="grid.bandwidth") from None
     record["sweep"] = {"point": point.index, "set": list(point.overrides), "bandwidth": point.bandwidth}
     row = row_from_record(record, point=point.index, trace=point.trace, stack=point.stack,
                           bandwidth=_bw_label(point.bandwidth), bw_pinned=profile.copy.bw_pinned_Bps,
@@ -374,8 +402,8 @@ def make_executor(jobs: int, address: str | None) -> tuple[Executor | None, Call
         try:
             from distributed import Client
         except ImportError:
-            raise EmuError("--executor needs dask distributed: pip install 'dask[distributed]'",
-                           key="--executor") from None
+            raise EmuError("--executor needs dask distributed; install the 'sweep' extra: pip install "
+                           "'moe-emu[sweep]'", key="--executor") from None
         try:
             client = Client(address)
         except OSError as err:
@@ -387,8 +415,30 @@ def make_executor(jobs: int, address: str | None) -> tuple[Executor | None, Call
 
     warm_cache()
     # spawn: workers must not inherit numba's thread pool through fork
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=init_worker)
     return pool, lambda: pool.shutdown(wait=True, cancel_futures=True)
+
+
+def stop_workers(executor: Executor | None) -> None:
+    """End a local pool's worker processes at once (they ignore Ctrl-C: `init_worker`) and drop its queue.
+    `ProcessPoolExecutor` has no public way to end running tasks before Python 3.14 (`terminate_workers`)."""
+    if not isinstance(executor, ProcessPoolExecutor):
+        return
+    for proc in list((getattr(executor, "_processes", None) or {}).values()):
+        proc.terminate()
+    executor.shutdown(wait=False, cancel_futures=True)
+
+
+def init_worker() -> None:
+    """A worker process's start. Ctrl-C reaches every process of the terminal's group: the parent alone answers it
+    (it ends the workers, says so in one line and exits 130); a worker that took it would print its own traceback.
+    Python warnings stay quiet, as in `emu` itself (numba's notice that a feature is experimental, per worker)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    warnings.simplefilter("ignore")
+    warnings.simplefilter("always", EmuWarning)
 
 
 def warm_cache() -> None:
@@ -406,23 +456,41 @@ def warm_cache() -> None:
     compiled(core.instant, core.INSTANT_SIG)
 
 
-def validate_points(points: list[Point]) -> None:
-    """Resolve every point's scenario before running any, so a typo fails in a second, not after an hour."""
+def validate_points(points: list[Point], file: str | None = None) -> None:
+    """Resolve every point's scenario, and check the times its profile (with the point's bandwidth) gives its
+    model, before running any, so a typo fails in a second, not after an hour. `file`: the sweep file."""
+    from .profile import check_item_times, load_profile
+
+    profiles: dict[str, Any] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EmuWarning)
         for point in points:
+            where = f"grid point {point.index} ({' ; '.join(point.overrides)})"
             try:
-                build_scenario(point)
+                scenario = build_scenario(point)
             except EmuError as err:
-                raise EmuError(f"grid point {point.index} ({' ; '.join(point.overrides)}): {err.detail}",
-                               file=err.file, key=err.key) from None
+                raise EmuError(f"{where}: {err.detail}", file=err.file, key=err.key) from None
+            if scenario.profile_path not in profiles:
+                profiles[scenario.profile_path] = load_profile(scenario.profile_path)
+            profile = profiles[scenario.profile_path]
+            if point.bandwidth is None:
+                check_item_times(profile, scenario.model)
+                continue
+            swept = attrs.evolve(profile, copy=attrs.evolve(  # as bandwidth_profile writes it for the run
+                profile.copy, bw_pinned_Bps=point.bandwidth, table_bytes=(), table_s=(), sustained_ratio=1.0,
+                latency_s=profile.copy.latency_s if point.latency_s is None else point.latency_s))
+            try:
+                check_item_times(swept, scenario.model)
+            except EmuError as err:
+                raise EmuError(f"grid point {point.index} (bandwidth {point.bandwidth:g} B/s): {err.detail}",
+                               file=file, key="grid.bandwidth") from None
 
 
 def run_sweep(spec: SweepSpec, jobs: int = 1, address: str | None = None, progress: Progress | None = None
               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(rows, records) in grid order, whatever order the workers finish in."""
     points = grid_points(spec)
-    validate_points(points)
+    validate_points(points, spec.path)
     progress = progress or Progress(len(points))
     results: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
     seen: set[str] = set()
@@ -444,6 +512,9 @@ def run_sweep(spec: SweepSpec, jobs: int = 1, address: str | None = None, progre
             futures = [executor.submit(run_point, p) for p in points]
             for fut in as_completed(futures):
                 collect(*fut.result())
+    except KeyboardInterrupt:  # Ctrl-C: stop now, not after the running points
+        stop_workers(executor)
+        raise
     finally:
         close()
     ordered = [results[i] for i in range(len(points))]
@@ -479,27 +550,88 @@ _NUMERIC = {"point", "bw_pinned_GBps", "capacity_slots", "capacity_frac", "ttft_
             "e2e_s", "hit_rate", "misses_compulsory", "misses_capacity", "misses_collision", "bytes_h2d",
             "copy_busy_frac", "compute_busy_frac", "stall_s", "lost_mass_frac", "prefetch_precision",
             "prefetch_recall"}
+#: columns the plots read: a CSV without one is not a sweep CSV
+PLOT_COLUMNS = ("point", "model", "trace", "bandwidth", "capacity", "capacity_slots", "capacity_frac", "stack",
+                "hit_rate", "decode_tok_s", "ttft_ms", "lost_mass_frac", "collisions_per_layer")
+#: numeric columns that are shares: in [0, 1]
+_FRACTIONS = {"capacity_frac", "hit_rate", "copy_busy_frac", "compute_busy_frac", "lost_mass_frac",
+              "prefetch_precision", "prefetch_recall"}
+#: the longest CSV field accepted (a row of a sweep is a few hundred characters)
+MAX_CSV_FIELD = 1 << 20
+
+
+def check_row(row: dict[str, Any], file: str, where: str) -> dict[str, Any]:
+    """A sweep row as the plots need it: numbers finite and in range (shares in [0, 1], the rest >= 0, a capacity
+    share > 0), the plots' columns present, collisions per layer a list of counts. Returns the row with numbers as
+    floats; an EmuError names the file, the line and the column."""
+    out = dict(row)
+    for k in PLOT_COLUMNS:
+        if out.get(k) is None:
+            raise EmuError("missing a value; expected every column of a sweep row", file=file, key=f"{where}.{k}")
+    for k in _NUMERIC & out.keys():
+        value = out[k]
+        if value is None or value == "":
+            if k in PLOT_COLUMNS:
+                raise EmuError("missing a value; expected a number", file=file, key=f"{where}.{k}")
+            out[k] = None
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise EmuError(f"expected a number, got {str(value)[:40]!r}", file=file, key=f"{where}.{k}") from None
+        if not math.isfinite(number) or number < 0 or (k in _FRACTIONS and number > 1) or (
+                k == "capacity_frac" and number == 0):
+            want = ("a share in (0, 1]" if k == "capacity_frac" else "a share in [0, 1]" if k in _FRACTIONS
+                    else "a finite number >= 0")
+            raise EmuError(f"expected {want}, got {str(value)[:40]!r}", file=file, key=f"{where}.{k}")
+        out[k] = number
+    per_layer = str(out["collisions_per_layer"])
+    if per_layer and not all(v.isdigit() and v.isascii() for v in per_layer.split(";")):
+        raise EmuError(f"expected collision counts per layer separated by ';', got {per_layer[:40]!r}", file=file,
+                       key=f"{where}.collisions_per_layer")
+    return out
 
 
 def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a sweep CSV (`write_csv`), checked by `check_row`; a file that is not one is an EmuError naming
+    the file, the line and the column."""
+    from .textio import read_text
+
     path = Path(path)
+    file = str(path)
     if not path.is_file():
-        raise EmuError("sweep CSV not found", file=str(path))
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"capacity_slots", "stack", "hit_rate", "decode_tok_s", "ttft_ms"} - set(reader.fieldnames or [])
-        if missing:
-            raise EmuError(f"not a sweep CSV: missing columns {sorted(missing)}", file=str(path))
-        rows = []
-        for line, raw in enumerate(reader, start=2):
-            row: dict[str, Any] = dict(raw)
-            for k in _NUMERIC & row.keys():
-                try:
-                    row[k] = float(row[k]) if row[k] != "" else None
-                except ValueError:
-                    raise EmuError(f"expected a number, got {row[k]!r}", file=str(path), key=f"line {line}.{k}") \
-                        from None
-            rows.append(row)
+        raise EmuError("sweep CSV not found", file=file)
+    text = read_text(path, "a sweep CSV (docs/analysis.md)")
+    limit = csv.field_size_limit()
+    csv.field_size_limit(MAX_CSV_FIELD)
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise EmuError("empty file; expected a sweep CSV (a header row, then one row per grid point)",
+                               file=file)
+            missing = [k for k in PLOT_COLUMNS if k not in header]
+            if missing:
+                raise EmuError(f"not a sweep CSV: missing columns {missing}", file=f"{file}:1")
+            twice = sorted({k for k in header if header.count(k) > 1})
+            if twice:
+                raise EmuError(f"columns named twice: {twice}", file=f"{file}:1")
+            rows = []
+            for fields in reader:
+                line = reader.line_num
+                if not fields:
+                    continue
+                if len(fields) != len(header):
+                    raise EmuError(f"expected {len(header)} fields (one per column of the header), got "
+                                   f"{len(fields)}", file=f"{file}:{line}")
+                rows.append(check_row(dict(zip(header, fields)), file, f"line {line}"))
+        except csv.Error as err:
+            raise EmuError(f"not a readable CSV ({err}) at line {reader.line_num}", file=file) from None
+    finally:
+        csv.field_size_limit(limit)
+    if not rows:
+        raise EmuError("no rows after the header; expected one row per grid point", file=file)
     return rows
 
 

@@ -46,18 +46,28 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import io
 
+    from .cli import _check_out_dir, _os_reason
+    from .errors import EmuError
     from .sweep import Progress, grid_points, load_sweep, pareto_front, render_pareto, run_sweep, write_outputs
 
     spec = load_sweep(args.sweep)
     n = len(grid_points(spec))
+    out = Path(args.out or spec.out or Path("runs") / "sweeps" / spec.name)
+    file, key = (None, "--out") if args.out else (spec.path, "out") if spec.out else (None, "--out")
+    _check_out_dir(str(out), file, key)  # a bad output place is found before the runs, not after them
+    _check_out_dir(str(out / "runs"), file, key)
     progress = Progress(n, stream=io.StringIO() if args.quiet else sys.stderr)
     rows, records = run_sweep(spec, jobs=args.jobs, address=args.executor, progress=progress)
-    out = Path(args.out or spec.out or Path("runs") / "sweeps" / spec.name)
-    written = write_outputs(spec, rows, records, out)
+    try:
+        written = write_outputs(spec, rows, records, out)
+    except OSError as err:
+        raise EmuError(f"cannot write the sweep's results under {out}: {_os_reason(err)}", file=file,
+                       key=key) from None
     if not args.quiet:
         print(f"wrote {written['csv']} and {len(records)} run JSONs under {out / 'runs'}", file=sys.stderr)
         if written["parquet"] is None:
-            print("note: pyarrow is not installed; skipped Parquet (pip install pyarrow)", file=sys.stderr)
+            print("note: pyarrow is not installed; skipped Parquet (install the 'sweep' extra: pip install "
+                  "'moe-emu[sweep]')", file=sys.stderr)
         else:
             print(f"wrote {written['parquet']}", file=sys.stderr)
     print(f"Pareto front (decode tok/s up, TTFT down, lost routing mass down) per "

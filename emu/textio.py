@@ -61,3 +61,22 @@ def loads(text: str, file: str, what: str) -> Any:
         raise EmuError(f"not valid JSON ({err}); expected {what}", file=file) from None
     except RecursionError:
         raise EmuError(f"JSON nested too deeply to parse; expected {what}", file=file) from None
+
+
+def load_toml(path: str | Path, what: str, *, name: str | None = None) -> dict[str, Any]:
+    """A TOML file as a dict: not UTF-8, a syntax error or a file that cannot be read is one EmuError naming it."""
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    name = str(path) if name is None else name
+    text = read_text(path, what, name=name)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise EmuError(f"not valid TOML ({err}); expected {what}", file=name) from None
+    except RecursionError:
+        raise EmuError(f"TOML nested too deeply to parse; expected {what}", file=name) from None

@@ -271,7 +271,7 @@ def test_non_gguf_file_is_refused(tmp_path: Path) -> None:
 
 def test_missing_gguf_package_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "gguf", None)  # makes `import gguf` raise ImportError
-    with pytest.raises(EmuError, match="pip install gguf") as err:
+    with pytest.raises(EmuError, match=r"pip install .moe-emu\[imatrix\]") as err:
         load_imatrix_counts(tmp_path / "x.gguf")
     assert err.value.file == str(tmp_path / "x.gguf")
 

@@ -13,7 +13,12 @@ profiles, host costs, batch sizes, traces, one registered policy of every kind);
   `degraded_mass_frac` in [0, 1];
 - copy / compute / CPU busy fractions, hit rate, prefetch precision and recall in [0, 1];
 - no NaN or infinity anywhere: `json.dumps(record, allow_nan=False)` succeeds;
-- the same scenario and seed give a byte-identical record (the `timings` key aside).
+- the same scenario and seed give a byte-identical record (the `timings` key aside);
+- resident and in-flight bytes at most the budget at every instant: both engines replay their slot log (every
+  slot taken and every eviction, in the order the run made them) and the bytes held never exceed the capacity
+  after any of them (tests/test_engine_invariants.py checks the SimPy engine's VRAM container and both engines'
+  books at the end); `emu run` writes byte-identical record files for one scenario and seed, the timings' values
+  aside.
 
 A failure prints the shrunk scenario (`note`). 300 random scenarios on the fast engine, 300 on the SimPy
 one, and 25 per registered policy (that policy pinned) on both, each run twice: about 15 s with a warm numba
@@ -64,7 +69,12 @@ def record_of(engine: str, s: Scenario) -> tuple[Any, dict[str, Any]] | None:
     except EmuError as err:
         note(f"{engine}: EmuError {err}")
         return None
+    _last_state[engine] = cs
     return inputs, build_result(cs, end, inputs.trace, engine, timings).to_dict()
+
+
+#: the cache state of each engine's last run in record_of (the memory replay reads its slot log)
+_last_state: dict[str, Any] = {}
 
 
 def _finite(value: Any, where: str) -> None:
@@ -161,6 +171,76 @@ def test_invariants_on_random_scenarios_des(s: Scenario) -> None:
 @given(data=st.data())
 def test_invariants_for_every_registered_policy(kind: str, name: str, data: Any) -> None:
     assert_invariants(data.draw(scenarios(fixed=(kind, name)), label="scenario"), ("fast", "des"))
+
+
+#: slot log entries kept by the memory replay (a run that fills it is refused by the check, not cut short)
+SLOT_LOG = 1 << 16
+
+
+@settings(max_examples=100, **_SETTINGS)
+@given(scenarios())
+def test_resident_bytes_within_the_budget_at_every_instant(s: Scenario) -> None:
+    """Each engine keeps a slot log here (the live bridge's: a key that took a slot, or -1 - key for an eviction,
+    in order); replaying it, the bytes held after every take stay within the capacity. Takes and evictions are
+    the only changes of the bytes held, so this is every instant of the run."""
+    import emu.engines.setup as setup
+    from emu.kernel import layout as L
+
+    miss = dict((kind, name) for kind, name, _params in s.stack)["miss"]
+    if miss in ("fetch-lowest-bit", "fetch-priority"):  # a slot's size depends on a precision the log omits
+        return
+    original = setup.new_cache_state
+    for engine in ENGINES:
+        setup.new_cache_state = lambda *a, **k: original(*a, **{**k, "slot_log": SLOT_LOG})
+        try:
+            out = record_of(engine, s)
+        finally:
+            setup.new_cache_state = original
+        if out is None:
+            continue
+        inputs = out[0]
+        cs = _last_state[engine]
+        n = int(cs.sc[L.SC.SLOT_LOG_N])
+        assert n < SLOT_LOG, f"{engine}: the slot log is full ({n} entries)"  # 0: nothing loaded (cpu, drop)
+        size = inputs.model.expert_bytes()
+        cap = inputs.capacity_bytes
+        held: dict[int, int] = {}
+        used = 0
+        for i, entry in enumerate(cs.slot_log[:n].tolist()):
+            if entry >= 0:
+                assert entry not in held, f"{engine}: entry {i}: key {entry} took a second slot"
+                held[entry] = size
+                used += size
+                assert used <= cap, f"{engine}: entry {i}: {used} bytes held > capacity {cap}"
+            else:
+                used -= held.pop(-1 - entry)
+        assert used == int(cs.sc[L.SC.USED]), f"{engine}: the replay ends at {used} bytes, the run at " \
+            f"{int(cs.sc[L.SC.USED])}"
+
+
+def test_an_engine_record_file_is_byte_identical_apart_from_timings(tmp_path) -> None:
+    """`emu run` twice on one scenario and seed (random eviction, sampled prefetch accuracy): the two files
+    differ at most in the timings' numbers."""
+    import re
+
+    from emu.cli import main
+
+    from .test_scenario_bad_input import BASE, PROFILE
+
+    path = tmp_path / "s.toml"
+    path.write_text(BASE.replace("{profile}", str(PROFILE)) + '\n[policy]\neviction = "random"\n'
+                    'prefetch = { name = "topk", accuracy = 0.5 }\n')
+    for engine in ("fast", "des"):
+        texts = []
+        for run in ("a", "b"):
+            assert main(["run", str(path), "--engine", engine, "--out", str(tmp_path / f"{engine}{run}"),
+                         "--quiet"]) == 0
+            texts.append((tmp_path / f"{engine}{run}" / "s.json").read_text())
+        timings = re.compile(r'("timings": \{)[^{}]*(\})')
+        assert len(timings.findall(texts[0])) == 1
+        masked = [timings.sub(r"\1\2", t) for t in texts]
+        assert masked[0] == masked[1], f"{engine}: two runs of one scenario wrote different records"
+        assert texts[0] != masked[0]  # the mask removed something: the timings are there and were masked
 
 
 def _hand(miss: str, routing: tuple[str, tuple[tuple[str, float], ...]], tokens: int) -> Scenario:

@@ -38,11 +38,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Print the gate; bad input raises EmuError for the CLI to print as one line."""
+    from ..errors import EmuError
     from .concentration import gate_from_counts_json, gate_from_imatrix, gate_from_trace, render_json, render_table
 
-    if args.imatrix:
+    for option, value in (("--imatrix", args.imatrix), ("--counts", args.counts), ("--trace", args.trace)):
+        if value is not None and not value.strip():
+            raise EmuError(f"expected a file path, got {value!r}", key=option)
+    if args.imatrix is not None:
         report = gate_from_imatrix(args.imatrix, args.coverage)
-    elif args.counts:
+    elif args.counts is not None:
         report = gate_from_counts_json(args.counts, args.coverage)
     else:
         report = gate_from_trace(args.trace, args.coverage)

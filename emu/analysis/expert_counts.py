@@ -187,6 +187,10 @@ def _optional_str(doc: dict[str, Any], key: str, source: str) -> str | None:
 # counts[e] is how many (token, expert) selections routed to expert e. All expert tensors of one layer see
 # the same selections, so their counts agree.
 _EXPERT_COUNTS = re.compile(r"^blk\.(\d+)\.(\w+_exps)\.weight\.counts$")
+#: the GGUF tensor types that hold counts as numbers (llama.cpp writes F32)
+_COUNT_TYPES = {"F32", "F16", "F64", "I8", "I16", "I32", "I64"}
+#: the most MoE layers an imatrix may hold
+_MAX_LAYERS = 4096
 
 
 def load_imatrix_counts(path: str | Path) -> CountsTable:
@@ -195,8 +199,8 @@ def load_imatrix_counts(path: str | Path) -> CountsTable:
     try:
         import gguf
     except ImportError:
-        raise EmuError("reading an imatrix GGUF needs the optional 'gguf' package: pip install gguf",
-                       file=source) from None
+        raise EmuError("reading an imatrix GGUF needs the optional 'gguf' package; install the 'imatrix' extra: "
+                       "pip install 'moe-emu[imatrix]'", file=source) from None
     if not Path(path).is_file():
         raise EmuError("no such file", file=source)
     try:
@@ -216,7 +220,17 @@ def load_imatrix_counts(path: str | Path) -> CountsTable:
         match = _EXPERT_COUNTS.match(tensor.name)
         if match is None:
             continue
-        data = np.asarray(tensor.data, dtype=np.float64).reshape(-1)
+        kind = getattr(tensor.tensor_type, "name", str(tensor.tensor_type))
+        if kind not in _COUNT_TYPES:  # a quantized tensor's data are its blocks' bytes, not counts
+            raise EmuError(f"expected counts stored as {'/'.join(sorted(_COUNT_TYPES))}, got tensor type {kind}",
+                           file=source, key=tensor.name)
+        raw = np.asarray(tensor.data)
+        if raw.ndim > 2 or (raw.ndim == 2 and raw.shape[1] != 1):
+            raise EmuError(f"expected one count per expert (a tensor of [1, n_experts] in GGUF's order), got "
+                           f"{list(reversed(raw.shape))}", file=source, key=tensor.name)
+        if len(per_layer) >= _MAX_LAYERS and int(match.group(1)) not in per_layer:
+            raise EmuError(f"more than {_MAX_LAYERS} MoE layers", file=source, key=tensor.name)
+        data = raw.astype(np.float64).reshape(-1)
         per_layer.setdefault(int(match.group(1)), []).append((tensor.name, data))
     if not per_layer:
         raise EmuError("no per-expert counts found: expected tensors named blk.N.ffn_*_exps.weight.counts "

@@ -166,7 +166,7 @@ class _Rows:
         if self._presence(lineno, "has_predicted", "predicted", "predicted" in row):
             self.predicted.append(self._int_list(lineno, "predicted", row["predicted"]))
         phase = row.get("phase", "decode")
-        if phase not in _PHASES:
+        if not isinstance(phase, str) or phase not in _PHASES:
             raise self.err(lineno, "phase", f"expected 'prefill' or 'decode', got {phase!r}")
         if self._presence(lineno, "has_pass", "pass", "pass" in row):
             pas = row["pass"]
