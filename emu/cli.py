@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -101,7 +102,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .scenario import load_scenario
 
     # validate all before running any, with their profiles
-    scenarios = [load_scenario(resolve(p), args.set) for p in args.scenarios]
+    overrides = [*args.set, *(f"-{key}" for key in args.unset)]
+    if args.name is not None and len(args.scenarios) != 1:
+        raise EmuError("--name names the result of one scenario; several were given", key="--name")
+    scenarios = [load_scenario(resolve(p), overrides) for p in args.scenarios]
     from .profile import check_item_times, load_profile
     from .runtime_profile import load_runtime_profile
 
@@ -118,13 +122,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sc in scenarios:
         _result, record = run_scenario(sc, engine=args.engine, timeline=recorder)
         out_dir, file, key = _out_dir(args, sc)
+        stem = args.name or result_name(Path(sc.path).stem, overrides)
         try:
-            path = write_record(record, out_dir, Path(sc.path).stem)
+            path = write_record(record, out_dir, stem)
         except OSError as err:
-            raise EmuError(f"cannot write {Path(out_dir) / Path(sc.path).stem}.json: {_os_reason(err)}",
-                           file=file, key=key) from None
-        rows.append(_row(Path(sc.path).stem, record))
-        summaries.append(_summary(Path(sc.path).stem, record, path))
+            raise EmuError(f"cannot write {Path(out_dir) / stem}.json: {_os_reason(err)}", file=file, key=key) from None
+        rows.append(_row(stem, record))
+        summaries.append(_summary(stem, record, path))
         if not args.quiet:
             print(f"wrote {path}", file=sys.stderr)
     if recorder is not None:
@@ -155,6 +159,19 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     if hidden:
         print(f"({hidden} more in the policy shootout: emu scenarios --all)", file=sys.stderr)
     return 0
+
+
+def result_name(stem: str, overrides: list[str]) -> str:
+    """A run's result name: the scenario's stem, and its overrides when it has any (so that runs of one scenario
+    with different `--set`s keep their own files): `stem@cache.capacity=25pct`, or a digest of them when long."""
+    if not overrides:
+        return stem
+    tag = "+".join(re.sub(r"[^A-Za-z0-9._=-]", "_", o.replace("%", "pct")) for o in overrides)
+    if len(tag) > 80:
+        import hashlib
+
+        tag = "overrides-" + hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:12]
+    return f"{stem}@{tag}"
 
 
 def _os_reason(err: OSError) -> str:
@@ -273,7 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenarios", nargs="+", help="scenario TOML files, or bundled scenarios by name (emu scenarios)")
     p.add_argument("--out", help="directory for <stem>.json results (default: output.dir or ./runs)")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override one scenario key, e.g. --set cache.capacity=25%%")
+                   help="override one scenario key, e.g. --set cache.capacity=25%%; a path is from the current "
+                        "folder; workload.trace=F replaces a synthetic workload (and workload.synthetic.* a trace)")
+    p.add_argument("--unset", action="append", default=[], metavar="KEY.PATH",
+                   help="remove one scenario key (its default applies), e.g. --unset workload.max_tokens")
+    p.add_argument("--name", help="the result's name (runs/NAME.json and the table's row) for one scenario; "
+                   "default: the scenario's stem, with its overrides when there are any")
     p.add_argument("--engine", choices=["des", "fast", "reference", "auto"], help="override engine.kind")
     p.add_argument("--quiet", action="store_true", help="do not list the files written")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 import sys
 import warnings
@@ -126,7 +127,13 @@ class Scenario:
 # ---- overrides -----------------------------------------------------------------------------------
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`key.path=value`; the value is read as TOML (numbers, strings, booleans), else kept as a string."""
+    """`key.path=value`; the value is read as TOML (numbers, strings, booleans), else kept as a string.
+    `-key.path` (`emu run --unset key.path`) removes the key: its value is `UNSET`."""
+    if text.startswith("-") and "=" not in text:
+        keys = [k.strip() for k in text[1:].strip().split(".") if k.strip()]
+        if not keys:
+            raise EmuError(f"--unset expects key.path, got {text[1:]!r}", key="--unset")
+        return keys, UNSET
     if "=" not in text:
         raise EmuError(f"--set expects key.path=value, got {text!r}", key="--set")
     path, _, value = text.partition("=")
@@ -137,15 +144,36 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value.strip()
+    if tuple(keys) in PATH_KEYS and isinstance(parsed, str) and parsed and not Path(parsed).is_absolute():
+        parsed = os.path.abspath(parsed)  # a path on the command line is the user's, from where they stand
     return keys, parsed
 
 
+#: `parse_override`'s value of a key to remove
+UNSET = object()
+
+#: scenario keys that hold file paths: in the file relative to the file, in an override relative to the cwd
+PATH_KEYS = {("hardware", "profile"), ("hardware", "runtime"), ("workload", "trace")}
+
+#: the workload's kinds: setting a key of one drops the other (`--set workload.trace=F.npz` on a synthetic one)
+_WORKLOAD_KINDS = ("trace", "synthetic")
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str], file: str | None = None) -> dict[str, Any]:
-    """The scenario's data with each `key.path=value` set; a path through a value that is not a table is an
-    EmuError naming the scenario `file` and the override."""
+    """The scenario's data with each `key.path=value` set (or `-key.path` removed); a path through a value that
+    is not a table is an EmuError naming the scenario `file` and the override. Setting one workload kind
+    (`workload.trace` or `workload.synthetic.*`) replaces the other."""
     data = copy.deepcopy(data)
     for text in overrides:
         keys, value = parse_override(text)
+        if value is UNSET:
+            _unset(data, keys, file)
+            continue
+        if len(keys) >= 2 and keys[0] == "workload" and keys[1] in _WORKLOAD_KINDS:
+            workload = data.get("workload")
+            if isinstance(workload, dict):
+                other = _WORKLOAD_KINDS[1 - _WORKLOAD_KINDS.index(keys[1])]
+                workload.pop(other, None)
         node = data
         for k in keys[:-1]:
             child = node.get(k)
@@ -159,6 +187,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], file: str | None
             node = child
         node[keys[-1]] = value
     return data
+
+
+def _unset(data: dict[str, Any], keys: list[str], file: str | None) -> None:
+    node: Any = data
+    for k in keys[:-1]:
+        node = node.get(k) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or keys[-1] not in node:
+        raise EmuError(f"cannot unset {'.'.join(keys)}: the scenario has no such key", file=file, key="--unset")
+    del node[keys[-1]]
 
 
 # ---- loading -------------------------------------------------------------------------------------
