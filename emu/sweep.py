@@ -486,30 +486,50 @@ def validate_points(points: list[Point], file: str | None = None) -> None:
                                file=file, key="grid.bandwidth") from None
 
 
-def run_sweep(spec: SweepSpec, jobs: int = 1, address: str | None = None, progress: Progress | None = None
+def run_sweep(spec: SweepSpec, jobs: int = 1, address: str | None = None, progress: Progress | None = None,
+              out: str | Path | None = None, resume: bool = False
               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(rows, records) in grid order, whatever order the workers finish in."""
+    """(rows, records) in grid order, whatever order the workers finish in. With `out`, each point's record is
+    written to `out/runs/` as it finishes (with its CSV row and `point_key`), so an interrupted sweep keeps what it
+    finished; `resume` reuses such a record instead of running its point again when the key still matches."""
     points = grid_points(spec)
     validate_points(points, spec.path)
     progress = progress or Progress(len(points))
     results: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
     seen: set[str] = set()
+    runs_dir = None if out is None else Path(out) / "runs"
+    keys = {p.index: point_key(p) for p in points} if runs_dir is not None else {}
+    todo = list(points)
+    if resume and runs_dir is not None:
+        todo = []
+        for point in points:
+            kept = _finished(runs_dir / point_file(point), keys[point.index])
+            if kept is None:
+                todo.append(point)
+            else:
+                results[point.index] = kept
+                progress.step()
 
     def collect(index: int, row: dict[str, Any], record: dict[str, Any], messages: list[str]) -> None:
         results[index] = (row, record)
+        if runs_dir is not None:
+            record["sweep"].update(key=keys[index], row=row)
+            _write_atomic(runs_dir / point_file(points[index]), json.dumps(record, indent=1) + "\n")
         for m in messages:
             if m not in seen:
                 seen.add(m)
                 warnings.warn(m, EmuWarning, stacklevel=3)
         progress.step()
 
-    executor, close = make_executor(jobs, address)
+    if runs_dir is not None:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    executor, close = make_executor(jobs, address) if todo else (None, lambda: None)
     try:
         if executor is None:
-            for point in points:
+            for point in todo:
                 collect(*run_point(point))
         else:
-            futures = [executor.submit(run_point, p) for p in points]
+            futures = [executor.submit(run_point, p) for p in todo]
             for fut in as_completed(futures):
                 collect(*fut.result())
     except KeyboardInterrupt:  # Ctrl-C: stop now, not after the running points
@@ -519,6 +539,47 @@ def run_sweep(spec: SweepSpec, jobs: int = 1, address: str | None = None, progre
         close()
     ordered = [results[i] for i in range(len(points))]
     return [r for r, _ in ordered], [rec for _, rec in ordered]
+
+
+def point_file(point: Point) -> str:
+    """A point's record file under the sweep's `runs/`."""
+    return f"{point.index:04d}_{_slug(point.stack)}.json"
+
+
+def point_key(point: Point) -> str:
+    """What a point's result depends on: its resolved scenario, the bytes of every file it reads (profile, runtime
+    profile, trace), its bandwidth, latency and engine, and this moe-emu's version and source revision."""
+    import hashlib
+
+    from . import __version__, git_revision
+
+    scenario = build_scenario(point)
+    digest = hashlib.sha256()
+    digest.update(json.dumps([scenario.resolved(), point.bandwidth, point.latency_s, point.engine, __version__,
+                              git_revision()], sort_keys=True, default=str).encode())
+    for path in (scenario.profile_path, scenario.runtime_path, scenario.workload.trace):
+        if path is not None:
+            digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def _finished(path: Path, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A finished point's (row, record) when its record holds the same key; None to run it (again)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    sweep = record.get("sweep") if isinstance(record, dict) else None
+    if not isinstance(sweep, dict) or sweep.get("key") != key or not isinstance(sweep.get("row"), dict):
+        return None
+    return sweep["row"], record
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write a file whole or not at all (a sweep interrupted mid-write leaves no half record to resume from)."""
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 # ---- output --------------------------------------------------------------------------------------
@@ -691,7 +752,9 @@ def write_outputs(spec: SweepSpec, rows: list[dict[str, Any]], records: list[dic
     (out / "runs").mkdir(parents=True, exist_ok=True)
     for row, record in zip(rows, records):
         stem = f"{int(row['point']):04d}_{_slug(row['stack'])}"
-        (out / "runs" / f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
+        path = out / "runs" / f"{stem}.json"
+        if not path.exists():  # a sweep run with `out` wrote each record as it finished
+            path.write_text(json.dumps(record, indent=1) + "\n")
     return {"csv": write_csv(rows, out / f"{spec.name}.csv"),
             "parquet": write_parquet(rows, out / f"{spec.name}.parquet")}
 

@@ -39,6 +39,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "distributed and the same files on every worker)")
     parser.add_argument("--out", help="output directory (default: the sweep's `out`, else runs/sweeps/<name>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no list of files written")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the points already finished under the output folder (each record is written as "
+                             "its point finishes) whose inputs, files and moe-emu version are unchanged")
     parser.set_defaults(func=run)
     return parser
 
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     _check_out_dir(str(out), file, key)  # a bad output place is found before the runs, not after them
     _check_out_dir(str(out / "runs"), file, key)
     progress = Progress(n, stream=io.StringIO() if args.quiet else sys.stderr)
-    rows, records = run_sweep(spec, jobs=args.jobs, address=args.executor, progress=progress)
+    rows, records = run_sweep(spec, jobs=args.jobs, address=args.executor, progress=progress, out=out,
+                              resume=args.resume)
     try:
         written = write_outputs(spec, rows, records, out)
     except OSError as err:

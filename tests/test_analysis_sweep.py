@@ -165,3 +165,43 @@ def test_a_process_pool_starts_after_the_kernels_are_cached(monkeypatch: pytest.
     close()
     assert order == ["warm", "pool"]
     assert sweep_mod.make_executor(1, None)[0] is None and order == ["warm", "pool"]  # serial: nothing to warm
+
+
+def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import emu.sweep as sweep
+
+    profile = tmp_path / "profile.toml"  # a file of its own, to change later
+    profile.write_text((ROOT / "scenarios" / "profiles" / "h100-pcie5.toml").read_text())
+    own = f'"workload.synthetic.tokens=300", "hardware.profile={profile}",'
+    spec = load_sweep(_write(tmp_path, SWEEP.replace('"workload.synthetic.tokens=300",', own)))
+    full, _ = run_sweep(spec, jobs=1)
+    real, calls = sweep.run_point, []
+
+    class Stop(Exception):
+        """The sweep's end before its last point (Ctrl-C, a crash, a machine taken back)."""
+
+    stop = [True]
+
+    def stopping(point):
+        calls.append(point.index)
+        if stop[0] and len(calls) == 4:
+            stop[0] = False
+            raise Stop
+        return real(point)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(sweep, "run_point", stopping)
+    with pytest.raises(Stop):
+        run_sweep(spec, jobs=1, out=out)
+    assert sorted(p.name for p in (out / "runs").iterdir()) == [
+        "0000_lru.json", "0001_drop.json", "0002_lru.json"]  # written as they finished; no half file
+    calls.clear()
+    rows, records = run_sweep(spec, jobs=1, out=out, resume=True)
+    assert calls == [3, 4, 5, 6, 7]  # only what was left
+    assert rows == full and len(records) == 8
+    calls.clear()
+    run_sweep(spec, jobs=1, out=out, resume=True)
+    assert calls == []  # nothing changed: nothing runs
+    profile.write_text(profile.read_text() + "\n# edited\n")  # an input file changed: its points run again
+    run_sweep(spec, jobs=1, out=out, resume=True)
+    assert calls == list(range(8))
