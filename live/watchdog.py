@@ -61,7 +61,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 HANDOVERS = ("bulk", "bounded", "drain", "inline")
@@ -93,7 +93,8 @@ class WatchdogError(RuntimeError):
 class PrefetchWatchdog:
     """The queue of decided prefetch copies (key -> job, issue order) and the task that submits them."""
 
-    def __init__(self, engine: CopyEngine, handover: str = "bulk", copy_s: float = 0.0) -> None:
+    def __init__(self, engine: CopyEngine, handover: str = "bulk", copy_s: float = 0.0,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         if handover not in HANDOVERS:
             raise ValueError(f"expected a handover in {HANDOVERS}, got {handover!r}")
         if not copy_s >= 0.0:
@@ -101,7 +102,8 @@ class PrefetchWatchdog:
         self.engine = engine
         self.handover = handover
         self.copy_s = copy_s  # seconds one copy keeps the engine busy (the bounded hand-over's estimate)
-        self._free_at = 0.0  # perf_counter time when every copy submitted so far should have landed
+        self.clock = clock  # seconds, monotonic: every time below is on it (tests step a clock of their own)
+        self._free_at = 0.0  # clock time when every copy submitted so far should have landed
         self._away_since: float | None = None  # start of the forward thread's current away span
         self._away_layer = -1  # the layer whose end started it (-1: outside a pass)
         self._wait_until: float | None = None  # when the copies that layer waits for should have landed
@@ -129,12 +131,12 @@ class PrefetchWatchdog:
     def _submit(self, job: Any) -> None:
         """Every submission goes through here, so the engine's expected free time counts them all."""
         self.engine.submit(job)
-        now = time.perf_counter()
+        now = self.clock()
         self._free_at = (self._free_at if self._free_at > now else now) + self.copy_s
         self._land_at[job] = self._free_at
 
     def landing(self, job: Any) -> float | None:
-        """When the job's copy should land (perf_counter time), by the engine's order and `copy_s`; None
+        """When the job's copy should land (clock time), by the engine's order and `copy_s`; None
         for a job never submitted."""
         return self._land_at.get(job)
 
@@ -156,7 +158,7 @@ class PrefetchWatchdog:
         """The forward thread pumps at its checkpoints from now on; the task stays asleep."""
         since = self._away_since
         if since is not None:
-            now = time.perf_counter()
+            now = self.clock()
             wait = self._wait_until
             if wait is not None and wait > since:  # a tail after the copies landed
                 samples, sample = self._tails, now - wait
@@ -181,7 +183,7 @@ class PrefetchWatchdog:
         experts, which wait for copies landing until `wait_until`, by `last_landing`): the task takes over
         until `present`; the first call of a span starts its clock."""
         if self._away_since is None:
-            self._away_since = time.perf_counter()
+            self._away_since = self.clock()
             self._away_layer = layer
             self._wait_until = wait_until
         self._away = True
@@ -192,7 +194,7 @@ class PrefetchWatchdog:
                 self._notify()
 
     def next_gate_at(self) -> float | None:
-        """When the forward thread should be back (perf_counter time): where the layer waits for copies,
+        """When the forward thread should be back (clock time): where the layer waits for copies,
         their landing plus the median of the last tails after such a wait (the landing alone before any
         was seen); else the away span's start plus the median of the last spans without a wait after the
         same layer (None before any was seen)."""
@@ -246,7 +248,7 @@ class PrefetchWatchdog:
             if gate is None:
                 return self.submit_all()
             n = 0
-            while self._queue and max(time.perf_counter(), self._free_at) < gate:
+            while self._queue and max(self.clock(), self._free_at) < gate:
                 self._submit_first()
                 n += 1
         return n

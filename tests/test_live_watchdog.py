@@ -12,6 +12,18 @@ import pytest
 from live.watchdog import PrefetchWatchdog, WatchdogError
 
 
+class SteppedClock:
+    """A clock the test moves by hand (the watchdog's `clock`): timings exact, whatever the machine's load."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def step(self, seconds: float) -> None:
+        self.t += seconds
+
 class FakeEngine:
     """A copy engine whose copies land only when the test says so (`land`)."""
 
@@ -308,59 +320,57 @@ def test_an_unknown_handover_is_refused() -> None:
 
 
 def test_the_next_gate_is_the_away_spans_median_after_the_same_layer() -> None:
-    wd = PrefetchWatchdog(SyncEngine(), handover="bounded")
+    clock = SteppedClock()
+    wd = PrefetchWatchdog(SyncEngine(), handover="bounded", clock=clock)
     assert wd.next_gate_at() is None  # nothing seen yet
     for span in (0.01, 0.08, 0.03):
         wd.away(2)
-        time.sleep(span)
+        clock.step(span)
         wd.away()  # a second call in the same span (the readback) does not restart its clock
         wd.present()
     wd.away(5)
     assert wd.next_gate_at() is None  # spans are kept per layer: none after layer 5 yet
     wd.present()
-    t0 = time.perf_counter()
+    clock.step(1.0)
     wd.away(2)
-    gate = wd.next_gate_at()
-    assert gate is not None and 0.029 <= gate - t0 <= 0.039  # the median, 0.03 s (the mean is 0.04 s)
+    assert wd.next_gate_at() == pytest.approx(clock() + 0.03)  # the median, 0.03 s (the mean is 0.04 s)
 
 
 def test_a_submitted_jobs_landing_follows_the_engines_order_and_copy_time() -> None:
-    wd = PrefetchWatchdog(FakeEngine(), handover="bounded", copy_s=0.05)
+    clock = SteppedClock()
+    wd = PrefetchWatchdog(FakeEngine(), handover="bounded", copy_s=0.05, clock=clock)
     assert wd.landing("d0") is None  # never submitted
-    t0 = time.perf_counter()
+    t0 = clock()
     wd.demand("d0")
     wd.enqueue(1, "p1")
     wd.pump()  # the fake engine is busy: p1 stays queued
     assert wd.landing("p1") is None
-    wd.promote(1)  # submitted behind d0
-    t1 = time.perf_counter()
-    d0, p1 = wd.landing("d0"), wd.landing("p1")
-    assert d0 is not None and p1 is not None
-    assert t0 + 0.05 <= d0 <= t1 + 0.05 and p1 == pytest.approx(d0 + 0.05)
+    clock.step(0.01)
+    wd.promote(1)  # submitted behind d0: it lands one copy after d0, not one copy after now
+    assert wd.landing("d0") == pytest.approx(t0 + 0.05) and wd.landing("p1") == pytest.approx(t0 + 0.10)
 
 
 def test_the_next_gate_after_a_wait_for_copies_is_their_landing_plus_the_tail() -> None:
     """A span that waited for copies says nothing of the next one (another layer's copies): after a wait
     the estimate is the landing plus the tail after it; without one, the spans without a wait."""
-    wd = PrefetchWatchdog(SyncEngine(), handover="bounded")
+    clock = SteppedClock()
+    wd = PrefetchWatchdog(SyncEngine(), handover="bounded", clock=clock)
     wd.away(3)
-    time.sleep(0.1)  # a span without a wait
+    clock.step(0.1)  # a span without a wait
     wd.present()
     for tail in (0.01, 0.03, 0.02):
-        wd.away(3, wait_until=time.perf_counter() + 0.02)
-        time.sleep(0.02 + tail)
+        wd.away(3, wait_until=clock() + 0.02)
+        clock.step(0.02 + tail)
         wd.present()
-    t0 = time.perf_counter()
+    t0 = clock()
     wd.away(3, wait_until=t0 + 0.2)
-    gate = wd.next_gate_at()
-    assert gate is not None and 0.2 + 0.019 <= gate - t0 <= 0.2 + 0.03  # the median tail, 0.02 s
+    assert wd.next_gate_at() == pytest.approx(t0 + 0.2 + 0.02)  # the median tail, 0.02 s
     wd.present()
-    t0 = time.perf_counter()
+    t0 = clock()
     wd.away(3, wait_until=t0 - 1.0)  # copies landed before the span began: no wait
-    gate = wd.next_gate_at()
-    assert gate is not None and 0.099 <= gate - t0 <= 0.13
+    assert wd.next_gate_at() == pytest.approx(t0 + 0.1)
     wd.present()
-    t0 = time.perf_counter()
+    t0 = clock()
     wd.away(4, wait_until=t0 + 0.05)  # no tail seen after layer 4 yet: the landing itself
     assert wd.next_gate_at() == pytest.approx(t0 + 0.05)
 
