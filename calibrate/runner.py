@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import sys
 import time
 from typing import Any
 
 import attrs
+
+from emu.progress import Progress
 
 from . import METHOD_VERSION
 from .shapes import CalibModel, floor_probe
@@ -34,35 +35,6 @@ class Settings:
         if self.cuda:
             return (128 if self.quick else 256) * MiB
         return (4 if self.quick else 64) * MiB
-
-
-class Progress:
-    """A tqdm bar on an interactive stderr when tqdm is installed, else one plain line per step."""
-
-    def __init__(self, total: int, enabled: bool = True) -> None:
-        self.total, self.done, self.enabled = total, 0, enabled
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)
-            except ImportError:
-                self.bar = None
-
-    def __call__(self, label: str) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.set_description(label[:40])
-            self.bar.update(1)
-        else:
-            print(f"[{self.done}/{self.total}] {label}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _count_steps(s: Settings, n_sizes: int, cpu_repeats: int) -> int:
@@ -95,7 +67,7 @@ def run_calibration(s: Settings, progress: bool = True) -> dict[str, Any]:
     dense_tokens, contexts = dense_token_counts(s.quick), context_lengths(s.quick)
     cpu_tokens = [1, 8] if s.quick else [1, 4, 16, 64]
     cpu_reps = min(3, s.repeats)
-    tick = Progress(_count_steps(s, len(plan.sizes), cpu_reps), progress)
+    tick = Progress(_count_steps(s, len(plan.sizes), cpu_reps), label="calibrate", enabled=progress)
 
     raw: dict[str, Any] = {
         "method_version": METHOD_VERSION,

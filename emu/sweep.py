@@ -19,17 +19,17 @@ import math
 import re
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import attrs
 
 from .engines import ENGINES
 from .errors import EmuError, EmuWarning
+from .progress import Progress
 from .textio import load_toml
 
 if sys.version_info >= (3, 11):
@@ -368,34 +368,6 @@ def row_from_record(record: dict[str, Any], *, point: int = 0, trace: str | None
 
 # ---- running -------------------------------------------------------------------------------------
 
-class Progress:
-    """A bar on a terminal; plain lines every ~10% otherwise (logs stay readable)."""
-
-    def __init__(self, total: int, stream: TextIO | None = None, label: str = "sweep") -> None:
-        self.total, self.done, self.label = total, 0, label
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.t0 = time.perf_counter()
-        self.last_decile = -1
-
-    def step(self) -> None:
-        self.done += 1
-        elapsed = time.perf_counter() - self.t0
-        if self.tty:
-            width = 30
-            fill = int(width * self.done / self.total)
-            self.stream.write(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} "
-                              f"{elapsed:.0f}s")
-            if self.done == self.total:
-                self.stream.write("\n")
-        else:
-            decile = 10 * self.done // self.total
-            if decile != self.last_decile:
-                self.last_decile = decile
-                self.stream.write(f"{self.label}: {self.done}/{self.total} points, {elapsed:.1f} s\n")
-        self.stream.flush()
-
-
 def make_executor(jobs: int, address: str | None) -> tuple[Executor | None, Callable[[], None]]:
     """(executor, close): a spawn process pool, a Dask cluster's executor, or None for in-process serial."""
     if address:
@@ -494,7 +466,7 @@ def run_sweep(spec: SweepSpec, jobs: int = 1, address: str | None = None, progre
     finished; `resume` reuses such a record instead of running its point again when the key still matches."""
     points = grid_points(spec)
     validate_points(points, spec.path)
-    progress = progress or Progress(len(points))
+    progress = progress or Progress(len(points), label="sweep", unit="points")
     results: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
     seen: set[str] = set()
     runs_dir = None if out is None else Path(out) / "runs"

@@ -59,9 +59,12 @@ def run(args: argparse.Namespace) -> int:
     file, key = (None, "--out") if args.out else (spec.path, "out") if spec.out else (None, "--out")
     _check_out_dir(str(out), file, key)  # a bad output place is found before the runs, not after them
     _check_out_dir(str(out / "runs"), file, key)
-    progress = Progress(n, stream=io.StringIO() if args.quiet else sys.stderr)
-    rows, records = run_sweep(spec, jobs=args.jobs, address=args.executor, progress=progress, out=out,
-                              resume=args.resume)
+    progress = Progress(n, stream=io.StringIO() if args.quiet else sys.stderr, label="sweep", unit="points")
+    try:
+        rows, records = run_sweep(spec, jobs=args.jobs, address=args.executor, progress=progress, out=out,
+                                  resume=args.resume)
+    finally:
+        progress.close()
     try:
         written = write_outputs(spec, rows, records, out)
     except OSError as err:
