@@ -317,48 +317,47 @@ def generate_rows(model: Any, prompt: torch.Tensor, plan: PassPlan, *, request: 
 def _pass(model: Any, ids: torch.Tensor, cache: Any, phase: int, requests: np.ndarray, positions: np.ndarray,
           force: int | None, hooks: RoutingHooks | None, runtime: ExpertOffload | None,
           clock: PassClock | None, static: bool = False) -> tuple[int, ...]:
-    if hooks is not None:
-        hooks.begin_pass(phase, requests, positions, force_pass=force)
-    if runtime is not None:
-        runtime.begin_pass(phase)
-    if clock is not None:
-        clock.start()
     kw: dict[str, Any] = {}
     if static:  # a static cache is told the positions (a device kernel: no upload, no read of the cache)
         kw["cache_position"] = torch.arange(int(positions[0]), int(positions[0]) + ids.shape[1], device=ids.device)
-    logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **kw).logits
-    tok = logits[:, -1].argmax(-1)
-    if clock is not None:
-        clock.stop()
-    if hooks is not None:
-        hooks.end_pass()
-    if runtime is None:
-        return tuple(tok.tolist())
-    t0 = time.perf_counter()
-    out = tuple(tok.tolist())  # the pass end's sync: the host waits for the GPU to finish the pass
-    runtime.pass_end_wait_s += time.perf_counter() - t0
-    return out
+
+    def forward() -> torch.Tensor:
+        logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1, **kw).logits
+        return logits[:, -1].argmax(-1)
+
+    return _timed_pass(forward, phase, force, requests, positions, hooks, runtime, clock)
 
 
 def _replayed_pass(graphed: GraphedDecode, force: int | None, requests: np.ndarray, positions: np.ndarray,
                    hooks: RoutingHooks | None, runtime: ExpertOffload | None,
                    clock: PassClock | None) -> tuple[int, ...]:
     """One decode pass replayed from the graphs (captured for this forcing before the measured run)."""
-    forced = force is not None
+
+    def forward() -> torch.Tensor:
+        with torch.no_grad():
+            return graphed.replay(force is not None, hooks)
+
+    return _timed_pass(forward, PHASE_DECODE, force, requests, positions, hooks, runtime, clock)
+
+
+def _timed_pass(forward: Callable[[], torch.Tensor], phase: int, force: int | None, requests: np.ndarray,
+                positions: np.ndarray, hooks: RoutingHooks | None, runtime: ExpertOffload | None,
+                clock: PassClock | None) -> tuple[int, ...]:
+    """A pass between its hooks' and runtime's brackets and the clock; returns its tokens (read at the pass's
+    end: the host's wait for the GPU, booked as the runtime's `pass_end_wait_s`)."""
     if hooks is not None:
-        hooks.begin_pass(PHASE_DECODE, requests, positions, force_pass=force)
+        hooks.begin_pass(phase, requests, positions, force_pass=force)
     if runtime is not None:
-        runtime.begin_pass(PHASE_DECODE)
+        runtime.begin_pass(phase)
     if clock is not None:
         clock.start()
-    with torch.no_grad():
-        tok = graphed.replay(forced, hooks)
+    tok = forward()
     if clock is not None:
         clock.stop()
     if hooks is not None:
         hooks.end_pass()
     t0 = time.perf_counter()
-    out = tuple(tok.tolist())  # the pass end's sync
+    out = tuple(tok.tolist())
     if runtime is not None:
         runtime.pass_end_wait_s += time.perf_counter() - t0
     return out

@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 #: the lockstep runs (H100, live runtime calibrated in lockstep with them: a diagnostic, docs/validation.md)
 LOCKSTEP = Path(__file__).resolve().parents[1] / "validation" / "lockstep"
 
@@ -38,3 +40,15 @@ def logits_of_generation(model: Any, ids: Any, n_decode: int, runtime: Any = Non
             out.append(logits)
             x = logits[:, -1:].argmax(-1)
     return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    """Two shared cores: torch's thread pool only adds contention for the tiny models of the live tests (a test
+    module imports this fixture to have it)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,17 +22,12 @@ from live.offload import ExpertOffload  # noqa: E402
 from live.runner import PassPlan, batched_trace, plans_from_trace, run_live  # noqa: E402
 
 from .conftest import make_trace  # noqa: E402
+from .live_support import one_thread  # noqa: E402, F401
 
 PROFILE = str(Path(__file__).resolve().parent.parent / "scenarios/profiles/h100-provisional.toml")
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _model(preset: str = "olmoe-1b-7b"):

@@ -19,17 +19,12 @@ from live.offload import ExpertOffload  # noqa: E402
 from live.runner import PassPlan, plans_from_trace, run_live  # noqa: E402
 
 from .conftest import make_trace  # noqa: E402
+from .live_support import one_thread  # noqa: E402, F401
 
 PRESETS = ["olmoe-1b-7b", "mixtral-8x7b", "qwen1.5-moe-a2.7b", "qwen3-30b-a3b"]
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _run(preset: str, decode: str, device: str, *, prefetch: str = "none", kernel: str = "eager",

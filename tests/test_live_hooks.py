@@ -17,15 +17,7 @@ from live.models import build_model, live_shape, supported_presets  # noqa: E402
 from live.runner import PassPlan, generate, plans_from_trace  # noqa: E402
 
 from .conftest import make_trace  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: torch's thread pool only adds contention for these tiny models."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from .live_support import one_thread  # noqa: E402, F401
 
 
 def _ids(n: int, seed: int = 0) -> torch.Tensor:

@@ -23,17 +23,11 @@ from live.offload import ExpertOffload  # noqa: E402
 from live.runner import PassPlan, generate, plans_from_trace, run_live  # noqa: E402
 
 from .conftest import make_trace  # noqa: E402
-from .live_support import logits_of_generation  # noqa: E402
+from .live_support import logits_of_generation, one_thread  # noqa: E402, F401
 
 PROFILE = str(Path(__file__).resolve().parent.parent / "scenarios/profiles/h100-provisional.toml")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _ids(n: int, seed: int = 0) -> torch.Tensor:

@@ -22,19 +22,13 @@ from live.offload import ExpertOffload  # noqa: E402
 from live.runner import PassPlan, run_live  # noqa: E402
 from live.validate import LiveRun, validate_run  # noqa: E402
 
-from .live_support import logits_of_generation  # noqa: E402
+from .live_support import logits_of_generation, one_thread  # noqa: E402, F401
 
 PROFILE = str(Path(__file__).resolve().parent.parent / "scenarios/profiles/h100-provisional.toml")
 CPU = torch.device("cpu")
 LAYERS = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _live(eviction: str, prefetch: str, slots: int, plan: PassPlan, **kw):
