@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable
@@ -310,11 +311,22 @@ def _model_compute(r: _Reader) -> ModelCompute:
 
 
 def load_profile(path: str | Path) -> HardwareProfile:
+    """The profile at `path`, read once per process while the file is unchanged (many scenarios of one run or
+    sweep share a profile whose measurements take most of a small run's time to parse)."""
     path = Path(path)
     file = str(path)
-    if not path.is_file():
+    try:
+        st = path.stat()
+    except OSError:
+        st = None
+    if st is None or not path.is_file():
         raise EmuError("hardware profile not found", file=file)
-    data = load_toml(path, "a hardware profile TOML file (docs/profiles.md)")
+    return _load_profile(file, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_profile(file: str, _mtime_ns: int, _size: int) -> HardwareProfile:
+    data = load_toml(Path(file), "a hardware profile TOML file (docs/profiles.md)")
     return profile_from_dict(data, file=file)
 
 
