@@ -348,9 +348,8 @@ EXIT_INTERNAL = 70
 def main(argv: list[str] | None = None) -> int:
     """Run one `emu` command. Bad input is one `emu: error:` line and exit 2, and so is a path the file system
     refuses (named with the system's reason); a missing optional package is one line naming the extra to install
-    (exit 2); Ctrl-C is one line and exit 130; a closed pipe on stdout (`emu ...
-    | head -1`) ends quietly; anything else is one `emu: internal error:` line and exit 70 (EMU_TRACEBACK=1 shows
-    the traceback instead)."""
+    (exit 2); Ctrl-C is one line and exit 130; a closed pipe on stdout (`emu ... | head -1`) ends quietly;
+    anything else is one `emu: internal error:` line and exit 70 (EMU_TRACEBACK=1 shows the traceback instead)."""
     try:
         return _main(argv)
     except KeyboardInterrupt:

@@ -187,8 +187,10 @@ def test_ctrl_c_during_a_run(tmp_path, warm_kernels):
 
 
 def test_ctrl_c_during_a_sweep_with_worker_processes(tmp_path, warm_kernels):
-    _scenario(tmp_path, BASE.replace("tokens = 40", "tokens = 20000").replace("output_len = 8", "output_len = 64"))
-    (tmp_path / "sw.toml").write_text('base = "s.toml"\n[grid]\ncapacity = ["5%", "10%", "25%", "50%"]\n')
+    # points long enough that a fast machine is still running them when the interrupt comes
+    _scenario(tmp_path, BASE.replace("tokens = 40", "tokens = 60000").replace("output_len = 8", "output_len = 64"))
+    (tmp_path / "sw.toml").write_text('base = "s.toml"\n[grid]\ncapacity = ["5%", "10%", "15%", "25%", "40%", '
+                                      '"50%"]\n')
     t0 = time.perf_counter()
     proc = _interrupt(["sweep", str(tmp_path / "sw.toml"), "--jobs", "2", "--out", str(tmp_path / "o")], tmp_path,
                       after_s=8)

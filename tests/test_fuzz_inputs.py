@@ -14,6 +14,7 @@ with a warm numba cache), `MOE_EMU_FUZZ=long` (400 per kind, random: benchmarks/
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import json
@@ -520,7 +521,7 @@ def counts_json(draw: Any) -> bytes:
                "layers": list(range(layers)),
                "counts": [[draw(st.integers(0, 100)) for _ in range(n)] for _ in range(layers)]}
     weird = st.sampled_from([-1, 0, 1, 1e308, 1e400, float("nan"), float("inf"), 10**400, "3", None, [], {}, True,
-                             1.5, 2**63, [1, 2], [[1]], [[]], [0, 0]])
+                             1.5, 2**63, [1, 2], [[1]], [[]], [0, 0]]).map(copy.deepcopy)  # no shared lists
     for _ in range(draw(st.integers(0, 3))):
         key = draw(st.sampled_from(["model", "n_experts", "top_k", "layers", "counts", "workload", "cell", "row"]))
         if key == "cell" and isinstance(doc.get("counts"), list) and doc["counts"] and isinstance(doc["counts"][0],
