@@ -117,7 +117,7 @@ def take_slot(pk, cs, tv, key: int, layer: int, prec: int, prio: int, t: float) 
     cs.sc[SC.USED] += b
     cs.layer_bytes[lx] += b
     cs.layer_count[lx] += 1
-    cs.loaded_ever[kx] = 1
+    cs.referenced[kx] = 1
     seq = cs.sc[SC.SEQ]
     cs.sc[SC.SEQ] = seq + 1
     cs.copy_state[kx] = COPY_QUEUED
@@ -292,8 +292,9 @@ def access_layer(pk, cs, tv, p: int, layer: int, n: int, t: float) -> None:
             cur_state[i] = E_DONE
             protect[kx] -= 1
             continue
-        if cs.loaded_ever[kx] == 0:
+        if cs.referenced[kx] == 0:  # the key's first reference (the 3C model), loaded or not
             stats_i[ST.MISS_COMPULSORY, layer] += 1
+            cs.referenced[kx] = 1
         elif cs.evict_pass[kx] == p:
             stats_i[ST.MISS_COLLISION, layer] += 1
         else:

@@ -194,7 +194,7 @@ _I8, _U8, _I16, _I32, _I64, _F32, _F64 = (types.int8, types.uint8, types.int16, 
 CS_FIELDS: tuple[tuple[str, Any], ...] = (
     ("sc", _I64[::1]), ("fc", _F64[::1]),
     # per key (layer * n_experts + expert)
-    ("status", _I8[::1]), ("prec", _I8[::1]), ("nbytes", _I64[::1]), ("loaded_ever", _U8[::1]),
+    ("status", _I8[::1]), ("prec", _I8[::1]), ("nbytes", _I64[::1]), ("referenced", _U8[::1]),
     ("evict_pass", _I64[::1]), ("protect", _I32[::1]), ("copy_state", _I8[::1]), ("copy_prio", _I8[::1]),
     ("copy_seq", _I64[::1]), ("pf_unused", _U8[::1]), ("late_gate_t", _F64[::1]), ("late_flag", _U8[::1]),
     ("wait_prec", _I8[::1]),
@@ -292,7 +292,7 @@ def new_cache_state(n_layers: int, n_experts: int, top_k: int, n_passes: int, ca
     return CacheState(
         sc=sc, fc=np.zeros(len(FC), np.float64),
         status=np.zeros(k, np.int8), prec=np.zeros(k, np.int8), nbytes=np.zeros(k, np.int64),
-        loaded_ever=np.zeros(k, np.uint8), evict_pass=np.full(k, -1, np.int64), protect=np.zeros(k, np.int32),
+        referenced=np.zeros(k, np.uint8), evict_pass=np.full(k, -1, np.int64), protect=np.zeros(k, np.int32),
         copy_state=np.zeros(k, np.int8), copy_prio=np.zeros(k, np.int8), copy_seq=np.zeros(k, np.int64),
         pf_unused=np.zeros(k, np.uint8), late_gate_t=np.zeros(k, np.float64), late_flag=np.zeros(k, np.uint8),
         wait_prec=np.zeros(k, np.int8),
