@@ -40,8 +40,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .errors import EmuError
     from .plot import filter_rows, load_rows, make_plots
 
+    if not args.out.strip():
+        raise EmuError("expected a directory path, got an empty one", key="--out")
     rows = filter_rows(load_rows(args.sources), args.where)
     for path in make_plots(rows, args.out, args.kind, args.format):
         print(f"wrote {path}", file=sys.stderr)

@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from .errors import EmuError
     from .sweep import Progress, grid_points, load_sweep, pareto_front, render_pareto, run_sweep, write_outputs
 
+    if args.out is not None and not args.out.strip():
+        raise EmuError("expected a directory path, got an empty one", key="--out")
     spec = load_sweep(args.sweep)
     n = len(grid_points(spec))
     out = Path(args.out or spec.out or Path("runs") / "sweeps" / spec.name)

@@ -325,3 +325,14 @@ def test_negative_gate_scores_are_refused_before_the_run(tmp_path, capsys, engin
     for needle in ("s.toml", "workload.trace", "gate score -1 at token 2, layer 3, slot 1", "expected scores >= 0"):
         assert needle in errors[0], (needle, errors[0])
     assert not (tmp_path / "o" / "s.json").exists()
+
+
+def test_an_empty_out_folder_is_refused_by_sweep_and_plot(tmp_path, capsys) -> None:
+    from emu.cli import main
+
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('name = "s"\nbase = "x.toml"\n')
+    for argv in (["sweep", str(sweep), "--out", ""], ["plot", str(tmp_path / "none.csv"), "--out", " "]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--out" in err[0] and "empty" in err[0], argv

@@ -48,7 +48,8 @@ def _pyarrow(file: str) -> tuple[Any, Any, Any]:
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
     except ImportError:
-        raise EmuError("reading Parquet needs pyarrow (pip install pyarrow, or the project's test/sweep extra)",
+        raise EmuError("reading Parquet needs pyarrow (pip install pyarrow, or moe-emu's sweep extra: "
+                       "pip install 'moe-emu[sweep]')",
                        file=file, key="--format parquet") from None
     return pa, pc, pq
 
