@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -39,6 +40,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "distributed and the same files on every worker)")
     parser.add_argument("--out", help="output directory (default: the sweep's `out`, else runs/sweeps/<name>)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no list of files written")
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                        help="stdout: the Pareto front (default), or every point's row as JSON or CSV")
     parser.add_argument("--resume", action="store_true",
                         help="reuse the points already finished under the output folder (each record is written as "
                              "its point finishes) whose inputs, files and moe-emu version are unchanged")
@@ -51,7 +54,16 @@ def run(args: argparse.Namespace) -> int:
 
     from .cli import _check_out_dir, _os_reason
     from .errors import EmuError
-    from .sweep import Progress, grid_points, load_sweep, pareto_front, render_pareto, run_sweep, write_outputs
+    from .sweep import (
+        ROW_FIELDS,
+        Progress,
+        grid_points,
+        load_sweep,
+        pareto_front,
+        render_pareto,
+        run_sweep,
+        write_outputs,
+    )
 
     if args.out is not None and not args.out.strip():
         raise EmuError("expected a directory path, got an empty one", key="--out")
@@ -79,7 +91,12 @@ def run(args: argparse.Namespace) -> int:
                   "'moe-emu[sweep]')", file=sys.stderr)
         else:
             print(f"wrote {written['parquet']}", file=sys.stderr)
-    print(f"Pareto front (decode tok/s up, TTFT down, lost routing mass down) per "
-          f"{', '.join(spec.pareto_by)}:")
-    print(render_pareto(pareto_front(rows, spec.pareto_by), spec.pareto_by))
+    if args.format == "json":
+        print(json.dumps([{k: r.get(k) for k in ROW_FIELDS} for r in rows], indent=1))
+    elif args.format == "csv":
+        sys.stdout.write(written["csv"].read_text())
+    else:
+        print(f"Pareto front (decode tok/s up, TTFT down, lost routing mass down) per "
+              f"{', '.join(spec.pareto_by)}:")
+        print(render_pareto(pareto_front(rows, spec.pareto_by), spec.pareto_by))
     return 0

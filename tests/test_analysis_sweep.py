@@ -205,3 +205,19 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tmp_path: Path, monkeypat
     profile.write_text(profile.read_text() + "\n# edited\n")  # an input file changed: its points run again
     run_sweep(spec, jobs=1, out=out, resume=True)
     assert calls == list(range(8))
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_cli_prints_every_points_row_as_json_or_csv(tmp_path: Path, fmt: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from emu.cli import main
+
+    sweep = _write(tmp_path, SWEEP.replace('bandwidth = ["profile", 5e9]', 'bandwidth = ["profile"]'))
+    assert main(["sweep", str(sweep), "--jobs", "1", "--quiet", "--out", str(tmp_path / "o"), "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads(out) if fmt == "json" else list(csv.DictReader(out.splitlines()))
+    assert [int(r["point"]) for r in rows] == [0, 1, 2, 3]
+    on_disk = read_csv(tmp_path / "o" / "tiny.csv")
+    assert [float(r["decode_tok_s"]) for r in rows] == [r["decode_tok_s"] for r in on_disk]
