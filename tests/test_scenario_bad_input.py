@@ -81,7 +81,7 @@ def test_set_override_is_applied_and_validated(tmp_path, capsys):
     path = write(tmp_path, BASE)
     code, _out, _err = run_cli(capsys, "run", str(path), "--out", str(tmp_path), "--set", "cache.capacity=25%")
     assert code == 0
-    rec = json.loads((tmp_path / "s.json").read_text())
+    rec = json.loads((tmp_path / "s@cache.capacity=25pct.json").read_text())  # named with its override
     assert rec["scenario"]["cache"]["capacity"] == "25%"
     code, _out, err = run_cli(capsys, "run", str(path), "--set", "cache.capacity=lots")
     assert_one_line_error(code, err, "s.toml", "cache.capacity", "lots")

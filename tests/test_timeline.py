@@ -223,7 +223,9 @@ def test_cli_writes_the_timeline(tmp_path: Path, capsys: pytest.CaptureFixture[s
                  "--timeline-passes", "1:4"])
     assert code == 0
     doc = json.loads(out.read_text())
-    record = json.loads((tmp_path / "olmoe-1b-7b_h100_5pct.json").read_text())
+    written = sorted(tmp_path.glob("olmoe-1b-7b_h100_5pct@*.json"))  # named with its overrides
+    assert len(written) == 1
+    record = json.loads(written[0].read_text())
     assert record["engine"] == "des"
     spans = _spans(doc)
     assert {e["args"]["pass"] for e in spans} == {1, 2, 3}
