@@ -45,6 +45,26 @@ def test_fld_evicts_the_layer_just_passed(engine):
 
 
 @BOTH
+def test_fld_absolute_distance_differs_from_cyclic(engine):
+    # 4 layers, 2 experts, top-1, 3 slots. Pass 0 uses expert 0 at layers 0-3, pass 1 experts 1, 0, 0, 0.
+    # Pass 0, layer 3 (c = 3) holds layers 0, 1, 2:
+    #   cyclic (l - 3) mod 4 = 1, 2, 3 -> evicts (2, 0); absolute |l - 3| = 3, 2, 1 -> evicts (0, 0).
+    # Pass 1, layer 0 (c = 0) needs (0, 1):
+    #   cyclic holds (0,0) (1,0) (3,0), distances 0, 1, 3 -> evicts (3, 0); layer 1 hits; layer 2 misses and
+    #   evicts (1, 0) (distance 3, against 2 for (0,0) and (0,1)); layer 3 misses and evicts (2, 0)
+    #   (distance 3): 1 hit, ends {(0,0), (0,1), (3,0)}.
+    #   absolute holds (1,0) (2,0) (3,0), distances 1, 2, 3 -> evicts (3, 0); layers 1, 2 hit; layer 3
+    #   misses and evicts (0, 1) (|0 - 3| = 3): 2 hits, ends {(1,0), (2,0), (3,0)}.
+    # LRU, for contrast, evicts the next layer needed at every step of pass 1: 0 hits.
+    tr = trace_of([[[[0], [0], [0], [0]]], [[[1], [0], [0], [0]]]], n_experts=2)
+    r, cs = run(tr, 3, eviction="fld", engine=engine)
+    assert (r["hits"], resident(cs, 2)) == (1, {(0, 0), (0, 1), (3, 0)})
+    r, cs = run(tr, 3, eviction=("fld", {"absolute": 1}), engine=engine)
+    assert (r["hits"], resident(cs, 2)) == (2, {(1, 0), (2, 0), (3, 0)})
+    assert run(tr, 3, eviction="lru", engine=engine)[0]["hits"] == 0
+
+
+@BOTH
 def test_score_evicts_the_lowest_accumulated_gate_score(engine):
     # 1 layer, top-2, 3 slots. Passes: {0: .9, 1: .1}, {0: .8, 1: .2}, {2: .6, 3: .4}.
     # Accumulated: e0 1.7, e1 0.3. Pass 2: e2 takes the free slot, e3 must evict: score takes e1;
