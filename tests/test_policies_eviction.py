@@ -118,6 +118,27 @@ def test_least_stale_hand_case(engine):
     assert (r["misses_capacity"], r["misses_collision"]) == (1, 3)
 
 
+@BOTH
+def test_least_stale_layer_position_order_differs_from_passed_first(engine):
+    # The trace of test_least_stale_hand_case (order 0 there: 1 capacity miss, 1 collision).
+    # order 1 (SpecMD 4.2: each queue by layer position, lowest first) agrees in pass 0 (all current, the
+    # lowest layer (0, 0) goes), then in pass 1 takes the stale key of the lowest layer instead of the
+    # farthest one:
+    #   layer 0: (0, 0) misses (capacity); stale (0, 1) is protected; the lowest stale layer is 1: (1, 0) goes;
+    #   layer 1: (1, 0) misses (collision); (1, 1) hits; stale layers 2, 3 remain: (2, 0) goes;
+    #   layer 2: (2, 0) misses (collision); stale (3, 0) goes;
+    #   layer 3: (3, 0) misses (collision); only (3, 1) is stale and it is protected: a current key of
+    #   layer 0 goes, so layers 1-3 stay resident.
+    tok = [[0, 1]] * 4
+    tr = trace_of([[tok], [tok]])
+    r, cs = run(tr, 7, eviction=("least-stale", {"order": 1}), engine=engine)
+    assert (r["misses_capacity"], r["misses_collision"], r["hits"]) == (1, 3, 4)
+    assert {(layer, e) for layer in (1, 2, 3) for e in (0, 1)} <= resident(cs, 4)
+    r, cs = run(tr, 7, eviction=("least-stale", {"order": 0}), engine=engine)
+    assert (r["misses_capacity"], r["misses_collision"], r["hits"]) == (1, 1, 6)
+    assert (2, 0) in resident(cs, 4) and (1, 0) in resident(cs, 4)
+
+
 def test_least_stale_fewer_collisions_than_lru_on_layer_sequential_trace():
     # Strictly layer-sequential: 8 layers, top-1, every pass uses expert 0 at every layer (8 keys),
     # 20 passes, 6 slots: LRU's oldest key is always a layer the pass is about to reach.

@@ -57,6 +57,7 @@ def test_unknown_parameter_is_rejected(kind, name):
     ("eviction", "score", "decay", 1.5, r"expected a value in \[0.0, 1.0\]"),
     ("eviction", "fld", "absolute", 2, r"expected a value in \[0, 1\]"),
     ("eviction", "fld", "absolute", 0.5, "expected an integer"),
+    ("eviction", "least-stale", "order", 2, r"expected a value in \[0, 1\]"),
     ("prefetch", "oracle", "window", 0, r"expected a value in \[1, 1024\]"),
     ("prefetch", "oracle", "window", 2.5, "expected an integer"),
     ("prefetch", "score-percentile", "percentile", 101, r"\[0.0, 100.0\]"),
