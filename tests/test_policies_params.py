@@ -64,6 +64,7 @@ def test_unknown_parameter_is_rejected(kind, name):
     ("prefetch", "topk", "overfetch", "2", "expected a number"),
     ("prefetch", "next-layer", "accuracy_first", True, "expected a number"),
     ("prefetch", "adaptive", "eta", math.nan, "expected a number"),
+    ("prefetch", "adaptive", "study", 2, r"expected a value in \[0, 1\]"),
     ("miss", "drop", "rank", 0, r"\[1, 4096\]"),
     ("miss", "fetch-priority", "bits", 1, r"\[2, 8\]"),
     ("miss", "substitute", "tolerance", -0.1, r"\[0.0, 1.0\]"),
