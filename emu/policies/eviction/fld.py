@@ -38,7 +38,9 @@ class P(Fields):
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
-    return resident_set_state(ctx.n_layers * ctx.n_experts, i_rows=len(I), params=param_values(P, params))
+    # a choice without resolved parameters (PolicyChoice("fld")) gets the default
+    return resident_set_state(ctx.n_layers * ctx.n_experts, i_rows=len(I),
+                              params=param_values(P, {"absolute": 0, **params}))
 
 
 @hook(EVENT_SIG)

@@ -85,7 +85,7 @@ ORDER_LAYER = 1
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     n = ctx.n_layers * ctx.n_experts
     ps = new_policy_state(i_rows=len(I), i_cols=max(n, 2 * ctx.n_layers, len(C)),  # 2 queues of L buckets
-                          params=param_values(P, params))
+                          params=param_values(P, {"order": ORDER_PASSED_FIRST, **params}))
     ps.i[:I.SCALARS, :] = _NONE  # every row before the scalars
     ps.i[I.SCALARS, :] = 0
     return ps

@@ -28,7 +28,10 @@ so the zero-scored experts that fill the 32 are the lowest ids. The study adds 0
 the whole matrix and the frequencies by 0.99 per step, and stores the step number as recency; only
 normalised rows and ranks are read, so per-token counts decayed per visit of the layer and the last pass
 used rank the same. The study scores each prediction against the step it was made from (its
-`_adapt_fusion_weights` reads `routing_history[-1]`); here against the layer it predicts.
+`_adapt_fusion_weights` reads `routing_history[-1]`); here against the layer it predicts. Not reproduced:
+the study re-learns from its last 10 steps at every step (`_update_learning_models(routing_history[-10:])`,
+so a transition is added up to 9 times and a use counted up to 10 times, weighting the latest steps more);
+here each is counted once, when its gate runs.
 State: in `f`, the transition table of `tables.py` (`T.TRANSITION`, a row per key), then the decayed
 frequencies (a row per layer), then the rows `F`: the three signals predicted for the pending layer, the
 weights (a column per signal, `S`) and a scratch row; `i[I.LAST_PASS, key]` the last pass per key,
@@ -127,7 +130,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     n = ctx.n_layers * ctx.n_experts
     k = min(int(params["k"]) or ctx.top_k, ctx.n_experts)
     ps = new_policy_state(f_rows=n + ctx.n_layers + len(F), f_cols=max(ctx.n_experts, N_STUDY),
-                          i_rows=len(I), i_cols=n, params=param_values(P, {**params, "k": k}))
+                          i_rows=len(I), i_cols=n, params=param_values(P, {"study": 0, **params, "k": k}))
     ps.i[I.LAST_PASS, :] = -1
     ps.i[I.SCALARS, C.PENDING] = -1
     if params.get("study", 0):
