@@ -190,3 +190,24 @@ def test_belady_across_layers_uses_forward_position():
     r, cs = run(tr, 2, eviction="belady")
     assert resident(cs, 2) == {(0, 1), (1, 0)}
     assert r["hits"] == 1
+
+
+@pytest.mark.parametrize(("order", "victim"), [(0, 3 * 2), (1, 2 * 2)])
+def test_least_stale_orders_on_current_keys_prefetched_ahead(order, victim):
+    # 4 layers, 2 experts (key = 2 * layer + expert). In pass 0 a prefetcher inserted (2, 0) and (3, 0);
+    # at layer 1, (1, 0) needs a slot: no stale key exists and no current key of a passed layer, so the
+    # victim is a current key ahead: order 0 takes the farthest, (3, 0); order 1 the lowest layer, (2, 0).
+    from emu.kernel.hooks import EV_INSERT, EV_PASS
+    from emu.kernel.layout import RESIDENT, SC
+
+    from .policy_support import kernel_setup
+
+    tr = trace_of([[[[0], [0], [0], [0]]]], n_experts=2)
+    pol, ps, cs, tv = kernel_setup(tr, "eviction", ("least-stale", {"order": order}))
+    pol.hooks["on_event"](ps, cs, tv, EV_PASS, 0, 0.0)
+    for key in (2 * 2, 3 * 2):
+        cs.status[key] = RESIDENT
+        cs.layer_count[key // 2] += 1
+        pol.hooks["on_event"](ps, cs, tv, EV_INSERT, key, 0.0)
+    cs.sc[SC.LAYER] = 1
+    assert pol.hooks["victim"](ps, cs, tv, 1 * 2, 0.0) == victim
