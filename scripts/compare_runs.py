@@ -9,7 +9,9 @@ after it, then compare:
 `record` runs each scenario (default: scenarios/*.toml and scenarios/shootout/*.toml) and writes
 DIR/<stem>.json. `compare` walks both records field by field: integers and strings must be equal, floats
 within `rtol` relative (or 1e-15 absolute near zero); wall-clock timings and the scenario's file path are
-skipped. It prints one line per difference and a summary, and exits 1 when anything differs.
+skipped. A policy parameter echoed only in the later record (`scenario.policy.<kind>.<param>`) with its
+registered default is a parameter added since, not a difference: it is counted and named in the summary.
+It prints one line per difference and a summary, and exits 1 when anything differs.
 """
 
 from __future__ import annotations
@@ -64,9 +66,27 @@ def _walk(a: Any, b: Any, where: str, rtol: float, out: list[str]) -> None:
         out.append(f"{where}: {a!r} before, {b!r} after")
 
 
+def _drop_new_defaults(ra: dict[str, Any], rb: dict[str, Any], new: set[str]) -> None:
+    """Remove from rb's scenario echo each policy parameter that ra lacks and rb holds at its registered
+    default (a parameter added since `before` was recorded), adding `kind.policy.param` to `new`."""
+    from emu.policies.registry import REGISTRY
+
+    pa = ra.get("scenario", {}).get("policy", {})
+    for kind, pb in rb.get("scenario", {}).get("policy", {}).items():
+        old = pa.get(kind)
+        if not isinstance(pb, dict) or not isinstance(old, dict) or old.get("name") != pb.get("name"):
+            continue
+        pol = REGISTRY.get(kind, {}).get(pb.get("name"))
+        for key in [k for k in pb if k not in old and k != "name"]:
+            if pol is not None and key in pol.params and pb[key] == pol.params[key].default:
+                del pb[key]
+                new.add(f"{kind}.{pb['name']}.{key}")
+
+
 def compare(before: Path, after: Path, rtol: float) -> int:
     names = sorted({p.name for p in before.glob("*.json")} | {p.name for p in after.glob("*.json")})
     bad = 0
+    new: set[str] = set()
     for name in names:
         a, b = before / name, after / name
         if not a.exists() or not b.exists():
@@ -77,6 +97,7 @@ def compare(before: Path, after: Path, rtol: float) -> int:
         ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
         ra.get("scenario", {}).pop("file", None)
         rb.get("scenario", {}).pop("file", None)
+        _drop_new_defaults(ra, rb, new)
         _walk(ra, rb, name, rtol, diffs)
         if diffs:
             bad += 1
@@ -85,6 +106,8 @@ def compare(before: Path, after: Path, rtol: float) -> int:
                 print(f"  {line}")
     print(f"{len(names)} records compared, {len(names) - bad} identical (counts equal, floats within {rtol:g} "
           f"relative), {bad} differ")
+    if new:
+        print(f"parameters added since, at their defaults (not compared): {', '.join(sorted(new))}")
     return 1 if bad else 0
 
 

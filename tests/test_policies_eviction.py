@@ -45,6 +45,26 @@ def test_fld_evicts_the_layer_just_passed(engine):
 
 
 @BOTH
+def test_fld_absolute_distance_differs_from_cyclic(engine):
+    # 4 layers, 2 experts, top-1, 3 slots. Pass 0 uses expert 0 at layers 0-3, pass 1 experts 1, 0, 0, 0.
+    # Pass 0, layer 3 (c = 3) holds layers 0, 1, 2:
+    #   cyclic (l - 3) mod 4 = 1, 2, 3 -> evicts (2, 0); absolute |l - 3| = 3, 2, 1 -> evicts (0, 0).
+    # Pass 1, layer 0 (c = 0) needs (0, 1):
+    #   cyclic holds (0,0) (1,0) (3,0), distances 0, 1, 3 -> evicts (3, 0); layer 1 hits; layer 2 misses and
+    #   evicts (1, 0) (distance 3, against 2 for (0,0) and (0,1)); layer 3 misses and evicts (2, 0)
+    #   (distance 3): 1 hit, ends {(0,0), (0,1), (3,0)}.
+    #   absolute holds (1,0) (2,0) (3,0), distances 1, 2, 3 -> evicts (3, 0); layers 1, 2 hit; layer 3
+    #   misses and evicts (0, 1) (|0 - 3| = 3): 2 hits, ends {(1,0), (2,0), (3,0)}.
+    # LRU, for contrast, evicts the next layer needed at every step of pass 1: 0 hits.
+    tr = trace_of([[[[0], [0], [0], [0]]], [[[1], [0], [0], [0]]]], n_experts=2)
+    r, cs = run(tr, 3, eviction="fld", engine=engine)
+    assert (r["hits"], resident(cs, 2)) == (1, {(0, 0), (0, 1), (3, 0)})
+    r, cs = run(tr, 3, eviction=("fld", {"absolute": 1}), engine=engine)
+    assert (r["hits"], resident(cs, 2)) == (2, {(1, 0), (2, 0), (3, 0)})
+    assert run(tr, 3, eviction="lru", engine=engine)[0]["hits"] == 0
+
+
+@BOTH
 def test_score_evicts_the_lowest_accumulated_gate_score(engine):
     # 1 layer, top-2, 3 slots. Passes: {0: .9, 1: .1}, {0: .8, 1: .2}, {2: .6, 3: .4}.
     # Accumulated: e0 1.7, e1 0.3. Pass 2: e2 takes the free slot, e3 must evict: score takes e1;
@@ -98,6 +118,27 @@ def test_least_stale_hand_case(engine):
     assert (r["misses_capacity"], r["misses_collision"]) == (1, 3)
 
 
+@BOTH
+def test_least_stale_layer_position_order_differs_from_passed_first(engine):
+    # The trace of test_least_stale_hand_case (order 0 there: 1 capacity miss, 1 collision).
+    # order 1 (SpecMD 4.2: each queue by layer position, lowest first) agrees in pass 0 (all current, the
+    # lowest layer (0, 0) goes), then in pass 1 takes the stale key of the lowest layer instead of the
+    # farthest one:
+    #   layer 0: (0, 0) misses (capacity); stale (0, 1) is protected; the lowest stale layer is 1: (1, 0) goes;
+    #   layer 1: (1, 0) misses (collision); (1, 1) hits; stale layers 2, 3 remain: (2, 0) goes;
+    #   layer 2: (2, 0) misses (collision); stale (3, 0) goes;
+    #   layer 3: (3, 0) misses (collision); only (3, 1) is stale and it is protected: a current key of
+    #   layer 0 goes, so layers 1-3 stay resident.
+    tok = [[0, 1]] * 4
+    tr = trace_of([[tok], [tok]])
+    r, cs = run(tr, 7, eviction=("least-stale", {"order": 1}), engine=engine)
+    assert (r["misses_capacity"], r["misses_collision"], r["hits"]) == (1, 3, 4)
+    assert {(layer, e) for layer in (1, 2, 3) for e in (0, 1)} <= resident(cs, 4)
+    r, cs = run(tr, 7, eviction=("least-stale", {"order": 0}), engine=engine)
+    assert (r["misses_capacity"], r["misses_collision"], r["hits"]) == (1, 1, 6)
+    assert (2, 0) in resident(cs, 4) and (1, 0) in resident(cs, 4)
+
+
 def test_least_stale_fewer_collisions_than_lru_on_layer_sequential_trace():
     # Strictly layer-sequential: 8 layers, top-1, every pass uses expert 0 at every layer (8 keys),
     # 20 passes, 6 slots: LRU's oldest key is always a layer the pass is about to reach.
@@ -149,3 +190,24 @@ def test_belady_across_layers_uses_forward_position():
     r, cs = run(tr, 2, eviction="belady")
     assert resident(cs, 2) == {(0, 1), (1, 0)}
     assert r["hits"] == 1
+
+
+@pytest.mark.parametrize(("order", "victim"), [(0, 3 * 2), (1, 2 * 2)])
+def test_least_stale_orders_on_current_keys_prefetched_ahead(order, victim):
+    # 4 layers, 2 experts (key = 2 * layer + expert). In pass 0 a prefetcher inserted (2, 0) and (3, 0);
+    # at layer 1, (1, 0) needs a slot: no stale key exists and no current key of a passed layer, so the
+    # victim is a current key ahead: order 0 takes the farthest, (3, 0); order 1 the lowest layer, (2, 0).
+    from emu.kernel.hooks import EV_INSERT, EV_PASS
+    from emu.kernel.layout import RESIDENT, SC
+
+    from .policy_support import kernel_setup
+
+    tr = trace_of([[[[0], [0], [0], [0]]]], n_experts=2)
+    pol, ps, cs, tv = kernel_setup(tr, "eviction", ("least-stale", {"order": order}))
+    pol.hooks["on_event"](ps, cs, tv, EV_PASS, 0, 0.0)
+    for key in (2 * 2, 3 * 2):
+        cs.status[key] = RESIDENT
+        cs.layer_count[key // 2] += 1
+        pol.hooks["on_event"](ps, cs, tv, EV_INSERT, key, 0.0)
+    cs.sc[SC.LAYER] = 1
+    assert pol.hooks["victim"](ps, cs, tv, 1 * 2, 0.0) == victim

@@ -55,12 +55,16 @@ def test_unknown_parameter_is_rejected(kind, name):
 
 @pytest.mark.parametrize(("kind", "name", "key", "value", "message"), [
     ("eviction", "score", "decay", 1.5, r"expected a value in \[0.0, 1.0\]"),
+    ("eviction", "fld", "absolute", 2, r"expected a value in \[0, 1\]"),
+    ("eviction", "fld", "absolute", 0.5, "expected an integer"),
+    ("eviction", "least-stale", "order", 2, r"expected a value in \[0, 1\]"),
     ("prefetch", "oracle", "window", 0, r"expected a value in \[1, 1024\]"),
     ("prefetch", "oracle", "window", 2.5, "expected an integer"),
     ("prefetch", "score-percentile", "percentile", 101, r"\[0.0, 100.0\]"),
     ("prefetch", "topk", "overfetch", "2", "expected a number"),
     ("prefetch", "next-layer", "accuracy_first", True, "expected a number"),
     ("prefetch", "adaptive", "eta", math.nan, "expected a number"),
+    ("prefetch", "adaptive", "study", 2, r"expected a value in \[0, 1\]"),
     ("miss", "drop", "rank", 0, r"\[1, 4096\]"),
     ("miss", "fetch-priority", "bits", 1, r"\[2, 8\]"),
     ("miss", "substitute", "tolerance", -0.1, r"\[0.0, 1.0\]"),

@@ -191,3 +191,53 @@ def test_percentile_inplace_matches_numpy():
         for q in (0.0, 12.5, 50.0, 80.0, 100.0):
             x = rng.random(n)
             assert percentile_inplace(x.copy(), n, q) == pytest.approx(np.percentile(x, q), rel=1e-12)
+
+
+def test_adaptive_study_strategy_e_on_a_hand_trace():
+    # study=1: the study's Strategy E. 2 layers, E = 4 (fewer than its 32 picks, so every expert of layer 1
+    # is prefetched, best first, the zero-scored ones by id). One token per pass:
+    # layer 0 / layer 1 = e0/e1, e0/e2, e0/e1.
+    tr = trace_of([[[[0], [1]]], [[[0], [2]]], [[[0], [1]]]])
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("adaptive", {"study": 1}))
+
+    def w():
+        return np.asarray(ps.f)[2 * 4 + 2 + 3, :4]  # rows: L*E transition, L frequency, then F.WEIGHTS
+
+    assert list(w()) == [0.4, 0.3, 0.2, 0.1]
+    # pass 0: no history: cold start, experts 0..3 of layer 1 in id order
+    assert prefetch_set(pol, ps, cs, tv, 0, 0) == [4, 5, 6, 7]
+    prefetch_set(pol, ps, cs, tv, 0, 1)  # learns e0 -> e1
+    # pass 1: transition {e1} (probability 1), frequency {e1}, recency {e1}, pattern none before pass 2:
+    # e1 scores .4 + .3 + .2, the rest 0
+    assert prefetch_set(pol, ps, cs, tv, 1, 0) == [5, 4, 6, 7]
+    # layer 1 used e2: F1 0 for the three non-empty sets, each weight moves by .01 * (0 - .5); pattern
+    # (empty) keeps .1; then all are divided by their sum .985
+    prefetch_set(pol, ps, cs, tv, 1, 1)
+    assert w() == pytest.approx(np.array([0.395, 0.295, 0.195, 0.1]) / 0.985, rel=1e-12)
+    # pass 2: row T[0, e0] = e1 .99 (faded once), e2 1: probabilities .497 / .503, both above .05 and .1;
+    # frequency, recency and pattern also name {e1, e2}: both score the sum of the weights, ties by id
+    assert prefetch_set(pol, ps, cs, tv, 2, 0) == [5, 6, 4, 7]
+
+
+def test_adaptive_study_picks_32_of_a_larger_layer():
+    # E = 40: the study's fusion keeps its top 32 (np.argsort(scores)[-32:]) even when most score 0:
+    # the cold start is experts 0..31; then e7 (in three sets) first, then the 31 lowest other ids.
+    tr = trace_of([[[[0], [7]]], [[[0], [7]]]], n_experts=40)
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("adaptive", {"study": 1}))
+    assert prefetch_set(pol, ps, cs, tv, 0, 0) == [40 + e for e in range(32)]
+    prefetch_set(pol, ps, cs, tv, 0, 1)
+    assert prefetch_set(pol, ps, cs, tv, 1, 0) == [40 + 7] + [40 + e for e in range(32) if e != 7]
+    # the default (Hedge) reading picks only top_k = 1 expert, and none before anything is learned
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", "adaptive")
+    assert prefetch_set(pol, ps, cs, tv, 0, 0) == []
+    prefetch_set(pol, ps, cs, tv, 0, 1)
+    assert prefetch_set(pol, ps, cs, tv, 1, 0) == [40 + 7]
+
+
+@pytest.mark.parametrize("engine", ["fast", "des"])
+def test_adaptive_study_issues_its_cold_start_in_both_engines(engine):
+    # The trace of the hand test, 8 slots (every key fits): pass 0's cold start prefetches the 4 experts of
+    # layer 1; nothing is absent afterwards, so the run issues exactly 4 prefetches.
+    tr = trace_of([[[[0], [1]]], [[[0], [2]]], [[[0], [1]]]])
+    r, _ = run(tr, 8, prefetch=("adaptive", {"study": 1}), engine=engine)
+    assert r["prefetch_issued"] == 4

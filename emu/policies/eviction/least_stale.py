@@ -5,11 +5,26 @@ Why: MoE access is layer-sequential, not temporally local. An expert of a layer 
 left cannot be needed again in this pass, so evicting it never causes a collision miss (evicted, then
 needed again in the same pass), while LRU's oldest key is often one the pass is about to reach.
 
-Victim order, with c the layer now computing:
-1. stale keys of layers <= c (already passed), lowest layer first, FIFO within a layer;
-2. stale keys of layers > c, farthest ahead first (needed last in this pass);
-3. current keys of layers <= c, lowest layer first, FIFO within a layer;
-4. current keys of layers > c (prefetched for later layers of this pass), farthest ahead first.
+Victim order, with c the layer now computing, by the parameter `order`:
+- 0 "passed first" (the default, this tool's earlier reading):
+  1. stale keys of layers <= c (already passed), lowest layer first, FIFO within a layer;
+  2. stale keys of layers > c, farthest ahead first (needed last in this pass);
+  3. current keys of layers <= c, lowest layer first, FIFO within a layer;
+  4. current keys of layers > c (prefetched for later layers of this pass), farthest ahead first.
+- 1 "layer position" (SpecMD section 4.2 as written):
+  1. stale keys, lowest layer first, FIFO within a layer;
+  2. current keys, lowest layer first, FIFO within a layer.
+How order 1 reads the paper. It says: "The cache is partitioned into a stale queue containing experts from
+previous forward passes and a current queue containing experts from the ongoing pass" (current also "selected
+by prefetching"); "Eviction prioritizes stale experts ... Experts in the current queue are evicted only to
+prevent out-of-memory errors"; "Within each queue, experts follow FIFO ordering based on layer position",
+and both queues are "priority heaps" (O(log N) insertion, O(1) eviction). A heap keyed by arrival time would
+be a plain FIFO, so the key is read as the expert's layer position: the first layer of the forward order
+comes out first ("first in" = earliest in the pass), over all layers, with no split at the current layer (the
+text names none). The text gives no rule within a layer: arrival order there (FIFO) is this tool's choice.
+Unlike order 0, order 1 evicts a stale key of the next layer before one of a farther layer, and a current key
+of a passed layer before one prefetched for a later layer; the section's "left" experts (earlier than the
+execution point) are evicted first only because they have the lowest layers.
 State: per key a doubly linked list node (`i[I.PREV, key]`, `i[I.NEXT, key]`) and `i[I.TOUCHED, key]` the
 pass it was last touched in (-1: not resident); per (queue, layer) a FIFO bucket, index queue * L + layer
 with queue `C.STALE` or `C.CURRENT`, its head in `i[I.HEAD]` and tail in `i[I.TAIL]`; in row `I.SCALARS`,
@@ -32,7 +47,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 from ...kernel.helpers import is_evictable, ix, key_layer
 from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EV_PASS, EVENT_SIG, VICTIM_SIG, hook
 from ...kernel.layout import SC, Fields, new_policy_state
-from ..api import Capabilities, Policy, PolicyContext, register
+from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
 
 _NONE = -1
 _BITMAP_MAX_LAYERS = 62
@@ -57,9 +72,20 @@ class C(Fields):
     PASS = auto()  # the current pass
 
 
+class P(Fields):
+    """`ps.p`: the resolved parameters (param_values)."""
+
+    ORDER = auto()  # 0: passed layers first (today's); 1: by layer position in each queue (SpecMD 4.2)
+
+
+ORDER_PASSED_FIRST = 0
+ORDER_LAYER = 1
+
+
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     n = ctx.n_layers * ctx.n_experts
-    ps = new_policy_state(i_rows=len(I), i_cols=max(n, 2 * ctx.n_layers, len(C)))  # 2 queues of L buckets
+    ps = new_policy_state(i_rows=len(I), i_cols=max(n, 2 * ctx.n_layers, len(C)),  # 2 queues of L buckets
+                          params=param_values(P, {"order": ORDER_PASSED_FIRST, **params}))
     ps.i[:I.SCALARS, :] = _NONE  # every row before the scalars
     ps.i[I.SCALARS, :] = 0
     return ps
@@ -205,6 +231,11 @@ def _scan(ps, cs, q: int, lo: int, hi: int, ascending: bool, in_layer: int) -> i
 def victim(ps, cs, tv, incoming, t):
     in_layer = key_layer(cs, incoming)
     n_layers = _n_layers(cs)
+    if ps.p[P.ORDER] == ORDER_LAYER:
+        key = _scan(ps, cs, C.STALE, 0, n_layers, True, in_layer)
+        if key < 0:
+            key = _scan(ps, cs, C.CURRENT, 0, n_layers, True, in_layer)
+        return key
     c = cs.sc[SC.LAYER]
     key = _scan(ps, cs, C.STALE, 0, c + 1, True, in_layer)
     if key < 0:
@@ -219,4 +250,8 @@ def victim(ps, cs, tv, incoming, t):
 POLICY = register(Policy(
     name="least-stale", kind="eviction", hooks={"victim": victim, "on_event": on_event}, init=init,
     capabilities=Capabilities(live=True),
-    doc="SpecMD Least-Stale: stale (not touched this pass) before current, passed layers first."))
+    params={"order": Param(ORDER_PASSED_FIRST, 0, 1, "victim order within each queue: 0 passed layers first (lowest "
+                           "first), then layers ahead farthest first; 1 layer position, lowest layer first "
+                           "(SpecMD 4.2 as written)", integer=True)},
+    doc="SpecMD Least-Stale: stale (not touched this pass) before current; order=0 passed layers first, "
+        "order=1 by layer position."))
