@@ -212,6 +212,18 @@ def _transition_set(f, t_row0: int, truth, threshold: float, n: int, cand, out) 
     _top_set(cand, n, out)
 
 
+@njit(cache=True, _nrt=False, inline="always")
+def _observe(f, last_pass, tv, p: int, layer: int, t0: int, fq0: int, n_exp: int, decay: float) -> None:
+    """The gate's routing into the layer's fading frequencies (`decay` per pass) and the transition tables."""
+    freq = f[fq0 + layer, :n_exp]
+    for e in range(n_exp):
+        freq[e] *= decay
+    for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
+        for s in range(tv.experts.shape[2]):
+            freq[np.int64(tv.experts[tok, layer, s])] += 1.0
+    update_tables(f, last_pass, tv, p, layer, t0, -1, -1)
+
+
 @njit(cache=True, _nrt=False)
 def _study(ps, cs, tv, p: int, layer: int) -> int:
     """Strategy E of the study, as the module docstring states it."""
@@ -245,13 +257,7 @@ def _study(ps, cs, tv, p: int, layer: int) -> int:
         for r in range(t0 + (layer - 1) * n_exp, t0 + layer * n_exp):
             for e in range(n_exp):
                 f[r, e] *= STUDY_DECAY
-    freq = f[fq0 + layer, :n_exp]
-    for e in range(n_exp):
-        freq[e] *= STUDY_DECAY
-    for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
-        for s in range(tv.experts.shape[2]):
-            freq[np.int64(tv.experts[tok, layer, s])] += 1.0
-    update_tables(f, ps.i[I.LAST_PASS], tv, p, layer, t0, -1, -1)
+    _observe(f, ps.i[I.LAST_PASS], tv, p, layer, t0, fq0, n_exp, STUDY_DECAY)
     target = layer + 1
     if target >= n_layers:
         return 0
@@ -311,13 +317,7 @@ def prefetch(ps, cs, tv, p, layer, t):
         for c in range(N_SIGNALS):
             w[c] /= total
     ps.i[I.SCALARS, C.PENDING] = -1
-    freq = f[fq0 + layer, :n_exp]
-    for e in range(n_exp):
-        freq[e] *= decay
-    for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
-        for s in range(tv.experts.shape[2]):
-            freq[np.int64(tv.experts[tok, layer, s])] += 1.0
-    update_tables(f, ps.i[I.LAST_PASS], tv, p, layer, t0, -1, -1)
+    _observe(f, ps.i[I.LAST_PASS], tv, p, layer, t0, fq0, n_exp, decay)
     # 2. predict the next layer
     target = layer + 1
     if target >= n_layers:
