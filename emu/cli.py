@@ -99,10 +99,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         warm_up()
     from .bundled import resolve
-    from .scenario import load_scenario
+    from .scenario import from_here, load_scenario
 
     # validate all before running any, with their profiles
-    overrides = [*args.set, *(f"-{key}" for key in args.unset)]
+    typed = [*args.set, *(f"-{key}" for key in args.unset)]  # as the user wrote them: the results' names
+    overrides = [*from_here(args.set), *(f"-{key}" for key in args.unset)]
     if args.name is not None and len(args.scenarios) != 1:
         raise EmuError("--name names the result of one scenario; several were given", key="--name")
     scenarios = [load_scenario(resolve(p), overrides) for p in args.scenarios]
@@ -122,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sc in scenarios:
         _result, record = run_scenario(sc, engine=args.engine, timeline=recorder)
         out_dir, file, key = _out_dir(args, sc)
-        stem = args.name or result_name(Path(sc.path).stem, overrides)
+        stem = args.name or result_name(Path(sc.path).stem, typed)
         try:
             path = write_record(record, out_dir, stem)
         except OSError as err:

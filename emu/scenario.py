@@ -7,6 +7,7 @@ expected (docs/scenarios.md documents every key).
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import re
@@ -144,15 +145,26 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value.strip()
-    if tuple(keys) in PATH_KEYS and isinstance(parsed, str) and parsed and not Path(parsed).is_absolute():
-        parsed = os.path.abspath(parsed)  # a path on the command line is the user's, from where they stand
     return keys, parsed
+
+
+def from_here(overrides: list[str]) -> list[str]:
+    """Command-line overrides with their relative paths (`PATH_KEYS`) made absolute from the current folder: a
+    path the user types is from where they stand (a path in a scenario or sweep file is from that file)."""
+    out = []
+    for text in overrides:
+        if "=" in text and not text.startswith("-"):
+            keys, value = parse_override(text)
+            if tuple(keys) in PATH_KEYS and isinstance(value, str) and value and not Path(value).is_absolute():
+                text = f"{'.'.join(keys)}={json.dumps(os.path.abspath(value))}"
+        out.append(text)
+    return out
 
 
 #: `parse_override`'s value of a key to remove
 UNSET = object()
 
-#: scenario keys that hold file paths: in the file relative to the file, in an override relative to the cwd
+#: scenario keys that hold file paths: in a file relative to the file, on the command line to the current folder
 PATH_KEYS = {("hardware", "profile"), ("hardware", "runtime"), ("workload", "trace")}
 
 #: the workload's kinds: setting a key of one drops the other (`--set workload.trace=F.npz` on a synthetic one)

@@ -11,7 +11,7 @@ import pytest
 
 from emu.cli import main, result_name
 from emu.errors import EmuError
-from emu.scenario import load_scenario
+from emu.scenario import from_here, load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = ROOT / "scenarios" / "olmoe-1b-7b_h100_5pct.toml"
@@ -21,10 +21,13 @@ TRACED = ROOT / "scenarios" / "mixtral-8x7b_h100_gsm8k_25pct.toml"
 def test_a_trace_replaces_a_synthetic_workload_and_its_path_is_from_here(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shutil.copy(ROOT / "scenarios" / "traces" / "mixtral8x7b_gsm8k.npz", tmp_path / "t.npz")
-    sc = load_scenario(SYNTHETIC, ["workload.trace=t.npz", 'model="mixtral-8x7b"'])
+    sc = load_scenario(SYNTHETIC, from_here(["workload.trace=t.npz", 'model="mixtral-8x7b"']))
     assert sc.workload.trace == str(tmp_path / "t.npz") and sc.workload.synthetic is None
-    with pytest.raises(EmuError, match="file not found"):  # relative to here, not to the scenario's folder
-        load_scenario(SYNTHETIC, ["workload.trace=traces/mixtral8x7b_gsm8k.npz"])
+    with pytest.raises(EmuError, match="file not found"):  # typed: from here, not from the scenario's folder
+        load_scenario(SYNTHETIC, from_here(["workload.trace=traces/mixtral8x7b_gsm8k.npz"]))
+    # in a file (a sweep's `set`) a path is from that file's side: the scenario's folder here
+    sc = load_scenario(SYNTHETIC, ["workload.trace=traces/mixtral8x7b_gsm8k.npz", 'model="mixtral-8x7b"'])
+    assert sc.workload.trace == str(SYNTHETIC.parent / "traces" / "mixtral8x7b_gsm8k.npz")
 
 
 def test_synthetic_keys_replace_a_trace():
@@ -63,3 +66,13 @@ def test_result_names():
     assert got == "s@cache.capacity=5pct+-workload.max_tokens"
     long = result_name("s", [f"policy.eviction.p{i}=0.5" for i in range(8)])
     assert long.startswith("s@overrides-") and len(long) == len("s@overrides-") + 12
+
+
+def test_the_cli_reads_a_typed_path_from_here_and_names_the_result_as_typed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "scenarios" / "traces" / "mixtral8x7b_gsm8k.npz", tmp_path / "t.npz")
+    assert main(["run", str(SYNTHETIC), "--quiet", "--set", "workload.trace=t.npz", "--set", "model=mixtral-8x7b"]) == 0
+    (written,) = (tmp_path / "runs").iterdir()
+    assert written.name == "olmoe-1b-7b_h100_5pct@workload.trace=t.npz+model=mixtral-8x7b.json"
+    record = json.loads(written.read_text())
+    assert record["scenario"]["workload"]["trace"] == str(tmp_path / "t.npz")
