@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import io
 import json
 import math
@@ -531,8 +532,17 @@ def point_key(point: Point) -> str:
                               git_revision()], sort_keys=True, default=str).encode())
     for path in (scenario.profile_path, scenario.runtime_path, scenario.workload.trace):
         if path is not None:
-            digest.update(Path(path).read_bytes())
+            st = Path(path).stat()
+            digest.update(_file_digest(str(path), st.st_mtime_ns, st.st_size).encode())
     return digest.hexdigest()[:20]
+
+
+@functools.lru_cache(maxsize=256)
+def _file_digest(path: str, _mtime_ns: int, _size: int) -> str:
+    """A file's content digest, read once per process while it is unchanged (points share their files)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _finished(path: Path, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
