@@ -95,7 +95,7 @@ def compile_notice(after_s: float = 2.0) -> Iterator[None]:
 def cmd_run(args: argparse.Namespace) -> int:
     with compile_notice():
         from .engines.fast.engine import warm_up
-        from .runner import run_scenario, write_record
+        from .runner import write_record
 
         warm_up()
     from .bundled import resolve
@@ -114,14 +114,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_item_times(load_profile(sc.profile_path), sc.model)
         if sc.runtime_path is not None:
             load_runtime_profile(sc.runtime_path)
+    if args.jobs < 1:
+        raise EmuError(f"expected a positive number of worker processes, got {args.jobs}", key="--jobs")
     recorder = _timeline_recorder(args, len(scenarios))
+    if recorder is not None and args.jobs > 1:
+        raise EmuError("--timeline records one scenario in this process; drop --jobs", key="--jobs")
     for sc in scenarios:  # a bad output place is found before the runs, not after them
         _check_out_dir(*_out_dir(args, sc))
     if recorder is not None:
         _check_out_file(args.timeline, "--timeline")
     rows, summaries = [], []
-    for sc in scenarios:
-        _result, record = run_scenario(sc, engine=args.engine, timeline=recorder)
+    for sc, record in zip(scenarios, _records(scenarios, args, recorder)):
         out_dir, file, key = _out_dir(args, sc)
         stem = args.name or result_name(Path(sc.path).stem, typed)
         try:
@@ -160,6 +163,27 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     if hidden:
         print(f"({hidden} more in the policy shootout: emu scenarios --all)", file=sys.stderr)
     return 0
+
+
+def _records(scenarios: list[Any], args: argparse.Namespace, recorder: Any) -> Iterator[dict[str, Any]]:
+    """Each scenario's record in order: run here one after the other, or with `--jobs N` in N worker processes."""
+    from .runner import run_record, run_scenario
+
+    jobs = min(args.jobs, len(scenarios))
+    if jobs <= 1:
+        for sc in scenarios:
+            yield run_scenario(sc, engine=args.engine, timeline=recorder)[1]
+        return
+    from .sweep import make_executor, stop_workers
+
+    executor, close = make_executor(jobs, None)
+    try:
+        yield from executor.map(run_record, scenarios, [args.engine] * len(scenarios))
+    except KeyboardInterrupt:  # Ctrl-C: stop the workers now, not after their scenarios
+        stop_workers(executor)
+        raise
+    finally:
+        close()
 
 
 def result_name(stem: str, overrides: list[str]) -> str:
@@ -295,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "folder; workload.trace=F replaces a synthetic workload (and workload.synthetic.* a trace)")
     p.add_argument("--unset", action="append", default=[], metavar="KEY.PATH",
                    help="remove one scenario key (its default applies), e.g. --unset workload.max_tokens")
+    p.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
+                   help="run the scenarios in N worker processes (default 1: one after the other, here)")
     p.add_argument("--name", help="the result's name (runs/NAME.json and the table's row) for one scenario; "
                    "default: the scenario's stem, with its overrides when there are any")
     p.add_argument("--engine", choices=["des", "fast", "reference", "auto"], help="override engine.kind")

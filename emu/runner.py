@@ -97,6 +97,11 @@ def choose_engine(kind: str, trace: RoutingTrace) -> str:
     return kind
 
 
+def run_record(scenario: Scenario, engine: str | None = None) -> dict[str, Any]:
+    """`run_scenario`'s JSON record alone (what a worker process sends back to `emu run --jobs`)."""
+    return run_scenario(scenario, engine=engine)[1]
+
+
 def run_scenario(scenario: Scenario, engine: str | None = None,
                  timeline: TimelineRecorder | None = None) -> tuple[RunResult, dict[str, Any]]:
     """Returns the result and the JSON record `emu run` writes. With a `timeline` recorder the whole trace

@@ -68,3 +68,17 @@ def test_run_prints_its_figures_unrounded_as_json_or_csv(fmt, tmp_path, monkeypa
         for key in ("ttft_s", "tpot_s", "decode_tok_per_s", "hit_rate", "bytes_h2d"):
             assert float(r[key]) == record[key]  # the record's own figure, not the table's rounding
         assert float(r["lost_mass_frac"]) == record["quality"]["lost_mass_frac"]
+
+
+def test_run_with_jobs_gives_the_serial_records(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    names = ["olmoe-1b-7b_h100_5pct", "olmoe-1b-7b_h100_25pct", "olmoe-1b-7b_h100_1pct"]
+    assert main(["run", *names, "--quiet", "--out", "serial"]) == 0
+    serial_out = capsys.readouterr().out
+    assert main(["run", *names, "--quiet", "--out", "pool", "--jobs", "2"]) == 0
+    assert capsys.readouterr().out == serial_out  # the same table, in the same order
+    for name in names:
+        a, b = (json.loads((tmp_path / d / f"{name}.json").read_text()) for d in ("serial", "pool"))
+        a.pop("timings"), b.pop("timings")
+        assert a == b
+    assert main(["run", names[0], "--jobs", "0"]) == 2
