@@ -24,10 +24,12 @@ _TABLE_COLUMNS = (
 )
 
 
-def _row(name: str, rec: dict[str, Any]) -> list[str]:
-    vals = [name, rec["engine"], rec["ttft_s"] * 1e3, rec["tpot_s"] * 1e3, rec["decode_tok_per_s"],
-            rec["hit_rate"] * 100, rec["misses_collision"], rec["bytes_h2d"] / 1e9, rec["copy_busy_frac"] * 100,
-            rec["stall_s"], rec["quality"]["lost_mass_frac"] * 100, rec["quality"]["degraded_mass_frac"] * 100]
+def _row(summary: dict[str, Any]) -> list[str]:
+    """A table row: the summary's figures in the table's units (ms, %, GB)."""
+    u = summary
+    vals = [u["scenario"], u["engine"], u["ttft_s"] * 1e3, u["tpot_s"] * 1e3, u["decode_tok_per_s"],
+            u["hit_rate"] * 100, u["misses_collision"], u["bytes_h2d"] / 1e9, u["copy_busy_frac"] * 100,
+            u["stall_s"], u["lost_mass_frac"] * 100, u["degraded_mass_frac"] * 100]
     return [fmt.format(v) for (_h, fmt, _w), v in zip(_TABLE_COLUMNS, vals)]
 
 
@@ -123,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_out_dir(*_out_dir(args, sc))
     if recorder is not None:
         _check_out_file(args.timeline, "--timeline")
-    rows, summaries = [], []
+    summaries = []
     for sc, record in zip(scenarios, _records(scenarios, args, recorder)):
         out_dir, file, key = _out_dir(args, sc)
         stem = args.name or result_name(Path(sc.path).stem, typed)
@@ -131,7 +133,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             path = write_record(record, out_dir, stem)
         except OSError as err:
             raise EmuError(f"cannot write {Path(out_dir) / stem}.json: {_os_reason(err)}", file=file, key=key) from None
-        rows.append(_row(stem, record))
         summaries.append(_summary(stem, record, path))
         if not args.quiet:
             print(f"wrote {path}", file=sys.stderr)
@@ -143,7 +144,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"wrote {path} (passes {recorder.first}:{recorder.stop}, {len(recorder.events)} events)",
                   file=sys.stderr)
-    print(render_table(rows) if args.format == "table" else render_summaries(summaries, args.format))
+    if args.format == "table":
+        print(render_table([_row(u) for u in summaries]))
+    else:
+        print(render_summaries(summaries, args.format))
     return 0
 
 

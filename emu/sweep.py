@@ -429,12 +429,13 @@ def warm_cache() -> None:
     compiled(core.instant, core.INSTANT_SIG)
 
 
-def validate_points(points: list[Point], file: str | None = None) -> None:
-    """Resolve every point's scenario, and check the times its profile (with the point's bandwidth) gives its
-    model, before running any, so a typo fails in a second, not after an hour. `file`: the sweep file."""
+def validate_points(points: list[Point], file: str | None = None) -> list[Any]:
+    """Resolve every point's scenario (returned in the points' order), and check the times its profile (with the
+    point's bandwidth) gives its model, before running any, so a typo fails in a second, not after an hour.
+    `file`: the sweep file."""
     from .profile import check_item_times, load_profile
 
-    profiles: dict[str, Any] = {}
+    scenarios = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EmuWarning)
         for point in points:
@@ -443,9 +444,8 @@ def validate_points(points: list[Point], file: str | None = None) -> None:
                 scenario = build_scenario(point)
             except EmuError as err:
                 raise EmuError(f"{where}: {err.detail}", file=err.file, key=err.key) from None
-            if scenario.profile_path not in profiles:
-                profiles[scenario.profile_path] = load_profile(scenario.profile_path)
-            profile = profiles[scenario.profile_path]
+            scenarios.append(scenario)
+            profile = load_profile(scenario.profile_path)  # parsed once per file (load_profile's cache)
             if point.bandwidth is None:
                 check_item_times(profile, scenario.model)
                 continue
@@ -457,6 +457,7 @@ def validate_points(points: list[Point], file: str | None = None) -> None:
             except EmuError as err:
                 raise EmuError(f"grid point {point.index} (bandwidth {point.bandwidth:g} B/s): {err.detail}",
                                file=file, key="grid.bandwidth") from None
+    return scenarios
 
 
 def run_sweep(spec: SweepSpec, jobs: int = 1, address: str | None = None, progress: Progress | None = None,
@@ -466,12 +467,17 @@ def run_sweep(spec: SweepSpec, jobs: int = 1, address: str | None = None, progre
     written to `out/runs/` as it finishes (with its CSV row and `point_key`), so an interrupted sweep keeps what it
     finished; `resume` reuses such a record instead of running its point again when the key still matches."""
     points = grid_points(spec)
-    validate_points(points, spec.path)
+    scenarios = validate_points(points, spec.path)
     progress = progress or Progress(len(points), label="sweep", unit="points")
     results: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
     seen: set[str] = set()
     runs_dir = None if out is None else Path(out) / "runs"
-    keys = {p.index: point_key(p) for p in points} if runs_dir is not None else {}
+    keys = {}
+    if runs_dir is not None:
+        from . import __version__, git_revision
+
+        build = [__version__, git_revision()]
+        keys = {p.index: point_key(p, sc, build) for p, sc in zip(points, scenarios)}
     todo = list(points)
     if resume and runs_dir is not None:
         todo = []
@@ -516,20 +522,22 @@ def run_sweep(spec: SweepSpec, jobs: int = 1, address: str | None = None, progre
 
 def point_file(point: Point) -> str:
     """A point's record file under the sweep's `runs/`."""
-    return f"{point.index:04d}_{_slug(point.stack)}.json"
+    return record_file(point.index, point.stack)
 
 
-def point_key(point: Point) -> str:
-    """What a point's result depends on: its resolved scenario, the bytes of every file it reads (profile, runtime
-    profile, trace), its bandwidth, latency and engine, and this moe-emu's version and source revision."""
+def record_file(index: int, stack: str) -> str:
+    return f"{index:04d}_{_slug(stack)}.json"
+
+
+def point_key(point: Point, scenario: Any, build: list[Any]) -> str:
+    """What a point's result depends on: its resolved `scenario`, the bytes of every file it reads (profile,
+    runtime profile, trace), its bandwidth, latency and engine, and the `build` (moe-emu's version and source
+    revision)."""
     import hashlib
 
-    from . import __version__, git_revision
-
-    scenario = build_scenario(point)
     digest = hashlib.sha256()
-    digest.update(json.dumps([scenario.resolved(), point.bandwidth, point.latency_s, point.engine, __version__,
-                              git_revision()], sort_keys=True, default=str).encode())
+    digest.update(json.dumps([scenario.resolved(), point.bandwidth, point.latency_s, point.engine, *build],
+                             sort_keys=True, default=str).encode())
     for path in (scenario.profile_path, scenario.runtime_path, scenario.workload.trace):
         if path is not None:
             st = Path(path).stat()
@@ -728,15 +736,14 @@ def render_pareto(front: list[dict[str, Any]], by: Iterable[str] = PARETO_KEYS) 
     return "\n".join(lines)
 
 
-def write_outputs(spec: SweepSpec, rows: list[dict[str, Any]], records: list[dict[str, Any]], out_dir: str | Path
-                  ) -> dict[str, Path | None]:
+def write_outputs(spec: SweepSpec, rows: list[dict[str, Any]], out_dir: str | Path,
+                  records: list[dict[str, Any]] | None = None) -> dict[str, Path | None]:
+    """The sweep's CSV and Parquet tables, and `records` under `runs/` unless `run_sweep(out=...)` wrote them
+    as each point finished (then pass none)."""
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    for row, record in zip(rows, records):
-        stem = f"{int(row['point']):04d}_{_slug(row['stack'])}"
-        path = out / "runs" / f"{stem}.json"
-        if not path.exists():  # a sweep run with `out` wrote each record as it finished
-            path.write_text(json.dumps(record, indent=1) + "\n")
+    for row, record in zip(rows, records or []):
+        (out / "runs" / record_file(int(row["point"]), row["stack"])).write_text(json.dumps(record, indent=1) + "\n")
     return {"csv": write_csv(rows, out / f"{spec.name}.csv"),
             "parquet": write_parquet(rows, out / f"{spec.name}.parquet")}
 

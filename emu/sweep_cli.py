@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     try:
-        written = write_outputs(spec, rows, records, out)
+        written = write_outputs(spec, rows, out)  # the records went to out/runs as their points finished
     except OSError as err:
         raise EmuError(f"cannot write the sweep's results under {out}: {_os_reason(err)}", file=file,
                        key=key) from None

@@ -40,7 +40,6 @@ class GraphedDecode:
         self.model, self.runtime, self.cache, self.device = model, runtime, cache, device
         self.ids = torch.zeros((batch, 1), dtype=torch.int64, device=device)  # the next pass's input tokens
         self.pos = torch.zeros(1, dtype=torch.int64, device=device)  # its position (cache_position)
-        self.tok: torch.Tensor | None = None  # the pass's greedy tokens (a static tensor of the last segment)
         self._variants: dict[bool, _Captured] = {}  # by "routing forced": the hooks' graph differs
         # until a variant is captured its passes run eager over the static cache (the warm-up; the "static" mode)
         self._capturing: _Captured | None = None

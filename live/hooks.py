@@ -154,12 +154,7 @@ class RoutingHooks:
     def _stage_forced(self, p: int, n_tok: int) -> None:
         import torch
 
-        assert self.force is not None
-        if not 0 <= p < self.force.n_passes:
-            raise EmuError(f"force_pass {p} outside the trace's {self.force.n_passes} passes", key="workload.trace")
-        t0, t1 = int(self.force.pass_offsets[p]), int(self.force.pass_offsets[p + 1])
-        if t1 - t0 != n_tok:
-            raise EmuError(f"trace pass {p} has {t1 - t0} tokens but the pass has {n_tok}", key="workload.trace")
+        t0, t1 = self._forced_span(p, n_tok)
         buf = self._forced_now.get(n_tok)
         if buf is None:
             buf = self._forced_now[n_tok] = torch.empty((self.n_layers, n_tok, self.top_k), dtype=torch.int64,
@@ -226,14 +221,18 @@ class RoutingHooks:
         assert self.force is not None and self._force_pass is not None
         if self.static:
             return self._forced_now[index.shape[0]][layer]
-        p = self._force_pass
+        t0, t1 = self._forced_span(self._force_pass, index.shape[0])
+        return self._forced[layer, t0:t1]
+
+    def _forced_span(self, p: int, n_tok: int) -> tuple[int, int]:
+        """Trace pass p's token range, checked against the `n_tok` tokens the model routes in this pass."""
+        assert self.force is not None
         if not 0 <= p < self.force.n_passes:
             raise EmuError(f"force_pass {p} outside the trace's {self.force.n_passes} passes", key="workload.trace")
         t0, t1 = int(self.force.pass_offsets[p]), int(self.force.pass_offsets[p + 1])
-        if t1 - t0 != index.shape[0]:
-            raise EmuError(f"trace pass {p} has {t1 - t0} tokens but the model routed {index.shape[0]}",
-                           key="workload.trace")
-        return self._forced[layer, t0:t1]
+        if t1 - t0 != n_tok:
+            raise EmuError(f"trace pass {p} has {t1 - t0} tokens but the model routed {n_tok}", key="workload.trace")
+        return t0, t1
 
     # --- result ------------------------------------------------------------------------------------
     def trace(self, model_name: str = "", meta: dict[str, Any] | None = None) -> RoutingTrace:

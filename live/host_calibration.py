@@ -115,7 +115,7 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     gen = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, shape.vocab, (1, prompt_len), generator=gen).to(dev)
     missing = _timed_request(model, runtime, plan, prompt, dev, decode, preload=False)
-    prefetch_s = None if again else _prefetch_issue(runtime, model, shape, plan, dev, seed, _measure_prefetch())
+    prefetch_s = None if again else _prefetch_issue(runtime, model, shape, plan, dev, seed)
     resident = None
     if _fits_every_expert(runtime, n_keys):
         runtime.close()
@@ -140,12 +140,6 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
            "resident_request": None if resident is None else resident.raw(shape.n_layers),
            "copy_s_issue": missing.item(1, "copy"), "copy_s_per_miss": per_miss}
     return ModelCalibration(preset, shape.n_layers, costs, raw)
-
-
-def _measure_prefetch() -> Any:
-    from .runtime_cal import measure_prefetch_issue
-
-    return measure_prefetch_issue
 
 
 def _fits_every_expert(runtime: Any, n_keys: int) -> bool:
@@ -305,16 +299,17 @@ def merge(cals: list[ModelCalibration]) -> ModelCalibration:
                              "spread": spread, "statistic": f"median of {len(cals)} requests"})
 
 
-def _prefetch_issue(runtime: Any, model: Any, shape: Any, plan: Any, dev: Any, seed: int, measure: Any) -> float | None:
+def _prefetch_issue(runtime: Any, model: Any, shape: Any, plan: Any, dev: Any, seed: int) -> float | None:
     """Host seconds per prefetch through the prefetch path (a sibling runtime, every expert resident after a
     request, the forward thread submitting: the "inline" hand-over); None where no inline hand-over exists."""
     from .runner import run_live
+    from .runtime_cal import measure_prefetch_issue
 
     sib = runtime.sibling(shape.n_layers * shape.n_experts, prefetch="next-layer", seed=seed, handover="inline")
     try:
         sib.attach()
         run_live(model, [plan], vocab=shape.vocab, device=dev, seed=seed + 2, runtime=sib, warmup_passes=0)
-        return measure(sib)
+        return measure_prefetch_issue(sib)
     finally:
         sib.close()
         runtime.attach()

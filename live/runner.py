@@ -378,11 +378,6 @@ def capture_decode(graphed: GraphedDecode, plans: list[PassPlan], hooks: Routing
 def graphed_decode(model: Any, runtime: ExpertOffload | None, plans: list[PassPlan], warmup_passes: int,
                    device: torch.device, between: Between | None = None) -> GraphedDecode:
     """A device-paced decode with a static cache long enough for `plans` and the warm-up (not captured yet)."""
-    return _graphed_decode(model, runtime, plans, warmup_passes, device, between)
-
-
-def _graphed_decode(model: Any, runtime: ExpertOffload | None, plans: list[PassPlan], warmup_passes: int,
-                    device: torch.device, between: Between | None) -> GraphedDecode:
     from transformers import StaticCache
 
     if runtime is None:
@@ -466,7 +461,7 @@ def _run_live(model: Any, plans: list[PassPlan], vocab: int, device: torch.devic
               between: Between | None = None, decode: str = "eager") -> LiveResult:
     gen = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(0, vocab, (plan.batch, plan.prompt_len), generator=gen).to(device) for plan in plans]
-    graphed = None if decode == "eager" else _graphed_decode(model, runtime, plans, warmup_passes, device, between)
+    graphed = None if decode == "eager" else graphed_decode(model, runtime, plans, warmup_passes, device, between)
     batch = plans[0].batch if plans else 1  # the warm-up's (a static cache holds one batch size)
     if warmup_passes > 0:
         warm = torch.randint(0, vocab, (batch, 8), generator=gen).to(device)

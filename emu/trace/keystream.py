@@ -106,6 +106,15 @@ def next_use(keys: np.ndarray, n_keys: int) -> np.ndarray:
     return nxt
 
 
+@numba.njit(cache=True, inline="always")
+def _depth_of(stack: np.ndarray, depth: int, key: int) -> int:
+    """The key's position in the first `depth` entries of a stack, or -1."""
+    for j in range(depth):
+        if stack[j] == key:
+            return j
+    return -1
+
+
 @numba.njit(cache=True)
 def lru_distances(keys: np.ndarray, n_keys: int) -> np.ndarray:
     """LRU stack distance of every access (1-based depth in the move-to-front stack; 0 for a first use)."""
@@ -114,11 +123,7 @@ def lru_distances(keys: np.ndarray, n_keys: int) -> np.ndarray:
     dist = np.zeros(keys.shape[0], np.int64)
     for i in range(keys.shape[0]):
         e = keys[i]
-        pos = -1
-        for j in range(depth):
-            if stack[j] == e:
-                pos = j
-                break
+        pos = _depth_of(stack, depth, e)
         if pos < 0:
             pos = depth
             depth += 1
@@ -141,11 +146,7 @@ def opt_distances(keys: np.ndarray, n_keys: int) -> np.ndarray:
     dist = np.zeros(keys.shape[0], np.int64)
     for i in range(keys.shape[0]):
         x = keys[i]
-        pos = -1
-        for j in range(depth):
-            if stack[j] == x:
-                pos = j
-                break
+        pos = _depth_of(stack, depth, x)
         prio[x] = nxt[i]
         if pos == 0:
             dist[i] = 1

@@ -213,6 +213,15 @@ def _transition_set(f, t_row0: int, truth, threshold: float, n: int, cand, out) 
 
 
 @njit(cache=True, _nrt=False, inline="always")
+def _mark_routed(truth, tv, p: int, layer: int) -> None:
+    """truth[e] = 1 for every expert pass p routes at `layer`, 0 elsewhere."""
+    truth[:] = 0.0
+    for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
+        for s in range(tv.experts.shape[2]):
+            truth[np.int64(tv.experts[tok, layer, s])] = 1.0
+
+
+@njit(cache=True, _nrt=False, inline="always")
 def _observe(f, last_pass, tv, p: int, layer: int, t0: int, fq0: int, n_exp: int, decay: float) -> None:
     """The gate's routing into the layer's fading frequencies (`decay` per pass) and the transition tables."""
     freq = f[fq0 + layer, :n_exp]
@@ -236,10 +245,7 @@ def _study(ps, cs, tv, p: int, layer: int) -> int:
     sig0 = fq0 + n_layers
     w = f[sig0 + F.WEIGHTS]
     truth = f[sig0 + F.SCRATCH, :n_exp]
-    truth[:] = 0.0
-    for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
-        for s in range(tv.experts.shape[2]):
-            truth[np.int64(tv.experts[tok, layer, s])] = 1.0
+    _mark_routed(truth, tv, p, layer)
     if ps.i[I.SCALARS, C.PENDING] == layer:
         total = 0.0
         for c in range(N_STUDY):
@@ -305,10 +311,7 @@ def prefetch(ps, cs, tv, p, layer, t):
     w = f[sig0 + F.WEIGHTS]
     truth = f[sig0 + F.SCRATCH, :n_exp]
     # 1. learn: the truth of this layer scores the signals predicted for it
-    truth[:] = 0.0
-    for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
-        for s in range(tv.experts.shape[2]):
-            truth[np.int64(tv.experts[tok, layer, s])] = 1.0
+    _mark_routed(truth, tv, p, layer)
     if ps.i[I.SCALARS, C.PENDING] == layer:
         total = 0.0
         for c in range(N_SIGNALS):  # signal c: weight w[c], prediction row sig0 + F.TRANSITION + c
