@@ -39,6 +39,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode", choices=("eager", "static", "graph"), default="eager",
                    help="with --runtime: the live runtime's decode mode to calibrate (graph: the device-paced "
                         "decode, each pass replayed from CUDA graphs)")
+    p.add_argument("--experts", choices=("eager", "fused"), default="eager",
+                   help="with --runtime: the live runtime's experts kernel to calibrate (fused: the model's own "
+                        "grouped GEMM, one launch per layer, its routing mapped to slots on the device)")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -66,7 +69,7 @@ def _run_runtime(args: argparse.Namespace) -> int:
 
     try:
         calibrate_runtime(args.runtime, args.model or DEFAULT_MODELS, args.out, device=args.device, scale=args.scale,
-                          decode=args.decode)
+                          decode=args.decode, kernel=args.experts)
     except EmuError as err:
         return _error(str(err))
     print(f"wrote {args.out}", file=sys.stderr)

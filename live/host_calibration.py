@@ -64,14 +64,14 @@ def parse_model_arg(value: str) -> tuple[str, int | None]:
 
 def calibrate_model(preset: str, n_layers: int | None, *, device: str = "cuda", scale: str = "full",
                     prompt_len: int = PROMPT_LEN, steps: int = DECODE_STEPS, capacity: float = CAPACITY,
-                    seed: int = SEED, decode: str = "eager") -> ModelCalibration:
-    """Build the model (random weights) and calibrate it."""
+                    seed: int = SEED, decode: str = "eager", kernel: str = "eager") -> ModelCalibration:
+    """Build the model (random weights) and calibrate it with the runtime's experts `kernel`."""
     from .models import build_model, shape_of
     from .offload import ExpertOffload
 
     model = build_model(preset, scale, n_layers=n_layers, dtype="bf16", seed=seed)
     shape = shape_of(model, preset, scale)
-    runtime = ExpertOffload(model, shape.top_k, eviction="lru", device=device, seed=seed, kernel="eager")
+    runtime = ExpertOffload(model, shape.top_k, eviction="lru", device=device, seed=seed, kernel=kernel)
     try:
         return calibrate_built(model, runtime, shape, preset, prompt_len=prompt_len, steps=steps,
                                capacity=capacity, seed=seed, decode=decode)
@@ -91,7 +91,9 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     launch cost; one with the small cache gives what a demand miss adds to that, all of it charged to the
     copy it issues (`copy_s`): a miss's host work is more than the copy's own issue (the copy's event, the
     wait that the compute stream is told of, the slot bookkeeping), and an expert launch measured among misses
-    would charge that to every hit."""
+    would charge that to every hit. With the fused kernel the resident request reads every layer's routing
+    back (no deferred layers), so that it prices the layers that do, and a layer's one launch is shared by
+    its experts (`expert_s`)."""
     import torch
 
     from .models import live_spec
@@ -120,7 +122,11 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     if _fits_every_expert(runtime, n_keys):
         runtime.close()
         runtime.resize(n_keys)
-        resident = _timed_request(model, runtime, plan, prompt, dev, decode, preload=True)
+        runtime.defer = False
+        try:
+            resident = _timed_request(model, runtime, plan, prompt, dev, decode, preload=True)
+        finally:
+            runtime.defer = True
         runtime.resize(slots)  # the pool of the requests' cache again, for what runs next
         runtime.reset()
     if missing.ahead_n == 0:
@@ -136,7 +142,7 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
         if per_miss is not None and costs.copy_s is not None:
             costs = attrs.evolve(costs, copy_s=max(per_miss, costs.copy_s))  # never below the issue itself
     raw = {"slots": slots, "n_keys": n_keys, "prompt_len": prompt_len, "steps": steps, "seed": seed,
-           "decode": decode, **missing.raw(shape.n_layers),
+           "decode": decode, "kernel": runtime.kernel, **missing.raw(shape.n_layers),
            "resident_request": None if resident is None else resident.raw(shape.n_layers),
            "copy_s_issue": missing.item(1, "copy"), "copy_s_per_miss": per_miss}
     return ModelCalibration(preset, shape.n_layers, costs, raw)
@@ -325,7 +331,8 @@ def runtime_profile(name: str, calibrations: list[ModelCalibration], device_name
 
     prov = {"date": datetime.date.today().isoformat(), "tool": "emu calibrate --runtime", "device": device_name,
             "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "kernel": "eager", "decode": _decode_of(calibrations),
+            "python": platform.python_version(), "kernel": _mode_of(calibrations, "kernel"),
+            "decode": _mode_of(calibrations, "decode"),
             "method": "host ledger of calibration requests of the runtime's own (prompt "
                       f"{PROMPT_LEN}, {DECODE_STEPS} decode steps, seeds from {SEED}; each twice on the same "
                       "prompt: every expert resident (pass, layer, readback, gate, expert launch: a hit's costs), "
@@ -337,9 +344,10 @@ def runtime_profile(name: str, calibrations: list[ModelCalibration], device_name
                           provenance=prov)
 
 
-def _decode_of(calibrations: list[ModelCalibration]) -> str:
+def _mode_of(calibrations: list[ModelCalibration], key: str) -> str:
+    """The runtime's mode `key` ("decode", "kernel") its calibration requests ran in."""
     raws = [r for c in calibrations for r in c.raw.get("requests", [c.raw])]
-    modes = sorted({str(r.get("decode", "eager")) for r in raws})
+    modes = sorted({str(r.get(key, "eager")) for r in raws})
     return modes[0] if len(modes) == 1 else "+".join(modes)
 
 
@@ -351,7 +359,7 @@ def write_runtime_profile(profile: RuntimeProfile, path: Path) -> None:
 
 
 def run(name: str, models: list[str], out: Path, device: str = "cuda", scale: str = "full",
-        decode: str = "eager") -> RuntimeProfile:
+        decode: str = "eager", kernel: str = "eager") -> RuntimeProfile:
     import torch
 
     if out.suffix != ".toml":
@@ -359,7 +367,7 @@ def run(name: str, models: list[str], out: Path, device: str = "cuda", scale: st
     cals = []
     for arg in models:
         preset, layers = parse_model_arg(arg)
-        cals.append(calibrate_model(preset, layers, device=device, scale=scale, decode=decode))
+        cals.append(calibrate_model(preset, layers, device=device, scale=scale, decode=decode, kernel=kernel))
         if device == "cuda":
             torch.cuda.empty_cache()
     profile = runtime_profile(name, cals, device_name(device))

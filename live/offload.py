@@ -19,9 +19,11 @@ copies waiting for victims) always runs the eager way.
 
 Deferred hits (fused kernel): when every expert of a layer holds a slot, no decision can depend on the
 routing, so the layer runs without reading it back: the router's ids are mapped to slots on the device
-(a per-layer lookup table), copied to pinned host memory behind the layer, and booked with the cache
-policy later, in order, before the next decision that reads the policy state (the next non-deferred
-layer, the next pass, `stats()`). The policy sees the same events in the same order, so decisions and
+(the slot table, each entry written by a fill kernel when its slot is assigned: no host-to-device copy,
+which would queue behind the expert copies; the fused kernel of a read-back layer maps its ids the same
+way), copied to pinned host memory behind the layer, and booked with the cache policy later, in order,
+before the next decision that reads the policy state (the next non-deferred layer, the next pass,
+`stats()`). The policy sees the same events in the same order, so decisions and
 counts are those of the synchronous path; the host no longer waits for the GPU at such layers, as the
 unmodified model never does. Free slots are taken at `key % n_slots` when free, so at 100% cache each
 layer's experts sit in one contiguous window.
@@ -173,6 +175,9 @@ class ExpertOffload:
         self.kernel = kernel or ("eager" if impl in (None, "eager") else "fused")
         if self.kernel not in KERNELS:
             raise EmuError(f"expected one of {list(KERNELS)}, got {self.kernel!r}", key="--experts")
+        # fused kernel: a layer whose experts all hold slots runs without its readback (see the module's text);
+        # off while calibrating the host cost of a layer that reads its routing back
+        self.defer = True
         self.eviction, self.eviction_params, self.seed = eviction, dict(eviction_params or {}), seed
         self.prefetch, self.prefetch_params = prefetch, dict(prefetch_params or {})
         self.partition, self.partition_params = partition, dict(partition_params or {})
@@ -341,8 +346,10 @@ class ExpertOffload:
         self.slot_last_use: list[Any] = [None] * self.n_slots
         self.layer_slots = np.zeros(self.n_layers, np.int64)  # keys of each layer that hold a slot
         self.pending: list[dict[int, Any]] = [{} for _ in range(self.n_layers)]  # slot -> copy event not waited
-        self.lut = torch.zeros((self.n_layers, self.n_experts), dtype=torch.int64, device=self.device)
-        self.lut_window: list[tuple[int, int] | None] = [None] * self.n_layers  # None: lut is stale
+        # each key's slot on the device, written by a fill kernel as the slot is assigned (no host-to-device
+        # copy, which would queue behind the expert copies): the fused kernel maps routing ids to slots there
+        self.slot_table = torch.zeros((self.n_layers, self.n_experts), dtype=torch.int64, device=self.device)
+        self.lut_window: list[tuple[int, int] | None] = [None] * self.n_layers  # a resident layer's slot range
         self.deferred: list[tuple[int, torch.Tensor, Any]] = []  # (layer, host ids, event) not yet booked
         self.deferred_layers = 0
         self.pass_index = -1
@@ -444,6 +451,7 @@ class ExpertOffload:
             slot = home if self.free[home] else int(np.argmax(self.free))
             self.free[slot] = False
         self.slot_of[key] = slot
+        self.slot_table[layer, expert].fill_(slot)
         self.layer_slots[layer] += 1
         self.lut_window[layer] = None
         return slot
@@ -500,7 +508,8 @@ class ExpertOffload:
 
     def _run_layer(self, layer: int, act_fn: Any, hidden: torch.Tensor, top_k_index: torch.Tensor,
                    top_k_weights: torch.Tensor) -> torch.Tensor:
-        if self.watchdog is None and self.kernel == "fused" and self.layer_slots[layer] == self.n_experts:
+        resident = self.layer_slots[layer] == self.n_experts
+        if resident and self.defer and self.watchdog is None and self.kernel == "fused":
             out = self._run_deferred(layer, hidden, top_k_index, top_k_weights)
             if out is not None:
                 return out
@@ -555,8 +564,10 @@ class ExpertOffload:
         if ledger is not None:
             launch_from = ledger.close_gate()
         if self.kernel == "fused" and not waiting and len(ready) + len(loading) == len(experts):
-            out = self._run_fused(layer, index, hidden, top_k_weights, ready + loading)
+            out = self._run_fused(layer, index, hidden, top_k_index, top_k_weights, ready + loading)
             if out is not None:
+                if ledger is not None:  # the one launch's host work, shared by the layer's experts
+                    ledger.close_experts(launch_from, len(experts))
                 return out
         rows = self._routing_rows(index)
         results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -706,7 +717,6 @@ class ExpertOffload:
             lo, hi = int(slots.min()), int(slots.max())
             if hi - lo + 1 > MAX_GROUPS:
                 return None
-            self.lut[layer].copy_(torch.from_numpy(slots - lo))
             window = self.lut_window[layer] = (lo, hi)
         lo, hi = window
         stream = self.compute_stream
@@ -718,7 +728,7 @@ class ExpertOffload:
         fused = self.fused[layer]
         fused.gate_up_proj, fused.down_proj = self.slot_gu[lo: hi + 1], self.slot_dn[lo: hi + 1]
         fused.num_experts = hi - lo + 1
-        out = fused(hidden, self.lut[layer][top_k_index], top_k_weights)
+        out = fused(hidden, self._slot_ids(layer, top_k_index, lo), top_k_weights)
         ids = torch.empty(top_k_index.shape, dtype=top_k_index.dtype, pin_memory=self.cuda)
         ids.copy_(top_k_index, non_blocking=self.cuda)
         done = None
@@ -748,10 +758,11 @@ class ExpertOffload:
                 self.bridge.complete(layer, e)
                 self.bridge.release(layer, e)
 
-    def _run_fused(self, layer: int, index: np.ndarray, hidden: torch.Tensor, top_k_weights: torch.Tensor,
-                   placed: list[tuple[int, int, Any]]) -> torch.Tensor | None:
+    def _run_fused(self, layer: int, index: np.ndarray, hidden: torch.Tensor, top_k_index: torch.Tensor,
+                   top_k_weights: torch.Tensor, placed: list[tuple[int, int, Any]]) -> torch.Tensor | None:
         """The model's own experts function over the window of slots the layer uses, once every copy of
-        the layer landed; None when the window is wider than one grouped GEMM takes."""
+        the layer landed, the routing mapped to slots on the device; None when the window is wider than one
+        grouped GEMM takes."""
         slot_ids = self.slot_of[layer * self.n_experts + index]
         lo, hi = int(slot_ids.min()), int(slot_ids.max())
         if hi - lo + 1 > MAX_GROUPS:
@@ -763,7 +774,7 @@ class ExpertOffload:
         fused = self.fused[layer]
         fused.gate_up_proj, fused.down_proj = self.slot_gu[lo: hi + 1], self.slot_dn[lo: hi + 1]
         fused.num_experts = hi - lo + 1
-        out = fused(hidden, torch.from_numpy(slot_ids - lo).to(self.device), top_k_weights)
+        out = fused(hidden, self._slot_ids(layer, top_k_index, lo), top_k_weights)
         done = None
         if self.cuda:
             done = torch.cuda.Event()
@@ -776,6 +787,11 @@ class ExpertOffload:
         if self.watchdog is not None:
             self.watchdog.pump()  # a checkpoint after the launch
         return out
+
+    def _slot_ids(self, layer: int, top_k_index: torch.Tensor, lo: int) -> torch.Tensor:
+        """The routing's experts as slots of the window starting at `lo`, computed on the device."""
+        ids = self.slot_table[layer][top_k_index]
+        return ids.sub_(lo) if lo else ids
 
     def _waited(self, layer: int, experts: np.ndarray) -> None:
         """The compute stream has waited for these experts' copies."""
@@ -831,7 +847,8 @@ class HostLedger:
     routing readback's transfer (`readback`, its wait timed apart), the layer's cache decisions from the
     readback to the first expert launch less the copies issued meanwhile (`gate`), each copy's issue (`copy`),
     and per expert launched the loop's work from the first launch to the layer's combined output less its
-    copies (`expert`). Only the eager path is timed (a fused or deferred layer is not a calibration's)."""
+    copies (`expert`; a fused layer's one launch shared by its experts). A deferred layer is not timed: it
+    reads no routing, so nothing of it is a decision's."""
 
     seconds: dict[tuple[int, str], float] = attrs.Factory(dict)
     counts: dict[tuple[int, str], int] = attrs.Factory(dict)

@@ -241,7 +241,7 @@ def run_protocol(args: argparse.Namespace) -> int:
         except ImportError:
             raise EmuError("running the matrix needs torch: pip install -e '.[live]'", key="--matrix") from None
         written = run_matrix(matrix, args.out, device=args.device, scale=args.scale,
-                             calibrate_runtime=args.calibrate_runtime, decode=args.decode)
+                             calibrate_runtime=args.calibrate_runtime, decode=args.decode, kernel=args.experts)
         print(f"wrote {len(written)} run records to {args.out / 'runs'}")
         return 0
     if args.profile is None or args.gpu_kind is None:

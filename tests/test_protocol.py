@@ -170,3 +170,17 @@ def test_the_calibration_prices_hits_on_a_resident_request(dataset: Path) -> Non
         assert costs["copy_s"] == pytest.approx(max(req["copy_s_per_miss"], req["copy_s_issue"]))
         n_exp = resident["ledger"]["decode.expert"]
         assert costs["expert_s"] == pytest.approx(n_exp[0] / n_exp[1])  # a hit's launch, from the resident request
+
+
+def test_the_fused_kernel_calibrates_a_read_back_layer_and_its_one_launch() -> None:
+    from live.host_calibration import calibrate_model, runtime_profile
+
+    cal = calibrate_model("olmoe-1b-7b", None, device="cpu", scale="tiny", prompt_len=8, steps=4, kernel="fused")
+    assert cal.raw["kernel"] == "fused"
+    resident = cal.raw["resident_request"]
+    # all experts resident, yet no layer deferred: each reads its routing back, decides and launches once
+    gates = resident["ledger"]["decode.gate"]
+    assert gates[1] == cal.raw["steps"] * cal.n_layers
+    seconds, launched = resident["ledger"]["decode.expert"]
+    assert launched >= gates[1] and cal.costs.expert_s == pytest.approx(seconds / launched)
+    assert runtime_profile("hf-fused", [cal], "cpu").provenance["kernel"] == "fused"
