@@ -4,13 +4,16 @@ Two steps, so the GPU lease is spent on measurements only:
 
     python -m live.protocol run MATRIX.toml --out DIR [--calibrate-runtime NAME]      (on the GPU)
     python -m live.protocol compare DIR --profile P.toml --runtime R.toml [--gpu-kind K] (anywhere, no torch)
+    python -m live.protocol merge PART PART... --out DIR                              (a run in parts)
 
 `run` builds each model of the matrix once (random weights), optionally calibrates the runtime first on
 calibration requests of its own (`host_calibration`: other prompts and seeds, another cache, thrown away),
 then runs every configuration (warm-up, an untimed rehearsal, the measured request) and writes the live
 record to DIR/runs/<config>.json and its trace once, by fingerprint, to DIR/traces/<fingerprint>.npz.
-`compare` replays every record through the emulator with the hardware profile (device and links) and the
-runtime profile (host) it is given, and writes DIR/comparisons.json (schema of `validation_set`): per
+`merge` joins the folders of one lease's matrix run in parts (`--only`: one command has a time limit) into one
+dataset: the runs, the traces (by fingerprint) and each runtime profile (its models from the parts, `[host]`
+their median again). `compare` replays every record through the emulator with the hardware profile (device
+and links) and the runtime profile (host) it is given, and writes DIR/comparisons.json (schema of `validation_set`): per
 configuration the measured and emulated TTFT, decode rate, per-step latencies and counts, and which
 calibration predicted it. The hardware and runtime profiles must come from runs other than DIR/runs.
 
@@ -320,6 +323,70 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
     return data
 
 
+def merge_parts(parts: list[Path], out: Path) -> Path:
+    """One dataset from the folders of one lease's matrix run in parts: runs (a configuration in two parts is
+    refused), traces (one per fingerprint), each runtime profile's models from every part (a model calibrated
+    in two parts is refused: it would have two calibrations) with `[host]` their median, and every other
+    calibration file (a name in several parts gets the part's folder name before its suffix)."""
+    import shutil
+
+    from emu.runtime_profile import load_runtime_profile
+
+    from .host_calibration import _median_costs, write_runtime_profile
+
+    if len(parts) < 2:
+        raise EmuError("expected two or more part folders", key="parts")
+    if out.exists() and any(out.iterdir()):
+        raise EmuError("expected an empty or new output folder", file=str(out), key="--out")
+    for part in parts:
+        if not (part / "runs").is_dir():
+            raise EmuError("not a matrix run's folder (no runs/)", file=str(part))
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    (out / "traces").mkdir(exist_ok=True)
+    (out / "calibration").mkdir(exist_ok=True)
+    for part in parts:
+        for run in sorted((part / "runs").glob("*.json")):
+            if (out / "runs" / run.name).exists():
+                raise EmuError(f"configuration {run.stem!r} is in more than one part", file=str(run))
+            shutil.copy2(run, out / "runs" / run.name)
+        for trace in sorted((part / "traces").glob("*")):
+            if not (out / "traces" / trace.name).exists():  # named by fingerprint: the same name, the same trace
+                shutil.copy2(trace, out / "traces" / trace.name)
+    profiles: dict[str, list[Any]] = {}
+    others: dict[str, list[Path]] = {}
+    for part in parts:
+        for f in sorted((part / "calibration").glob("*")):
+            if not f.is_file():
+                continue
+            if f.suffix == ".toml" and "moe-emu/runtime/" in f.read_text(encoding="utf-8", errors="replace")[:200]:
+                profiles.setdefault(f.name, []).append(load_runtime_profile(f))
+            else:
+                others.setdefault(f.name, []).append(f)
+    for name, files in others.items():
+        for f in files:
+            target = name if len(files) == 1 else f"{f.stem}.{f.parent.parent.name}{f.suffix}"
+            shutil.copy2(f, out / "calibration" / target)
+    for name, rts in profiles.items():
+        models: dict[str, Any] = {}
+        cal_models: dict[str, Any] = {}
+        for rt in rts:
+            for model, costs in rt.models.items():
+                if model in models:
+                    raise EmuError(f"runtime profile {name}: model {model!r} calibrated in more than one part",
+                                   key="parts")
+                models[model] = costs
+            cal_models.update(rt.provenance.get("models", {}))
+        devices = {rt.provenance.get("device") for rt in rts}
+        if len(devices) > 1:
+            raise EmuError(f"runtime profile {name}: calibrated on different devices {sorted(map(str, devices))}; "
+                           "the parts are not one lease's", key="parts")
+        host, _spread = _median_costs(list(models.values()))
+        prov = dict(rts[0].provenance) | {"models": cal_models, "parts": [str(p) for p in parts]}
+        write_runtime_profile(attrs.evolve(rts[0], host=host, models=models, provenance=prov),
+                              out / "calibration" / name)
+    return out
+
+
 def _rel(path: Path, folder: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(folder.resolve()))
@@ -341,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--only", action="append", default=None, metavar="CONFIG", help="run only these configurations")
     r.add_argument("--decode", choices=("eager", "static", "graph"), default="eager")
     r.add_argument("--experts", choices=("eager", "fused"), default="eager")
+    m = sub.add_parser("merge", help="join the folders of a matrix run in parts into one dataset")
+    m.add_argument("parts", type=Path, nargs="+")
+    m.add_argument("--out", type=Path, required=True)
     c = sub.add_parser("compare", help="emulate every run of a dataset folder with a calibration")
     c.add_argument("folder", type=Path)
     c.add_argument("--profile", type=Path, required=True)
@@ -353,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             run_matrix(load_matrix(args.matrix), args.out, device=args.device, scale=args.scale,
                        calibrate_runtime=args.calibrate_runtime, only=set(args.only) if args.only else None,
                        decode=args.decode, kernel=args.experts)
+        elif args.cmd == "merge":
+            merge_parts(args.parts, args.out)
         else:
             compare(args.folder, args.profile, args.runtime, args.gpu_kind, args.runtime_name)
     except EmuError as err:

@@ -184,3 +184,37 @@ def test_the_fused_kernel_calibrates_a_read_back_layer_and_its_one_launch() -> N
     seconds, launched = resident["ledger"]["decode.expert"]
     assert launched >= gates[1] and cal.costs.expert_s == pytest.approx(seconds / launched)
     assert runtime_profile("hf-fused", [cal], "cpu").provenance["kernel"] == "fused"
+
+
+def test_merge_joins_a_matrix_run_in_parts(dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from live.protocol import merge_parts
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for part, runs in ((a, ["lru-25"]), (b, ["lfu-50-nl", "lru-25-b2"])):
+        shutil.copytree(dataset / "calibration", part / "calibration")
+        shutil.copytree(dataset / "traces", part / "traces")
+        (part / "runs").mkdir()
+        for r in runs:
+            shutil.copy2(dataset / "runs" / f"{r}.json", part / "runs")
+    with pytest.raises(EmuError, match="more than one part"):  # the same model calibrated in both parts
+        merge_parts([a, b], tmp_path / "same")
+    # part b calibrated another model instead, at other costs
+    import attrs
+
+    from live.host_calibration import write_runtime_profile
+
+    rt_b = load_runtime_profile(dataset / "calibration" / "hf-eager.toml")
+    costs_b = attrs.evolve(rt_b.models["olmoe-1b-7b"], expert_s=2e-3)
+    write_runtime_profile(attrs.evolve(rt_b, models={"qwen3-30b-a3b": costs_b}), b / "calibration" / "hf-eager.toml")
+    merged = merge_parts([a, b], tmp_path / "m")
+    assert sorted(p.stem for p in (merged / "runs").glob("*.json")) == ["lfu-50-nl", "lru-25", "lru-25-b2"]
+    assert len(list((merged / "traces").glob("*"))) == len(list((dataset / "traces").glob("*")))
+    rt = load_runtime_profile(merged / "calibration" / "hf-eager.toml")
+    assert sorted(rt.models) == ["olmoe-1b-7b", "qwen3-30b-a3b"]
+    assert rt.models["qwen3-30b-a3b"].expert_s == 2e-3
+    own = rt.models["olmoe-1b-7b"].expert_s
+    assert rt.host.expert_s == pytest.approx((own + 2e-3) / 2)  # the median of the two models
+    with pytest.raises(EmuError, match="more than one part"):  # a configuration in two parts
+        merge_parts([a, a], tmp_path / "twice")
