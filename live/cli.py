@@ -191,11 +191,15 @@ def run(args: argparse.Namespace) -> int:
                                 timing=_miss_timing(scenario, spec))
     rehearse = args.device == "cuda" if args.rehearse is None else args.rehearse
     meta = {"scenario": scenario.path, "scale": args.scale, "device": args.device, "slots": n_slots}
+    from emu.progress import Progress
+
+    tick = Progress(len(plans), label="live", unit="requests")
     try:
         result = run_live(model, plans, vocab=shape.vocab, device=device, seed=scenario.seed, runtime=runtime,
                           force=force, warmup_passes=args.warmup, rehearse=rehearse, model_name=spec.name,
-                          meta=meta)
+                          meta=meta, progress=tick)
     finally:
+        tick.close()
         if runtime is not None:
             runtime.close()
 

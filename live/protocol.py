@@ -151,6 +151,7 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
     `kernel`: the runtime's experts kernel ("eager" expert by expert, "fused" the model's own grouped GEMM)."""
     import torch
 
+    from emu.progress import Progress
     from emu.trace import RoutingTrace
 
     from .cli import _versions, first_layers
@@ -169,54 +170,62 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
             groups.setdefault((c.model, c.layers), []).append(c)
     dev = torch.device(device)
     written, cals = [], []
-    for (preset, layers), configs in groups.items():
-        model = build_model(preset, scale, n_layers=layers, dtype="bf16", seed=0)
-        shape = shape_of(model, preset, scale)
-        spec = live_spec(shape, "bf16")
-        n_keys = shape.n_layers * shape.n_experts
-        runtime = ExpertOffload(model, shape.top_k, eviction="lru", device=device, kernel=kernel)
-        try:
-            # the runtime's calibration: requests of its own before the model's first configuration, after its
-            # middle one and after its last (the host's pace drifts for minutes: their median is the profile's)
-            requests: list[Any] = []
-            at = [0, len(configs) // 2, len(configs)] if calibrate_runtime is not None else []
-            for i, c in enumerate(configs):
-                for _ in range(at.count(i)):
+    n_cal = 3 * len(groups) if calibrate_runtime is not None else 0  # three calibration requests per model
+    tick = Progress(sum(map(len, groups.values())) + n_cal, label="matrix", unit="runs")
+    try:
+        for (preset, layers), configs in groups.items():
+            model = build_model(preset, scale, n_layers=layers, dtype="bf16", seed=0)
+            shape = shape_of(model, preset, scale)
+            spec = live_spec(shape, "bf16")
+            n_keys = shape.n_layers * shape.n_experts
+            runtime = ExpertOffload(model, shape.top_k, eviction="lru", device=device, kernel=kernel)
+            try:
+                # the runtime's calibration: requests of its own before the model's first configuration, after its
+                # middle one and after its last (the host's pace drifts for minutes: their median is the profile's)
+                requests: list[Any] = []
+                at = [0, len(configs) // 2, len(configs)] if calibrate_runtime is not None else []
+                for i, c in enumerate(configs):
+                    for _ in range(at.count(i)):
+                        _calibrate(model, runtime, shape, preset, requests, out, calibrate_runtime, cals, dev, decode)
+                        tick.step(f"calibration {preset}")
+                    slots = _slots(c.capacity, spec, n_keys, matrix.path, f"{c.name}.capacity")
+                    runtime.close()  # the last configuration's prefetch watchdog may still submit to the old pool
+                    runtime.resize(slots)
+                    runtime.eviction, runtime.eviction_params, runtime.seed = c.eviction, {}, c.seed
+                    runtime.prefetch, runtime.prefetch_params = c.prefetch, {}
+                    runtime.reset()
+                    runtime.attach()
+                    force = None
+                    plans = [PassPlan(matrix.prompt_len, matrix.decode_tokens, batch=c.batch)]
+                    if c.trace is not None:
+                        force = RoutingTrace.load(c.trace)
+                        if force.n_layers > shape.n_layers:
+                            force = first_layers(force, shape.n_layers)
+                        force.check_fits(shape.n_layers, shape.n_experts, shape.top_k, file=c.trace)
+                        force = batched_trace(force, c.batch)  # the trace's first requests, c.batch at a time
+                        plans = plans_from_trace(force, matrix.prompt_len, matrix.decode_tokens)[:1]
+                    result = run_live(model, plans, vocab=shape.vocab, device=dev, seed=c.seed, runtime=runtime,
+                                      force=force, warmup_passes=3, rehearse=True, model_name=spec.name,
+                                      meta={"config": c.name, "slots": slots}, decode=decode)
+                    written.append(_write_record(out, c, spec, shape, slots, runtime, result, plans, dev, _versions(),
+                                                 decode))
+                    share = "" if result.decode_host_share is None else f", host share {result.decode_host_share:.2f}"
+                    print(f"{c.name}: TTFT {result.ttft_s * 1e3:.2f} ms, decode {result.decode_tok_s:.2f} tok/s{share}",
+                          file=sys.stderr, flush=True)
+                    tick.step(c.name)
+                for _ in range(at.count(len(configs))):
                     _calibrate(model, runtime, shape, preset, requests, out, calibrate_runtime, cals, dev, decode)
-                slots = _slots(c.capacity, spec, n_keys, matrix.path, f"{c.name}.capacity")
-                runtime.close()  # the last configuration's prefetch watchdog may still submit to the old pool
-                runtime.resize(slots)
-                runtime.eviction, runtime.eviction_params, runtime.seed = c.eviction, {}, c.seed
-                runtime.prefetch, runtime.prefetch_params = c.prefetch, {}
-                runtime.reset()
-                runtime.attach()
-                force = None
-                plans = [PassPlan(matrix.prompt_len, matrix.decode_tokens, batch=c.batch)]
-                if c.trace is not None:
-                    force = RoutingTrace.load(c.trace)
-                    if force.n_layers > shape.n_layers:
-                        force = first_layers(force, shape.n_layers)
-                    force.check_fits(shape.n_layers, shape.n_experts, shape.top_k, file=c.trace)
-                    force = batched_trace(force, c.batch)  # the trace's first requests, c.batch at a time
-                    plans = plans_from_trace(force, matrix.prompt_len, matrix.decode_tokens)[:1]
-                result = run_live(model, plans, vocab=shape.vocab, device=dev, seed=c.seed, runtime=runtime,
-                                  force=force, warmup_passes=3, rehearse=True, model_name=spec.name,
-                                  meta={"config": c.name, "slots": slots}, decode=decode)
-                written.append(_write_record(out, c, spec, shape, slots, runtime, result, plans, dev, _versions(),
-                                             decode))
-                share = "" if result.decode_host_share is None else f", host share {result.decode_host_share:.2f}"
-                print(f"{c.name}: TTFT {result.ttft_s * 1e3:.2f} ms, decode {result.decode_tok_s:.2f} tok/s{share}",
-                      file=sys.stderr, flush=True)
-            for _ in range(at.count(len(configs))):
-                _calibrate(model, runtime, shape, preset, requests, out, calibrate_runtime, cals, dev, decode)
-            if requests:
-                cals.append(merge(requests))
-        finally:
-            runtime.close()
-            del runtime, model
-            gc.collect()
-            if device == "cuda":
-                torch.cuda.empty_cache()
+                    tick.step(f"calibration {preset}")
+                if requests:
+                    cals.append(merge(requests))
+            finally:
+                runtime.close()
+                del runtime, model
+                gc.collect()
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+    finally:
+        tick.close()
     return written
 
 

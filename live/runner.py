@@ -434,7 +434,8 @@ def attention_backends(device: torch.device) -> Any:
 def run_live(model: Any, plans: list[PassPlan], *, vocab: int, device: torch.device, seed: int = 0,
              runtime: ExpertOffload | None = None, force: RoutingTrace | None = None, warmup_passes: int = 3,
              rehearse: bool = False, model_name: str = "", meta: dict[str, Any] | None = None,
-             preload: bool = False, between: Between | None = None, decode: str = "eager") -> LiveResult:
+             preload: bool = False, between: Between | None = None, decode: str = "eager",
+             progress: Callable[[str], None] | None = None) -> LiveResult:
     """Warm up, empty the expert cache (or, with `preload`, fill it in key order), then run every plan
     (one request each) timed and recorded.
 
@@ -447,18 +448,20 @@ def run_live(model: Any, plans: list[PassPlan], *, vocab: int, device: torch.dev
     "graph" is the device-paced decode (`graphed.GraphedDecode`): one static KV cache for every request, the
     warm-up and rehearsal eager over it, then each decode pass captured (per forcing) and replayed; "static"
     is "graph" without the graphs (its passes eager over the static cache: the same kernels, for comparison).
+    `progress(label)` is called after each measured request (`emu.progress.Progress.step`).
     """
     if decode not in DECODE_MODES:
         raise EmuError(f"expected a decode mode in {list(DECODE_MODES)}, got {decode!r}", key="decode")
     with attention_backends(device):
         return _run_live(model, plans, vocab, device, seed, runtime, force, warmup_passes, rehearse, model_name,
-                         meta, preload, between, decode)
+                         meta, preload, between, decode, progress)
 
 
 def _run_live(model: Any, plans: list[PassPlan], vocab: int, device: torch.device, seed: int,
               runtime: ExpertOffload | None, force: RoutingTrace | None, warmup_passes: int, rehearse: bool,
               model_name: str, meta: dict[str, Any] | None, preload: bool = False,
-              between: Between | None = None, decode: str = "eager") -> LiveResult:
+              between: Between | None = None, decode: str = "eager",
+              progress: Callable[[str], None] | None = None) -> LiveResult:
     gen = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(0, vocab, (plan.batch, plan.prompt_len), generator=gen).to(device) for plan in plans]
     graphed = None if decode == "eager" else graphed_decode(model, runtime, plans, warmup_passes, device, between)
@@ -487,6 +490,8 @@ def _run_live(model: Any, plans: list[PassPlan], vocab: int, device: torch.devic
                                 between=between, graphed=graphed)
             tokens.extend(tuple(int(t[b]) for t in out) for b in range(plan.batch))
             req += plan.batch
+            if progress is not None:
+                progress(f"request {req}")
         spans = clock.seconds()
     finally:
         hooks.remove()

@@ -74,12 +74,13 @@ def test_a_batchs_counts_and_rate_are_the_emulators():
 
 def test_a_static_cache_batch_decodes_as_the_dynamic_one():
     shape = live_shape("olmoe-1b-7b", "tiny")
-    runs = []
+    runs, done = [], []
     for decode in ("eager", "static"):
         model = _model()
         rt = ExpertOffload(model, 64, eviction="lru")
         runs.append(run_live(model, [PassPlan(9, 4, batch=3), PassPlan(9, 4, batch=3)], vocab=shape.vocab,
-                             device=CPU, runtime=rt, warmup_passes=1, decode=decode))
+                             device=CPU, runtime=rt, warmup_passes=1, decode=decode, progress=done.append))
+    assert done == ["request 3", "request 6"] * 2  # after each measured request (rows so far)
     assert runs[0].tokens == runs[1].tokens and len(runs[0].tokens) == 6
     assert runs[0].stats == runs[1].stats
     assert np.array_equal(runs[0].trace.token_request, runs[1].trace.token_request)
