@@ -366,10 +366,11 @@ def _timed_pass(forward: Callable[[], torch.Tensor], phase: int, force: int | No
 def capture_decode(graphed: GraphedDecode, plans: list[PassPlan], hooks: RoutingHooks | None) -> None:
     """Capture the decode pass for each forcing the plans' decode steps use (forced, self-routed), through
     `hooks` (whose recording and forcing become part of the graphs)."""
+    rows = np.zeros(graphed.ids.shape[0])  # one token per request of the batch
     for forced in sorted({step < len(p.force_decode) for p in plans for step in range(p.n_decode)}):
         first = next((p.force_decode[0] for p in plans if p.force_decode), None) if forced else None
         if hooks is not None:
-            hooks.begin_pass(PHASE_DECODE, np.zeros(1), np.zeros(1), force_pass=first)
+            hooks.begin_pass(PHASE_DECODE, rows, rows, force_pass=first)
         graphed.capture(forced, hooks)
         if hooks is not None:
             hooks.discard_pass()

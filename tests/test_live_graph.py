@@ -113,6 +113,29 @@ def test_replayed_passes_force_each_passes_own_routing():
 
 @gpu
 @pytest.mark.gpu
+def test_replayed_passes_force_a_batchs_routing():
+    from live.runner import batched_trace
+
+    from .test_live_batch import _single_requests
+
+    shape = live_shape("olmoe-1b-7b", "tiny")
+    trace = batched_trace(_single_requests(2, shape.n_layers, shape.n_experts, shape.top_k, decode=6), 2)
+    runs = []
+    for decode in ("static", "graph"):
+        model = build_model("olmoe-1b-7b", "tiny", dtype="fp32", seed=2, experts_implementation="eager")
+        runtime = ExpertOffload(model, shape.n_layers * shape.n_experts // 4, eviction="lru", device="cuda")
+        try:
+            runs.append(run_live(model, plans_from_trace(trace, 5, 6)[:1], vocab=shape.vocab,
+                                 device=torch.device("cuda"), runtime=runtime, force=trace, warmup_passes=2,
+                                 decode=decode))
+        finally:
+            runtime.close()
+    _same_run(*runs)
+    assert np.array_equal(runs[1].trace.experts, trace.experts)
+
+
+@gpu
+@pytest.mark.gpu
 def test_replayed_passes_with_prefetch_keep_the_routing():
     # prefetch copies race the gates on a GPU: the routing and tokens must agree, the counts may not
     static = _run("olmoe-1b-7b", "static", "cuda", prefetch="next-layer")
