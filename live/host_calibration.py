@@ -10,8 +10,12 @@ beyond those (its time less its readback waits less every item above, `layer_s` 
 `pass_s`. The request runs twice on the same prompt: with every expert resident (all hits), which prices the
 pass, layer, readback, gate and expert launch, and with a small LRU cache, whose host work beyond those prices
 is what its demand misses add, per copy (`copy_s`; never below the copy's own issue); the prefill items come
-from the second. A prefetching sibling runtime gives `prefetch_s` through the prefetch path's own loop
-(`runtime_cal.measure_prefetch_issue`).
+from the second. A third run of the request on the same prompt and cache, with a prefetch policy
+(`PREFETCH`), prices a prefetch (`prefetch_s`, and `prefill_prefetch_s` from its prefill): its host work
+beyond the second's, less what its other expert launches and demand copies cost, over the prefetches it
+issued: the policy's decisions, the queue, the checkpoints and the landing polls, whatever the prefetches
+add to the host's work (never below the issue alone: a prefetching sibling runtime times that through the
+prefetch path's own loop, `runtime_cal.measure_prefetch_issue`).
 
 The profile's `[models."<preset>"]` entries hold each model's costs; `[host]` the median over the models, for a
 model the profile has no entry for. None of these runs is ever compared with the emulator.
@@ -36,6 +40,8 @@ PROMPT_LEN = 128
 DECODE_STEPS = 32
 SEED = 4242
 CAPACITY = 0.10
+#: the prefetch policy of the request that prices a prefetch
+PREFETCH = "next-layer"
 
 
 @attrs.frozen
@@ -83,7 +89,7 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
                     steps: int = DECODE_STEPS, capacity: float = CAPACITY, seed: int = SEED,
                     again: bool = False, decode: str = "eager") -> ModelCalibration:
     """Calibrate on a model already offloaded to `runtime` (its slots and policies are set here and left so).
-    `again`: a repeat later in the same process (no warm-up or rehearsal, no prefetch loop: those ran).
+    `again`: a repeat later in the same process (no warm-up or rehearsal: those ran).
     `decode`: the runner's decode mode the calibrated runtime runs (`runner.DECODE_MODES`).
 
     Two timed requests on the same prompt (so the same routing where the model routes itself): one with
@@ -117,7 +123,14 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     gen = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, shape.vocab, (1, prompt_len), generator=gen).to(dev)
     missing = _timed_request(model, runtime, plan, prompt, dev, decode, preload=False)
-    prefetch_s = None if again else _prefetch_issue(runtime, model, shape, plan, dev, seed)
+    issue_s = _prefetch_issue(runtime, model, shape, plan, dev, seed)
+    runtime.prefetch = PREFETCH
+    try:
+        prefetching = _timed_request(model, runtime, plan, prompt, dev, decode, preload=False)
+    finally:
+        runtime.close()
+        runtime.prefetch = "none"
+        runtime.reset()
     resident = None
     if _fits_every_expert(runtime, n_keys):
         runtime.close()
@@ -134,17 +147,27 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     hits = resident or missing
     costs = HostCosts(pass_s=max(hits.pass_s(shape.n_layers), 0.0), layer_s=hits.layer_s,
                       readback_s=hits.item(1, "readback"), gate_s=hits.item(1, "gate"),
-                      expert_s=hits.item(1, "expert"), copy_s=missing.item(1, "copy"), prefetch_s=prefetch_s,
+                      expert_s=hits.item(1, "expert"), copy_s=missing.item(1, "copy"),
                       prefill_expert_s=missing.item(0, "expert"), prefill_copy_s=missing.item(0, "copy"))
     per_miss = None
     if resident is not None:
         per_miss = missing.per_copy_over(costs, shape.n_layers)
         if per_miss is not None and costs.copy_s is not None:
             costs = attrs.evolve(costs, copy_s=max(per_miss, costs.copy_s))  # never below the issue itself
+    floor = issue_s or 0.0
+    per_prefetch = [prefetching.per_prefetch_over(missing, phase, expert_s=e, copy_s=c)
+                    for phase, e, c in ((0, costs.prefill_expert_s, costs.prefill_copy_s),
+                                        (1, costs.expert_s, costs.copy_s))]
+    prefill_pf, decode_pf = (None if x is None else max(x, floor) for x in per_prefetch)
+    costs = attrs.evolve(costs, prefetch_s=decode_pf if decode_pf is not None else issue_s,
+                         prefill_prefetch_s=prefill_pf)
     raw = {"slots": slots, "n_keys": n_keys, "prompt_len": prompt_len, "steps": steps, "seed": seed,
            "decode": decode, "kernel": runtime.kernel, **missing.raw(shape.n_layers),
            "resident_request": None if resident is None else resident.raw(shape.n_layers),
-           "copy_s_issue": missing.item(1, "copy"), "copy_s_per_miss": per_miss}
+           "prefetch_request": prefetching.raw(shape.n_layers) | {"prefetch": PREFETCH},
+           "copy_s_issue": missing.item(1, "copy"), "copy_s_per_miss": per_miss,
+           **({} if issue_s is None else {"prefetch_s_issue": issue_s}),
+           "prefetch_s_per_prefetch": {ph: x for ph, x in zip(("prefill", "decode"), per_prefetch) if x is not None}}
     return ModelCalibration(preset, shape.n_layers, costs, raw)
 
 
@@ -169,6 +192,9 @@ class _Request:
     wait_s: float  # the decode steps' readback waits
     ahead_s: float
     ahead_n: int
+    prefill_work_s: float = 0.0  # the prefill's host span less its readback waits
+    copies: tuple[int, int] = (0, 0)  # copies started, by phase (prefill, decode): demand and prefetch
+    prefetches: tuple[int, int] = (0, 0)  # prefetches issued, by phase
 
     @property
     def layer_s(self) -> float:
@@ -203,8 +229,23 @@ class _Request:
         base = steps * ((hit.pass_s or 0.0) + n_layers * layer) + self.count(1, "expert") * (hit.expert_s or 0.0)
         return (self.work_s - base) / copies
 
+    def per_prefetch_over(self, base: _Request, phase: int, expert_s: float | None,
+                          copy_s: float | None) -> float | None:
+        """Host seconds per prefetch issued in `phase`: this (prefetching) request's host work beyond `base`'s
+        (the same request without prefetch), less its other expert launches and demand copies at the prices
+        given; None without prefetches."""
+        issued = self.prefetches[phase]
+        if issued == 0:
+            return None
+        work = (self.prefill_work_s - base.prefill_work_s) if phase == 0 else (self.work_s - base.work_s)
+        launches = self.count(phase, "expert") - base.count(phase, "expert")
+        demand = (self.copies[phase] - issued) - (base.copies[phase] - base.prefetches[phase])
+        return (work - launches * (expert_s or 0.0) - demand * (copy_s or 0.0)) / issued
+
     def raw(self, n_layers: int) -> dict[str, Any]:
-        return {"decode_step_s": self.decode_s, "decode_host_span_s": self.host_s, "prefill_s": self.prefill_s,
+        return {"prefill_work_s": self.prefill_work_s, "copies": list(self.copies),
+                "prefetches": list(self.prefetches), "decode_step_s": self.decode_s,
+                "decode_host_span_s": self.host_s, "prefill_s": self.prefill_s,
                 "decode_readback_wait_s": self.wait_s, "decode_work_s": self.work_s,
                 "pass_s_residual": self.pass_s(n_layers), "launch_ahead_n": self.ahead_n,
                 "ledger": {f"{'decode' if phase == 1 else 'prefill'}.{item}": [self.ledger.seconds[(phase, item)],
@@ -236,17 +277,28 @@ def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, d
     try:
         with attention_backends(dev):
             req = RequestSteps(model, prompt, plan, hooks=hooks, runtime=runtime, clock=clock, graphed=graphed)
+            marks = [(runtime.readback_wait_s, runtime.copies, _issued(runtime))]
             req.prefill()
-            wait0, ahead0, n_ahead0 = runtime.readback_wait_s, runtime.launch_ahead_s, runtime.launch_ahead_n
+            marks.append((runtime.readback_wait_s, runtime.copies, _issued(runtime)))
+            ahead0, n_ahead0 = runtime.launch_ahead_s, runtime.launch_ahead_n
             for _ in range(plan.n_decode):
                 req.decode()
-            wait = runtime.readback_wait_s - wait0
+            marks.append((runtime.readback_wait_s, runtime.copies, _issued(runtime)))
             ahead_s, ahead_n = runtime.launch_ahead_s - ahead0, runtime.launch_ahead_n - n_ahead0
     finally:
         hooks.remove()
         runtime.ledger = None
     seconds = clock.seconds()
-    return _Request(ledger, seconds[1:], clock.host[1:], seconds[0], wait, ahead_s, ahead_n)
+    (w0, c0, p0), (w1, c1, p1), (w2, c2, p2) = marks
+    return _Request(ledger, seconds[1:], clock.host[1:], seconds[0], w2 - w1, ahead_s, ahead_n,
+                    prefill_work_s=clock.host[0] - (w1 - w0), copies=(c1 - c0, c2 - c1), prefetches=(p1 - p0, p2 - p1))
+
+
+def _issued(runtime: Any) -> int:
+    """Prefetches the runtime's policy has issued so far."""
+    if runtime.watchdog is None:
+        return 0
+    return runtime.bridge.prefetch_counts()["prefetch_issued"]
 
 
 class _HostSpans:

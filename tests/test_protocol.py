@@ -66,7 +66,9 @@ def test_the_runtime_calibration_measures_every_host_item(dataset: Path) -> None
         assert req["decode_work_s"] >= decode_items  # the items are parts of the steps' host work
     layer = sorted(req["costs"]["layer_s"] for req in requests)
     assert costs.layer_s == pytest.approx(layer[1]) and raw["spread"]["layer_s"] == pytest.approx([layer[0], layer[2]])
-    assert "prefetch_s" in requests[0]["costs"] and "prefetch_s" not in requests[1]["costs"]  # measured once
+    for req in requests:  # every request prices a prefetch from its prefetching run, never below the issue alone
+        assert req["prefetch_request"]["prefetches"][1] > 0
+        assert req["costs"]["prefetch_s"] >= req["prefetch_s_issue"] > 0
 
 
 def test_compare_writes_rows_the_summary_reads(dataset: Path) -> None:
@@ -158,6 +160,25 @@ def test_a_miss_costs_its_host_work_beyond_the_all_hit_prices() -> None:
     ledger2 = HostLedger()
     ledger2.add("expert", 1e-3, 2)
     assert _Request(ledger2, [0.01], [0.01], 0.0, 0.0, 0.0, 2).per_copy_over(hit, 2) is None  # no copy: nothing
+
+
+def test_a_prefetch_costs_the_host_work_it_adds_beyond_the_same_request_without() -> None:
+    from live.host_calibration import _Request
+    from live.offload import HostLedger
+
+    def request(experts: int, work: float, copies: tuple[int, int], prefetches: tuple[int, int]) -> _Request:
+        ledger = HostLedger()
+        ledger.add("expert", 1e-3 * experts, experts)
+        return _Request(ledger, decode_s=[0.01], host_s=[work], prefill_s=0.0, wait_s=0.0, ahead_s=0.0, ahead_n=1,
+                        prefill_work_s=0.05 + work, copies=copies, prefetches=prefetches)
+
+    base = request(10, 0.020, (30, 12), (0, 0))
+    # 8 prefetches of which 5 replaced demand copies (12 -> 7 demand, 15 copies in all), 2 more expert launches
+    pf = request(12, 0.030, (30, 15), (0, 8))
+    assert pf.per_prefetch_over(base, 1, expert_s=4e-4, copy_s=5e-4) == pytest.approx(
+        (0.010 - 2 * 4e-4 - (7 - 12) * 5e-4) / 8)
+    assert pf.per_prefetch_over(base, 0, expert_s=4e-4, copy_s=5e-4) is None  # no prefetch in its prefill
+    assert base.per_prefetch_over(base, 1, expert_s=4e-4, copy_s=5e-4) is None
 
 
 def test_the_calibration_prices_hits_on_a_resident_request(dataset: Path) -> None:
