@@ -109,11 +109,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.name is not None and len(args.scenarios) != 1:
         raise EmuError("--name names the result of one scenario; several were given", key="--name")
     scenarios = [load_scenario(resolve(p), overrides) for p in args.scenarios]
-    from .profile import check_item_times, load_profile
+    from .profile import check_item_times
     from .runtime_profile import load_runtime_profile
 
     for sc in scenarios:
-        check_item_times(load_profile(sc.profile_path), sc.model)
+        check_item_times(sc.profile(), sc.model)
         if sc.runtime_path is not None:
             load_runtime_profile(sc.runtime_path)
     if args.jobs < 1:

@@ -15,7 +15,7 @@ from . import __version__, git_revision
 from .engines.setup import make_inputs
 from .errors import EmuError, EmuWarning
 from .metrics import RunResult, build_result
-from .profile import check_item_times, has_measured_tables, load_profile
+from .profile import check_item_times, has_measured_tables, profile_record
 from .runtime_profile import NO_RUNTIME, load_runtime_profile
 from .scenario import Scenario
 from .trace import RoutingTrace
@@ -106,7 +106,7 @@ def run_scenario(scenario: Scenario, engine: str | None = None,
                  timeline: TimelineRecorder | None = None) -> tuple[RunResult, dict[str, Any]]:
     """Returns the result and the JSON record `emu run` writes. With a `timeline` recorder the whole trace
     runs on the SimPy engine, so the recorded events are the run's own."""
-    profile = load_profile(scenario.profile_path)
+    profile = scenario.profile()
     check_item_times(profile, scenario.model)
     if not has_measured_tables(profile, scenario.model):
         warnings.warn(f"{scenario.profile_path}: no measured compute tables for {scenario.model.name}; using the "
@@ -137,7 +137,7 @@ def run_scenario(scenario: Scenario, engine: str | None = None,
     record["scenario"] = scenario.resolved()
     record["trace"] = {"fingerprint": trace.fingerprint(), "tokens": trace.n_tokens, "passes": trace.n_passes,
                        "requests": trace.n_requests}
-    record["profile"] = {"name": profile.name, "provisional": profile.provisional, "file": profile.source}
+    record["profile"] = profile_record(profile)
     if scenario.runtime_path is not None:
         record["runtime"] = {"name": runtime.name, "provisional": runtime.provisional, "file": runtime.source}
     record["version"] = __version__

@@ -43,11 +43,10 @@ def _miss_timing(scenario: Any, spec: Any) -> Any:
     if scenario.stack.miss.name != "cpu":
         return None
     from emu.engines.setup import precisions_for, timing
-    from emu.profile import load_profile
 
     from .validate import model_for_profile
 
-    profile = load_profile(scenario.profile_path)
+    profile = scenario.profile()
     model = model_for_profile(spec.to_dict(), None, profile)
     return timing(profile, model, precisions_for(model))
 
