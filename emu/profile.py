@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import math
 from collections.abc import Callable
+from copy import deepcopy
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -487,7 +489,12 @@ def effective_profile(path: str, overrides: dict[str, Any], *, file: str) -> Har
     if not overrides:
         return base
     st = Path(path).stat()
-    profile = _overridden(base.source, st.st_mtime_ns, st.st_size, _freeze(overrides), file)
+    key = (base.source, st.st_mtime_ns, st.st_size, file, json.dumps(overrides, sort_keys=True, default=repr))
+    profile = _OVERRIDDEN.get(key)
+    if profile is None:  # many scenarios of a sweep share one profile and its overrides: parse them once
+        if len(_OVERRIDDEN) >= 32:
+            _OVERRIDDEN.clear()
+        profile = _OVERRIDDEN[key] = _overridden(base.source, st.st_mtime_ns, st.st_size, overrides, file)
     if profile.dropped:
         import warnings
 
@@ -513,19 +520,13 @@ def profile_record(profile: HardwareProfile) -> dict[str, Any]:
     return out
 
 
-def _freeze(overrides: dict[str, Any]) -> str:
-    import json
+#: effective profiles by (file, its mtime and size, the scenario file, its overrides as JSON): a TOML value such as
+#: a date has no JSON form, so the key holds its repr and the values themselves go to `_overridden`
+_OVERRIDDEN: dict[tuple[str, int, int, str, str], HardwareProfile] = {}
 
-    return json.dumps(overrides, sort_keys=True)
 
-
-@functools.lru_cache(maxsize=32)
-def _overridden(path: str, _mtime_ns: int, _size: int, frozen: str, file: str) -> HardwareProfile:
-    import copy
-    import json
-
-    overrides = json.loads(frozen)
-    data = copy.deepcopy(_profile_data(path, _mtime_ns, _size))
+def _overridden(path: str, mtime_ns: int, size: int, overrides: dict[str, Any], file: str) -> HardwareProfile:
+    data = deepcopy(_profile_data(path, mtime_ns, size))
     flat = flat_keys(overrides)
     keep = set(flat)
     dropped: list[str] = []
