@@ -182,7 +182,10 @@ def _records(scenarios: list[Any], args: argparse.Namespace, recorder: Any) -> I
 
     executor, close = make_executor(jobs, None)
     try:
-        yield from executor.map(run_record, scenarios, [args.engine] * len(scenarios))
+        for record, said in executor.map(run_record, scenarios, [args.engine] * len(scenarios)):
+            for text in said:  # into this process's warnings: `_main` prints each once
+                warnings.warn(text, EmuWarning, stacklevel=2)
+            yield record
     except KeyboardInterrupt:  # Ctrl-C: stop the workers now, not after their scenarios
         stop_workers(executor)
         raise

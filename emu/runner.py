@@ -97,9 +97,13 @@ def choose_engine(kind: str, trace: RoutingTrace) -> str:
     return kind
 
 
-def run_record(scenario: Scenario, engine: str | None = None) -> dict[str, Any]:
-    """`run_scenario`'s JSON record alone (what a worker process sends back to `emu run --jobs`)."""
-    return run_scenario(scenario, engine=engine)[1]
+def run_record(scenario: Scenario, engine: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """`run_scenario`'s JSON record and the EmuWarnings the run gave (what a worker process sends back to `emu run
+    --jobs`: the parent says them once, in its own one-line form, instead of each worker printing its own)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EmuWarning)
+        record = run_scenario(scenario, engine=engine)[1]
+    return record, [str(w.message) for w in caught if issubclass(w.category, EmuWarning)]
 
 
 def run_scenario(scenario: Scenario, engine: str | None = None,

@@ -164,6 +164,19 @@ def test_the_cli_says_what_it_dropped_in_one_line_and_records_it(tmp_path, monke
     assert json.loads(written.read_text())["profile"]["copy"]["bw_pinned_Bps"] == 5e9
 
 
+def test_worker_processes_warnings_are_said_once_by_the_parent(tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    one_pct = ROOT / "scenarios" / "olmoe-1b-7b_h100_1pct.toml"
+    assert main(["run", str(SCN), str(one_pct), "--jobs", "2", "--quiet", "--set", "hardware.copy.bw_pinned_Bps=5e9",
+                 "--set", SHORT]) == 0
+    err = capfd.readouterr().err
+    assert "EmuWarning" not in err  # a worker's own print would be Python's two-line form
+    warned = [ln for ln in err.splitlines() if "dropped its" in ln]
+    assert sorted(warned) == sorted(f"warning: {p}: hardware.copy.bw_pinned_Bps over profile 'h100-pcie5' dropped its "
+                                    "copy.table_bytes, copy.table_s (measured under the old value, they would win "
+                                    "over the new one)" for p in (SCN, one_pct))
+
+
 SWEEP = f"""
 name = "hw"
 base = "{SCN}"
