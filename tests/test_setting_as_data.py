@@ -177,6 +177,16 @@ def test_worker_processes_warnings_are_said_once_by_the_parent(tmp_path, monkeyp
                                     "over the new one)" for p in (SCN, one_pct))
 
 
+@pytest.mark.parametrize("command", ["live", "validate"])
+def test_live_runs_refuse_hardware_keys_before_starting(command, tmp_path, monkeypatch, capsys):
+    """A live run is the machine itself: a key over the emulator's profile would change nothing there."""
+    monkeypatch.chdir(tmp_path)
+    assert main([command, str(SCN), "--device", "cpu", "--set", "hardware.copy.bw_pinned_Bps=5e9"]) == 2
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("emu: error:")]
+    assert str(SCN) in line and "hardware.copy" in line
+    assert not list(tmp_path.iterdir())  # refused before any run wrote anything
+
+
 SWEEP = f"""
 name = "hw"
 base = "{SCN}"
