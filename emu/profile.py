@@ -501,8 +501,10 @@ def effective_profile(path: str, overrides: dict[str, Any], *, file: str) -> Har
         from .errors import EmuWarning
 
         causes = sorted(k for k in profile.overrides if k in INVALIDATES)
+        # `models` is every measured table: name the models whose kernels now come from the roofline
+        dropped = [f"models ({', '.join(base.models)})" if k == "models" else k for k in profile.dropped]
         warnings.warn(f"{file}: hardware.{', hardware.'.join(causes)} over profile {profile.name!r} dropped its "
-                      f"{', '.join(profile.dropped)} (measured under the old value, they would win over the new one)",
+                      f"{', '.join(dropped)} (measured under the old value, they would win over the new one)",
                       EmuWarning, stacklevel=2)
     return profile
 

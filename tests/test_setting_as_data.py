@@ -105,6 +105,7 @@ def test_a_roofline_rate_drops_the_measured_kernels_it_would_lose_to():
     assert "olmoe-1b-7b" in load_profile(PCIE5).models
     profile, said = _quiet_load(SCN, ["hardware.compute.hbm_Bps=1e12", "hardware.compute.flops_per_s=1e14"])
     assert profile.models == {} and profile.dropped == ("models",) and len(said) == 1
+    assert "models (olmoe-1b-7b, mixtral-8x7b, qwen1.5-moe-a2.7b)" in said[0]
     curve = expert_curve(profile, model, "bf16")  # the roofline of the set rates, not the measured table
     assert curve.seconds[0] == max(profile.compute.expert_launch_s, model.expert_bytes() / 1e12,
                                    model.expert_flops(1) / 1e14)
@@ -116,6 +117,12 @@ def test_a_model_overhead_key_drops_only_the_models_own():
     assert all(m.pass_overhead_s is None for m in profile.models.values())
     assert profile.models["olmoe-1b-7b"].expert  # the measured kernels stay
     assert "models.olmoe-1b-7b.pass_overhead_s" in profile.dropped
+
+
+def test_a_models_own_key_is_set_and_drops_nothing():
+    profile, said = _quiet_load(SCN, ["hardware.models.olmoe-1b-7b.pass_overhead_s=1e-3"])
+    assert profile.models["olmoe-1b-7b"].pass_overhead_s == 1e-3 and profile.dropped == () and said == []
+    assert profile.models["olmoe-1b-7b"].expert == load_profile(PCIE5).models["olmoe-1b-7b"].expert
 
 
 def test_hardware_keys_in_a_scenario_file_are_the_same_as_set(tmp_path):
