@@ -113,8 +113,9 @@ def run_scenario(scenario: Scenario, engine: str | None = None,
     profile = scenario.profile()
     check_item_times(profile, scenario.model)
     if not has_measured_tables(profile, scenario.model):
-        warnings.warn(f"{scenario.profile_path}: no measured compute tables for {scenario.model.name}; using the "
-                      "profile's roofline estimate", EmuWarning, stacklevel=2)
+        where = scenario.profile_path + (" with the scenario's hardware keys" if profile.dropped else "")
+        warnings.warn(f"{where}: no measured compute tables for {scenario.model.name}; using the profile's roofline "
+                      "estimate", EmuWarning, stacklevel=2)
     t0 = time.perf_counter()
     trace = load_workload(scenario)
     scenario = with_trace_sizes(scenario, trace)
