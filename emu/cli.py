@@ -109,11 +109,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.name is not None and len(args.scenarios) != 1:
         raise EmuError("--name names the result of one scenario; several were given", key="--name")
     scenarios = [load_scenario(resolve(p), overrides) for p in args.scenarios]
-    from .profile import check_item_times, load_profile
+    from .profile import check_item_times
     from .runtime_profile import load_runtime_profile
 
     for sc in scenarios:
-        check_item_times(load_profile(sc.profile_path), sc.model)
+        check_item_times(sc.profile(), sc.model)
         if sc.runtime_path is not None:
             load_runtime_profile(sc.runtime_path)
     if args.jobs < 1:
@@ -182,7 +182,10 @@ def _records(scenarios: list[Any], args: argparse.Namespace, recorder: Any) -> I
 
     executor, close = make_executor(jobs, None)
     try:
-        yield from executor.map(run_record, scenarios, [args.engine] * len(scenarios))
+        for record, said in executor.map(run_record, scenarios, [args.engine] * len(scenarios)):
+            for text in said:  # into this process's warnings: `_main` prints each once
+                warnings.warn(text, EmuWarning, stacklevel=2)
+            yield record
     except KeyboardInterrupt:  # Ctrl-C: stop the workers now, not after their scenarios
         stop_workers(executor)
         raise

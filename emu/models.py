@@ -128,6 +128,13 @@ class ModelSpec:
             return self.n_experts * sum(self.layer_expert_bytes)
         return self.n_keys * self.expert_bytes()
 
+    def total_expert_bytes_at(self, precision: str | None = None) -> int:
+        """All routed experts' bytes were they stored at `precision` (a capacity stated as a share of the model at
+        another precision than its own: SpecMD's "5%" is of the bf16 model while its experts are int4)."""
+        if precision is None or precision == self.precision:
+            return self.total_expert_bytes
+        return self.n_experts * sum(self.layer_bytes(precision))
+
     @property
     def non_expert_bytes(self) -> int:
         return int(self.non_expert_params * bytes_per_weight(self.precision))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import math
 from collections.abc import Callable
+from copy import deepcopy
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -120,6 +122,13 @@ class HardwareProfile:
     provisional: bool = False
     provenance: dict[str, Any] = attrs.field(factory=dict)
     source: str = ""
+    #: a scenario's keys over the file's (`hardware.copy.bw_pinned_Bps = 5e9`), dotted key -> value; empty: the
+    #: file as it is
+    overrides: dict[str, Any] = attrs.field(factory=dict)
+    #: the file's keys those overrides invalidated and dropped (a measured copy table at another bandwidth)
+    dropped: tuple[str, ...] = ()
+    #: the scenario file that set the overrides (errors about the times they give name it)
+    override_file: str = ""
 
     def copy_seconds(self, nbytes: float, pinned: bool = True) -> float:
         """Time of one host-to-device copy of `nbytes`: a pinned one at the link's sustained rate."""
@@ -326,8 +335,7 @@ def load_profile(path: str | Path) -> HardwareProfile:
 
 @functools.lru_cache(maxsize=32)
 def _load_profile(file: str, _mtime_ns: int, _size: int) -> HardwareProfile:
-    data = load_toml(Path(file), "a hardware profile TOML file (docs/profiles.md)")
-    return profile_from_dict(data, file=file)
+    return profile_from_dict(_profile_data(file, _mtime_ns, _size), file=file)
 
 
 def read_header(top: _Reader, schema: str) -> tuple[str, bool, dict[str, Any]]:
@@ -380,6 +388,166 @@ def profile_from_dict(data: dict[str, Any], *, file: str = "<profile>") -> Hardw
     top.done()
     return HardwareProfile(name=name, copy=copy, compute=compute, models=models, provisional=provisional,
                            provenance=prov, source=file)
+
+
+# ---- a scenario's keys over a profile's -----------------------------------------------------------
+
+#: the profile's tables a scenario may set keys of (`hardware.<section>.<key>`)
+PROFILE_SECTIONS = ("copy", "compute", "models")
+#: each section's keys (`models` holds one table per model name, read by the profile's own reader)
+SECTION_KEYS: dict[str, tuple[str, ...]] = {
+    "copy": tuple(f.name for f in attrs.fields(CopySpec)),
+    "compute": tuple(f.name for f in attrs.fields(RooflineSpec)),
+}
+#: what a key's new value makes wrong in the file: measurements taken under the old value. A measured copy table
+#: is the old link's size -> time curve (it would win over a new bandwidth or latency); `sustained_ratio` is the old
+#: link's slow spells (a stated bandwidth is the sustained one); the measured kernel tables of `models` are the old
+#: GPU's (they win over any roofline rate); a model's own overhead wins over `[compute]`'s. `*`: every model.
+INVALIDATES: dict[str, tuple[str, ...]] = {
+    "copy.bw_pinned_Bps": ("copy.table_bytes", "copy.table_s", "copy.sustained_ratio"),
+    "copy.latency_s": ("copy.table_bytes", "copy.table_s"),
+    "compute.expert_launch_s": ("models",),
+    "compute.hbm_Bps": ("models",),
+    "compute.flops_per_s": ("models",),
+    "compute.dense_layer_s": ("models",),
+    "compute.cpu_flops_per_s": ("models.*.cpu_expert",),
+    "compute.pass_overhead_s": ("models.*.pass_overhead_s",),
+    "compute.layer_overhead_s": ("models.*.layer_overhead_s",),
+}
+
+
+def flat_keys(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value of every leaf of a nested table (a list is a leaf: a table's points)."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            out.update(flat_keys(value, dotted))
+        else:
+            out[dotted] = value
+    return out
+
+
+def check_overrides(tables: dict[str, Any], file: str) -> dict[str, Any]:
+    """A scenario's `hardware.copy` / `.compute` / `.models` tables, their key names checked (values are checked
+    with the profile's, when it is read): an unknown key is an error naming the valid ones."""
+    for section, table in tables.items():
+        if not isinstance(table, dict):
+            raise EmuError(f"expected a table of hardware-profile keys (docs/profiles.md), got {table!r}",
+                           file=file, key=f"hardware.{section}")
+        valid = SECTION_KEYS.get(section)
+        if valid is None:  # models: a table per model name
+            for model, sub in table.items():
+                if not isinstance(sub, dict):
+                    raise EmuError(f"expected a table of one model's measured keys (docs/profiles.md), got {sub!r}",
+                                   file=file, key=f"hardware.models.{model}")
+            continue
+        for key in table:
+            if key not in valid:
+                raise EmuError(f"unknown hardware-profile key; expected one of {list(valid)}", file=file,
+                               key=f"hardware.{section}.{key}")
+    return tables
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> None:
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _drop(data: dict[str, Any], key: str, keep: set[str]) -> list[str]:
+    """Remove `key` (`models.*.x`: from every model) from the profile's `data` unless the scenario sets it itself
+    (`keep`, or a key under it); the dotted keys removed."""
+    parts = key.split(".")
+    nodes: list[tuple[str, dict[str, Any]]] = [("", data)]
+    for part in parts[:-1]:
+        nxt = []
+        for where, node in nodes:
+            names = list(node) if part == "*" else [part]
+            for name in names:
+                child = node.get(name)
+                if isinstance(child, dict):
+                    nxt.append((f"{where}.{name}" if where else name, child))
+        nodes = nxt
+    out = []
+    for where, node in nodes:
+        dotted = f"{where}.{parts[-1]}" if where else parts[-1]
+        if parts[-1] in node and not any(k == dotted or k.startswith(dotted + ".") for k in keep):
+            del node[parts[-1]]
+            out.append(dotted)
+    return out
+
+
+def effective_profile(path: str, overrides: dict[str, Any], *, file: str) -> HardwareProfile:
+    """The profile at `path` with a scenario's keys (`overrides`, nested as the profile's tables) over it. A key that
+    invalidates others (`INVALIDATES`) drops them from the file's unless the scenario sets them too; what was
+    dropped is said in one warning. The file is checked as it is first (its own mistakes name it); a bad value set
+    by the scenario is an error naming the scenario `file` and its `hardware.` key."""
+    base = load_profile(path)
+    if not overrides:
+        return base
+    st = Path(path).stat()
+    key = (base.source, st.st_mtime_ns, st.st_size, file, json.dumps(overrides, sort_keys=True, default=repr))
+    profile = _OVERRIDDEN.get(key)
+    if profile is None:  # many scenarios of a sweep share one profile and its overrides: parse them once
+        if len(_OVERRIDDEN) >= 32:
+            _OVERRIDDEN.clear()
+        profile = _OVERRIDDEN[key] = _overridden(base.source, st.st_mtime_ns, st.st_size, overrides, file)
+    if profile.dropped:
+        import warnings
+
+        from .errors import EmuWarning
+
+        causes = sorted(k for k in profile.overrides if k in INVALIDATES)
+        # `models` is every measured table: name the models whose kernels now come from the roofline
+        dropped = [f"models ({', '.join(base.models)})" if k == "models" else k for k in profile.dropped]
+        warnings.warn(f"{file}: hardware.{', hardware.'.join(causes)} over profile {profile.name!r} dropped its "
+                      f"{', '.join(dropped)} (measured under the old value, they would win over the new one)",
+                      EmuWarning, stacklevel=2)
+    return profile
+
+
+def profile_record(profile: HardwareProfile) -> dict[str, Any]:
+    """The run record's `profile`: name, provisional, file; with a scenario's keys over it, those keys
+    (`overrides`), what they dropped (`dropped`), and the copy and roofline values the run used (`copy`,
+    `compute`)."""
+    out: dict[str, Any] = {"name": profile.name, "provisional": profile.provisional, "file": profile.source}
+    if profile.overrides:
+        copy_values = attrs.asdict(profile.copy)
+        copy_values["table_bytes"], copy_values["table_s"] = list(profile.copy.table_bytes), list(profile.copy.table_s)
+        out.update(overrides=dict(profile.overrides), dropped=list(profile.dropped), copy=copy_values,
+                   compute=attrs.asdict(profile.compute), measured_models=sorted(profile.models))
+    return out
+
+
+#: effective profiles by (file, its mtime and size, the scenario file, its overrides as JSON): a TOML value such as
+#: a date has no JSON form, so the key holds its repr and the values themselves go to `_overridden`
+_OVERRIDDEN: dict[tuple[str, int, int, str, str], HardwareProfile] = {}
+
+
+def _overridden(path: str, mtime_ns: int, size: int, overrides: dict[str, Any], file: str) -> HardwareProfile:
+    data = deepcopy(_profile_data(path, mtime_ns, size))
+    flat = flat_keys(overrides)
+    keep = set(flat)
+    dropped: list[str] = []
+    for key in flat:
+        for victim in INVALIDATES.get(key, ()):
+            dropped += _drop(data, victim, keep)
+    _merge(data, overrides)
+    try:
+        profile = profile_from_dict(data, file=path)
+    except EmuError as err:
+        where = ", ".join(f"hardware.{k}" for k in flat)
+        raise EmuError(f"{err.detail} (profile {path} with {where} set)", file=file,
+                       key=f"hardware.{err.key}" if err.key else "hardware") from None
+    return attrs.evolve(profile, overrides=flat, dropped=tuple(dropped), override_file=file)
+
+
+@functools.lru_cache(maxsize=32)
+def _profile_data(file: str, _mtime_ns: int, _size: int) -> dict[str, Any]:
+    return load_toml(Path(file), "a hardware profile TOML file (docs/profiles.md)")
 
 
 # ---- compute curves for one model ----------------------------------------------------------------
@@ -444,12 +612,14 @@ def check_item_times(profile: HardwareProfile, model: ModelSpec, *, file: str | 
     65,536 tokens may well take hours). Rates are free on their own (any positive number); this finds the
     combination of a rate and a model that no machine has (a 1e-300 B/s link, 1e-300 flop/s) before the engines
     see it."""
-    file = file or profile.source or None
+    file = file or profile.override_file or profile.source or None
+    # a profile a scenario set keys of: the times are the scenario's doing, and its keys are `hardware.*`
+    prefix = "hardware." if profile.overrides else ""
 
     def check(seconds: float, what: str, key: str, limit: float = MAX_SECONDS) -> None:
         if not math.isfinite(seconds) or seconds > limit:
             raise EmuError(f"{what} of {model.name} takes {seconds:g} s by this profile; expected at most "
-                           f"{limit:g} s (is a rate in the wrong unit?)", file=file, key=key)
+                           f"{limit:g} s (is a rate in the wrong unit?)", file=file, key=prefix + key)
 
     for precision in PRECISION_BITS:
         nbytes = model.expert_bytes(precision)

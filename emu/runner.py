@@ -15,7 +15,7 @@ from . import __version__, git_revision
 from .engines.setup import make_inputs
 from .errors import EmuError, EmuWarning
 from .metrics import RunResult, build_result
-from .profile import check_item_times, has_measured_tables, load_profile
+from .profile import check_item_times, has_measured_tables, profile_record
 from .runtime_profile import NO_RUNTIME, load_runtime_profile
 from .scenario import Scenario
 from .trace import RoutingTrace
@@ -97,20 +97,25 @@ def choose_engine(kind: str, trace: RoutingTrace) -> str:
     return kind
 
 
-def run_record(scenario: Scenario, engine: str | None = None) -> dict[str, Any]:
-    """`run_scenario`'s JSON record alone (what a worker process sends back to `emu run --jobs`)."""
-    return run_scenario(scenario, engine=engine)[1]
+def run_record(scenario: Scenario, engine: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """`run_scenario`'s JSON record and the EmuWarnings the run gave (what a worker process sends back to `emu run
+    --jobs`: the parent says them once, in its own one-line form, instead of each worker printing its own)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EmuWarning)
+        record = run_scenario(scenario, engine=engine)[1]
+    return record, [str(w.message) for w in caught if issubclass(w.category, EmuWarning)]
 
 
 def run_scenario(scenario: Scenario, engine: str | None = None,
                  timeline: TimelineRecorder | None = None) -> tuple[RunResult, dict[str, Any]]:
     """Returns the result and the JSON record `emu run` writes. With a `timeline` recorder the whole trace
     runs on the SimPy engine, so the recorded events are the run's own."""
-    profile = load_profile(scenario.profile_path)
+    profile = scenario.profile()
     check_item_times(profile, scenario.model)
     if not has_measured_tables(profile, scenario.model):
-        warnings.warn(f"{scenario.profile_path}: no measured compute tables for {scenario.model.name}; using the "
-                      "profile's roofline estimate", EmuWarning, stacklevel=2)
+        where = scenario.profile_path + (" with the scenario's hardware keys" if profile.dropped else "")
+        warnings.warn(f"{where}: no measured compute tables for {scenario.model.name}; using the profile's roofline "
+                      "estimate", EmuWarning, stacklevel=2)
     t0 = time.perf_counter()
     trace = load_workload(scenario)
     scenario = with_trace_sizes(scenario, trace)
@@ -137,7 +142,7 @@ def run_scenario(scenario: Scenario, engine: str | None = None,
     record["scenario"] = scenario.resolved()
     record["trace"] = {"fingerprint": trace.fingerprint(), "tokens": trace.n_tokens, "passes": trace.n_passes,
                        "requests": trace.n_requests}
-    record["profile"] = {"name": profile.name, "provisional": profile.provisional, "file": profile.source}
+    record["profile"] = profile_record(profile)
     if scenario.runtime_path is not None:
         record["runtime"] = {"name": runtime.name, "provisional": runtime.provisional, "file": runtime.source}
     record["version"] = __version__

@@ -20,8 +20,9 @@ import attrs
 
 from .engines.setup import PolicyChoice, StackChoice
 from .errors import EmuError, EmuWarning
-from .models import ModelSpec, get_preset, model_from_dict
+from .models import PRECISION_BITS, ModelSpec, get_preset, model_from_dict
 from .policies.registry import get_policy
+from .profile import PROFILE_SECTIONS, HardwareProfile, check_overrides, effective_profile
 from .textio import load_toml
 
 if sys.version_info >= (3, 11):
@@ -33,7 +34,8 @@ from .engines import ENGINES
 
 _SECTIONS = {
     "name": None, "seed": None, "model": None,
-    "hardware": {"profile", "runtime"},
+    # copy, compute, models: keys over the hardware profile's (`hardware.copy.bw_pinned_Bps = 5e9`)
+    "hardware": {"profile", "runtime", *PROFILE_SECTIONS},
     "cache": {"capacity"},
     "workload": {"trace", "synthetic", "max_tokens"},
     "policy": {"eviction", "prefetch", "miss", "routing", "partition"},
@@ -41,7 +43,20 @@ _SECTIONS = {
     "output": {"dir"},
 }
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([KMGT]i?B)\s*$", re.IGNORECASE)
+#: decimal units are powers of 1000 and binary ones powers of 1024, everywhere a size is read (docs/scenarios.md):
+#: "0.6GB" is 600,000,000 bytes and "0.6GiB" 644,245,094 (SpecMD's "0.6GB" cache is 5% of OLMoE's bf16 experts,
+#: 644 MB: its "GB" are GiB)
 _UNITS = {"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+#: a share of the model's expert bytes at a stated precision: "5% of bf16"
+_SHARE_OF = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*%\s*of\s+(\S+)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> float | None:
+    """Bytes of a size such as "0.6GB" (1e9-based) or "512MiB" (1024-based); None when `text` is not a size."""
+    m = _SIZE.match(text)
+    if m is None:
+        return None
+    return float(m.group(1)) * _UNITS[m.group(2).lower()]
 
 
 @attrs.frozen
@@ -57,9 +72,12 @@ class CacheConfig:
         key = "cache.capacity"
         expert = model.expert_bytes()
         if isinstance(value, bool):
-            raise EmuError(f"expected \"5%\", \"0.6GB\" or a slot count, got {value!r}", file=file, key=key)
+            raise EmuError(f"expected \"5%\", \"5% of bf16\", \"0.6GB\" or a slot count, got {value!r}", file=file,
+                           key=key)
         if isinstance(value, int):
             nbytes = value * expert
+        elif isinstance(value, str) and _SHARE_OF.match(value):
+            nbytes = _share_of(value, model, file, key)
         elif isinstance(value, str) and value.strip().endswith("%"):
             try:
                 pct = float(value.strip()[:-1])
@@ -68,21 +86,34 @@ class CacheConfig:
             if not (0 < pct <= 100):
                 raise EmuError(f"expected a percentage in (0, 100], got {value!r}", file=file, key=key)
             nbytes = int(model.total_expert_bytes * pct / 100.0)
-        elif isinstance(value, str) and _SIZE.match(value):
-            m = _SIZE.match(value)
-            assert m is not None
-            size = float(m.group(1)) * _UNITS[m.group(2).lower()]
+        elif isinstance(value, str) and (size := parse_size(value)) is not None:
             if not math.isfinite(size):
                 raise EmuError(f"expected a finite size, got {value!r}", file=file, key=key)
             nbytes = int(size)
         else:
-            raise EmuError(f"expected \"5%\" of expert bytes, a size like \"0.6GB\", or a slot count, got "
-                           f"{value!r}", file=file, key=key)
+            raise EmuError(f"expected \"5%\" of expert bytes, \"5% of bf16\" (of the expert bytes at a stated "
+                           f"precision), a size like \"0.6GB\" or \"0.6GiB\", or a slot count, got {value!r}",
+                           file=file, key=key)
         if nbytes < expert:
             raise EmuError(f"{value!r} is {nbytes} bytes, which cannot hold one expert of {model.name} "
                            f"({expert} bytes)", file=file, key=key)
         nbytes = min(nbytes, model.total_expert_bytes)
         return cls(spec=str(value), capacity_bytes=int(nbytes), slots=nbytes / expert)
+
+
+def _share_of(value: str, model: ModelSpec, file: str | None, key: str) -> int:
+    """Bytes of "P% of PRECISION": P% of all routed experts' bytes were they stored at PRECISION (the model's own
+    precision sets the slot size; this only states the budget). SpecMD's "5%" cache (0.6 GB) of OLMoE holding int4
+    experts is "5% of bf16": 5% of the bf16 experts' 12.9 GB."""
+    m = _SHARE_OF.match(value)
+    assert m is not None
+    pct, precision = float(m.group(1)), m.group(2).lower()
+    if not (0 < pct <= 100):
+        raise EmuError(f"expected a percentage in (0, 100], got {value!r}", file=file, key=key)
+    if precision not in PRECISION_BITS:
+        raise EmuError(f"unknown precision {m.group(2)!r} in {value!r}; expected one of {sorted(PRECISION_BITS)}",
+                       file=file, key=key)
+    return int(model.total_expert_bytes_at(precision) * pct / 100.0)
 
 
 @attrs.frozen
@@ -109,13 +140,21 @@ class Scenario:
     raw: dict[str, Any]
     #: a runtime profile (the host's costs around the device's work); None: a runtime that adds none
     runtime_path: str | None = None
+    #: keys over the hardware profile's, as the scenario's `hardware.copy` / `.compute` / `.models` tables hold them
+    hardware_overrides: dict[str, Any] = attrs.field(factory=dict)
+
+    def profile(self) -> HardwareProfile:
+        """The hardware profile this scenario runs on: the profile file with the scenario's `hardware.*` keys over
+        it (what they invalidate dropped, and said in one warning)."""
+        return effective_profile(self.profile_path, self.hardware_overrides, file=self.path)
 
     def resolved(self) -> dict[str, Any]:
         """The scenario as run: every default filled in, paths resolved."""
         return {
             "name": self.name, "file": self.path, "seed": self.seed, "model": self.model.to_dict(),
             "hardware": {"profile": self.profile_path,
-                         **({} if self.runtime_path is None else {"runtime": self.runtime_path})},
+                         **({} if self.runtime_path is None else {"runtime": self.runtime_path}),
+                         **copy.deepcopy(self.hardware_overrides)},
             "cache": {"capacity": self.cache.spec, "capacity_bytes": self.cache.capacity_bytes,
                       "slots": self.cache.slots},
             "workload": attrs.asdict(self.workload),
@@ -193,6 +232,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], file: str | None
                 child = node[k] = {}
             elif isinstance(child, str) and k in ("eviction", "prefetch", "miss", "routing", "partition"):
                 child = node[k] = {"name": child}
+            elif isinstance(child, str) and node is data and k == "model":
+                # `--set model.precision=int4` on a preset: the preset with that key changed (an inline table)
+                child = node[k] = {"preset": child}
             elif not isinstance(child, dict):
                 raise EmuError(f"cannot set {'.'.join(keys)}: {k} is not a table but {repr(child)[:60]}", file=file,
                                key="--set")
@@ -276,6 +318,7 @@ def scenario_from_dict(data: dict[str, Any], path: str | Path, overrides: list[s
     profile_path = _resolve_path(hardware["profile"], base, file, "hardware.profile")
     runtime_path = (None if hardware.get("runtime") is None
                     else _resolve_path(hardware["runtime"], base, file, "hardware.runtime"))
+    hardware_overrides = check_overrides({k: v for k, v in hardware.items() if k in PROFILE_SECTIONS}, file)
 
     if "capacity" not in (data.get("cache") or {}):
         raise EmuError("missing: e.g. \"5%\", \"0.6GB\" or a slot count", file=file, key="cache.capacity")
@@ -320,7 +363,8 @@ def scenario_from_dict(data: dict[str, Any], path: str | Path, overrides: list[s
         warnings.warn(f"{file}: cache.capacity holds {cache.slots:.1f} experts, fewer than top_k = "
                       f"{model.top_k}: every layer is in the thrash zone", EmuWarning, stacklevel=2)
     return Scenario(name=name, path=file, model=model, profile_path=profile_path, cache=cache, workload=workload,
-                    stack=stack, engine=engine, seed=seed, output_dir=out, raw=data, runtime_path=runtime_path)
+                    stack=stack, engine=engine, seed=seed, output_dir=out, raw=data, runtime_path=runtime_path,
+                    hardware_overrides=hardware_overrides)
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:

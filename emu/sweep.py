@@ -304,7 +304,6 @@ def bandwidth_profile(profile_path: str, bw: float, latency_s: float | None, out
 
 def run_point(point: Point) -> tuple[int, dict[str, Any], dict[str, Any], list[str]]:
     """Run one grid point (in a worker): (index, CSV row, run JSON record, EmuWarning messages)."""
-    from .profile import load_profile
     from .runner import run_scenario
 
     with warnings.catch_warnings(record=True) as caught, tempfile.TemporaryDirectory(prefix="emu-sweep-") as tmp:
@@ -313,7 +312,7 @@ def run_point(point: Point) -> tuple[int, dict[str, Any], dict[str, Any], list[s
         if point.bandwidth is not None:
             path = bandwidth_profile(scenario.profile_path, point.bandwidth, point.latency_s, tmp)
             scenario = build_scenario(point, path)
-        profile = load_profile(scenario.profile_path)
+        profile = scenario.profile()
         try:
             _result, record = run_scenario(scenario, engine=point.engine)
         except EmuError as err:  # the swept bandwidth's profile is a temporary file: name the grid point instead
@@ -433,7 +432,7 @@ def validate_points(points: list[Point], file: str | None = None) -> list[Any]:
     """Resolve every point's scenario (returned in the points' order), and check the times its profile (with the
     point's bandwidth) gives its model, before running any, so a typo fails in a second, not after an hour.
     `file`: the sweep file."""
-    from .profile import check_item_times, load_profile
+    from .profile import check_item_times
 
     scenarios = []
     with warnings.catch_warnings():
@@ -442,15 +441,17 @@ def validate_points(points: list[Point], file: str | None = None) -> list[Any]:
             where = f"grid point {point.index} ({' ; '.join(point.overrides)})"
             try:
                 scenario = build_scenario(point)
+                profile = scenario.profile()  # parsed once per file (load_profile's cache)
             except EmuError as err:
                 raise EmuError(f"{where}: {err.detail}", file=err.file, key=err.key) from None
             scenarios.append(scenario)
-            profile = load_profile(scenario.profile_path)  # parsed once per file (load_profile's cache)
+            _check_swept_keys(point, scenario, file)
             if point.bandwidth is None:
                 check_item_times(profile, scenario.model)
                 continue
             swept = attrs.evolve(profile, copy=attrs.evolve(  # as bandwidth_profile writes it for the run
-                profile.copy, bw_pinned_Bps=point.bandwidth, table_bytes=(), table_s=(), sustained_ratio=1.0,
+                profile.copy, bw_pinned_Bps=point.bandwidth, table_bytes=(), table_s=(),
+                sustained_ratio=float(scenario.hardware_overrides.get("copy", {}).get("sustained_ratio", 1.0)),
                 latency_s=profile.copy.latency_s if point.latency_s is None else point.latency_s))
             try:
                 check_item_times(swept, scenario.model)
@@ -458,6 +459,19 @@ def validate_points(points: list[Point], file: str | None = None) -> list[Any]:
                 raise EmuError(f"grid point {point.index} (bandwidth {point.bandwidth:g} B/s): {err.detail}",
                                file=file, key="grid.bandwidth") from None
     return scenarios
+
+
+def _check_swept_keys(point: Point, scenario: Any, file: str | None) -> None:
+    """A grid bandwidth (or the sweep's `copy_latency_s`) and a `hardware.copy` key of the same figure would both
+    set it, and the scenario's key would silently win: refused."""
+    copy_keys = scenario.hardware_overrides.get("copy", {})
+    if point.bandwidth is None:  # the profile's own copy model: copy_latency_s is not applied either
+        return
+    for swept, key, what in ((point.bandwidth, "bw_pinned_Bps", "grid.bandwidth"),
+                             (point.latency_s, "latency_s", "copy_latency_s")):
+        if swept is not None and key in copy_keys:
+            raise EmuError(f"grid point {point.index}: {what} and hardware.copy.{key} both set the copy's {key}; "
+                           f"expected one of the two", file=file, key=what)
 
 
 def run_sweep(spec: SweepSpec, jobs: int = 1, address: str | None = None, progress: Progress | None = None,

@@ -43,11 +43,10 @@ def _miss_timing(scenario: Any, spec: Any) -> Any:
     if scenario.stack.miss.name != "cpu":
         return None
     from emu.engines.setup import precisions_for, timing
-    from emu.profile import load_profile
 
     from .validate import model_for_profile
 
-    profile = load_profile(scenario.profile_path)
+    profile = scenario.profile()
     model = model_for_profile(spec.to_dict(), None, profile)
     return timing(profile, model, precisions_for(model))
 
@@ -139,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
     if args.warmup < 0:
         raise EmuError(f"expected a non-negative count, got {args.warmup}", key="--warmup")
     scenario = load_scenario(args.scenario, args.overrides)  # a bad scenario is named before torch is asked for
+    if scenario.hardware_overrides:  # the live run's copies and kernels are the machine's own: nothing would apply
+        keys = sorted(f"hardware.{k}" for k in scenario.hardware_overrides)
+        raise EmuError(f"a live run is the machine itself; its {', '.join(keys)} keys would change nothing (they set "
+                       "the emulator's profile)", file=scenario.path, key=keys[0])
     torch = import_torch("live")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise EmuError("torch sees no CUDA device; use --device cpu", key="--device")

@@ -158,6 +158,19 @@ def _profile_path(args: argparse.Namespace) -> Path:
     return Path(load_scenario(args.scenario[0], args.overrides).profile_path)
 
 
+def _refuse_hardware_keys(args: argparse.Namespace) -> None:
+    """Validation compares live runs (the machine itself) with a profile file as measured: a scenario's `hardware.*`
+    keys over the profile would hold for neither side, so they are refused before any live run starts."""
+    from emu.scenario import load_scenario
+
+    for path in args.scenario or []:
+        scenario = load_scenario(path, args.overrides)
+        if scenario.hardware_overrides:
+            keys = sorted(f"hardware.{k}" for k in scenario.hardware_overrides)
+            raise EmuError(f"validation compares the machine with a profile file as measured; drop the scenario's "
+                           f"{', '.join(keys)} keys", file=scenario.path, key=keys[0])
+
+
 def load_runtime_cals(paths: list[Path]) -> dict[tuple[str, str], dict[str, Any]]:
     """Runtime calibrations by (preset, prefetch policy of the runtime measured; none when not named)."""
     cals: dict[tuple[str, str], dict[str, Any]] = {}
@@ -300,6 +313,7 @@ def run(args: argparse.Namespace) -> int:
             raise EmuError("only with --summary DIR", key=flag)
     from .validate import error_summary, format_table
 
+    _refuse_hardware_keys(args)
     records = _records(args)
     profile_path = _profile_path(args)
     cal_paths = list(args.runtime_cal)

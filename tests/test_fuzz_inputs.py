@@ -229,7 +229,9 @@ _SCENARIO_KEYS = (("name",), ("seed",), ("model",), ("model", "n_experts"), ("mo
                   ("workload", "synthetic", "batch_size"), ("workload", "synthetic", "predictor_accuracy"),
                   ("policy", "eviction"), ("policy", "prefetch"), ("policy", "miss"), ("policy", "routing"),
                   ("policy", "partition"), ("policy", "prefetch", "name"), ("policy", "prefetch", "depth"),
-                  ("engine", "kind"), ("output", "dir"))
+                  ("engine", "kind"), ("output", "dir"), ("model", "precision"), ("hardware", "copy", "bw_pinned_Bps"),
+                  ("hardware", "copy", "latency_s"), ("hardware", "copy", "table_bytes"), ("hardware", "compute"),
+                  ("hardware", "compute", "hbm_Bps"), ("hardware", "models", "olmoe-1b-7b", "pass_overhead_s"))
 
 
 @FUZZ
@@ -267,7 +269,8 @@ def _mirror(folder: Path, case: Path) -> Path:
 @st.composite
 def override(draw: Any) -> str:
     path = draw(st.one_of(st.sampled_from([".".join(k) for k in _SCENARIO_KEYS]),
-                          st.lists(st.sampled_from(["cache", "policy", "x", "", " ", "workload", "model", "0"]),
+                          st.lists(st.sampled_from(["cache", "policy", "x", "", " ", "workload", "model", "0",
+                                                    "hardware", "copy", "compute", "models"]),
                                    min_size=1, max_size=4).map(".".join),
                           st.text(max_size=10)))
     value = draw(st.one_of(raw_value(), st.text(max_size=10)))
@@ -310,10 +313,27 @@ def plausible_override() -> st.SearchStrategy[str]:
                          '{ preset = "olmoe-1b-7b", n_moe_layers = 1000000 }',
                          '{ preset = "olmoe-1b-7b", n_experts = 30000, n_moe_layers = 100000 }',
                          '{ preset = "olmoe-1b-7b", hidden = 1, expert_intermediate = 1 }']))
+    # hardware-profile keys over the scenario's profile: real keys with values at or past their edges
+    rate = st.sampled_from(["5e9", "1e6", "1e15", "1", "1e-300", "0", "-1", "nan", "inf", '"5e9"'])
+    seconds = st.sampled_from(["0", "1e-5", "3600", "3601", "-1e-9", "nan"])
+    hardware = [st.tuples(st.just(f"hardware.{k}"), v) for k, v in (
+        *((f"copy.{k}", rate) for k in ("bw_pinned_Bps", "bw_pageable_Bps", "d2h_bw_pinned_Bps")),
+        ("copy.latency_s", seconds), ("copy.h2d_engines", st.sampled_from(["1", "2", "64", "65", "0"])),
+        ("copy.sustained_ratio", st.sampled_from(["1", "0.5", "100", "101", "0"])),
+        ("copy.order", st.sampled_from(['"submission"', '"demand-first"', '"x"'])),
+        ("copy.h2d_d2h_overlap", st.sampled_from(["true", "false", "1"])),
+        ("copy.table_bytes", st.sampled_from(["[4096, 1e9]", "[1e9, 4096]", "[]", "[4096]"])),
+        ("copy.table_s", st.sampled_from(["[1e-5, 0.1]", "[1e-5]", "[-1, 1]"])),
+        *((f"compute.{k}", rate) for k in ("hbm_Bps", "flops_per_s", "cpu_flops_per_s")),
+        *((f"compute.{k}", seconds) for k in ("expert_launch_s", "dense_layer_s", "pass_overhead_s",
+                                              "layer_overhead_s")),
+        ("models.olmoe-1b-7b.pass_overhead_s", seconds), ("copy.bw", rate), ("gpu.bw", rate))]
     pairs = st.one_of(
-        *policies, *synthetic,
+        *policies, *synthetic, *hardware,
+        st.tuples(st.just("model.precision"), st.sampled_from(['"int4"', '"int2"', '"bf16"', '"int3"', "4"])),
         st.tuples(st.just("cache.capacity"), st.sampled_from(
-            ["1", "2", "8", "64", "1024", "100000", '"0.1%"', '"5%"', '"100%"', '"1GB"', '"1TB"', '"1e-9GB"'])),
+            ["1", "2", "8", "64", "1024", "100000", '"0.1%"', '"5%"', '"100%"', '"1GB"', '"1TB"', '"1e-9GB"',
+             '"0.6GiB"', '"5% of bf16"', '"1% of int2"', '"100% of fp8"', '"5% of int3"', '"0% of bf16"'])),
         st.tuples(st.just("seed"), st.sampled_from(["0", "1", str(2**63 - 1), str(2**63), str(2**64)])),
         st.tuples(st.just("engine.kind"), st.sampled_from(['"fast"', '"des"', '"reference"', '"auto"'])),
         st.tuples(st.just("workload.max_tokens"), st.integers(1, 100).map(str)),

@@ -270,15 +270,14 @@ def slots_per_layer(spec: str, n_layers: int, n_experts: int, expert_bytes: int 
     elif m := _TOTAL.match(text):
         per_layer = _count(m.group(1), spec, key) // n_layers
     else:
-        from ..scenario import _SIZE, _UNITS
+        from ..scenario import parse_size  # one reading of sizes: GB = 1e9 bytes, GiB = 2**30
 
-        m = _SIZE.match(text)
-        if not m:
+        nbytes = parse_size(text)
+        if nbytes is None:
             raise EmuError(f"expected slots per layer (8), a percentage (25%), total=N slots or a size (0.6GB), "
                            f"got {spec!r}", key=key)
         if expert_bytes is None:
             raise EmuError(f"a size needs the model's expert bytes: pass --model (got {spec!r})", key=key)
-        nbytes = float(m.group(1)) * _UNITS[m.group(2).lower()]
         if not math.isfinite(nbytes):
             raise EmuError(f"expected a finite size, got {spec!r}", key=key)
         per_layer = int(nbytes // expert_bytes) // n_layers

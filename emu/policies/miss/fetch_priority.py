@@ -3,15 +3,18 @@
 An entry is unimportant when the routing mass it carries in this layer is below the `percentile`-th
 percentile of the masses of all experts the layer needs now (so at Mixtral decode, top-2 with the
 default 50, the lower-weighted expert of the two is degraded). It is fetched at `int{bits}` when the
-model has that precision, else at the nearest smaller-than-model precision with at least `bits` bits.
+model has that precision, else at the nearest smaller-than-model precision with at least `bits` bits; when there is
+none (`bits = 4` on an int4 model) no miss is degraded, the policy is plain `fetch`, and `init` says so in a warning.
 State: `f[F.MASS]` scratch; `p[P.PERCENTILE]`, `p[P.DEGRADED]` the precision index of the degraded copy.
 Cost: O(entries) per miss.
 """
 
 from __future__ import annotations
 
+import warnings
 from enum import auto
 
+from ...errors import EmuWarning
 from ...kernel.helpers import percentile_inplace
 from ...kernel.hooks import MISS_FETCH, MISS_SIG, encode_miss, hook
 from ...kernel.layout import SC, Fields, new_policy_state
@@ -42,7 +45,13 @@ def degraded_index(precisions: tuple[str, ...], bits: int) -> int:
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
-    degraded = degraded_index(ctx.precisions, int(params["bits"]))
+    bits = int(params["bits"])
+    degraded = degraded_index(ctx.precisions, bits)
+    if degraded == 0:  # nothing to degrade to: every miss fetches at full precision, which is plain `fetch`
+        own = ctx.precisions[0]
+        warnings.warn(f"miss policy 'fetch-priority': bits = {bits} on a model stored at {own} has no smaller "
+                      f"precision of at least {bits} bits to degrade to, so it runs as plain 'fetch' (smaller here: "
+                      f"{', '.join(ctx.precisions[1:]) or 'none'})", EmuWarning, stacklevel=2)
     return new_policy_state(f_rows=len(F), f_cols=ctx.n_experts,
                             params=param_values(P, {**params, "degraded": degraded}))
 
