@@ -262,6 +262,7 @@ def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, d
 
     hooks = RoutingHooks(model, record=True, speculate=True, static=decode != "eager")
     graphed = None
+    runtime.reset()  # a cache of the pool as it is now (a resize leaves the old pool's state)
     if decode != "eager":  # its own static cache and graphs, warmed up by a prefill over them first
         graphed = graphed_decode(model, runtime, [plan], 0, dev)
         with attention_backends(dev):  # capture with the backends of the replays (no cuDNN: it allocates)

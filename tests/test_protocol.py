@@ -196,7 +196,10 @@ def test_the_calibration_prices_hits_on_a_resident_request(dataset: Path) -> Non
 def test_the_fused_kernel_calibrates_a_read_back_layer_and_its_one_launch() -> None:
     from live.host_calibration import calibrate_model, runtime_profile
 
-    cal = calibrate_model("olmoe-1b-7b", None, device="cpu", scale="tiny", prompt_len=8, steps=4, kernel="fused")
+    # over a static cache (the graph mode's, without the graphs): each request's warm-up prefill runs first
+    cal = calibrate_model("olmoe-1b-7b", None, device="cpu", scale="tiny", prompt_len=8, steps=4, kernel="fused",
+                          decode="static")
+    assert cal.raw["decode"] == "static"
     assert cal.raw["kernel"] == "fused"
     resident = cal.raw["resident_request"]
     # all experts resident, yet no layer deferred: each reads its routing back, decides and launches once
