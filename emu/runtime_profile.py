@@ -34,6 +34,9 @@ HOST_KEYS: dict[str, str] = {
     "prefill_expert_s": "per expert launched in a prefill pass (unset: expert_s)",
     "prefill_copy_s": "per demand copy issued in a prefill pass (unset: copy_s)",
     "prefill_prefetch_s": "per prefetch issued in a prefill pass (unset: prefill_copy_s, else prefetch_s)",
+    "prefill_layer_s": "per layer of a prefill pass: launching its dense part (unset: layer_s)",
+    "prefill_readback_s": "per layer of a prefill pass: its routing readback (unset: readback_s)",
+    "prefill_gate_s": "per layer of a prefill pass: its cache decisions (unset: gate_s)",
 }
 #: the largest host cost accepted for one item: a second per launch is a unit mistake, not a runtime
 MAX_HOST_S = 1.0
@@ -53,6 +56,9 @@ class HostCosts:
     prefill_expert_s: float | None = None
     prefill_copy_s: float | None = None
     prefill_prefetch_s: float | None = None
+    prefill_layer_s: float | None = None
+    prefill_readback_s: float | None = None
+    prefill_gate_s: float | None = None
 
     def over(self, base: HostCosts) -> HostCosts:
         """These costs where set, else `base`'s."""
@@ -74,6 +80,9 @@ class ResolvedHost:
     prefill_expert_s: float = 0.0
     prefill_copy_s: float = 0.0
     prefill_prefetch_s: float = 0.0
+    prefill_layer_s: float = 0.0
+    prefill_readback_s: float = 0.0
+    prefill_gate_s: float = 0.0
 
 
 @attrs.frozen
@@ -105,7 +114,10 @@ class RuntimeProfile:
             pass_s=z(c.pass_s), layer_s=z(c.layer_s), readback_s=z(c.readback_s), gate_s=z(c.gate_s),
             expert_s=expert, copy_s=copy, prefetch_s=float(prefetch),
             prefill_expert_s=expert if c.prefill_expert_s is None else float(c.prefill_expert_s),
-            prefill_copy_s=float(prefill_copy), prefill_prefetch_s=float(prefill_prefetch))
+            prefill_copy_s=float(prefill_copy), prefill_prefetch_s=float(prefill_prefetch),
+            prefill_layer_s=z(c.layer_s) if c.prefill_layer_s is None else float(c.prefill_layer_s),
+            prefill_readback_s=z(c.readback_s) if c.prefill_readback_s is None else float(c.prefill_readback_s),
+            prefill_gate_s=z(c.gate_s) if c.prefill_gate_s is None else float(c.prefill_gate_s))
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML form (`load_runtime_profile` reads it back to an equal profile)."""

@@ -148,7 +148,9 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     costs = HostCosts(pass_s=max(hits.pass_s(shape.n_layers), 0.0), layer_s=hits.layer_s,
                       readback_s=hits.item(1, "readback"), gate_s=hits.item(1, "gate"),
                       expert_s=hits.item(1, "expert"), copy_s=missing.item(1, "copy"),
-                      prefill_expert_s=missing.item(0, "expert"), prefill_copy_s=missing.item(0, "copy"))
+                      prefill_expert_s=missing.item(0, "expert"), prefill_copy_s=missing.item(0, "copy"),
+                      prefill_layer_s=missing.prefill_layer_s, prefill_readback_s=missing.item(0, "readback"),
+                      prefill_gate_s=missing.item(0, "gate"))
     per_miss = None
     if resident is not None:
         per_miss = missing.per_copy_over(costs, shape.n_layers)
@@ -195,6 +197,11 @@ class _Request:
     prefill_work_s: float = 0.0  # the prefill's host span less its readback waits
     copies: tuple[int, int] = (0, 0)  # copies started, by phase (prefill, decode): demand and prefetch
     prefetches: tuple[int, int] = (0, 0)  # prefetches issued, by phase
+    prefill_ahead: tuple[float, int] = (0.0, 0)  # the prefill's layer launches: seconds, layers
+
+    @property
+    def prefill_layer_s(self) -> float | None:
+        return self.prefill_ahead[0] / self.prefill_ahead[1] if self.prefill_ahead[1] else None
 
     @property
     def layer_s(self) -> float:
@@ -243,7 +250,8 @@ class _Request:
         return (work - launches * (expert_s or 0.0) - demand * (copy_s or 0.0)) / issued
 
     def raw(self, n_layers: int) -> dict[str, Any]:
-        return {"prefill_work_s": self.prefill_work_s, "copies": list(self.copies),
+        return {"prefill_work_s": self.prefill_work_s, "prefill_launch_ahead": list(self.prefill_ahead),
+                "copies": list(self.copies),
                 "prefetches": list(self.prefetches), "decode_step_s": self.decode_s,
                 "decode_host_span_s": self.host_s, "prefill_s": self.prefill_s,
                 "decode_readback_wait_s": self.wait_s, "decode_work_s": self.work_s,
@@ -279,6 +287,7 @@ def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, d
         with attention_backends(dev):
             req = RequestSteps(model, prompt, plan, hooks=hooks, runtime=runtime, clock=clock, graphed=graphed)
             marks = [(runtime.readback_wait_s, runtime.copies, _issued(runtime))]
+            pre0, n_pre0 = runtime.launch_ahead_s, runtime.launch_ahead_n
             req.prefill()
             marks.append((runtime.readback_wait_s, runtime.copies, _issued(runtime)))
             ahead0, n_ahead0 = runtime.launch_ahead_s, runtime.launch_ahead_n
@@ -292,7 +301,8 @@ def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, d
     seconds = clock.seconds()
     (w0, c0, p0), (w1, c1, p1), (w2, c2, p2) = marks
     return _Request(ledger, seconds[1:], clock.host[1:], seconds[0], w2 - w1, ahead_s, ahead_n,
-                    prefill_work_s=clock.host[0] - (w1 - w0), copies=(c1 - c0, c2 - c1), prefetches=(p1 - p0, p2 - p1))
+                    prefill_work_s=clock.host[0] - (w1 - w0), copies=(c1 - c0, c2 - c1), prefetches=(p1 - p0, p2 - p1),
+                    prefill_ahead=(ahead0 - pre0, n_ahead0 - n_pre0))
 
 
 def _issued(runtime: Any) -> int:

@@ -255,6 +255,27 @@ def test_the_host_launches_a_dense_layer_before_the_gpu_needs_it(engines, engine
     assert r["ttft_s"] == pytest.approx(7.25 + 1.0 + 0.25, abs=1e-9)
 
 
+@pytest.mark.parametrize("engine_name", ["des", "fast", "reference"])
+def test_a_prefill_pass_launches_and_decides_at_its_own_host_prices(engines, engine_name):
+    # The device-paced case above (TTFT 7.25, TPOT 4.6) with pass 0 a prefill.
+    # prefill_layer_s = 2.0: pass 0 is test_the_host_launches_a_dense_layer_before_the_gpu_needs_it's with
+    #   layer_s = 2.0: TTFT 7.25 + 1.0 + 0.25 = 8.5; the decode pass keeps layer_s = 1.0: TPOT 4.6.
+    # prefill_gate_s = 0.65 (readback + gate 0.75 in the prefill): L0 dense ends 1.5, gate at 2.25 issues copies
+    #   0, 1 (host to 2.45, 2.65), copies [2.25, 3.25], [3.25, 4.25]; experts launched 2.65 and 2.95 (cursor 3.25)
+    #   run [3.25, 3.75], [4.25, 4.75]; L1 dense launched from 3.25 to 4.25 runs [4.75, 5.0], gate at 5.75:
+    #   copies [5.75, 6.75], [6.75, 7.75]; experts [6.75, 7.25], [7.75, 8.25]: TTFT 8.25; TPOT 4.6.
+    trace = make_trace([[[[0, 1], [2, 3]]], [[[0, 1], [2, 3]]]], phases=[0, 1])
+    engine = engines[engine_name]
+    r, _ = run(engine, trace, slots=8, runtime=HOST)  # unset: the decode pass's prices
+    assert (r["ttft_s"], r["tpot_s"]) == pytest.approx((7.25, 4.6), abs=1e-9)
+    r, _ = run(engine, trace, slots=8, runtime=dict(HOST, prefill_layer_s=2.0))
+    assert (r["ttft_s"], r["tpot_s"]) == pytest.approx((8.5, 4.6), abs=1e-9)
+    r, _ = run(engine, trace, slots=8, runtime=dict(HOST, prefill_gate_s=0.65))
+    assert (r["ttft_s"], r["tpot_s"]) == pytest.approx((8.25, 4.6), abs=1e-9)
+    r, _ = run(engine, trace, slots=8, runtime=dict(HOST, prefill_readback_s=0.6, prefill_gate_s=0.15))
+    assert r["ttft_s"] == pytest.approx(8.25, abs=1e-9)  # the readback and the decisions add alike
+
+
 @pytest.mark.parametrize("engine_name", ["des", "fast"])
 def test_prefetch_issue_host_cost_is_charged_to_prefetch_copies_only(engines, engine_name):
     # the oracle prefetches layer 1's experts at layer 0's gate; demand copies keep copy_s

@@ -51,7 +51,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_runtime_calibration_measures_every_host_item(dataset: Path) -> None:
     rt = load_runtime_profile(dataset / "calibration" / "hf-eager.toml")
     costs = rt.models["olmoe-1b-7b"]
-    for key in ("pass_s", "layer_s", "gate_s", "expert_s", "copy_s", "prefetch_s", "prefill_expert_s"):
+    for key in ("pass_s", "layer_s", "gate_s", "expert_s", "copy_s", "prefetch_s", "prefill_expert_s",
+                "prefill_layer_s", "prefill_gate_s"):
         value = getattr(costs, key)
         assert value is not None and 0 < value < 0.1, key
     assert costs.readback_s is None  # a CPU readback has no device to wait for: nothing to split

@@ -108,10 +108,14 @@ def _pass_times(cs, tm, tv, p: int) -> None:
         cs.fc[FC.ISSUE_S] = tm.scal[SCAL.DECODE_COPY_ISSUE_S]
         cs.fc[FC.PF_ISSUE_S] = tm.scal[SCAL.DECODE_PREFETCH_ISSUE_S]
         cs.fc[FC.EXPERT_HOST_S] = tm.scal[SCAL.DECODE_EXPERT_HOST_S]
+        cs.fc[FC.LAYER_HOST_S] = tm.scal[SCAL.HOST_LAYER_S]
+        cs.fc[FC.READBACK_HOST_S] = tm.scal[SCAL.HOST_READBACK_S]
     else:
         cs.fc[FC.ISSUE_S] = tm.scal[SCAL.PREFILL_COPY_ISSUE_S]
         cs.fc[FC.PF_ISSUE_S] = tm.scal[SCAL.PREFILL_PREFETCH_ISSUE_S]
         cs.fc[FC.EXPERT_HOST_S] = tm.scal[SCAL.PREFILL_EXPERT_HOST_S]
+        cs.fc[FC.LAYER_HOST_S] = tm.scal[SCAL.PREFILL_HOST_LAYER_S]
+        cs.fc[FC.READBACK_HOST_S] = tm.scal[SCAL.PREFILL_HOST_READBACK_S]
 
 
 # ---- the host rule: device jobs that a host thread launches ----------------------------------------
@@ -151,8 +155,8 @@ def _dense_job_s(cs, tm, t: float) -> float:
     """The next layer's dense job, the GPU free at t: the host launches it after the layer's experts
     (`layer_s`), then blocks on its routing readback and decides the layer's experts (`readback_s + gate_s`):
     the gate comes that much after the dense part ends, the GPU idle meanwhile."""
-    job = _launched_job(_launch_point(cs), tm.scal[SCAL.HOST_LAYER_S], cs.fc[FC.DENSE_S], t)
-    return job + tm.scal[SCAL.HOST_READBACK_S]
+    job = _launched_job(_launch_point(cs), cs.fc[FC.LAYER_HOST_S], cs.fc[FC.DENSE_S], t)
+    return job + cs.fc[FC.READBACK_HOST_S]
 
 
 @njit(cache=True, inline="always")
@@ -288,7 +292,7 @@ def _step(pk, cs, tm, tv, t: float) -> int:
         # the host prepares the pass, then launches its first part (embedding, dense layers before the MoE ones)
         free = cs.fc[FC.HOST_FREE]
         launch = (t if t > free else free) + tm.scal[SCAL.HOST_PASS_S]
-        host_s = tm.scal[SCAL.N_DENSE_LAYERS] * tm.scal[SCAL.HOST_LAYER_S]
+        host_s = tm.scal[SCAL.N_DENSE_LAYERS] * cs.fc[FC.LAYER_HOST_S]
         cs.fc[FC.LAYER_HOST] = launch + host_s
         pre = cs.fc[FC.PRE_S]
         dur = _launched_job(launch, host_s, pre, t)

@@ -119,6 +119,8 @@ def timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ..
     scal[SCAL.HOST_READBACK_S] = host.readback_s + host.gate_s
     scal[SCAL.DECODE_EXPERT_HOST_S] = host.expert_s
     scal[SCAL.PREFILL_EXPERT_HOST_S] = host.prefill_expert_s
+    scal[SCAL.PREFILL_HOST_LAYER_S] = host.prefill_layer_s
+    scal[SCAL.PREFILL_HOST_READBACK_S] = host.prefill_readback_s + host.prefill_gate_s
     return Timing(copy_s, layer_copy_s, exp_tok, exp_s, exp_n, cpu_tok, cpu_s, cpu_n,
                   np.asarray(dense.tokens, float), np.asarray(dense.context, float),
                   np.ascontiguousarray(np.asarray(dense.seconds, float)), scal)

@@ -105,8 +105,9 @@ class Curves:
                                 float(tm.scal[SCAL.PREFILL_PREFETCH_ISSUE_S]))}
         # the runtime's host costs: before a pass, per layer launched, per readback and decisions, per expert
         self.host_pass_s = float(tm.scal[SCAL.HOST_PASS_S])
-        self.host_layer_s = float(tm.scal[SCAL.HOST_LAYER_S])
-        self.host_readback_s = float(tm.scal[SCAL.HOST_READBACK_S])
+        self.host_layer_s = {True: float(tm.scal[SCAL.HOST_LAYER_S]), False: float(tm.scal[SCAL.PREFILL_HOST_LAYER_S])}
+        self.host_readback_s = {True: float(tm.scal[SCAL.HOST_READBACK_S]),
+                                False: float(tm.scal[SCAL.PREFILL_HOST_READBACK_S])}
         self.expert_host_s = {True: float(tm.scal[SCAL.DECODE_EXPERT_HOST_S]),
                               False: float(tm.scal[SCAL.PREFILL_EXPERT_HOST_S])}
         self._expert: dict[tuple[int, int], float] = {}
@@ -227,7 +228,7 @@ class ReferenceEngine:
         cs.sc[SC.LAYER] = 0
         c = self.curves
         launch = max(t, float(self.fc[FC.HOST_FREE])) + c.host_pass_s  # the host prepares the pass
-        host_s = c.n_dense_layers * c.host_layer_s  # then launches the dense layers before the MoE ones
+        host_s = c.n_dense_layers * self.layer_launch_s  # then launches the dense layers before the MoE ones
         self.host_cursor = launch + host_s
         pre = self._launched(launch, host_s, self.pre_s)
         if pre > 0.0:
@@ -235,7 +236,7 @@ class ReferenceEngine:
         for layer in range(self.n_layers):
             cs.sc[SC.LAYER] = layer
             # the host launches the dense part after the last layer's experts, then waits for its routing
-            dense = self._launched(self._launch_point(), c.host_layer_s, self.dense_s) + c.host_readback_s
+            dense = self._launched(self._launch_point(), self.layer_launch_s, self.dense_s) + self.readback_host_s
             if dense > 0.0:
                 yield from self._gpu_job_and_wait(dense, self.dense_s, layer)
             self._gate(p, layer)
@@ -261,6 +262,8 @@ class ReferenceEngine:
         decode = bool(tv.pass_phase[p] == PHASE_DECODE)
         self.cs.fc[FC.ISSUE_S], self.cs.fc[FC.PF_ISSUE_S] = c.issue_s[decode]
         self.expert_launch_s = c.expert_host_s[decode]
+        self.layer_launch_s = c.host_layer_s[decode]
+        self.readback_host_s = c.host_readback_s[decode]
 
     def _launch_point(self) -> float:
         """The host launches its next job after what it launched so far and the copies it issued."""
