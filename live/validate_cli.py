@@ -294,6 +294,8 @@ def run_summary(args: argparse.Namespace) -> int:
     for ds in datasets:
         print(f"## {ds.name} ({ds.gpu})\n\n{format_config_table(ds)}\n")
     print(f"## summary\n\n{table}")
+    if len(datasets) > 1:
+        print(f"\n## per dataset\n\n{format_summary_table(summarize(datasets, per_dataset=True), per_dataset=True)}")
     reps = repeats(datasets)
     if reps:
         print("\n## the same configuration measured again (max / min - 1: the measurement's own spread)\n\n"

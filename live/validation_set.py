@@ -320,14 +320,16 @@ def row_errors(row: Comparison) -> RowErrors:
                      step_p50_err=p50, step_p99_err=p99, counts_equal=counts_equal(row))
 
 
-def summarize(datasets: Iterable[Dataset]) -> list[SummaryRow]:
-    """One row per (GPU kind, runtime) over all datasets, sorted by both."""
-    groups: dict[tuple[str, str], list[tuple[Dataset, Comparison, RowErrors]]] = {}
+def summarize(datasets: Iterable[Dataset], per_dataset: bool = False) -> list[SummaryRow]:
+    """One row per (GPU kind, runtime) over all datasets, sorted by both; `per_dataset`: one per dataset too
+    (leases of one runtime mode may differ in how they were calibrated)."""
+    groups: dict[tuple[str, str, str], list[tuple[Dataset, Comparison, RowErrors]]] = {}
     for ds in datasets:
         for row in ds.rows:
-            groups.setdefault((ds.gpu_kind, row.runtime), []).append((ds, row, row_errors(row)))
+            key = (ds.gpu_kind, row.runtime, ds.name if per_dataset else "")
+            groups.setdefault(key, []).append((ds, row, row_errors(row)))
     out = []
-    for (kind, runtime), items in sorted(groups.items()):
+    for (kind, runtime, _name), items in sorted(groups.items()):
         ttft = [abs(err.ttft_err) for _, _, err in items]
         decode = [abs(err.decode_err) for _, _, err in items]
         out.append(SummaryRow(
@@ -356,11 +358,14 @@ def _pct(x: float, signed: bool = True) -> str:
     return f"{100 * x:+.1f}%" if signed else f"{100 * x:.1f}%"
 
 
-def format_summary_table(rows: list[SummaryRow]) -> str:
-    """The summary as a Markdown table (|error| medians and maxima in percent)."""
-    head = ["GPU", "runtime", "configs", "out of sample", "TTFT median", "TTFT max", "decode median", "decode max",
-            "KS D median", f"TOST ±{100 * TOST_MARGIN:.0f}%", "counts equal"]
-    body = [[r.gpu, r.runtime, str(r.n_configs), "yes" if r.out_of_sample else "no",
+def format_summary_table(rows: list[SummaryRow], per_dataset: bool = False) -> str:
+    """The summary as a Markdown table (|error| medians and maxima in percent); `per_dataset`: rows of
+    `summarize(..., per_dataset=True)`, each naming its dataset."""
+    head = ["GPU", "runtime", *(["dataset"] if per_dataset else []), "configs", "out of sample", "TTFT median",
+            "TTFT max", "decode median", "decode max", "KS D median", f"TOST ±{100 * TOST_MARGIN:.0f}%",
+            "counts equal"]
+    body = [[r.gpu, r.runtime, *([r.datasets[0]] if per_dataset else []), str(r.n_configs),
+             "yes" if r.out_of_sample else "no",
              _pct(r.ttft_median, False), _pct(r.ttft_max, False), _pct(r.decode_median, False),
              _pct(r.decode_max, False), f"{r.ks_median:.3f}", f"{r.tost_pass}/{r.n_configs}",
              f"{r.counts_equal}/{r.n_configs}"] for r in rows]
