@@ -140,6 +140,17 @@ def test_summary_groups_by_gpu_kind_and_runtime(tree: Path) -> None:
     assert "differ: hits 5/6" in per_config[5] and "| no (p " in per_config[4]
 
 
+def test_a_per_dataset_summary_keeps_each_lease_apart(tree: Path) -> None:
+    rows = summarize(_datasets(tree), per_dataset=True)
+    eager = [r for r in rows if (r.gpu, r.runtime) == ("h100", "hf-eager")]
+    # the 4 h100 hf-eager configurations of two datasets, now a row per dataset
+    assert [r.datasets for r in eager] == [("2026-12-06-h100",), ("2026-12-07-h100",)]
+    assert sum(r.n_configs for r in eager) == 4 and len(rows) == 4
+    table = format_summary_table(rows, per_dataset=True).splitlines()
+    assert table[0].startswith("| GPU | runtime | dataset | configs |") and len(table) == 2 + 4
+    assert "| h100 | hf-eager | 2026-12-06-h100 |" in table[2]
+
+
 def _cli(argv: list[str]) -> int:
     p = argparse.ArgumentParser()
     add_parser(p.add_subparsers())
