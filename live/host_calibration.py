@@ -13,9 +13,10 @@ is what its demand misses add, per copy (`copy_s`; never below the copy's own is
 from the second. A third run of the request on the same prompt and cache, with a prefetch policy
 (`PREFETCH`), prices a prefetch (`prefetch_s`, and `prefill_prefetch_s` from its prefill): its host work
 beyond the second's, less what its other expert launches and demand copies cost, over the prefetches it
-issued: the policy's decisions, the queue, the checkpoints and the landing polls, whatever the prefetches
-add to the host's work (never below the issue alone: a prefetching sibling runtime times that through the
-prefetch path's own loop, `runtime_cal.measure_prefetch_issue`).
+issued, less the policy's work at every gate (`prefetch_gate_s`: the all-resident request run again with the
+policy, which then decides at each gate and issues nothing): the queue, the copies' submission, the landing
+polls (never below the issue alone: a prefetching sibling runtime times that through the prefetch path's own
+loop, `runtime_cal.measure_prefetch_issue`).
 
 The profile's `[models."<preset>"]` entries hold each model's costs; `[host]` the median over the models, for a
 model the profile has no entry for. None of these runs is ever compared with the emulator.
@@ -131,15 +132,19 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
         runtime.close()
         runtime.prefetch = "none"
         runtime.reset()
-    resident = None
+    resident = resident_pf = None
     if _fits_every_expert(runtime, n_keys):
         runtime.close()
         runtime.resize(n_keys)
         runtime.defer = False
         try:
             resident = _timed_request(model, runtime, plan, prompt, dev, decode, preload=True)
+            runtime.prefetch = PREFETCH  # every expert resident: the policy decides at each gate, issues nothing
+            resident_pf = _timed_request(model, runtime, plan, prompt, dev, decode, preload=True)
         finally:
             runtime.defer = True
+            runtime.close()
+            runtime.prefetch = "none"
         runtime.resize(slots)  # the pool of the requests' cache again, for what runs next
         runtime.reset()
     if missing.ahead_n == 0:
@@ -156,8 +161,12 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
         per_miss = missing.per_copy_over(costs, shape.n_layers)
         if per_miss is not None and costs.copy_s is not None:
             costs = attrs.evolve(costs, copy_s=max(per_miss, costs.copy_s))  # never below the issue itself
+    gate_pf = None if resident is None or resident_pf is None else resident_pf.per_gate_over(resident, shape.n_layers)
+    if gate_pf is not None:
+        costs = attrs.evolve(costs, prefetch_gate_s=max(gate_pf, 0.0))
     floor = issue_s or 0.0
-    per_prefetch = [prefetching.per_prefetch_over(missing, phase, expert_s=e, copy_s=c)
+    per_prefetch = [prefetching.per_prefetch_over(missing, phase, expert_s=e, copy_s=c,
+                                                  gate_s=costs.prefetch_gate_s or 0.0, n_layers=shape.n_layers)
                     for phase, e, c in ((0, costs.prefill_expert_s, costs.prefill_copy_s),
                                         (1, costs.expert_s, costs.copy_s))]
     prefill_pf, decode_pf = (None if x is None else max(x, floor) for x in per_prefetch)
@@ -166,10 +175,12 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     raw = {"slots": slots, "n_keys": n_keys, "prompt_len": prompt_len, "steps": steps, "seed": seed,
            "decode": decode, "kernel": runtime.kernel, **missing.raw(shape.n_layers),
            "resident_request": None if resident is None else resident.raw(shape.n_layers),
+           "resident_prefetch_request": None if resident_pf is None else resident_pf.raw(shape.n_layers),
            "prefetch_request": prefetching.raw(shape.n_layers) | {"prefetch": PREFETCH},
            "copy_s_issue": missing.item(1, "copy"), "copy_s_per_miss": per_miss,
            **({} if issue_s is None else {"prefetch_s_issue": issue_s}),
            "prefetch_s_per_prefetch": {ph: x for ph, x in zip(("prefill", "decode"), per_prefetch) if x is not None}}
+    raw = {k: v for k, v in raw.items() if v is not None}  # TOML has no null
     return ModelCalibration(preset, shape.n_layers, costs, raw)
 
 
@@ -236,18 +247,28 @@ class _Request:
         base = steps * ((hit.pass_s or 0.0) + n_layers * layer) + self.count(1, "expert") * (hit.expert_s or 0.0)
         return (self.work_s - base) / copies
 
-    def per_prefetch_over(self, base: _Request, phase: int, expert_s: float | None,
-                          copy_s: float | None) -> float | None:
+    def per_prefetch_over(self, base: _Request, phase: int, expert_s: float | None, copy_s: float | None,
+                          gate_s: float = 0.0, n_layers: int = 0) -> float | None:
         """Host seconds per prefetch issued in `phase`: this (prefetching) request's host work beyond `base`'s
         (the same request without prefetch), less its other expert launches and demand copies at the prices
-        given; None without prefetches."""
+        given and the policy's work at each of its `n_layers`-layer passes' gates (`gate_s`); None without
+        prefetches."""
         issued = self.prefetches[phase]
         if issued == 0:
             return None
         work = (self.prefill_work_s - base.prefill_work_s) if phase == 0 else (self.work_s - base.work_s)
         launches = self.count(phase, "expert") - base.count(phase, "expert")
         demand = (self.copies[phase] - issued) - (base.copies[phase] - base.prefetches[phase])
-        return (work - launches * (expert_s or 0.0) - demand * (copy_s or 0.0)) / issued
+        gates = n_layers * (1 if phase == 0 else len(self.decode_s))
+        return (work - launches * (expert_s or 0.0) - demand * (copy_s or 0.0) - gates * gate_s) / issued
+
+    def per_gate_over(self, base: _Request, n_layers: int) -> float | None:
+        """Host seconds per decode gate that this request (every expert resident, a prefetch policy deciding
+        at each gate and issuing nothing) spends beyond `base` (the same without the policy); None where it
+        issued prefetches after all."""
+        if self.prefetches[1] or not self.decode_s:
+            return None
+        return (self.work_s - base.work_s) / (len(self.decode_s) * n_layers)
 
     def raw(self, n_layers: int) -> dict[str, Any]:
         return {"prefill_work_s": self.prefill_work_s, "prefill_launch_ahead": list(self.prefill_ahead),

@@ -276,6 +276,28 @@ def test_a_prefill_pass_launches_and_decides_at_its_own_host_prices(engines, eng
     assert r["ttft_s"] == pytest.approx(8.25, abs=1e-9)  # the readback and the decisions add alike
 
 
+@pytest.mark.parametrize("engine_name", ["des", "fast", "reference"])
+def test_a_prefetch_policys_gate_work_is_charged_to_every_gate_of_a_prefetching_stack(engines, engine_name):
+    # The device-paced case (TPOT 4.6, every access of pass 1 a hit) with the oracle prefetching: in pass 1 it
+    # names layer 1's experts at layer 0's gate, all resident, so it issues nothing; prefetch_gate_s = 0.4 then
+    # delays each of the two gates, the GPU idle meanwhile: TPOT 4.6 + 2 x 0.4. Without a prefetch policy the
+    # key costs nothing.
+    trace = make_trace([[[[0, 1], [2, 3]]], [[[0, 1], [2, 3]]]])
+    engine = engines[engine_name]
+
+    def go(prefetch: str, **kw):
+        inputs = make_inputs(tiny_model(), hand_profile(), trace, 8 * EXPERT, stack(prefetch=prefetch),
+                             runtime=hand_runtime(**HOST, **kw))
+        cs, end, timings = engine(inputs)
+        return build_result(cs, end, trace, "x", timings).to_dict()
+
+    assert go("none", prefetch_gate_s=0.4)["tpot_s"] == pytest.approx(4.6, abs=1e-9)
+    base, slow = go("oracle"), go("oracle", prefetch_gate_s=0.4)
+    assert base["tpot_s"] == pytest.approx(4.6, abs=1e-9)
+    assert slow["tpot_s"] == pytest.approx(4.6 + 0.8, abs=1e-9)
+    assert slow["prefetch_issued"] == base["prefetch_issued"] and slow["hits"] == base["hits"]
+
+
 @pytest.mark.parametrize("engine_name", ["des", "fast"])
 def test_prefetch_issue_host_cost_is_charged_to_prefetch_copies_only(engines, engine_name):
     # the oracle prefetches layer 1's experts at layer 0's gate; demand copies keep copy_s

@@ -56,6 +56,7 @@ def test_the_runtime_calibration_measures_every_host_item(dataset: Path) -> None
         value = getattr(costs, key)
         assert value is not None and 0 < value < 0.1, key
     assert costs.readback_s is None  # a CPU readback has no device to wait for: nothing to split
+    assert costs.prefetch_gate_s is not None and costs.prefetch_gate_s >= 0.0  # may be 0: a cheap policy, noise
     assert rt.host == costs  # one model: the median is its figures
     raw = rt.provenance["models"]["olmoe-1b-7b"]
     # three requests: before the model's first configuration, after its middle one, after its last
@@ -180,6 +181,13 @@ def test_a_prefetch_costs_the_host_work_it_adds_beyond_the_same_request_without(
         (0.010 - 2 * 4e-4 - (7 - 12) * 5e-4) / 8)
     assert pf.per_prefetch_over(base, 0, expert_s=4e-4, copy_s=5e-4) is None  # no prefetch in its prefill
     assert base.per_prefetch_over(base, 1, expert_s=4e-4, copy_s=5e-4) is None
+    # the policy's work at each of the 1 step x 3 layers' gates comes off first
+    assert pf.per_prefetch_over(base, 1, expert_s=4e-4, copy_s=5e-4, gate_s=1e-3, n_layers=3) == pytest.approx(
+        (0.010 - 2 * 4e-4 - (7 - 12) * 5e-4 - 3e-3) / 8)
+    # the all-resident request with the policy (issuing nothing) beyond the one without, per gate
+    resident, resident_pf = request(10, 0.020, (0, 0), (0, 0)), request(10, 0.026, (0, 0), (0, 0))
+    assert resident_pf.per_gate_over(resident, n_layers=3) == pytest.approx(0.006 / 3)
+    assert pf.per_gate_over(base, n_layers=3) is None  # it issued prefetches: not a gate's price
 
 
 def test_the_calibration_prices_hits_on_a_resident_request(dataset: Path) -> None:

@@ -96,8 +96,9 @@ def _pad(curves: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ...],
-           runtime: RuntimeProfile = NO_RUNTIME) -> Any:
-    """The device's times from the hardware profile and the host's from the runtime profile, as arrays."""
+           runtime: RuntimeProfile = NO_RUNTIME, prefetching: bool = False) -> Any:
+    """The device's times from the hardware profile and the host's from the runtime profile, as arrays;
+    `prefetching`: the stack runs a prefetch policy (its gates cost the runtime's `prefetch_gate_s` more)."""
     copy_s = np.array([profile.copy_seconds(model.expert_bytes(p)) for p in precisions])
     sizes = layer_prec_bytes(model, precisions)
     times = {int(b): profile.copy_seconds(int(b)) for b in np.unique(sizes)}  # one per distinct size
@@ -116,11 +117,13 @@ def timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ..
     scal[SCAL.PREFILL_PREFETCH_ISSUE_S] = host.prefill_prefetch_s
     scal[SCAL.HOST_PASS_S] = host.pass_s
     scal[SCAL.HOST_LAYER_S] = host.layer_s
-    scal[SCAL.HOST_READBACK_S] = host.readback_s + host.gate_s
+    # a prefetch policy's own work at every gate, where the stack has one
+    gate_pf = host.prefetch_gate_s if prefetching else 0.0
+    scal[SCAL.HOST_READBACK_S] = host.readback_s + host.gate_s + gate_pf
     scal[SCAL.DECODE_EXPERT_HOST_S] = host.expert_s
     scal[SCAL.PREFILL_EXPERT_HOST_S] = host.prefill_expert_s
     scal[SCAL.PREFILL_HOST_LAYER_S] = host.prefill_layer_s
-    scal[SCAL.PREFILL_HOST_READBACK_S] = host.prefill_readback_s + host.prefill_gate_s
+    scal[SCAL.PREFILL_HOST_READBACK_S] = host.prefill_readback_s + host.prefill_gate_s + gate_pf
     return Timing(copy_s, layer_copy_s, exp_tok, exp_s, exp_n, cpu_tok, cpu_s, cpu_n,
                   np.asarray(dense.tokens, float), np.asarray(dense.context, float),
                   np.ascontiguousarray(np.asarray(dense.seconds, float)), scal)
@@ -136,7 +139,8 @@ def make_inputs(model: ModelSpec, profile: HardwareProfile, trace: RoutingTrace,
     precisions = precisions_for(model)
     return SimInputs(model=model, profile=profile, trace=trace, capacity_bytes=int(capacity_bytes),
                      stack=stack, seed=seed, precisions=precisions, tv=trace_view(trace),
-                     tm=timing(profile, model, precisions, runtime), runtime=runtime)
+                     tm=timing(profile, model, precisions, runtime, prefetching=stack.prefetch.name != "none"),
+                     runtime=runtime)
 
 
 def fresh_state(inputs: SimInputs) -> tuple[Any, Any]:
