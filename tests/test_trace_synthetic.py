@@ -151,6 +151,11 @@ def test_float16_bits_match_numpy_rounding():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.random(50_000), 10.0 ** -rng.uniform(4, 9, 20_000),  # normals and subnormals
                         [0.0, 1.0, 2.0**-14, 2.0**-24, 2.0**-25, 3 * 2.0**-25, 1 - 2.0**-12, 1 - 2.0**-11]])
+    # exact ties between two halves (odd and even fractions), and one double's ulp either side of each
+    odd = 2 * rng.integers(0, 1024, 20_000) + 1
+    ties = (2048 + odd) * 2.0 ** -rng.integers(12, 26, odd.size).astype(float)
+    ties = ties[ties <= 1.0]
+    x = np.concatenate([x, ties, np.nextafter(ties, 0.0), np.nextafter(ties, 2.0)])
     assert np.array_equal(_halves(x), x.astype(np.float16).view(np.uint16))
 
 
