@@ -585,13 +585,14 @@ def check_generation_size(model: ModelSpec, params: SyntheticParams, n_tokens: i
 PROGRESS_ENTRIES = 200_000_000
 
 
-def _blocks(items: np.ndarray, show: bool) -> list[np.ndarray]:
-    """`items` whole, or in about twenty blocks for the progress display: each block keeps several items per
-    thread, so splitting never idles a core."""
-    if not show:
-        return [items]
-    n = min(20, max(1, items.size // (4 * numba.get_num_threads())))
-    return [b for b in np.array_split(items, n) if b.size]
+def _block_count(n: int, show: bool) -> int:
+    """1 (one call), or about twenty blocks of `n` work items for the progress display: each block keeps
+    several items per thread, so splitting never idles a core."""
+    return min(20, max(1, n // (4 * numba.get_num_threads()))) if show else 1
+
+
+def _bounds(n: int, blocks: int) -> list[tuple[int, int]]:
+    return [(n * i // blocks, n * (i + 1) // blocks) for i in range(blocks) if n * i // blocks < n * (i + 1) // blocks]
 
 
 def generate(model: ModelSpec, params: SyntheticParams, n_tokens: int | None = None, *,
@@ -633,13 +634,13 @@ def generate(model: ModelSpec, params: SyntheticParams, n_tokens: int | None = N
     requests = np.flatnonzero(first_token >= 0)  # the requests that have tokens: each its own stream
     work = target * n_layers * top_k * (1 + params.with_scores + (params.predictor_accuracy is not None))
     show = progress and work >= PROGRESS_ENTRIES
-    route_blocks = _blocks(requests, show)
-    token_blocks = _blocks(np.arange(target), show)
+    route_blocks = _bounds(requests.size, _block_count(requests.size, show))
+    token_blocks = _bounds(target, _block_count(target, show))
     steps = len(route_blocks) + len(token_blocks) * (params.with_scores + (params.predictor_accuracy is not None))
     tick = Progress(steps, label="trace", unit="blocks", enabled=show)
     experts = np.empty((target, n_layers, top_k), dtype=np.int16)
-    for block in route_blocks:
-        _route(experts, block, first_token, next_token, seed, _threshold(params.reuse_prob)[()],
+    for lo, hi in route_blocks:
+        _route(experts, requests[lo:hi], first_token, next_token, seed, _threshold(params.reuse_prob)[()],
                _threshold(params.cross_layer_corr)[()], probs, table.ravel(), layer_map.ravel())
         tick("routing")
     del next_token
@@ -648,15 +649,13 @@ def generate(model: ModelSpec, params: SyntheticParams, n_tokens: int | None = N
     if params.with_scores:
         scores = np.empty(experts.shape, dtype=np.float16)
         bits = scores.view(np.uint16)
-        for block in token_blocks:
-            lo, hi = int(block[0]), int(block[-1]) + 1
+        for lo, hi in token_blocks:
             _scores(bits[lo:hi], lo, seed, float(params.score_scale))
             tick("gate scores")
     predicted = None
     if params.predictor_accuracy is not None:
         predicted = np.empty_like(experts)
-        for block in token_blocks:
-            lo, hi = int(block[0]), int(block[-1]) + 1
+        for lo, hi in token_blocks:
             _predict(experts[lo:hi], predicted[lo:hi], lo, seed, float(params.predictor_accuracy), n_exp)
             tick("predictions")
     tick.close()
