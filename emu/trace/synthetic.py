@@ -3,7 +3,8 @@
 The three routing effects are the ones expert caches live or die by, and each is one parameter so that
 `emu trace fit` can target them. Generation is numba over flat int16 arrays, parallel over requests with
 one counter-seeded random stream per request (and per token for scores and predictions), so the result
-is identical for any thread count and a million-token OLMoE trace takes seconds.
+is identical for any thread count (and when generated in blocks for the progress display); routing runs at
+about 100M entries per second of one core (a million-token OLMoE trace, 128M entries: about 1.3 CPU s).
 
 Per token t of request r, MoE layer l and top-k slot k (slots filled in order 0..k-1):
 1. with probability `reuse_prob`, take the expert the previous token of r chose at (l, k);
