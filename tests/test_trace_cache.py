@@ -135,3 +135,16 @@ def test_facts_are_the_traces_own_and_kept_for_a_held_trace():
     facts = cache.facts(trace)
     facts["tokens"] = -1  # a caller's copy
     assert cache.facts(trace) == own
+
+
+def test_emu_run_shows_generation_progress_unless_quiet(tmp_path, monkeypatch, capsys):
+    import emu.trace.synthetic as generator
+    from emu.cli import main
+
+    monkeypatch.setattr(generator, "PROGRESS_ENTRIES", 0)  # every trace counts as a large one
+    sc = synthetic(tmp_path, "big", tokens=400)
+    assert main(["run", str(sc), "--out", str(tmp_path / "o"), "--format", "json"]) == 0
+    assert "trace: " in capsys.readouterr().err
+    CACHE.clear()  # generate again, quietly
+    assert main(["run", str(sc), "--out", str(tmp_path / "o"), "--format", "json", "--quiet"]) == 0
+    assert "trace: " not in capsys.readouterr().err
