@@ -380,3 +380,16 @@ def test_blocks_for_the_progress_display_give_the_same_trace(monkeypatch, capsys
     assert "trace: " in err and "blocks (routing)" in err and "(gate scores)" in err and "(predictions)" in err
     quiet = generate(OLMOE, FULL, n_tokens=3000)  # progress off by default
     assert same(whole, quiet) and capsys.readouterr().err == ""
+
+
+def test_integer_thresholds_decide_as_the_float_comparison():
+    from emu.trace.synthetic import _threshold
+
+    rng = np.random.default_rng(3)
+    p = np.concatenate([rng.random(2000), [0.0, -0.0, 1.0, 0.5, 0.3, 2.0**-32, 2.0**-33, 1 - 2.0**-53, 5e-324,
+                                           -1e-17]])
+    thr = _threshold(p)
+    for pi, t in zip(p.tolist(), thr.tolist(), strict=True):
+        # the 32-bit values either side of the threshold, and the ends of the range
+        for v in {0, 1, max(t - 1, 0), min(t, 2**32 - 1), 2**32 - 1}:
+            assert (v < t) == (v * 2.0**-32 < pi), (pi, v, t)
