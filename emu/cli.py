@@ -176,7 +176,7 @@ def _records(scenarios: list[Any], args: argparse.Namespace, recorder: Any) -> I
     jobs = min(args.jobs, len(scenarios))
     if jobs <= 1:
         for sc in scenarios:
-            yield run_scenario(sc, engine=args.engine, timeline=recorder)[1]
+            yield run_scenario(sc, engine=args.engine, timeline=recorder, progress=not args.quiet)[1]
         return
     from .sweep import make_executor, stop_workers
 
@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="the result's name (runs/NAME.json and the table's row) for one scenario; "
                    "default: the scenario's stem, with its overrides when there are any")
     p.add_argument("--engine", choices=["des", "fast", "reference", "auto"], help="override engine.kind")
-    p.add_argument("--quiet", action="store_true", help="do not list the files written")
+    p.add_argument("--quiet", action="store_true", help="do not list the files written nor show progress")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table",
                    help="stdout: the table (default), or its figures unrounded as JSON or CSV")
     p.add_argument("--timeline", metavar="FILE.json",

@@ -27,36 +27,63 @@ if TYPE_CHECKING:
 AUTO_FAST_TOKENS = 1_000
 
 
-def load_workload(scenario: Scenario) -> RoutingTrace:
+def load_workload(scenario: Scenario, progress: bool = False) -> RoutingTrace:
+    """The scenario's trace: read from its file or generated, or the same trace again from this process's cache
+    (emu.trace.cache) when an earlier scenario asked for it. `progress`: show the progress display while a large
+    synthetic trace is generated."""
+    from .trace.cache import CACHE
+
     wl = scenario.workload
     model = scenario.model
     if wl.trace is not None:
         path = wl.trace
-        if path.endswith(".jsonl"):
-            from .trace.jsonl import import_jsonl
+        jsonl = path.endswith(".jsonl")
+        try:
+            from .trace.cache import file_digest
 
-            trace = import_jsonl(path, model)
-        else:
-            trace = RoutingTrace.load(path)
+            source: tuple[Any, ...] = ("file", file_digest(path), model if jsonl else None)
+        except OSError:  # a missing or unreadable file: the loader says which, in its own words
+            source = ("unread", path)
+        trace = CACHE.get(source)
+        if trace is None:
+            if jsonl:
+                from .trace.jsonl import import_jsonl
+
+                trace = import_jsonl(path, model)
+            else:
+                trace = RoutingTrace.load(path)
+            if source[0] == "file":
+                CACHE.put(source, trace)
+        # the trace may be another scenario's: check it against this one's model, naming this scenario
         trace.check_fits(model.n_moe_layers, model.n_experts, model.top_k, file=scenario.path)
         _check_scores(trace, path, scenario.path)
-    else:
-        from .trace.synthetic import SyntheticParams, generate
+        return _cut(trace, wl.max_tokens)
+    from .trace.synthetic import SyntheticParams, generate
 
-        params = dict(wl.synthetic or {})
-        tokens = params.pop("tokens", None)
-        params.setdefault("seed", scenario.seed)
-        fields = {f.name for f in attrs.fields(SyntheticParams)}
-        for key in params:
-            if key not in fields:
-                raise EmuError(f"unknown generator parameter; expected one of {sorted(fields | {'tokens'})}",
-                               file=scenario.path, key=f"workload.synthetic.{key}")
-        try:
-            trace = generate(model, SyntheticParams(**params), tokens)
-        except EmuError as err:
-            raise EmuError(err.detail, file=scenario.path, key=f"workload.synthetic.{err.key}") from None
-    if wl.max_tokens is not None and trace.n_tokens > wl.max_tokens:
-        trace = trace.slice_tokens(wl.max_tokens)
+    params = dict(wl.synthetic or {})
+    tokens = params.pop("tokens", None)
+    params.setdefault("seed", scenario.seed)
+    fields = {f.name for f in attrs.fields(SyntheticParams)}
+    for key_name in params:
+        if key_name not in fields:
+            raise EmuError(f"unknown generator parameter; expected one of {sorted(fields | {'tokens'})}",
+                           file=scenario.path, key=f"workload.synthetic.{key_name}")
+    try:
+        spec = SyntheticParams(**params)
+        # what generate() reads of the model: its name (the trace's `model`) and shape
+        key = ("synthetic", model.name, model.n_moe_layers, model.n_experts, model.top_k, spec, tokens)
+        trace = CACHE.get(key)
+        if trace is None:
+            trace = generate(model, spec, tokens, progress=progress)
+            CACHE.put(key, trace)
+    except EmuError as err:
+        raise EmuError(err.detail, file=scenario.path, key=f"workload.synthetic.{err.key}") from None
+    return _cut(trace, wl.max_tokens)
+
+
+def _cut(trace: RoutingTrace, max_tokens: int | None) -> RoutingTrace:
+    if max_tokens is not None and trace.n_tokens > max_tokens:
+        return trace.slice_tokens(max_tokens)
     return trace
 
 
@@ -106,10 +133,11 @@ def run_record(scenario: Scenario, engine: str | None = None) -> tuple[dict[str,
     return record, [str(w.message) for w in caught if issubclass(w.category, EmuWarning)]
 
 
-def run_scenario(scenario: Scenario, engine: str | None = None,
-                 timeline: TimelineRecorder | None = None) -> tuple[RunResult, dict[str, Any]]:
+def run_scenario(scenario: Scenario, engine: str | None = None, timeline: TimelineRecorder | None = None,
+                 progress: bool = False) -> tuple[RunResult, dict[str, Any]]:
     """Returns the result and the JSON record `emu run` writes. With a `timeline` recorder the whole trace
-    runs on the SimPy engine, so the recorded events are the run's own."""
+    runs on the SimPy engine, so the recorded events are the run's own. `progress`: show the progress display
+    while a large synthetic trace is generated."""
     profile = scenario.profile()
     check_item_times(profile, scenario.model)
     if not has_measured_tables(profile, scenario.model):
@@ -117,7 +145,7 @@ def run_scenario(scenario: Scenario, engine: str | None = None,
         warnings.warn(f"{where}: no measured compute tables for {scenario.model.name}; using the profile's roofline "
                       "estimate", EmuWarning, stacklevel=2)
     t0 = time.perf_counter()
-    trace = load_workload(scenario)
+    trace = load_workload(scenario, progress)
     scenario = with_trace_sizes(scenario, trace)
     t_trace = time.perf_counter() - t0
     kind = "des" if timeline is not None else choose_engine(engine or scenario.engine, trace)
@@ -140,8 +168,9 @@ def run_scenario(scenario: Scenario, engine: str | None = None,
     result = build_result(cs, end, trace, kind, timings)
     record = result.to_dict()
     record["scenario"] = scenario.resolved()
-    record["trace"] = {"fingerprint": trace.fingerprint(), "tokens": trace.n_tokens, "passes": trace.n_passes,
-                       "requests": trace.n_requests}
+    from .trace.cache import CACHE
+
+    record["trace"] = CACHE.facts(trace)
     record["profile"] = profile_record(profile)
     if scenario.runtime_path is not None:
         record["runtime"] = {"name": runtime.name, "provisional": runtime.provisional, "file": runtime.source}

@@ -319,7 +319,7 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
             "eviction": rec["eviction"], "prefetch": rec.get("prefetch") or "none", "batch": int(rec.get("batch", 1)),
             "ttft_s": {"measured": float(rec["ttft_s"]), "emulated": float(result.ttft_s)},
             "decode_tok_s": {"measured": float(rec["decode_tok_s"]), "emulated": float(result.decode_tok_per_s)},
-            "steps_s": {"measured": measured_steps, "emulated": list(result.decode_step_s)},
+            "steps_s": {"measured": measured_steps, "emulated": result.decode_step_s.tolist()},
             "counts": {"hits": [int(st["hits"]), int(c["hits"])], "accesses": [int(st["accesses"]), int(c["accesses"])],
                        "copies": [int(st["copies"]), int(c["copies"])],
                        "prefetch_issued": [int(st.get("prefetch_issued", 0)), int(c["prefetch_issued"])]},

@@ -151,6 +151,11 @@ def test_float16_bits_match_numpy_rounding():
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.random(50_000), 10.0 ** -rng.uniform(4, 9, 20_000),  # normals and subnormals
                         [0.0, 1.0, 2.0**-14, 2.0**-24, 2.0**-25, 3 * 2.0**-25, 1 - 2.0**-12, 1 - 2.0**-11]])
+    # exact ties between two halves (odd and even fractions), and one double's ulp either side of each
+    odd = 2 * rng.integers(0, 1024, 20_000) + 1
+    ties = (2048 + odd) * 2.0 ** -rng.integers(12, 26, odd.size).astype(float)
+    ties = ties[ties <= 1.0]
+    x = np.concatenate([x, ties, np.nextafter(ties, 0.0), np.nextafter(ties, 2.0)])
     assert np.array_equal(_halves(x), x.astype(np.float16).view(np.uint16))
 
 
@@ -242,3 +247,149 @@ def test_n_tokens_keeps_the_decode_batch_full():
                      n_tokens=1000)
     sizes = np.diff(trace.pass_offsets)[trace.pass_phase == PHASE_DECODE]
     assert (sizes[:-1] == 4).all() and trace.n_tokens == 1000
+
+
+# --- the routing kernel against a plain reference of the definition (module docstring) ------------------
+_MASK = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _mix(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+class _Stream:
+    """splitmix64 counter stream `index` of kind `stream` for `seed`, in Python integers."""
+
+    def __init__(self, seed: int, stream: int, index: int) -> None:
+        self.state = _mix((_mix((seed * _GOLDEN + stream) & _MASK) + index * _GOLDEN) & _MASK)
+
+    def next(self) -> int:
+        self.state = (self.state + _GOLDEN) & _MASK
+        return _mix(self.state)
+
+
+def _alias(p: list[float]) -> tuple[list[float], list[int]]:
+    """Walker's alias tables, built as the generator's docstring order prescribes (small and large stacks)."""
+    n = len(p)
+    scaled = [v * n for v in p]
+    prob, alias = [1.0] * n, list(range(n))
+    small = [i for i in range(n) if scaled[i] < 1.0]
+    large = [i for i in range(n) if scaled[i] >= 1.0]
+    while small and large:
+        s, g = small.pop(), large.pop()
+        prob[s] = scaled[s]
+        alias[s] = g
+        scaled[g] -= 1.0 - scaled[s]
+        (small if scaled[g] < 1.0 else large).append(g)
+    return prob, alias
+
+
+def reference_experts(model: ModelSpec, params: SyntheticParams, token_request: np.ndarray) -> tuple[np.ndarray, int]:
+    """The routing definition slot by slot with Python integers and floats: (experts, how many slots needed the
+    exact scan after 32 rejected draws)."""
+    probs_arr, by_rank = popularity(model, params)
+    probs = probs_arr.tolist()
+    n_layers, n_exp, top_k = model.n_moe_layers, model.n_experts, model.top_k
+    tables = [_alias(probs[layer]) for layer in range(n_layers)]
+    rank = [{int(e): i for i, e in enumerate(by_rank[layer])} for layer in range(n_layers)]
+    out = np.full((token_request.size, n_layers, top_k), -1, np.int64)
+    exact = 0
+
+    def zipf(st: _Stream, layer: int) -> int:
+        x = st.next()
+        col = ((x >> 32) * n_exp) >> 32
+        prob, alias = tables[layer]
+        return col if (x & 0xFFFFFFFF) * 2.0**-32 < prob[col] else alias[col]
+
+    for r in sorted(set(token_request.tolist())):
+        st = _Stream(params.seed, 1, r)
+        prev = None
+        for t in np.flatnonzero(token_request == r).tolist():
+            for layer in range(n_layers):
+                for k in range(top_k):
+                    x = st.next()
+                    chosen = out[t, layer, :k].tolist()
+                    if prev is not None and (x >> 32) * 2.0**-32 < params.reuse_prob:
+                        e = int(out[prev, layer, k])
+                    elif layer > 0 and (x & 0xFFFFFFFF) * 2.0**-32 < params.cross_layer_corr:
+                        e = int(by_rank[layer][rank[layer - 1][int(out[t, layer - 1, k])]])
+                    else:
+                        e = zipf(st, layer)
+                    if e in chosen:
+                        for _ in range(32):
+                            e = zipf(st, layer)
+                            if e not in chosen:
+                                break
+                        else:
+                            exact += 1
+                            rest = 0.0
+                            for c in range(n_exp):
+                                if c not in chosen:
+                                    rest += probs[layer][c]
+                            u = (st.next() >> 11) * 2.0**-53 * rest
+                            for c in range(n_exp):
+                                if c not in chosen:
+                                    e = c
+                                    u -= probs[layer][c]
+                                    if u < 0.0:
+                                        break
+                    out[t, layer, k] = e
+            prev = t
+    return out, exact
+
+
+SKEWED = ModelSpec(name="skewed", n_moe_layers=3, n_experts=8, top_k=6, hidden=8, expert_intermediate=8)
+
+
+@pytest.mark.parametrize(("model", "kwargs", "tokens"), [
+    (SMALL, {"seed": 0}, 300),
+    (SMALL, {"seed": 12345, "reuse_prob": 0.7, "cross_layer_corr": 0.9, "batch_size": 4, "length_jitter": 0.5,
+             "prompt_len": 6, "output_len": 9}, 400),
+    (TOP1, {"seed": 2**62 + 3, "reuse_prob": 1.0, "zipf_s": 0.0, "prompt_len": 0, "output_len": 50}, 200),
+    (SKEWED, {"seed": 7, "zipf_s": 9.0, "reuse_prob": 0.2, "cross_layer_corr": 0.5, "batch_size": 2}, 250),
+    (ModelSpec(name="wide", n_moe_layers=2, n_experts=300, top_k=5, hidden=8, expert_intermediate=8),
+     {"seed": 5, "zipf_s": (0.3, 1.7), "cross_layer_corr": 1.0, "batch_size": 3}, 150),
+])
+def test_routing_matches_the_reference_definition(model, kwargs, tokens):
+    params = SyntheticParams(**kwargs)
+    trace = generate(model, params, n_tokens=tokens)
+    want, _exact = reference_experts(model, params, trace.token_request)
+    np.testing.assert_array_equal(trace.experts, want)
+
+
+def test_the_reference_comparison_reaches_the_exact_scan():
+    # the skewed case above must take the exact-scan branch, or that branch would go untested
+    params = SyntheticParams(seed=7, zipf_s=9.0, reuse_prob=0.2, cross_layer_corr=0.5, batch_size=2)
+    trace = generate(SKEWED, params, n_tokens=250)
+    _want, exact = reference_experts(SKEWED, params, trace.token_request)
+    assert exact > 0
+
+
+def test_blocks_for_the_progress_display_give_the_same_trace(monkeypatch, capsys):
+    import emu.trace.synthetic as synthetic
+
+    whole = generate(OLMOE, FULL, n_tokens=3000)
+    monkeypatch.setattr(synthetic, "PROGRESS_ENTRIES", 0)
+    monkeypatch.setattr(synthetic.numba, "get_num_threads", lambda: 1)  # blocks of >= 4 requests: several blocks
+    shown = generate(OLMOE, FULL, n_tokens=3000, progress=True)
+    assert same(whole, shown) and whole.meta == shown.meta
+    err = capsys.readouterr().err
+    assert "trace: " in err and "blocks (routing)" in err and "(gate scores)" in err and "(predictions)" in err
+    quiet = generate(OLMOE, FULL, n_tokens=3000)  # progress off by default
+    assert same(whole, quiet) and capsys.readouterr().err == ""
+
+
+def test_integer_thresholds_decide_as_the_float_comparison():
+    from emu.trace.synthetic import _threshold
+
+    rng = np.random.default_rng(3)
+    p = np.concatenate([rng.random(2000), [0.0, -0.0, 1.0, 0.5, 0.3, 2.0**-32, 2.0**-33, 1 - 2.0**-53, 5e-324,
+                                           -1e-17]])
+    thr = _threshold(p)
+    for pi, t in zip(p.tolist(), thr.tolist(), strict=True):
+        # the 32-bit values either side of the threshold, and the ends of the range
+        for v in {0, 1, max(t - 1, 0), min(t, 2**32 - 1), 2**32 - 1}:
+            assert (v < t) == (v * 2.0**-32 < pi), (pi, v, t)

@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
             raise EmuError(f"expected a positive integer, got {args.tokens}", key="--tokens")
         check_generation_size(model, params, args.tokens, tokens_key="--tokens", requests_key="--requests")
         t0 = time.perf_counter()
-        trace = generate(model, params, n_tokens=args.tokens)
+        trace = generate(model, params, n_tokens=args.tokens, progress=True)
         elapsed = time.perf_counter() - t0
         _save(trace, args.out)
         print(f"wrote {args.out}: {trace.n_tokens:,} tokens, {trace.n_passes:,} passes, "

@@ -65,8 +65,8 @@ class RoutingTrace:
         h = hashlib.sha256()
         for arr in (self.experts, self.pass_offsets, self.pass_phase, self.token_request, self.token_position,
                     self.scores, self.predicted):
-            if arr is not None:
-                h.update(np.ascontiguousarray(arr).tobytes())
+            if arr is not None:  # the array's own buffer (contiguous), not a bytes copy of a trace-sized array
+                h.update(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
         return h.hexdigest()[:16]
 
     def expert_counts(self) -> np.ndarray:

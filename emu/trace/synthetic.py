@@ -3,7 +3,8 @@
 The three routing effects are the ones expert caches live or die by, and each is one parameter so that
 `emu trace fit` can target them. Generation is numba over flat int16 arrays, parallel over requests with
 one counter-seeded random stream per request (and per token for scores and predictions), so the result
-is identical for any thread count and a million-token OLMoE trace takes seconds.
+is identical for any thread count (and when generated in blocks for the progress display); routing runs at
+about 100M entries per second of one core (a million-token OLMoE trace, 128M entries: about 1.3 CPU s).
 
 Per token t of request r, MoE layer l and top-k slot k (slots filled in order 0..k-1):
 1. with probability `reuse_prob`, take the expert the previous token of r chose at (l, k);
@@ -26,10 +27,14 @@ from typing import Any
 import attrs
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 from ..errors import EmuError
 from ..models import ModelSpec
-from .routing_trace import RoutingTrace
+from ..progress import Progress
+from .routing_trace import _MAX_EXPERTS, RoutingTrace
 
 _STREAM_ROUTE = 1
 _STREAM_SCORE = 2
@@ -186,46 +191,12 @@ def _uniform(state: np.ndarray) -> float:
 # Kernels index whole arrays with scalars (no per-row views): a view costs an atomic reference count
 # on the parent array, which threads writing the same array would contend for.
 @numba.njit(cache=True, inline="always")
-def _alias_draw(state: np.ndarray, prob: np.ndarray, alias: np.ndarray, layer: int, n: int) -> int:
-    x = _next(state)
-    col = int(((x >> _S32) * np.uint64(n)) >> _S32)
-    if float(x & _LOW32) * _INV32 < prob[layer, col]:
-        return col
-    return int(alias[layer, col])
-
-
-@numba.njit(cache=True, inline="always")
 def _chosen(arr: np.ndarray, t: int, layer: int, k: int, e: int) -> bool:
     """Is e among arr[t, layer, :k]?"""
     for j in range(k):  # noqa: SIM110 (numba: no generator expressions)
         if arr[t, layer, j] == e:
             return True
     return False
-
-
-@numba.njit(cache=True)
-def _draw_unused(state: np.ndarray, experts: np.ndarray, t: int, layer: int, k: int, probs: np.ndarray,
-                 prob: np.ndarray, alias: np.ndarray) -> int:
-    """A Zipf draw conditioned on not being in experts[t, layer, :k]: rejection first, exact scan if that
-    keeps failing."""
-    n = probs.shape[1]
-    for _ in range(32):
-        e = _alias_draw(state, prob, alias, layer, n)
-        if not _chosen(experts, t, layer, k, e):
-            return e
-    rest = 0.0
-    for e in range(n):
-        if not _chosen(experts, t, layer, k, e):
-            rest += probs[layer, e]
-    u = _uniform(state) * rest
-    last = -1
-    for e in range(n):
-        if not _chosen(experts, t, layer, k, e):
-            last = e
-            u -= probs[layer, e]
-            if u < 0.0:
-                return e
-    return last
 
 
 # --- pass structure -----------------------------------------------------------------------------------
@@ -298,54 +269,175 @@ def _schedule(prompt_lens: np.ndarray, output_lens: np.ndarray, batch_size: int,
 
 
 # --- routing ----------------------------------------------------------------------------------------
-@numba.njit(cache=True, parallel=True)
-def _route(experts: np.ndarray, first_token: np.ndarray, next_token: np.ndarray, seed: np.uint64,
-           reuse_prob: float, cross_prob: float, probs: np.ndarray, alias_prob: np.ndarray,
-           alias_idx: np.ndarray, layer_map: np.ndarray) -> None:
-    n_layers = experts.shape[1]
-    top_k = experts.shape[2]
+# A request's route stream is one splitmix64 sequence: draw i is _mix(s0 + (i + 1) * golden). Which draw a
+# slot reads depends on every earlier slot (an alias draw or a rejected duplicate takes an extra one), so the
+# kernel keeps the stream position n as a plain counter and reads draws from a buffer filled once per token
+# in a loop the compiler vectorises: the serial chain from one slot to the next is then a load and a compare,
+# not a 64-bit hash. Thresholds are integers: for a 32-bit value v and a probability p,
+# v * 2**-32 < p exactly when v < ceil(p * 2**32) (scaling by 2**32 is exact), so the comparisons decide
+# as the floating-point definition does, bit for bit.
+_U0 = np.uint64(0)
+_U1 = np.uint64(1)
+_U2 = np.uint64(2)
+_S16 = np.uint64(16)
+_LOW16 = np.uint64(0xFFFF)
+#: most draws buffered per token (a wider model reads the rest straight from the stream)
+_MAX_BUFFER = 1 << 16
+
+
+@numba.njit(cache=True, inline="always")
+def _draw_at(buf: np.ndarray, n: np.uint64, s: np.uint64) -> np.uint64:
+    """Draw n of the token whose stream state is s: from the buffer, or computed once past its end."""
+    if n < np.uint64(buf.shape[0]):
+        return buf[n]
+    return _mix(s + (n + _U1) * _GOLDEN)
+
+
+@numba.njit(cache=True)
+def _exact_unused(buf: np.ndarray, n: np.uint64, s: np.uint64, mark: np.ndarray, stamp: int, layer: int,
+                  probs: np.ndarray) -> tuple[np.uint64, np.uint64]:
+    """A Zipf draw among the experts not marked with `stamp` (those not yet chosen for this token and
+    layer), by an exact scan: (expert, next stream position)."""
     n_exp = probs.shape[1]
-    for r in numba.prange(first_token.shape[0]):
-        state = np.empty(1, np.uint64)
-        state[0] = _stream_state(seed, np.uint64(_STREAM_ROUTE), np.uint64(r))
+    rest = 0.0
+    for e in range(n_exp):
+        if mark[e] != stamp:
+            rest += probs[layer, e]
+    u = float(_draw_at(buf, n, s) >> _S11) * _INV53 * rest
+    n += _U1
+    last = -1
+    for e in range(n_exp):
+        if mark[e] != stamp:
+            last = e
+            u -= probs[layer, e]
+            if u < 0.0:
+                return np.uint64(e), n
+    return np.uint64(last), n
+
+
+@numba.njit(cache=True, parallel=True)
+def _route(experts: np.ndarray, requests: np.ndarray, first_token: np.ndarray, next_token: np.ndarray,
+           seed: np.uint64, reuse_thr: np.uint64, cross_thr: np.uint64, probs: np.ndarray, table: np.ndarray,
+           layer_map: np.ndarray) -> None:
+    """Route the tokens of `requests` (each request's tokens are a chain first_token -> next_token -> -1).
+
+    `table[layer * E + col]` packs the alias method's column: acceptance threshold << 16 | alias expert;
+    `layer_map[layer * E + e]` is the expert of layer `layer` with the popularity rank of e at layer - 1.
+    Indices are unsigned (no negative-index wrap-around code) and every one is an expert id this kernel
+    wrote, a column < E, or a token of the schedule."""
+    n_tok, n_layers, top_k = experts.shape
+    n_exp = probs.shape[1]
+    lk = n_layers * top_k
+    flat = experts.reshape(n_tok * lk)
+    size = min(2 * lk + 8, _MAX_BUFFER)  # an alias draw per slot at most, and a few rejections
+    u_exp = np.uint64(n_exp)
+    u_k = np.uint64(top_k)
+    u_lk = np.uint64(lk)
+    for i in numba.prange(requests.shape[0]):
+        r = requests[i]
+        buf = np.empty(size, np.uint64)
+        mark = np.full(n_exp, -1, np.int64)  # mark[e] == stamp: e already chosen for this token and layer
+        stamp = 0
+        s = _stream_state(seed, np.uint64(_STREAM_ROUTE), np.uint64(r))
         prev = -1
         t = first_token[r]
         while t >= 0:
+            z = s
+            for j in range(size):
+                z += _GOLDEN
+                buf[j] = _mix(z)
+            n = _U0
+            rthr = reuse_thr if prev >= 0 else _U0  # the first token has nothing to re-use
+            row = np.uint64(t) * u_lk
+            prev_row = np.uint64(prev) * u_lk if prev >= 0 else row  # read but not used for the first token
             for layer in range(n_layers):
+                u_layer = np.uint64(layer)
+                stamp += 1
+                cthr = cross_thr if layer > 0 else _U0  # layer 0 has no previous layer
+                at = u_layer * u_k
+                below = at - u_k if layer > 0 else at
+                tab = u_layer * u_exp
                 for k in range(top_k):
-                    x = _next(state)
-                    u_reuse = float(x >> _S32) * _INV32
-                    u_cross = float(x & _LOW32) * _INV32
-                    e = -1
-                    if prev >= 0 and u_reuse < reuse_prob:
-                        e = int(experts[prev, layer, k])
-                    elif layer > 0 and u_cross < cross_prob:
-                        e = int(layer_map[layer, experts[t, layer - 1, k]])
-                    else:
-                        e = _alias_draw(state, alias_prob, alias_idx, layer, n_exp)
-                    if _chosen(experts, t, layer, k, e):
-                        e = _draw_unused(state, experts, t, layer, k, probs, alias_prob, alias_idx)
-                    experts[t, layer, k] = e
+                    uk = np.uint64(k)
+                    x = _draw_at(buf, n, s)
+                    # every candidate is computed and one is selected: three data-dependent branches a slot
+                    # would cost more in mispredictions than the loads
+                    y = _draw_at(buf, n + _U1, s)
+                    col = ((y >> _S32) * u_exp) >> _S32
+                    packed = table[tab + col]
+                    drawn = col if (y & _LOW32) < (packed >> _S16) else packed & _LOW16
+                    reused = np.uint64(flat[prev_row + at + uk])
+                    src = np.uint64(flat[row + below + uk]) if layer > 0 else _U0
+                    mapped = layer_map[tab + src]
+                    is_reuse = (x >> _S32) < rthr
+                    is_cross = (x & _LOW32) < cthr
+                    e = reused if is_reuse else (mapped if is_cross else drawn)
+                    n += _U1 if (is_reuse or is_cross) else _U2
+                    if mark[e] == stamp:  # taken: Zipf draws among the rest, rejection first, then exact
+                        tries = 0
+                        while True:
+                            if tries == 32:
+                                e, n = _exact_unused(buf, n, s, mark, stamp, layer, probs)
+                                break
+                            y = _draw_at(buf, n, s)
+                            n += _U1
+                            tries += 1
+                            col = ((y >> _S32) * u_exp) >> _S32
+                            packed = table[tab + col]
+                            e = col if (y & _LOW32) < (packed >> _S16) else packed & _LOW16
+                            if mark[e] != stamp:
+                                break
+                    mark[e] = stamp
+                    flat[row + at + uk] = e
+            s += n * _GOLDEN
             prev = t
             t = next_token[t]
 
 
-@numba.njit(cache=True)
+def _threshold(p: np.ndarray | float) -> np.ndarray:
+    """ceil(p * 2**32) as uint64, 0 for p <= 0: v * 2**-32 < p exactly when v < this, for 32-bit v."""
+    return np.ceil(np.maximum(np.asarray(p, dtype=np.float64), 0.0) * 2.0**32).astype(np.uint64)
+
+
+@intrinsic
+def _float64_bits(typingctx: Any, x: Any) -> Any:
+    """The IEEE bits of a float64 as a uint64 (a bit cast, no conversion)."""
+    if not (isinstance(x, types.Float) and x.bitwidth == 64):
+        return None
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.uint64(types.float64), codegen
+
+
+_MANT52 = np.uint64((1 << 52) - 1)
+_DROP42 = np.uint64((1 << 42) - 1)
+_HALF42 = np.uint64(1 << 41)
+_S42 = np.uint64(42)
+_S52 = np.uint64(52)
+
+
+@numba.njit(cache=True, inline="always")
 def half_bits(x: float) -> np.uint16:
-    """IEEE binary16 bits of x in [0, 1], rounded to nearest even (numba has no float16 type)."""
+    """IEEE binary16 bits of x in [0, 1], rounded to nearest even (numba has no float16 type).
+
+    From the float64's own bits (a frexp call costs more than the rest of a gate score): the half's exponent is
+    the double's rebiased, its 10-bit fraction the double's top 10 fraction bits rounded on the 42 dropped; a
+    fraction that rounds up to 1024 carries into the exponent by the addition itself."""
     if x < 6.103515625e-05:  # below 2**-14: subnormal, in units of 2**-24
         return np.uint16(np.rint(x * 16777216.0))
-    m, e = math.frexp(x)  # x = m * 2**e, m in [0.5, 1)
-    frac = np.rint((2.0 * m - 1.0) * 1024.0)
-    exp = e - 1 + 15
-    if frac == 1024.0:
-        frac = 0.0
-        exp += 1
-    return np.uint16((exp << 10) | int(frac))
+    b = _float64_bits(x)
+    mant = b & _MANT52
+    h = (((b >> _S52) - np.uint64(1023 - 15)) << np.uint64(10)) | (mant >> _S42)
+    dropped = mant & _DROP42
+    if dropped > _HALF42 or (dropped == _HALF42 and (h & _U1) == _U1):
+        h += _U1
+    return np.uint16(h)
 
 
 @numba.njit(cache=True, parallel=True)
-def _scores(out: np.ndarray, seed: np.uint64, scale: float) -> None:
+def _scores(out: np.ndarray, first: int, seed: np.uint64, scale: float) -> None:
     """Gate scores (as float16 bits), descending: softmax(scale * Gumbel) over the k picks.
 
     exp(Gumbel) = 1 / E with E ~ Exp(1), so the scores are E_(j) ** -scale normalised, over the k Exp(1)
@@ -358,7 +450,7 @@ def _scores(out: np.ndarray, seed: np.uint64, scale: float) -> None:
         inv_rest[k] = 1.0 / (top_k - k)
     for i in numba.prange(out.shape[0]):
         state = np.empty(1, np.uint64)
-        state[0] = _stream_state(seed, np.uint64(_STREAM_SCORE), np.uint64(i))
+        state[0] = _stream_state(seed, np.uint64(_STREAM_SCORE), np.uint64(first + i))
         g = np.empty(top_k, np.float64)
         for layer in range(n_layers):
             total = 0.0
@@ -374,14 +466,16 @@ def _scores(out: np.ndarray, seed: np.uint64, scale: float) -> None:
 
 
 @numba.njit(cache=True, parallel=True)
-def _predict(experts: np.ndarray, out: np.ndarray, seed: np.uint64, accuracy: float, n_exp: int) -> None:
+def _predict(experts: np.ndarray, out: np.ndarray, first: int, seed: np.uint64, accuracy: float,
+             n_exp: int) -> None:
     """Each true entry kept with probability `accuracy`, else replaced by an expert outside the true set
-    and not yet predicted, so the guess is k distinct experts overlapping the truth ~accuracy * k."""
+    and not yet predicted, so the guess is k distinct experts overlapping the truth ~accuracy * k. Rows are
+    tokens first, first + 1, ... (as in _scores)."""
     n_layers = experts.shape[1]
     top_k = experts.shape[2]
     for t in numba.prange(experts.shape[0]):
         state = np.empty(1, np.uint64)
-        state[0] = _stream_state(seed, np.uint64(_STREAM_PRED), np.uint64(t))
+        state[0] = _stream_state(seed, np.uint64(_STREAM_PRED), np.uint64(first + t))
         for layer in range(n_layers):
             replaced = 0
             for k in range(top_k):
@@ -487,20 +581,41 @@ def check_generation_size(model: ModelSpec, params: SyntheticParams, n_tokens: i
                        "trace's int32 token and request ids", key=key)
 
 
-def generate(model: ModelSpec, params: SyntheticParams, n_tokens: int | None = None) -> RoutingTrace:
-    """A synthetic trace for `model`; with `n_tokens`, exactly that many tokens (the last pass may be cut)."""
+#: routed entries (tokens x layers x top-k, scores and predictions counted again) from which generate(...,
+#: progress=True) shows its progress: about two seconds of one core
+PROGRESS_ENTRIES = 200_000_000
+
+
+def _block_count(n: int, show: bool) -> int:
+    """1 (one call), or about twenty blocks of `n` work items for the progress display: each block keeps
+    several items per thread, so splitting never idles a core."""
+    return min(20, max(1, n // (4 * numba.get_num_threads()))) if show else 1
+
+
+def _bounds(n: int, blocks: int) -> list[tuple[int, int]]:
+    return [(n * i // blocks, n * (i + 1) // blocks) for i in range(blocks) if n * i // blocks < n * (i + 1) // blocks]
+
+
+def generate(model: ModelSpec, params: SyntheticParams, n_tokens: int | None = None, *,
+             progress: bool = False) -> RoutingTrace:
+    """A synthetic trace for `model`; with `n_tokens`, exactly that many tokens (the last pass may be cut).
+
+    `progress`: show the emulator's progress display (emu.progress) while a large trace is generated."""
     if n_tokens is not None and (isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1):
         raise EmuError(f"expected a positive integer, got {n_tokens!r}", key="tokens")
     check_generation_size(model, params, n_tokens)
     n_layers, n_exp, top_k = model.n_moe_layers, model.n_experts, model.top_k
+    if n_exp > _MAX_EXPERTS:  # ids are int16, and the packed alias table keeps them in 16 bits
+        raise EmuError(f"at most {_MAX_EXPERTS} experts per layer fit a trace, got {n_exp}", key="n_experts")
     probs, by_rank = popularity(model, params)
     rank_of = np.argsort(by_rank, axis=1)
-    layer_map = np.zeros((n_layers, n_exp), dtype=np.int64)
+    layer_map = np.zeros((n_layers, n_exp), dtype=np.uint64)
     for layer in range(1, n_layers):
         layer_map[layer] = by_rank[layer][rank_of[layer - 1]]
     tables = [_alias_table(probs[layer]) for layer in range(n_layers)]
     alias_prob = np.stack([t[0] for t in tables])
     alias_idx = np.stack([t[1] for t in tables])
+    table = (_threshold(alias_prob) << np.uint64(16)) | alias_idx.astype(np.uint64)
 
     rng = np.random.default_rng([params.seed, 0x1E45])
     if n_tokens is None:
@@ -517,23 +632,37 @@ def generate(model: ModelSpec, params: SyntheticParams, n_tokens: int | None = N
     token_request, token_position, next_token, first_token, pass_offsets, pass_phase = _schedule(
         prompt_lens, output_lens, params.batch_size, target)
     seed = np.uint64(params.seed)
+    requests = np.flatnonzero(first_token >= 0)  # the requests that have tokens: each its own stream
+    work = target * n_layers * top_k * (1 + params.with_scores + (params.predictor_accuracy is not None))
+    show = progress and work >= PROGRESS_ENTRIES
+    route_blocks = _bounds(requests.size, _block_count(requests.size, show))
+    token_blocks = _bounds(target, _block_count(target, show))
+    steps = len(route_blocks) + len(token_blocks) * (params.with_scores + (params.predictor_accuracy is not None))
+    tick = Progress(steps, label="trace", unit="blocks", enabled=show)
     experts = np.empty((target, n_layers, top_k), dtype=np.int16)
-    _route(experts, first_token, next_token, seed, float(params.reuse_prob), float(params.cross_layer_corr),
-           probs, alias_prob, alias_idx, layer_map)
+    for lo, hi in route_blocks:
+        _route(experts, requests[lo:hi], first_token, next_token, seed, _threshold(params.reuse_prob)[()],
+               _threshold(params.cross_layer_corr)[()], probs, table.ravel(), layer_map.ravel())
+        tick("routing")
     del next_token
 
     scores = None
     if params.with_scores:
         scores = np.empty(experts.shape, dtype=np.float16)
-        _scores(scores.view(np.uint16), seed, float(params.score_scale))
+        bits = scores.view(np.uint16)
+        for lo, hi in token_blocks:
+            _scores(bits[lo:hi], lo, seed, float(params.score_scale))
+            tick("gate scores")
     predicted = None
     if params.predictor_accuracy is not None:
         predicted = np.empty_like(experts)
-        _predict(experts, predicted, seed, float(params.predictor_accuracy), n_exp)
+        for lo, hi in token_blocks:
+            _predict(experts[lo:hi], predicted[lo:hi], lo, seed, float(params.predictor_accuracy), n_exp)
+            tick("predictions")
+    tick.close()
 
-    used = np.unique(token_request)
     meta = {"source": "synthetic", "generator": params.to_dict(), "n_tokens_requested": n_tokens,
-            "requests_started": int(used.size)}
+            "requests_started": int(requests.size)}
     return RoutingTrace(experts=experts, pass_offsets=pass_offsets, pass_phase=pass_phase,
                         token_request=token_request, token_position=token_position, scores=scores,
                         predicted=predicted, n_experts=n_exp, model=model.name, meta=meta)
