@@ -75,6 +75,23 @@ def is_evictable(cs, key: int, in_layer: int) -> bool:
     return not (vl != in_layer and cs.layer_count[ix(vl)] - 1 < cs.layer_floor[ix(vl)])
 
 
+@njit(cache=True, inline="always")
+def _mask_ids(words: np.ndarray, out: np.ndarray, n: int) -> int:
+    """Append the ids of the set bits of `words` (bit e & 63 of word e >> 6) to out[n:], ascending, clearing
+    the words; returns the new length."""
+    for w in range(words.shape[0]):
+        bits = words[w]
+        if bits == np.uint64(0):
+            continue
+        words[w] = np.uint64(0)
+        base = w << 6
+        while bits != np.uint64(0):
+            out[ix(n)] = base + np.int64(trailing_zeros(bits))
+            bits &= bits - np.uint64(1)
+            n += 1
+    return n
+
+
 @njit(cache=True, _nrt=False)
 def gather_layer(cs, tv, p: int, layer: int) -> int:
     """The distinct experts the tokens of pass p need at `layer`, in expert-id order, with token counts
@@ -105,15 +122,15 @@ def gather_layer(cs, tv, p: int, layer: int) -> int:
             bits &= bits - np.uint64(1)
             n += 1
     else:
+        # the same with the bits in `cs.mask`'s words, read back (and cleared) word by word
+        words = cs.mask
         for tok in range(t0, t1):
             for s in range(k):
-                e = np.int64(experts[tok, layer, s])
-                if count[e] == 0:
-                    ids[n] = e
-                    n += 1
-                count[e] += 1
-                mass[e] += np.float64(scores[tok, layer, s]) if has_scores else 1.0 / k
-        sort_prefix(ids, n)  # n is at most n_experts and usually top_k
+                e = np.int64(experts[ix(tok), ix(layer), s])
+                words[ix(e >> 6)] |= np.uint64(1) << np.uint64(e & 63)
+                count[ix(e)] += 1
+                mass[ix(e)] += np.float64(scores[ix(tok), ix(layer), s]) if has_scores else 1.0 / k
+        n = _mask_ids(words, ids, 0)
     cur_key = cs.cur_key
     cur_tokens = cs.cur_tokens
     cur_mass = cs.cur_mass
@@ -426,17 +443,15 @@ def predict_push(cs, tv, p: int, layer: int, accuracy: float, rng: np.ndarray, r
     draws and the same picks, in work proportional to the experts the prediction touched, not to the
     layer's width. `out` (the policy's scratch) must be all zero on entry and is left all zero: only
     touched entries are written, and they are cleared once picked. The candidates are the touched experts
-    with mass > 0.0 (an untouched expert has 0.0, never > 0.0), read from a 64-bit mask (ids ascending)
-    when n_experts <= 64, else listed at their first touch with `cs.mark` (zero between uses). Every
-    candidate is taken (n_pick is n_experts), in (mass desc, id asc) order, a strict total order, so the
-    order they are listed in does not change the picks."""
+    with mass > 0.0 (an untouched expert has 0.0, never > 0.0), ids ascending, from a bit mask: a
+    64-bit local when n_experts <= 64, else `cs.mask`'s words."""
     n_exp = out.shape[0]
     narrow = n_exp <= 64
     experts = tv.experts
     k = experts.shape[2]
     has_scores = tv.dims[0] == 1
     recorded = tv.dims[1] == 1
-    mark = cs.mark
+    words = cs.mask
     cand = cs.pick_buf
     c = 0
     bits = np.uint64(0)
@@ -461,10 +476,8 @@ def predict_push(cs, tv, p: int, layer: int, accuracy: float, rng: np.ndarray, r
             out[ix(e)] += w
             if narrow:
                 bits |= np.uint64(1) << np.uint64(e)
-            elif mark[ix(e)] == 0:  # listed once, at its first touch
-                mark[ix(e)] = 1
-                cand[c] = e
-                c += 1
+            else:
+                words[ix(e >> 6)] |= np.uint64(1) << np.uint64(e & 63)
     rng[rng_idx] = np.int64(state)
     # keep the touched experts with mass > 0.0; the others are cleared now (with scores >= 0 they hold 0.0)
     if narrow:
@@ -476,11 +489,9 @@ def predict_push(cs, tv, p: int, layer: int, accuracy: float, rng: np.ndarray, r
             cand[c] = e
             c += v > 0.0
     else:
-        n_touched = c
-        c = 0
+        n_touched = _mask_ids(words, cand, 0)
         for j in range(n_touched):
             e = cand[j]
-            mark[ix(e)] = 0
             v = out[ix(e)]
             out[ix(e)] = v if v > 0.0 else 0.0
             cand[c] = e
