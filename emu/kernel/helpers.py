@@ -75,6 +75,23 @@ def is_evictable(cs, key: int, in_layer: int) -> bool:
     return not (vl != in_layer and cs.layer_count[ix(vl)] - 1 < cs.layer_floor[ix(vl)])
 
 
+@njit(cache=True, inline="always")
+def _mask_ids(words: np.ndarray, out: np.ndarray, n: int) -> int:
+    """Append the ids of the set bits of `words` (bit e & 63 of word e >> 6) to out[n:], ascending, clearing
+    the words; returns the new length."""
+    for w in range(words.shape[0]):
+        bits = words[w]
+        if bits == np.uint64(0):
+            continue
+        words[w] = np.uint64(0)
+        base = w << 6
+        while bits != np.uint64(0):
+            out[ix(n)] = base + np.int64(trailing_zeros(bits))
+            bits &= bits - np.uint64(1)
+            n += 1
+    return n
+
+
 @njit(cache=True, _nrt=False)
 def gather_layer(cs, tv, p: int, layer: int) -> int:
     """The distinct experts the tokens of pass p need at `layer`, in expert-id order, with token counts
@@ -105,15 +122,15 @@ def gather_layer(cs, tv, p: int, layer: int) -> int:
             bits &= bits - np.uint64(1)
             n += 1
     else:
+        # the same with the bits in `cs.mask`'s words, read back (and cleared) word by word
+        words = cs.mask
         for tok in range(t0, t1):
             for s in range(k):
-                e = np.int64(experts[tok, layer, s])
-                if count[e] == 0:
-                    ids[n] = e
-                    n += 1
-                count[e] += 1
-                mass[e] += np.float64(scores[tok, layer, s]) if has_scores else 1.0 / k
-        sort_prefix(ids, n)  # n is at most n_experts and usually top_k
+                e = np.int64(experts[ix(tok), ix(layer), s])
+                words[ix(e >> 6)] |= np.uint64(1) << np.uint64(e & 63)
+                count[ix(e)] += 1
+                mass[ix(e)] += np.float64(scores[ix(tok), ix(layer), s]) if has_scores else 1.0 / k
+        n = _mask_ids(words, ids, 0)
     cur_key = cs.cur_key
     cur_tokens = cs.cur_tokens
     cur_mass = cs.cur_mass
@@ -423,18 +440,20 @@ def predicted_layer_mass(tv, p: int, layer: int, accuracy: float, rng: np.ndarra
 def predict_push(cs, tv, p: int, layer: int, accuracy: float, rng: np.ndarray, rng_idx: int,
                  out: np.ndarray, n_out: int) -> int:
     """`predicted_layer_mass` then `push_top(cs, out, layer, n_experts, n_out, 0.0)`, fused: the same
-    draws, the same `out` and the same picks, but the candidates are the experts the prediction
-    touched (a bit mask when n_experts <= 64; an untouched expert has mass 0.0, never > 0.0), not a
-    scan of every expert."""
+    draws and the same picks, in work proportional to the experts the prediction touched, not to the
+    layer's width. `out` (the policy's scratch) must be all zero on entry and is left all zero: only
+    touched entries are written, and they are cleared once picked. The candidates are the touched experts
+    with mass > 0.0 (an untouched expert has 0.0, never > 0.0), ids ascending, from a bit mask: a
+    64-bit local when n_experts <= 64, else `cs.mask`'s words."""
     n_exp = out.shape[0]
-    if n_exp > 64:
-        predicted_layer_mass(tv, p, layer, accuracy, rng, rng_idx, out)
-        return push_top(cs, out, layer, cs.cur_key.shape[0], n_out, 0.0)
-    out[:] = 0.0
+    narrow = n_exp <= 64
     experts = tv.experts
     k = experts.shape[2]
     has_scores = tv.dims[0] == 1
     recorded = tv.dims[1] == 1
+    words = cs.mask
+    cand = cs.pick_buf
+    c = 0
     bits = np.uint64(0)
     # the RNG state stays in a local (stored back once): the stores to `out` would otherwise make
     # every draw reload it; the draws are `rand_uniform` / `rand_below`'s, in the same order
@@ -443,26 +462,41 @@ def predict_push(cs, tv, p: int, layer: int, accuracy: float, rng: np.ndarray, r
         for s in range(k):
             if recorded:
                 e = np.int64(tv.predicted[ix(tok), ix(layer), s])
-                out[ix(e)] += 1.0 / k
-                bits |= np.uint64(1) << np.uint64(e)
-                continue
-            e = np.int64(experts[ix(tok), ix(layer), s])
-            w = np.float64(tv.scores[ix(tok), ix(layer), s]) if has_scores else 1.0 / k
-            if n_exp > 1:
-                state += _GOLDEN
-                u = float(_mix(state) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
-                if u >= accuracy:
+                w = 1.0 / k
+            else:
+                e = np.int64(experts[ix(tok), ix(layer), s])
+                w = np.float64(tv.scores[ix(tok), ix(layer), s]) if has_scores else 1.0 / k
+                if n_exp > 1:
                     state += _GOLDEN
-                    wrong = np.int64(_mix(state) % np.uint64(n_exp - 1))
-                    e = wrong if wrong < e else wrong + 1
+                    u = float(_mix(state) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+                    if u >= accuracy:
+                        state += _GOLDEN
+                        wrong = np.int64(_mix(state) % np.uint64(n_exp - 1))
+                        e = wrong if wrong < e else wrong + 1
             out[ix(e)] += w
-            bits |= np.uint64(1) << np.uint64(e)
+            if narrow:
+                bits |= np.uint64(1) << np.uint64(e)
+            else:
+                words[ix(e >> 6)] |= np.uint64(1) << np.uint64(e & 63)
     rng[rng_idx] = np.int64(state)
-    cand = cs.pick_buf
-    c = 0
-    while bits != np.uint64(0):
-        e = np.int64(trailing_zeros(bits))
-        bits &= bits - np.uint64(1)
-        cand[c] = e
-        c += out[ix(e)] > 0.0
-    return _push_candidates(cs, out, cand, c, layer, cs.cur_key.shape[0], n_out)
+    # keep the touched experts with mass > 0.0; the others are cleared now (with scores >= 0 they hold 0.0)
+    if narrow:
+        while bits != np.uint64(0):
+            e = np.int64(trailing_zeros(bits))
+            bits &= bits - np.uint64(1)
+            v = out[ix(e)]
+            out[ix(e)] = v if v > 0.0 else 0.0
+            cand[c] = e
+            c += v > 0.0
+    else:
+        n_touched = _mask_ids(words, cand, 0)
+        for j in range(n_touched):
+            e = cand[j]
+            v = out[ix(e)]
+            out[ix(e)] = v if v > 0.0 else 0.0
+            cand[c] = e
+            c += v > 0.0
+    n = _push_candidates(cs, out, cand, c, layer, cs.cur_key.shape[0], n_out)
+    for j in range(c):  # `_push_candidates` permutes cand[:c]: the same experts
+        out[ix(cand[j])] = 0.0
+    return n

@@ -192,8 +192,8 @@ class SCAL(Fields):
 # ---- the structs ----------------------------------------------------------------------------------
 # Field order is the constructor's argument order. Types are exact (C-contiguous, writable arrays), so
 # every jitted function that takes a struct compiles once and is cached across processes.
-_I8, _U8, _I16, _I32, _I64, _F32, _F64 = (types.int8, types.uint8, types.int16, types.int32, types.int64,
-                                          types.float32, types.float64)
+_I8, _U8, _I16, _I32, _I64, _U64, _F32, _F64 = (types.int8, types.uint8, types.int16, types.int32, types.int64,
+                                                types.uint64, types.float32, types.float64)
 
 CS_FIELDS: tuple[tuple[str, Any], ...] = (
     ("sc", _I64[::1]), ("fc", _F64[::1]),
@@ -209,6 +209,7 @@ CS_FIELDS: tuple[tuple[str, Any], ...] = (
     ("cur_where", _I8[::1]), ("cur_state", _I8[::1]), ("cur_sub", _I64[::1]), ("cur_prec", _I8[::1]),
     ("gather_count", _I64[::1]), ("gather_mass", _F64[::1]),
     ("pick_buf", _I64[::1]),  # scratch of n_experts for the prefetch helpers (no allocation per gate)
+    ("mask", _U64[::1]),  # scratch: a bit per expert in 64-bit words, all zero between uses
     # per layer
     ("layer_bytes", _I64[::1]), ("layer_count", _I64[::1]), ("layer_floor", _I64[::1]),
     ("layer_cap", _I64[::1]),
@@ -306,7 +307,7 @@ def new_cache_state(n_layers: int, n_experts: int, top_k: int, n_passes: int, ca
         cur_where=np.zeros(n_experts, np.int8), cur_state=np.zeros(n_experts, np.int8),
         cur_sub=np.full(n_experts, -1, np.int64), cur_prec=np.zeros(n_experts, np.int8),
         gather_count=np.zeros(n_experts, np.int64), gather_mass=np.zeros(n_experts, np.float64),
-        pick_buf=np.zeros(n_experts, np.int64),
+        pick_buf=np.zeros(n_experts, np.int64), mask=np.zeros((n_experts + 63) // 64, np.uint64),
         layer_bytes=np.zeros(n_layers, np.int64), layer_count=np.zeros(n_layers, np.int64),
         layer_floor=np.zeros(n_layers, np.int64), layer_cap=np.full(n_layers, capacity_bytes, np.int64),
         prec_bytes=prec_bytes, layer_prec_bytes=np.ascontiguousarray(layer_prec_bytes, np.int64),
