@@ -27,17 +27,44 @@ _FLOATS = {
 }
 
 
+_DECODE = {"accesses": ST.DECODE_ACCESSES, "hits": ST.DECODE_HITS, "late_prefetch_hits": ST.DECODE_LATE_HITS,
+           "misses": ST.DECODE_MISSES, "misses_collision": ST.DECODE_MISS_COLLISION}
+
+
+def _on_time(c: dict[str, Any]) -> None:
+    """The core counts a hit at the gate whether its copy has landed or is still in flight; `hits` are the
+    on-time ones, the late ones stay apart in `late_prefetch_hits`."""
+    c["hits"] -= c["late_prefetch_hits"]
+
+
 def _ratios(c: dict[str, Any]) -> dict[str, float]:
     acc = c["accesses"]
     misses = c["misses_compulsory"] + c["misses_capacity"] + c["misses_collision"]
     issued = c["prefetch_issued"]
+    late = c["late_prefetch_hits"]
     return {
         "misses": misses,
         "hit_rate": c["hits"] / acc if acc else 0.0,
+        "collision_rate": c["misses_collision"] / acc if acc else 0.0,
+        "late_wait_mean_s": c["late_wait_s"] / late if late else 0.0,
         "prefetch_precision": c["prefetch_useful"] / issued if issued else 0.0,
         "prefetch_recall": c["prefetch_useful"] / (c["prefetch_useful"] + misses)
         if c["prefetch_useful"] + misses else 0.0,
     }
+
+
+def _by_phase(stats_i: np.ndarray, c: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Accesses, on-time and late hits, misses and collisions of the decode passes and of the prefill passes
+    (the totals less the decode passes'), with their rates."""
+    decode = {name: int(stats_i[idx].sum()) for name, idx in _DECODE.items()}
+    _on_time(decode)
+    prefill = {name: c[name] - decode[name] for name in _DECODE}
+    out = {}
+    for phase, d in (("prefill", prefill), ("decode", decode)):
+        acc = d["accesses"]
+        out[phase] = d | {"hit_rate": d["hits"] / acc if acc else 0.0,
+                          "collision_rate": d["misses_collision"] / acc if acc else 0.0}
+    return out
 
 
 @attrs.frozen
@@ -56,6 +83,10 @@ class RunResult:
     cpu_busy_frac: float
     engine: str
     timings: dict[str, float] = attrs.field(factory=dict)
+    #: each request's decode rate: the tokens it decoded after its first over the time from its first token's
+    #: pass end to its last pass's end (0 for a request with no decode pass)
+    per_request_decode_tok_per_s: list[float] = attrs.field(factory=list)
+    by_phase: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     #: each decode pass's duration, in pass order (the per-step distribution a validation compares; not in
     #: the JSON record): float64, as a Python float per pass costs 32 bytes on a million-pass trace
     decode_step_s: np.ndarray = attrs.field(factory=lambda: np.zeros(0), eq=False, repr=False)
@@ -81,7 +112,9 @@ class RunResult:
             if self.counters["mass"] else 0.0,
         }
         out["per_layer"] = self.per_layer
+        out["by_phase"] = self.by_phase
         out["per_request_ttft_s"] = self.per_request_ttft_s
+        out["per_request_decode_tok_per_s"] = self.per_request_decode_tok_per_s
         out["engine"] = self.engine
         out["timings"] = self.timings
         return out
@@ -90,6 +123,7 @@ class RunResult:
 def _counters(stats_i: np.ndarray, stats_f: np.ndarray) -> dict[str, Any]:
     c: dict[str, Any] = {name: int(stats_i[idx].sum()) for name, idx in _COUNTERS.items()}
     c.update({name: float(stats_f[idx].sum()) for name, idx in _FLOATS.items()})
+    _on_time(c)
     c.update(_ratios(c))
     return c
 
@@ -100,6 +134,7 @@ def build_result(cs: Any, end_time: float, trace: Any, engine: str, timings: dic
         c: dict[str, Any] = {"layer": layer}
         c.update({name: int(cs.stats_i[idx, layer]) for name, idx in _COUNTERS.items()})
         c.update({name: float(cs.stats_f[idx, layer]) for name, idx in _FLOATS.items()})
+        _on_time(c)
         c.update(_ratios(c))
         per_layer.append(c)
     counters = _counters(cs.stats_i, cs.stats_f)
@@ -118,6 +153,7 @@ def build_result(cs: Any, end_time: float, trace: Any, engine: str, timings: dic
     # one addition after another in pass order (accumulate, not sum's pairwise order): the figures as before
     decode_time = float(np.add.accumulate(steps)[-1]) if steps.size else 0.0
     decode_tokens = int(np.diff(offsets)[decode_passes].sum())
+    per_request_rate = _per_request_decode_rate(trace, offsets, first_pass, ends)
     tpot = decode_time / steps.size if steps.size else 0.0
     e2e = float(end_time)
     return RunResult(
@@ -128,4 +164,18 @@ def build_result(cs: Any, end_time: float, trace: Any, engine: str, timings: dic
         if e2e > 0 else 0.0,
         compute_busy_frac=float(cs.fc[FC.GPU_BUSY]) / e2e if e2e > 0 else 0.0,
         cpu_busy_frac=float(cs.fc[FC.CPU_BUSY]) / e2e if e2e > 0 else 0.0,
-        engine=engine, timings=timings, decode_step_s=steps)
+        engine=engine, timings=timings, decode_step_s=steps, per_request_decode_tok_per_s=per_request_rate,
+        by_phase=_by_phase(cs.stats_i, counters))
+
+
+def _per_request_decode_rate(trace: Any, offsets: np.ndarray, first_pass: np.ndarray, ends: np.ndarray) -> list[float]:
+    """Per request (in request order): its tokens in decode passes after its first pass, over the time from that
+    first pass's end to its last pass's end."""
+    _ids, inverse = np.unique(trace.token_request, return_inverse=True)
+    pass_of = np.repeat(np.arange(trace.n_passes), np.diff(offsets))
+    last_pass = np.zeros(first_pass.size, dtype=np.int64)
+    np.maximum.at(last_pass, inverse, pass_of)
+    later = (np.asarray(trace.pass_phase)[pass_of] == PHASE_DECODE) & (pass_of != first_pass[inverse])
+    tokens = np.bincount(inverse[later], minlength=first_pass.size)
+    span = ends[last_pass] - ends[first_pass]
+    return [float(n / s) if n and s > 0 else 0.0 for n, s in zip(tokens.tolist(), span.tolist())]

@@ -65,7 +65,7 @@ class CacheConfig:
 
     spec: str
     capacity_bytes: int
-    slots: float
+    slots: int  # whole experts of the model's own size the budget holds (the engine holds bytes)
 
     @classmethod
     def parse(cls, value: Any, model: ModelSpec, file: str | None) -> CacheConfig:
@@ -98,7 +98,7 @@ class CacheConfig:
             raise EmuError(f"{value!r} is {nbytes} bytes, which cannot hold one expert of {model.name} "
                            f"({expert} bytes)", file=file, key=key)
         nbytes = min(nbytes, model.total_expert_bytes)
-        return cls(spec=str(value), capacity_bytes=int(nbytes), slots=nbytes / expert)
+        return cls(spec=str(value), capacity_bytes=int(nbytes), slots=nbytes // expert)
 
 
 def _share_of(value: str, model: ModelSpec, file: str | None, key: str) -> int:
@@ -360,7 +360,7 @@ def scenario_from_dict(data: dict[str, Any], path: str | Path, overrides: list[s
         raise EmuError(f"expected a directory path, got {out!r}", file=file, key="output.dir")
 
     if stack.partition.name == "global" and cache.slots < model.top_k:
-        warnings.warn(f"{file}: cache.capacity holds {cache.slots:.1f} experts, fewer than top_k = "
+        warnings.warn(f"{file}: cache.capacity holds {cache.slots} experts, fewer than top_k = "
                       f"{model.top_k}: every layer is in the thrash zone", EmuWarning, stacklevel=2)
     return Scenario(name=name, path=file, model=model, profile_path=profile_path, cache=cache, workload=workload,
                     stack=stack, engine=engine, seed=seed, output_dir=out, raw=data, runtime_path=runtime_path,

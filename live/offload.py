@@ -80,7 +80,7 @@ class OffloadStats:
     """What the runtime itself counted since the last reset."""
 
     accesses: int
-    hits: int
+    hits: int  # at the gate: resident, or in flight (`late_hits` of them); the emulator's `hits` are on time only
     misses: int
     compulsory: int
     capacity: int

@@ -320,7 +320,9 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
             "ttft_s": {"measured": float(rec["ttft_s"]), "emulated": float(result.ttft_s)},
             "decode_tok_s": {"measured": float(rec["decode_tok_s"]), "emulated": float(result.decode_tok_per_s)},
             "steps_s": {"measured": measured_steps, "emulated": result.decode_step_s.tolist()},
-            "counts": {"hits": [int(st["hits"]), int(c["hits"])], "accesses": [int(st["accesses"]), int(c["accesses"])],
+            # the runtime counts a hit at the gate, its copy landed or not: the emulator's on-time and late hits
+            "counts": {"hits": [int(st["hits"]), int(c["hits"]) + int(c["late_prefetch_hits"])],
+                       "accesses": [int(st["accesses"]), int(c["accesses"])],
                        "copies": [int(st["copies"]), int(c["copies"])],
                        "prefetch_issued": [int(st.get("prefetch_issued", 0)), int(c["prefetch_issued"])]},
             "prefetch_races": (rec.get("prefetch") or "none") != "none",

@@ -54,7 +54,7 @@ from .test_engine_equivalence import Scenario, inputs_of, scenarios
 
 ENGINES = {"fast": run_fast, "des": run_des}
 SLACK = 1e-9  # relative, for sums of floats
-FRACTIONS = ("hit_rate", "prefetch_precision", "prefetch_recall")
+FRACTIONS = ("hit_rate", "collision_rate", "prefetch_precision", "prefetch_recall")
 BUSY = ("copy_busy_frac", "compute_busy_frac", "cpu_busy_frac")
 MASSES = ("dropped_mass", "substituted_mass", "rerouted_mass", "degraded_mass")
 
@@ -97,9 +97,12 @@ def check_counters(c: dict[str, Any], keys: int, where: str) -> None:
             assert value >= 0, f"{where}: {name} = {value!r} < 0"
     misses = c["misses_compulsory"] + c["misses_capacity"] + c["misses_collision"]
     assert c["misses"] == misses, f"{where}: misses {c['misses']} != compulsory + capacity + collision {misses}"
-    assert c["hits"] + misses + c["dropped"] == c["accesses"], (
-        f"{where}: hits {c['hits']} + misses {misses} + dropped {c['dropped']} != accesses {c['accesses']}")
-    assert c["late_prefetch_hits"] <= c["hits"], f"{where}: late hits {c['late_prefetch_hits']} > hits {c['hits']}"
+    late = c["late_prefetch_hits"]
+    assert c["hits"] + late + misses + c["dropped"] == c["accesses"], (
+        f"{where}: hits {c['hits']} + late {late} + misses {misses} + dropped {c['dropped']} != accesses "
+        f"{c['accesses']}")
+    assert c["hit_rate"] * c["accesses"] == pytest.approx(c["hits"]), f"{where}: hit_rate is not on-time hits"
+    assert (c["late_wait_mean_s"] == 0.0) == (late == 0 or c["late_wait_s"] == 0.0), where
     assert c["misses_compulsory"] <= keys, f"{where}: {c['misses_compulsory']} compulsory misses > {keys} keys"
     mass = c["mass"]
     bound = mass * (1.0 + SLACK)
@@ -125,6 +128,16 @@ def check_record(inputs: Any, rec: dict[str, Any], engine: str) -> None:
     for name in ("lost_mass_frac", "degraded_mass_frac"):
         _in_unit(rec["quality"][name], f"{engine}: quality.{name}")
     assert rec["accesses"] == sum(layer["accesses"] for layer in rec["per_layer"])
+    phases = rec["by_phase"]
+    for name in ("accesses", "hits", "late_prefetch_hits", "misses", "misses_collision"):
+        assert phases["prefill"][name] + phases["decode"][name] == rec[name], f"{engine}: by_phase {name}"
+        assert phases["prefill"][name] >= 0 and phases["decode"][name] >= 0, f"{engine}: by_phase {name}"
+    for phase, d in phases.items():
+        assert d["hits"] + d["late_prefetch_hits"] + d["misses"] <= d["accesses"], f"{engine}: {phase}"
+        for name in ("hit_rate", "collision_rate"):
+            _in_unit(d[name], f"{engine}: by_phase.{phase}.{name}")
+    assert len(rec["per_request_decode_tok_per_s"]) == len(rec["per_request_ttft_s"])
+    assert all(r >= 0.0 for r in rec["per_request_decode_tok_per_s"])
 
 
 def _canonical(rec: dict[str, Any]) -> str:

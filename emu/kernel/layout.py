@@ -152,6 +152,12 @@ class ST(Fields):
     COPIES = auto()
     EVICTIONS = auto()
     DEMAND_WAITS = auto()  # demand copies that had to wait for a victim
+    # the same counts in decode passes alone (a prefill's are the totals less these)
+    DECODE_ACCESSES = auto()
+    DECODE_HITS = auto()  # on time and late, as HITS
+    DECODE_LATE_HITS = auto()
+    DECODE_MISSES = auto()  # compulsory + capacity + collision
+    DECODE_MISS_COLLISION = auto()
 
 
 class SF(Fields):
