@@ -108,3 +108,22 @@ def test_the_pareto_table_keeps_its_layout() -> None:
         "capacity  stack  tok/s  TTFT ms  lost mass %  hit %  collis.",
         "-" * 60,
         "25%       lru     20.0    100.0         0.00   50.0        3"]
+
+
+def test_reports_draw_their_tables_in_the_form_asked() -> None:
+    from emu.trace.audit import audit
+    from emu.trace.audit import render as render_audit
+    from emu.trace.inspect import render as render_inspect
+    from emu.trace.inspect import summarize
+
+    from .test_trace_inspect_cli import hand_trace
+
+    summary = summarize(hand_trace())
+    plain = render_inspect(summary)
+    assert "layer  top-expert share  reuse rate\n    0             0.375       0.750" in plain
+    drawn = ANSI.sub("", render_inspect(summary, fmt="rich"))
+    assert "─" in drawn and "top-expert share" in drawn and "0.375" in drawn and "mean" in drawn
+    report = audit(hand_trace())
+    md = render_audit(report, markdown=True)
+    assert "| slots/layer | % of E |" in md and "|---:|---:|" in md
+    assert "─" in render_audit(report, fmt="rich") and "─" not in render_audit(report)
