@@ -13,9 +13,12 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import EmuError, EmuWarning, one_line
+
+if TYPE_CHECKING:
+    from .tables import Column
 
 #: `emu run`'s table: the summary's figures in the table's units (ms, %, GB), each column's format and least width
 _TABLE_COLUMNS = (
@@ -34,7 +37,7 @@ def _row(summary: dict[str, Any]) -> list[str]:
     return [fmt.format(v) for (_h, fmt, _w), v in zip(_TABLE_COLUMNS, vals)]
 
 
-def _table_columns() -> list[Any]:
+def _table_columns() -> list[Column]:
     from .tables import Column
 
     return [Column(h, "left" if i == 0 else "right", w) for i, (h, _f, w) in enumerate(_TABLE_COLUMNS)]

@@ -31,6 +31,7 @@ import attrs
 from .engines import ENGINES
 from .errors import EmuError, EmuWarning
 from .progress import Progress
+from .tables import Column, table_text
 from .textio import load_toml
 
 if sys.version_info >= (3, 11):
@@ -737,16 +738,12 @@ def _sort_key(v: Any) -> tuple[int, Any]:
 
 def render_pareto(front: list[dict[str, Any]], by: Iterable[str] = PARETO_KEYS, fmt: str = "plain") -> str:
     """The Pareto front as a table (plain text unless `fmt` says otherwise, as `emu.tables.table_text`)."""
-    from .tables import table_text
-
     columns, body = pareto_table(front, by)
-    return table_text(columns, body, fmt)  # type: ignore[arg-type]
+    return table_text(columns, body, fmt)
 
 
-def pareto_table(front: list[dict[str, Any]], by: Iterable[str] = PARETO_KEYS) -> tuple[list[Any], list[list[str]]]:
+def pareto_table(front: list[dict[str, Any]], by: Iterable[str] = PARETO_KEYS) -> tuple[list[Column], list[list[str]]]:
     """The Pareto front's columns (the grouping keys and the stack left-aligned, figures right) and rows."""
-    from .tables import Column
-
     by = [k for k in by if k != "trace" or len({r["trace"] for r in front}) > 1]
     columns = [*(Column(k, "left") for k in [*by, "stack"]),
                *(Column(h) for h in ("tok/s", "TTFT ms", "lost mass %", "hit %", "collis."))]

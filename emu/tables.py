@@ -44,7 +44,7 @@ def format_for(stream: Any, markdown: bool = False) -> Format:
     return "rich" if is_terminal(stream) else "plain"
 
 
-def table_text(columns: Sequence[Column], rows: Sequence[Sequence[str]], fmt: Format = "plain", *,
+def table_text(columns: Sequence[Column], rows: Sequence[Sequence[str]], fmt: str = "plain", *,
                header: bool = True, rule: bool = True, indent: str = "", sep: str = "  ",
                stream: TextIO | None = None, width: int | None = None) -> str:
     """The table as text, without a final newline.
@@ -68,7 +68,7 @@ def table_text(columns: Sequence[Column], rows: Sequence[Sequence[str]], fmt: Fo
 
 
 def render(columns: Sequence[Column], rows: Sequence[Sequence[str]], stream: TextIO | None = None,
-           fmt: Format | None = None, **options: Any) -> None:
+           fmt: str | None = None, **options: Any) -> None:
     """Write the table and a newline to `stream` (default stdout) in `fmt` (default: `format_for(stream)`);
     `options` as `table_text` takes them."""
     out = sys.stdout if stream is None else stream

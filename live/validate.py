@@ -282,7 +282,7 @@ def format_table(validations: list[Validation], rounds: bool = False, fmt: str =
             round_lines.append(f"{v.tag} rounds: " + "  ".join(
                 f"{name} " + "/".join(f"{100 * e:+.1f}%" for e in errs) for name, errs in v.round_errors))
     summary = error_summary(validations)
-    lines = [table_text(columns, rows, fmt), *round_lines]  # type: ignore[arg-type]
+    lines = [table_text(columns, rows, fmt), *round_lines]
     lines.append("  ".join(f"{name}: median |err| {100 * med:.1f}%, max {100 * mx:.1f}%"
                            for name, (med, mx) in summary.items() if name in TIMED))
     return "\n".join(lines)

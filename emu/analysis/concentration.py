@@ -234,7 +234,7 @@ def render_table(report: ConcentrationReport, fmt: str = "plain") -> str:
          f"{lc.top_share:.3f}", str(lc.top_expert))
         for lc in report.layers
     ]
-    lines = ["", table_text([Column(c) for c in columns], rows, fmt, rule=False)]  # type: ignore[arg-type]
+    lines = ["", table_text([Column(c) for c in columns], rows, fmt, rule=False)]
 
     reference = f"uniform routing {report.hot_frac_uniform:.3f}"
     if report.hot_frac_floor is not None:

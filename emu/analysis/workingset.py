@@ -325,7 +325,7 @@ def render_table(report: WorkingSetReport, fmt: str = "plain") -> str:
         rows.append([str(ly.layer), f"{ly.ws_mean:.2f}", f"{ly.ws_p90:.1f}", str(ly.ws_max), str(f.knee),
                      f"{ly.hit_at(f.knee):.3f}", str(f.stable), str(f.thrash_point), str(ly.target),
                      f"{ly.hit_at(ly.target):.3f}", f"{ly.hit_rate[-1]:.3f}"])
-    lines.append(table_text(columns, rows, fmt))  # type: ignore[arg-type]
+    lines.append(table_text(columns, rows, fmt))
     lines.append("")
     lines.append(f"targets max(TopK, ceil(p90 ws)) + 1 sum to {sum(ly.target for ly in report.layers)} slots "
                  f"({sum(ly.target for ly in report.layers) / (report.n_experts * len(report.layers)):.1%} "

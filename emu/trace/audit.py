@@ -336,7 +336,7 @@ def _table(head: list[str], rows: list[list[str]], fmt: str) -> list[str]:
     """A report's table in `fmt` (`emu.tables`), every column right-aligned, as lines."""
     from ..tables import Column, table_text
 
-    return table_text([Column(h) for h in head], rows, fmt).splitlines()  # type: ignore[arg-type]
+    return table_text([Column(h) for h in head], rows, fmt).splitlines()
 
 
 def _pct(n: int, d: int) -> str:

@@ -137,5 +137,5 @@ def render(s: TraceSummary, fmt: str = "plain") -> str:
     if s.layers:
         rows.append(["mean", f"{np.mean(s.top_expert_share):.3f}", f"{np.mean(s.reuse_rate):.3f}"])
     columns = [Column("layer", width=5), Column("top-expert share", width=16), Column("reuse rate", width=10)]
-    lines.append(table_text(columns, rows, fmt, rule=False))  # type: ignore[arg-type]
+    lines.append(table_text(columns, rows, fmt, rule=False))
     return "\n".join(lines)
