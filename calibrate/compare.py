@@ -87,12 +87,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     a, b = (tomllib.loads(Path(p).read_text()) for p in argv)
     diffs = compare_profiles(a, b)
-    print(f"{'group':40s} {'n':>4s} {'median':>8s} {'max':>8s}  worst")
-    for key, s in summarize(diffs).items():
-        print(f"{key:40s} {s['n']:4d} {s['median_rel']:8.2%} {s['max_rel']:8.2%}  {s['worst']}")
-    for d in diffs:
-        if not d.path.startswith("models") and "table" not in d.path:
-            print(f"  {d.path:38s} {d.a:12.4g} {d.b:12.4g} {d.rel:8.2%}")
+    from emu.tables import Column, render
+
+    render([Column("group", "left", 40), Column("n", width=4), Column("median", width=8), Column("max", width=8),
+            Column("worst", "left")],
+           [[key, str(s["n"]), f"{s['median_rel']:.2%}", f"{s['max_rel']:.2%}", str(s["worst"])]
+            for key, s in summarize(diffs).items()], rule=False, sep=" ")
+    render([Column("path", "left", 38), Column("A", width=12), Column("B", width=12), Column("relative", width=8)],
+           [[d.path, f"{d.a:.4g}", f"{d.b:.4g}", f"{d.rel:.2%}"]
+            for d in diffs if not d.path.startswith("models") and "table" not in d.path], header=False, indent="  ",
+           sep=" ")
     return 0
 
 

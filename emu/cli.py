@@ -13,10 +13,14 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import EmuError, EmuWarning, one_line
 
+if TYPE_CHECKING:
+    from .tables import Column
+
+#: `emu run`'s table: the summary's figures in the table's units (ms, %, GB), each column's format and least width
 _TABLE_COLUMNS = (
     ("scenario", "{}", 34), ("engine", "{}", 6), ("TTFT ms", "{:.2f}", 9), ("TPOT ms", "{:.2f}", 9),
     ("tok/s", "{:.1f}", 8), ("hit %", "{:.1f}", 6), ("collis.", "{}", 8), ("GB h2d", "{:.2f}", 8),
@@ -31,6 +35,12 @@ def _row(summary: dict[str, Any]) -> list[str]:
             u["hit_rate"] * 100, u["misses_collision"], u["bytes_h2d"] / 1e9, u["copy_busy_frac"] * 100,
             u["stall_s"], u["lost_mass_frac"] * 100, u["degraded_mass_frac"] * 100]
     return [fmt.format(v) for (_h, fmt, _w), v in zip(_TABLE_COLUMNS, vals)]
+
+
+def _table_columns() -> list[Column]:
+    from .tables import Column
+
+    return [Column(h, "left" if i == 0 else "right", w) for i, (h, _f, w) in enumerate(_TABLE_COLUMNS)]
 
 
 #: `emu run --format json|csv`: the table's figures unrounded, in SI units and fractions, and the record's path
@@ -59,16 +69,6 @@ def render_summaries(rows: list[dict[str, Any]], fmt: str) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue().rstrip("\n")
-
-
-def render_table(rows: list[list[str]]) -> str:
-    widths = [max(w, *(len(r[i]) for r in rows)) if rows else w for i, (_h, _f, w) in enumerate(_TABLE_COLUMNS)]
-    head = "  ".join(h.rjust(w) if i else h.ljust(w) for i, ((h, _f, _w), w) in enumerate(zip(_TABLE_COLUMNS,
-                                                                                               widths)))
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
-    return "\n".join(lines)
 
 
 @contextlib.contextmanager
@@ -145,7 +145,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"wrote {path} (passes {recorder.first}:{recorder.stop}, {len(recorder.events)} events)",
                   file=sys.stderr)
     if args.format == "table":
-        print(render_table([_row(u) for u in summaries]))
+        from .tables import render
+
+        render(_table_columns(), [_row(u) for u in summaries])
     else:
         print(render_summaries(summaries, args.format))
     return 0
@@ -160,9 +162,10 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
     base = root()
     assert base is not None
     shown = {k: v for k, v in found.items() if args.all or v.relative_to(base).parts[0] != "shootout"}
-    width = max(len(k) for k in shown)
-    for stem, path in shown.items():
-        print(f"{stem:<{width}}  {describe(path)}")
+    from .tables import Column, render
+
+    render([Column("scenario", "left"), Column("what it is", "left")],
+           [[stem, describe(path)] for stem, path in shown.items()], header=False)
     hidden = len(found) - len(shown)
     if hidden:
         print(f"({hidden} more in the policy shootout: emu scenarios --all)", file=sys.stderr)
@@ -288,12 +291,17 @@ def cmd_policies(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(listing, indent=2, default=str))
         return 0
+    from .tables import Column, render
+
+    columns = [Column("policy", "left", 18), Column("what it does (parameters) [capabilities]", "left")]
     for kind, policies in listing.items():
         print(f"{kind}:")
+        rows = []
         for name, info in policies.items():
             params = ", ".join(f"{k}={v['default']:g} [{v['min']:g}, {v['max']:g}]" for k, v in info["params"].items())
             caps = f"  [{', '.join(info['capabilities'])}]" if info["capabilities"] else ""
-            print(f"  {name:<18} {info['doc']}" + (f"  ({params})" if params else "") + caps)
+            rows.append([name, info["doc"] + (f"  ({params})" if params else "") + caps])
+        render(columns, rows, header=False, indent="  ", sep=" ")
     return 0
 
 

@@ -31,6 +31,7 @@ import attrs
 from .engines import ENGINES
 from .errors import EmuError, EmuWarning
 from .progress import Progress
+from .tables import Column, table_text
 from .textio import load_toml
 
 if sys.version_info >= (3, 11):
@@ -735,19 +736,21 @@ def _sort_key(v: Any) -> tuple[int, Any]:
     return (1, text)
 
 
-def render_pareto(front: list[dict[str, Any]], by: Iterable[str] = PARETO_KEYS) -> str:
+def render_pareto(front: list[dict[str, Any]], by: Iterable[str] = PARETO_KEYS, fmt: str = "plain") -> str:
+    """The Pareto front as a table (plain text unless `fmt` says otherwise, as `emu.tables.table_text`)."""
+    columns, body = pareto_table(front, by)
+    return table_text(columns, body, fmt)
+
+
+def pareto_table(front: list[dict[str, Any]], by: Iterable[str] = PARETO_KEYS) -> tuple[list[Column], list[list[str]]]:
+    """The Pareto front's columns (the grouping keys and the stack left-aligned, figures right) and rows."""
     by = [k for k in by if k != "trace" or len({r["trace"] for r in front}) > 1]
-    cols = [*by, "stack", "tok/s", "TTFT ms", "lost mass %", "hit %", "collis."]
+    columns = [*(Column(k, "left") for k in [*by, "stack"]),
+               *(Column(h) for h in ("tok/s", "TTFT ms", "lost mass %", "hit %", "collis."))]
     body = [[str(r[k]) for k in by] + [r["stack"], f"{r['decode_tok_s']:.1f}", f"{r['ttft_ms']:.1f}",
                                        f"{100 * r['lost_mass_frac']:.2f}", f"{100 * r['hit_rate']:.1f}",
                                        f"{int(r['misses_collision'])}"] for r in front]
-    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(cols)]
-    text_cols = len(by) + 1
-    fmt = [(str.ljust if i < text_cols else str.rjust) for i in range(len(cols))]
-    lines = ["  ".join(f(c, w) for f, c, w in zip(fmt, cols, widths)), ""]
-    lines[1] = "-" * len(lines[0])
-    lines += ["  ".join(f(c, w) for f, c, w in zip(fmt, b, widths)) for b in body]
-    return "\n".join(lines)
+    return columns, body
 
 
 def write_outputs(spec: SweepSpec, rows: list[dict[str, Any]], out_dir: str | Path,

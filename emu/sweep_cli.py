@@ -60,10 +60,11 @@ def run(args: argparse.Namespace) -> int:
         grid_points,
         load_sweep,
         pareto_front,
-        render_pareto,
+        pareto_table,
         run_sweep,
         write_outputs,
     )
+    from .tables import render
 
     if args.out is not None and not args.out.strip():
         raise EmuError("expected a directory path, got an empty one", key="--out")
@@ -98,5 +99,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"Pareto front (decode tok/s up, TTFT down, lost routing mass down) per "
               f"{', '.join(spec.pareto_by)}:")
-        print(render_pareto(pareto_front(rows, spec.pareto_by), spec.pareto_by))
+        render(*pareto_table(pareto_front(rows, spec.pareto_by), spec.pareto_by))
     return 0

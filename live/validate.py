@@ -261,25 +261,29 @@ def error_summary(validations: list[Validation]) -> dict[str, tuple[float, float
     return out
 
 
-def format_table(validations: list[Validation], rounds: bool = False) -> str:
-    """The comparison, one run per line; `rounds`: each round's TTFT and decode error after it (paired)."""
-    head = (f"{'run':<30} {'TTFT ms live':>12} {'emu':>8} {'err':>7}  {'tok/s live':>10} {'emu':>7} {'err':>7}  "
-            f"{'hit live':>8} {'emu':>6}  {'GB live':>8} {'emu':>8} {'err':>6}  counts")
-    lines = [head, "-" * len(head)]
+def format_table(validations: list[Validation], rounds: bool = False, fmt: str = "plain") -> str:
+    """The comparison, one run per row, in `fmt` (`emu.tables`: "plain", or "rich" for a terminal); `rounds`:
+    each round's TTFT and decode error per run under the table (paired); then the errors' medians and maxima."""
+    from emu.tables import Column, table_text
+
+    columns = [Column("run", "left"), *(Column(h) for h in ("TTFT ms live", "emu", "err", "tok/s live", "emu", "err",
+                                                            "hit live", "emu", "GB live", "emu", "err")),
+               Column("counts", "left")]
+    rows, round_lines = [], []
     for v in validations:
         t, d, h, b = (v.metric(n) for n in METRICS)
-        lines.append(
-            f"{v.tag:<30} {t.measured * 1e3:12.1f} {t.emulated * 1e3:8.1f} {100 * t.error:+6.1f}%  "
-            f"{d.measured:10.2f} {d.emulated:7.2f} {100 * d.error:+6.1f}%  {h.measured:8.3f} {h.emulated:6.3f}  "
-            f"{b.measured / 1e9:8.2f} {b.emulated / 1e9:8.2f} {100 * b.error:+5.1f}%  "
-            f"{'equal' if v.counts_equal else f'live {v.live_counts} emu {v.emu_counts}'}"
-            + (f"  prefetch {v.prefetch} issued/useful/dropped/late live {v.live_prefetch} emu {v.emu_prefetch}"
-               if v.prefetch != "none" else ""))
+        rows.append([v.tag, f"{t.measured * 1e3:.1f}", f"{t.emulated * 1e3:.1f}", f"{100 * t.error:+.1f}%",
+                     f"{d.measured:.2f}", f"{d.emulated:.2f}", f"{100 * d.error:+.1f}%", f"{h.measured:.3f}",
+                     f"{h.emulated:.3f}", f"{b.measured / 1e9:.2f}", f"{b.emulated / 1e9:.2f}",
+                     f"{100 * b.error:+.1f}%",
+                     ("equal" if v.counts_equal else f"live {v.live_counts} emu {v.emu_counts}")
+                     + (f"  prefetch {v.prefetch} issued/useful/dropped/late live {v.live_prefetch} "
+                        f"emu {v.emu_prefetch}" if v.prefetch != "none" else "")])
         if rounds and v.round_errors:
-            lines.append(" " * 4 + "rounds: " + "  ".join(
+            round_lines.append(f"{v.tag} rounds: " + "  ".join(
                 f"{name} " + "/".join(f"{100 * e:+.1f}%" for e in errs) for name, errs in v.round_errors))
     summary = error_summary(validations)
-    lines.append("-" * len(head))
+    lines = [table_text(columns, rows, fmt), *round_lines]
     lines.append("  ".join(f"{name}: median |err| {100 * med:.1f}%, max {100 * mx:.1f}%"
                            for name, (med, mx) in summary.items() if name in TIMED))
     return "\n".join(lines)

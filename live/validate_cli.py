@@ -325,7 +325,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"profile {profile_path}" + (f", runtime calibration {', '.join(map(str, cal_paths))}" if cal_paths else ""))
     used = collections.Counter(v.statistic for v in validations)
     print("statistic: " + ", ".join(f"{name} ({n} runs)" for name, n in sorted(used.items())))
-    print(format_table(validations, rounds=args.rounds))
+    from emu.tables import format_for
+
+    print(format_table(validations, rounds=args.rounds, fmt=format_for(sys.stdout)))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         rows = [{"run": v.tag, "statistic": v.statistic, "counts_equal": v.counts_equal,

@@ -347,11 +347,10 @@ def summarize(datasets: Iterable[Dataset], per_dataset: bool = False) -> list[Su
 # ---- tables -----------------------------------------------------------------------------------------
 
 def _md_table(head: list[str], rows: list[list[str]]) -> str:
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+    """A Markdown table for the docs: the first column (names) left-aligned, the figures right."""
+    from emu.tables import Column, table_text
 
-    align = ["---" if i == 0 else "---:" for i in range(len(head))]
-    return "\n".join([line(head), "|" + "|".join(align) + "|", *(line(r) for r in rows)])
+    return table_text([Column(h, "left" if i == 0 else "right") for i, h in enumerate(head)], rows, "markdown")
 
 
 def _pct(x: float, signed: bool = True) -> str:

@@ -97,7 +97,7 @@ def main() -> int:
         "compulsory = first uses). Ceilings: share of a token's k experts named with k guesses.", "",
         *_table(["trace", "tokens / passes / requests", "shape", "slots", "LRU %", "OPT %", "hot set %", "verdict",
                  "repeat ceiling", "layer-map ceiling", "reuse <= 1 pass", "concentration gate",
-                 "partner excess", "batch union"], audits, True), "",
+                 "partner excess", "batch union"], audits, "markdown"), "",
         "## Fit quality (real vs generated)", "",
         "Popularity: total variation of the ranked selection shares per layer, mean over layers: fitted / best "
         "single Zipf exponent per layer (family floor) / between two generated traces (noise floor). Reuse: KS "
@@ -107,7 +107,7 @@ def main() -> int:
         "the entropy, `--popularity top-share`).", "",
         *_table(["trace", "popularity TV fit / family / noise", "reuse KS / noise", "reuse rate real / gen",
                  "layer-map ceiling real / gen", "slots", "LRU % real / gen", "OPT % real / gen",
-                 "worst curve gap (points)"], fits, True), "",
+                 "worst curve gap (points)"], fits, "markdown"), "",
         "## Per trace", "", *details]
     args.out.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {args.out}", file=sys.stderr)

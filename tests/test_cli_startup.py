@@ -1,4 +1,4 @@
-"""`emu --help` starts fast (issue 21): building the parser imports no numba, matplotlib, torch or policy
+"""`emu --help` starts fast (issue 21): building the parser imports no numba, matplotlib, torch, rich or policy
 registry, which the commands import when they run. What makes it fast is checked here; the wall time is
 measured by benchmarks/bench_cli_startup.py, not asserted."""
 
@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 #: imported by the commands, never by building the parser or printing a help text
-HEAVY = ("numba", "matplotlib", "torch", "transformers", "emu.policies.registry")
+HEAVY = ("numba", "matplotlib", "torch", "transformers", "rich", "emu.policies.registry")
 
 _PROBE = '''
 import contextlib, io, json, sys

@@ -212,8 +212,11 @@ def gate_from_trace(path: str | Path, coverage: float = DEFAULT_COVERAGE) -> Con
                             model=trace.model or None)
 
 
-def render_table(report: ConcentrationReport) -> str:
-    """Plain-text gate table, columns aligned, followed by the verdict and the caveat."""
+def render_table(report: ConcentrationReport, fmt: str = "plain") -> str:
+    """The gate's per-layer table in `fmt` (`emu.tables`: "plain", or "rich" for a terminal), followed by the
+    verdict and the caveat."""
+    from ..tables import Column, table_text
+
     head = [f"concentration gate: {report.source}"]
     facts = []
     if report.model:
@@ -231,9 +234,7 @@ def render_table(report: ConcentrationReport) -> str:
          f"{lc.top_share:.3f}", str(lc.top_expert))
         for lc in report.layers
     ]
-    widths = [max(len(col), *(len(row[i]) for row in rows)) for i, col in enumerate(columns)]
-    lines = ["", "  ".join(col.rjust(w) for col, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines = ["", table_text([Column(c) for c in columns], rows, fmt, rule=False)]
 
     reference = f"uniform routing {report.hot_frac_uniform:.3f}"
     if report.hot_frac_floor is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 #: the expert share a gate must cover (the analysis imports it from here: building the parser needs no numpy)
@@ -50,5 +51,7 @@ def run(args: argparse.Namespace) -> int:
         report = gate_from_counts_json(args.counts, args.coverage)
     else:
         report = gate_from_trace(args.trace, args.coverage)
-    print(render_json(report) if args.json else render_table(report))
+    from ..tables import format_for
+
+    print(render_json(report) if args.json else render_table(report, format_for(sys.stdout)))
     return 0

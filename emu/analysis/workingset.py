@@ -310,18 +310,22 @@ def _layers_text(layers: tuple[int, ...]) -> str:
     return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
 
 
-def render_table(report: WorkingSetReport) -> str:
+def render_table(report: WorkingSetReport, fmt: str = "plain") -> str:
+    """The report as text, its per-layer table in `fmt` (`emu.tables`: "plain", or "rich" for a terminal)."""
+    from ..tables import Column, table_text
+
     lines = [f"{report.source or 'trace'}: {report.model or 'model ?'}, {report.n_experts} experts, "
              f"top-{report.top_k}, {report.n_passes:,} passes, window {report.window} passes",
              "per-layer isolated LRU over per-pass distinct experts (no timing, no prefetch)", ""]
-    head = (f"{'layer':>5}  {'ws mean':>7}  {'ws p90':>6}  {'ws max':>6}  {'knee':>4}  {'h@knee':>6}  "
-            f"{'stable':>6}  {'thrash<=':>8}  {'target':>6}  {'h@target':>8}  {'h@E':>5}")
-    lines += [head, "-" * len(head)]
+    columns = [Column(h) for h in ("layer", "ws mean", "ws p90", "ws max", "knee", "h@knee", "stable", "thrash<=",
+                                   "target", "h@target", "h@E")]
+    rows = []
     for ly in report.layers:
         f = ly.features
-        lines.append(f"{ly.layer:>5}  {ly.ws_mean:>7.2f}  {ly.ws_p90:>6.1f}  {ly.ws_max:>6}  {f.knee:>4}  "
-                     f"{ly.hit_at(f.knee):>6.3f}  {f.stable:>6}  {f.thrash_point:>8}  {ly.target:>6}  "
-                     f"{ly.hit_at(ly.target):>8.3f}  {ly.hit_rate[-1]:>5.3f}")
+        rows.append([str(ly.layer), f"{ly.ws_mean:.2f}", f"{ly.ws_p90:.1f}", str(ly.ws_max), str(f.knee),
+                     f"{ly.hit_at(f.knee):.3f}", str(f.stable), str(f.thrash_point), str(ly.target),
+                     f"{ly.hit_at(ly.target):.3f}", f"{ly.hit_rate[-1]:.3f}"])
+    lines.append(table_text(columns, rows, fmt))
     lines.append("")
     lines.append(f"targets max(TopK, ceil(p90 ws)) + 1 sum to {sum(ly.target for ly in report.layers)} slots "
                  f"({sum(ly.target for ly in report.layers) / (report.n_experts * len(report.layers)):.1%} "

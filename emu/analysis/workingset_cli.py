@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from ..errors import EmuError
@@ -59,5 +60,7 @@ def run(args: argparse.Namespace) -> int:
     import attrs
 
     report = attrs.evolve(report, capacities=checks)
-    print(render_json(report) if args.json else render_table(report))
+    from ..tables import format_for
+
+    print(render_json(report) if args.json else render_table(report, format_for(sys.stdout)))
     return 0

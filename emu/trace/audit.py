@@ -332,13 +332,11 @@ def audit(trace: RoutingTrace, *, slots: list[int] | None = None, source: str = 
 
 # ---- output --------------------------------------------------------------------------------------
 
-def _table(head: list[str], rows: list[list[str]], markdown: bool) -> list[str]:
-    if markdown:
-        return ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|",
-                *("| " + " | ".join(r) + " |" for r in rows)]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-    line = "  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True))
-    return [line, "-" * len(line), *("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)]
+def _table(head: list[str], rows: list[list[str]], fmt: str) -> list[str]:
+    """A report's table in `fmt` (`emu.tables`), every column right-aligned, as lines."""
+    from ..tables import Column, table_text
+
+    return table_text([Column(h) for h in head], rows, fmt).splitlines()
 
 
 def _pct(n: int, d: int) -> str:
@@ -349,7 +347,10 @@ def _opt(v: float | None, fmt: str = "{:.3f}") -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
 
 
-def render(r: AuditReport, *, markdown: bool = False) -> str:
+def render(r: AuditReport, *, markdown: bool = False, fmt: str = "plain") -> str:
+    """The report as text: tables in `fmt` ("plain", or "rich" for a terminal: `emu.tables.format_for`), or as
+    a Markdown document with `markdown`."""
+    fmt = "markdown" if markdown else fmt
     def head(text: str) -> list[str]:
         return ["", f"## {text}", ""] if markdown else ["", text, "=" * len(text)]
 
@@ -368,7 +369,7 @@ def render(r: AuditReport, *, markdown: bool = False) -> str:
                      _pct(c.shared_lru, c.accesses), _pct(c.shared_opt, c.accesses)])
     out += _table(["slots/layer", "% of E", "LRU miss %", "OPT miss %", "hot-set miss %", "policy % of LRU",
                    "working set % of LRU", "compulsory % of LRU", "verdict", "shared LRU miss %",
-                   "shared OPT miss %"], rows, markdown)
+                   "shared OPT miss %"], rows, fmt)
     out += ["", f"{r.capacities[0].accesses:,} accesses. Policy: LRU - OPT (a better eviction rule avoids "
                 "them); working set: OPT's misses beyond first uses (only more room, or a prefetch that hides "
                 "them, helps); compulsory: first uses. Hot set: the c most accessed experts pinned (an "
@@ -376,13 +377,13 @@ def render(r: AuditReport, *, markdown: bool = False) -> str:
 
     out += head("Predictor hit ceilings (share of a token's k experts named with k guesses)")
     out += _table(["family", "mean", "worst layer", "best layer"],
-                  [[name, _opt(v), *_spread(r, name)] for name, v in r.ceilings.items()], markdown)
+                  [[name, _opt(v), *_spread(r, name)] for name, v in r.ceilings.items()], fmt)
 
     out += head("Reuse distances (passes between accesses of a layer's expert)")
     buckets = [f"<= {b}" for b in GAP_BUCKETS] + [f"> {GAP_BUCKETS[-1]}"]
     out += _table([*buckets, "median", "p90"],
                   [[f"{100 * s:.1f} %" for s in r.gap_shares] + [_opt(r.gap_median, "{:.0f}"),
-                                                                   _opt(r.gap_p90, "{:.0f}")]], markdown)
+                                                                   _opt(r.gap_p90, "{:.0f}")]], fmt)
 
     out += head("Concentration and co-activation")
     out += [f"concentration gate (emu concentration): cache helps = {r.concentration_verdict}, median share of "
@@ -394,7 +395,7 @@ def render(r: AuditReport, *, markdown: bool = False) -> str:
     if r.batch:
         out += _table(["B", "groups", "samples", "measured", "independent tokens", "uniform", "B x k"],
                       [[str(b.batch), str(b.groups), str(b.steps), f"{b.union:.2f}", f"{b.independent:.2f}",
-                        f"{b.uniform:.2f}", str(b.batch * r.top_k)] for b in r.batch], markdown)
+                        f"{b.uniform:.2f}", str(b.batch * r.top_k)] for b in r.batch], fmt)
         out += ["", "Requests in id order, consecutive groups of B, decode step s of each member together. "
                     "Independent tokens: B draws with the layer's decode popularity; uniform: k of E at random."]
     else:
@@ -406,7 +407,7 @@ def render(r: AuditReport, *, markdown: bool = False) -> str:
              f"{x.repeat:.3f}", _opt(x.layer_map), _opt(x.predicted), _opt(x.partner_excess),
              f"{x.reuse_1:.3f}"] for x in r.layers]
     out += _table(["layer", "accesses", "first use %", "LRU %", "OPT %", "hot %", "top share", "hot frac 90%",
-                   "repeat", "layer map", "predicted", "partner excess", "reuse <= 1 pass"], rows, markdown)
+                   "repeat", "layer map", "predicted", "partner excess", "reuse <= 1 pass"], rows, fmt)
     return "\n".join(out) + "\n"
 
 

@@ -127,6 +127,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Run one `trace` sub-command; bad input raises EmuError for the caller to print as one line."""
     from ..models import get_preset
+    from ..tables import format_for
     from .formats import detect_format, import_trace, normalize_format
     from .inspect import render, summarize
     from .jsonl import import_jsonl
@@ -171,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if cmd == "inspect":
         summary = summarize(RoutingTrace.load(args.file))
-        print(json.dumps(summary.to_dict(), indent=2) if args.json else render(summary))
+        print(json.dumps(summary.to_dict(), indent=2) if args.json else render(summary, fmt=format_for(sys.stdout)))
         return 0
     if cmd == "fit":
         return _fit(args)
@@ -224,6 +225,7 @@ def _check_shape(trace: RoutingTrace, model: ModelSpec, file: str) -> None:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from ..tables import format_for
     from .fit import MAX_FIT_TOKENS, describe, fit, params_toml
     from .fit_report import quality
     from .fit_report import render as render_quality
@@ -245,7 +247,7 @@ def _fit(args: argparse.Namespace) -> int:
     args.out.write_text(params_toml(result, str(args.file), result.model, report.to_dict()))
     print(describe(result))
     print()
-    print(render_quality(report))
+    print(render_quality(report, fmt=format_for(sys.stdout)))
     print(f"wrote {args.out}")
     if args.report is not None:
         try:
@@ -259,6 +261,7 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    from ..tables import format_for
     from .audit import audit, plot, render
     from .modelarg import load_model
 
@@ -276,7 +279,7 @@ def _audit(args: argparse.Namespace) -> int:
         n_exp = n_experts_of(trace)
         slots = [slots_per_layer(s, trace.n_layers, n_exp, model.expert_bytes() if model else None) for s in specs]
     report = audit(trace, slots=slots, source=file)
-    print(render(report))
+    print(render(report, fmt=format_for(sys.stdout)))
     if args.markdown is not None:
         try:
             args.markdown.parent.mkdir(parents=True, exist_ok=True)

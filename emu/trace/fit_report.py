@@ -153,8 +153,11 @@ def _pct(v: float) -> str:
     return f"{100 * v:.1f}"
 
 
-def render(q: FitQuality, *, markdown: bool = False) -> str:
+def render(q: FitQuality, *, markdown: bool = False, fmt: str = "plain") -> str:
+    """The fit's quality tables in `fmt` (as `emu.trace.audit.render` takes it), Markdown with `markdown`."""
     from .audit import _table
+
+    fmt = "markdown" if markdown else fmt
 
     lines = [f"fit quality over {q.seeds} generated traces of {q.tokens:,} tokens (seeds 0..{q.seeds - 1}); "
              "floor: between generated traces of consecutive seeds", ""]
@@ -167,7 +170,7 @@ def render(q: FitQuality, *, markdown: bool = False) -> str:
         ["top-expert share", f"{q.top_share[0]:.3f}", f"{q.top_share[1]:.3f}", "-"],
         ["partner excess (adjacent layers)", f"{q.partner_excess[0]:.3f}", f"{q.partner_excess[1]:.3f}", "-"],
         ["previous-layer map ceiling", f"{q.layer_map[0]:.3f}", f"{q.layer_map[1]:.3f}", "-"],
-    ], markdown)
+    ], fmt)
     lines += [""]
     rows = []
     for i, c in enumerate(q.slots):
@@ -175,5 +178,5 @@ def render(q: FitQuality, *, markdown: bool = False) -> str:
                      f"{_pct(q.lru_syn_range[i][1])})", _pct(q.opt_real[i]),
                      f"{_pct(q.opt_syn[i])} ({_pct(q.opt_syn_range[i][0])}-{_pct(q.opt_syn_range[i][1])})"])
     lines += _table(["slots/layer", "LRU miss % real", "LRU miss % generated (range)", "OPT miss % real",
-                     "OPT miss % generated (range)"], rows, markdown)
+                     "OPT miss % generated (range)"], rows, fmt)
     return "\n".join(lines)

@@ -113,7 +113,10 @@ def summarize(trace: RoutingTrace) -> TraceSummary:
         fingerprint=trace.fingerprint())
 
 
-def render(s: TraceSummary) -> str:
+def render(s: TraceSummary, fmt: str = "plain") -> str:
+    """The summary as text, its per-layer table in `fmt` (`emu.tables`: "plain", or "rich" for a terminal)."""
+    from ..tables import Column, table_text
+
     lines = [
         f"trace {s.fingerprint}  model {s.model or '?'}: {s.layers} MoE layers, {s.n_experts} experts, "
         f"top-{s.top_k}",
@@ -128,10 +131,11 @@ def render(s: TraceSummary) -> str:
         lines.append(f"speculator precision   {s.predictor_precision:.3f}")
     uniform = 1.0 / s.n_experts if s.n_experts else 0.0
     lines.append("")
-    lines.append(f"layer  top-expert share  reuse rate   (uniform share {uniform:.3f}; reuse over "
-                 f"{s.reuse_pairs:,} consecutive pairs)")
-    for layer, (sh, ru) in enumerate(zip(s.top_expert_share, s.reuse_rate, strict=True)):
-        lines.append(f"{layer:>5}  {sh:>16.3f}  {ru:>10.3f}")
+    lines.append(f"per layer: uniform share {uniform:.3f}; reuse over {s.reuse_pairs:,} consecutive pairs")
+    rows = [[str(layer), f"{sh:.3f}", f"{ru:.3f}"]
+            for layer, (sh, ru) in enumerate(zip(s.top_expert_share, s.reuse_rate, strict=True))]
     if s.layers:
-        lines.append(f"{'mean':>5}  {np.mean(s.top_expert_share):>16.3f}  {np.mean(s.reuse_rate):>10.3f}")
+        rows.append(["mean", f"{np.mean(s.top_expert_share):.3f}", f"{np.mean(s.reuse_rate):.3f}"])
+    columns = [Column("layer", width=5), Column("top-expert share", width=16), Column("reuse rate", width=10)]
+    lines.append(table_text(columns, rows, fmt, rule=False))
     return "\n".join(lines)
