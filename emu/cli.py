@@ -31,7 +31,8 @@ _TABLE_COLUMNS = (
 def _row(summary: dict[str, Any]) -> list[str]:
     """A table row: the summary's figures in the table's units (ms, %, GB)."""
     u = summary
-    vals = [u["scenario"], u["engine"], u["ttft_s"] * 1e3, u["tpot_s"] * 1e3, u["decode_tok_per_s"],
+    name = u["scenario"] + (" [bound]" if u.get("bound") else "")
+    vals = [name, u["engine"], u["ttft_s"] * 1e3, u["tpot_s"] * 1e3, u["decode_tok_per_s"],
             u["hit_rate"] * 100, u["misses_collision"], u["bytes_h2d"] / 1e9, u["copy_busy_frac"] * 100,
             u["stall_s"], u["lost_mass_frac"] * 100, u["degraded_mass_frac"] * 100]
     return [fmt.format(v) for (_h, fmt, _w), v in zip(_TABLE_COLUMNS, vals)]
@@ -44,14 +45,14 @@ def _table_columns() -> list[Column]:
 
 
 #: `emu run --format json|csv`: the table's figures unrounded, in SI units and fractions, and the record's path
-SUMMARY_KEYS = ("scenario", "engine", "ttft_s", "tpot_s", "decode_tok_per_s", "hit_rate", "misses_collision",
+SUMMARY_KEYS = ("scenario", "bound", "engine", "ttft_s", "tpot_s", "decode_tok_per_s", "hit_rate", "misses_collision",
                 "bytes_h2d", "copy_busy_frac", "stall_s", "lost_mass_frac", "degraded_mass_frac", "record")
 
 
 def _summary(name: str, rec: dict[str, Any], path: Path) -> dict[str, Any]:
     quality = rec["quality"]
-    out = {key: rec[key] for key in SUMMARY_KEYS[1:-3]}
-    return {"scenario": name, **out, "lost_mass_frac": quality["lost_mass_frac"],
+    out = {key: rec[key] for key in SUMMARY_KEYS[2:-3]}
+    return {"scenario": name, "bound": bool(rec.get("bound")), **out, "lost_mass_frac": quality["lost_mass_frac"],
             "degraded_mass_frac": quality["degraded_mass_frac"], "record": str(path)}
 
 

@@ -123,11 +123,17 @@ _MARKERS = "osv^D<>ph*"
 _DASHES = ("-", "--", "-.", ":")
 
 
-def _style(stacks: list[str]) -> dict[str, dict[str, Any]]:
-    """Colour, marker and dash per stack, so stacks with equal numbers stay visible on top of each other."""
+def _bound_stacks(rows: list[dict[str, Any]]) -> set[str]:
+    """Stacks holding a policy that reads the future (offline bounds; a CSV row holds the flag as text)."""
+    return {r["stack"] for r in rows if str(r.get("bound", "")).lower() in ("true", "1")}
+
+
+def _style(stacks: list[str], bound: set[str] = frozenset()) -> dict[str, dict[str, Any]]:
+    """Colour, marker and dash per stack, so stacks with equal numbers stay visible on top of each other; an
+    offline bound's label says so."""
     colors = _colors(stacks)
     return {s: {"color": colors[s], "marker": _MARKERS[i % len(_MARKERS)], "ls": _DASHES[(i // 2) % len(_DASHES)],
-                "ms": 4, "label": s} for i, s in enumerate(stacks)}
+                "ms": 4, "label": s + (" (bound)" if s in bound else "")} for i, s in enumerate(stacks)}
 
 
 def _legend(fig: Any, axes: list[Any]) -> None:
@@ -158,7 +164,7 @@ def _capacity_axis(ax: Any, rows: list[dict[str, Any]]) -> None:
 
 def plot_knee(rows: list[dict[str, Any]], plt: Any) -> Any:
     groups = _groups(rows)
-    style = _style(_stacks(rows))
+    style = _style(_stacks(rows), _bound_stacks(rows))
     fig, axes = _panels(plt, len(groups))
     for ax, (key, grows) in zip(axes, groups.items()):
         for stack in _stacks(grows):
@@ -182,7 +188,7 @@ def plot_collisions(rows: list[dict[str, Any]], plt: Any) -> Any:
     if len(groups) > 1:
         raise EmuError("the collision plot takes one (model, trace, bandwidth) group; filter with --where",
                        key="--where")
-    style = _style(_stacks(rows))
+    style = _style(_stacks(rows), _bound_stacks(rows))
     caps = sorted({r["capacity_frac"] for r in rows})
     fig, axes = _panels(plt, len(caps), width=4.2, height=3.2)
     for ax, cap in zip(axes, caps):
@@ -203,7 +209,7 @@ def plot_collisions(rows: list[dict[str, Any]], plt: Any) -> Any:
 
 def plot_speed(rows: list[dict[str, Any]], plt: Any) -> Any:
     groups = _groups(rows)
-    style = _style(_stacks(rows))
+    style = _style(_stacks(rows), _bound_stacks(rows))
     fig, axes = plt.subplots(len(groups), 2, figsize=(11.6, 3.6 * len(groups)), squeeze=False,
                              layout="constrained")
     for (ax_tok, ax_ttft), (key, grows) in zip(axes, groups.items()):
@@ -234,7 +240,7 @@ def front_2d(points: list[tuple[float, float]]) -> list[int]:
 
 def plot_pareto(rows: list[dict[str, Any]], plt: Any) -> Any:
     groups = _groups(rows)
-    style = _style(_stacks(rows))
+    style = _style(_stacks(rows), _bound_stacks(rows))
     fig, axes = _panels(plt, len(groups), width=6.0, height=4.2)
     fracs = sorted({r["capacity_frac"] for r in rows})
     size = {f: 18 + 140 * i / max(len(fracs) - 1, 1) for i, f in enumerate(fracs)}
@@ -245,7 +251,7 @@ def plot_pareto(rows: list[dict[str, Any]], plt: Any) -> Any:
             ax.scatter([100 * r["lost_mass_frac"] for r in mine], [r["decode_tok_s"] for r in mine],
                        s=[size[r["capacity_frac"]] for r in mine], color=style[stack]["color"],
                        marker=style[stack]["marker"], alpha=0.75,
-                       edgecolors="k", linewidths=0.4, label=stack)
+                       edgecolors="k", linewidths=0.4, label=style[stack]["label"])
         front = [pts[i] for i in front_2d(pts)]
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="k", lw=1, ls="--",
                 label="Pareto front")

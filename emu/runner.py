@@ -168,6 +168,11 @@ def run_scenario(scenario: Scenario, engine: str | None = None, timeline: Timeli
     result = build_result(cs, end, trace, kind, timings)
     record = result.to_dict()
     record["scenario"] = scenario.resolved()
+    from .policies.registry import offline_policies
+
+    # a stack that reads the future is an offline bound: every table marks it so
+    record["bound"] = list(offline_policies({k: getattr(scenario.stack, k).name for k in
+                                             ("eviction", "prefetch", "miss", "routing", "partition")}))
     from .trace.cache import CACHE
 
     record["trace"] = CACHE.facts(trace)

@@ -50,7 +50,7 @@ MAX_POINTS = 100_000
 
 ROW_FIELDS = (
     "point", "model", "trace", "bandwidth", "bw_pinned_GBps", "capacity", "capacity_slots", "capacity_frac",
-    "stack", *POLICY_KINDS, "engine", "ttft_ms", "tpot_ms", "decode_tok_s", "e2e_s", "hit_rate",
+    "stack", "bound", *POLICY_KINDS, "engine", "ttft_ms", "tpot_ms", "decode_tok_s", "e2e_s", "hit_rate",
     "misses_compulsory", "misses_capacity", "misses_collision", "collisions_per_layer", "bytes_h2d",
     "copy_busy_frac", "compute_busy_frac", "stall_s", "lost_mass_frac", "prefetch_precision",
     "prefetch_recall", "set",
@@ -344,7 +344,7 @@ def row_from_record(record: dict[str, Any], *, point: int = 0, trace: str | None
     """One CSV row from an `emu run` / sweep JSON record (the plot reads both through this)."""
     sc = record["scenario"]
     model = sc["model"]
-    slots = float(sc["cache"]["slots"])
+    slots = int(sc["cache"]["slots"])
     total = model["n_experts"] * model["n_moe_layers"]
     policies = {k: _policy_text(sc["policy"][k]) for k in POLICY_KINDS}
     if trace is None:
@@ -355,6 +355,7 @@ def row_from_record(record: dict[str, Any], *, point: int = 0, trace: str | None
         "bw_pinned_GBps": None if bw_pinned is None else bw_pinned / 1e9, "capacity": sc["cache"]["capacity"],
         "capacity_slots": slots, "capacity_frac": slots / total,
         "stack": stack or "+".join(policies[k] for k in ("eviction", "prefetch", "miss")),
+        "bound": bool(record.get("bound")),  # holds a policy that reads the future: an offline bound
         **policies, "engine": record["engine"], "ttft_ms": record["ttft_s"] * 1e3, "tpot_ms": record["tpot_s"] * 1e3,
         "decode_tok_s": record["decode_tok_per_s"], "e2e_s": record["e2e_s"], "hit_rate": record["hit_rate"],
         "misses_compulsory": record["misses_compulsory"], "misses_capacity": record["misses_capacity"],
@@ -742,14 +743,19 @@ def render_pareto(front: list[dict[str, Any]], by: Iterable[str] = PARETO_KEYS, 
     return table_text(columns, body, fmt)
 
 
+def _bound(row: dict[str, Any]) -> bool:
+    """A row holds an offline bound (a CSV row read back holds the flag as text)."""
+    return str(row.get("bound", "")).lower() in ("true", "1")
+
+
 def pareto_table(front: list[dict[str, Any]], by: Iterable[str] = PARETO_KEYS) -> tuple[list[Column], list[list[str]]]:
     """The Pareto front's columns (the grouping keys and the stack left-aligned, figures right) and rows."""
     by = [k for k in by if k != "trace" or len({r["trace"] for r in front}) > 1]
     columns = [*(Column(k, "left") for k in [*by, "stack"]),
                *(Column(h) for h in ("tok/s", "TTFT ms", "lost mass %", "hit %", "collis."))]
-    body = [[str(r[k]) for k in by] + [r["stack"], f"{r['decode_tok_s']:.1f}", f"{r['ttft_ms']:.1f}",
-                                       f"{100 * r['lost_mass_frac']:.2f}", f"{100 * r['hit_rate']:.1f}",
-                                       f"{int(r['misses_collision'])}"] for r in front]
+    body = [[str(r[k]) for k in by] + [r["stack"] + (" [bound]" if _bound(r) else ""), f"{r['decode_tok_s']:.1f}",
+                                       f"{r['ttft_ms']:.1f}", f"{100 * r['lost_mass_frac']:.2f}",
+                                       f"{100 * r['hit_rate']:.1f}", f"{int(r['misses_collision'])}"] for r in front]
     return columns, body
 
 

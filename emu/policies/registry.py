@@ -60,6 +60,13 @@ def compile_hooks() -> None:
                 compiled(policy.hooks[name], sig)
 
 
+def offline_policies(choices: dict[str, str]) -> tuple[str, ...]:
+    """Of a stack's policies (kind -> name), those that read routing no runtime knows at the gate (later layers
+    or passes): a run holding one is an offline bound, not a schedule a server could follow."""
+    return tuple(name for kind, name in choices.items()
+                 if name in REGISTRY.get(kind, {}) and REGISTRY[kind][name].capabilities.reads_future)
+
+
 def live_policies(kind: str) -> tuple[str, ...]:
     """The policies of `kind` the live runtime can run (their declarations say `live`), by name."""
     return tuple(sorted(name for name, p in REGISTRY[kind].items() if p.capabilities.live))
