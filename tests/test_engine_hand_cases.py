@@ -198,6 +198,19 @@ def test_a_prefill_pass_charges_its_own_copy_issue_time(engines, engine_name):
     assert (r["ttft_s"], r["tpot_s"]) == pytest.approx((5.5, 3.1), abs=1e-9)
 
 
+@pytest.mark.parametrize("engine_name", ["des", "fast", "reference"])
+def test_counts_by_phase(engines, engine_name):
+    # The prefill (L0 {0, 1}, L1 {2, 3}; 4 slots) misses all 4, compulsory; the decode pass (L0 {0, 2}, L1 {2, 3})
+    # hits 0 at L0 and both at L1, and misses L0's expert 2, first referenced: 4 accesses, 3 hits, 1 miss.
+    trace = make_trace([[[[0, 1], [2, 3]]], [[[0, 2], [2, 3]]]], phases=[0, 1])
+    r, _ = run(engines[engine_name], trace, slots=4)
+    pre, dec = r["by_phase"]["prefill"], r["by_phase"]["decode"]
+    assert (pre["accesses"], pre["hits"], pre["misses"], pre["hit_rate"]) == (4, 0, 4, 0.0)
+    assert (dec["accesses"], dec["hits"], dec["misses"], dec["hit_rate"]) == (4, 3, 1, 0.75)
+    assert pre["misses_collision"] == dec["misses_collision"] == 0 and r["hits"] == 3
+    assert r["per_request_decode_tok_per_s"] == [pytest.approx(1.0 / r["tpot_s"])]  # one request, one token
+
+
 HOST = {"pass_s": 0.5, "layer_s": 1.0, "readback_s": 0.1, "gate_s": 0.15, "expert_s": 0.3, "copy_s": 0.2}
 
 
