@@ -19,7 +19,7 @@ import numpy as np
 from .analysis.workingset import knee_point
 from .errors import EmuError
 from .plot_cli import FORMATS, KINDS  # the parser offers them; defined where building it needs no matplotlib
-from .sweep import check_row, read_csv, row_from_record
+from .sweep import check_row, is_bound, read_csv, row_from_record
 from .textio import loads, read_text
 
 GROUP_KEYS = ("model", "trace", "bandwidth")
@@ -125,7 +125,7 @@ _DASHES = ("-", "--", "-.", ":")
 
 def _bound_stacks(rows: list[dict[str, Any]]) -> set[str]:
     """Stacks holding a policy that reads the future (offline bounds; a CSV row holds the flag as text)."""
-    return {r["stack"] for r in rows if str(r.get("bound", "")).lower() in ("true", "1")}
+    return {r["stack"] for r in rows if is_bound(r)}
 
 
 def _style(stacks: list[str], bound: set[str] = frozenset()) -> dict[str, dict[str, Any]]:

@@ -743,7 +743,7 @@ def render_pareto(front: list[dict[str, Any]], by: Iterable[str] = PARETO_KEYS, 
     return table_text(columns, body, fmt)
 
 
-def _bound(row: dict[str, Any]) -> bool:
+def is_bound(row: dict[str, Any]) -> bool:
     """A row holds an offline bound (a CSV row read back holds the flag as text)."""
     return str(row.get("bound", "")).lower() in ("true", "1")
 
@@ -753,7 +753,7 @@ def pareto_table(front: list[dict[str, Any]], by: Iterable[str] = PARETO_KEYS) -
     by = [k for k in by if k != "trace" or len({r["trace"] for r in front}) > 1]
     columns = [*(Column(k, "left") for k in [*by, "stack"]),
                *(Column(h) for h in ("tok/s", "TTFT ms", "lost mass %", "hit %", "collis."))]
-    body = [[str(r[k]) for k in by] + [r["stack"] + (" [bound]" if _bound(r) else ""), f"{r['decode_tok_s']:.1f}",
+    body = [[str(r[k]) for k in by] + [r["stack"] + (" [bound]" if is_bound(r) else ""), f"{r['decode_tok_s']:.1f}",
                                        f"{r['ttft_ms']:.1f}", f"{100 * r['lost_mass_frac']:.2f}",
                                        f"{100 * r['hit_rate']:.1f}", f"{int(r['misses_collision'])}"] for r in front]
     return columns, body
