@@ -137,7 +137,7 @@ def run_scenario(scenario: Scenario, engine: str | None = None, timeline: Timeli
                  progress: bool = False) -> tuple[RunResult, dict[str, Any]]:
     """Returns the result and the JSON record `emu run` writes. With a `timeline` recorder the whole trace
     runs on the SimPy engine, so the recorded events are the run's own. `progress`: show the progress display
-    while a large synthetic trace is generated."""
+    while a large synthetic trace is generated and while a long run runs (the fast engine)."""
     profile = scenario.profile()
     check_item_times(profile, scenario.model)
     if not has_measured_tables(profile, scenario.model):
@@ -159,7 +159,12 @@ def run_scenario(scenario: Scenario, engine: str | None = None, timeline: Timeli
     else:
         from .engines.des.engine import run_des as run
     try:
-        cs, end, timings = run(inputs, timeline) if timeline is not None else run(inputs)
+        if timeline is not None:
+            cs, end, timings = run(inputs, timeline)
+        elif kind == "fast":
+            cs, end, timings = run(inputs, progress=progress)  # a long run shows its progress when asked
+        else:
+            cs, end, timings = run(inputs)
     except EmuError as err:  # a policy's init found the scenario unusable: name the scenario file
         if err.file is not None:
             raise

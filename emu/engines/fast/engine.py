@@ -19,10 +19,20 @@ from .. import core
 from ..core import CPU_DONE, GPU_DONE
 from ..setup import SimInputs, fresh_state
 
+#: the event loop's own state between two calls (`_loop` pauses at a pass and resumes from it)
+_T, _GPU_END, _CPU_END, _END, _N_DONE, _DONE_JOBS, _LANDED = range(7)
+
+
+def _loop_state() -> np.ndarray:
+    return np.array([0.0, np.inf, np.inf, -1.0, 0.0, 0.0, -1.0])
+
 
 @njit(cache=True, _nrt=False)
-def _loop(pk, cs, tm, tv, eng_end, eng_key):
+def _loop(pk, cs, tm, tv, eng_end, eng_key, state, stop_pass):
     """The event loop; it allocates nothing, so it is compiled without reference counting (see core).
+
+    It returns -2.0 when the pass under way reaches `stop_pass`, its locals kept in `state`; a call with the
+    same state goes on from there exactly as if it had not stopped (a progress display between calls).
 
     An instant where one copy lands and nothing else ends, while `core.quiet` holds, only starts the
     next queued copy (`core.copy_instant`); it skips the general instant. If another engine is idle
@@ -32,14 +42,23 @@ def _loop(pk, cs, tm, tv, eng_end, eng_key):
     inf = np.inf
     n_engines = eng_end.shape[0]
     done_keys = cs.io_done
-    gpu_end = inf
-    cpu_end = inf
-    t = 0.0
-    end = -1.0
-    n_done = 0
-    done_jobs = 0
-    landed = -1  # the engine whose copy landed, when that is all that happens at t
+    t = state[_T]
+    gpu_end = state[_GPU_END]
+    cpu_end = state[_CPU_END]
+    end = state[_END]
+    n_done = int(state[_N_DONE])
+    done_jobs = int(state[_DONE_JOBS])
+    landed = int(state[_LANDED])  # the engine whose copy landed, when that is all that happens at t
     while True:
+        if cs.sc[SC.PASS] >= stop_pass:
+            state[_T] = t
+            state[_GPU_END] = gpu_end
+            state[_CPU_END] = cpu_end
+            state[_END] = end
+            state[_N_DONE] = n_done
+            state[_DONE_JOBS] = done_jobs
+            state[_LANDED] = landed
+            return -2.0
         if landed >= 0:
             dur = core.copy_instant(cs, tm, done_keys[0], t)
             if dur >= 0.0:
@@ -93,24 +112,47 @@ def _loop(pk, cs, tm, tv, eng_end, eng_key):
             landed = -1
 
 
-@njit(float64(STACK_T, CS_T, TM_T, TV_T, int64), cache=True)
-def run_loop(pk, cs, tm, tv, n_engines):
-    """Returns the end time, or -1.0 when nothing can happen before the trace is done (deadlock).
+@njit(float64(STACK_T, CS_T, TM_T, TV_T, float64[::1], int64[::1], float64[::1], int64), cache=True)
+def run_loop(pk, cs, tm, tv, eng_end, eng_key, state, stop_pass):
+    """Returns the end time, -1.0 when nothing can happen before the trace is done (deadlock), or -2.0 when
+    the run reached pass `stop_pass` (call again with the same arrays to go on).
 
     Copies still running when the trace ends land afterwards (as in the SimPy engine, whose copy
     processes run to completion), so both leave the same final cache state.
     """
-    return _loop(pk, cs, tm, tv, np.full(n_engines, np.inf), np.full(n_engines, -1, np.int64))
+    return _loop(pk, cs, tm, tv, eng_end, eng_key, state, stop_pass)
 
-def run_fast(inputs: SimInputs) -> tuple[Any, float, dict[str, float]]:
+
+#: a run of this many passes or more shows a progress display when asked (`run_fast(progress=True)`)
+PROGRESS_PASSES = 100_000
+
+def run_fast(inputs: SimInputs, progress: bool = False, chunks: int = 50) -> tuple[Any, float, dict[str, float]]:
     """Run the trace; returns (final cache state, end time, timings: `setup_s` for the fresh state and
     the policies' init, and the stack's hooks' compilation or cache load the first time a process holds
     them; `run_s` for the event loop). The core compiles on its first run and loads from numba's cache
-    after: see `warm_up`."""
+    after: see `warm_up`. `progress`: a run of `PROGRESS_PASSES` passes or more shows a progress display,
+    the loop stopping `chunks` times on the way (the same run: it goes on from where it stopped)."""
     t0 = time.perf_counter()
     cs, stack = fresh_state(inputs)
     t1 = time.perf_counter()
-    end = run_loop(stack, cs, inputs.tm, inputs.tv, inputs.profile.copy.h2d_engines)
+    n_engines = inputs.profile.copy.h2d_engines
+    eng_end, eng_key, state = np.full(n_engines, np.inf), np.full(n_engines, -1, np.int64), _loop_state()
+    n_passes = inputs.trace.n_passes
+    if not progress or n_passes < PROGRESS_PASSES:
+        end = run_loop(stack, cs, inputs.tm, inputs.tv, eng_end, eng_key, state, n_passes + 1)
+    else:
+        from ...progress import Progress
+
+        tick = Progress(chunks, label="run", unit="parts")
+        try:
+            for i in range(1, chunks + 1):
+                stop = n_passes + 1 if i == chunks else n_passes * i // chunks
+                end = run_loop(stack, cs, inputs.tm, inputs.tv, eng_end, eng_key, state, stop)
+                tick.step(f"pass {min(stop, n_passes)}/{n_passes}")
+                if end != -2.0:
+                    break
+        finally:
+            tick.close()
     t2 = time.perf_counter()
     if end < 0:
         raise EmuError("the run deadlocked: a demand copy can never find room (is a layer's cap below one "
