@@ -143,7 +143,8 @@ def build_result(cs: Any, end_time: float, trace: Any, engine: str, timings: dic
     # pass, so a request's first pass is the one holding its first token (one search, not a scan per pass).
     starts, ends = cs.pass_start, cs.pass_end
     offsets = np.asarray(trace.pass_offsets)
-    _requests, first_token = np.unique(trace.token_request, return_index=True)  # in request order
+    _requests, first_token, request_of = np.unique(trace.token_request, return_index=True,  # in request order
+                                                   return_inverse=True)
     first_pass = np.searchsorted(offsets, first_token, side="right") - 1
     ttfts = (ends[first_pass] - starts[first_pass]).tolist()
     is_first = np.zeros(trace.n_passes, dtype=bool)
@@ -153,7 +154,7 @@ def build_result(cs: Any, end_time: float, trace: Any, engine: str, timings: dic
     # one addition after another in pass order (accumulate, not sum's pairwise order): the figures as before
     decode_time = float(np.add.accumulate(steps)[-1]) if steps.size else 0.0
     decode_tokens = int(np.diff(offsets)[decode_passes].sum())
-    per_request_rate = _per_request_decode_rate(trace, offsets, first_pass, ends)
+    per_request_rate = _per_request_decode_rate(trace, offsets, request_of, first_pass, ends)
     tpot = decode_time / steps.size if steps.size else 0.0
     e2e = float(end_time)
     return RunResult(
@@ -168,10 +169,10 @@ def build_result(cs: Any, end_time: float, trace: Any, engine: str, timings: dic
         by_phase=_by_phase(cs.stats_i, counters))
 
 
-def _per_request_decode_rate(trace: Any, offsets: np.ndarray, first_pass: np.ndarray, ends: np.ndarray) -> list[float]:
-    """Per request (in request order): its tokens in decode passes after its first pass, over the time from that
-    first pass's end to its last pass's end."""
-    _ids, inverse = np.unique(trace.token_request, return_inverse=True)
+def _per_request_decode_rate(trace: Any, offsets: np.ndarray, inverse: np.ndarray, first_pass: np.ndarray,
+                              ends: np.ndarray) -> list[float]:
+    """Per request (in request order; `inverse`: each token's request's index in it): its tokens in decode passes
+    after its first pass, over the time from that first pass's end to its last pass's end."""
     pass_of = np.repeat(np.arange(trace.n_passes), np.diff(offsets))
     last_pass = np.zeros(first_pass.size, dtype=np.int64)
     np.maximum.at(last_pass, inverse, pass_of)

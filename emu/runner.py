@@ -176,8 +176,7 @@ def run_scenario(scenario: Scenario, engine: str | None = None, timeline: Timeli
     from .policies.registry import offline_policies
 
     # a stack that reads the future is an offline bound: every table marks it so
-    record["bound"] = list(offline_policies({k: getattr(scenario.stack, k).name for k in
-                                             ("eviction", "prefetch", "miss", "routing", "partition")}))
+    record["bound"] = list(offline_policies(scenario.stack))
     from .trace.cache import CACHE
 
     record["trace"] = CACHE.facts(trace)

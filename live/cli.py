@@ -126,6 +126,15 @@ def import_torch(command: str) -> Any:
     return torch
 
 
+def refuse_hardware_keys(scenario: Any) -> None:
+    """A live run is the machine itself: its copies and kernels are the machine's own, so a scenario's
+    `hardware.*` keys (they set the emulator's profile) would change nothing there; refused, naming them."""
+    if scenario.hardware_overrides:
+        keys = sorted(f"hardware.{k}" for k in scenario.hardware_overrides)
+        raise EmuError(f"a live run is the machine itself; its {', '.join(keys)} keys would change nothing (they set "
+                       "the emulator's profile)", file=scenario.path, key=keys[0])
+
+
 def run(args: argparse.Namespace) -> int:
     import attrs
 
@@ -138,10 +147,7 @@ def run(args: argparse.Namespace) -> int:
     if args.warmup < 0:
         raise EmuError(f"expected a non-negative count, got {args.warmup}", key="--warmup")
     scenario = load_scenario(args.scenario, args.overrides)  # a bad scenario is named before torch is asked for
-    if scenario.hardware_overrides:  # the live run's copies and kernels are the machine's own: nothing would apply
-        keys = sorted(f"hardware.{k}" for k in scenario.hardware_overrides)
-        raise EmuError(f"a live run is the machine itself; its {', '.join(keys)} keys would change nothing (they set "
-                       "the emulator's profile)", file=scenario.path, key=keys[0])
+    refuse_hardware_keys(scenario)
     torch = import_torch("live")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise EmuError("torch sees no CUDA device; use --device cpu", key="--device")

@@ -7,16 +7,16 @@ first), the cache decisions from the readback to the first expert launch, each c
 launch loop per expert. The launches from one layer's experts to the next layer's readback (attention, norms,
 router, speculator: `ExpertOffload.launch_ahead_s`) give `layer_s`. What a decode step's host work holds
 beyond those (its time less its readback waits less every item above, `layer_s` counted for every layer) is
-`pass_s`. The request runs twice on the same prompt: with every expert resident (all hits), which prices the
-pass, layer, readback, gate and expert launch, and with a small LRU cache, whose host work beyond those prices
-is what its demand misses add, per copy (`copy_s`; never below the copy's own issue); the prefill items come
-from the second. A third run of the request on the same prompt and cache, with a prefetch policy
-(`PREFETCH`), prices a prefetch (`prefetch_s`, and `prefill_prefetch_s` from its prefill): its host work
-beyond the second's, less what its other expert launches and demand copies cost, over the prefetches it
-issued, less the policy's work at every gate (`prefetch_gate_s`: the all-resident request run again with the
-policy, which then decides at each gate and issues nothing): the queue, the copies' submission, the landing
-polls (never below the issue alone: a prefetching sibling runtime times that through the prefetch path's own
-loop, `runtime_cal.measure_prefetch_issue`).
+`pass_s`. The request runs four times on the same prompt: with every expert resident (all hits), which prices
+the pass, layer, readback, gate and expert launch; the same with a prefetch policy (`PREFETCH`), which then
+decides at each gate and issues nothing (`prefetch_gate_s`: the policy's work at a gate); with a small LRU
+cache, whose host work beyond the first run's prices is what its demand misses add, per copy (`copy_s`; never
+below the copy's own issue), and whose prefill gives the prefill items; and with the same cache and the
+prefetch policy, which prices a prefetch (`prefetch_s`, and `prefill_prefetch_s` from its prefill): its host
+work beyond the third run's, less what its other expert launches and demand copies and the policy's gates
+cost, over the prefetches it issued (the queue, the copies' submission, the landing polls; never below the
+issue alone, which a prefetching sibling runtime times through the prefetch path's own loop,
+`runtime_cal.measure_prefetch_issue`).
 
 The profile's `[models."<preset>"]` entries hold each model's costs; `[host]` the median over the models, for a
 model the profile has no entry for. None of these runs is ever compared with the emulator.
@@ -93,12 +93,13 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     `again`: a repeat later in the same process (no warm-up or rehearsal: those ran).
     `decode`: the runner's decode mode the calibrated runtime runs (`runner.DECODE_MODES`).
 
-    Two timed requests on the same prompt (so the same routing where the model routes itself): one with
-    every expert resident (each access a hit) gives what a pass, a layer, a readback, a gate and an expert
-    launch cost; one with the small cache gives what a demand miss adds to that, all of it charged to the
-    copy it issues (`copy_s`): a miss's host work is more than the copy's own issue (the copy's event, the
-    wait that the compute stream is told of, the slot bookkeeping), and an expert launch measured among misses
-    would charge that to every hit. With the fused kernel the resident request reads every layer's routing
+    Four timed requests on the same prompt (so the same routing where the model routes itself; the module's
+    text): with every expert resident (each access a hit) what a pass, a layer, a readback, a gate and an
+    expert launch cost, and again with the prefetch policy what its gates add; with the small cache what a
+    demand miss adds, all of it charged to the copy it issues (`copy_s`: a miss's host work is more than the
+    copy's own issue: the copy's event, the wait that the compute stream is told of, the slot bookkeeping; an
+    expert launch measured among misses would charge that to every hit), and again with the prefetch policy
+    what a prefetch adds. With the fused kernel the resident request reads every layer's routing
     back (no deferred layers), so that it prices the layers that do, and a layer's one launch is shared by
     its experts (`expert_s`)."""
     import torch
@@ -161,7 +162,7 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
         per_miss = missing.per_copy_over(costs, shape.n_layers)
         if per_miss is not None and costs.copy_s is not None:
             costs = attrs.evolve(costs, copy_s=max(per_miss, costs.copy_s))  # never below the issue itself
-    gate_pf = None if resident is None or resident_pf is None else resident_pf.per_gate_over(resident, shape.n_layers)
+    gate_pf = None if resident_pf is None else resident_pf.per_gate_over(resident, shape.n_layers)
     if gate_pf is not None:
         costs = attrs.evolve(costs, prefetch_gate_s=max(gate_pf, 0.0))
     floor = issue_s or 0.0
@@ -418,11 +419,12 @@ def runtime_profile(name: str, calibrations: list[ModelCalibration], device_name
             "python": platform.python_version(), "kernel": _mode_of(calibrations, "kernel"),
             "decode": _mode_of(calibrations, "decode"),
             "method": "host ledger of calibration requests of the runtime's own (prompt "
-                      f"{PROMPT_LEN}, {DECODE_STEPS} decode steps, seeds from {SEED}; each twice on the same "
-                      "prompt: every expert resident (pass, layer, readback, gate, expert launch: a hit's costs), "
-                      f"and a {int(CAPACITY * 100)}% LRU cache (copy_s: its host work beyond the hit costs, per "
-                      "copy; prefill items); several per model: the median, models.<m>.statistic); never a "
-                      "validated run",
+                      f"{PROMPT_LEN}, {DECODE_STEPS} decode steps, seeds from {SEED}; each four times on the "
+                      "same prompt: every expert resident (pass, layer, readback, gate, expert launch: a hit's "
+                      f"costs), the same with {PREFETCH} prefetch (prefetch_gate_s), a {int(CAPACITY * 100)}% "
+                      "LRU cache (copy_s: its host work beyond the hit costs, per copy; prefill items), the same "
+                      "with prefetch (prefetch_s, prefill_prefetch_s: per prefetch beyond the rest); several "
+                      "per model: the median, models.<m>.statistic); never a validated run",
             "models": {c.preset: dict(c.raw, n_layers=c.n_layers) for c in calibrations}}
     return RuntimeProfile(name=name, host=host, models={c.preset: c.costs for c in calibrations},
                           provenance=prov)

@@ -163,12 +163,10 @@ def _refuse_hardware_keys(args: argparse.Namespace) -> None:
     keys over the profile would hold for neither side, so they are refused before any live run starts."""
     from emu.scenario import load_scenario
 
+    from .cli import refuse_hardware_keys
+
     for path in args.scenario or []:
-        scenario = load_scenario(path, args.overrides)
-        if scenario.hardware_overrides:
-            keys = sorted(f"hardware.{k}" for k in scenario.hardware_overrides)
-            raise EmuError(f"validation compares the machine with a profile file as measured; drop the scenario's "
-                           f"{', '.join(keys)} keys", file=scenario.path, key=keys[0])
+        refuse_hardware_keys(load_scenario(path, args.overrides))
 
 
 def load_runtime_cals(paths: list[Path]) -> dict[tuple[str, str], dict[str, Any]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from importlib.metadata import entry_points
+from typing import Any
 
 from ..errors import EmuError
 from .api import REGISTRY, Capabilities, Policy, register
@@ -60,10 +61,14 @@ def compile_hooks() -> None:
                 compiled(policy.hooks[name], sig)
 
 
-def offline_policies(choices: dict[str, str]) -> tuple[str, ...]:
-    """Of a stack's policies (kind -> name), those that read routing no runtime knows at the gate (later layers
-    or passes): a run holding one is an offline bound, not a schedule a server could follow."""
-    return tuple(name for kind, name in choices.items()
+def offline_policies(stack: Any) -> tuple[str, ...]:
+    """Of a stack's policies (a `StackChoice`: a named choice per kind), those that read routing no runtime knows
+    at the gate (later layers or passes): a run holding one is an offline bound, not a schedule a server could
+    follow."""
+    from ..kernel.hooks import KINDS
+
+    names = ((kind, getattr(stack, kind).name) for kind in KINDS)
+    return tuple(name for kind, name in names
                  if name in REGISTRY.get(kind, {}) and REGISTRY[kind][name].capabilities.reads_future)
 
 
