@@ -569,7 +569,7 @@ class ExpertOffload:
                 if ledger is not None:  # the one launch's host work, shared by the layer's experts
                     ledger.close_experts(launch_from, len(experts))
                 return out
-        rows = self._routing_rows(index)
+        rows = self._routing_rows(index, top_k_index)
         results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for e in on_host:
             results[e] = self._compute_host(layer, e, act_fn, hidden, top_k_weights, rows[e])
@@ -800,22 +800,23 @@ class ExpertOffload:
             for slot in self.slot_of[layer * self.n_experts + experts].tolist():
                 pending.pop(slot, None)
 
-    def _routing_rows(self, index: np.ndarray) -> dict[int, tuple[Any, Any]]:
-        """Per needed expert, its (top-k slot, token) rows as device tensors.
+    def _routing_rows(self, index: np.ndarray, top_k_index: torch.Tensor) -> dict[int, tuple[Any, Any]]:
+        """Per needed expert, its (top-k slot, token) rows as device tensors, in eager's order
+        (`torch.where((top_k_index == e).T)`: by top-k slot, then token).
 
-        One host-to-device copy per layer of several tokens, none for one token (a decode step: that
-        synchronous copy would wait on the copy engine behind every copy submitted before it); no
-        synchronization per expert. Rows are in eager's order (`torch.where((top_k_index == e).T)`: by
-        top-k slot, then token).
+        No host-to-device copy: the host sorts its readback to find each expert's span, and the device sorts
+        the same ids with the same stable sort, so both hold one permutation. (An upload would be synchronous
+        and queue on the copy engine behind every expert copy submitted before it.) One token needs no sort:
+        expert index[0, j] has the one row (j, 0).
         """
         n_tok = index.shape[0]
-        if n_tok == 1:  # a decode step: expert index[0, j] has the one row (j, 0), already on the device
+        if n_tok == 1:
             return {int(e): self._one_token_rows[j] for j, e in enumerate(index[0].tolist())}
         flat = index.T.reshape(-1)  # (slot, token) order
         order = np.argsort(flat, kind="stable")
         experts, starts, counts = np.unique(flat[order], return_index=True, return_counts=True)
-        pos_tok = np.stack([order // n_tok, order % n_tok]).astype(np.int64)
-        rows_dev = torch.from_numpy(pos_tok).to(self.device, non_blocking=False)
+        order_dev = torch.argsort(top_k_index.T.reshape(-1), stable=True)
+        rows_dev = torch.stack([order_dev // n_tok, order_dev % n_tok])
         return {int(e): (rows_dev[0, s: s + c], rows_dev[1, s: s + c])
                 for e, s, c in zip(experts.tolist(), starts.tolist(), counts.tolist())}
 
