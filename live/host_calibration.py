@@ -156,7 +156,10 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
                       expert_s=hits.item(1, "expert"), copy_s=missing.item(1, "copy"),
                       prefill_expert_s=missing.item(0, "expert"), prefill_copy_s=missing.item(0, "copy"),
                       prefill_layer_s=missing.prefill_layer_s, prefill_readback_s=missing.item(0, "readback"),
-                      prefill_gate_s=missing.item(0, "gate"))
+                      prefill_gate_s=hits.item(0, "gate"))
+    prefill_per_miss = None if resident is None else missing.prefill_copy_over(resident)
+    if prefill_per_miss is not None:
+        costs = attrs.evolve(costs, prefill_copy_s=prefill_per_miss)
     per_miss = None
     if resident is not None:
         per_miss = missing.per_copy_over(costs, shape.n_layers)
@@ -179,6 +182,7 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
            "resident_prefetch_request": None if resident_pf is None else resident_pf.raw(shape.n_layers),
            "prefetch_request": prefetching.raw(shape.n_layers) | {"prefetch": PREFETCH},
            "copy_s_issue": missing.item(1, "copy"), "copy_s_per_miss": per_miss,
+           "prefill_copy_s_issue": missing.item(0, "copy"), "prefill_copy_s_per_miss": prefill_per_miss,
            **({} if issue_s is None else {"prefetch_s_issue": issue_s}),
            "prefetch_s_per_prefetch": {ph: x for ph, x in zip(("prefill", "decode"), per_prefetch) if x is not None}}
     raw = {k: v for k, v in raw.items() if v is not None}  # TOML has no null
@@ -247,6 +251,20 @@ class _Request:
         layer = (hit.layer_s or 0.0) + (hit.readback_s or 0.0) + (hit.gate_s or 0.0)
         base = steps * ((hit.pass_s or 0.0) + n_layers * layer) + self.count(1, "expert") * (hit.expert_s or 0.0)
         return (self.work_s - base) / copies
+
+    def prefill_copy_over(self, hit: _Request) -> float | None:
+        """Host seconds per prefill copy: its issue, and the gates' decision work beyond the all-hit request's
+        gates spread over the copies. A prefill's gate decides tens of misses and issues each one's copy as it
+        goes, so the copy engine starts after the first miss's decision, not after the last: that work is the
+        copies' (as a decode miss's is, `per_copy_over`), and the gate keeps what it costs with no miss. None
+        without prefill copies."""
+        copies = self.count(0, "copy")
+        issue = self.item(0, "copy")
+        if copies == 0 or issue is None:
+            return None
+        hit_gate_s = hit.item(0, "gate") or 0.0
+        surplus = self.ledger.seconds.get((0, "gate"), 0.0) - self.count(0, "gate") * hit_gate_s
+        return issue + max(surplus, 0.0) / copies
 
     def per_prefetch_over(self, base: _Request, phase: int, expert_s: float | None, copy_s: float | None,
                           gate_s: float = 0.0, n_layers: int = 0) -> float | None:

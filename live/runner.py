@@ -403,6 +403,14 @@ class LiveResult:
     # device-paced decode: the host's busy seconds in the replayed decode passes (launches, cache decisions,
     # copies issued; not its waits for the device) over the passes' device-timed seconds
     decode_host_share: float | None = None
+    # more cold prefills of the (single) request after the run, each on an emptied cache: one prefill is one
+    # sample of a host whose pace drifts
+    ttft_repeats_s: tuple[float, ...] = ()
+
+    @property
+    def ttft_samples_s(self) -> tuple[float, ...]:
+        """The run's TTFT and its repeats."""
+        return (self.ttft_s, *self.ttft_repeats_s)
 
     @property
     def ttft_s(self) -> float:
@@ -436,7 +444,7 @@ def run_live(model: Any, plans: list[PassPlan], *, vocab: int, device: torch.dev
              runtime: ExpertOffload | None = None, force: RoutingTrace | None = None, warmup_passes: int = 3,
              rehearse: bool = False, model_name: str = "", meta: dict[str, Any] | None = None,
              preload: bool = False, between: Between | None = None, decode: str = "eager",
-             progress: Callable[[str], None] | None = None) -> LiveResult:
+             progress: Callable[[str], None] | None = None, ttft_repeats: int = 0) -> LiveResult:
     """Warm up, empty the expert cache (or, with `preload`, fill it in key order), then run every plan
     (one request each) timed and recorded.
 
@@ -450,19 +458,21 @@ def run_live(model: Any, plans: list[PassPlan], *, vocab: int, device: torch.dev
     warm-up and rehearsal eager over it, then each decode pass captured (per forcing) and replayed; "static"
     is "graph" without the graphs (its passes eager over the static cache: the same kernels, for comparison).
     `progress(label)` is called after each measured request (`emu.progress.Progress.step`).
+    `ttft_repeats`: after a single request's run, that many more prefills of its prompt, each on the cache
+    emptied (or preloaded) as the run's was (`LiveResult.ttft_repeats_s`; the counts are the run's alone).
     """
     if decode not in DECODE_MODES:
         raise EmuError(f"expected a decode mode in {list(DECODE_MODES)}, got {decode!r}", key="decode")
     with attention_backends(device):
         return _run_live(model, plans, vocab, device, seed, runtime, force, warmup_passes, rehearse, model_name,
-                         meta, preload, between, decode, progress)
+                         meta, preload, between, decode, progress, ttft_repeats)
 
 
 def _run_live(model: Any, plans: list[PassPlan], vocab: int, device: torch.device, seed: int,
               runtime: ExpertOffload | None, force: RoutingTrace | None, warmup_passes: int, rehearse: bool,
               model_name: str, meta: dict[str, Any] | None, preload: bool = False,
               between: Between | None = None, decode: str = "eager",
-              progress: Callable[[str], None] | None = None) -> LiveResult:
+              progress: Callable[[str], None] | None = None, ttft_repeats: int = 0) -> LiveResult:
     gen = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(0, vocab, (plan.batch, plan.prompt_len), generator=gen).to(device) for plan in plans]
     graphed = None if decode == "eager" else graphed_decode(model, runtime, plans, warmup_passes, device, between)
@@ -496,6 +506,8 @@ def _run_live(model: Any, plans: list[PassPlan], vocab: int, device: torch.devic
         spans = clock.seconds()
     finally:
         hooks.remove()
+    stats = runtime.stats() if runtime is not None else None  # the run's counts, before any repeat
+    repeats = _prefill_repeats(model, plans, prompts, runtime, force, graphed, device, ttft_repeats, preload)
     times, i = [], 0
     for plan in plans:
         times.append(RequestTimes(spans[i], tuple(spans[i + 1: i + 1 + plan.n_decode]), plan.batch))
@@ -504,5 +516,32 @@ def _run_live(model: Any, plans: list[PassPlan], vocab: int, device: torch.devic
     host_share = None
     if graphed is not None and graphed.passes:
         host_share = graphed.host_s / sum(t for r in times for t in r.decode_s)
-    return LiveResult(tuple(times), runtime.stats() if runtime is not None else None, trace, tuple(tokens),
-                      host_share)
+    return LiveResult(tuple(times), stats, trace, tuple(tokens), host_share, repeats)
+
+
+def _prefill_repeats(model: Any, plans: list[PassPlan], prompts: list[torch.Tensor], runtime: ExpertOffload | None,
+                     force: RoutingTrace | None, graphed: GraphedDecode | None, device: torch.device,
+                     n: int, preload: bool) -> tuple[float, ...]:
+    """`n` more prefills of a single request's prompt, timed like the run's, each on the cache emptied as the
+    run's was (the same prompt routes the same where the model routes itself; a forced prefill is forced again)."""
+    if n <= 0:
+        return ()
+    if len(plans) != 1:
+        raise EmuError(f"TTFT repeats replay a single request's prefill; the run has {len(plans)}", key="ttft_repeats")
+    plan = plans[0]
+    hooks = RoutingHooks(model, record=False, speculate=True, force=force, static=graphed is not None)
+    out = []
+    try:
+        for _ in range(n):
+            if runtime is not None:
+                runtime.reset()
+                if preload:
+                    runtime.preload()
+                runtime.attach()
+            clock = PassClock(device)
+            RequestSteps(model, prompts[0], PassPlan(plan.prompt_len, 0, plan.force_prefill, batch=plan.batch),
+                         hooks=hooks, runtime=runtime, clock=clock, graphed=graphed).prefill()
+            out.append(clock.seconds()[0])
+    finally:
+        hooks.remove()
+    return tuple(out)

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# lease 8 (run from the repository root with .whl carried)
 # usage: bash lease_part.sh PART  (1: GPU tests, olmoe+mixtral; 2: qwen1.5+qwen3, then the device calibration)
 set -u
 T0=$(date +%s)
