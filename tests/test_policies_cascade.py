@@ -21,6 +21,7 @@ from emu.scenario import load_scenario
 
 from .policy_support import kernel_setup, run, set_layer, trace_of
 from .test_engine_equivalence import assert_same, scenarios
+from .test_engine_reference import assert_agree
 
 # tiny model precisions: bf16 (6 B), fp16, fp8, int8 (3 B), int4 (2 B), int2 (1 B)
 INT8, INT4, INT2 = 3, 4, 5
@@ -228,8 +229,9 @@ def test_engines_agree_on_valid_cascades(name: str, data: Any) -> None:
     params["lowest_percentile"] = min(params["lowest_percentile"], params["percentile"])
     if name == "drop-priority-cascade":
         params["rank"] = float(data.draw(st.integers(1, 3), label="rank"))
-    s = data.draw(scenarios(fixed=("miss", name)), label="scenario")
-    assert_same(_with(s, "miss", name, params))
+    s = _with(data.draw(scenarios(fixed=("miss", name)), label="scenario"), "miss", name, params)
+    assert_same(s)  # fast and SimPy (des)
+    assert_agree(s)  # fast and the reference engine
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -237,8 +239,10 @@ def test_engines_agree_on_valid_cascades(name: str, data: Any) -> None:
 def test_engines_agree_on_score_percentile_mass_share(data: Any) -> None:
     params = {"mass": 1.0, "accuracy": data.draw(st.sampled_from([0.5, 0.85, 1.0]), label="accuracy"),
               "percentile": data.draw(st.sampled_from([0.0, 50.0, 80.0, 99.9, 100.0]), label="percentile")}
-    s = data.draw(scenarios(fixed=("prefetch", "score-percentile")), label="scenario")
-    assert_same(_with(s, "prefetch", "score-percentile", params))
+    s = _with(data.draw(scenarios(fixed=("prefetch", "score-percentile")), label="scenario"), "prefetch",
+              "score-percentile", params)
+    assert_same(s)
+    assert_agree(s)
 
 
 def test_a_cascade_run_is_identical_on_both_engines_end_to_end():
