@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from enum import auto
 
+import numpy as np
 from numba import njit
 
 from ...kernel.helpers import percentile_inplace, push_top, seed_state, sort_prefix
@@ -61,7 +62,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
 
 
 @njit(cache=True, _nrt=False)
-def mass_share_count(buf, n: int, q: float) -> int:
+def mass_share_count(buf: np.ndarray, n: int, q: float) -> int:
     """The fewest of the highest values of buf[:n] (sorted in place) whose sum reaches q% of the sum of the
     positive ones; only positive values count."""
     sort_prefix(buf, n)
