@@ -18,7 +18,8 @@ def test_every_issue_policy_is_registered():
                                          "s3-fifo"}
     assert set(REGISTRY["prefetch"]) == {"none", "oracle", "next-layer", "topk", "score-percentile", "lookahead",
                                          "frequency", "multi-look", "adaptive"}
-    assert set(REGISTRY["miss"]) == {"fetch", "fetch-lowest-bit", "fetch-priority", "drop", "substitute", "cpu"}
+    assert set(REGISTRY["miss"]) == {"fetch", "fetch-lowest-bit", "fetch-priority", "fetch-cascade", "drop",
+                                     "drop-priority-cascade", "substitute", "cpu"}
     assert set(REGISTRY["routing"]) == {"standard", "cache-aware"}
     assert set(REGISTRY["partition"]) == {"global", "fair-bytes", "count-floor", "adaptive"}
 
@@ -67,6 +68,13 @@ def test_unknown_parameter_is_rejected(kind, name):
     ("prefetch", "adaptive", "study", 2, r"expected a value in \[0, 1\]"),
     ("miss", "drop", "rank", 0, r"\[1, 4096\]"),
     ("miss", "fetch-priority", "bits", 1, r"\[2, 8\]"),
+    ("miss", "fetch-cascade", "lowest_bits", 16, r"\[2, 8\]"),
+    ("miss", "fetch-cascade", "percentile", -1, r"\[0.0, 100.0\]"),
+    ("miss", "fetch-cascade", "bits", 4.5, "expected an integer"),
+    ("miss", "drop-priority-cascade", "rank", 0, r"\[1, 4096\]"),
+    ("miss", "drop-priority-cascade", "lowest_percentile", "30", "expected a number"),
+    ("prefetch", "score-percentile", "mass", 2, r"expected a value in \[0, 1\]"),
+    ("prefetch", "score-percentile", "mass", 0.5, "expected an integer"),
     ("miss", "substitute", "tolerance", -0.1, r"\[0.0, 1.0\]"),
     ("routing", "cache-aware", "strength", -1, r"\[0.0, 100.0\]"),
     ("partition", "adaptive", "window", 0, r"\[1, 1000000000.0\]"),
