@@ -28,8 +28,8 @@ def test_the_suites_are_there() -> None:
     stems = {p.stem for p in SWEEPS}
     for exp in ("table1", "collisions", "prefetch", "miss", "strength"):
         assert {f"{exp}_{m}" for m in ("olmoe", "mixtral", "qwen15", "phi35")} <= stems
-    assert {"switch", "switch_flat", "qwen_moe", "qwen3_real"} <= stems
-    assert len(BASES) == 9
+    assert {"switch", "switch_flat", "qwen_moe", "qwen_moe_flat", "qwen3_real"} <= stems
+    assert len(BASES) == 10
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=_ids(SWEEPS))

@@ -44,6 +44,11 @@ SHAPES = {
                  '{ name = "qwen2-57b-a14b", n_moe_layers = 28, n_experts = 64, top_k = 8, hidden = 3584, '
                  'expert_intermediate = 2560, n_shared_experts = 1, shared_intermediate = 20480 }',
                  SYNTHETIC, 28, (8, 64)),
+    "qwen_moe_flat": ("the study's own accounting for Qwen MoE: one pool of 64 expert ids, the 28 layers' experts "
+                      "merged; a diagnostic of its hit rates, not of its latencies",
+                      '{ name = "qwen2-57b-a14b-flat", n_moe_layers = 1, n_experts = 64, top_k = 8, hidden = 3584, '
+                      'expert_intermediate = 2560, n_shared_experts = 1, shared_intermediate = 20480 }',
+                      SYNTHETIC, 1, (8, 32, 64)),
     "qwen3_real": ("real Qwen routing: Qwen3-30B-A3B (48 layers x 128 experts), the project's one public Qwen "
                    "trace, routed top-6 (the preset with top_k = 6); not the study's shape",
                    '{ preset = "qwen3-30b-a3b", top_k = 6 }', REAL, 48, (8, 64)),

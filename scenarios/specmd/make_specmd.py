@@ -157,9 +157,12 @@ def main(here: Path | None = None) -> None:
                            ['"1% of bf16"', '"5% of bf16"', '"25% of bf16"'],
                            stacks([(n, e, '"next-layer"', '"fetch"', '"standard"') for n, e in COLLISION_EVICTIONS])),
             "prefetch": ("prefetch precision/recall, hit rate and synchronous overhead of top-k (1.0x, 1.5x) "
-                         "and score-based 80th percentile over Least-Stale at 5% (Figure 6)",
+                         "and score-based 80th percentile over Least-Stale (order 1, and the tool's order 0: LS0) "
+                         "at 5% (Figure 6)",
                          ['"5% of bf16"'],
-                         stacks([(n, LS, p, '"fetch"', '"standard"') for n, p in PREFETCH])),
+                         stacks([(n, LS, p, '"fetch"', '"standard"') for n, p in PREFETCH]
+                                + [(f"{n} over LS0", '"least-stale"', p, '"fetch"', '"standard"')
+                                   for n, p in PREFETCH])),
             "miss": ("miss handling over Least-Stale + score-based prefetch at 5% (Figure 7, standard routing)",
                      ['"5% of bf16"'],
                      stacks([(n, LS, SCORE_PF, m, '"standard"') for n, m in MISS])),
