@@ -8,6 +8,7 @@ NAME; `emu scenarios` lists them.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -19,6 +20,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 _HERE = Path(__file__).resolve().parent
+_GRID = re.compile(r"^\[grid\]", re.MULTILINE)
+_BASE = re.compile(r"^base\s*=", re.MULTILINE)
 
 
 def root() -> Path | None:
@@ -37,10 +40,21 @@ def scenarios() -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in sorted(base.rglob("*.toml")):
         rel = path.relative_to(base).parts
-        if rel[0] in ("profiles", "sweeps", "traces", "counts"):
+        if rel[0] in ("profiles", "sweeps", "traces", "counts") or _is_sweep(path):
             continue
         found.setdefault(path.stem, path)
     return found
+
+
+def _is_sweep(path: Path) -> bool:
+    """A sweep definition beside scenarios (the reproduction suites scenarios/specmd/ and scenarios/prefetch-study/):
+    a file with a `[grid]` table and a top-level `base` (docs/analysis.md). Read as text, not parsed: the listing
+    reads every bundled file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return _GRID.search(text) is not None and _BASE.search(text) is not None
 
 
 def describe(path: Path) -> str:

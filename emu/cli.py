@@ -162,14 +162,16 @@ def cmd_scenarios(args: argparse.Namespace) -> int:
         raise EmuError("no bundled scenarios found beside this installation")
     base = root()
     assert base is not None
-    shown = {k: v for k, v in found.items() if args.all or v.relative_to(base).parts[0] != "shootout"}
+    # the top-level scenarios; --all adds the policy shootout's and the reproduction suites' base scenarios
+    shown = {k: v for k, v in found.items() if args.all or len(v.relative_to(base).parts) == 1}
     from .tables import Column, render
 
     render([Column("scenario", "left"), Column("what it is", "left")],
            [[stem, describe(path)] for stem, path in shown.items()], header=False)
     hidden = len(found) - len(shown)
     if hidden:
-        print(f"({hidden} more in the policy shootout: emu scenarios --all)", file=sys.stderr)
+        print(f"({hidden} more in the policy shootout and the reproduction suites: emu scenarios --all)",
+              file=sys.stderr)
     return 0
 
 
@@ -351,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("scenarios", help="list the bundled scenarios (emu run NAME runs one)")
-    p.add_argument("--all", action="store_true", help="the policy shootout's scenarios too")
+    p.add_argument("--all", action="store_true",
+                   help="the policy shootout's scenarios and the reproduction suites' base scenarios too")
     p.set_defaults(func=cmd_scenarios)
 
     p = sub.add_parser("policies", help="list registered policies and their parameters")
