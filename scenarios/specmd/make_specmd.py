@@ -61,30 +61,45 @@ kind = "fast"
 # ---- policy stacks, as SpecMD names them ---------------------------------------------------------------
 LS = '{ name = "least-stale", order = 1 }'          # section 4.2 as written: FIFO by layer position
 FLD = '{ name = "fld", absolute = 1 }'               # HOBBIT's absolute layer distance (SpecMD appendix B)
-SCORE_PF = '{ name = "score-percentile", percentile = 80 }'   # section 3.1.4: default 80th percentile
+# section 3.1.4: "prefetch all experts above a configurable percentile threshold (the default is 80th
+# percentile) ... adapts the number of prefetched experts based on score distribution": per layer, the fewest
+# best-scored experts holding 80% of the predicted score mass (`mass = 1`)
+SCORE_PF = '{ name = "score-percentile", percentile = 80, mass = 1 }'
+# the earlier reading, kept beside it in the prefetch sweep: the experts above the 80th percentile of the
+# layer's scores, a fixed share (20%) of the layer's experts (`mass = 0`)
+SCORE_PF_SHARE = '{ name = "score-percentile", percentile = 80, mass = 0 }'
 SUBST = '"substitute"'                               # Zhu et al.: tolerance not stated, the tool's 0.3
-# HOBBIT's cascade (int8 -> int4 -> int2) has no policy yet: a one-level stand-in, int4 experts below the
-# 60th mass percentile fetched at int2 (section 5.4: "selectively degrades low-importance experts (bottom
-# 60th percentile)")
-CASCADE_STANDIN = '{ name = "fetch-priority", percentile = 60, bits = 2 }'
-FETCH_PRIORITY = '{ name = "fetch-priority", percentile = 60, bits = 2 }'   # "int4:2", bottom 60th percentile
+# HOBBIT's precision cascade / SpecMD's Fetch-priority "int8:4:2" (3.1.2), degrading the bottom 60th mass
+# percentile (5.4). The suite's experts are int4 (Table 1's "4bit quantization"), and the only stored precision
+# below int4 is int2, so both fallback levels are int2: int4 -> int2 (`bits = lowest_bits = 2`; `bits = 4`
+# fails, naming policy.miss.bits). `miss_mixtral_int8` runs the three levels, int8 -> int4 -> int2.
+CASCADE = '{ name = "fetch-cascade", percentile = 60, bits = 2, lowest_bits = 2 }'
+CASCADE_INT8 = '{ name = "fetch-cascade", percentile = 60, bits = 4, lowest_percentile = 30, lowest_bits = 2 }'
+# the one-level policy that stood in for the cascade before fetch-cascade existed, kept beside it
+FETCH_PRIORITY_ONE = '{ name = "fetch-priority", percentile = 60, bits = 2 }'
+FETCH_PRIORITY_ONE_INT8 = '{ name = "fetch-priority", percentile = 60, bits = 4 }'
+# Drop Priority ("resilient beyond rank 2": ranks >= 3 dropped), then the cascade for the kept misses
+DROP = '{ name = "drop", rank = 2 }'
+DROP_CASCADE = '{ name = "drop-priority-cascade", rank = 2, percentile = 60, bits = 2, lowest_bits = 2 }'
+DROP_CASCADE_INT8 = ('{ name = "drop-priority-cascade", rank = 2, percentile = 60, bits = 4, '
+                     'lowest_percentile = 30, lowest_bits = 2 }')
 CACHE_AWARE = '"cache-aware"'                        # Table 1 states no lambda: the tool's default strength
 
 TABLE1 = [  # (stack name, eviction, prefetch, miss, routing)
     ("#1 Eliseev: next-layer+LRU+fetch", '"lru"', '"next-layer"', '"fetch"', '"standard"'),
     ("#2 Zhu: score-pf+score+substitute", '"score"', SCORE_PF, SUBST, '"standard"'),
-    ("#3 HOBBIT: next-layer+LHU+cascade(stand-in)", '"lhu"', '"next-layer"', CASCADE_STANDIN, '"standard"'),
+    ("#3 HOBBIT: next-layer+LHU+cascade", '"lhu"', '"next-layer"', CASCADE, '"standard"'),
     ("#4 MixtureCache: none+LRU+fetch+cache-aware", '"lru"', '"none"', '"fetch"', CACHE_AWARE),
     ("#5 SpecMD: score-pf+LS+fetch", LS, SCORE_PF, '"fetch"', '"standard"'),
     # Table 2: each baseline with its eviction replaced by Least-Stale
     ("#1+LS", LS, '"next-layer"', '"fetch"', '"standard"'),
     ("#2+LS", LS, SCORE_PF, SUBST, '"standard"'),
-    ("#3+LS", LS, '"next-layer"', CASCADE_STANDIN, '"standard"'),
+    ("#3+LS", LS, '"next-layer"', CASCADE, '"standard"'),
     ("#4+LS", LS, '"none"', '"fetch"', CACHE_AWARE),
     # the same with the tool's default Least-Stale reading (order 0), for docs/specmd.md's reasons
     ("#1+LS0", '"least-stale"', '"next-layer"', '"fetch"', '"standard"'),
     ("#2+LS0", '"least-stale"', SCORE_PF, SUBST, '"standard"'),
-    ("#3+LS0", '"least-stale"', '"next-layer"', CASCADE_STANDIN, '"standard"'),
+    ("#3+LS0", '"least-stale"', '"next-layer"', CASCADE, '"standard"'),
     ("#4+LS0", '"least-stale"', '"none"', '"fetch"', CACHE_AWARE),
 ]
 
@@ -96,14 +111,28 @@ PREFETCH = [
     ("none", '"none"'),
     ("top-k 1.0x", '{ name = "topk", overfetch = 1.0 }'),
     ("top-k 1.5x", '{ name = "topk", overfetch = 1.5 }'),
-    ("score 80th pct", SCORE_PF),
+    ("score 80% of mass", SCORE_PF),
+    ("score 80th pct share (mass=0)", SCORE_PF_SHARE),
 ]
 
 MISS = [
     ("Fetch", '"fetch"'),
-    ("Fetch-Priority int4:2 (bottom 60%)", FETCH_PRIORITY),
+    ("Fetch-Priority cascade int4:2 (bottom 60%)", CASCADE),
+    ("Fetch-Priority one level int4:2 (fetch-priority)", FETCH_PRIORITY_ONE),
     ("Fetch-Lowest-Bit", '"fetch-lowest-bit"'),
-    ("Drop-Priority (rank >= 3 dropped)", '{ name = "drop", rank = 2 }'),
+    ("Drop-Priority (rank >= 3 dropped)", DROP),
+    ("Drop-Priority-Cascade (rank >= 3 dropped, cascade int4:2)", DROP_CASCADE),
+    ("Substitution", SUBST),
+]
+
+# the same on int8 experts, where the cascade has the paper's three levels (section 5.4 reports Mixtral at 8-bit)
+MISS_INT8 = [
+    ("Fetch", '"fetch"'),
+    ("Fetch-Priority cascade int8:4:2 (bottom 60%, 30%)", CASCADE_INT8),
+    ("Fetch-Priority one level int8:4 (fetch-priority)", FETCH_PRIORITY_ONE_INT8),
+    ("Fetch-Lowest-Bit", '"fetch-lowest-bit"'),
+    ("Drop-Priority (rank >= 3 dropped)", DROP),
+    ("Drop-Priority-Cascade (rank >= 3 dropped, cascade int8:4:2)", DROP_CASCADE_INT8),
     ("Substitution", SUBST),
 ]
 
@@ -113,7 +142,7 @@ HEADER = """# SpecMD reproduction (generated by make_specmd.py; docs/specmd.md):
 # Run: emu sweep scenarios/specmd/{stem}.toml --jobs 1
 name = "specmd_{stem}"
 base = "models/specmd_{model}.toml"
-engine = "fast"
+{set}engine = "fast"
 
 [grid]
 capacity = [{caps}]
@@ -146,7 +175,13 @@ def main(here: Path | None = None) -> None:
         workload=SYNTHETIC.format(why="a prefill for TTFT (the real trace has none)")))
     (here / "table1_mixtral_synthetic.toml").write_text(HEADER.format(
         what="Table 1 and Table 2 on a synthetic Mixtral trace (prefill TTFT), 5% of bf16",
-        stem="table1_mixtral_synthetic", model="mixtral_synthetic", caps='"5% of bf16"') + stacks(TABLE1))
+        stem="table1_mixtral_synthetic", model="mixtral_synthetic", caps='"5% of bf16"', set="") + stacks(TABLE1))
+    # Mixtral's real trace with int8 experts: the cascade's three levels (int8 -> int4 -> int2)
+    (here / "miss_mixtral_int8.toml").write_text(HEADER.format(
+        what="miss handling with int8 experts (the cascade's three levels, int8 -> int4 -> int2; section 5.4's "
+             "Mixtral at 8-bit) over Least-Stale + score-based prefetch, 5% of bf16 (Figure 7)",
+        stem="miss_mixtral_int8", model="mixtral", caps='"5% of bf16"', set='set = ["model.precision=int8"]\n')
+        + stacks([(n, LS, SCORE_PF, m, '"standard"') for n, m in MISS_INT8]))
     for preset, stem in MODELS.items():
         workload = REAL if preset == "mixtral-8x7b" else SYNTHETIC.format(why=no_trace)
         what = "real GSM8K routing" if preset == "mixtral-8x7b" else "synthetic routing"
@@ -159,7 +194,8 @@ def main(here: Path | None = None) -> None:
                            ['"1% of bf16"', '"5% of bf16"', '"25% of bf16"'],
                            stacks([(n, e, '"next-layer"', '"fetch"', '"standard"') for n, e in COLLISION_EVICTIONS])),
             "prefetch": ("prefetch precision/recall, hit rate and synchronous overhead of top-k (1.0x, 1.5x) "
-                         "and score-based 80th percentile over Least-Stale (order 1, and the tool's order 0: LS0) "
+                         "and score-based 80% (of the layer's score mass, and the earlier reading: the experts "
+                         "above the 80th percentile) over Least-Stale (order 1, and the tool's order 0: LS0) "
                          "at 5% (Figure 6)",
                          ['"5% of bf16"'],
                          stacks([(n, LS, p, '"fetch"', '"standard"') for n, p in PREFETCH]
@@ -169,15 +205,16 @@ def main(here: Path | None = None) -> None:
                      ['"5% of bf16"'],
                      stacks([(n, LS, SCORE_PF, m, '"standard"') for n, m in MISS])),
             "strength": ("cache-aware routing strength lambda over Least-Stale + score prefetch + Fetch-Priority "
+                         "(the cascade) "
                          "at 5% (Figure 7's colour scale; section 5.4: 0.1-0.5 best)",
                          ['"5% of bf16"'],
-                         stacks([("standard", LS, SCORE_PF, FETCH_PRIORITY, '"standard"')]
-                                + [(f"lambda={s:g}", LS, SCORE_PF, FETCH_PRIORITY,
+                         stacks([("standard", LS, SCORE_PF, CASCADE, '"standard"')]
+                                + [(f"lambda={s:g}", LS, SCORE_PF, CASCADE,
                                     f'{{ name = "cache-aware", strength = {s:g} }}') for s in STRENGTHS])),
         }
         for exp, (what, caps, body) in experiments.items():
             sweep_stem = f"{exp}_{stem}"
-            text = HEADER.format(what=what, stem=sweep_stem, model=stem, caps=", ".join(caps)) + body
+            text = HEADER.format(what=what, stem=sweep_stem, model=stem, caps=", ".join(caps), set="") + body
             (here / f"{sweep_stem}.toml").write_text(text)
 
 
