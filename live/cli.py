@@ -105,7 +105,7 @@ def first_layers(trace: Any, n_layers: int) -> Any:
     import attrs
 
     cut = {k: None if getattr(trace, k) is None else getattr(trace, k)[:, :n_layers]
-           for k in ("experts", "scores", "predicted")}
+           for k in ("experts", "scores", "predicted", "logits")}
     return attrs.evolve(trace, **cut, meta=dict(trace.meta, layers_kept=n_layers, layers_traced=trace.n_layers))
 
 

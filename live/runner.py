@@ -157,6 +157,7 @@ def batched_trace(trace: RoutingTrace, batch: int) -> RoutingTrace:
         pass_phase=np.asarray(phases, np.int8), token_request=trace.token_request[idx],
         token_position=trace.token_position[idx], scores=None if trace.scores is None else trace.scores[idx],
         predicted=None if trace.predicted is None else trace.predicted[idx],
+        logits=None if trace.logits is None else trace.logits[idx],
         meta=dict(trace.meta, batched=batch)).validate()
 
 

@@ -1,0 +1,109 @@
+"""A trace may carry the router's full logits [tokens, layers, n_experts]: stored float16, checked at load
+(shape, finite, within float16) with one line naming the file and `logits`, part of the fingerprint; a trace
+without them loads and fingerprints as before."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import attrs
+import numpy as np
+import pytest
+
+from emu.errors import EmuError
+from emu.trace import RoutingTrace
+
+from .conftest import make_trace
+
+
+def _with_logits(n_tok: int = 3, n_layers: int = 2, n_exp: int = 4, seed: int = 0) -> RoutingTrace:
+    """Top-2 routing that is the top-2 of random logits."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0.0, 2.0, (n_tok, n_layers, n_exp)).astype(np.float16)
+    experts = np.argsort(-logits.astype(np.float32), axis=2, kind="stable")[:, :, :2]
+    passes = [[[list(map(int, experts[t, layer])) for layer in range(n_layers)]] for t in range(n_tok)]
+    return attrs.evolve(make_trace(passes, n_experts=n_exp), logits=logits).validate()
+
+
+def _rewrite(path: Path, key: str, value: np.ndarray) -> None:
+    """Replace one member of a saved .npz archive."""
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays[key] = value
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def test_logits_round_trip_as_float16(tmp_path):
+    tr = _with_logits()
+    path = tmp_path / "t.npz"
+    tr.save(path)
+    with zipfile.ZipFile(path) as z:
+        assert "logits.npy" in z.namelist()
+    back = RoutingTrace.load(path)
+    assert back.logits is not None and back.logits.dtype == np.float16
+    np.testing.assert_array_equal(back.logits, tr.logits)
+    assert back.fingerprint() == tr.fingerprint()
+
+
+def test_float32_logits_load_as_float16(tmp_path):
+    tr = _with_logits()
+    path = tmp_path / "t.npz"
+    tr.save(path)
+    assert tr.logits is not None
+    _rewrite(path, "logits", tr.logits.astype(np.float32) + np.float32(1e-4))
+    back = RoutingTrace.load(path)
+    assert back.logits is not None and back.logits.dtype == np.float16
+
+
+def test_fingerprint_covers_logits_and_a_trace_without_them_is_unchanged(tmp_path):
+    tr = _with_logits()
+    plain = attrs.evolve(tr, logits=None)
+    assert tr.fingerprint() != plain.fingerprint()
+    assert tr.logits is not None
+    other = attrs.evolve(tr, logits=(tr.logits + np.float16(1)).astype(np.float16))
+    assert other.fingerprint() != tr.fingerprint()
+    path = tmp_path / "plain.npz"
+    plain.save(path)
+    with zipfile.ZipFile(path) as z:
+        assert "logits.npy" not in z.namelist()
+    back = RoutingTrace.load(path)
+    assert back.logits is None and back.fingerprint() == plain.fingerprint()
+
+
+def test_slicing_keeps_the_logits_rows():
+    tr = _with_logits(n_tok=5)
+    cut = tr.slice_tokens(2)
+    assert cut.logits is not None and tr.logits is not None
+    np.testing.assert_array_equal(cut.logits, tr.logits[:2])
+
+
+@pytest.mark.parametrize(("bad", "match"), [
+    (lambda lg: lg[:, :, :3], r"expected 4 logits per token and layer \(n_experts\), got 3"),
+    (lambda lg: lg[:2], r"expected a \[tokens, layers, n_experts\] array with 3 tokens and 2 layers"),
+    (lambda lg: lg[:, 0], r"expected a \[tokens, layers, n_experts\] array"),
+    (lambda lg: np.where(np.arange(4) == 1, np.float32(np.nan), lg.astype(np.float32)), r"expected finite router "
+                                                                                          "logits"),
+    (lambda lg: np.where(np.arange(4) == 1, np.float32(1e6), lg.astype(np.float32)), r"does not fit float16"),
+    (lambda lg: lg.astype("U8"), r"expected a numeric array"),
+])
+def test_bad_logits_are_refused_naming_the_file_and_key(tmp_path, bad, match):
+    tr = _with_logits()
+    path = tmp_path / "t.npz"
+    tr.save(path)
+    _rewrite(path, "logits", bad(tr.logits))
+    with pytest.raises(EmuError, match=match) as err:
+        RoutingTrace.load(path)
+    assert (err.value.file, err.value.key) == (str(path), "logits")
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"{path}: logits: ")
+
+
+def test_validate_refuses_non_finite_logits_in_memory():
+    tr = _with_logits()
+    assert tr.logits is not None
+    lg = tr.logits.copy()
+    lg[1, 0, 2] = np.inf
+    with pytest.raises(EmuError, match=r"got inf at token 1 layer 0 expert 2") as err:
+        attrs.evolve(tr, logits=lg).validate()
+    assert err.value.key == "logits"
