@@ -107,3 +107,15 @@ def test_validate_refuses_non_finite_logits_in_memory():
     with pytest.raises(EmuError, match=r"got inf at token 1 layer 0 expert 2") as err:
         attrs.evolve(tr, logits=lg).validate()
     assert err.value.key == "logits"
+
+
+def test_inspect_reports_the_mean_logit_range():
+    from emu.trace.inspect import render, summarize
+
+    tr = _with_logits()
+    assert tr.logits is not None
+    lg = tr.logits.astype(np.float32)
+    s = summarize(tr)
+    assert s.mean_logit_range == pytest.approx(float((lg.max(axis=2) - lg.min(axis=2)).mean()))
+    assert "router logits          mean range" in render(s)
+    assert summarize(attrs.evolve(tr, logits=None)).mean_logit_range is None
