@@ -119,3 +119,66 @@ def test_inspect_reports_the_mean_logit_range():
     assert s.mean_logit_range == pytest.approx(float((lg.max(axis=2) - lg.min(axis=2)).mean()))
     assert "router logits          mean range" in render(s)
     assert summarize(attrs.evolve(tr, logits=None)).mean_logit_range is None
+
+
+def test_a_model_with_another_expert_count_than_the_logits_is_refused():
+    tr = attrs.evolve(_with_logits(), n_experts=0)
+    tr.check_fits(2, 4, 2)
+    with pytest.raises(EmuError, match="4 router logits per token and layer but the model has 6") as err:
+        tr.check_fits(2, 6, 2)
+    assert err.value.key == "workload.trace"
+
+
+def _scenario(tmp_path: Path, trace: RoutingTrace, history: int) -> Path:
+    root = Path(__file__).resolve().parents[1]
+    trace.save(tmp_path / "t.npz")
+    path = tmp_path / f"s{history}.toml"
+    path.write_text(f'''name = "logits"
+seed = 0
+model = "mixtral-8x7b"
+
+[hardware]
+profile = "{root / 'scenarios' / 'profiles' / 'h100-pcie5.toml'}"
+
+[cache]
+capacity = "25%"
+
+[workload]
+trace = "t.npz"
+
+[policy]
+eviction = "lru"
+prefetch = "none"
+miss = "fetch"
+routing = {{ name = "cache-aware", strength = 0.3, history = {history} }}
+
+[engine]
+kind = "fast"
+''')
+    return path
+
+
+def _mixtral_logit_trace(n_tok: int = 12, seed: int = 1) -> RoutingTrace:
+    """Mixtral's shape (32 MoE layers, 8 experts, top-2), one token a pass, routing = top-2 of the logits."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0.0, 2.0, (n_tok, 32, 8)).astype(np.float16)
+    experts = np.argsort(-logits.astype(np.float32), axis=2, kind="stable")[:, :, :2]
+    probs = np.exp(logits.astype(np.float64))
+    probs /= probs.sum(axis=2, keepdims=True)
+    top = np.take_along_axis(probs, experts, axis=2)
+    passes = [[experts[t].tolist()] for t in range(n_tok)]
+    return attrs.evolve(make_trace(passes, n_experts=8), scores=(top / top.sum(axis=2, keepdims=True))
+                        .astype(np.float16), logits=logits).validate()
+
+
+def test_emu_run_takes_the_papers_definition_from_a_trace_with_logits(tmp_path, capsys):
+    from emu.cli import main
+
+    tr = _mixtral_logit_trace()
+    assert main(["run", str(_scenario(tmp_path, tr, 1)), "--quiet"]) == 0
+    capsys.readouterr()
+    # the same scenario on the trace without logits: one error line naming policy.routing
+    attrs.evolve(tr, logits=None).save(tmp_path / "t.npz")
+    assert main(["run", str(tmp_path / "s1.toml"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "policy.routing" in err and "the trace has no logits" in err

@@ -174,6 +174,9 @@ class RoutingTrace:
         if self.n_tokens and int(self.experts.max()) >= n_experts:
             raise EmuError(f"trace uses expert id {int(self.experts.max())} but the model has "
                            f"{n_experts} experts per layer", file=file, key="workload.trace")
+        if self.logits is not None and self.logits.shape[2] != n_experts:
+            raise EmuError(f"trace has {self.logits.shape[2]} router logits per token and layer but the model has "
+                           f"{n_experts} experts", file=file, key="workload.trace")
         if self.predicted is not None and self.n_tokens and int(self.predicted.max()) >= n_experts:
             raise EmuError(f"trace predicts expert id {int(self.predicted.max())} but the model has "
                            f"{n_experts} experts per layer", file=file, key="workload.trace")
