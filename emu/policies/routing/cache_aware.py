@@ -12,25 +12,28 @@ fails at init naming `policy.routing`). The paper does not say which statistic o
 average logit value" averages; an average of the raw logits would not be a scale at all (softmax ignores a
 shift, and the mean logit may be negative or zero), so the tool takes the spread the boost is compared with:
 Delta_avg at layer l is the running mean, over every token routed at l so far, of the token's logit range
-(max_e z_e - min_e z_e over all n_experts logits), as the cache-conditional experts paper it cites
-(Skliar et al.) scales its cache prior. The history is per MoE layer (each router has its own logit scale)
-and is updated with a pass's tokens before the pass is routed, as a gate hook that sees the pass's logits
-does; lambda is then the paper's lambda, unscaled. All n_experts logits compete: top-k of z', ties to the
-router's own choice, then the lower id. The router's own choices keep their gate scores as weights; an
-expert the bias brings in gets the router's own weight for it, exp(z_e - z_r) * score_r with r the router's
-highest-scored choice (the ratio of two softmax probabilities of the original logits, on the scale the trace
-stores its scores in: full-softmax or renormalized top-k alike).
+(max_e z_e - min_e z_e over all n_experts logits). The range, the window (all tokens so far) and the per-layer
+history (each router has its own logit scale) are the tool's choices: SpecMD names none of them, and the paper
+it cites for the method (Skliar et al., "Mixture of cache-conditional experts") was not at hand to check. The
+history takes a pass's tokens before the pass is routed, as a gate hook that sees the pass's logits would;
+lambda is the paper's lambda, unscaled. All n_experts logits compete: top-k of z', ties to the router's own
+choice, then the lower id. The router's own choices keep their gate scores as weights; an expert the bias
+brings in gets the router's own weight for it, exp(z_e - z_r) * score_r with r the router's highest-scored
+choice (the ratio of two softmax probabilities of the original logits, on the scale the trace stores its
+scores in: full-softmax or renormalized top-k alike). The trace's routing is taken to be the top-k of its
+logits (the live recorder's is); a router that picks by another score (a bias-corrected one) is outside it.
 
 `history` 0 (the default, so scenarios written before the option keep their numbers): an approximation
 for traces without logits. A trace records only each token's top-k gate scores, so z = log(score) for those,
 delta_avg is the mean gap between consecutive sorted top-k logits of the token (1.0 at top-1), and an
 expert outside the top-k is taken to sit one gap below the k-th logit (z_k - delta_avg), with
-original weight score_k * exp(-delta_avg). Resident means resident or in flight. With lambda <= 1 a
-resident outsider can only tie the k-th choice, so swaps start above lambda = 1; ties keep the
-router's own choice, then the lower expert id. Each chosen expert carries its weight as its routing mass
+original weight score_k * exp(-delta_avg). With lambda <= 1 a resident outsider can only tie the k-th
+choice, so swaps start above lambda = 1; ties keep the router's own choice, then the lower expert id.
+
+Both: resident means resident or in flight. Each chosen expert carries its weight as its routing mass
 (what the miss and eviction policies see); the router's own choices that the bias swapped out are booked
 as rerouted mass (their gate scores), and the routed mass (`mass`, the denominator of `lost_mass_frac`)
-stays the router's own: the replacements' smaller weights are swapped back for the displaced scores there,
+stays the router's own: the replacements' weights are swapped back for the displaced scores there,
 so rerouted mass never exceeds routed mass.
 Needs gate scores: a trace without them fails at init naming `policy.routing`.
 State: scratch rows (`f[F.LOGITS]`, `f[F.WEIGHTS]` of the candidates, `f[F.CHOSEN_W]` the chosen
