@@ -236,3 +236,28 @@ def test_random_weights_follow_the_transformers_init_and_the_seed_not_the_thread
     experts = a.model.layers[0].mlp.experts.gate_up_proj.detach()
     assert abs(float(experts.std()) - a.config.initializer_range) < 0.001
     assert abs(float(experts.mean())) < 0.001
+
+
+def test_emu_live_logits_flag_writes_them_into_the_trace(tmp_path):
+    import argparse
+
+    from live.cli import add_parser
+
+    profile = Path(__file__).resolve().parent.parent / "scenarios/profiles/h100-provisional.toml"
+    scen = tmp_path / "tiny.toml"
+    scen.write_text(f'model = "olmoe-1b-7b"\nseed = 3\n[hardware]\nprofile = "{profile}"\n[cache]\ncapacity = "10%"\n'
+                    '[workload.synthetic]\ntokens = 16\nprompt_len = 6\noutput_len = 3\n[policy]\neviction = "lru"\n')
+    p = argparse.ArgumentParser()
+    add_parser(p.add_subparsers())
+    for flag, out in ((["--logits"], tmp_path / "with.npz"), ([], tmp_path / "without.npz")):
+        args = p.parse_args(["live", str(scen), "--device", "cpu", "--scale", "tiny", "--warmup", "0",
+                             "--out", str(out), *flag])
+        assert args.func(args) == 0
+    trace = RoutingTrace.load(tmp_path / "with.npz")
+    assert trace.logits is not None and trace.logits.shape == (trace.n_tokens, trace.n_layers, trace.n_experts)
+    lg = trace.logits.astype(np.float32)
+    chosen = np.take_along_axis(lg, trace.experts.astype(np.int64), axis=2).min(axis=2)
+    mask = np.ones(lg.shape, bool)
+    np.put_along_axis(mask, trace.experts.astype(np.int64), False, axis=2)
+    assert (chosen >= np.where(mask, lg, -np.inf).max(axis=2)).all()
+    assert RoutingTrace.load(tmp_path / "without.npz").logits is None
