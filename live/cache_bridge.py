@@ -61,7 +61,7 @@ def _empty_trace_view(n_layers: int, top_k: int, n_experts: int) -> Any:
     shape = (0, n_layers, top_k)
     return TraceView(np.zeros(shape, np.int16), np.zeros(shape, np.float32), np.zeros(shape, np.int16),
                      np.zeros(1, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int32), np.zeros(0, np.int32),
-                     np.array([0, 0, n_experts], np.int64))
+                     np.array([0, 0, n_experts, 0], np.int64), np.zeros((0, n_layers, n_experts), np.float32))
 
 
 def _pass_view(n_layers: int, top_k: int, n_experts: int, p: int, n_tok: int) -> Any:
@@ -71,7 +71,8 @@ def _pass_view(n_layers: int, top_k: int, n_experts: int, p: int, n_tok: int) ->
     offsets[p + 1] = n_tok
     return TraceView(np.zeros(shape, np.int16), np.zeros((0, n_layers, top_k), np.float32),
                      np.zeros(shape, np.int16), offsets, np.zeros(p + 1, np.int8), np.zeros(n_tok, np.int32),
-                     np.zeros(n_tok, np.int32), np.array([0, 1, n_experts], np.int64))
+                     np.zeros(n_tok, np.int32), np.array([0, 1, n_experts, 0], np.int64),
+                     np.zeros((0, n_layers, n_experts), np.float32))
 
 
 @njit(cache=True)

@@ -73,6 +73,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "(default: fused unless the model runs eager experts)")
     p.add_argument("--no-offload", action="store_true", help="run the unmodified model (all experts in VRAM)")
     p.add_argument("--out", type=Path, default=None, help="trace .npz to write (default: live_<scenario>.npz)")
+    p.add_argument("--logits", action="store_true",
+                   help="record the routers' full logits in the trace (n_experts values per token and layer), for "
+                        "cache-aware routing's history = 1")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a scenario key, e.g. --set cache.capacity=\"25%%\"")
     p.set_defaults(func=run)
@@ -105,7 +108,7 @@ def first_layers(trace: Any, n_layers: int) -> Any:
     import attrs
 
     cut = {k: None if getattr(trace, k) is None else getattr(trace, k)[:, :n_layers]
-           for k in ("experts", "scores", "predicted")}
+           for k in ("experts", "scores", "predicted", "logits")}
     return attrs.evolve(trace, **cut, meta=dict(trace.meta, layers_kept=n_layers, layers_traced=trace.n_layers))
 
 
@@ -206,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_live(model, plans, vocab=shape.vocab, device=device, seed=scenario.seed, runtime=runtime,
                           force=force, warmup_passes=args.warmup, rehearse=rehearse, model_name=spec.name,
-                          meta=meta, progress=tick)
+                          meta=meta, progress=tick, logits=args.logits)
     finally:
         tick.close()
         if runtime is not None:

@@ -76,17 +76,21 @@ class RoutingHooks:
     The runner brackets each forward pass with `begin_pass` / `end_pass`: a prefill is one pass, each
     decode step another. With `speculate`, the prediction for layer l is layer l's gate applied to the
     hidden state entering layer l-1's MoE block (for layer 0: the input of its decoder layer), the
-    next-layer speculator of SpecMD.
+    next-layer speculator of SpecMD. With `logits` (and `record`) the router's full logits of every token are
+    kept too (`n_experts` values per token and layer: off by default, it is n_experts / top_k times the
+    routing's size), for SpecMD's cache-aware routing (`history = 1`); with `force` they are the model's own
+    router logits, not those of the forced routing.
     """
 
     def __init__(self, model: Any, *, record: bool = True, speculate: bool = True,
-                 force: RoutingTrace | None = None, static: bool = False) -> None:
+                 force: RoutingTrace | None = None, static: bool = False, logits: bool = False) -> None:
         self.blocks = sparse_blocks(model)
         self.gates = [b.gate for b in self.blocks]
         self.n_layers = len(self.blocks)
         self.top_k = int(self.gates[0].top_k)
         self.n_experts = int(self.gates[0].weight.shape[0])
         self.record = record
+        self.logits = logits
         self.speculate = speculate
         self.force = force
         self._forced: Any = None
@@ -105,10 +109,12 @@ class RoutingHooks:
         self._cur_ids: list[Any] = []
         self._cur_scores: list[Any] = []
         self._cur_pred: list[Any] = []
+        self._cur_logits: list[Any] = []
         self._passes: list[tuple[int, np.ndarray, np.ndarray]] = []  # phase, request, position
         self._ids: list[np.ndarray] = []
         self._scores: list[np.ndarray] = []
         self._pred: list[np.ndarray] = []
+        self._logits: list[np.ndarray] = []
 
     # --- pass structure ----------------------------------------------------------------------------
     def begin_pass(self, phase: int, requests: np.ndarray, positions: np.ndarray,
@@ -124,6 +130,7 @@ class RoutingHooks:
         self._cur_ids = [None] * self.n_layers
         self._cur_scores = [None] * self.n_layers
         self._cur_pred = [None] * self.n_layers
+        self._cur_logits = [None] * self.n_layers
         self._passes.append((phase, np.asarray(requests, np.int32), np.asarray(positions, np.int32)))
 
     def end_pass(self) -> None:
@@ -143,6 +150,10 @@ class RoutingHooks:
         self._scores.append(np.stack([x.float().cpu().numpy() for x in self._cur_scores], axis=1).astype(np.float16))
         if self.speculate:
             self._pred.append(np.stack([x.cpu().numpy() for x in self._cur_pred], axis=1).astype(np.int16))
+        if self.logits:
+            # float16: the trace's logits dtype (routers compute them in bf16, which float16 holds exactly)
+            self._logits.append(np.stack([x.float().cpu().numpy() for x in self._cur_logits], axis=1)
+                                .astype(np.float16))
 
     def discard_pass(self) -> None:
         """End the current pass without recording it (a CUDA graph's capture pass, which computes nothing)."""
@@ -161,13 +172,13 @@ class RoutingHooks:
                                                         device=self._forced.device)
         torch.add(self._forced[:, t0:t1], 0, out=buf)  # a kernel: no copy engine, no host sync
 
-    def current_tensors(self) -> tuple[list[Any], list[Any], list[Any]]:
-        """This pass's per-layer routing, scores and prediction tensors (those of a captured graph)."""
-        return list(self._cur_ids), list(self._cur_scores), list(self._cur_pred)
+    def current_tensors(self) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+        """This pass's per-layer routing, scores, prediction and logits tensors (those of a captured graph)."""
+        return list(self._cur_ids), list(self._cur_scores), list(self._cur_pred), list(self._cur_logits)
 
-    def adopt_tensors(self, tensors: tuple[list[Any], list[Any], list[Any]]) -> None:
+    def adopt_tensors(self, tensors: tuple[list[Any], list[Any], list[Any], list[Any]]) -> None:
         """A replayed pass: its routing is in the captured graph's tensors (the hooks' Python did not run)."""
-        self._cur_ids, self._cur_scores, self._cur_pred = (list(t) for t in tensors)
+        self._cur_ids, self._cur_scores, self._cur_pred, self._cur_logits = (list(t) for t in tensors)
 
     def install(self) -> None:
         """Hook the routers (done at construction; again after `remove`, e.g. once another request's passes
@@ -212,6 +223,8 @@ class RoutingHooks:
             if self.record:
                 self._cur_ids[layer] = index
                 self._cur_scores[layer] = scores
+                if self.logits:
+                    self._cur_logits[layer] = logits
             if self.speculate and layer + 1 < self.n_layers:
                 self._predict(layer + 1, args[0])
             return (logits, scores, index) if self._force_pass is not None else None
@@ -250,4 +263,5 @@ class RoutingHooks:
             token_position=np.concatenate([p[2] for p in self._passes[: len(self._ids)]]),
             scores=np.concatenate(self._scores),
             predicted=np.concatenate(self._pred) if self.speculate else None,
+            logits=np.concatenate(self._logits) if self.logits else None,
             n_experts=self.n_experts, model=model_name, meta=dict(meta or {}, source="live")).validate()

@@ -157,6 +157,7 @@ def batched_trace(trace: RoutingTrace, batch: int) -> RoutingTrace:
         pass_phase=np.asarray(phases, np.int8), token_request=trace.token_request[idx],
         token_position=trace.token_position[idx], scores=None if trace.scores is None else trace.scores[idx],
         predicted=None if trace.predicted is None else trace.predicted[idx],
+        logits=None if trace.logits is None else trace.logits[idx],
         meta=dict(trace.meta, batched=batch)).validate()
 
 
@@ -444,7 +445,8 @@ def run_live(model: Any, plans: list[PassPlan], *, vocab: int, device: torch.dev
              runtime: ExpertOffload | None = None, force: RoutingTrace | None = None, warmup_passes: int = 3,
              rehearse: bool = False, model_name: str = "", meta: dict[str, Any] | None = None,
              preload: bool = False, between: Between | None = None, decode: str = "eager",
-             progress: Callable[[str], None] | None = None, ttft_repeats: int = 0) -> LiveResult:
+             progress: Callable[[str], None] | None = None, ttft_repeats: int = 0,
+             logits: bool = False) -> LiveResult:
     """Warm up, empty the expert cache (or, with `preload`, fill it in key order), then run every plan
     (one request each) timed and recorded.
 
@@ -460,19 +462,21 @@ def run_live(model: Any, plans: list[PassPlan], *, vocab: int, device: torch.dev
     `progress(label)` is called after each measured request (`emu.progress.Progress.step`).
     `ttft_repeats`: after a single request's run, that many more prefills of its prompt, each on the cache
     emptied (or preloaded) as the run's was (`LiveResult.ttft_repeats_s`; the counts are the run's alone).
+    `logits`: the recorded trace carries the routers' full logits too (`RoutingHooks(logits=True)`).
     """
     if decode not in DECODE_MODES:
         raise EmuError(f"expected a decode mode in {list(DECODE_MODES)}, got {decode!r}", key="decode")
     with attention_backends(device):
         return _run_live(model, plans, vocab, device, seed, runtime, force, warmup_passes, rehearse, model_name,
-                         meta, preload, between, decode, progress, ttft_repeats)
+                         meta, preload, between, decode, progress, ttft_repeats, logits)
 
 
 def _run_live(model: Any, plans: list[PassPlan], vocab: int, device: torch.device, seed: int,
               runtime: ExpertOffload | None, force: RoutingTrace | None, warmup_passes: int, rehearse: bool,
               model_name: str, meta: dict[str, Any] | None, preload: bool = False,
               between: Between | None = None, decode: str = "eager",
-              progress: Callable[[str], None] | None = None, ttft_repeats: int = 0) -> LiveResult:
+              progress: Callable[[str], None] | None = None, ttft_repeats: int = 0,
+              logits: bool = False) -> LiveResult:
     gen = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(0, vocab, (plan.batch, plan.prompt_len), generator=gen).to(device) for plan in plans]
     graphed = None if decode == "eager" else graphed_decode(model, runtime, plans, warmup_passes, device, between)
@@ -485,7 +489,8 @@ def _run_live(model: Any, plans: list[PassPlan], vocab: int, device: torch.devic
             prompt = torch.randint(0, vocab, (plan.batch, plan.prompt_len), generator=gen).to(device)
             generate(model, prompt, PassPlan(plan.prompt_len, plan.n_decode, batch=plan.batch), runtime=runtime,
                      graphed=graphed)
-    hooks = RoutingHooks(model, record=True, speculate=True, force=force, static=graphed is not None)
+    hooks = RoutingHooks(model, record=True, speculate=True, force=force, static=graphed is not None,
+                         logits=logits)
     if graphed is not None and decode == "graph":
         capture_decode(graphed, plans, hooks)
     if runtime is not None:

@@ -74,6 +74,43 @@ def test_recorded_trace_matches_the_routers_own_top_k(preset):
         np.testing.assert_allclose(got, np.sort(expected.numpy(), axis=1), rtol=2e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("preset", ["olmoe-1b-7b", "mixtral-8x7b"])
+def test_recorded_logits_top_k_is_the_recorded_routing(preset, tmp_path):
+    model = build_model(preset, "tiny", dtype="fp32", seed=3)
+    shape = live_shape(preset, "tiny")
+    ids = _ids(10)
+    hooks = RoutingHooks(model, logits=True)
+    generate(model, ids, PassPlan(10, 3), hooks=hooks)
+    hooks.remove()
+    trace = hooks.trace(preset)
+    assert trace.logits is not None and trace.logits.dtype == np.float16
+    assert trace.logits.shape == (trace.n_tokens, trace.n_layers, shape.n_experts)
+    lg = trace.logits.astype(np.float32)
+    for tok in range(trace.n_tokens):
+        for layer in range(trace.n_layers):
+            chosen = trace.experts[tok, layer].astype(np.int64)
+            others = np.setdiff1d(np.arange(shape.n_experts), chosen)
+            # a top-k of the stored logits (float16 rounding is monotone: it may tie, never reorder)
+            assert lg[tok, layer, chosen].min() >= lg[tok, layer, others].max()
+            # the router's own top-k by softmax of the same logits: the gate scores agree with the logits
+            probs = np.exp(lg[tok, layer] - lg[tok, layer].max())
+            probs /= probs.sum()
+            expected = probs[chosen] / probs[chosen].sum() if preset == "mixtral-8x7b" else probs[chosen]
+            np.testing.assert_allclose(trace.scores[tok, layer].astype(np.float32), expected, rtol=5e-3, atol=1e-3)
+    # the prompt's logits are the model's own router logits (transformers' recorder)
+    with torch.no_grad():
+        out = model(ids, output_router_logits=True)
+    for layer, logits in enumerate(out.router_logits):
+        np.testing.assert_allclose(lg[:10, layer], logits.float().numpy(), rtol=1e-3, atol=1e-3)
+    # they survive the .npz round trip, and a recording without the option has none
+    trace.save(tmp_path / "t.npz")
+    np.testing.assert_array_equal(RoutingTrace.load(tmp_path / "t.npz").logits, trace.logits)
+    plain = RoutingHooks(model)
+    generate(model, ids, PassPlan(10, 1), hooks=plain)
+    plain.remove()
+    assert plain.trace().logits is None
+
+
 def test_layer0_prediction_is_layer0_gate_on_the_embeddings():
     model = build_model("olmoe-1b-7b", "tiny", dtype="fp32", seed=1)
     ids = _ids(6, seed=2)
@@ -199,3 +236,28 @@ def test_random_weights_follow_the_transformers_init_and_the_seed_not_the_thread
     experts = a.model.layers[0].mlp.experts.gate_up_proj.detach()
     assert abs(float(experts.std()) - a.config.initializer_range) < 0.001
     assert abs(float(experts.mean())) < 0.001
+
+
+def test_emu_live_logits_flag_writes_them_into_the_trace(tmp_path):
+    import argparse
+
+    from live.cli import add_parser
+
+    profile = Path(__file__).resolve().parent.parent / "scenarios/profiles/h100-provisional.toml"
+    scen = tmp_path / "tiny.toml"
+    scen.write_text(f'model = "olmoe-1b-7b"\nseed = 3\n[hardware]\nprofile = "{profile}"\n[cache]\ncapacity = "10%"\n'
+                    '[workload.synthetic]\ntokens = 16\nprompt_len = 6\noutput_len = 3\n[policy]\neviction = "lru"\n')
+    p = argparse.ArgumentParser()
+    add_parser(p.add_subparsers())
+    for flag, out in ((["--logits"], tmp_path / "with.npz"), ([], tmp_path / "without.npz")):
+        args = p.parse_args(["live", str(scen), "--device", "cpu", "--scale", "tiny", "--warmup", "0",
+                             "--out", str(out), *flag])
+        assert args.func(args) == 0
+    trace = RoutingTrace.load(tmp_path / "with.npz")
+    assert trace.logits is not None and trace.logits.shape == (trace.n_tokens, trace.n_layers, trace.n_experts)
+    lg = trace.logits.astype(np.float32)
+    chosen = np.take_along_axis(lg, trace.experts.astype(np.int64), axis=2).min(axis=2)
+    mask = np.ones(lg.shape, bool)
+    np.put_along_axis(mask, trace.experts.astype(np.int64), False, axis=2)
+    assert (chosen >= np.where(mask, lg, -np.inf).max(axis=2)).all()
+    assert RoutingTrace.load(tmp_path / "without.npz").logits is None

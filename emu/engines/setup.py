@@ -71,12 +71,15 @@ def trace_view(trace: RoutingTrace) -> Any:
               else np.zeros((0, shape[1], shape[2]), np.float32))
     predicted = (np.ascontiguousarray(trace.predicted, dtype=np.int16) if trace.predicted is not None
                  else np.zeros((0, shape[1], shape[2]), np.int16))
-    dims = np.array([int(trace.scores is not None), int(trace.predicted is not None), trace.n_experts], np.int64)
+    logits = (np.ascontiguousarray(trace.logits, dtype=np.float32) if trace.logits is not None
+              else np.zeros((0, shape[1], max(trace.n_experts, 1)), np.float32))
+    dims = np.array([int(trace.scores is not None), int(trace.predicted is not None), trace.n_experts,
+                     int(trace.logits is not None)], np.int64)
     return TraceView(np.ascontiguousarray(trace.experts, dtype=np.int16), scores, predicted,
                      np.ascontiguousarray(trace.pass_offsets, dtype=np.int64),
                      np.ascontiguousarray(trace.pass_phase, dtype=np.int8),
                      np.ascontiguousarray(trace.token_position, dtype=np.int32),
-                     np.ascontiguousarray(trace.token_request, dtype=np.int32), dims)
+                     np.ascontiguousarray(trace.token_request, dtype=np.int32), dims, logits)
 
 
 def _pad(curves: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -241,7 +241,10 @@ TV_FIELDS: tuple[tuple[str, Any], ...] = (
     ("experts", _I16[:, :, ::1]), ("scores", _F32[:, :, ::1]), ("predicted", _I16[:, :, ::1]),
     ("pass_offsets", _I64[::1]), ("pass_phase", _I8[::1]), ("token_position", _I32[::1]),
     ("token_request", _I32[::1]),
-    ("dims", _I64[::1]),  # [has_scores, has_predicted, n_experts]
+    ("dims", _I64[::1]),  # [has_scores, has_predicted, n_experts, has_logits]
+    # the router's full logits [tokens, layers, n_experts] (float32: numba computes on no float16), or
+    # [0, layers, n_experts] when the trace has none
+    ("logits", _F32[:, :, ::1]),
 )
 
 TM_FIELDS: tuple[tuple[str, Any], ...] = (

@@ -26,7 +26,7 @@ MEMORY_SHARE = 0.25
 
 def trace_bytes(trace: RoutingTrace) -> int:
     arrays = (trace.experts, trace.pass_offsets, trace.pass_phase, trace.token_request, trace.token_position,
-              trace.scores, trace.predicted)
+              trace.scores, trace.predicted, trace.logits)
     return sum(a.nbytes for a in arrays if a is not None)
 
 

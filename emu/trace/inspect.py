@@ -37,6 +37,9 @@ class TraceSummary:
     #: fraction of predicted experts that are in the true top-k set, when the trace has predictions
     predictor_precision: float | None = None
     fingerprint: str = ""
+    #: mean over tokens and layers of the full router logits' range (max - min), when the trace has logits:
+    #: the scale of cache-aware routing's delta_avg with history = 1
+    mean_logit_range: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = attrs.asdict(self)
@@ -101,6 +104,10 @@ def summarize(trace: RoutingTrace) -> TraceSummary:
     precision = None
     if trace.predicted is not None and trace.n_tokens:
         precision = _in_set_count(trace.experts, trace.predicted) / trace.predicted.size
+    logit_range = None
+    if trace.logits is not None and trace.n_tokens:
+        lg = trace.logits.astype(np.float32)
+        logit_range = float((lg.max(axis=2) - lg.min(axis=2)).mean())
     n_decode = int(decode.sum())
     return TraceSummary(
         model=trace.model, tokens=trace.n_tokens, passes=trace.n_passes, prefill_passes=int(prefill.sum()),
@@ -110,7 +117,7 @@ def summarize(trace: RoutingTrace) -> TraceSummary:
         mean_decode_batch=float(lengths[decode].mean()) if n_decode else 0.0,
         top_expert_share=tuple(float(x) for x in share), reuse_rate=tuple(float(x) for x in reuse),
         reuse_pairs=int(cur.size), mean_top1_score=top1, predictor_precision=precision,
-        fingerprint=trace.fingerprint())
+        fingerprint=trace.fingerprint(), mean_logit_range=logit_range)
 
 
 def render(s: TraceSummary, fmt: str = "plain") -> str:
@@ -129,6 +136,8 @@ def render(s: TraceSummary, fmt: str = "plain") -> str:
         lines.append(f"mean top-1 gate score  {s.mean_top1_score:.3f}")
     if s.predictor_precision is not None:
         lines.append(f"speculator precision   {s.predictor_precision:.3f}")
+    if s.mean_logit_range is not None:
+        lines.append(f"router logits          mean range {s.mean_logit_range:.3f}")
     uniform = 1.0 / s.n_experts if s.n_experts else 0.0
     lines.append("")
     lines.append(f"per layer: uniform share {uniform:.3f}; reuse over {s.reuse_pairs:,} consecutive pairs")

@@ -1,7 +1,10 @@
 """RoutingTrace: which experts each token used, grouped into passes and requests.
 
 Stored as `.npz` (schema in docs/traces.md). Arrays stay int16/float16 so a million-token trace of a
-16-layer top-8 model fits in a few hundred MB.
+16-layer top-8 model fits in a few hundred MB. The optional full router logits are float16 too: routers
+compute them in bf16 (every stored value of which float16 holds exactly within float16's range) or fp32
+(float16 keeps ~3 significant digits, enough to rank the logits and average their spread), at half
+float32's size, which is what they cost most: `n_experts` values per token and layer, not `top_k`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class RoutingTrace:
     token_position: np.ndarray  # int32 [tokens]: position of the token in its request (context length - 1)
     scores: np.ndarray | None = None  # float16 [tokens, layers, top_k]
     predicted: np.ndarray | None = None  # int16 [tokens, layers, top_k]: speculator's guess for that layer
+    logits: np.ndarray | None = None  # float16 [tokens, layers, n_experts]: the router's full logits
     n_experts: int = 0
     model: str = ""
     meta: dict[str, Any] = attrs.field(factory=dict)
@@ -64,7 +68,7 @@ class RoutingTrace:
         """Content hash, so a result names exactly the trace it came from."""
         h = hashlib.sha256()
         for arr in (self.experts, self.pass_offsets, self.pass_phase, self.token_request, self.token_position,
-                    self.scores, self.predicted):
+                    self.scores, self.predicted, self.logits):
             if arr is not None:  # the array's own buffer (contiguous), not a bytes copy of a trace-sized array
                 h.update(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
         return h.hexdigest()[:16]
@@ -87,7 +91,8 @@ class RoutingTrace:
             pass_phase=self.pass_phase[:last], token_request=self.token_request[:end],
             token_position=self.token_position[:end],
             scores=None if self.scores is None else self.scores[:end],
-            predicted=None if self.predicted is None else self.predicted[:end])
+            predicted=None if self.predicted is None else self.predicted[:end],
+            logits=None if self.logits is None else self.logits[:end])
 
     # --- validation --------------------------------------------------------------------------------
     def validate(self, *, file: str | None = None) -> RoutingTrace:
@@ -131,7 +136,29 @@ class RoutingTrace:
                                          "twice in its top-k; expected distinct ids")
         if self.scores is not None and not np.isfinite(self.scores).all():
             raise bad("scores", "expected finite gate scores")
+        if self.logits is not None:
+            self._validate_logits(bad)
         return self
+
+    def _validate_logits(self, bad: Any) -> None:
+        assert self.logits is not None
+        n_tok, n_layers = self.experts.shape[:2]
+        lg = self.logits
+        if lg.ndim != 3 or lg.shape[:2] != (n_tok, n_layers):
+            raise bad("logits", f"expected a [tokens, layers, n_experts] array with {n_tok} tokens and {n_layers} "
+                                f"layers, got shape {lg.shape}")
+        if self.n_experts and lg.shape[2] != self.n_experts:
+            raise bad("logits", f"expected {self.n_experts} logits per token and layer (n_experts), got {lg.shape[2]}")
+        if n_tok and lg.shape[2] <= int(self.experts.max()):
+            raise bad("logits", f"expected a logit for every expert id up to {int(self.experts.max())}, got "
+                                f"{lg.shape[2]} per token and layer")
+        if lg.dtype.kind != "f":
+            raise bad("logits", f"expected a float array, got dtype {lg.dtype}")
+        finite = np.isfinite(lg)
+        if not finite.all():
+            t, layer, e = (int(i) for i in np.argwhere(~finite)[0])
+            raise bad("logits", f"expected finite router logits, got {float(lg[t, layer, e])} at token {t} layer "
+                                f"{layer} expert {e}")
 
     def check_fits(self, n_layers: int, n_experts: int, top_k: int, *, file: str | None = None) -> None:
         """A trace must match the model it is replayed on."""
@@ -147,6 +174,9 @@ class RoutingTrace:
         if self.n_tokens and int(self.experts.max()) >= n_experts:
             raise EmuError(f"trace uses expert id {int(self.experts.max())} but the model has "
                            f"{n_experts} experts per layer", file=file, key="workload.trace")
+        if self.logits is not None and self.logits.shape[2] != n_experts:
+            raise EmuError(f"trace has {self.logits.shape[2]} router logits per token and layer but the model has "
+                           f"{n_experts} experts", file=file, key="workload.trace")
         if self.predicted is not None and self.n_tokens and int(self.predicted.max()) >= n_experts:
             raise EmuError(f"trace predicts expert id {int(self.predicted.max())} but the model has "
                            f"{n_experts} experts per layer", file=file, key="workload.trace")
@@ -166,6 +196,8 @@ class RoutingTrace:
             arrays["scores"] = self.scores.astype(np.float16, copy=False)
         if self.predicted is not None:
             arrays["predicted"] = self.predicted.astype(np.int16, copy=False)
+        if self.logits is not None:
+            arrays["logits"] = self.logits.astype(np.float16, copy=False)
         with open(path, "wb") as fh:
             np.savez(fh, **arrays)
 
@@ -210,6 +242,7 @@ class RoutingTrace:
                 token_position=arr("token_position", np.int32),
                 scores=arr("scores", np.float16) if "scores" in data.files else None,
                 predicted=arr("predicted", np.int16) if "predicted" in data.files else None,
+                logits=_logits(_member(data, "logits", file), file) if "logits" in data.files else None,
                 n_experts=n_experts, model=model, meta=dict(meta))
         return trace.validate(file=file)
 
@@ -244,6 +277,21 @@ def _header(raw: np.ndarray, file: str) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise EmuError(f"expected a JSON object, got {type(header).__name__}", file=file, key="header")
     return header
+
+
+def _logits(a: np.ndarray, file: str) -> np.ndarray:
+    """The stored logits as float16, refusing values the cast would turn into infinities."""
+    if a.dtype.kind not in "fiu":
+        raise EmuError(f"expected a numeric array, got dtype {a.dtype}", file=file, key="logits")
+    if a.size and a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise EmuError("expected finite router logits", file=file, key="logits")
+    if a.size and float(np.abs(a).max()) > _F16_MAX:
+        raise EmuError(f"router logit {float(np.abs(a).max()):g} does not fit float16: expected |logit| <= "
+                       f"{_F16_MAX:g}", file=file, key="logits")
+    return a.astype(np.float16, copy=False)
+
+
+_F16_MAX = float(np.finfo(np.float16).max)
 
 
 def _cast(a: np.ndarray, dtype: np.dtype, key: str, file: str) -> np.ndarray:

@@ -1,20 +1,46 @@
 """Cache-aware routing (cache-conditional experts): bias each token's router toward resident experts.
 
-Modified logits z' = z + lambda * delta_avg * 1[resident] select the experts; the original router
-weights weight them. A trace records only each token's top-k gate scores, so z = log(score) for those,
+SpecMD (section 3.1.1) defines it: "Let z=G(x) represent original router logits, C denote cached expert
+indices, and 1_C in {0,1}^|E| indicates cached experts. Modified logits are z' = z + lambda * Delta_avg * 1_C,
+where lambda is hyperparameter used for tuning and Delta_avg is the historical average logit value. Modified
+logits z' pass through softmax and top-k selection as usual." Its appendix A.1: "modified logits determine which
+experts to select, but original logits determine their contribution weights"; section 5: "lambda values
+between 0.1-0.5 work best". The parameter `history` picks how Delta_avg is taken.
+
+`history` 1: SpecMD's definition, from the router's full logits (a trace that carries `logits`; one without
+fails at init naming `policy.routing`). The paper does not say which statistic of the logits "the historical
+average logit value" averages; an average of the raw logits would not be a scale at all (softmax ignores a
+shift, and the mean logit may be negative or zero), so the tool takes the spread the boost is compared with:
+Delta_avg at layer l is the running mean, over every token routed at l so far, of the token's logit range
+(max_e z_e - min_e z_e over all n_experts logits). The range, the window (all tokens so far) and the per-layer
+history (each router has its own logit scale) are the tool's choices: SpecMD names none of them, and the paper
+it cites for the method (Skliar et al., "Mixture of cache-conditional experts") was not at hand to check. The
+history takes a pass's tokens before the pass is routed, as a gate hook that sees the pass's logits would;
+lambda is the paper's lambda, unscaled. All n_experts logits compete: top-k of z', ties to the router's own
+choice, then the lower id. The router's own choices keep their gate scores as weights; an expert the bias
+brings in gets the router's own weight for it, exp(z_e - z_r) * score_r with r the router's highest-scored
+choice (the ratio of two softmax probabilities of the original logits, on the scale the trace stores its
+scores in: full-softmax or renormalized top-k alike). The trace's routing is taken to be the top-k of its
+logits (the live recorder's is); a router that picks by another score (a bias-corrected one) is outside it.
+
+`history` 0 (the default, so scenarios written before the option keep their numbers): an approximation
+for traces without logits. A trace records only each token's top-k gate scores, so z = log(score) for those,
 delta_avg is the mean gap between consecutive sorted top-k logits of the token (1.0 at top-1), and an
 expert outside the top-k is taken to sit one gap below the k-th logit (z_k - delta_avg), with
-original weight score_k * exp(-delta_avg). Resident means resident or in flight. With lambda <= 1 a
-resident outsider can only tie the k-th choice, so swaps start above lambda = 1; ties keep the
-router's own choice, then the lower expert id. Each chosen expert carries its weight as its routing mass
+original weight score_k * exp(-delta_avg). With lambda <= 1 a resident outsider can only tie the k-th
+choice, so swaps start above lambda = 1; ties keep the router's own choice, then the lower expert id.
+
+Both: resident means resident or in flight. Each chosen expert carries its weight as its routing mass
 (what the miss and eviction policies see); the router's own choices that the bias swapped out are booked
 as rerouted mass (their gate scores), and the routed mass (`mass`, the denominator of `lost_mass_frac`)
-stays the router's own: the replacements' smaller weights are swapped back for the displaced scores there,
+stays the router's own: the replacements' weights are swapped back for the displaced scores there,
 so rerouted mass never exceeds routed mass.
 Needs gate scores: a trace without them fails at init naming `policy.routing`.
-State: scratch rows only (`f[F.LOGITS]`, `f[F.WEIGHTS]` of the candidates, `f[F.CHOSEN_W]` the chosen
-experts' weights; `i[I.CHOSEN]` the chosen ids, `i[I.CAND]` the candidate ids); `p[P.STRENGTH]`.
-Cost: O(tokens * (k^2 + E)).
+State: scratch rows (`f[F.LOGITS]`, `f[F.WEIGHTS]` of the candidates, `f[F.CHOSEN_W]` the chosen
+experts' weights; `i[I.CHOSEN]` the chosen ids, `i[I.CAND]` the candidate ids) and, with `history`, the
+per-layer sums of the logit ranges (`f[F.RANGE_SUM]`) and token counts (`i[I.SEEN]`); `p[P.STRENGTH]`,
+`p[P.HISTORY]`.
+Cost: O(tokens * (k^2 + E)); with `history` O(tokens * k * E).
 """
 
 from __future__ import annotations
@@ -25,6 +51,7 @@ from enum import auto
 import numpy as np
 from numba import njit
 
+from ...errors import EmuError
 from ...kernel.helpers import sort_prefix
 from ...kernel.hooks import ROUTE_SIG, hook
 from ...kernel.layout import IN_FLIGHT, RESIDENT, SF, Fields, new_policy_state
@@ -36,6 +63,7 @@ class I(Fields):
 
     CHOSEN = auto()  # the k chosen expert ids
     CAND = auto()  # the candidate ids (-1 once picked)
+    SEEN = auto()  # history: per layer, the tokens whose logit ranges RANGE_SUM holds
 
 
 class F(Fields):
@@ -44,17 +72,30 @@ class F(Fields):
     LOGITS = auto()  # the candidates' (boosted) logits
     WEIGHTS = auto()  # the candidates' original router weights
     CHOSEN_W = auto()  # the chosen experts' original weights
+    RANGE_SUM = auto()  # history: per layer, the summed logit range (max - min) of the tokens seen
 
 
 class P(Fields):
     """`ps.p`: the resolved parameters (param_values)."""
 
     STRENGTH = auto()  # lambda
+    HISTORY = auto()  # 0: delta_avg the token's own top-k gap; 1: the historical mean full-logit range
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
-    k = ctx.trace.experts.shape[2]
-    return new_policy_state(f_rows=len(F), f_cols=2 * k, i_rows=len(I), i_cols=2 * k, params=param_values(P, params))
+    tv = ctx.trace
+    k = tv.experts.shape[2]
+    values = param_values(P, {"history": 0, **params})  # a choice without resolved parameters: the default
+    if values[P.HISTORY] != 0.0:
+        if tv.dims[3] == 0:
+            raise EmuError("cache-aware routing with history = 1 (SpecMD's delta_avg, from the full router "
+                           "logits) needs the router's logits, but the trace has no logits (record them with "
+                           "the live recorder's logits option, or use history = 0)", key="policy.routing")
+        if tv.logits.shape[2] != ctx.n_experts:
+            raise EmuError(f"the trace has {tv.logits.shape[2]} router logits per token and layer but the model "
+                           f"has {ctx.n_experts} experts", key="policy.routing")
+    cols = max(2 * k, ctx.n_layers)
+    return new_policy_state(f_rows=len(F), f_cols=cols, i_rows=len(I), i_cols=cols, params=values)
 
 
 @njit(cache=True, _nrt=False)
@@ -127,6 +168,71 @@ def _select(ps, cs, tv, tok: int, layer: int, base: int) -> int:
     return k
 
 
+@njit(cache=True, _nrt=False)
+def _history_delta(ps, tv, p: int, layer: int) -> float:
+    """Add pass p's tokens' logit ranges at `layer` to the history; returns the running mean range."""
+    n_exp = tv.logits.shape[2]
+    for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
+        hi = np.float64(tv.logits[tok, layer, 0])
+        lo = hi
+        for e in range(1, n_exp):
+            v = np.float64(tv.logits[tok, layer, e])
+            if v > hi:
+                hi = v
+            if v < lo:
+                lo = v
+        ps.f[F.RANGE_SUM, layer] += hi - lo
+        ps.i[I.SEEN, layer] += 1
+    return ps.f[F.RANGE_SUM, layer] / ps.i[I.SEEN, layer]
+
+
+@njit(cache=True, _nrt=False)
+def _select_history(ps, cs, tv, tok: int, layer: int, base: int, boost: float) -> int:
+    """`_select` from the full logits: top-k of z + boost * 1[resident or in flight] over every expert; the
+    router's own choices weighted by their scores, the others by the router's own weight for them."""
+    k = tv.experts.shape[2]
+    n_exp = tv.logits.shape[2]
+    ref = 0  # the router's highest-scored choice: the anchor of the outsiders' weights
+    for s in range(1, k):
+        if tv.scores[tok, layer, s] > tv.scores[tok, layer, ref]:
+            ref = s
+    z_ref = np.float64(tv.logits[tok, layer, np.int64(tv.experts[tok, layer, ref])])
+    s_ref = np.float64(tv.scores[tok, layer, ref])
+    chosen = ps.i[I.CHOSEN]
+    for j in range(k):
+        best = -1
+        best_z = 0.0
+        best_own = -1  # the best's slot among the router's choices, -1 if an outsider
+        for e in range(n_exp):
+            taken = False
+            for c in range(j):
+                if chosen[c] == e:
+                    taken = True
+                    break
+            if taken:
+                continue
+            z = np.float64(tv.logits[tok, layer, e])
+            st = cs.status[base + e]
+            if st in (RESIDENT, IN_FLIGHT):
+                z += boost
+            own = -1
+            for s in range(k):
+                if np.int64(tv.experts[tok, layer, s]) == e:
+                    own = s
+                    break
+            # ties: the router's own choice, then the lower id (e ascends, so a later e never wins a full tie)
+            if best < 0 or z > best_z or (z == best_z and own >= 0 and best_own < 0):
+                best = e
+                best_z = z
+                best_own = own
+        chosen[j] = best
+        if best_own >= 0:
+            ps.f[F.CHOSEN_W, j] = np.float64(tv.scores[tok, layer, best_own])
+        else:
+            ps.f[F.CHOSEN_W, j] = s_ref * math.exp(np.float64(tv.logits[tok, layer, best]) - z_ref)
+    return k
+
+
 @hook(ROUTE_SIG)
 def route(ps, cs, tv, p, layer, t):
     n_exp = cs.cur_key.shape[0]
@@ -135,8 +241,10 @@ def route(ps, cs, tv, p, layer, t):
     mass = cs.gather_mass
     ids = cs.cur_expert
     n = 0
+    history = ps.p[P.HISTORY] != 0.0
+    boost = ps.p[P.STRENGTH] * _history_delta(ps, tv, p, layer) if history else 0.0
     for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
-        k = _select(ps, cs, tv, tok, layer, base)
+        k = _select_history(ps, cs, tv, tok, layer, base, boost) if history else _select(ps, cs, tv, tok, layer, base)
         moved = 0.0  # the router's own choices that the bias swapped out: their gate scores
         swapped = False
         for s in range(k):  # book them as rerouted mass
@@ -183,6 +291,9 @@ def route(ps, cs, tv, p, layer, t):
 POLICY = register(Policy(
     name="cache-aware", kind="routing", hooks={"route": route}, init=init,
     capabilities=Capabilities(needs_scores=True),
-    params={"strength": Param(1.5, 0.0, 100.0, "lambda: logit boost of resident experts, in "
-                                                "units of the token's mean top-k logit gap")},
+    params={"strength": Param(1.5, 0.0, 100.0, "lambda: logit boost of resident experts, in units of delta_avg "
+                                                "(SpecMD's scale with history = 1, best at 0.1-0.5 there)"),
+            "history": Param(0, 0, 1, "delta_avg: 0 the token's own mean top-k logit gap (needs only gate scores), "
+                                      "1 SpecMD's historical average (running mean of the full router logits' "
+                                      "range per layer; needs a trace with logits)", integer=True)},
     doc="Boost resident experts' logits by lambda*delta_avg; original weights weight the choice."))
