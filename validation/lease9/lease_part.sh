@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # lease 9 (run from the repository root with .whl carried), three commands back to back on one machine:
 # usage: bash lease_part.sh PART  (1: graph olmoe+mixtral; 2: graph qwen1.5+qwen3, then the device calibration;
-#                                  3: eager olmoe+mixtral, its own runtime calibration)
+#                                  3: eager olmoe+mixtral, its own runtime calibration;
+#                                  4: graph olmoe+qwen1.5+qwen3, then the device calibration: one command)
 set -u
 T0=$(date +%s)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -16,6 +17,7 @@ case $1 in
   1) ONLY=$A; MODE="--decode graph --calibrate-runtime hf-graph";;
   2) ONLY=$B; MODE="--decode graph --calibrate-runtime hf-graph";;
   3) ONLY=$A; MODE="--decode eager --calibrate-runtime hf-eager";;
+  4) ONLY="${A%% --only mixtral8l*} $B"; MODE="--decode graph --calibrate-runtime hf-graph";;
 esac
 rm -rf /tmp/runs$1
 python3 -m live.protocol run validation/matrix.toml --out /tmp/runs$1 $MODE $ONLY 2> $V/calibration/run.log
@@ -23,7 +25,7 @@ echo "run rc $? at $(( $(date +%s) - T0 ))s" | tee -a $V/calibration/run.log
 grep -v Warn $V/calibration/run.log | grep -E "TTFT|error" | tail -12
 cp -r /tmp/runs$1/* $V/
 tar czf $OUT/val$1.tar.gz -C /tmp val$1
-if [ "$1" = 2 ]; then
+if [ "$1" = 2 ] || [ "$1" = 4 ]; then
   python3 -m emu.cli calibrate --quick --no-progress --model olmoe-1b-7b --model mixtral-8x7b --model qwen1.5-moe-a2.7b --model qwen3-30b-a3b --out $V/calibration/dev.toml > $V/calibration/calibrate.log 2>&1
   echo "calibrate rc $? at $(( $(date +%s) - T0 ))s" | tee -a $V/calibration/calibrate.log
   tar czf $OUT/val$1.tar.gz -C /tmp val$1
