@@ -182,7 +182,7 @@ def _start_gpu(cs, job: int, dur: float, dev: float, t: float, layer: int) -> No
     cs.fc[FC.GPU_BUSY] += dev
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _chain(pk, cs, tm, tv, i: int, dev: float, t: float) -> None:
     """Start entry i on the GPU, followed back to back by every job whose start is already decided.
 
@@ -269,7 +269,7 @@ STEP_CHANGED = 1
 STEP_GPU_STARTED = 2  # the GPU took a job and nothing else changed: a further step at t changes nothing
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _step(pk, cs, tm, tv, t: float) -> int:
     """Advance the forward pass at instant t as far as one transition (STEP_*).
 
