@@ -182,7 +182,7 @@ def _start_gpu(cs, job: int, dur: float, dev: float, t: float, layer: int) -> No
     cs.fc[FC.GPU_BUSY] += dev
 
 
-@njit(cache=True, _nrt=False)
+@njit(cache=True, inline="always")
 def _chain(pk, cs, tm, tv, i: int, dev: float, t: float) -> None:
     """Start entry i on the GPU, followed back to back by every job whose start is already decided.
 
@@ -275,7 +275,12 @@ def _step(pk, cs, tm, tv, t: float) -> int:
 
     STEP_GPU_STARTED is returned where the step's only effect is a job started on the GPU (after the CPU
     had its chance in this same step): the next step would find the GPU busy, the CPU as it left it and
-    the phase waiting for a job, so `_decide` stops there unless demand copies wait for a victim."""
+    the phase waiting for a job, so `_decide` stops there unless demand copies wait for a victim.
+
+    A call, not inlined into the loop: numba inlines `inline="always"` code by copying its IR into each caller
+    at every level, at a cost that grows with the square of its size; inlining the step (with `_chain`) through
+    `_decide` and `instant_inline` into the loop doubled the fast core's cold compile. The call costs the warm
+    loop 1-4 % (docs/fast_engine.md, "Compile time")."""
     phase = cs.sc[SC.PHASE]
     if phase == PH_FINISHED:
         return STEP_NONE
