@@ -82,7 +82,7 @@ def compile_notice(after_s: float = 2.0) -> Iterator[None]:
     def say() -> None:
         fired.set()
         print("emu: compiling the numba kernels (the first run after an install or a change of the engine; "
-              "about a minute on two cores)", file=sys.stderr, flush=True)
+              "about 15 s on two cores)", file=sys.stderr, flush=True)
 
     timer = threading.Timer(after_s, say)
     timer.daemon = True
