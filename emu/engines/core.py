@@ -280,7 +280,7 @@ def _step(pk, cs, tm, tv, t: float) -> int:
     A call, not inlined into the loop: numba inlines `inline="always"` code by copying its IR into each caller
     at every level, at a cost that grows with the square of its size; inlining the step (with `_chain`) through
     `_decide` and `instant_inline` into the loop doubled the fast core's cold compile. The call costs the warm
-    loop 1-4 % (docs/fast_engine.md, "Compile time")."""
+    loop up to 5 % (docs/fast_engine.md, "Compile time")."""
     phase = cs.sc[SC.PHASE]
     if phase == PH_FINISHED:
         return STEP_NONE
