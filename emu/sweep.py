@@ -425,9 +425,9 @@ def warm_cache() -> None:
     from .kernel.hooks import compiled
     from .policies.registry import compile_hooks
 
-    warm_up()
+    warm_up(compile_hooks)  # the hooks meanwhile when a child process compiles the core
     compile_hooks()
-    compiled(core.instant, core.INSTANT_SIG)
+    compiled(core.instant, core.INSTANT_SIG)  # after the core: it calls the core's step
 
 
 def validate_points(points: list[Point], file: str | None = None) -> list[Any]:

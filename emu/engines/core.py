@@ -269,13 +269,18 @@ STEP_CHANGED = 1
 STEP_GPU_STARTED = 2  # the GPU took a job and nothing else changed: a further step at t changes nothing
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _step(pk, cs, tm, tv, t: float) -> int:
     """Advance the forward pass at instant t as far as one transition (STEP_*).
 
     STEP_GPU_STARTED is returned where the step's only effect is a job started on the GPU (after the CPU
     had its chance in this same step): the next step would find the GPU busy, the CPU as it left it and
-    the phase waiting for a job, so `_decide` stops there unless demand copies wait for a victim."""
+    the phase waiting for a job, so `_decide` stops there unless demand copies wait for a victim.
+
+    A call, not inlined into the loop: numba inlines `inline="always"` code by copying its IR into each caller
+    at every level, at a cost that grows with the square of its size; inlining the step (with `_chain`) through
+    `_decide` and `instant_inline` into the loop doubled the fast core's cold compile. The call costs the warm
+    loop up to 5 % (docs/fast_engine.md, "Compile time")."""
     phase = cs.sc[SC.PHASE]
     if phase == PH_FINISHED:
         return STEP_NONE

@@ -24,7 +24,10 @@ from numba.core import caching
 _EMU = Path(__file__).resolve().parents[1]
 #: where jitted functions that inline the interface live; the routing trace module holds the phase codes the
 #: core compares against
-TRACKED: list[Path] = [_EMU / "kernel", _EMU / "engines", _EMU / "policies", _EMU / "trace" / "routing_trace.py"]
+DEFAULT_TRACKED: tuple[Path, ...] = (_EMU / "kernel", _EMU / "engines", _EMU / "policies",
+                                     _EMU / "trace" / "routing_trace.py")
+#: the default folders, then the out-of-tree policy packages passed to `track`
+TRACKED: list[Path] = list(DEFAULT_TRACKED)
 
 
 def source_files(roots: list[Path]) -> list[Path]:

@@ -49,16 +49,19 @@ def get_policy(kind: str, name: str, *, file: str | None = None) -> Policy:
                        file=file, key=f"policy.{kind}") from None
 
 
-def compile_hooks() -> None:
-    """Compile (or load from numba's cache) every registered policy's hooks now, rather than when a stack
-    first holds them (`kernel.hooks.hook`): for a parent process before its workers start, so that no two
-    processes compile one function at once."""
-    from ..kernel.hooks import HOOKS, compiled
+def compile_hooks(stack: Any = None) -> None:
+    """Compile (or load from numba's cache) every registered policy's hooks now, or those of one stack (a
+    `StackChoice`), rather than when a stack first holds them (`kernel.hooks.hook`): for a parent process before
+    its workers start, so that no two processes compile one function at once."""
+    from ..kernel.hooks import HOOKS, KINDS, compiled
 
-    for kind, policies in REGISTRY.items():
-        for policy in policies.values():
-            for name, sig in HOOKS[kind]:
-                compiled(policy.hooks[name], sig)
+    if stack is None:
+        chosen = [(kind, policy) for kind, policies in REGISTRY.items() for policy in policies.values()]
+    else:
+        chosen = [(kind, get_policy(kind, getattr(stack, kind).name)) for kind in KINDS]
+    for kind, policy in chosen:
+        for name, sig in HOOKS[kind]:
+            compiled(policy.hooks[name], sig)
 
 
 def offline_policies(stack: Any) -> tuple[str, ...]:

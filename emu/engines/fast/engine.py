@@ -6,20 +6,27 @@ core's `instant` runs completions, decisions and dispatch in the order every eng
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numba import float64, int64, njit
 
 from ...errors import EmuError
+from ...kernel import cache as kernel_cache
+from ...kernel.hooks import compiled
 from ...kernel.layout import CS_T, FC, SC, TM_T, TV_T
 from ...kernel.stack import STACK_T
 from .. import core
 from ..core import CPU_DONE, GPU_DONE
 from ..setup import SimInputs, fresh_state
 
-#: the event loop's own state between two calls (`_loop` pauses at a pass and resumes from it)
+#: the event loop's own state between two calls (`run_loop` pauses at a pass and resumes from it)
 _T, _GPU_END, _CPU_END, _END, _N_DONE, _DONE_JOBS, _LANDED = range(7)
 
 
@@ -27,12 +34,21 @@ def _loop_state() -> np.ndarray:
     return np.array([0.0, np.inf, np.inf, -1.0, 0.0, 0.0, -1.0])
 
 
-@njit(cache=True, _nrt=False)
-def _loop(pk, cs, tm, tv, eng_end, eng_key, state, stop_pass):
-    """The event loop; it allocates nothing, so it is compiled without reference counting (see core).
+#: `run_loop`'s one signature: compiled when a run first needs it (`_core`), or beforehand by a child process
+#: into numba's cache (`warm_up`), not at import
+RUN_LOOP_SIG = float64(STACK_T, CS_T, TM_T, TV_T, float64[::1], int64[::1], float64[::1], int64)
 
-    It returns -2.0 when the pass under way reaches `stop_pass`, its locals kept in `state`; a call with the
-    same state goes on from there exactly as if it had not stopped (a progress display between calls).
+
+@njit(cache=True, _nrt=False)
+def run_loop(pk, cs, tm, tv, eng_end, eng_key, state, stop_pass):
+    """The event loop. Returns the end time, -1.0 when nothing can happen before the trace is done (deadlock),
+    or -2.0 when the pass under way reaches `stop_pass`, its locals kept in `state`: a call with the same arrays
+    goes on from there exactly as if it had not stopped (a progress display between calls).
+
+    It allocates nothing, so it is compiled without reference counting (see core), and called from Python
+    directly (a wrapper with the runtime on would compile and optimise the whole loop a second time).
+    Copies still running when the trace ends land afterwards (as in the SimPy engine, whose copy processes run
+    to completion), so both leave the same final cache state.
 
     An instant where one copy lands and nothing else ends, while `core.quiet` holds, only starts the
     next queued copy (`core.copy_instant`); it skips the general instant. If another engine is idle
@@ -112,15 +128,43 @@ def _loop(pk, cs, tm, tv, eng_end, eng_key, state, stop_pass):
             landed = -1
 
 
-@njit(float64(STACK_T, CS_T, TM_T, TV_T, float64[::1], int64[::1], float64[::1], int64), cache=True)
-def run_loop(pk, cs, tm, tv, eng_end, eng_key, state, stop_pass):
-    """Returns the end time, -1.0 when nothing can happen before the trace is done (deadlock), or -2.0 when
-    the run reached pass `stop_pass` (call again with the same arrays to go on).
+def _core_cached() -> bool:
+    """Does this process hold the compiled loop, or numba's cache a copy of it? (Read from the cache's index; a
+    wrong no costs only a child process that finds the copy and leaves.)"""
+    if run_loop.signatures:
+        return True
+    try:
+        cache = run_loop._cache
+        return cache._index_key(RUN_LOOP_SIG, run_loop.targetctx.codegen()) in cache._cache_file._load_index()
+    except Exception:  # numba's cache internals moved: compile in a child as if it were empty
+        return False
 
-    Copies still running when the trace ends land afterwards (as in the SimPy engine, whose copy
-    processes run to completion), so both leave the same final cache state.
-    """
-    return _loop(pk, cs, tm, tv, eng_end, eng_key, state, stop_pass)
+
+def compile_core() -> None:
+    """Compile the loop (or load it from numba's cache): what the child process of `warm_up` runs."""
+    compiled(run_loop, RUN_LOOP_SIG)
+
+
+def _start_core_compile() -> subprocess.Popen[bytes]:
+    """A child process compiling the loop into numba's cache (the same sources, numba cache folder and tracked
+    policy packages as this process, so that its cache entry is the one this process looks up)."""
+    root = str(Path(__file__).resolve().parents[3])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    extra = [str(p) for p in kernel_cache.TRACKED[len(kernel_cache.DEFAULT_TRACKED):]]
+    code = ("import sys; from emu.kernel import cache; [cache.track(p) for p in sys.argv[1:]]; "
+            "import emu.policies.registry; from emu.engines.fast.engine import compile_core; compile_core()")
+    return subprocess.Popen([sys.executable, "-c", code, *extra], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _core() -> Any:
+    """The loop, compiled or loaded from numba's cache; no other signature compiles later (a call with other
+    argument types fails, as for a function compiled eagerly)."""
+    if not run_loop.signatures:
+        compile_core()
+        run_loop.disable_compile()
+    return run_loop
 
 
 #: a run of this many passes or more shows a progress display when asked (`run_fast(progress=True)`)
@@ -132,6 +176,7 @@ def run_fast(inputs: SimInputs, progress: bool = False, chunks: int = 50) -> tup
     them; `run_s` for the event loop). The core compiles on its first run and loads from numba's cache
     after: see `warm_up`. `progress`: a run of `PROGRESS_PASSES` passes or more shows a progress display,
     the loop stopping `chunks` times on the way (the same run: it goes on from where it stopped)."""
+    loop = _core()
     t0 = time.perf_counter()
     cs, stack = fresh_state(inputs)
     t1 = time.perf_counter()
@@ -139,7 +184,7 @@ def run_fast(inputs: SimInputs, progress: bool = False, chunks: int = 50) -> tup
     eng_end, eng_key, state = np.full(n_engines, np.inf), np.full(n_engines, -1, np.int64), _loop_state()
     n_passes = inputs.trace.n_passes
     if not progress or n_passes < PROGRESS_PASSES:
-        end = run_loop(stack, cs, inputs.tm, inputs.tv, eng_end, eng_key, state, n_passes + 1)
+        end = loop(stack, cs, inputs.tm, inputs.tv, eng_end, eng_key, state, n_passes + 1)
     else:
         from ...progress import Progress
 
@@ -147,7 +192,7 @@ def run_fast(inputs: SimInputs, progress: bool = False, chunks: int = 50) -> tup
         try:
             for i in range(1, chunks + 1):
                 stop = n_passes + 1 if i == chunks else n_passes * i // chunks
-                end = run_loop(stack, cs, inputs.tm, inputs.tv, eng_end, eng_key, state, stop)
+                end = loop(stack, cs, inputs.tm, inputs.tv, eng_end, eng_key, state, stop)
                 tick.step(f"pass {min(stop, n_passes)}/{n_passes}")
                 if end != -2.0:
                     break
@@ -161,16 +206,40 @@ def run_fast(inputs: SimInputs, progress: bool = False, chunks: int = 50) -> tup
     return cs, float(end), {"setup_s": t1 - t0, "run_s": t2 - t1}
 
 
-def warm_up() -> float:
+def warm_up(while_compiling: Callable[[], object] | None = None) -> float:
     """Compile (or load from numba's cache) the fast engine's core and the default stack's hooks, so later
     timings exclude them; returns the seconds spent here. Another stack's hooks compile when a run first
-    holds them (`kernel.hooks.hook`), so a benchmark of another stack warms up on that stack first."""
+    holds them (`kernel.hooks.hook`), so a benchmark of another stack warms up on that stack first.
+
+    When numba's cache lacks the core (a first run), a child process compiles it into the cache while this one
+    compiles the default stack's hooks and calls `while_compiling` (other work that compiles kernels: a
+    scenario's trace and hooks), so the two halves share two cores; this process then loads the core from the
+    cache. The two never compile the same function (numba's cache files are not safe for that: numba #4807)."""
+    t0 = time.perf_counter()
+    child = None if _core_cached() else _start_core_compile()
+    try:
+        inputs = _warm_inputs()
+        fresh_state(inputs)  # the default stack's hooks and the state's constructors
+        if child is not None:
+            if while_compiling is not None:
+                while_compiling()
+            child.wait()  # whatever it left, `_core` loads it or compiles what is missing
+            child = None
+    finally:
+        if child is not None:  # stopped on the way (an error, Ctrl-C): no compiler left running behind
+            child.kill()
+            child.wait()
+    run_fast(inputs)
+    return time.perf_counter() - t0
+
+
+def _warm_inputs() -> SimInputs:
+    """A two-layer, two-token run on the default stack."""
     from ...models import ModelSpec
     from ...profile import profile_from_dict
     from ...trace import RoutingTrace
     from ..setup import StackChoice, make_inputs
 
-    t0 = time.perf_counter()
     model = ModelSpec(name="warm", n_moe_layers=2, n_experts=4, top_k=2, hidden=1, expert_intermediate=1)
     profile = profile_from_dict({
         "name": "warm", "copy": {"h2d_engines": 1, "latency_s": 0.0, "bw_pinned_Bps": 6.0, "bw_pageable_Bps": 1.0},
@@ -179,5 +248,4 @@ def warm_up() -> float:
     trace = RoutingTrace(experts=experts, pass_offsets=np.array([0, 1, 2], np.int64),
                          pass_phase=np.array([1, 1], np.int8), token_request=np.zeros(2, np.int32),
                          token_position=np.arange(2, dtype=np.int32), n_experts=4).validate()
-    run_fast(make_inputs(model, profile, trace, 3 * model.expert_bytes(), StackChoice()))
-    return time.perf_counter() - t0
+    return make_inputs(model, profile, trace, 3 * model.expert_bytes(), StackChoice())
