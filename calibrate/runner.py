@@ -12,6 +12,7 @@ from emu.progress import Progress
 
 from . import METHOD_VERSION
 from .shapes import CalibModel, floor_probe
+from .transfers import COPY_ROUNDS
 
 MiB = 1024 * 1024
 
@@ -38,7 +39,7 @@ class Settings:
 
 
 def _count_steps(s: Settings, n_sizes: int, cpu_repeats: int) -> int:
-    copies = 4 * n_sizes
+    copies = COPY_ROUNDS
     concurrency = 5 if s.cuda else 0  # 4 concurrency figures and the sustained copies
     per_model = 3 * s.repeats + 2 * cpu_repeats + 2
     return copies + concurrency + 2 + len(s.models) * per_model + 1

@@ -109,35 +109,55 @@ def _copy_fn(pools: Pools, kind: str, size: int) -> Callable[[int], Any]:
 KINDS = ("h2d_pinned", "d2h_pinned", "h2d_pageable", "d2h_pageable")
 
 
-def measure_copies(bench: Bench, plan: CopyPlan, pools: Pools, tick: Callable[[str], None]) -> dict[str, Any]:
+#: rounds a copy point's samples are spread over, every size and kind in turn within each round: the link has
+#: slow spells (about 0.1 s, every second or two, `measure_sustained`) that would otherwise catch every copy of
+#: one size and move its median, while spread out they catch a round's worth of each and the median holds
+COPY_ROUNDS = 5
+
+
+def measure_copies(bench: Bench, plan: CopyPlan, pools: Pools, tick: Callable[[str], None],
+                   rounds: int = COPY_ROUNDS) -> dict[str, Any]:
     """Per kind and size: per-copy device seconds (events), host issue seconds, and for pinned copies
     the amortized seconds per copy when queued back to back.
 
     Pinned copies are queued behind a short sleep kernel, so the events time the copy engine alone:
     issuing a copy from Python takes longer than a small copy runs, and an idle stream would start
     the start event before the host had even issued the copy. The pace without the hold is kept
-    too (`paced_s`): what a Python loop issuing small copies one by one gets.
+    too (`paced_s`): what a Python loop issuing small copies one by one gets. A point's copies are taken
+    in `rounds` rounds, each round going through every kind and size (`COPY_ROUNDS`), so that a slow spell
+    of the link moves no point's median.
     """
     stream = bench.new_stream()
+    fns = {(kind, size): _copy_fn(pools, kind, size) for kind in KINDS for size in plan.sizes}
+    per_round = {size: -(-max(3, min(plan.repeats, plan.bytes_per_point // size)) // rounds) for size in plan.sizes}
+    samples: dict[tuple[str, int], list[float]] = {key: [] for key in fns}
+    issues: dict[tuple[str, int], list[float]] = {key: [] for key in fns}
+    held: dict[tuple[str, int], bool] = {key: True for key in fns}
+    for fn in fns.values():
+        bench.time_each(fn, 2, stream)  # warm-up
+    for r in range(rounds):
+        for (kind, size), fn in fns.items():
+            n = per_round[size]
+            hold = max(1e-3, 3 * n * 30e-6) if kind.endswith("pinned") else 0.0
+            times, issue = bench.time_each(lambda i, fn=fn, at=2 + r * n: fn(at + i), n, stream, hold_s=hold)
+            samples[kind, size] += times
+            issues[kind, size] += issue
+            held[kind, size] = held[kind, size] and bool(bench.last_held)
+        tick(f"copies, round {r + 1} of {rounds}")
     out: dict[str, Any] = {}
     for kind in KINDS:
         points = []
         for size in plan.sizes:
-            n = max(3, min(plan.repeats, plan.bytes_per_point // size))
-            fn = _copy_fn(pools, kind, size)
-            pinned = kind.endswith("pinned")
-            hold = max(1e-3, 3 * n * 30e-6) if pinned else 0.0
-            bench.time_each(fn, 2, stream)  # warm-up
-            times, issue = bench.time_each(lambda i, fn=fn: fn(i + 2), n, stream, hold_s=hold)
-            point: dict[str, Any] = {"bytes": size, "samples_s": times, "issue_s": issue,
-                                     "median_s": spread(times).median}
-            if pinned:
-                point["held"] = bench.last_held
-                point["batched_s"] = bench.time_loop(lambda i, fn=fn, n=n: fn(i + n + 2), n, stream,
-                                                     hold_s=hold)
-                point["paced_s"] = bench.time_each(lambda i, fn=fn, n=n: fn(i + 2 * n + 2), n, stream)[0]
+            fn, n, times = fns[kind, size], per_round[size], samples[kind, size]
+            point: dict[str, Any] = {"bytes": size, "samples_s": times, "issue_s": issues[kind, size],
+                                     "median_s": spread(times).median, "rounds": rounds}
+            if kind.endswith("pinned"):
+                hold = max(1e-3, 3 * n * 30e-6)
+                point["held"] = held[kind, size]
+                first = 2 + rounds * n
+                point["batched_s"] = bench.time_loop(lambda i, fn=fn, at=first: fn(at + i), n, stream, hold_s=hold)
+                point["paced_s"] = bench.time_each(lambda i, fn=fn, at=first + n: fn(at + i), n, stream)[0]
             points.append(point)
-            tick(f"copy {kind} {size} B")
         out[kind] = points
     return out
 
