@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,3 +74,22 @@ def test_in_one_round_the_same_spell_takes_whole_points(sized_copies: None) -> N
     out = _measure(range(25 + 24, 25 + 48), rounds=1)  # each point's 6 copies back to back
     slow = [p for kind in KINDS for p in out[kind] if p["median_s"] > p["bytes"] * NORMAL_S_PER_BYTE * 1.5]
     assert len(slow) >= 3
+
+
+def test_a_table_slower_than_its_own_sustained_run_is_named() -> None:
+    import json
+
+    from calibrate.profile_writer import copy_table_check
+
+    size = 64 << 20
+    raw = {"copies": {"h2d_pinned": [{"bytes": 1 << 20, "median_s": 2.3e-5}, {"bytes": size, "median_s": 1.323e-3}]},
+           "sustained": {"bytes": size, "median_s": 1.214e-3}}
+    warning = copy_table_check(raw)
+    assert warning is not None and "64 MiB" in warning and "9.0% slower" in warning
+    raw["copies"]["h2d_pinned"][1]["median_s"] = 1.259e-3  # 3.7% slower: within the tolerance
+    assert copy_table_check(raw) is None
+    assert copy_table_check({"copies": raw["copies"]}) is None  # no sustained run (the CPU): nothing to check
+    for lease in ("lease8-graph-split", "lease9-graph"):  # the committed calibrations: lease 9's is named
+        path = Path(__file__).resolve().parents[1] / "validation" / f"2026-12-06-h100-{lease}" / "calibration"
+        found = copy_table_check(json.loads((path / "dev.raw.json").read_text()))
+        assert (found is not None) == (lease == "lease9-graph")
