@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         write_profile(raw, args.out, args.name)
     except EmuError as err:
         return _error(str(err))
-    warning = copy_table_check(raw)
+    warning = copy_table_check(raw, str(args.out))
     if warning is not None:
         print(f"emu calibrate: warning: {warning}", file=sys.stderr)
     print(f"wrote {args.out} and {raw_path_for(args.out)}", file=sys.stderr)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from emu.errors import EmuError
+from emu.profile import copy_table_warning
 
 from .fit import fit_latency_bandwidth, spread
 from .toml_emit import dumps_toml
@@ -52,29 +53,11 @@ def _scalars(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-#: how much slower than the sustained run's median copy the table's point of the same size may be before the
-#: calibration says so: the table's points are a few copies each, the sustained run thousands
-TABLE_SUSTAINED_TOLERANCE = 0.05
-
-
-def copy_table_check(raw: dict[str, Any]) -> str | None:
-    """A warning when the pinned copy table's point at the sustained run's size is slower than that run's
-    median copy by more than `TABLE_SUSTAINED_TOLERANCE` (a slow spell of the link caught the point's
-    copies, and the emulator would price every copy near that size too slow); None when they agree or when
-    either is missing."""
-    sustained = raw.get("sustained")
-    if not sustained or not sustained.get("median_s"):
-        return None
-    point = next((p for p in raw.get("copies", {}).get("h2d_pinned", []) if p["bytes"] == sustained["bytes"]), None)
-    if point is None:
-        return None
-    excess = point["median_s"] / sustained["median_s"] - 1.0
-    if excess <= TABLE_SUSTAINED_TOLERANCE:
-        return None
-    return (f"the pinned copy table's {sustained['bytes'] / 2**20:g} MiB point ({point['median_s'] * 1e3:.3f} ms) is "
-            f"{excess:.1%} slower than the sustained run's median copy of that size "
-            f"({sustained['median_s'] * 1e3:.3f} ms): the link's slow spells caught the table's copies; "
-            "calibrate again for a table the emulator can trust")
+def copy_table_check(raw: dict[str, Any], where: str) -> str | None:
+    """`emu.profile.copy_table_warning` of a calibration's raw measurements (its pinned copy points, its
+    sustained run)."""
+    points = [(int(p["bytes"]), float(p["median_s"])) for p in raw.get("copies", {}).get("h2d_pinned", [])]
+    return copy_table_warning(points, raw.get("sustained"), where)
 
 
 def build_profile(raw: dict[str, Any], name: str) -> dict[str, Any]:

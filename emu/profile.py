@@ -154,6 +154,39 @@ def interp_extrap(xs: np.ndarray, ys: np.ndarray, x: float) -> float:
 
 # ---- loading -------------------------------------------------------------------------------------
 
+#: how much slower than a calibration's sustained run (thousands of copies of one size, `copy.sustained_ratio`)
+#: its copy table's point of the same size (a few copies) may be before the calibration is named untrustworthy
+TABLE_SUSTAINED_TOLERANCE = 0.05
+
+
+def copy_table_warning(points: list[tuple[int, float]], sustained: dict[str, Any] | None, where: str) -> str | None:
+    """A warning when the pinned copy table's point (bytes, seconds) at the sustained run's size is slower than
+    that run's median copy by more than `TABLE_SUSTAINED_TOLERANCE`: a slow spell of the link caught the point's
+    copies, and every copy near that size is priced too slow. None when they agree or either is missing."""
+    if not sustained or not sustained.get("median_s") or not sustained.get("bytes"):
+        return None
+    table = dict(points)
+    seconds = table.get(int(sustained["bytes"]))
+    if seconds is None:
+        return None
+    excess = seconds / float(sustained["median_s"]) - 1.0
+    if excess <= TABLE_SUSTAINED_TOLERANCE:
+        return None
+    return (f"{where}: the pinned copy table's {int(sustained['bytes']) / 2**20:g} MiB point ({seconds * 1e3:.3f} ms) "
+            f"is {excess:.1%} slower than the sustained run's median copy of that size "
+            f"({float(sustained['median_s']) * 1e3:.3f} ms): the link's slow spells caught the table's copies, "
+            "and copies near that size are priced too slow; calibrate again")
+
+
+def profile_copy_warning(profile: HardwareProfile) -> str | None:
+    """`copy_table_warning` of a calibrated profile (its table and its provenance's sustained run)."""
+    c = profile.copy
+    if not c.table_bytes:
+        return None
+    return copy_table_warning(list(zip((int(b) for b in c.table_bytes), (float(t) for t in c.table_s))),
+                              profile.provenance.get("sustained_copies"), profile.source or profile.name)
+
+
 class _Reader:
     """Typed access to one TOML table that reports the file and dotted key on every mistake."""
 

@@ -289,13 +289,16 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
             runtime_name: str | None = None, engine: str = "fast") -> dict[str, Any]:
     """Every run record in folder/runs emulated with the given calibration; writes folder/comparisons.json. The
     rows' runtime mode is `runtime_name`, else the runtime profile's name, else "device-only"."""
-    from emu.profile import load_profile
+    from emu.profile import load_profile, profile_copy_warning
     from emu.runtime_profile import NO_RUNTIME, load_runtime_profile
 
     from .validate import emulate_live, live_model, load_live_run
     from .validate_cli import roofline_warning
 
     profile = load_profile(profile_path)
+    untrusted = profile_copy_warning(profile)
+    if untrusted is not None:  # the rows are compared all the same: the warning says what priced them
+        print(f"warning: {untrusted}", file=sys.stderr)
     runtime = NO_RUNTIME if runtime_path is None else load_runtime_profile(runtime_path)
     runtime_name = runtime_name or (runtime.name if runtime_path is not None else "device-only")
     records = sorted((folder / "runs").glob("*.json"))

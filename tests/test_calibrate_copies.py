@@ -80,16 +80,19 @@ def test_a_table_slower_than_its_own_sustained_run_is_named() -> None:
     import json
 
     from calibrate.profile_writer import copy_table_check
+    from emu.profile import load_profile, profile_copy_warning
 
     size = 64 << 20
     raw = {"copies": {"h2d_pinned": [{"bytes": 1 << 20, "median_s": 2.3e-5}, {"bytes": size, "median_s": 1.323e-3}]},
            "sustained": {"bytes": size, "median_s": 1.214e-3}}
-    warning = copy_table_check(raw)
-    assert warning is not None and "64 MiB" in warning and "9.0% slower" in warning
+    warning = copy_table_check(raw, "dev.toml")
+    assert warning is not None and warning.startswith("dev.toml: ") and "64 MiB" in warning and "9.0% slower" in warning
     raw["copies"]["h2d_pinned"][1]["median_s"] = 1.259e-3  # 3.7% slower: within the tolerance
-    assert copy_table_check(raw) is None
-    assert copy_table_check({"copies": raw["copies"]}) is None  # no sustained run (the CPU): nothing to check
-    for lease in ("lease8-graph-split", "lease9-graph"):  # the committed calibrations: lease 9's is named
+    assert copy_table_check(raw, "dev.toml") is None
+    assert copy_table_check({"copies": raw["copies"]}, "dev.toml") is None  # no sustained run (the CPU)
+    for lease in ("lease8-graph-split", "lease9-graph"):  # the committed calibrations: lease 9's is named, from
         path = Path(__file__).resolve().parents[1] / "validation" / f"2026-12-06-h100-{lease}" / "calibration"
-        found = copy_table_check(json.loads((path / "dev.raw.json").read_text()))
+        found = copy_table_check(json.loads((path / "dev.raw.json").read_text()), lease)  # its raw data and
+        assert (found is not None) == (lease == "lease9-graph")
+        found = profile_copy_warning(load_profile(path / "dev.toml"))  # from the profile it wrote
         assert (found is not None) == (lease == "lease9-graph")
