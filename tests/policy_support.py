@@ -77,10 +77,10 @@ def kernel_setup(trace: RoutingTrace, kind: str, spec: str | tuple[str, dict[str
                  model: ModelSpec | None = None, profile: Any = None, seed: int = 0) -> tuple[Any, Any, Any, Any]:
     """(policy, its fresh state, a fresh cache state, the trace view) for calling one kernel by hand."""
     model = model or tiny_model(trace.n_layers, trace.n_experts, trace.top_k)
-    inputs = make_inputs(model, profile or hand_profile(), trace, slots * model.expert_bytes(), StackChoice(),
-                         seed=seed)
-    cs, _stack = fresh_state(inputs)
     pc = choice(kind, spec)
+    inputs = make_inputs(model, profile or hand_profile(), trace, slots * model.expert_bytes(),
+                         attrs.evolve(StackChoice(), **{kind: pc}), seed=seed)
+    cs, _stack = fresh_state(inputs)
     prec_bytes = np.array([model.expert_bytes(p) for p in inputs.precisions], np.int64)
     ctx = PolicyContext(n_layers=model.n_moe_layers, n_experts=model.n_experts, top_k=model.top_k,
                         capacity_bytes=inputs.capacity_bytes, expert_bytes=int(prec_bytes[0]),

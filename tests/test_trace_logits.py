@@ -182,3 +182,18 @@ def test_emu_run_takes_the_papers_definition_from_a_trace_with_logits(tmp_path, 
     assert main(["run", str(tmp_path / "s1.toml"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "policy.routing" in err and "the trace has no logits" in err
+
+
+def test_the_engines_get_the_logits_only_for_a_stack_that_reads_them():
+    from emu.engines.setup import PolicyChoice, StackChoice, make_inputs
+
+    from .conftest import tiny_model
+    from .policy_support import hand_profile
+
+    trace = _with_logits()
+    model = tiny_model(trace.n_layers, trace.n_experts, trace.top_k)
+    reading = attrs.evolve(StackChoice(), routing=PolicyChoice("cache-aware", {"history": 1.0}))
+    for stack, expect in ((StackChoice(), False), (reading, True)):
+        tv = make_inputs(model, hand_profile(), trace, 4 * model.expert_bytes(), stack).tv
+        assert bool(tv.dims[3]) is expect
+        assert tv.logits.shape[0] == (trace.logits.shape[0] if expect else 0)  # no float32 copy unread

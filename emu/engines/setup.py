@@ -12,7 +12,7 @@ from ..kernel.layout import ORDER_DEMAND_FIRST, ORDER_SUBMISSION, SC, SCAL, Timi
 from ..kernel.stack import Stack
 from ..models import PRECISION_BITS, ModelSpec
 from ..policies.api import PolicyContext
-from ..policies.registry import get_policy
+from ..policies.registry import get_policy, reads_logits
 from ..profile import (
     HardwareProfile,
     cpu_expert_curve,
@@ -65,21 +65,24 @@ class SimInputs:
     runtime: RuntimeProfile = NO_RUNTIME
 
 
-def trace_view(trace: RoutingTrace) -> Any:
+def trace_view(trace: RoutingTrace, logits: bool = True) -> Any:
+    """The engines' view of a trace; with `logits` false, without the trace's full router logits (a stack
+    that reads none is spared their float32 copy: for 1M OLMoE tokens 4 GiB)."""
     shape = trace.experts.shape
     scores = (np.ascontiguousarray(trace.scores, dtype=np.float32) if trace.scores is not None
               else np.zeros((0, shape[1], shape[2]), np.float32))
     predicted = (np.ascontiguousarray(trace.predicted, dtype=np.int16) if trace.predicted is not None
                  else np.zeros((0, shape[1], shape[2]), np.int16))
-    logits = (np.ascontiguousarray(trace.logits, dtype=np.float32) if trace.logits is not None
-              else np.zeros((0, shape[1], max(trace.n_experts, 1)), np.float32))
+    has_logits = logits and trace.logits is not None
+    full = (np.ascontiguousarray(trace.logits, dtype=np.float32) if has_logits
+            else np.zeros((0, shape[1], max(trace.n_experts, 1)), np.float32))
     dims = np.array([int(trace.scores is not None), int(trace.predicted is not None), trace.n_experts,
-                     int(trace.logits is not None)], np.int64)
+                     int(has_logits)], np.int64)
     return TraceView(np.ascontiguousarray(trace.experts, dtype=np.int16), scores, predicted,
                      np.ascontiguousarray(trace.pass_offsets, dtype=np.int64),
                      np.ascontiguousarray(trace.pass_phase, dtype=np.int8),
                      np.ascontiguousarray(trace.token_position, dtype=np.int32),
-                     np.ascontiguousarray(trace.token_request, dtype=np.int32), dims, logits)
+                     np.ascontiguousarray(trace.token_request, dtype=np.int32), dims, full)
 
 
 def _pad(curves: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -141,7 +144,7 @@ def make_inputs(model: ModelSpec, profile: HardwareProfile, trace: RoutingTrace,
                 stack: StackChoice, seed: int = 0, runtime: RuntimeProfile = NO_RUNTIME) -> SimInputs:
     precisions = precisions_for(model)
     return SimInputs(model=model, profile=profile, trace=trace, capacity_bytes=int(capacity_bytes),
-                     stack=stack, seed=seed, precisions=precisions, tv=trace_view(trace),
+                     stack=stack, seed=seed, precisions=precisions, tv=trace_view(trace, reads_logits(stack)),
                      tm=timing(profile, model, precisions, runtime, prefetching=stack.prefetch.name != "none"),
                      runtime=runtime)
 

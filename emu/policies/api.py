@@ -66,6 +66,9 @@ class Capabilities:
 
     #: reads the trace's gate scores (a trace without them is refused)
     needs_scores: bool = False
+    #: may read the trace's full router logits: the engines are given them (a float32 copy of the trace's
+    #: largest array) only for a stack holding such a policy
+    reads_logits: bool = False
     #: reads routing the runtime cannot know at the gate (later layers or passes): an emulator-only bound
     reads_future: bool = False
     #: the live runtime runs it (it reads only what the runtime keeps at the gate)

@@ -75,6 +75,15 @@ def offline_policies(stack: Any) -> tuple[str, ...]:
                  if name in REGISTRY.get(kind, {}) and REGISTRY[kind][name].capabilities.reads_future)
 
 
+def reads_logits(stack: Any) -> bool:
+    """Whether a stack (a `StackChoice`) holds a policy that may read the trace's full router logits."""
+    from ..kernel.hooks import KINDS
+
+    names = ((kind, getattr(stack, kind).name) for kind in KINDS)
+    return any(name in REGISTRY.get(kind, {}) and REGISTRY[kind][name].capabilities.reads_logits
+               for kind, name in names)
+
+
 def live_policies(kind: str) -> tuple[str, ...]:
     """The policies of `kind` the live runtime can run (their declarations say `live`), by name."""
     return tuple(sorted(name for name, p in REGISTRY[kind].items() if p.capabilities.live))

@@ -290,7 +290,7 @@ def route(ps, cs, tv, p, layer, t):
 
 POLICY = register(Policy(
     name="cache-aware", kind="routing", hooks={"route": route}, init=init,
-    capabilities=Capabilities(needs_scores=True),
+    capabilities=Capabilities(needs_scores=True, reads_logits=True),
     params={"strength": Param(1.5, 0.0, 100.0, "lambda: logit boost of resident experts, in units of delta_avg "
                                                 "(SpecMD's scale with history = 1, best at 0.1-0.5 there)"),
             "history": Param(0, 0, 1, "delta_avg: 0 the token's own mean top-k logit gap (needs only gate scores), "
