@@ -16,6 +16,9 @@ from .errors import EmuError
 
 #: Bytes per weight. Sub-byte precisions carry one fp16 scale per group of 128 weights.
 PRECISION_BITS: dict[str, float] = {"bf16": 16, "fp16": 16, "fp8": 8, "int8": 8, "int4": 4, "int2": 2}
+#: the engines' precision order after the model's own (index 0): largest first, so the last stored form is the
+#: smallest (what `fetch-lowest-bit` copies); a model's `stored_precisions` is kept in this order
+PRECISION_ORDER = ("bf16", "fp16", "fp8", "int8", "int4", "int2")
 _GROUP = 128
 
 
@@ -61,6 +64,43 @@ def _non_negative_int(_inst: Any, attribute: attrs.Attribute, value: int) -> Non
     _int_in(value, 0, attribute.name)
 
 
+def _stored_list(value: Any) -> Any:
+    """A TOML list becomes a tuple (a frozen, hashable model); anything else is left for `_check_stored` to name."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _check_stored(model: ModelSpec) -> tuple[str, ...] | None:
+    """`stored_precisions` validated and in `PRECISION_ORDER` (None: the key is absent). Each error names the key
+    and the value at fault; the model's own precision must be listed, not implied, so a list that names only the
+    degraded forms (or one written for another `precision`) is caught instead of silently completed."""
+    value = model.stored_precisions
+    if value is None:
+        return None
+    smaller = next((p for p in ("int4", "int2") if PRECISION_BITS[p] < PRECISION_BITS[model.precision]), None)
+    example = "e.g. " + str([model.precision, *([smaller] if smaller else [])]).replace("'", '"')
+    if not isinstance(value, tuple) or not value or not all(isinstance(p, str) for p in value):
+        got = list(value) if isinstance(value, tuple) else value  # as the user wrote it (the converter made a tuple)
+        raise EmuError(f"expected a non-empty list of precision names ({example}), got {got!r}"[:300],
+                       key="stored_precisions")
+    for p in value:
+        if p not in PRECISION_BITS:
+            raise EmuError(f"unknown precision {p!r}; expected each of {sorted(PRECISION_BITS)}"[:300],
+                           key="stored_precisions")
+    for p in value:
+        if value.count(p) > 1:
+            raise EmuError(f"{p!r} is listed {value.count(p)} times; list each stored form once",
+                           key="stored_precisions")
+    own = PRECISION_BITS[model.precision]
+    for p in value:
+        if PRECISION_BITS[p] > own:
+            raise EmuError(f"{p!r} ({PRECISION_BITS[p]:g} bits) is above the model's precision {model.precision} "
+                           f"({own:g} bits); a degraded fetch only goes down", key="stored_precisions")
+    if model.precision not in value:
+        raise EmuError(f"the model's own precision {model.precision!r} is not listed; a full-precision fetch copies "
+                       f"it, so list it with the smaller forms the host holds ({example})", key="stored_precisions")
+    return tuple(p for p in PRECISION_ORDER if p in value)
+
+
 @attrs.frozen
 class ModelSpec:
     """Shape of a MoE model, as the cache sees it."""
@@ -84,6 +124,9 @@ class ModelSpec:
     #: None: every layer's experts weigh `expert_params` at `precision`
     layer_expert_bytes: tuple[int, ...] | None = attrs.field(default=None, converter=_layer_sizes,
                                                               validator=_check_layer_sizes)
+    #: the forms of each expert the host stores (the model's own precision and any smaller ones), the only ones a
+    #: degraded fetch may copy; None: every precision at or below the model's (docs/models.md)
+    stored_precisions: tuple[str, ...] | None = attrs.field(default=None, converter=_stored_list)
 
     def __attrs_post_init__(self) -> None:
         if self.n_moe_layers * self.n_experts > MAX_KEYS:
@@ -95,6 +138,9 @@ class ModelSpec:
         if self.precision not in PRECISION_BITS:
             raise EmuError(f"unknown precision {self.precision!r}; expected one of "
                            f"{sorted(PRECISION_BITS)}", key="precision")
+        # checked after `precision` (the list is judged against it); kept in the engines' order, so two spellings of
+        # one set of forms are one model and the record reads the same
+        object.__setattr__(self, "stored_precisions", _check_stored(self))
 
     @property
     def expert_params(self) -> int:
@@ -148,6 +194,10 @@ class ModelSpec:
             del out["layer_expert_bytes"]
         else:
             out["layer_expert_bytes"] = list(self.layer_expert_bytes)
+        if self.stored_precisions is None:  # every smaller form stored: the record a model always had
+            del out["stored_precisions"]
+        else:
+            out["stored_precisions"] = list(self.stored_precisions)
         return out
 
 

@@ -65,11 +65,14 @@ class Scenario:
     predicted: bool
     seed: int
     stack: tuple[tuple[str, str, tuple[tuple[str, float], ...]], ...]
+    #: the model's `stored_precisions` (None: every smaller form); `scenarios` never draws it, so the other tests'
+    #: draws are as they were (tests/test_stored_precisions.py sets it)
+    stored: tuple[str, ...] | None = None
 
 
 def model_of(s: Scenario) -> ModelSpec:
     return ModelSpec(name="eqv", n_moe_layers=s.layers, n_experts=s.experts, top_k=s.top_k, hidden=s.hidden,
-                     expert_intermediate=2, precision=s.precision)
+                     expert_intermediate=2, precision=s.precision, stored_precisions=s.stored)
 
 
 def profile_of(s: Scenario) -> Any:

@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import EmuError
 from ..kernel.layout import ORDER_DEMAND_FIRST, ORDER_SUBMISSION, SC, SCAL, Timing, TraceView, new_cache_state
 from ..kernel.stack import Stack
-from ..models import PRECISION_BITS, ModelSpec
+from ..models import PRECISION_BITS, PRECISION_ORDER, ModelSpec
 from ..policies.api import PolicyContext
 from ..policies.registry import get_policy, reads_logits
 from ..profile import (
@@ -22,9 +22,6 @@ from ..profile import (
 )
 from ..runtime_profile import NO_RUNTIME, RuntimeProfile
 from ..trace import RoutingTrace
-
-#: precision index 0 is the model's own precision; the others follow in this order.
-PRECISION_ORDER = ("bf16", "fp16", "fp8", "int8", "int4", "int2")
 
 
 @attrs.frozen
@@ -45,9 +42,15 @@ class StackChoice:
 
 
 def precisions_for(model: ModelSpec) -> tuple[str, ...]:
-    """The model's precision first, then every smaller one (for degraded fetches)."""
+    """The model's precision first, then each smaller form the host stores, largest first (`PRECISION_ORDER`): the
+    forms a degraded fetch may copy. Every table the engines and policies index by precision (`Timing`,
+    `prec_bytes`, `PolicyContext.precisions`) is built from this tuple, so a form the model does not store
+    (`model.stored_precisions`) has no index and no miss policy can choose it; without the key, every precision
+    at or below the model's is stored, as it always was."""
     own = PRECISION_BITS[model.precision]
-    rest = [p for p in PRECISION_ORDER if p != model.precision and PRECISION_BITS[p] <= own]
+    stored = model.stored_precisions
+    rest = [p for p in PRECISION_ORDER if p != model.precision and PRECISION_BITS[p] <= own
+            and (stored is None or p in stored)]
     return (model.precision, *rest)
 
 

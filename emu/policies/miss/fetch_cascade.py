@@ -20,7 +20,9 @@ cascade of three levels) is its own parameter, default 30, the bottom 60% split 
 fallback levels; the level depends on importance only, not on the free capacity at the miss (the paper's
 evaluation degrades by importance, and in the emulator a fetch always finds room by evicting); "below" is
 strict, as in `fetch-priority`. `lowest_bits = bits` is a cascade of two levels. Each level must be a stored
-precision smaller than the model's (`PolicyContext.precisions[1:]`): otherwise, and for `lowest_bits > bits`
+precision smaller than the model's (`PolicyContext.precisions[1:]`, which `model.stored_precisions` narrows; a
+level the model does not store is never replaced by a neighbour, as that would be another cascade than the one
+asked for): otherwise, and for `lowest_bits > bits`
 or `lowest_percentile > percentile`, `init` fails naming the key. Degraded misses are booked by the core as
 `quality.degraded_mass`, and the expert stays resident at that precision.
 State: `f[F.MASS]` scratch; `p[P.PERCENTILE]`, `p[P.LOWEST_PERCENTILE]`, `p[P.MIDDLE]` and `p[P.LOWEST]` the
@@ -75,7 +77,8 @@ def cascade_levels(precisions: tuple[str, ...], params: dict[str, float], policy
     for key, b in (("bits", bits), ("lowest_bits", lowest_bits)):
         if f"int{b}" not in smaller:
             raise EmuError(f"miss policy {policy!r}: the cascade level int{b} is not a stored precision below the "
-                           f"model's {own} (below it: {', '.join(smaller) or 'none'})", key=f"policy.miss.{key}")
+                           f"model's {own} (stored below it, model.stored_precisions: {', '.join(smaller) or 'none'})",
+                           key=f"policy.miss.{key}")
     if lowest_bits > bits:
         raise EmuError(f"miss policy {policy!r}: lowest_bits = {lowest_bits} is above bits = {bits}; the cascade "
                        "goes down (e.g. bits = 4, lowest_bits = 2)", key="policy.miss.lowest_bits")

@@ -3,8 +3,10 @@
 An entry is unimportant when the routing mass it carries in this layer is below the `percentile`-th
 percentile of the masses of all experts the layer needs now (so at Mixtral decode, top-2 with the
 default 50, the lower-weighted expert of the two is degraded). It is fetched at `int{bits}` when the
-model has that precision, else at the nearest smaller-than-model precision with at least `bits` bits; when there is
-none (`bits = 4` on an int4 model) no miss is degraded, the policy is plain `fetch`, and `init` says so in a warning.
+model stores that precision, else at the nearest stored smaller-than-model precision with at least `bits` bits
+(never below what `bits` asks: `bits = 2` with only int4 stored copies int4); when there is none (`bits = 4` on an
+int4 model, or `bits = 8` with `model.stored_precisions = ["bf16", "int4"]`) no miss is degraded, the policy is
+plain `fetch`, and `init` says so in a warning that names the stored forms.
 State: `f[F.MASS]` scratch; `p[P.PERCENTILE]`, `p[P.DEGRADED]` the precision index of the degraded copy.
 Cost: O(entries) per miss.
 """
@@ -36,7 +38,8 @@ class P(Fields):
 
 
 def degraded_index(precisions: tuple[str, ...], bits: int) -> int:
-    """Index of the precision a degraded copy uses (0 when the model has nothing smaller)."""
+    """Index of the precision a degraded copy uses (0 when the model stores nothing smaller of at least `bits` bits);
+    `precisions` holds only the stored forms (`precisions_for`), so the choice is always a stored one."""
     name = f"int{bits}"
     if name in precisions[1:]:
         return precisions.index(name)
@@ -50,8 +53,9 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     if degraded == 0:  # nothing to degrade to: every miss fetches at full precision, which is plain `fetch`
         own = ctx.precisions[0]
         warnings.warn(f"miss policy 'fetch-priority': bits = {bits} on a model stored at {own} has no smaller "
-                      f"precision of at least {bits} bits to degrade to, so it runs as plain 'fetch' (smaller here: "
-                      f"{', '.join(ctx.precisions[1:]) or 'none'})", EmuWarning, stacklevel=2)
+                      f"precision of at least {bits} bits to degrade to, so it runs as plain 'fetch' (stored below "
+                      f"{own}, model.stored_precisions: {', '.join(ctx.precisions[1:]) or 'none'})", EmuWarning,
+                      stacklevel=2)
     return new_policy_state(f_rows=len(F), f_cols=ctx.n_experts,
                             params=param_values(P, {**params, "degraded": degraded}))
 
