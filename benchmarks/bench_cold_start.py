@@ -2,7 +2,9 @@
 seconds of fresh `python -m emu.cli run NAME` processes, each from an empty folder, with an empty numba cache
 (cold) and then with the cache the cold run left (warm), beside the load average.
 
-    python benchmarks/bench_cold_start.py [--runs 1] [--scenario olmoe-1b-7b_h100_5pct]
+    python benchmarks/bench_cold_start.py [--runs 1] [--scenario olmoe-1b-7b_h100_5pct] [--smoke]
+
+`--smoke` (the test suite's): one warm run with numba's own cache, no cold run and no verdict.
 
 CPU seconds are user + sys of the process and of its children (a cold run compiles the fast core in a child
 process while the parent compiles the stack's hooks and the trace generator). On a shared machine the wall
@@ -46,7 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=1, help="cold runs, each with its own empty cache (default 1)")
     parser.add_argument("--scenario", default="olmoe-1b-7b_h100_5pct", help="a bundled scenario's name or a path")
+    parser.add_argument("--smoke", action="store_true", help="one run with numba's own cache (no cold run)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        wall, cpu = timed_run(args.scenario, os.environ.get("NUMBA_CACHE_DIR", ""))
+        print(f"warm (numba's own cache): {wall:.1f} s wall, {cpu:.1f} CPU s")
+        return 0
     print(f"# emu run {args.scenario}: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the start")
     print(f"{'run':<6} {'wall s':>7} {'CPU s':>7} {'load':>6}")
     cold = []

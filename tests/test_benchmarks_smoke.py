@@ -35,3 +35,8 @@ def test_trace_import_smoke() -> None:
 def test_fast_1m_smoke() -> None:
     out = _run("bench_fast_1m.py", "--tokens", "3000", "--repeats", "1")
     assert "fast lru+next-layer, 3,000 tokens" in out and "M accesses/s" in out
+
+
+def test_cold_start_smoke() -> None:
+    out = _run("bench_cold_start.py", "--smoke")
+    assert "warm (numba's own cache):" in out and "CPU s" in out
