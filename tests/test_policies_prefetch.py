@@ -241,3 +241,58 @@ def test_adaptive_study_issues_its_cold_start_in_both_engines(engine):
     tr = trace_of([[[[0], [1]]], [[[0], [2]]], [[[0], [1]]]])
     r, _ = run(tr, 8, prefetch=("adaptive", {"study": 1}), engine=engine)
     assert r["prefetch_issued"] == 4
+
+
+def _frequency_study_trace():
+    # 2 layers, E = 4, top-1, one token per pass, 205 passes. Layer 0 always e0. Layer 1: pass 0 e3,
+    # passes 1..95 e1, passes 96..204 e2.
+    return trace_of([[[[0], [3 if p == 0 else 1 if p <= 95 else 2]]] for p in range(205)])
+
+
+def test_frequency_study_strategy_d_on_a_hand_trace():
+    # study=1: the study's TopKStrategy, one copy per layer, a step per pass. Layer 1's call for pass s runs
+    # at layer 0's gate of pass s; its set is recomputed at the 100th call (pass 99), the 200th (pass 199).
+    tr = _frequency_study_trace()
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("frequency", {"study": 1}))
+    for p in range(99):  # cold start: no set before the 100th call
+        assert prefetch_set(pol, ps, cs, tv, p, 0) == [], p
+        prefetch_set(pol, ps, cs, tv, p, 1)
+    # pass 99: each call fades the counts by 0.999 and re-adds the last 10 passes, so a pass is counted at
+    # the 10 calls after it. e1 (passes 1..95): 887.0; e3 (pass 0, calls 1..10): sum_{c=1..10} .999^(99-c)
+    # = 9.107; e2 (passes 96..98): 3 + 2 * .999 + .999^2 = 5.996; e0: 0. E = 4 < 32: all four, most counted
+    # first. (Decay 0.99 would give e3 3.909 < e2; counting each pass once, e3 .906 < e2.)
+    assert prefetch_set(pol, ps, cs, tv, 99, 0) == [5, 7, 6, 4]
+    prefetch_set(pol, ps, cs, tv, 99, 1)
+    for p in range(100, 199):  # the set is held until the next recompute although e2 is now used
+        assert prefetch_set(pol, ps, cs, tv, p, 0) == [5, 7, 6, 4], p
+        prefetch_set(pol, ps, cs, tv, p, 1)
+    # pass 199: e2 (passes 96..198) 938.5 > e1 821.6 > e3 8.24 > e0 0
+    assert prefetch_set(pol, ps, cs, tv, 199, 0) == [6, 5, 7, 4]
+    # only absent members are issued
+    cs.status[6] = RESIDENT
+    assert prefetch_set(pol, ps, cs, tv, 199, 0) == [5, 7, 4]
+
+
+def test_frequency_study_keeps_32_of_a_larger_layer_and_wraps_to_the_next_pass():
+    # One layer (the study's flat accounting), E = 40, always e35: the call for pass s runs at the gate of
+    # pass s - 1. The 100th call (pass 99, at pass 98's gate) keeps 32 experts: e35, then 31 experts of
+    # count 0, the lowest ids (the threshold 1.0 filters them, the refill puts them back).
+    tr = trace_of([[[[35]]] for _ in range(101)], n_experts=40)
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("frequency", {"study": 1}))
+    for p in range(98):
+        assert prefetch_set(pol, ps, cs, tv, p, 0) == [], p
+    assert prefetch_set(pol, ps, cs, tv, 98, 0) == [35, *range(31)]
+    # the default reading: top_k = 1 expert, refreshed every 16 tokens, from the first gate on
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", "frequency")
+    set_layer(cs, 0, [35])
+    assert prefetch_set(pol, ps, cs, tv, 0, 0) == [35]
+
+
+@pytest.mark.parametrize("engine", ["fast", "des"])
+def test_frequency_study_issues_its_first_set_in_both_engines(engine):
+    # The hand trace, 8 slots (every key fits): nothing is prefetched before the first recompute; then
+    # layer 0's set (its call for pass 99, at layer 1's gate of pass 98) has e1..e3 absent (only e0 is
+    # used), layer 1's (at layer 0's gate of pass 99) has e0 absent: 4 prefetches, and never another.
+    r, _ = run(_frequency_study_trace(), 8, prefetch=("frequency", {"study": 1}), engine=engine)
+    assert r["prefetch_issued"] == 4
+    assert r["hits"] + r["misses"] == r["accesses"] == 410
