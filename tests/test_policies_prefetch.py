@@ -388,3 +388,15 @@ def test_study_modes_match_the_studys_code(name, strategy, n_exp):
             assert sorted(k - target * n_exp for k in keys) == sorted(want[(target, q)]), (p, layer)
             issued += len(keys)
     assert issued > 100
+
+
+def test_multi_look_study_is_refused_without_a_trace():
+    # the study's pattern store is the whole history, sized by the trace's passes: the live runtime (no trace)
+    # gets one clear error naming the key; frequency's study mode keeps 10 passes and runs there
+    from emu.errors import EmuError
+    from live import cache_bridge
+
+    with pytest.raises(EmuError, match="whole routing history") as err:
+        cache_bridge.CacheBridge(2, 4, 1, 3, prefetch="multi-look", prefetch_params={"study": 1})
+    assert err.value.key == "policy.prefetch.study"
+    cache_bridge.CacheBridge(2, 4, 1, 3, prefetch="frequency", prefetch_params={"study": 1})
