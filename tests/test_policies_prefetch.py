@@ -364,7 +364,7 @@ def _random_passes(seed: int, n_passes: int, n_layers: int, n_exp: int, top_k: i
              for _ in range(3 if p == 0 else int(rng.integers(1, 3)))] for p in range(n_passes)]
 
 
-@pytest.mark.parametrize("n_exp", [6, 40])
+@pytest.mark.parametrize("n_exp", [6, 40, 130])
 @pytest.mark.parametrize(("name", "strategy"), [("frequency", "TopKStrategy"), ("multi-look", "MultiLookStrategy")])
 def test_study_modes_match_the_studys_code(name, strategy, n_exp):
     # The study's own classes (tests/study_code.py, its code copied), one per layer, against the kernel at
