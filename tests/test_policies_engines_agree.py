@@ -51,3 +51,21 @@ def test_fast_and_des_agree(kind, name, slots):
         if key not in ("engine", "timings"):
             assert fast[key] == des[key], key
     assert fast["accesses"] > 0
+
+
+@pytest.mark.parametrize("name", ["frequency", "multi-look", "adaptive"])
+@pytest.mark.parametrize("slots", [4, 9])
+def test_fast_and_des_agree_on_the_studys_definitions(name, slots):
+    # study=1 (the study's strategies as written) on 230 passes: frequency's first set comes at pass 99,
+    # multi-look's temporal positions at pass 57 and later
+    rng = np.random.default_rng(slots)
+    popular = np.array([.3, .2, .15, .15, .1, .1])
+    passes = [[[[int(e) for e in rng.choice(6, 2, replace=False, p=popular)] for _ in range(3)]
+               for _ in range(4 if p == 0 else int(rng.integers(1, 3)))] for p in range(230)]
+    tr = trace_of(passes, n_experts=6)
+    fast, _ = run(tr, slots, model=tiny_model(3, 6, 2), prefetch=(name, {"study": 1}))
+    des, _ = run(tr, slots, model=tiny_model(3, 6, 2), prefetch=(name, {"study": 1}), engine="des")
+    for key in fast:
+        if key not in ("engine", "timings"):
+            assert fast[key] == des[key], key
+    assert fast["prefetch_issued"] > 0

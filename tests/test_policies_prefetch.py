@@ -9,6 +9,7 @@ import pytest
 
 from emu.kernel.layout import RESIDENT
 
+from .conftest import tiny_model
 from .policy_support import kernel_setup, run, set_layer, trace_of
 
 
@@ -241,3 +242,161 @@ def test_adaptive_study_issues_its_cold_start_in_both_engines(engine):
     tr = trace_of([[[[0], [1]]], [[[0], [2]]], [[[0], [1]]]])
     r, _ = run(tr, 8, prefetch=("adaptive", {"study": 1}), engine=engine)
     assert r["prefetch_issued"] == 4
+
+
+def _frequency_study_trace():
+    # 2 layers, E = 4, top-1, one token per pass, 205 passes. Layer 0 always e0. Layer 1: pass 0 e3,
+    # passes 1..95 e1, passes 96..204 e2.
+    return trace_of([[[[0], [3 if p == 0 else 1 if p <= 95 else 2]]] for p in range(205)])
+
+
+def test_frequency_study_strategy_d_on_a_hand_trace():
+    # study=1: the study's TopKStrategy, one copy per layer, a step per pass. Layer 1's call for pass s runs
+    # at layer 0's gate of pass s; its set is recomputed at the 100th call (pass 99), the 200th (pass 199).
+    tr = _frequency_study_trace()
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("frequency", {"study": 1}))
+    for p in range(99):  # cold start: no set before the 100th call
+        assert prefetch_set(pol, ps, cs, tv, p, 0) == [], p
+        prefetch_set(pol, ps, cs, tv, p, 1)
+    # pass 99: each call fades the counts by 0.999 and re-adds the last 10 passes, so a pass is counted at
+    # the 10 calls after it. e1 (passes 1..95): 887.0; e3 (pass 0, calls 1..10): sum_{c=1..10} .999^(99-c)
+    # = 9.107; e2 (passes 96..98): 3 + 2 * .999 + .999^2 = 5.996; e0: 0. E = 4 < 32: all four, most counted
+    # first. (Decay 0.99 would give e3 3.909 < e2; counting each pass once, e3 .906 < e2.)
+    assert prefetch_set(pol, ps, cs, tv, 99, 0) == [5, 7, 6, 4]
+    prefetch_set(pol, ps, cs, tv, 99, 1)
+    for p in range(100, 199):  # the set is held until the next recompute although e2 is now used
+        assert prefetch_set(pol, ps, cs, tv, p, 0) == [5, 7, 6, 4], p
+        prefetch_set(pol, ps, cs, tv, p, 1)
+    # pass 199: e2 (passes 96..198) 938.5 > e1 821.6 > e3 8.24 > e0 0
+    assert prefetch_set(pol, ps, cs, tv, 199, 0) == [6, 5, 7, 4]
+    # only absent members are issued
+    cs.status[6] = RESIDENT
+    assert prefetch_set(pol, ps, cs, tv, 199, 0) == [5, 7, 4]
+
+
+def test_frequency_study_keeps_32_of_a_larger_layer_and_wraps_to_the_next_pass():
+    # One layer (the study's flat accounting), E = 40, always e35: the call for pass s runs at the gate of
+    # pass s - 1. The 100th call (pass 99, at pass 98's gate) keeps 32 experts: e35, then 31 experts of
+    # count 0, the lowest ids (the threshold 1.0 filters them, the refill puts them back).
+    tr = trace_of([[[[35]]] for _ in range(101)], n_experts=40)
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("frequency", {"study": 1}))
+    for p in range(98):
+        assert prefetch_set(pol, ps, cs, tv, p, 0) == [], p
+    assert prefetch_set(pol, ps, cs, tv, 98, 0) == [35, *range(31)]
+    # the default reading: top_k = 1 expert, refreshed every 16 tokens, from the first gate on
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", "frequency")
+    set_layer(cs, 0, [35])
+    assert prefetch_set(pol, ps, cs, tv, 0, 0) == [35]
+
+
+@pytest.mark.parametrize("engine", ["fast", "des"])
+def test_frequency_study_issues_its_first_set_in_both_engines(engine):
+    # The hand trace, 8 slots (every key fits): nothing is prefetched before the first recompute; then
+    # layer 0's set (its call for pass 99, at layer 1's gate of pass 98) has e1..e3 absent (only e0 is
+    # used), layer 1's (at layer 0's gate of pass 99) has e0 absent: 4 prefetches, and never another.
+    r, _ = run(_frequency_study_trace(), 8, prefetch=("frequency", {"study": 1}), engine=engine)
+    assert r["prefetch_issued"] == 4
+    assert r["hits"] + r["misses"] == r["accesses"] == 410
+
+
+def test_multi_look_study_strategy_c_on_a_hand_trace():
+    # study=1: the study's MultiLookStrategy, one copy per layer, a step per pass; layer 1's call for pass s
+    # runs at layer 0's gate of pass s (history: passes 0 .. s-1). Layer 0 always e0; layer 1 (period 6):
+    # h = 0 1 0 2 0 3 | 0 1 0 2 0 3 | ...
+    h = [[0, 1, 0, 2, 0, 3][p % 6] for p in range(24)]
+    tr = trace_of([[[[0], [e]]] for e in h])
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("multi-look", {"study": 1}))
+    got = {}
+    for p in range(24):
+        got[p] = prefetch_set(pol, ps, cs, tv, p, 0)
+        prefetch_set(pol, ps, cs, tv, p, 1)
+    # passes 0-2: fewer than 3 steps (cold start). Passes 3-8: no pattern yet trusted (a pattern's window i is
+    # re-added at every call, weight s - i - 3, but the last three passes' pattern first recurs at pass 9),
+    # no pair counted 3 times, no temporal position reached.
+    assert all(got[p] == [] for p in range(9))
+    # pass 9: the last three (0, 1, 0) are window 0's, weight 9 - 0 - 3 = 6 >= 3, followed by e2 (counted
+    # once, that window alone would be trusted only from a third match)
+    assert got[9] == [4 + 2]
+    # pass 15: (0, 1, 0) -> e2 again; the pairs 0 -> x have each been counted twice (calls 4-14): none yet
+    assert got[15] == [4 + 2]
+    # pass 16: (1, 0, 2) -> e0
+    assert got[16] == [4 + 0]
+    # pass 17: (0, 2, 0) -> e3; co-occurrence: after e0 (the last pass) e2 was counted 3 times (pairs of
+    # passes 2->3, 8->9, 14->15, counted at calls 4, 10, 16), e3 and e1 twice: e2 comes along
+    assert got[17] == [4 + 2, 4 + 3]
+    # pass 19: (0, 3, 0) -> e1; co-occurrence: e2 and e3 (3 times each by call 18), e1 twice
+    assert got[19] == [4 + 1, 4 + 2, 4 + 3]
+
+
+def test_multi_look_study_temporal_positions_as_its_code_computes_them():
+    # Layer 1 uses e3 in passes 0-2, then cycles e0 e1 e2. Before the history holds 10 steps the code's
+    # position (len - 10 + token_idx) % 64 puts steps 0-2 at positions 57-63 and 0-2: counted 3 times at
+    # positions 59-63 (calls 3-9) and 0-2 (calls 6-12), so e3 is predicted at passes 59-66 only (the
+    # position is current_token % 64); sequence patterns and co-occurrence only ever name e0-e2.
+    h = [3, 3, 3] + [p % 3 for p in range(97)]
+    tr = trace_of([[[[0], [e]]] for e in h])
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("multi-look", {"study": 1}))
+    with_e3 = []
+    for p in range(100):
+        if 4 + 3 in prefetch_set(pol, ps, cs, tv, p, 0):
+            with_e3.append(p)
+        prefetch_set(pol, ps, cs, tv, p, 1)
+    assert with_e3 == list(range(59, 67))
+
+
+def test_multi_look_study_keeps_the_32_lowest_of_a_larger_set_and_wraps():
+    # One layer (the study's flat accounting), E = 40, each pass's 40 tokens use all 40 experts: the call
+    # for pass s runs at the gate of pass s - 1. Pass 5: every pair a -> b has been counted 3 times (calls
+    # 3, 4, 5): all 40 predicted, the study keeps 32 (here the lowest ids).
+    tr = trace_of([[[[e]] for e in range(40)] for _ in range(8)], n_experts=40)
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", ("multi-look", {"study": 1}))
+    for p in range(4):
+        assert prefetch_set(pol, ps, cs, tv, p, 0) == [], p
+    assert prefetch_set(pol, ps, cs, tv, 4, 0) == list(range(32))
+
+
+def _random_passes(seed: int, n_passes: int, n_layers: int, n_exp: int, top_k: int) -> list:
+    # skewed routing, so patterns recur; a 3-token first pass (a prefill) and 1-2 token passes after
+    rng = np.random.default_rng(seed)
+    pop = np.arange(n_exp, 0, -1.0) ** 3
+    pop /= pop.sum()
+    return [[[[int(e) for e in rng.choice(n_exp, top_k, replace=False, p=pop)] for _ in range(n_layers)]
+             for _ in range(3 if p == 0 else int(rng.integers(1, 3)))] for p in range(n_passes)]
+
+
+@pytest.mark.parametrize("n_exp", [6, 40, 130])
+@pytest.mark.parametrize(("name", "strategy"), [("frequency", "TopKStrategy"), ("multi-look", "MultiLookStrategy")])
+def test_study_modes_match_the_studys_code(name, strategy, n_exp):
+    # The study's own classes (tests/study_code.py, its code copied), one per layer, against the kernel at
+    # every gate of a random trace: layer n's prediction for pass s is what the kernel issues at the gate
+    # before it (all keys absent here, so every prediction is issued).
+    from . import study_code
+
+    n_layers = 3
+    passes = _random_passes(5, 230, n_layers, n_exp, 2)
+    want = study_code.per_layer_predictions(getattr(study_code, strategy), passes, n_layers,
+                                            **({"num_experts": n_exp} if name == "frequency" else {}))
+    tr = trace_of(passes, n_experts=n_exp)
+    pol, ps, cs, tv = kernel_setup(tr, "prefetch", (name, {"study": 1}), model=tiny_model(n_layers, n_exp, 2))
+    issued = 0
+    for p in range(len(passes)):
+        for layer in range(n_layers):
+            keys = prefetch_set(pol, ps, cs, tv, p, layer)
+            target, q = (layer + 1, p) if layer + 1 < n_layers else (0, p + 1)
+            if q == len(passes):
+                continue
+            assert sorted(k - target * n_exp for k in keys) == sorted(want[(target, q)]), (p, layer)
+            issued += len(keys)
+    assert issued > 100
+
+
+def test_multi_look_study_is_refused_without_a_trace():
+    # the study's pattern store is the whole history, sized by the trace's passes: the live runtime (no trace)
+    # gets one clear error naming the key; frequency's study mode keeps 10 passes and runs there
+    from emu.errors import EmuError
+    from live import cache_bridge
+
+    with pytest.raises(EmuError, match="whole routing history") as err:
+        cache_bridge.CacheBridge(2, 4, 1, 3, prefetch="multi-look", prefetch_params={"study": 1})
+    assert err.value.key == "policy.prefetch.study"
+    cache_bridge.CacheBridge(2, 4, 1, 3, prefetch="frequency", prefetch_params={"study": 1})
