@@ -64,24 +64,23 @@ def compile_hooks(stack: Any = None) -> None:
             compiled(policy.hooks[name], sig)
 
 
-def offline_policies(stack: Any) -> tuple[str, ...]:
-    """Of a stack's policies (a `StackChoice`: a named choice per kind), those that read routing no runtime knows
-    at the gate (later layers or passes): a run holding one is an offline bound, not a schedule a server could
-    follow."""
+def _stack_policies(stack: Any) -> list[Policy]:
+    """A stack's registered policies (a `StackChoice`: a named choice per kind), in kind order."""
     from ..kernel.hooks import KINDS
 
     names = ((kind, getattr(stack, kind).name) for kind in KINDS)
-    return tuple(name for kind, name in names
-                 if name in REGISTRY.get(kind, {}) and REGISTRY[kind][name].capabilities.reads_future)
+    return [REGISTRY[kind][name] for kind, name in names if name in REGISTRY.get(kind, {})]
+
+
+def offline_policies(stack: Any) -> tuple[str, ...]:
+    """Of a stack's policies, those that read routing no runtime knows at the gate (later layers or passes): a
+    run holding one is an offline bound, not a schedule a server could follow."""
+    return tuple(p.name for p in _stack_policies(stack) if p.capabilities.reads_future)
 
 
 def reads_logits(stack: Any) -> bool:
-    """Whether a stack (a `StackChoice`) holds a policy that may read the trace's full router logits."""
-    from ..kernel.hooks import KINDS
-
-    names = ((kind, getattr(stack, kind).name) for kind in KINDS)
-    return any(name in REGISTRY.get(kind, {}) and REGISTRY[kind][name].capabilities.reads_logits
-               for kind, name in names)
+    """Whether a stack holds a policy that may read the trace's full router logits."""
+    return any(p.capabilities.reads_logits for p in _stack_policies(stack))
 
 
 def live_policies(kind: str) -> tuple[str, ...]:
