@@ -115,6 +115,11 @@ KINDS = ("h2d_pinned", "d2h_pinned", "h2d_pageable", "d2h_pageable")
 COPY_ROUNDS = 5
 
 
+def _hold_s(n: int) -> float:
+    """The sleep a pinned copy's `n` copies queue behind: long enough for the host to issue them (~30 us each)."""
+    return max(1e-3, 3 * n * 30e-6)
+
+
 def measure_copies(bench: Bench, plan: CopyPlan, pools: Pools, tick: Callable[[str], None],
                    rounds: int = COPY_ROUNDS) -> dict[str, Any]:
     """Per kind and size: per-copy device seconds (events), host issue seconds, and for pinned copies
@@ -138,7 +143,7 @@ def measure_copies(bench: Bench, plan: CopyPlan, pools: Pools, tick: Callable[[s
     for r in range(rounds):
         for (kind, size), fn in fns.items():
             n = per_round[size]
-            hold = max(1e-3, 3 * n * 30e-6) if kind.endswith("pinned") else 0.0
+            hold = _hold_s(n) if kind.endswith("pinned") else 0.0
             times, issue = bench.time_each(lambda i, fn=fn, at=2 + r * n: fn(at + i), n, stream, hold_s=hold)
             samples[kind, size] += times
             issues[kind, size] += issue
@@ -152,7 +157,7 @@ def measure_copies(bench: Bench, plan: CopyPlan, pools: Pools, tick: Callable[[s
             point: dict[str, Any] = {"bytes": size, "samples_s": times, "issue_s": issues[kind, size],
                                      "median_s": spread(times).median, "rounds": rounds}
             if kind.endswith("pinned"):
-                hold = max(1e-3, 3 * n * 30e-6)
+                hold = _hold_s(n)
                 point["held"] = held[kind, size]
                 first = 2 + rounds * n
                 point["batched_s"] = bench.time_loop(lambda i, fn=fn, at=first: fn(at + i), n, stream, hold_s=hold)
