@@ -160,21 +160,19 @@ def ttft_repeats(model: Any, runtime: Any, trace: Any, prompt_len: int, *, vocab
     import torch
 
     from .hooks import RoutingHooks
-    from .runner import PassClock, PassPlan, attention_backends, generate
+    from .runner import PassPlan, attention_backends, cold_prefill
 
     gen = torch.Generator().manual_seed(seed)
     out = []
     with attention_backends(device):
         for _ in range(n):
-            runtime.reset()
             hooks = RoutingHooks(model, record=False, speculate=True, force=trace)
-            clock = PassClock(device)
             prompt = torch.randint(0, vocab, (1, prompt_len), generator=gen).to(device)
             try:
-                generate(model, prompt, PassPlan(prompt_len, 0, 0, ()), hooks=hooks, runtime=runtime, clock=clock)
+                out.append(cold_prefill(model, prompt, PassPlan(prompt_len, 0, 0), hooks=hooks, runtime=runtime,
+                                        device=device))
             finally:
                 hooks.remove()
-            out.append(clock.seconds()[0])
     return out
 
 

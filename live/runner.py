@@ -524,6 +524,22 @@ def _run_live(model: Any, plans: list[PassPlan], vocab: int, device: torch.devic
     return LiveResult(tuple(times), stats, trace, tuple(tokens), host_share, repeats)
 
 
+def cold_prefill(model: Any, prompt: torch.Tensor, plan: PassPlan, *, hooks: RoutingHooks | None,
+                 runtime: ExpertOffload | None, device: torch.device, graphed: GraphedDecode | None = None,
+                 preload: bool = False) -> float:
+    """The seconds of one prefill of `prompt` (the plan's forced prefill pass, if any), timed as a run's, on the
+    runtime's cache emptied (or, with `preload`, filled) first."""
+    if runtime is not None:
+        runtime.reset()
+        if preload:
+            runtime.preload()
+        runtime.attach()
+    clock = PassClock(device)
+    RequestSteps(model, prompt, PassPlan(plan.prompt_len, 0, plan.force_prefill, batch=plan.batch), hooks=hooks,
+                 runtime=runtime, clock=clock, graphed=graphed).prefill()
+    return clock.seconds()[0]
+
+
 def _prefill_repeats(model: Any, plans: list[PassPlan], prompts: list[torch.Tensor], runtime: ExpertOffload | None,
                      force: RoutingTrace | None, graphed: GraphedDecode | None, device: torch.device,
                      n: int, preload: bool) -> tuple[float, ...]:
@@ -538,15 +554,8 @@ def _prefill_repeats(model: Any, plans: list[PassPlan], prompts: list[torch.Tens
     out = []
     try:
         for _ in range(n):
-            if runtime is not None:
-                runtime.reset()
-                if preload:
-                    runtime.preload()
-                runtime.attach()
-            clock = PassClock(device)
-            RequestSteps(model, prompts[0], PassPlan(plan.prompt_len, 0, plan.force_prefill, batch=plan.batch),
-                         hooks=hooks, runtime=runtime, clock=clock, graphed=graphed).prefill()
-            out.append(clock.seconds()[0])
+            out.append(cold_prefill(model, prompts[0], plan, hooks=hooks, runtime=runtime, device=device,
+                                    graphed=graphed, preload=preload))
     finally:
         hooks.remove()
     return tuple(out)
