@@ -14,11 +14,12 @@ import attrs
 
 from .errors import EmuError
 
-#: Bytes per weight. Sub-byte precisions carry one fp16 scale per group of 128 weights.
+#: Bytes per weight. Sub-byte precisions carry one fp16 scale per group of 128 weights. Written largest first:
+#: its order is the engines' (`PRECISION_ORDER`).
 PRECISION_BITS: dict[str, float] = {"bf16": 16, "fp16": 16, "fp8": 8, "int8": 8, "int4": 4, "int2": 2}
 #: the engines' precision order after the model's own (index 0): largest first, so the last stored form is the
 #: smallest (what `fetch-lowest-bit` copies); a model's `stored_precisions` is kept in this order
-PRECISION_ORDER = ("bf16", "fp16", "fp8", "int8", "int4", "int2")
+PRECISION_ORDER = tuple(PRECISION_BITS)
 _GROUP = 128
 
 
