@@ -171,3 +171,51 @@ def load_runtime_profile(path: str | Path) -> RuntimeProfile:
         raise EmuError("runtime profile not found", file=file)
     data = load_toml(path, "a runtime profile TOML file (docs/profiles.md)")
     return runtime_from_dict(data, file=file)
+
+
+# ---- the host's steadiness during a calibration ------------------------------------------------------
+
+#: how far apart (slowest / fastest - 1) one model's calibration requests may put its resident decode step
+#: before the host is called unsteady: on a steady host they agree within a few percent (docs/validation.md)
+HOST_DRIFT_TOLERANCE = 0.10
+
+
+def host_drift(profile: RuntimeProfile) -> dict[str, tuple[float, float]]:
+    """Per model calibrated from two or more requests: the fastest and the slowest of its requests' median decode
+    step with every expert resident (seconds). The requests are taken at different moments of a lease with the
+    same work, so where these disagree the host's pace changed between them, and predictions of host-paced runs
+    made with the profile can be no closer than that. Models whose provenance lacks the figures are left out."""
+    import statistics
+
+    out: dict[str, tuple[float, float]] = {}
+    for name, entry in (profile.provenance.get("models") or {}).items():
+        requests = entry.get("requests") if isinstance(entry, dict) else None
+        if not isinstance(requests, list):
+            continue
+        steps = []
+        for req in requests:
+            resident = req.get("resident_request") if isinstance(req, dict) else None
+            values = resident.get("decode_step_s") if isinstance(resident, dict) else None
+            if isinstance(values, list) and values and all(isinstance(v, (int, float)) and v > 0 for v in values):
+                steps.append(float(statistics.median(values)))
+        if len(steps) >= 2:
+            out[str(name)] = (min(steps), max(steps))
+    return out
+
+
+def drift_fraction(span: tuple[float, float]) -> float:
+    """slowest / fastest - 1 of a `host_drift` entry."""
+    return span[1] / span[0] - 1.0
+
+
+def host_drift_warning(profile: RuntimeProfile, tolerance: float = HOST_DRIFT_TOLERANCE) -> str | None:
+    """A warning naming the models whose calibration requests disagree by more than `tolerance`, else None."""
+    drifted = {m: s for m, s in host_drift(profile).items() if drift_fraction(s) > tolerance}
+    if not drifted:
+        return None
+    spans = "; ".join(f"{m} {lo * 1e3:.1f}-{hi * 1e3:.1f} ms (+{drift_fraction((lo, hi)):.0%})"
+                      for m, (lo, hi) in sorted(drifted.items()))
+    return (f"{profile.source or profile.name}: the runtime calibration's requests of a model disagree on its "
+            f"resident decode step by more than {tolerance:.0%} ({spans}): the host's pace changed during the "
+            "calibration, and host-paced predictions made with it are no closer than that; calibrate again on a "
+            "quiet host")

@@ -290,7 +290,7 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
     """Every run record in folder/runs emulated with the given calibration; writes folder/comparisons.json. The
     rows' runtime mode is `runtime_name`, else the runtime profile's name, else "device-only"."""
     from emu.profile import load_profile, profile_copy_warning
-    from emu.runtime_profile import NO_RUNTIME, load_runtime_profile
+    from emu.runtime_profile import NO_RUNTIME, drift_fraction, host_drift, host_drift_warning, load_runtime_profile
 
     from .validate import emulate_live, live_model, load_live_run
     from .validate_cli import roofline_warning
@@ -301,6 +301,10 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
         print(f"warning: {untrusted}", file=sys.stderr)
     runtime = NO_RUNTIME if runtime_path is None else load_runtime_profile(runtime_path)
     runtime_name = runtime_name or (runtime.name if runtime_path is not None else "device-only")
+    unsteady = host_drift_warning(runtime)
+    if unsteady is not None:  # compared all the same: each row carries its model's drift (`host_drift`)
+        print(f"warning: {unsteady}", file=sys.stderr)
+    drift = {m: drift_fraction(span) for m, span in host_drift(runtime).items()}
     records = sorted((folder / "runs").glob("*.json"))
     if not records:
         raise EmuError("no run record (runs/*.json)", file=str(folder))
@@ -325,7 +329,9 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
             "calibration": {"profile": _rel(profile_path, folder), "profile_name": profile.name,
                             "runtime_profile": None if runtime_path is None else _rel(runtime_path, folder),
                             "runtime_name": runtime.name,
-                            "runs": sorted(f"calibration request of {m}" for m in cal_runs)},
+                            "runs": sorted(f"calibration request of {m}" for m in cal_runs),
+                            # slowest / fastest resident decode step of the model's calibration requests
+                            "host_drift": drift.get(spec.name, drift.get(str(rec.get("profile_model"))))},
             "model": rec["model"]["name"], "capacity": rec.get("capacity", str(rec["slots"])),
             "eviction": rec["eviction"], "prefetch": rec.get("prefetch") or "none", "batch": int(rec.get("batch", 1)),
             "ttft_s": {"measured": float(rec.get("ttft_median_s", rec["ttft_s"])), "emulated": float(result.ttft_s)},

@@ -266,6 +266,8 @@ def run_protocol(args: argparse.Namespace) -> int:
 
 def run_summary(args: argparse.Namespace) -> int:
     """`--summary`: the per-configuration tables and the summary of validation datasets (no torch)."""
+    from emu.runtime_profile import HOST_DRIFT_TOLERANCE
+
     from .validation_set import (
         find_datasets,
         format_config_table,
@@ -283,15 +285,22 @@ def run_summary(args: argparse.Namespace) -> int:
     files = list(dict.fromkeys(f.resolve() for d in args.summary for f in find_datasets(d)))
     datasets = [load_dataset(f) for f in files]  # every file checked before anything is printed or written
     rows = summarize(datasets)
+    steady = {(r.gpu, r.runtime): r for r in summarize(datasets, steady=True)}
     table = format_summary_table(rows)
+    steady_table = (f"On a steady host (the configurations whose runtime calibration's requests agreed within "
+                    f"{HOST_DRIFT_TOLERANCE:.0%}):\n\n{format_summary_table(list(steady.values()))}"
+                    if steady else "No configuration's runtime calibration found the host steady.")
     if args.write_docs is not None:
-        write_docs_summary(args.write_docs, table)
+        write_docs_summary(args.write_docs, f"{table}\n\n{steady_table}")
     if args.json:
-        print(json.dumps([r.to_json() for r in rows], indent=1))
+        out = [r.to_json() for r in rows]
+        for obj, r in zip(out, rows):  # the same figures over the configurations calibrated on a steady host
+            obj["extra"]["steady"] = steady[(r.gpu, r.runtime)].to_json() if (r.gpu, r.runtime) in steady else None
+        print(json.dumps(out, indent=1))
         return 0
     for ds in datasets:
         print(f"## {ds.name} ({ds.gpu})\n\n{format_config_table(ds)}\n")
-    print(f"## summary\n\n{table}")
+    print(f"## summary\n\n{table}\n\n{steady_table}")
     if len(datasets) > 1:
         print(f"\n## per dataset\n\n{format_summary_table(summarize(datasets, per_dataset=True), per_dataset=True)}")
     reps = repeats(datasets)

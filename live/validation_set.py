@@ -79,6 +79,15 @@ class Calibration:
     profile: str
     runtime_profile: str
     runs: tuple[str, ...]
+    #: slowest / fastest - 1 of the model's calibration requests' resident decode step (None: not known)
+    host_drift: float | None = None
+
+    @property
+    def steady(self) -> bool:
+        """The host kept its pace through the calibration (`emu.runtime_profile.HOST_DRIFT_TOLERANCE`)."""
+        from emu.runtime_profile import HOST_DRIFT_TOLERANCE
+
+        return self.host_drift is not None and self.host_drift <= HOST_DRIFT_TOLERANCE
 
 
 @attrs.frozen
@@ -223,8 +232,13 @@ def _comparison(r: _Reader, raw: Any, where: str) -> Comparison:
     runs = r.get(cal, "runs", f"{where}.calibration.runs")
     if not isinstance(runs, list) or not all(isinstance(x, str) for x in runs):
         raise r.fail(f"{where}.calibration.runs", "expected a list of run names")
+    drift = cal.get("host_drift")
+    if drift is not None and (isinstance(drift, bool) or not isinstance(drift, (int, float))
+                              or not math.isfinite(drift) or drift < 0):
+        raise r.fail(f"{where}.calibration.host_drift", f"expected null or a fraction >= 0, got {drift!r}")
     calibration = Calibration(r.str_(cal, "profile", f"{where}.calibration.profile"),
-                              r.str_(cal, "runtime_profile", f"{where}.calibration.runtime_profile"), tuple(runs))
+                              r.str_(cal, "runtime_profile", f"{where}.calibration.runtime_profile"), tuple(runs),
+                              None if drift is None else float(drift))
     counts_raw = r.obj(r.get(row, "counts", f"{where}.counts"), f"{where}.counts")
     for name in COUNT_KEYS:
         r.get(counts_raw, name, f"{where}.counts.{name}")
@@ -320,12 +334,15 @@ def row_errors(row: Comparison) -> RowErrors:
                      step_p50_err=p50, step_p99_err=p99, counts_equal=counts_equal(row))
 
 
-def summarize(datasets: Iterable[Dataset], per_dataset: bool = False) -> list[SummaryRow]:
+def summarize(datasets: Iterable[Dataset], per_dataset: bool = False, steady: bool = False) -> list[SummaryRow]:
     """One row per (GPU kind, runtime) over all datasets, sorted by both; `per_dataset`: one per dataset too
-    (leases of one runtime mode may differ in how they were calibrated)."""
+    (leases of one runtime mode may differ in how they were calibrated); `steady`: only the configurations whose
+    calibration found the host steady (`Calibration.steady`, decided from the calibration requests alone)."""
     groups: dict[tuple[str, str, str], list[tuple[Dataset, Comparison, RowErrors]]] = {}
     for ds in datasets:
         for row in ds.rows:
+            if steady and not row.calibration.steady:
+                continue
             key = (ds.gpu_kind, row.runtime, ds.name if per_dataset else "")
             groups.setdefault(key, []).append((ds, row, row_errors(row)))
     out = []

@@ -94,6 +94,12 @@ def test_compare_writes_rows_the_summary_reads(dataset: Path) -> None:
     assert rec["batch"] == 2 and rec["decode_tok_s"] == pytest.approx(2 * 6 / sum(rec["requests"][0]["decode_s"]))
     ds = load_dataset(dataset)
     assert row_errors(ds.rows[0]).counts_equal
+    # each row carries the spread of its model's calibration requests (three here: before, amid and after)
+    from emu.runtime_profile import drift_fraction, host_drift, load_runtime_profile
+
+    (span,) = host_drift(load_runtime_profile(runtime)).values()
+    assert all(r["calibration"]["host_drift"] == drift_fraction(span) for r in rows.values())
+    assert ds.rows[0].calibration.host_drift == drift_fraction(span)
 
 
 def test_run_refuses_a_folder_holding_an_earlier_run(dataset: Path) -> None:

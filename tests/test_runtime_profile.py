@@ -94,3 +94,32 @@ def test_scenario_runtime_slows_the_bundled_scenario_and_is_recorded(tmp_path: P
     with pytest.raises(EmuError, match="file not found") as err:
         load_scenario(scenario, ["hardware.runtime='nope.toml'"])
     assert err.value.key == "hardware.runtime"
+
+
+def _with_requests(steps: dict[str, list[list[float]]]) -> RuntimeProfile:
+    """A profile whose provenance holds, per model, requests with these resident decode steps (seconds)."""
+    models = {m: {"requests": [{"resident_request": {"decode_step_s": s}} for s in reqs]} for m, reqs in steps.items()}
+    return RuntimeProfile(name="hf-graph", provenance={"models": models}, source="cal/hf-graph.toml")
+
+
+def test_host_drift_is_the_spread_of_the_requests_median_resident_steps() -> None:
+    from emu.runtime_profile import HOST_DRIFT_TOLERANCE, drift_fraction, host_drift, host_drift_warning
+
+    prof = _with_requests({
+        "steady": [[0.020, 0.021, 0.050], [0.0205, 0.0204, 0.0206], [0.0209, 0.9, 0.0208]],  # medians 21, 20.5, 20.9
+        "drifted": [[0.020, 0.020, 0.020], [0.031, 0.030, 0.032]],
+        "single": [[0.020]],  # one request: nothing to compare
+    })
+    drift = host_drift(prof)
+    assert set(drift) == {"steady", "drifted"}
+    assert drift["steady"] == (0.0205, 0.021) and drift["drifted"] == (0.020, 0.031)
+    assert drift_fraction(drift["drifted"]) == pytest.approx(0.55)
+    assert drift_fraction(drift["steady"]) < HOST_DRIFT_TOLERANCE
+    warning = host_drift_warning(prof)
+    assert warning is not None and warning.startswith("cal/hf-graph.toml: ")
+    assert "drifted 20.0-31.0 ms (+55%)" in warning and "steady" not in warning.split("(", 1)[1]
+    assert host_drift_warning(prof, tolerance=0.6) is None
+    # a profile without the requests' figures (an older or hand-written one) has no drift, and no warning
+    assert host_drift(RuntimeProfile(name="r")) == {} and host_drift_warning(RuntimeProfile(name="r")) is None
+    bad = _with_requests({"m": [[0.02], [-1.0]]})
+    assert host_drift(bad) == {}  # a malformed request is skipped, not a crash

@@ -165,6 +165,7 @@ def test_cli_json_keys(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert isinstance(got, list) and len(got) == 3
     for obj in got:
         assert set(obj) - {"extra"} == JSON_KEYS
+        assert obj["extra"]["steady"] is None  # no row records its calibration's host drift
     assert got[0]["gpu"] == "h100" and got[0]["runtime"] == "hf-eager" and got[0]["n_configs"] == 4
     assert got[0]["ttft_median"] == pytest.approx(0.035) and got[0]["decode_max"] == pytest.approx(0.20)
     assert got[0]["out_of_sample"] is False and got[2]["out_of_sample"] is True
@@ -208,6 +209,9 @@ def _bad(tmp_path: Path, mutate: Any) -> Path:
     (lambda r: r["rows"][0].update(batch="1"), "rows[0].batch"),
     (lambda r: r["rows"][0].update(out_of_sample=1), "rows[0].out_of_sample"),
     (lambda r: r["rows"][0].pop("prefetch_races"), "rows[0].prefetch_races"),
+    (lambda r: r["rows"][0]["calibration"].update(host_drift=-0.1), "rows[0].calibration.host_drift"),
+    (lambda r: r["rows"][0]["calibration"].update(host_drift="0.1"), "rows[0].calibration.host_drift"),
+    (lambda r: r["rows"][0]["calibration"].update(host_drift=True), "rows[0].calibration.host_drift"),
     (lambda r: r["rows"][0]["counts"].pop("copies"), "rows[0].counts.copies"),
     (lambda r: r["rows"][0]["counts"].update(hits=[1, 2, 3]), "rows[0].counts.hits"),
     (lambda r: r["rows"][0]["counts"].update(hits=[1, -2]), "rows[0].counts.hits"),
@@ -263,6 +267,7 @@ def test_write_docs_replaces_only_the_marked_block(tree: Path, tmp_path: Path,
     assert main(["validate", "--summary", str(tree), "--json", "--write-docs", str(md)]) == 0
     json.loads(capsys.readouterr().out)
     table = format_summary_table(summarize(_datasets(tree)))
+    table += "\n\nNo configuration's runtime calibration found the host steady."  # no row records its drift
     want = before + f"{MARKER_START}\n\n{table}\n\n{MARKER_END}\n" + after
     assert md.read_text() == want
     write_docs_summary(md, table)  # idempotent
@@ -350,3 +355,32 @@ def test_repeats_give_the_measurements_own_spread(tmp_path: Path) -> None:
     reps = repeats([a, b, c])
     assert [(r.gpu, r.config, r.decode_tok_s) for r in reps] == [("h100", "x", (50.0, 40.0))]
     assert reps[0].decode_spread == pytest.approx(0.25) and reps[0].ttft_spread == 0.0
+
+
+def test_the_steady_summary_keeps_the_configurations_whose_calibration_found_the_host_steady(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from emu.runtime_profile import HOST_DRIFT_TOLERANCE
+
+    def drifted(r: dict[str, Any], drift: float | None) -> dict[str, Any]:
+        r["calibration"]["host_drift"] = drift
+        return r
+
+    root = tmp_path / "validation"
+    write(root, "2026-12-06-h100", [drifted(row("calm", ttft=1.01, decode=1.02), 0.02),
+                                    drifted(row("edge", ttft=1.03, decode=0.96), HOST_DRIFT_TOLERANCE),
+                                    drifted(row("noisy", ttft=1.40, decode=0.60), 0.55),
+                                    row("unknown", ttft=1.30, decode=1.30)])  # an older row: no drift recorded
+    ds = load_dataset(root / "2026-12-06-h100")
+    assert [r.calibration.steady for r in ds.rows] == [True, True, False, False]
+    (every,) = summarize([ds])
+    (steady,) = summarize([ds], steady=True)
+    assert every.n_configs == 4 and every.decode_max == pytest.approx(0.40)
+    assert steady.n_configs == 2 and steady.decode_max == pytest.approx(0.04)
+    assert steady.ttft_median == pytest.approx(0.02)
+    assert main(["validate", "--summary", str(root), "--json"]) == 0
+    (obj,) = json.loads(capsys.readouterr().out)
+    assert obj["n_configs"] == 4 and obj["extra"]["steady"]["n_configs"] == 2
+    assert obj["extra"]["steady"]["decode_max"] == pytest.approx(0.04)
+    assert main(["validate", "--summary", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "On a steady host" in out and out.count("| h100 | hf-eager | 2 | yes |") == 1
