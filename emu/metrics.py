@@ -130,10 +130,13 @@ def _counters(stats_i: np.ndarray, stats_f: np.ndarray) -> dict[str, Any]:
 
 def build_result(cs: Any, end_time: float, trace: Any, engine: str, timings: dict[str, float]) -> RunResult:
     per_layer = []
+    # Python ints and floats of the whole tables at once (the values int() and float() give one by one): an
+    # index into a numpy array per counter and layer cost more than the rest of the result
+    stats_i, stats_f = cs.stats_i.tolist(), cs.stats_f.tolist()
     for layer in range(cs.stats_i.shape[1]):
         c: dict[str, Any] = {"layer": layer}
-        c.update({name: int(cs.stats_i[idx, layer]) for name, idx in _COUNTERS.items()})
-        c.update({name: float(cs.stats_f[idx, layer]) for name, idx in _FLOATS.items()})
+        c.update({name: stats_i[idx][layer] for name, idx in _COUNTERS.items()})
+        c.update({name: stats_f[idx][layer] for name, idx in _FLOATS.items()})
         _on_time(c)
         c.update(_ratios(c))
         per_layer.append(c)
