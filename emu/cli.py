@@ -91,6 +91,7 @@ def compile_notice(after_s: float = 2.0) -> Iterator[None]:
         yield
     finally:
         timer.cancel()
+        timer.join()  # no thread left behind: a worker pool forks only a process that runs none (sweep.start_method)
         if fired.is_set():
             print(f"emu: kernels compiled in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 

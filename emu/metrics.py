@@ -130,10 +130,13 @@ def _counters(stats_i: np.ndarray, stats_f: np.ndarray) -> dict[str, Any]:
 
 def build_result(cs: Any, end_time: float, trace: Any, engine: str, timings: dict[str, float]) -> RunResult:
     per_layer = []
+    # Python ints and floats of the whole tables at once (the values int() and float() give one by one): an
+    # index into a numpy array per counter and layer cost more than the rest of the result
+    stats_i, stats_f = cs.stats_i.tolist(), cs.stats_f.tolist()
     for layer in range(cs.stats_i.shape[1]):
         c: dict[str, Any] = {"layer": layer}
-        c.update({name: int(cs.stats_i[idx, layer]) for name, idx in _COUNTERS.items()})
-        c.update({name: float(cs.stats_f[idx, layer]) for name, idx in _FLOATS.items()})
+        c.update({name: stats_i[idx][layer] for name, idx in _COUNTERS.items()})
+        c.update({name: stats_f[idx][layer] for name, idx in _FLOATS.items()})
         _on_time(c)
         c.update(_ratios(c))
         per_layer.append(c)
@@ -169,14 +172,24 @@ def build_result(cs: Any, end_time: float, trace: Any, engine: str, timings: dic
         by_phase=_by_phase(cs.stats_i, counters))
 
 
+#: tokens per block of `_per_request_decode_rate`
+_TOKEN_BLOCK = 1 << 16
+
+
 def _per_request_decode_rate(trace: Any, offsets: np.ndarray, inverse: np.ndarray, first_pass: np.ndarray,
                               ends: np.ndarray) -> list[float]:
     """Per request (in request order; `inverse`: each token's request's index in it): its tokens in decode passes
     after its first pass, over the time from that first pass's end to its last pass's end."""
-    pass_of = np.repeat(np.arange(trace.n_passes), np.diff(offsets))
     last_pass = np.zeros(first_pass.size, dtype=np.int64)
-    np.maximum.at(last_pass, inverse, pass_of)
-    later = (np.asarray(trace.pass_phase)[pass_of] == PHASE_DECODE) & (pass_of != first_pass[inverse])
-    tokens = np.bincount(inverse[later], minlength=first_pass.size)
+    tokens = np.zeros(first_pass.size, dtype=np.int64)
+    phase = np.asarray(trace.pass_phase)
+    # tokens a block at a time: arrays per token of a whole 1M-token trace would add tens of MB to the run's peak
+    for lo in range(0, inverse.size, _TOKEN_BLOCK):
+        request = inverse[lo:lo + _TOKEN_BLOCK]
+        # each token's pass (tokens are stored pass by pass; an empty pass holds none)
+        pass_of = np.searchsorted(offsets, np.arange(lo, lo + request.size), side="right") - 1
+        np.maximum.at(last_pass, request, pass_of)
+        later = (phase[pass_of] == PHASE_DECODE) & (pass_of != first_pass[request])
+        tokens += np.bincount(request[later], minlength=first_pass.size)
     span = ends[last_pass] - ends[first_pass]
     return [float(n / s) if n and s > 0 else 0.0 for n, s in zip(tokens.tolist(), span.tolist())]

@@ -638,6 +638,12 @@ def has_measured_tables(profile: HardwareProfile, model: ModelSpec) -> bool:
     return model.name in profile.models
 
 
+#: (profile, model) pairs `check_item_times` passed, by the profile's identity (each with the profile, so the id
+#: stays its own) and the model's value: `emu run` checks every scenario before the runs and again in each, and
+#: the scenarios of a run or a sweep mostly share one profile and model. The outcome depends on these two alone.
+_PASSED: dict[tuple[int, ModelSpec], HardwareProfile] = {}
+
+
 def check_item_times(profile: HardwareProfile, model: ModelSpec, *, file: str | None = None) -> None:
     """Every time this profile gives one of the model's items, at every precision, is finite and at most
     `MAX_SECONDS`: one expert's copy (pinned and pageable), its kernel and CPU run for one token, a layer's dense
@@ -645,6 +651,12 @@ def check_item_times(profile: HardwareProfile, model: ModelSpec, *, file: str | 
     65,536 tokens may well take hours). Rates are free on their own (any positive number); this finds the
     combination of a rate and a model that no machine has (a 1e-300 B/s link, 1e-300 flop/s) before the engines
     see it."""
+    key: tuple[int, ModelSpec] | None = (id(profile), model)
+    try:
+        if _PASSED.get(key) is profile:  # type: ignore[arg-type]
+            return
+    except TypeError:  # a model holding an unhashable value: checked every time
+        key = None
     file = file or profile.override_file or profile.source or None
     # a profile a scenario set keys of: the times are the scenario's doing, and its keys are `hardware.*`
     prefix = "hardware." if profile.overrides else ""
@@ -670,3 +682,7 @@ def check_item_times(profile: HardwareProfile, model: ModelSpec, *, file: str | 
     dense = dense_table(profile, model)
     check(dense.seconds[0][0], "one layer's dense part", "compute")
     check(max(max(row) for row in dense.seconds), "one layer's dense part (at most)", "compute", MAX_CURVE_SECONDS)
+    if key is not None:
+        if len(_PASSED) >= 32:
+            _PASSED.clear()
+        _PASSED[key] = profile

@@ -388,10 +388,27 @@ def make_executor(jobs: int, address: str | None) -> tuple[Executor | None, Call
     import multiprocessing
 
     warm_cache()
-    # spawn: workers must not inherit numba's thread pool through fork
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context(start_method()),
                                initializer=init_worker)
     return pool, lambda: pool.shutdown(wait=True, cancel_futures=True)
+
+
+def start_method() -> str:
+    """How a local pool starts its workers: fork where it is safe, so that each worker starts with this process's
+    modules and its compiled kernels already loaded (a spawned worker imports emu and loads the core and the hooks
+    from numba's cache again, about 0.7 s of CPU each); spawn otherwise. Fork is safe on Linux while this process
+    runs no other thread: not numba's thread pool (a synthetic trace generated here starts it, and a forked child
+    would inherit its locks without its threads), nor any other."""
+    import multiprocessing
+    import threading
+
+    import numba.np.ufunc.parallel as numba_parallel
+
+    if sys.platform != "linux" or "fork" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    if getattr(numba_parallel, "_is_initialized", True) or threading.active_count() > 1:
+        return "spawn"
+    return "fork"
 
 
 def stop_workers(executor: Executor | None) -> None:

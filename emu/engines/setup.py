@@ -143,12 +143,36 @@ def layer_prec_bytes(model: ModelSpec, precisions: tuple[str, ...]) -> np.ndarra
     return np.ascontiguousarray(np.array([model.layer_bytes(p) for p in precisions], np.int64).T)
 
 
+#: the last few `timing` results, by (profile, runtime) identity and (model, precisions, prefetching) value,
+#: each with the profile and runtime it was built from: many scenarios of one `emu run` or sweep share them, and
+#: the engines and policies only read a Timing
+_TIMINGS: dict[tuple[Any, ...], tuple[HardwareProfile, RuntimeProfile, Any]] = {}
+_TIMINGS_KEPT = 16
+
+
+def shared_timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ...],
+                  runtime: RuntimeProfile = NO_RUNTIME, prefetching: bool = False) -> Any:
+    """`timing(...)`, built once for the same profile and runtime objects and an equal model."""
+    key = (id(profile), id(runtime), model, precisions, prefetching)
+    try:
+        hit = _TIMINGS.get(key)
+    except TypeError:  # a model holding an unhashable value: built afresh
+        return timing(profile, model, precisions, runtime, prefetching)
+    if hit is not None and hit[0] is profile and hit[1] is runtime:
+        return hit[2]
+    tm = timing(profile, model, precisions, runtime, prefetching)
+    if len(_TIMINGS) >= _TIMINGS_KEPT:
+        _TIMINGS.clear()
+    _TIMINGS[key] = (profile, runtime, tm)
+    return tm
+
+
 def make_inputs(model: ModelSpec, profile: HardwareProfile, trace: RoutingTrace, capacity_bytes: int,
                 stack: StackChoice, seed: int = 0, runtime: RuntimeProfile = NO_RUNTIME) -> SimInputs:
     precisions = precisions_for(model)
     return SimInputs(model=model, profile=profile, trace=trace, capacity_bytes=int(capacity_bytes),
                      stack=stack, seed=seed, precisions=precisions, tv=trace_view(trace, reads_logits(stack)),
-                     tm=timing(profile, model, precisions, runtime, prefetching=stack.prefetch.name != "none"),
+                     tm=shared_timing(profile, model, precisions, runtime, stack.prefetch.name != "none"),
                      runtime=runtime)
 
 
