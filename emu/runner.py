@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from pathlib import Path
@@ -17,7 +18,6 @@ from .metrics import RunResult, build_result
 from .profile import check_item_times, has_measured_tables, profile_record
 from .runtime_profile import NO_RUNTIME, load_runtime_profile
 from .scenario import Scenario
-from .textio import dumps_indented
 from .trace import RoutingTrace
 
 if TYPE_CHECKING:
@@ -192,5 +192,5 @@ def write_record(record: dict[str, Any], out_dir: str | Path, stem: str) -> Path
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{stem}.json"
-    path.write_text(dumps_indented(record, 2) + "\n")  # json.dumps(record, indent=2)'s text
+    path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
     return path
