@@ -10,6 +10,7 @@ host adds nothing: the prediction is that of a runtime that keeps the device fed
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -208,9 +209,12 @@ def drift_fraction(span: tuple[float, float]) -> float:
     return span[1] / span[0] - 1.0
 
 
-def host_drift_warning(profile: RuntimeProfile, tolerance: float = HOST_DRIFT_TOLERANCE) -> str | None:
-    """A warning naming the models whose calibration requests disagree by more than `tolerance`, else None."""
-    drifted = {m: s for m, s in host_drift(profile).items() if drift_fraction(s) > tolerance}
+def host_drift_warning(profile: RuntimeProfile, tolerance: float = HOST_DRIFT_TOLERANCE,
+                       models: Collection[str] | None = None) -> str | None:
+    """A warning naming the models (of `models`, else any) whose calibration requests disagree by more than
+    `tolerance`, else None."""
+    drifted = {m: s for m, s in host_drift(profile).items()
+               if drift_fraction(s) > tolerance and (models is None or m in models)}
     if not drifted:
         return None
     spans = "; ".join(f"{m} {lo * 1e3:.1f}-{hi * 1e3:.1f} ms (+{drift_fraction((lo, hi)):.0%})"

@@ -224,6 +224,7 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
                     tick.step(f"calibration {preset}")
                 if requests:
                     cals.append(merge(requests))
+                    _warn_host_drift(out / "calibration" / f"{calibrate_runtime}.toml", preset)
             finally:
                 runtime.close()
                 del runtime, model
@@ -245,6 +246,15 @@ def _calibrate(model: Any, runtime: Any, shape: Any, preset: str, requests: list
                                     decode=decode))
     print(f"calibrated the runtime on {preset} ({len(requests)}): {requests[-1].costs}", file=sys.stderr, flush=True)
     _write_runtime(out, name, [*cals, merge(requests)], dev)
+
+
+def _warn_host_drift(path: Path, preset: str) -> None:
+    """Say at once when the model's calibration requests disagree: the host's pace changed during its runs."""
+    from emu.runtime_profile import host_drift_warning, load_runtime_profile
+
+    warning = host_drift_warning(load_runtime_profile(path), models={preset})
+    if warning is not None:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _write_runtime(out: Path, name: str, cals: list[Any], dev: Any) -> None:

@@ -119,6 +119,8 @@ def test_host_drift_is_the_spread_of_the_requests_median_resident_steps() -> Non
     assert warning is not None and warning.startswith("cal/hf-graph.toml: ")
     assert "drifted 20.0-31.0 ms (+55%)" in warning and "steady" not in warning.split("(", 1)[1]
     assert host_drift_warning(prof, tolerance=0.6) is None
+    assert host_drift_warning(prof, models={"steady"}) is None  # only the models asked about
+    assert "drifted" in (host_drift_warning(prof, models={"drifted", "single"}) or "")
     # a profile without the requests' figures (an older or hand-written one) has no drift, and no warning
     assert host_drift(RuntimeProfile(name="r")) == {} and host_drift_warning(RuntimeProfile(name="r")) is None
     bad = _with_requests({"m": [[0.02], [-1.0]]})
