@@ -55,8 +55,9 @@ class C(Fields):
     CUR = auto()  # region cursor[key] (n): index of the key's first use not yet passed
     USE = auto()  # region uses: every key's use positions, in increasing order (CSR)
     TREE = auto()  # region: the tournament tree (2P; root at 1, leaf of key at P + key)
-    STASH = auto()  # region: keys set aside while a victim is searched (n)
+    STASH = auto()  # region: ranks set aside while a victim is searched (n)
     LEAF = auto()  # P: the leaves' base, the least power of two >= n
+    SHIFT = auto()  # log2(P): a rank is next_use << SHIFT | (P - 1 - key)
     NEVER = auto()  # a position later than every use
 
 
@@ -114,6 +115,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
         at += size
     header[C.N] = n
     header[C.LEAF] = leaf
+    header[C.SHIFT] = leaf.bit_length() - 1
     header[C.NEVER] = (len(tv.pass_offsets) - 1) * ctx.n_layers  # later than every use position
     ps = new_policy_state(i_rows=len(I), i_cols=at)
     a = ps.i[I.ARENA]
@@ -125,52 +127,52 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     return ps
 
 
-@njit(cache=True, inline="always")
-def _region(ps, slot: int, size: int):
-    a = ps.i[I.ARENA]
-    return a[a[slot]:a[slot] + size]
-
+# Every region is read as a[ix(a[C.X] + i)], not through a slice: a slice of the arena costs a bounds
+# fix-up per region per call, on every access.
 
 @njit(cache=True, _nrt=False)
 def next_use(ps, key: int, now: int) -> int:
     """First use position of `key` strictly after `now` (advancing the key's cursor), or never."""
     a = ps.i[I.ARENA]
-    n = a[C.N]
-    off = _region(ps, C.OFF, n + 1)
-    cur = _region(ps, C.CUR, n)
-    uses = a[a[C.USE]:]
-    c = cur[ix(key)]
-    end = off[ix(key + 1)]
-    while c < end and uses[ix(c)] <= now:
+    at = a[C.CUR] + key
+    c = a[ix(at)]
+    end = a[ix(a[C.OFF] + key + 1)]
+    uses = a[C.USE]
+    while c < end and a[ix(uses + c)] <= now:
         c += 1
-    cur[ix(key)] = c
-    return uses[ix(c)] if c < end else a[C.NEVER]
+    a[ix(at)] = c
+    return a[ix(uses + c)] if c < end else a[C.NEVER]
 
 
-# ---- a tournament tree of ranks next_use * n + (n - 1 - key) (larger: evicted first), -1 for no key ----
+# ---- a tournament tree of ranks next_use << SHIFT | (P - 1 - key) (larger: evicted first), -1 for no key ----
+
+@njit(cache=True, inline="always")
+def _rank(ps, key: int, nu: int) -> int:
+    a = ps.i[I.ARENA]
+    return (nu << a[C.SHIFT]) | (a[C.LEAF] - 1 - key)
+
 
 @njit(cache=True, _nrt=False)
 def _tree_set(ps, key: int, item: int) -> None:
     """Set the key's leaf to `item` (-1: not resident) and bring its ancestors up to date."""
     a = ps.i[I.ARENA]
-    leaf = a[C.LEAF]
-    t = _region(ps, C.TREE, 2 * leaf)
-    i = leaf + key
-    old = t[ix(i)]
-    t[ix(i)] = item
+    t = a[C.TREE]
+    i = a[C.LEAF] + key
+    old = a[ix(t + i)]
+    a[ix(t + i)] = item
     if item >= old:  # a larger leaf: its ancestors only rise to it, and stop at the first that is larger
         while i > 1:
             i >>= 1
-            if t[ix(i)] >= item:
+            if a[ix(t + i)] >= item:
                 break
-            t[ix(i)] = item
+            a[ix(t + i)] = item
     else:  # a smaller leaf: recompute each ancestor until one keeps its value
         while i > 1:
             i >>= 1
-            m = max(t[ix(2 * i)], t[ix(2 * i + 1)])
-            if t[ix(i)] == m:
+            m = max(a[ix(t + 2 * i)], a[ix(t + 2 * i + 1)])
+            if a[ix(t + i)] == m:
                 break
-            t[ix(i)] = m
+            a[ix(t + i)] = m
 
 
 @njit(cache=True, _nrt=False)
@@ -181,12 +183,11 @@ def _now(cs) -> int:
 @hook(EVENT_SIG)
 def on_event(ps, cs, tv, ev, key, t):
     a = ps.i[I.ARENA]
-    n = a[C.N]
     if ev == EV_INSERT:
-        _tree_set(ps, key, next_use(ps, key, _now(cs)) * n + (n - 1 - key))
+        _tree_set(ps, key, _rank(ps, key, next_use(ps, key, _now(cs))))
     elif ev == EV_ACCESS:
-        if _region(ps, C.TREE, 2 * a[C.LEAF])[ix(a[C.LEAF] + key)] >= 0:
-            _tree_set(ps, key, next_use(ps, key, _now(cs)) * n + (n - 1 - key))
+        if a[ix(a[C.TREE] + a[C.LEAF] + key)] >= 0:
+            _tree_set(ps, key, _rank(ps, key, next_use(ps, key, _now(cs))))
     elif ev == EV_EVICT:
         _tree_set(ps, key, -1)
     return 0
@@ -196,29 +197,30 @@ def on_event(ps, cs, tv, ev, key, t):
 def victim(ps, cs, tv, incoming, t):
     in_layer = key_layer(cs, incoming)
     a = ps.i[I.ARENA]
-    n = a[C.N]
-    tree = _region(ps, C.TREE, 2 * a[C.LEAF])
-    stash = _region(ps, C.STASH, n)
+    root = a[C.TREE] + 1
+    stash = a[C.STASH]
+    shift = a[C.SHIFT]
+    low = a[C.LEAF] - 1
     now = _now(cs)
     n_stash = 0
     found = -1
-    while tree[1] >= 0:
-        item = tree[1]
-        key = n - 1 - item % n
+    while a[ix(root)] >= 0:
+        item = a[ix(root)]
+        key = low - (item & low)
         nu = next_use(ps, key, now)
-        if nu != item // n:  # its use went by without an access (routing changed it): re-rank
-            _tree_set(ps, key, nu * n + (n - 1 - key))
+        if nu != item >> shift:  # its use went by without an access (routing changed it): re-rank
+            _tree_set(ps, key, _rank(ps, key, nu))
             continue
         if not is_evictable(cs, key, in_layer):
             _tree_set(ps, key, -1)
-            stash[n_stash] = key
+            a[ix(stash + n_stash)] = item
             n_stash += 1
             continue
         found = key
         break
     for j in range(n_stash):
-        k = stash[j]
-        _tree_set(ps, k, next_use(ps, k, now) * n + (n - 1 - k))
+        item = a[ix(stash + j)]
+        _tree_set(ps, low - (item & low), item)
     return found
 
 
