@@ -17,13 +17,15 @@ mixed precisions it is the trace-informed heuristic, no longer a proven bound.
 
 State: one int row `i[I.ARENA]` used as a flat arena: a header (the columns `C`) holding where each region
 starts, then the regions: `uses` = every key's use positions in increasing order (CSR, from
-`offsets[key]`), `cursor[key]` (index of the first use not yet passed; it only moves forward), the
-resident set, and a max-heap of (next use, lower key first) packed in one int64 per entry. An access or
-insert pushes the key's new entry and leaves the old one stale (`prio[key]` says which entry is live);
-stale entries are dropped when they surface, and the heap is rebuilt from the resident keys when it fills
-(4N entries). Protected or in-flight keys met on top are set aside (the stash) and pushed back. Ties go
-to the lower key, as a linear scan would.
-Cost: init O(trace); O(log N) per access; per victim O((stale + protected met) log N).
+`offsets[key]`), `cursor[key]` (index of the first use not yet passed; it only moves forward), and a
+tournament tree over the keys: leaf `P + key` holds the resident key's rank (next use, lower key first),
+packed in one int64, or -1; every inner node holds the larger of its two children, so the root is the
+farthest resident key and its packed rank names it. An access or insert raises the key's leaf and climbs
+only while the parents are smaller; an eviction lowers it and recomputes the path only while it changes.
+Protected or in-flight keys met on top are set aside (their leaves lowered, then restored), so the victim
+is the first evictable key in decreasing rank, as a sorted scan would find it: ties go to the lower key.
+The tree has no stale entries, so no rebuild, and it needs no resident set: a leaf >= 0 is a resident key.
+Cost: init O(trace); per access O(levels climbed) <= O(log N); per victim O((1 + set aside) log N).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from enum import auto
 import numpy as np
 from numba import njit
 
-from ...kernel.helpers import is_evictable, ix, key_layer, set_add, set_remove, set_size
+from ...kernel.helpers import is_evictable, ix, key_layer
 from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG, hook
 from ...kernel.layout import SC, Fields, new_policy_state
 from ..api import Capabilities, Policy, PolicyContext, register
@@ -51,15 +53,12 @@ class C(Fields):
     N = auto()  # keys
     OFF = auto()  # region offsets[key] (n + 1): where the key's uses start in USE
     CUR = auto()  # region cursor[key] (n): index of the key's first use not yet passed
-    MEM = auto()  # region: the resident set's members (n + 1)
-    POS = auto()  # region: the resident set's positions (n + 1; the resident count at pos[n])
     USE = auto()  # region uses: every key's use positions, in increasing order (CSR)
-    PRIO = auto()  # region prio[key] (n): the key's live heap entry (-1: not resident)
-    HEAP = auto()  # region: the max-heap (HEAP_CAP entries)
-    STASH = auto()  # region: entries set aside while a victim is searched (2n + 2)
+    TREE = auto()  # region: the tournament tree (2P; root at 1, leaf of key at P + key)
+    STASH = auto()  # region: ranks set aside while a victim is searched (n)
+    LEAF = auto()  # P: the leaves' base, the least power of two >= n
+    SHIFT = auto()  # log2(P): a rank is next_use << SHIFT | (P - 1 - key)
     NEVER = auto()  # a position later than every use
-    HEAP_CAP = auto()
-    HEAP_N = auto()  # entries in the heap
 
 
 _HDR = len(C)
@@ -107,107 +106,73 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
     m = int(offsets[-1])
-    heap_cap = 4 * n + 16
-    sizes = [(C.OFF, n + 1), (C.CUR, n), (C.MEM, n + 1), (C.POS, n + 1), (C.USE, m), (C.PRIO, n),
-             (C.HEAP, heap_cap), (C.STASH, 2 * n + 2)]
+    leaf = 1 << max(0, (n - 1).bit_length())
+    sizes = [(C.OFF, n + 1), (C.CUR, n), (C.USE, m), (C.TREE, 2 * leaf), (C.STASH, n)]
     header = np.zeros(_HDR, np.int64)
     at = _HDR
     for slot, size in sizes:
         header[slot] = at
         at += size
     header[C.N] = n
+    header[C.LEAF] = leaf
+    header[C.SHIFT] = leaf.bit_length() - 1
     header[C.NEVER] = (len(tv.pass_offsets) - 1) * ctx.n_layers  # later than every use position
-    header[C.HEAP_CAP] = heap_cap
     ps = new_policy_state(i_rows=len(I), i_cols=at)
     a = ps.i[I.ARENA]
     a[:_HDR] = header
     a[header[C.OFF]:header[C.OFF] + n + 1] = offsets
     a[header[C.CUR]:header[C.CUR] + n] = offsets[:-1]
-    a[header[C.MEM]:header[C.MEM] + n + 1] = -1
-    a[header[C.POS]:header[C.POS] + n + 1] = -1
-    a[header[C.POS] + n] = 0  # resident count lives in pos[n]
-    a[header[C.PRIO]:header[C.PRIO] + n] = -1
+    a[header[C.TREE]:header[C.TREE] + 2 * leaf] = -1  # no key resident
     _fill_uses(tv.experts, tv.pass_offsets, ctx.n_experts, offsets, a[header[C.USE]:header[C.USE] + m])
     return ps
 
 
-@njit(cache=True, inline="always")
-def _region(ps, slot: int, size: int):
-    a = ps.i[I.ARENA]
-    return a[a[slot]:a[slot] + size]
-
+# Every region is read as a[ix(a[C.X] + i)], not through a slice: a slice of the arena costs a bounds
+# fix-up per region per call, on every access.
 
 @njit(cache=True, _nrt=False)
 def next_use(ps, key: int, now: int) -> int:
     """First use position of `key` strictly after `now` (advancing the key's cursor), or never."""
     a = ps.i[I.ARENA]
-    n = a[C.N]
-    off = _region(ps, C.OFF, n + 1)
-    cur = _region(ps, C.CUR, n)
-    uses = a[a[C.USE]:]
-    c = cur[ix(key)]
-    end = off[ix(key + 1)]
-    while c < end and uses[ix(c)] <= now:
+    at = a[C.CUR] + key
+    c = a[ix(at)]
+    end = a[ix(a[C.OFF] + key + 1)]
+    uses = a[C.USE]
+    while c < end and a[ix(uses + c)] <= now:
         c += 1
-    cur[ix(key)] = c
-    return uses[ix(c)] if c < end else a[C.NEVER]
+    a[ix(at)] = c
+    return a[ix(uses + c)] if c < end else a[C.NEVER]
 
 
-# ---- a max-heap of (next use, -key) packed as next_use * n + (n - 1 - key), lazily invalidated ---------
+# ---- a tournament tree of ranks next_use << SHIFT | (P - 1 - key) (larger: evicted first), -1 for no key ----
 
-@njit(cache=True, _nrt=False)
-def _heap_push(ps, item: int) -> None:
+@njit(cache=True, inline="always")
+def _rank(ps, key: int, nu: int) -> int:
     a = ps.i[I.ARENA]
-    h = _region(ps, C.HEAP, a[C.HEAP_CAP])
-    i = a[C.HEAP_N]
-    h[ix(i)] = item
-    a[C.HEAP_N] = i + 1
-    while i > 0:
-        parent = (i - 1) // 2
-        if h[ix(parent)] >= h[ix(i)]:
-            break
-        h[ix(parent)], h[ix(i)] = h[ix(i)], h[ix(parent)]
-        i = parent
+    return (nu << a[C.SHIFT]) | (a[C.LEAF] - 1 - key)
 
 
 @njit(cache=True, _nrt=False)
-def _heap_pop(ps) -> None:
+def _tree_set(ps, key: int, item: int) -> None:
+    """Set the key's leaf to `item` (-1: not resident) and bring its ancestors up to date."""
     a = ps.i[I.ARENA]
-    h = _region(ps, C.HEAP, a[C.HEAP_CAP])
-    n = a[C.HEAP_N] - 1
-    a[C.HEAP_N] = n
-    h[0] = h[ix(n)]
-    i = 0
-    while True:
-        left = 2 * i + 1
-        if left >= n:
-            break
-        child = left
-        if left + 1 < n and h[ix(left + 1)] > h[ix(left)]:
-            child = left + 1
-        if h[ix(i)] >= h[ix(child)]:
-            break
-        h[ix(i)], h[ix(child)] = h[ix(child)], h[ix(i)]
-        i = child
-
-
-@njit(cache=True, _nrt=False)
-def _set_prio(ps, key: int, nu: int) -> None:
-    """Record the key's next use and push its heap entry; older entries of the key become stale."""
-    a = ps.i[I.ARENA]
-    n = a[C.N]
-    prio = _region(ps, C.PRIO, n)
-    item = nu * n + (n - 1 - key)
-    prio[ix(key)] = item
-    if a[C.HEAP_N] >= a[C.HEAP_CAP]:  # full of stale entries: rebuild from the resident keys
-        a[C.HEAP_N] = 0
-        members = _region(ps, C.MEM, n + 1)
-        pos = _region(ps, C.POS, n + 1)
-        for j in range(set_size(pos)):
-            k = members[j]
-            if k != key and prio[k] >= 0:
-                _heap_push(ps, prio[k])
-    _heap_push(ps, item)
+    t = a[C.TREE]
+    i = a[C.LEAF] + key
+    old = a[ix(t + i)]
+    a[ix(t + i)] = item
+    if item >= old:  # a larger leaf: its ancestors only rise to it, and stop at the first that is larger
+        while i > 1:
+            i >>= 1
+            if a[ix(t + i)] >= item:
+                break
+            a[ix(t + i)] = item
+    else:  # a smaller leaf: recompute each ancestor until one keeps its value
+        while i > 1:
+            i >>= 1
+            m = max(a[ix(t + 2 * i)], a[ix(t + 2 * i + 1)])
+            if a[ix(t + i)] == m:
+                break
+            a[ix(t + i)] = m
 
 
 @njit(cache=True, _nrt=False)
@@ -218,18 +183,13 @@ def _now(cs) -> int:
 @hook(EVENT_SIG)
 def on_event(ps, cs, tv, ev, key, t):
     a = ps.i[I.ARENA]
-    n = a[C.N]
-    members = _region(ps, C.MEM, n + 1)
-    pos = _region(ps, C.POS, n + 1)
     if ev == EV_INSERT:
-        set_add(members, pos, key)
-        _set_prio(ps, key, next_use(ps, key, _now(cs)))
+        _tree_set(ps, key, _rank(ps, key, next_use(ps, key, _now(cs))))
     elif ev == EV_ACCESS:
-        if pos[ix(key)] >= 0:
-            _set_prio(ps, key, next_use(ps, key, _now(cs)))
+        if a[ix(a[C.TREE] + a[C.LEAF] + key)] >= 0:
+            _tree_set(ps, key, _rank(ps, key, next_use(ps, key, _now(cs))))
     elif ev == EV_EVICT:
-        set_remove(members, pos, key)
-        _region(ps, C.PRIO, n)[key] = -1
+        _tree_set(ps, key, -1)
     return 0
 
 
@@ -237,33 +197,30 @@ def on_event(ps, cs, tv, ev, key, t):
 def victim(ps, cs, tv, incoming, t):
     in_layer = key_layer(cs, incoming)
     a = ps.i[I.ARENA]
-    n = a[C.N]
-    prio = _region(ps, C.PRIO, n)
-    h = _region(ps, C.HEAP, a[C.HEAP_CAP])
-    stash = _region(ps, C.STASH, 2 * n + 2)
+    root = a[C.TREE] + 1
+    stash = a[C.STASH]
+    shift = a[C.SHIFT]
+    low = a[C.LEAF] - 1
     now = _now(cs)
     n_stash = 0
     found = -1
-    while a[C.HEAP_N] > 0:
-        item = h[0]
-        key = n - 1 - item % n
-        if prio[ix(key)] != item:  # evicted, or re-pushed since
-            _heap_pop(ps)
-            continue
+    while a[ix(root)] >= 0:
+        item = a[ix(root)]
+        key = low - (item & low)
         nu = next_use(ps, key, now)
-        if nu != item // n:  # its use went by without an access (routing changed it): re-rank
-            _heap_pop(ps)
-            _set_prio(ps, key, nu)
+        if nu != item >> shift:  # its use went by without an access (routing changed it): re-rank
+            _tree_set(ps, key, _rank(ps, key, nu))
             continue
         if not is_evictable(cs, key, in_layer):
-            _heap_pop(ps)
-            stash[n_stash] = item
+            _tree_set(ps, key, -1)
+            a[ix(stash + n_stash)] = item
             n_stash += 1
             continue
         found = key
         break
     for j in range(n_stash):
-        _heap_push(ps, stash[j])
+        item = a[ix(stash + j)]
+        _tree_set(ps, low - (item & low), item)
     return found
 
 
