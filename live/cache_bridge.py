@@ -59,7 +59,8 @@ LIVE_MISS = live_policies("miss")
 def _empty_trace_view(n_layers: int, top_k: int, n_experts: int) -> Any:
     """Recency policies never read the trace; the hooks still need one of the right type."""
     shape = (0, n_layers, top_k)
-    return TraceView(np.zeros(shape, np.int16), np.zeros(shape, np.float32), np.zeros(shape, np.int16),
+    empty = np.zeros(shape, np.uint8)
+    return TraceView(empty, empty, np.zeros(shape, np.float32), empty, empty,
                      np.zeros(1, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int32), np.zeros(0, np.int32),
                      np.array([0, 0, n_experts, 0], np.int64), np.zeros((0, n_layers, n_experts), np.float32))
 
@@ -69,10 +70,20 @@ def _pass_view(n_layers: int, top_k: int, n_experts: int, p: int, n_tok: int) ->
     shape = (n_tok, n_layers, top_k)
     offsets = np.zeros(p + 2, np.int64)
     offsets[p + 1] = n_tok
-    return TraceView(np.zeros(shape, np.int16), np.zeros((0, n_layers, top_k), np.float32),
-                     np.zeros(shape, np.int16), offsets, np.zeros(p + 1, np.int8), np.zeros(n_tok, np.int32),
+    high = (n_tok if n_experts > 256 else 0, n_layers, top_k)  # ids' high bytes: none when every id < 256
+    return TraceView(np.zeros(shape, np.uint8), np.zeros(high, np.uint8),
+                     np.zeros((0, n_layers, top_k), np.float32), np.zeros(shape, np.uint8), np.zeros(high, np.uint8),
+                     offsets, np.zeros(p + 1, np.int8), np.zeros(n_tok, np.int32),
                      np.zeros(n_tok, np.int32), np.array([0, 1, n_experts, 0], np.int64),
                      np.zeros((0, n_layers, n_experts), np.float32))
+
+
+def _put_ids(low: np.ndarray, high: np.ndarray, layer: int, ids: np.ndarray) -> None:
+    """Store one layer's ids (tokens x top_k) into a pass view's byte arrays (`helpers.read_id` reads them)."""
+    ids = np.asarray(ids)
+    low[:, layer, :] = ids & 0xFF
+    if high.shape[0]:
+        high[:, layer, :] = ids >> 8
 
 
 @njit(cache=True)
@@ -205,9 +216,9 @@ class CacheBridge:
         if self._view_pass != self._pass or self.tv.experts.shape[0] != index.shape[0]:
             self.tv = _pass_view(self.n_layers, self.top_k, self.n_experts, max(self._pass, 0), index.shape[0])
             self._view_pass = self._pass
-        self.tv.experts[:, layer, :] = index
+        _put_ids(self.tv.experts, self.tv.experts_hi, layer, index)
         if predicted_next is not None and layer + 1 < self.n_layers:
-            self.tv.predicted[:, layer + 1, :] = predicted_next
+            _put_ids(self.tv.predicted, self.tv.predicted_hi, layer + 1, predicted_next)
 
     def gate(self, layer: int, experts: np.ndarray, tokens: np.ndarray | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -137,7 +137,7 @@ def test_gen_limit_is_the_available_memory(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(synthetic, "available_memory", lambda: (10**6, "a test cap"))
     need, tokens, _ = synthetic.generation_bytes(get_preset("olmoe-1b-7b"), synthetic.SyntheticParams(), 100_000)
-    assert tokens == 100_000 and need > 100_000 * 16 * 8 * 2  # the expert ids alone: int16 per layer and slot
+    assert tokens == 100_000 and need > 100_000 * 16 * 8  # the expert ids alone: a byte per layer and slot (64 experts)
     one_error_line(capsys, ["trace", "gen", "--model", "olmoe-1b-7b", "--tokens", "100000", "--out",
                             str(tmp_path / "t.npz")], "--tokens", "0.0 GB (a test cap)")
     one_error_line(capsys, ["trace", "gen", "--model", "olmoe-1b-7b", "--requests", "100000", "--out",

@@ -59,7 +59,7 @@ def finish(experts: np.ndarray, *, phases: list[int] | None = None, offsets: lis
 def test_clean_routing_passes_and_casts():
     scores = np.full((4, 2, 2), 0.5)
     trace = finish(distinct(4), scores=scores, model=M)
-    assert trace.experts.dtype == np.int16 and trace.scores.dtype == np.float16
+    assert trace.experts.dtype == np.uint8 and trace.scores.dtype == np.float16  # ids < 256: one byte each
     assert trace.n_experts == 8 and trace.model == "m" and trace.meta == {}
 
 

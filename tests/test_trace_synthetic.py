@@ -55,8 +55,8 @@ def test_thread_count_does_not_change_the_trace():
 def test_dtypes_shape_validity_and_exact_token_count():
     trace = generate(OLMOE, FULL, n_tokens=2345)
     trace.validate()
-    assert trace.experts.shape == (2345, 16, 8) and trace.experts.dtype == np.int16
-    assert trace.scores.dtype == np.float16 and trace.predicted.dtype == np.int16
+    assert trace.experts.shape == (2345, 16, 8) and trace.experts.dtype == np.uint8  # 64 experts: one byte an id
+    assert trace.scores.dtype == np.float16 and trace.predicted.dtype == np.uint8
     assert trace.n_experts == 64 and trace.model == "olmoe-1b-7b"
     assert trace.experts.min() >= 0 and trace.experts.max() < 64
 

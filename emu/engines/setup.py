@@ -8,7 +8,16 @@ import attrs
 import numpy as np
 
 from ..errors import EmuError
-from ..kernel.layout import ORDER_DEMAND_FIRST, ORDER_SUBMISSION, SC, SCAL, Timing, TraceView, new_cache_state
+from ..kernel.layout import (
+    ORDER_DEMAND_FIRST,
+    ORDER_SUBMISSION,
+    SC,
+    SCAL,
+    Timing,
+    TraceView,
+    id_bytes,
+    new_cache_state,
+)
 from ..kernel.stack import Stack
 from ..models import PRECISION_BITS, PRECISION_ORDER, ModelSpec
 from ..policies.api import PolicyContext
@@ -74,14 +83,14 @@ def trace_view(trace: RoutingTrace, logits: bool = True) -> Any:
     shape = trace.experts.shape
     scores = (np.ascontiguousarray(trace.scores, dtype=np.float32) if trace.scores is not None
               else np.zeros((0, shape[1], shape[2]), np.float32))
-    predicted = (np.ascontiguousarray(trace.predicted, dtype=np.int16) if trace.predicted is not None
-                 else np.zeros((0, shape[1], shape[2]), np.int16))
+    experts, experts_hi = id_bytes(trace.experts, shape)
+    predicted, predicted_hi = id_bytes(trace.predicted, shape)
     has_logits = logits and trace.logits is not None
     full = (np.ascontiguousarray(trace.logits, dtype=np.float32) if has_logits
             else np.zeros((0, shape[1], max(trace.n_experts, 1)), np.float32))
     dims = np.array([int(trace.scores is not None), int(trace.predicted is not None), trace.n_experts,
                      int(has_logits)], np.int64)
-    return TraceView(np.ascontiguousarray(trace.experts, dtype=np.int16), scores, predicted,
+    return TraceView(experts, experts_hi, scores, predicted, predicted_hi,
                      np.ascontiguousarray(trace.pass_offsets, dtype=np.int64),
                      np.ascontiguousarray(trace.pass_phase, dtype=np.int8),
                      np.ascontiguousarray(trace.token_position, dtype=np.int32),

@@ -35,6 +35,29 @@ def ix(i: int) -> np.uint64:
 # ---- keys, the eviction rule, a layer's routing ------------------------------------------------
 
 @njit(cache=True, inline="always")
+def read_id(low: np.ndarray, high: np.ndarray, tok: int, layer: int, s: int) -> int:
+    """The expert id at [tok, layer, s] of a trace view's byte arrays (`tv.experts`, `tv.experts_hi` or
+    `tv.predicted`, `tv.predicted_hi`): the low byte, plus the high byte where there are high bytes (an
+    empty `high`: every id < 256). Every read of a trace's ids goes through here."""
+    e = np.int64(low[ix(tok), ix(layer), ix(s)])
+    if high.shape[0] != 0:
+        e |= np.int64(high[ix(tok), ix(layer), ix(s)]) << 8
+    return e
+
+
+@njit(cache=True, inline="always")
+def expert_id(tv, tok: int, layer: int, s: int) -> int:
+    """The expert the router chose for token `tok` at `layer` in slot s."""
+    return read_id(tv.experts, tv.experts_hi, tok, layer, s)
+
+
+@njit(cache=True, inline="always")
+def predicted_id(tv, tok: int, layer: int, s: int) -> int:
+    """The speculator's guess for token `tok` at `layer`, slot s (traces with recorded predictions)."""
+    return read_id(tv.predicted, tv.predicted_hi, tok, layer, s)
+
+
+@njit(cache=True, inline="always")
 def interp_curve(xs: np.ndarray, ys: np.ndarray, n: int, x: float) -> float:
     """Piecewise linear, clamped below the first point, extended past the last (never decreasing)."""
     if x <= xs[0] or n == 1:
@@ -98,6 +121,7 @@ def gather_layer(cs, tv, p: int, layer: int) -> int:
     and routing mass (gate scores when the trace has them, else 1/top_k per token)."""
     # Fields are read into locals once: inside loops with stores LLVM would reload them every time.
     experts = tv.experts
+    high = tv.experts_hi
     scores = tv.scores
     t0 = tv.pass_offsets[p]
     t1 = tv.pass_offsets[p + 1]
@@ -113,7 +137,7 @@ def gather_layer(cs, tv, p: int, layer: int) -> int:
         bits = np.uint64(0)
         for tok in range(t0, t1):
             for s in range(k):
-                e = np.int64(experts[ix(tok), ix(layer), s])
+                e = read_id(experts, high, tok, layer, s)
                 bits |= np.uint64(1) << np.uint64(e)
                 count[ix(e)] += 1
                 mass[ix(e)] += np.float64(scores[ix(tok), ix(layer), s]) if has_scores else 1.0 / k
@@ -126,7 +150,7 @@ def gather_layer(cs, tv, p: int, layer: int) -> int:
         words = cs.mask
         for tok in range(t0, t1):
             for s in range(k):
-                e = np.int64(experts[ix(tok), ix(layer), s])
+                e = read_id(experts, high, tok, layer, s)
                 words[ix(e >> 6)] |= np.uint64(1) << np.uint64(e & 63)
                 count[ix(e)] += 1
                 mass[ix(e)] += np.float64(scores[ix(tok), ix(layer), s]) if has_scores else 1.0 / k
@@ -405,7 +429,7 @@ def true_layer_mass(tv, p: int, layer: int, out: np.ndarray) -> None:
     has_scores = tv.dims[0] == 1
     for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
         for s in range(k):
-            e = np.int64(tv.experts[tok, layer, s])
+            e = expert_id(tv, tok, layer, s)
             out[e] += np.float64(tv.scores[tok, layer, s]) if has_scores else 1.0 / k
 
 
@@ -426,9 +450,9 @@ def predicted_layer_mass(tv, p: int, layer: int, accuracy: float, rng: np.ndarra
     for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
         for s in range(k):
             if recorded:
-                out[np.int64(tv.predicted[tok, layer, s])] += 1.0 / k
+                out[predicted_id(tv, tok, layer, s)] += 1.0 / k
                 continue
-            e = np.int64(tv.experts[tok, layer, s])
+            e = expert_id(tv, tok, layer, s)
             w = np.float64(tv.scores[tok, layer, s]) if has_scores else 1.0 / k
             if n_exp > 1 and rand_uniform(rng, rng_idx) >= accuracy:
                 wrong = rand_below(rng, rng_idx, n_exp - 1)
@@ -448,6 +472,9 @@ def predict_push(cs, tv, p: int, layer: int, accuracy: float, rng: np.ndarray, r
     n_exp = out.shape[0]
     narrow = n_exp <= 64
     experts = tv.experts
+    high = tv.experts_hi
+    predicted = tv.predicted
+    predicted_hi = tv.predicted_hi
     k = experts.shape[2]
     has_scores = tv.dims[0] == 1
     recorded = tv.dims[1] == 1
@@ -461,10 +488,10 @@ def predict_push(cs, tv, p: int, layer: int, accuracy: float, rng: np.ndarray, r
     for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
         for s in range(k):
             if recorded:
-                e = np.int64(tv.predicted[ix(tok), ix(layer), s])
+                e = read_id(predicted, predicted_hi, tok, layer, s)
                 w = 1.0 / k
             else:
-                e = np.int64(experts[ix(tok), ix(layer), s])
+                e = read_id(experts, high, tok, layer, s)
                 w = np.float64(tv.scores[ix(tok), ix(layer), s]) if has_scores else 1.0 / k
                 if n_exp > 1:
                     state += _GOLDEN

@@ -198,8 +198,8 @@ class SCAL(Fields):
 # ---- the structs ----------------------------------------------------------------------------------
 # Field order is the constructor's argument order. Types are exact (C-contiguous, writable arrays), so
 # every jitted function that takes a struct compiles once and is cached across processes.
-_I8, _U8, _I16, _I32, _I64, _U64, _F32, _F64 = (types.int8, types.uint8, types.int16, types.int32, types.int64,
-                                                types.uint64, types.float32, types.float64)
+_I8, _U8, _I32, _I64, _U64, _F32, _F64 = (types.int8, types.uint8, types.int32, types.int64, types.uint64,
+                                          types.float32, types.float64)
 
 CS_FIELDS: tuple[tuple[str, Any], ...] = (
     ("sc", _I64[::1]), ("fc", _F64[::1]),
@@ -238,7 +238,11 @@ CS_FIELDS: tuple[tuple[str, Any], ...] = (
 )
 
 TV_FIELDS: tuple[tuple[str, Any], ...] = (
-    ("experts", _I16[:, :, ::1]), ("scores", _F32[:, :, ::1]), ("predicted", _I16[:, :, ::1]),
+    # expert ids, one byte each, and their high bytes: [tokens, layers, top_k], or [0, layers, top_k] when every
+    # id < 256 (most models: one byte an id halves the trace the run holds). Read them with `helpers.read_id`.
+    ("experts", _U8[:, :, ::1]), ("experts_hi", _U8[:, :, ::1]),
+    ("scores", _F32[:, :, ::1]),
+    ("predicted", _U8[:, :, ::1]), ("predicted_hi", _U8[:, :, ::1]),  # the speculator's ids, the same way
     ("pass_offsets", _I64[::1]), ("pass_phase", _I8[::1]), ("token_position", _I32[::1]),
     ("token_request", _I32[::1]),
     ("dims", _I64[::1]),  # [has_scores, has_predicted, n_experts, has_logits]
@@ -280,6 +284,21 @@ CS_T = CacheState._VIEW
 TV_T = TraceView._VIEW
 TM_T = Timing._VIEW
 PS_T = PolicyState._VIEW
+
+
+def id_bytes(ids: np.ndarray | None, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Expert ids (any integer dtype, each in 0..65535) as the trace view's (low, high) byte arrays; high is
+    [0, layers, top_k] when every id < 256, and a uint8 `ids` is taken as it is (no copy when contiguous).
+    `ids` None: both empty, of `shape`'s layers and top_k."""
+    empty = np.zeros((0, shape[1], shape[2]), np.uint8)
+    if ids is None:
+        return empty, empty
+    if ids.dtype == np.uint8:
+        return np.ascontiguousarray(ids), empty
+    if ids.size == 0 or int(ids.max()) < 256:
+        return np.ascontiguousarray(ids, dtype=np.uint8), empty
+    return (np.ascontiguousarray(ids & 0xFF, dtype=np.uint8),
+            np.ascontiguousarray(ids >> 8, dtype=np.uint8))
 
 
 def queue_ring(n_keys: int) -> int:

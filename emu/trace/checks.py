@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import EmuError, EmuWarning
 from ..models import ModelSpec
-from .routing_trace import PHASE_DECODE, RoutingTrace
+from .routing_trace import PHASE_DECODE, RoutingTrace, compact_ids
 
 #: (token index in the assembled trace, MoE layer, field: "experts" | "scores" | "predicted") ->
 #: (file part of the message, key): e.g. ("qwen.route.csv:1234", "expert")
@@ -161,9 +161,9 @@ def finish_import(*, experts: np.ndarray, pass_offsets: np.ndarray, pass_phase: 
                   allow_degenerate: bool = False) -> RoutingTrace:
     """Run every sanity check on an importer's assembled arrays and build the validated RoutingTrace.
 
-    `experts`/`predicted` may be any integer dtype (they are range-checked before the int16 cast);
-    `scores` any float dtype. `declared_n_experts` is the expert count the file states (0 if it states
-    none). `meta` is stored in the trace and gains `top_k_mismatch` / `degenerate` entries here.
+    `experts`/`predicted` may be any integer dtype (they are range-checked before `compact_ids` narrows them
+    to uint8 or int16); `scores` any float dtype. `declared_n_experts` is the expert count the file states
+    (0 if it states none). `meta` is stored in the trace and gains `top_k_mismatch` / `degenerate` entries here.
     """
     if experts.ndim != 3:
         raise EmuError(f"expected [tokens, layers, top_k] expert ids, got shape {experts.shape}", file=file)
@@ -213,9 +213,9 @@ def finish_import(*, experts: np.ndarray, pass_offsets: np.ndarray, pass_phase: 
                       EmuWarning, stacklevel=2)
 
     trace = RoutingTrace(
-        experts=experts.astype(np.int16), pass_offsets=np.asarray(pass_offsets, dtype=np.int64),
+        experts=compact_ids(experts), pass_offsets=np.asarray(pass_offsets, dtype=np.int64),
         pass_phase=np.asarray(pass_phase, dtype=np.int8), token_request=np.asarray(token_request, dtype=np.int32),
         token_position=np.asarray(token_position, dtype=np.int32), scores=scores16,
-        predicted=None if predicted is None else predicted.astype(np.int16), n_experts=n_exp,
+        predicted=None if predicted is None else compact_ids(predicted), n_experts=n_exp,
         model=model.name if model is not None else "", meta=meta)
     return trace.validate(file=file)

@@ -1,7 +1,8 @@
 """RoutingTrace: which experts each token used, grouped into passes and requests.
 
 Stored as `.npz` (schema in docs/traces.md). Arrays stay int16/float16 so a million-token trace of a
-16-layer top-8 model fits in a few hundred MB. The optional full router logits are float16 too: routers
+16-layer top-8 model fits in a few hundred MB; in memory expert ids take one byte (uint8) where every id < 256
+(`compact_ids`), which halves what a run holds for most models. The optional full router logits are float16 too: routers
 compute them in bf16 (every stored value of which float16 holds exactly within float16's range) or fp32
 (float16 keeps ~3 significant digits, enough to rank the logits and average their spread), at half
 float32's size, which is what they cost most: `n_experts` values per token and layer, not `top_k`.
@@ -31,13 +32,13 @@ class RoutingTrace:
     Tokens are ordered pass by pass; `pass_offsets[p]:pass_offsets[p+1]` are the tokens of pass p.
     """
 
-    experts: np.ndarray  # int16 [tokens, layers, top_k]
+    experts: np.ndarray  # uint8 (every id < 256) or int16 [tokens, layers, top_k]
     pass_offsets: np.ndarray  # int64 [passes + 1]
     pass_phase: np.ndarray  # int8 [passes]: 0 prefill, 1 decode
     token_request: np.ndarray  # int32 [tokens]
     token_position: np.ndarray  # int32 [tokens]: position of the token in its request (context length - 1)
     scores: np.ndarray | None = None  # float16 [tokens, layers, top_k]
-    predicted: np.ndarray | None = None  # int16 [tokens, layers, top_k]: speculator's guess for that layer
+    predicted: np.ndarray | None = None  # as `experts` [tokens, layers, top_k]: speculator's guess for that layer
     logits: np.ndarray | None = None  # float16 [tokens, layers, n_experts]: the router's full logits
     n_experts: int = 0
     model: str = ""
@@ -65,11 +66,19 @@ class RoutingTrace:
         return int(np.unique(self.token_request).size) if self.n_tokens else 0
 
     def fingerprint(self) -> str:
-        """Content hash, so a result names exactly the trace it came from."""
+        """Content hash, so a result names exactly the trace it came from: the same ids held as uint8 or int16
+        hash the same (as int16, their width on disk)."""
         h = hashlib.sha256()
         for arr in (self.experts, self.pass_offsets, self.pass_phase, self.token_request, self.token_position,
                     self.scores, self.predicted, self.logits):
-            if arr is not None:  # the array's own buffer (contiguous), not a bytes copy of a trace-sized array
+            if arr is None:
+                continue
+            if (arr is self.experts or arr is self.predicted) and arr.dtype == np.uint8:
+                # one-byte ids, widened a block of tokens at a time
+                step = max(1, (1 << 22) // max(1, arr.shape[1] * arr.shape[2]))
+                for lo in range(0, arr.shape[0], step):
+                    h.update(arr[lo:lo + step].astype(np.int16).reshape(-1).view(np.uint8))
+            else:  # the array's own buffer (contiguous), not a bytes copy of a trace-sized array
                 h.update(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
         return h.hexdigest()[:16]
 
@@ -237,18 +246,29 @@ class RoutingTrace:
                 return _cast(_member(data, key, file), np.dtype(dtype), key, file)
 
             trace = cls(
-                experts=arr("experts", np.int16), pass_offsets=arr("pass_offsets", np.int64),
+                experts=compact_ids(arr("experts", np.int16)), pass_offsets=arr("pass_offsets", np.int64),
                 pass_phase=arr("pass_phase", np.int8), token_request=arr("token_request", np.int32),
                 token_position=arr("token_position", np.int32),
                 scores=arr("scores", np.float16) if "scores" in data.files else None,
-                predicted=arr("predicted", np.int16) if "predicted" in data.files else None,
+                predicted=compact_ids(arr("predicted", np.int16)) if "predicted" in data.files else None,
                 logits=_logits(_member(data, "logits", file), file) if "logits" in data.files else None,
                 n_experts=n_experts, model=model, meta=dict(meta))
         return trace.validate(file=file)
 
 
-#: expert ids are int16
+#: expert ids are int16 on disk
 _MAX_EXPERTS = int(np.iinfo(np.int16).max) + 1
+
+
+def compact_ids(ids: np.ndarray) -> np.ndarray:
+    """Expert ids as a trace holds them: uint8 when every id is in 0..255 (one byte an id), else int16 (the
+    caller has checked they fit). A uint8 array is returned as it is; otherwise the uint8 result is a new
+    array, so the caller drops the wider one."""
+    if ids.dtype == np.uint8:
+        return ids
+    if ids.size == 0 or (int(ids.min()) >= 0 and int(ids.max()) < 256):
+        return ids.astype(np.uint8)
+    return ids.astype(np.int16, copy=False)
 
 
 def _member(data: Any, key: str, file: str) -> np.ndarray:

@@ -1,10 +1,11 @@
 """Seeded synthetic routing traces: popularity skew, temporal reuse, cross-layer correlation, batching.
 
 The three routing effects are the ones expert caches live or die by, and each is one parameter so that
-`emu trace fit` can target them. Generation is numba over flat int16 arrays, parallel over requests with
-one counter-seeded random stream per request (and per token for scores and predictions), so the result
-is identical for any thread count (and when generated in blocks for the progress display); routing runs at
-about 100M entries per second of one core (a million-token OLMoE trace, 128M entries: about 1.3 CPU s).
+`emu trace fit` can target them. Generation is numba over flat id arrays (uint8 up to 256 experts per
+layer, else int16), parallel over requests with one counter-seeded random stream per request (and per token
+for scores and predictions), so the result is identical for any thread count (and when generated in blocks
+for the progress display); routing runs at about 100M entries per second of one core (a million-token
+OLMoE trace, 128M entries: about 1.3 CPU s).
 
 Per token t of request r, MoE layer l and top-k slot k (slots filled in order 0..k-1):
 1. with probability `reuse_prob`, take the expert the previous token of r chose at (l, k);
@@ -491,6 +492,11 @@ def _predict(experts: np.ndarray, out: np.ndarray, first: int, seed: np.uint64, 
 
 
 # --- driver -----------------------------------------------------------------------------------------
+def _id_dtype(n_experts: int) -> type:
+    """The dtype of a generated trace's ids: uint8 up to 256 experts per layer, else int16 (as `compact_ids`)."""
+    return np.uint8 if n_experts <= 256 else np.int16
+
+
 def _alias_table(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Walker's alias method: O(1) draws from a fixed discrete distribution."""
     n = p.size
@@ -561,7 +567,8 @@ def generation_bytes(model: ModelSpec, params: SyntheticParams, n_tokens: int | 
         tokens = min(tokens, n_tokens)
     passes = n_req + n_req * longest_output + 1
     slots = model.n_moe_layers * model.top_k
-    per_token = slots * 2 * (1 + params.with_scores + (params.predictor_accuracy is not None)) + 4 + 4 + 8
+    id_bytes = np.dtype(_id_dtype(model.n_experts)).itemsize
+    per_token = slots * (id_bytes * (1 + (params.predictor_accuracy is not None)) + 2 * params.with_scores) + 4 + 4 + 8
     per_request = 2 * 8 + 3 * 8  # lengths; first, last, decoded
     total = tokens * per_token + n_req * per_request + passes * 9 + params.batch_size * 8
     return total, tokens, n_req
@@ -639,7 +646,8 @@ def generate(model: ModelSpec, params: SyntheticParams, n_tokens: int | None = N
     token_blocks = _bounds(target, _block_count(target, show))
     steps = len(route_blocks) + len(token_blocks) * (params.with_scores + (params.predictor_accuracy is not None))
     tick = Progress(steps, label="trace", unit="blocks", enabled=show)
-    experts = np.empty((target, n_layers, top_k), dtype=np.int16)
+    # one byte an id where every id fits one: the trace is written at its final width, never widened and copied
+    experts = np.empty((target, n_layers, top_k), dtype=_id_dtype(n_exp))
     for lo, hi in route_blocks:
         _route(experts, requests[lo:hi], first_token, next_token, seed, _threshold(params.reuse_prob)[()],
                _threshold(params.cross_layer_corr)[()], probs, table.ravel(), layer_map.ravel())

@@ -35,7 +35,7 @@ from enum import auto
 import numpy as np
 from numba import njit
 
-from ...kernel.helpers import is_evictable, ix, key_layer
+from ...kernel.helpers import is_evictable, ix, key_layer, read_id
 from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG, hook
 from ...kernel.layout import SC, Fields, new_policy_state
 from ..api import Capabilities, Policy, PolicyContext, register
@@ -65,7 +65,7 @@ _HDR = len(C)
 
 
 @njit(cache=True)
-def _count_uses(experts: np.ndarray, offsets_pass: np.ndarray, n_exp: int) -> np.ndarray:
+def _count_uses(experts: np.ndarray, high: np.ndarray, offsets_pass: np.ndarray, n_exp: int) -> np.ndarray:
     n_layers = experts.shape[1]
     k = experts.shape[2]
     counts = np.zeros(n_layers * n_exp, np.int64)
@@ -74,7 +74,7 @@ def _count_uses(experts: np.ndarray, offsets_pass: np.ndarray, n_exp: int) -> np
         for tok in range(offsets_pass[p], offsets_pass[p + 1]):
             for layer in range(n_layers):
                 for s in range(k):
-                    key = layer * n_exp + np.int64(experts[tok, layer, s])
+                    key = layer * n_exp + read_id(experts, high, tok, layer, s)
                     if seen[key] != p:
                         seen[key] = p
                         counts[key] += 1
@@ -82,7 +82,7 @@ def _count_uses(experts: np.ndarray, offsets_pass: np.ndarray, n_exp: int) -> np
 
 
 @njit(cache=True)
-def _fill_uses(experts: np.ndarray, offsets_pass: np.ndarray, n_exp: int, offsets: np.ndarray,
+def _fill_uses(experts: np.ndarray, high: np.ndarray, offsets_pass: np.ndarray, n_exp: int, offsets: np.ndarray,
                uses: np.ndarray) -> None:
     n_layers = experts.shape[1]
     k = experts.shape[2]
@@ -92,7 +92,7 @@ def _fill_uses(experts: np.ndarray, offsets_pass: np.ndarray, n_exp: int, offset
         for tok in range(offsets_pass[p], offsets_pass[p + 1]):
             for layer in range(n_layers):
                 for s in range(k):
-                    key = layer * n_exp + np.int64(experts[tok, layer, s])
+                    key = layer * n_exp + read_id(experts, high, tok, layer, s)
                     if seen[key] != p:
                         seen[key] = p
                         uses[fill[key]] = p * n_layers + layer
@@ -102,7 +102,7 @@ def _fill_uses(experts: np.ndarray, offsets_pass: np.ndarray, n_exp: int, offset
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     tv = ctx.trace
     n = ctx.n_layers * ctx.n_experts
-    counts = _count_uses(tv.experts, tv.pass_offsets, ctx.n_experts)
+    counts = _count_uses(tv.experts, tv.experts_hi, tv.pass_offsets, ctx.n_experts)
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
     m = int(offsets[-1])
@@ -123,7 +123,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     a[header[C.OFF]:header[C.OFF] + n + 1] = offsets
     a[header[C.CUR]:header[C.CUR] + n] = offsets[:-1]
     a[header[C.TREE]:header[C.TREE] + 2 * leaf] = -1  # no key resident
-    _fill_uses(tv.experts, tv.pass_offsets, ctx.n_experts, offsets, a[header[C.USE]:header[C.USE] + m])
+    _fill_uses(tv.experts, tv.experts_hi, tv.pass_offsets, ctx.n_experts, offsets, a[header[C.USE]:header[C.USE] + m])
     return ps
 
 

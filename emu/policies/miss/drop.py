@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from enum import auto
 
-import numpy as np
 from numba import njit
 
+from ...kernel.helpers import expert_id
 from ...kernel.hooks import MISS_DROP, MISS_FETCH, MISS_SIG, encode_miss, hook
 from ...kernel.layout import SC, Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
@@ -36,7 +36,7 @@ def best_rank(tv, p: int, layer: int, expert: int) -> int:
     best = k
     for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
         for s in range(k):
-            if np.int64(tv.experts[tok, layer, s]) != expert:
+            if expert_id(tv, tok, layer, s) != expert:
                 continue
             r = s
             if has_scores:

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from enum import auto
 
-import numpy as np
-
+from ...kernel.helpers import expert_id
 from ...kernel.hooks import PARTITION_SIG, hook
 from ...kernel.layout import Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
@@ -67,7 +66,7 @@ def partition(ps, cs, tv, p, layer, t):
     if p > 0:
         for tok in range(tv.pass_offsets[p - 1], tv.pass_offsets[p]):
             for s in range(tv.experts.shape[2]):
-                ps.i[I.LAST_PASS, base + np.int64(tv.experts[tok, layer, s])] = p - 1
+                ps.i[I.LAST_PASS, base + expert_id(tv, tok, layer, s)] = p - 1
     ws = 0
     for e in range(n_exp):
         if ps.i[I.LAST_PASS, base + e] >= 0 and ps.i[I.LAST_PASS, base + e] >= p - window:

@@ -49,7 +49,7 @@ from enum import auto
 import numpy as np
 from numba import njit
 
-from ...kernel.helpers import push_top
+from ...kernel.helpers import expert_id, push_top
 from ...kernel.hooks import PREFETCH_SIG, hook
 from ...kernel.layout import Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
@@ -218,7 +218,7 @@ def _mark_routed(truth, tv, p: int, layer: int) -> None:
     truth[:] = 0.0
     for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
         for s in range(tv.experts.shape[2]):
-            truth[np.int64(tv.experts[tok, layer, s])] = 1.0
+            truth[expert_id(tv, tok, layer, s)] = 1.0
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -229,7 +229,7 @@ def _observe(f, last_pass, tv, p: int, layer: int, t0: int, fq0: int, n_exp: int
         freq[e] *= decay
     for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
         for s in range(tv.experts.shape[2]):
-            freq[np.int64(tv.experts[tok, layer, s])] += 1.0
+            freq[expert_id(tv, tok, layer, s)] += 1.0
     update_tables(f, last_pass, tv, p, layer, t0, -1, -1)
 
 

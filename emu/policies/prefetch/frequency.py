@@ -55,9 +55,9 @@ from __future__ import annotations
 
 from enum import auto
 
-import numpy as np
 from numba import njit
 
+from ...kernel.helpers import expert_id
 from ...kernel.hooks import PREFETCH_SIG, hook
 from ...kernel.layout import ABSENT, SC, Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
@@ -168,7 +168,7 @@ def _study(ps, cs, tv, p: int, layer: int) -> int:
         f[row, base + e] = 0.0
     for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
         for s in range(tv.experts.shape[2]):
-            f[row, base + np.int64(tv.experts[tok, layer, s])] = 1.0
+            f[row, base + expert_id(tv, tok, layer, s)] = 1.0
     # the next layer's calls up to the pass it is predicted for (layer 0: the next pass)
     target = layer + 1
     q = p

@@ -75,7 +75,7 @@ import numpy as np
 from numba import njit
 
 from ...errors import EmuError
-from ...kernel.helpers import push_top
+from ...kernel.helpers import expert_id, push_top
 from ...kernel.hooks import PREFETCH_SIG, hook
 from ...kernel.layout import ABSENT, Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
@@ -144,7 +144,7 @@ def _used(tv, p: int, layer: int, n_exp: int, out) -> None:
     out[:] = 0.0
     for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
         for s in range(tv.experts.shape[2]):
-            out[np.int64(tv.experts[tok, layer, s])] = 1.0
+            out[expert_id(tv, tok, layer, s)] = 1.0
 
 
 @njit(cache=True, _nrt=False, inline="always")
@@ -196,7 +196,7 @@ def _study(ps, cs, tv, p: int, layer: int) -> int:
             ps.i[row + w, p] = 0
         for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
             for s in range(tv.experts.shape[2]):
-                e = np.int64(tv.experts[tok, layer, s])
+                e = expert_id(tv, tok, layer, s)
                 ps.i[row + e // 64, p] |= np.int64(1) << np.int64(e % 64)
     # the next layer's calls up to the pass it is predicted for (layer 0: the next pass)
     target = layer + 1

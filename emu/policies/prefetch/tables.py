@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from enum import auto
 
-import numpy as np
 from numba import njit
 
+from ...kernel.helpers import expert_id
 from ...kernel.layout import Fields
 
 
@@ -37,24 +37,24 @@ def update_tables(f, last_pass, tv, p: int, layer: int, t0: int, s0: int, c0: in
     k = tv.experts.shape[2]
     for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
         for s in range(k):
-            a = np.int64(tv.experts[tok, layer, s])
+            a = expert_id(tv, tok, layer, s)
             if layer > 0 and t0 >= 0:
                 for r in range(k):
-                    b = np.int64(tv.experts[tok, layer - 1, r])
+                    b = expert_id(tv, tok, layer - 1, r)
                     f[t0 + (layer - 1) * n_exp + b, a] += 1.0
             if c0 >= 0:
                 for r in range(k):
                     if r != s:
-                        f[c0 + layer * n_exp + a, np.int64(tv.experts[tok, layer, r])] += 1.0
+                        f[c0 + layer * n_exp + a, expert_id(tv, tok, layer, r)] += 1.0
     if s0 >= 0 and p > 0:
         for g in range(n_exp):
             if last_pass[layer * n_exp + g] == p - 1:
                 for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
                     for s in range(k):
-                        f[s0 + layer * n_exp + g, np.int64(tv.experts[tok, layer, s])] += 1.0
+                        f[s0 + layer * n_exp + g, expert_id(tv, tok, layer, s)] += 1.0
     for tok in range(tv.pass_offsets[p], tv.pass_offsets[p + 1]):
         for s in range(k):
-            last_pass[layer * n_exp + np.int64(tv.experts[tok, layer, s])] = p
+            last_pass[layer * n_exp + expert_id(tv, tok, layer, s)] = p
 
 
 @njit(cache=True, _nrt=False)

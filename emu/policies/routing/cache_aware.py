@@ -52,7 +52,7 @@ import numpy as np
 from numba import njit
 
 from ...errors import EmuError
-from ...kernel.helpers import sort_prefix
+from ...kernel.helpers import expert_id, sort_prefix
 from ...kernel.hooks import ROUTE_SIG, hook
 from ...kernel.layout import IN_FLIGHT, RESIDENT, SF, Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
@@ -110,7 +110,7 @@ def _select(ps, cs, tv, tok: int, layer: int, base: int) -> int:
     w = ps.f[F.WEIGHTS]
     # the router's own choices, sorted by logit (descending)
     for s in range(k):
-        ids[s] = np.int64(tv.experts[tok, layer, s])
+        ids[s] = expert_id(tv, tok, layer, s)
         z[s] = math.log(max(np.float64(tv.scores[tok, layer, s]), 1e-12))
     for a in range(1, k):
         zi = z[a]
@@ -196,7 +196,7 @@ def _select_history(ps, cs, tv, tok: int, layer: int, base: int, boost: float) -
     for s in range(1, k):
         if tv.scores[tok, layer, s] > tv.scores[tok, layer, ref]:
             ref = s
-    z_ref = np.float64(tv.logits[tok, layer, np.int64(tv.experts[tok, layer, ref])])
+    z_ref = np.float64(tv.logits[tok, layer, expert_id(tv, tok, layer, ref)])
     s_ref = np.float64(tv.scores[tok, layer, ref])
     chosen = ps.i[I.CHOSEN]
     for j in range(k):
@@ -217,7 +217,7 @@ def _select_history(ps, cs, tv, tok: int, layer: int, base: int, boost: float) -
                 z += boost
             own = -1
             for s in range(k):
-                if np.int64(tv.experts[tok, layer, s]) == e:
+                if expert_id(tv, tok, layer, s) == e:
                     own = s
                     break
             # ties: the router's own choice, then the lower id (e ascends, so a later e never wins a full tie)
@@ -248,7 +248,7 @@ def route(ps, cs, tv, p, layer, t):
         moved = 0.0  # the router's own choices that the bias swapped out: their gate scores
         swapped = False
         for s in range(k):  # book them as rerouted mass
-            orig = np.int64(tv.experts[tok, layer, s])
+            orig = expert_id(tv, tok, layer, s)
             kept = False
             for c in range(k):
                 if ps.i[I.CHOSEN, c] == orig:
@@ -268,7 +268,7 @@ def route(ps, cs, tv, p, layer, t):
             mass[e] += ps.f[F.CHOSEN_W, s]
             inside = False
             for c in range(k):
-                if np.int64(tv.experts[tok, layer, c]) == e:
+                if expert_id(tv, tok, layer, c) == e:
                     inside = True
                     break
             if not inside:
