@@ -7,16 +7,18 @@ A dataset is a folder `validation/<YYYY-MM-DD>-<gpu kind>/` holding `comparisons
 with one ROW per configuration run live and emulated:
 
     {"config": "olmoe-25pct-lru-b1", "runtime": "hf-eager", "out_of_sample": true,
-     "calibration": {"profile": "...toml", "runtime_profile": "...toml", "runs": ["cal-..."]},
+     "calibration": {"profile": "...toml", "runtime_profile": "...toml", "runs": ["cal-..."], "host_drift": 0.02},
      "model": "olmoe-1b-7b", "capacity": "25%", "eviction": "lru", "prefetch": "none", "batch": 1,
      "ttft_s": {"measured": 0.1, "emulated": 0.11}, "decode_tok_s": {"measured": 20.0, "emulated": 19.0},
      "steps_s": {"measured": [...], "emulated": [...]},
      "counts": {"hits": [live, emulated], "accesses": [...], "copies": [...], "prefetch_issued": [...]},
      "prefetch_races": false}
 
-`out_of_sample`: the configuration was not among the runs its calibration was fitted on. `prefetch_races`:
-the runtime's prefetch decisions depend on timing (a prefetch still in flight at a decision), so its issued
-count may differ from the emulator's by up to 1%. Every key is required and checked when read: a bad file
+`out_of_sample`: the configuration was not among the runs its calibration was fitted on. `host_drift` (optional,
+null where unknown): how far apart the runtime calibration's requests of the row's model put its resident decode
+step (`emu.runtime_profile.host_drift`); at most `HOST_DRIFT_TOLERANCE`, the row was calibrated on a steady host.
+`prefetch_races`: the runtime's prefetch decisions depend on timing (a prefetch still in flight at a decision), so
+its issued count may differ from the emulator's by up to 1%. Every key is required and checked when read: a bad file
 gives one `EmuError` naming the file and the key (e.g. `rows[2].steps_s.measured`), never a traceback.
 
 Errors are relative, emulated / measured - 1; the summary reports medians and maxima of their magnitudes
