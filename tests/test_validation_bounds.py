@@ -39,6 +39,8 @@ def _recomputed(tmp_path: Path) -> list:
                     f"{folder.name} {old['config']} {key}: the emulator's prediction changed; regenerate with "
                     f"python -m live.protocol compare {folder.relative_to(ROOT)} (docs/validation.md)")
             assert new["counts"] == old["counts"], (folder.name, old["config"])
+            assert new["calibration"].get("host_drift") == old["calibration"].get("host_drift"), (
+                folder.name, old["config"], "the calibration's host drift changed")
             assert not new["roofline"], f"{folder.name} {old['config']}: the device profile has no tables for its model"
         out.append(load_dataset(copy))
     return out
