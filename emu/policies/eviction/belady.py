@@ -176,6 +176,21 @@ def _tree_set(ps, key: int, item: int) -> None:
 
 
 @njit(cache=True, _nrt=False)
+def _tree_drop_top(ps, key: int) -> None:
+    """`_tree_set(ps, key, -1)` for the key whose rank is the root's: it was the larger child at every level of
+    its path, so each ancestor becomes the larger of the lowered side and the sibling, read once per level."""
+    a = ps.i[I.ARENA]
+    t = a[C.TREE]
+    i = a[C.LEAF] + key
+    a[ix(t + i)] = -1
+    v = np.int64(-1)
+    while i > 1:
+        v = max(v, a[ix(t + (i ^ 1))])
+        i >>= 1
+        a[ix(t + i)] = v
+
+
+@njit(cache=True, _nrt=False)
 def _now(cs) -> int:
     return cs.sc[SC.PASS] * cs.layer_count.shape[0] + cs.sc[SC.LAYER]
 
@@ -212,7 +227,7 @@ def victim(ps, cs, tv, incoming, t):
             _tree_set(ps, key, _rank(ps, key, nu))
             continue
         if not is_evictable(cs, key, in_layer):
-            _tree_set(ps, key, -1)
+            _tree_drop_top(ps, key)
             a[ix(stash + n_stash)] = item
             n_stash += 1
             continue
