@@ -45,6 +45,14 @@ from typing import Any
 import attrs
 
 from emu.errors import EmuError
+from emu.runtime_profile import (
+    NO_RUNTIME,
+    RuntimeProfile,
+    drift_fraction,
+    host_drift,
+    host_drift_warning,
+    load_runtime_profile,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -191,7 +199,8 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
                 at = [0, len(configs) // 2, len(configs)] if calibrate_runtime is not None else []
                 for i, c in enumerate(configs):
                     for _ in range(at.count(i)):
-                        _calibrate(model, runtime, shape, preset, requests, out, calibrate_runtime, cals, dev, decode)
+                        calibrated = _calibrate(model, runtime, shape, preset, requests, out, calibrate_runtime,
+                                                cals, dev, decode)
                         tick.step(f"calibration {preset}")
                     slots = _slots(c.capacity, spec, n_keys, matrix.path, f"{c.name}.capacity")
                     runtime.close()  # the last configuration's prefetch watchdog may still submit to the old pool
@@ -220,11 +229,15 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
                           file=sys.stderr, flush=True)
                     tick.step(c.name)
                 for _ in range(at.count(len(configs))):
-                    _calibrate(model, runtime, shape, preset, requests, out, calibrate_runtime, cals, dev, decode)
+                    calibrated = _calibrate(model, runtime, shape, preset, requests, out, calibrate_runtime,
+                                            cals, dev, decode)
                     tick.step(f"calibration {preset}")
                 if requests:
                     cals.append(merge(requests))
-                    _warn_host_drift(out / "calibration" / f"{calibrate_runtime}.toml", preset)
+                    # say at once when the model's requests disagree: the host's pace changed during its runs
+                    unsteady = host_drift_warning(calibrated, models={preset})
+                    if unsteady is not None:
+                        print(f"warning: {unsteady}", file=sys.stderr, flush=True)
             finally:
                 runtime.close()
                 del runtime, model
@@ -237,7 +250,7 @@ def run_matrix(matrix: Matrix, out: Path, *, device: str = "cuda", calibrate_run
 
 
 def _calibrate(model: Any, runtime: Any, shape: Any, preset: str, requests: list[Any], out: Path, name: Any,
-               cals: list[Any], dev: Any, decode: str) -> None:
+               cals: list[Any], dev: Any, decode: str) -> RuntimeProfile:
     """One more calibration request of the model's runtime (appended to `requests`); the runtime profile so far
     written at once, so that it is kept whatever happens to the runs after it."""
     from .host_calibration import SEED, calibrate_built, merge
@@ -245,22 +258,16 @@ def _calibrate(model: Any, runtime: Any, shape: Any, preset: str, requests: list
     requests.append(calibrate_built(model, runtime, shape, preset, again=bool(requests), seed=SEED + len(requests),
                                     decode=decode))
     print(f"calibrated the runtime on {preset} ({len(requests)}): {requests[-1].costs}", file=sys.stderr, flush=True)
-    _write_runtime(out, name, [*cals, merge(requests)], dev)
+    return _write_runtime(out, name, [*cals, merge(requests)], dev)
 
 
-def _warn_host_drift(path: Path, preset: str) -> None:
-    """Say at once when the model's calibration requests disagree: the host's pace changed during its runs."""
-    from emu.runtime_profile import host_drift_warning, load_runtime_profile
-
-    warning = host_drift_warning(load_runtime_profile(path), models={preset})
-    if warning is not None:
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
-
-
-def _write_runtime(out: Path, name: str, cals: list[Any], dev: Any) -> None:
+def _write_runtime(out: Path, name: str, cals: list[Any], dev: Any) -> RuntimeProfile:
+    """The runtime profile of the calibrations so far, written to out/calibration/<name>.toml."""
     from .host_calibration import device_name, runtime_profile, write_runtime_profile
 
-    write_runtime_profile(runtime_profile(name, cals, device_name(dev)), out / "calibration" / f"{name}.toml")
+    profile = runtime_profile(name, cals, device_name(dev))
+    write_runtime_profile(profile, out / "calibration" / f"{name}.toml")
+    return profile
 
 
 def _write_record(out: Path, c: Config, spec: Any, shape: Any, slots: int, runtime: Any, result: Any,
@@ -300,7 +307,6 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
     """Every run record in folder/runs emulated with the given calibration; writes folder/comparisons.json. The
     rows' runtime mode is `runtime_name`, else the runtime profile's name, else "device-only"."""
     from emu.profile import load_profile, profile_copy_warning
-    from emu.runtime_profile import NO_RUNTIME, drift_fraction, host_drift, host_drift_warning, load_runtime_profile
 
     from .validate import emulate_live, live_model, load_live_run
     from .validate_cli import roofline_warning
@@ -367,8 +373,6 @@ def merge_parts(parts: list[Path], out: Path) -> Path:
     in two parts is refused: it would have two calibrations) with `[host]` their median, and every other
     calibration file (a name in several parts gets the part's folder name before its suffix)."""
     import shutil
-
-    from emu.runtime_profile import load_runtime_profile
 
     from .host_calibration import _median_costs, write_runtime_profile
 

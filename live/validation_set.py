@@ -38,6 +38,7 @@ from typing import Any
 import attrs
 
 from emu.errors import EmuError
+from emu.runtime_profile import HOST_DRIFT_TOLERANCE
 
 from .validation_stats import TostResult, ks_pvalue, ks_statistic, quantile_errors, tost_equivalent
 
@@ -87,8 +88,6 @@ class Calibration:
     @property
     def steady(self) -> bool:
         """The host kept its pace through the calibration (`emu.runtime_profile.HOST_DRIFT_TOLERANCE`)."""
-        from emu.runtime_profile import HOST_DRIFT_TOLERANCE
-
         return self.host_drift is not None and self.host_drift <= HOST_DRIFT_TOLERANCE
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,12 +39,26 @@ batch = 2
 """
 
 
+#: what the matrix run's host-drift check was given: (the runtime profile in memory, the models asked about)
+DRIFT_CHECKS: list[tuple[Any, Any]] = []
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import live.protocol
+
     d = tmp_path_factory.mktemp("protocol")
     (d / "m.toml").write_text(MATRIX)
-    written = run_matrix(load_matrix(d / "m.toml"), d / "out", device="cpu", scale="tiny",
-                         calibrate_runtime="hf-eager")
+    check = live.protocol.host_drift_warning
+
+    def recorded(profile: Any, **kw: Any) -> Any:
+        DRIFT_CHECKS.append((profile, kw.get("models")))
+        return check(profile, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(live.protocol, "host_drift_warning", recorded)
+        written = run_matrix(load_matrix(d / "m.toml"), d / "out", device="cpu", scale="tiny",
+                             calibrate_runtime="hf-eager")
     assert [p.name for p in written] == ["lru-25.json", "lfu-50-nl.json", "lru-25-b2.json"]
     return d / "out"
 
@@ -98,6 +113,9 @@ def test_compare_writes_rows_the_summary_reads(dataset: Path) -> None:
     from emu.runtime_profile import drift_fraction, host_drift, load_runtime_profile
 
     (span,) = host_drift(load_runtime_profile(runtime)).values()
+    # the run checked the model's requests once, on the profile it had just written (the same drift as the file)
+    ((checked, models),) = DRIFT_CHECKS
+    assert models == {"olmoe-1b-7b"} and tuple(host_drift(checked).values()) == (span,)
     assert all(r["calibration"]["host_drift"] == drift_fraction(span) for r in rows.values())
     assert ds.rows[0].calibration.host_drift == drift_fraction(span)
 
