@@ -6,9 +6,10 @@
 #                                  3: eager olmoe+mixtral, its own runtime calibration;
 #                                  4: graph olmoe+qwen1.5+qwen3, then the device calibration: one command;
 #                                  5: eager qwen1.5+qwen3, its own runtime calibration;
-#                                  6: graph olmoe at batch 1, then the device calibration of olmoe: a short one)
+#                                  6: graph olmoe at batch 1, then the device calibration of olmoe: a short one;
+#                                  7: graph mixtral alone, after part 4 on the same machine)
 set -u
-case ${1:-} in [1-6]) ;; *) echo "usage: bash validation/lease.sh PART (1-6)" >&2; exit 2;; esac
+case ${1:-} in [1-7]) ;; *) echo "usage: bash validation/lease.sh PART (1-7)" >&2; exit 2;; esac
 T0=$(date +%s)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/nb
@@ -29,6 +30,7 @@ case $1 in
   4) ONLY="${A%% --only mixtral8l*} $B"; MODE="--decode graph --calibrate-runtime hf-graph";;
   5) ONLY=$B; MODE="--decode eager --calibrate-runtime hf-eager";;
   6) ONLY="${A%% --only olmoe-25-lru-b4*}"; MODE="--decode graph --calibrate-runtime hf-graph";;
+  7) ONLY="--only mixtral8l${A#* --only mixtral8l}"; MODE="--decode graph --calibrate-runtime hf-graph";;
 esac
 rm -rf /tmp/runs$1
 python3 -m live.protocol run validation/matrix.toml --out /tmp/runs$1 $MODE $ONLY 2> $V/calibration/run.log
