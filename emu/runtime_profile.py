@@ -182,25 +182,44 @@ HOST_DRIFT_TOLERANCE = 0.10
 
 
 def host_drift(profile: RuntimeProfile) -> dict[str, tuple[float, float]]:
-    """Per model calibrated from two or more requests: the fastest and the slowest of its requests' median decode
-    step with every expert resident (seconds). The requests are taken at different moments of a lease with the
-    same work, so where these disagree the host's pace changed between them, and predictions of host-paced runs
-    made with the profile can be no closer than that. Models whose provenance lacks the figures are left out."""
+    """Per model: the fastest and the slowest pace its calibration requests saw, as a median decode step with every
+    expert resident (seconds). The requests are taken at different moments of a lease with the same work, so
+    where these disagree the host's pace changed between them, and predictions of host-paced runs made with the
+    profile can be no closer than that.
+
+    The slowest is the slowest request's resident median. The fastest is the least of every request's resident
+    median and of its small-cache median (`decode_step_s`, the same prompt on a 10% cache): the small cache does
+    at least the resident request's work per step (the same launches, plus its misses' copies), so its median
+    bounds from above what a resident step took at its moment. A resident request slower than the small-cache
+    one beside it says that the host slowed down for the resident request; it counts as a request of its own.
+    Models with fewer than two such figures, or whose provenance lacks them, are left out."""
     import statistics
+
+    def median_step(request: object) -> float | None:
+        values = request.get("decode_step_s") if isinstance(request, dict) else None
+        if isinstance(values, list) and values and all(isinstance(v, (int, float)) and v > 0 for v in values):
+            return float(statistics.median(values))
+        return None
 
     out: dict[str, tuple[float, float]] = {}
     for name, entry in (profile.provenance.get("models") or {}).items():
         requests = entry.get("requests") if isinstance(entry, dict) else None
         if not isinstance(requests, list):
             continue
-        steps = []
+        resident: list[float] = []
+        bounds: list[float] = []
         for req in requests:
-            resident = req.get("resident_request") if isinstance(req, dict) else None
-            values = resident.get("decode_step_s") if isinstance(resident, dict) else None
-            if isinstance(values, list) and values and all(isinstance(v, (int, float)) and v > 0 for v in values):
-                steps.append(float(statistics.median(values)))
-        if len(steps) >= 2:
-            out[str(name)] = (min(steps), max(steps))
+            if not isinstance(req, dict):
+                continue
+            step = median_step(req.get("resident_request"))
+            if step is None:
+                continue
+            resident.append(step)
+            small = median_step(req)
+            if small is not None:
+                bounds.append(small)
+        if len(resident) + len(bounds) >= 2:
+            out[str(name)] = (min(resident + bounds), max(resident))
     return out
 
 
@@ -219,7 +238,7 @@ def host_drift_warning(profile: RuntimeProfile, tolerance: float = HOST_DRIFT_TO
         return None
     spans = "; ".join(f"{m} {lo * 1e3:.1f}-{hi * 1e3:.1f} ms (+{drift_fraction((lo, hi)):.0%})"
                       for m, (lo, hi) in sorted(drifted.items()))
-    return (f"{profile.source or profile.name}: the runtime calibration's requests of a model disagree on its "
-            f"resident decode step by more than {tolerance:.0%} ({spans}): the host's pace changed during the "
-            "calibration, and host-paced predictions made with it are no closer than that; calibrate again on a "
-            "quiet host")
+    return (f"{profile.source or profile.name}: the runtime calibration's requests of a model disagree on the "
+            f"host's pace (their median decode step with every expert resident, or less on a small cache) by more "
+            f"than {tolerance:.0%} ({spans}): the host's pace changed during the calibration, and host-paced "
+            "predictions made with it are no closer than that; calibrate again on a quiet host")

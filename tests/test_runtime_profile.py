@@ -125,3 +125,38 @@ def test_host_drift_is_the_spread_of_the_requests_median_resident_steps() -> Non
     assert host_drift(RuntimeProfile(name="r")) == {} and host_drift_warning(RuntimeProfile(name="r")) is None
     bad = _with_requests({"m": [[0.02], [-1.0]]})
     assert host_drift(bad) == {}  # a malformed request is skipped, not a crash
+
+
+def test_host_drift_counts_a_resident_request_slower_than_its_small_cache_one() -> None:
+    """The small-cache request does at least the resident one's work per step, so its median step bounds the
+    host's resident pace at its moment: a resident request slower than that is a slow spell of the host."""
+    from emu.runtime_profile import drift_fraction, host_drift, host_drift_warning
+
+    def req(resident: list[float], small: list[float] | None) -> dict:
+        r: dict = {"resident_request": {"decode_step_s": resident}}
+        if small is not None:
+            r["decode_step_s"] = small
+        return r
+
+    models = {
+        # resident steps agree (27.4-30.1 ms) but the small cache beside them ran at 20.6 ms: slowed for the
+        # resident requests (lease 11's Qwen3)
+        "slow-resident": {"requests": [req([0.0292] * 3, [0.0206] * 3), req([0.0274] * 3, [0.0239] * 3),
+                                       req([0.0301] * 3, [0.0208] * 3)]},
+        # the small cache slower than resident, as it should be: the resident steps alone decide
+        "usual": {"requests": [req([0.0232] * 3, [0.0379] * 3), req([0.0227] * 3, [0.0377] * 3)]},
+        # one request is enough when its resident steps ran slower than its small cache
+        "one": {"requests": [req([0.030], [0.020])]},
+        "one-usual": {"requests": [req([0.020], [0.030])]},
+        "no-small": {"requests": [req([0.020], None)]},
+    }
+    prof = RuntimeProfile(name="hf-graph", provenance={"models": models}, source="cal/hf-graph.toml")
+    drift = host_drift(prof)
+    assert drift["slow-resident"] == (0.0206, 0.0301)
+    assert drift_fraction(drift["slow-resident"]) == pytest.approx(0.0301 / 0.0206 - 1)
+    assert drift["usual"] == (0.0227, 0.0232)
+    assert drift["one"] == (0.020, 0.030) and drift["one-usual"] == (0.020, 0.020)
+    assert "no-small" not in drift
+    warning = host_drift_warning(prof) or ""
+    assert "slow-resident 20.6-30.1 ms (+46%)" in warning and "one 20.0-30.0 ms" in warning
+    assert "usual" not in warning.split("(", 2)[2]
