@@ -7,9 +7,10 @@
 #                                  4: graph olmoe+qwen1.5+qwen3, then the device calibration: one command;
 #                                  5: eager qwen1.5+qwen3, its own runtime calibration;
 #                                  6: graph olmoe at batch 1, then the device calibration of olmoe: a short one;
-#                                  7: graph mixtral alone, after part 4 on the same machine)
+#                                  7: graph mixtral alone, after part 4 on the same machine;
+#                                  8: eager olmoe at batch 1, then the device calibration of olmoe: a short one)
 set -u
-case ${1:-} in [1-7]) ;; *) echo "usage: bash validation/lease.sh PART (1-7)" >&2; exit 2;; esac
+case ${1:-} in [1-8]) ;; *) echo "usage: bash validation/lease.sh PART (1-8)" >&2; exit 2;; esac
 T0=$(date +%s)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/nb
@@ -31,6 +32,7 @@ case $1 in
   5) ONLY=$B; MODE="--decode eager --calibrate-runtime hf-eager";;
   6) ONLY="${A%% --only olmoe-25-lru-b4*}"; MODE="--decode graph --calibrate-runtime hf-graph";;
   7) ONLY="--only mixtral8l${A#* --only mixtral8l}"; MODE="--decode graph --calibrate-runtime hf-graph";;
+  8) ONLY="${A%% --only olmoe-25-lru-b4*}"; MODE="--decode eager --calibrate-runtime hf-eager";;
 esac
 rm -rf /tmp/runs$1
 python3 -m live.protocol run validation/matrix.toml --out /tmp/runs$1 $MODE $ONLY 2> $V/calibration/run.log
@@ -39,8 +41,8 @@ grep -v Warn $V/calibration/run.log | grep -E "TTFT|error" | tail -12
 cp -r /tmp/runs$1/* $V/
 tar czf $OUT/val$1.tar.gz -C /tmp val$1
 MODELS="--model olmoe-1b-7b --model mixtral-8x7b --model qwen1.5-moe-a2.7b --model qwen3-30b-a3b"
-[ "$1" = 6 ] && MODELS="--model olmoe-1b-7b"
-if [ "$1" = 2 ] || [ "$1" = 4 ] || [ "$1" = 6 ]; then
+{ [ "$1" = 6 ] || [ "$1" = 8 ]; } && MODELS="--model olmoe-1b-7b"
+if [ "$1" = 2 ] || [ "$1" = 4 ] || [ "$1" = 6 ] || [ "$1" = 8 ]; then
   python3 -m emu.cli calibrate --quick --no-progress $MODELS --out $V/calibration/dev.toml > $V/calibration/calibrate.log 2>&1
   echo "calibrate rc $? at $(( $(date +%s) - T0 ))s" | tee -a $V/calibration/calibrate.log
   tar czf $OUT/val$1.tar.gz -C /tmp val$1
