@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from emu.errors import EmuError
 
 DEFAULT_MODELS = ["olmoe-1b-7b"]
@@ -65,13 +67,17 @@ def _run_runtime(args: argparse.Namespace) -> int:
         return _error("torch is not installed (pip install 'moe-emu[live]')")
     if args.device == "cuda" and not torch.cuda.is_available():
         return _error("torch sees no CUDA device; use --device cpu")
+    from emu.runtime_profile import host_drift_warning
     from live.host_calibration import run as calibrate_runtime
 
     try:
-        calibrate_runtime(args.runtime, args.model or DEFAULT_MODELS, args.out, device=args.device, scale=args.scale,
-                          decode=args.decode, kernel=args.experts)
+        profile = calibrate_runtime(args.runtime, args.model or DEFAULT_MODELS, args.out, device=args.device,
+                                    scale=args.scale, decode=args.decode, kernel=args.experts)
     except EmuError as err:
         return _error(str(err))
+    unsteady = host_drift_warning(attrs.evolve(profile, source=str(args.out)))
+    if unsteady is not None:
+        print(f"emu calibrate: warning: {unsteady}", file=sys.stderr)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

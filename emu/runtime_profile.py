@@ -192,7 +192,8 @@ def host_drift(profile: RuntimeProfile) -> dict[str, tuple[float, float]]:
     at least the resident request's work per step (the same launches, plus its misses' copies), so its median
     bounds from above what a resident step took at its moment. A resident request slower than the small-cache
     one beside it says that the host slowed down for the resident request; it counts as a request of its own.
-    Models with fewer than two such figures, or whose provenance lacks them, are left out."""
+    A model calibrated from one request keeps that request's figures in its entry itself. Models with fewer than
+    two such figures, or whose provenance lacks them, are left out."""
     import statistics
 
     def median_step(request: object) -> float | None:
@@ -205,7 +206,9 @@ def host_drift(profile: RuntimeProfile) -> dict[str, tuple[float, float]]:
     for name, entry in (profile.provenance.get("models") or {}).items():
         requests = entry.get("requests") if isinstance(entry, dict) else None
         if not isinstance(requests, list):
-            continue
+            if not (isinstance(entry, dict) and "resident_request" in entry):
+                continue
+            requests = [entry]  # a model calibrated from one request (`emu calibrate --runtime`)
         resident: list[float] = []
         bounds: list[float] = []
         for req in requests:

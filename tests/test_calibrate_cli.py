@@ -168,3 +168,34 @@ def test_cuda_quick_end_to_end(tmp_path: Path) -> None:
     assert all(d <= 1.2 * p for d, p in zip(dev, paced))  # hiding launch cost never makes a call slower
     assert isinstance(data["copy"]["h2d_d2h_overlap"], bool)
     assert data["provenance"]["device"]["gpu_name"]
+
+
+def test_runtime_calibration_warns_when_its_resident_request_ran_on_a_slowed_host(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`emu calibrate --runtime` checks the profile it wrote: one request per model, whose resident steps ran
+    slower than the small cache's beside them (which do at least their work), names the model and the file."""
+    pytest.importorskip("torch")
+    import live.host_calibration
+    from emu.runtime_profile import RuntimeProfile
+
+    def fake_run(name: str, models: list[str], out: Path, **_: object) -> RuntimeProfile:
+        def entry(resident: float, small: float) -> dict:
+            return {"resident_request": {"decode_step_s": [resident] * 4}, "decode_step_s": [small] * 4}
+
+        prov = {"models": {"slowed": entry(0.030, 0.020), "steady": entry(0.020, 0.031)}}
+        out.write_text(f'name = "{name}"\n')
+        return RuntimeProfile(name=name, provenance=prov)
+
+    monkeypatch.setattr(live.host_calibration, "run", fake_run)
+    out = tmp_path / "rt.toml"
+    assert main(["--runtime", "hf-eager", "--device", "cpu", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    warning = next(ln for ln in err.splitlines() if "warning" in ln)
+    assert warning.startswith(f"emu calibrate: warning: {out}: ") and "slowed 20.0-30.0 ms (+50%)" in warning
+    assert "steady" not in warning
+    # a host that kept its pace: no warning
+    monkeypatch.setattr(live.host_calibration, "run",
+                        lambda name, models, out, **_: RuntimeProfile(name=name, provenance={"models": {
+                            "m": {"resident_request": {"decode_step_s": [0.02]}, "decode_step_s": [0.03]}}}))
+    assert main(["--runtime", "hf-eager", "--device", "cpu", "--out", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err
