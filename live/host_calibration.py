@@ -214,6 +214,7 @@ class _Request:
     copies: tuple[int, int] = (0, 0)  # copies started, by phase (prefill, decode): demand and prefetch
     prefetches: tuple[int, int] = (0, 0)  # prefetches issued, by phase
     prefill_ahead: tuple[float, int] = (0.0, 0)  # the prefill's layer launches: seconds, layers
+    host_cpu_s: list[float] = attrs.field(factory=list)  # the forward thread's CPU seconds in each step's host span
 
     @property
     def prefill_layer_s(self) -> float | None:
@@ -293,7 +294,7 @@ class _Request:
         return {"prefill_work_s": self.prefill_work_s, "prefill_launch_ahead": list(self.prefill_ahead),
                 "copies": list(self.copies),
                 "prefetches": list(self.prefetches), "decode_step_s": self.decode_s,
-                "decode_host_span_s": self.host_s, "prefill_s": self.prefill_s,
+                "decode_host_span_s": self.host_s, "decode_host_cpu_s": self.host_cpu_s, "prefill_s": self.prefill_s,
                 "decode_readback_wait_s": self.wait_s, "decode_work_s": self.work_s,
                 "pass_s_residual": self.pass_s(n_layers), "launch_ahead_n": self.ahead_n,
                 "ledger": {f"{'decode' if phase == 1 else 'prefill'}.{item}": [self.ledger.seconds[(phase, item)],
@@ -342,7 +343,7 @@ def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, d
     (w0, c0, p0), (w1, c1, p1), (w2, c2, p2) = marks
     return _Request(ledger, seconds[1:], clock.host[1:], seconds[0], w2 - w1, ahead_s, ahead_n,
                     prefill_work_s=clock.host[0] - (w1 - w0), copies=(c1 - c0, c2 - c1), prefetches=(p1 - p0, p2 - p1),
-                    prefill_ahead=(ahead0 - pre0, n_ahead0 - n_pre0))
+                    prefill_ahead=(ahead0 - pre0, n_ahead0 - n_pre0), host_cpu_s=clock.cpu[1:])
 
 
 def _issued(runtime: Any) -> int:
@@ -354,21 +355,26 @@ def _issued(runtime: Any) -> int:
 
 class _HostSpans:
     """`PassClock` that also keeps the host's own span of each pass (perf_counter at its start and at its stop,
-    i.e. after the pass's last launch)."""
+    i.e. after the pass's last launch) and the forward thread's CPU seconds in that span (`thread_time`: a span
+    that grows with its CPU seconds ran on a slower core; one that grows without them waited or was preempted)."""
 
     def __init__(self, dev: Any) -> None:
         from .runner import PassClock
 
         self._clock = PassClock(dev)
         self.host: list[float] = []
+        self.cpu: list[float] = []
         self._t0 = 0.0
+        self._c0 = 0.0
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
+        self._c0 = time.thread_time()
         self._clock.start()
 
     def stop(self) -> None:
         self._clock.stop()
+        self.cpu.append(time.thread_time() - self._c0)
         self.host.append(time.perf_counter() - self._t0)
 
     def seconds(self) -> list[float]:

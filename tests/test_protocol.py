@@ -265,6 +265,12 @@ def test_the_fused_kernel_calibrates_a_read_back_layer_and_its_one_launch() -> N
     seconds, launched = resident["ledger"]["decode.expert"]
     assert launched >= gates[1] and cal.costs.expert_s == pytest.approx(seconds / launched)
     assert runtime_profile("hf-fused", [cal], "cpu").provenance["kernel"] == "fused"
+    # each step's host span and the forward thread's own CPU seconds in it (never more than the span: the
+    # thread's time, not the process's, whose torch threads run beside it)
+    for req in (cal.raw, resident):
+        spans, cpu = req["decode_host_span_s"], req["decode_host_cpu_s"]
+        assert len(cpu) == len(spans) == cal.raw["steps"]
+        assert all(0.0 < c <= s + 1e-3 for c, s in zip(cpu, spans))
 
 
 def test_merge_joins_a_matrix_run_in_parts(dataset: Path, tmp_path: Path) -> None:
