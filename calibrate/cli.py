@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import attrs
-
 from emu.errors import EmuError
 
 DEFAULT_MODELS = ["olmoe-1b-7b"]
@@ -67,6 +65,8 @@ def _run_runtime(args: argparse.Namespace) -> int:
         return _error("torch is not installed (pip install 'moe-emu[live]')")
     if args.device == "cuda" and not torch.cuda.is_available():
         return _error("torch sees no CUDA device; use --device cpu")
+    import attrs
+
     from emu.runtime_profile import host_drift_warning
     from live.host_calibration import run as calibrate_runtime
 
