@@ -40,3 +40,11 @@ def test_fast_1m_smoke() -> None:
 def test_cold_start_smoke() -> None:
     out = _run("bench_cold_start.py", "--smoke")
     assert "warm (numba's own cache):" in out and "CPU s" in out
+
+
+def test_shapes_smoke() -> None:
+    out = _run("bench_shapes.py", "--accesses", "40000", "--repeats", "1")
+    rows = [ln for ln in out.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
+    assert len(rows) == 6 and "DeepSeek-V3), link 10x faster" in rows[-1]
+    late = [float(r.split("|")[-2]) for r in rows]
+    assert late[-1] < late[-2]  # the faster link leaves fewer prefetches in flight at their gates
