@@ -287,8 +287,8 @@ def run_summary(args: argparse.Namespace) -> int:
     rows = summarize(datasets)
     steady = {(r.gpu, r.runtime): r for r in summarize(datasets, steady=True)}
     table = format_summary_table(rows)
-    steady_table = (f"On a steady host (the configurations whose runtime calibration's requests agreed within "
-                    f"{HOST_DRIFT_TOLERANCE:.0%}):\n\n{format_summary_table(list(steady.values()))}"
+    steady_table = (f"On a steady host (the configurations whose runtime calibration saw the host's pace within "
+                    f"{HOST_DRIFT_TOLERANCE:.0%}, `host_drift`):\n\n{format_summary_table(list(steady.values()))}"
                     if steady else "No configuration's runtime calibration found the host steady.")
     if args.write_docs is not None:
         write_docs_summary(args.write_docs, f"{table}\n\n{steady_table}")
