@@ -1,0 +1,65 @@
+"""validation/lease.sh: what each part runs (`--dry-run`, no GPU), against validation/matrix.toml. A typo in its
+selections would only show on a GPU machine, after its start had cost device time."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+
+
+def _lease(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "validation/lease.sh", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def _part(n: int) -> tuple[str, list[str]]:
+    proc = _lease(str(n), "--dry-run")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    words = proc.stdout.split()
+    assert words[:2] == ["part", f"{n}:"]
+    decode = words[words.index("--decode") + 1]
+    runtime = words[words.index("--calibrate-runtime") + 1]
+    assert runtime == f"hf-{decode}"
+    configs = [words[i + 1] for i, w in enumerate(words) if w == "--only"]
+    assert len(configs) == len(set(configs))
+    return decode, configs
+
+
+def test_every_part_runs_configurations_of_the_matrix() -> None:
+    matrix = tomllib.loads((ROOT / "validation" / "matrix.toml").read_text())["config"]
+    names = {c["name"] for c in matrix}
+    model = {c["name"]: c["model"] for c in matrix}
+    batch1_olmoe = {c["name"] for c in matrix if c["model"] == "olmoe-1b-7b" and c.get("batch", 1) == 1}
+    parts = {n: _part(n) for n in range(1, 9)}
+    for _decode, configs in parts.values():
+        assert set(configs) <= names
+    graph = {n for n, (decode, _) in parts.items() if decode == "graph"}
+    assert graph == {1, 2, 4, 6, 7} and {n for n, (d, _) in parts.items() if d == "eager"} == {3, 5, 8}
+
+    def union(*ns: int) -> set[str]:
+        return {c for n in ns for c in parts[n][1]}
+
+    # the whole matrix: graph in parts 1 + 2 or 4 + 7, eager in parts 3 + 5
+    assert union(1, 2) == union(4, 7) == union(3, 5) == names
+    assert not union(4) & union(7) and not union(1) & union(2)
+    assert {model[c] for c in union(7)} == {"mixtral-8x7b"}
+    assert union(6) == union(8) == batch1_olmoe  # the short parts: OLMoE at batch 1
+
+
+@pytest.mark.parametrize("args", [[], ["9"], ["0"], ["1", "--now"], ["a"]])
+def test_a_bad_part_is_one_usage_line_and_exit_2(args: list[str]) -> None:
+    proc = _lease(*args)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == ["usage: bash validation/lease.sh PART (1-8) [--dry-run]"]
