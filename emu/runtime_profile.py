@@ -176,7 +176,7 @@ def load_runtime_profile(path: str | Path) -> RuntimeProfile:
 
 # ---- the host's steadiness during a calibration ------------------------------------------------------
 
-#: how far apart (slowest / fastest - 1) one model's calibration requests may put its resident decode step
+#: how far apart (slowest / fastest - 1, `host_drift`) the host's pace may be across one model's calibration requests
 #: before the host is called unsteady: on a steady host they agree within a few percent (docs/validation.md)
 HOST_DRIFT_TOLERANCE = 0.10
 

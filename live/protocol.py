@@ -346,7 +346,7 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
                             "runtime_profile": None if runtime_path is None else _rel(runtime_path, folder),
                             "runtime_name": runtime.name,
                             "runs": sorted(f"calibration request of {m}" for m in cal_runs),
-                            # slowest / fastest resident decode step of the model's calibration requests
+                            # slowest / fastest - 1 of the host's pace across the model's calibration requests
                             "host_drift": drift.get(spec.name, drift.get(str(rec.get("profile_model"))))},
             "model": rec["model"]["name"], "capacity": rec.get("capacity", str(rec["slots"])),
             "eviction": rec["eviction"], "prefetch": rec.get("prefetch") or "none", "batch": int(rec.get("batch", 1)),

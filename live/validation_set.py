@@ -15,8 +15,8 @@ with one ROW per configuration run live and emulated:
      "prefetch_races": false}
 
 `out_of_sample`: the configuration was not among the runs its calibration was fitted on. `host_drift` (optional,
-null where unknown): how far apart the runtime calibration's requests of the row's model put its resident decode
-step (`emu.runtime_profile.host_drift`); at most `HOST_DRIFT_TOLERANCE`, the row was calibrated on a steady host.
+null where unknown): how far apart the host's pace was across the runtime calibration's requests of the row's
+model (`emu.runtime_profile.host_drift`); at most `HOST_DRIFT_TOLERANCE`, the row was calibrated on a steady host.
 `prefetch_races`: the runtime's prefetch decisions depend on timing (a prefetch still in flight at a decision), so
 its issued count may differ from the emulator's by up to 1%. Every key is required and checked when read: a bad file
 gives one `EmuError` naming the file and the key (e.g. `rows[2].steps_s.measured`), never a traceback.
@@ -82,7 +82,7 @@ class Calibration:
     profile: str
     runtime_profile: str
     runs: tuple[str, ...]
-    #: slowest / fastest - 1 of the model's calibration requests' resident decode step (None: not known)
+    #: slowest / fastest - 1 of the host's pace across the model's calibration requests (None: not known)
     host_drift: float | None = None
 
     @property

@@ -58,7 +58,7 @@ def test_every_part_runs_configurations_of_the_matrix() -> None:
     assert union(6) == union(8) == batch1_olmoe  # the short parts: OLMoE at batch 1
 
 
-@pytest.mark.parametrize("args", [[], ["9"], ["0"], ["1", "--now"], ["a"]])
+@pytest.mark.parametrize("args", [[], ["9"], ["0"], ["10"], ["1", "--now"], ["1", "--dry-run", "x"], ["a"]])
 def test_a_bad_part_is_one_usage_line_and_exit_2(args: list[str]) -> None:
     proc = _lease(*args)
     assert proc.returncode == 2 and proc.stdout == ""

@@ -10,8 +10,8 @@
 #                                  7: graph mixtral alone, after part 4 on the same machine;
 #                                  8: eager olmoe at batch 1, then the device calibration of olmoe: a short one)
 set -u
-case ${1:-} in [1-8]) ;; *) echo "usage: bash validation/lease.sh PART (1-8) [--dry-run]" >&2; exit 2;; esac
-case ${2:-} in "" | --dry-run) ;; *) echo "usage: bash validation/lease.sh PART (1-8) [--dry-run]" >&2; exit 2;; esac
+case "$#:${1:-}:${2:-}" in 1:[1-8]: | 2:[1-8]:--dry-run) ;;
+  *) echo "usage: bash validation/lease.sh PART (1-8) [--dry-run]" >&2; exit 2;; esac
 A="--only olmoe-10-lru --only olmoe-25-lfu --only olmoe-50-fld --only olmoe-25-lru-nextlayer --only olmoe-10-leaststale-topk --only olmoe-25-lru-b4 --only mixtral8l-25-lru --only mixtral8l-50-lfu --only mixtral8l-25-leaststale-nextlayer --only mixtral8l-50-fld-scorepct --only mixtral8l-25-lru-b2"
 B="--only qwen15-10-leaststale --only qwen15-25-lru-nextlayer --only qwen15-50-lfu --only qwen15-25-lfu-b4 --only qwen3-12l-10-lru --only qwen3-12l-25-fld-topk --only qwen3-12l-50-lfu --only qwen3-12l-25-lru-nextlayer --only qwen3-12l-25-lru-b4"
 case $1 in
