@@ -43,7 +43,6 @@ MISS_CPU = 5  # the miss policy runs the expert on the host from its host weight
 COMPULSORY = 0
 CAPACITY = 1
 COLLISION = 2
-_MISS_ROWS = (ST.MISS_COMPULSORY, ST.MISS_CAPACITY, ST.MISS_COLLISION)
 
 #: prefetch policies declared `live`: their hooks read only the current pass up to layer l, the speculator's
 #: prediction for layer l+1 and their own state, what the runtime knows at layer l's gate
@@ -105,11 +104,6 @@ def _gate(pk, cs, tv, p: int, layer: int, keys, tokens, top_k: int) -> None:
 
 
 @njit(cache=True)
-def _prefetch(pk, cs, tv, p: int, layer: int) -> None:
-    decisions.prefetch_layer(pk, cs, tv, p, layer, 0.0)
-
-
-@njit(cache=True)
 def _retry(pk, cs, tv, key: int) -> bool:
     return decisions.retry_one(pk, cs, tv, key, 0.0)
 
@@ -120,12 +114,112 @@ def _land(cs, key: int) -> None:
         decisions.land(cs, key, 0.0)
 
 
-@njit(cache=True)
-def _release(cs, key: int) -> None:
+@njit(cache=True, inline="always")
+def _release_key(cs, key: int) -> None:
     for i in range(cs.sc[SC.NCUR]):
         if cs.cur_key[i] == key:
             decisions.release(cs, i)
             return
+
+
+@njit(cache=True)
+def _release(cs, key: int) -> None:
+    _release_key(cs, key)
+
+
+@njit(cache=True)
+def _finish(cs, keys) -> None:
+    """Each key's copy landed (if it was in flight), then its entry released, key by key in order."""
+    for j in range(keys.shape[0]):
+        key = keys[j]
+        if cs.status[key] == IN_FLIGHT:
+            decisions.land(cs, key, 0.0)
+        _release_key(cs, key)
+
+
+@njit(cache=True, inline="always")
+def _drain(cs) -> None:
+    """Empty the slot log and the copy queue (the runtime issues its own copies)."""
+    sc = cs.sc
+    sc[SC.SLOT_LOG_N] = 0
+    sc[SC.DQ_N] = 0
+    sc[SC.PQ_N] = 0
+    sc[SC.DQ_HEAD] = 0
+    sc[SC.PQ_HEAD] = 0
+
+
+@njit(cache=True, inline="always")
+def _victim_of(cs, key: int) -> int:
+    """The key evicted just before `key` took its slot in the slot log (-1: a free slot; -2: no take)."""
+    found = -2
+    freed = -1
+    for j in range(cs.sc[SC.SLOT_LOG_N]):
+        entry = cs.slot_log[j]
+        if entry < 0:
+            freed = -1 - entry
+        else:
+            if entry == key:
+                found = freed
+            freed = -1
+    return found
+
+
+@njit(cache=True)
+def _gate_outcome(pk, cs, tv, p: int, layer: int, keys, tokens, top_k: int, outcome, victims, misses) -> bool:
+    """`_gate`, and what it decided for each key: `outcome` (HIT ... MISS_CPU), `victims` and the layer's
+    misses by kind, in one call (the runtime makes one per layer). False when a miss took no slot."""
+    n = keys.shape[0]
+    for i in range(n):
+        s = cs.status[keys[i]]
+        outcome[i] = HIT if s in (RESIDENT, IN_FLIGHT) else -1
+        victims[i] = -1
+    misses[0] = -cs.stats_i[ST.MISS_COMPULSORY, layer]
+    misses[1] = -cs.stats_i[ST.MISS_CAPACITY, layer]
+    misses[2] = -cs.stats_i[ST.MISS_COLLISION, layer]
+    _drain(cs)
+    _gate(pk, cs, tv, p, layer, keys, tokens, top_k)
+    ok = True
+    for i in range(n):
+        if outcome[i] == HIT:
+            continue
+        where = cs.cur_where[i]
+        if where == SKIPPED:
+            outcome[i] = MISS_DROP
+        elif where == ON_CPU:
+            outcome[i] = MISS_CPU
+        elif cs.status[keys[i]] == WAITING:
+            outcome[i] = MISS_WAIT
+        else:
+            v = _victim_of(cs, keys[i])
+            ok = ok and v != -2
+            victims[i] = v
+            outcome[i] = MISS_EVICT if v >= 0 else MISS_FREE
+    misses[0] += cs.stats_i[ST.MISS_COMPULSORY, layer]
+    misses[1] += cs.stats_i[ST.MISS_CAPACITY, layer]
+    misses[2] += cs.stats_i[ST.MISS_COLLISION, layer]
+    _drain(cs)
+    return ok
+
+
+@njit(cache=True)
+def _prefetch_takes(pk, cs, tv, p: int, layer: int, keys, victims) -> int:
+    """`_prefetch`, and the keys it took slots for, in issue order, with the key each evicted (-1: a free
+    slot): how many."""
+    _drain(cs)
+    decisions.prefetch_layer(pk, cs, tv, p, layer, 0.0)
+    n = 0
+    freed = -1
+    for j in range(cs.sc[SC.SLOT_LOG_N]):
+        entry = cs.slot_log[j]
+        if entry < 0:
+            freed = -1 - entry
+        else:
+            keys[n] = entry
+            victims[n] = freed
+            n += 1
+            freed = -1
+    _drain(cs)
+    return n
 
 
 def _takes(log: np.ndarray) -> list[tuple[int, int]]:
@@ -190,7 +284,9 @@ class CacheBridge:
         states = {kind: pol.init(ctx, prm) for kind, (pol, prm) in chosen.items()}
         self.cs.sc[SC.MISS_EVENTS] = int(policy.capabilities.miss_events)
         self.stack = Stack({name: hook for pol, _p in chosen.values() for name, hook in pol.hooks.items()}, states)
-        self._pf: list[tuple[int, int]] = []
+        # a prefetch step's takes: at most one per slot-log entry
+        self._pf_keys = np.empty(self.cs.slot_log.shape[0], np.int64)
+        self._pf_victims = np.empty(self.cs.slot_log.shape[0], np.int64)
         self._pass = -1
         self._view_pass = -1
 
@@ -231,36 +327,20 @@ class CacheBridge:
         keys = np.ascontiguousarray(layer * self.n_experts + np.asarray(experts, np.int64))
         n = keys.shape[0]
         tok = np.ones(n, np.int64) if tokens is None else np.ascontiguousarray(tokens, np.int64)
-        cs = self.cs
-        held = np.isin(cs.status[keys], (RESIDENT, IN_FLIGHT))
-        misses_before = cs.stats_i[list(_MISS_ROWS), layer].copy()
-        self._log()
-        _gate(self.stack, cs, self.tv, self._pass, layer, keys, tok, self.top_k)
-        took = dict(_takes(self._log()))
-        outcome = np.full(n, HIT, np.int8)
-        victims = np.full(n, -1, np.int64)
-        where = cs.cur_where[:n]
-        for i, key in enumerate(keys.tolist()):
-            if held[i]:
-                continue
-            if where[i] == SKIPPED:
-                outcome[i] = MISS_DROP
-            elif where[i] == ON_CPU:
-                outcome[i] = MISS_CPU
-            elif cs.status[key] == WAITING:
-                outcome[i] = MISS_WAIT
-            else:
-                victims[i] = took[key]
-                outcome[i] = MISS_EVICT if victims[i] >= 0 else MISS_FREE
-        return outcome, victims, cs.stats_i[list(_MISS_ROWS), layer] - misses_before
+        outcome = np.empty(n, np.int8)
+        victims = np.empty(n, np.int64)
+        misses = np.empty(3, np.int64)
+        if not _gate_outcome(self.stack, self.cs, self.tv, self._pass, layer, keys, tok, self.top_k, outcome,
+                             victims, misses):
+            raise RuntimeError(f"layer {layer}: a miss took no slot and does not wait for one")
+        return outcome, victims, misses
 
     def prefetch(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
         """The prefetch step of layer `layer`'s gate (call right after `gate`): keys issued, in issue order,
         and the victim each evicted (-1: a free slot). Each key is in flight until `complete`."""
-        self._log()
-        _prefetch(self.stack, self.cs, self.tv, self._pass, layer)
-        taken = _takes(self._log())
-        return np.array([k for k, _v in taken], np.int64), np.array([v for _k, v in taken], np.int64)
+        buf_k, buf_v = self._pf_keys, self._pf_victims
+        n = _prefetch_takes(self.stack, self.cs, self.tv, self._pass, layer, buf_k, buf_v)
+        return buf_k[:n].copy(), buf_v[:n].copy()
 
     def retry(self, layer: int, expert: int) -> int:
         """A waiting miss tries again: -1 free slot, a victim key, or -2 still no victim."""
@@ -276,6 +356,10 @@ class CacheBridge:
     def release(self, layer: int, expert: int) -> None:
         """The gate's entry for this expert is done with it (it may be evicted again)."""
         _release(self.cs, layer * self.n_experts + expert)
+
+    def finish(self, layer: int, experts: Any) -> None:
+        """`complete` then `release` for each expert of the layer, in order, in one call."""
+        _finish(self.cs, layer * self.n_experts + np.asarray(experts, np.int64))
 
     def gated(self) -> np.ndarray:
         """The keys the last gate was asked for (its layer's experts, ascending)."""

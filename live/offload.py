@@ -373,8 +373,7 @@ class ExpertOffload:
                 if out != MISS_FREE:
                     raise RuntimeError(f"preload: layer {layer} expert {e} found no free slot")
                 self._place(layer, e, -1)
-                self.bridge.complete(layer, e)
-                self.bridge.release(layer, e)
+                self.bridge.finish(layer, (e,))
         self._hits[:] = 0
         self._misses[:] = 0
         self.copies = self.bytes_h2d = self.evictions = self.waits = 0
@@ -577,8 +576,7 @@ class ExpertOffload:
         while queue:
             e, slot, event = queue.pop(0)
             results[e] = self._compute(slot, event, act_fn, hidden, top_k_weights, rows[e])
-            self.bridge.complete(layer, e)
-            self.bridge.release(layer, e)
+            self.bridge.finish(layer, (e,))
             if self.watchdog is not None:
                 if waiting:
                     self._poll_prefetches()
@@ -754,9 +752,7 @@ class ExpertOffload:
             if not np.all(outcome == HIT):
                 raise RuntimeError(f"layer {layer}: a deferred layer missed; every expert was to hold a slot")
             self._hits[layer] += len(experts)
-            for e in experts.tolist():
-                self.bridge.complete(layer, e)
-                self.bridge.release(layer, e)
+            self.bridge.finish(layer, experts)
 
     def _run_fused(self, layer: int, index: np.ndarray, hidden: torch.Tensor, top_k_index: torch.Tensor,
                    top_k_weights: torch.Tensor, placed: list[tuple[int, int, Any]]) -> torch.Tensor | None:
@@ -779,10 +775,9 @@ class ExpertOffload:
         if self.cuda:
             done = torch.cuda.Event()
             done.record(stream)
-        for e, slot, _event in placed:
+        for _e, slot, _event in placed:
             self.slot_last_use[slot] = done
-            self.bridge.complete(layer, e)
-            self.bridge.release(layer, e)
+        self.bridge.finish(layer, [e for e, _slot, _event in placed])
         self._waited(layer, np.unique(index))
         if self.watchdog is not None:
             self.watchdog.pump()  # a checkpoint after the launch
