@@ -573,10 +573,14 @@ class ExpertOffload:
         for e in on_host:
             results[e] = self._compute_host(layer, e, act_fn, hidden, top_k_weights, rows[e])
         queue = ready + loading  # hits run first while the misses load
+        unfinished: list[int] = []  # computed, not yet landed and released with the bridge
         while queue:
             e, slot, event = queue.pop(0)
             results[e] = self._compute(slot, event, act_fn, hidden, top_k_weights, rows[e])
-            self.bridge.finish(layer, (e,))
+            unfinished.append(e)
+            if waiting:  # a waiting miss retries on what this expert frees; otherwise one call for the layer
+                self.bridge.finish(layer, unfinished)
+                unfinished.clear()
             if self.watchdog is not None:
                 if waiting:
                     self._poll_prefetches()
@@ -592,6 +596,7 @@ class ExpertOffload:
                     queue.append((w, slot_w, event_w))
         if waiting:
             raise EmuError(f"layer {layer}: {len(waiting)} experts found no slot; the cache has {self.n_slots}")
+        self.bridge.finish(layer, unfinished)
         self._waited(layer, experts)
         final = torch.zeros_like(hidden)
         for e in experts.tolist():  # eager's summation order
