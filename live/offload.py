@@ -207,7 +207,7 @@ class ExpertOffload:
         self.copy_stream = torch.cuda.Stream(device=self.device) if self.cuda else None
         pos = torch.arange(self.top_k, dtype=torch.int64, device=self.device)
         zero = torch.zeros(1, dtype=torch.int64, device=self.device)
-        self._one_token_rows = [(pos[j: j + 1], zero) for j in range(self.top_k)]  # `_routing_rows`, one token
+        self._one_token_rows = [(pos[j: j + 1], zero, j) for j in range(self.top_k)]  # `_routing_rows`, one token
         model.to(self.device)
         self.watchdog: PrefetchWatchdog | None = None
         self._copy_s: float | None = None  # seconds per expert copy, measured once (`copy_seconds`)
@@ -800,9 +800,10 @@ class ExpertOffload:
             for slot in self.slot_of[layer * self.n_experts + experts].tolist():
                 pending.pop(slot, None)
 
-    def _routing_rows(self, index: np.ndarray, top_k_index: torch.Tensor) -> dict[int, tuple[Any, Any]]:
+    def _routing_rows(self, index: np.ndarray, top_k_index: torch.Tensor) -> dict[int, tuple[Any, Any, int | None]]:
         """Per needed expert, its (top-k slot, token) rows as device tensors, in eager's order
-        (`torch.where((top_k_index == e).T)`: by top-k slot, then token).
+        (`torch.where((top_k_index == e).T)`: by top-k slot, then token), and for one token its top-k slot j
+        (None for more).
 
         No host-to-device copy: the host sorts its readback to find each expert's span, and the device sorts
         the same ids with the same stable sort, so both hold one permutation. (An upload would be synchronous
@@ -817,24 +818,22 @@ class ExpertOffload:
         experts, starts, counts = np.unique(flat[order], return_index=True, return_counts=True)
         order_dev = torch.argsort(top_k_index.T.reshape(-1), stable=True)
         rows_dev = torch.stack([order_dev // n_tok, order_dev % n_tok])
-        return {int(e): (rows_dev[0, s: s + c], rows_dev[1, s: s + c])
+        return {int(e): (rows_dev[0, s: s + c], rows_dev[1, s: s + c], None)
                 for e, s, c in zip(experts.tolist(), starts.tolist(), counts.tolist())}
 
     def _compute_host(self, layer: int, expert: int, act_fn: Any, hidden: torch.Tensor, top_k_weights: torch.Tensor,
-                      rows: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+                      rows: tuple[Any, Any, int | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """The expert on the host CPU from its host weights (a `cpu` miss), its output back on the device."""
-        top_k_pos, token_idx = rows
-        h = _expert_ffn(hidden[token_idx].to("cpu"), self.host_gu[layer, expert], self.host_dn[layer, expert],
-                        act_fn).to(hidden.device)
-        return token_idx, h * top_k_weights[token_idx, top_k_pos, None]
+        x, weight, token_idx = _token_rows(hidden, top_k_weights, rows)
+        h = _expert_ffn(x.to("cpu"), self.host_gu[layer, expert], self.host_dn[layer, expert], act_fn).to(hidden.device)
+        return token_idx, h * weight
 
     def _compute(self, slot: int, event: Any, act_fn: Any, hidden: torch.Tensor, top_k_weights: torch.Tensor,
-                 rows: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+                 rows: tuple[Any, Any, int | None]) -> tuple[torch.Tensor, torch.Tensor]:
         if event is not None:
             self.compute_stream.wait_event(event)
-        top_k_pos, token_idx = rows
-        h = _expert_ffn(hidden[token_idx], self.slot_gu[slot], self.slot_dn[slot], act_fn)
-        out = h * top_k_weights[token_idx, top_k_pos, None]
+        x, weight, token_idx = _token_rows(hidden, top_k_weights, rows)
+        out = _expert_ffn(x, self.slot_gu[slot], self.slot_dn[slot], act_fn) * weight
         if self.cuda:
             done = torch.cuda.Event()
             done.record(self.compute_stream)
@@ -884,6 +883,17 @@ class HostLedger:
     def per_item(self, phase: int, item: str) -> float | None:
         n = self.counts.get((phase, item), 0)
         return self.seconds[(phase, item)] / n if n else None
+
+
+def _token_rows(hidden: torch.Tensor, top_k_weights: torch.Tensor, rows: tuple[Any, Any, int | None]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An expert's input rows, its routing weights (rows x 1) and its token ids. One token needs no gather: the
+    same values as eager's `hidden[token_idx]` and `top_k_weights[token_idx, top_k_pos, None]` as views (two
+    index kernels fewer per expert on the host's critical path)."""
+    top_k_pos, token_idx, j = rows
+    if j is not None and hidden.shape[0] == 1 and hidden.is_contiguous():
+        return hidden, top_k_weights[:, j: j + 1], token_idx
+    return hidden[token_idx], top_k_weights[token_idx, top_k_pos, None], token_idx
 
 
 def _expert_ffn(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, act_fn: Any) -> torch.Tensor:
