@@ -78,6 +78,11 @@ def load_workload(scenario: Scenario, progress: bool = False) -> RoutingTrace:
             CACHE.put(key, trace)
     except EmuError as err:
         raise EmuError(err.detail, file=scenario.path, key=f"workload.synthetic.{err.key}") from None
+    if spec.output_len > 0 and not trace.pass_phase.any():
+        # the metrics of a run without a decode step would read as a TPOT of 0: say why there is none
+        raise EmuError(f"{trace.n_tokens} tokens end before the first decode step (the first prefills of a batch "
+                       f"of {spec.batch_size} take them all); expected more tokens, or output_len = 0 for a "
+                       "prefill-only run", file=scenario.path, key="workload.synthetic.tokens")
     return _cut(trace, wl.max_tokens)
 
 

@@ -336,3 +336,23 @@ def test_an_empty_out_folder_is_refused_by_sweep_and_plot(tmp_path, capsys) -> N
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "--out" in err[0] and "empty" in err[0], argv
+
+
+# ---- a token budget with no decode step ------------------------------------------------------------------
+
+def test_a_batch_whose_prefills_take_every_token_is_refused_naming_tokens(tmp_path, capsys):
+    # 5 prompts of 8 tokens fill the 40-token budget: the run would report a TPOT of 0 for lack of any step
+    path = _scenario(tmp_path, BASE.replace("output_len = 8", "output_len = 8\nbatch_size = 5"))
+    assert main(["run", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    # one error line (beside the profile's roofline warning: the trace is generated after the profile is read)
+    errors = [line for line in err if line.startswith("emu: error:")]
+    assert len(errors) == 1 and all(line.startswith(("emu: error:", "warning:")) for line in err)
+    assert "s.toml: workload.synthetic.tokens" in errors[0] and "before the first decode step" in errors[0]
+    # one token more and the batch decodes once; a prefill-only run (output_len = 0) is what it says
+    assert main(["run", str(_scenario(tmp_path, BASE.replace("tokens = 40", "tokens = 41")
+                                      .replace("output_len = 8", "output_len = 8\nbatch_size = 5"))),
+                 "--out", str(tmp_path / "o1"), "--quiet"]) == 0
+    assert main(["run", str(_scenario(tmp_path, BASE.replace("output_len = 8", "output_len = 0\nbatch_size = 5"))),
+                 "--out", str(tmp_path / "o2"), "--quiet"]) == 0
+

@@ -30,7 +30,7 @@ def synthetic(tmp_path: Path, name: str, *, seed: int = 0, tokens: int = 300, ex
     path = tmp_path / f"{name}.toml"
     path.write_text(f'name = "{name}"\nseed = {seed}\nmodel = {model}\n[hardware]\nprofile = "{PROFILE}"\n'
                     f'[cache]\ncapacity = "25%"\n[workload.synthetic]\ntokens = {tokens}\nbatch_size = 4\n'
-                    f'with_scores = true\n{extra}[policy]\neviction = "lru"\nprefetch = "next-layer"\n'
+                    f'prompt_len = 32\nwith_scores = true\n{extra}[policy]\neviction = "lru"\nprefetch = "next-layer"\n'
                     '[engine]\nkind = "fast"\n')
     return path
 
