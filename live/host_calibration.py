@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import numpy as np
 
 from emu.errors import EmuError
 from emu.runtime_profile import HOST_KEYS, HostCosts, RuntimeProfile
@@ -182,6 +183,7 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
            "resident_prefetch_request": None if resident_pf is None else resident_pf.raw(shape.n_layers),
            "prefetch_request": prefetching.raw(shape.n_layers) | {"prefetch": PREFETCH},
            "copy_s_issue": missing.item(1, "copy"), "copy_s_per_miss": per_miss,
+           "copy_s_within": missing.per_copy_within(),
            "prefill_copy_s_issue": missing.item(0, "copy"), "prefill_copy_s_per_miss": prefill_per_miss,
            **({} if issue_s is None else {"prefetch_s_issue": issue_s}),
            "prefetch_s_per_prefetch": {ph: x for ph, x in zip(("prefill", "decode"), per_prefetch) if x is not None}}
@@ -215,6 +217,21 @@ class _Request:
     prefetches: tuple[int, int] = (0, 0)  # prefetches issued, by phase
     prefill_ahead: tuple[float, int] = (0.0, 0)  # the prefill's layer launches: seconds, layers
     host_cpu_s: list[float] = attrs.field(factory=list)  # the forward thread's CPU seconds in each step's host span
+    step_copies: list[int] = attrs.field(factory=list)  # copies started in each decode step (demand and prefetch)
+    step_wait_s: list[float] = attrs.field(factory=list)  # each decode step's readback waits
+
+    def per_copy_within(self) -> float | None:
+        """Host seconds per decode copy from this request alone: the least-squares slope of each step's host work
+        (its span less its readback waits) over its copies. A diagnostic beside `per_copy_over`, which prices a
+        copy as the difference from another request and so takes in whatever the host's pace did between the
+        two; None when every step started as many copies or the steps were not recorded."""
+        if len(self.step_copies) != len(self.host_s) or len(self.step_wait_s) != len(self.host_s):
+            return None
+        x = np.asarray(self.step_copies, float)
+        if x.size < 2 or np.ptp(x) == 0:
+            return None
+        y = np.asarray(self.host_s) - np.asarray(self.step_wait_s)
+        return float(np.polyfit(x, y, 1)[0])
 
     @property
     def prefill_layer_s(self) -> float | None:
@@ -295,6 +312,7 @@ class _Request:
                 "copies": list(self.copies),
                 "prefetches": list(self.prefetches), "decode_step_s": self.decode_s,
                 "decode_host_span_s": self.host_s, "decode_host_cpu_s": self.host_cpu_s, "prefill_s": self.prefill_s,
+                "decode_step_copies": self.step_copies, "decode_step_wait_s": self.step_wait_s,
                 "decode_readback_wait_s": self.wait_s, "decode_work_s": self.work_s,
                 "pass_s_residual": self.pass_s(n_layers), "launch_ahead_n": self.ahead_n,
                 "ledger": {f"{'decode' if phase == 1 else 'prefill'}.{item}": [self.ledger.seconds[(phase, item)],
@@ -332,8 +350,12 @@ def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, d
             req.prefill()
             marks.append((runtime.readback_wait_s, runtime.copies, _issued(runtime)))
             ahead0, n_ahead0 = runtime.launch_ahead_s, runtime.launch_ahead_n
+            step_copies, step_wait = [], []
             for _ in range(plan.n_decode):
+                c, w = runtime.copies, runtime.readback_wait_s
                 req.decode()
+                step_copies.append(runtime.copies - c)
+                step_wait.append(runtime.readback_wait_s - w)
             marks.append((runtime.readback_wait_s, runtime.copies, _issued(runtime)))
             ahead_s, ahead_n = runtime.launch_ahead_s - ahead0, runtime.launch_ahead_n - n_ahead0
     finally:
@@ -343,7 +365,8 @@ def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, d
     (w0, c0, p0), (w1, c1, p1), (w2, c2, p2) = marks
     return _Request(ledger, seconds[1:], clock.host[1:], seconds[0], w2 - w1, ahead_s, ahead_n,
                     prefill_work_s=clock.host[0] - (w1 - w0), copies=(c1 - c0, c2 - c1), prefetches=(p1 - p0, p2 - p1),
-                    prefill_ahead=(ahead0 - pre0, n_ahead0 - n_pre0), host_cpu_s=clock.cpu[1:])
+                    prefill_ahead=(ahead0 - pre0, n_ahead0 - n_pre0), host_cpu_s=clock.cpu[1:],
+                    step_copies=step_copies, step_wait_s=step_wait)
 
 
 def _issued(runtime: Any) -> int:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from emu.errors import EmuError
@@ -191,6 +192,25 @@ def test_a_miss_costs_its_host_work_beyond_the_all_hit_prices() -> None:
     assert _Request(ledger2, [0.01], [0.01], 0.0, 0.0, 0.0, 2).per_copy_over(hit, 2) is None  # no copy: nothing
 
 
+
+def test_a_copy_priced_within_one_request_is_the_slope_of_its_steps_host_work_over_their_copies() -> None:
+    from live.host_calibration import _Request
+    from live.offload import HostLedger
+
+    # four steps: 10 ms of host work plus 0.5 ms per copy, less each step's readback wait
+    copies, waits = [0, 2, 4, 1], [0.001, 0.002, 0.0, 0.003]
+    spans = [0.010 + 0.0005 * c + w for c, w in zip(copies, waits)]
+    req = _Request(HostLedger(), decode_s=spans, host_s=spans, prefill_s=0.0, wait_s=sum(waits), ahead_s=0.0,
+                   ahead_n=1, step_copies=copies, step_wait_s=waits)
+    assert req.per_copy_within() == pytest.approx(0.0005)
+    # a host 5 ms slower in every step (what a slower host does to the difference of two requests) leaves it
+    assert attrs.evolve(req, host_s=[s + 0.005 for s in spans]).per_copy_within() == pytest.approx(0.0005)
+    # and the waits are not host work: counted as work, they change it
+    assert attrs.evolve(req, step_wait_s=[0.0] * 4).per_copy_within() != pytest.approx(0.0005)
+    flat = attrs.evolve(req, step_copies=[2, 2, 2, 2])
+    assert flat.per_copy_within() is None  # as many copies in every step: no slope
+    assert attrs.evolve(req, step_copies=[]).per_copy_within() is None  # not recorded (an older request)
+
 def test_a_prefill_miss_carries_its_gate_decision_work_beyond_the_all_hit_gates() -> None:
     from live.host_calibration import _Request
     from live.offload import HostLedger
@@ -271,6 +291,12 @@ def test_the_fused_kernel_calibrates_a_read_back_layer_and_its_one_launch() -> N
         spans, cpu = req["decode_host_span_s"], req["decode_host_cpu_s"]
         assert len(cpu) == len(spans) == cal.raw["steps"]
         assert all(0.0 < c <= s + 1e-3 for c, s in zip(cpu, spans))
+        # each step's copies and readback waits: they add up to the request's
+        copies, waits = req["decode_step_copies"], req["decode_step_wait_s"]
+        assert len(copies) == len(waits) == cal.raw["steps"]
+        assert sum(copies) == req["copies"][1]
+        assert sum(waits) == pytest.approx(req["decode_readback_wait_s"])
+    assert sum(resident["decode_step_copies"]) == 0  # every expert resident: no copy in any step
 
 
 def test_merge_joins_a_matrix_run_in_parts(dataset: Path, tmp_path: Path) -> None:
