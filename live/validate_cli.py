@@ -271,6 +271,7 @@ def run_summary(args: argparse.Namespace) -> int:
     from .validation_set import (
         find_datasets,
         format_config_table,
+        format_model_table,
         format_repeats,
         format_summary_table,
         load_dataset,
@@ -299,7 +300,7 @@ def run_summary(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=1))
         return 0
     for ds in datasets:
-        print(f"## {ds.name} ({ds.gpu})\n\n{format_config_table(ds)}\n")
+        print(f"## {ds.name} ({ds.gpu})\n\n{format_config_table(ds)}\n\nBy model:\n\n{format_model_table(ds)}\n")
     print(f"## summary\n\n{table}\n\n{steady_table}")
     if len(datasets) > 1:
         print(f"\n## per dataset\n\n{format_summary_table(summarize(datasets, per_dataset=True), per_dataset=True)}")

@@ -409,6 +409,25 @@ def format_config_table(dataset: Dataset) -> str:
     return _md_table(head, body)
 
 
+
+def format_model_table(dataset: Dataset) -> str:
+    """One Markdown row per (model, runtime) of a dataset: its configurations, the host drift its calibration saw,
+    the signed TTFT and decode errors' range (least .. most) and how many agree on the counts."""
+    groups: dict[tuple[str, str], list[Comparison]] = {}
+    for row in dataset.rows:
+        groups.setdefault((row.model, row.runtime), []).append(row)
+    head = ["model", "runtime", "configs", "host drift", "TTFT err", "decode err", "counts equal"]
+    body = []
+    for (model, runtime), rows in groups.items():
+        errs = [row_errors(r) for r in rows]
+        drifts = sorted({r.calibration.host_drift for r in rows if r.calibration.host_drift is not None})
+        drift = " / ".join(_pct(d, signed=False) for d in drifts) if drifts else "-"
+        ttft = [e.ttft_err for e in errs]
+        dec = [e.decode_err for e in errs]
+        body.append([model, runtime, str(len(rows)), drift, f"{_pct(min(ttft))} .. {_pct(max(ttft))}",
+                     f"{_pct(min(dec))} .. {_pct(max(dec))}", f"{sum(e.counts_equal for e in errs)}/{len(rows)}"])
+    return _md_table(head, body)
+
 @attrs.frozen
 class Repeat:
     """One configuration measured in several datasets of one GPU kind and runtime: how far the measurement itself

@@ -22,6 +22,7 @@ from live.validation_set import (
     MARKER_END,
     MARKER_START,
     format_config_table,
+    format_model_table,
     format_summary_table,
     load_dataset,
     row_errors,
@@ -384,3 +385,24 @@ def test_the_steady_summary_keeps_the_configurations_whose_calibration_found_the
     assert main(["validate", "--summary", str(root)]) == 0
     out = capsys.readouterr().out
     assert "On a steady host" in out and out.count("| h100 | hf-eager | 2 | yes |") == 1
+
+
+
+def test_the_model_table_gives_each_models_error_ranges_drift_and_counts(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [row("a", ttft=1.02, decode=0.90), row("b", ttft=0.95, decode=1.10), row("c", ttft=1.30, decode=1.0),
+            row("d", ttft=1.0, decode=1.0, runtime="hf-graph",
+                counts={"hits": [5, 6], "accesses": [9, 9], "copies": [4, 4], "prefetch_issued": [0, 0]})]
+    rows[2]["model"] = "mixtral-8x7b"
+    for r in rows[:2]:
+        r["calibration"]["host_drift"] = 0.05
+    rows[2]["calibration"]["host_drift"] = 0.44
+    ds = load_dataset(write(tmp_path / "v", "2026-12-06-h100", rows))
+    table = format_model_table(ds).splitlines()
+    assert table[0] == "| model | runtime | configs | host drift | TTFT err | decode err | counts equal |"
+    # grouped by model and runtime, in the dataset's order; least .. most of the signed errors
+    assert table[2] == "| olmoe-1b-7b | hf-eager | 2 | 5.0% | -5.0% .. +2.0% | -10.0% .. +10.0% | 2/2 |"
+    assert table[3] == "| mixtral-8x7b | hf-eager | 1 | 44.0% | +30.0% .. +30.0% | +0.0% .. +0.0% | 1/1 |"
+    assert table[4] == "| olmoe-1b-7b | hf-graph | 1 | - | +0.0% .. +0.0% | +0.0% .. +0.0% | 0/1 |"
+    assert _cli(["--summary", str(tmp_path / "v")]) == 0
+    assert "By model:\n\n" + format_model_table(ds) in capsys.readouterr().out
