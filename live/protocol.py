@@ -362,6 +362,9 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
             "host_wait_s": float(c["host_wait_s"]),
             "roofline": roofline is not None,
         })
+        share = rec.get("decode_host_share")
+        if share is not None:  # the device-paced decode's: the host's busy seconds over the passes' device time
+            rows[-1]["host_share"] = float(share)
     data = {"schema": "moe-emu/validation/1", "gpu": gpu or "unknown", "gpu_kind": gpu_kind, "rows": rows}
     (folder / "comparisons.json").write_text(json.dumps(data, indent=1) + "\n")
     return data

@@ -110,6 +110,8 @@ class Comparison:
     #: (name, live, emulated) per count, in the file's order
     counts: tuple[tuple[str, int, int], ...]
     prefetch_races: bool
+    #: the host's busy seconds in the replayed decode passes over their device time (graph decode; None: eager)
+    host_share: float | None = None
 
 
 @attrs.frozen
@@ -249,6 +251,11 @@ def _comparison(r: _Reader, raw: Any, where: str) -> Comparison:
         if not isinstance(value, list) or len(value) != 2:
             raise r.fail(w, f"expected [live, emulated], got {value!r}")
         counts.append((name, r.int_(value[0], w, 0), r.int_(value[1], w, 0)))
+    share = row.get("host_share")
+    if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float))
+                              or not math.isfinite(share) or share < 0):
+        raise r.fail(f"{where}.host_share", f"expected a fraction >= 0, got {share!r}")
+
     def text(key: str) -> str:
         return r.str_(row, key, f"{where}.{key}")
 
@@ -260,7 +267,8 @@ def _comparison(r: _Reader, raw: Any, where: str) -> Comparison:
         ttft_s=r.pair(row, "ttft_s", f"{where}.ttft_s"),
         decode_tok_s=r.pair(row, "decode_tok_s", f"{where}.decode_tok_s"),
         steps_s=r.steps(row, "steps_s", f"{where}.steps_s"), counts=tuple(counts),
-        prefetch_races=r.bool_(row, "prefetch_races", f"{where}.prefetch_races"))
+        prefetch_races=r.bool_(row, "prefetch_races", f"{where}.prefetch_races"),
+        host_share=None if share is None else float(share))
 
 
 def load_dataset(path: str | Path) -> Dataset:
@@ -411,20 +419,23 @@ def format_config_table(dataset: Dataset) -> str:
 
 
 def format_model_table(dataset: Dataset) -> str:
-    """One Markdown row per (model, runtime) of a dataset: its configurations, the host drift its calibration saw,
-    the signed TTFT and decode errors' range (least .. most) and how many agree on the counts."""
+    """One Markdown row per (model, runtime) of a dataset: its configurations, the host share of a decode step
+    (least .. most, where recorded), the host drift its calibration saw, the signed TTFT and decode errors' range
+    (least .. most) and how many agree on the counts."""
     groups: dict[tuple[str, str], list[Comparison]] = {}
     for row in dataset.rows:
         groups.setdefault((row.model, row.runtime), []).append(row)
-    head = ["model", "runtime", "configs", "host drift", "TTFT err", "decode err", "counts equal"]
+    head = ["model", "runtime", "configs", "host share", "host drift", "TTFT err", "decode err", "counts equal"]
     body = []
     for (model, runtime), rows in groups.items():
         errs = [row_errors(r) for r in rows]
+        shares = [r.host_share for r in rows if r.host_share is not None]
+        share = f"{min(shares):.2f} .. {max(shares):.2f}" if shares else "-"
         drifts = sorted({r.calibration.host_drift for r in rows if r.calibration.host_drift is not None})
         drift = " / ".join(_pct(d, signed=False) for d in drifts) if drifts else "-"
         ttft = [e.ttft_err for e in errs]
         dec = [e.decode_err for e in errs]
-        body.append([model, runtime, str(len(rows)), drift, f"{_pct(min(ttft))} .. {_pct(max(ttft))}",
+        body.append([model, runtime, str(len(rows)), share, drift, f"{_pct(min(ttft))} .. {_pct(max(ttft))}",
                      f"{_pct(min(dec))} .. {_pct(max(dec))}", f"{sum(e.counts_equal for e in errs)}/{len(rows)}"])
     return _md_table(head, body)
 

@@ -119,6 +119,16 @@ def test_compare_writes_rows_the_summary_reads(dataset: Path) -> None:
     assert models == {"olmoe-1b-7b"} and tuple(host_drift(checked).values()) == (span,)
     assert all(r["calibration"]["host_drift"] == drift_fraction(span) for r in rows.values())
     assert ds.rows[0].calibration.host_drift == drift_fraction(span)
+    # eager decode records no host share; a graph-decoded record's share is carried into its row
+    assert all("host_share" not in r for r in rows.values()) and ds.rows[0].host_share is None
+    path = dataset / "runs" / "lru-25.json"
+    rec = json.loads(path.read_text())
+    path.write_text(json.dumps(rec | {"decode_host_share": 0.83}))
+    data = compare(dataset, ROOT / "scenarios" / "profiles" / "h100-pcie5.toml", runtime, "cpu", "hf-eager")
+    assert {r["config"]: r.get("host_share") for r in data["rows"]} == {"lru-25": 0.83, "lfu-50-nl": None,
+                                                                         "lru-25-b2": None}
+    assert {r.config: r.host_share for r in load_dataset(dataset).rows}["lru-25"] == 0.83
+    path.write_text(json.dumps(rec))
 
 
 def test_run_refuses_a_folder_holding_an_earlier_run(dataset: Path) -> None:

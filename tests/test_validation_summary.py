@@ -213,6 +213,8 @@ def _bad(tmp_path: Path, mutate: Any) -> Path:
     (lambda r: r["rows"][0]["calibration"].update(host_drift=-0.1), "rows[0].calibration.host_drift"),
     (lambda r: r["rows"][0]["calibration"].update(host_drift="0.1"), "rows[0].calibration.host_drift"),
     (lambda r: r["rows"][0]["calibration"].update(host_drift=True), "rows[0].calibration.host_drift"),
+    (lambda r: r["rows"][0].update(host_share=-0.5), "rows[0].host_share"),
+    (lambda r: r["rows"][0].update(host_share="0.9"), "rows[0].host_share"),
     (lambda r: r["rows"][0]["counts"].pop("copies"), "rows[0].counts.copies"),
     (lambda r: r["rows"][0]["counts"].update(hits=[1, 2, 3]), "rows[0].counts.hits"),
     (lambda r: r["rows"][0]["counts"].update(hits=[1, -2]), "rows[0].counts.hits"),
@@ -397,12 +399,13 @@ def test_the_model_table_gives_each_models_error_ranges_drift_and_counts(tmp_pat
     for r in rows[:2]:
         r["calibration"]["host_drift"] = 0.05
     rows[2]["calibration"]["host_drift"] = 0.44
+    rows[3]["host_share"] = 0.87
     ds = load_dataset(write(tmp_path / "v", "2026-12-06-h100", rows))
     table = format_model_table(ds).splitlines()
-    assert table[0] == "| model | runtime | configs | host drift | TTFT err | decode err | counts equal |"
+    assert table[0] == "| model | runtime | configs | host share | host drift | TTFT err | decode err | counts equal |"
     # grouped by model and runtime, in the dataset's order; least .. most of the signed errors
-    assert table[2] == "| olmoe-1b-7b | hf-eager | 2 | 5.0% | -5.0% .. +2.0% | -10.0% .. +10.0% | 2/2 |"
-    assert table[3] == "| mixtral-8x7b | hf-eager | 1 | 44.0% | +30.0% .. +30.0% | +0.0% .. +0.0% | 1/1 |"
-    assert table[4] == "| olmoe-1b-7b | hf-graph | 1 | - | +0.0% .. +0.0% | +0.0% .. +0.0% | 0/1 |"
+    assert table[2] == "| olmoe-1b-7b | hf-eager | 2 | - | 5.0% | -5.0% .. +2.0% | -10.0% .. +10.0% | 2/2 |"
+    assert table[3] == "| mixtral-8x7b | hf-eager | 1 | - | 44.0% | +30.0% .. +30.0% | +0.0% .. +0.0% | 1/1 |"
+    assert table[4] == "| olmoe-1b-7b | hf-graph | 1 | 0.87 .. 0.87 | - | +0.0% .. +0.0% | +0.0% .. +0.0% | 0/1 |"
     assert _cli(["--summary", str(tmp_path / "v")]) == 0
     assert "By model:\n\n" + format_model_table(ds) in capsys.readouterr().out
