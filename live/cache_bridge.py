@@ -103,9 +103,6 @@ def _gate(pk, cs, tv, p: int, layer: int, keys, tokens, top_k: int) -> None:
     decisions.access_layer(pk, cs, tv, p, layer, keys.shape[0], 0.0)
 
 
-@njit(cache=True)
-def _retry(pk, cs, tv, key: int) -> bool:
-    return decisions.retry_one(pk, cs, tv, key, 0.0)
 
 
 @njit(cache=True)
@@ -149,25 +146,29 @@ def _drain(cs) -> None:
 
 
 @njit(cache=True, inline="always")
-def _victim_of(cs, key: int) -> int:
-    """The key evicted just before `key` took its slot in the slot log (-1: a free slot; -2: no take)."""
-    found = -2
+def _read_takes(cs, keys, victims) -> int:
+    """The slot log's takes, in order: each key that took a slot and the key evicted just before it, which freed
+    that slot (-1: a free slot); how many."""
+    n = 0
     freed = -1
     for j in range(cs.sc[SC.SLOT_LOG_N]):
         entry = cs.slot_log[j]
         if entry < 0:
             freed = -1 - entry
         else:
-            if entry == key:
-                found = freed
+            keys[n] = entry
+            victims[n] = freed
+            n += 1
             freed = -1
-    return found
+    return n
 
 
 @njit(cache=True)
-def _gate_outcome(pk, cs, tv, p: int, layer: int, keys, tokens, top_k: int, outcome, victims, misses) -> bool:
+def _gate_outcome(pk, cs, tv, p: int, layer: int, keys, tokens, top_k: int, outcome, victims, misses,
+                  take_keys, take_victims) -> bool:
     """`_gate`, and what it decided for each key: `outcome` (HIT ... MISS_CPU), `victims` and the layer's
-    misses by kind, in one call (the runtime makes one per layer). False when a miss took no slot."""
+    misses by kind, in one call (the runtime makes one per layer; `take_*`: scratch for the slot log's takes).
+    False when a miss took no slot."""
     n = keys.shape[0]
     for i in range(n):
         s = cs.status[keys[i]]
@@ -178,6 +179,7 @@ def _gate_outcome(pk, cs, tv, p: int, layer: int, keys, tokens, top_k: int, outc
     misses[2] = -cs.stats_i[ST.MISS_COLLISION, layer]
     _drain(cs)
     _gate(pk, cs, tv, p, layer, keys, tokens, top_k)
+    n_takes = _read_takes(cs, take_keys, take_victims)
     ok = True
     for i in range(n):
         if outcome[i] == HIT:
@@ -190,7 +192,10 @@ def _gate_outcome(pk, cs, tv, p: int, layer: int, keys, tokens, top_k: int, outc
         elif cs.status[keys[i]] == WAITING:
             outcome[i] = MISS_WAIT
         else:
-            v = _victim_of(cs, keys[i])
+            v = -2  # the victim of the key's last take
+            for j in range(n_takes):
+                if take_keys[j] == keys[i]:
+                    v = take_victims[j]
             ok = ok and v != -2
             victims[i] = v
             outcome[i] = MISS_EVICT if v >= 0 else MISS_FREE
@@ -207,32 +212,20 @@ def _prefetch_takes(pk, cs, tv, p: int, layer: int, keys, victims) -> int:
     slot): how many."""
     _drain(cs)
     decisions.prefetch_layer(pk, cs, tv, p, layer, 0.0)
-    n = 0
-    freed = -1
-    for j in range(cs.sc[SC.SLOT_LOG_N]):
-        entry = cs.slot_log[j]
-        if entry < 0:
-            freed = -1 - entry
-        else:
-            keys[n] = entry
-            victims[n] = freed
-            n += 1
-            freed = -1
+    n = _read_takes(cs, keys, victims)
     _drain(cs)
     return n
 
 
-def _takes(log: np.ndarray) -> list[tuple[int, int]]:
-    """(key, victim or -1) for each slot taken, in order: the key evicted just before a take freed its slot."""
-    out = []
-    freed = -1
-    for entry in log.tolist():
-        if entry < 0:
-            freed = -1 - entry
-        else:
-            out.append((entry, freed))
-            freed = -1
-    return out
+@njit(cache=True)
+def _retry_take(pk, cs, tv, key: int, take_keys, take_victims) -> int:
+    """A waiting miss tries again: -1 a free slot, the victim key, or -2 still no victim."""
+    _drain(cs)
+    if not decisions.retry_one(pk, cs, tv, key, 0.0):
+        return -2
+    _read_takes(cs, take_keys, take_victims)
+    _drain(cs)
+    return take_victims[0]
 
 
 class CacheBridge:
@@ -284,23 +277,15 @@ class CacheBridge:
         states = {kind: pol.init(ctx, prm) for kind, (pol, prm) in chosen.items()}
         self.cs.sc[SC.MISS_EVENTS] = int(policy.capabilities.miss_events)
         self.stack = Stack({name: hook for pol, _p in chosen.values() for name, hook in pol.hooks.items()}, states)
-        # a prefetch step's takes: at most one per slot-log entry
-        self._pf_keys = np.empty(self.cs.slot_log.shape[0], np.int64)
-        self._pf_victims = np.empty(self.cs.slot_log.shape[0], np.int64)
+        # a call's takes (keys and victims) read from the slot log: at most one per entry
+        self._take_keys = np.empty(self.cs.slot_log.shape[0], np.int64)
+        self._take_victims = np.empty(self.cs.slot_log.shape[0], np.int64)
         self._pass = -1
         self._view_pass = -1
 
     @property
     def prefetching(self) -> bool:
         return self.prefetch_name != "none"
-
-    def _log(self) -> np.ndarray:
-        """The decisions' slot log since the last call, emptied (with the copy queue: the runtime copies)."""
-        sc = self.cs.sc
-        log = self.cs.slot_log[: sc[SC.SLOT_LOG_N]].copy()
-        sc[SC.SLOT_LOG_N] = 0
-        sc[SC.DQ_N] = sc[SC.PQ_N] = sc[SC.DQ_HEAD] = sc[SC.PQ_HEAD] = 0
-        return log
 
     def begin_pass(self, p: int) -> None:
         self._pass = p
@@ -331,23 +316,21 @@ class CacheBridge:
         victims = np.empty(n, np.int64)
         misses = np.empty(3, np.int64)
         if not _gate_outcome(self.stack, self.cs, self.tv, self._pass, layer, keys, tok, self.top_k, outcome,
-                             victims, misses):
+                             victims, misses, self._take_keys, self._take_victims):
             raise RuntimeError(f"layer {layer}: a miss took no slot and does not wait for one")
         return outcome, victims, misses
 
     def prefetch(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
         """The prefetch step of layer `layer`'s gate (call right after `gate`): keys issued, in issue order,
         and the victim each evicted (-1: a free slot). Each key is in flight until `complete`."""
-        buf_k, buf_v = self._pf_keys, self._pf_victims
+        buf_k, buf_v = self._take_keys, self._take_victims
         n = _prefetch_takes(self.stack, self.cs, self.tv, self._pass, layer, buf_k, buf_v)
         return buf_k[:n].copy(), buf_v[:n].copy()
 
     def retry(self, layer: int, expert: int) -> int:
         """A waiting miss tries again: -1 free slot, a victim key, or -2 still no victim."""
-        self._log()
-        if not _retry(self.stack, self.cs, self.tv, layer * self.n_experts + expert):
-            return -2
-        return _takes(self._log())[0][1]
+        return int(_retry_take(self.stack, self.cs, self.tv, layer * self.n_experts + expert, self._take_keys,
+                               self._take_victims))
 
     def complete(self, layer: int, expert: int) -> None:
         """The copy landed: the expert may now be evicted once released."""
