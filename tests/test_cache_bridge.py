@@ -43,8 +43,10 @@ def test_a_miss_with_every_slot_protected_waits_until_a_release() -> None:
     out, victims, _m = b.gate(0, np.array([1, 2, 3]))
     assert out.tolist() == [MISS_FREE, MISS_FREE, MISS_WAIT]
     assert victims.tolist() == [-1, -1, -1]
+    assert b.retry(0, 3) == -2  # both slots still held by the layer's own entries
     b.finish(0, [1])  # lands and releases expert 1: the waiting miss may now evict it
     assert b.retry(0, 3) == 1
+    assert b.resident().tolist() == [2, 3]
 
 
 def test_finish_is_complete_then_release_key_by_key() -> None:
