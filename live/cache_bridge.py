@@ -103,12 +103,15 @@ def _gate(pk, cs, tv, p: int, layer: int, keys, tokens, top_k: int) -> None:
     decisions.access_layer(pk, cs, tv, p, layer, keys.shape[0], 0.0)
 
 
+@njit(cache=True, inline="always")
+def _land_key(cs, key: int) -> None:
+    if cs.status[key] == IN_FLIGHT:
+        decisions.land(cs, key, 0.0)
 
 
 @njit(cache=True)
 def _land(cs, key: int) -> None:
-    if cs.status[key] == IN_FLIGHT:
-        decisions.land(cs, key, 0.0)
+    _land_key(cs, key)
 
 
 @njit(cache=True, inline="always")
@@ -128,10 +131,8 @@ def _release(cs, key: int) -> None:
 def _finish(cs, keys) -> None:
     """Each key's copy landed (if it was in flight), then its entry released, key by key in order."""
     for j in range(keys.shape[0]):
-        key = keys[j]
-        if cs.status[key] == IN_FLIGHT:
-            decisions.land(cs, key, 0.0)
-        _release_key(cs, key)
+        _land_key(cs, keys[j])
+        _release_key(cs, keys[j])
 
 
 @njit(cache=True, inline="always")
@@ -208,8 +209,8 @@ def _gate_outcome(pk, cs, tv, p: int, layer: int, keys, tokens, top_k: int, outc
 
 @njit(cache=True)
 def _prefetch_takes(pk, cs, tv, p: int, layer: int, keys, victims) -> int:
-    """`_prefetch`, and the keys it took slots for, in issue order, with the key each evicted (-1: a free
-    slot): how many."""
+    """The prefetch step of layer `layer`'s gate, and the keys it took slots for, in issue order, with the key each
+    evicted (-1: a free slot): how many."""
     _drain(cs)
     decisions.prefetch_layer(pk, cs, tv, p, layer, 0.0)
     n = _read_takes(cs, keys, victims)

@@ -212,6 +212,15 @@ class _Reader:
             raise self.fail(where, f"expected a finite positive number, got {value!r}")
         return float(value)
 
+    def fraction_or_none(self, obj: dict[str, Any], key: str, where: str) -> float | None:
+        """An optional key: absent or null gives None, else a finite number >= 0."""
+        value = obj.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise self.fail(where, f"expected null or a fraction >= 0, got {value!r}")
+        return float(value)
+
     def pair(self, obj: dict[str, Any], key: str, where: str) -> Pair:
         sub = self.obj(self.get(obj, key, where), where)
         return Pair(*(self.positive(self.get(sub, k, f"{where}.{k}"), f"{where}.{k}")
@@ -235,13 +244,9 @@ def _comparison(r: _Reader, raw: Any, where: str) -> Comparison:
     runs = r.get(cal, "runs", f"{where}.calibration.runs")
     if not isinstance(runs, list) or not all(isinstance(x, str) for x in runs):
         raise r.fail(f"{where}.calibration.runs", "expected a list of run names")
-    drift = cal.get("host_drift")
-    if drift is not None and (isinstance(drift, bool) or not isinstance(drift, (int, float))
-                              or not math.isfinite(drift) or drift < 0):
-        raise r.fail(f"{where}.calibration.host_drift", f"expected null or a fraction >= 0, got {drift!r}")
     calibration = Calibration(r.str_(cal, "profile", f"{where}.calibration.profile"),
                               r.str_(cal, "runtime_profile", f"{where}.calibration.runtime_profile"), tuple(runs),
-                              None if drift is None else float(drift))
+                              r.fraction_or_none(cal, "host_drift", f"{where}.calibration.host_drift"))
     counts_raw = r.obj(r.get(row, "counts", f"{where}.counts"), f"{where}.counts")
     for name in COUNT_KEYS:
         r.get(counts_raw, name, f"{where}.counts.{name}")
@@ -251,10 +256,6 @@ def _comparison(r: _Reader, raw: Any, where: str) -> Comparison:
         if not isinstance(value, list) or len(value) != 2:
             raise r.fail(w, f"expected [live, emulated], got {value!r}")
         counts.append((name, r.int_(value[0], w, 0), r.int_(value[1], w, 0)))
-    share = row.get("host_share")
-    if share is not None and (isinstance(share, bool) or not isinstance(share, (int, float))
-                              or not math.isfinite(share) or share < 0):
-        raise r.fail(f"{where}.host_share", f"expected a fraction >= 0, got {share!r}")
 
     def text(key: str) -> str:
         return r.str_(row, key, f"{where}.{key}")
@@ -268,7 +269,7 @@ def _comparison(r: _Reader, raw: Any, where: str) -> Comparison:
         decode_tok_s=r.pair(row, "decode_tok_s", f"{where}.decode_tok_s"),
         steps_s=r.steps(row, "steps_s", f"{where}.steps_s"), counts=tuple(counts),
         prefetch_races=r.bool_(row, "prefetch_races", f"{where}.prefetch_races"),
-        host_share=None if share is None else float(share))
+        host_share=r.fraction_or_none(row, "host_share", f"{where}.host_share"))
 
 
 def load_dataset(path: str | Path) -> Dataset:
@@ -417,7 +418,6 @@ def format_config_table(dataset: Dataset) -> str:
     return _md_table(head, body)
 
 
-
 def format_model_table(dataset: Dataset) -> str:
     """One Markdown row per (model, runtime) of a dataset: its configurations, the host share of a decode step
     (least .. most, where recorded), the host drift its calibration saw, the signed TTFT and decode errors' range
@@ -438,6 +438,7 @@ def format_model_table(dataset: Dataset) -> str:
         body.append([model, runtime, str(len(rows)), share, drift, f"{_pct(min(ttft))} .. {_pct(max(ttft))}",
                      f"{_pct(min(dec))} .. {_pct(max(dec))}", f"{sum(e.counts_equal for e in errs)}/{len(rows)}"])
     return _md_table(head, body)
+
 
 @attrs.frozen
 class Repeat:
