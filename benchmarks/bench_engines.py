@@ -77,9 +77,10 @@ def _timed(run: object, inputs: object) -> dict:
     cs, end, timings = run(inputs)
     cpu = time.process_time() - c0 - timings["setup_s"]
     accesses = int(cs.stats_i[ST.ACCESSES].sum())
-    hits = int(cs.stats_i[1].sum())
+    hits = int(cs.stats_i[ST.HITS].sum())
     return {"accesses": accesses, "wall_s": timings["run_s"], "cpu_s": cpu, "setup_s": timings["setup_s"],
-            "acc_per_s": accesses / timings["run_s"], "hit_rate": hits / accesses, "end_s": end}
+            "acc_per_s": accesses / timings["run_s"], "hit_rate": hits / accesses, "end_s": end,
+            "copies": int(cs.stats_i[ST.COPIES].sum()), "late_hits": int(cs.stats_i[ST.LATE_HITS].sum())}
 
 
 def _bare_lru(inputs: object, capacity: float) -> dict:
