@@ -1,7 +1,12 @@
-"""Where does the forward thread's host time go in a live run? cProfile of one OLMoE-1B-7B decode at 5%
-cache, prefetch none and next-layer (forced synthetic routing, as in the validation matrix); needs a GPU.
+"""Where does the forward thread's host time go in a live decode? One OLMoE-1B-7B decode per (experts kernel,
+prefetch) at 5% cache (forced synthetic routing, as in the validation matrix); needs a GPU.
 
-    python experiments/profile_live_host.py [--top 30] [--prefetch none --prefetch next-layer]
+For each pair: one run with the host ledger on (per decode step and per layer: the routing readback, the gate's
+decisions, the copies issued, the experts' launches; the step's host share in the graph decode), then the same
+run under cProfile (its top functions by own time).
+
+    python experiments/profile_live_host.py [--decode graph] [--kernel eager --kernel fused]
+                                            [--prefetch none --prefetch next-layer] [--top 25]
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
@@ -21,35 +27,58 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--top", type=int, default=30)
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--decode", default="graph", choices=("eager", "graph"))
+    p.add_argument("--kernel", action="append", default=None, choices=("eager", "fused"))
     p.add_argument("--prefetch", action="append", default=None)
+    p.add_argument("--fraction", type=float, default=0.05)
+    p.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (eager decode): checks the script")
     args = p.parse_args(argv)
     from experiments.live_olmoe import build_olmoe
     from live.matrix import reconfigure, slots_for
+    from live.offload import HostLedger
     from live.runner import run_live
 
     t0 = time.time()
-    built = build_olmoe("profile_live_host", smoke=False)
+    built = build_olmoe("profile_live_host", smoke=args.smoke)
     if built is None:
         return 2
     dev, work, model, runtime = built.device, built.work, built.model, built.runtime
     shape, force, plans, n_keys = work.shape, work.force, work.plans, work.n_keys
-    for i, pf in enumerate(args.prefetch or ("none", "next-layer")):
-        reconfigure(runtime, slots_for(0.05, n_keys), "lru", "eager", pf)
-        run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force, warmup_passes=3,
-                 rehearse=i == 0, seed=i)  # unprofiled: the same run, so the profiled one is warm
-        reconfigure(runtime, slots_for(0.05, n_keys), "lru", "eager", pf)
-        prof = cProfile.Profile()
-        prof.enable()
-        res = run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force, warmup_passes=0,
-                       seed=i)
-        prof.disable()
-        print(f"\n== prefetch {pf}: decode {res.decode_tok_s:.2f} tok/s (step median "
-              f"{statistics.median(res.decode_s) * 1e3:.1f} ms, profiled), copies {res.stats.copies} "
-              f"[{time.time() - t0:.0f}s]", flush=True)
-        for key in ("tottime", "cumtime"):
+    if args.smoke:
+        args.decode = "eager"
+    n_steps = sum(plan.n_decode * plan.batch for plan in plans)
+    first = True
+    for kernel in args.kernel or ("eager", "fused"):
+        for pf in args.prefetch or ("none", "next-layer"):
+            def run(seed: int, kernel: str = kernel, pf: str = pf, **kw: object) -> Any:
+                reconfigure(runtime, slots_for(args.fraction, n_keys), "lru", kernel, pf)
+                return run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
+                                decode=args.decode, seed=seed, **kw)
+
+            run(0, warmup_passes=3, rehearse=first)
+            first = False  # unmeasured: the measured ones run warm
+            ledger = runtime.ledger = HostLedger()
+            res = run(0, warmup_passes=0)
+            runtime.ledger = None
+            steps = res.decode_s
+            layers = n_steps * runtime.n_layers
+            share = "-" if res.decode_host_share is None else f"{res.decode_host_share:.2f}"
+            print(f"\n== {args.decode} decode, {kernel} experts, prefetch {pf}: {res.decode_tok_s:.2f} tok/s, "
+                  f"step median {statistics.median(steps) * 1e3:.2f} ms, host share {share}, "
+                  f"copies {res.stats.copies} [{time.time() - t0:.0f}s]", flush=True)
+            for (phase, item), seconds in sorted(ledger.seconds.items()):
+                if phase == 1:
+                    n = ledger.counts[(phase, item)]
+                    print(f"   {item:9s} {seconds / n * 1e6:8.1f} us x {n:6d}  = {seconds / layers * 1e6:7.1f} us "
+                          f"per layer, {seconds / n_steps * 1e3:6.2f} ms per step", flush=True)
+            prof = cProfile.Profile()
+            prof.enable()
+            res = run(0, warmup_passes=0)
+            prof.disable()
+            print(f"   profiled: {res.decode_tok_s:.2f} tok/s", flush=True)
             buf = io.StringIO()
-            pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(args.top)
+            pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(args.top)
             text = buf.getvalue()
             print(text[text.index("ncalls"):] if "ncalls" in text else text, flush=True)
     runtime.close()

@@ -9,7 +9,8 @@
 #                                  6: graph olmoe at batch 1, then the device calibration of olmoe: a short one;
 #                                  7: graph mixtral alone, after part 4 on the same machine;
 #                                  8: eager olmoe at batch 1, then the device calibration of olmoe: a short one;
-#                                  9: graph with the fused experts kernel, part 4's configurations, after part 4)
+#                                  9: graph with the fused experts kernel, part 4's configurations, then the device
+#                                     calibration of their three models)
 set -u
 case "$#:${1:-}:${2:-}" in 1:[1-9]: | 2:[1-9]:--dry-run) ;;
   *) echo "usage: bash validation/lease.sh PART (1-9) [--dry-run]" >&2; exit 2;; esac
@@ -45,8 +46,9 @@ grep -v Warn $V/calibration/run.log | grep -E "TTFT|error" | tail -12
 cp -r /tmp/runs$1/* $V/
 tar czf $OUT/val$1.tar.gz -C /tmp val$1
 MODELS="--model olmoe-1b-7b --model mixtral-8x7b --model qwen1.5-moe-a2.7b --model qwen3-30b-a3b"
+[ "$1" = 9 ] && MODELS="--model olmoe-1b-7b --model qwen1.5-moe-a2.7b --model qwen3-30b-a3b"
 { [ "$1" = 6 ] || [ "$1" = 8 ]; } && MODELS="--model olmoe-1b-7b"
-if [ "$1" = 2 ] || [ "$1" = 4 ] || [ "$1" = 6 ] || [ "$1" = 8 ]; then
+if [ "$1" = 2 ] || [ "$1" = 4 ] || [ "$1" = 6 ] || [ "$1" = 8 ] || [ "$1" = 9 ]; then
   python3 -m emu.cli calibrate --quick --no-progress $MODELS --out $V/calibration/dev.toml > $V/calibration/calibrate.log 2>&1
   echo "calibrate rc $? at $(( $(date +%s) - T0 ))s" | tee -a $V/calibration/calibrate.log
   tar czf $OUT/val$1.tar.gz -C /tmp val$1
