@@ -1,11 +1,12 @@
 """Where does the forward thread's host time go in a live decode? One OLMoE-1B-7B decode per (experts kernel,
 prefetch) at 5% cache (forced synthetic routing, as in the validation matrix); needs a GPU.
 
+Experts kernels: eager, fused (captured in the decode graphs) and fused-launched (launched between them).
 For each pair: one run with the host ledger on (per decode step and per layer: the routing readback, the gate's
 decisions, the copies issued, the experts' launches; the step's host share in the graph decode), then the same
 run under cProfile (its top functions by own time).
 
-    python experiments/profile_live_host.py [--decode graph] [--kernel eager --kernel fused]
+    python experiments/profile_live_host.py [--decode graph] [--kernel eager --kernel fused-launched ...]
                                             [--prefetch none --prefetch next-layer] [--top 25]
 """
 
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--decode", default="graph", choices=("eager", "graph"))
-    p.add_argument("--kernel", action="append", default=None, choices=("eager", "fused"))
+    # fused: captured in the decode graphs where it can be; fused-launched: launched between them
+    p.add_argument("--kernel", action="append", default=None, choices=("eager", "fused", "fused-launched"))
     p.add_argument("--prefetch", action="append", default=None)
     p.add_argument("--fraction", type=float, default=0.05)
     p.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (eager decode): checks the script")
@@ -49,17 +51,18 @@ def main(argv: list[str] | None = None) -> int:
         args.decode = "eager"
     n_steps = sum(plan.n_decode * plan.batch for plan in plans)
     first = True
-    for kernel in args.kernel or ("eager", "fused"):
+    for kernel in args.kernel or ("eager", "fused-launched", "fused"):
         for pf in args.prefetch or ("none", "next-layer"):
             def run(seed: int, kernel: str = kernel, pf: str = pf, **kw: object) -> Any:
-                reconfigure(runtime, slots_for(args.fraction, n_keys), "lru", kernel, pf)
+                reconfigure(runtime, slots_for(args.fraction, n_keys), "lru", kernel.split("-")[0], pf)
+                runtime.capture = kernel == "fused"
                 return run_live(model, plans, vocab=shape.vocab, device=dev, runtime=runtime, force=force,
                                 decode=args.decode, seed=seed, **kw)
 
             run(0, warmup_passes=3, rehearse=first)
             first = False  # unmeasured: the measured ones run warm
-            ledger = runtime.ledger = HostLedger()
-            res = run(0, warmup_passes=0)
+            ledger = runtime.ledger = HostLedger()  # its warm-up pass is a prefill: not in the decode's items
+            res = run(0, warmup_passes=1)
             runtime.ledger = None
             steps = res.decode_s
             layers = n_steps * runtime.n_layers
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"per layer, {seconds / n_steps * 1e3:6.2f} ms per step", flush=True)
             prof = cProfile.Profile()
             prof.enable()
-            res = run(0, warmup_passes=0)
+            res = run(0, warmup_passes=1)
             prof.disable()
             print(f"   profiled: {res.decode_tok_s:.2f} tok/s", flush=True)
             buf = io.StringIO()

@@ -13,6 +13,13 @@ So the host launches a whole attention stretch in one graph launch, and waits fo
 cache decision needs the routing (the runtime's readback; none for a layer whose experts all hold slots
 with the fused kernel). Prefill passes stay eager (their length varies); they use the same static cache.
 
+Captured experts (`ExpertOffload.graph_experts`: the fused kernel, a slot pool one grouped GEMM takes, misses
+fetched): segment l+1 then begins with layer l's experts, the fused kernel over the whole slot pool with the
+routing mapped to slots through the runtime's slot table on the device. Between two replays the host only
+decides the layer (`ExpertOffload.place_layer`: readback, policy, copies started, the slot table's entries
+written by fill kernels, the compute stream made to wait for the copies) and books it after the next
+replay's launch (`launched_layer`); no expert kernel is launched from Python.
+
 Everything that changes between replays lives at fixed device addresses: the input token and position
 (written by the last segment, or by `start` with fill kernels: no host-to-device copy, which a CUDA copy
 engine would queue behind the runtime's expert copies), the forced routing of the pass (`RoutingHooks`
@@ -60,6 +67,7 @@ class GraphedDecode:
         stream = torch.cuda.Stream(device=self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         torch.cuda.synchronize(self.device)
+        cap.in_graph = rt.graph_experts()
         self._capturing = cap
         for m in rt.modules:
             m.splitter = self
@@ -82,7 +90,7 @@ class GraphedDecode:
             self._capturing = None
         torch.cuda.current_stream(self.device).wait_stream(stream)
         torch.cuda.synchronize(self.device)
-        if len(cap.inputs) != rt.n_layers:
+        if len(cap.graphs) != rt.n_layers + 1 or len(cap.inputs) != rt.n_layers:
             raise EmuError(f"captured {len(cap.inputs)} experts calls; the model has {rt.n_layers} sparse layers")
         if hooks is not None:
             cap.hook_tensors = hooks.current_tensors()
@@ -91,12 +99,16 @@ class GraphedDecode:
     def split(self, layer: int, act_fn: Any, hidden: torch.Tensor, top_k_index: torch.Tensor,
               top_k_weights: torch.Tensor) -> torch.Tensor:
         """At an experts call during the capture: close the segment, keep the call's static tensors, and
-        open the next segment reading the experts' output from a buffer of its own."""
+        open the next segment, which begins with the captured experts or reads their output from a buffer of
+        its own (written between replays)."""
         cap = self._capturing
         assert cap is not None
         cap.end()
-        out = torch.zeros_like(hidden)  # allocated outside the graph: written between replays
         cap.inputs.append((act_fn, hidden, top_k_index, top_k_weights))
+        if cap.in_graph:
+            cap.begin()
+            return self.runtime.captured_experts(layer, hidden, top_k_index, top_k_weights)
+        out = torch.zeros_like(hidden)  # allocated outside the graph: written between replays
         cap.outputs.append(out)
         cap.begin()
         return out
@@ -116,12 +128,17 @@ class GraphedDecode:
         rt = self.runtime
         t0 = time.perf_counter()
         waited0 = rt.sync_wait_s
-        for layer, graph in enumerate(cap.graphs[:-1]):
-            graph.replay()
+        cap.graphs[0].replay()
+        for layer, graph in enumerate(cap.graphs[1:]):
             act_fn, hidden, index, weights = cap.inputs[layer]
-            out = rt.run_layer(layer, act_fn, hidden, index, weights)
-            torch.add(out, 0, out=cap.outputs[layer])  # a kernel, not a device-to-device copy
-        cap.graphs[-1].replay()
+            if cap.in_graph:
+                placed = rt.place_layer(layer, hidden, index)
+                graph.replay()  # this layer's experts, then on to the next router (or the head)
+                rt.launched_layer(placed)
+            else:
+                out = rt.run_layer(layer, act_fn, hidden, index, weights)
+                torch.add(out, 0, out=cap.outputs[layer])  # a kernel, not a device-to-device copy
+                graph.replay()
         if hooks is not None and cap.hook_tensors is not None:
             hooks.adopt_tensors(cap.hook_tensors)
         self.host_s += time.perf_counter() - t0 - (rt.sync_wait_s - waited0)
@@ -140,6 +157,7 @@ class _Captured:
         self.outputs: list[torch.Tensor] = []
         self.tok: torch.Tensor | None = None
         self.hook_tensors: Any = None
+        self.in_graph = False  # the experts captured too (`ExpertOffload.graph_experts`)
 
     def begin(self) -> None:
         graph = torch.cuda.CUDAGraph()
@@ -152,5 +170,5 @@ class _Captured:
 
     def abandon(self) -> None:
         """End a capture that failed midway (its error is the caller's to raise)."""
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(Exception):  # whatever the failed capture left for its end to raise
             self.graphs[-1].capture_end()

@@ -50,7 +50,7 @@ import contextlib
 import copy
 import gc
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import numpy as np
@@ -178,6 +178,9 @@ class ExpertOffload:
         # fused kernel: a layer whose experts all hold slots runs without its readback (see the module's text);
         # off while calibrating the host cost of a layer that reads its routing back
         self.defer = True
+        # a graph decode captures the experts in its graphs where it can (`graph_experts`); off: launched
+        # between the graphs as in the eager decode (for comparison)
+        self.capture = True
         self.eviction, self.eviction_params, self.seed = eviction, dict(eviction_params or {}), seed
         self.prefetch, self.prefetch_params = prefetch, dict(prefetch_params or {})
         self.partition, self.partition_params = partition, dict(partition_params or {})
@@ -230,6 +233,10 @@ class ExpertOffload:
         # the runtime calibration's host ledger (`HostLedger`; None: not timed): host seconds and counts per
         # item the emulator charges (readback, cache decisions, copy issue, expert launch), per pass phase
         self.ledger: HostLedger | None = None
+        # each key's slot on the device, written by a fill kernel as the slot is assigned (no host-to-device
+        # copy, which would queue behind the expert copies): the fused kernel maps routing ids to slots there.
+        # One tensor for the runtime's life (zeroed by `reset`): a captured decode graph reads it in place
+        self.slot_table = torch.zeros((self.n_layers, self.n_experts), dtype=torch.int64, device=self.device)
         self.reset()
 
     def sibling(self, n_slots: int, *, eviction: str = "lru", prefetch: str = "none", seed: int = 0,
@@ -251,6 +258,7 @@ class ExpertOffload:
         rt.copy_stream = torch.cuda.Stream(device=self.device) if self.cuda else None
         rt.watchdog = None
         rt.recopy, rt.recopies = False, [0, 0]
+        rt.slot_table = torch.zeros_like(self.slot_table)  # its own: `reset` zeroes the table in place
         rt.reset()
         return rt
 
@@ -346,9 +354,7 @@ class ExpertOffload:
         self.slot_last_use: list[Any] = [None] * self.n_slots
         self.layer_slots = np.zeros(self.n_layers, np.int64)  # keys of each layer that hold a slot
         self.pending: list[dict[int, Any]] = [{} for _ in range(self.n_layers)]  # slot -> copy event not waited
-        # each key's slot on the device, written by a fill kernel as the slot is assigned (no host-to-device
-        # copy, which would queue behind the expert copies): the fused kernel maps routing ids to slots there
-        self.slot_table = torch.zeros((self.n_layers, self.n_experts), dtype=torch.int64, device=self.device)
+        self.slot_table.zero_()
         self.lut_window: list[tuple[int, int] | None] = [None] * self.n_layers  # a resident layer's slot range
         self.deferred: list[tuple[int, torch.Tensor, Any]] = []  # (layer, host ids, event) not yet booked
         self.deferred_layers = 0
@@ -450,7 +456,8 @@ class ExpertOffload:
             slot = home if self.free[home] else int(np.argmax(self.free))
             self.free[slot] = False
         self.slot_of[key] = slot
-        self.slot_table[layer, expert].fill_(slot)
+        if self.kernel == "fused":  # only the fused kernel reads the table: a kernel launch less per copy
+            self.slot_table[layer, expert].fill_(slot)
         self.layer_slots[layer] += 1
         self.lut_window[layer] = None
         return slot
@@ -493,6 +500,11 @@ class ExpertOffload:
     def run_layer(self, layer: int, act_fn: Any, hidden: torch.Tensor, top_k_index: torch.Tensor,
                   top_k_weights: torch.Tensor) -> torch.Tensor:
         out = self._run_layer(layer, act_fn, hidden, top_k_index, top_k_weights)
+        self._leave(layer)
+        return out
+
+    def _leave(self, layer: int) -> None:
+        """The forward thread leaves the runtime after a layer's experts were launched."""
         wd = self.watchdog
         if wd is not None:
             # leaving the runtime until the next layer's readback (attention, norms, router; at the last
@@ -503,15 +515,11 @@ class ExpertOffload:
             jobs = ((layer, k % n, int(self.slot_of[k])) for k in self.bridge.gated().tolist())
             wd.away(layer, wd.last_landing(jobs))
         self._left = (layer, time.perf_counter())
-        return out
 
-    def _run_layer(self, layer: int, act_fn: Any, hidden: torch.Tensor, top_k_index: torch.Tensor,
-                   top_k_weights: torch.Tensor) -> torch.Tensor:
-        resident = self.layer_slots[layer] == self.n_experts
-        if resident and self.defer and self.watchdog is None and self.kernel == "fused":
-            out = self._run_deferred(layer, hidden, top_k_index, top_k_weights)
-            if out is not None:
-                return out
+    def _gate(self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor) -> _Gate:
+        """The layer's routing read back and decided: hits, copies started into free or evicted slots,
+        misses that wait for a slot, misses the policy runs on the host (dropped ones are not computed at
+        all), and the policy's prefetches issued."""
         self.flush()
         index, predicted = self._readback(layer, hidden, top_k_index)  # the host must know the ids
         experts, tokens = np.unique(index, return_counts=True)
@@ -520,7 +528,7 @@ class ExpertOffload:
         late: list[tuple[int, int, Any]] = []  # hits whose prefetch copy is still on its way
         loading: list[tuple[int, int, Any]] = []
         waiting: list[int] = []
-        on_host: list[int] = []  # misses the policy runs on the host (dropped ones are not computed at all)
+        on_host: list[int] = []
         with self._locked():  # no prefetch submission between this gate's decisions and its demand copies
             if self.watchdog is not None:
                 self._before_gate(layer, index, predicted)
@@ -557,8 +565,30 @@ class ExpertOffload:
                     loading.append((e, slot, event))
             if self.watchdog is not None:
                 self._issue_prefetches(layer)
-        ready += late
         self.waits += len(waiting)
+        return _Gate(index, experts, ready + late, loading, waiting, on_host)
+
+    def _retry_waiting(self, layer: int, waiting: list[int], queue: list[tuple[int, int, Any]]) -> None:
+        """A released expert or a landed prefetch may make room for the waiting misses (FIFO): each that
+        finds a slot starts its copy and joins `queue`."""
+        with self._locked():
+            while waiting:
+                got = self.bridge.retry(layer, waiting[0])
+                if got == -2:
+                    break
+                w = waiting.pop(0)
+                slot_w, event_w = self._place(layer, w, got)
+                queue.append((w, slot_w, event_w))
+
+    def _run_layer(self, layer: int, act_fn: Any, hidden: torch.Tensor, top_k_index: torch.Tensor,
+                   top_k_weights: torch.Tensor) -> torch.Tensor:
+        resident = self.layer_slots[layer] == self.n_experts
+        if resident and self.defer and self.watchdog is None and self.kernel == "fused":
+            out = self._run_deferred(layer, hidden, top_k_index, top_k_weights)
+            if out is not None:
+                return out
+        g = self._gate(layer, hidden, top_k_index)
+        index, experts, ready, loading, waiting, on_host = g.index, g.experts, g.ready, g.loading, g.waiting, g.on_host
         ledger = self.ledger
         if ledger is not None:
             launch_from = ledger.close_gate()
@@ -586,14 +616,8 @@ class ExpertOffload:
                     self._poll_prefetches()
                 else:
                     self.watchdog.pump()  # a checkpoint: the engine may have freed up while this launched
-            with self._locked():
-                while waiting:  # a released expert or a landed prefetch may make room for a waiting miss (FIFO)
-                    got = self.bridge.retry(layer, waiting[0])
-                    if got == -2:
-                        break
-                    w = waiting.pop(0)
-                    slot_w, event_w = self._place(layer, w, got)
-                    queue.append((w, slot_w, event_w))
+            if waiting:
+                self._retry_waiting(layer, waiting, queue)
         if waiting:
             raise EmuError(f"layer {layer}: {len(waiting)} experts found no slot; the cache has {self.n_slots}")
         self.bridge.finish(layer, unfinished)
@@ -722,27 +746,107 @@ class ExpertOffload:
                 return None
             window = self.lut_window[layer] = (lo, hi)
         lo, hi = window
-        stream = self.compute_stream
-        if self.pending[layer]:
-            if stream is not None:
-                for event in self.pending[layer].values():
-                    stream.wait_event(event)
-            self.pending[layer].clear()
+        self._wait_pending(layer)
         fused = self.fused[layer]
         fused.gate_up_proj, fused.down_proj = self.slot_gu[lo: hi + 1], self.slot_dn[lo: hi + 1]
         fused.num_experts = hi - lo + 1
         out = fused(hidden, self._slot_ids(layer, top_k_index, lo), top_k_weights)
+        done = self._defer(layer, top_k_index)
+        if done is not None:
+            for slot in range(lo, hi + 1):
+                self.slot_last_use[slot] = done
+        return out
+
+    def _wait_pending(self, layer: int) -> None:
+        """The compute stream waits for every copy of the layer not yet waited for."""
+        if self.pending[layer]:
+            stream = self.compute_stream
+            if stream is not None:
+                for event in self.pending[layer].values():
+                    stream.wait_event(event)
+            self.pending[layer].clear()
+
+    def _defer(self, layer: int, top_k_index: torch.Tensor) -> Any:
+        """Book a wholly resident layer's routing later (`flush`): copied to pinned host memory behind the
+        layer's launches; returns the event after the copy (None on the CPU)."""
         ids = torch.empty(top_k_index.shape, dtype=top_k_index.dtype, pin_memory=self.cuda)
         ids.copy_(top_k_index, non_blocking=self.cuda)
         done = None
-        if stream is not None:
+        if self.compute_stream is not None:
             done = torch.cuda.Event()
-            done.record(stream)
-            for slot in range(lo, hi + 1):
-                self.slot_last_use[slot] = done
+            done.record(self.compute_stream)
         self.deferred.append((layer, ids, done))
         self.deferred_layers += 1
-        return out
+        return done
+
+    # --- experts captured in the decode graphs (`graphed.GraphedDecode`) --------------------------------
+    def graph_experts(self) -> bool:
+        """Whether a graph decode captures this runtime's experts in its graphs: the fused kernel over the
+        whole slot pool (one grouped GEMM takes it) in bf16 (torch's grouped GEMM runs other dtypes group by
+        group from the host, which a capture cannot hold), the routing mapped to slots on the device, every
+        routed expert computed on the GPU (the miss policy fetches)."""
+        return (self.capture and self.kernel == "fused" and self.n_slots <= MAX_GROUPS and self.miss == "fetch"
+                and self.dtype == torch.bfloat16)
+
+    def captured_experts(self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor,
+                         top_k_weights: torch.Tensor) -> torch.Tensor:
+        """While a decode pass is captured: the layer's experts as the fused kernel over the whole slot pool,
+        reading the slot table in place (what a replay computes is what the table holds by then)."""
+        fused = self.fused[layer]
+        fused.gate_up_proj, fused.down_proj, fused.num_experts = self.slot_gu, self.slot_dn, self.n_slots
+        return fused(hidden, self.slot_table[layer][top_k_index], top_k_weights)
+
+    def place_layer(self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor) -> _Placed:
+        """Before the replay that computes the layer's captured experts: its decisions and copies, every
+        routed expert given a slot, and the compute stream made to wait for their copies. A wholly resident
+        layer (no prefetch) reads no routing: it is booked later, as a deferred layer."""
+        ledger = self.ledger
+        if self.layer_slots[layer] == self.n_experts and self.defer and self.watchdog is None:
+            self._wait_pending(layer)
+            self._defer(layer, top_k_index)
+            slots = self.slot_of[layer * self.n_experts: (layer + 1) * self.n_experts].tolist()
+            return _Placed(layer, None, slots, 0.0)
+        g = self._gate(layer, hidden, top_k_index)
+        if g.on_host:
+            raise EmuError(f"layer {layer}: the miss policy ran experts on the host; experts captured in the "
+                           f"decode graphs run every routed expert on the GPU", key="miss")
+        since = ledger.close_gate() if ledger is not None else 0.0
+        placed = g.ready + g.loading
+        waiting = g.waiting
+        while waiting:  # only a landing prefetch frees a slot: the layer's own experts run after the replay
+            if self.watchdog is None or not self.inflight_pf:
+                raise EmuError(f"layer {layer}: {len(waiting)} experts found no slot with every other slot "
+                               f"taken by the layer; captured experts need more than {self.n_slots} slots",
+                               key="cache.capacity")
+            self._poll_prefetches()
+            self._retry_waiting(layer, waiting, placed)
+        stream = self.compute_stream
+        if stream is not None:
+            for _e, _slot, event in placed:
+                if event is not None:
+                    stream.wait_event(event)
+        host = time.perf_counter() - since if ledger is not None else 0.0
+        return _Placed(layer, g.experts, [slot for _e, slot, _event in placed], host)
+
+    def launched_layer(self, placed: _Placed) -> None:
+        """After the replay that computes the layer's experts was launched: their slots are busy until the
+        compute stream gets past it, and the experts are finished with the cache policy."""
+        t0 = time.perf_counter()
+        done = None
+        if self.compute_stream is not None:
+            done = torch.cuda.Event()
+            done.record(self.compute_stream)
+        for slot in placed.slots:
+            self.slot_last_use[slot] = done
+        layer = placed.layer
+        if placed.experts is not None:
+            self.bridge.finish(layer, placed.experts.tolist())
+            self._waited(layer, placed.experts)
+            if self.watchdog is not None:
+                self.watchdog.pump()  # a checkpoint after the launch
+            if self.ledger is not None:  # the launch is the replay's: what is left is the bookkeeping
+                self.ledger.close_experts(t0, len(placed.experts), before=placed.host_s)
+        self._leave(layer)
 
     def flush(self) -> None:
         """Book the deferred layers' accesses with the cache policy, in the order they ran (all hits)."""
@@ -841,6 +945,29 @@ class ExpertOffload:
         return token_idx, out
 
 
+class _Placed(NamedTuple):
+    """A layer given slots before the replay that computes its captured experts (`place_layer`): its
+    distinct experts (None: a deferred layer, booked later), the slots the replay reads, and the host
+    seconds of the placement after the gate's decisions."""
+
+    layer: int
+    experts: np.ndarray | None
+    slots: list[int]
+    host_s: float
+
+
+class _Gate(NamedTuple):
+    """One layer's decisions (`ExpertOffload._gate`): its routing, its distinct experts, and per expert what
+    runs it: (expert, slot, copy event or None) for hits (late ones included) and started copies."""
+
+    index: np.ndarray
+    experts: np.ndarray
+    ready: list[tuple[int, int, Any]]
+    loading: list[tuple[int, int, Any]]
+    waiting: list[int]
+    on_host: list[int]
+
+
 @attrs.define
 class HostLedger:
     """Host seconds and counts per item a runtime profile charges, per pass phase (0 prefill, 1 decode): the
@@ -875,9 +1002,10 @@ class HostLedger:
         self._copy_mark = self.copy_seconds()
         return now
 
-    def close_experts(self, since: float, n: int) -> None:
+    def close_experts(self, since: float, n: int, before: float = 0.0) -> None:
+        """The experts' launches end now; `before`: host seconds of theirs spent before `since`."""
         if n > 0:
-            self.add("expert", (time.perf_counter() - since) - (self.copy_seconds() - self._copy_mark), n)
+            self.add("expert", before + (time.perf_counter() - since) - (self.copy_seconds() - self._copy_mark), n)
         self._copy_mark = self.copy_seconds()
 
     def per_item(self, phase: int, item: str) -> float | None:

@@ -466,6 +466,9 @@ def run_live(model: Any, plans: list[PassPlan], *, vocab: int, device: torch.dev
     """
     if decode not in DECODE_MODES:
         raise EmuError(f"expected a decode mode in {list(DECODE_MODES)}, got {decode!r}", key="decode")
+    if decode == "graph" and warmup_passes < 1 and not rehearse:
+        raise EmuError("the graph decode needs a warm-up pass (or a rehearsal) before its capture: an eager "
+                       "pass sets up the static KV cache", key="warmup_passes")
     with attention_backends(device):
         return _run_live(model, plans, vocab, device, seed, runtime, force, warmup_passes, rehearse, model_name,
                          meta, preload, between, decode, progress, ttft_repeats, logits)

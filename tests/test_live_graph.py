@@ -28,13 +28,14 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 
 
 def _run(preset: str, decode: str, device: str, *, prefetch: str = "none", kernel: str = "eager",
-         force: bool = False, quarter: bool = True):
+         force: bool = False, quarter: bool = True, capture: bool = True, dtype: str = "fp32"):
     shape = live_shape(preset, "tiny")
     impl = "eager" if kernel == "eager" else None
-    model = build_model(preset, "tiny", dtype="fp32", seed=2, experts_implementation=impl)
+    model = build_model(preset, "tiny", dtype=dtype, seed=2, experts_implementation=impl)
     n_keys = shape.n_layers * shape.n_experts
     runtime = ExpertOffload(model, n_keys // 4 if quarter else n_keys, eviction="lru", prefetch=prefetch,
                             kernel=kernel, device=device)
+    runtime.capture = capture
     plans, trace = [PassPlan(16, 10), PassPlan(9, 6)], None
     if force:
         trace = _forced_trace(shape.n_layers, shape.n_experts, shape.top_k)
@@ -97,12 +98,26 @@ def test_an_unknown_decode_mode_is_named():
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("kernel", ["eager", "fused"])
-def test_replayed_passes_compute_the_eager_passes(preset, kernel):
-    static = _run(preset, "static", "cuda", kernel=kernel)
-    graph = _run(preset, "graph", "cuda", kernel=kernel)
+@pytest.mark.parametrize(("kernel", "capture"), [("eager", False), ("fused", False), ("fused", True)])
+def test_replayed_passes_compute_the_eager_passes(preset, kernel, capture, monkeypatch):
+    dtype = "bf16" if capture else "fp32"  # experts are captured in bf16 alone (`graph_experts`)
+    placed: list[int] = []
+    launched = ExpertOffload.launched_layer
+
+    def spy(self, p):
+        placed.append(p.layer)
+        return launched(self, p)
+
+    monkeypatch.setattr(ExpertOffload, "launched_layer", spy)
+    static = _run(preset, "static", "cuda", kernel=kernel, capture=capture, dtype=dtype)
+    graph = _run(preset, "graph", "cuda", kernel=kernel, capture=capture, dtype=dtype)
     _same_run(static, graph)
     assert 0.0 < graph.decode_host_share <= 1.0
+    n_layers = live_shape(preset, "tiny").n_layers
+    if capture:  # every replayed decode pass (16) placed each layer before the replay that computes its experts
+        assert len(placed) == 16 * n_layers and placed[:n_layers] == list(range(n_layers))
+    else:
+        assert not placed
 
 
 @gpu
@@ -136,17 +151,29 @@ def test_replayed_passes_force_a_batchs_routing():
 
 @gpu
 @pytest.mark.gpu
-def test_replayed_passes_with_prefetch_keep_the_routing():
+@pytest.mark.parametrize("kernel", ["eager", "fused"])
+def test_replayed_passes_with_prefetch_keep_the_routing(kernel):
     # prefetch copies race the gates on a GPU: the routing and tokens must agree, the counts may not
-    static = _run("olmoe-1b-7b", "static", "cuda", prefetch="next-layer")
-    graph = _run("olmoe-1b-7b", "graph", "cuda", prefetch="next-layer")
+    dtype = "bf16" if kernel == "fused" else "fp32"  # fused: the experts captured
+    static = _run("olmoe-1b-7b", "static", "cuda", prefetch="next-layer", kernel=kernel, dtype=dtype)
+    graph = _run("olmoe-1b-7b", "graph", "cuda", prefetch="next-layer", kernel=kernel, dtype=dtype)
     _same_run(static, graph, counts=False)
     assert graph.stats.accesses == static.stats.accesses
 
 
 @gpu
 @pytest.mark.gpu
-def test_every_expert_resident_runs_deferred_under_the_graphs():
-    static = _run("olmoe-1b-7b", "static", "cuda", kernel="fused", quarter=False)
-    graph = _run("olmoe-1b-7b", "graph", "cuda", kernel="fused", quarter=False)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])  # bf16: the experts captured too
+def test_every_expert_resident_runs_deferred_under_the_graphs(dtype):
+    static = _run("olmoe-1b-7b", "static", "cuda", kernel="fused", quarter=False, dtype=dtype)
+    graph = _run("olmoe-1b-7b", "graph", "cuda", kernel="fused", quarter=False, dtype=dtype)
     _same_run(static, graph)
+
+
+def test_a_graph_decode_without_a_warm_up_pass_is_refused():
+    with pytest.raises(EmuError, match="warmup_passes"):
+        shape = live_shape("olmoe-1b-7b", "tiny")
+        model = build_model("olmoe-1b-7b", "tiny", dtype="fp32", seed=2)
+        runtime = ExpertOffload(model, 8, device="cpu")
+        run_live(model, [PassPlan(4, 2)], vocab=shape.vocab, device=torch.device("cpu"), runtime=runtime,
+                 warmup_passes=0, decode="graph")
