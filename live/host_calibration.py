@@ -135,14 +135,15 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
         runtime.prefetch = "none"
         runtime.reset()
     resident = resident_pf = None
-    if _fits_every_expert(runtime, n_keys):
+    keys = _resident_keys(runtime, missing, n_keys, decode)
+    if _fits_every_expert(runtime, n_keys if keys is None else len(keys)):
         runtime.close()
-        runtime.resize(n_keys)
+        runtime.resize(n_keys if keys is None else len(keys))
         runtime.defer = False
         try:
-            resident = _timed_request(model, runtime, plan, prompt, dev, decode, preload=True)
+            resident = _timed_request(model, runtime, plan, prompt, dev, decode, preload=True, keys=keys)
             runtime.prefetch = PREFETCH  # every expert resident: the policy decides at each gate, issues nothing
-            resident_pf = _timed_request(model, runtime, plan, prompt, dev, decode, preload=True)
+            resident_pf = _timed_request(model, runtime, plan, prompt, dev, decode, preload=True, keys=keys)
         finally:
             runtime.defer = True
             runtime.close()
@@ -179,6 +180,7 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
                          prefill_prefetch_s=prefill_pf)
     raw = {"slots": slots, "n_keys": n_keys, "prompt_len": prompt_len, "steps": steps, "seed": seed,
            "decode": decode, "kernel": runtime.kernel, **missing.raw(shape.n_layers),
+           "resident_slots": n_keys if keys is None else len(keys),  # the resident requests' pool
            "resident_request": None if resident is None else resident.raw(shape.n_layers),
            "resident_prefetch_request": None if resident_pf is None else resident_pf.raw(shape.n_layers),
            "prefetch_request": prefetching.raw(shape.n_layers) | {"prefetch": PREFETCH},
@@ -189,6 +191,24 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
            "prefetch_s_per_prefetch": {ph: x for ph, x in zip(("prefill", "decode"), per_prefetch) if x is not None}}
     raw = {k: v for k, v in raw.items() if v is not None}  # TOML has no null
     return ModelCalibration(preset, shape.n_layers, costs, raw)
+
+
+def _resident_keys(runtime: Any, missing: _Request, n_keys: int, decode: str) -> np.ndarray | None:
+    """The keys the resident requests hold: every key (None), or, where the graph decode captures the experts
+    but not over a pool of every key (one grouped GEMM takes at most `MAX_GROUPS` slots), the keys the small-cache
+    request routed to. The same prompt routes the same way, so every access of the resident requests is still a
+    hit, and they run the captured experts that the runs do instead of launching them between the graphs."""
+    from .offload import MAX_GROUPS
+
+    if decode != "graph" or n_keys <= MAX_GROUPS or missing.keys is None:
+        return None
+    size = runtime.n_slots
+    runtime.n_slots = min(len(missing.keys), MAX_GROUPS)
+    try:
+        captures = runtime.graph_experts()
+    finally:
+        runtime.n_slots = size
+    return missing.keys if captures and len(missing.keys) <= MAX_GROUPS else None
 
 
 def _fits_every_expert(runtime: Any, n_keys: int) -> bool:
@@ -219,6 +239,7 @@ class _Request:
     host_cpu_s: list[float] = attrs.field(factory=list)  # the forward thread's CPU seconds in each step's host span
     step_copies: list[int] = attrs.field(factory=list)  # copies started in each decode step (demand and prefetch)
     step_wait_s: list[float] = attrs.field(factory=list)  # each decode step's readback waits
+    keys: np.ndarray | None = None  # the distinct keys (layer * n_experts + expert) its passes routed to
 
     def per_copy_within(self) -> float | None:
         """Host seconds per decode copy from this request alone: the least-squares slope of each step's host work
@@ -321,8 +342,9 @@ class _Request:
 
 
 def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, decode: str,
-                   preload: bool) -> _Request:
-    """The request on an emptied cache (`preload`: every slot filled first), with the host ledger on."""
+                   preload: bool, keys: np.ndarray | None = None) -> _Request:
+    """The request on an emptied cache (`preload`: every slot filled first, with `keys` alone if given), with
+    the host ledger on."""
     from .hooks import RoutingHooks
     from .offload import HostLedger
     from .runner import PassPlan, RequestSteps, attention_backends, capture_decode, graphed_decode
@@ -338,7 +360,7 @@ def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, d
                 capture_decode(graphed, [plan], hooks)
     runtime.reset()
     if preload:
-        runtime.preload()
+        runtime.preload(keys)
     runtime.attach()
     ledger = runtime.ledger = HostLedger()
     clock = _HostSpans(dev)
@@ -358,6 +380,8 @@ def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, d
                 step_wait.append(runtime.readback_wait_s - w)
             marks.append((runtime.readback_wait_s, runtime.copies, _issued(runtime)))
             ahead_s, ahead_n = runtime.launch_ahead_s - ahead0, runtime.launch_ahead_n - n_ahead0
+        routed = hooks.trace().experts.astype(np.int64)
+        touched = np.unique(routed + np.arange(routed.shape[1], dtype=np.int64)[None, :, None] * runtime.n_experts)
     finally:
         hooks.remove()
         runtime.ledger = None
@@ -366,7 +390,7 @@ def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, d
     return _Request(ledger, seconds[1:], clock.host[1:], seconds[0], w2 - w1, ahead_s, ahead_n,
                     prefill_work_s=clock.host[0] - (w1 - w0), copies=(c1 - c0, c2 - c1), prefetches=(p1 - p0, p2 - p1),
                     prefill_ahead=(ahead0 - pre0, n_ahead0 - n_pre0), host_cpu_s=clock.cpu[1:],
-                    step_copies=step_copies, step_wait_s=step_wait)
+                    step_copies=step_copies, step_wait_s=step_wait, keys=touched)
 
 
 def _issued(runtime: Any) -> int:

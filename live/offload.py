@@ -363,17 +363,24 @@ class ExpertOffload:
         self._misses = np.zeros((3, self.n_layers), np.int64)
         self.copies = self.bytes_h2d = self.evictions = self.waits = 0
 
-    def preload(self) -> None:
+    def preload(self, keys: np.ndarray | None = None) -> None:
         """Fill the free slots with experts in key order (layer by layer), as a server with room for them
         would at start; the copies are not counted. With every slot filled this way at 100% cache, every
-        layer runs deferred."""
+        layer runs deferred. `keys` (layer * n_experts + expert): only these."""
         self.flush()
+        wanted = None
+        if keys is not None:
+            wanted = np.zeros(self.n_layers * self.n_experts, bool)
+            wanted[np.asarray(keys, np.int64)] = True  # the caller's keys are of this model (an index error else)
         for layer in range(self.n_layers):
             room = int(self.free.sum())
             if room == 0:
                 break
-            absent = np.flatnonzero(self.slot_of[layer * self.n_experts: (layer + 1) * self.n_experts] < 0)
-            experts = absent[:room].astype(np.int64)
+            lo, hi = layer * self.n_experts, (layer + 1) * self.n_experts
+            absent = self.slot_of[lo:hi] < 0
+            if wanted is not None:
+                absent &= wanted[lo:hi]
+            experts = np.flatnonzero(absent)[:room].astype(np.int64)
             outcome, _victims, _misses = self.bridge.gate(layer, experts)
             for e, out in zip(experts.tolist(), outcome.tolist()):
                 if out != MISS_FREE:

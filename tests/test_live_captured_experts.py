@@ -122,3 +122,46 @@ def test_a_layer_with_no_slot_left_for_its_experts_is_one_clear_error():
     with pytest.raises(EmuError, match="captured experts need more than 3 slots"):
         _generate("olmoe-1b-7b", 3, captured=True)
     assert shape.top_k > 3
+
+
+def test_preload_of_given_keys_holds_those_alone():
+    model = build_model("olmoe-1b-7b", "tiny", dtype="bf16", seed=4)
+    runtime = ExpertOffload(model, 10, kernel="fused")
+    keys = np.array([3, 1, 17, 40, 41], np.int64)
+    runtime.preload(keys)
+    assert sorted(np.flatnonzero(runtime.slot_of >= 0).tolist()) == sorted(keys.tolist())
+    assert runtime.stats().copies == 0  # a preload's copies are not counted
+    table = runtime.slot_table.reshape(-1).numpy()
+    assert np.array_equal(table[keys], runtime.slot_of[keys])
+
+
+def test_the_resident_calibration_request_holds_the_routed_keys_where_a_full_pool_is_not_captured(monkeypatch):
+    """A runtime that captures its experts over at most MAX_GROUPS slots prices its hits on a pool of the keys
+    the small-cache request routed to, so its resident requests run the captured experts as the runs do."""
+    import live.offload as offload
+    from live.host_calibration import _Request, _resident_keys, _timed_request
+    from live.runner import PassPlan
+
+    shape = live_shape("olmoe-1b-7b", "tiny")
+    n_keys = shape.n_layers * shape.n_experts
+    model = build_model("olmoe-1b-7b", "tiny", dtype="bf16", seed=4)
+    runtime = ExpertOffload(model, 16, kernel="fused")
+    prompt = torch.randint(0, shape.vocab, (1, 6), generator=torch.Generator().manual_seed(2))
+    missing = _timed_request(model, runtime, PassPlan(6, 3), prompt, torch.device("cpu"), "static", preload=False)
+    assert missing.keys is not None and 0 < len(missing.keys) <= n_keys
+    routed = missing.keys
+    assert np.array_equal(routed, np.unique(routed)) and routed.max() < n_keys
+    monkeypatch.setattr(offload, "MAX_GROUPS", len(routed))  # every key would not fit one grouped GEMM
+    assert _resident_keys(runtime, missing, n_keys, "graph") is routed
+    assert _resident_keys(runtime, missing, n_keys, "eager") is None  # nothing captured: every key
+    runtime.capture = False
+    assert _resident_keys(runtime, missing, n_keys, "graph") is None
+    runtime.capture = True
+    monkeypatch.setattr(offload, "MAX_GROUPS", len(routed) - 1)  # the routed keys do not fit either
+    assert _resident_keys(runtime, missing, n_keys, "graph") is None
+    # the same prompt on a pool of just those keys: every access a hit
+    runtime.resize(len(routed))
+    resident = _timed_request(model, runtime, PassPlan(6, 3), prompt, torch.device("cpu"), "static", preload=True,
+                              keys=routed)
+    assert resident.copies == (0, 0) and np.array_equal(resident.keys, routed)
+    assert isinstance(resident, _Request)
