@@ -234,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
         "requests": [{"prompt_len": p.prompt_len, "ttft_s": r.ttft_s, "decode_s": list(r.decode_s)}
                      for p, r in zip(plans, result.requests)],
         "ttft_s": result.ttft_s, "decode_tok_s": result.decode_tok_s,
+        "decode_host_share": result.decode_host_share, "experts_captured": result.experts_captured,
         "stats": None if stats is None else attrs.asdict(stats) | {"hit_rate": stats.hit_rate},
         "trace": str(out), "trace_fingerprint": result.trace.fingerprint(), "versions": _versions(),
     }

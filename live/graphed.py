@@ -113,6 +113,10 @@ class GraphedDecode:
         cap.begin()
         return out
 
+    def captures_experts(self) -> bool:
+        """Whether the captured passes hold the experts too (`ExpertOffload.graph_experts` at the capture)."""
+        return any(cap.in_graph for cap in self._variants.values())
+
     # --- replay ------------------------------------------------------------------------------------
     def start(self, tokens: tuple[int, ...], position: int) -> None:
         """The next pass's input tokens (one per row) and position (fill kernels on the compute stream)."""

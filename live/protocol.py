@@ -287,7 +287,7 @@ def _write_record(out: Path, c: Config, spec: Any, shape: Any, slots: int, runti
         "prefetch": c.prefetch, "prefetch_params": {}, "partition": "global", "partition_params": {},
         "miss": "fetch", "miss_params": {}, "seed": c.seed, "capacity": str(c.capacity),
         "forced_trace": c.trace, "rehearsed": True, "warmup_passes": 3, "decode": decode, "batch": c.batch,
-        "decode_host_share": result.decode_host_share,
+        "decode_host_share": result.decode_host_share, "experts_captured": result.experts_captured,
         "handover": runtime.resolved_handover() if c.prefetch != "none" else None,
         "requests": [{"prompt_len": p.prompt_len, "batch": p.batch, "ttft_s": r.ttft_s, "decode_s": list(r.decode_s)}
                      for p, r in zip(plans, result.requests)],

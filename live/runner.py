@@ -407,6 +407,8 @@ class LiveResult:
     # more cold prefills of the (single) request after the run, each on an emptied cache: one prefill is one
     # sample of a host whose pace drifts
     ttft_repeats_s: tuple[float, ...] = ()
+    # the device-paced decode's graphs captured the experts too (`graphed.GraphedDecode.captures_experts`)
+    experts_captured: bool = False
 
     @property
     def ttft_samples_s(self) -> tuple[float, ...]:
@@ -524,7 +526,8 @@ def _run_live(model: Any, plans: list[PassPlan], vocab: int, device: torch.devic
     host_share = None
     if graphed is not None and graphed.passes:
         host_share = graphed.host_s / sum(t for r in times for t in r.decode_s)
-    return LiveResult(tuple(times), stats, trace, tuple(tokens), host_share, repeats)
+    captured = graphed is not None and graphed.captures_experts()
+    return LiveResult(tuple(times), stats, trace, tuple(tokens), host_share, repeats, captured)
 
 
 def cold_prefill(model: Any, prompt: torch.Tensor, plan: PassPlan, *, hooks: RoutingHooks | None,

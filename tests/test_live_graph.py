@@ -114,6 +114,7 @@ def test_replayed_passes_compute_the_eager_passes(preset, kernel, capture, monke
     _same_run(static, graph)
     assert 0.0 < graph.decode_host_share <= 1.0
     n_layers = live_shape(preset, "tiny").n_layers
+    assert graph.experts_captured == capture and not static.experts_captured
     if capture:  # every replayed decode pass (16) placed each layer before the replay that computes its experts
         assert len(placed) == 16 * n_layers and placed[:n_layers] == list(range(n_layers))
     else:

@@ -283,6 +283,7 @@ def test_cli_replays_a_real_trace_on_fewer_layers(tmp_path, capsys):
         assert np.array_equal(got, np.sort(real.experts[real.pass_offsets[want_p], :2], axis=-1))
     rec_json = json.loads((tmp_path / "mix.json").read_text())
     assert rec_json["forced_trace"].endswith("mixtral8x7b_gsm8k.npz") and rec_json["slots"] == 4
+    assert rec_json["experts_captured"] is False and rec_json["decode_host_share"] is None  # the eager decode
 
 
 def test_cli_names_bad_arguments(tmp_path):

@@ -108,6 +108,7 @@ def test_compare_writes_rows_the_summary_reads(dataset: Path) -> None:
     assert batch["batch"] == 2 and batch["counts"]["accesses"][0] == batch["counts"]["accesses"][1]
     rec = json.loads((dataset / "runs" / "lru-25-b2.json").read_text())
     assert rec["batch"] == 2 and rec["decode_tok_s"] == pytest.approx(2 * 6 / sum(rec["requests"][0]["decode_s"]))
+    assert rec["experts_captured"] is False and rec["decode_host_share"] is None  # an eager decode: no graphs
     ds = load_dataset(dataset)
     assert row_errors(ds.rows[0]).counts_equal
     # each row carries the spread of its model's calibration requests (three here: before, amid and after)
