@@ -15,7 +15,9 @@ the emulator's per-expert semantics; bitwise equal to transformers' eager expert
 model's own experts implementation (grouped_mm by default in transformers 5) once per layer on the slot
 pool with the routing mapped to slots, after every copy of the layer has landed (bitwise equal to the
 unmodified model: same function, same sums). A layer whose experts do not all fit at once (demand
-copies waiting for victims) always runs the eager way.
+copies waiting for victims) always runs the eager way. Under the graph decode the fused kernel is captured in
+the decode graphs where it can be (`graph_experts`): the host then only places each layer before the replay that
+computes it (`place_layer`) and books it after (`launched_layer`); see graphed.py.
 
 Deferred hits (fused kernel): when every expert of a layer holds a slot, no decision can depend on the
 routing, so the layer runs without reading it back: the router's ids are mapped to slots on the device
