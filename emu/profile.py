@@ -77,6 +77,9 @@ class ModelCompute:
     expert: dict[str, Curve]
     dense: DenseTable | None = None
     cpu_expert: dict[str, Curve] = attrs.field(factory=dict)
+    #: a layer's experts as one grouped GEMM (a fused runtime's kernel): seconds per layer by its distinct
+    #: experts, per precision (`Curve.tokens` holds the expert counts)
+    fused: dict[str, Curve] = attrs.field(factory=dict)
     pass_overhead_s: float | None = None
     layer_overhead_s: float | None = None
 
@@ -299,18 +302,21 @@ def _refuse_host_keys(r: _Reader) -> None:
                         "docs/profiles.md), not in the hardware profile")
 
 
-def _curve(r: _Reader, key: str) -> Curve:
+def _curve(r: _Reader, key: str, axis: str = "tokens") -> Curve:
     sub = r.sub(key)
     assert sub is not None
-    tokens = sub.numbers("tokens", increasing=True)
+    tokens = sub.numbers(axis, increasing=True)
     seconds = sub.numbers("seconds")
+    what = "token count" if axis == "tokens" else "expert count"
     if len(seconds) != len(tokens):
-        raise sub.err("seconds", f"expected {len(tokens)} values (one per token count), got {len(seconds)}")
+        raise sub.err("seconds", f"expected {len(tokens)} values (one per {what}), got {len(seconds)}")
+    if axis == "experts" and tokens[0] < 1:
+        raise sub.err(axis, f"expected expert counts of at least 1, got {tokens[0]!r}")
     sub.done()
     return Curve(tokens, seconds)
 
 
-def _precision_curves(r: _Reader, key: str) -> dict[str, Curve]:
+def _precision_curves(r: _Reader, key: str, axis: str = "tokens") -> dict[str, Curve]:
     sub = r.sub(key, None)
     if sub is None:
         return {}
@@ -318,7 +324,7 @@ def _precision_curves(r: _Reader, key: str) -> dict[str, Curve]:
     for prec in list(sub.table):
         if prec not in PRECISION_BITS:
             raise sub.err(prec, f"unknown precision; expected one of {sorted(PRECISION_BITS)}")
-        curves[prec] = _curve(sub, prec)
+        curves[prec] = _curve(sub, prec, axis)
     sub.done()
     return curves
 
@@ -346,6 +352,7 @@ def _model_compute(r: _Reader) -> ModelCompute:
         dense = DenseTable(tokens, context, tuple(table))
     mc = ModelCompute(
         expert=expert, dense=dense, cpu_expert=_precision_curves(r, "cpu_expert"),
+        fused=_precision_curves(r, "fused", axis="experts"),
         pass_overhead_s=r.number("pass_overhead_s", None), layer_overhead_s=r.number("layer_overhead_s", None))
     _refuse_host_keys(r)
     r.done()
@@ -608,6 +615,13 @@ def expert_curve(profile: HardwareProfile, model: ModelSpec, precision: str) -> 
     return Curve(_ROOFLINE_TOKENS, secs)
 
 
+def fused_curve(profile: HardwareProfile, model: ModelSpec, precision: str) -> Curve | None:
+    """A layer's experts as one grouped GEMM: seconds per layer by distinct experts, where measured (None
+    else: there is no roofline for a kernel the profile has not timed)."""
+    mc = profile.models.get(model.name)
+    return mc.fused.get(precision) if mc is not None else None
+
+
 def cpu_expert_curve(profile: HardwareProfile, model: ModelSpec, precision: str) -> Curve | None:
     mc = profile.models.get(model.name)
     if mc is not None and precision in mc.cpu_expert:
@@ -679,6 +693,10 @@ def check_item_times(profile: HardwareProfile, model: ModelSpec, *, file: str | 
             what = f"one {name.replace('_', ' ')} kernel ({precision}"
             check(curve.seconds[0], f"{what}, {curve.tokens[0]:g} tokens)", key)
             check(max(curve.seconds), f"{what}, up to {curve.tokens[-1]:g} tokens)", key, MAX_CURVE_SECONDS)
+        fused = fused_curve(profile, model, precision)
+        if fused is not None:
+            check(max(fused.seconds), f"one layer's grouped GEMM ({precision}, up to {fused.tokens[-1]:g} experts)",
+                  f"models.{model.name}.fused.{precision}", MAX_CURVE_SECONDS)
     dense = dense_table(profile, model)
     check(dense.seconds[0][0], "one layer's dense part", "compute")
     check(max(max(row) for row in dense.seconds), "one layer's dense part (at most)", "compute", MAX_CURVE_SECONDS)

@@ -90,6 +90,11 @@ class ResolvedHost:
     prefill_gate_s: float = 0.0
 
 
+#: how a runtime runs a layer's experts on the device: one kernel per expert, or all of them as one grouped GEMM
+#: (the hardware profile's `fused` table prices the layer then)
+EXPERT_KERNELS = ("per-expert", "fused")
+
+
 @attrs.frozen
 class RuntimeProfile:
     name: str
@@ -98,6 +103,7 @@ class RuntimeProfile:
     provisional: bool = False
     provenance: dict[str, Any] = attrs.field(factory=dict)
     source: str = ""
+    experts: str = "per-expert"  # `EXPERT_KERNELS`
 
     def resolve(self, model: ModelSpec | str) -> ResolvedHost:
         """The model entry's costs over the runtime's, with the documented fallbacks."""
@@ -130,7 +136,7 @@ class RuntimeProfile:
             return {k: v for k, v in attrs.asdict(c).items() if v is not None}
 
         out: dict[str, Any] = {"schema": SCHEMA, "name": self.name, "provisional": self.provisional,
-                               "host": costs(self.host)}
+                               "experts": self.experts, "host": costs(self.host)}
         if self.models:
             out["models"] = {name: costs(c) for name, c in self.models.items()}
         if self.provenance:
@@ -156,13 +162,16 @@ def _costs(r: _Reader) -> HostCosts:
 def runtime_from_dict(data: dict[str, Any], *, file: str = "<runtime>") -> RuntimeProfile:
     top = _Reader(data, file, "")
     name, provisional, prov = read_header(top, SCHEMA)
+    experts = top.raw("experts", "per-expert")
+    if experts not in EXPERT_KERNELS:
+        raise top.err("experts", f"expected one of {list(EXPERT_KERNELS)}, got {experts!r}")
     h = top.sub("host", {})
     assert h is not None
     host = _costs(h)
     models = top.tables("models", _costs)
     top.done()
     return RuntimeProfile(name=name, host=host, models=models, provisional=provisional, provenance=prov,
-                          source=file)
+                          source=file, experts=experts)
 
 
 def load_runtime_profile(path: str | Path) -> RuntimeProfile:

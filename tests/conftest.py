@@ -22,9 +22,13 @@ def tiny_model(layers: int = 2, experts: int = 4, top_k: int = 2) -> ModelSpec:
 
 
 def hand_profile(copy_s: float = 1.0, expert_s: tuple[float, float] = (0.5, 0.75), dense_s: float = 0.25,
-                 engines: int = 1, sustained_ratio: float | None = None) -> object:
+                 engines: int = 1, sustained_ratio: float | None = None,
+                 fused_s: tuple[float, ...] | None = None) -> object:
     """One 6-byte expert copy takes `copy_s` (times `sustained_ratio`); an expert takes expert_s[0] for 1
-    token, [1] for 2 tokens."""
+    token, [1] for 2 tokens; `fused_s`: a layer's experts as one grouped GEMM take fused_s[0], [1], [2] for 1,
+    2, 4 distinct experts."""
+    fused = {} if fused_s is None else {"fused": {"bf16": {"experts": [1, 2, 4][: len(fused_s)],
+                                                             "seconds": list(fused_s)}}}
     return profile_from_dict({
         "name": "hand", "copy": {"h2d_engines": engines, "latency_s": 0.0, "bw_pinned_Bps": 6.0 / copy_s,
                                  "bw_pageable_Bps": 1.0,
@@ -33,13 +37,14 @@ def hand_profile(copy_s: float = 1.0, expert_s: tuple[float, float] = (0.5, 0.75
         "models": {"tiny": {
             "expert": {"bf16": {"tokens": [1, 2], "seconds": list(expert_s)}},
             "dense": {"tokens": [1, 1000], "context": [1, 100000], "seconds": [[dense_s, dense_s], [dense_s, dense_s]]},
-            "pass_overhead_s": 0.0, "layer_overhead_s": 0.0}},
+            "pass_overhead_s": 0.0, "layer_overhead_s": 0.0, **fused}},
     }, file="hand.toml")
 
 
-def hand_runtime(**host: float) -> RuntimeProfile:
-    """A runtime profile with these host costs (keys of emu.runtime_profile.HOST_KEYS), the rest unset."""
-    return RuntimeProfile(name="hand", host=HostCosts(**host))
+def hand_runtime(experts: str = "per-expert", **host: float) -> RuntimeProfile:
+    """A runtime profile with these host costs (keys of emu.runtime_profile.HOST_KEYS), the rest unset, running
+    its experts one by one or fused (`experts`)."""
+    return RuntimeProfile(name="hand", host=HostCosts(**host), experts=experts)
 
 
 def make_trace(passes: list[list[list[list[int]]]], phases: list[int] | None = None,

@@ -61,6 +61,20 @@ def test_h2d_engines_is_bounded_and_the_bound_itself_is_accepted():
         assert err.value.file == "p.toml" and err.value.key == "copy.h2d_engines"
 
 
+@pytest.mark.parametrize(("fused", "key", "what"), [
+    ({"bf16": {"experts": [0, 2], "seconds": [1e-4, 2e-4]}}, "models.m.fused.bf16.experts", "at least 1"),
+    ({"bf16": {"experts": [1, 2], "seconds": [1e-4]}}, "models.m.fused.bf16.seconds", "one per expert count"),
+    ({"bf16": {"experts": [2, 1], "seconds": [1e-4, 2e-4]}}, "models.m.fused.bf16.experts", "increasing"),
+    ({"bf17": {"experts": [1], "seconds": [1e-4]}}, "models.m.fused.bf17", "unknown precision"),
+])
+def test_a_bad_fused_table_names_its_key(fused, key, what):
+    doc = _profile_doc() | {"models": {"m": {"expert": {"bf16": {"tokens": [1], "seconds": [1e-5]}},
+                                             "fused": fused}}}
+    with pytest.raises(EmuError, match=what) as err:
+        profile_from_dict(doc, file="p.toml")
+    assert err.value.file == "p.toml" and err.value.key == key
+
+
 def test_a_huge_copy_table_is_refused():
     n = 5000
     doc = _profile_doc(table_bytes=list(range(1, n + 1)), table_s=[1.0] * n)

@@ -338,3 +338,60 @@ def test_prefetch_issue_host_cost_is_charged_to_prefetch_copies_only(engines, en
     # copies have landed by the gate that needs them: the same hits, more of them on time
     assert slow["hits"] + slow["late_prefetch_hits"] == base["hits"] + base["late_prefetch_hits"]
     assert slow["hits"] > base["hits"]
+
+
+# ---- a runtime that runs a layer's experts as one grouped GEMM (runtime experts = "fused") -------------------
+# The profile's fused table: 0.6 s for one distinct expert, 0.8 s for two, 1.2 s for four. Each GPU entry of a
+# layer takes an equal share, fused(k) / k, and none starts before every expert of the layer is in.
+
+FUSED = (0.6, 0.8, 1.2)
+
+
+@pytest.mark.parametrize("engine_name", ["des", "fast", "reference"])
+def test_a_fused_layer_waits_for_its_last_copy_and_takes_the_grouped_gemms_time(engines, engine_name):
+    # test_cold_decode_pass with the experts fused. L0: dense [0, .25]; copies 0 [.25, 1.25], 1 [1.25, 2.25];
+    #   the kernel [2.25, 3.05] (two experts: 0.8 s). L1: dense [3.05, 3.3]; copies [3.3, 4.3], [4.3, 5.3];
+    #   the kernel [5.3, 6.1]. The GPU waits .25 -> 2.25 and 3.3 -> 5.3: 4 s.
+    trace = make_trace([[[[0, 1], [2, 3]]]])
+    r, _ = run(engines[engine_name], trace, slots=4, runtime={"experts": "fused"}, fused_s=FUSED)
+    assert r["e2e_s"] == pytest.approx(6.1, abs=1e-9)
+    assert r["stall_s"] == pytest.approx(4.0, abs=1e-9)
+    assert r["compute_busy_frac"] == pytest.approx((0.5 + 1.6) / 6.1, abs=1e-12)
+    assert r["misses_compulsory"] == 4 and r["bytes_h2d"] == 4 * EXPERT
+
+
+@pytest.mark.parametrize("engine_name", ["des", "fast", "reference"])
+def test_a_fused_layers_hit_does_not_run_before_its_miss_lands(engines, engine_name):
+    # Pass 0 as above ends at 6.1 with (0,0), (0,1), (1,2), (1,3) resident in the 4 slots. Pass 1 routes
+    # L0 to {0, 3}: 0 hits, 3 misses and evicts (0,1) (LRU). L0: dense [6.1, 6.35]; copy 3 [6.35, 7.35]; the
+    # kernel [7.35, 8.15] (per expert, the hit would have run [6.35, 6.85] under the copy). L1 {2, 3} hits:
+    # dense [8.15, 8.4], kernel [8.4, 9.2]. TPOT 3.1 s.
+    trace = make_trace([[[[0, 1], [2, 3]]], [[[0, 3], [2, 3]]]])
+    r, _ = run(engines[engine_name], trace, slots=4, runtime={"experts": "fused"}, fused_s=FUSED)
+    assert r["e2e_s"] == pytest.approx(9.2, abs=1e-9)
+    assert r["tpot_s"] == pytest.approx(3.1, abs=1e-9)
+    assert (r["hits"], r["misses_compulsory"], r["misses_capacity"]) == (3, 5, 0)
+    per_expert, _ = run(engines[engine_name], trace, slots=4)
+    # per expert: pass 1's L0 runs the hit [6.35, 6.85] under the copy, the miss [7.35, 7.85]; L1 dense
+    # [7.85, 8.1], hits [8.1, 8.6], [8.6, 9.1]: 0.1 s sooner
+    assert per_expert["e2e_s"] == pytest.approx(5.5 + 0.25 + 1.0 + 0.5 + 0.25 + 1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("engine_name", ["des", "fast", "reference"])
+def test_a_fused_prefill_layer_prices_its_distinct_experts(engines, engine_name):
+    # A prefill of two tokens routing L0 to {0, 1} and {2, 3} (four distinct experts: 1.2 s, 0.3 s each),
+    # L1 to {0, 1} twice (two: 0.8 s). 8 slots. L0: dense [0, .25]; copies [.25, 4.25]; the kernel
+    # [4.25, 5.45]. L1: dense [5.45, 5.7]; copies [5.7, 7.7]; the kernel [7.7, 8.5].
+    trace = make_trace([[[[0, 1], [0, 1]], [[2, 3], [0, 1]]]], phases=[0])
+    r, _ = run(engines[engine_name], trace, slots=8, runtime={"experts": "fused"}, fused_s=FUSED)
+    assert r["ttft_s"] == pytest.approx(8.5, abs=1e-9)
+
+
+def test_a_fused_runtime_needs_the_profiles_fused_table():
+    from emu.errors import EmuError
+
+    trace = make_trace([[[[0, 1], [2, 3]]]])
+    with pytest.raises(EmuError, match=r"models\.tiny\.fused") as err:
+        make_inputs(tiny_model(), hand_profile(), trace, 4 * EXPERT, StackChoice(),
+                    runtime=hand_runtime(experts="fused"))
+    assert "grouped GEMM" in str(err.value)

@@ -34,11 +34,13 @@ def test_round_trip(tmp_path: Path) -> None:
     import tomli_w
 
     rt = RuntimeProfile(name="r", host=HostCosts(pass_s=1e-3, layer_s=2e-4), models={"m": HostCosts(gate_s=3e-5)},
-                        provenance={"date": "2026-12-06"})
+                        provenance={"date": "2026-12-06"}, experts="fused")
     path = tmp_path / "r.toml"
     path.write_text(tomli_w.dumps(rt.to_dict()))
     back = load_runtime_profile(path)
-    assert (back.host, back.models, back.provenance) == (rt.host, rt.models, rt.provenance)
+    assert (back.host, back.models, back.provenance, back.experts) == (rt.host, rt.models, rt.provenance, "fused")
+    path.write_text('name = "r"\n')
+    assert load_runtime_profile(path).experts == "per-expert"  # a profile that does not say: one kernel each
 
 
 @pytest.mark.parametrize(("text", "key", "what"), [
@@ -49,6 +51,7 @@ def test_round_trip(tmp_path: Path) -> None:
     ('name = ""\n', "name", "non-empty"),
     ('schema = "x"\nname = "r"\n', "schema", "moe-emu/runtime/1"),
     ('name = "r"\n[host]\ncopy_s = nan\n', "host.copy_s", "finite"),
+    ('name = "r"\nexperts = "grouped"\n', "experts", "per-expert"),
 ])
 def test_bad_runtime_profiles_name_file_and_key(tmp_path: Path, text: str, key: str, what: str) -> None:
     path = tmp_path / "bad.toml"

@@ -69,6 +69,19 @@ def expert_seconds(tm, prec: int, tokens: int) -> float:
 
 
 @njit(cache=True, inline="always")
+def entry_seconds(tm, cs, key: int, i: int) -> float:
+    """Entry i's device seconds (its expert `key` resident): its own kernel's by its tokens, or, where the
+    runtime runs a layer's experts as one grouped GEMM (`Timing.fz_n` > 0), an equal share of that kernel's
+    time for the layer's k GPU entries: fused(k) / k."""
+    prec = cs.prec[ix(key)]
+    r = ix(prec)
+    if tm.fz_n[r] > 0:
+        k = cs.sc[SC.GPU_N]
+        return interp_curve(tm.fz_k[r], tm.fz_s[r], tm.fz_n[r], float(k)) / k
+    return expert_seconds(tm, prec, cs.cur_tokens[ix(i)])
+
+
+@njit(cache=True, inline="always")
 def cpu_seconds(tm, prec: int, tokens: int) -> float:
     return interp_curve(tm.cpu_tok[prec], tm.cpu_s[prec], tm.cpu_n[prec], float(tokens))
 
@@ -220,7 +233,7 @@ def _chain(pk, cs, tm, tv, i: int, dev: float, t: float) -> None:
         if status[ix(key)] != RESIDENT:
             whole = False
             break
-        d = expert_seconds(tm, cs.prec[ix(key)], cs.cur_tokens[ix(j)])
+        d = entry_seconds(tm, cs, key, j)
         if d <= 0.0:
             whole = False
             break
@@ -349,11 +362,18 @@ def _step(pk, cs, tm, tv, t: float) -> int:
     cur_where = cs.cur_where
     status = cs.status
     waiting = False  # a GPU entry before i waits for its copy
-    for i in range(first, n):
+    start = first
+    if tm.fz_n[0] > 0:  # one grouped GEMM runs the layer's experts: it starts once every one of them is in
+        for j in range(first, n):
+            if (cur_state[ix(j)] == E_PENDING and cur_where[ix(j)] == ON_GPU
+                    and status[ix(_entry_key(cs, j))] != RESIDENT):
+                start = n
+                break
+    for i in range(start, n):
         if cur_state[ix(i)] == E_PENDING and cur_where[ix(i)] == ON_GPU:
             key = _entry_key(cs, i)
             if status[ix(key)] == RESIDENT:
-                dur = expert_seconds(tm, cs.prec[ix(key)], cs.cur_tokens[ix(i)])
+                dur = entry_seconds(tm, cs, key, i)
                 if dur > 0.0:
                     if (waiting or cs.sc[SC.WQ_N] > 0 or cs.sc[SC.CPU_JOB] != JOB_NONE
                             or cs.sc[SC.CPU_PENDING] > 0):

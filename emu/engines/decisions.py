@@ -335,6 +335,11 @@ def access_layer(pk, cs, tv, p: int, layer: int, n: int, t: float) -> None:
     stats_i[ST.HITS, layer] += hits
     stats_i[ST.PF_USEFUL, layer] += useful
     stats_f[SF.MASS, layer] = mass_sum
+    gpu_n = 0
+    for i in range(n):
+        if cur_where[i] == ON_GPU:
+            gpu_n += 1
+    sc[SC.GPU_N] = gpu_n
 
 
 @njit(cache=True, inline="always")

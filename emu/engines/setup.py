@@ -27,6 +27,7 @@ from ..profile import (
     cpu_expert_curve,
     dense_table,
     expert_curve,
+    fused_curve,
     model_overhead,
 )
 from ..runtime_profile import NO_RUNTIME, RuntimeProfile
@@ -123,6 +124,15 @@ def timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ..
     layer_copy_s = np.array([[times[int(b)] for b in row] for row in sizes], np.float64)
     exp_tok, exp_s, exp_n = _pad([expert_curve(profile, model, p) for p in precisions])
     cpu_tok, cpu_s, cpu_n = _pad([cpu_expert_curve(profile, model, p) for p in precisions])
+    # a fused runtime: the full precision's grouped GEMM must be measured; an entry at a lower precision without
+    # a table of its own is priced as its own kernel
+    fused = [fused_curve(profile, model, p) for p in precisions] if runtime.experts == "fused" else []
+    if fused and fused[0] is None:
+        raise EmuError(f"the runtime {runtime.name!r} runs a layer's experts as one grouped GEMM (experts = "
+                       f"\"fused\"), and the hardware profile has no fused table for {model.name} in "
+                       f"{precisions[0]} (emu calibrate measures one)", file=profile.source or None,
+                       key=f"models.{model.name}.fused.{precisions[0]}")
+    fz_tok, fz_s, fz_n = _pad(fused or [None] * len(precisions))
     dense = dense_table(profile, model)
     scal = np.zeros(len(SCAL))
     scal[SCAL.PASS_OVERHEAD_S] = model_overhead(profile, model, "pass_overhead_s")
@@ -142,7 +152,7 @@ def timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ..
     scal[SCAL.PREFILL_EXPERT_HOST_S] = host.prefill_expert_s
     scal[SCAL.PREFILL_HOST_LAYER_S] = host.prefill_layer_s
     scal[SCAL.PREFILL_HOST_READBACK_S] = host.prefill_readback_s + host.prefill_gate_s + gate_pf
-    return Timing(copy_s, layer_copy_s, exp_tok, exp_s, exp_n, cpu_tok, cpu_s, cpu_n,
+    return Timing(copy_s, layer_copy_s, exp_tok, exp_s, exp_n, cpu_tok, cpu_s, cpu_n, fz_tok, fz_s, fz_n,
                   np.asarray(dense.tokens, float), np.asarray(dense.context, float),
                   np.ascontiguousarray(np.asarray(dense.seconds, float)), scal)
 

@@ -108,6 +108,7 @@ class SC(Fields):
     SLOT_LOG_N = auto()  # entries in `slot_log` (decisions.log_slot)
     MISS_EVENTS = auto()  # 1: the eviction policy declared `miss_events` and is told EV_MISS
     COPY_ORDER = auto()  # the copy engine's order: ORDER_DEMAND_FIRST, or ORDER_SUBMISSION (profile `copy.order`)
+    GPU_N = auto()  # the current layer's entries that run on the GPU (a fused layer's distinct experts)
 
 
 class FC(Fields):
@@ -256,6 +257,8 @@ TM_FIELDS: tuple[tuple[str, Any], ...] = (
     ("layer_copy_s", _F64[:, ::1]),  # [layer, precision]: time of one copy of that layer's expert
     ("exp_tok", _F64[:, ::1]), ("exp_s", _F64[:, ::1]), ("exp_n", _I64[::1]),  # expert FFN curve per precision
     ("cpu_tok", _F64[:, ::1]), ("cpu_s", _F64[:, ::1]), ("cpu_n", _I64[::1]),  # CPU curve (cpu_n = 0: none)
+    # a fused runtime's layer: seconds by its distinct experts, per precision (fz_n = 0: experts one by one)
+    ("fz_k", _F64[:, ::1]), ("fz_s", _F64[:, ::1]), ("fz_n", _I64[::1]),
     ("d_tok", _F64[::1]), ("d_ctx", _F64[::1]), ("d_s", _F64[:, ::1]),  # dense table
     ("scal", _F64[::1]),  # SCAL
 )

@@ -94,6 +94,9 @@ class Curves:
                     for r in range(tm.exp_n.shape[0])]
         self.cpu = [(list(map(float, tm.cpu_tok[r])), list(map(float, tm.cpu_s[r])), int(tm.cpu_n[r]))
                     for r in range(tm.cpu_n.shape[0])]
+        # a runtime that runs a layer's experts as one grouped GEMM: its seconds by the layer's distinct experts
+        self.fused = [(list(map(float, tm.fz_k[r])), list(map(float, tm.fz_s[r])), int(tm.fz_n[r]))
+                      for r in range(tm.fz_n.shape[0])] if int(tm.fz_n[0]) > 0 else None
         self.d_tok: list[float] = list(map(float, tm.d_tok))
         self.d_ctx: list[float] = list(map(float, tm.d_ctx))
         self.d_s: list[list[float]] = [list(map(float, row)) for row in tm.d_s]
@@ -119,6 +122,13 @@ class Curves:
             xs, ys, n = self.gpu[prec]
             dur = self._expert[(prec, tokens)] = interp(xs, ys, n, float(tokens))
         return dur
+
+    def fused_share(self, prec: int, experts: int) -> float | None:
+        """One expert's share of its layer's grouped GEMM over `experts` distinct experts; None at a lower
+        precision without a fused table (its own kernel then)."""
+        assert self.fused is not None
+        xs, ys, n = self.fused[prec]
+        return interp(xs, ys, n, float(experts)) / experts if n > 0 else None
 
     def cpu_expert(self, tokens: int) -> float:
         """One expert on the CPU: the host holds the full-precision weights."""
@@ -322,18 +332,23 @@ class ReferenceEngine:
             changed = True
         if not self.gpu_free:
             return CHANGED if changed else NOTHING
+        fused = self.curves.fused is not None
+        on_gpu = [i for i in range(n) if cur_where[i] == ON_GPU]
+        # one grouped GEMM runs the layer's experts: it starts once every one of them is in
+        blocked = fused and any(cur_state[i] == E_PENDING and self.status[self._key_of(i)] != RESIDENT
+                                for i in on_gpu)
         all_done = True
         for i in range(n):  # the GPU takes the lowest ready expert
             state = cur_state[i]
             if state != E_DONE:
                 all_done = False
-            if state != E_PENDING or cur_where[i] != ON_GPU:
+            if state != E_PENDING or cur_where[i] != ON_GPU or blocked:
                 continue
-            sub = int(self.cur_sub[i])
-            key = sub if sub >= 0 else int(self.cur_key[i])
+            key = self._key_of(i)
             if self.status[key] != RESIDENT:
                 continue
-            duration = self.curves.expert(int(self.prec[key]), int(self.cur_tokens[i]))
+            share = self.curves.fused_share(int(self.prec[key]), len(on_gpu)) if fused else None
+            duration = self.curves.expert(int(self.prec[key]), int(self.cur_tokens[i])) if share is None else share
             if duration <= 0.0:  # nothing to run: done at once
                 self._entry_done(i)
                 return CHANGED
@@ -349,6 +364,11 @@ class ReferenceEngine:
         if self.idle_since is None:  # the GPU waits for a copy or for the CPU: a stall
             self.idle_since = self.env.now
         return CHANGED if changed else NOTHING
+
+    def _key_of(self, i: int) -> int:
+        """The expert entry i runs: its substitute's, if the miss policy gave it one."""
+        sub = int(self.cur_sub[i])
+        return sub if sub >= 0 else int(self.cur_key[i])
 
     def _end_stall(self, layer: int) -> None:
         if self.idle_since is not None:
