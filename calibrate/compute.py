@@ -134,6 +134,71 @@ def measure_expert(bench: Bench, spec: ModelSpec, tokens: list[int], repeats: in
     return pts
 
 
+def fused_counts(quick: bool, n_experts: int, top_k: int) -> list[int]:
+    """Distinct experts per layer for the fused table: a batch-1 decode's top_k, and a few below and above it."""
+    base = (1, top_k, 4 * top_k) if quick else (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    return sorted({min(k, n_experts) for k in (*base, top_k)})
+
+
+def _grouped_mm(torch: Any) -> Any:
+    """torch's grouped GEMM (2D input with offsets, 3D weights), or None where this torch has none."""
+    f = getattr(torch.nn.functional, "grouped_mm", None)
+    return f if f is not None else getattr(torch, "_grouped_mm", None)
+
+
+def measure_fused(bench: Bench, spec: ModelSpec, counts: list[int], repeats: int, rotate_bytes: int,
+                  tick: Callable[[str], None], dtype: Any = None, label: str = "fused") -> list[dict[str, Any]]:
+    """A layer's experts as one grouped GEMM (what a fused runtime runs; transformers' grouped_mm experts):
+    per count k, k distinct experts of one layer's pool, one routed token each, sorted by expert, the gate-up
+    and down projections as two grouped GEMMs, the routing weights applied and the rows added back. Empty
+    where this torch has no grouped GEMM."""
+    torch = bench.torch
+    grouped = _grouped_mm(torch)
+    if grouped is None:
+        return []
+    dtype = dtype or torch.bfloat16
+    f = torch.nn.functional
+    h, i, e = spec.hidden, spec.expert_intermediate, spec.n_experts
+    gated = spec.expert_matrices >= 3
+    itemsize = torch.tensor([], dtype=dtype).element_size()
+    n_rot = rotation_count(e * spec.expert_params * itemsize, rotate_bytes)
+    pools = [(bench.randn(e, (2 if gated else 1) * i, h, dtype=dtype, scale=0.02),
+              bench.randn(e, h, i, dtype=dtype, scale=0.02)) for _ in range(n_rot)]
+    hidden_all = bench.randn(max(counts), h, dtype=dtype)
+    gen = torch.Generator().manual_seed(0)
+
+    def make_call(k: int) -> Callable[[int], Any]:
+        ids = torch.randperm(e, generator=gen)[:k].to(bench.device)
+        x = hidden_all[:k]
+        weight = torch.rand(k, generator=gen).to(bench.device, dtype)
+        out = torch.zeros_like(x)
+        # histc: float input on the CPU, int on CUDA (as transformers' grouped_mm experts count them)
+        as_bins = (lambda v: v.int()) if bench.is_cuda else (lambda v: v.float())
+
+        def call(n: int) -> Any:
+            gate_up, down = pools[n % n_rot]
+            sorted_ids, perm = torch.sort(ids)
+            xs = x[perm]
+            offsets = torch.cumsum(torch.histc(as_bins(sorted_ids), bins=e, min=0, max=e - 1), dim=0,
+                                   dtype=torch.int32)
+            mid = grouped(xs, gate_up.transpose(-2, -1), offs=offsets)
+            if gated:
+                g, u = mid.chunk(2, dim=-1)
+                mid = f.silu(g) * u
+            else:
+                mid = f.relu(mid)
+            y = grouped(mid, down.transpose(-2, -1), offs=offsets) * weight[perm, None]
+            return out.index_add_(0, perm, y)
+
+        return call
+
+    calls = max(n_rot, 4) if bench.is_cuda else n_rot
+    pts = _points(bench, make_call, counts, repeats, calls, tick, label)
+    for p in pts:
+        p["rotation"] = n_rot
+    return pts
+
+
 def measure_ceilings(bench: Bench, quick: bool, repeats: int) -> dict[str, Any]:
     """Achieved device memory bandwidth (big device copy, bytes read + written) and bf16 matmul rate."""
     torch = bench.torch

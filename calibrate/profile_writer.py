@@ -123,6 +123,12 @@ def build_profile(raw: dict[str, Any], name: str) -> dict[str, Any]:
         }
         if len(ct) >= 1:
             models[mname]["cpu_expert"] = {"bf16": {"tokens": ct, "seconds": _rounded(cs)}}
+        fused = m.get("fused_bf16") or []
+        if fused:  # a layer's experts as one grouped GEMM, the device's own time where it was held
+            fk, fs, _ = _table(fused, "tokens")
+            if all(p.get("held") and "device_median_s" in p for p in fused):
+                fs = [float(p["device_median_s"]) for p in fused]
+            models[mname]["fused"] = {"bf16": {"experts": fk, "seconds": _rounded(fs)}}
         spread_models[mname] = {
             "expert_bf16_rel": _rounded(erel),
             "dense_rel": [[_round(spread(s).rel_spread) for s in row] for row in d["samples_s"]],

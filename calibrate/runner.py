@@ -48,7 +48,7 @@ def _count_steps(s: Settings, n_sizes: int, cpu_repeats: int) -> int:
 def run_calibration(s: Settings, progress: bool = True) -> dict[str, Any]:
     """Measure everything; returns the raw measurements (the profile is derived from them)."""
     from .bench import Bench
-    from .compute import measure_ceilings, measure_expert, token_counts
+    from .compute import fused_counts, measure_ceilings, measure_expert, measure_fused, token_counts
     from .dense import (
         context_lengths,
         dense_token_counts,
@@ -110,6 +110,10 @@ def run_calibration(s: Settings, progress: bool = True) -> dict[str, Any]:
                                           label=f"expert {name}")
         m["expert_bf16_bare"] = measure_expert(bench, model.spec, tokens, s.repeats, s.rotate_bytes, tick,
                                                routed=False, label=f"bare expert {name}")
+        _free(torch, s.cuda)
+        m["fused_bf16"] = measure_fused(bench, model.spec, fused_counts(s.quick, model.spec.n_experts,
+                                                                        model.spec.top_k),
+                                        s.repeats, s.rotate_bytes, tick, label=f"fused {name}")
         _free(torch, s.cuda)
         m["dense"] = measure_dense(bench, model, dense_tokens, contexts, s.repeats, s.rotate_bytes, tick)
         _free(torch, s.cuda)

@@ -497,8 +497,10 @@ def runtime_profile(name: str, calibrations: list[ModelCalibration], device_name
                       "with prefetch (prefetch_s, prefill_prefetch_s: per prefetch beyond the rest); several "
                       "per model: the median, models.<m>.statistic); never a validated run",
             "models": {c.preset: dict(c.raw, n_layers=c.n_layers) for c in calibrations}}
+    # the fused kernel runs a layer's experts as one grouped GEMM: the hardware profile's fused table prices it
+    experts = "fused" if prov["kernel"] == "fused" else "per-expert"
     return RuntimeProfile(name=name, host=host, models={c.preset: c.costs for c in calibrations},
-                          provenance=prov)
+                          provenance=prov, experts=experts)
 
 
 def _mode_of(calibrations: list[ModelCalibration], key: str) -> str:

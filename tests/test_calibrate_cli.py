@@ -142,6 +142,12 @@ def test_cpu_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     data = _check_profile(out, "tiny")
     assert data["models"]["tiny"]["expert"]["bf16"]["tokens"] == [1, 8, 64]
     assert data["provenance"]["device"]["device"] == "cpu"
+    # a layer's experts as one grouped GEMM, by distinct experts: 1, top_k and 4 top_k (OLMoE's 8 and 32)
+    from emu.profile import load_profile
+
+    fused = data["models"]["tiny"]["fused"]["bf16"]
+    assert fused["experts"] == [1, 8, 32] and all(s > 0 for s in fused["seconds"])
+    assert list(load_profile(out).models["tiny"].fused["bf16"].tokens) == [1.0, 8.0, 32.0]
     assert "wrote" in capsys.readouterr().err
 
 

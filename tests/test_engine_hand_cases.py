@@ -198,7 +198,7 @@ def test_a_prefill_pass_charges_its_own_copy_issue_time(engines, engine_name):
     assert (r["ttft_s"], r["tpot_s"]) == pytest.approx((5.5, 3.1), abs=1e-9)
 
 
-@pytest.mark.parametrize("engine_name", ["des", "fast", "reference"])
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
 def test_counts_by_phase(engines, engine_name):
     # The prefill (L0 {0, 1}, L1 {2, 3}; 4 slots) misses all 4, compulsory; the decode pass (L0 {0, 2}, L1 {2, 3})
     # hits 0 at L0 and both at L1, and misses L0's expert 2, first referenced: 4 accesses, 3 hits, 1 miss.
@@ -214,7 +214,7 @@ def test_counts_by_phase(engines, engine_name):
 HOST = {"pass_s": 0.5, "layer_s": 1.0, "readback_s": 0.1, "gate_s": 0.15, "expert_s": 0.3, "copy_s": 0.2}
 
 
-@pytest.mark.parametrize("engine_name", ["des", "fast", "reference"])
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
 def test_the_host_rule_device_paced_experts(engines, engine_name):
     # The host rule: a job the host launches from L for h seconds starts once the host began (L) and the GPU
     # is free, and ends no sooner than L + h; the routing readback and the decisions (readback_s + gate_s =
@@ -238,7 +238,7 @@ def test_the_host_rule_device_paced_experts(engines, engine_name):
     assert r["stall_s"] == pytest.approx(3.0, abs=1e-9)  # waits for copies: 1.0 + 0.5 in each layer of pass 0
 
 
-@pytest.mark.parametrize("engine_name", ["des", "fast", "reference"])
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
 def test_the_host_rule_host_paced_experts(engines, engine_name):
     # The case above with expert_s = 0.8 > the expert's 0.5 on the device: the experts follow the host.
     # Pass 0: as above to L0's experts ([2.75, 3.25], [3.75, 4.25]: the copies are later than the launches at
@@ -253,7 +253,7 @@ def test_the_host_rule_host_paced_experts(engines, engine_name):
     assert (r["ttft_s"], r["tpot_s"], r["host_wait_s"]) == pytest.approx((5.5, 2.5, 0.0), abs=1e-9)
 
 
-@pytest.mark.parametrize("engine_name", ["des", "fast", "reference"])
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
 def test_the_host_launches_a_dense_layer_before_the_gpu_needs_it(engines, engine_name):
     # A layer that waits for copies hides the next dense part's launch: L0's experts wait for their copies
     # until 4.25 while the host launched L1's dense part from 2.75 to 3.75 (layer_s = 1.0): L1's dense part
@@ -268,7 +268,7 @@ def test_the_host_launches_a_dense_layer_before_the_gpu_needs_it(engines, engine
     assert r["ttft_s"] == pytest.approx(7.25 + 1.0 + 0.25, abs=1e-9)
 
 
-@pytest.mark.parametrize("engine_name", ["des", "fast", "reference"])
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
 def test_a_prefill_pass_launches_and_decides_at_its_own_host_prices(engines, engine_name):
     # The device-paced case above (TTFT 7.25, TPOT 4.6) with pass 0 a prefill.
     # prefill_layer_s = 2.0: pass 0 is test_the_host_launches_a_dense_layer_before_the_gpu_needs_it's with
@@ -289,7 +289,7 @@ def test_a_prefill_pass_launches_and_decides_at_its_own_host_prices(engines, eng
     assert r["ttft_s"] == pytest.approx(8.25, abs=1e-9)  # the readback and the decisions add alike
 
 
-@pytest.mark.parametrize("engine_name", ["des", "fast", "reference"])
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
 def test_a_prefetch_policys_gate_work_is_charged_to_every_gate_of_a_prefetching_stack(engines, engine_name):
     # The device-paced case (TPOT 4.6, every access of pass 1 a hit) with the oracle prefetching: in pass 1 it
     # names layer 1's experts at layer 0's gate, all resident, so it issues nothing; prefetch_gate_s = 0.4 then
@@ -342,12 +342,13 @@ def test_prefetch_issue_host_cost_is_charged_to_prefetch_copies_only(engines, en
 
 # ---- a runtime that runs a layer's experts as one grouped GEMM (runtime experts = "fused") -------------------
 # The profile's fused table: 0.6 s for one distinct expert, 0.8 s for two, 1.2 s for four. Each GPU entry of a
-# layer takes an equal share, fused(k) / k, and none starts before every expert of the layer is in.
+# layer takes an equal share, fused(k) / k, and none starts before every expert of the layer is in. The
+# reference engine runs these too (tests/test_engine_reference.py).
 
 FUSED = (0.6, 0.8, 1.2)
 
 
-@pytest.mark.parametrize("engine_name", ["des", "fast", "reference"])
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
 def test_a_fused_layer_waits_for_its_last_copy_and_takes_the_grouped_gemms_time(engines, engine_name):
     # test_cold_decode_pass with the experts fused. L0: dense [0, .25]; copies 0 [.25, 1.25], 1 [1.25, 2.25];
     #   the kernel [2.25, 3.05] (two experts: 0.8 s). L1: dense [3.05, 3.3]; copies [3.3, 4.3], [4.3, 5.3];
@@ -360,7 +361,7 @@ def test_a_fused_layer_waits_for_its_last_copy_and_takes_the_grouped_gemms_time(
     assert r["misses_compulsory"] == 4 and r["bytes_h2d"] == 4 * EXPERT
 
 
-@pytest.mark.parametrize("engine_name", ["des", "fast", "reference"])
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
 def test_a_fused_layers_hit_does_not_run_before_its_miss_lands(engines, engine_name):
     # Pass 0 as above ends at 6.1 with (0,0), (0,1), (1,2), (1,3) resident in the 4 slots. Pass 1 routes
     # L0 to {0, 3}: 0 hits, 3 misses and evicts (0,1) (LRU). L0: dense [6.1, 6.35]; copy 3 [6.35, 7.35]; the
@@ -377,7 +378,7 @@ def test_a_fused_layers_hit_does_not_run_before_its_miss_lands(engines, engine_n
     assert per_expert["e2e_s"] == pytest.approx(5.5 + 0.25 + 1.0 + 0.5 + 0.25 + 1.0, abs=1e-9)
 
 
-@pytest.mark.parametrize("engine_name", ["des", "fast", "reference"])
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
 def test_a_fused_prefill_layer_prices_its_distinct_experts(engines, engine_name):
     # A prefill of two tokens routing L0 to {0, 1} and {2, 3} (four distinct experts: 1.2 s, 0.3 s each),
     # L1 to {0, 1} twice (two: 0.8 s). 8 slots. L0: dense [0, .25]; copies [.25, 4.25]; the kernel
@@ -385,13 +386,3 @@ def test_a_fused_prefill_layer_prices_its_distinct_experts(engines, engine_name)
     trace = make_trace([[[[0, 1], [0, 1]], [[2, 3], [0, 1]]]], phases=[0])
     r, _ = run(engines[engine_name], trace, slots=8, runtime={"experts": "fused"}, fused_s=FUSED)
     assert r["ttft_s"] == pytest.approx(8.5, abs=1e-9)
-
-
-def test_a_fused_runtime_needs_the_profiles_fused_table():
-    from emu.errors import EmuError
-
-    trace = make_trace([[[[0, 1], [2, 3]]]])
-    with pytest.raises(EmuError, match=r"models\.tiny\.fused") as err:
-        make_inputs(tiny_model(), hand_profile(), trace, 4 * EXPERT, StackChoice(),
-                    runtime=hand_runtime(experts="fused"))
-    assert "grouped GEMM" in str(err.value)

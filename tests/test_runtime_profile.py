@@ -163,3 +163,15 @@ def test_host_drift_counts_a_resident_request_slower_than_its_small_cache_one() 
     warning = host_drift_warning(prof) or ""
     assert "slow-resident 20.6-30.1 ms (+46%)" in warning and "one 20.0-30.0 ms" in warning
     assert "usual" not in warning.split("(", 2)[2]
+
+
+def test_a_fused_runtime_needs_the_profiles_fused_table():
+    from emu.engines.setup import StackChoice, make_inputs
+
+    from .conftest import hand_profile, hand_runtime, make_trace, tiny_model
+
+    trace = make_trace([[[[0, 1], [2, 3]]]])
+    with pytest.raises(EmuError, match=r"models\.tiny\.fused") as err:
+        make_inputs(tiny_model(), hand_profile(), trace, 24, StackChoice(),
+                    runtime=hand_runtime(experts="fused"))
+    assert "grouped GEMM" in str(err.value)
