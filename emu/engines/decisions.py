@@ -266,6 +266,7 @@ def access_layer(pk, cs, tv, p: int, layer: int, n: int, t: float) -> None:
     mass_sum = stats_f[SF.MASS, layer]
     hits = 0
     useful = 0
+    gpu_n = n  # the entries left on the GPU: all but the dropped ones and those routed to the CPU
     for i in range(n):
         key = cur_key[i]
         kx = ix(key)
@@ -305,6 +306,7 @@ def access_layer(pk, cs, tv, p: int, layer: int, n: int, t: float) -> None:
             cur_where[i] = SKIPPED
             cur_state[i] = E_DONE
             protect[kx] -= 1
+            gpu_n -= 1
             continue
         if cs.referenced[kx] == 0:  # the key's first reference (the 3C model), loaded or not
             stats_i[ST.MISS_COMPULSORY, layer] += 1
@@ -332,13 +334,10 @@ def access_layer(pk, cs, tv, p: int, layer: int, n: int, t: float) -> None:
             cur_where[i] = ON_CPU
             sc[SC.CPU_PENDING] += 1
             protect[kx] -= 1
+            gpu_n -= 1
     stats_i[ST.HITS, layer] += hits
     stats_i[ST.PF_USEFUL, layer] += useful
     stats_f[SF.MASS, layer] = mass_sum
-    gpu_n = 0
-    for i in range(n):
-        if cur_where[i] == ON_GPU:
-            gpu_n += 1
     sc[SC.GPU_N] = gpu_n
 
 
