@@ -102,6 +102,7 @@ def build_profile(raw: dict[str, Any], name: str) -> dict[str, Any]:
 
     models: dict[str, Any] = {}
     spread_models: dict[str, Any] = {}
+    unfused: list[str] = []  # models whose fused table could not be measured, and why
     for mname, m in raw["models"].items():
         et, es, erel = _table(m["expert_bf16"], "tokens")
         ct, cs, crel = _table(m["cpu_expert_bf16"], "tokens")
@@ -129,6 +130,9 @@ def build_profile(raw: dict[str, Any], name: str) -> dict[str, Any]:
             if all(p.get("held") and "device_median_s" in p for p in fused):
                 fs = [float(p["device_median_s"]) for p in fused]
             models[mname]["fused"] = {"bf16": {"experts": fk, "seconds": _rounded(fs)}}
+        else:
+            why = m.get("fused_bf16_error") or "no grouped GEMM in this torch"
+            unfused.append(f"{mname}'s fused layer (one grouped GEMM): {why}")
         spread_models[mname] = {
             "expert_bf16_rel": _rounded(erel),
             "dense_rel": [[_round(spread(s).rel_spread) for s in row] for row in d["samples_s"]],
@@ -138,6 +142,8 @@ def build_profile(raw: dict[str, Any], name: str) -> dict[str, Any]:
         }
 
     provenance = _provenance(raw, fits, table_rel, spread_models, ceil, floors)
+    if unfused:
+        provenance["not_measured"] = [*provenance.get("not_measured", []), *unfused]
     return {"schema": SCHEMA, "name": name, "provisional": False, "provenance": provenance,
             "copy": copy, "compute": compute, "models": models}
 

@@ -239,3 +239,20 @@ def test_compare_reports_the_changed_figures() -> None:
 def test_numeric_leaves_paths() -> None:
     leaves = numeric_leaves({"a": {"b": [1, [2.5, 3]]}, "flag": True, "s": "x"})
     assert leaves == {"a.b[0]": 1.0, "a.b[1][0]": 2.5, "a.b[1][1]": 3.0}
+
+
+def test_the_fused_table_is_the_devices_time_by_distinct_experts_or_a_stated_absence() -> None:
+    raw = synthetic_raw()
+    raw["models"]["olmoe-1b-7b"]["fused_bf16"] = [
+        {"tokens": k, "median_s": 3e-4 * k, "samples_s": [3e-4 * k] * 3, "device_median_s": 1e-4 + 4e-6 * k,
+         "held": True} for k in (1, 8, 32)]
+    m = build_profile(raw, "x")["models"]["olmoe-1b-7b"]
+    assert m["fused"]["bf16"]["experts"] == [1, 8, 32]
+    assert m["fused"]["bf16"]["seconds"] == [pytest.approx(1e-4 + 4e-6 * k) for k in (1, 8, 32)]
+    raw["models"]["olmoe-1b-7b"]["fused_bf16"][1]["held"] = False  # the host set the pace once: the paced figures
+    assert build_profile(raw, "x")["models"]["olmoe-1b-7b"]["fused"]["bf16"]["seconds"][2] == pytest.approx(9.6e-3)
+    raw["models"]["olmoe-1b-7b"]["fused_bf16"] = []
+    raw["models"]["olmoe-1b-7b"]["fused_bf16_error"] = "grouped_mm: bad shape"
+    p = build_profile(raw, "x")
+    assert "fused" not in p["models"]["olmoe-1b-7b"]
+    assert any("grouped_mm: bad shape" in line for line in p["provenance"]["not_measured"])
