@@ -196,8 +196,9 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
 def _resident_keys(runtime: Any, missing: _Request, n_keys: int, decode: str) -> np.ndarray | None:
     """The keys the resident requests hold: every key (None), or, where the graph decode captures the experts
     but not over a pool of every key (one grouped GEMM takes at most `MAX_GROUPS` slots), the keys the small-cache
-    request routed to. The same prompt routes the same way, so every access of the resident requests is still a
-    hit, and they run the captured experts that the runs do instead of launching them between the graphs."""
+    request routed to or predicted. The same prompt routes the same way, so every access of the resident requests
+    is still a hit and the prefetch policy of the second finds nothing to fetch, and they run the captured experts
+    that the runs do instead of launching them between the graphs."""
     from .offload import MAX_GROUPS
 
     if decode != "graph" or n_keys <= MAX_GROUPS or missing.keys is None:
@@ -209,6 +210,16 @@ def _resident_keys(runtime: Any, missing: _Request, n_keys: int, decode: str) ->
     finally:
         runtime.n_slots = size
     return missing.keys if captures and len(missing.keys) <= MAX_GROUPS else None
+
+
+def _touched_keys(trace: Any, n_experts: int) -> np.ndarray:
+    """The distinct keys (layer * n_experts + expert) a request's passes routed to or its speculator predicted
+    (a prefetch policy's picks come from those predictions: a resident pool of these issues none)."""
+    offsets = np.arange(trace.experts.shape[1], dtype=np.int64)[None, :, None] * n_experts
+    keys = [trace.experts.astype(np.int64) + offsets]
+    if trace.predicted is not None:
+        keys.append(trace.predicted.astype(np.int64) + offsets)
+    return np.unique(np.concatenate([k.ravel() for k in keys]))
 
 
 def _fits_every_expert(runtime: Any, n_keys: int) -> bool:
@@ -239,7 +250,7 @@ class _Request:
     host_cpu_s: list[float] = attrs.field(factory=list)  # the forward thread's CPU seconds in each step's host span
     step_copies: list[int] = attrs.field(factory=list)  # copies started in each decode step (demand and prefetch)
     step_wait_s: list[float] = attrs.field(factory=list)  # each decode step's readback waits
-    keys: np.ndarray | None = None  # the distinct keys (layer * n_experts + expert) its passes routed to
+    keys: np.ndarray | None = None  # the distinct keys (layer * n_experts + expert) it routed to or predicted
 
     def per_copy_within(self) -> float | None:
         """Host seconds per decode copy from this request alone: the least-squares slope of each step's host work
@@ -380,8 +391,7 @@ def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, d
                 step_wait.append(runtime.readback_wait_s - w)
             marks.append((runtime.readback_wait_s, runtime.copies, _issued(runtime)))
             ahead_s, ahead_n = runtime.launch_ahead_s - ahead0, runtime.launch_ahead_n - n_ahead0
-        routed = hooks.trace().experts.astype(np.int64)
-        touched = np.unique(routed + np.arange(routed.shape[1], dtype=np.int64)[None, :, None] * runtime.n_experts)
+        touched = _touched_keys(hooks.trace(), runtime.n_experts)
     finally:
         hooks.remove()
         runtime.ledger = None

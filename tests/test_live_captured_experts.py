@@ -159,9 +159,32 @@ def test_the_resident_calibration_request_holds_the_routed_keys_where_a_full_poo
     runtime.capture = True
     monkeypatch.setattr(offload, "MAX_GROUPS", len(routed) - 1)  # the routed keys do not fit either
     assert _resident_keys(runtime, missing, n_keys, "graph") is None
-    # the same prompt on a pool of just those keys: every access a hit
+    # the same prompt on a pool of just those keys: every access a hit, and a prefetch policy finds nothing to
+    # fetch (its picks are the speculator's predictions, which the keys hold too)
     runtime.resize(len(routed))
     resident = _timed_request(model, runtime, PassPlan(6, 3), prompt, torch.device("cpu"), "static", preload=True,
                               keys=routed)
     assert resident.copies == (0, 0) and np.array_equal(resident.keys, routed)
     assert isinstance(resident, _Request)
+    runtime.prefetch = "next-layer"
+    try:
+        resident_pf = _timed_request(model, runtime, PassPlan(6, 3), prompt, torch.device("cpu"), "static",
+                                     preload=True, keys=routed)
+    finally:
+        runtime.close()
+        runtime.prefetch = "none"
+    assert resident_pf.prefetches[1] == 0 and resident_pf.copies == (0, 0)
+
+
+def test_the_touched_keys_are_the_routed_and_the_predicted_ones():
+    from live.host_calibration import _touched_keys
+
+    from .conftest import make_trace
+
+    trace = make_trace([[[[0, 1], [2, 3]]]])
+    assert _touched_keys(trace, 4).tolist() == [0, 1, 6, 7]  # layer 1's experts 2 and 3 are keys 6 and 7
+    predicted = np.array([[[0, 2], [1, 3]]], np.int16)
+    import attrs
+
+    with_pred = attrs.evolve(trace, predicted=predicted)
+    assert _touched_keys(with_pred, 4).tolist() == [0, 1, 2, 5, 6, 7]
