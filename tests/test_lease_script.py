@@ -45,26 +45,27 @@ def test_every_part_runs_configurations_of_the_matrix() -> None:
     names = {c["name"] for c in matrix}
     model = {c["name"]: c["model"] for c in matrix}
     batch1_olmoe = {c["name"] for c in matrix if c["model"] == "olmoe-1b-7b" and c.get("batch", 1) == 1}
-    parts = {n: _part(n) for n in range(1, 11)}
+    parts = {n: _part(n) for n in range(1, 12)}
     for _decode, configs in parts.values():
         assert set(configs) <= names
     graph = {n for n, (decode, _) in parts.items() if decode == "graph"}
     assert graph == {1, 2, 4, 6, 7} and {n for n, (d, _) in parts.items() if d == "eager"} == {3, 5, 8}
     assert parts[9] == ("graph-fused", parts[4][1])  # part 4's configurations with the fused experts kernel
     assert parts[10] == ("graph-fused", [c for c in parts[4][1] if model[c] == "olmoe-1b-7b"])  # OLMoE's of part 9
+    assert parts[11] == ("graph-fused", parts[7][1])  # part 7's Mixtral with the fused experts kernel
 
     def union(*ns: int) -> set[str]:
         return {c for n in ns for c in parts[n][1]}
 
     # the whole matrix: graph in parts 1 + 2 or 4 + 7, eager in parts 3 + 5
-    assert union(1, 2) == union(4, 7) == union(3, 5) == names
+    assert union(1, 2) == union(4, 7) == union(3, 5) == union(9, 11) == names  # 9 + 11: the graph matrix, fused
     assert not union(4) & union(7) and not union(1) & union(2)
     assert {model[c] for c in union(7)} == {"mixtral-8x7b"}
     assert union(6) == union(8) == batch1_olmoe  # the short parts: OLMoE at batch 1
 
 
-@pytest.mark.parametrize("args", [[], ["0"], ["11"], ["1", "--now"], ["1", "--dry-run", "x"], ["a"]])
+@pytest.mark.parametrize("args", [[], ["0"], ["12"], ["1", "--now"], ["1", "--dry-run", "x"], ["a"]])
 def test_a_bad_part_is_one_usage_line_and_exit_2(args: list[str]) -> None:
     proc = _lease(*args)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip().splitlines() == ["usage: bash validation/lease.sh PART (1-10) [--dry-run]"]
+    assert proc.stderr.strip().splitlines() == ["usage: bash validation/lease.sh PART (1-11) [--dry-run]"]

@@ -11,10 +11,11 @@
 #                                  8: eager olmoe at batch 1, then the device calibration of olmoe: a short one;
 #                                  9: graph with the fused experts kernel, part 4's configurations, then the device
 #                                     calibration of their three models;
-#                                 10: part 9 for OLMoE alone (6 configurations), then its device calibration: a short one)
+#                                 10: part 9 for OLMoE alone (6 configurations), then its device calibration: a short one;
+#                                 11: graph mixtral alone with the fused experts kernel, after part 9 on the same machine)
 set -u
-case "$#:${1:-}:${2:-}" in 1:[1-9]: | 2:[1-9]:--dry-run | 1:10: | 2:10:--dry-run) ;;
-  *) echo "usage: bash validation/lease.sh PART (1-10) [--dry-run]" >&2; exit 2;; esac
+case "$#:${1:-}:${2:-}" in 1:[1-9]: | 2:[1-9]:--dry-run | 1:1[01]: | 2:1[01]:--dry-run) ;;
+  *) echo "usage: bash validation/lease.sh PART (1-11) [--dry-run]" >&2; exit 2;; esac
 A="--only olmoe-10-lru --only olmoe-25-lfu --only olmoe-50-fld --only olmoe-25-lru-nextlayer --only olmoe-10-leaststale-topk --only olmoe-25-lru-b4 --only mixtral8l-25-lru --only mixtral8l-50-lfu --only mixtral8l-25-leaststale-nextlayer --only mixtral8l-50-fld-scorepct --only mixtral8l-25-lru-b2"
 B="--only qwen15-10-leaststale --only qwen15-25-lru-nextlayer --only qwen15-50-lfu --only qwen15-25-lfu-b4 --only qwen3-12l-10-lru --only qwen3-12l-25-fld-topk --only qwen3-12l-50-lfu --only qwen3-12l-25-lru-nextlayer --only qwen3-12l-25-lru-b4"
 case $1 in
@@ -28,6 +29,7 @@ case $1 in
   8) ONLY="${A%% --only olmoe-25-lru-b4*}"; MODE="--decode eager --calibrate-runtime hf-eager";;
   9) ONLY="${A%% --only mixtral8l*} $B"; MODE="--decode graph --experts fused --calibrate-runtime hf-graph-fused";;
   10) ONLY="${A%% --only mixtral8l*}"; MODE="--decode graph --experts fused --calibrate-runtime hf-graph-fused";;
+  11) ONLY="--only mixtral8l${A#* --only mixtral8l}"; MODE="--decode graph --experts fused --calibrate-runtime hf-graph-fused";;
 esac
 if [ "${2:-}" = --dry-run ]; then echo "part $1: $MODE $ONLY"; exit 0; fi  # what the part runs, without a GPU
 T0=$(date +%s)
