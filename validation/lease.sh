@@ -10,7 +10,7 @@
 #                                  7: graph mixtral alone, after part 4 on the same machine;
 #                                  8: eager olmoe at batch 1, then the device calibration of olmoe: a short one;
 #                                  9: graph with the fused experts kernel, part 4's configurations, then the device
-#                                     calibration of their three models;
+#                                     calibration of the four models (part 11's Mixtral too);
 #                                 10: part 9 for OLMoE alone (6 configurations), then its device calibration: a short one;
 #                                 11: graph mixtral alone with the fused experts kernel, after part 9 on the same machine)
 set -u
@@ -50,7 +50,6 @@ grep -v Warn $V/calibration/run.log | grep -E "TTFT|error" | tail -12
 cp -r /tmp/runs$1/* $V/
 tar czf $OUT/val$1.tar.gz -C /tmp val$1
 MODELS="--model olmoe-1b-7b --model mixtral-8x7b --model qwen1.5-moe-a2.7b --model qwen3-30b-a3b"
-[ "$1" = 9 ] && MODELS="--model olmoe-1b-7b --model qwen1.5-moe-a2.7b --model qwen3-30b-a3b"
 { [ "$1" = 6 ] || [ "$1" = 8 ] || [ "$1" = 10 ]; } && MODELS="--model olmoe-1b-7b"
 if [ "$1" = 2 ] || [ "$1" = 4 ] || [ "$1" = 6 ] || [ "$1" = 8 ] || [ "$1" = 9 ] || [ "$1" = 10 ]; then
   python3 -m emu.cli calibrate --quick --no-progress $MODELS --out $V/calibration/dev.toml > $V/calibration/calibrate.log 2>&1
