@@ -203,13 +203,7 @@ def _resident_keys(runtime: Any, missing: _Request, n_keys: int, decode: str) ->
 
     if decode != "graph" or n_keys <= MAX_GROUPS or missing.keys is None:
         return None
-    size = runtime.n_slots
-    runtime.n_slots = min(len(missing.keys), MAX_GROUPS)
-    try:
-        captures = runtime.graph_experts()
-    finally:
-        runtime.n_slots = size
-    return missing.keys if captures and len(missing.keys) <= MAX_GROUPS else None
+    return missing.keys if runtime.graph_experts(len(missing.keys)) else None
 
 
 def _touched_keys(trace: Any, n_experts: int) -> np.ndarray:

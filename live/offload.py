@@ -758,10 +758,7 @@ class ExpertOffload:
             window = self.lut_window[layer] = (lo, hi)
         lo, hi = window
         self._wait_pending(layer)
-        fused = self.fused[layer]
-        fused.gate_up_proj, fused.down_proj = self.slot_gu[lo: hi + 1], self.slot_dn[lo: hi + 1]
-        fused.num_experts = hi - lo + 1
-        out = fused(hidden, self._slot_ids(layer, top_k_index, lo), top_k_weights)
+        out = self._fused_window(layer, lo, hi, hidden, top_k_index, top_k_weights)
         done = self._defer(layer, top_k_index)
         if done is not None:
             for slot in range(lo, hi + 1):
@@ -791,21 +788,20 @@ class ExpertOffload:
         return done
 
     # --- experts captured in the decode graphs (`graphed.GraphedDecode`) --------------------------------
-    def graph_experts(self) -> bool:
-        """Whether a graph decode captures this runtime's experts in its graphs: the fused kernel over the
-        whole slot pool (one grouped GEMM takes it) in bf16 (torch's grouped GEMM runs other dtypes group by
-        group from the host, which a capture cannot hold), the routing mapped to slots on the device, every
-        routed expert computed on the GPU (the miss policy fetches)."""
-        return (self.capture and self.kernel == "fused" and self.n_slots <= MAX_GROUPS and self.miss == "fetch"
+    def graph_experts(self, n_slots: int | None = None) -> bool:
+        """Whether a graph decode captures this runtime's experts in its graphs (with a pool of `n_slots`;
+        None: its own): the fused kernel over the whole slot pool (one grouped GEMM takes it) in bf16 (torch's
+        grouped GEMM runs other dtypes group by group from the host, which a capture cannot hold), the routing
+        mapped to slots on the device, every routed expert computed on the GPU (the miss policy fetches)."""
+        pool = self.n_slots if n_slots is None else n_slots
+        return (self.capture and self.kernel == "fused" and pool <= MAX_GROUPS and self.miss == "fetch"
                 and self.dtype == torch.bfloat16)
 
     def captured_experts(self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor,
                          top_k_weights: torch.Tensor) -> torch.Tensor:
         """While a decode pass is captured: the layer's experts as the fused kernel over the whole slot pool,
         reading the slot table in place (what a replay computes is what the table holds by then)."""
-        fused = self.fused[layer]
-        fused.gate_up_proj, fused.down_proj, fused.num_experts = self.slot_gu, self.slot_dn, self.n_slots
-        return fused(hidden, self.slot_table[layer][top_k_index], top_k_weights)
+        return self._fused_window(layer, 0, self.n_slots - 1, hidden, top_k_index, top_k_weights)
 
     def place_layer(self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor) -> _Placed:
         """Before the replay that computes the layer's captured experts: its decisions and copies, every
@@ -887,10 +883,7 @@ class ExpertOffload:
         for _e, _slot, event in placed:
             if event is not None:
                 stream.wait_event(event)
-        fused = self.fused[layer]
-        fused.gate_up_proj, fused.down_proj = self.slot_gu[lo: hi + 1], self.slot_dn[lo: hi + 1]
-        fused.num_experts = hi - lo + 1
-        out = fused(hidden, self._slot_ids(layer, top_k_index, lo), top_k_weights)
+        out = self._fused_window(layer, lo, hi, hidden, top_k_index, top_k_weights)
         done = None
         if self.cuda:
             done = torch.cuda.Event()
@@ -903,10 +896,15 @@ class ExpertOffload:
             self.watchdog.pump()  # a checkpoint after the launch
         return out
 
-    def _slot_ids(self, layer: int, top_k_index: torch.Tensor, lo: int) -> torch.Tensor:
-        """The routing's experts as slots of the window starting at `lo`, computed on the device."""
+    def _fused_window(self, layer: int, lo: int, hi: int, hidden: torch.Tensor, top_k_index: torch.Tensor,
+                      top_k_weights: torch.Tensor) -> torch.Tensor:
+        """The layer's own experts module over slots lo..hi of the pool, the routing's experts mapped to those
+        slots on the device (through the slot table)."""
+        fused = self.fused[layer]
+        fused.gate_up_proj, fused.down_proj = self.slot_gu[lo: hi + 1], self.slot_dn[lo: hi + 1]
+        fused.num_experts = hi - lo + 1
         ids = self.slot_table[layer][top_k_index]
-        return ids.sub_(lo) if lo else ids
+        return fused(hidden, ids.sub_(lo) if lo else ids, top_k_weights)
 
     def _waited(self, layer: int, experts: np.ndarray) -> None:
         """The compute stream has waited for these experts' copies."""

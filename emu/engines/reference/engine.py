@@ -333,10 +333,9 @@ class ReferenceEngine:
         if not self.gpu_free:
             return CHANGED if changed else NOTHING
         fused = self.curves.fused is not None
-        on_gpu = [i for i in range(n) if cur_where[i] == ON_GPU]
+        on_gpu = [i for i in range(n) if cur_where[i] == ON_GPU] if fused else []
         # one grouped GEMM runs the layer's experts: it starts once every one of them is in
-        blocked = fused and any(cur_state[i] == E_PENDING and self.status[self._key_of(i)] != RESIDENT
-                                for i in on_gpu)
+        blocked = any(cur_state[i] == E_PENDING and self.status[self._key_of(i)] != RESIDENT for i in on_gpu)
         all_done = True
         for i in range(n):  # the GPU takes the lowest ready expert
             state = cur_state[i]
