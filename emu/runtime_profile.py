@@ -32,8 +32,8 @@ HOST_KEYS: dict[str, str] = {
     "expert_s": "per expert launched on the device",
     "copy_s": "per demand copy issued",
     "prefetch_s": "per prefetch copy issued (unset: copy_s)",
-    "prefetch_gate_s": "per layer, where a prefetch policy runs: its work at the gate beyond gate_s (the policy's "
-                       "decision, the landing polls, the watchdog's checkpoints), whether it issues or not",
+    "prefetch_gate_s": "per layer, where a prefetch policy runs: what its work (the decision, the landing polls, "
+                       "the watchdog's checkpoints) adds to the gate beyond gate_s, whether it issues or not",
     "prefill_expert_s": "per expert launched in a prefill pass (unset: expert_s)",
     "prefill_copy_s": "per demand copy issued in a prefill pass (unset: copy_s)",
     "prefill_prefetch_s": "per prefetch issued in a prefill pass (unset: prefill_copy_s, else prefetch_s)",

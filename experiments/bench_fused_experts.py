@@ -4,8 +4,12 @@ in a CUDA graph and replayed, so the time is the device's alone, no host launch 
 
 The emulator prices a layer's experts as the sum of per-expert kernels (the device profile's expert table);
 this shows how far that sum is from one grouped GEMM, by distinct experts k and rows (tokens x top_k).
+`--pool N` (repeatable) times the grouped GEMM again over a pool of N slots with the routing pointed at k of
+them, as the runtime runs it over its slot pool (hundreds of groups, most empty), where `emu calibrate` times
+one layer's experts: whether the kernel's time grows with the groups it is given.
 
     python experiments/bench_fused_experts.py [--model olmoe-1b-7b --model qwen3-30b-a3b] [--reps 200]
+        [--pool 256 --pool 1023]
 """
 
 from __future__ import annotations
@@ -70,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=None)
     p.add_argument("--reps", type=int, default=200)
+    p.add_argument("--pool", type=int, action="append", default=[],
+                   help="also time the fused kernel over a pool of this many slots (at most 1023)")
     args = p.parse_args(argv)
+    if any(not 1 <= n <= 1023 for n in args.pool):
+        print("bench_fused_experts: --pool takes 1..1023 slots (one grouped GEMM's groups)", file=sys.stderr)
+        return 2
     import torch
 
     if not torch.cuda.is_available():
@@ -95,9 +104,39 @@ def main(argv: list[str] | None = None) -> int:
             f, g, k = _time_layer(experts, hidden, index, weights, args.reps)
             print(f"{tokens:6d} {k:4d} {tokens * shape.top_k:5d} {f * 1e6:9.1f} {g * 1e6:10.1f} "
                   f"{g / k * 1e6:8.1f} {g / f:6.2f}", flush=True)
+        if args.pool:
+            _time_pools(experts, shape, sorted(set(args.pool)), args.reps, gen)
         model = experts = None
         torch.cuda.empty_cache()
     return 0
+
+
+def _time_pools(experts: Any, shape: Any, pools: list[int], reps: int, gen: Any) -> None:
+    """The fused kernel over pools of slots (the layer's own weights repeated), the routing on k of them."""
+    import torch
+
+    gate_up, down = experts.gate_up_proj, experts.down_proj
+    dev, k = gate_up.device, 0
+    print(f"{'tokens':>6} {'k':>4} " + " ".join(f"{'pool ' + str(n):>10}" for n in pools))
+    for tokens in (1, 4):
+        cells = []
+        for n in pools:
+            if n < shape.top_k * tokens:
+                cells.append(f"{'-':>10}")
+                continue
+            reps_of = (n + shape.n_experts - 1) // shape.n_experts
+            experts.gate_up_proj = torch.nn.Parameter(gate_up.repeat(reps_of, 1, 1)[:n], requires_grad=False)
+            experts.down_proj = torch.nn.Parameter(down.repeat(reps_of, 1, 1)[:n], requires_grad=False)
+            experts.num_experts = n
+            g = torch.Generator().manual_seed(tokens)
+            index = torch.stack([torch.randperm(n, generator=g)[: shape.top_k] for _ in range(tokens)]).to(dev)
+            weights = torch.rand((tokens, shape.top_k), generator=gen).to(dev, torch.bfloat16)
+            hidden = torch.randn((tokens, shape.hidden), generator=gen).to(dev, torch.bfloat16)
+            secs = _graph_seconds(lambda: experts(hidden, index, weights), reps)  # noqa: B023 (called here)
+            cells.append(f"{secs * 1e6:10.1f}")
+            k = len(index.unique())
+        print(f"{tokens:6d} {k:4d} " + " ".join(cells), flush=True)
+    experts.gate_up_proj, experts.down_proj, experts.num_experts = gate_up, down, shape.n_experts
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ router, speculator: `ExpertOffload.launch_ahead_s`) give `layer_s`. What a decod
 beyond those (its time less its readback waits less every item above, `layer_s` counted for every layer) is
 `pass_s`. The request runs four times on the same prompt: with every expert resident (all hits), which prices
 the pass, layer, readback, gate and expert launch; the same with a prefetch policy (`PREFETCH`), which then
-decides at each gate and issues nothing (`prefetch_gate_s`: the policy's work at a gate); with a small LRU
+decides at each gate and issues nothing (`prefetch_gate_s`: what the policy adds to a step, per gate: the part
+of its work that the device waits for; under the graph decode some of it runs while the device works); with a small LRU
 cache, whose host work beyond the first run's prices is what its demand misses add, per copy (`copy_s`; never
 below the copy's own issue), and whose prefill gives the prefill items; and with the same cache and the
 prefetch policy, which prices a prefetch (`prefetch_s`, and `prefill_prefetch_s` from its prefill): its host
@@ -167,12 +168,15 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
         per_miss = missing.per_copy_over(costs, shape.n_layers)
         if per_miss is not None and costs.copy_s is not None:
             costs = attrs.evolve(costs, copy_s=max(per_miss, costs.copy_s))  # never below the issue itself
-    gate_pf = None if resident_pf is None else resident_pf.per_gate_over(resident, shape.n_layers)
-    if gate_pf is not None:
-        costs = attrs.evolve(costs, prefetch_gate_s=max(gate_pf, 0.0))
+    # the policy's gate: what the device waits for is charged at the gate; all of its work comes off the
+    # prefetching request's before its prefetches are priced
+    gate_work = None if resident_pf is None else resident_pf.per_gate_over(resident, shape.n_layers)
+    gate_step = None if resident_pf is None else resident_pf.per_gate_step_over(resident, shape.n_layers)
+    if gate_step is not None:
+        costs = attrs.evolve(costs, prefetch_gate_s=max(gate_step, 0.0))
     floor = issue_s or 0.0
     per_prefetch = [prefetching.per_prefetch_over(missing, phase, expert_s=e, copy_s=c,
-                                                  gate_s=costs.prefetch_gate_s or 0.0, n_layers=shape.n_layers)
+                                                  gate_s=max(gate_work or 0.0, 0.0), n_layers=shape.n_layers)
                     for phase, e, c in ((0, costs.prefill_expert_s, costs.prefill_copy_s),
                                         (1, costs.expert_s, costs.copy_s))]
     prefill_pf, decode_pf = (None if x is None else max(x, floor) for x in per_prefetch)
@@ -187,6 +191,7 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
            "copy_s_issue": missing.item(1, "copy"), "copy_s_per_miss": per_miss,
            "copy_s_within": missing.per_copy_within(),
            "prefill_copy_s_issue": missing.item(0, "copy"), "prefill_copy_s_per_miss": prefill_per_miss,
+           "prefetch_gate_s_work": gate_work,
            **({} if issue_s is None else {"prefetch_s_issue": issue_s}),
            "prefetch_s_per_prefetch": {ph: x for ph, x in zip(("prefill", "decode"), per_prefetch) if x is not None}}
     raw = {k: v for k, v in raw.items() if v is not None}  # TOML has no null
@@ -326,12 +331,22 @@ class _Request:
         return (work - launches * (expert_s or 0.0) - demand * (copy_s or 0.0) - gates * gate_s) / issued
 
     def per_gate_over(self, base: _Request, n_layers: int) -> float | None:
-        """Host seconds per decode gate that this request (every expert resident, a prefetch policy deciding
-        at each gate and issuing nothing) spends beyond `base` (the same without the policy); None where it
-        issued prefetches after all."""
+        """Host work per decode gate that this request (every expert resident, a prefetch policy deciding at
+        each gate and issuing nothing) does beyond `base` (the same without the policy); None where it issued
+        prefetches after all. Part of it may run while the device works (after a layer's launch), so it is
+        what the policy costs the host, not what it adds to a step: see `per_gate_step_over`."""
         if self.prefetches[1] or not self.decode_s:
             return None
         return (self.work_s - base.work_s) / (len(self.decode_s) * n_layers)
+
+    def per_gate_step_over(self, base: _Request, n_layers: int) -> float | None:
+        """What the policy adds to a decode step per gate: the median step beyond `base`'s, per layer. Both
+        requests do the same device work (every access a hit, nothing fetched), so the difference is the part
+        of the policy's host work that the device waits for, the part the host rule charges at the gate
+        (docs/ARCHITECTURE.md); None as `per_gate_over`."""
+        if self.prefetches[1] or not self.decode_s or not base.decode_s:
+            return None
+        return (statistics.median(self.decode_s) - statistics.median(base.decode_s)) / n_layers
 
     def raw(self, n_layers: int) -> dict[str, Any]:
         return {"prefill_work_s": self.prefill_work_s, "prefill_launch_ahead": list(self.prefill_ahead),

@@ -4,6 +4,7 @@ the comparison rows, and the matrix file's edge."""
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,12 @@ def test_the_runtime_calibration_measures_every_host_item(dataset: Path) -> None
         assert req["steps"] == 32 and req["slots"] < req["n_keys"]  # its own request, its own cache
         decode_items = sum(s for key, (s, _n) in req["ledger"].items() if key.startswith("decode."))
         assert req["decode_work_s"] >= decode_items  # the items are parts of the steps' host work
+        # the policy's gate: what it adds to the median step, per layer (its whole work is kept beside it)
+        steps_pf = req["resident_prefetch_request"]["decode_step_s"]
+        steps = req["resident_request"]["decode_step_s"]
+        added = (statistics.median(steps_pf) - statistics.median(steps)) / raw["n_layers"]
+        assert req["costs"]["prefetch_gate_s"] == pytest.approx(max(added, 0.0))
+        assert "prefetch_gate_s_work" in req
     layer = sorted(req["costs"]["layer_s"] for req in requests)
     assert costs.layer_s == pytest.approx(layer[1]) and raw["spread"]["layer_s"] == pytest.approx([layer[0], layer[2]])
     for req in requests:  # every request prices a prefetch from its prefetching run, never below the issue alone
@@ -263,10 +270,15 @@ def test_a_prefetch_costs_the_host_work_it_adds_beyond_the_same_request_without(
     # the policy's work at each of the 1 step x 3 layers' gates comes off first
     assert pf.per_prefetch_over(base, 1, expert_s=4e-4, copy_s=5e-4, gate_s=1e-3, n_layers=3) == pytest.approx(
         (0.010 - 2 * 4e-4 - (7 - 12) * 5e-4 - 3e-3) / 8)
-    # the all-resident request with the policy (issuing nothing) beyond the one without, per gate
+    # the all-resident request with the policy (issuing nothing) beyond the one without, per gate: its host work,
+    # and what it adds to the median step (here 1 of its 2 ms a step ran while the device worked)
     resident, resident_pf = request(10, 0.020, (0, 0), (0, 0)), request(10, 0.026, (0, 0), (0, 0))
-    assert resident_pf.per_gate_over(resident, n_layers=3) == pytest.approx(0.006 / 3)
+    resident = attrs.evolve(resident, decode_s=[0.010, 0.030, 0.011])
+    resident_pf = attrs.evolve(resident_pf, decode_s=[0.012, 0.013, 0.001])
+    assert resident_pf.per_gate_over(resident, n_layers=3) == pytest.approx(0.006 / (3 * 3))  # 3 steps, 3 layers
+    assert resident_pf.per_gate_step_over(resident, n_layers=3) == pytest.approx((0.012 - 0.011) / 3)
     assert pf.per_gate_over(base, n_layers=3) is None  # it issued prefetches: not a gate's price
+    assert pf.per_gate_step_over(base, n_layers=3) is None
 
 
 def test_the_calibration_prices_hits_on_a_resident_request(dataset: Path) -> None:
