@@ -4,7 +4,9 @@ prefetch) at 5% cache (forced synthetic routing, as in the validation matrix); n
 Experts kernels: eager, fused (captured in the decode graphs) and fused-launched (launched between them).
 For each pair: one run with the host ledger on (per decode step and per layer: the routing readback, the gate's
 decisions, the copies issued, the experts' launches; the step's host share in the graph decode), then the same
-run under cProfile (its top functions by own time).
+run under cProfile (its top functions by own time). `--ledger-ab N` instead runs N pairs of the same decode
+without and with the ledger, alternated, and prints each run's median step: what the calibration's own
+instrument adds to a step (the runtime calibration prices its items from requests with the ledger on).
 
     python experiments/profile_live_host.py [--decode graph] [--kernel eager --kernel fused-launched ...]
                                             [--prefetch none --prefetch next-layer] [--top 25]
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel", action="append", default=None, choices=("eager", "fused", "fused-launched"))
     p.add_argument("--prefetch", action="append", default=None)
     p.add_argument("--fraction", type=float, default=0.05)
+    p.add_argument("--ledger-ab", type=int, default=0, metavar="N",
+                   help="N pairs of runs without and with the ledger (no cProfile): the ledger's cost per step")
     p.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (eager decode): checks the script")
     args = p.parse_args(argv)
     from experiments.live_olmoe import build_olmoe
@@ -61,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
 
             run(0, warmup_passes=3, rehearse=first)
             first = False  # unmeasured: the measured ones run warm
+            if args.ledger_ab:
+                _ledger_ab(run, runtime, args.ledger_ab, f"{args.decode} decode, {kernel} experts, prefetch {pf}, "
+                                                         f"cache {args.fraction:.0%}")
+                continue
             ledger = runtime.ledger = HostLedger()  # its warm-up pass is a prefill: not in the decode's items
             res = run(0, warmup_passes=1)
             runtime.ledger = None
@@ -86,6 +94,25 @@ def main(argv: list[str] | None = None) -> int:
             print(text[text.index("ncalls"):] if "ncalls" in text else text, flush=True)
     runtime.close()
     return 0
+
+
+def _ledger_ab(run: Any, runtime: Any, pairs: int, label: str) -> None:
+    """Median decode step of `pairs` runs without and with the host ledger, alternated (the machine's drift
+    spread over both)."""
+    from live.offload import HostLedger
+
+    medians: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(pairs):
+        for on in (False, True):
+            runtime.ledger = HostLedger() if on else None
+            res = run(0, warmup_passes=1)
+            runtime.ledger = None
+            medians[on].append(statistics.median(res.decode_s))
+    off, on = statistics.median(medians[False]), statistics.median(medians[True])
+    print(f"\n== {label}: median step without the ledger {off * 1e3:.3f} ms "
+          f"({', '.join(f'{m * 1e3:.3f}' for m in medians[False])}), with {on * 1e3:.3f} ms "
+          f"({', '.join(f'{m * 1e3:.3f}' for m in medians[True])}): {(on - off) / runtime.n_layers * 1e6:+.1f} us "
+          f"a layer", flush=True)
 
 
 if __name__ == "__main__":
