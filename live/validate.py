@@ -107,15 +107,32 @@ def _choice(run: LiveRun, kind: str, name: str, params: Any) -> Any:
     return PolicyChoice(name, resolved)
 
 
+def run_profile(run: LiveRun, profile: HardwareProfile) -> HardwareProfile:
+    """`profile` with the copy order of the run's prefetch hand-over (`live.watchdog.COPY_ORDER`): how the
+    runtime handed its copies to the copy engine is the run's, not the device's. Unchanged for a run without
+    prefetch (its demand copies start in issue order either way) and for a record that says only "auto" (older
+    records, written before the runtime recorded the hand-over it resolved to)."""
+    from .watchdog import COPY_ORDER, HANDOVER_CHOICES
+
+    handover = run.record.get("handover")
+    if handover is None or handover == "auto":
+        return profile
+    if handover not in COPY_ORDER:
+        raise EmuError(f"expected a prefetch hand-over in {list(HANDOVER_CHOICES)}, got {handover!r}",
+                       file=run.path, key="handover")
+    return attrs.evolve(profile, copy=attrs.evolve(profile.copy, order=COPY_ORDER[handover]))
+
+
 def emulate_live(run: LiveRun, profile: HardwareProfile, engine: str = "fast",
                  runtime: RuntimeProfile = NO_RUNTIME) -> Any:
     """The emulator's result on the run's trace with its slots and policies, the device's times from `profile`
-    and the host's from `runtime`."""
+    (its copy order the run's hand-over's: `run_profile`) and the host's from `runtime`."""
     from emu.engines.setup import StackChoice, make_inputs
     from emu.metrics import build_result
 
     spec = live_model(run, profile)
     rec = run.record
+    profile = run_profile(run, profile)
     slots = int(rec["slots"])
     expert_bytes = int(rec.get("expert_bytes") or spec.expert_bytes())
     if expert_bytes != spec.expert_bytes():

@@ -65,6 +65,11 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 HANDOVERS = ("bulk", "bounded", "drain", "inline")
+#: the order the copy engine starts queued copies in under each hand-over, as the emulator's `copy.order` names
+#: it: "bulk" and "inline" submit every queued prefetch as the forward thread leaves, and a CUDA copy engine runs
+#: what it was given in submission order, so the next gate's demand copies start after them; "bounded" and
+#: "drain" hold back what would start after the next gate, so its demand copies go first
+COPY_ORDER = {"bulk": "submission", "inline": "submission", "bounded": "demand-first", "drain": "demand-first"}
 #: what a runtime may ask for: a hand-over, or "auto" (chosen by the copy time: `live.offload`)
 HANDOVER_CHOICES = ("auto", *HANDOVERS)
 #: away spans kept per layer for the bounded hand-over's estimate of the next gate (their median)
