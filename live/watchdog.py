@@ -18,10 +18,11 @@ microsecond of Python on either thread is a microsecond of a host-paced decode s
   router, the routing readback's device sync, the end of a pass). The task wakes once and, by
   `handover`:
   - "bulk" (default): submits every queued prefetch at once, in issue order, onto the copy stream, which
-    runs them back to back as the emulator's engine would: no decision can add a copy before the forward
-    thread's next gate, so the order is the emulator's unless that gate's demand copies find some of
-    them not started yet. One wake per layer; the per-copy wake-ups of "drain" cost the forward thread
-    ~1.7 ms per layer through the GIL on the H100 (docs/live.md).
+    runs them back to back: no decision can add a copy before the forward thread's next gate, and that
+    gate's demand copies start after whatever of them has not started yet (the emulator's "submission"
+    copy order, which a run with this hand-over is emulated with: `COPY_ORDER`). One wake per layer; the
+    per-copy wake-ups of "drain" cost the forward thread ~1.7 ms per layer through the GIL on the H100
+    (docs/live.md).
   - "bounded": submits at once only the queued prefetches that the engine would start before the forward
     thread's next gate, then drains the rest as "drain" does. A CUDA copy engine runs copies in
     submission order, on one stream or several, whatever their priority (`experiments/bench_copy_streams.py`:
