@@ -137,7 +137,10 @@ class GraphedDecode:
             act_fn, hidden, index, weights = cap.inputs[layer]
             if cap.in_graph:
                 placed = rt.place_layer(layer, hidden, index)
+                launch = time.perf_counter()
                 graph.replay()  # this layer's experts, then on to the next router (or the head)
+                if rt.ledger is not None:
+                    rt.ledger.note("replay", time.perf_counter() - launch)
                 rt.launched_layer(placed)
             else:
                 out = rt.run_layer(layer, act_fn, hidden, index, weights)

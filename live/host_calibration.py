@@ -358,7 +358,10 @@ class _Request:
                 "pass_s_residual": self.pass_s(n_layers), "launch_ahead_n": self.ahead_n,
                 "ledger": {f"{'decode' if phase == 1 else 'prefill'}.{item}": [self.ledger.seconds[(phase, item)],
                                                                                self.ledger.counts[(phase, item)]]
-                           for (phase, item) in sorted(self.ledger.seconds)}}
+                           for (phase, item) in sorted(self.ledger.seconds)},
+                # parts of those items and of the residual, for diagnosis (`HostLedger.parts`), per decode step
+                "decode_parts_s": {part: seconds / max(len(self.decode_s), 1)
+                                   for (phase, part), seconds in sorted(self.ledger.parts.items()) if phase == 1}}
 
 
 def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, decode: str,

@@ -852,6 +852,8 @@ class ExpertOffload:
             if self.watchdog is not None:
                 self.watchdog.pump()  # a checkpoint after the launch
             if self.ledger is not None:  # the launch is the replay's: what is left is the bookkeeping
+                self.ledger.note("place", placed.host_s)
+                self.ledger.note("booking", time.perf_counter() - t0)
                 self.ledger.close_experts(t0, len(placed.experts), before=placed.host_s)
         self._leave(layer)
 
@@ -991,11 +993,20 @@ class HostLedger:
     phase: int = 1
     gate_from: float = 0.0
     _copy_mark: float = 0.0
+    #: host seconds of parts of the items above, kept apart for diagnosis only (no cost is priced from them):
+    #: under the captured experts, "replay" (the graph launches between the layers), "place" (what a layer's
+    #: placement does after its gate: the compute stream's waits for the copies) and "booking" (the layer's
+    #: bookkeeping after its replay's launch, while the device works)
+    parts: dict[tuple[int, str], float] = attrs.Factory(dict)
 
     def add(self, item: str, seconds: float, n: int = 1) -> None:
         key = (self.phase, item)
         self.seconds[key] = self.seconds.get(key, 0.0) + seconds
         self.counts[key] = self.counts.get(key, 0) + n
+
+    def note(self, part: str, seconds: float) -> None:
+        key = (self.phase, part)
+        self.parts[key] = self.parts.get(key, 0.0) + seconds
 
     def begin_pass(self, phase: int) -> None:
         self.phase = phase

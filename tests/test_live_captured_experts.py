@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 
 from emu.errors import EmuError  # noqa: E402
 from live.models import build_model, live_shape  # noqa: E402
-from live.offload import ExpertOffload  # noqa: E402
+from live.offload import ExpertOffload, HostLedger  # noqa: E402
 
 from .live_support import logits_of_generation, one_thread  # noqa: E402, F401
 
@@ -188,3 +188,21 @@ def test_the_touched_keys_are_the_routed_and_the_predicted_ones():
 
     with_pred = attrs.evolve(trace, predicted=predicted)
     assert _touched_keys(with_pred, 4).tolist() == [0, 1, 2, 5, 6, 7]
+
+
+def test_the_ledger_keeps_a_captured_layers_placement_and_booking_apart_within_its_expert_item():
+    model = build_model("olmoe-1b-7b", "tiny", dtype="bf16", seed=4)
+    runtime = ExpertOffload(model, 40, kernel="fused")
+    assert runtime.graph_experts()
+    replay = _Replay(runtime)
+    for m in runtime.modules:
+        m.splitter = replay
+    ledger = runtime.ledger = HostLedger()
+    ids = torch.randint(0, 512, (1, 10), generator=torch.Generator().manual_seed(6))
+    logits_of_generation(model, ids, 4, runtime)
+    runtime.ledger = None
+    booking, place = ledger.parts[(1, "booking")], ledger.parts[(1, "place")]
+    assert booking > 0.0 and place >= 0.0
+    # both are parts of the experts' item (its copies' issue aside), never more than it
+    assert booking + place <= ledger.seconds[(1, "expert")] + ledger.seconds.get((1, "copy"), 0.0) + 1e-9
+    assert (1, "replay") not in ledger.parts  # no graph here: the replay's launch is the decode's (GraphedDecode)
