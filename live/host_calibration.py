@@ -193,7 +193,8 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
            "prefill_copy_s_issue": missing.item(0, "copy"), "prefill_copy_s_per_miss": prefill_per_miss,
            "prefetch_gate_s_work": gate_work,
            **({} if issue_s is None else {"prefetch_s_issue": issue_s}),
-           "prefetch_s_per_prefetch": {ph: x for ph, x in zip(("prefill", "decode"), per_prefetch) if x is not None}}
+           "prefetch_s_per_prefetch": {ph: x for ph, x in zip(("prefill", "decode"), per_prefetch) if x is not None},
+           "prefetch_s_within": prefetching.per_prefetch_within()}
     raw = {k: v for k, v in raw.items() if v is not None}  # TOML has no null
     return ModelCalibration(preset, shape.n_layers, costs, raw)
 
@@ -248,6 +249,7 @@ class _Request:
     prefill_ahead: tuple[float, int] = (0.0, 0)  # the prefill's layer launches: seconds, layers
     host_cpu_s: list[float] = attrs.field(factory=list)  # the forward thread's CPU seconds in each step's host span
     step_copies: list[int] = attrs.field(factory=list)  # copies started in each decode step (demand and prefetch)
+    step_prefetches: list[int] = attrs.field(factory=list)  # prefetches issued in each decode step
     step_wait_s: list[float] = attrs.field(factory=list)  # each decode step's readback waits
     keys: np.ndarray | None = None  # the distinct keys (layer * n_experts + expert) it routed to or predicted
 
@@ -263,6 +265,23 @@ class _Request:
             return None
         y = np.asarray(self.host_s) - np.asarray(self.step_wait_s)
         return float(np.polyfit(x, y, 1)[0])
+
+    def per_prefetch_within(self) -> float | None:
+        """Host seconds per decode prefetch from this request alone: the least-squares slope of each step's host
+        work over its prefetches, its demand copies the other regressor. A diagnostic beside the priced
+        `per_prefetch_over`, which subtracts another request's work and the gates' from a third pair, and so
+        takes in the host's drift between them; None where the steps were not recorded or their prefetch
+        counts (or demand counts) do not vary independently."""
+        n = len(self.host_s)
+        if not (len(self.step_prefetches) == len(self.step_copies) == len(self.step_wait_s) == n) or n < 3:
+            return None
+        pf = np.asarray(self.step_prefetches, float)
+        demand = np.asarray(self.step_copies, float) - pf
+        x = np.column_stack([np.ones(n), pf, demand])
+        if np.ptp(pf) == 0 or np.linalg.matrix_rank(x) < 3:
+            return None
+        y = np.asarray(self.host_s) - np.asarray(self.step_wait_s)
+        return float(np.linalg.lstsq(x, y, rcond=None)[0][1])
 
     @property
     def prefill_layer_s(self) -> float | None:
@@ -353,7 +372,8 @@ class _Request:
                 "copies": list(self.copies),
                 "prefetches": list(self.prefetches), "decode_step_s": self.decode_s,
                 "decode_host_span_s": self.host_s, "decode_host_cpu_s": self.host_cpu_s, "prefill_s": self.prefill_s,
-                "decode_step_copies": self.step_copies, "decode_step_wait_s": self.step_wait_s,
+                "decode_step_copies": self.step_copies, "decode_step_prefetches": self.step_prefetches,
+                "decode_step_wait_s": self.step_wait_s,
                 "decode_readback_wait_s": self.wait_s, "decode_work_s": self.work_s,
                 "pass_s_residual": self.pass_s(n_layers), "launch_ahead_n": self.ahead_n,
                 "ledger": {f"{'decode' if phase == 1 else 'prefill'}.{item}": [self.ledger.seconds[(phase, item)],
@@ -395,12 +415,13 @@ def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, d
             req.prefill()
             marks.append((runtime.readback_wait_s, runtime.copies, _issued(runtime)))
             ahead0, n_ahead0 = runtime.launch_ahead_s, runtime.launch_ahead_n
-            step_copies, step_wait = [], []
+            step_copies, step_wait, step_pf = [], [], []
             for _ in range(plan.n_decode):
-                c, w = runtime.copies, runtime.readback_wait_s
+                c, w, f = runtime.copies, runtime.readback_wait_s, _issued(runtime)
                 req.decode()
                 step_copies.append(runtime.copies - c)
                 step_wait.append(runtime.readback_wait_s - w)
+                step_pf.append(_issued(runtime) - f)
             marks.append((runtime.readback_wait_s, runtime.copies, _issued(runtime)))
             ahead_s, ahead_n = runtime.launch_ahead_s - ahead0, runtime.launch_ahead_n - n_ahead0
         touched = _touched_keys(hooks.trace(), runtime.n_experts)
@@ -412,7 +433,7 @@ def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, d
     return _Request(ledger, seconds[1:], clock.host[1:], seconds[0], w2 - w1, ahead_s, ahead_n,
                     prefill_work_s=clock.host[0] - (w1 - w0), copies=(c1 - c0, c2 - c1), prefetches=(p1 - p0, p2 - p1),
                     prefill_ahead=(ahead0 - pre0, n_ahead0 - n_pre0), host_cpu_s=clock.cpu[1:],
-                    step_copies=step_copies, step_wait_s=step_wait, keys=touched)
+                    step_copies=step_copies, step_wait_s=step_wait, step_prefetches=step_pf, keys=touched)
 
 
 def _issued(runtime: Any) -> int:

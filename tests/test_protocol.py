@@ -281,6 +281,23 @@ def test_a_prefetch_costs_the_host_work_it_adds_beyond_the_same_request_without(
     assert pf.per_gate_step_over(base, n_layers=3) is None
 
 
+def test_a_prefetchs_host_work_within_one_request_is_the_slope_over_its_steps() -> None:
+    from live.host_calibration import _Request
+    from live.offload import HostLedger
+
+    pf = [3, 8, 1, 5, 9, 2]
+    demand = [2, 0, 4, 1, 3, 5]
+    wait = [0.004, 0.005, 0.003, 0.006, 0.002, 0.004]
+    work = [1e-3 + 5e-5 * f + 3e-5 * d for f, d in zip(pf, demand)]
+    req = _Request(HostLedger(), decode_s=[0.01] * 6, host_s=[w + x for w, x in zip(work, wait)], prefill_s=0.0,
+                   wait_s=sum(wait), ahead_s=0.0, ahead_n=1, step_copies=[f + d for f, d in zip(pf, demand)],
+                   step_wait_s=wait, step_prefetches=pf)
+    assert req.per_prefetch_within() == pytest.approx(5e-5)
+    # the prefetches alone do not tell a prefetch's price: the same count every step, or steps not recorded
+    assert attrs.evolve(req, step_prefetches=[4] * 6).per_prefetch_within() is None
+    assert attrs.evolve(req, step_prefetches=[]).per_prefetch_within() is None
+
+
 def test_the_calibration_prices_hits_on_a_resident_request(dataset: Path) -> None:
     rt = load_runtime_profile(dataset / "calibration" / "hf-eager.toml")
     for req in rt.provenance["models"]["olmoe-1b-7b"]["requests"]:
