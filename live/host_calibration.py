@@ -253,35 +253,38 @@ class _Request:
     step_wait_s: list[float] = attrs.field(factory=list)  # each decode step's readback waits
     keys: np.ndarray | None = None  # the distinct keys (layer * n_experts + expert) it routed to or predicted
 
-    def per_copy_within(self) -> float | None:
-        """Host seconds per decode copy from this request alone: the least-squares slope of each step's host work
-        (its span less its readback waits) over its copies. A diagnostic beside `per_copy_over`, which prices a
-        copy as the difference from another request and so takes in whatever the host's pace did between the
-        two; None when every step started as many copies or the steps were not recorded."""
-        if len(self.step_copies) != len(self.host_s) or len(self.step_wait_s) != len(self.host_s):
+    def _step_slopes(self, *counts: list[int]) -> np.ndarray | None:
+        """The least-squares slopes (an intercept beside them) of each decode step's host work (its span less its
+        readback waits) over the given per-step counts; None where the steps were not recorded alongside the
+        counts or the counts do not vary independently of each other."""
+        n = len(self.host_s)
+        if len(self.step_wait_s) != n or any(len(c) != n for c in counts):
             return None
-        x = np.asarray(self.step_copies, float)
-        if x.size < 2 or np.ptp(x) == 0:
+        x = np.column_stack([np.ones(n), *(np.asarray(c, float) for c in counts)])
+        if n < x.shape[1] or np.linalg.matrix_rank(x) < x.shape[1]:
             return None
         y = np.asarray(self.host_s) - np.asarray(self.step_wait_s)
-        return float(np.polyfit(x, y, 1)[0])
+        return np.linalg.lstsq(x, y, rcond=None)[0][1:]
+
+    def per_copy_within(self) -> float | None:
+        """Host seconds per decode copy from this request alone: the slope of each step's host work over its
+        copies. A diagnostic beside `per_copy_over`, which prices a copy as the difference from another request
+        and so takes in whatever the host's pace did between the two; None when every step started as many
+        copies or the steps were not recorded."""
+        slopes = self._step_slopes(self.step_copies)
+        return None if slopes is None else float(slopes[0])
 
     def per_prefetch_within(self) -> float | None:
-        """Host seconds per decode prefetch from this request alone: the least-squares slope of each step's host
-        work over its prefetches, its demand copies the other regressor. A diagnostic beside the priced
-        `per_prefetch_over`, which subtracts another request's work and the gates' from a third pair, and so
-        takes in the host's drift between them; None where the steps were not recorded or their prefetch
-        counts (or demand counts) do not vary independently."""
-        n = len(self.host_s)
-        if not (len(self.step_prefetches) == len(self.step_copies) == len(self.step_wait_s) == n) or n < 3:
+        """Host seconds per decode prefetch from this request alone: the slope of each step's host work over its
+        prefetches, its demand copies the other regressor. A diagnostic beside the priced `per_prefetch_over`,
+        which subtracts another request's work and the gates' from a third pair, and so takes in the host's
+        drift between them; None where the steps were not recorded or their prefetch counts (or demand counts)
+        do not vary independently."""
+        if len(self.step_prefetches) != len(self.step_copies):
             return None
-        pf = np.asarray(self.step_prefetches, float)
-        demand = np.asarray(self.step_copies, float) - pf
-        x = np.column_stack([np.ones(n), pf, demand])
-        if np.ptp(pf) == 0 or np.linalg.matrix_rank(x) < 3:
-            return None
-        y = np.asarray(self.host_s) - np.asarray(self.step_wait_s)
-        return float(np.linalg.lstsq(x, y, rcond=None)[0][1])
+        demand = [c - f for c, f in zip(self.step_copies, self.step_prefetches)]
+        slopes = self._step_slopes(self.step_prefetches, demand)
+        return None if slopes is None else float(slopes[0])
 
     @property
     def prefill_layer_s(self) -> float | None:
@@ -416,13 +419,15 @@ def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, d
             marks.append((runtime.readback_wait_s, runtime.copies, _issued(runtime)))
             ahead0, n_ahead0 = runtime.launch_ahead_s, runtime.launch_ahead_n
             step_copies, step_wait, step_pf = [], [], []
+            issued = marks[-1][2]
             for _ in range(plan.n_decode):
-                c, w, f = runtime.copies, runtime.readback_wait_s, _issued(runtime)
+                c, w = runtime.copies, runtime.readback_wait_s
                 req.decode()
                 step_copies.append(runtime.copies - c)
                 step_wait.append(runtime.readback_wait_s - w)
-                step_pf.append(_issued(runtime) - f)
-            marks.append((runtime.readback_wait_s, runtime.copies, _issued(runtime)))
+                step_pf.append(_issued(runtime) - issued)
+                issued += step_pf[-1]
+            marks.append((runtime.readback_wait_s, runtime.copies, issued))
             ahead_s, ahead_n = runtime.launch_ahead_s - ahead0, runtime.launch_ahead_n - n_ahead0
         touched = _touched_keys(hooks.trace(), runtime.n_experts)
     finally:
