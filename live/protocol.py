@@ -5,6 +5,7 @@ Two steps, so the GPU lease is spent on measurements only:
     python -m live.protocol run MATRIX.toml --out DIR [--calibrate-runtime NAME]      (on the GPU)
     python -m live.protocol compare DIR --profile P.toml --runtime R.toml [--gpu-kind K] (anywhere, no torch)
     python -m live.protocol merge PART PART... --out DIR                              (a run in parts)
+    python -m live.protocol store DIR --traces STORE                                 (traces shared by datasets)
 
 `run` builds each model of the matrix once (random weights), optionally calibrates the runtime first on
 calibration requests of its own (`host_calibration`: other prompts and seeds, another cache, thrown away),
@@ -12,7 +13,9 @@ then runs every configuration (warm-up, an untimed rehearsal, the measured reque
 record to DIR/runs/<config>.json and its trace once, by fingerprint, to DIR/traces/<fingerprint>.npz.
 `merge` joins the folders of one lease's matrix run in parts (`--only`: one command has a time limit) into one
 dataset: the runs, the traces (by fingerprint) and each runtime profile (its models from the parts, `[host]`
-their median again). `compare` replays every record through the emulator with the hardware profile (device
+their median again). `store` moves a dataset's traces into a store shared by every dataset (the committed
+`validation/traces/`: one file per fingerprint however many leases replayed it) and points its records there.
+`compare` replays every record through the emulator with the hardware profile (device
 and links) and the runtime profile (host) it is given, and writes DIR/comparisons.json (schema of `validation_set`): per
 configuration the measured and emulated TTFT, decode rate, per-step latencies and counts, and which
 calibration predicted it. The hardware and runtime profiles must come from runs other than DIR/runs.
@@ -432,6 +435,47 @@ def merge_parts(parts: list[Path], out: Path) -> Path:
     return out
 
 
+def store_traces(folder: Path, store: Path) -> int:
+    """Move `folder/traces/*.npz` into `store` (one file per fingerprint: a name already there must hold the
+    same trace) and point each record of `folder/runs` at the stored file; returns how many files were new
+    to the store. Records are rewritten only once every trace they name is in the store."""
+    import os
+    import shutil
+
+    from emu.trace import RoutingTrace
+
+    runs, own = folder / "runs", folder / "traces"
+    if not runs.is_dir():
+        raise EmuError("not a matrix run's folder (no runs/)", file=str(folder))
+    store.mkdir(parents=True, exist_ok=True)
+    added = 0
+    for trace in sorted(own.glob("*.npz")) if own.is_dir() else []:
+        fp = RoutingTrace.load(trace).fingerprint()
+        if trace.stem != fp:
+            raise EmuError(f"expected a file named by its fingerprint ({fp}.npz)", file=str(trace))
+        kept = store / trace.name
+        if kept.exists():
+            if RoutingTrace.load(kept).fingerprint() != fp:
+                raise EmuError(f"the store's {kept.name} holds another trace", file=str(kept))
+        else:
+            shutil.copy2(trace, kept)
+            added += 1
+    relative = Path(os.path.relpath(store.resolve(), runs.resolve()))
+    records = []
+    for path in sorted(runs.glob("*.json")):
+        rec = json.loads(path.read_text())
+        fp = rec.get("trace_fingerprint")
+        if not isinstance(fp, str) or not (store / f"{fp}.npz").is_file():
+            raise EmuError(f"the trace of this record ({fp}) is in neither the folder nor the store",
+                           file=str(path), key="trace_fingerprint")
+        records.append((path, rec | {"trace": str(relative / f"{fp}.npz")}))
+    for path, rec in records:
+        path.write_text(json.dumps(rec, indent=1) + "\n")
+    if own.is_dir():
+        shutil.rmtree(own)
+    return added
+
+
 def _rel(path: Path, folder: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(folder.resolve()))
@@ -456,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("merge", help="join the folders of a matrix run in parts into one dataset")
     m.add_argument("parts", type=Path, nargs="+")
     m.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("store", help="move a dataset's traces into a store shared by datasets")
+    s.add_argument("folder", type=Path)
+    s.add_argument("--traces", type=Path, required=True, metavar="STORE", help="the shared folder (validation/traces)")
     c = sub.add_parser("compare", help="emulate every run of a dataset folder with a calibration")
     c.add_argument("folder", type=Path)
     c.add_argument("--profile", type=Path, required=True)
@@ -470,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
                        decode=args.decode, kernel=args.experts)
         elif args.cmd == "merge":
             merge_parts(args.parts, args.out)
+        elif args.cmd == "store":
+            print(f"{store_traces(args.folder, args.traces)} new trace(s) in {args.traces}")
         else:
             compare(args.folder, args.profile, args.runtime, args.gpu_kind, args.runtime_name)
     except EmuError as err:

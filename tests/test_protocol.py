@@ -371,3 +371,47 @@ def test_merge_joins_a_matrix_run_in_parts(dataset: Path, tmp_path: Path) -> Non
     assert rt.host.expert_s == pytest.approx((own + 2e-3) / 2)  # the median of the two models
     with pytest.raises(EmuError, match="more than one part"):  # a configuration in two parts
         merge_parts([a, a], tmp_path / "twice")
+
+
+def test_store_shares_traces_between_datasets(dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from emu.trace import RoutingTrace
+    from live.protocol import main, store_traces
+    from live.validate import load_live_run
+
+    store = tmp_path / "validation" / "traces"
+    a, b = tmp_path / "validation" / "a", tmp_path / "validation" / "b"
+    for d in (a, b):
+        shutil.copytree(dataset / "runs", d / "runs")
+        shutil.copytree(dataset / "traces", d / "traces")
+    n_traces = len(list((dataset / "traces").glob("*.npz")))
+    assert store_traces(a, store) == n_traces
+    assert store_traces(b, store) == 0  # the same fingerprints: nothing new, one file each
+    assert len(list(store.glob("*.npz"))) == n_traces and not (a / "traces").exists()
+    for d in (a, b):
+        for path in sorted((d / "runs").glob("*.json")):
+            run = load_live_run(path)
+            assert json.loads(path.read_text())["trace"].startswith("../../traces/")
+            assert run.trace.fingerprint() == run.record["trace_fingerprint"]
+    # a store file under a trace's name that holds another trace: refused, the dataset left as it was
+    c = tmp_path / "c"
+    shutil.copytree(dataset / "runs", c / "runs")
+    shutil.copytree(dataset / "traces", c / "traces")
+    victim = sorted(store.glob("*.npz"))[0]
+    other = sorted(store.glob("*.npz"))[-1] if n_traces > 1 else None
+    if other is None:  # one trace only: write a different one under its name
+        t = RoutingTrace.load(victim)
+        t.experts[0, 0, 0] = (int(t.experts[0, 0, 0]) + 1) % t.n_experts
+        t.save(victim)
+    else:
+        shutil.copy2(other, victim)
+    before = {p.name: p.read_text() for p in (c / "runs").glob("*.json")}
+    with pytest.raises(EmuError, match="holds another trace"):
+        store_traces(c, store)
+    assert {p.name: p.read_text() for p in (c / "runs").glob("*.json")} == before
+    # a record whose trace is in neither place: one clear line from the command, nothing rewritten
+    d = tmp_path / "d"
+    shutil.copytree(dataset / "runs", d / "runs")
+    assert main(["store", str(d), "--traces", str(tmp_path / "empty")]) == 2
+    assert {p.name: p.read_text() for p in (d / "runs").glob("*.json")} == before
