@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         except ImportError:
             return _error("torch is not installed (pip install 'moe-emu[calibrate]')")
 
-    from .profile_writer import copy_table_check, raw_path_for, write_profile
+    from .profile_writer import copy_table_check, raw_path_for, unheld_check, write_profile
     from .runner import Settings, run_calibration
 
     if args.threads is not None:
@@ -123,9 +123,9 @@ def run(args: argparse.Namespace) -> int:
         write_profile(raw, args.out, args.name)
     except EmuError as err:
         return _error(str(err))
-    warning = copy_table_check(raw, str(args.out))
-    if warning is not None:
-        print(f"emu calibrate: warning: {warning}", file=sys.stderr)
+    for warning in (copy_table_check(raw, str(args.out)), unheld_check(raw, str(args.out))):
+        if warning is not None:
+            print(f"emu calibrate: warning: {warning}", file=sys.stderr)
     print(f"wrote {args.out} and {raw_path_for(args.out)}", file=sys.stderr)
     return 0
 

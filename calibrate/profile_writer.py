@@ -60,6 +60,32 @@ def copy_table_check(raw: dict[str, Any], where: str) -> str | None:
     return copy_table_warning(points, raw.get("sustained"), where)
 
 
+def unheld_points(raw: dict[str, Any]) -> list[str]:
+    """The device-timed table points whose hold ran out before the host had queued its calls (after the retries
+    of `calibrate.compute.held_sample`): their device time holds some of the host's gaps."""
+    out = []
+    for name, m in raw.get("models", {}).items():
+        for table, key in (("expert_bf16", "tokens"), ("fused_bf16", "tokens")):
+            out += [f"{name} {table.split('_')[0]} at {p[key]}" for p in m.get(table) or []
+                    if "device_median_s" in p and not p.get("held")]
+        d = m.get("dense") or {}
+        if "device_seconds" in d:
+            grid = d.get("held_grid") or [[d.get("held", False)] * len(d["context"]) for _ in d["tokens"]]
+            out += [f"{name} dense at {t} tokens, context {c}" for t, row in zip(d["tokens"], grid)
+                    for c, held in zip(d["context"], row) if not held]
+    return out
+
+
+def unheld_check(raw: dict[str, Any], where: str) -> str | None:
+    """A warning naming the table points timed without the device held, or None."""
+    points = unheld_points(raw)
+    if not points:
+        return None
+    return (f"{where}: the host needed longer than the device's hold for {len(points)} table point(s) "
+            f"({'; '.join(points[:6])}{'; ...' if len(points) > 6 else ''}): their device times hold some of the "
+            "host's launch gaps and may be long; calibrate again on a quieter host")
+
+
 def build_profile(raw: dict[str, Any], name: str) -> dict[str, Any]:
     copies = raw["copies"]
     fits = {kind: _fit(points) for kind, points in copies.items()}
@@ -107,12 +133,14 @@ def build_profile(raw: dict[str, Any], name: str) -> dict[str, Any]:
         et, es, erel = _table(m["expert_bf16"], "tokens")
         ct, cs, crel = _table(m["cpu_expert_bf16"], "tokens")
         d = m["dense"]
-        # the device's own time where it was measured with the device held (the host's launches queued ahead):
-        # a runtime's host cost is its runtime profile's (emu calibrate --runtime), not the device's
-        device_expert = all(p.get("held") and "device_median_s" in p for p in m["expert_bf16"])
+        # the device's own time wherever it was measured behind a hold (the host's launches queued ahead): a
+        # runtime's host cost is its runtime profile's (emu calibrate --runtime), not the device's. A point whose
+        # hold ran out is still the device's time plus the host's gaps, never above the host's pace: it stays,
+        # named by `unheld_check`
+        device_expert = all("device_median_s" in p for p in m["expert_bf16"])
         if device_expert:
             es = [float(p["device_median_s"]) for p in m["expert_bf16"]]
-        dense_s = d["device_seconds"] if d.get("held") and "device_seconds" in d else d["seconds"]
+        dense_s = d["device_seconds"] if "device_seconds" in d else d["seconds"]
         models[mname] = {
             "pass_overhead_s": _round(m["pass_overhead"]["median_s"]),
             # the routing glue's host-observed time (a readback, a sync) is a runtime's readback and decisions
@@ -127,7 +155,7 @@ def build_profile(raw: dict[str, Any], name: str) -> dict[str, Any]:
         fused = m.get("fused_bf16") or []
         if fused:  # a layer's experts as one grouped GEMM, the device's own time where it was held
             fk, fs, _ = _table(fused, "tokens")
-            if all(p.get("held") and "device_median_s" in p for p in fused):
+            if all("device_median_s" in p for p in fused):
                 fs = [float(p["device_median_s"]) for p in fused]
             models[mname]["fused"] = {"bf16": {"experts": fk, "seconds": _rounded(fs)}}
         else:
@@ -235,7 +263,8 @@ def _provenance(raw: dict[str, Any], fits: dict[str, Any], table_rel: list[float
         "copies: pinned per-copy time from an event pair around each copy, queued behind a sleep kernel "
         "so the copy engine alone is timed; pageable copies block the host and are timed unheld",
         "expert and dense tables: the device's own time, an event pair around calls queued behind a sleep "
-        "kernel (the host's launches hidden), where the device could be held; else the steady pace of "
+        "kernel (the host's launches hidden; a sample whose hold ran out taken again with a longer hold, the "
+        "points that still ran out listed in `unheld`) on a CUDA device; else the steady pace of "
         "back-to-back eager calls. The paced figures are in *_paced; a runtime's host costs are a runtime "
         "profile's (emu calibrate --runtime)",
         "overheads: host wall time with a synchronize before and after, floors on a tiny shape; with device "
@@ -243,6 +272,9 @@ def _provenance(raw: dict[str, Any], fits: dict[str, Any], table_rel: list[float
         "the measured figure in overheads_host",
         "every table point is sampled in rounds over all points; figures are medians",
     ]
+    unheld = unheld_points(raw)
+    if unheld:
+        prov["unheld"] = unheld
     prov["not_measured"] = ["int8/fp8/int4 expert kernels (only bf16)",
                             "dense (non-MoE) FFN layers of models that have them"]
     return prov

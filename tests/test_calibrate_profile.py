@@ -249,10 +249,34 @@ def test_the_fused_table_is_the_devices_time_by_distinct_experts_or_a_stated_abs
     m = build_profile(raw, "x")["models"]["olmoe-1b-7b"]
     assert m["fused"]["bf16"]["experts"] == [1, 8, 32]
     assert m["fused"]["bf16"]["seconds"] == [pytest.approx(1e-4 + 4e-6 * k) for k in (1, 8, 32)]
-    raw["models"]["olmoe-1b-7b"]["fused_bf16"][1]["held"] = False  # the host set the pace once: the paced figures
-    assert build_profile(raw, "x")["models"]["olmoe-1b-7b"]["fused"]["bf16"]["seconds"][2] == pytest.approx(9.6e-3)
+    # a point whose hold ran out keeps its device time (the host's gaps in it, never the host's whole pace),
+    # and is named
+    raw["models"]["olmoe-1b-7b"]["fused_bf16"][1]["held"] = False
+    p = build_profile(raw, "x")
+    assert p["models"]["olmoe-1b-7b"]["fused"]["bf16"]["seconds"][2] == pytest.approx(1e-4 + 4e-6 * 32)
+    assert p["provenance"]["unheld"] == ["olmoe-1b-7b fused at 8"]
+    raw["models"]["olmoe-1b-7b"]["fused_bf16"][1]["held"] = True
     raw["models"]["olmoe-1b-7b"]["fused_bf16"] = []
     raw["models"]["olmoe-1b-7b"]["fused_bf16_error"] = "grouped_mm: bad shape"
     p = build_profile(raw, "x")
     assert "fused" not in p["models"]["olmoe-1b-7b"]
     assert any("grouped_mm: bad shape" in line for line in p["provenance"]["not_measured"])
+
+
+def test_one_dense_point_whose_hold_ran_out_leaves_the_table_the_devices() -> None:
+    from calibrate.profile_writer import unheld_check
+
+    raw = synthetic_raw()
+    d = raw["models"]["olmoe-1b-7b"]["dense"]
+    d["held"], d["held_grid"] = False, [[True, True], [False, True]]
+    m = build_profile(raw, "x")["models"]["olmoe-1b-7b"]
+    assert m["dense"]["seconds"] == [[5e-5, 6e-5], [7e-5, 8e-5]]  # the device's, not the paced [[1e-4, ...]]
+    assert m["layer_overhead_s"] == 0.0
+    tokens, contexts = d["tokens"], d["context"]
+    warning = unheld_check(raw, "p.toml")
+    assert warning is not None and f"olmoe-1b-7b dense at {tokens[1]} tokens, context {contexts[0]}" in warning
+    assert build_profile(raw, "x")["provenance"]["unheld"] == [
+        f"olmoe-1b-7b dense at {tokens[1]} tokens, context {contexts[0]}"]
+    d["held_grid"] = [[True, True], [True, True]]
+    d["held"] = True
+    assert unheld_check(raw, "p.toml") is None
