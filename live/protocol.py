@@ -50,6 +50,7 @@ import attrs
 from emu.errors import EmuError
 from emu.runtime_profile import (
     NO_RUNTIME,
+    HostCosts,
     RuntimeProfile,
     drift_fraction,
     host_drift,
@@ -369,8 +370,54 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
         if share is not None:  # the device-paced decode's: the host's busy seconds over the passes' device time
             rows[-1]["host_share"] = float(share)
     data = {"schema": "moe-emu/validation/1", "gpu": gpu or "unknown", "gpu_kind": gpu_kind, "rows": rows}
+    checks = self_check([load_live_run(p) for p in records], profile, runtime, engine)
+    if checks:
+        data["self_check"] = checks
+        off = {m: c["errors"] for m, c in checks.items()
+               if abs(statistics.median(c["errors"])) > SELF_CHECK_TOLERANCE}
+        if off:
+            print(f"warning: {folder}: the emulator does not reproduce its calibration's own all-resident requests "
+                  f"within {SELF_CHECK_TOLERANCE:.0%} (" + "; ".join(
+                      f"{m} " + " ".join(f"{e:+.1%}" for e in errs) for m, errs in off.items()) +
+                  "): the device profile or the runtime profile misprices a part of the step", file=sys.stderr)
     (folder / "comparisons.json").write_text(json.dumps(data, indent=1) + "\n")
     return data
+
+
+#: how far the emulated all-resident step may be from the calibration's own resident requests (`self_check`)
+SELF_CHECK_TOLERANCE = 0.05
+
+
+def self_check(runs: list[Any], profile: Any, runtime: RuntimeProfile, engine: str = "fast") -> dict[str, Any]:
+    """Per model of the runtime profile, the emulated all-resident decode step against each of its calibration
+    requests' own all-resident request (the median step): that request's costs, the device profile, and a batch-1
+    run's routing with a slot for every expert (every decode access a hit but first touches; at batch 1 which
+    experts a layer runs does not change its time). In sample by design: it checks that the parts add up to the
+    step they were measured from, and judges no validated run; an error here is a mispriced part (a device table
+    at the host's pace, a host cost the device does not wait for). Models without a resident request or a
+    batch-1 run are left out."""
+    import numpy as np
+
+    from .validate import emulate_live
+
+    out: dict[str, Any] = {}
+    for model, prov in sorted(runtime.provenance.get("models", {}).items()):
+        run = next((r for r in runs if r.record.get("profile_model") == model and int(r.record.get("batch", 1)) == 1),
+                   None)
+        requests = [q for q in (prov.get("requests") or [prov]) if q.get("resident_request") and q.get("costs")]
+        if run is None or not requests:
+            continue
+        model_spec = run.record["model"]
+        every = attrs.evolve(run, record=run.record | {
+            "slots": int(model_spec["n_moe_layers"]) * int(model_spec["n_experts"]), "prefetch": "none"})
+        errors = []
+        for q in requests:
+            costs = HostCosts(**{k: v for k, v in q["costs"].items() if k in attrs.fields_dict(HostCosts)})
+            own = attrs.evolve(runtime, models=dict(runtime.models) | {model: costs})
+            emulated = float(np.median(emulate_live(every, profile, engine, own).decode_step_s))
+            errors.append(emulated / statistics.median(q["resident_request"]["decode_step_s"]) - 1)
+        out[model] = {"config": run.record.get("config"), "errors": errors}
+    return out
 
 
 def merge_parts(parts: list[Path], out: Path) -> Path:

@@ -123,6 +123,9 @@ class Dataset:
     gpu: str
     gpu_kind: str
     rows: tuple[Comparison, ...]
+    #: per row model, the emulated all-resident step's error against each calibration request's own resident
+    #: request (`live.protocol.self_check`: in sample, a check of the calibration, not a validation)
+    self_check: dict[str, tuple[float, ...]] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -300,7 +303,31 @@ def load_dataset(path: str | Path) -> Dataset:
         j = seen.setdefault((row.config, row.runtime), i)
         if j != i:
             raise r.fail(f"rows[{i}].config", f"{row.config!r} with runtime {row.runtime!r} repeats rows[{j}]")
-    return Dataset(str(file), file.parent.name, r.str_(top, "gpu", "gpu"), r.str_(top, "gpu_kind", "gpu_kind"), rows)
+    return Dataset(str(file), file.parent.name, r.str_(top, "gpu", "gpu"), r.str_(top, "gpu_kind", "gpu_kind"), rows,
+                   _self_check(r, top, rows))
+
+
+def _self_check(r: _Reader, top: dict[str, Any], rows: tuple[Comparison, ...]) -> dict[str, tuple[float, ...]]:
+    """The optional `self_check` object ({preset: {"config": a row's config, "errors": [fractions]}}), keyed by
+    the model name of the row it names."""
+    raw = top.get("self_check")
+    if raw is None:
+        return {}
+    out = {}
+    by_config = {row.config: row.model for row in rows}
+    for preset, entry in r.obj(raw, "self_check").items():
+        where = f"self_check.{preset}"
+        entry = r.obj(entry, where)
+        config = r.str_(entry, "config", f"{where}.config")
+        if config not in by_config:
+            raise r.fail(f"{where}.config", f"expected the config of a row, got {config!r}")
+        errors = r.get(entry, "errors", f"{where}.errors")
+        if not isinstance(errors, list) or not errors or any(
+                isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e) or e <= -1
+                for e in errors):
+            raise r.fail(f"{where}.errors", f"expected a non-empty list of fractions > -1, got {errors!r}")
+        out[by_config[config]] = tuple(float(e) for e in errors)
+    return out
 
 
 def find_datasets(path: str | Path) -> list[Path]:
@@ -421,11 +448,14 @@ def format_config_table(dataset: Dataset) -> str:
 def format_model_table(dataset: Dataset) -> str:
     """One Markdown row per (model, runtime) of a dataset: its configurations, the host share of a decode step
     (least .. most, where recorded), the host drift its calibration saw, the signed TTFT and decode errors' range
-    (least .. most) and how many agree on the counts."""
+    (least .. most), how many agree on the counts and, where the dataset has it, the self-check (the emulated
+    all-resident step against each calibration request's own)."""
     groups: dict[tuple[str, str], list[Comparison]] = {}
     for row in dataset.rows:
         groups.setdefault((row.model, row.runtime), []).append(row)
     head = ["model", "runtime", "configs", "host share", "host drift", "TTFT err", "decode err", "counts equal"]
+    if dataset.self_check:
+        head.append("self-check")
     body = []
     for (model, runtime), rows in groups.items():
         errs = [row_errors(r) for r in rows]
@@ -437,6 +467,8 @@ def format_model_table(dataset: Dataset) -> str:
         dec = [e.decode_err for e in errs]
         body.append([model, runtime, str(len(rows)), share, drift, f"{_pct(min(ttft))} .. {_pct(max(ttft))}",
                      f"{_pct(min(dec))} .. {_pct(max(dec))}", f"{sum(e.counts_equal for e in errs)}/{len(rows)}"])
+        if dataset.self_check:
+            body[-1].append(" / ".join(_pct(e) for e in dataset.self_check.get(model, ())) or "-")
     return _md_table(head, body)
 
 

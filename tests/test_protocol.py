@@ -415,3 +415,34 @@ def test_store_shares_traces_between_datasets(dataset: Path, tmp_path: Path) -> 
     shutil.copytree(dataset / "runs", d / "runs")
     assert main(["store", str(d), "--traces", str(tmp_path / "empty")]) == 2
     assert {p.name: p.read_text() for p in (d / "runs").glob("*.json")} == before
+
+
+def test_the_self_check_sets_the_emulated_resident_step_against_each_calibration_request(dataset: Path) -> None:
+    import copy
+
+    from emu.profile import load_profile
+    from live.protocol import self_check
+    from live.validate import load_live_run
+    from live.validation_set import format_model_table, load_dataset
+
+    runtime = load_runtime_profile(dataset / "calibration" / "hf-eager.toml")
+    profile = load_profile(ROOT / "scenarios" / "profiles" / "h100-pcie5.toml")
+    runs = [load_live_run(p) for p in sorted((dataset / "runs").glob("*.json"))]
+    checks = self_check(runs, profile, runtime)
+    assert list(checks) == ["olmoe-1b-7b"]
+    entry = checks["olmoe-1b-7b"]
+    assert entry["config"] in ("lru-25", "lfu-50-nl") and len(entry["errors"]) == 3  # a batch-1 run, each request
+    # a request whose resident steps took twice as long: its emulated step is half as far off, the others unmoved
+    prov = copy.deepcopy(runtime.provenance)
+    resident = prov["models"]["olmoe-1b-7b"]["requests"][0]["resident_request"]
+    resident["decode_step_s"] = [2 * s for s in resident["decode_step_s"]]
+    again = self_check(runs, profile, attrs.evolve(runtime, provenance=prov))["olmoe-1b-7b"]["errors"]
+    assert 1 + again[0] == pytest.approx((1 + entry["errors"][0]) / 2)
+    assert again[1:] == pytest.approx(entry["errors"][1:])
+    assert self_check([r for r in runs if r.record["batch"] > 1], profile, runtime) == {}  # no batch-1 run
+    # compare keeps it, the dataset's model table shows it
+    compare(dataset, ROOT / "scenarios" / "profiles" / "h100-pcie5.toml", dataset / "calibration" / "hf-eager.toml",
+            "cpu", "hf-eager")
+    ds = load_dataset(dataset)
+    assert ds.self_check == {runs[0].record["model"]["name"]: pytest.approx(tuple(entry["errors"]))}
+    assert "self-check" in format_model_table(ds).splitlines()[0]

@@ -222,6 +222,11 @@ def _bad(tmp_path: Path, mutate: Any) -> Path:
     (lambda r: r["rows"].__setitem__(0, "a"), "rows[0]"),
     (lambda r: r.update(rows=[]), "rows"),
     (lambda r: r.pop("gpu_kind"), "gpu_kind"),
+    (lambda r: r.update(self_check=[1]), "self_check"),
+    (lambda r: r.update(self_check={"m": {"config": "nope", "errors": [0.1]}}), "self_check.m.config"),
+    (lambda r: r.update(self_check={"m": {"config": r["rows"][0]["config"], "errors": []}}), "self_check.m.errors"),
+    (lambda r: r.update(self_check={"m": {"config": r["rows"][0]["config"], "errors": [-1.5]}}),
+     "self_check.m.errors"),
     (lambda r: r.update(schema="moe-emu/validation/0"), "schema"),
 ])
 def test_bad_input_is_one_error_line_naming_file_and_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
