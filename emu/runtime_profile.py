@@ -104,11 +104,19 @@ class RuntimeProfile:
     provenance: dict[str, Any] = attrs.field(factory=dict)
     source: str = ""
     experts: str = "per-expert"  # `EXPERT_KERNELS`
+    #: `prefetch_gate_s` of a named prefetch policy: the runtime's (`[host.prefetch_gate_by_policy]`) and each
+    #: model's (`[models.<m>.prefetch_gate_by_policy]`); a policy's decision work differs from another's
+    host_prefetch_gates: dict[str, float] = attrs.field(factory=dict)
+    prefetch_gates: dict[str, dict[str, float]] = attrs.field(factory=dict)
 
-    def resolve(self, model: ModelSpec | str) -> ResolvedHost:
-        """The model entry's costs over the runtime's, with the documented fallbacks."""
+    def resolve(self, model: ModelSpec | str, prefetch: str = "none") -> ResolvedHost:
+        """The model entry's costs over the runtime's, with the documented fallbacks; `prefetch`: the stack's
+        prefetch policy, whose own gate price (the model's, else the runtime's) comes before `prefetch_gate_s`."""
         name = model if isinstance(model, str) else model.name
         c = self.models.get(name, HostCosts()).over(self.host)
+        own = self.prefetch_gates.get(name, {}).get(prefetch, self.host_prefetch_gates.get(prefetch))
+        if own is not None:
+            c = attrs.evolve(c, prefetch_gate_s=own)
 
         def z(v: float | None) -> float:
             return 0.0 if v is None else float(v)
@@ -137,8 +145,12 @@ class RuntimeProfile:
 
         out: dict[str, Any] = {"schema": SCHEMA, "name": self.name, "provisional": self.provisional,
                                "experts": self.experts, "host": costs(self.host)}
-        if self.models:
+        if self.host_prefetch_gates:
+            out["host"][GATES_KEY] = dict(self.host_prefetch_gates)
+        if self.models or self.prefetch_gates:
             out["models"] = {name: costs(c) for name, c in self.models.items()}
+            for name, gates in self.prefetch_gates.items():
+                out["models"].setdefault(name, {})[GATES_KEY] = dict(gates)
         if self.provenance:
             out["provenance"] = dict(self.provenance)
         return out
@@ -148,15 +160,36 @@ class RuntimeProfile:
 NO_RUNTIME = RuntimeProfile(name="none")
 
 
-def _costs(r: _Reader) -> HostCosts:
-    values = {}
-    for key in HOST_KEYS:
-        v = r.number(key, None)
-        if v is not None and v > MAX_HOST_S:
-            raise r.err(key, f"expected host seconds per item (0 to {MAX_HOST_S}), got {v!r}")
-        values[key] = v
+#: the table of a host entry that prices `prefetch_gate_s` per prefetch policy, by the policy's name
+GATES_KEY = "prefetch_gate_by_policy"
+
+
+def _host_seconds(r: _Reader, key: str) -> float | None:
+    v = r.number(key, None)
+    if v is not None and v > MAX_HOST_S:
+        raise r.err(key, f"expected host seconds per item (0 to {MAX_HOST_S}), got {v!r}")
+    return v
+
+
+def _entry(r: _Reader) -> tuple[HostCosts, dict[str, float]]:
+    """A host entry: its costs and its per-policy gate prices (each a registered prefetch policy's name)."""
+    from .policies.registry import REGISTRY
+
+    values = {key: _host_seconds(r, key) for key in HOST_KEYS}
+    gates: dict[str, float] = {}
+    g = r.sub(GATES_KEY, None)
+    if g is not None:
+        names = sorted(REGISTRY.get("prefetch", {}))
+        for policy in list(g.table):
+            if policy not in names:
+                raise g.err(policy, f"expected a prefetch policy's name, one of {names}")
+            value = _host_seconds(g, policy)
+            if value is None:
+                raise g.err(policy, "expected host seconds per gate")
+            gates[policy] = value
+        g.done()
     r.done()
-    return HostCosts(**values)
+    return HostCosts(**values), gates
 
 
 def runtime_from_dict(data: dict[str, Any], *, file: str = "<runtime>") -> RuntimeProfile:
@@ -167,11 +200,14 @@ def runtime_from_dict(data: dict[str, Any], *, file: str = "<runtime>") -> Runti
         raise top.err("experts", f"expected one of {list(EXPERT_KERNELS)}, got {experts!r}")
     h = top.sub("host", {})
     assert h is not None
-    host = _costs(h)
-    models = top.tables("models", _costs)
+    host, host_gates = _entry(h)
+    entries = top.tables("models", _entry)
     top.done()
-    return RuntimeProfile(name=name, host=host, models=models, provisional=provisional, provenance=prov,
-                          source=file, experts=experts)
+    # an entry holding gate prices alone sets no cost of the model's
+    models = {m: e[0] for m, e in entries.items() if e[0] != HostCosts() or not e[1]}
+    return RuntimeProfile(name=name, host=host, models=models, provisional=provisional,
+                          provenance=prov, source=file, experts=experts, host_prefetch_gates=host_gates,
+                          prefetch_gates={m: e[1] for m, e in entries.items() if e[1]})
 
 
 def load_runtime_profile(path: str | Path) -> RuntimeProfile:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,8 @@ class ModelCalibration:
     n_layers: int
     costs: HostCosts
     raw: dict[str, Any]
+    #: `prefetch_gate_s` of each live prefetch policy measured on its own (`prefetch_gate_by_policy`)
+    gates: dict[str, float] = attrs.field(factory=dict)
 
 
 def parse_model_arg(value: str) -> tuple[str, int | None]:
@@ -136,6 +139,8 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
         runtime.prefetch = "none"
         runtime.reset()
     resident = resident_pf = None
+    resident_others: dict[str, _Request] = {}
+    gate_errors: dict[str, str] = {}
     keys = _resident_keys(runtime, missing, n_keys, decode)
     if _fits_every_expert(runtime, n_keys if keys is None else len(keys)):
         runtime.close()
@@ -145,6 +150,16 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
             resident = _timed_request(model, runtime, plan, prompt, dev, decode, preload=True, keys=keys)
             runtime.prefetch = PREFETCH  # every expert resident: the policy decides at each gate, issues nothing
             resident_pf = _timed_request(model, runtime, plan, prompt, dev, decode, preload=True, keys=keys)
+            for policy in gate_policies():  # each other policy's gate, over the same resident pool
+                runtime.prefetch = policy
+                try:
+                    resident_others[policy] = _timed_request(model, runtime, plan, prompt, dev, decode,
+                                                             preload=True, keys=keys)
+                except Exception as err:  # that policy stays unpriced (the generic price), said and recorded
+                    gate_errors[policy] = f"{type(err).__name__}: {err}"
+                    print(f"warning: {preset}: the {policy} prefetch policy's gate could not be timed ({err}); "
+                          "it takes the generic prefetch_gate_s", file=sys.stderr)
+                    runtime.close()
         finally:
             runtime.defer = True
             runtime.close()
@@ -174,6 +189,11 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     gate_step = None if resident_pf is None else resident_pf.per_gate_step_over(resident, shape.n_layers)
     if gate_step is not None:
         costs = attrs.evolve(costs, prefetch_gate_s=max(gate_step, 0.0))
+    # a policy that issued prefetches over the resident pool (it picks beyond what the request touched) has none
+    gates = {policy: max(step, 0.0) for policy, step in
+             [(PREFETCH, gate_step)] + [(p, r.per_gate_step_over(resident, shape.n_layers))
+                                        for p, r in resident_others.items() if resident is not None]
+             if step is not None}
     floor = issue_s or 0.0
     per_prefetch = [prefetching.per_prefetch_over(missing, phase, expert_s=e, copy_s=c,
                                                   gate_s=max(gate_work or 0.0, 0.0), n_layers=shape.n_layers)
@@ -192,11 +212,27 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
            "copy_s_within": missing.per_copy_within(),
            "prefill_copy_s_issue": missing.item(0, "copy"), "prefill_copy_s_per_miss": prefill_per_miss,
            "prefetch_gate_s_work": gate_work,
+           "prefetch_gate_by_policy": gates or None,
+           "prefetch_gate_errors": gate_errors or None,
+           "resident_policy_requests": {p: r.raw(shape.n_layers) for p, r in resident_others.items()} or None,
            **({} if issue_s is None else {"prefetch_s_issue": issue_s}),
            "prefetch_s_per_prefetch": {ph: x for ph, x in zip(("prefill", "decode"), per_prefetch) if x is not None},
            "prefetch_s_within": prefetching.per_prefetch_within()}
     raw = {k: v for k, v in raw.items() if v is not None}  # TOML has no null
-    return ModelCalibration(preset, shape.n_layers, costs, raw)
+    return ModelCalibration(preset, shape.n_layers, costs, raw, gates)
+
+
+def gate_policies() -> tuple[str, ...]:
+    """The live prefetch policies whose gate is priced on its own besides `PREFETCH`'s."""
+    from .cache_bridge import LIVE_PREFETCH
+
+    return tuple(p for p in LIVE_PREFETCH if p not in ("none", PREFETCH))
+
+
+def median_gates(gates: list[dict[str, float]]) -> dict[str, float]:
+    """Each policy's median over the entries that price it."""
+    names = sorted({p for g in gates for p in g})
+    return {p: float(statistics.median([g[p] for g in gates if p in g])) for p in names}
 
 
 def _resident_keys(runtime: Any, missing: _Request, n_keys: int, decode: str) -> np.ndarray | None:
@@ -506,7 +542,8 @@ def merge(cals: list[ModelCalibration]) -> ModelCalibration:
     measured = [{k: v for k, v in attrs.asdict(c.costs).items() if v is not None} for c in cals]
     return ModelCalibration(cals[0].preset, cals[0].n_layers, costs,
                             {"requests": [c.raw | {"costs": m} for c, m in zip(cals, measured)],
-                             "spread": spread, "statistic": f"median of {len(cals)} requests"})
+                             "spread": spread, "statistic": f"median of {len(cals)} requests"},
+                            median_gates([c.gates for c in cals]))
 
 
 def _prefetch_issue(runtime: Any, model: Any, shape: Any, plan: Any, dev: Any, seed: int) -> float | None:
@@ -547,8 +584,10 @@ def runtime_profile(name: str, calibrations: list[ModelCalibration], device_name
             "models": {c.preset: dict(c.raw, n_layers=c.n_layers) for c in calibrations}}
     # the fused kernel runs a layer's experts as one grouped GEMM: the hardware profile's fused table prices it
     experts = "fused" if prov["kernel"] == "fused" else "per-expert"
+    gates = {c.preset: c.gates for c in calibrations if c.gates}
     return RuntimeProfile(name=name, host=host, models={c.preset: c.costs for c in calibrations},
-                          provenance=prov, experts=experts)
+                          provenance=prov, experts=experts, prefetch_gates=gates,
+                          host_prefetch_gates=median_gates(list(gates.values())))
 
 
 def _mode_of(calibrations: list[ModelCalibration], key: str) -> str:

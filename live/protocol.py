@@ -427,7 +427,7 @@ def merge_parts(parts: list[Path], out: Path) -> Path:
     calibration file (a name in several parts gets the part's folder name before its suffix)."""
     import shutil
 
-    from .host_calibration import _median_costs, write_runtime_profile
+    from .host_calibration import _median_costs, median_gates, write_runtime_profile
 
     if len(parts) < 2:
         raise EmuError("expected two or more part folders", key="parts")
@@ -463,6 +463,7 @@ def merge_parts(parts: list[Path], out: Path) -> Path:
             shutil.copy2(f, out / "calibration" / target)
     for name, rts in profiles.items():
         models: dict[str, Any] = {}
+        gates: dict[str, dict[str, float]] = {}
         cal_models: dict[str, Any] = {}
         for rt in rts:
             for model, costs in rt.models.items():
@@ -470,6 +471,7 @@ def merge_parts(parts: list[Path], out: Path) -> Path:
                     raise EmuError(f"runtime profile {name}: model {model!r} calibrated in more than one part",
                                    key="parts")
                 models[model] = costs
+            gates.update(rt.prefetch_gates)
             cal_models.update(rt.provenance.get("models", {}))
         devices = {rt.provenance.get("device") for rt in rts}
         if len(devices) > 1:
@@ -477,7 +479,8 @@ def merge_parts(parts: list[Path], out: Path) -> Path:
                            "the parts are not one lease's", key="parts")
         host, _spread = _median_costs(list(models.values()))
         prov = dict(rts[0].provenance) | {"models": cal_models, "parts": [str(p) for p in parts]}
-        write_runtime_profile(attrs.evolve(rts[0], host=host, models=models, provenance=prov),
+        write_runtime_profile(attrs.evolve(rts[0], host=host, models=models, provenance=prov, prefetch_gates=gates,
+                                           host_prefetch_gates=median_gates(list(gates.values()))),
                               out / "calibration" / name)
     return out
 

@@ -91,6 +91,25 @@ def test_the_runtime_calibration_measures_every_host_item(dataset: Path) -> None
         assert "prefetch_gate_s_work" in req
     layer = sorted(req["costs"]["layer_s"] for req in requests)
     assert costs.layer_s == pytest.approx(layer[1]) and raw["spread"]["layer_s"] == pytest.approx([layer[0], layer[2]])
+    # each live prefetch policy's gate on its own, over the same resident pool: what it adds to the median step
+    # per layer; a policy that issued prefetches there (it picks beyond the request's keys) is left unpriced
+    for req in requests:
+        base = statistics.median(req["resident_request"]["decode_step_s"])
+        others = req["resident_policy_requests"]
+        assert "next-layer" not in others and "none" not in others and len(others) >= 4
+        gates = req["prefetch_gate_by_policy"]
+        assert gates["next-layer"] == req["costs"]["prefetch_gate_s"]
+        for policy, r in others.items():
+            if r["prefetches"][1]:
+                assert policy not in gates
+            else:
+                added = (statistics.median(r["decode_step_s"]) - base) / raw["n_layers"]
+                assert gates[policy] == pytest.approx(max(added, 0.0))
+    for policy, price in rt.prefetch_gates["olmoe-1b-7b"].items():  # the median of the requests that price it
+        assert price == pytest.approx(statistics.median(
+            [q["prefetch_gate_by_policy"][policy] for q in requests if policy in q["prefetch_gate_by_policy"]]))
+    assert rt.host_prefetch_gates == rt.prefetch_gates["olmoe-1b-7b"]  # one model: the runtime's are its own
+    assert "topk" in rt.prefetch_gates["olmoe-1b-7b"]
     for req in requests:  # every request prices a prefetch from its prefetching run, never below the issue alone
         assert req["prefetch_request"]["prefetches"][1] > 0
         assert req["costs"]["prefetch_s"] >= req["prefetch_s_issue"] > 0
@@ -360,7 +379,9 @@ def test_merge_joins_a_matrix_run_in_parts(dataset: Path, tmp_path: Path) -> Non
 
     rt_b = load_runtime_profile(dataset / "calibration" / "hf-eager.toml")
     costs_b = attrs.evolve(rt_b.models["olmoe-1b-7b"], expert_s=2e-3)
-    write_runtime_profile(attrs.evolve(rt_b, models={"qwen3-30b-a3b": costs_b}), b / "calibration" / "hf-eager.toml")
+    gates_b = {"qwen3-30b-a3b": {"topk": 9e-4}}
+    write_runtime_profile(attrs.evolve(rt_b, models={"qwen3-30b-a3b": costs_b}, prefetch_gates=gates_b),
+                          b / "calibration" / "hf-eager.toml")
     merged = merge_parts([a, b], tmp_path / "m")
     assert sorted(p.stem for p in (merged / "runs").glob("*.json")) == ["lfu-50-nl", "lru-25", "lru-25-b2"]
     assert len(list((merged / "traces").glob("*"))) == len(list((dataset / "traces").glob("*")))
@@ -369,6 +390,9 @@ def test_merge_joins_a_matrix_run_in_parts(dataset: Path, tmp_path: Path) -> Non
     assert rt.models["qwen3-30b-a3b"].expert_s == 2e-3
     own = rt.models["olmoe-1b-7b"].expert_s
     assert rt.host.expert_s == pytest.approx((own + 2e-3) / 2)  # the median of the two models
+    own_topk = rt.prefetch_gates["olmoe-1b-7b"]["topk"]  # each model's gate prices, the runtime's their median
+    assert rt.prefetch_gates["qwen3-30b-a3b"] == {"topk": 9e-4}
+    assert rt.host_prefetch_gates["topk"] == pytest.approx((own_topk + 9e-4) / 2)
     with pytest.raises(EmuError, match="more than one part"):  # a configuration in two parts
         merge_parts([a, a], tmp_path / "twice")
 

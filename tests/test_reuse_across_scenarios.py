@@ -35,8 +35,8 @@ def test_shared_timing_is_built_once_per_profile_runtime_and_model() -> None:
     assert shared_timing(profile, model, precisions) is first
     assert shared_timing(profile, attrs.evolve(model), precisions) is first  # an equal model
     assert _same(first, timing(profile, model, precisions))  # what a fresh build gives
-    prefetching = shared_timing(profile, model, precisions, prefetching=True)
-    assert prefetching is not first and _same(prefetching, timing(profile, model, precisions, prefetching=True))
+    prefetching = shared_timing(profile, model, precisions, prefetch="next-layer")
+    assert prefetching is not first and _same(prefetching, timing(profile, model, precisions, prefetch="next-layer"))
     other = attrs.evolve(profile)  # another profile object: its own tables, never the first one's
     assert shared_timing(profile, get_preset("mixtral-8x7b"), precisions_for(get_preset("mixtral-8x7b"))) \
         is not first

@@ -43,6 +43,38 @@ def test_round_trip(tmp_path: Path) -> None:
     assert load_runtime_profile(path).experts == "per-expert"  # a profile that does not say: one kernel each
 
 
+def test_a_prefetch_policys_own_gate_price_comes_before_the_generic_one(tmp_path: Path) -> None:
+    import tomli_w
+
+    rt = runtime_from_dict({"name": "r", "host": {"prefetch_gate_s": 1e-5,
+                                                  "prefetch_gate_by_policy": {"topk": 2e-5, "multi-look": 6e-5}},
+                            "models": {"m": {"prefetch_gate_s": 3e-5, "prefetch_gate_by_policy": {"topk": 4e-5}}}})
+    assert rt.resolve("m", "topk").prefetch_gate_s == 4e-5  # the model's own price for the policy
+    assert rt.resolve("m", "multi-look").prefetch_gate_s == 6e-5  # else the runtime's for the policy
+    assert rt.resolve("m", "next-layer").prefetch_gate_s == 3e-5  # else the generic one, the model's
+    assert rt.resolve("x", "topk").prefetch_gate_s == 2e-5 and rt.resolve("x", "next-layer").prefetch_gate_s == 1e-5
+    path = tmp_path / "r.toml"
+    path.write_text(tomli_w.dumps(rt.to_dict()))
+    back = load_runtime_profile(path)
+    assert (back.host_prefetch_gates, back.prefetch_gates) == (rt.host_prefetch_gates, rt.prefetch_gates)
+    assert back.resolve("m", "topk") == rt.resolve("m", "topk")
+
+
+def test_the_engine_charges_the_stacks_own_policy_at_every_gate() -> None:
+    from emu.engines.setup import SCAL, precisions_for, timing
+    from emu.models import PRESETS
+    from emu.profile import load_profile
+
+    profile = load_profile(ROOT / "scenarios" / "profiles" / "h100-pcie5.toml")
+    model = PRESETS["olmoe-1b-7b"]
+    rt = runtime_from_dict({"name": "r", "host": {"readback_s": 1e-5, "gate_s": 2e-5, "prefetch_gate_s": 3e-5,
+                                                  "prefetch_gate_by_policy": {"topk": 7e-5}}})
+    precisions = precisions_for(model)
+    readback = {p: timing(profile, model, precisions, rt, p).scal[SCAL.HOST_READBACK_S]
+                for p in ("none", "next-layer", "topk")}
+    assert readback == pytest.approx({"none": 3e-5, "next-layer": 6e-5, "topk": 1e-4})
+
+
 @pytest.mark.parametrize(("text", "key", "what"), [
     ('name = "r"\n[host]\ncopy_s = -1.0\n', "host.copy_s", "non-negative"),
     ('name = "r"\n[host]\ncopy_s = 2.0\n', "host.copy_s", "host seconds per item"),
@@ -52,6 +84,13 @@ def test_round_trip(tmp_path: Path) -> None:
     ('schema = "x"\nname = "r"\n', "schema", "moe-emu/runtime/1"),
     ('name = "r"\n[host]\ncopy_s = nan\n', "host.copy_s", "finite"),
     ('name = "r"\nexperts = "grouped"\n', "experts", "per-expert"),
+    ('name = "r"\n[host.prefetch_gate_by_policy]\ntopq = 1e-5\n', "host.prefetch_gate_by_policy.topq",
+     "prefetch policy"),
+    ('name = "r"\n[models.m.prefetch_gate_by_policy]\ntopk = -1e-5\n', "models.m.prefetch_gate_by_policy.topk",
+     "non-negative"),
+    ('name = "r"\n[models.m.prefetch_gate_by_policy]\ntopk = 3.0\n', "models.m.prefetch_gate_by_policy.topk",
+     "host seconds per item"),
+    ('name = "r"\n[host]\nprefetch_gate_by_policy = 1e-5\n', "host.prefetch_gate_by_policy", "table"),
 ])
 def test_bad_runtime_profiles_name_file_and_key(tmp_path: Path, text: str, key: str, what: str) -> None:
     path = tmp_path / "bad.toml"

@@ -115,9 +115,10 @@ def _pad(curves: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ...],
-           runtime: RuntimeProfile = NO_RUNTIME, prefetching: bool = False) -> Any:
+           runtime: RuntimeProfile = NO_RUNTIME, prefetch: str = "none") -> Any:
     """The device's times from the hardware profile and the host's from the runtime profile, as arrays;
-    `prefetching`: the stack runs a prefetch policy (its gates cost the runtime's `prefetch_gate_s` more)."""
+    `prefetch`: the stack's prefetch policy (other than "none", its gates cost the runtime's `prefetch_gate_s`
+    for that policy more)."""
     copy_s = np.array([profile.copy_seconds(model.expert_bytes(p)) for p in precisions])
     sizes = layer_prec_bytes(model, precisions)
     times = {int(b): profile.copy_seconds(int(b)) for b in np.unique(sizes)}  # one per distinct size
@@ -138,7 +139,7 @@ def timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ..
     scal[SCAL.PASS_OVERHEAD_S] = model_overhead(profile, model, "pass_overhead_s")
     scal[SCAL.LAYER_OVERHEAD_S] = model_overhead(profile, model, "layer_overhead_s")
     scal[SCAL.N_DENSE_LAYERS] = float(model.n_dense_layers)
-    host = runtime.resolve(model)
+    host = runtime.resolve(model, prefetch)
     scal[SCAL.DECODE_COPY_ISSUE_S] = host.copy_s
     scal[SCAL.DECODE_PREFETCH_ISSUE_S] = host.prefetch_s
     scal[SCAL.PREFILL_COPY_ISSUE_S] = host.prefill_copy_s
@@ -146,7 +147,7 @@ def timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ..
     scal[SCAL.HOST_PASS_S] = host.pass_s
     scal[SCAL.HOST_LAYER_S] = host.layer_s
     # a prefetch policy's own work at every gate, where the stack has one
-    gate_pf = host.prefetch_gate_s if prefetching else 0.0
+    gate_pf = host.prefetch_gate_s if prefetch != "none" else 0.0
     scal[SCAL.HOST_READBACK_S] = host.readback_s + host.gate_s + gate_pf
     scal[SCAL.DECODE_EXPERT_HOST_S] = host.expert_s
     scal[SCAL.PREFILL_EXPERT_HOST_S] = host.prefill_expert_s
@@ -162,7 +163,7 @@ def layer_prec_bytes(model: ModelSpec, precisions: tuple[str, ...]) -> np.ndarra
     return np.ascontiguousarray(np.array([model.layer_bytes(p) for p in precisions], np.int64).T)
 
 
-#: the last few `timing` results, by (profile, runtime) identity and (model, precisions, prefetching) value,
+#: the last few `timing` results, by (profile, runtime) identity and (model, precisions, prefetch policy) value,
 #: each with the profile and runtime it was built from: many scenarios of one `emu run` or sweep share them, and
 #: the engines and policies only read a Timing
 _TIMINGS: dict[tuple[Any, ...], tuple[HardwareProfile, RuntimeProfile, Any]] = {}
@@ -170,16 +171,16 @@ _TIMINGS_KEPT = 16
 
 
 def shared_timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ...],
-                  runtime: RuntimeProfile = NO_RUNTIME, prefetching: bool = False) -> Any:
+                  runtime: RuntimeProfile = NO_RUNTIME, prefetch: str = "none") -> Any:
     """`timing(...)`, built once for the same profile and runtime objects and an equal model."""
-    key = (id(profile), id(runtime), model, precisions, prefetching)
+    key = (id(profile), id(runtime), model, precisions, prefetch)
     try:
         hit = _TIMINGS.get(key)
     except TypeError:  # a model holding an unhashable value: built afresh
-        return timing(profile, model, precisions, runtime, prefetching)
+        return timing(profile, model, precisions, runtime, prefetch)
     if hit is not None and hit[0] is profile and hit[1] is runtime:
         return hit[2]
-    tm = timing(profile, model, precisions, runtime, prefetching)
+    tm = timing(profile, model, precisions, runtime, prefetch)
     if len(_TIMINGS) >= _TIMINGS_KEPT:
         _TIMINGS.clear()
     _TIMINGS[key] = (profile, runtime, tm)
@@ -191,7 +192,7 @@ def make_inputs(model: ModelSpec, profile: HardwareProfile, trace: RoutingTrace,
     precisions = precisions_for(model)
     return SimInputs(model=model, profile=profile, trace=trace, capacity_bytes=int(capacity_bytes),
                      stack=stack, seed=seed, precisions=precisions, tv=trace_view(trace, reads_logits(stack)),
-                     tm=shared_timing(profile, model, precisions, runtime, stack.prefetch.name != "none"),
+                     tm=shared_timing(profile, model, precisions, runtime, stack.prefetch.name),
                      runtime=runtime)
 
 
