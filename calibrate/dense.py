@@ -4,7 +4,8 @@ Dense part, as a Llama-style decoder layer runs it in eager torch: RMSNorm (fp32
 projections (+ q/k RMSNorm where the model has it), rotary embedding, KV-cache write, SDPA over the
 cache (context + new tokens, causal lower-right for several new tokens), output projection and
 residual, the post-attention RMSNorm, the router gate matmul and, where the model has them, the
-shared experts. `context` is the number of tokens already in the KV cache before the pass.
+shared experts (Qwen2-MoE's scaled by a sigmoid gate of its own). `context` is the number of tokens already in the
+KV cache before the pass.
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ def _layer_weights(bench: Bench, model: CalibModel) -> dict[str, Any]:
     if spec.n_shared_experts and spec.shared_intermediate:
         w["shared"] = make_expert_weights(bench, spec, bench.torch.bfloat16,
                                           spec.n_shared_experts * spec.shared_intermediate)
+        if a.shared_gate:
+            w["shared_gate"] = bench.randn(1, h, scale=s)
     return w
 
 
@@ -116,6 +119,7 @@ def _layer_bytes(model: CalibModel) -> int:
     h = spec.hidden
     n = h * (2 * a.heads * a.head_dim + 2 * a.kv_heads * a.head_dim + spec.n_experts)
     n += spec.expert_matrices * h * spec.n_shared_experts * spec.shared_intermediate
+    n += h if a.shared_gate and spec.n_shared_experts else 0
     return 2 * n
 
 
@@ -155,7 +159,9 @@ def measure_dense(bench: Bench, model: CalibModel, tokens: list[int], contexts: 
             y = x + f.linear(o, w["wo"])
             h2 = rms_norm(torch, y, w["ln2"])
             logits = f.linear(h2, w["router"])
-            if "shared" in w:
+            if "shared_gate" in w:  # Qwen2-MoE: the shared expert scaled by a sigmoid gate of its own
+                y = y + torch.sigmoid(f.linear(h2, w["shared_gate"])) * ffn(torch, h2, w["shared"])
+            elif "shared" in w:
                 y = y + ffn(torch, h2, w["shared"])
             return y, logits
 

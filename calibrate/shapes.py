@@ -25,6 +25,8 @@ class AttentionShape:
     vocab: int
     #: routing weights renormalized over the top-k (Mixtral, norm_topk_prob)
     norm_topk: bool
+    #: the shared expert's output scaled by a sigmoid gate of its own (Qwen2-MoE's shared_expert_gate)
+    shared_gate: bool = False
 
 
 ATTENTION: dict[str, AttentionShape] = {
@@ -32,8 +34,9 @@ ATTENTION: dict[str, AttentionShape] = {
     "olmoe-1b-7b": AttentionShape(16, 16, 128, True, 50304, False),
     # mistralai/Mixtral-8x7B-v0.1: 32 heads, 8 kv heads, hidden 4096, vocab 32000; top-2 renormalized
     "mixtral-8x7b": AttentionShape(32, 8, 128, False, 32000, True),
-    # Qwen/Qwen1.5-MoE-A2.7B: 16 heads, 16 kv heads, hidden 2048, vocab 151936, norm_topk_prob false
-    "qwen1.5-moe-a2.7b": AttentionShape(16, 16, 128, False, 151936, False),
+    # Qwen/Qwen1.5-MoE-A2.7B: 16 heads, 16 kv heads, hidden 2048, vocab 151936, norm_topk_prob false; the shared
+    # expert gated by sigmoid(shared_expert_gate(x)) (Qwen2MoeSparseMoeBlock)
+    "qwen1.5-moe-a2.7b": AttentionShape(16, 16, 128, False, 151936, False, shared_gate=True),
     # microsoft/Phi-3.5-MoE-instruct: 32 heads, 8 kv heads, hidden 4096, vocab 32064
     "phi-3.5-moe": AttentionShape(32, 8, 128, False, 32064, True),
     # Qwen/Qwen3-30B-A3B: 32 heads, 4 kv heads, head_dim 128, qk-norm, vocab 151936, norm_topk_prob true
@@ -42,7 +45,7 @@ ATTENTION: dict[str, AttentionShape] = {
     "switch-base-128": AttentionShape(12, 12, 64, False, 32128, False),
 }
 
-_ATTENTION_KEYS = ("heads", "kv_heads", "head_dim", "qk_norm", "vocab", "norm_topk")
+_ATTENTION_KEYS = ("heads", "kv_heads", "head_dim", "qk_norm", "vocab", "norm_topk", "shared_gate")
 
 
 @attrs.frozen
@@ -67,7 +70,7 @@ def _parse_value(text: str) -> Any:
 
 def parse_model(arg: str) -> CalibModel:
     """`NAME` (a preset) or `NAME:key=value,...` (preset=..., ModelSpec fields, heads, kv_heads,
-    head_dim, qk_norm, vocab, norm_topk) for a shape of one's own."""
+    head_dim, qk_norm, vocab, norm_topk, shared_gate) for a shape of one's own."""
     if ":" not in arg:
         spec = get_preset(arg)
         if spec.name not in ATTENTION:
@@ -90,11 +93,14 @@ def parse_model(arg: str) -> CalibModel:
     defaults = {"heads": heads, "kv_heads": base.kv_heads if base else heads,
                 "head_dim": base.head_dim if base else hidden // heads,
                 "qk_norm": base.qk_norm if base else False, "vocab": base.vocab if base else 32000,
-                "norm_topk": base.norm_topk if base else False}
+                "norm_topk": base.norm_topk if base else False, "shared_gate": base.shared_gate if base else False}
     defaults.update(attn)
     for key in ("heads", "kv_heads", "head_dim", "vocab"):
         if not isinstance(defaults[key], int) or defaults[key] < 1:
             raise EmuError(f"expected a positive integer, got {defaults[key]!r}", key=f"model {name}.{key}")
+    for key in ("qk_norm", "norm_topk", "shared_gate"):
+        if not isinstance(defaults[key], bool):
+            raise EmuError(f"expected true or false, got {defaults[key]!r}", key=f"model {name}.{key}")
     if defaults["heads"] % defaults["kv_heads"]:
         raise EmuError("heads must be a multiple of kv_heads", key=f"model {name}.kv_heads")
     return CalibModel(spec, AttentionShape(**defaults))

@@ -205,3 +205,24 @@ def test_runtime_calibration_warns_when_its_resident_request_ran_on_a_slowed_hos
                             "m": {"resident_request": {"decode_step_s": [0.02]}, "decode_step_s": [0.03]}}}))
     assert main(["--runtime", "hf-eager", "--device", "cpu", "--out", str(out)]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_gated_shared_expert_is_timed_with_its_gate() -> None:
+    assert parse_model("qwen1.5-moe-a2.7b").attention.shared_gate is True  # Qwen2-MoE's shared_expert_gate
+    assert parse_model("olmoe-1b-7b").attention.shared_gate is False
+    shape = ("g:preset=qwen1.5-moe-a2.7b,hidden=64,expert_intermediate=32,n_experts=8,top_k=2,n_moe_layers=1,"
+             "shared_intermediate=48,heads=2,kv_heads=2,head_dim=32,vocab=128")
+    gated = parse_model(shape)
+    assert gated.attention.shared_gate is True and gated.spec.n_shared_experts == 1
+    plain = parse_model(shape + ",shared_gate=false")
+    with pytest.raises(EmuError, match="true or false"):
+        parse_model(shape + ",shared_gate=3")
+    pytest.importorskip("torch")
+    from calibrate.bench import Bench
+    from calibrate.dense import _layer_bytes, _layer_weights, measure_dense
+
+    bench = Bench("cpu")
+    assert "shared_gate" in _layer_weights(bench, gated) and "shared_gate" not in _layer_weights(bench, plain)
+    assert _layer_bytes(gated) == _layer_bytes(plain) + 2 * 64  # the gate's one row of weights
+    out = measure_dense(bench, gated, [1, 4], [8], repeats=1, rotate_bytes=1, tick=lambda _: None)
+    assert all(s > 0 for row in out["seconds"] for s in row)
