@@ -314,6 +314,7 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
 
     from .validate import emulate_live, live_model, load_live_run
     from .validate_cli import roofline_warning
+    from .validation_set import SELF_CHECK_TOLERANCE
 
     profile = load_profile(profile_path)
     untrusted = profile_copy_warning(profile)
@@ -382,10 +383,6 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
                   "): the device profile or the runtime profile misprices a part of the step", file=sys.stderr)
     (folder / "comparisons.json").write_text(json.dumps(data, indent=1) + "\n")
     return data
-
-
-#: how far the emulated all-resident step may be from the calibration's own resident requests (`self_check`)
-SELF_CHECK_TOLERANCE = 0.05
 
 
 def self_check(runs: list[Any], profile: Any, runtime: RuntimeProfile, engine: str = "fast") -> dict[str, Any]:

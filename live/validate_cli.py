@@ -269,6 +269,7 @@ def run_summary(args: argparse.Namespace) -> int:
     from emu.runtime_profile import HOST_DRIFT_TOLERANCE
 
     from .validation_set import (
+        SELF_CHECK_TOLERANCE,
         find_datasets,
         format_config_table,
         format_model_table,
@@ -291,12 +292,18 @@ def run_summary(args: argparse.Namespace) -> int:
     steady_table = (f"On a steady host (the configurations whose runtime calibration saw the host's pace within "
                     f"{HOST_DRIFT_TOLERANCE:.0%}, `host_drift`):\n\n{format_summary_table(list(steady.values()))}"
                     if steady else "No configuration's runtime calibration found the host steady.")
+    sound = {(r.gpu, r.runtime): r for r in summarize(datasets, sound=True)}
+    if sound:  # both decided from the calibration alone, never from the validated runs
+        steady_table += (f"\n\nOn a steady host with a calibration that composes its own step (the self-check within "
+                         f"{SELF_CHECK_TOLERANCE:.0%} for the row's model):\n\n"
+                         f"{format_summary_table(list(sound.values()))}")
     if args.write_docs is not None:
         write_docs_summary(args.write_docs, f"{table}\n\n{steady_table}")
     if args.json:
         out = [r.to_json() for r in rows]
         for obj, r in zip(out, rows):  # the same figures over the configurations calibrated on a steady host
             obj["extra"]["steady"] = steady[(r.gpu, r.runtime)].to_json() if (r.gpu, r.runtime) in steady else None
+            obj["extra"]["sound"] = sound[(r.gpu, r.runtime)].to_json() if (r.gpu, r.runtime) in sound else None
         print(json.dumps(out, indent=1))
         return 0
     for ds in datasets:

@@ -43,6 +43,10 @@ from emu.runtime_profile import HOST_DRIFT_TOLERANCE
 from .validation_stats import TostResult, ks_pvalue, ks_statistic, quantile_errors, tost_equivalent
 
 SCHEMA = "moe-emu/validation/1"
+
+#: how far the emulated all-resident step may be from the calibration's own resident requests (the self-check,
+#: `live.protocol.self_check`, median over the requests) for the calibration to count as composing its step
+SELF_CHECK_TOLERANCE = 0.05
 FILENAME = "comparisons.json"
 #: counts every row holds, each as [live, emulated]
 COUNT_KEYS = ("hits", "accesses", "copies", "prefetch_issued")
@@ -371,14 +375,26 @@ def row_errors(row: Comparison) -> RowErrors:
                      step_p50_err=p50, step_p99_err=p99, counts_equal=counts_equal(row))
 
 
-def summarize(datasets: Iterable[Dataset], per_dataset: bool = False, steady: bool = False) -> list[SummaryRow]:
+def self_consistent(dataset: Dataset, row: Comparison) -> bool:
+    """Whether the row's model passed its dataset's self-check: the emulated all-resident step within
+    `SELF_CHECK_TOLERANCE` of the calibration's own resident requests (their median error; decided from the
+    calibration alone). False where the dataset has no self-check for the model."""
+    errors = dataset.self_check.get(row.model)
+    return bool(errors) and abs(statistics.median(errors)) <= SELF_CHECK_TOLERANCE
+
+
+def summarize(datasets: Iterable[Dataset], per_dataset: bool = False, steady: bool = False,
+              sound: bool = False) -> list[SummaryRow]:
     """One row per (GPU kind, runtime) over all datasets, sorted by both; `per_dataset`: one per dataset too
     (leases of one runtime mode may differ in how they were calibrated); `steady`: only the configurations whose
-    calibration found the host steady (`Calibration.steady`, decided from the calibration requests alone)."""
+    calibration found the host steady (`Calibration.steady`, decided from the calibration requests alone);
+    `sound`: only those whose calibration is steady and composes its own resident step (`self_consistent`)."""
     groups: dict[tuple[str, str, str], list[tuple[Dataset, Comparison, RowErrors]]] = {}
     for ds in datasets:
         for row in ds.rows:
-            if steady and not row.calibration.steady:
+            if (steady or sound) and not row.calibration.steady:
+                continue
+            if sound and not self_consistent(ds, row):
                 continue
             key = (ds.gpu_kind, row.runtime, ds.name if per_dataset else "")
             groups.setdefault(key, []).append((ds, row, row_errors(row)))

@@ -414,3 +414,32 @@ def test_the_model_table_gives_each_models_error_ranges_drift_and_counts(tmp_pat
     assert table[4] == "| olmoe-1b-7b | hf-graph | 1 | 0.87 .. 0.87 | - | +0.0% .. +0.0% | +0.0% .. +0.0% | 0/1 |"
     assert _cli(["--summary", str(tmp_path / "v")]) == 0
     assert "By model:\n\n" + format_model_table(ds) in capsys.readouterr().out
+
+
+def test_the_sound_summary_keeps_steady_rows_whose_calibration_composes_its_own_step(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from live.validation_set import SELF_CHECK_TOLERANCE, self_consistent
+
+    def of(r: dict[str, Any], model: str, drift: float = 0.02) -> dict[str, Any]:
+        r["model"], r["calibration"]["host_drift"] = model, drift
+        return r
+
+    root = tmp_path / "validation"
+    d = write(root, "2026-12-06-h100", [of(row("good", decode=1.02), "m1"), of(row("off", decode=1.30), "m2"),
+                                        of(row("edge", decode=0.97), "m3"), of(row("unchecked", decode=0.5), "m4"),
+                                        of(row("drifted", decode=1.02), "m1", drift=0.5)])
+    raw = json.loads((d / "comparisons.json").read_text())
+    # m2's step composes 8% short in two of three requests; m3 within the tolerance at the median; m4 unchecked
+    raw["self_check"] = {"p1": {"config": "good", "errors": [0.01, -0.02, 0.0]},
+                         "p2": {"config": "off", "errors": [-0.08, -0.08, 0.0]},
+                         "p3": {"config": "edge", "errors": [SELF_CHECK_TOLERANCE, -0.2, 0.2]}}
+    (d / "comparisons.json").write_text(json.dumps(raw))
+    ds = load_dataset(d)
+    assert [self_consistent(ds, r) for r in ds.rows] == [True, False, True, False, True]
+    (sound,) = summarize([ds], sound=True)  # steady and self-consistent: "good" and "edge"
+    assert sound.n_configs == 2 and sound.decode_max == pytest.approx(0.03)
+    assert main(["validate", "--summary", str(root), "--json"]) == 0
+    (obj,) = json.loads(capsys.readouterr().out)
+    assert obj["extra"]["sound"]["n_configs"] == 2 and obj["extra"]["steady"]["n_configs"] == 4
+    assert main(["validate", "--summary", str(root)]) == 0
+    assert "composes its own step" in capsys.readouterr().out
