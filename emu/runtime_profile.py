@@ -173,12 +173,12 @@ def _host_seconds(r: _Reader, key: str) -> float | None:
 
 def _entry(r: _Reader) -> tuple[HostCosts, dict[str, float]]:
     """A host entry: its costs and its per-policy gate prices (each a registered prefetch policy's name)."""
-    from .policies.registry import REGISTRY
-
     values = {key: _host_seconds(r, key) for key in HOST_KEYS}
     gates: dict[str, float] = {}
     g = r.sub(GATES_KEY, None)
     if g is not None:
+        from .policies.registry import REGISTRY
+
         names = sorted(REGISTRY.get("prefetch", {}))
         for policy in list(g.table):
             if policy not in names:
