@@ -510,7 +510,12 @@ def store_traces(folder: Path, store: Path) -> int:
     relative = Path(os.path.relpath(store.resolve(), runs.resolve()))
     records = []
     for path in sorted(runs.glob("*.json")):
-        rec = json.loads(path.read_text())
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise EmuError(f"cannot read the run record: {err}", file=str(path)) from None
+        if not isinstance(rec, dict):
+            raise EmuError("expected a JSON object (a run record)", file=str(path))
         fp = rec.get("trace_fingerprint")
         if not isinstance(fp, str) or not (store / f"{fp}.npz").is_file():
             raise EmuError(f"the trace of this record ({fp}) is in neither the folder nor the store",

@@ -439,6 +439,10 @@ def test_store_shares_traces_between_datasets(dataset: Path, tmp_path: Path) -> 
     shutil.copytree(dataset / "runs", d / "runs")
     assert main(["store", str(d), "--traces", str(tmp_path / "empty")]) == 2
     assert {p.name: p.read_text() for p in (d / "runs").glob("*.json")} == before
+    (d / "runs" / "broken.json").write_text("{not json")  # a record that is not JSON: one error naming it
+    with pytest.raises(EmuError, match="cannot read the run record") as err:
+        store_traces(d, store)
+    assert err.value.file == str(d / "runs" / "broken.json")
 
 
 def test_the_self_check_sets_the_emulated_resident_step_against_each_calibration_request(dataset: Path) -> None:
