@@ -401,7 +401,7 @@ def self_check(runs: list[Any], profile: Any, runtime: RuntimeProfile, engine: s
     for model, prov in sorted(runtime.provenance.get("models", {}).items()):
         run = next((r for r in runs if r.record.get("profile_model") == model and int(r.record.get("batch", 1)) == 1),
                    None)
-        requests = [q for q in (prov.get("requests") or [prov]) if q.get("resident_request") and q.get("costs")]
+        requests = [q for q in (prov.get("requests") or [prov]) if _checkable(q)] if isinstance(prov, dict) else []
         if run is None or not requests:
             continue
         model_spec = run.record["model"]
@@ -415,6 +415,20 @@ def self_check(runs: list[Any], profile: Any, runtime: RuntimeProfile, engine: s
             errors.append(emulated / statistics.median(q["resident_request"]["decode_step_s"]) - 1)
         out[model] = {"config": run.record.get("config"), "errors": errors}
     return out
+
+
+def _checkable(request: Any) -> bool:
+    """Whether a calibration request's provenance holds what the self-check reads: its costs (finite, >= 0) and
+    its resident request's decode steps (positive seconds). A provenance is free-form: anything else is skipped."""
+    if not isinstance(request, dict) or not isinstance(request.get("costs"), dict):
+        return False
+    resident = request.get("resident_request")
+    steps = resident.get("decode_step_s") if isinstance(resident, dict) else None
+    if not isinstance(steps, list) or not steps or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in steps):
+        return False
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+               for k, v in request["costs"].items() if k in attrs.fields_dict(HostCosts))
 
 
 def merge_parts(parts: list[Path], out: Path) -> Path:

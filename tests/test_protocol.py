@@ -468,6 +468,13 @@ def test_the_self_check_sets_the_emulated_resident_step_against_each_calibration
     assert 1 + again[0] == pytest.approx((1 + entry["errors"][0]) / 2)
     assert again[1:] == pytest.approx(entry["errors"][1:])
     assert self_check([r for r in runs if r.record["batch"] > 1], profile, runtime) == {}  # no batch-1 run
+    # a hand-edited provenance: a request without steps or with a cost that is not a number is skipped
+    prov = copy.deepcopy(runtime.provenance)
+    reqs = prov["models"]["olmoe-1b-7b"]["requests"]
+    reqs[0]["resident_request"]["decode_step_s"] = []
+    reqs[1]["costs"]["gate_s"] = "fast"
+    again = self_check(runs, profile, attrs.evolve(runtime, provenance=prov))["olmoe-1b-7b"]["errors"]
+    assert again == pytest.approx(entry["errors"][2:])
     # compare keeps it, the dataset's model table shows it
     compare(dataset, ROOT / "scenarios" / "profiles" / "h100-pcie5.toml", dataset / "calibration" / "hf-eager.toml",
             "cpu", "hf-eager")
