@@ -371,7 +371,13 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
         if share is not None:  # the device-paced decode's: the host's busy seconds over the passes' device time
             rows[-1]["host_share"] = float(share)
     data = {"schema": "moe-emu/validation/1", "gpu": gpu or "unknown", "gpu_kind": gpu_kind, "rows": rows}
-    checks = self_check([load_live_run(p) for p in records], profile, runtime, engine)
+    # the self-check of each model the dataset ran, tied to one of its rows (the summary's model tables)
+    row_of = {}
+    for path in records:
+        rec = json.loads(path.read_text())
+        row_of.setdefault(rec.get("profile_model"), rec.get("config"))
+    checks = {m: {"config": row_of[m], "errors": errs}
+              for m, errs in self_check(profile, runtime, engine).items() if m in row_of}
     if checks:
         data["self_check"] = checks
         off = {m: c["errors"] for m, c in checks.items()
@@ -385,36 +391,57 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
     return data
 
 
-def self_check(runs: list[Any], profile: Any, runtime: RuntimeProfile, engine: str = "fast") -> dict[str, Any]:
-    """Per model of the runtime profile, the emulated all-resident decode step against each of its calibration
-    requests' own all-resident request (the median step): that request's costs, the device profile, and a batch-1
-    run's routing with a slot for every expert (every decode access a hit but first touches; at batch 1 which
-    experts a layer runs does not change its time). In sample by design: it checks that the parts add up to the
-    step they were measured from, and judges no validated run; an error here is a mispriced part (a device table
-    at the host's pace, a host cost the device does not wait for). Models without a resident request or a
-    batch-1 run are left out."""
+def self_check(profile: Any, runtime: RuntimeProfile, engine: str = "fast") -> dict[str, list[float]]:
+    """Per model of the runtime profile (a preset the emulator knows), the emulated all-resident decode step
+    against each of its calibration requests' own all-resident request (the median step): that request's costs,
+    the device profile, and a request of the calibration's prompt and steps routing every token of every layer to
+    the same `top_k` experts over a slot for every expert (at batch 1 which experts a layer runs does not change
+    its time). In sample by design, and from the calibration alone: it checks that the parts add up to the step
+    they were measured from; an error here is a mispriced part (a device table at the host's pace, a host cost the
+    device does not wait for). Models without a checkable request are left out."""
     import numpy as np
+
+    from emu.models import PRESETS
 
     from .validate import emulate_live
 
-    out: dict[str, Any] = {}
+    out: dict[str, list[float]] = {}
     for model, prov in sorted(runtime.provenance.get("models", {}).items()):
-        run = next((r for r in runs if r.record.get("profile_model") == model and int(r.record.get("batch", 1)) == 1),
-                   None)
         requests = [q for q in (prov.get("requests") or [prov]) if _checkable(q)] if isinstance(prov, dict) else []
-        if run is None or not requests:
+        layers = prov.get("n_layers") if isinstance(prov, dict) else None
+        if model not in PRESETS or not requests or not isinstance(layers, int) or layers < 1:
             continue
-        model_spec = run.record["model"]
-        every = attrs.evolve(run, record=run.record | {
-            "slots": int(model_spec["n_moe_layers"]) * int(model_spec["n_experts"]), "prefetch": "none"})
         errors = []
         for q in requests:
+            steps = q["resident_request"]["decode_step_s"]
+            run = _resident_run(model, layers, int(q.get("prompt_len") or 1), len(steps))
             costs = HostCosts(**{k: v for k, v in q["costs"].items() if k in attrs.fields_dict(HostCosts)})
             own = attrs.evolve(runtime, models=dict(runtime.models) | {model: costs})
-            emulated = float(np.median(emulate_live(every, profile, engine, own).decode_step_s))
-            errors.append(emulated / statistics.median(q["resident_request"]["decode_step_s"]) - 1)
-        out[model] = {"config": run.record.get("config"), "errors": errors}
+            emulated = float(np.median(emulate_live(run, profile, engine, own).decode_step_s))
+            errors.append(emulated / statistics.median(steps) - 1)
+        out[model] = errors
     return out
+
+
+def _resident_run(preset: str, n_layers: int, prompt_len: int, steps: int) -> Any:
+    """A batch-1 request of `preset` cut to `n_layers` MoE layers: a prompt of `prompt_len` tokens, `steps` decode
+    steps, every token of every layer routed to experts 0 .. top_k - 1, a slot for every expert."""
+    import numpy as np
+
+    from emu.models import PRESETS
+    from emu.trace import RoutingTrace
+
+    from .validate import LiveRun
+
+    spec = attrs.evolve(PRESETS[preset], n_moe_layers=n_layers)
+    n = prompt_len + steps
+    experts = np.tile(np.arange(spec.top_k, dtype=np.int16), (n, n_layers, 1))
+    trace = RoutingTrace(experts=experts, pass_offsets=np.array([0, *range(prompt_len, n + 1)], np.int64),
+                         pass_phase=np.array([0] + [1] * steps, np.int8), token_request=np.zeros(n, np.int32),
+                         token_position=np.arange(n, dtype=np.int32), n_experts=spec.n_experts)
+    record = {"model": attrs.asdict(spec), "profile_model": preset, "slots": n_layers * spec.n_experts,
+              "eviction": "lru", "prefetch": "none", "seed": 0, "batch": 1, "config": "self-check"}
+    return LiveRun("<self-check>", record, trace)
 
 
 def _checkable(request: Any) -> bool:

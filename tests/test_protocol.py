@@ -450,34 +450,36 @@ def test_the_self_check_sets_the_emulated_resident_step_against_each_calibration
 
     from emu.profile import load_profile
     from live.protocol import self_check
-    from live.validate import load_live_run
     from live.validation_set import format_model_table, load_dataset
 
     runtime = load_runtime_profile(dataset / "calibration" / "hf-eager.toml")
     profile = load_profile(ROOT / "scenarios" / "profiles" / "h100-pcie5.toml")
-    runs = [load_live_run(p) for p in sorted((dataset / "runs").glob("*.json"))]
-    checks = self_check(runs, profile, runtime)
-    assert list(checks) == ["olmoe-1b-7b"]
-    entry = checks["olmoe-1b-7b"]
-    assert entry["config"] in ("lru-25", "lfu-50-nl") and len(entry["errors"]) == 3  # a batch-1 run, each request
+    checks = self_check(profile, runtime)  # from the calibration alone: no run of the dataset is read
+    assert list(checks) == ["olmoe-1b-7b"] and len(checks["olmoe-1b-7b"]) == 3  # each request
+    errors = checks["olmoe-1b-7b"]
     # a request whose resident steps took twice as long: its emulated step is half as far off, the others unmoved
     prov = copy.deepcopy(runtime.provenance)
     resident = prov["models"]["olmoe-1b-7b"]["requests"][0]["resident_request"]
     resident["decode_step_s"] = [2 * s for s in resident["decode_step_s"]]
-    again = self_check(runs, profile, attrs.evolve(runtime, provenance=prov))["olmoe-1b-7b"]["errors"]
-    assert 1 + again[0] == pytest.approx((1 + entry["errors"][0]) / 2)
-    assert again[1:] == pytest.approx(entry["errors"][1:])
-    assert self_check([r for r in runs if r.record["batch"] > 1], profile, runtime) == {}  # no batch-1 run
+    again = self_check(profile, attrs.evolve(runtime, provenance=prov))["olmoe-1b-7b"]
+    assert 1 + again[0] == pytest.approx((1 + errors[0]) / 2)
+    assert again[1:] == pytest.approx(errors[1:])
+    # a dearer host item of one request: its emulated step is longer by that much on every layer it is paid
+    prov = copy.deepcopy(runtime.provenance)
+    prov["models"]["olmoe-1b-7b"]["requests"][2]["costs"]["gate_s"] += 1e-3
+    dearer = self_check(profile, attrs.evolve(runtime, provenance=prov))["olmoe-1b-7b"]
+    assert dearer[2] > errors[2] and dearer[:2] == pytest.approx(errors[:2])
     # a hand-edited provenance: a request without steps or with a cost that is not a number is skipped
     prov = copy.deepcopy(runtime.provenance)
     reqs = prov["models"]["olmoe-1b-7b"]["requests"]
     reqs[0]["resident_request"]["decode_step_s"] = []
     reqs[1]["costs"]["gate_s"] = "fast"
-    again = self_check(runs, profile, attrs.evolve(runtime, provenance=prov))["olmoe-1b-7b"]["errors"]
-    assert again == pytest.approx(entry["errors"][2:])
-    # compare keeps it, the dataset's model table shows it
+    assert self_check(profile, attrs.evolve(runtime, provenance=prov))["olmoe-1b-7b"] == pytest.approx(errors[2:])
+    # compare keeps it, tied to one of the model's rows, and the dataset's model table shows it
     compare(dataset, ROOT / "scenarios" / "profiles" / "h100-pcie5.toml", dataset / "calibration" / "hf-eager.toml",
             "cpu", "hf-eager")
+    data = json.loads((dataset / "comparisons.json").read_text())
+    assert data["self_check"]["olmoe-1b-7b"]["config"] in {"lru-25", "lfu-50-nl", "lru-25-b2"}
     ds = load_dataset(dataset)
-    assert ds.self_check == {runs[0].record["model"]["name"]: pytest.approx(tuple(entry["errors"]))}
+    assert list(ds.self_check.values()) == [pytest.approx(tuple(errors))]
     assert "self-check" in format_model_table(ds).splitlines()[0]
