@@ -42,6 +42,9 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experts", choices=("eager", "fused"), default="eager",
                    help="with --runtime: the live runtime's experts kernel to calibrate (fused: the model's own "
                         "grouped GEMM, one launch per layer, its routing mapped to slots on the device)")
+    p.add_argument("--profile", type=Path, default=None, metavar="PATH",
+                   help="with --runtime: a hardware profile of this machine to self-check the runtime profile "
+                        "against (the emulated all-resident step beside each calibration request's own)")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -79,6 +82,32 @@ def _run_runtime(args: argparse.Namespace) -> int:
     if unsteady is not None:
         print(f"emu calibrate: warning: {unsteady}", file=sys.stderr)
     print(f"wrote {args.out}", file=sys.stderr)
+    if args.profile is not None:
+        return _self_check(args.profile, profile)
+    return 0
+
+
+def _self_check(path: Path, runtime: Any) -> int:
+    """Print, per model, the emulated all-resident step against each calibration request's own (`live.protocol.
+    self_check`), with a warning beyond `SELF_CHECK_TOLERANCE`."""
+    import statistics
+
+    from emu.profile import load_profile
+    from live.protocol import self_check
+    from live.validation_set import SELF_CHECK_TOLERANCE
+
+    try:
+        checks = self_check(load_profile(path), runtime)
+    except EmuError as err:
+        return _error(str(err))
+    for model, errors in checks.items():
+        line = f"{model} " + " / ".join(f"{e:+.1%}" for e in errors)
+        if abs(statistics.median(errors)) > SELF_CHECK_TOLERANCE:
+            print(f"emu calibrate: warning: self-check: {line}: the emulated all-resident step is more than "
+                  f"{SELF_CHECK_TOLERANCE:.0%} from the calibration's own with {path}; a part of the step is "
+                  "mispriced", file=sys.stderr)
+        else:
+            print(f"emu calibrate: self-check: {line}", file=sys.stderr)
     return 0
 
 

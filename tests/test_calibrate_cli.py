@@ -207,6 +207,36 @@ def test_runtime_calibration_warns_when_its_resident_request_ran_on_a_slowed_hos
     assert "warning" not in capsys.readouterr().err
 
 
+
+def test_the_runtime_calibration_self_checks_against_a_hardware_profile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import live.host_calibration
+    from emu.profile import load_profile
+    from emu.runtime_profile import RuntimeProfile
+    from live.protocol import self_check
+
+    hw = Path(__file__).resolve().parents[1] / "scenarios" / "profiles" / "h100-pcie5.toml"
+
+    def request(step_s: float) -> dict:
+        return {"prompt_len": 16, "costs": {"gate_s": 2e-5, "readback_s": 1e-5},
+                "resident_request": {"decode_step_s": [step_s] * 8}}
+
+    # two requests of one model, the second's resident steps twice the first's
+    prov = {"models": {"olmoe-1b-7b": {"n_layers": 4, "requests": [request(0.004), request(0.008)]}}}
+    rt = RuntimeProfile(name="r", provenance=prov)
+    monkeypatch.setattr(live.host_calibration, "run", lambda name, models, out, **_: rt)
+    out = tmp_path / "rt.toml"
+    assert main(["--runtime", "r", "--device", "cpu", "--out", str(out), "--profile", str(hw)]) == 0
+    err = capsys.readouterr().err
+    e1, e2 = self_check(load_profile(hw), rt)["olmoe-1b-7b"]
+    assert 1 + e1 == pytest.approx(2 * (1 + e2))
+    line = next(ln for ln in err.splitlines() if "self-check" in ln)
+    assert f"olmoe-1b-7b {e1:+.1%} / {e2:+.1%}" in line
+    assert ("warning" in line) == (abs((e1 + e2) / 2) > 0.05)
+    # a profile that is not there: one error line naming it
+    assert main(["--runtime", "r", "--device", "cpu", "--out", str(out), "--profile", str(tmp_path / "no.toml")]) == 2
+    assert "no.toml" in capsys.readouterr().err
+
 def test_a_gated_shared_expert_is_timed_with_its_gate() -> None:
     assert parse_model("qwen1.5-moe-a2.7b").attention.shared_gate is True  # Qwen2-MoE's shared_expert_gate
     assert parse_model("olmoe-1b-7b").attention.shared_gate is False
