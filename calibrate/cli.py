@@ -90,11 +90,9 @@ def _run_runtime(args: argparse.Namespace) -> int:
 def _self_check(path: Path, runtime: Any) -> int:
     """Print, per model, the emulated all-resident step against each calibration request's own (`live.protocol.
     self_check`), with a warning beyond `SELF_CHECK_TOLERANCE`."""
-    import statistics
-
     from emu.profile import load_profile
     from live.protocol import self_check
-    from live.validation_set import SELF_CHECK_TOLERANCE
+    from live.validation_set import SELF_CHECK_TOLERANCE, self_check_passes
 
     try:
         checks = self_check(load_profile(path), runtime)
@@ -102,7 +100,7 @@ def _self_check(path: Path, runtime: Any) -> int:
         return _error(str(err))
     for model, errors in checks.items():
         line = f"{model} " + " / ".join(f"{e:+.1%}" for e in errors)
-        if abs(statistics.median(errors)) > SELF_CHECK_TOLERANCE:
+        if not self_check_passes(errors):
             print(f"emu calibrate: warning: self-check: {line}: the emulated all-resident step is more than "
                   f"{SELF_CHECK_TOLERANCE:.0%} from the calibration's own with {path}; a part of the step is "
                   "mispriced", file=sys.stderr)

@@ -239,14 +239,6 @@ def host_drift(profile: RuntimeProfile) -> dict[str, tuple[float, float]]:
     one beside it says that the host slowed down for the resident request; it counts as a request of its own.
     A model calibrated from one request keeps that request's figures in its entry itself. Models with fewer than
     two such figures, or whose provenance lacks them, are left out."""
-    import statistics
-
-    def median_step(request: object) -> float | None:
-        values = request.get("decode_step_s") if isinstance(request, dict) else None
-        if isinstance(values, list) and values and all(isinstance(v, (int, float)) and v > 0 for v in values):
-            return float(statistics.median(values))
-        return None
-
     out: dict[str, tuple[float, float]] = {}
     for name, entry in (profile.provenance.get("models") or {}).items():
         requests = entry.get("requests") if isinstance(entry, dict) else None
@@ -259,16 +251,29 @@ def host_drift(profile: RuntimeProfile) -> dict[str, tuple[float, float]]:
         for req in requests:
             if not isinstance(req, dict):
                 continue
-            step = median_step(req.get("resident_request"))
+            step = median_step_s(req.get("resident_request"))
             if step is None:
                 continue
             resident.append(step)
-            small = median_step(req)
+            small = median_step_s(req)
             if small is not None:
                 bounds.append(small)
         if len(resident) + len(bounds) >= 2:
             out[str(name)] = (min(resident + bounds), max(resident))
     return out
+
+
+def median_step_s(request: object) -> float | None:
+    """The median of a calibration request's `decode_step_s` (its provenance, free-form: a dict), or None where
+    that is not a non-empty list of finite positive seconds."""
+    import math
+    import statistics
+
+    values = request.get("decode_step_s") if isinstance(request, dict) else None
+    if isinstance(values, list) and values and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in values):
+        return float(statistics.median(values))
+    return None
 
 
 def drift_fraction(span: tuple[float, float]) -> float:

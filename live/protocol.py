@@ -56,6 +56,7 @@ from emu.runtime_profile import (
     host_drift,
     host_drift_warning,
     load_runtime_profile,
+    median_step_s,
 )
 
 if sys.version_info >= (3, 11):
@@ -314,7 +315,7 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
 
     from .validate import emulate_live, live_model, load_live_run
     from .validate_cli import roofline_warning
-    from .validation_set import SELF_CHECK_TOLERANCE
+    from .validation_set import SELF_CHECK_TOLERANCE, self_check_passes
 
     profile = load_profile(profile_path)
     untrusted = profile_copy_warning(profile)
@@ -331,9 +332,11 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
         raise EmuError("no run record (runs/*.json)", file=str(folder))
     rows, gpu = [], None
     warned: set[str] = set()
+    row_of: dict[Any, Any] = {}  # per preset, one of its rows: the self-check's link to the summary's model tables
     for path in records:
         run = load_live_run(path)
         rec = run.record
+        row_of.setdefault(rec.get("profile_model"), rec.get("config"))
         gpu = gpu or rec.get("device_name")
         spec = live_model(run, profile)
         roofline = roofline_warning(profile, spec, profile_path)
@@ -371,17 +374,11 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
         if share is not None:  # the device-paced decode's: the host's busy seconds over the passes' device time
             rows[-1]["host_share"] = float(share)
     data = {"schema": "moe-emu/validation/1", "gpu": gpu or "unknown", "gpu_kind": gpu_kind, "rows": rows}
-    # the self-check of each model the dataset ran, tied to one of its rows (the summary's model tables)
-    row_of = {}
-    for path in records:
-        rec = json.loads(path.read_text())
-        row_of.setdefault(rec.get("profile_model"), rec.get("config"))
     checks = {m: {"config": row_of[m], "errors": errs}
               for m, errs in self_check(profile, runtime, engine).items() if m in row_of}
     if checks:
         data["self_check"] = checks
-        off = {m: c["errors"] for m, c in checks.items()
-               if abs(statistics.median(c["errors"])) > SELF_CHECK_TOLERANCE}
+        off = {m: c["errors"] for m, c in checks.items() if not self_check_passes(c["errors"])}
         if off:
             print(f"warning: {folder}: the emulator does not reproduce its calibration's own all-resident requests "
                   f"within {SELF_CHECK_TOLERANCE:.0%} (" + "; ".join(
@@ -418,7 +415,7 @@ def self_check(profile: Any, runtime: RuntimeProfile, engine: str = "fast") -> d
             costs = HostCosts(**{k: v for k, v in q["costs"].items() if k in attrs.fields_dict(HostCosts)})
             own = attrs.evolve(runtime, models=dict(runtime.models) | {model: costs})
             emulated = float(np.median(emulate_live(run, profile, engine, own).decode_step_s))
-            errors.append(emulated / statistics.median(steps) - 1)
+            errors.append(emulated / median_step_s(q["resident_request"]) - 1)
         out[model] = errors
     return out
 
@@ -449,10 +446,7 @@ def _checkable(request: Any) -> bool:
     its resident request's decode steps (positive seconds). A provenance is free-form: anything else is skipped."""
     if not isinstance(request, dict) or not isinstance(request.get("costs"), dict):
         return False
-    resident = request.get("resident_request")
-    steps = resident.get("decode_step_s") if isinstance(resident, dict) else None
-    if not isinstance(steps, list) or not steps or not all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in steps):
+    if median_step_s(request.get("resident_request")) is None:
         return False
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
                for k, v in request["costs"].items() if k in attrs.fields_dict(HostCosts))

@@ -380,7 +380,13 @@ def self_consistent(dataset: Dataset, row: Comparison) -> bool:
     `SELF_CHECK_TOLERANCE` of the calibration's own resident requests (their median error; decided from the
     calibration alone). False where the dataset has no self-check for the model."""
     errors = dataset.self_check.get(row.model)
-    return bool(errors) and abs(statistics.median(errors)) <= SELF_CHECK_TOLERANCE
+    return bool(errors) and self_check_passes(errors)
+
+
+def self_check_passes(errors: Iterable[float]) -> bool:
+    """Whether a model's self-check errors (one per calibration request) are within `SELF_CHECK_TOLERANCE` at
+    their median."""
+    return abs(statistics.median(errors)) <= SELF_CHECK_TOLERANCE
 
 
 def summarize(datasets: Iterable[Dataset], per_dataset: bool = False, steady: bool = False,
