@@ -51,6 +51,8 @@ cp -r /tmp/runs$1/* $V/
 tar czf $OUT/val$1.tar.gz -C /tmp val$1
 MODELS="--model olmoe-1b-7b --model mixtral-8x7b --model qwen1.5-moe-a2.7b --model qwen3-30b-a3b"
 { [ "$1" = 6 ] || [ "$1" = 8 ] || [ "$1" = 10 ]; } && MODELS="--model olmoe-1b-7b"
+# part 9 also times Qwen1.5 without its shared expert's gate (a table of its own, q15plain): what the gate adds
+[ "$1" = 9 ] && MODELS="$MODELS --model q15plain:preset=qwen1.5-moe-a2.7b,shared_gate=false"
 if [ "$1" = 2 ] || [ "$1" = 4 ] || [ "$1" = 6 ] || [ "$1" = 8 ] || [ "$1" = 9 ] || [ "$1" = 10 ]; then
   python3 -m emu.cli calibrate --quick --no-progress $MODELS --out $V/calibration/dev.toml > $V/calibration/calibrate.log 2>&1
   echo "calibrate rc $? at $(( $(date +%s) - T0 ))s" | tee -a $V/calibration/calibrate.log
