@@ -11,8 +11,9 @@ beyond those (its time less its readback waits less every item above, `layer_s` 
 the pass, layer, readback, gate and expert launch; the same with a prefetch policy (`PREFETCH`), which then
 decides at each gate and issues nothing (`prefetch_gate_s`: what the policy adds to a step, per gate: the part
 of its work that the device waits for; under the graph decode some of it runs while the device works); with a small LRU
-cache, whose host work beyond the first run's prices is what its demand misses add, per copy (`copy_s`; never
-below the copy's own issue), and whose prefill gives the prefill items; and with the same cache and the
+cache, whose steps' host work over their copies (the slope, within the one request; where every step copies as
+many, its host work beyond the first run's prices) is what a demand miss adds, per copy (`copy_s`; never below
+the copy's own issue), and whose prefill gives the prefill items; and with the same cache and the
 prefetch policy, which prices a prefetch (`prefetch_s`, and `prefill_prefetch_s` from its prefill): its host
 work beyond the third run's, less what its other expert launches and demand copies and the policy's gates
 cost, over the prefetches it issued (the queue, the copies' submission, the landing polls; never below the
@@ -178,11 +179,9 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     prefill_per_miss = None if resident is None else missing.prefill_copy_over(resident)
     if prefill_per_miss is not None:
         costs = attrs.evolve(costs, prefill_copy_s=prefill_per_miss)
-    per_miss = None
-    if resident is not None:
-        per_miss = missing.per_copy_over(costs, shape.n_layers)
-        if per_miss is not None and costs.copy_s is not None:
-            costs = attrs.evolve(costs, copy_s=max(per_miss, costs.copy_s))  # never below the issue itself
+    per_miss = None if resident is None else missing.per_copy_over(costs, shape.n_layers)
+    within = missing.per_copy_within()
+    costs = attrs.evolve(costs, copy_s=copy_price(costs.copy_s, within, per_miss))
     # the policy's gate: what the device waits for is charged at the gate; all of its work comes off the
     # prefetching request's before its prefetches are priced
     gate_work = None if resident_pf is None else resident_pf.per_gate_over(resident, shape.n_layers)
@@ -209,7 +208,7 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
            "resident_prefetch_request": None if resident_pf is None else resident_pf.raw(shape.n_layers),
            "prefetch_request": prefetching.raw(shape.n_layers) | {"prefetch": PREFETCH},
            "copy_s_issue": missing.item(1, "copy"), "copy_s_per_miss": per_miss,
-           "copy_s_within": missing.per_copy_within(),
+           "copy_s_within": within,
            "prefill_copy_s_issue": missing.item(0, "copy"), "prefill_copy_s_per_miss": prefill_per_miss,
            "prefetch_gate_s_work": gate_work,
            "prefetch_gate_by_policy": gates or None,
@@ -220,6 +219,16 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
            "prefetch_s_within": prefetching.per_prefetch_within()}
     raw = {k: v for k, v in raw.items() if v is not None}  # TOML has no null
     return ModelCalibration(preset, shape.n_layers, costs, raw, gates)
+
+
+def copy_price(issue: float | None, within: float | None, per_miss: float | None) -> float | None:
+    """A demand copy's host price: the slope over the small-cache request's own steps (`within`: no other
+    request's pace in it) where its steps vary in copies, else its host work beyond the resident request's per
+    copy (`per_miss`); never below the copy's own issue. None where the request issued no copy."""
+    if issue is None:
+        return None
+    price = within if within is not None else per_miss
+    return issue if price is None else max(price, issue)
 
 
 def gate_policies() -> tuple[str, ...]:
@@ -304,9 +313,9 @@ class _Request:
 
     def per_copy_within(self) -> float | None:
         """Host seconds per decode copy from this request alone: the slope of each step's host work over its
-        copies. A diagnostic beside `per_copy_over`, which prices a copy as the difference from another request
-        and so takes in whatever the host's pace did between the two; None when every step started as many
-        copies or the steps were not recorded."""
+        copies, the copy's price. `per_copy_over`, the price where this is None, takes the difference from another
+        request and so whatever the host's pace did between the two; None when every step started as many copies
+        or the steps were not recorded."""
         slopes = self._step_slopes(self.step_copies)
         return None if slopes is None else float(slopes[0])
 

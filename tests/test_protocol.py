@@ -300,6 +300,17 @@ def test_a_prefetch_costs_the_host_work_it_adds_beyond_the_same_request_without(
     assert pf.per_gate_step_over(base, n_layers=3) is None
 
 
+def test_a_copy_is_priced_by_its_requests_own_slope_before_the_difference_from_another() -> None:
+    from live.host_calibration import copy_price
+
+    assert copy_price(3e-5, 8e-5, 9e-4) == pytest.approx(8e-5)  # the slope, not the drifted difference
+    assert copy_price(3e-5, None, 9e-4) == pytest.approx(9e-4)  # no slope (as many copies each step)
+    assert copy_price(3e-5, None, -2e-3) == pytest.approx(3e-5)  # never below the issue
+    assert copy_price(3e-5, 1e-5, 9e-4) == pytest.approx(3e-5)
+    assert copy_price(3e-5, None, None) == pytest.approx(3e-5)  # no resident request to subtract
+    assert copy_price(None, 8e-5, 9e-4) is None  # no copy issued: nothing to price
+
+
 def test_a_prefetchs_host_work_within_one_request_is_the_slope_over_its_steps() -> None:
     from live.host_calibration import _Request
     from live.offload import HostLedger
@@ -324,7 +335,8 @@ def test_the_calibration_prices_hits_on_a_resident_request(dataset: Path) -> Non
         assert resident is not None and not any(k.startswith("decode.copy") for k in resident["ledger"])
         assert req["ledger"]["decode.copy"][1] > 0  # the small cache's request misses
         costs = req["costs"]
-        assert costs["copy_s"] == pytest.approx(max(req["copy_s_per_miss"], req["copy_s_issue"]))
+        price = req.get("copy_s_within", req["copy_s_per_miss"])  # the request's own slope where it has one
+        assert costs["copy_s"] == pytest.approx(max(price, req["copy_s_issue"]))
         n_exp = resident["ledger"]["decode.expert"]
         assert costs["expert_s"] == pytest.approx(n_exp[0] / n_exp[1])  # a hit's launch, from the resident request
 
