@@ -313,7 +313,7 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
     rows' runtime mode is `runtime_name`, else the runtime profile's name, else "device-only"."""
     from emu.profile import load_profile, profile_copy_warning
 
-    from .validate import emulate_live, live_model, load_live_run
+    from .validate import emulate_live, kernel_priced, live_model, load_live_run
     from .validate_cli import roofline_warning
     from .validation_set import SELF_CHECK_TOLERANCE, self_check_passes
 
@@ -333,6 +333,7 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
     rows, gpu = [], None
     warned: set[str] = set()
     row_of: dict[Any, Any] = {}  # per preset, one of its rows: the self-check's link to the summary's model tables
+    other_kernel: list[str] = []  # the runs whose experts kernel the runtime profile does not price
     for path in records:
         run = load_live_run(path)
         rec = run.record
@@ -343,6 +344,9 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
         if roofline is not None and spec.name not in warned:  # such a row's error is not the calibration's
             warned.add(spec.name)
             print(roofline, file=sys.stderr)
+        priced = kernel_priced(run, runtime)
+        if not priced:
+            other_kernel.append(str(rec.get("config", path.stem)))
         result = emulate_live(run, profile, engine, runtime)
         st, c = rec["stats"], result.counters
         measured_steps = [float(s) for r in rec["requests"] for s in r["decode_s"]]
@@ -355,7 +359,9 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
                             "runtime_name": runtime.name,
                             "runs": sorted(f"calibration request of {m}" for m in cal_runs),
                             # slowest / fastest - 1 of the host's pace across the model's calibration requests
-                            "host_drift": drift.get(spec.name, drift.get(str(rec.get("profile_model"))))},
+                            "host_drift": drift.get(spec.name, drift.get(str(rec.get("profile_model")))),
+                            # the runtime profile prices the experts kernel the run used
+                            "kernel_priced": priced},
             "model": rec["model"]["name"], "capacity": rec.get("capacity", str(rec["slots"])),
             "eviction": rec["eviction"], "prefetch": rec.get("prefetch") or "none", "batch": int(rec.get("batch", 1)),
             "ttft_s": {"measured": float(rec.get("ttft_median_s", rec["ttft_s"])), "emulated": float(result.ttft_s)},
@@ -373,6 +379,10 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
         share = rec.get("decode_host_share")
         if share is not None:  # the device-paced decode's: the host's busy seconds over the passes' device time
             rows[-1]["host_share"] = float(share)
+    if other_kernel:  # compared all the same: each row says so (`calibration.kernel_priced`)
+        print(f"warning: {folder}: {len(other_kernel)} runs ({', '.join(other_kernel)}) used an experts kernel that "
+              f"the runtime profile {runtime_name!r} does not price (its `experts` is {runtime.experts!r}): their "
+              f"rows predict another runtime", file=sys.stderr)
     data = {"schema": "moe-emu/validation/1", "gpu": gpu or "unknown", "gpu_kind": gpu_kind, "rows": rows}
     checks = {m: {"config": row_of[m], "errors": errs}
               for m, errs in self_check(profile, runtime, engine).items() if m in row_of}

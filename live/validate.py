@@ -123,6 +123,14 @@ def run_profile(run: LiveRun, profile: HardwareProfile) -> HardwareProfile:
     return attrs.evolve(profile, copy=attrs.evolve(profile.copy, order=COPY_ORDER[handover]))
 
 
+def kernel_priced(run: LiveRun, runtime: RuntimeProfile) -> bool:
+    """Whether `runtime` prices the experts kernel the run used (`experts_kernel` "fused": the model's grouped GEMM,
+    one per layer; else one kernel per expert): a fused run emulated with per-expert times, or the reverse, is a
+    prediction for another runtime."""
+    fused_run = run.record.get("experts_kernel") == "fused"
+    return fused_run == (runtime.experts == "fused")
+
+
 def emulate_live(run: LiveRun, profile: HardwareProfile, engine: str = "fast",
                  runtime: RuntimeProfile = NO_RUNTIME) -> Any:
     """The emulator's result on the run's trace with its slots and policies, the device's times from `profile`

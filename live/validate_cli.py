@@ -295,7 +295,7 @@ def run_summary(args: argparse.Namespace) -> int:
     sound = {(r.gpu, r.runtime): r for r in summarize(datasets, sound=True)}
     if sound:  # both decided from the calibration alone, never from the validated runs
         steady_table += (f"\n\nOn a steady host with a calibration that composes its own step (the self-check within "
-                         f"{SELF_CHECK_TOLERANCE:.0%} for the row's model):\n\n"
+                         f"{SELF_CHECK_TOLERANCE:.0%} for the row's model) and prices the run's experts kernel:\n\n"
                          f"{format_summary_table(list(sound.values()))}")
     if args.write_docs is not None:
         write_docs_summary(args.write_docs, f"{table}\n\n{steady_table}")

@@ -88,6 +88,8 @@ class Calibration:
     runs: tuple[str, ...]
     #: slowest / fastest - 1 of the host's pace across the model's calibration requests (None: not known)
     host_drift: float | None = None
+    #: whether the runtime profile prices the experts kernel the run used (None: not recorded)
+    kernel_priced: bool | None = None
 
     @property
     def steady(self) -> bool:
@@ -208,6 +210,12 @@ class _Reader:
             raise self.fail(where, f"expected true or false, got {value!r}")
         return value
 
+    def bool_or_none(self, obj: dict[str, Any], key: str, where: str) -> bool | None:
+        value = obj.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise self.fail(where, f"expected true, false or null, got {value!r}")
+        return value
+
     def int_(self, value: Any, where: str, lo: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
             raise self.fail(where, f"expected an integer >= {lo}, got {value!r}")
@@ -253,7 +261,8 @@ def _comparison(r: _Reader, raw: Any, where: str) -> Comparison:
         raise r.fail(f"{where}.calibration.runs", "expected a list of run names")
     calibration = Calibration(r.str_(cal, "profile", f"{where}.calibration.profile"),
                               r.str_(cal, "runtime_profile", f"{where}.calibration.runtime_profile"), tuple(runs),
-                              r.fraction_or_none(cal, "host_drift", f"{where}.calibration.host_drift"))
+                              r.fraction_or_none(cal, "host_drift", f"{where}.calibration.host_drift"),
+                              r.bool_or_none(cal, "kernel_priced", f"{where}.calibration.kernel_priced"))
     counts_raw = r.obj(r.get(row, "counts", f"{where}.counts"), f"{where}.counts")
     for name in COUNT_KEYS:
         r.get(counts_raw, name, f"{where}.counts.{name}")
@@ -394,13 +403,14 @@ def summarize(datasets: Iterable[Dataset], per_dataset: bool = False, steady: bo
     """One row per (GPU kind, runtime) over all datasets, sorted by both; `per_dataset`: one per dataset too
     (leases of one runtime mode may differ in how they were calibrated); `steady`: only the configurations whose
     calibration found the host steady (`Calibration.steady`, decided from the calibration requests alone);
-    `sound`: only those whose calibration is steady and composes its own resident step (`self_consistent`)."""
+    `sound`: only those whose calibration is steady, composes its own resident step (`self_consistent`) and prices
+    the experts kernel the run used (`Calibration.kernel_priced` not false)."""
     groups: dict[tuple[str, str, str], list[tuple[Dataset, Comparison, RowErrors]]] = {}
     for ds in datasets:
         for row in ds.rows:
             if (steady or sound) and not row.calibration.steady:
                 continue
-            if sound and not self_consistent(ds, row):
+            if sound and (not self_consistent(ds, row) or row.calibration.kernel_priced is False):
                 continue
             key = (ds.gpu_kind, row.runtime, ds.name if per_dataset else "")
             groups.setdefault(key, []).append((ds, row, row_errors(row)))

@@ -210,6 +210,26 @@ def test_compare_names_a_model_the_profile_holds_no_tables_for(dataset: Path, tm
     assert err.count("no measured expert/dense table") == 1 and "roofline" in err  # once per model
 
 
+def test_compare_marks_the_runs_of_a_kernel_the_runtime_profile_does_not_price(
+        dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    rec_path = copy / "runs" / "lru-25.json"
+    rec = json.loads(rec_path.read_text())
+    rec["experts_kernel"] = "fused"  # as a fused runtime records it; hf-eager.toml prices one kernel per expert
+    rec_path.write_text(json.dumps(rec))
+    data = compare(copy, ROOT / "scenarios" / "profiles" / "h100-pcie5.toml", copy / "calibration" / "hf-eager.toml",
+                   "cpu", "hf-eager")
+    priced = {r["config"]: r["calibration"]["kernel_priced"] for r in data["rows"]}
+    assert priced == {"lru-25": False, "lfu-50-nl": True, "lru-25-b2": True}
+    err = capsys.readouterr().err
+    assert "1 runs (lru-25) used an experts kernel" in err and "'per-expert'" in err
+    ds = load_dataset(copy)
+    assert [r.calibration.kernel_priced for r in ds.rows] == [priced[r.config] for r in ds.rows]
+
+
 def test_a_miss_costs_its_host_work_beyond_the_all_hit_prices() -> None:
     from emu.runtime_profile import HostCosts
     from live.host_calibration import _Request

@@ -443,3 +443,13 @@ def test_the_sound_summary_keeps_steady_rows_whose_calibration_composes_its_own_
     assert obj["extra"]["sound"]["n_configs"] == 2 and obj["extra"]["steady"]["n_configs"] == 4
     assert main(["validate", "--summary", str(root)]) == 0
     assert "composes its own step" in capsys.readouterr().out
+    # a row emulated with another experts kernel than the run's leaves the sound set, and only it
+    raw["rows"][0]["calibration"]["kernel_priced"] = False
+    raw["rows"][2]["calibration"]["kernel_priced"] = True
+    (d / "comparisons.json").write_text(json.dumps(raw))
+    (sound,) = summarize([load_dataset(d)], sound=True)
+    assert sound.n_configs == 1 and sound.decode_max == pytest.approx(0.03)
+    raw["rows"][0]["calibration"]["kernel_priced"] = "no"
+    (d / "comparisons.json").write_text(json.dumps(raw))
+    with pytest.raises(EmuError, match=r"rows\[0\]\.calibration\.kernel_priced.*true, false or null"):
+        load_dataset(d)
