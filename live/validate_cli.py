@@ -205,7 +205,7 @@ def validate_dir(records: list[Path], profile_path: Path, cal_paths: list[Path],
     from emu.runtime_profile import NO_RUNTIME
 
     from .runtime_cal import HOST_KEYS, apply_runtime_overheads, median_key
-    from .validate import live_model, load_live_run, validate_paired, validate_run
+    from .validate import kernel_priced, live_model, load_live_run, validate_paired, validate_run
 
     base = load_profile(profile_path)
     cals = load_runtime_cals(cal_paths)
@@ -233,6 +233,10 @@ def validate_dir(records: list[Path], profile_path: Path, cal_paths: list[Path],
                     if median_key(key) in cal:
                         cal[key] = cal[median_key(key)]
             profile, runtime = apply_runtime_overheads(base, spec, cal, file=cal["file"])
+        if not kernel_priced(run_, runtime):
+            print(f"warning: {path}: the run used the experts kernel {run_.record.get('experts_kernel')!r}, which "
+                  f"this validation prices as {runtime.experts!r}: its errors are another runtime's (emulate it with "
+                  f"a runtime profile of its kernel: `python -m live.protocol compare --runtime`)", file=sys.stderr)
         out.append(validate_run(run_, profile, engine, "best" if statistic == "auto" else statistic, runtime))
     return out
 

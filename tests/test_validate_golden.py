@@ -184,6 +184,20 @@ def test_cli_from_live_writes_the_comparison(tmp_path: Path, capsys: pytest.Capt
         row["decode_tok_s"]["emulated"] / row["decode_tok_s"]["measured"] - 1) and "round_errors" not in row
 
 
+def test_cli_from_live_warns_of_a_run_whose_experts_kernel_it_does_not_price(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "runs"
+    d.mkdir()
+    copy_files(GOLDEN, d, ("mixtral_5pct_lru.json", "mixtral_runtime_cal.json", "h100-lease.toml"))
+    assert _cli(["--from-live", str(d)]) == 0
+    assert "experts kernel" not in capsys.readouterr().err  # an eager run, priced per expert
+    rec_path = d / "mixtral_5pct_lru.json"
+    rec_path.write_text(json.dumps(dict(json.loads(rec_path.read_text()), experts_kernel="fused")))
+    assert _cli(["--from-live", str(d)]) == 0
+    err = capsys.readouterr().err
+    assert "mixtral_5pct_lru.json: the run used the experts kernel 'fused'" in err and "'per-expert'" in err
+
+
 def test_cli_shows_each_rounds_error_of_paired_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = tmp_path / "runs"
     d.mkdir()
