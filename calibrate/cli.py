@@ -92,14 +92,14 @@ def _self_check(path: Path, runtime: Any) -> int:
     self_check`), with a warning beyond `SELF_CHECK_TOLERANCE`."""
     from emu.profile import load_profile
     from live.protocol import self_check
-    from live.validation_set import SELF_CHECK_TOLERANCE, self_check_passes
+    from live.validation_set import SELF_CHECK_TOLERANCE, format_self_check, self_check_passes
 
     try:
         checks = self_check(load_profile(path), runtime)
     except EmuError as err:
         return _error(str(err))
     for model, errors in checks.items():
-        line = f"{model} " + " / ".join(f"{e:+.1%}" for e in errors)
+        line = f"{model} {format_self_check(errors)}"
         if not self_check_passes(errors):
             print(f"emu calibrate: warning: self-check: {line}: the emulated all-resident step is more than "
                   f"{SELF_CHECK_TOLERANCE:.0%} from the calibration's own with {path}; a part of the step is "

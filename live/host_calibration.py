@@ -191,7 +191,7 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     # a policy that issued prefetches over the resident pool (it picks beyond what the request touched) has none
     gates = {policy: max(step, 0.0) for policy, step in
              [(PREFETCH, gate_step)] + [(p, r.per_gate_step_over(resident, shape.n_layers))
-                                        for p, r in resident_others.items() if resident is not None]
+                                        for p, r in resident_others.items()]
              if step is not None}
     floor = issue_s or 0.0
     per_prefetch = [prefetching.per_prefetch_over(missing, phase, expert_s=e, copy_s=c,

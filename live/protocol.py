@@ -315,7 +315,7 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
 
     from .validate import emulate_live, kernel_priced, live_model, load_live_run
     from .validate_cli import roofline_warning
-    from .validation_set import SELF_CHECK_TOLERANCE, self_check_passes
+    from .validation_set import SELF_CHECK_TOLERANCE, format_self_check, self_check_passes
 
     profile = load_profile(profile_path)
     untrusted = profile_copy_warning(profile)
@@ -392,7 +392,7 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
         if off:
             print(f"warning: {folder}: the emulator does not reproduce its calibration's own all-resident requests "
                   f"within {SELF_CHECK_TOLERANCE:.0%} (" + "; ".join(
-                      f"{m} " + " ".join(f"{e:+.1%}" for e in errs) for m, errs in off.items()) +
+                      f"{m} {format_self_check(errs)}" for m, errs in off.items()) +
                   "): the device profile or the runtime profile misprices a part of the step", file=sys.stderr)
     (folder / "comparisons.json").write_text(json.dumps(data, indent=1) + "\n")
     return data

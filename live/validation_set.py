@@ -392,6 +392,11 @@ def self_consistent(dataset: Dataset, row: Comparison) -> bool:
     return bool(errors) and self_check_passes(errors)
 
 
+def format_self_check(errors: Iterable[float]) -> str:
+    """A model's self-check errors as the tables and warnings print them: "+1.0% / -2.0% / +0.5%"."""
+    return " / ".join(_pct(e) for e in errors)
+
+
 def self_check_passes(errors: Iterable[float]) -> bool:
     """Whether a model's self-check errors (one per calibration request) are within `SELF_CHECK_TOLERANCE` at
     their median."""
@@ -500,7 +505,7 @@ def format_model_table(dataset: Dataset) -> str:
         body.append([model, runtime, str(len(rows)), share, drift, f"{_pct(min(ttft))} .. {_pct(max(ttft))}",
                      f"{_pct(min(dec))} .. {_pct(max(dec))}", f"{sum(e.counts_equal for e in errs)}/{len(rows)}"])
         if dataset.self_check:
-            body[-1].append(" / ".join(_pct(e) for e in dataset.self_check.get(model, ())) or "-")
+            body[-1].append(format_self_check(dataset.self_check.get(model, ())) or "-")
     return _md_table(head, body)
 
 
