@@ -34,6 +34,8 @@ HOST_KEYS: dict[str, str] = {
     "prefetch_s": "per prefetch copy issued (unset: copy_s)",
     "prefetch_gate_s": "per layer, where a prefetch policy runs: what its work (the decision, the landing polls, "
                        "the watchdog's checkpoints) adds to the gate beyond gate_s, whether it issues or not",
+    "batch_expert_s": "per expert launched in a decode pass of more than one token: where a runtime gathers each "
+                      "expert's rows of the batch and scatters its output back (unset: expert_s)",
     "prefill_expert_s": "per expert launched in a prefill pass (unset: expert_s)",
     "prefill_copy_s": "per demand copy issued in a prefill pass (unset: copy_s)",
     "prefill_prefetch_s": "per prefetch issued in a prefill pass (unset: prefill_copy_s, else prefetch_s)",
@@ -57,6 +59,7 @@ class HostCosts:
     copy_s: float | None = None
     prefetch_s: float | None = None
     prefetch_gate_s: float | None = None
+    batch_expert_s: float | None = None
     prefill_expert_s: float | None = None
     prefill_copy_s: float | None = None
     prefill_prefetch_s: float | None = None
@@ -82,6 +85,7 @@ class ResolvedHost:
     copy_s: float = 0.0
     prefetch_s: float = 0.0
     prefetch_gate_s: float = 0.0
+    batch_expert_s: float = 0.0
     prefill_expert_s: float = 0.0
     prefill_copy_s: float = 0.0
     prefill_prefetch_s: float = 0.0
@@ -132,6 +136,7 @@ class RuntimeProfile:
         return ResolvedHost(
             pass_s=z(c.pass_s), layer_s=z(c.layer_s), readback_s=z(c.readback_s), gate_s=z(c.gate_s),
             expert_s=expert, copy_s=copy, prefetch_s=float(prefetch), prefetch_gate_s=z(c.prefetch_gate_s),
+            batch_expert_s=expert if c.batch_expert_s is None else float(c.batch_expert_s),
             prefill_expert_s=expert if c.prefill_expert_s is None else float(c.prefill_expert_s),
             prefill_copy_s=float(prefill_copy), prefill_prefetch_s=float(prefill_prefetch),
             prefill_layer_s=z(c.layer_s) if c.prefill_layer_s is None else float(c.prefill_layer_s),

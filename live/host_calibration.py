@@ -18,7 +18,9 @@ prefetch policy, which prices a prefetch (`prefetch_s`, and `prefill_prefetch_s`
 work beyond the third run's, less what its other expert launches and demand copies and the policy's gates
 cost, over the prefetches it issued (the queue, the copies' submission, the landing polls; never below the
 issue alone, which a prefetching sibling runtime times through the prefetch path's own loop,
-`runtime_cal.measure_prefetch_issue`).
+`runtime_cal.measure_prefetch_issue`). Where every expert fits the device, a fifth run decodes `BATCH` prompts in
+lockstep with every expert resident: a pass of several tokens gathers each expert's rows and scatters its output,
+launches a one-token pass skips, so its expert launch is priced on its own (`batch_expert_s`).
 
 The profile's `[models."<preset>"]` entries hold each model's costs; `[host]` the median over the models, for a
 model the profile has no entry for. None of these runs is ever compared with the emulator.
@@ -47,6 +49,9 @@ SEED = 4242
 CAPACITY = 0.10
 #: the prefetch policy of the request that prices a prefetch
 PREFETCH = "next-layer"
+#: the requests of the resident batch request, decoded in lockstep: a decode pass of several tokens launches each
+#: expert with the gather of its rows and the scatter of its output (`batch_expert_s`)
+BATCH = 4
 
 
 @attrs.frozen
@@ -107,7 +112,9 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     expert launch measured among misses would charge that to every hit), and again with the prefetch policy
     what a prefetch adds. With the fused kernel the resident request reads every layer's routing
     back (no deferred layers), so that it prices the layers that do, and a layer's one launch is shared by
-    its experts (`expert_s`)."""
+    its experts (`expert_s`). Where every key fits the device, a fifth request, `BATCH` prompts decoded in
+    lockstep over every key resident, prices an expert launched in a decode pass of several tokens
+    (`batch_expert_s`)."""
     import torch
 
     from .models import live_spec
@@ -139,7 +146,7 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
         runtime.close()
         runtime.prefetch = "none"
         runtime.reset()
-    resident = resident_pf = None
+    resident = resident_pf = batch = None
     resident_others: dict[str, _Request] = {}
     gate_errors: dict[str, str] = {}
     keys = _resident_keys(runtime, missing, n_keys, decode)
@@ -161,6 +168,11 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
                     print(f"warning: {preset}: the {policy} prefetch policy's gate could not be timed ({err}); "
                           "it takes the generic prefetch_gate_s", file=sys.stderr)
                     runtime.close()
+            if keys is None:  # a batch routes beyond one prompt's keys: a pool of every key holds them all
+                runtime.prefetch = "none"
+                batch_prompt = torch.randint(0, shape.vocab, (BATCH, prompt_len), generator=gen).to(dev)
+                batch = _timed_request(model, runtime, PassPlan(prompt_len, steps, batch=BATCH), batch_prompt, dev,
+                                       decode, preload=True)
         finally:
             runtime.defer = True
             runtime.close()
@@ -173,6 +185,7 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     costs = HostCosts(pass_s=max(hits.pass_s(shape.n_layers), 0.0), layer_s=hits.layer_s,
                       readback_s=hits.item(1, "readback"), gate_s=hits.item(1, "gate"),
                       expert_s=hits.item(1, "expert"), copy_s=missing.item(1, "copy"),
+                      batch_expert_s=None if batch is None else batch.item(1, "expert"),
                       prefill_expert_s=missing.item(0, "expert"), prefill_copy_s=missing.item(0, "copy"),
                       prefill_layer_s=missing.prefill_layer_s, prefill_readback_s=missing.item(0, "readback"),
                       prefill_gate_s=hits.item(0, "gate"))
@@ -206,6 +219,7 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
            "resident_slots": n_keys if keys is None else len(keys),  # the resident requests' pool
            "resident_request": None if resident is None else resident.raw(shape.n_layers),
            "resident_prefetch_request": None if resident_pf is None else resident_pf.raw(shape.n_layers),
+           "resident_batch_request": None if batch is None else batch.raw(shape.n_layers) | {"batch": BATCH},
            "prefetch_request": prefetching.raw(shape.n_layers) | {"prefetch": PREFETCH},
            "copy_s_issue": missing.item(1, "copy"), "copy_s_per_miss": per_miss,
            "copy_s_within": within,
@@ -446,7 +460,8 @@ def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, d
     if decode != "eager":  # its own static cache and graphs, warmed up by a prefill over them first
         graphed = graphed_decode(model, runtime, [plan], 0, dev)
         with attention_backends(dev):  # capture with the backends of the replays (no cuDNN: it allocates)
-            RequestSteps(model, prompt, PassPlan(plan.prompt_len, 3), runtime=runtime, graphed=graphed).prefill()
+            RequestSteps(model, prompt, PassPlan(plan.prompt_len, 3, batch=plan.batch), runtime=runtime,
+                         graphed=graphed).prefill()
             if decode == "graph":
                 capture_decode(graphed, [plan], hooks)
     runtime.reset()
@@ -586,7 +601,8 @@ def runtime_profile(name: str, calibrations: list[ModelCalibration], device_name
             "method": "host ledger of calibration requests of the runtime's own (prompt "
                       f"{PROMPT_LEN}, {DECODE_STEPS} decode steps, seeds from {SEED}; each four times on the "
                       "same prompt: every expert resident (pass, layer, readback, gate, expert launch: a hit's "
-                      f"costs), the same with {PREFETCH} prefetch (prefetch_gate_s), a {int(CAPACITY * 100)}% "
+                      f"costs; and {BATCH} prompts in lockstep: batch_expert_s), the same with {PREFETCH} "
+                      f"prefetch (prefetch_gate_s), a {int(CAPACITY * 100)}% "
                       "LRU cache (copy_s: its host work beyond the hit costs, per copy; prefill items), the same "
                       "with prefetch (prefetch_s, prefill_prefetch_s: per prefetch beyond the rest); several "
                       "per model: the median, models.<m>.statistic); never a validated run",

@@ -111,6 +111,7 @@ _HOST_VALUES: dict[str, list[float | None]] = {
     "pass_s": [None, 0.0, 3e-5], "layer_s": [None, 0.0, 2e-5, 1e-3], "readback_s": [None, 1e-5],
     "gate_s": [None, 4e-6], "expert_s": [None, 0.0, 5e-6, 2e-3], "copy_s": [None, 0.0, 3e-6, 1e-3],
     "prefetch_s": [None, None, 0.0, 2e-3], "prefill_expert_s": [None, None, 1e-4],
+    "batch_expert_s": [None, None, 0.0, 3e-4],
     "prefill_copy_s": [None, None, 0.0, 5e-4], "prefill_prefetch_s": [None, None, 1e-4],
 }
 

@@ -290,6 +290,27 @@ def test_a_prefill_pass_launches_and_decides_at_its_own_host_prices(engines, eng
 
 
 @pytest.mark.parametrize("engine_name", ["des", "fast"])
+def test_a_decode_pass_of_several_tokens_launches_its_experts_at_the_batch_price(engines, engine_name):
+    # The device-paced case's pass 0 (one token, TTFT 7.25), then a decode pass of two tokens, both at L0 {0, 1}
+    # and L1 {2, 3}, every access a hit; an expert of two tokens takes 0.75 s on the device.
+    # batch_expert_s unset (expert_s = 0.3): from 7.25, pre to 7.75; L0 dense ends 8.75, readback 9.0; experts
+    #   launched at 9.0 and 9.3 run [9.0, 9.75], [9.75, 10.5]; L1 dense launched from 9.6 ends max(10.75, 10.6),
+    #   readback 11.0; experts [11.0, 11.75], [11.75, 12.5]: the run ends at 12.5.
+    # batch_expert_s = 0.9 (> 0.75: host-paced): L0's experts launched at 9.0 and 9.9 end no sooner than 9.9
+    #   and 10.8; L1 dense launched from 10.8 ends 11.8, readback 12.05; experts end 12.95 and 13.85.
+    #   The one-token pass keeps expert_s: TTFT 7.25 either way.
+    trace = make_trace([[[[0, 1], [2, 3]]], [[[0, 1], [2, 3]], [[0, 1], [2, 3]]]])
+    engine = engines[engine_name]
+    r, _ = run(engine, trace, slots=8, runtime=HOST)
+    assert (r["ttft_s"], r["e2e_s"]) == pytest.approx((7.25, 12.5), abs=1e-9)
+    r, _ = run(engine, trace, slots=8, runtime=dict(HOST, batch_expert_s=0.9))
+    assert (r["ttft_s"], r["e2e_s"]) == pytest.approx((7.25, 13.85), abs=1e-9)
+    # and a price for one-token passes alone leaves the batched pass at batch_expert_s
+    r, _ = run(engine, trace, slots=8, runtime=dict(HOST, expert_s=0.0, batch_expert_s=0.9))
+    assert r["e2e_s"] - r["ttft_s"] == pytest.approx(13.85 - 7.25, abs=1e-9)
+
+
+@pytest.mark.parametrize("engine_name", ["des", "fast"])
 def test_a_prefetch_policys_gate_work_is_charged_to_every_gate_of_a_prefetching_stack(engines, engine_name):
     # The device-paced case (TPOT 4.6, every access of pass 1 a hit) with the oracle prefetching: in pass 1 it
     # names layer 1's experts at layer 0's gate, all resident, so it issues nothing; prefetch_gate_s = 0.4 then

@@ -40,7 +40,7 @@ import tomli_w
 
 SCENARIOS = REPO / "scenarios"
 RUNTIME_KEYS = ("pass_s", "layer_s", "readback_s", "gate_s", "expert_s", "copy_s", "prefetch_s", "prefill_expert_s",
-                "prefill_copy_s", "prefill_prefetch_s")
+                "prefill_copy_s", "prefill_prefetch_s", "batch_expert_s")
 
 TINY = f"""
 model = "olmoe-1b-7b"

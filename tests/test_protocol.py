@@ -69,7 +69,7 @@ def test_the_runtime_calibration_measures_every_host_item(dataset: Path) -> None
     rt = load_runtime_profile(dataset / "calibration" / "hf-eager.toml")
     costs = rt.models["olmoe-1b-7b"]
     for key in ("pass_s", "layer_s", "gate_s", "expert_s", "copy_s", "prefetch_s", "prefill_expert_s",
-                "prefill_layer_s", "prefill_gate_s"):
+                "prefill_layer_s", "prefill_gate_s", "batch_expert_s"):
         value = getattr(costs, key)
         assert value is not None and 0 < value < 0.1, key
     assert costs.readback_s is None  # a CPU readback has no device to wait for: nothing to split
@@ -89,6 +89,13 @@ def test_the_runtime_calibration_measures_every_host_item(dataset: Path) -> None
         added = (statistics.median(steps_pf) - statistics.median(steps)) / raw["n_layers"]
         assert req["costs"]["prefetch_gate_s"] == pytest.approx(max(added, 0.0))
         assert "prefetch_gate_s_work" in req
+        # the batch request: 4 prompts in lockstep over every key resident, its expert launches the batch price
+        batch = req["resident_batch_request"]
+        assert batch["batch"] == 4 and batch["copies"] == [0, 0] and len(batch["decode_step_s"]) == 32
+        seconds, launched = batch["ledger"]["decode.expert"]
+        one_token = req["resident_request"]["ledger"]["decode.expert"][1]
+        assert launched > one_token  # four tokens a pass reach more experts than one
+        assert req["costs"]["batch_expert_s"] == pytest.approx(seconds / launched)
     layer = sorted(req["costs"]["layer_s"] for req in requests)
     assert costs.layer_s == pytest.approx(layer[1]) and raw["spread"]["layer_s"] == pytest.approx([layer[0], layer[2]])
     # each live prefetch policy's gate on its own, over the same resident pool: what it adds to the median step

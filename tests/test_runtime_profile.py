@@ -24,6 +24,9 @@ def test_fallbacks_and_model_entries() -> None:
     assert (other.prefill_copy_s, other.prefill_prefetch_s, other.prefill_expert_s) == (3e-4, 3e-4, 2e-5)
     m = rt.resolve("m")  # the entry over the runtime's
     assert (m.copy_s, m.prefetch_s, m.expert_s, m.prefill_expert_s) == (1e-4, 7e-5, 5e-5, 5e-5)
+    assert (other.batch_expert_s, m.batch_expert_s) == (2e-5, 5e-5)  # unset: expert_s
+    batch = runtime_from_dict({"name": "b", "host": {"expert_s": 2e-5, "batch_expert_s": 9e-5}}).resolve("x")
+    assert (batch.expert_s, batch.batch_expert_s, batch.prefill_expert_s) == (2e-5, 9e-5, 2e-5)
     assert m.prefill_prefetch_s == 3e-4  # prefill_copy_s where set
     assert (m.pass_s, m.layer_s, m.readback_s, m.gate_s) == (0.0, 0.0, 0.0, 0.0)
     bare = runtime_from_dict({"name": "b", "host": {"prefetch_s": 4e-5}}).resolve("x")

@@ -120,7 +120,10 @@ def _pass_times(cs, tm, tv, p: int) -> None:
     if tv.pass_phase[p] == PHASE_DECODE:
         cs.fc[FC.ISSUE_S] = tm.scal[SCAL.DECODE_COPY_ISSUE_S]
         cs.fc[FC.PF_ISSUE_S] = tm.scal[SCAL.DECODE_PREFETCH_ISSUE_S]
-        cs.fc[FC.EXPERT_HOST_S] = tm.scal[SCAL.DECODE_EXPERT_HOST_S]
+        # a pass of several tokens gathers each expert's rows and scatters its output: launches a one-token
+        # pass skips
+        one = SCAL.DECODE_EXPERT_HOST_S if t1 - t0 == 1 else SCAL.BATCH_EXPERT_HOST_S
+        cs.fc[FC.EXPERT_HOST_S] = tm.scal[one]
         cs.fc[FC.LAYER_HOST_S] = tm.scal[SCAL.HOST_LAYER_S]
         cs.fc[FC.READBACK_HOST_S] = tm.scal[SCAL.HOST_READBACK_S]
     else:

@@ -150,6 +150,7 @@ def timing(profile: HardwareProfile, model: ModelSpec, precisions: tuple[str, ..
     gate_pf = host.prefetch_gate_s if prefetch != "none" else 0.0
     scal[SCAL.HOST_READBACK_S] = host.readback_s + host.gate_s + gate_pf
     scal[SCAL.DECODE_EXPERT_HOST_S] = host.expert_s
+    scal[SCAL.BATCH_EXPERT_HOST_S] = host.batch_expert_s
     scal[SCAL.PREFILL_EXPERT_HOST_S] = host.prefill_expert_s
     scal[SCAL.PREFILL_HOST_LAYER_S] = host.prefill_layer_s
     scal[SCAL.PREFILL_HOST_READBACK_S] = host.prefill_readback_s + host.prefill_gate_s + gate_pf

@@ -111,8 +111,10 @@ class Curves:
         self.host_layer_s = {True: float(tm.scal[SCAL.HOST_LAYER_S]), False: float(tm.scal[SCAL.PREFILL_HOST_LAYER_S])}
         self.host_readback_s = {True: float(tm.scal[SCAL.HOST_READBACK_S]),
                                 False: float(tm.scal[SCAL.PREFILL_HOST_READBACK_S])}
-        self.expert_host_s = {True: float(tm.scal[SCAL.DECODE_EXPERT_HOST_S]),
-                              False: float(tm.scal[SCAL.PREFILL_EXPERT_HOST_S])}
+        # launching one expert, by phase: a decode pass of one token, one of several, a prefill
+        self.expert_host_s = {"decode": float(tm.scal[SCAL.DECODE_EXPERT_HOST_S]),
+                              "batch": float(tm.scal[SCAL.BATCH_EXPERT_HOST_S]),
+                              "prefill": float(tm.scal[SCAL.PREFILL_EXPERT_HOST_S])}
         self._expert: dict[tuple[int, int], float] = {}
 
     def expert(self, prec: int, tokens: int) -> float:
@@ -271,7 +273,7 @@ class ReferenceEngine:
         self.pre_s = c.pass_overhead_s + c.n_dense_layers * dense
         decode = bool(tv.pass_phase[p] == PHASE_DECODE)
         self.cs.fc[FC.ISSUE_S], self.cs.fc[FC.PF_ISSUE_S] = c.issue_s[decode]
-        self.expert_launch_s = c.expert_host_s[decode]
+        self.expert_launch_s = c.expert_host_s["prefill" if not decode else "decode" if t1 - t0 == 1 else "batch"]
         self.layer_launch_s = c.host_layer_s[decode]
         self.readback_host_s = c.host_readback_s[decode]
 
