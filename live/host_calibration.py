@@ -149,6 +149,7 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
     resident = resident_pf = batch = None
     resident_others: dict[str, _Request] = {}
     gate_errors: dict[str, str] = {}
+    batch_error = None
     keys = _resident_keys(runtime, missing, n_keys, decode)
     if _fits_every_expert(runtime, n_keys if keys is None else len(keys)):
         runtime.close()
@@ -171,8 +172,14 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
             if keys is None:  # a batch routes beyond one prompt's keys: a pool of every key holds them all
                 runtime.prefetch = "none"
                 batch_prompt = torch.randint(0, shape.vocab, (BATCH, prompt_len), generator=gen).to(dev)
-                batch = _timed_request(model, runtime, PassPlan(prompt_len, steps, batch=BATCH), batch_prompt, dev,
-                                       decode, preload=True)
+                try:
+                    batch = _timed_request(model, runtime, PassPlan(prompt_len, steps, batch=BATCH), batch_prompt,
+                                           dev, decode, preload=True)
+                except Exception as err:  # batch_expert_s stays unset (expert_s prices a batch), said and recorded
+                    batch_error = f"{type(err).__name__}: {err}"
+                    print(f"warning: {preset}: the batch request failed ({err}); a batched decode pass's expert "
+                          "launch takes expert_s", file=sys.stderr)
+                    runtime.close()
         finally:
             runtime.defer = True
             runtime.close()
@@ -227,6 +234,7 @@ def calibrate_built(model: Any, runtime: Any, shape: Any, preset: str, *, prompt
            "prefetch_gate_s_work": gate_work,
            "prefetch_gate_by_policy": gates or None,
            "prefetch_gate_errors": gate_errors or None,
+           "resident_batch_error": batch_error,
            "resident_policy_requests": {p: r.raw(shape.n_layers) for p, r in resident_others.items()} or None,
            **({} if issue_s is None else {"prefetch_s_issue": issue_s}),
            "prefetch_s_per_prefetch": {ph: x for ph, x in zip(("prefill", "decode"), per_prefetch) if x is not None},
