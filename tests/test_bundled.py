@@ -82,3 +82,14 @@ def test_run_with_jobs_gives_the_serial_records(tmp_path, monkeypatch, capsys):
         a.pop("timings"), b.pop("timings")
         assert a == b
     assert main(["run", names[0], "--jobs", "0"]) == 2
+
+
+def test_run_picks_its_workers_by_the_number_of_scenarios(monkeypatch):
+    import emu.cli
+
+    monkeypatch.setattr(emu.cli.os, "cpu_count", lambda: 8)
+    per = emu.cli.SCENARIOS_PER_WORKER
+    # a few scenarios run here; many take a worker per CPU at most, each worker at least `per` of them
+    assert [emu.cli.auto_jobs(n) for n in (1, per - 1, per, 2 * per + 1, 100 * per)] == [1, 1, 1, 2, 8]
+    monkeypatch.setattr(emu.cli.os, "cpu_count", lambda: None)
+    assert emu.cli.auto_jobs(100 * per) == 1
