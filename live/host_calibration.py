@@ -289,6 +289,16 @@ def _touched_keys(trace: Any, n_experts: int) -> np.ndarray:
     return np.unique(np.concatenate([k.ravel() for k in keys]))
 
 
+def _step_distinct(trace: Any) -> list[list[int]]:
+    """Per decode pass of a recorded request, per MoE layer, how many distinct experts its tokens routed to: the
+    expert launches of a batch's step (a batch-1 step launches `top_k` at every layer)."""
+    out = []
+    for p in np.flatnonzero(trace.pass_phase == 1):
+        rows = trace.experts[trace.pass_offsets[p]:trace.pass_offsets[p + 1]]
+        out.append([len(np.unique(rows[:, layer])) for layer in range(rows.shape[1])])
+    return out
+
+
 def _fits_every_expert(runtime: Any, n_keys: int) -> bool:
     """Whether a slot for every expert fits the device beside what it holds (half its free memory at most)."""
     if not runtime.cuda:
@@ -319,6 +329,7 @@ class _Request:
     step_prefetches: list[int] = attrs.field(factory=list)  # prefetches issued in each decode step
     step_wait_s: list[float] = attrs.field(factory=list)  # each decode step's readback waits
     keys: np.ndarray | None = None  # the distinct keys (layer * n_experts + expert) it routed to or predicted
+    step_distinct: list[list[int]] | None = None  # a batch's distinct experts per decode step and layer
 
     def _step_slopes(self, *counts: list[int]) -> np.ndarray | None:
         """The least-squares slopes (an intercept beside them) of each decode step's host work (its span less its
@@ -444,6 +455,7 @@ class _Request:
                 "decode_host_span_s": self.host_s, "decode_host_cpu_s": self.host_cpu_s, "prefill_s": self.prefill_s,
                 "decode_step_copies": self.step_copies, "decode_step_prefetches": self.step_prefetches,
                 "decode_step_wait_s": self.step_wait_s,
+                **({} if self.step_distinct is None else {"decode_step_distinct_experts": self.step_distinct}),
                 "decode_readback_wait_s": self.wait_s, "decode_work_s": self.work_s,
                 "pass_s_residual": self.pass_s(n_layers), "launch_ahead_n": self.ahead_n,
                 "ledger": {f"{'decode' if phase == 1 else 'prefill'}.{item}": [self.ledger.seconds[(phase, item)],
@@ -497,7 +509,9 @@ def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, d
                 issued += step_pf[-1]
             marks.append((runtime.readback_wait_s, runtime.copies, issued))
             ahead_s, ahead_n = runtime.launch_ahead_s - ahead0, runtime.launch_ahead_n - n_ahead0
-        touched = _touched_keys(hooks.trace(), runtime.n_experts)
+        trace = hooks.trace()
+        touched = _touched_keys(trace, runtime.n_experts)
+        distinct = _step_distinct(trace) if plan.batch > 1 else None
     finally:
         hooks.remove()
         runtime.ledger = None
@@ -506,7 +520,8 @@ def _timed_request(model: Any, runtime: Any, plan: Any, prompt: Any, dev: Any, d
     return _Request(ledger, seconds[1:], clock.host[1:], seconds[0], w2 - w1, ahead_s, ahead_n,
                     prefill_work_s=clock.host[0] - (w1 - w0), copies=(c1 - c0, c2 - c1), prefetches=(p1 - p0, p2 - p1),
                     prefill_ahead=(ahead0 - pre0, n_ahead0 - n_pre0), host_cpu_s=clock.cpu[1:],
-                    step_copies=step_copies, step_wait_s=step_wait, step_prefetches=step_pf, keys=touched)
+                    step_copies=step_copies, step_wait_s=step_wait, step_prefetches=step_pf, keys=touched,
+                    step_distinct=distinct)
 
 
 def _issued(runtime: Any) -> int:

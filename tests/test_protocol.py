@@ -95,6 +95,10 @@ def test_the_runtime_calibration_measures_every_host_item(dataset: Path) -> None
         seconds, launched = batch["ledger"]["decode.expert"]
         one_token = req["resident_request"]["ledger"]["decode.expert"][1]
         assert launched > one_token  # four tokens a pass reach more experts than one
+        distinct = batch["decode_step_distinct_experts"]  # per step and layer: the experts launched
+        assert len(distinct) == 32 and sum(map(sum, distinct)) == launched
+        assert all(8 <= n <= 32 for step in distinct for n in step)  # OLMoE's top-8, four tokens
+        assert "decode_step_distinct_experts" not in req["resident_request"]
         assert req["costs"]["batch_expert_s"] == pytest.approx(seconds / launched)
     layer = sorted(req["costs"]["layer_s"] for req in requests)
     assert costs.layer_s == pytest.approx(layer[1]) and raw["spread"]["layer_s"] == pytest.approx([layer[0], layer[2]])
