@@ -91,21 +91,23 @@ def _self_check(path: Path, runtime: Any) -> int:
     """Print, per model, the emulated all-resident step against each calibration request's own (`live.protocol.
     self_check`), with a warning beyond `SELF_CHECK_TOLERANCE`."""
     from emu.profile import load_profile
-    from live.protocol import self_check
+    from live.protocol import batch_self_check, self_check
     from live.validation_set import SELF_CHECK_TOLERANCE, format_self_check, self_check_passes
 
     try:
-        checks = self_check(load_profile(path), runtime)
+        profile = load_profile(path)
+        checks = {"": self_check(profile, runtime), " (batch)": batch_self_check(profile, runtime)}
     except EmuError as err:
         return _error(str(err))
-    for model, errors in checks.items():
-        line = f"{model} {format_self_check(errors)}"
-        if not self_check_passes(errors):
-            print(f"emu calibrate: warning: self-check: {line}: the emulated all-resident step is more than "
-                  f"{SELF_CHECK_TOLERANCE:.0%} from the calibration's own with {path}; a part of the step is "
-                  "mispriced", file=sys.stderr)
-        else:
-            print(f"emu calibrate: self-check: {line}", file=sys.stderr)
+    for which, found in checks.items():
+        for model, errors in found.items():
+            line = f"{model}{which} {format_self_check(errors)}"
+            if not self_check_passes(errors):
+                print(f"emu calibrate: warning: self-check: {line}: the emulated all-resident step is more than "
+                      f"{SELF_CHECK_TOLERANCE:.0%} from the calibration's own with {path}; a part of the step is "
+                      "mispriced", file=sys.stderr)
+            else:
+                print(f"emu calibrate: self-check: {line}", file=sys.stderr)
     return 0
 
 

@@ -394,6 +394,16 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
                   f"within {SELF_CHECK_TOLERANCE:.0%} (" + "; ".join(
                       f"{m} {format_self_check(errs)}" for m, errs in off.items()) +
                   "): the device profile or the runtime profile misprices a part of the step", file=sys.stderr)
+    batch_checks = {m: {"config": row_of[m], "errors": errs}
+                    for m, errs in batch_self_check(profile, runtime, engine).items() if m in row_of}
+    if batch_checks:
+        data["self_check_batch"] = batch_checks
+        off = {m: c["errors"] for m, c in batch_checks.items() if not self_check_passes(c["errors"])}
+        if off:
+            print(f"warning: {folder}: the emulator does not reproduce its calibration's own batch requests within "
+                  f"{SELF_CHECK_TOLERANCE:.0%} (" + "; ".join(
+                      f"{m} {format_self_check(errs)}" for m, errs in off.items()) +
+                  "): a batched decode step's parts are mispriced", file=sys.stderr)
     (folder / "comparisons.json").write_text(json.dumps(data, indent=1) + "\n")
     return data
 
@@ -430,9 +440,64 @@ def self_check(profile: Any, runtime: RuntimeProfile, engine: str = "fast") -> d
     return out
 
 
-def _resident_run(preset: str, n_layers: int, prompt_len: int, steps: int) -> Any:
-    """A batch-1 request of `preset` cut to `n_layers` MoE layers: a prompt of `prompt_len` tokens, `steps` decode
-    steps, every token of every layer routed to experts 0 .. top_k - 1, a slot for every expert."""
+def batch_self_check(profile: Any, runtime: RuntimeProfile, engine: str = "fast") -> dict[str, list[float]]:
+    """`self_check` for the calibration's batch request (`host_calibration.BATCH` prompts decoded in lockstep,
+    every expert resident, `batch_expert_s`): the emulated median decode step of a batch whose every step and
+    layer runs as many distinct experts as the request's did (`decode_step_distinct_experts`), its tokens spread
+    over them as evenly as top-k allows (the request's own split is not recorded; an expert's time barely moves
+    between one and four tokens), against the request's median step. In sample by design, as `self_check`.
+    Models whose requests have no batch request are left out."""
+    import numpy as np
+
+    from emu.models import PRESETS
+
+    from .validate import emulate_live
+
+    out: dict[str, list[float]] = {}
+    for model, prov in sorted(runtime.provenance.get("models", {}).items()):
+        if model not in PRESETS or not isinstance(prov, dict):
+            continue
+        spec = PRESETS[model]
+        requests = [q for q in (prov.get("requests") or [prov]) if _checkable(q) and _batch_of(
+            q.get("resident_batch_request"), prov.get("n_layers"), spec.top_k, spec.n_experts)]
+        if not requests:
+            continue
+        errors = []
+        for q in requests:
+            batch = q["resident_batch_request"]
+            run = _resident_run(model, prov["n_layers"], int(q.get("prompt_len") or 1),
+                                len(batch["decode_step_s"]), batch=int(batch["batch"]),
+                                distinct=batch["decode_step_distinct_experts"])
+            costs = HostCosts(**{k: v for k, v in q["costs"].items() if k in attrs.fields_dict(HostCosts)})
+            own = attrs.evolve(runtime, models=dict(runtime.models) | {model: costs})
+            emulated = float(np.median(emulate_live(run, profile, engine, own).decode_step_s))
+            errors.append(emulated / median_step_s(batch) - 1)
+        out[model] = errors
+    return out
+
+
+def _batch_of(request: Any, n_layers: Any, top_k: int, n_experts: int) -> bool:
+    """Whether a batch request's provenance holds what `batch_self_check` reads: a batch above one, its decode
+    steps (positive seconds) and per step and layer a distinct-expert count from top-k to min(batch x top-k,
+    the model's experts). A provenance is free-form: anything else is skipped."""
+    if not isinstance(request, dict) or median_step_s(request) is None or not isinstance(n_layers, int):
+        return False
+    batch, distinct = request.get("batch"), request.get("decode_step_distinct_experts")
+    if not (isinstance(batch, int) and not isinstance(batch, bool) and batch > 1 and isinstance(distinct, list)):
+        return False
+    most = min(batch * top_k, n_experts)
+    return len(distinct) == len(request["decode_step_s"]) and all(
+        isinstance(step, list) and len(step) == n_layers
+        and all(isinstance(n, int) and not isinstance(n, bool) and top_k <= n <= most for n in step)
+        for step in distinct)
+
+
+def _resident_run(preset: str, n_layers: int, prompt_len: int, steps: int, batch: int = 1,
+                  distinct: list[list[int]] | None = None) -> Any:
+    """A request of `preset` cut to `n_layers` MoE layers (or `batch` of them in lockstep): a prompt of
+    `prompt_len` tokens each, in one prefill pass, then `steps` decode steps, a slot for every expert. Every token
+    of every layer routes to experts 0 .. top_k - 1, or in decode step s at layer l to `distinct[s][l]` experts
+    (token t to (t * top_k + j) mod that count, j < top_k: each expert gets as even a share as top-k allows)."""
     import numpy as np
 
     from emu.models import PRESETS
@@ -441,13 +506,25 @@ def _resident_run(preset: str, n_layers: int, prompt_len: int, steps: int) -> An
     from .validate import LiveRun
 
     spec = attrs.evolve(PRESETS[preset], n_moe_layers=n_layers)
-    n = prompt_len + steps
-    experts = np.tile(np.arange(spec.top_k, dtype=np.int16), (n, n_layers, 1))
-    trace = RoutingTrace(experts=experts, pass_offsets=np.array([0, *range(prompt_len, n + 1)], np.int64),
-                         pass_phase=np.array([0] + [1] * steps, np.int8), token_request=np.zeros(n, np.int32),
-                         token_position=np.arange(n, dtype=np.int32), n_experts=spec.n_experts)
+    k = spec.top_k
+    prefill = np.tile(np.arange(k, dtype=np.int16), (batch * prompt_len, n_layers, 1))
+    decode = np.tile(np.arange(k, dtype=np.int16), (batch * steps, n_layers, 1))
+    if distinct is not None:  # each count from top_k to min(batch * top_k, n_experts) (`_batch_of`)
+        picks = np.arange(batch)[:, None] * k + np.arange(k)[None, :]  # [token, j]
+        for step, counts in enumerate(distinct):
+            for layer, count in enumerate(counts):
+                decode[step * batch:(step + 1) * batch, layer] = picks % count
+    experts = np.concatenate([prefill, decode])
+    offsets = [0, batch * prompt_len, *(batch * (prompt_len + i) for i in range(1, steps + 1))]
+    request = np.concatenate([np.repeat(np.arange(batch, dtype=np.int32), prompt_len),
+                              np.tile(np.arange(batch, dtype=np.int32), steps)])
+    position = np.concatenate([np.tile(np.arange(prompt_len, dtype=np.int32), batch),
+                               np.repeat(np.arange(prompt_len, prompt_len + steps, dtype=np.int32), batch)])
+    trace = RoutingTrace(experts=experts, pass_offsets=np.array(offsets, np.int64),
+                         pass_phase=np.array([0] + [1] * steps, np.int8), token_request=request,
+                         token_position=position, n_experts=spec.n_experts)
     record = {"model": attrs.asdict(spec), "profile_model": preset, "slots": n_layers * spec.n_experts,
-              "eviction": "lru", "prefetch": "none", "seed": 0, "batch": 1, "config": "self-check"}
+              "eviction": "lru", "prefetch": "none", "seed": 0, "batch": batch, "config": "self-check"}
     return LiveRun("<self-check>", record, trace)
 
 

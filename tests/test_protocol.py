@@ -526,3 +526,39 @@ def test_the_self_check_sets_the_emulated_resident_step_against_each_calibration
     ds = load_dataset(dataset)
     assert list(ds.self_check.values()) == [pytest.approx(tuple(errors))]
     assert "self-check" in format_model_table(ds).splitlines()[0]
+
+
+def test_the_batch_self_check_emulates_the_calibrations_batch_request(dataset: Path) -> None:
+    import copy
+
+    import numpy as np
+
+    from emu.profile import load_profile
+    from live.protocol import _resident_run, batch_self_check
+
+    runtime = load_runtime_profile(dataset / "calibration" / "hf-eager.toml")
+    profile = load_profile(ROOT / "scenarios" / "profiles" / "h100-pcie5.toml")
+    errors = batch_self_check(profile, runtime)["olmoe-1b-7b"]
+    assert len(errors) == 3 and all(np.isfinite(errors))
+    # the emulated batch: 4 requests in lockstep, each step and layer on as many distinct experts as recorded
+    distinct = [[8, 32], [20, 9]]
+    run = _resident_run("olmoe-1b-7b", 2, 5, 2, batch=4, distinct=distinct)
+    t = run.trace
+    assert list(np.diff(t.pass_offsets)) == [20, 4, 4] and list(t.pass_phase) == [0, 1, 1]
+    for step, counts in enumerate(distinct):
+        rows = t.experts[20 + 4 * step: 24 + 4 * step]
+        assert [len(np.unique(rows[:, layer])) for layer in range(2)] == counts
+        assert all(len(set(token)) == 8 for token in rows.reshape(-1, 8).tolist())  # top-8, each distinct
+    # a dearer batch launch in one request's costs lengthens its emulated batch step only
+    prov = copy.deepcopy(runtime.provenance)
+    prov["models"]["olmoe-1b-7b"]["requests"][1]["costs"]["batch_expert_s"] += 1e-3
+    dearer = batch_self_check(profile, attrs.evolve(runtime, provenance=prov))["olmoe-1b-7b"]
+    assert dearer[1] > errors[1] and [dearer[0], dearer[2]] == pytest.approx([errors[0], errors[2]])
+    # a count outside top-k .. batch x top-k (a hand-edited provenance) skips that request
+    prov = copy.deepcopy(runtime.provenance)
+    prov["models"]["olmoe-1b-7b"]["requests"][0]["resident_batch_request"]["decode_step_distinct_experts"][0][0] = 3
+    assert batch_self_check(profile, attrs.evolve(runtime, provenance=prov))["olmoe-1b-7b"] == pytest.approx(errors[1:])
+    compare(dataset, ROOT / "scenarios" / "profiles" / "h100-pcie5.toml", dataset / "calibration" / "hf-eager.toml",
+            "cpu", "hf-eager")
+    data = json.loads((dataset / "comparisons.json").read_text())
+    assert data["self_check_batch"]["olmoe-1b-7b"]["errors"] == pytest.approx(errors)
