@@ -132,6 +132,8 @@ class Dataset:
     #: per row model, the emulated all-resident step's error against each calibration request's own resident
     #: request (`live.protocol.self_check`: in sample, a check of the calibration, not a validation)
     self_check: dict[str, tuple[float, ...]] = attrs.field(factory=dict)
+    #: the same for each calibration request's batch request (`live.protocol.batch_self_check`)
+    self_check_batch: dict[str, tuple[float, ...]] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -317,19 +319,20 @@ def load_dataset(path: str | Path) -> Dataset:
         if j != i:
             raise r.fail(f"rows[{i}].config", f"{row.config!r} with runtime {row.runtime!r} repeats rows[{j}]")
     return Dataset(str(file), file.parent.name, r.str_(top, "gpu", "gpu"), r.str_(top, "gpu_kind", "gpu_kind"), rows,
-                   _self_check(r, top, rows))
+                   _self_check(r, top, rows), _self_check(r, top, rows, "self_check_batch"))
 
 
-def _self_check(r: _Reader, top: dict[str, Any], rows: tuple[Comparison, ...]) -> dict[str, tuple[float, ...]]:
-    """The optional `self_check` object ({preset: {"config": a row's config, "errors": [fractions]}}), keyed by
-    the model name of the row it names."""
-    raw = top.get("self_check")
+def _self_check(r: _Reader, top: dict[str, Any], rows: tuple[Comparison, ...],
+                key: str = "self_check") -> dict[str, tuple[float, ...]]:
+    """The optional `self_check` (or `self_check_batch`) object ({preset: {"config": a row's config, "errors":
+    [fractions]}}), keyed by the model name of the row it names."""
+    raw = top.get(key)
     if raw is None:
         return {}
     out = {}
     by_config = {row.config: row.model for row in rows}
-    for preset, entry in r.obj(raw, "self_check").items():
-        where = f"self_check.{preset}"
+    for preset, entry in r.obj(raw, key).items():
+        where = f"{key}.{preset}"
         entry = r.obj(entry, where)
         config = r.str_(entry, "config", f"{where}.config")
         if config not in by_config:
@@ -486,13 +489,15 @@ def format_model_table(dataset: Dataset) -> str:
     """One Markdown row per (model, runtime) of a dataset: its configurations, the host share of a decode step
     (least .. most, where recorded), the host drift its calibration saw, the signed TTFT and decode errors' range
     (least .. most), how many agree on the counts and, where the dataset has it, the self-check (the emulated
-    all-resident step against each calibration request's own)."""
+    all-resident step against each calibration request's own, and its batch request's)."""
     groups: dict[tuple[str, str], list[Comparison]] = {}
     for row in dataset.rows:
         groups.setdefault((row.model, row.runtime), []).append(row)
     head = ["model", "runtime", "configs", "host share", "host drift", "TTFT err", "decode err", "counts equal"]
     if dataset.self_check:
         head.append("self-check")
+    if dataset.self_check_batch:
+        head.append("batch self-check")
     body = []
     for (model, runtime), rows in groups.items():
         errs = [row_errors(r) for r in rows]
@@ -506,6 +511,8 @@ def format_model_table(dataset: Dataset) -> str:
                      f"{_pct(min(dec))} .. {_pct(max(dec))}", f"{sum(e.counts_equal for e in errs)}/{len(rows)}"])
         if dataset.self_check:
             body[-1].append(format_self_check(dataset.self_check.get(model, ())) or "-")
+        if dataset.self_check_batch:
+            body[-1].append(format_self_check(dataset.self_check_batch.get(model, ())) or "-")
     return _md_table(head, body)
 
 

@@ -562,3 +562,8 @@ def test_the_batch_self_check_emulates_the_calibrations_batch_request(dataset: P
             "cpu", "hf-eager")
     data = json.loads((dataset / "comparisons.json").read_text())
     assert data["self_check_batch"]["olmoe-1b-7b"]["errors"] == pytest.approx(errors)
+    from live.validation_set import format_model_table, load_dataset
+
+    ds = load_dataset(dataset)
+    assert list(ds.self_check_batch.values()) == [pytest.approx(tuple(errors))]
+    assert "batch self-check" in format_model_table(ds).splitlines()[0]

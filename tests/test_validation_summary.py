@@ -223,6 +223,7 @@ def _bad(tmp_path: Path, mutate: Any) -> Path:
     (lambda r: r.update(rows=[]), "rows"),
     (lambda r: r.pop("gpu_kind"), "gpu_kind"),
     (lambda r: r.update(self_check=[1]), "self_check"),
+    (lambda r: r.update(self_check_batch={"m": {"config": "nope", "errors": [0.1]}}), "self_check_batch.m.config"),
     (lambda r: r.update(self_check={"m": {"config": "nope", "errors": [0.1]}}), "self_check.m.config"),
     (lambda r: r.update(self_check={"m": {"config": r["rows"][0]["config"], "errors": []}}), "self_check.m.errors"),
     (lambda r: r.update(self_check={"m": {"config": r["rows"][0]["config"], "errors": [-1.5]}}),
