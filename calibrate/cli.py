@@ -91,12 +91,12 @@ def _self_check(path: Path, runtime: Any) -> int:
     """Print, per model, the emulated all-resident step against each calibration request's own (`live.protocol.
     self_check`), with a warning beyond `SELF_CHECK_TOLERANCE`."""
     from emu.profile import load_profile
-    from live.protocol import batch_self_check, self_check
+    from live.protocol import self_check
     from live.validation_set import SELF_CHECK_TOLERANCE, format_self_check, self_check_passes
 
     try:
         profile = load_profile(path)
-        checks = {"": self_check(profile, runtime), " (batch)": batch_self_check(profile, runtime)}
+        checks = {"": self_check(profile, runtime), " (batch)": self_check(profile, runtime, batch=True)}
     except EmuError as err:
         return _error(str(err))
     for which, found in checks.items():

@@ -384,38 +384,36 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
               f"the runtime profile {runtime_name!r} does not price (its `experts` is {runtime.experts!r}): their "
               f"rows predict another runtime", file=sys.stderr)
     data = {"schema": "moe-emu/validation/1", "gpu": gpu or "unknown", "gpu_kind": gpu_kind, "rows": rows}
-    checks = {m: {"config": row_of[m], "errors": errs}
-              for m, errs in self_check(profile, runtime, engine).items() if m in row_of}
-    if checks:
-        data["self_check"] = checks
+    for key, batch, which in (("self_check", False, "all-resident"), ("self_check_batch", True, "batch")):
+        checks = {m: {"config": row_of[m], "errors": errs}
+                  for m, errs in self_check(profile, runtime, engine, batch=batch).items() if m in row_of}
+        if not checks:
+            continue
+        data[key] = checks
         off = {m: c["errors"] for m, c in checks.items() if not self_check_passes(c["errors"])}
         if off:
-            print(f"warning: {folder}: the emulator does not reproduce its calibration's own all-resident requests "
+            print(f"warning: {folder}: the emulator does not reproduce its calibration's own {which} requests "
                   f"within {SELF_CHECK_TOLERANCE:.0%} (" + "; ".join(
                       f"{m} {format_self_check(errs)}" for m, errs in off.items()) +
                   "): the device profile or the runtime profile misprices a part of the step", file=sys.stderr)
-    batch_checks = {m: {"config": row_of[m], "errors": errs}
-                    for m, errs in batch_self_check(profile, runtime, engine).items() if m in row_of}
-    if batch_checks:
-        data["self_check_batch"] = batch_checks
-        off = {m: c["errors"] for m, c in batch_checks.items() if not self_check_passes(c["errors"])}
-        if off:
-            print(f"warning: {folder}: the emulator does not reproduce its calibration's own batch requests within "
-                  f"{SELF_CHECK_TOLERANCE:.0%} (" + "; ".join(
-                      f"{m} {format_self_check(errs)}" for m, errs in off.items()) +
-                  "): a batched decode step's parts are mispriced", file=sys.stderr)
     (folder / "comparisons.json").write_text(json.dumps(data, indent=1) + "\n")
     return data
 
 
-def self_check(profile: Any, runtime: RuntimeProfile, engine: str = "fast") -> dict[str, list[float]]:
+def self_check(profile: Any, runtime: RuntimeProfile, engine: str = "fast",
+               batch: bool = False) -> dict[str, list[float]]:
     """Per model of the runtime profile (a preset the emulator knows), the emulated all-resident decode step
     against each of its calibration requests' own all-resident request (the median step): that request's costs,
     the device profile, and a request of the calibration's prompt and steps routing every token of every layer to
     the same `top_k` experts over a slot for every expert (at batch 1 which experts a layer runs does not change
     its time). In sample by design, and from the calibration alone: it checks that the parts add up to the step
     they were measured from; an error here is a mispriced part (a device table at the host's pace, a host cost the
-    device does not wait for). Models without a checkable request are left out."""
+    device does not wait for). Models without a checkable request are left out.
+
+    `batch`: the calibration's batch request instead (`host_calibration.BATCH` prompts decoded in lockstep, every
+    expert resident, `batch_expert_s`): a batch whose every step and layer runs as many distinct experts as the
+    request's did (`decode_step_distinct_experts`), its tokens spread over them as evenly as top-k allows (the
+    request's own split is not recorded; an expert's time barely moves between one and four tokens)."""
     import numpy as np
 
     from emu.models import PRESETS
@@ -424,63 +422,38 @@ def self_check(profile: Any, runtime: RuntimeProfile, engine: str = "fast") -> d
 
     out: dict[str, list[float]] = {}
     for model, prov in sorted(runtime.provenance.get("models", {}).items()):
-        requests = [q for q in (prov.get("requests") or [prov]) if _checkable(q)] if isinstance(prov, dict) else []
         layers = prov.get("n_layers") if isinstance(prov, dict) else None
-        if model not in PRESETS or not requests or not isinstance(layers, int) or layers < 1:
-            continue
-        errors = []
-        for q in requests:
-            steps = q["resident_request"]["decode_step_s"]
-            run = _resident_run(model, layers, int(q.get("prompt_len") or 1), len(steps))
-            costs = HostCosts(**{k: v for k, v in q["costs"].items() if k in attrs.fields_dict(HostCosts)})
-            own = attrs.evolve(runtime, models=dict(runtime.models) | {model: costs})
-            emulated = float(np.median(emulate_live(run, profile, engine, own).decode_step_s))
-            errors.append(emulated / median_step_s(q["resident_request"]) - 1)
-        out[model] = errors
-    return out
-
-
-def batch_self_check(profile: Any, runtime: RuntimeProfile, engine: str = "fast") -> dict[str, list[float]]:
-    """`self_check` for the calibration's batch request (`host_calibration.BATCH` prompts decoded in lockstep,
-    every expert resident, `batch_expert_s`): the emulated median decode step of a batch whose every step and
-    layer runs as many distinct experts as the request's did (`decode_step_distinct_experts`), its tokens spread
-    over them as evenly as top-k allows (the request's own split is not recorded; an expert's time barely moves
-    between one and four tokens), against the request's median step. In sample by design, as `self_check`.
-    Models whose requests have no batch request are left out."""
-    import numpy as np
-
-    from emu.models import PRESETS
-
-    from .validate import emulate_live
-
-    out: dict[str, list[float]] = {}
-    for model, prov in sorted(runtime.provenance.get("models", {}).items()):
-        if model not in PRESETS or not isinstance(prov, dict):
+        if model not in PRESETS or not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
             continue
         spec = PRESETS[model]
-        requests = [q for q in (prov.get("requests") or [prov]) if _checkable(q) and _batch_of(
-            q.get("resident_batch_request"), prov.get("n_layers"), spec.top_k, spec.n_experts)]
-        if not requests:
-            continue
         errors = []
-        for q in requests:
-            batch = q["resident_batch_request"]
-            run = _resident_run(model, prov["n_layers"], int(q.get("prompt_len") or 1),
-                                len(batch["decode_step_s"]), batch=int(batch["batch"]),
-                                distinct=batch["decode_step_distinct_experts"])
+        for q in prov.get("requests") or [prov]:
+            if not _checkable(q):
+                continue
+            prompt_len = int(q.get("prompt_len") or 1)
+            if batch:
+                timed = q.get("resident_batch_request")
+                if not _batch_of(timed, layers, spec.top_k, spec.n_experts):
+                    continue
+                run = _resident_run(model, layers, prompt_len, len(timed["decode_step_s"]), batch=timed["batch"],
+                                    distinct=timed["decode_step_distinct_experts"])
+            else:
+                timed = q["resident_request"]
+                run = _resident_run(model, layers, prompt_len, len(timed["decode_step_s"]))
             costs = HostCosts(**{k: v for k, v in q["costs"].items() if k in attrs.fields_dict(HostCosts)})
             own = attrs.evolve(runtime, models=dict(runtime.models) | {model: costs})
             emulated = float(np.median(emulate_live(run, profile, engine, own).decode_step_s))
-            errors.append(emulated / median_step_s(batch) - 1)
-        out[model] = errors
+            errors.append(emulated / median_step_s(timed) - 1)
+        if errors:
+            out[model] = errors
     return out
 
 
-def _batch_of(request: Any, n_layers: Any, top_k: int, n_experts: int) -> bool:
-    """Whether a batch request's provenance holds what `batch_self_check` reads: a batch above one, its decode
+def _batch_of(request: Any, n_layers: int, top_k: int, n_experts: int) -> bool:
+    """Whether a batch request's provenance holds what `self_check(batch=True)` reads: a batch above one, its decode
     steps (positive seconds) and per step and layer a distinct-expert count from top-k to min(batch x top-k,
     the model's experts). A provenance is free-form: anything else is skipped."""
-    if not isinstance(request, dict) or median_step_s(request) is None or not isinstance(n_layers, int):
+    if not isinstance(request, dict) or median_step_s(request) is None:
         return False
     batch, distinct = request.get("batch"), request.get("decode_step_distinct_experts")
     if not (isinstance(batch, int) and not isinstance(batch, bool) and batch > 1 and isinstance(distinct, list)):

@@ -132,7 +132,7 @@ class Dataset:
     #: per row model, the emulated all-resident step's error against each calibration request's own resident
     #: request (`live.protocol.self_check`: in sample, a check of the calibration, not a validation)
     self_check: dict[str, tuple[float, ...]] = attrs.field(factory=dict)
-    #: the same for each calibration request's batch request (`live.protocol.batch_self_check`)
+    #: the same for each calibration request's batch request (`live.protocol.self_check(batch=True)`)
     self_check_batch: dict[str, tuple[float, ...]] = attrs.field(factory=dict)
 
 
