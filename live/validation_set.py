@@ -387,6 +387,26 @@ def row_errors(row: Comparison) -> RowErrors:
                      step_p50_err=p50, step_p99_err=p99, counts_equal=counts_equal(row))
 
 
+#: the parts of a run's decode steps that `step_drift` compares
+DRIFT_PARTS = 4
+
+
+def step_drift(row: Comparison, parts: int = DRIFT_PARTS) -> float | None:
+    """How far the run's own pace moved against the emulation's within the run: its decode steps cut into
+    `parts` consecutive parts, each part's measured median step over its emulated median step (the same steps of
+    the same trace: what the cache does in that part is in both), the largest of these ratios over the smallest,
+    less 1. A steady host and a model right in each part give ~0 whatever the run's error; a host that slowed
+    within the run (or an error that grows with the run) gives more. A diagnostic beside the errors: no set is
+    chosen by it. None with fewer than two steps a part, or step lists of different lengths."""
+    m, e = row.steps_s.measured, row.steps_s.emulated
+    n = len(m) // parts
+    if n < 2 or len(m) != len(e):
+        return None
+    ratios = [statistics.median(m[i * n:(i + 1) * n]) / statistics.median(e[i * n:(i + 1) * n])
+              for i in range(parts)]
+    return max(ratios) / min(ratios) - 1.0
+
+
 def self_consistent(dataset: Dataset, row: Comparison) -> bool:
     """Whether the row's model passed its dataset's self-check: the emulated all-resident step within
     `SELF_CHECK_TOLERANCE` of the calibration's own resident requests (their median error; decided from the
@@ -472,16 +492,18 @@ def _counts_cell(row: Comparison, equal: bool) -> str:
 
 
 def format_config_table(dataset: Dataset) -> str:
-    """One Markdown row per configuration: signed errors in percent, KS D and p, TOST, step quantile errors,
-    counts (live/emulated where they differ)."""
+    """One Markdown row per configuration: signed errors in percent, KS D and p, TOST, step quantile errors, the
+    run's step drift (`step_drift`), counts (live/emulated where they differ)."""
     head = ["config", "runtime", "TTFT err", "decode err", "KS D", "KS p", f"TOST ±{100 * TOST_MARGIN:.0f}%",
-            "p50 step err", "p99 step err", "counts"]
+            "p50 step err", "p99 step err", "step drift", "counts"]
     body = []
     for row in dataset.rows:
         err = row_errors(row)
+        drift = step_drift(row)
         body.append([row.config, row.runtime, _pct(err.ttft_err), _pct(err.decode_err), f"{err.ks_d:.3f}",
                      f"{err.ks_p:.3g}", f"{'yes' if err.tost.equivalent else 'no'} (p {err.tost.p:.3g})",
-                     _pct(err.step_p50_err), _pct(err.step_p99_err), _counts_cell(row, err.counts_equal)])
+                     _pct(err.step_p50_err), _pct(err.step_p99_err),
+                     "-" if drift is None else _pct(drift, signed=False), _counts_cell(row, err.counts_equal)])
     return _md_table(head, body)
 
 

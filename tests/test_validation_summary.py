@@ -454,3 +454,18 @@ def test_the_sound_summary_keeps_steady_rows_whose_calibration_composes_its_own_
     (d / "comparisons.json").write_text(json.dumps(raw))
     with pytest.raises(EmuError, match=r"rows\[0\]\.calibration\.kernel_priced.*true, false or null"):
         load_dataset(d)
+
+
+def test_step_drift_is_how_far_the_runs_pace_moved_against_the_emulation_within_the_run(tmp_path: Path) -> None:
+    from live.validation_set import step_drift
+
+    emulated = [0.01, 0.02] * 8  # the cache's own ups and downs: in both
+    same = [1.1 * x for x in emulated]  # 10% off all through: an error, no drift
+    slowed = [x * (1.0 if i < 8 else 1.5) for i, x in enumerate(emulated)]  # the host 50% slower from the middle
+    write(tmp_path, "d", [row("same", steps=(same, emulated)), row("slowed", steps=(slowed, emulated)),
+                          row("short", steps=(emulated[:7], emulated[:7]))])
+    same_row, slowed_row, short_row = load_dataset(tmp_path / "d").rows
+    assert step_drift(same_row) == pytest.approx(0.0, abs=1e-12)
+    assert step_drift(slowed_row) == pytest.approx(0.5)
+    assert step_drift(short_row) is None  # fewer than two steps a part
+    assert "step drift" in format_config_table(load_dataset(tmp_path / "d")).splitlines()[0]
