@@ -45,11 +45,11 @@ def test_every_part_runs_configurations_of_the_matrix() -> None:
     names = {c["name"] for c in matrix}
     model = {c["name"]: c["model"] for c in matrix}
     batch1_olmoe = {c["name"] for c in matrix if c["model"] == "olmoe-1b-7b" and c.get("batch", 1) == 1}
-    parts = {n: _part(n) for n in range(1, 14)}
+    parts = {n: _part(n) for n in range(1, 15)}
     for _decode, configs in parts.values():
         assert set(configs) <= names
     graph = {n for n, (decode, _) in parts.items() if decode == "graph"}
-    assert graph == {1, 2, 4, 6, 7} and {n for n, (d, _) in parts.items() if d == "eager"} == {3, 5, 8, 12, 13}
+    assert graph == {1, 2, 4, 6, 7} and {n for n, (d, _) in parts.items() if d == "eager"} == {3, 5, 8, 12, 13, 14}
     assert parts[9] == ("graph-fused", parts[4][1])  # part 4's configurations with the fused experts kernel
     assert parts[10] == ("graph-fused", [c for c in parts[4][1] if model[c] == "olmoe-1b-7b"])  # OLMoE's of part 9
     assert parts[11] == ("graph-fused", parts[7][1])  # part 7's Mixtral with the fused experts kernel
@@ -63,10 +63,11 @@ def test_every_part_runs_configurations_of_the_matrix() -> None:
     assert not union(4) & union(7) and not union(1) & union(2)
     assert {model[c] for c in union(7)} == {"mixtral-8x7b"}
     assert union(6) == union(8) == batch1_olmoe  # the short parts: OLMoE at batch 1
+    assert union(14) == {c for c in union(12) if model[c] == "qwen3-30b-a3b"} and len(union(14)) == 5  # Qwen3's
 
 
-@pytest.mark.parametrize("args", [[], ["0"], ["14"], ["1", "--now"], ["1", "--dry-run", "x"], ["a"]])
+@pytest.mark.parametrize("args", [[], ["0"], ["15"], ["1", "--now"], ["1", "--dry-run", "x"], ["a"]])
 def test_a_bad_part_is_one_usage_line_and_exit_2(args: list[str]) -> None:
     proc = _lease(*args)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip().splitlines() == ["usage: bash validation/lease.sh PART (1-13) [--dry-run]"]
+    assert proc.stderr.strip().splitlines() == ["usage: bash validation/lease.sh PART (1-14) [--dry-run]"]
