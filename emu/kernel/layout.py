@@ -126,8 +126,7 @@ class FC(Fields):
     HOST_FREE = auto()  # the host is busy issuing copies until then (no launch before)
     ISSUE_S = auto()  # host seconds to issue one demand copy in this pass (runtime `copy_s` or `prefill_copy_s`)
     PF_ISSUE_S = auto()  # the same for a prefetch copy (runtime `prefetch_s` or `prefill_prefetch_s`)
-    EXPERT_HOST_S = auto()  # host seconds to launch one expert in this pass (runtime `expert_s`, `batch_expert_s` or
-    # `prefill_expert_s`)
+    EXPERT_HOST_S = auto()  # host seconds to launch one expert in this pass (`expert_s`, `batch_expert_s`, ...)
     LAYER_HOST = auto()  # the host's launch cursor: it has launched everything decided so far by then
     LAYER_HOST_S = auto()  # host seconds to launch one layer's dense part in this pass (`layer_s`, `prefill_layer_s`)
     READBACK_HOST_S = auto()  # the routing readback and the layer's decisions in this pass (readback_s + gate_s)
