@@ -71,3 +71,18 @@ def test_a_bad_part_is_one_usage_line_and_exit_2(args: list[str]) -> None:
     proc = _lease(*args)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == ["usage: bash validation/lease.sh PART (1-14) [--dry-run]"]
+
+
+def test_processing_a_lease_refuses_without_its_arguments_or_over_a_dataset() -> None:
+    def process(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", "scripts/process_lease.sh", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    proc = process("name", "h100")
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: bash scripts/process_lease.sh NAME GPU_KIND")
+    existing = next(p.name for p in (ROOT / "validation").iterdir() if (p / "comparisons.json").is_file())
+    proc = process(existing, "h100", "x.tar.gz")  # a committed dataset is never written over
+    assert proc.returncode == 2 and "already there" in proc.stderr
+    proc = process("2099-01-01-h100-none", "h100", "no-such.tar.gz")
+    assert proc.returncode == 2 and "no such tarball" in proc.stderr
+    assert not (ROOT / "validation" / "2099-01-01-h100-none").exists()
