@@ -315,7 +315,13 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
 
     from .validate import emulate_live, kernel_priced, live_model, load_live_run
     from .validate_cli import roofline_warning
-    from .validation_set import SELF_CHECK_TOLERANCE, format_self_check, self_check_passes
+    from .validation_set import (
+        DRIFT_WARNING,
+        SELF_CHECK_TOLERANCE,
+        format_self_check,
+        self_check_passes,
+        steps_drift,
+    )
 
     profile = load_profile(profile_path)
     untrusted = profile_copy_warning(profile)
@@ -379,6 +385,14 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
         share = rec.get("decode_host_share")
         if share is not None:  # the device-paced decode's: the host's busy seconds over the passes' device time
             rows[-1]["host_share"] = float(share)
+    drifted = {r["config"]: d for r in rows
+               if (d := steps_drift(r["steps_s"]["measured"], r["steps_s"]["emulated"])) is not None
+               and d > DRIFT_WARNING}
+    if drifted:  # no calibration predicts a host that changes its pace within a run: said per run
+        print(f"warning: {folder}: the host's pace moved within {len(drifted)} runs (step drift, the measured over "
+              f"the emulated median step across the run's quarters, beyond {DRIFT_WARNING:.0%}: " + ", ".join(
+                  f"{c} {d:.0%}" for c, d in drifted.items()) + "): their errors include that movement",
+              file=sys.stderr)
     if other_kernel:  # compared all the same: each row says so (`calibration.kernel_priced`)
         print(f"warning: {folder}: {len(other_kernel)} runs ({', '.join(other_kernel)}) used an experts kernel that "
               f"the runtime profile {runtime_name!r} does not price (its `experts` is {runtime.experts!r}): their "

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -391,14 +391,23 @@ def row_errors(row: Comparison) -> RowErrors:
 DRIFT_PARTS = 4
 
 
-def step_drift(row: Comparison, parts: int = DRIFT_PARTS) -> float | None:
+def step_drift(row: Comparison, parts: int | None = None) -> float | None:
     """How far the run's own pace moved against the emulation's within the run: its decode steps cut into
     `parts` consecutive parts, each part's measured median step over its emulated median step (the same steps of
     the same trace: what the cache does in that part is in both), the largest of these ratios over the smallest,
     less 1. A steady host and a model right in each part give ~0 whatever the run's error; a host that slowed
     within the run (or an error that grows with the run) gives more. A diagnostic beside the errors: no set is
     chosen by it. None with fewer than two steps a part, or step lists of different lengths."""
-    m, e = row.steps_s.measured, row.steps_s.emulated
+    return steps_drift(row.steps_s.measured, row.steps_s.emulated, parts)
+
+
+#: a step drift beyond which `compare` says that the host's pace moved within the run
+DRIFT_WARNING = 0.10
+
+
+def steps_drift(m: Sequence[float], e: Sequence[float], parts: int | None = None) -> float | None:
+    """`step_drift` of measured and emulated step lists (`parts`: `DRIFT_PARTS` unless given)."""
+    parts = DRIFT_PARTS if parts is None else parts
     n = len(m) // parts
     if n < 2 or len(m) != len(e):
         return None

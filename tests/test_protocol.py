@@ -568,3 +568,20 @@ def test_the_batch_self_check_emulates_the_calibrations_batch_request(dataset: P
     ds = load_dataset(dataset)
     assert list(ds.self_check_batch.values()) == [pytest.approx(tuple(errors))]
     assert "batch self-check" in format_model_table(ds).splitlines()[0]
+
+
+def test_compare_names_the_runs_whose_pace_moved_within_the_run(dataset: Path, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import live.validation_set
+
+    args = (dataset, ROOT / "scenarios" / "profiles" / "h100-pcie5.toml", dataset / "calibration" / "hf-eager.toml",
+            "cpu", "hf-eager")
+    monkeypatch.setattr(live.validation_set, "DRIFT_PARTS", 3)  # the CPU runs decode 6 steps: two a part
+    monkeypatch.setattr(live.validation_set, "DRIFT_WARNING", -1.0)  # every run's drift is beyond it
+    compare(*args)
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if "pace moved" in x)
+    assert "within 3 runs" in line and all(c in line for c in ("lru-25 ", "lfu-50-nl ", "lru-25-b2 "))
+    monkeypatch.setattr(live.validation_set, "DRIFT_WARNING", 1e9)  # none is
+    compare(*args)
+    assert "pace moved" not in capsys.readouterr().err
