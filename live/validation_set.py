@@ -518,13 +518,15 @@ def format_config_table(dataset: Dataset) -> str:
 
 def format_model_table(dataset: Dataset) -> str:
     """One Markdown row per (model, runtime) of a dataset: its configurations, the host share of a decode step
-    (least .. most, where recorded), the host drift its calibration saw, the signed TTFT and decode errors' range
+    (least .. most, where recorded), the host drift its calibration saw, its runs' step drift (least .. most,
+    `step_drift`), the signed TTFT and decode errors' range
     (least .. most), how many agree on the counts and, where the dataset has it, the self-check (the emulated
     all-resident step against each calibration request's own, and its batch request's)."""
     groups: dict[tuple[str, str], list[Comparison]] = {}
     for row in dataset.rows:
         groups.setdefault((row.model, row.runtime), []).append(row)
-    head = ["model", "runtime", "configs", "host share", "host drift", "TTFT err", "decode err", "counts equal"]
+    head = ["model", "runtime", "configs", "host share", "host drift", "step drift", "TTFT err", "decode err",
+            "counts equal"]
     if dataset.self_check:
         head.append("self-check")
     if dataset.self_check_batch:
@@ -536,9 +538,11 @@ def format_model_table(dataset: Dataset) -> str:
         share = f"{min(shares):.2f} .. {max(shares):.2f}" if shares else "-"
         drifts = sorted({r.calibration.host_drift for r in rows if r.calibration.host_drift is not None})
         drift = " / ".join(_pct(d, signed=False) for d in drifts) if drifts else "-"
+        steps = [d for d in map(step_drift, rows) if d is not None]
+        moved = f"{_pct(min(steps), signed=False)} .. {_pct(max(steps), signed=False)}" if steps else "-"
         ttft = [e.ttft_err for e in errs]
         dec = [e.decode_err for e in errs]
-        body.append([model, runtime, str(len(rows)), share, drift, f"{_pct(min(ttft))} .. {_pct(max(ttft))}",
+        body.append([model, runtime, str(len(rows)), share, drift, moved, f"{_pct(min(ttft))} .. {_pct(max(ttft))}",
                      f"{_pct(min(dec))} .. {_pct(max(dec))}", f"{sum(e.counts_equal for e in errs)}/{len(rows)}"])
         if dataset.self_check:
             body[-1].append(format_self_check(dataset.self_check.get(model, ())) or "-")

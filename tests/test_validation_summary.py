@@ -408,11 +408,12 @@ def test_the_model_table_gives_each_models_error_ranges_drift_and_counts(tmp_pat
     rows[3]["host_share"] = 0.87
     ds = load_dataset(write(tmp_path / "v", "2026-12-06-h100", rows))
     table = format_model_table(ds).splitlines()
-    assert table[0] == "| model | runtime | configs | host share | host drift | TTFT err | decode err | counts equal |"
+    assert table[0] == ("| model | runtime | configs | host share | host drift | step drift | TTFT err | decode err | "
+                        "counts equal |")
     # grouped by model and runtime, in the dataset's order; least .. most of the signed errors
-    assert table[2] == "| olmoe-1b-7b | hf-eager | 2 | - | 5.0% | -5.0% .. +2.0% | -10.0% .. +10.0% | 2/2 |"
-    assert table[3] == "| mixtral-8x7b | hf-eager | 1 | - | 44.0% | +30.0% .. +30.0% | +0.0% .. +0.0% | 1/1 |"
-    assert table[4] == "| olmoe-1b-7b | hf-graph | 1 | 0.87 .. 0.87 | - | +0.0% .. +0.0% | +0.0% .. +0.0% | 0/1 |"
+    assert table[2] == "| olmoe-1b-7b | hf-eager | 2 | - | 5.0% | - | -5.0% .. +2.0% | -10.0% .. +10.0% | 2/2 |"
+    assert table[3] == "| mixtral-8x7b | hf-eager | 1 | - | 44.0% | - | +30.0% .. +30.0% | +0.0% .. +0.0% | 1/1 |"
+    assert table[4] == "| olmoe-1b-7b | hf-graph | 1 | 0.87 .. 0.87 | - | - | +0.0% .. +0.0% | +0.0% .. +0.0% | 0/1 |"
     assert _cli(["--summary", str(tmp_path / "v")]) == 0
     assert "By model:\n\n" + format_model_table(ds) in capsys.readouterr().out
 
@@ -469,3 +470,5 @@ def test_step_drift_is_how_far_the_runs_pace_moved_against_the_emulation_within_
     assert step_drift(slowed_row) == pytest.approx(0.5)
     assert step_drift(short_row) is None  # fewer than two steps a part
     assert "step drift" in format_config_table(load_dataset(tmp_path / "d")).splitlines()[0]
+    # the model table: the least .. most of its runs' (the short run has none)
+    assert "| 0.0% .. 50.0% |" in format_model_table(load_dataset(tmp_path / "d")).splitlines()[2]
