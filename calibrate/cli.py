@@ -91,19 +91,19 @@ def _self_check(path: Path, runtime: Any) -> int:
     """Print, per model, the emulated all-resident step against each calibration request's own (`live.protocol.
     self_check`), with a warning beyond `SELF_CHECK_TOLERANCE`."""
     from emu.profile import load_profile
-    from live.protocol import self_check
+    from live.protocol import SELF_CHECKS, self_check
     from live.validation_set import SELF_CHECK_TOLERANCE, format_self_check, self_check_passes
 
     try:
         profile = load_profile(path)
-        checks = {"": self_check(profile, runtime), " (batch)": self_check(profile, runtime, batch=True)}
+        checks = [(batch, which, self_check(profile, runtime, batch=batch)) for _key, batch, which in SELF_CHECKS]
     except EmuError as err:
         return _error(str(err))
-    for which, found in checks.items():
+    for batch, which, found in checks:
         for model, errors in found.items():
-            line = f"{model}{which} {format_self_check(errors)}"
+            line = f"{model}{' (batch)' if batch else ''} {format_self_check(errors)}"
             if not self_check_passes(errors):
-                print(f"emu calibrate: warning: self-check: {line}: the emulated all-resident step is more than "
+                print(f"emu calibrate: warning: self-check: {line}: the emulated {which} step is more than "
                       f"{SELF_CHECK_TOLERANCE:.0%} from the calibration's own with {path}; a part of the step is "
                       "mispriced", file=sys.stderr)
             else:

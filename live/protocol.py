@@ -398,7 +398,7 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
               f"the runtime profile {runtime_name!r} does not price (its `experts` is {runtime.experts!r}): their "
               f"rows predict another runtime", file=sys.stderr)
     data = {"schema": "moe-emu/validation/1", "gpu": gpu or "unknown", "gpu_kind": gpu_kind, "rows": rows}
-    for key, batch, which in (("self_check", False, "all-resident"), ("self_check_batch", True, "batch")):
+    for key, batch, which in SELF_CHECKS:
         checks = {m: {"config": row_of[m], "errors": errs}
                   for m, errs in self_check(profile, runtime, engine, batch=batch).items() if m in row_of}
         if not checks:
@@ -412,6 +412,10 @@ def compare(folder: Path, profile_path: Path, runtime_path: Path | None, gpu_kin
                   "): the device profile or the runtime profile misprices a part of the step", file=sys.stderr)
     (folder / "comparisons.json").write_text(json.dumps(data, indent=1) + "\n")
     return data
+
+
+#: the self-checks of a runtime calibration: (comparisons.json key, `self_check`'s `batch`, the requests it checks)
+SELF_CHECKS = (("self_check", False, "all-resident"), ("self_check_batch", True, "batch"))
 
 
 def self_check(profile: Any, runtime: RuntimeProfile, engine: str = "fast",
