@@ -14,6 +14,7 @@ OUT=validation/$NAME
 if [ -e "$OUT" ]; then echo "$OUT: already there (a dataset is written once)" >&2; exit 2; fi
 PY=${PYTHON:-python3}
 WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT  # the extracted parts go whatever happens
 dirs=()
 for f in "$@"; do
   [ -f "$f" ] || { echo "$f: no such tarball" >&2; exit 2; }
@@ -32,4 +33,3 @@ cp validation/lease.sh "$OUT/calibration/lease_part.sh"
 RT=$(ls "$OUT"/calibration/hf-*.toml | head -1)
 "$PY" -m live.protocol compare "$OUT" --profile "$DEV" --runtime "$RT" --gpu-kind "$KIND"
 "$PY" -m emu.cli validate --summary "$OUT"
-rm -rf "$WORK"
