@@ -356,6 +356,7 @@ def land(cs, key: int, t: float) -> None:
     kx = ix(key)
     cs.status[kx] = RESIDENT
     cs.copy_state[kx] = COPY_NONE
+    cs.sc[SC.LANDED] += 1
     # the wait of a late hit, added without a branch (late and timely copies come in no predictable
     # order): nothing else adds 0.0, a sum of waits (>= 0, from +0.0) is unchanged by it
     late = cs.late_flag[kx]

@@ -109,6 +109,7 @@ class SC(Fields):
     MISS_EVENTS = auto()  # 1: the eviction policy declared `miss_events` and is told EV_MISS
     COPY_ORDER = auto()  # the copy engine's order: ORDER_DEMAND_FIRST, or ORDER_SUBMISSION (profile `copy.order`)
     GPU_N = auto()  # the current layer's entries that run on the GPU (a fused layer's distinct experts)
+    LANDED = auto()  # copies landed so far: a key a policy saw in flight is still in flight while this is unchanged
 
 
 class FC(Fields):

@@ -4,8 +4,14 @@ State: a circular doubly linked list over keys in access order, closed by a sent
 one int row `i[I.LINKS]`: node k's previous node at column `2k + C.PREV`, its next at `2k + C.NEXT` (both
 in one cache line); the sentinel's next is the head (oldest), its previous the tail. A key off the list
 has previous -1. Access and insert move a key to the tail in O(1) with no branch on the ends (the
-sentinel stands in for them); the victim is the first evictable key from the head, which skips only the
-few keys that are protected or in flight.
+sentinel stands in for them); the victim is the first evictable key from the head.
+
+The walk to it skips the keys in flight (and the few protected or kept by a layer's floor). With several
+tokens a pass and prefetching, the oldest keys are often copies still queued (tens of them), and every victim
+of a gate would walk past the same ones. So the walk remembers the last node of the run of in-flight keys it
+skipped from the head (`I.SKIP`), with `cs.sc[SC.LANDED]` at the time: while no copy has landed since, every
+key of that run is still in flight, and keys only leave the run (moved to the tail or evicted), so the next
+walk starts after it. Moving or evicting the remembered node itself forgets it.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from numba import njit
 
 from ...kernel.helpers import is_evictable, ix, key_layer
 from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG, hook
-from ...kernel.layout import Fields, new_policy_state
+from ...kernel.layout import RESIDENT, SC, Fields, new_policy_state
 from ..api import Capabilities, Policy, PolicyContext, register
 
 _OFF = -1  # a key's previous node while it is off the list
@@ -26,6 +32,7 @@ class I(Fields):
     """Rows of `ps.i`."""
 
     LINKS = auto()  # node k (the keys, then the sentinel n_keys) at columns 2k + C
+    SKIP = auto()  # the walk's remembered run of in-flight keys: its last node (the sentinel: none), SC.LANDED then
 
 
 class C(Fields):
@@ -41,6 +48,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     ps.i[I.LINKS, :] = _OFF
     ps.i[I.LINKS, 2 * n + C.PREV] = n  # the empty list: the sentinel is its own previous and next
     ps.i[I.LINKS, 2 * n + C.NEXT] = n
+    ps.i[I.SKIP, 0] = n
     return ps
 
 
@@ -67,12 +75,21 @@ def on_event(ps, cs, tv, ev, key, t):
     links = ps.i[I.LINKS]
     if ev in (EV_ACCESS, EV_INSERT):
         if links[ix(2 * key + C.PREV)] != _OFF:
+            _forget_if_last(ps, links, key)
             _unlink(links, key)
         _append(links, key)
     elif ev == EV_EVICT and links[ix(2 * key + C.PREV)] != _OFF:
+        _forget_if_last(ps, links, key)
         _unlink(links, key)
         links[ix(2 * key + C.PREV)] = _OFF
     return 0
+
+
+@njit(cache=True, inline="always")
+def _forget_if_last(ps, links, key: int) -> None:
+    """`key` leaves its place: if it ends the remembered run, the run is forgotten."""
+    if ps.i[I.SKIP, 0] == key:
+        ps.i[I.SKIP, 0] = (links.shape[0] >> 1) - 1
 
 
 @hook(VICTIM_SIG)
@@ -80,12 +97,24 @@ def victim(ps, cs, tv, incoming, t):
     in_layer = key_layer(cs, incoming)
     links = ps.i[I.LINKS]
     s = (links.shape[0] >> 1) - 1  # the sentinel, the last node
-    key = links[ix(2 * s + C.NEXT)]
+    landed = cs.sc[SC.LANDED]
+    last = ps.i[I.SKIP, 0] if ps.i[I.SKIP, 1] == landed else s  # the run of in-flight keys seen before, or none
+    in_run = True  # every key walked so far is in flight
+    key = links[ix(2 * last + C.NEXT)]
+    found = -1
     while key != s:
-        if is_evictable(cs, key, in_layer):
-            return key
+        if cs.status[ix(key)] != RESIDENT:
+            if in_run:
+                last = key
+        elif is_evictable(cs, key, in_layer):
+            found = key
+            break
+        else:
+            in_run = False
         key = links[ix(2 * key + C.NEXT)]
-    return -1
+    ps.i[I.SKIP, 0] = last
+    ps.i[I.SKIP, 1] = landed
+    return found
 
 
 POLICY = register(Policy(
