@@ -50,6 +50,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/nb
 V=/tmp/val$1
 mkdir -p $V/calibration
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > $V/calibration/gpu.txt; nproc >> $V/calibration/gpu.txt
+python3 scripts/source_digest.py > $V/calibration/source_digest.txt  # which commit ran: scripts/process_lease.sh finds it
 cat $V/calibration/gpu.txt
 if grep -q H200 $V/calibration/gpu.txt && [ "$1" = 1 ]; then
   timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_live_graph.py tests/test_live_prefetch_gpu.py tests/test_live_batch.py > $V/calibration/gpu_tests.log 2>&1
