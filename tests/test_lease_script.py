@@ -45,7 +45,7 @@ def test_every_part_runs_configurations_of_the_matrix() -> None:
     names = {c["name"] for c in matrix}
     model = {c["name"]: c["model"] for c in matrix}
     batch1_olmoe = {c["name"] for c in matrix if c["model"] == "olmoe-1b-7b" and c.get("batch", 1) == 1}
-    parts = {n: _part(n) for n in range(1, 16)}
+    parts = {n: _part(n) for n in range(1, 18)}
     for _decode, configs in parts.values():
         assert set(configs) <= names
     graph = {n for n, (decode, _) in parts.items() if decode == "graph"}
@@ -65,13 +65,16 @@ def test_every_part_runs_configurations_of_the_matrix() -> None:
     assert union(6) == union(8) == batch1_olmoe  # the short parts: OLMoE at batch 1
     assert union(14) == {c for c in union(12) if model[c] == "qwen3-30b-a3b"} and len(union(14)) == 5  # Qwen3's
     assert parts[15] == ("graph-fused", [c for c in parts[9][1] if model[c] == "qwen1.5-moe-a2.7b"])  # Qwen1.5's of 9
+    assert parts[16] == ("graph-fused", [c for c in parts[9][1] if model[c] == "qwen3-30b-a3b"])  # Qwen3's of 9
+    assert parts[17] == parts[11]  # part 11's Mixtral, then its own device calibration
+    assert union(10, 15, 16, 17) == names  # the fused matrix in four short parts
 
 
-@pytest.mark.parametrize("args", [[], ["0"], ["16"], ["1", "--now"], ["1", "--dry-run", "x"], ["a"]])
+@pytest.mark.parametrize("args", [[], ["0"], ["18"], ["1", "--now"], ["1", "--dry-run", "x"], ["a"]])
 def test_a_bad_part_is_one_usage_line_and_exit_2(args: list[str]) -> None:
     proc = _lease(*args)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip().splitlines() == ["usage: bash validation/lease.sh PART (1-15) [--dry-run]"]
+    assert proc.stderr.strip().splitlines() == ["usage: bash validation/lease.sh PART (1-17) [--dry-run]"]
 
 
 def test_processing_a_lease_refuses_without_its_arguments_or_over_a_dataset() -> None:

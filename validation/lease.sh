@@ -20,10 +20,13 @@
 #                                 14: part 12's qwen3 alone (5 configurations), then the device calibration of
 #                                     qwen3: a short one;
 #                                 15: part 9's qwen1.5 alone (4 configurations), then the device calibration of
-#                                     qwen1.5 with and without its shared expert's gate: a short one)
+#                                     qwen1.5 with and without its shared expert's gate: a short one;
+#                                 16: part 9's qwen3 alone (5 configurations), then the device calibration of qwen3;
+#                                 17: part 11 (mixtral fused, 5 configurations), then the device calibration of
+#                                     mixtral: parts 10, 15, 16 and 17 are the fused matrix in four short parts)
 set -u
-case "$#:${1:-}:${2:-}" in 1:[1-9]: | 2:[1-9]:--dry-run | 1:1[0-5]: | 2:1[0-5]:--dry-run) ;;
-  *) echo "usage: bash validation/lease.sh PART (1-15) [--dry-run]" >&2; exit 2;; esac
+case "$#:${1:-}:${2:-}" in 1:[1-9]: | 2:[1-9]:--dry-run | 1:1[0-7]: | 2:1[0-7]:--dry-run) ;;
+  *) echo "usage: bash validation/lease.sh PART (1-17) [--dry-run]" >&2; exit 2;; esac
 A="--only olmoe-10-lru --only olmoe-25-lfu --only olmoe-50-fld --only olmoe-25-lru-nextlayer --only olmoe-10-leaststale-topk --only olmoe-25-lru-b4 --only mixtral8l-25-lru --only mixtral8l-50-lfu --only mixtral8l-25-leaststale-nextlayer --only mixtral8l-50-fld-scorepct --only mixtral8l-25-lru-b2"
 B="--only qwen15-10-leaststale --only qwen15-25-lru-nextlayer --only qwen15-50-lfu --only qwen15-25-lfu-b4 --only qwen3-12l-10-lru --only qwen3-12l-25-fld-topk --only qwen3-12l-50-lfu --only qwen3-12l-25-lru-nextlayer --only qwen3-12l-25-lru-b4"
 case $1 in
@@ -42,6 +45,8 @@ case $1 in
   13) ONLY=$A; MODE="--decode eager --calibrate-runtime hf-eager";;
   14) ONLY="--only qwen3${B#* --only qwen3}"; MODE="--decode eager --calibrate-runtime hf-eager";;
   15) ONLY="${B%% --only qwen3*}"; MODE="--decode graph --experts fused --calibrate-runtime hf-graph-fused";;
+  16) ONLY="--only qwen3${B#* --only qwen3}"; MODE="--decode graph --experts fused --calibrate-runtime hf-graph-fused";;
+  17) ONLY="--only mixtral8l${A#* --only mixtral8l}"; MODE="--decode graph --experts fused --calibrate-runtime hf-graph-fused";;
 esac
 if [ "${2:-}" = --dry-run ]; then echo "part $1: $MODE $ONLY"; exit 0; fi  # what the part runs, without a GPU
 T0=$(date +%s)
@@ -66,9 +71,11 @@ MODELS="--model olmoe-1b-7b --model mixtral-8x7b --model qwen1.5-moe-a2.7b --mod
 { [ "$1" = 6 ] || [ "$1" = 8 ] || [ "$1" = 10 ]; } && MODELS="--model olmoe-1b-7b"
 [ "$1" = 14 ] && MODELS="--model qwen3-30b-a3b"
 [ "$1" = 15 ] && MODELS="--model qwen1.5-moe-a2.7b"
+[ "$1" = 16 ] && MODELS="--model qwen3-30b-a3b"
+[ "$1" = 17 ] && MODELS="--model mixtral-8x7b"
 # parts 9 and 12 also time Qwen1.5 without its shared expert's gate (a table of its own, q15plain): what the gate adds
 { [ "$1" = 9 ] || [ "$1" = 12 ] || [ "$1" = 15 ]; } && MODELS="$MODELS --model q15plain:preset=qwen1.5-moe-a2.7b,shared_gate=false"
-if [ "$1" = 2 ] || [ "$1" = 4 ] || [ "$1" = 6 ] || [ "$1" = 8 ] || [ "$1" = 9 ] || [ "$1" = 10 ] || [ "$1" = 12 ] || [ "$1" = 13 ] || [ "$1" = 14 ] || [ "$1" = 15 ]; then
+if [ "$1" = 2 ] || [ "$1" = 4 ] || [ "$1" = 6 ] || [ "$1" = 8 ] || [ "$1" = 9 ] || [ "$1" = 10 ] || [ "$1" = 12 ] || [ "$1" = 13 ] || [ "$1" = 14 ] || [ "$1" = 15 ] || [ "$1" = 16 ] || [ "$1" = 17 ]; then
   python3 -m emu.cli calibrate --quick --no-progress $MODELS --out $V/calibration/dev.toml > $V/calibration/calibrate.log 2>&1
   echo "calibrate rc $? at $(( $(date +%s) - T0 ))s" | tee -a $V/calibration/calibrate.log
   tar czf $OUT/val$1.tar.gz -C /tmp val$1
