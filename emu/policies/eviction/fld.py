@@ -8,27 +8,42 @@ With `absolute` 1 it is `|l - c|`, the definition of HOBBIT (Tang et al., 2024) 
 ("the distance between each cached expert's layer and the current inference layer, evicting experts from
 the farthest layers first"): the layers farthest from c on either side go first, so at the last layer the
 first layer goes (the next pass needs it soonest), and at the first layer the last layer goes.
-State: the resident set (rows `I.MEMBERS`, `I.POS`), `i[I.LAST, key]` the clock of the key's last access
-(ties: least recent); `p[P.ABSOLUTE]`.
-Cost: O(1) per event, O(resident) per victim.
+State: one list per layer of its resident and in-flight keys in the order of their last access (least recent
+first), doubly linked and closed by the layer's sentinel (node n_keys + layer), in one int row `i[I.LINKS]`
+(node k's previous node at column 2k + C.PREV, its next at 2k + C.NEXT; -1 while off the lists), and
+`i[I.LAST, key]` the clock of the key's last access (ties: least recent, then the lower key); `p[P.ABSOLUTE]`.
+The victim is the first evictable key of the farthest layer that has one: the walk visits the layers from the
+farthest and, within one, skips only keys that are in flight, protected or kept by a floor.
+Cost: O(1) per event; per victim O(layers) plus the keys skipped.
 """
 
 from __future__ import annotations
 
 from enum import auto
 
-from ...kernel.helpers import is_evictable, key_layer, resident_set_state, set_add, set_remove, set_size
+from numba import njit
+
+from ...kernel.helpers import is_evictable, ix, key_layer
 from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG, hook
-from ...kernel.layout import SC, Fields
+from ...kernel.layout import SC, Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
 
 
 class I(Fields):
     """Rows of `ps.i`."""
 
-    MEMBERS = auto()  # the resident set's keys (helpers.resident_set_state: rows MEMBERS, POS first)
-    POS = auto()  # each key's index in MEMBERS
+    LINKS = auto()  # node k (the keys, then one sentinel per layer) at columns 2k + C
     LAST = auto()  # per key: clock of the last access (ties: least recent)
+
+
+class C(Fields):
+    """A node's columns in row I.LINKS, after 2k."""
+
+    PREV = auto()
+    NEXT = auto()
+
+
+_OFF = -1  # a key's previous node while it is off the lists
 
 
 class P(Fields):
@@ -39,42 +54,94 @@ class P(Fields):
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     # a choice without resolved parameters (PolicyChoice("fld")) gets the default
-    return resident_set_state(ctx.n_layers * ctx.n_experts, i_rows=len(I),
-                              params=param_values(P, {"absolute": 0, **params}))
+    n = ctx.n_layers * ctx.n_experts
+    ps = new_policy_state(i_rows=len(I), i_cols=len(C) * (n + ctx.n_layers),
+                          params=param_values(P, {"absolute": 0, **params}))
+    ps.i[I.LINKS, :] = _OFF
+    for layer in range(ctx.n_layers):  # each layer's empty list: its sentinel is its own previous and next
+        s = n + layer
+        ps.i[I.LINKS, 2 * s + C.PREV] = s
+        ps.i[I.LINKS, 2 * s + C.NEXT] = s
+    return ps
+
+
+@njit(cache=True, inline="always")
+def _sentinel(links, cs, layer: int) -> int:
+    return (links.shape[0] >> 1) - cs.layer_count.shape[0] + layer
+
+
+@njit(cache=True, inline="always")
+def _unlink(links, key: int) -> None:
+    prev = links[ix(2 * key + C.PREV)]
+    nxt = links[ix(2 * key + C.NEXT)]
+    links[ix(2 * prev + C.NEXT)] = nxt
+    links[ix(2 * nxt + C.PREV)] = prev
+
+
+@njit(cache=True, inline="always")
+def _place(ps, links, cs, key: int) -> None:
+    """Link `key` into its layer's list after every key with an earlier (last access, key): at the tail, as
+    the clock only grows, unless a key of the list shares its clock."""
+    s = _sentinel(links, cs, key_layer(cs, key))
+    last = ps.i[I.LAST, key]
+    after = links[ix(2 * s + C.PREV)]
+    while after != s and (ps.i[I.LAST, after] > last or (ps.i[I.LAST, after] == last and after > key)):
+        after = links[ix(2 * after + C.PREV)]
+    nxt = links[ix(2 * after + C.NEXT)]
+    links[ix(2 * key + C.PREV)] = after
+    links[ix(2 * key + C.NEXT)] = nxt
+    links[ix(2 * after + C.NEXT)] = key
+    links[ix(2 * nxt + C.PREV)] = key
+
+
+@njit(cache=True, inline="always")
+def _first_evictable(links, cs, layer: int, in_layer: int) -> int:
+    s = _sentinel(links, cs, layer)
+    key = links[ix(2 * s + C.NEXT)]
+    while key != s:
+        if is_evictable(cs, key, in_layer):
+            return key
+        key = links[ix(2 * key + C.NEXT)]
+    return -1
 
 
 @hook(EVENT_SIG)
 def on_event(ps, cs, tv, ev, key, t):
-    i = ps.i
-    if ev == EV_ACCESS:
-        i[I.LAST, key] = cs.sc[SC.CLOCK]
-    elif ev == EV_INSERT:
-        set_add(i[I.MEMBERS], i[I.POS], key)
-        i[I.LAST, key] = cs.sc[SC.CLOCK]
-    elif ev == EV_EVICT:
-        set_remove(i[I.MEMBERS], i[I.POS], key)
+    links = ps.i[I.LINKS]
+    on_list = links[ix(2 * key + C.PREV)] != _OFF
+    if ev in (EV_ACCESS, EV_INSERT):
+        ps.i[I.LAST, key] = cs.sc[SC.CLOCK]
+        if on_list:
+            _unlink(links, key)
+        if on_list or ev == EV_INSERT:
+            _place(ps, links, cs, key)
+    elif ev == EV_EVICT and on_list:
+        _unlink(links, key)
+        links[ix(2 * key + C.PREV)] = _OFF
     return 0
 
 
 @hook(VICTIM_SIG)
 def victim(ps, cs, tv, incoming, t):
     in_layer = key_layer(cs, incoming)
-    i = ps.i
+    links = ps.i[I.LINKS]
     n_layers = cs.layer_count.shape[0]
     cur = cs.sc[SC.LAYER]
-    absolute = ps.p[P.ABSOLUTE] != 0.0
-    best = -1
-    best_d = -1
-    for j in range(set_size(i[I.POS])):
-        key = i[I.MEMBERS, j]
-        if not is_evictable(cs, key, in_layer):
-            continue
-        d = abs(key_layer(cs, key) - cur) if absolute else (key_layer(cs, key) - cur) % n_layers
-        if d > best_d or (d == best_d and (i[I.LAST, key] < i[I.LAST, best] or (
-                i[I.LAST, key] == i[I.LAST, best] and key < best))):
-            best = key
-            best_d = d
-    return best
+    if ps.p[P.ABSOLUTE] == 0.0:  # the distance (l - cur) mod L: one layer at each distance, the farthest first
+        for d in range(n_layers - 1, -1, -1):
+            key = _first_evictable(links, cs, (cur + d) % n_layers, in_layer)
+            if key >= 0:
+                return key
+        return -1
+    for d in range(max(cur, n_layers - 1 - cur), -1, -1):  # |l - cur|: up to two layers at each distance
+        a = _first_evictable(links, cs, cur - d, in_layer) if cur - d >= 0 else -1
+        b = _first_evictable(links, cs, cur + d, in_layer) if d > 0 and cur + d < n_layers else -1
+        if a < 0 or (b >= 0 and (ps.i[I.LAST, b] < ps.i[I.LAST, a]
+                                 or (ps.i[I.LAST, b] == ps.i[I.LAST, a] and b < a))):
+            a = b
+        if a >= 0:
+            return a
+    return -1
 
 
 POLICY = register(Policy(
