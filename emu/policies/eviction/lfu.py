@@ -4,14 +4,15 @@ State: the resident set (rows `I.MEMBERS`, `I.POS`, see `kernel.helpers`), `i[I.
 count (kept across evictions: the count is the expert's popularity over the whole run, "perfect LFU") and
 `i[I.LAST, key]` the logical clock of the key's last access, which breaks ties (least recent goes first).
 Demand inserts count as an access; prefetch inserts do not (the expert was not asked for).
-Cost: O(1) per event, O(resident) per victim.
+Cost: O(1) per event, O(resident) per victim: a scan that ranks each key first and reads the evictability only
+of a key that would beat the best so far.
 """
 
 from __future__ import annotations
 
 from enum import auto
 
-from ...kernel.helpers import is_evictable, key_layer, resident_set_state, set_add, set_remove, set_size
+from ...kernel.helpers import is_evictable, ix, key_layer, resident_set_state, set_add, set_remove, set_size
 from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG, hook
 from ...kernel.layout import DEMAND, SC, Fields
 from ..api import Capabilities, Policy, PolicyContext, register
@@ -51,13 +52,18 @@ def victim(ps, cs, tv, incoming, t):
     in_layer = key_layer(cs, incoming)
     i = ps.i
     best = -1
+    best_count = 0
     for j in range(set_size(i[I.POS])):
         key = i[I.MEMBERS, j]
-        if not is_evictable(cs, key, in_layer):
+        count = i[I.COUNT, ix(key)]
+        # the rank first: most keys lose on their count alone, before their evictability is read
+        if best >= 0 and (count > best_count or (count == best_count and (
+                i[I.LAST, ix(key)] > i[I.LAST, ix(best)]
+                or (i[I.LAST, ix(key)] == i[I.LAST, ix(best)] and key > best)))):
             continue
-        if best < 0 or i[I.COUNT, key] < i[I.COUNT, best] or (i[I.COUNT, key] == i[I.COUNT, best] and (
-                i[I.LAST, key] < i[I.LAST, best] or (i[I.LAST, key] == i[I.LAST, best] and key < best))):
+        if is_evictable(cs, key, in_layer):
             best = key
+            best_count = count
     return best
 
 
