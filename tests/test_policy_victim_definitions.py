@@ -4,6 +4,7 @@
   layer distance, then the least recent access, then the lower key, for both distances (cyclic and absolute).
 - LFU ranks each resident key before reading its evictability: the evictable key with the fewest counted
   accesses (an access, or a demand insert), then the least recent, then the lower key.
+- Belady keeps the keys it set aside between victims: against an instance that puts them back every time.
 
 Each kernel is driven by hand through random events on five layers of six experts, with the cache-state changes
 the core makes around each (statuses, protection, layer floors, the same-layer cap, the current layer), and every
@@ -19,6 +20,7 @@ import pytest
 
 from emu.kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT
 from emu.kernel.layout import ABSENT, DEMAND, IN_FLIGHT, PREFETCH, RESIDENT, SC
+from emu.policies.eviction import belady
 
 from .policy_support import kernel_setup, trace_of
 
@@ -104,3 +106,103 @@ def test_fld_victims_are_the_definitions(absolute, seed):
 @pytest.mark.parametrize("seed", range(6))
 def test_lfu_victims_are_the_definitions(seed):
     assert _drive("lfu", seed, lambda cs, key, last, count: (count[key], last[key], key)) > 400
+
+
+def _belady_step(on_event, ps, cs, tv, op: str, key: int, value: int) -> None:
+    """One change of the cache state, as the core makes it, on one Belady instance."""
+    if op == "insert":
+        cs.status[key] = IN_FLIGHT
+        cs.layer_count[key // EXPERTS] += 1
+        on_event(ps, cs, tv, EV_INSERT, key, 0.0)
+    elif op == "land":
+        cs.status[key] = RESIDENT
+        cs.sc[SC.LANDED] += 1
+    elif op == "access":
+        cs.protect[key] += value
+        on_event(ps, cs, tv, EV_ACCESS, key, 0.0)
+    elif op == "release":
+        cs.protect[key] -= 1
+        cs.sc[SC.RELEASED] += 1
+    elif op == "move":
+        cs.sc[SC.PASS], cs.sc[SC.LAYER] = divmod(value, LAYERS)
+    elif op == "floor":
+        cs.layer_floor[key // EXPERTS] = value
+    elif op == "evict":
+        cs.status[key] = ABSENT
+        cs.layer_count[key // EXPERTS] -= 1
+        on_event(ps, cs, tv, EV_EVICT, key, 0.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_belady_keeping_keys_aside_between_victims_changes_no_victim(seed):
+    # Belady keeps the keys it set aside for being in flight or protected until a copy lands, an entry is
+    # released or the forward pass moves. Two instances see the same random events; the second is told of a
+    # landing before every victim, so it puts every key back each time, as the search did before it kept any:
+    # both must choose the same victims.
+    rng = random.Random(seed)
+    n_passes = 12
+    passes = [[[rng.sample(range(EXPERTS), 2) for _ in range(LAYERS)]] for _ in range(n_passes)]
+    trace = trace_of(passes, n_experts=EXPERTS)
+    pol, *kept = kernel_setup(trace, "eviction", "belady")
+    _, *fresh = kernel_setup(trace, "eviction", "belady")
+    on_event, victim = pol.hooks["on_event"], pol.hooks["victim"]
+    cs = kept[1]
+    members: set[int] = set()
+    position = walks = kept_any = 0
+    for _ in range(3000):
+        key = rng.randrange(LAYERS * EXPERTS)
+        op = rng.random()
+        step = None
+        if op < 0.2 and cs.status[key] == ABSENT:
+            step, value = "insert", 0
+            members.add(key)
+        elif op < 0.3 and cs.status[key] == IN_FLIGHT:
+            step, value = "land", 0
+        elif op < 0.45 and key in members:
+            step, value = "access", rng.randrange(2)
+        elif op < 0.52 and cs.protect[key] > 0:
+            step, value = "release", 0
+        elif op < 0.55:
+            position = min(position + rng.randrange(3), n_passes * LAYERS - 1)
+            step, value = "move", position
+        elif op < 0.58:
+            step, value = "floor", rng.randrange(3)
+        if step is not None:
+            for instance in (kept, fresh):
+                _belady_step(on_event, *instance, step, key, value)
+            continue
+        fresh[1].sc[SC.LANDED] += 1  # the second instance puts back whatever it kept
+        got = int(victim(*kept, key, 0.0))
+        assert got == int(victim(*fresh, key, 0.0))
+        walks += 1
+        kept_any += kept[0].i[0][belady.C.KEPT_N] > 0
+        if got >= 0:
+            for instance in (kept, fresh):
+                _belady_step(on_event, *instance, "evict", got, 0)
+            members.discard(got)
+    assert walks > 800 and kept_any > 100
+
+
+def test_belady_a_kept_key_accessed_after_the_pass_moves_is_ranked_by_its_next_use():
+    # One layer; expert K (0) is used in passes 1 and 3, Y (1) in pass 2, X (2) in pass 0. K in flight and Y
+    # protected are set aside and kept by a victim in pass 0. In pass 1 K is accessed (a late hit) and must be
+    # re-ranked by its use in pass 3; once K has landed and Y is released, K goes first (3 > 2), where the rank
+    # K was kept with (its use in pass 1) would give Y.
+    pol, ps, cs, tv = kernel_setup(trace_of([[[[2]]], [[[0]]], [[[1]]], [[[0]]]], n_experts=3), "eviction", "belady")
+    on_event, victim = pol.hooks["on_event"], pol.hooks["victim"]
+    k, y, x = 0, 1, 2
+    for key in (k, y):
+        cs.status[key] = IN_FLIGHT
+        on_event(ps, cs, tv, EV_INSERT, key, 0.0)
+    cs.status[y] = RESIDENT
+    cs.sc[SC.LANDED] += 1
+    cs.protect[y] = 1
+    assert victim(ps, cs, tv, x, 0.0) == -1
+    assert ps.i[0][belady.C.KEPT_N] == 2
+    cs.sc[SC.PASS] = 1
+    on_event(ps, cs, tv, EV_ACCESS, k, 0.0)
+    cs.status[k] = RESIDENT
+    cs.sc[SC.LANDED] += 1
+    cs.protect[y] = 0
+    cs.sc[SC.RELEASED] += 1
+    assert victim(ps, cs, tv, x, 0.0) == k

@@ -370,3 +370,4 @@ def release(cs, i: int) -> None:
     if cs.cur_where[ix(i)] == ON_GPU:
         sub = cs.cur_sub[ix(i)]
         cs.protect[ix(sub if sub >= 0 else cs.cur_key[ix(i)])] -= 1
+        cs.sc[SC.RELEASED] += 1

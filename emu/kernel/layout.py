@@ -110,6 +110,8 @@ class SC(Fields):
     COPY_ORDER = auto()  # the copy engine's order: ORDER_DEMAND_FIRST, or ORDER_SUBMISSION (profile `copy.order`)
     GPU_N = auto()  # the current layer's entries that run on the GPU (a fused layer's distinct experts)
     LANDED = auto()  # copies landed so far: a key a policy saw in flight is still in flight while this is unchanged
+    RELEASED = auto()  # entries released so far: a key a policy saw protected is still protected while this and
+    # LANDED are unchanged
 
 
 class FC(Fields):

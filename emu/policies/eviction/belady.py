@@ -25,6 +25,10 @@ only while the parents are smaller; an eviction lowers it and recomputes the pat
 Protected or in-flight keys met on top are set aside (their leaves lowered, then restored), so the victim
 is the first evictable key in decreasing rank, as a sorted scan would find it: ties go to the lower key.
 The tree has no stale entries, so no rebuild, and it needs no resident set: a leaf >= 0 is a resident key.
+Keys set aside for being in flight or protected stay aside after the victim (`STASH`'s first `KEPT_N` ranks, a
+flag per key in `KEPT`) while no copy lands, no entry is released and the position does not move: they are
+still refused and their ranks still valid, so the next victim of a gate does not set them aside again (with
+several tokens a pass, tens of the layer's keys). An event on a kept key puts it back first.
 Cost: init O(trace); per access O(levels climbed) <= O(log N); per victim O((1 + set aside) log N).
 """
 
@@ -35,7 +39,7 @@ from enum import auto
 import numpy as np
 from numba import njit
 
-from ...kernel.helpers import is_evictable, ix, key_layer, read_id
+from ...kernel.helpers import is_evictable, is_unpinned, ix, key_layer, read_id
 from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG, hook
 from ...kernel.layout import SC, Fields, new_policy_state
 from ..api import Capabilities, Policy, PolicyContext, register
@@ -55,7 +59,11 @@ class C(Fields):
     CUR = auto()  # region cursor[key] (n): index of the key's first use not yet passed
     USE = auto()  # region uses: every key's use positions, in increasing order (CSR)
     TREE = auto()  # region: the tournament tree (2P; root at 1, leaf of key at P + key)
-    STASH = auto()  # region: ranks set aside while a victim is searched (n)
+    STASH = auto()  # region: ranks set aside while a victim is searched (n); the kept ones first
+    KEPT = auto()  # region: per key 1 while its rank is kept aside between victims (n)
+    KEPT_N = auto()  # how many set-aside ranks are kept (the first entries of STASH)
+    KEPT_AT = auto()  # SC.LANDED + SC.RELEASED when they were kept
+    KEPT_NOW = auto()  # the position `_now` when they were kept
     LEAF = auto()  # P: the leaves' base, the least power of two >= n
     SHIFT = auto()  # log2(P): a rank is next_use << SHIFT | (P - 1 - key)
     NEVER = auto()  # a position later than every use
@@ -107,7 +115,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     np.cumsum(counts, out=offsets[1:])
     m = int(offsets[-1])
     leaf = 1 << max(0, (n - 1).bit_length())
-    sizes = [(C.OFF, n + 1), (C.CUR, n), (C.USE, m), (C.TREE, 2 * leaf), (C.STASH, n)]
+    sizes = [(C.OFF, n + 1), (C.CUR, n), (C.USE, m), (C.TREE, 2 * leaf), (C.STASH, n), (C.KEPT, n)]
     header = np.zeros(_HDR, np.int64)
     at = _HDR
     for slot, size in sizes:
@@ -117,6 +125,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     header[C.LEAF] = leaf
     header[C.SHIFT] = leaf.bit_length() - 1
     header[C.NEVER] = (len(tv.pass_offsets) - 1) * ctx.n_layers  # later than every use position
+    header[C.KEPT_AT] = -1  # nothing kept yet
     ps = new_policy_state(i_rows=len(I), i_cols=at)
     a = ps.i[I.ARENA]
     a[:_HDR] = header
@@ -195,9 +204,41 @@ def _now(cs) -> int:
     return cs.sc[SC.PASS] * cs.layer_count.shape[0] + cs.sc[SC.LAYER]
 
 
+@njit(cache=True, _nrt=False)
+def _unkeep(ps, key: int) -> None:
+    """Put the kept rank of `key` back in the tree (an event is about to change it)."""
+    a = ps.i[I.ARENA]
+    stash = a[C.STASH]
+    low = a[C.LEAF] - 1
+    n_kept = a[C.KEPT_N]
+    for j in range(n_kept):
+        item = a[ix(stash + j)]
+        if low - (item & low) == key:
+            a[ix(stash + j)] = a[ix(stash + n_kept - 1)]
+            a[C.KEPT_N] = n_kept - 1
+            a[ix(a[C.KEPT] + key)] = 0
+            _tree_set(ps, key, item)
+            return
+
+
+@njit(cache=True, _nrt=False)
+def _restore_kept(ps) -> None:
+    a = ps.i[I.ARENA]
+    stash = a[C.STASH]
+    low = a[C.LEAF] - 1
+    for j in range(a[C.KEPT_N]):
+        item = a[ix(stash + j)]
+        key = low - (item & low)
+        a[ix(a[C.KEPT] + key)] = 0
+        _tree_set(ps, key, item)
+    a[C.KEPT_N] = 0
+
+
 @hook(EVENT_SIG)
 def on_event(ps, cs, tv, ev, key, t):
     a = ps.i[I.ARENA]
+    if ev in (EV_ACCESS, EV_INSERT, EV_EVICT) and a[ix(a[C.KEPT] + key)] != 0:  # (EV_PASS's `key` is a pass)
+        _unkeep(ps, key)
     if ev == EV_INSERT:
         _tree_set(ps, key, _rank(ps, key, next_use(ps, key, _now(cs))))
     elif ev == EV_ACCESS:
@@ -217,7 +258,15 @@ def victim(ps, cs, tv, incoming, t):
     shift = a[C.SHIFT]
     low = a[C.LEAF] - 1
     now = _now(cs)
-    n_stash = 0
+    # Keys set aside by an earlier victim for being in flight or protected stay aside while no copy has landed,
+    # no entry has been released and the forward pass has not moved: they are still refused, and their ranks
+    # still valid. With several tokens a pass, every victim of a gate would otherwise set aside the same tens
+    # of keys of the layer computing.
+    freed = cs.sc[SC.LANDED] + cs.sc[SC.RELEASED]
+    if a[C.KEPT_AT] != freed or a[C.KEPT_NOW] != now:
+        _restore_kept(ps)
+    n_kept = a[C.KEPT_N]
+    n_stash = n_kept
     found = -1
     while a[ix(root)] >= 0:
         item = a[ix(root)]
@@ -233,9 +282,18 @@ def victim(ps, cs, tv, incoming, t):
             continue
         found = key
         break
-    for j in range(n_stash):
+    for j in range(n_kept, n_stash):  # keep what no incoming key could take, put back the rest
         item = a[ix(stash + j)]
-        _tree_set(ps, low - (item & low), item)
+        key = low - (item & low)
+        if is_unpinned(cs, key):  # refused by a layer's cap or floor: for this incoming key only
+            _tree_set(ps, key, item)
+        else:
+            a[ix(stash + n_kept)] = item
+            a[ix(a[C.KEPT] + key)] = 1
+            n_kept += 1
+    a[C.KEPT_N] = n_kept
+    a[C.KEPT_AT] = freed
+    a[C.KEPT_NOW] = now
     return found
 
 
