@@ -205,6 +205,22 @@ def list_next(links: np.ndarray, node: int) -> int:
 
 
 @njit(cache=True, inline="always")
+def list_prev(links: np.ndarray, node: int) -> int:
+    """The node before `node`: from a sentinel, its list's newest key."""
+    return links[ix(2 * node)]
+
+
+@njit(cache=True, inline="always")
+def list_insert_after(links: np.ndarray, key: int, node: int) -> None:
+    """Put `key` (on no list) right after `node` (a key or a sentinel) in its list."""
+    nxt = links[ix(2 * node + 1)]
+    links[ix(2 * key)] = node
+    links[ix(2 * key + 1)] = nxt
+    links[ix(2 * node + 1)] = key
+    links[ix(2 * nxt)] = key
+
+
+@njit(cache=True, inline="always")
 def list_unlink(links: np.ndarray, key: int) -> None:
     prev = links[ix(2 * key)]
     nxt = links[ix(2 * key + 1)]

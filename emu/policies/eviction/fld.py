@@ -8,9 +8,8 @@ With `absolute` 1 it is `|l - c|`, the definition of HOBBIT (Tang et al., 2024) 
 ("the distance between each cached expert's layer and the current inference layer, evicting experts from
 the farthest layers first"): the layers farthest from c on either side go first, so at the last layer the
 first layer goes (the next pass needs it soonest), and at the first layer the last layer goes.
-State: one list per layer of its resident and in-flight keys in the order of their last access (least recent
-first), doubly linked and closed by the layer's sentinel (node n_keys + layer), in one int row `i[I.LINKS]`
-(node k's previous node at column 2k + C.PREV, its next at 2k + C.NEXT; -1 while off the lists), and
+State: one key list per layer (`kernel.helpers`' key lists, in one int row `i[I.LINKS]`; a key off the lists has
+previous -1) of its resident and in-flight keys in the order of their last access (least recent first), and
 `i[I.LAST, key]` the clock of the key's last access (ties: least recent, then the lower key); `p[P.ABSOLUTE]`.
 The victim is the first evictable key of the farthest layer that has one: the walk visits the layers from the
 farthest and, within one, skips only keys that are in flight, protected or kept by a floor.
@@ -23,7 +22,17 @@ from enum import auto
 
 from numba import njit
 
-from ...kernel.helpers import is_evictable, ix, key_layer
+from ...kernel.helpers import (
+    init_lists,
+    is_evictable,
+    ix,
+    key_layer,
+    list_insert_after,
+    list_next,
+    list_prev,
+    list_sentinel,
+    list_unlink,
+)
 from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG, hook
 from ...kernel.layout import SC, Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
@@ -32,15 +41,9 @@ from ..api import Capabilities, Param, Policy, PolicyContext, param_values, regi
 class I(Fields):
     """Rows of `ps.i`."""
 
-    LINKS = auto()  # node k (the keys, then one sentinel per layer) at columns 2k + C
+    LINKS = auto()  # the key lists: node k (the keys, then one sentinel per layer) at columns 2k, 2k + 1
     LAST = auto()  # per key: clock of the last access (ties: least recent)
 
-
-class C(Fields):
-    """A node's columns in row I.LINKS, after 2k."""
-
-    PREV = auto()
-    NEXT = auto()
 
 
 _OFF = -1  # a key's previous node while it is off the lists
@@ -55,69 +58,49 @@ class P(Fields):
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     # a choice without resolved parameters (PolicyChoice("fld")) gets the default
     n = ctx.n_layers * ctx.n_experts
-    ps = new_policy_state(i_rows=len(I), i_cols=len(C) * (n + ctx.n_layers),
+    ps = new_policy_state(i_rows=len(I), i_cols=2 * (n + ctx.n_layers),
                           params=param_values(P, {"absolute": 0, **params}))
     ps.i[I.LINKS, :] = _OFF
-    for layer in range(ctx.n_layers):  # each layer's empty list: its sentinel is its own previous and next
-        s = n + layer
-        ps.i[I.LINKS, 2 * s + C.PREV] = s
-        ps.i[I.LINKS, 2 * s + C.NEXT] = s
+    init_lists(ps.i[I.LINKS], ctx.n_layers)
     return ps
-
-
-@njit(cache=True, inline="always")
-def _sentinel(links, cs, layer: int) -> int:
-    return (links.shape[0] >> 1) - cs.layer_count.shape[0] + layer
-
-
-@njit(cache=True, inline="always")
-def _unlink(links, key: int) -> None:
-    prev = links[ix(2 * key + C.PREV)]
-    nxt = links[ix(2 * key + C.NEXT)]
-    links[ix(2 * prev + C.NEXT)] = nxt
-    links[ix(2 * nxt + C.PREV)] = prev
 
 
 @njit(cache=True, inline="always")
 def _place(ps, links, cs, key: int) -> None:
     """Link `key` into its layer's list after every key with an earlier (last access, key): at the tail, as
     the clock only grows, unless a key of the list shares its clock."""
-    s = _sentinel(links, cs, key_layer(cs, key))
+    s = list_sentinel(links, cs.layer_count.shape[0], key_layer(cs, key))
     last = ps.i[I.LAST, key]
-    after = links[ix(2 * s + C.PREV)]
+    after = list_prev(links, s)
     while after != s and (ps.i[I.LAST, after] > last or (ps.i[I.LAST, after] == last and after > key)):
-        after = links[ix(2 * after + C.PREV)]
-    nxt = links[ix(2 * after + C.NEXT)]
-    links[ix(2 * key + C.PREV)] = after
-    links[ix(2 * key + C.NEXT)] = nxt
-    links[ix(2 * after + C.NEXT)] = key
-    links[ix(2 * nxt + C.PREV)] = key
+        after = list_prev(links, after)
+    list_insert_after(links, key, after)
 
 
 @njit(cache=True, inline="always")
 def _first_evictable(links, cs, layer: int, in_layer: int) -> int:
-    s = _sentinel(links, cs, layer)
-    key = links[ix(2 * s + C.NEXT)]
+    s = list_sentinel(links, cs.layer_count.shape[0], layer)
+    key = list_next(links, s)
     while key != s:
         if is_evictable(cs, key, in_layer):
             return key
-        key = links[ix(2 * key + C.NEXT)]
+        key = list_next(links, key)
     return -1
 
 
 @hook(EVENT_SIG)
 def on_event(ps, cs, tv, ev, key, t):
     links = ps.i[I.LINKS]
-    on_list = links[ix(2 * key + C.PREV)] != _OFF
+    on_list = list_prev(links, key) != _OFF
     if ev in (EV_ACCESS, EV_INSERT):
         ps.i[I.LAST, key] = cs.sc[SC.CLOCK]
         if on_list:
-            _unlink(links, key)
+            list_unlink(links, key)
         if on_list or ev == EV_INSERT:
             _place(ps, links, cs, key)
     elif ev == EV_EVICT and on_list:
-        _unlink(links, key)
-        links[ix(2 * key + C.PREV)] = _OFF
+        list_unlink(links, key)
+        links[ix(2 * key)] = _OFF  # its previous: off the lists
     return 0
 
 

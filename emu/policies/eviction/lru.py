@@ -1,10 +1,10 @@
 """Least recently used: evict the expert whose last access is oldest.
 
-State: a circular doubly linked list over keys in access order, closed by a sentinel node S = n_keys, in
-one int row `i[I.LINKS]`: node k's previous node at column `2k + C.PREV`, its next at `2k + C.NEXT` (both
-in one cache line); the sentinel's next is the head (oldest), its previous the tail. A key off the list
-has previous -1. Access and insert move a key to the tail in O(1) with no branch on the ends (the
-sentinel stands in for them); the victim is the first evictable key from the head.
+State: one key list (`kernel.helpers`' key lists) over keys in access order, closed by the sentinel node
+S = n_keys, in one int row `i[I.LINKS]` (a node's previous and next side by side, in one cache line); the
+sentinel's next is the head (oldest), its previous the tail. A key off the list has previous -1. Access and
+insert move a key to the tail in O(1) with no branch on the ends (the sentinel stands in for them); the victim
+is the first evictable key from the head.
 
 The walk to it skips the keys in flight (and the few protected or kept by a layer's floor). With several
 tokens a pass and prefetching, the oldest keys are often copies still queued (tens of them), and every victim
@@ -20,7 +20,17 @@ from enum import auto
 
 from numba import njit
 
-from ...kernel.helpers import is_evictable, ix, key_layer
+from ...kernel.helpers import (
+    init_lists,
+    is_evictable,
+    ix,
+    key_layer,
+    list_append,
+    list_next,
+    list_prev,
+    list_sentinel,
+    list_unlink,
+)
 from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG, hook
 from ...kernel.layout import RESIDENT, SC, Fields, new_policy_state
 from ..api import Capabilities, Policy, PolicyContext, register
@@ -31,57 +41,32 @@ _OFF = -1  # a key's previous node while it is off the list
 class I(Fields):
     """Rows of `ps.i`."""
 
-    LINKS = auto()  # node k (the keys, then the sentinel n_keys) at columns 2k + C
+    LINKS = auto()  # the key list: node k (the keys, then the sentinel n_keys) at columns 2k, 2k + 1
     SKIP = auto()  # the walk's remembered run of in-flight keys: its last node (the sentinel: none), SC.LANDED then
 
-
-class C(Fields):
-    """A node's columns in row I.LINKS, after 2k."""
-
-    PREV = auto()
-    NEXT = auto()
 
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     n = ctx.n_layers * ctx.n_experts
-    ps = new_policy_state(i_rows=len(I), i_cols=len(C) * (n + 1))
+    ps = new_policy_state(i_rows=len(I), i_cols=2 * (n + 1))
     ps.i[I.LINKS, :] = _OFF
-    ps.i[I.LINKS, 2 * n + C.PREV] = n  # the empty list: the sentinel is its own previous and next
-    ps.i[I.LINKS, 2 * n + C.NEXT] = n
+    init_lists(ps.i[I.LINKS], 1)
     ps.i[I.SKIP, 0] = n
     return ps
-
-
-@njit(cache=True, inline="always")
-def _unlink(links, key: int) -> None:
-    prev = links[ix(2 * key + C.PREV)]
-    nxt = links[ix(2 * key + C.NEXT)]
-    links[ix(2 * prev + C.NEXT)] = nxt
-    links[ix(2 * nxt + C.PREV)] = prev
-
-
-@njit(cache=True, inline="always")
-def _append(links, key: int) -> None:
-    s = (links.shape[0] >> 1) - 1  # the sentinel, the last node
-    tail = links[ix(2 * s + C.PREV)]
-    links[ix(2 * key + C.PREV)] = tail
-    links[ix(2 * key + C.NEXT)] = s
-    links[ix(2 * tail + C.NEXT)] = key
-    links[ix(2 * s + C.PREV)] = key
 
 
 @hook(EVENT_SIG)
 def on_event(ps, cs, tv, ev, key, t):
     links = ps.i[I.LINKS]
     if ev in (EV_ACCESS, EV_INSERT):
-        if links[ix(2 * key + C.PREV)] != _OFF:
+        if list_prev(links, key) != _OFF:
             _forget_if_last(ps, links, key)
-            _unlink(links, key)
-        _append(links, key)
-    elif ev == EV_EVICT and links[ix(2 * key + C.PREV)] != _OFF:
+            list_unlink(links, key)
+        list_append(links, key, list_sentinel(links, 1, 0))
+    elif ev == EV_EVICT and list_prev(links, key) != _OFF:
         _forget_if_last(ps, links, key)
-        _unlink(links, key)
-        links[ix(2 * key + C.PREV)] = _OFF
+        list_unlink(links, key)
+        links[ix(2 * key)] = _OFF  # its previous: off the list
     return 0
 
 
@@ -89,18 +74,18 @@ def on_event(ps, cs, tv, ev, key, t):
 def _forget_if_last(ps, links, key: int) -> None:
     """`key` leaves its place: if it ends the remembered run, the run is forgotten."""
     if ps.i[I.SKIP, 0] == key:
-        ps.i[I.SKIP, 0] = (links.shape[0] >> 1) - 1
+        ps.i[I.SKIP, 0] = list_sentinel(links, 1, 0)
 
 
 @hook(VICTIM_SIG)
 def victim(ps, cs, tv, incoming, t):
     in_layer = key_layer(cs, incoming)
     links = ps.i[I.LINKS]
-    s = (links.shape[0] >> 1) - 1  # the sentinel, the last node
+    s = list_sentinel(links, 1, 0)
     landed = cs.sc[SC.LANDED]
     last = ps.i[I.SKIP, 0] if ps.i[I.SKIP, 1] == landed else s  # the run of in-flight keys seen before, or none
     in_run = True  # every key walked so far is in flight
-    key = links[ix(2 * last + C.NEXT)]
+    key = list_next(links, last)
     found = -1
     while key != s:
         if cs.status[ix(key)] != RESIDENT:
@@ -111,7 +96,7 @@ def victim(ps, cs, tv, incoming, t):
             break
         else:
             in_run = False
-        key = links[ix(2 * key + C.NEXT)]
+        key = list_next(links, key)
     ps.i[I.SKIP, 0] = last
     ps.i[I.SKIP, 1] = landed
     return found
