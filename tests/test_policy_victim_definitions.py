@@ -1,5 +1,7 @@
 """Eviction kernels whose victim search is faster than a plain scan must still choose the definition's victim.
 
+- LRU remembers the run of in-flight keys its walk skipped from the head while no copy lands (`SC.LANDED`): the
+  first evictable key in recency order (of the last access or insert).
 - FLD keeps one recency list per layer and walks the layers from the farthest: the evictable key of the largest
   layer distance, then the least recent access, then the lower key, for both distances (cyclic and absolute).
 - LFU ranks each resident key before reading its evictability: the evictable key with the fewest counted
@@ -14,6 +16,7 @@ events, so that two keys share a last access and the lower key must go first.
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -45,6 +48,8 @@ def _drive(spec, seed: int, rank) -> int:
     members: set[int] = set()
     last: dict[int, int] = {}
     count: dict[int, int] = {}
+    order: dict[int, int] = {}
+    events = itertools.count()
     walks = 0
 
     def event(ev: int, key: int) -> None:
@@ -52,6 +57,7 @@ def _drive(spec, seed: int, rank) -> int:
             cs.sc[SC.CLOCK] += 1
         on_event(ps, cs, tv, ev, key, 0.0)
         last[key] = int(cs.sc[SC.CLOCK])
+        order[key] = next(events)  # the event's place in the sequence
         counted = ev == EV_ACCESS or cs.copy_prio[key] == DEMAND
         count[key] = count.get(key, 0) + counted
 
@@ -66,11 +72,13 @@ def _drive(spec, seed: int, rank) -> int:
             members.add(key)
         elif op < 0.40 and cs.status[key] == IN_FLIGHT:  # it lands
             cs.status[key] = RESIDENT
+            cs.sc[SC.LANDED] += 1
         elif op < 0.55 and key in members:  # an access, protecting it or not
             cs.protect[key] += rng.randrange(2)
             event(EV_ACCESS, key)
         elif op < 0.62 and cs.protect[key] > 0:
             cs.protect[key] -= 1
+            cs.sc[SC.RELEASED] += 1
         elif op < 0.66:
             cs.layer_floor[rng.randrange(LAYERS)] = rng.randrange(3)
         elif op < 0.69:
@@ -80,7 +88,7 @@ def _drive(spec, seed: int, rank) -> int:
         else:  # a victim for a copy into `key`'s layer
             in_layer = key // EXPERTS
             candidates = [k for k in members if _evictable(cs, k, in_layer)]
-            expected = min(candidates, key=lambda k: rank(cs, k, last, count), default=-1)
+            expected = min(candidates, key=lambda k: rank(cs, k, last, count, order), default=-1)
             got = int(victim(ps, cs, tv, key, 0.0))
             assert got == expected
             walks += 1
@@ -95,7 +103,7 @@ def _drive(spec, seed: int, rank) -> int:
 @pytest.mark.parametrize("absolute", [0, 1])
 @pytest.mark.parametrize("seed", range(6))
 def test_fld_victims_are_the_definitions(absolute, seed):
-    def rank(cs, key, last, count):
+    def rank(cs, key, last, count, order):
         cur = int(cs.sc[SC.LAYER])
         distance = abs(key // EXPERTS - cur) if absolute else (key // EXPERTS - cur) % LAYERS
         return (-distance, last[key], key)
@@ -105,7 +113,12 @@ def test_fld_victims_are_the_definitions(absolute, seed):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_lfu_victims_are_the_definitions(seed):
-    assert _drive("lfu", seed, lambda cs, key, last, count: (count[key], last[key], key)) > 400
+    assert _drive("lfu", seed, lambda cs, key, last, count, order: (count[key], last[key], key)) > 400
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lru_victims_are_the_definitions(seed):
+    assert _drive("lru", seed, lambda cs, key, last, count, order: order[key]) > 400
 
 
 def _belady_step(on_event, ps, cs, tv, op: str, key: int, value: int) -> None:
