@@ -301,6 +301,11 @@ def run_summary(args: argparse.Namespace) -> int:
         steady_table += (f"\n\nOn a steady host with a calibration that composes its own step (the self-check within "
                          f"{SELF_CHECK_TOLERANCE:.0%} for the row's model) and prices the run's experts kernel:\n\n"
                          f"{format_summary_table(list(sound.values()))}")
+    newest = {(r.gpu, r.runtime): r for r in summarize(datasets, newest=True)}
+    if newest:  # which lease is newest is read from the datasets' names, never from their errors
+        steady_table += ("\n\nOf those, each configuration's run from the newest dataset (by the date and lease number "
+                         "in its name): what the latest calibration methods give over the matrix:\n\n"
+                         f"{format_summary_table(list(newest.values()))}")
     if args.write_docs is not None:
         write_docs_summary(args.write_docs, f"{table}\n\n{steady_table}")
     if args.json:
@@ -308,6 +313,7 @@ def run_summary(args: argparse.Namespace) -> int:
         for obj, r in zip(out, rows):  # the same figures over the configurations calibrated on a steady host
             obj["extra"]["steady"] = steady[(r.gpu, r.runtime)].to_json() if (r.gpu, r.runtime) in steady else None
             obj["extra"]["sound"] = sound[(r.gpu, r.runtime)].to_json() if (r.gpu, r.runtime) in sound else None
+            obj["extra"]["newest"] = newest[(r.gpu, r.runtime)].to_json() if (r.gpu, r.runtime) in newest else None
         print(json.dumps(out, indent=1))
         return 0
     for ds in datasets:

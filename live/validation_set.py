@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -56,6 +57,8 @@ TOST_MARGIN = 0.05
 RACE_SLACK = 0.01
 MARKER_START = "<!-- validation-summary:start -->"
 MARKER_END = "<!-- validation-summary:end -->"
+_DATE = re.compile(r"^(\d{4}-\d{2}-\d{2})")  # a dataset name's date (dataset_recency)
+_LEASE = re.compile(r"lease(\d+)")  # and its lease number
 
 
 @attrs.frozen
@@ -435,22 +438,34 @@ def self_check_passes(errors: Iterable[float]) -> bool:
     return abs(statistics.median(errors)) <= SELF_CHECK_TOLERANCE
 
 
+def dataset_recency(name: str) -> tuple[str, int, str]:
+    """A dataset's place in time, from its name (`<date>-<gpu>-lease<N>-...`): its date, then its lease number,
+    then the name; a name without a date or a lease number goes before those that have one."""
+    date = _DATE.match(name)
+    lease = _LEASE.search(name)
+    return (date.group(1) if date else "", int(lease.group(1)) if lease else -1, name)
+
+
 def summarize(datasets: Iterable[Dataset], per_dataset: bool = False, steady: bool = False,
-              sound: bool = False) -> list[SummaryRow]:
+              sound: bool = False, newest: bool = False) -> list[SummaryRow]:
     """One row per (GPU kind, runtime) over all datasets, sorted by both; `per_dataset`: one per dataset too
     (leases of one runtime mode may differ in how they were calibrated); `steady`: only the configurations whose
     calibration found the host steady (`Calibration.steady`, decided from the calibration requests alone);
     `sound`: only those whose calibration is steady, composes its own resident step (`self_consistent`) and prices
-    the experts kernel the run used (`Calibration.kernel_priced` not false)."""
+    the experts kernel the run used (`Calibration.kernel_priced` not false); `newest`: of the sound rows, each
+    configuration's from the newest dataset (`dataset_recency`), whatever its error: what the latest
+    calibration methods give over the matrix."""
     groups: dict[tuple[str, str, str], list[tuple[Dataset, Comparison, RowErrors]]] = {}
-    for ds in datasets:
+    for ds in sorted(datasets, key=lambda d: dataset_recency(d.name)) if newest else datasets:
         for row in ds.rows:
-            if (steady or sound) and not row.calibration.steady:
+            if (steady or sound or newest) and not row.calibration.steady:
                 continue
-            if sound and (not self_consistent(ds, row) or row.calibration.kernel_priced is False):
+            if (sound or newest) and (not self_consistent(ds, row) or row.calibration.kernel_priced is False):
                 continue
             key = (ds.gpu_kind, row.runtime, ds.name if per_dataset else "")
             groups.setdefault(key, []).append((ds, row, row_errors(row)))
+    if newest:  # a later dataset's row of a configuration replaces an earlier one's
+        groups = {key: list({r.config: (ds, r, e) for ds, r, e in items}.values()) for key, items in groups.items()}
     out = []
     for (kind, runtime, _name), items in sorted(groups.items()):
         ttft = [abs(err.ttft_err) for _, _, err in items]

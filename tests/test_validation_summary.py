@@ -472,3 +472,38 @@ def test_step_drift_is_how_far_the_runs_pace_moved_against_the_emulation_within_
     assert "step drift" in format_config_table(load_dataset(tmp_path / "d")).splitlines()[0]
     # the model table: the least .. most of its runs' (the short run has none)
     assert "| 0.0% .. 50.0% |" in format_model_table(load_dataset(tmp_path / "d")).splitlines()[2]
+
+
+def test_the_newest_summary_takes_each_configurations_run_from_the_newest_sound_dataset(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from live.validation_set import dataset_recency
+
+    def steady(r: dict[str, Any], drift: float = 0.02) -> dict[str, Any]:
+        r["calibration"]["host_drift"] = drift
+        return r
+
+    def checked(d: Path) -> None:  # the calibration composes its own step: the rows are sound
+        raw = json.loads((d / "comparisons.json").read_text())
+        raw["self_check"] = {"p1": {"config": raw["rows"][0]["config"], "errors": [0.01, 0.0, -0.01]}}
+        (d / "comparisons.json").write_text(json.dumps(raw))
+
+    root = tmp_path / "validation"
+    checked(write(root, "2026-12-06-h100-lease9-eager", [steady(row("a", decode=1.01)), steady(row("b", decode=1.02)),
+                                                         steady(row("c", decode=1.03))]))
+    # lease 10 comes after lease 9 (by number, not by the letters), and its worse "a" replaces lease 9's
+    checked(write(root, "2026-12-06-h100-lease10-eager", [steady(row("a", decode=1.20)),
+                                                          steady(row("b", decode=1.00), drift=0.5)]))  # unsteady
+    checked(write(root, "2026-12-05-h100-lease11-eager", [steady(row("c", decode=1.10))]))  # an earlier date
+    assert sorted(["2026-12-06-h100-lease10", "2026-12-06-h100-lease9", "x"], key=dataset_recency) == [
+        "x", "2026-12-06-h100-lease9", "2026-12-06-h100-lease10"]
+    datasets = _datasets(root)
+    (sound,) = summarize(datasets, sound=True)
+    (newest,) = summarize(datasets, newest=True)
+    assert sound.n_configs == 5
+    assert newest.n_configs == 3  # a from lease 10 (+20%), b (+2%) and c (+3%, not lease 11's +10%) from lease 9
+    assert newest.decode_max == pytest.approx(0.20) and newest.decode_median == pytest.approx(0.03)
+    assert main(["validate", "--summary", str(root), "--json"]) == 0
+    (obj,) = json.loads(capsys.readouterr().out)
+    assert obj["extra"]["newest"]["n_configs"] == 3 and obj["extra"]["sound"]["n_configs"] == 5
+    assert main(["validate", "--summary", str(root)]) == 0
+    assert "from the newest dataset" in capsys.readouterr().out
