@@ -239,6 +239,17 @@ def list_append(links: np.ndarray, key: int, sentinel: int) -> None:
 
 
 @njit(cache=True, inline="always")
+def list_first_evictable(links: np.ndarray, sentinel: int, cs, in_layer: int) -> int:
+    """The oldest key of the list `sentinel` closes that `is_evictable` accepts for `in_layer`, or -1."""
+    key = list_next(links, sentinel)
+    while key != sentinel:
+        if is_evictable(cs, key, in_layer):
+            return key
+        key = list_next(links, key)
+    return -1
+
+
+@njit(cache=True, inline="always")
 def list_put(links: np.ndarray, on: np.ndarray, count: np.ndarray, key: int, j: int, n_lists: int) -> None:
     """Put `key` (on no list) at the newest end of list j, keeping `on[key]` (the list a key is on, -1 for
     none) and `count[j]` (each list's length)."""

@@ -51,9 +51,9 @@ from numba import njit
 
 from ...kernel.helpers import (
     init_lists,
-    is_evictable,
     ix,
     key_layer,
+    list_first_evictable,
     list_next,
     list_put,
     list_sentinel,
@@ -150,13 +150,7 @@ def _bound_directory(i) -> None:
 @njit(cache=True, inline="always")
 def _lru_evictable(i, cs, lst: int, in_layer: int) -> int:
     links = i[I.LINKS]
-    s = _sentinel(links, lst)
-    key = list_next(links, s)
-    while key != s:
-        if is_evictable(cs, key, in_layer):
-            return key
-        key = list_next(links, key)
-    return -1
+    return list_first_evictable(links, _sentinel(links, lst), cs, in_layer)
 
 
 @hook(EVENT_SIG)

@@ -24,11 +24,10 @@ from numba import njit
 
 from ...kernel.helpers import (
     init_lists,
-    is_evictable,
     ix,
     key_layer,
+    list_first_evictable,
     list_insert_after,
-    list_next,
     list_prev,
     list_sentinel,
     list_unlink,
@@ -79,13 +78,7 @@ def _place(ps, links, cs, key: int) -> None:
 
 @njit(cache=True, inline="always")
 def _first_evictable(links, cs, layer: int, in_layer: int) -> int:
-    s = list_sentinel(links, cs.layer_count.shape[0], layer)
-    key = list_next(links, s)
-    while key != s:
-        if is_evictable(cs, key, in_layer):
-            return key
-        key = list_next(links, key)
-    return -1
+    return list_first_evictable(links, list_sentinel(links, cs.layer_count.shape[0], layer), cs, in_layer)
 
 
 @hook(EVENT_SIG)
