@@ -90,24 +90,19 @@ def key_layer(cs, key: int) -> int:
 @njit(cache=True, inline="always")
 def is_evictable(cs, key: int, in_layer: int) -> bool:
     """May `key` make room for a copy into `in_layer`? Policies choose only among such keys."""
-    return is_unpinned(cs, key) and layer_allows(cs, key, in_layer)
-
-
-@njit(cache=True, inline="always")
-def is_unpinned(cs, key: int) -> bool:
-    """Is `key` resident and needed by no entry computing? The half of `is_evictable` that holds for any
-    incoming key; a key it refuses stays refused while `cs.sc[SC.LANDED]` and `cs.sc[SC.RELEASED]` stay."""
-    return cs.status[ix(key)] == RESIDENT and cs.protect[ix(key)] <= 0
-
-
-@njit(cache=True, inline="always")
-def layer_allows(cs, key: int, in_layer: int) -> bool:
-    """Do the layers' caps and floors let `key` make room for a copy into `in_layer`? The half of
-    `is_evictable` that depends on the incoming key."""
+    if not is_unpinned(cs, key):
+        return False
     vl = key_layer(cs, key)
     if cs.sc[SC.SAME_LAYER] == 1 and vl != in_layer:
         return False
     return not (vl != in_layer and cs.layer_count[ix(vl)] - 1 < cs.layer_floor[ix(vl)])
+
+
+@njit(cache=True, inline="always")
+def is_unpinned(cs, key: int) -> bool:
+    """Is `key` resident and needed by no entry computing? The part of `is_evictable` that holds for any
+    incoming key; a key it refuses stays refused while `cs.sc[SC.LANDED]` and `cs.sc[SC.RELEASED]` stay."""
+    return cs.status[ix(key)] == RESIDENT and cs.protect[ix(key)] <= 0
 
 
 @njit(cache=True, inline="always")
