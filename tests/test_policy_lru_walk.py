@@ -16,7 +16,7 @@ from emu.kernel.layout import ABSENT, IN_FLIGHT, RESIDENT, SC, ST
 from .conftest import hand_profile, tiny_model
 from .policy_support import kernel_setup, stack, trace_of
 
-LAYERS, EXPERTS = 3, 8
+EXPERTS = 8
 
 
 def test_the_walk_trusts_landed_between_two_victims():
