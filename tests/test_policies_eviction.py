@@ -211,3 +211,16 @@ def test_least_stale_orders_on_current_keys_prefetched_ahead(order, victim):
         pol.hooks["on_event"](ps, cs, tv, EV_INSERT, key, 0.0)
     cs.sc[SC.LAYER] = 1
     assert pol.hooks["victim"](ps, cs, tv, 1 * 2, 0.0) == victim
+
+
+def test_least_stale_high_bit_is_the_highest_set_bit():
+    # the descending scan's layer choice: bitmaps of up to 62 layers (bits 0..62)
+    import numpy as np
+
+    from emu.policies.eviction.least_stale import _high_bit
+
+    rng = np.random.default_rng(3)
+    values = [1, 2, 3, 5, 8, 255, 256, 2**61, 2**62, 2**62 + 2**61 + 1]
+    values += [int(v) for v in rng.integers(1, 2**62, 200)]
+    for x in values:
+        assert _high_bit(np.int64(x)) == x.bit_length() - 1, x

@@ -42,7 +42,7 @@ from enum import auto
 
 import numpy as np
 from numba import njit
-from numba.cpython.unsafe.numbers import trailing_zeros
+from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
 
 from ...kernel.helpers import is_evictable, ix, key_layer
 from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EV_PASS, EVENT_SIG, VICTIM_SIG, hook
@@ -186,12 +186,8 @@ def _low_bit(x: np.int64) -> int:
 
 @njit(cache=True, _nrt=False)
 def _high_bit(x: np.int64) -> int:
-    h = int(np.log2(float(x)))
-    while h > 0 and (np.int64(1) << h) > x:
-        h -= 1
-    while (np.int64(1) << (h + 1)) <= x and h < 62:
-        h += 1
-    return h
+    """The index of x's highest set bit (x > 0)."""
+    return 63 - int(leading_zeros(x))
 
 
 @njit(cache=True, _nrt=False)
