@@ -103,3 +103,15 @@ def test_an_edited_helper_recompiles_the_hooks_that_inline_it(tmp_path):
     _plugin(keyed, 2)
     assert _run_plugin(keyed, track=True) == 2
     assert _run_plugin(keyed, track=True) == 2  # and later runs load that entry
+
+
+def test_the_live_cache_bridge_caches_carry_the_interface_digest():
+    # it inlines the decision layer (emu/engines) from outside the tracked folders: an edit of the interface
+    # (a field added to the cache state's scalars) must recompile it, not load its stale code
+    from live import cache_bridge
+
+    digest = cache.interface_digest()[:16]
+    for dispatcher in (cache_bridge._land, cache_bridge._gate):
+        locator = dispatcher._cache._impl.locator
+        assert isinstance(locator, cache.LOCATORS)
+        assert locator.get_disambiguator().endswith(digest)

@@ -4,7 +4,9 @@ Numba checks a cached function against its own source file only. A policy hook i
 helpers (`helpers.is_evictable`, the state layout's enum values, ...) and the core inlines them too, so an
 edit of a helper would leave every cached hook and the core compiled against the old one. Here the cache
 files of every jitted function defined under a tracked folder (emu/kernel, emu/engines, emu/policies and
-any out-of-tree policy package passed to `track`) carry one digest of all tracked sources in their names:
+any out-of-tree policy package passed to `track`), or elsewhere in this project (the rest of emu/, live/ and
+calibrate/: the live runtime's cache bridge inlines the decision layer), carry one digest of all tracked
+sources in their names:
 after any edit there, every such function looks for files that do not exist yet and compiles afresh (an
 index written for other sources is never even opened, so one that names since-moved types cannot break a
 run). Numba's own check of the function's file still applies. `install` puts the keyed locators before
@@ -28,6 +30,10 @@ DEFAULT_TRACKED: tuple[Path, ...] = (_EMU / "kernel", _EMU / "engines", _EMU / "
                                      _EMU / "trace" / "routing_trace.py")
 #: the default folders, then the out-of-tree policy packages passed to `track`
 TRACKED: list[Path] = list(DEFAULT_TRACKED)
+#: this project's packages: their jitted functions may inline the interface (live's cache bridge runs the decision
+#: layer), so their cache files carry the digest too; their own sources stay out of it (numba checks each
+#: function's own file)
+PROJECT: tuple[Path, ...] = (_EMU, _EMU.parent / "live", _EMU.parent / "calibrate")
 
 
 def source_files(roots: list[Path]) -> list[Path]:
@@ -58,9 +64,10 @@ def interface_digest() -> str:
     return _digest(tuple(TRACKED))
 
 
-def is_tracked(py_file: str) -> bool:
+def is_keyed(py_file: str) -> bool:
+    """Do the cache files of the jitted functions defined in `py_file` carry the interface digest?"""
     path = Path(py_file).resolve()
-    return any(path == root or root in path.parents for root in TRACKED)
+    return any(path == root or root in path.parents for root in (*TRACKED, *PROJECT))
 
 
 def track(root: str | Path) -> None:
@@ -79,7 +86,7 @@ class _InterfaceKeyed:
 
     @classmethod
     def from_function(cls, py_func: Any, py_file: str) -> Any:
-        if not is_tracked(py_file):
+        if not is_keyed(py_file):
             return None
         return super().from_function(py_func, py_file)  # type: ignore[misc]
 
