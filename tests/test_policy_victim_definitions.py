@@ -7,6 +7,8 @@
 - LFU ranks each resident key before reading its evictability: the evictable key with the fewest counted
   accesses (an access, or a demand insert), then the least recent, then the lower key.
 - Belady keeps the keys it set aside between victims: against an instance that puts them back every time.
+- ARC and S3-FIFO (as LRU) start their walks after the run of in-flight keys an earlier walk met while no copy
+  lands: against an instance told of a landing before every victim, which walks from the oldest key each time.
 
 Each kernel is driven by hand through random events on five layers of six experts, with the cache-state changes
 the core makes around each (statuses, protection, layer floors, the same-layer cap, the current layer), and every
@@ -21,9 +23,9 @@ import random
 
 import pytest
 
-from emu.kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT
+from emu.kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EV_MISS
 from emu.kernel.layout import ABSENT, DEMAND, IN_FLIGHT, PREFETCH, RESIDENT, SC
-from emu.policies.eviction import belady
+from emu.policies.eviction import arc, belady, lru, s3_fifo
 
 from .policy_support import kernel_setup, trace_of
 
@@ -219,3 +221,73 @@ def test_belady_a_kept_key_accessed_after_the_pass_moves_is_ranked_by_its_next_u
     cs.protect[y] = 0
     cs.sc[SC.RELEASED] += 1
     assert victim(ps, cs, tv, x, 0.0) == k
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("name", "module"), [("arc", arc), ("s3-fifo", s3_fifo), ("lru", None)])
+def test_a_remembered_run_of_keys_in_flight_changes_no_victim(name, module, seed):
+    # Two instances see the same random events (copies mostly left in flight, so that runs of them build up at
+    # the lists' oldest ends); the second has its remembered runs reset before every victim, so it walks from the
+    # oldest key: both must choose the same victims, and (S3-FIFO) move the same keys on the way.
+    rng = random.Random(seed)
+    trace = trace_of([[[[0]] * LAYERS]], n_experts=EXPERTS)
+    pol, *kept = kernel_setup(trace, "eviction", name)
+    _, *fresh = kernel_setup(trace, "eviction", name)
+    on_event, victim = pol.hooks["on_event"], pol.hooks["victim"]
+    cs = kept[1]
+    row = module.I.RUN if module is not None else lru.I.SKIP
+    no_run = fresh[0].i[row].copy()  # as initialised: no run seen
+    members: set[int] = set()
+    walks = remembered = 0
+
+    def step(op: str, key: int, value: int = 0) -> None:
+        for ps, c, tv in (kept, fresh):
+            if op == "insert":
+                on_event(ps, c, tv, EV_MISS, key, 0.0)
+                c.status[key] = IN_FLIGHT
+                c.copy_prio[key] = value
+                c.layer_count[key // EXPERTS] += 1
+                c.sc[SC.CLOCK] += 1
+                on_event(ps, c, tv, EV_INSERT, key, 0.0)
+            elif op == "land":
+                c.status[key] = RESIDENT
+                c.sc[SC.LANDED] += 1
+            elif op == "access":
+                c.protect[key] += value
+                c.sc[SC.CLOCK] += 1
+                on_event(ps, c, tv, EV_ACCESS, key, 0.0)
+            elif op == "release":
+                c.protect[key] -= 1
+                c.sc[SC.RELEASED] += 1
+            elif op == "floor":
+                c.layer_floor[key // EXPERTS] = value
+            elif op == "evict":
+                c.status[key] = ABSENT
+                c.layer_count[key // EXPERTS] -= 1
+                on_event(ps, c, tv, EV_EVICT, key, 0.0)
+
+    for _ in range(4000):
+        key = rng.randrange(LAYERS * EXPERTS)
+        op = rng.random()
+        if op < 0.25 and cs.status[key] == ABSENT:
+            step("insert", key, rng.choice((DEMAND, PREFETCH)))
+            members.add(key)
+        elif op < 0.31 and cs.status[key] == IN_FLIGHT:
+            step("land", key)
+        elif op < 0.45 and key in members:
+            step("access", key, rng.randrange(2))
+        elif op < 0.52 and cs.protect[key] > 0:
+            step("release", key)
+        elif op < 0.55:
+            step("floor", key, rng.randrange(3))
+        else:
+            fresh[0].i[row][:] = no_run  # the second instance forgets whatever run it saw
+            got = int(victim(*kept, key, 0.0))
+            assert got == int(victim(*fresh, key, 0.0))
+            walks += 1
+            run = kept[0].i[row]
+            remembered += any(run[2 * j] < LAYERS * EXPERTS for j in range(2 if module else 1))  # a key ends a run
+            if got >= 0:
+                step("evict", got)
+                members.discard(got)
+    assert walks > 1000 and remembered > 20

@@ -245,6 +245,43 @@ def list_first_evictable(links: np.ndarray, sentinel: int, cs, in_layer: int) ->
 
 
 @njit(cache=True, inline="always")
+def list_first_evictable_after_run(links: np.ndarray, sentinel: int, cs, in_layer: int, run: np.ndarray,
+                                   j: int) -> int:
+    """`list_first_evictable`, with the walk starting after the run of keys in flight at the list's head that an
+    earlier walk met: `run[2 * j]` that run's last node (or `sentinel`), `run[2 * j + 1]` `cs.sc[SC.LANDED]` then.
+    While no copy has landed since, every key of the run is still in flight (never evictable), and keys only
+    leave a run (moved or evicted: the owner calls `list_forget_run` for each key it takes off list j), so the
+    same key is found. With several tokens a pass and prefetching, the oldest keys are often copies still queued,
+    and every victim of a gate would walk past the same ones again."""
+    landed = cs.sc[SC.LANDED]
+    last = run[ix(2 * j)] if run[ix(2 * j + 1)] == landed else sentinel
+    in_run = True  # every key walked so far is in flight
+    key = list_next(links, last)
+    found = -1
+    while key != sentinel:
+        if cs.status[ix(key)] != RESIDENT:
+            if in_run:
+                last = key
+        elif is_evictable(cs, key, in_layer):
+            found = key
+            break
+        else:
+            in_run = False
+        key = list_next(links, key)
+    run[ix(2 * j)] = last
+    run[ix(2 * j + 1)] = landed
+    return found
+
+
+@njit(cache=True, inline="always")
+def list_forget_run(run: np.ndarray, j: int, key: int, sentinel: int) -> None:
+    """`key` leaves its place on list j: if it ends the run `list_first_evictable_after_run` remembers, the run
+    is forgotten."""
+    if run[ix(2 * j)] == key:
+        run[ix(2 * j)] = sentinel
+
+
+@njit(cache=True, inline="always")
 def list_put(links: np.ndarray, on: np.ndarray, count: np.ndarray, key: int, j: int, n_lists: int) -> None:
     """Put `key` (on no list) at the newest end of list j, keeping `on[key]` (the list a key is on, -1 for
     none) and `count[j]` (each list's length)."""

@@ -33,7 +33,10 @@ Where this departs from the paper, and why:
 - "LRU" means the first key from the LRU end that `is_evictable` accepts: protected (needed by the layer
   computing) and in-flight keys are skipped, and the core's layer caps and floors may refuse others. If the
   chosen list has none, the other list's is taken; -1 if neither has one.
-- A copy takes its slot (EV_INSERT) before it lands, so T1 and T2 include in-flight keys. The core may call
+- A copy takes its slot (EV_INSERT) before it lands, so T1 and T2 include in-flight keys. A walk starts after
+  the run of in-flight keys at the list's LRU end that an earlier walk met, while no copy has landed since
+  (`helpers.list_first_evictable_after_run`; `I.RUN`): the same victim, without walking past the copies still
+  queued at every victim of a gate. The core may call
   `victim` more than once for one incoming key (a full-precision copy replacing lower-precision ones);
   each call applies REPLACE to the lists as they are then. A lower-precision copy counts as one key, so
   |T1| + |T2| may exceed c; p stays in [0, c].
@@ -53,7 +56,8 @@ from ...kernel.helpers import (
     init_lists,
     ix,
     key_layer,
-    list_first_evictable,
+    list_first_evictable_after_run,
+    list_forget_run,
     list_next,
     list_put,
     list_sentinel,
@@ -72,6 +76,7 @@ class I(Fields):
     MARK = auto()
     UNUSED = auto()
     COUNT = auto()
+    RUN = auto()  # per list, the run of in-flight keys at its LRU end a walk met (list_first_evictable_after_run)
 
 
 class C(Fields):
@@ -108,6 +113,9 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     ps.i[I.LIST, :] = _NONE
     init_lists(ps.i[I.LINKS], _N_LISTS)
     ps.i[I.COUNT, C.SLOTS] = ctx.capacity_bytes // ctx.expert_bytes
+    for lst in range(_N_LISTS):  # no run seen yet: each list's sentinel, at no count of landed copies
+        ps.i[I.RUN, 2 * lst] = list_sentinel(ps.i[I.LINKS], _N_LISTS, lst)
+        ps.i[I.RUN, 2 * lst + 1] = -1
     return ps
 
 
@@ -119,6 +127,8 @@ def _sentinel(links, lst: int) -> int:
 @njit(cache=True, inline="always")
 def _remove(i, key: int) -> None:
     """Take `key` off its list (it is on one)."""
+    lst = i[I.LIST, ix(key)]
+    list_forget_run(i[I.RUN], lst, key, _sentinel(i[I.LINKS], lst))
     list_take(i[I.LINKS], i[I.LIST], i[I.COUNT], key)
 
 
@@ -150,7 +160,7 @@ def _bound_directory(i) -> None:
 @njit(cache=True, inline="always")
 def _lru_evictable(i, cs, lst: int, in_layer: int) -> int:
     links = i[I.LINKS]
-    return list_first_evictable(links, _sentinel(links, lst), cs, in_layer)
+    return list_first_evictable_after_run(links, _sentinel(links, lst), cs, in_layer, i[I.RUN], lst)
 
 
 @hook(EVENT_SIG)

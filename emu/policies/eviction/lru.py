@@ -22,17 +22,17 @@ from numba import njit
 
 from ...kernel.helpers import (
     init_lists,
-    is_evictable,
     ix,
     key_layer,
     list_append,
-    list_next,
+    list_first_evictable_after_run,
+    list_forget_run,
     list_prev,
     list_sentinel,
     list_unlink,
 )
 from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG, hook
-from ...kernel.layout import RESIDENT, SC, Fields, new_policy_state
+from ...kernel.layout import Fields, new_policy_state
 from ..api import Capabilities, Policy, PolicyContext, register
 
 _OFF = -1  # a key's previous node while it is off the list
@@ -73,33 +73,14 @@ def on_event(ps, cs, tv, ev, key, t):
 @njit(cache=True, inline="always")
 def _forget_if_last(ps, links, key: int) -> None:
     """`key` leaves its place: if it ends the remembered run, the run is forgotten."""
-    if ps.i[I.SKIP, 0] == key:
-        ps.i[I.SKIP, 0] = list_sentinel(links, 1, 0)
+    list_forget_run(ps.i[I.SKIP], 0, key, list_sentinel(links, 1, 0))
 
 
 @hook(VICTIM_SIG)
 def victim(ps, cs, tv, incoming, t):
-    in_layer = key_layer(cs, incoming)
     links = ps.i[I.LINKS]
-    s = list_sentinel(links, 1, 0)
-    landed = cs.sc[SC.LANDED]
-    last = ps.i[I.SKIP, 0] if ps.i[I.SKIP, 1] == landed else s  # the run of in-flight keys seen before, or none
-    in_run = True  # every key walked so far is in flight
-    key = list_next(links, last)
-    found = -1
-    while key != s:
-        if cs.status[ix(key)] != RESIDENT:
-            if in_run:
-                last = key
-        elif is_evictable(cs, key, in_layer):
-            found = key
-            break
-        else:
-            in_run = False
-        key = list_next(links, key)
-    ps.i[I.SKIP, 0] = last
-    ps.i[I.SKIP, 1] = landed
-    return found
+    return list_first_evictable_after_run(links, list_sentinel(links, 1, 0), cs, key_layer(cs, incoming),
+                                          ps.i[I.SKIP], 0)
 
 
 POLICY = register(Policy(

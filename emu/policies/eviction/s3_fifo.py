@@ -23,10 +23,14 @@ State (`ps.i` rows `I`, parameters `P`):
 - `I.FREQ[key]`: the frequency, 0..3.
 - `I.UNUSED[key]`: 1 while a prefetched key waits for its first access.
 - `I.COUNT[C.S .. C.G]`: the queues' lengths; `I.COUNT[C.SLOTS]`: the slots; `I.COUNT[C.GHOSTS]`: G's size.
+- `I.RUN[2 * C.S]`, `I.RUN[2 * C.S + 1]`: the last key of the run of in-flight keys at S's oldest end that the
+  last walk of S met (S's sentinel: none), and `cs.sc[SC.LANDED]` then; the next walk starts after it while no
+  copy has landed since (those keys are never evictable, and keys only leave the run).
 
 Cost: O(1) per event; per victim O(1) plus the keys walked past: at most |S| in S (each moves or is skipped
-once) and at most 7|M| + 1 steps in M (each key is reinserted at most 3 times, as its frequency is at most
-3; a key `is_evictable` refuses is passed at most once per lap and there are at most 4 laps).
+once; the run of copies in flight at its oldest end only once between landings) and at most 7|M| + 1 steps in
+M (each key is reinserted at most 3 times, as its frequency is at most 3; a key `is_evictable` refuses is
+passed at most once per lap and there are at most 4 laps).
 
 Where this departs from the paper, and why:
 - The hook returns one victim per call. When keys moved from S make M exceed its share, the paper evicts from
@@ -53,13 +57,14 @@ from ...kernel.helpers import (
     is_evictable,
     ix,
     key_layer,
+    list_forget_run,
     list_next,
     list_put,
     list_sentinel,
     list_take,
 )
 from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG, hook
-from ...kernel.layout import PREFETCH, Fields, new_policy_state
+from ...kernel.layout import PREFETCH, RESIDENT, SC, Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
 
 
@@ -71,6 +76,7 @@ class I(Fields):
     FREQ = auto()
     UNUSED = auto()
     COUNT = auto()
+    RUN = auto()  # per queue, the run of in-flight keys at its oldest end a walk of S met, with SC.LANDED then
 
 
 class C(Fields):
@@ -103,6 +109,9 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     slots = ctx.capacity_bytes // ctx.expert_bytes
     ps.i[I.COUNT, C.SLOTS] = slots
     ps.i[I.COUNT, C.GHOSTS] = int((1.0 - params["small_ratio"]) * slots)
+    for q in range(_N_QUEUES):  # no run seen yet: each queue's sentinel, at no count of landed copies
+        ps.i[I.RUN, 2 * q] = list_sentinel(ps.i[I.LINKS], _N_QUEUES, q)
+        ps.i[I.RUN, 2 * q + 1] = -1
     return ps
 
 
@@ -114,6 +123,8 @@ def _sentinel(links, q: int) -> int:
 @njit(cache=True, inline="always")
 def _remove(i, key: int) -> None:
     """Take `key` out of its queue (it is in one)."""
+    q = i[I.QUEUE, ix(key)]
+    list_forget_run(i[I.RUN], q, key, _sentinel(i[I.LINKS], q))
     list_take(i[I.LINKS], i[I.QUEUE], i[I.COUNT], key)
 
 
@@ -125,19 +136,35 @@ def _push_newest(i, key: int, q: int) -> None:
 
 @njit(cache=True, _nrt=False)
 def _evict_small(i, cs, in_layer: int) -> int:
+    """S's oldest evictable key of frequency <= 1, moving the evictable ones above it to M on the way. The walk
+    starts after the run of in-flight keys at S's oldest end that the last walk met, while no copy has landed
+    since (as `list_first_evictable_after_run`: those keys are never evictable, and keys only leave the run)."""
     links = i[I.LINKS]
     s = _sentinel(links, C.S)
-    key = list_next(links, s)
+    run = i[I.RUN]
+    landed = cs.sc[SC.LANDED]
+    last = run[2 * C.S] if run[2 * C.S + 1] == landed else s
+    in_run = True  # every key walked so far and still in S is in flight
+    key = list_next(links, last)
+    found = -1
     while key != s:
         nxt = list_next(links, key)
-        if is_evictable(cs, key, in_layer):
+        if cs.status[ix(key)] != RESIDENT:
+            if in_run:
+                last = key
+        elif is_evictable(cs, key, in_layer):
             if i[I.FREQ, ix(key)] <= _TO_MAIN:
-                return key
-            _remove(i, key)
+                found = key
+                break
+            _remove(i, key)  # it leaves S: the keys walked before it stay a run
             _push_newest(i, key, C.M)
             i[I.FREQ, ix(key)] = 0
+        else:
+            in_run = False
         key = nxt
-    return -1
+    run[2 * C.S] = last
+    run[2 * C.S + 1] = landed
+    return found
 
 
 @njit(cache=True, _nrt=False)
