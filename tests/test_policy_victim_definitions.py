@@ -123,17 +123,23 @@ def test_lru_victims_are_the_definitions(seed):
     assert _drive("lru", seed, lambda cs, key, last, count, order: order[key]) > 400
 
 
-def _belady_step(on_event, ps, cs, tv, op: str, key: int, value: int) -> None:
-    """One change of the cache state, as the core makes it, on one Belady instance."""
+def _state_step(on_event, ps, cs, tv, op: str, key: int, value: int, miss_event: bool = False) -> None:
+    """One change of the cache state, as the core makes it, on one kernel instance (an insert's `value`: its copy's
+    priority; `miss_event`: the miss is told first, EV_MISS, as to a policy that declares miss events)."""
     if op == "insert":
+        if miss_event:
+            on_event(ps, cs, tv, EV_MISS, key, 0.0)
         cs.status[key] = IN_FLIGHT
+        cs.copy_prio[key] = value
         cs.layer_count[key // EXPERTS] += 1
+        cs.sc[SC.CLOCK] += 1
         on_event(ps, cs, tv, EV_INSERT, key, 0.0)
     elif op == "land":
         cs.status[key] = RESIDENT
         cs.sc[SC.LANDED] += 1
     elif op == "access":
         cs.protect[key] += value
+        cs.sc[SC.CLOCK] += 1
         on_event(ps, cs, tv, EV_ACCESS, key, 0.0)
     elif op == "release":
         cs.protect[key] -= 1
@@ -184,7 +190,7 @@ def test_belady_keeping_keys_aside_between_victims_changes_no_victim(seed):
             step, value = "floor", rng.randrange(3)
         if step is not None:
             for instance in (kept, fresh):
-                _belady_step(on_event, *instance, step, key, value)
+                _state_step(on_event, *instance, step, key, value)
             continue
         fresh[1].sc[SC.LANDED] += 1  # the second instance puts back whatever it kept
         got = int(victim(*kept, key, 0.0))
@@ -193,7 +199,7 @@ def test_belady_keeping_keys_aside_between_victims_changes_no_victim(seed):
         kept_any += kept[0].i[0][belady.C.KEPT_N] > 0
         if got >= 0:
             for instance in (kept, fresh):
-                _belady_step(on_event, *instance, "evict", got, 0)
+                _state_step(on_event, *instance, "evict", got, 0)
             members.discard(got)
     assert walks > 800 and kept_any > 100
 
@@ -241,30 +247,8 @@ def test_a_remembered_run_of_keys_in_flight_changes_no_victim(name, module, seed
     walks = remembered = 0
 
     def step(op: str, key: int, value: int = 0) -> None:
-        for ps, c, tv in (kept, fresh):
-            if op == "insert":
-                on_event(ps, c, tv, EV_MISS, key, 0.0)
-                c.status[key] = IN_FLIGHT
-                c.copy_prio[key] = value
-                c.layer_count[key // EXPERTS] += 1
-                c.sc[SC.CLOCK] += 1
-                on_event(ps, c, tv, EV_INSERT, key, 0.0)
-            elif op == "land":
-                c.status[key] = RESIDENT
-                c.sc[SC.LANDED] += 1
-            elif op == "access":
-                c.protect[key] += value
-                c.sc[SC.CLOCK] += 1
-                on_event(ps, c, tv, EV_ACCESS, key, 0.0)
-            elif op == "release":
-                c.protect[key] -= 1
-                c.sc[SC.RELEASED] += 1
-            elif op == "floor":
-                c.layer_floor[key // EXPERTS] = value
-            elif op == "evict":
-                c.status[key] = ABSENT
-                c.layer_count[key // EXPERTS] -= 1
-                on_event(ps, c, tv, EV_EVICT, key, 0.0)
+        for instance in (kept, fresh):
+            _state_step(on_event, *instance, op, key, value, miss_event=True)
 
     for _ in range(4000):
         key = rng.randrange(LAYERS * EXPERTS)
