@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,23 +31,17 @@ def main() -> None:
     import bench_engines
 
     from emu.engines.fast.engine import run_fast, warm_up
-    from emu.engines.setup import make_inputs
-    from emu.profile import load_profile
-    from emu.trace.synthetic import SyntheticParams, generate
 
-    warnings.filterwarnings("ignore", message=".*roofline.*")
     warm_up()
     model = bench_engines._model("olmoe-1b-7b")
-    profile = load_profile(str(ROOT / "scenarios/profiles/h100-provisional.toml"))
     tokens = args.accesses // (model.n_moe_layers * model.top_k)
     print(f"load average {os.getloadavg()[0]:.2f}; {tokens:,} tokens a run, minimum of {args.repeats}")
     print("| batch | stack | accesses | CPU s | M accesses/s | copies / access |")
     print("|---:|---|---:|---:|---:|---:|")
     for batch in BATCHES:
-        trace = generate(model, SyntheticParams(prompt_len=0, output_len=1000, batch_size=batch, seed=7), tokens)
+        trace = bench_engines._trace(model, tokens, batch)
         for prefetch in ("next-layer", "none"):
-            inputs = make_inputs(model, profile, trace, int(0.25 * model.total_expert_bytes),
-                                 bench_engines._stack("lru", prefetch))
+            inputs = bench_engines._inputs_for(model, trace, 0.25, "lru", prefetch)
             best = min((bench_engines._timed(run_fast, inputs) for _ in range(args.repeats)),
                        key=lambda r: r["cpu_s"])
             print(f"| {batch} | lru+{prefetch} | {best['accesses']:,} | {best['cpu_s']:.3f} | "

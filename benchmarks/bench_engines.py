@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,11 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 
 def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    """This process's peak resident set (VmHWM): unlike getrusage's ru_maxrss, which a process keeps from the one
+    that forked it across exec, it counts this program's memory alone, whoever launched it."""
+    with open("/proc/self/status") as f:
+        line = next(ln for ln in f if ln.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024.0  # kB
 
 
 def _stack(eviction: str, prefetch: str) -> object:
@@ -52,22 +55,34 @@ def _model(name: str) -> object:
     return get_preset(name)
 
 
-def _inputs(tokens: int, capacity: float, eviction: str, prefetch: str,
-            model_name: str = "olmoe-1b-7b") -> tuple[object, float]:
+def _trace(model: object, tokens: int, batch: int = 1) -> object:
+    """The benchmarks' synthetic decode trace: `tokens` tokens a request, `batch` requests in lockstep, seed 7."""
+    from emu.trace.synthetic import SyntheticParams, generate
+
+    return generate(model, SyntheticParams(prompt_len=0, output_len=1000, batch_size=batch, seed=7), tokens)
+
+
+def _inputs_for(model: object, trace: object, capacity: float, eviction: str, prefetch: str) -> object:
+    """A run of `trace` on profile h100-provisional, the cache `capacity` of the expert bytes, LRU or another
+    eviction policy with a prefetch policy (the others at their defaults)."""
     import warnings
 
     from emu.engines.setup import make_inputs
     from emu.profile import load_profile
-    from emu.trace.synthetic import SyntheticParams, generate
 
     warnings.filterwarnings("ignore", message=".*roofline.*")
+    profile = load_profile(str(ROOT / "scenarios/profiles/h100-provisional.toml"))
+    return make_inputs(model, profile, trace, int(capacity * model.total_expert_bytes), _stack(eviction, prefetch))
+
+
+def _inputs(tokens: int, capacity: float, eviction: str, prefetch: str,
+            model_name: str = "olmoe-1b-7b", batch: int = 1) -> tuple[object, float]:
+    """`_inputs_for` on a fresh `_trace`; also returns the trace's generation seconds."""
     model = _model(model_name)
     t0 = time.perf_counter()
-    trace = generate(model, SyntheticParams(prompt_len=0, output_len=1000, batch_size=1, seed=7), tokens)
+    trace = _trace(model, tokens, batch)
     gen_s = time.perf_counter() - t0
-    profile = load_profile(str(ROOT / "scenarios/profiles/h100-provisional.toml"))
-    return make_inputs(model, profile, trace, int(capacity * model.total_expert_bytes),
-                       _stack(eviction, prefetch)), gen_s
+    return _inputs_for(model, trace, capacity, eviction, prefetch), gen_s
 
 
 def _timed(run: object, inputs: object) -> dict:

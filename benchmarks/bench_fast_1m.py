@@ -22,21 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 RSS_BOUND_MIB = {"olmoe-1b-7b": 400, "deepseek-v3-shape": 1024}
 
 
-def _peak_rss_mib() -> float:
-    """This process's peak resident set (VmHWM): unlike getrusage's ru_maxrss, which a process keeps from the one
-    that forked it across exec, it counts this program's memory alone, whoever launched it."""
-    with open("/proc/self/status") as f:
-        line = next(ln for ln in f if ln.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024.0  # kB
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--tokens", type=int, default=1_000_000)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--model", choices=sorted(RSS_BOUND_MIB), default="olmoe-1b-7b")
     args = p.parse_args()
-    from bench_engines import _inputs
+    from bench_engines import _inputs, _rss_mib
 
     from emu.engines.fast.engine import run_fast, warm_up
     from emu.kernel.layout import ST
@@ -59,7 +51,7 @@ def main() -> None:
         print(f"fast lru+{prefetch}, {args.model}, {args.tokens:,} tokens: {best:.2f} CPU s (min of {args.repeats}), "
               f"{accesses / best / 1e6:.2f} M accesses/s, trace generation {gen_s:.1f} s", flush=True)
         del inputs  # the next trace is not generated beside this one: the peak is one run's
-    rss = _peak_rss_mib()
+    rss = _rss_mib()
     bound = RSS_BOUND_MIB[args.model]
     print(f"peak RSS {rss:.0f} MiB (issue 22: <= {bound} MiB at 1,000,000 tokens"
           f"{'' if args.tokens == 1_000_000 else f'; this run {args.tokens:,}'}): "

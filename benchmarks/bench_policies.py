@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,19 +33,12 @@ def main() -> None:
     import bench_engines
 
     from emu.engines.fast.engine import run_fast
-    from emu.engines.setup import make_inputs
-    from emu.profile import load_profile
-    from emu.trace.synthetic import SyntheticParams, generate
 
-    warnings.filterwarnings("ignore", message=".*roofline.*")
     model = bench_engines._model("olmoe-1b-7b")
-    profile = load_profile(str(ROOT / "scenarios/profiles/h100-provisional.toml"))
-    traces = {b: generate(model, SyntheticParams(prompt_len=0, output_len=1000, batch_size=b, seed=7), args.tokens)
-              for b in (1, 8)}
+    traces = {b: bench_engines._trace(model, args.tokens, b) for b in (1, 8)}
 
     def measure(eviction: str, batch: int, prefetch: str) -> dict:
-        inputs = make_inputs(model, profile, traces[batch], int(0.25 * model.total_expert_bytes),
-                             bench_engines._stack(eviction, prefetch))
+        inputs = bench_engines._inputs_for(model, traces[batch], 0.25, eviction, prefetch)
         return min((bench_engines._timed(run_fast, inputs) for _ in range(args.repeats)), key=lambda r: r["cpu_s"])
 
     print(f"load average {os.getloadavg()[0]:.2f}; {args.tokens:,} tokens a run, minimum of {args.repeats}")

@@ -72,16 +72,8 @@ def main() -> int:
     import bench_engines
 
     from emu.engines.fast.engine import run_fast
-    from emu.engines.setup import make_inputs
-    from emu.models import get_preset
-    from emu.profile import load_profile
-    from emu.trace.synthetic import SyntheticParams, generate
 
-    model = get_preset("olmoe-1b-7b")
-    trace = generate(model, SyntheticParams(prompt_len=0, output_len=1000, batch_size=args.batch, seed=7), args.tokens)
-    profile = load_profile(str(ROOT / "scenarios/profiles/h100-provisional.toml"))
-    inputs = make_inputs(model, profile, trace, int(0.25 * model.total_expert_bytes),
-                         bench_engines._stack(args.eviction, args.prefetch))
+    inputs, _gen_s = bench_engines._inputs(args.tokens, 0.25, args.eviction, args.prefetch, batch=args.batch)
     run_fast(inputs)  # compiles everything the run needs
     n = _write_perf_map()
     data = Path(cache) / "perf.data"
