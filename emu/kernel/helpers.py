@@ -253,8 +253,7 @@ def list_first_evictable_after_run(links: np.ndarray, sentinel: int, cs, in_laye
     leave a run (moved or evicted: the owner calls `list_forget_run` for each key it takes off list j), so the
     same key is found. With several tokens a pass and prefetching, the oldest keys are often copies still queued,
     and every victim of a gate would walk past the same ones again."""
-    landed = cs.sc[SC.LANDED]
-    last = run[ix(2 * j)] if run[ix(2 * j + 1)] == landed else sentinel
+    last = list_run_start(run, j, sentinel, cs)
     in_run = True  # every key walked so far is in flight
     key = list_next(links, last)
     found = -1
@@ -268,9 +267,30 @@ def list_first_evictable_after_run(links: np.ndarray, sentinel: int, cs, in_laye
         else:
             in_run = False
         key = list_next(links, key)
-    run[ix(2 * j)] = last
-    run[ix(2 * j + 1)] = landed
+    list_run_remember(run, j, last, cs)
     return found
+
+
+def init_runs(run: np.ndarray, links: np.ndarray, n_lists: int) -> None:
+    """No run remembered on any of the `n_lists` lists (`list_first_evictable_after_run`): each list's sentinel,
+    at no count of landed copies."""
+    for j in range(n_lists):
+        run[2 * j] = list_sentinel(links, n_lists, j)
+        run[2 * j + 1] = -1
+
+
+@njit(cache=True, inline="always")
+def list_run_start(run: np.ndarray, j: int, sentinel: int, cs) -> int:
+    """The node a walk of list j starts after: the end of the remembered run of keys in flight while no copy has
+    landed since it was seen, else the sentinel."""
+    return run[ix(2 * j)] if run[ix(2 * j + 1)] == cs.sc[SC.LANDED] else sentinel
+
+
+@njit(cache=True, inline="always")
+def list_run_remember(run: np.ndarray, j: int, last: int, cs) -> None:
+    """Remember `last` (a key, or the sentinel for none) as the end of list j's run of keys in flight, as of now."""
+    run[ix(2 * j)] = last
+    run[ix(2 * j + 1)] = cs.sc[SC.LANDED]
 
 
 @njit(cache=True, inline="always")

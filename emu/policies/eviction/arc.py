@@ -54,6 +54,7 @@ from numba import njit
 
 from ...kernel.helpers import (
     init_lists,
+    init_runs,
     ix,
     key_layer,
     list_first_evictable_after_run,
@@ -113,9 +114,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     ps.i[I.LIST, :] = _NONE
     init_lists(ps.i[I.LINKS], _N_LISTS)
     ps.i[I.COUNT, C.SLOTS] = ctx.capacity_bytes // ctx.expert_bytes
-    for lst in range(_N_LISTS):  # no run seen yet: each list's sentinel, at no count of landed copies
-        ps.i[I.RUN, 2 * lst] = list_sentinel(ps.i[I.LINKS], _N_LISTS, lst)
-        ps.i[I.RUN, 2 * lst + 1] = -1
+    init_runs(ps.i[I.RUN], ps.i[I.LINKS], _N_LISTS)
     return ps
 
 

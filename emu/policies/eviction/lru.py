@@ -22,6 +22,7 @@ from numba import njit
 
 from ...kernel.helpers import (
     init_lists,
+    init_runs,
     ix,
     key_layer,
     list_append,
@@ -51,7 +52,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     ps = new_policy_state(i_rows=len(I), i_cols=2 * (n + 1))
     ps.i[I.LINKS, :] = _OFF
     init_lists(ps.i[I.LINKS], 1)
-    ps.i[I.SKIP, 0] = n
+    init_runs(ps.i[I.SKIP], ps.i[I.LINKS], 1)
     return ps
 
 

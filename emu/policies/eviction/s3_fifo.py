@@ -54,17 +54,20 @@ from numba import njit
 
 from ...kernel.helpers import (
     init_lists,
+    init_runs,
     is_evictable,
     ix,
     key_layer,
     list_forget_run,
     list_next,
     list_put,
+    list_run_remember,
+    list_run_start,
     list_sentinel,
     list_take,
 )
 from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG, hook
-from ...kernel.layout import PREFETCH, RESIDENT, SC, Fields, new_policy_state
+from ...kernel.layout import PREFETCH, RESIDENT, Fields, new_policy_state
 from ..api import Capabilities, Param, Policy, PolicyContext, param_values, register
 
 
@@ -109,9 +112,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     slots = ctx.capacity_bytes // ctx.expert_bytes
     ps.i[I.COUNT, C.SLOTS] = slots
     ps.i[I.COUNT, C.GHOSTS] = int((1.0 - params["small_ratio"]) * slots)
-    for q in range(_N_QUEUES):  # no run seen yet: each queue's sentinel, at no count of landed copies
-        ps.i[I.RUN, 2 * q] = list_sentinel(ps.i[I.LINKS], _N_QUEUES, q)
-        ps.i[I.RUN, 2 * q + 1] = -1
+    init_runs(ps.i[I.RUN], ps.i[I.LINKS], _N_QUEUES)
     return ps
 
 
@@ -142,8 +143,7 @@ def _evict_small(i, cs, in_layer: int) -> int:
     links = i[I.LINKS]
     s = _sentinel(links, C.S)
     run = i[I.RUN]
-    landed = cs.sc[SC.LANDED]
-    last = run[2 * C.S] if run[2 * C.S + 1] == landed else s
+    last = list_run_start(run, C.S, s, cs)
     in_run = True  # every key walked so far and still in S is in flight
     key = list_next(links, last)
     found = -1
@@ -162,8 +162,7 @@ def _evict_small(i, cs, in_layer: int) -> int:
         else:
             in_run = False
         key = nxt
-    run[2 * C.S] = last
-    run[2 * C.S + 1] = landed
+    list_run_remember(run, C.S, last, cs)
     return found
 
 
