@@ -7,7 +7,7 @@ its address, sized to the next), then runs the synthetic OLMoE trace of `benchma
 over while `perf record -p` samples it, and prints `perf report`'s top symbols.
 
     python scripts/perf_profile.py [--eviction lru] [--prefetch next-layer] [--batch 1] [--tokens 20000]
-                                   [--seconds 12] [--top 12]
+                                   [--seconds 12] [--top 12] [--model olmoe-1b-7b]
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def main() -> int:
     p.add_argument("--eviction", default="lru")
     p.add_argument("--prefetch", default="next-layer")
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--model", default="olmoe-1b-7b", help="a preset, or deepseek-v3-shape (bench_engines' wide model)")
     p.add_argument("--tokens", type=int, default=20_000)
     p.add_argument("--seconds", type=float, default=12.0, help="how long perf samples")
     p.add_argument("--top", type=int, default=12, help="how many symbols to print")
@@ -73,7 +74,8 @@ def main() -> int:
 
     from emu.engines.fast.engine import run_fast
 
-    inputs, _gen_s = bench_engines._inputs(args.tokens, 0.25, args.eviction, args.prefetch, batch=args.batch)
+    inputs, _gen_s = bench_engines._inputs(args.tokens, 0.25, args.eviction, args.prefetch, args.model,
+                                           batch=args.batch)
     run_fast(inputs)  # compiles everything the run needs
     n = _write_perf_map()
     data = Path(cache) / "perf.data"
@@ -89,8 +91,8 @@ def main() -> int:
     report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "symbol", "--stdio"],
                             capture_output=True, text=True).stdout
     rows = [ln for ln in report.splitlines() if ln.strip() and not ln.startswith("#")]
-    print(f"# {args.eviction} + {args.prefetch}, batch {args.batch}, {args.tokens:,} tokens: {runs} runs sampled, "
-          f"{n} numba functions mapped")
+    print(f"# {args.model}, {args.eviction} + {args.prefetch}, batch {args.batch}, {args.tokens:,} tokens: "
+          f"{runs} runs sampled, {n} numba functions mapped")
     for row in rows[: args.top]:
         print(row.rstrip()[:140])
     shutil.rmtree(cache, ignore_errors=True)
