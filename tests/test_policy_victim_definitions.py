@@ -6,7 +6,9 @@
   layer distance, then the least recent access, then the lower key, for both distances (cyclic and absolute).
 - LFU ranks each resident key before reading its evictability: the evictable key with the fewest counted
   accesses (an access, or a demand insert), then the least recent, then the lower key.
-- Belady keeps the keys it set aside between victims: against an instance that puts them back every time.
+- Belady keeps the keys it set aside between victims until their copy lands (the log of landings), they are
+  released or the pass moves on: the evictable key of the farthest next use, and the same victims where the log
+  has been overwritten (a scan instead).
 - ARC and S3-FIFO (as LRU) start their walks after the run of in-flight keys an earlier walk met while no copy
   lands: against an instance told of a landing before every victim, which walks from the oldest key each time.
 
@@ -23,8 +25,10 @@ import random
 
 import pytest
 
+from emu.engines.decisions import land
+from emu.kernel.helpers import is_kept, kept_in_flight, kept_protected
 from emu.kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EV_MISS
-from emu.kernel.layout import ABSENT, DEMAND, IN_FLIGHT, PREFETCH, RESIDENT, SC
+from emu.kernel.layout import ABSENT, DEMAND, IN_FLIGHT, LANDED_LOG, PREFETCH, RESIDENT, SC
 from emu.policies.eviction import arc, belady, lru, s3_fifo
 
 from .policy_support import kernel_setup, trace_of
@@ -73,8 +77,7 @@ def _drive(spec, seed: int, rank) -> int:
             event(EV_INSERT, key)
             members.add(key)
         elif op < 0.40 and cs.status[key] == IN_FLIGHT:  # it lands
-            cs.status[key] = RESIDENT
-            cs.sc[SC.LANDED] += 1
+            land(cs, key, 0.0)
         elif op < 0.55 and key in members:  # an access, protecting it or not
             cs.protect[key] += rng.randrange(2)
             event(EV_ACCESS, key)
@@ -135,8 +138,7 @@ def _state_step(on_event, ps, cs, tv, op: str, key: int, value: int, miss_event:
         cs.sc[SC.CLOCK] += 1
         on_event(ps, cs, tv, EV_INSERT, key, 0.0)
     elif op == "land":
-        cs.status[key] = RESIDENT
-        cs.sc[SC.LANDED] += 1
+        land(cs, key, 0.0)
     elif op == "access":
         cs.protect[key] += value
         cs.sc[SC.CLOCK] += 1
@@ -154,22 +156,85 @@ def _state_step(on_event, ps, cs, tv, op: str, key: int, value: int, miss_event:
         on_event(ps, cs, tv, EV_EVICT, key, 0.0)
 
 
+def _belady_events(seed: int, check) -> tuple[int, int]:
+    """Random events on a Belady instance over a random trace of 12 passes, as the core makes them: the forward
+    pass only moves on, and when it reaches a layer every member that layer's pass routes to is accessed (a hit,
+    on time or late). `check(ps, cs, tv, victim, key, members, now, uses)` runs each victim for a copy into `key`'s
+    layer and returns the victim. Returns (victims, victims that found keys kept aside)."""
+    rng = random.Random(seed)
+    n_passes = 12
+    passes = [[[rng.sample(range(EXPERTS), 2) for _ in range(LAYERS)]] for _ in range(n_passes)]
+    uses: dict[int, list[int]] = {}
+    for p, (token,) in enumerate(passes):
+        for layer, experts in enumerate(token):
+            for e in experts:
+                uses.setdefault(layer * EXPERTS + e, []).append(p * LAYERS + layer)
+    pol, ps, cs, tv = kernel_setup(trace_of(passes, n_experts=EXPERTS), "eviction", "belady")
+    on_event = pol.hooks["on_event"]
+    members: set[int] = set()
+    position = walks = kept_any = 0
+    for _ in range(3000):
+        key = rng.randrange(LAYERS * EXPERTS)
+        op = rng.random()
+        if op < 0.2 and cs.status[key] == ABSENT:
+            _state_step(on_event, ps, cs, tv, "insert", key, 0)
+            members.add(key)
+        elif op < 0.3 and cs.status[key] == IN_FLIGHT:
+            _state_step(on_event, ps, cs, tv, "land", key, 0)
+        elif op < 0.37 and cs.protect[key] > 0:
+            _state_step(on_event, ps, cs, tv, "release", key, 0)
+        elif op < 0.45 and position < n_passes * LAYERS - 1:
+            position += 1
+            _state_step(on_event, ps, cs, tv, "move", key, position)
+            for k in sorted(members):  # the layer's gate: its routed members are accessed, some protected
+                if position in uses.get(k, ()):
+                    _state_step(on_event, ps, cs, tv, "access", k, rng.randrange(2))
+        elif op < 0.48:
+            _state_step(on_event, ps, cs, tv, "floor", key, rng.randrange(3))
+        else:
+            got = check(ps, cs, tv, pol.hooks["victim"], key, members, position, uses)
+            walks += 1
+            kept = belady._kept(ps)
+            kept_any += kept_in_flight(kept) + kept_protected(kept) > 0
+            if got >= 0:
+                _state_step(on_event, ps, cs, tv, "evict", got, 0)
+                members.discard(got)
+    return walks, kept_any
+
+
 @pytest.mark.parametrize("seed", range(6))
-def test_belady_keeping_keys_aside_between_victims_changes_no_victim(seed):
-    # Belady keeps the keys it set aside for being in flight or protected until a copy lands, an entry is
-    # released or the forward pass moves. Two instances see the same random events; the second is told of a
-    # landing before every victim, so it puts every key back each time, as the search did before it kept any:
-    # both must choose the same victims.
+def test_belady_victims_are_the_farthest_next_use(seed):
+    # Belady keeps the keys it set aside for being in flight or protected until their copy lands (told by the log
+    # of landings), they are released or the pass moves on; every victim must still be the evictable member whose
+    # next use is farthest, the lower key first.
+    def check(ps, cs, tv, victim, key, members, now, uses):
+        def next_use(k: int) -> int:
+            return next((u for u in uses.get(k, ()) if u > now), 10**9)
+
+        candidates = [k for k in members if _evictable(cs, k, key // EXPERTS)]
+        expected = max(candidates, key=lambda k: (next_use(k), -k), default=-1)
+        got = int(victim(ps, cs, tv, key, 0.0))
+        assert got == expected
+        return got
+
+    walks, kept_any = _belady_events(seed, check)
+    assert walks > 800 and kept_any > 100
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_belady_finds_landed_keys_with_or_without_the_log(seed):
+    # Two instances see the same events; before each victim the second has more landings counted than the log
+    # holds, so it scans the keys it kept for being in flight instead of reading the log: the same victims.
     rng = random.Random(seed)
     n_passes = 12
     passes = [[[rng.sample(range(EXPERTS), 2) for _ in range(LAYERS)]] for _ in range(n_passes)]
     trace = trace_of(passes, n_experts=EXPERTS)
     pol, *kept = kernel_setup(trace, "eviction", "belady")
-    _, *fresh = kernel_setup(trace, "eviction", "belady")
+    _, *scans = kernel_setup(trace, "eviction", "belady")
     on_event, victim = pol.hooks["on_event"], pol.hooks["victim"]
     cs = kept[1]
     members: set[int] = set()
-    position = walks = kept_any = 0
+    position = walks = landed_kept = 0
     for _ in range(3000):
         key = rng.randrange(LAYERS * EXPERTS)
         op = rng.random()
@@ -179,6 +244,7 @@ def test_belady_keeping_keys_aside_between_victims_changes_no_victim(seed):
             members.add(key)
         elif op < 0.3 and cs.status[key] == IN_FLIGHT:
             step, value = "land", 0
+            landed_kept += is_kept(belady._kept(kept[0]), key)
         elif op < 0.45 and key in members:
             step, value = "access", rng.randrange(2)
         elif op < 0.52 and cs.protect[key] > 0:
@@ -189,19 +255,18 @@ def test_belady_keeping_keys_aside_between_victims_changes_no_victim(seed):
         elif op < 0.58:
             step, value = "floor", rng.randrange(3)
         if step is not None:
-            for instance in (kept, fresh):
+            for instance in (kept, scans):
                 _state_step(on_event, *instance, step, key, value)
             continue
-        fresh[1].sc[SC.LANDED] += 1  # the second instance puts back whatever it kept
+        scans[1].sc[SC.LANDED] += LANDED_LOG + 1  # past what the log holds: a scan of the kept keys instead
         got = int(victim(*kept, key, 0.0))
-        assert got == int(victim(*fresh, key, 0.0))
+        assert got == int(victim(*scans, key, 0.0))
         walks += 1
-        kept_any += kept[0].i[0][belady.C.KEPT_N] > 0
         if got >= 0:
-            for instance in (kept, fresh):
+            for instance in (kept, scans):
                 _state_step(on_event, *instance, "evict", got, 0)
             members.discard(got)
-    assert walks > 800 and kept_any > 100
+    assert walks > 800 and landed_kept > 50
 
 
 def test_belady_a_kept_key_accessed_after_the_pass_moves_is_ranked_by_its_next_use():
@@ -215,15 +280,13 @@ def test_belady_a_kept_key_accessed_after_the_pass_moves_is_ranked_by_its_next_u
     for key in (k, y):
         cs.status[key] = IN_FLIGHT
         on_event(ps, cs, tv, EV_INSERT, key, 0.0)
-    cs.status[y] = RESIDENT
-    cs.sc[SC.LANDED] += 1
+    land(cs, y, 0.0)
     cs.protect[y] = 1
     assert victim(ps, cs, tv, x, 0.0) == -1
-    assert ps.i[0][belady.C.KEPT_N] == 2
+    assert (kept_in_flight(belady._kept(ps)), kept_protected(belady._kept(ps))) == (1, 1)
     cs.sc[SC.PASS] = 1
     on_event(ps, cs, tv, EV_ACCESS, k, 0.0)
-    cs.status[k] = RESIDENT
-    cs.sc[SC.LANDED] += 1
+    land(cs, k, 0.0)
     cs.protect[y] = 0
     cs.sc[SC.RELEASED] += 1
     assert victim(ps, cs, tv, x, 0.0) == k

@@ -39,6 +39,7 @@ from ..kernel.layout import (
     E_PENDING,
     FC,
     IN_FLIGHT,
+    LANDED_LOG,
     ON_CPU,
     ON_GPU,
     ORDER_DEMAND_FIRST,
@@ -356,7 +357,9 @@ def land(cs, key: int, t: float) -> None:
     kx = ix(key)
     cs.status[kx] = RESIDENT
     cs.copy_state[kx] = COPY_NONE
-    cs.sc[SC.LANDED] += 1
+    landed = cs.sc[SC.LANDED]
+    cs.landed[landed & (LANDED_LOG - 1)] = key
+    cs.sc[SC.LANDED] = landed + 1
     # the wait of a late hit, added without a branch (late and timely copies come in no predictable
     # order): nothing else adds 0.0, a sum of waits (>= 0, from +0.0) is unchanged by it
     late = cs.late_flag[kx]

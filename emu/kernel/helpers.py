@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 from numba.cpython.unsafe.numbers import trailing_zeros
 
-from .layout import ABSENT, RESIDENT, SC, new_policy_state
+from .layout import ABSENT, LANDED_LOG, RESIDENT, SC, new_policy_state
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -103,6 +103,19 @@ def is_unpinned(cs, key: int) -> bool:
     """Is `key` resident and needed by no entry computing? The part of `is_evictable` that holds for any
     incoming key; a key it refuses stays refused while `cs.sc[SC.LANDED]` and `cs.sc[SC.RELEASED]` stay."""
     return cs.status[ix(key)] == RESIDENT and cs.protect[ix(key)] <= 0
+
+
+@njit(cache=True, inline="always")
+def landed_key(cs, n: int) -> int:
+    """The key of landing `n` (counted from 0, as `SC.LANDED` counts them), for n in
+    [SC.LANDED - LANDED_LOG, SC.LANDED): older landings are overwritten (`landed_logged` says whether they are)."""
+    return cs.landed[n & (LANDED_LOG - 1)]
+
+
+@njit(cache=True, inline="always")
+def landed_logged(cs, seen: int) -> bool:
+    """Do the landings since `seen` (an earlier `SC.LANDED`) all still stand in `cs.landed`?"""
+    return cs.sc[SC.LANDED] - seen <= LANDED_LOG
 
 
 @njit(cache=True, inline="always")
@@ -316,6 +329,136 @@ def list_take(links: np.ndarray, on: np.ndarray, count: np.ndarray, key: int) ->
     list_unlink(links, key)
     count[ix(on[ix(key)])] -= 1
     on[ix(key)] = -1
+
+
+# ---- keys kept aside between victims ---------------------------------------------------------------
+# A victim search that meets refused keys (a copy in flight, an entry computing) at the top of its order sets them
+# aside and keeps them out of its order until a victim could take them: a key in flight until its copy lands (the
+# log of landings, `cs.landed`, names it), a protected one until an entry is released (`SC.RELEASED`). So each is
+# set aside once, not at every victim: on a wide model hundreds of queued copies sit at the top of Belady's or
+# LFU's order. One int row (or a slice of one) of `kept_cols(n_keys)`: a header, the keys kept for their copy in
+# flight, those kept for being protected, and per key 1 + its index in the first list, -1 - its index in the
+# second, or 0.
+
+_KEPT_FLY_N, _KEPT_PROT_N, _KEPT_SEEN_LANDED, _KEPT_SEEN_RELEASED = 0, 1, 2, 3
+KEPT_HDR = 4
+
+
+def kept_cols(n_keys: int) -> int:
+    """Width of a kept-aside row over `n_keys` keys (all zero is empty)."""
+    return KEPT_HDR + 3 * n_keys
+
+
+@njit(cache=True, inline="always")
+def _kept_n(row: np.ndarray) -> int:
+    return (row.shape[0] - KEPT_HDR) // 3
+
+
+@njit(cache=True, inline="always")
+def is_kept(row: np.ndarray, key: int) -> bool:
+    return row[ix(KEPT_HDR + 2 * _kept_n(row) + key)] != 0
+
+
+@njit(cache=True, inline="always")
+def kept_in_flight(row: np.ndarray) -> int:
+    """How many keys are kept for their copy being in flight."""
+    return row[_KEPT_FLY_N]
+
+
+@njit(cache=True, inline="always")
+def kept_protected(row: np.ndarray) -> int:
+    """How many keys are kept for being protected (`kept_protected_key(row, j)` for j below it)."""
+    return row[_KEPT_PROT_N]
+
+
+@njit(cache=True, inline="always")
+def kept_protected_key(row: np.ndarray, j: int) -> int:
+    return row[ix(KEPT_HDR + _kept_n(row) + j)]
+
+
+@njit(cache=True, _nrt=False)
+def keep_aside(cs, row: np.ndarray, key: int) -> None:
+    """Keep `key` (refused: `is_unpinned` false) aside: with the copies in flight if it is not resident, else
+    with the protected keys."""
+    n = _kept_n(row)
+    if cs.status[ix(key)] != RESIDENT:
+        j = row[_KEPT_FLY_N]
+        row[ix(KEPT_HDR + j)] = key
+        row[ix(KEPT_HDR + 2 * n + key)] = j + 1
+        row[_KEPT_FLY_N] = j + 1
+    else:
+        j = row[_KEPT_PROT_N]
+        row[ix(KEPT_HDR + n + j)] = key
+        row[ix(KEPT_HDR + 2 * n + key)] = -1 - j
+        row[_KEPT_PROT_N] = j + 1
+
+
+@njit(cache=True, _nrt=False)
+def take_back(row: np.ndarray, key: int) -> None:
+    """Take a kept `key` out of its list (the list's last key moves into its place)."""
+    n = _kept_n(row)
+    codes = KEPT_HDR + 2 * n
+    code = row[ix(codes + key)]
+    flying = code > 0
+    base = KEPT_HDR if flying else KEPT_HDR + n
+    count = _KEPT_FLY_N if flying else _KEPT_PROT_N
+    j = code - 1 if flying else -1 - code
+    last = row[count] - 1
+    moved = row[ix(base + last)]
+    row[ix(base + j)] = moved
+    row[ix(codes + moved)] = j + 1 if flying else -1 - j
+    row[ix(codes + key)] = 0  # after the moved key's code: it may be this key
+    row[count] = last
+
+
+@njit(cache=True, _nrt=False)
+def _landed_kept(cs, row: np.ndarray, key: int, out: np.ndarray, c: int) -> int:
+    take_back(row, key)
+    if is_unpinned(cs, key):
+        out[ix(c)] = key
+        return c + 1
+    keep_aside(cs, row, key)  # landed, still protected
+    return c
+
+
+@njit(cache=True, _nrt=False)
+def kept_to_put_back(cs, row: np.ndarray, out: np.ndarray) -> int:
+    """Take out of the kept lists the keys a victim could take now, into out[:returned count]: those whose copy
+    landed since the last call (from the log of landings, or a scan of the list where the log has been
+    overwritten), and after a release those no longer protected. The rest are still refused."""
+    c = 0
+    landed = cs.sc[SC.LANDED]
+    seen = row[_KEPT_SEEN_LANDED]
+    if landed != seen:
+        codes = KEPT_HDR + 2 * _kept_n(row)
+        if landed_logged(cs, seen):
+            for m in range(seen, landed):
+                key = landed_key(cs, m)
+                if row[ix(codes + key)] > 0:
+                    c = _landed_kept(cs, row, key, out, c)
+        else:
+            j = 0
+            while j < row[_KEPT_FLY_N]:
+                key = row[ix(KEPT_HDR + j)]
+                if cs.status[ix(key)] == RESIDENT:
+                    c = _landed_kept(cs, row, key, out, c)
+                else:
+                    j += 1
+        row[_KEPT_SEEN_LANDED] = landed
+    released = cs.sc[SC.RELEASED]
+    if released != row[_KEPT_SEEN_RELEASED]:
+        base = KEPT_HDR + _kept_n(row)
+        j = 0
+        while j < row[_KEPT_PROT_N]:
+            key = row[ix(base + j)]
+            if is_unpinned(cs, key):
+                take_back(row, key)
+                out[ix(c)] = key
+                c += 1
+            else:
+                j += 1
+        row[_KEPT_SEEN_RELEASED] = released
+    return c
 
 
 # ---- resident set ----------------------------------------------------------------------------------

@@ -76,6 +76,10 @@ class Fields(IntEnum):
 ORDER_DEMAND_FIRST = 0
 ORDER_SUBMISSION = 1
 
+#: how many of the latest landings `cs.landed` holds (a power of two): the key of landing n (counted from 0, as
+#: `SC.LANDED` counts them) is at `landed[n & (LANDED_LOG - 1)]` while n >= SC.LANDED - LANDED_LOG
+LANDED_LOG = 64
+
 
 class SC(Fields):
     """Integer scalars of the cache state: `cs.sc[SC.PASS]`."""
@@ -110,6 +114,7 @@ class SC(Fields):
     COPY_ORDER = auto()  # the copy engine's order: ORDER_DEMAND_FIRST, or ORDER_SUBMISSION (profile `copy.order`)
     GPU_N = auto()  # the current layer's entries that run on the GPU (a fused layer's distinct experts)
     LANDED = auto()  # copies landed so far: a key a policy saw in flight is still in flight while this is unchanged
+    # (which keys landed last: `cs.landed`)
     RELEASED = auto()  # entries released so far: a key a policy saw protected is still protected while this and
     # LANDED are unchanged
 
@@ -240,6 +245,9 @@ CS_FIELDS: tuple[tuple[str, Any], ...] = (
     ("chain_job", _I64[::1]), ("chain_dur", _F64[::1]),
     # slot takes and evictions in order, for a runtime that owns real slots (empty in the engines)
     ("slot_log", _I64[::1]),
+    # the keys of the latest LANDED_LOG landings, a ring (decisions.land writes it, `helpers.landed_key` reads it):
+    # a policy that set keys in flight aside learns which of them landed without a scan
+    ("landed", _I64[::1]),
 )
 
 TV_FIELDS: tuple[tuple[str, Any], ...] = (
@@ -352,7 +360,7 @@ def new_cache_state(n_layers: int, n_experts: int, top_k: int, n_passes: int, ca
         io_done=np.zeros(n_engines, np.int64), io_keys=np.zeros(n_engines, np.int64),
         io_durs=np.zeros(n_engines, np.float64),
         chain_job=np.zeros(n_experts + 1, np.int64), chain_dur=np.zeros(n_experts + 1, np.float64),
-        slot_log=np.zeros(slot_log, np.int64),
+        slot_log=np.zeros(slot_log, np.int64), landed=np.full(LANDED_LOG, -1, np.int64),
     )
 
 

@@ -25,11 +25,14 @@ only while the parents are smaller; an eviction lowers it and recomputes the pat
 Protected or in-flight keys met on top are set aside (their leaves lowered, then restored), so the victim
 is the first evictable key in decreasing rank, as a sorted scan would find it: ties go to the lower key.
 The tree has no stale entries, so no rebuild, and it needs no resident set: a leaf >= 0 is a resident key.
-Keys set aside for being in flight or protected stay aside after the victim (`STASH`'s first `KEPT_N` ranks, a
-flag per key in `KEPT`) while no copy lands, no entry is released and the position does not move: they are
-still refused and their ranks still valid, so the next victim of a gate does not set them aside again (with
-several tokens a pass, tens of the layer's keys). An event on a kept key puts it back first.
-Cost: init O(trace); per access O(levels climbed) <= O(log N); per victim O((1 + set aside) log N).
+Keys set aside for being in flight or protected stay aside after the victim (`STASH`'s first `KEPT_N` ranks, per
+key its place in `KEPT`): while no copy lands, no entry is released and the position does not move they are still
+refused and their ranks still valid; after any of those, a victim first puts back only the kept keys that a victim
+could now take or whose next use went by, and the rest stay aside. So a victim does not set aside again the keys
+of the layer computing (tens with several tokens a pass) nor the copies still queued (hundreds on a wide model,
+where each copy takes long and prefetches queue up). An event on a kept key puts it back first.
+Cost: init O(trace); per access O(levels climbed) <= O(log N); per victim O((1 + set aside) log N), plus
+O(kept) reads after a landing, a release or a move.
 """
 
 from __future__ import annotations
@@ -39,7 +42,20 @@ from enum import auto
 import numpy as np
 from numba import njit
 
-from ...kernel.helpers import is_evictable, is_unpinned, ix, key_layer, read_id
+from ...kernel.helpers import (
+    is_evictable,
+    is_kept,
+    is_unpinned,
+    ix,
+    keep_aside,
+    kept_cols,
+    kept_protected,
+    kept_protected_key,
+    kept_to_put_back,
+    key_layer,
+    read_id,
+    take_back,
+)
 from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG, hook
 from ...kernel.layout import SC, Fields, new_policy_state
 from ..api import Capabilities, Policy, PolicyContext, register
@@ -59,11 +75,10 @@ class C(Fields):
     CUR = auto()  # region cursor[key] (n): index of the key's first use not yet passed
     USE = auto()  # region uses: every key's use positions, in increasing order (CSR)
     TREE = auto()  # region: the tournament tree (2P; root at 1, leaf of key at P + key)
-    STASH = auto()  # region: ranks set aside while a victim is searched (n); the kept ones first
-    KEPT = auto()  # region: per key 1 while its rank is kept aside between victims (n)
-    KEPT_N = auto()  # how many set-aside ranks are kept (the first entries of STASH)
-    KEPT_AT = auto()  # SC.LANDED + SC.RELEASED when they were kept
-    KEPT_NOW = auto()  # the position `_now` when they were kept
+    STASH = auto()  # region: ranks set aside while a victim is searched (n)
+    KEPT = auto()  # region: the keys kept aside between victims (helpers.kept_cols(n): helpers.keep_aside)
+    ITEM = auto()  # region: per key kept aside, its rank (n)
+    SEEN_NOW = auto()  # the position `_now` when the kept ranks were last brought up to date
     LEAF = auto()  # P: the leaves' base, the least power of two >= n
     SHIFT = auto()  # log2(P): a rank is next_use << SHIFT | (P - 1 - key)
     NEVER = auto()  # a position later than every use
@@ -115,7 +130,8 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     np.cumsum(counts, out=offsets[1:])
     m = int(offsets[-1])
     leaf = 1 << max(0, (n - 1).bit_length())
-    sizes = [(C.OFF, n + 1), (C.CUR, n), (C.USE, m), (C.TREE, 2 * leaf), (C.STASH, n), (C.KEPT, n)]
+    sizes = [(C.OFF, n + 1), (C.CUR, n), (C.USE, m), (C.TREE, 2 * leaf), (C.STASH, n), (C.KEPT, kept_cols(n)),
+             (C.ITEM, n)]
     header = np.zeros(_HDR, np.int64)
     at = _HDR
     for slot, size in sizes:
@@ -125,7 +141,7 @@ def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     header[C.LEAF] = leaf
     header[C.SHIFT] = leaf.bit_length() - 1
     header[C.NEVER] = (len(tv.pass_offsets) - 1) * ctx.n_layers  # later than every use position
-    header[C.KEPT_AT] = -1  # nothing kept yet
+    header[C.SEEN_NOW] = -1  # nothing kept yet
     ps = new_policy_state(i_rows=len(I), i_cols=at)
     a = ps.i[I.ARENA]
     a[:_HDR] = header
@@ -204,41 +220,49 @@ def _now(cs) -> int:
     return cs.sc[SC.PASS] * cs.layer_count.shape[0] + cs.sc[SC.LAYER]
 
 
-@njit(cache=True, _nrt=False)
-def _unkeep(ps, key: int) -> None:
-    """Put the kept rank of `key` back in the tree (an event is about to change it)."""
+@njit(cache=True, inline="always")
+def _kept(ps) -> np.ndarray:
     a = ps.i[I.ARENA]
-    stash = a[C.STASH]
-    low = a[C.LEAF] - 1
-    n_kept = a[C.KEPT_N]
-    for j in range(n_kept):
-        item = a[ix(stash + j)]
-        if low - (item & low) == key:
-            a[ix(stash + j)] = a[ix(stash + n_kept - 1)]
-            a[C.KEPT_N] = n_kept - 1
-            a[ix(a[C.KEPT] + key)] = 0
-            _tree_set(ps, key, item)
-            return
+    return a[a[C.KEPT]:a[C.ITEM]]
 
 
 @njit(cache=True, _nrt=False)
-def _restore_kept(ps) -> None:
+def _put_back(ps, key: int) -> None:
+    """A kept key back in the tree with the rank it was kept with."""
     a = ps.i[I.ARENA]
-    stash = a[C.STASH]
-    low = a[C.LEAF] - 1
-    for j in range(a[C.KEPT_N]):
-        item = a[ix(stash + j)]
-        key = low - (item & low)
-        a[ix(a[C.KEPT] + key)] = 0
-        _tree_set(ps, key, item)
-    a[C.KEPT_N] = 0
+    take_back(_kept(ps), key)
+    _tree_set(ps, key, a[ix(a[C.ITEM] + key)])
+
+
+@njit(cache=True, _nrt=False)
+def _update_kept(ps, cs, now: int) -> None:
+    """Put back in the tree the kept keys a victim could take now (`helpers.kept_to_put_back`) and, after a move of
+    the forward pass, each protected one whose next use went by, so that the walk re-ranks it as it would have found
+    it. The rest are still refused and still ranked right."""
+    a = ps.i[I.ARENA]
+    kept = _kept(ps)
+    stash = a[a[C.STASH]:a[C.KEPT]]
+    item = a[C.ITEM]
+    for j in range(kept_to_put_back(cs, kept, stash)):
+        key = stash[j]
+        _tree_set(ps, key, a[ix(item + key)])
+    if a[C.SEEN_NOW] != now:
+        shift = a[C.SHIFT]
+        j = 0
+        while j < kept_protected(kept):
+            key = kept_protected_key(kept, j)
+            if next_use(ps, key, now) != a[ix(item + key)] >> shift:
+                _put_back(ps, key)
+            else:
+                j += 1
+        a[C.SEEN_NOW] = now
 
 
 @hook(EVENT_SIG)
 def on_event(ps, cs, tv, ev, key, t):
     a = ps.i[I.ARENA]
-    if ev in (EV_ACCESS, EV_INSERT, EV_EVICT) and a[ix(a[C.KEPT] + key)] != 0:  # (EV_PASS's `key` is a pass)
-        _unkeep(ps, key)
+    if ev in (EV_ACCESS, EV_INSERT, EV_EVICT) and is_kept(_kept(ps), key):  # (EV_PASS's `key` is a pass)
+        _put_back(ps, key)  # back in the tree first: the event changes its rank
     if ev == EV_INSERT:
         _tree_set(ps, key, _rank(ps, key, next_use(ps, key, _now(cs))))
     elif ev == EV_ACCESS:
@@ -258,15 +282,11 @@ def victim(ps, cs, tv, incoming, t):
     shift = a[C.SHIFT]
     low = a[C.LEAF] - 1
     now = _now(cs)
-    # Keys set aside by an earlier victim for being in flight or protected stay aside while no copy has landed,
-    # no entry has been released and the forward pass has not moved: they are still refused, and their ranks
-    # still valid. With several tokens a pass, every victim of a gate would otherwise set aside the same tens
-    # of keys of the layer computing.
-    freed = cs.sc[SC.LANDED] + cs.sc[SC.RELEASED]
-    if a[C.KEPT_AT] != freed or a[C.KEPT_NOW] != now:
-        _restore_kept(ps)
-    n_kept = a[C.KEPT_N]
-    n_stash = n_kept
+    # Keys an earlier victim set aside for being in flight or protected stay aside until their copy lands, they
+    # are released or their next use goes by: a victim would otherwise set aside again the tens of keys of the
+    # layer computing (several tokens a pass) and the copies still queued (hundreds on a wide model).
+    _update_kept(ps, cs, now)
+    n_stash = 0
     found = -1
     while a[ix(root)] >= 0:
         item = a[ix(root)]
@@ -282,18 +302,14 @@ def victim(ps, cs, tv, incoming, t):
             continue
         found = key
         break
-    for j in range(n_kept, n_stash):  # keep what no incoming key could take, put back the rest
+    for j in range(n_stash):  # keep what no incoming key could take, put back the rest
         item = a[ix(stash + j)]
         key = low - (item & low)
         if is_unpinned(cs, key):  # refused by a layer's cap or floor: for this incoming key only
             _tree_set(ps, key, item)
         else:
-            a[ix(stash + n_kept)] = item
-            a[ix(a[C.KEPT] + key)] = 1
-            n_kept += 1
-    a[C.KEPT_N] = n_kept
-    a[C.KEPT_AT] = freed
-    a[C.KEPT_NOW] = now
+            a[ix(a[C.ITEM] + key)] = item
+            keep_aside(cs, _kept(ps), key)
     return found
 
 
