@@ -4,8 +4,9 @@
   first evictable key in recency order (of the last access or insert).
 - FLD keeps one recency list per layer and walks the layers from the farthest: the evictable key of the largest
   layer distance, then the least recent access, then the lower key, for both distances (cyclic and absolute).
-- LFU ranks each resident key before reading its evictability: the evictable key with the fewest counted
-  accesses (an access, or a demand insert), then the least recent, then the lower key.
+- LFU and score (without decay) keep a heap of the resident keys, the refused ones met on top kept aside: the
+  evictable key with the fewest counted accesses (an access, or a demand insert) or the least routing mass, then the
+  least recent, then the lower key.
 - Belady keeps the keys it set aside between victims until their copy lands (the log of landings), they are
   released or the pass moves on: the evictable key of the farthest next use, and the same victims where the log
   has been overwritten (a scan instead).
@@ -45,15 +46,17 @@ def _evictable(cs, key: int, in_layer: int) -> bool:
     return not (layer != in_layer and cs.layer_count[layer] - 1 < cs.layer_floor[layer])
 
 
-def _drive(spec, seed: int, rank) -> int:
-    """Random events on the kernel `spec`; every victim against min(evictable members, key=rank(...))."""
+def _drive(spec, seed: int, rank, masses: bool = False) -> int:
+    """Random events on the kernel `spec`; every victim against min(evictable members, key=rank(...)). `masses`:
+    each access and insert comes with a routing mass, as the layer computing carries it (`cs.cur_mass`), and
+    `count` sums the counted ones (the score policy's score) instead of counting them."""
     trace = trace_of([[[[0]] * LAYERS]], n_experts=EXPERTS)
     pol, ps, cs, tv = kernel_setup(trace, "eviction", spec)
     on_event, victim = pol.hooks["on_event"], pol.hooks["victim"]
     rng = random.Random(seed)
     members: set[int] = set()
     last: dict[int, int] = {}
-    count: dict[int, int] = {}
+    count: dict[int, float] = {}
     order: dict[int, int] = {}
     events = itertools.count()
     walks = 0
@@ -61,11 +64,16 @@ def _drive(spec, seed: int, rank) -> int:
     def event(ev: int, key: int) -> None:
         if rng.random() < 0.5:  # the core moves the clock before each access and insert; here not always
             cs.sc[SC.CLOCK] += 1
+        weight = 1.0
+        if masses:  # the key is the layer's one entry; a mass of a few distinct values, so that scores tie
+            weight = rng.choice((0.0, 0.25, 0.5, 1.0))
+            cs.sc[SC.LAYER], cs.sc[SC.NCUR] = key // EXPERTS, 1
+            cs.cur_key[0], cs.cur_sub[0], cs.cur_mass[0] = key, -1, weight
         on_event(ps, cs, tv, ev, key, 0.0)
         last[key] = int(cs.sc[SC.CLOCK])
         order[key] = next(events)  # the event's place in the sequence
         counted = ev == EV_ACCESS or cs.copy_prio[key] == DEMAND
-        count[key] = count.get(key, 0) + counted
+        count[key] = count.get(key, 0) + counted * weight
 
     for _ in range(3000):
         key = rng.randrange(LAYERS * EXPERTS)
@@ -119,6 +127,12 @@ def test_fld_victims_are_the_definitions(absolute, seed):
 @pytest.mark.parametrize("seed", range(6))
 def test_lfu_victims_are_the_definitions(seed):
     assert _drive("lfu", seed, lambda cs, key, last, count, order: (count[key], last[key], key)) > 400
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_score_victims_are_the_definitions(seed):
+    # without decay: the evictable key of the lowest accumulated mass, then the least recent, then the lower key
+    assert _drive("score", seed, lambda cs, key, last, count, order: (count[key], last[key], key), masses=True) > 400
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -461,6 +461,147 @@ def kept_to_put_back(cs, row: np.ndarray, out: np.ndarray) -> int:
     return c
 
 
+# ---- a binary min-heap of keys on (primary, last, key) --------------------------------------------------
+# In a policy's int table `t`: row `h` the heap's keys (t[h, 0] the least), row `h + 1` per key its index in row h
+# or -1 and the heap's size in its last column, row `h + 2` per key its last use; `primary` per key (float64: a
+# count, a score). The order: the lower primary, then the lower last use (the least recent), then the lower key.
+# A policy keeps `primary` and the last uses and tells the heap when a key's rank rises (`heap_touch`); ranks never
+# fall while a key is in the heap.
+
+HEAP_ROWS = 3
+
+
+def init_heap(t: np.ndarray, h: int) -> None:
+    t[h + 1, :] = -1
+    t[h + 1, -1] = 0
+
+
+@njit(cache=True, inline="always")
+def heap_size(t: np.ndarray, h: int) -> int:
+    return t[h + 1, t.shape[1] - 1]
+
+
+@njit(cache=True, inline="always")
+def _heap_before(t: np.ndarray, h: int, primary: np.ndarray, a: int, b: int) -> bool:
+    pa = primary[ix(a)]
+    pb = primary[ix(b)]
+    if pa != pb:
+        return pa < pb
+    la = t[h + 2, ix(a)]
+    lb = t[h + 2, ix(b)]
+    if la != lb:
+        return la < lb
+    return a < b
+
+
+@njit(cache=True, _nrt=False)
+def _heap_up(t: np.ndarray, h: int, primary: np.ndarray, j: int) -> None:
+    key = t[h, ix(j)]
+    while j > 0:
+        parent = (j - 1) >> 1
+        above = t[h, ix(parent)]
+        if not _heap_before(t, h, primary, key, above):
+            break
+        t[h, ix(j)] = above
+        t[h + 1, ix(above)] = j
+        j = parent
+    t[h, ix(j)] = key
+    t[h + 1, ix(key)] = j
+
+
+@njit(cache=True, _nrt=False)
+def _heap_down(t: np.ndarray, h: int, primary: np.ndarray, j: int) -> None:
+    n = heap_size(t, h)
+    key = t[h, ix(j)]
+    while True:
+        child = 2 * j + 1
+        if child >= n:
+            break
+        if child + 1 < n and _heap_before(t, h, primary, t[h, ix(child + 1)], t[h, ix(child)]):
+            child += 1
+        below = t[h, ix(child)]
+        if not _heap_before(t, h, primary, below, key):
+            break
+        t[h, ix(j)] = below
+        t[h + 1, ix(below)] = j
+        j = child
+    t[h, ix(j)] = key
+    t[h + 1, ix(key)] = j
+
+
+@njit(cache=True, _nrt=False)
+def heap_push(t: np.ndarray, h: int, primary: np.ndarray, key: int) -> None:
+    n = heap_size(t, h)
+    t[h, ix(n)] = key
+    t[h + 1, ix(key)] = n
+    t[h + 1, t.shape[1] - 1] = n + 1
+    _heap_up(t, h, primary, n)
+
+
+@njit(cache=True, _nrt=False)
+def heap_remove(t: np.ndarray, h: int, primary: np.ndarray, key: int) -> None:
+    j = t[h + 1, ix(key)]
+    n = heap_size(t, h) - 1
+    t[h + 1, t.shape[1] - 1] = n
+    t[h + 1, ix(key)] = -1
+    if j == n:
+        return
+    moved = t[h, ix(n)]
+    t[h, ix(j)] = moved
+    t[h + 1, ix(moved)] = j
+    if j > 0 and _heap_before(t, h, primary, moved, t[h, ix((j - 1) >> 1)]):
+        _heap_up(t, h, primary, j)
+    else:
+        _heap_down(t, h, primary, j)
+
+
+@njit(cache=True, inline="always")
+def heap_touch(t: np.ndarray, h: int, primary: np.ndarray, kept: np.ndarray, key: int, insert: bool) -> None:
+    """After an access or insert raised `key`'s rank: it sinks in the heap; a new key (`insert`, neither in the heap
+    nor kept aside) is pushed; a key kept aside waits to go back with its new rank."""
+    j = t[h + 1, ix(key)]
+    if j >= 0:
+        _heap_down(t, h, primary, j)
+    elif insert and not is_kept(kept, key):
+        heap_push(t, h, primary, key)
+
+
+@njit(cache=True, _nrt=False)
+def heap_evict(t: np.ndarray, h: int, primary: np.ndarray, kept: np.ndarray, key: int) -> None:
+    """`key` left the cache: out of the heap, or out of the keys kept aside."""
+    if is_kept(kept, key):
+        take_back(kept, key)
+    elif t[h + 1, ix(key)] >= 0:
+        heap_remove(t, h, primary, key)
+
+
+@njit(cache=True, _nrt=False)
+def heap_victim(cs, t: np.ndarray, h: int, primary: np.ndarray, kept: np.ndarray, stash: np.ndarray,
+                in_layer: int) -> int:
+    """The least evictable key of the heap, or -1. The refused keys met on top are kept aside (`keep_aside`) until
+    a victim could take them, when they go back with their ranks as they are by then (`kept_to_put_back`); a key
+    refused by a layer's cap or floor (for this incoming key only) goes back at once. `stash`: scratch of n keys."""
+    for j in range(kept_to_put_back(cs, kept, stash)):
+        heap_push(t, h, primary, stash[j])
+    n_stash = 0
+    found = -1
+    while heap_size(t, h) > 0:
+        key = t[h, 0]
+        if is_evictable(cs, key, in_layer):
+            found = key
+            break
+        heap_remove(t, h, primary, key)
+        stash[ix(n_stash)] = key
+        n_stash += 1
+    for j in range(n_stash):
+        key = stash[j]
+        if is_unpinned(cs, key):
+            heap_push(t, h, primary, key)
+        else:
+            keep_aside(cs, kept, key)
+    return found
+
+
 # ---- resident set ----------------------------------------------------------------------------------
 
 def set_rows(n_keys: int) -> int:

@@ -3,10 +3,13 @@
 Each access adds the routing mass the expert carried in that layer (sum of its tokens' gate scores, or
 1/top_k per token without scores); with `decay` < 1 the sum fades by `decay` per pass, so the policy
 tracks recent importance rather than all-time importance.
-State: the resident set (rows `I.MEMBERS`, `I.POS`), `i[I.PASS, key]` the pass of the last update,
-`i[I.LAST, key]` the clock of the last access (ties: least recent); `f[F.SCORE, key]` the accumulated score
-at that pass; `p[P.DECAY]`.
-Cost: O(entries of the layer) per access (to find its mass), O(resident) per victim.
+State: `i[I.PASS, key]` the pass of the last update, `i[I.LAST, key]` the clock of the last access (ties: least
+recent, then the lower key); `f[F.SCORE, key]` the accumulated score at that pass; `p[P.DECAY]`. Without decay
+(1, the default) a score only rises, and the resident keys are a binary min-heap on (score, last, key)
+(`helpers.heap_*`), refused keys kept aside as LFU's; with decay the
+scores fade, and a victim scans the resident set (`I.MEMBERS`, `I.MPOS`) for the lowest faded score.
+Cost: O(entries of the layer) per access (to find its mass), plus O(log resident) without decay; per victim
+O((1 + refused keys newly met) log resident) without decay, O(resident) with.
 """
 
 from __future__ import annotations
@@ -15,19 +18,39 @@ from enum import auto
 
 from numba import njit
 
-from ...kernel.helpers import is_evictable, key_layer, resident_set_state, set_add, set_remove, set_size
+from ...kernel.helpers import (
+    HEAP_ROWS,
+    heap_evict,
+    heap_touch,
+    heap_victim,
+    init_heap,
+    init_set,
+    is_evictable,
+    kept_cols,
+    key_layer,
+    set_add,
+    set_remove,
+    set_size,
+)
 from ...kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG, hook
-from ...kernel.layout import DEMAND, SC, Fields
+from ...kernel.layout import DEMAND, SC, Fields, new_policy_state
 from ..api import Param, Policy, PolicyContext, param_values, register
 
 
 class I(Fields):
     """Rows of `ps.i`."""
 
-    MEMBERS = auto()  # the resident set's keys (helpers.resident_set_state: rows MEMBERS, POS first)
-    POS = auto()  # each key's index in MEMBERS
-    PASS = auto()  # per key: pass of the last score update
+    HEAP = auto()  # without decay, the heap (helpers.HEAP_ROWS rows from here: keys, index per key, last access)
+    POS = auto()
     LAST = auto()  # per key: clock of the last access (ties: least recent)
+    PASS = auto()  # per key: pass of the last score update
+    MEMBERS = auto()  # with decay, the resident set's keys (helpers.set_add)
+    MPOS = auto()  # each key's index in MEMBERS
+    STASH = auto()  # a victim's scratch
+    KEPT = auto()  # without decay, the keys kept aside between victims (helpers.keep_aside)
+
+
+assert I.LAST == I.HEAP + HEAP_ROWS - 1  # the heap's rows, in the order helpers.heap_* read them
 
 
 class F(Fields):
@@ -44,7 +67,16 @@ class P(Fields):
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     n = ctx.n_layers * ctx.n_experts
-    return resident_set_state(n, i_rows=len(I), f_rows=len(F), f_cols=n, params=param_values(P, params))
+    ps = new_policy_state(f_rows=len(F), f_cols=n, i_rows=len(I), i_cols=max(n + 1, kept_cols(n)),
+                          params=param_values(P, params))
+    init_heap(ps.i, I.HEAP)
+    init_set(ps.i[I.MEMBERS], ps.i[I.MPOS])
+    return ps
+
+
+@njit(cache=True, inline="always")
+def _fades(ps) -> bool:
+    return ps.p[P.DECAY] != 1.0
 
 
 @njit(cache=True, _nrt=False)
@@ -74,12 +106,21 @@ def on_event(ps, cs, tv, ev, key, t):
         _add_mass(ps, cs, key)
         i[I.LAST, key] = cs.sc[SC.CLOCK]
     elif ev == EV_INSERT:
-        set_add(i[I.MEMBERS], i[I.POS], key)
+        if _fades(ps):
+            set_add(i[I.MEMBERS], i[I.MPOS], key)
         if cs.copy_prio[key] == DEMAND:
             _add_mass(ps, cs, key)
         i[I.LAST, key] = cs.sc[SC.CLOCK]
     elif ev == EV_EVICT:
-        set_remove(i[I.MEMBERS], i[I.POS], key)
+        if _fades(ps):
+            set_remove(i[I.MEMBERS], i[I.MPOS], key)
+        else:
+            heap_evict(i, I.HEAP, ps.f[F.SCORE], i[I.KEPT], key)
+        return 0
+    else:
+        return 0
+    if not _fades(ps):  # the key's score or last access rose
+        heap_touch(i, I.HEAP, ps.f[F.SCORE], i[I.KEPT], key, ev == EV_INSERT)
     return 0
 
 
@@ -87,10 +128,12 @@ def on_event(ps, cs, tv, ev, key, t):
 def victim(ps, cs, tv, incoming, t):
     in_layer = key_layer(cs, incoming)
     i = ps.i
+    if not _fades(ps):
+        return heap_victim(cs, i, I.HEAP, ps.f[F.SCORE], i[I.KEPT], i[I.STASH], in_layer)
     p = cs.sc[SC.PASS]
     best = -1
     best_s = 0.0
-    for j in range(set_size(i[I.POS])):
+    for j in range(set_size(i[I.MPOS])):
         key = i[I.MEMBERS, j]
         if not is_evictable(cs, key, in_layer):
             continue
