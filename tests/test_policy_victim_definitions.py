@@ -1,5 +1,7 @@
 """Eviction kernels whose victim search is faster than a plain scan must still choose the definition's victim.
 
+- Random (without floors or a same-layer cap) marks the refused members by place instead of counting the
+  evictable ones: the same draw, the r-th evictable member in the resident set's order.
 - LRU remembers the run of in-flight keys its walk skipped from the head while no copy lands (`SC.LANDED`): the
   first evictable key in recency order (of the last access or insert).
 - FLD keeps one recency list per layer and walks the layers from the farthest: the evictable key of the largest
@@ -27,10 +29,11 @@ import random
 import pytest
 
 from emu.engines.decisions import land
-from emu.kernel.helpers import is_kept, kept_in_flight, kept_protected
+from emu.kernel.helpers import is_kept, kept_in_flight, kept_protected, rand_below
 from emu.kernel.hooks import EV_ACCESS, EV_EVICT, EV_INSERT, EV_MISS
 from emu.kernel.layout import ABSENT, DEMAND, IN_FLIGHT, LANDED_LOG, PREFETCH, RESIDENT, SC
 from emu.policies.eviction import arc, belady, lru, s3_fifo
+from emu.policies.eviction import seeded_random as random_policy
 
 from .policy_support import kernel_setup, trace_of
 
@@ -133,6 +136,66 @@ def test_lfu_victims_are_the_definitions(seed):
 def test_score_victims_are_the_definitions(seed):
     # without decay: the evictable key of the lowest accumulated mass, then the least recent, then the lower key
     assert _drive("score", seed, lambda cs, key, last, count, order: (count[key], last[key], key), masses=True) > 400
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_victims_are_the_definitions(seed):
+    # The r-th evictable member in the resident set's order, r drawn below their count from the policy's own
+    # generator. Protection comes as the core gives it: the layer computing's entries (`cs.cur_key`, a substitute in
+    # `cs.cur_sub`), released one by one before the next gate; without floors or a same-layer cap the policy marks
+    # the refused members (in flight, protected) instead of counting the evictable ones.
+    rng = random.Random(seed)
+    pol, ps, cs, tv = kernel_setup(trace_of([[[[0]] * LAYERS]], n_experts=EXPERTS), "eviction", "random")
+    on_event, victim = pol.hooks["on_event"], pol.hooks["victim"]
+    members: set[int] = set()
+    live: list[int] = []  # the current layer's entries not yet released
+    walks = fast = 0
+    for _ in range(4000):
+        key = rng.randrange(LAYERS * EXPERTS)
+        op = rng.random()
+        if op < 0.25 and cs.status[key] == ABSENT:
+            _state_step(on_event, ps, cs, tv, "insert", key, rng.choice((DEMAND, PREFETCH)))
+            members.add(key)
+        elif op < 0.38 and cs.status[key] == IN_FLIGHT:
+            _state_step(on_event, ps, cs, tv, "land", key, 0)
+        elif op < 0.45 and not live:  # a gate: up to three of a layer's experts, protected
+            layer = rng.randrange(LAYERS)
+            keys = rng.sample(range(layer * EXPERTS, (layer + 1) * EXPERTS), rng.randrange(1, 4))
+            cs.sc[SC.NCUR] = len(keys)
+            for e, k in enumerate(keys):
+                cs.cur_key[e], cs.cur_sub[e] = k, -1
+                cs.protect[k] += 1
+            live = list(range(len(keys)))
+        elif op < 0.50 and live:  # an entry computes on a substitute instead (a resident member)
+            e = rng.choice(live)
+            subs = [k for k in members if cs.status[k] == RESIDENT]
+            if cs.cur_sub[e] < 0 and subs:
+                sub = rng.choice(subs)
+                cs.cur_sub[e] = sub
+                cs.protect[sub] += 1
+                cs.protect[cs.cur_key[e]] -= 1
+        elif op < 0.60 and live:  # an entry is done with its key
+            e = live.pop(rng.randrange(len(live)))
+            cs.protect[cs.cur_sub[e] if cs.cur_sub[e] >= 0 else cs.cur_key[e]] -= 1
+            cs.sc[SC.RELEASED] += 1
+        elif op < 0.63:
+            cs.layer_floor[rng.randrange(LAYERS)] = rng.choice((0, 0, 0, 1))
+        elif op < 0.65:
+            cs.sc[SC.SAME_LAYER] = rng.choice((0, 0, 1))
+        else:
+            in_layer = key // EXPERTS
+            order = [int(k) for k in ps.i[random_policy.I.MEMBERS][:len(members)]]
+            candidates = [k for k in order if _evictable(cs, k, in_layer)]
+            state = ps.i[random_policy.I.SCALARS].copy()
+            expected = candidates[rand_below(state, random_policy.C.RNG, len(candidates))] if candidates else -1
+            fast += cs.sc[SC.SAME_LAYER] == 0 and not cs.layer_floor.any()
+            got = int(victim(ps, cs, tv, key, 0.0))
+            assert got == expected
+            walks += 1
+            if got >= 0:
+                _state_step(on_event, ps, cs, tv, "evict", got, 0)
+                members.discard(got)
+    assert walks > 800 and fast > 200
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -366,6 +366,11 @@ def kept_in_flight(row: np.ndarray) -> int:
 
 
 @njit(cache=True, inline="always")
+def kept_in_flight_key(row: np.ndarray, j: int) -> int:
+    return row[ix(KEPT_HDR + j)]
+
+
+@njit(cache=True, inline="always")
 def kept_protected(row: np.ndarray) -> int:
     """How many keys are kept for being protected (`kept_protected_key(row, j)` for j below it)."""
     return row[_KEPT_PROT_N]
