@@ -25,14 +25,14 @@ only while the parents are smaller; an eviction lowers it and recomputes the pat
 Protected or in-flight keys met on top are set aside (their leaves lowered, then restored), so the victim
 is the first evictable key in decreasing rank, as a sorted scan would find it: ties go to the lower key.
 The tree has no stale entries, so no rebuild, and it needs no resident set: a leaf >= 0 is a resident key.
-Keys set aside for being in flight or protected stay aside after the victim (`STASH`'s first `KEPT_N` ranks, per
-key its place in `KEPT`): while no copy lands, no entry is released and the position does not move they are still
-refused and their ranks still valid; after any of those, a victim first puts back only the kept keys that a victim
-could now take or whose next use went by, and the rest stay aside. So a victim does not set aside again the keys
-of the layer computing (tens with several tokens a pass) nor the copies still queued (hundreds on a wide model,
-where each copy takes long and prefetches queue up). An event on a kept key puts it back first.
-Cost: init O(trace); per access O(levels climbed) <= O(log N); per victim O((1 + set aside) log N), plus
-O(kept) reads after a landing, a release or a move.
+Keys set aside for being in flight or protected stay aside after the victim (`helpers.keep_aside`, in the
+region `KEPT`, their ranks in `ITEM`) until a victim could take them: a copy in flight until it lands (the core's
+log of landings names it), a protected key until an entry is released; and, after the forward pass moves, a
+protected key whose next use went by goes back so that the walk re-ranks it. So a victim does not set aside again
+the keys of the layer computing (tens with several tokens a pass) nor the copies still queued (hundreds on a wide
+model, where each copy takes long and prefetches queue up). An event on a kept key puts it back first.
+Cost: init O(trace); per access O(levels climbed) <= O(log N); per victim O((1 + refused keys newly met) log N),
+plus O(protected kept) after a release or a move and O(landings since the last victim).
 """
 
 from __future__ import annotations
