@@ -13,6 +13,8 @@ profiles, host costs, batch sizes, traces, one registered policy of every kind);
 - copy / compute / CPU busy fractions, hit rate, prefetch precision and recall in [0, 1];
 - no NaN or infinity anywhere: `json.dumps(record, allow_nan=False)` succeeds;
 - the same scenario and seed give a byte-identical record (the `timings` key aside);
+- only the layer computing's entries (and their substitutes) are protected at any victim (what the random
+  eviction policy relies on), checked by a test policy in a subprocess on both engines;
 - resident and in-flight bytes at most the budget at every instant: both engines replay their slot log (every
   slot taken and every eviction, in the order the run made them) and the bytes held never exceed the capacity
   after any of them (tests/test_engine_invariants.py checks the SimPy engine's VRAM container and both engines'
@@ -285,3 +287,99 @@ def test_cache_aware_rerouted_mass_within_the_routed_mass(engine: str) -> None:
     assert rec["mass"] == pytest.approx(6.0, rel=1e-12)
     assert rec["rerouted_mass"] == pytest.approx(4.0, rel=1e-12)
     assert rec["quality"]["lost_mass_frac"] == pytest.approx(2 / 3, rel=1e-12)
+
+
+_PROTECTION_CHECK = '''
+import itertools, json, sys
+import numpy as np
+from numba import njit
+
+from emu.engines.des.engine import run_des
+from emu.engines.fast.engine import run_fast
+from emu.engines.setup import PolicyChoice, StackChoice, make_inputs
+from emu.kernel.helpers import is_evictable, key_layer
+from emu.kernel.hooks import EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG
+from emu.kernel.layout import SC, new_policy_state
+from emu.models import get_preset
+from emu.policies.api import Policy, register
+from emu.policies.registry import REGISTRY
+from emu.profile import load_profile
+from emu.trace.synthetic import SyntheticParams, generate
+
+STATES = []
+
+
+def init(ctx, params):
+    n = ctx.n_layers * ctx.n_experts
+    ps = new_policy_state(i_rows=1, i_cols=n + 3)  # per key its insert stamp; inserts, violations, victims
+    ps.i[0, :n] = -1
+    STATES.append(ps)
+    return ps
+
+
+@njit(EVENT_SIG)
+def on_event(ps, cs, tv, ev, key, t):
+    n = ps.i.shape[1] - 3
+    if ev == EV_INSERT:
+        ps.i[0, key] = ps.i[0, n]
+        ps.i[0, n] += 1
+    elif ev == EV_EVICT:
+        ps.i[0, key] = -1
+    return 0
+
+
+@njit(VICTIM_SIG)
+def victim(ps, cs, tv, incoming, t):
+    n = ps.i.shape[1] - 3
+    for key in range(n):  # every protected key is an entry of the layer computing, or its substitute
+        if cs.protect[key] > 0:
+            found = False
+            for e in range(cs.sc[SC.NCUR]):
+                found = found or cs.cur_key[e] == key or cs.cur_sub[e] == key
+            ps.i[0, n + 1] += not found
+    ps.i[0, n + 2] += 1
+    in_layer = key_layer(cs, incoming)
+    best = -1
+    for key in range(n):
+        if ps.i[0, key] >= 0 and is_evictable(cs, key, in_layer) and (best < 0 or ps.i[0, key] < ps.i[0, best]):
+            best = key
+    return best
+
+
+register(Policy(name="protection-check", kind="eviction", hooks={"victim": victim, "on_event": on_event},
+                init=init))
+model = get_preset("olmoe-1b-7b")
+profile = load_profile(sys.argv[1])
+choose = lambda kind, name: PolicyChoice(name, REGISTRY[kind][name].resolve_params({}, kind, None))
+violations = victims = 0
+for engine, miss, prefetch, batch in itertools.product((run_fast, run_des), ("fetch", "substitute", "cpu", "drop"),
+                                                       ("none", "next-layer"), (1, 4)):
+    trace = generate(model, SyntheticParams(prompt_len=8, output_len=24, batch_size=batch, seed=batch), 48)
+    stack = StackChoice(eviction=choose("eviction", "protection-check"), miss=choose("miss", miss),
+                        prefetch=choose("prefetch", prefetch))
+    engine(make_inputs(model, profile, trace, int(0.1 * model.total_expert_bytes), stack))
+    n = STATES[-1].i.shape[1] - 3
+    violations += int(STATES[-1].i[0, n + 1])
+    victims += int(STATES[-1].i[0, n + 2])
+print(json.dumps({"violations": violations, "victims": victims}))
+'''
+
+
+def test_the_core_protects_only_the_layer_computings_entries(tmp_path) -> None:
+    # The random eviction policy counts the refused keys instead of the evictable ones, and takes the protected keys
+    # from the layer computing's entries (`cs.cur_key`, a substitute in `cs.cur_sub`): a test policy checks at every
+    # victim of runs on both engines (every miss action, with and without prefetch, batch 1 and 4) that no other key
+    # is protected. A core that protected other keys would make random's draws wrong silently.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "protection_check.py"
+    script.write_text(_PROTECTION_CHECK)
+    out = subprocess.run([sys.executable, str(script), str(root / "scenarios/profiles/h100-provisional.toml")],
+                         capture_output=True, text=True, cwd=tmp_path,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["victims"] > 1000 and got["violations"] == 0

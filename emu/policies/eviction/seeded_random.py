@@ -114,7 +114,8 @@ def _fast(cs) -> bool:
 @njit(cache=True, _nrt=False)
 def _victim_marked(ps, cs) -> int:
     """The draw with the refused members marked by place: those in flight (kept aside, brought up to date with the
-    landings) and the protected ones, all among the layer computing's entries (the core protects nothing else)."""
+    landings) and the protected ones, all among the layer computing's entries (the core protects nothing else:
+    tests/test_run_invariants.py checks it at every victim of runs on both engines)."""
     i = ps.i
     n = set_size(i[I.POS])
     kept = i[I.KEPT]
