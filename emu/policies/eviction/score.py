@@ -6,8 +6,8 @@ tracks recent importance rather than all-time importance.
 State: `i[I.PASS, key]` the pass of the last update, `i[I.LAST, key]` the clock of the last access (ties: least
 recent, then the lower key); `f[F.SCORE, key]` the accumulated score at that pass; `p[P.DECAY]`. Without decay
 (1, the default) a score only rises, and the resident keys are a binary min-heap on (score, last, key)
-(`helpers.heap_*`), refused keys kept aside as LFU's; with decay the
-scores fade, and a victim scans the resident set (`I.MEMBERS`, `I.MPOS`) for the lowest faded score.
+(`helpers.heap_*`), refused keys kept aside as LFU's; with decay the scores fade, and a victim scans the resident
+set (`I.MEMBERS`, `I.MPOS`) for the lowest faded score.
 Cost: O(entries of the layer) per access (to find its mass), plus O(log resident) without decay; per victim
 O((1 + refused keys newly met) log resident) without decay, O(resident) with.
 """
