@@ -561,14 +561,18 @@ def heap_remove(t: np.ndarray, h: int, primary: np.ndarray, key: int) -> None:
 
 
 @njit(cache=True, inline="always")
-def heap_touch(t: np.ndarray, h: int, primary: np.ndarray, kept: np.ndarray, key: int, insert: bool) -> None:
+def heap_touch(cs, t: np.ndarray, h: int, primary: np.ndarray, kept: np.ndarray, key: int, insert: bool) -> None:
     """After an access or insert raised `key`'s rank: it sinks in the heap; a new key (`insert`, neither in the heap
-    nor kept aside) is pushed; a key kept aside waits to go back with its new rank."""
+    nor kept aside) is pushed, or kept aside while its copy is in flight (no victim could take it before it lands);
+    a key kept aside waits to go back with its new rank."""
     j = t[h + 1, ix(key)]
     if j >= 0:
         _heap_down(t, h, primary, j)
     elif insert and not is_kept(kept, key):
-        heap_push(t, h, primary, key)
+        if cs.status[ix(key)] != RESIDENT:
+            keep_aside(cs, kept, key)
+        else:
+            heap_push(t, h, primary, key)
 
 
 @njit(cache=True, _nrt=False)

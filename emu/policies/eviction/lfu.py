@@ -58,7 +58,7 @@ def touch(ps, cs, ev: int, key: int, counted: bool) -> None:
     if counted:
         ps.f[F.COUNT, ix(key)] += 1.0
     i[I.LAST, ix(key)] = cs.sc[SC.CLOCK]
-    heap_touch(i, I.HEAP, ps.f[F.COUNT], i[I.KEPT], key, ev == EV_INSERT)
+    heap_touch(cs, i, I.HEAP, ps.f[F.COUNT], i[I.KEPT], key, ev == EV_INSERT)
 
 
 @hook(EVENT_SIG)

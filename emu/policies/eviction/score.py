@@ -120,7 +120,7 @@ def on_event(ps, cs, tv, ev, key, t):
     else:
         return 0
     if not _fades(ps):  # the key's score or last access rose
-        heap_touch(i, I.HEAP, ps.f[F.SCORE], i[I.KEPT], key, ev == EV_INSERT)
+        heap_touch(cs, i, I.HEAP, ps.f[F.SCORE], i[I.KEPT], key, ev == EV_INSERT)
     return 0
 
 
