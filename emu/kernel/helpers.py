@@ -625,9 +625,11 @@ def init_set(members: np.ndarray, pos: np.ndarray) -> None:
 
 
 def resident_set_state(n_keys: int, i_rows: int, f_rows: int = 0, f_cols: int = 0,
-                       params: tuple[float, ...] = ()) -> object:
-    """A policy state whose int rows 0 and 1 hold an empty resident set; rows 2.. are the policy's own."""
-    ps = new_policy_state(f_rows=f_rows, f_cols=f_cols, i_rows=i_rows, i_cols=set_rows(n_keys), params=params)
+                       params: tuple[float, ...] = (), i_cols: int = 0) -> object:
+    """A policy state whose int rows 0 and 1 hold an empty resident set; rows 2.. are the policy's own, at least
+    `i_cols` wide (a kept-aside row, `kept_cols`, is wider than the set's)."""
+    ps = new_policy_state(f_rows=f_rows, f_cols=f_cols, i_rows=i_rows, i_cols=max(set_rows(n_keys), i_cols),
+                          params=params)
     init_set(ps.i[0], ps.i[1])
     return ps
 

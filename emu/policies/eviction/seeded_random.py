@@ -18,7 +18,6 @@ from numba import njit
 from numba.cpython.unsafe.numbers import trailing_zeros
 
 from ...kernel.helpers import (
-    init_set,
     is_evictable,
     is_kept,
     is_unpinned,
@@ -30,15 +29,15 @@ from ...kernel.helpers import (
     kept_to_put_back,
     key_layer,
     rand_below,
+    resident_set_state,
     seed_state,
     set_add,
     set_remove,
-    set_rows,
     set_size,
     take_back,
 )
 from ...kernel.hooks import EV_EVICT, EV_INSERT, EVENT_SIG, VICTIM_SIG, hook
-from ...kernel.layout import RESIDENT, SC, Fields, new_policy_state
+from ...kernel.layout import RESIDENT, SC, Fields
 from ..api import Capabilities, Policy, PolicyContext, register
 
 
@@ -61,8 +60,7 @@ class C(Fields):
 
 def init(ctx: PolicyContext, params: dict[str, float]) -> object:
     n = ctx.n_layers * ctx.n_experts
-    ps = new_policy_state(i_rows=len(I), i_cols=max(set_rows(n), kept_cols(n)))
-    init_set(ps.i[I.MEMBERS], ps.i[I.POS])
+    ps = resident_set_state(n, i_rows=len(I), i_cols=kept_cols(n))
     ps.i[I.SCALARS, C.RNG] = seed_state(ctx.seed, 1)
     return ps
 
