@@ -233,11 +233,13 @@ def _state_step(on_event, ps, cs, tv, op: str, key: int, value: int, miss_event:
         on_event(ps, cs, tv, EV_EVICT, key, 0.0)
 
 
-def _belady_events(seed: int, check) -> tuple[int, int]:
-    """Random events on a Belady instance over a random trace of 12 passes, as the core makes them: the forward
-    pass only moves on, and when it reaches a layer every member that layer's pass routes to is accessed (a hit,
-    on time or late). `check(ps, cs, tv, victim, key, members, now, uses)` runs each victim for a copy into `key`'s
-    layer and returns the victim. Returns (victims, victims that found keys kept aside)."""
+@pytest.mark.parametrize("seed", range(6))
+def test_belady_victims_are_the_farthest_next_use(seed):
+    # Belady keeps the keys it set aside for being in flight or protected until their copy lands (told by the log
+    # of landings), they are released or the pass moves on; every victim must still be the evictable member whose
+    # next use is farthest, the lower key first. Random events on a random trace of 12 passes, as the core makes
+    # them: the forward pass only moves on, and when it reaches a layer every member that layer's pass routes to is
+    # accessed (a hit, on time or late).
     rng = random.Random(seed)
     n_passes = 12
     passes = [[[rng.sample(range(EXPERTS), 2) for _ in range(LAYERS)]] for _ in range(n_passes)]
@@ -247,9 +249,13 @@ def _belady_events(seed: int, check) -> tuple[int, int]:
             for e in experts:
                 uses.setdefault(layer * EXPERTS + e, []).append(p * LAYERS + layer)
     pol, ps, cs, tv = kernel_setup(trace_of(passes, n_experts=EXPERTS), "eviction", "belady")
-    on_event = pol.hooks["on_event"]
+    on_event, victim = pol.hooks["on_event"], pol.hooks["victim"]
     members: set[int] = set()
     position = walks = kept_any = 0
+
+    def next_use(k: int) -> int:
+        return next((u for u in uses.get(k, ()) if u > position), 10**9)
+
     for _ in range(3000):
         key = rng.randrange(LAYERS * EXPERTS)
         op = rng.random()
@@ -269,32 +275,16 @@ def _belady_events(seed: int, check) -> tuple[int, int]:
         elif op < 0.48:
             _state_step(on_event, ps, cs, tv, "floor", key, rng.randrange(3))
         else:
-            got = check(ps, cs, tv, pol.hooks["victim"], key, members, position, uses)
+            candidates = [k for k in members if _evictable(cs, k, key // EXPERTS)]
+            expected = max(candidates, key=lambda k: (next_use(k), -k), default=-1)
+            got = int(victim(ps, cs, tv, key, 0.0))
+            assert got == expected
             walks += 1
             kept = belady._kept(ps)
             kept_any += kept_in_flight(kept) + kept_protected(kept) > 0
             if got >= 0:
                 _state_step(on_event, ps, cs, tv, "evict", got, 0)
                 members.discard(got)
-    return walks, kept_any
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_belady_victims_are_the_farthest_next_use(seed):
-    # Belady keeps the keys it set aside for being in flight or protected until their copy lands (told by the log
-    # of landings), they are released or the pass moves on; every victim must still be the evictable member whose
-    # next use is farthest, the lower key first.
-    def check(ps, cs, tv, victim, key, members, now, uses):
-        def next_use(k: int) -> int:
-            return next((u for u in uses.get(k, ()) if u > now), 10**9)
-
-        candidates = [k for k in members if _evictable(cs, k, key // EXPERTS)]
-        expected = max(candidates, key=lambda k: (next_use(k), -k), default=-1)
-        got = int(victim(ps, cs, tv, key, 0.0))
-        assert got == expected
-        return got
-
-    walks, kept_any = _belady_events(seed, check)
     assert walks > 800 and kept_any > 100
 
 
