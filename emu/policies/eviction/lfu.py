@@ -4,8 +4,9 @@ State: `f[F.COUNT, key]` the access count (kept across evictions: the count is t
 whole run, "perfect LFU") and `i[I.LAST, key]` the logical clock of the key's last
 access, which breaks ties (least recent goes first, then the lower key). Demand inserts count as an access;
 prefetch inserts do not (the expert was not asked for). The resident keys are a binary min-heap on (count, last,
-key) (`helpers.heap_*`), less the refused keys a victim met on top (a copy in flight, an entry computing): those
-are kept aside until a victim could take them (`helpers.keep_aside`) and go back with their counts by then.
+key) (`helpers.heap_*`), less the keys no victim could take yet, kept aside until one could (`helpers.keep_aside`):
+a key inserted while its copy is in flight, and the refused keys a victim met on top (a copy in flight, an entry
+computing). They go back with their counts by then.
 Cost: O(log resident) per access or insert; per victim O((1 + refused keys newly met) log resident).
 """
 

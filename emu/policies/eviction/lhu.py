@@ -3,7 +3,7 @@
 An access counts when the expert is resident (or in flight) at the model's own precision (index 0). A
 degraded copy (int8/int4/...) therefore scores low and goes first, which frees room to bring important
 experts back at full precision; among full-precision copies it acts as LFU.
-State: lfu's rows `I` and heap (lhu uses lfu's `victim` and `touch`): `i[I.COUNT, key]` the full-precision uses
+State: lfu's rows and heap (lhu uses lfu's `init`, `victim` and `touch`): `f[F.COUNT, key]` the full-precision uses
 and `i[I.LAST, key]` the clock of the last access (ties: least recent, then the lower key).
 Cost: as lfu's.
 """
